@@ -1,0 +1,116 @@
+"""Make mmaction2 1.2.0 and mmrazor 1.0.0 importable on current torch.
+
+Import this module before any OpenMMLab package (``import video_kd`` does it).
+It patches exactly two packaging problems, measured on the pinned releases:
+
+1. The mmaction2 1.2.0 wheel (and sdist) leaves out the sub-package
+   ``mmaction.models.localizers.drn``, yet ``mmaction.models.localizers``
+   imports it, so ``import mmaction.models`` fails.  We register a stand-in
+   whose ``DRN`` raises a clear error when built.  Knowledge distillation of
+   recognizers never uses DRN (a temporal grounding localizer).
+2. mmrazor 1.0.0's ``mmrazor.structures.quantization`` imports helpers that
+   newer torch removed (``torch.ao.quantization.fuser_method_mappings.reverse2``
+   ...), so ``import mmrazor.models`` fails.  We register a stand-in whose
+   ``BackendConfigs`` and ``QConfigHandler`` raise a clear error when used.
+   Distillation does not use quantization.
+
+Misuse fails loudly: installing after mmaction/mmrazor were already imported
+raises ``CompatError`` (the stand-ins would come too late to help), and every
+stubbed-out feature raises ``StubbedFeatureError`` naming what is missing.
+"""
+from __future__ import annotations
+
+import sys
+import types
+
+DRN_MODULES = ('mmaction.models.localizers.drn',
+               'mmaction.models.localizers.drn.drn')
+QUANT_MODULE = 'mmrazor.structures.quantization'
+_GUARDED_PACKAGES = ('mmaction', 'mmrazor')
+_STUB_MARK = '__video_kd_stub__'
+
+
+class CompatError(RuntimeError):
+    """The compat layer was used in a way that cannot work."""
+
+
+class StubbedFeatureError(NotImplementedError):
+    """A feature that the compat layer stubbed out was used."""
+
+
+def _stub_error(feature: str, why: str) -> StubbedFeatureError:
+    return StubbedFeatureError(
+        f'{feature} is not available in this installation: {why}. '
+        'video_kd.compat replaced it with a stand-in because knowledge '
+        'distillation does not need it.')
+
+
+class DRN:
+    """Stand-in for mmaction's DRN localizer, missing from the 1.2.0 wheel."""
+
+    def __init__(self, *args, **kwargs):
+        raise _stub_error('mmaction DRN localizer',
+                          'mmaction2 1.2.0 ships without mmaction.models.localizers.drn')
+
+
+class QConfigHandler:
+    """Stand-in for mmrazor's quantization config handler."""
+
+    def __init__(self, *args, **kwargs):
+        raise _stub_error('mmrazor quantization (QConfigHandler)',
+                          'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1')
+
+    @staticmethod
+    def replace_fakequant(*args, **kwargs):
+        raise _stub_error('mmrazor quantization (replace_fakequant)',
+                          'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1')
+
+
+class _RaisingBackendConfigs(dict):
+    """Empty mapping whose every lookup explains why quantization is off."""
+
+    def __getitem__(self, backend):
+        raise _stub_error(f'mmrazor quantization backend {backend!r}',
+                          'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1')
+
+
+def _stub_module(name: str, **attrs) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__dict__.update(attrs)
+    module.__all__ = [key for key in attrs if not key.startswith('_')]
+    setattr(module, _STUB_MARK, True)
+    return module
+
+
+def _already_imported() -> list[str]:
+    return sorted(name for name in sys.modules
+                  if name.split('.')[0] in _GUARDED_PACKAGES)
+
+
+def is_installed() -> bool:
+    """True when the stand-ins are in place."""
+    return all(getattr(sys.modules.get(name), _STUB_MARK, False)
+               for name in (*DRN_MODULES, QUANT_MODULE))
+
+
+def install() -> None:
+    """Register the stand-ins; idempotent, and refuses to come too late."""
+    if is_installed():
+        return
+    early = _already_imported()
+    if early:
+        raise CompatError(
+            'video_kd.compat must be imported before any OpenMMLab package, '
+            f'but these are already imported: {", ".join(early[:5])}. '
+            'Put `import video_kd` (or `import video_kd.compat`) first.')
+    drn = _stub_module(DRN_MODULES[1], DRN=DRN)
+    drn_pkg = _stub_module(DRN_MODULES[0], DRN=DRN, drn=drn)
+    drn_pkg.__path__ = []  # a package, so `from .drn.drn import DRN` resolves
+    sys.modules[DRN_MODULES[0]] = drn_pkg
+    sys.modules[DRN_MODULES[1]] = drn
+    sys.modules[QUANT_MODULE] = _stub_module(
+        QUANT_MODULE, BackendConfigs=_RaisingBackendConfigs(),
+        QConfigHandler=QConfigHandler)
+
+
+install()
