@@ -1,0 +1,154 @@
+"""Real servers on 127.0.0.1 for the tests: an S3 server (moto) and an HTTP file server.
+
+No in-process mocks of boto3 or urllib: the code under test speaks real
+HTTP to these servers, as it would to MinIO or a model zoo.
+"""
+from __future__ import annotations
+
+import collections
+import http.server
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import uuid
+from pathlib import Path
+
+import boto3
+import pytest
+
+ACCESS_KEY = 'video-kd-test-key'
+SECRET_KEY = 'video-kd-test-secret'
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+def _wait_until_answers(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+    """Poll ``url`` until the server sends any HTTP response."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f'moto server exited with {proc.returncode} before answering')
+        try:
+            urllib.request.urlopen(url, timeout=1).close()
+            return
+        except urllib.error.HTTPError:
+            return  # any HTTP status means it is up
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f'moto server did not answer at {url} within {timeout:.0f}s')
+
+
+@pytest.fixture(scope='session')
+def s3_server(tmp_path_factory):
+    """Endpoint URL of a moto S3 server running as a subprocess for the whole session."""
+    port = free_port()
+    log_path = tmp_path_factory.mktemp('moto') / 'moto.log'
+    with open(log_path, 'wb') as log_file:
+        proc = subprocess.Popen(
+            [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
+            stdout=log_file, stderr=subprocess.STDOUT)
+    endpoint = f'http://127.0.0.1:{port}'
+    try:
+        _wait_until_answers(endpoint + '/moto-api/', proc)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def s3_env(monkeypatch, s3_server):
+    """Point video_kd.s3 at the test server with dummy credentials; returns the endpoint."""
+    for name in ('AWS_ENDPOINT_URL', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv('S3_ENDPOINT_URL', s3_server)
+    monkeypatch.setenv('AWS_ACCESS_KEY_ID', ACCESS_KEY)
+    monkeypatch.setenv('AWS_SECRET_ACCESS_KEY', SECRET_KEY)
+    monkeypatch.setenv('AWS_DEFAULT_REGION', 'us-east-1')
+    monkeypatch.setenv('AWS_CONFIG_FILE', os.devnull)
+    monkeypatch.setenv('AWS_SHARED_CREDENTIALS_FILE', os.devnull)
+    return s3_server
+
+
+@pytest.fixture
+def bucket(s3_env) -> str:
+    """A fresh, empty bucket on the test server (created with plain boto3)."""
+    name = f'test-{uuid.uuid4().hex[:12]}'
+    boto3.client('s3', endpoint_url=s3_env, region_name='us-east-1',
+                 aws_access_key_id=ACCESS_KEY,
+                 aws_secret_access_key=SECRET_KEY).create_bucket(Bucket=name)
+    return name
+
+
+class FileServer:
+    """An HTTP server for files in ``root`` that counts requests and can fail on demand."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.requests: collections.Counter[str] = collections.Counter()
+        self._failures: collections.Counter[str] = collections.Counter()
+        self._lock = threading.Lock()
+        self._httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+
+    def url(self, name: str) -> str:
+        """URL of ``root/name``."""
+        return f'http://127.0.0.1:{self._httpd.server_address[1]}/{name}'
+
+    def fail_next(self, name: str, times: int = 1) -> None:
+        """Answer the next ``times`` requests for ``name`` with 503 Service Unavailable."""
+        with self._lock:
+            self._failures['/' + name] += times
+
+    def _take_failure(self, path: str) -> bool:
+        with self._lock:
+            self.requests[path.lstrip('/')] += 1
+            if self._failures[path] > 0:
+                self._failures[path] -= 1
+                return True
+            return False
+
+    def _handler(self):
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *args, **kwargs):
+                super().__init__(*args, directory=str(server.root), **kwargs)
+
+            def do_GET(self):
+                if server._take_failure(self.path):
+                    self.send_error(503, 'injected failure')
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        return Handler
+
+    def __enter__(self) -> 'FileServer':
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A FileServer on 127.0.0.1 serving a fresh temporary directory."""
+    root = tmp_path / 'www'
+    root.mkdir()
+    with FileServer(root) as server:
+        yield server

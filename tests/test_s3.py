@@ -1,0 +1,152 @@
+"""video_kd.s3 against a real S3 server (moto, as a subprocess)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import socket
+
+import pytest
+
+from video_kd import s3
+
+
+def test_upload_download_round_trip_and_manifest(bucket, tmp_path):
+    layout = s3.RunLayout(bucket, 'kd', 'run-1')
+    local = tmp_path / 'ckpt.pth'
+    local.write_bytes(b'weights' * 1000)
+
+    entry = s3.Manifest.load(layout).record('teacher', local, layout.uri('teacher', 'ckpt.pth'))
+
+    assert entry.uri == f's3://{bucket}/kd/run-1/teacher/ckpt.pth'
+    assert entry.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert entry.size_bytes == 7000
+    back = s3.download_file(entry.uri, tmp_path / 'back' / 'ckpt.pth')
+    assert back.read_bytes() == local.read_bytes()
+    assert s3.sha256_file(back) == entry.sha256
+    reloaded = s3.Manifest.load(layout)
+    assert reloaded.entries == [entry]
+    stored = json.loads(s3.download_file(layout.manifest_uri, tmp_path / 'm.json').read_text())
+    assert stored['entries'][0] == {'step': 'teacher', 'uri': entry.uri,
+                                    'sha256': entry.sha256, 'size_bytes': 7000}
+
+
+def test_manifest_accumulates_across_loads(bucket, tmp_path):
+    layout = s3.RunLayout(bucket, 'kd', 'run-2')
+    for step in ('data', 'student'):
+        path = tmp_path / f'{step}.bin'
+        path.write_bytes(step.encode())
+        s3.Manifest.load(layout).record(step, path, layout.uri(step, path.name))
+    assert [e.step for e in s3.Manifest.load(layout).entries] == ['data', 'student']
+
+
+def test_record_rejects_uri_outside_step_dir(bucket, tmp_path):
+    layout = s3.RunLayout(bucket, 'kd', 'run-3')
+    (tmp_path / 'f').write_bytes(b'x')
+    with pytest.raises(ValueError, match="not inside the 'eval' step"):
+        s3.Manifest(layout).record('eval', tmp_path / 'f', layout.uri('train', 'f'))
+
+
+def test_refuses_to_overwrite(bucket, tmp_path):
+    uri = f's3://{bucket}/kd/run/train/log.txt'
+    first, second = tmp_path / 'a', tmp_path / 'b'
+    first.write_text('first')
+    second.write_text('second')
+    s3.upload_file(first, uri)
+
+    with pytest.raises(s3.ObjectExistsError, match='refusing to overwrite'):
+        s3.upload_file(second, uri)
+    assert s3.download_file(uri, tmp_path / 'got').read_text() == 'first'
+
+    s3.upload_file(second, uri, overwrite=True)
+    assert s3.download_file(uri, tmp_path / 'got').read_text() == 'second'
+
+
+def test_dir_round_trip_and_listing(bucket, tmp_path):
+    src = tmp_path / 'src'
+    (src / 'sub').mkdir(parents=True)
+    (src / 'a.txt').write_text('a')
+    (src / 'sub' / 'b.txt').write_text('b')
+    prefix = f's3://{bucket}/kd/run/data'
+
+    uris = s3.upload_dir(src, prefix)
+
+    assert uris == [f'{prefix}/a.txt', f'{prefix}/sub/b.txt']
+    assert s3.list_uris(prefix) == uris
+    assert s3.exists(uris[1]) and not s3.exists(f'{prefix}/nope')
+    paths = s3.download_dir(prefix, tmp_path / 'dst')
+    assert sorted(p.relative_to(tmp_path / 'dst').as_posix() for p in paths) == ['a.txt', 'sub/b.txt']
+    assert (tmp_path / 'dst' / 'sub' / 'b.txt').read_text() == 'b'
+
+
+def test_missing_object_and_bucket_name_the_uri(bucket, tmp_path):
+    with pytest.raises(s3.ObjectNotFoundError, match=f's3://{bucket}/nope.bin: no such object'):
+        s3.download_file(f's3://{bucket}/nope.bin', tmp_path / 'x')
+    assert not (tmp_path / 'x').exists()
+    assert list(tmp_path.iterdir()) == []  # no partial download left behind
+    with pytest.raises(s3.BucketNotFoundError, match="bucket 'no-such-bucket' does not exist"):
+        s3.list_uris('s3://no-such-bucket/prefix')
+    with pytest.raises(s3.ObjectNotFoundError, match='no objects under'):
+        s3.download_dir(f's3://{bucket}/empty', tmp_path / 'd')
+
+
+def test_missing_credentials_fail_before_any_network_call(monkeypatch):
+    monkeypatch.delenv('AWS_ACCESS_KEY_ID', raising=False)
+    monkeypatch.delenv('AWS_SECRET_ACCESS_KEY', raising=False)
+    monkeypatch.setenv('S3_ENDPOINT_URL', 'http://127.0.0.1:9')
+
+    def no_network(*args, **kwargs):
+        raise AssertionError('network used before the credential check')
+
+    monkeypatch.setattr(socket, 'create_connection', no_network)
+    monkeypatch.setattr(socket.socket, 'connect', no_network)
+    with pytest.raises(s3.MissingCredentialsError) as info:
+        s3.exists('s3://bucket/key')
+    message = str(info.value)
+    assert 'AWS_ACCESS_KEY_ID' in message and 'AWS_SECRET_ACCESS_KEY' in message
+    assert 'Kubernetes Secret' in message
+    assert isinstance(info.value, RuntimeError)
+
+
+def test_client_uses_endpoint_region_and_path_style(s3_env, monkeypatch):
+    monkeypatch.setenv('AWS_DEFAULT_REGION', 'eu-west-1')
+    client = s3.s3_client()
+    assert client.meta.endpoint_url == s3_env
+    assert client.meta.region_name == 'eu-west-1'
+    assert client.meta.config.s3['addressing_style'] == 'path'
+    assert client.meta.config.retries['total_max_attempts'] == 5
+
+
+def test_aws_endpoint_url_is_the_fallback(s3_env, monkeypatch):
+    monkeypatch.delenv('S3_ENDPOINT_URL')
+    monkeypatch.setenv('AWS_ENDPOINT_URL', s3_env)
+    assert s3.s3_client().meta.endpoint_url == s3_env
+
+
+def test_uri_helpers():
+    assert s3.parse_s3_uri('s3://b/k/x.pth') == ('b', 'k/x.pth')
+    assert s3.parse_s3_uri('s3://b') == ('b', '')
+    assert s3.join_uri('s3://b/', '/p/', '', 'x') == 's3://b/p/x'
+    for bad in ('http://b/k', 's3:///k'):
+        with pytest.raises(ValueError):
+            s3.parse_s3_uri(bad)
+
+
+def test_run_layout():
+    layout = s3.RunLayout('bkt', 'video-kd', 'run-42')
+    assert layout.uri('student', 'best.pth') == 's3://bkt/video-kd/run-42/student/best.pth'
+    assert layout.manifest_uri == 's3://bkt/video-kd/run-42/manifest.json'
+    sha = 'a' * 64
+    assert layout.cache_uri('teacher', sha, 't.pth') == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth'
+    with pytest.raises(ValueError, match="unknown step 'deploy'"):
+        layout.uri('deploy')
+    with pytest.raises(ValueError, match='SHA-256'):
+        layout.cache_uri('teacher', 'abc', 't.pth')
+    with pytest.raises(ValueError, match='run id'):
+        s3.RunLayout('bkt', 'p', 'a/b')
+
+
+def test_sha256_file_streams(tmp_path):
+    path = tmp_path / 'big'
+    data = bytes(range(256)) * 10_000  # > one 1 MiB chunk
+    path.write_bytes(data)
+    assert s3.sha256_file(path) == hashlib.sha256(data).hexdigest()
