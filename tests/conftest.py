@@ -99,7 +99,8 @@ class FileServer:
         self._failures: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
-        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._httpd.serve_forever,
+                                        kwargs={'poll_interval': 0.05}, daemon=True)
 
     def url(self, name: str) -> str:
         """URL of ``root/name``."""

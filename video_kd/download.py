@@ -1,0 +1,236 @@
+"""Download the teacher checkpoint: verified, atomic, retried, cached in S3.
+
+Teachers are large (hundreds of MB) and come from model zoos that are slow
+or flaky, so:
+
+* the file is streamed to a temporary name in ``dest_dir`` and renamed only
+  after its SHA-256 matches, so a half-written or wrong file never carries
+  the final name;
+* connection errors and 5xx answers are retried with exponential backoff;
+* with a known SHA-256 and a cache, the verified file is kept in S3 under its
+  checksum and later runs copy it from there without touching the URL.
+
+Sources: ``https://``, ``http://``, ``s3://``, ``file://`` and plain paths.
+"""
+from __future__ import annotations
+
+import argparse
+import http.client
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import BinaryIO
+
+from video_kd import s3
+
+log = logging.getLogger('video_kd.download')
+
+CACHE_KIND = 'teacher'
+_CHUNK = 1024 * 1024
+_MB = 1024 * 1024
+
+
+class DownloadError(RuntimeError):
+    """The checkpoint could not be fetched."""
+
+
+class ChecksumMismatchError(DownloadError):
+    """The fetched file's SHA-256 is not the expected one."""
+
+    def __init__(self, url: str, expected: str, got: str):
+        super().__init__(f'SHA-256 mismatch for {url}: expected {expected}, got {got}; '
+                         'the file was discarded')
+        self.url, self.expected, self.got = url, expected, got
+
+
+class _Retryable(Exception):
+    """A failure worth another attempt (connection trouble, 5xx, short body)."""
+
+
+def fetch_teacher(url: str, dest_dir: str | os.PathLike, sha256: str | None = None,
+                  cache: s3.RunLayout | str | None = None, retries: int = 3,
+                  timeout: float = 60.0, backoff: float = 1.0,
+                  progress_every_mb: int = 64) -> Path:
+    """Fetch ``url`` into ``dest_dir`` and return the file's path.
+
+    ``sha256`` pins the content; without it the file is accepted as is (and
+    cannot be cached).  ``cache`` is a ``RunLayout`` (uses its shared
+    ``cache/`` directory) or an ``s3://`` cache root; the object lives at
+    ``<root>/teacher/<sha256>/<filename>``.  ``retries`` counts attempts
+    after the first one, for HTTP(S) sources.
+    """
+    sha256 = _normalized_sha256(sha256)
+    filename = _filename(url)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    cache_uri = _cache_uri(cache, sha256, filename) if cache is not None and sha256 else None
+    if cache is not None and not sha256:
+        log.warning('no sha256 given for %s: the cache is keyed by checksum, so it is not used', url)
+
+    if cache_uri and s3.exists(cache_uri):
+        log.info('cache hit: %s (not downloading %s)', cache_uri, url)
+        return _fetch_verified(cache_uri, dest_dir / filename, sha256,
+                               lambda tmp: s3.download_file(cache_uri, tmp))
+
+    dest = _fetch_verified(url, dest_dir / filename, sha256,
+                           lambda tmp: _fetch_to(url, tmp, retries, timeout, backoff,
+                                                 progress_every_mb))
+    if cache_uri:
+        s3.upload_file(dest, cache_uri)
+        log.info('cached %s at %s', dest.name, cache_uri)
+    return dest
+
+
+def _normalized_sha256(sha256: str | None) -> str | None:
+    if sha256 is None:
+        return None
+    sha256 = sha256.strip().lower()
+    if len(sha256) != 64 or any(c not in '0123456789abcdef' for c in sha256):
+        raise ValueError(f'not a hex SHA-256: {sha256!r}')
+    return sha256
+
+
+def _filename(url: str) -> str:
+    name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
+    if not name:
+        raise ValueError(f'cannot tell a file name from {url!r}')
+    return name
+
+
+def _cache_uri(cache: s3.RunLayout | str, sha256: str, filename: str) -> str:
+    if isinstance(cache, s3.RunLayout):
+        return cache.cache_uri(CACHE_KIND, sha256, filename)
+    s3.parse_s3_uri(cache)  # fail early on a cache that is not an s3:// URI
+    return s3.join_uri(cache, CACHE_KIND, sha256, filename)
+
+
+def _fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:
+    """Run ``fetch(tmp_path)``, check the checksum, then rename onto ``dest``.
+
+    Whatever goes wrong, the temporary file is removed: no file is left
+    behind that a later step could mistake for the teacher.
+    """
+    fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        fetch(tmp)
+        got = s3.sha256_file(tmp)
+        if sha256 and got != sha256:
+            raise ChecksumMismatchError(source, sha256, got)
+        if not sha256:
+            log.warning('%s has sha256 %s; pass it as sha256= to pin the teacher', source, got)
+        os.replace(tmp, dest)
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info('teacher checkpoint ready: %s (%.1f MB)', dest, dest.stat().st_size / _MB)
+    return dest
+
+
+def _fetch_to(url: str, tmp: Path, retries: int, timeout: float, backoff: float,
+              progress_every_mb: int) -> None:
+    """Copy ``url`` into ``tmp``, whatever its scheme."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    if scheme in ('http', 'https'):
+        _http_download(url, tmp, retries, timeout, backoff, progress_every_mb)
+    elif scheme == 's3':
+        s3.download_file(url, tmp)
+    elif scheme in ('', 'file'):
+        source = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+                      if scheme == 'file' else url)
+        if not source.is_file():
+            raise FileNotFoundError(f'teacher checkpoint not found: {source}')
+        shutil.copyfile(source, tmp)
+    else:
+        raise ValueError(f'unsupported URL scheme {scheme!r} in {url!r}; '
+                         'use https://, http://, s3://, file:// or a local path')
+
+
+def _http_download(url: str, tmp: Path, retries: int, timeout: float, backoff: float,
+                   progress_every_mb: int) -> None:
+    """Stream ``url`` into ``tmp``, retrying connection errors and 5xx with backoff."""
+    attempts = retries + 1
+    for attempt in range(1, attempts + 1):
+        try:
+            with open(tmp, 'wb') as out:
+                _http_attempt(url, out, timeout, progress_every_mb)
+            return
+        except _Retryable as exc:
+            if attempt == attempts:
+                raise DownloadError(f'giving up on {url} after {attempts} attempts: {exc}') from exc
+            delay = backoff * 2 ** (attempt - 1)
+            log.warning('attempt %d/%d for %s failed (%s); retrying in %.1fs',
+                        attempt, attempts, url, exc, delay)
+            time.sleep(delay)
+
+
+def _http_attempt(url: str, out: BinaryIO, timeout: float, progress_every_mb: int) -> None:
+    """One GET; sorts failures into retryable and final ones."""
+    request = urllib.request.Request(url, headers={'User-Agent': 'video-kd/0.1'})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            _copy_with_progress(url, response, out, response.length, progress_every_mb)
+    except urllib.error.HTTPError as exc:
+        if exc.code >= 500:
+            raise _Retryable(f'HTTP {exc.code} {exc.reason}') from exc
+        raise DownloadError(f'cannot download {url}: HTTP {exc.code} {exc.reason}') from exc
+    except (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+        raise _Retryable(str(getattr(exc, 'reason', exc))) from exc
+
+
+def _copy_with_progress(url: str, response: BinaryIO, out: BinaryIO, total: int | None,
+                        progress_every_mb: int) -> None:
+    """Copy in chunks, logging MB and MB/s every ``progress_every_mb`` MB."""
+    start = time.monotonic()
+    done, next_report = 0, progress_every_mb * _MB
+    for chunk in iter(lambda: response.read(_CHUNK), b''):
+        out.write(chunk)
+        done += len(chunk)
+        if done >= next_report:
+            elapsed = max(time.monotonic() - start, 1e-6)
+            of_total = f' of {total / _MB:.0f} MB' if total else ''
+            log.info('%s: %.0f MB%s (%.1f MB/s)', url, done / _MB, of_total, done / _MB / elapsed)
+            next_report += progress_every_mb * _MB
+    if total is not None and done != total:
+        raise _Retryable(f'connection closed after {done} of {total} bytes')
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m video_kd.download``: fetch a teacher checkpoint, print its path."""
+    parser = argparse.ArgumentParser(
+        prog='python -m video_kd.download',
+        description='Download a teacher checkpoint, verify its SHA-256 and move it into place '
+                    'atomically. With --cache, a verified copy is kept in S3 under its checksum '
+                    'and later calls copy it from there instead of the URL. S3 credentials come '
+                    'from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the endpoint from '
+                    'S3_ENDPOINT_URL.',
+        epilog='example: python -m video_kd.download '
+               'https://download.openmmlab.com/.../tsm_r50.pth --sha256 <64 hex> --dest ckpt/')
+    parser.add_argument('url', help='https://, http://, s3://, file:// URL or local path')
+    parser.add_argument('--sha256', help='expected SHA-256 (hex); strongly recommended')
+    parser.add_argument('--dest', required=True, type=Path, help='directory to put the file in')
+    parser.add_argument('--cache', help='s3:// cache root, e.g. s3://bucket/video-kd/cache')
+    parser.add_argument('--retries', type=int, default=3, help='HTTP retries (default 3)')
+    parser.add_argument('--timeout', type=float, default=60.0,
+                        help='seconds to wait for the server on each read (default 60)')
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
+    try:
+        path = fetch_teacher(args.url, args.dest, sha256=args.sha256, cache=args.cache,
+                             retries=args.retries, timeout=args.timeout)
+    except (DownloadError, s3.S3Error, ValueError, FileNotFoundError) as exc:
+        print(f'error: {exc}', file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
