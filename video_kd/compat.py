@@ -13,6 +13,11 @@ It patches exactly two packaging problems, measured on the pinned releases:
    ...), so ``import mmrazor.models`` fails.  We register a stand-in whose
    ``BackendConfigs`` and ``QConfigHandler`` raise a clear error when used.
    Distillation does not use quantization.
+3. mmpretrain 1.2.0 (the Swin backbone of the TSN-Swin teacher) imports
+   torchvision in two modules that recognizers never use: box utilities of its
+   detection/grounding heads and the visual-grounding metric.  torchvision
+   from PyPI does not load beside the CPU torch we pin, so we register
+   stand-ins that raise a clear error when called.
 
 Misuse fails loudly: installing after mmaction/mmrazor were already imported
 raises ``CompatError`` (the stand-ins would come too late to help), and every
@@ -26,7 +31,11 @@ import types
 DRN_MODULES = ('mmaction.models.localizers.drn',
                'mmaction.models.localizers.drn.drn')
 QUANT_MODULE = 'mmrazor.structures.quantization'
-_GUARDED_PACKAGES = ('mmaction', 'mmrazor')
+BOX_UTILS_MODULE = 'mmpretrain.models.utils.box_utils'
+GROUNDING_MODULE = 'mmpretrain.evaluation.metrics.visual_grounding_eval'
+_GUARDED_PACKAGES = ('mmaction', 'mmrazor', 'mmpretrain')
+_NO_TORCHVISION = 'torchvision from PyPI does not load beside the pinned CPU torch'
+_NO_QUANT = 'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1' 
 _STUB_MARK = '__video_kd_stub__'
 
 
@@ -57,21 +66,35 @@ class QConfigHandler:
     """Stand-in for mmrazor's quantization config handler."""
 
     def __init__(self, *args, **kwargs):
-        raise _stub_error('mmrazor quantization (QConfigHandler)',
-                          'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1')
+        raise _stub_error('mmrazor quantization (QConfigHandler)', _NO_QUANT)
 
     @staticmethod
     def replace_fakequant(*args, **kwargs):
-        raise _stub_error('mmrazor quantization (replace_fakequant)',
-                          'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1')
+        raise _stub_error('mmrazor quantization (replace_fakequant)', _NO_QUANT)
 
 
 class _RaisingBackendConfigs(dict):
     """Empty mapping whose every lookup explains why quantization is off."""
 
     def __getitem__(self, backend):
-        raise _stub_error(f'mmrazor quantization backend {backend!r}',
-                          'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1')
+        raise _stub_error(f'mmrazor quantization backend {backend!r}', _NO_QUANT)
+
+
+class VisualGroundingMetric:
+    """Stand-in for mmpretrain's grounding metric (needs torchvision)."""
+
+    def __init__(self, *args, **kwargs):
+        raise _stub_error('mmpretrain VisualGroundingMetric', _NO_TORCHVISION)
+
+
+def _torchvision_box_op(name: str):
+    def unavailable(*args, **kwargs):
+        raise _stub_error(f'mmpretrain box utility {name}', _NO_TORCHVISION)
+    unavailable.__name__ = name
+    return unavailable
+
+
+_BOX_OPS = ('box_cxcywh_to_xyxy', 'box_xyxy_to_cxcywh', 'box_iou', 'generalized_box_iou')
 
 
 def _stub_module(name: str, **attrs) -> types.ModuleType:
@@ -90,7 +113,7 @@ def _already_imported() -> list[str]:
 def is_installed() -> bool:
     """True when the stand-ins are in place."""
     return all(getattr(sys.modules.get(name), _STUB_MARK, False)
-               for name in (*DRN_MODULES, QUANT_MODULE))
+               for name in (*DRN_MODULES, QUANT_MODULE, BOX_UTILS_MODULE, GROUNDING_MODULE))
 
 
 def install() -> None:
@@ -111,6 +134,10 @@ def install() -> None:
     sys.modules[QUANT_MODULE] = _stub_module(
         QUANT_MODULE, BackendConfigs=_RaisingBackendConfigs(),
         QConfigHandler=QConfigHandler)
+    sys.modules[BOX_UTILS_MODULE] = _stub_module(
+        BOX_UTILS_MODULE, **{name: _torchvision_box_op(name) for name in _BOX_OPS})
+    sys.modules[GROUNDING_MODULE] = _stub_module(
+        GROUNDING_MODULE, VisualGroundingMetric=VisualGroundingMetric)
 
 
 install()

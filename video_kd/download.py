@@ -72,7 +72,8 @@ def fetch_teacher(url: str, dest_dir: str | os.PathLike, sha256: str | None = No
     dest_dir.mkdir(parents=True, exist_ok=True)
     cache_uri = _cache_uri(cache, sha256, filename) if cache is not None and sha256 else None
     if cache is not None and not sha256:
-        log.warning('no sha256 given for %s: the cache is keyed by checksum, so it is not used', url)
+        log.warning('no sha256 given for %s: the cache is keyed by checksum, so it is not used',
+                    url)
 
     if cache_uri and s3.exists(cache_uri):
         log.info('cache hit: %s (not downloading %s)', cache_uri, url)

@@ -183,7 +183,8 @@ def list_uris(prefix: str) -> list[str]:
     bucket, key = parse_s3_uri(prefix)
     uris = []
     with _errors('list', prefix):
-        for page in s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=key):
+        pages = s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=key)
+        for page in pages:
             uris.extend(f's3://{bucket}/{obj["Key"]}' for obj in page.get('Contents', []))
     return sorted(uris)
 
@@ -263,7 +264,10 @@ class RunLayout:
         return join_uri(self.root, step, *parts)
 
     def cache_uri(self, kind: str, sha256: str, filename: str) -> str:
-        """Content-addressed URI shared by all runs: ``.../<prefix>/cache/<kind>/<sha256>/<filename>``."""
+        """Content-addressed URI shared by all runs.
+
+        ``s3://<bucket>/<prefix>/cache/<kind>/<sha256>/<filename>``
+        """
         if not _SHA256_RE.match(sha256):
             raise ValueError(f'not a lowercase hex SHA-256: {sha256!r}')
         if not kind or '/' in kind or not filename or '/' in filename:

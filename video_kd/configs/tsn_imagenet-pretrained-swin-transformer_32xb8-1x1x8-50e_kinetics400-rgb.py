@@ -1,0 +1,20 @@
+# Teacher of the TSN pair (seed: 79.22 top-1): TSN with a Swin-B (patch 4, window 7, 224).
+# Upstream builds the backbone with timm, which needs torchvision; torchvision does not load
+# beside our pinned CPU torch, so the same architecture comes from mmpretrain here.
+# Parameter names differ from timm's: a teacher checkpoint must be trained with this config.
+_base_ = 'mmaction::recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x8-100e_kinetics400-rgb.py'  # noqa: E501
+
+model = dict(
+    backbone=dict(
+        _delete_=True,
+        type='mmpretrain.SwinTransformer',
+        arch='base',
+        img_size=224,
+        out_indices=(3, ),
+        drop_path_rate=0.2),
+    cls_head=dict(in_channels=1024))
+
+train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=50, val_begin=1, val_interval=1)
+param_scheduler = [
+    dict(type='MultiStepLR', begin=0, end=50, by_epoch=True, milestones=[20, 40], gamma=0.1)
+]

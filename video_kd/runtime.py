@@ -1,0 +1,84 @@
+"""What every entry point shares: registering OpenMMLab modules, data roots, clean errors."""
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+from pathlib import Path
+
+import video_kd  # noqa: F401  (compat before OpenMMLab)
+from mmengine.config import Config
+
+from video_kd import dataset
+from video_kd.config import set_num_classes
+
+logger = logging.getLogger(__name__)
+
+_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+_LIST_OF = {'train_dataloader': dataset.TRAIN_LIST, 'val_dataloader': dataset.VAL_LIST,
+            'test_dataloader': dataset.VAL_LIST}
+
+
+class UsageError(RuntimeError):
+    """Bad input from the user: printed as one line, exit status 2."""
+
+
+@functools.cache
+def register_all_modules() -> None:
+    """Import mmaction, mmrazor and mmpretrain so their registries are filled."""
+    import mmaction.models  # noqa: F401
+    import mmrazor.models  # noqa: F401
+    import mmrazor.engine  # noqa: F401  (SingleTeacherDistillValLoop)
+    from mmaction.utils import register_all_modules as register_mmaction
+    register_mmaction(init_default_scope=False)
+
+
+def set_data_root(cfg: Config, data_root: str | Path) -> list[str]:
+    """Point every dataloader at a Kinetics-style root; size the heads to its classes."""
+    root = Path(data_root).resolve()
+    classes = dataset.read_classes(root)
+    for name in _DATALOADERS:
+        loader = cfg.get(name)
+        if not loader:
+            continue
+        list_file = root / _LIST_OF[name]
+        if not list_file.is_file() or not list_file.read_text().strip():
+            raise dataset.DatasetError(f'{list_file} is missing or empty: no videos to use')
+        loader.dataset.ann_file = str(list_file)
+        loader.dataset.data_prefix = dict(video=str(root / dataset.VIDEO_DIR))
+    set_num_classes(cfg.model, len(classes))
+    return classes
+
+
+def dist_backend() -> str:
+    """nccl on GPUs, gloo on the CPU: the same code runs on both."""
+    import torch
+    return 'nccl' if torch.cuda.is_available() else 'gloo'
+
+
+def launcher_from_env() -> str:
+    """'pytorch' when started by torchrun (or a PyTorchJob pod), else 'none'."""
+    return 'pytorch' if int(os.environ.get('WORLD_SIZE', '1')) > 1 and 'LOCAL_RANK' in os.environ \
+        else 'none'
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get('RANK', '0')) == 0
+
+
+def setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+                        stream=sys.stderr)
+
+
+def run_cli(main_fn, argv=None) -> int:
+    """Run an entry point; expected failures become one clear line and exit code 2."""
+    from video_kd.config import UnknownConfigError
+    expected = (UsageError, UnknownConfigError, dataset.DatasetError, FileNotFoundError)
+    try:
+        return main_fn(argv) or 0
+    except expected as error:
+        print(f'error: {error}', file=sys.stderr)
+        return 2
