@@ -74,7 +74,8 @@ def test_dir_round_trip_and_listing(bucket, tmp_path):
     assert s3.list_uris(prefix) == uris
     assert s3.exists(uris[1]) and not s3.exists(f'{prefix}/nope')
     paths = s3.download_dir(prefix, tmp_path / 'dst')
-    assert sorted(p.relative_to(tmp_path / 'dst').as_posix() for p in paths) == ['a.txt', 'sub/b.txt']
+    relative = sorted(p.relative_to(tmp_path / 'dst').as_posix() for p in paths)
+    assert relative == ['a.txt', 'sub/b.txt']
     assert (tmp_path / 'dst' / 'sub' / 'b.txt').read_text() == 'b'
 
 
@@ -136,7 +137,8 @@ def test_run_layout():
     assert layout.uri('student', 'best.pth') == 's3://bkt/video-kd/run-42/student/best.pth'
     assert layout.manifest_uri == 's3://bkt/video-kd/run-42/manifest.json'
     sha = 'a' * 64
-    assert layout.cache_uri('teacher', sha, 't.pth') == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth'
+    assert (layout.cache_uri('teacher', sha, 't.pth')
+            == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth')
     with pytest.raises(ValueError, match="unknown step 'deploy'"):
         layout.uri('deploy')
     with pytest.raises(ValueError, match='SHA-256'):
