@@ -1,0 +1,122 @@
+{{/* Chart name, truncated to the 63 characters a DNS label allows. */}}
+{{- define "video-kd.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* Full name: release name, suffixed with the chart name unless it already holds it. */}}
+{{- define "video-kd.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "video-kd.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "video-kd.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "video-kd.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "video-kd.labels" -}}
+helm.sh/chart: {{ include "video-kd.chart" . }}
+{{ include "video-kd.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: video-kd
+{{- end }}
+
+{{/* ServiceAccount the pipeline's pods, the PyTorchJob and the hook Job run as. */}}
+{{- define "video-kd.serviceAccountName" -}}
+{{- if .Values.serviceAccount.create }}
+{{- default (include "video-kd.fullname" .) .Values.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{- define "video-kd.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag }}
+{{- end }}
+
+{{/* CPU image: the hook Job. */}}
+{{- define "video-kd.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "video-kd.tag" .) }}
+{{- end }}
+
+{{/* Image of the pipeline run (components + PyTorchJob): CUDA build when training on GPUs. */}}
+{{- define "video-kd.pipelineImage" -}}
+{{- if .Values.training.gpu.enabled }}
+{{- printf "%s:%s%s" .Values.image.repository (include "video-kd.tag" .) .Values.image.cudaTagSuffix }}
+{{- else }}
+{{- include "video-kd.image" . }}
+{{- end }}
+{{- end }}
+
+{{- define "video-kd.gpusPerWorker" -}}
+{{- if .Values.training.gpu.enabled }}{{ .Values.training.gpu.perWorker }}{{ else }}0{{ end }}
+{{- end }}
+
+{{- define "video-kd.pvcName" -}}
+{{- if .Values.persistence.existingClaim }}
+{{- .Values.persistence.existingClaim }}
+{{- else if .Values.persistence.enabled }}
+{{- printf "%s-cache" (include "video-kd.fullname" .) }}
+{{- end }}
+{{- end }}
+
+{{/* Run parameters: user params first, then the ones the chart owns (never overridable). */}}
+{{- define "video-kd.pipelineParams" -}}
+{{- $owned := dict
+      "image" (include "video-kd.pipelineImage" .)
+      "s3_bucket" .Values.s3.bucket
+      "s3_prefix" .Values.s3.prefix
+      "num_workers" (toString .Values.training.workers)
+      "gpus_per_worker" (include "video-kd.gpusPerWorker" .) }}
+{{- $params := dict }}
+{{- range $k, $v := .Values.pipeline.params }}
+{{- if and (not (hasKey $owned $k)) (ne (toString $v) "") }}
+{{- $_ := set $params $k (toString $v) }}
+{{- end }}
+{{- end }}
+{{- range $k, $v := $owned }}
+{{- $_ := set $params $k $v }}
+{{- end }}
+{{- toJson $params }}
+{{- end }}
+
+{{/* Container fields shared by the hook Job's upload and schedule containers; call with (dict "root" .). */}}
+{{- define "video-kd.hookContainer" -}}
+image: {{ include "video-kd.image" .root }}
+imagePullPolicy: {{ .root.Values.image.pullPolicy }}
+command: ["video-kd"]
+env:
+  - name: KFP_HOST
+    value: {{ .root.Values.kfp.host | quote }}
+  {{- if .root.Values.kfp.serviceAccountToken.enabled }}
+  - name: KF_PIPELINES_SA_TOKEN_PATH
+    value: /var/run/secrets/kubeflow/pipelines/token
+  {{- end }}
+securityContext:
+  {{- toYaml .root.Values.securityContext | nindent 2 }}
+resources:
+  {{- toYaml .root.Values.uploadJob.resources | nindent 2 }}
+volumeMounts:
+  - name: home
+    mountPath: /home/app
+  - name: tmp
+    mountPath: /tmp
+  {{- if .root.Values.kfp.serviceAccountToken.enabled }}
+  - name: kfp-token
+    mountPath: /var/run/secrets/kubeflow/pipelines
+    readOnly: true
+  {{- end }}
+{{- end }}
