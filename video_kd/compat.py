@@ -18,6 +18,14 @@ It patches exactly two packaging problems, measured on the pinned releases:
    detection/grounding heads and the visual-grounding metric.  torchvision
    from PyPI does not load beside the CPU torch we pin, so we register
    stand-ins that raise a clear error when called.
+4. torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, and
+   mmengine 0.10.7 (resume, ``load_from``, MMRazor's ``teacher_ckpt``) calls
+   ``torch.load`` without saying otherwise, so its own checkpoints (which
+   pickle a ``HistoryBuffer``, numpy arrays and ``getattr``) fail to load.  We
+   re-register mmengine's local-file checkpoint loader with
+   ``weights_only=False``: local checkpoint files are trusted inputs here (our
+   own training outputs, or a teacher whose sha256 the pipeline checked).
+   Remote schemes (http, s3 via mmengine) keep torch's safe default.
 
 Misuse fails loudly: installing after mmaction/mmrazor were already imported
 raises ``CompatError`` (the stand-ins would come too late to help), and every
@@ -116,6 +124,22 @@ def is_installed() -> bool:
                for name in (*DRN_MODULES, QUANT_MODULE, BOX_UTILS_MODULE, GROUNDING_MODULE))
 
 
+def _load_trusted_local_checkpoint(filename, map_location=None):
+    import os.path
+
+    import torch
+    filename = os.path.expanduser(filename)
+    if not os.path.isfile(filename):
+        raise FileNotFoundError(f'{filename} can not be found.')
+    return torch.load(filename, map_location=map_location, weights_only=False)
+
+
+def _trust_local_checkpoints() -> None:
+    from mmengine.runner.checkpoint import CheckpointLoader
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_trusted_local_checkpoint,
+                                     force=True)
+
+
 def install() -> None:
     """Register the stand-ins; idempotent, and refuses to come too late."""
     if is_installed():
@@ -138,6 +162,7 @@ def install() -> None:
         BOX_UTILS_MODULE, **{name: _torchvision_box_op(name) for name in _BOX_OPS})
     sys.modules[GROUNDING_MODULE] = _stub_module(
         GROUNDING_MODULE, VisualGroundingMetric=VisualGroundingMetric)
+    _trust_local_checkpoints()
 
 
 install()
