@@ -57,6 +57,19 @@ def dist_backend() -> str:
     return 'nccl' if torch.cuda.is_available() else 'gloo'
 
 
+def init_cpu_process_group(launcher: str) -> None:
+    """Start gloo ourselves on CPU-only machines.
+
+    mmengine's init_dist calls torch.cuda.set_device unconditionally, which a
+    CPU build of torch rejects; the Runner skips init_dist when a process
+    group already exists.  On GPUs mmengine does it all (nccl).
+    """
+    import torch
+    import torch.distributed as dist
+    if launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend='gloo')
+
+
 def launcher_from_env() -> str:
     """'pytorch' when started by torchrun (or a PyTorchJob pod), else 'none'."""
     return 'pytorch' if int(os.environ.get('WORLD_SIZE', '1')) > 1 and 'LOCAL_RANK' in os.environ \

@@ -25,8 +25,9 @@ from mmengine.config import Config, DictAction
 from video_kd import dataset
 from video_kd.config import is_distill_config, load_config
 from video_kd.convert import load_state_dict, state_dict_mismatch
-from video_kd.runtime import (UsageError, dist_backend, is_main_process, launcher_from_env,
-                              register_all_modules, run_cli, set_data_root, setup_logging)
+from video_kd.runtime import (UsageError, dist_backend, init_cpu_process_group, is_main_process,
+                              launcher_from_env, register_all_modules, run_cli, set_data_root,
+                              setup_logging)
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +147,10 @@ def build_config(args: argparse.Namespace) -> Config:
     cfg.work_dir = str(work_dir)
     cfg.launcher = args.launcher or launcher_from_env()
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = dist_backend()
+    if cfg.launcher == 'pytorch' and dist_backend() == 'gloo':
+        # mmengine's default DDP wrapper pins device_ids=[LOCAL_RANK]: GPU only.
+        cfg.setdefault('model_wrapper_cfg', dict(type='MMDistributedDataParallel',
+                                                 device_ids=None, broadcast_buffers=False))
     if args.resume:
         cfg.resume = True
         cfg.load_from = None if args.resume == 'auto' else args.resume
@@ -155,6 +160,7 @@ def build_config(args: argparse.Namespace) -> Config:
 def train(cfg: Config):
     """Run the mmengine Runner; returns it (work_dir, checkpoints...)."""
     from mmengine.runner import Runner
+    init_cpu_process_group(cfg.launcher)
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
