@@ -153,3 +153,37 @@ def http_server(tmp_path):
     root.mkdir()
     with FileServer(root) as server:
         yield server
+
+
+# --------------------------------------------------------------------------- KD core
+# A tiny real dataset and a tiny trained teacher, made once per session: generated
+# MP4 files decoded by decord, a TSM-ResNet50 trained by the mmengine Runner.
+TINY_DATA = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
+TINY_TRAIN = ['--cfg-options', 'train_dataloader.batch_size=4', 'val_dataloader.batch_size=4',
+              'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
+              'train_dataloader.persistent_workers=False',
+              'val_dataloader.persistent_workers=False']
+
+
+def run_module(module: str, *args: str, cwd=None, timeout: float = 600,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m module args...` as a user would run it; output captured as text."""
+    return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})})
+
+
+@pytest.fixture(scope='session')
+def kd_data(tmp_path_factory) -> Path:
+    from video_kd.dataset import generate_dataset
+    return generate_dataset(tmp_path_factory.mktemp('kd') / 'data', **TINY_DATA)
+
+
+@pytest.fixture(scope='session')
+def tiny_teacher(kd_data, tmp_path_factory) -> Path:
+    """A tsm_r50_tiny checkpoint trained for one epoch on kd_data."""
+    work_dir = tmp_path_factory.mktemp('teacher')
+    result = run_module('video_kd.train', 'tsm_r50_tiny', '--work-dir', work_dir,
+                        '--data-root', kd_data, '--max-epochs', 1, *TINY_TRAIN)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work_dir / 'epoch_1.pth'

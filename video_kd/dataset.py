@@ -90,6 +90,20 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
     writer.release()
 
 
+def _check_size_round_trips(root: Path, size: int, num_frames: int) -> None:
+    """Some sizes (48x48 seen) encode into files decord mis-decodes: refuse them early."""
+    probe = root / '.size_probe.mp4'
+    frames = [np.zeros((size, size, 3), np.uint8)] * max(num_frames, 2)
+    write_video(probe, frames)
+    try:
+        reason = check_video(probe, min_frames=len(frames))
+    finally:
+        probe.unlink()
+    if reason:
+        raise ValueError(f'clips of {size}x{size} do not decode back ({reason}); '
+                         'use another size, e.g. 32, 64 or 96')
+
+
 def generate_dataset(root: str | Path, num_classes: int = 5, train_per_class: int = 12,
                      val_per_class: int = 6, num_frames: int = 16, size: int = 64,
                      seed: int = 0) -> Path:
@@ -99,6 +113,7 @@ def generate_dataset(root: str | Path, num_classes: int = 5, train_per_class: in
     root = Path(root)
     rng = np.random.default_rng(seed)
     classes = MOTIONS[:num_classes]
+    _check_size_round_trips(root, size, num_frames)
     lists = {TRAIN_LIST: [], VAL_LIST: []}
     for label, motion in enumerate(classes):
         for split, count in ((TRAIN_LIST, train_per_class), (VAL_LIST, val_per_class)):

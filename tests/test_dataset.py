@@ -1,0 +1,75 @@
+"""Generated videos are real and decodable; validation reports bad entries, never rewrites."""
+import json
+
+import decord
+import pytest
+
+from video_kd import dataset
+
+
+@pytest.fixture
+def small_dataset(tmp_path):
+    return dataset.generate_dataset(tmp_path / 'data', num_classes=3, train_per_class=3,
+                                    val_per_class=2, num_frames=10, size=32, seed=1)
+
+
+def test_generated_dataset_has_kinetics_layout_and_real_videos(small_dataset):
+    classes = dataset.read_classes(small_dataset)
+    assert classes == list(dataset.MOTIONS[:3])
+    lines = (small_dataset / dataset.TRAIN_LIST).read_text().split('\n')
+    lines = [line for line in lines if line]
+    assert len(lines) == 9
+    rel, label = lines[0].split()
+    reader = decord.VideoReader(str(small_dataset / 'videos' / rel))
+    assert len(reader) == 10
+    assert reader[0].shape == (32, 32, 3)
+    assert int(label) in range(3)
+
+
+def test_frames_of_a_clip_change_over_time(small_dataset):
+    """A single frame must not tell the class: the shape moves between frames."""
+    rel = (small_dataset / dataset.TRAIN_LIST).read_text().split()[0]
+    frames = decord.VideoReader(str(small_dataset / 'videos' / rel)).get_batch([0, 9]).asnumpy()
+    assert abs(frames[0].astype(int) - frames[1].astype(int)).mean() > 5
+
+
+def test_validation_reports_bad_entries_and_keeps_the_good(small_dataset, tmp_path):
+    videos = small_dataset / 'videos'
+    train = (small_dataset / dataset.TRAIN_LIST).read_text().splitlines()
+    corrupt, empty = train[0].split()[0], train[1].split()[0]
+    (videos / corrupt).write_bytes((videos / corrupt).read_bytes()[:300])  # truncated
+    (videos / empty).write_bytes(b'')
+    train += ['move_up/missing.mp4 0', f'{train[2].split()[0]} 7', 'no-label-here']
+    (small_dataset / dataset.TRAIN_LIST).write_text('\n'.join(train) + '\n')
+    original = (small_dataset / dataset.TRAIN_LIST).read_text()
+
+    report = dataset.validate_dataset(small_dataset, tmp_path / 'clean')
+
+    reasons = {item['path']: item['reason'] for item in report['splits'][0]['rejected']}
+    assert reasons[empty] == 'empty file'
+    assert reasons[corrupt].startswith('cannot decode')
+    assert reasons['move_up/missing.mp4'] == 'file not found'
+    assert 'unknown label' in reasons[train[2].split()[0]]
+    assert 'malformed line' in reasons['no-label-here']
+    assert report['splits'][0]['valid'] == 7 and report['splits'][0]['total'] == 12
+    clean = (tmp_path / 'clean' / dataset.TRAIN_LIST).read_text()
+    assert corrupt not in clean and empty not in clean and len(clean.splitlines()) == 7
+    assert (small_dataset / dataset.TRAIN_LIST).read_text() == original  # never rewritten
+    assert json.loads((tmp_path / 'clean' / 'report.json').read_text())['rejected_total'] == 5
+    assert (tmp_path / 'clean' / 'videos' / train[3].split()[0]).is_file()
+
+
+def test_a_dataset_with_nothing_usable_is_a_clear_error(small_dataset, tmp_path):
+    (small_dataset / dataset.VAL_LIST).write_text('move_up/nope.mp4 0\n')
+    with pytest.raises(dataset.DatasetError, match='no usable video among 1 entries'):
+        dataset.validate_dataset(small_dataset, tmp_path / 'clean')
+
+
+def test_validation_never_writes_into_the_dataset_root(small_dataset):
+    with pytest.raises(dataset.DatasetError, match='never rewrites'):
+        dataset.validate_dataset(small_dataset, small_dataset)
+
+
+def test_sizes_that_do_not_decode_back_are_refused(tmp_path):
+    with pytest.raises(ValueError, match='48x48 do not decode back'):
+        dataset.generate_dataset(tmp_path / 'data', size=48)
