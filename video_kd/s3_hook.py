@@ -1,0 +1,120 @@
+"""An mmengine Hook that copies every checkpoint to S3 as soon as it is written.
+
+Registered through ``custom_hooks`` with the lowest priority, so it runs after
+mmengine's ``CheckpointHook`` in the same epoch::
+
+    custom_hooks = [dict(type='S3CheckpointHook', run_root='s3://bucket/prefix/run-id')]
+
+Only rank 0 uploads (it is the rank that writes checkpoints).  Each file goes
+to ``<run>/train/checkpoints/<name>`` and into the run's manifest.  A
+checkpoint already in S3 with the same content is skipped; one with the same
+name but other content (a restarted pod re-trained an epoch whose upload was
+lost) is kept under ``epoch_N.<k>.pth`` instead: nothing is ever overwritten.
+``latest_checkpoint_uri`` tells which one to resume from.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+from video_kd import s3
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = 'checkpoints'
+_CKPT_RE = re.compile(r'^epoch_(\d+)(?:\.(\d+))?\.pth$')
+
+
+def checkpoint_prefix(layout: s3.RunLayout) -> str:
+    """``s3://<bucket>/<prefix>/<run-id>/train/checkpoints``."""
+    return layout.uri('train', CHECKPOINT_DIR)
+
+
+def checkpoint_sort_key(uri: str) -> tuple[int, int] | None:
+    """(epoch, retry) of an ``epoch_N[.k].pth`` URI; None for other names."""
+    match = _CKPT_RE.match(uri.rsplit('/', 1)[-1])
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+
+
+def list_checkpoints(layout: s3.RunLayout) -> list[str]:
+    """Checkpoint URIs of a run in training order (epoch, then retry)."""
+    uris = [u for u in s3.list_uris(checkpoint_prefix(layout) + '/') if checkpoint_sort_key(u)]
+    return sorted(uris, key=checkpoint_sort_key)
+
+
+def latest_checkpoint_uri(layout: s3.RunLayout) -> str | None:
+    """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
+    uris = list_checkpoints(layout)
+    return uris[-1] if uris else None
+
+
+def publish(manifest: s3.Manifest, step: str, local: str | Path, uri: str) -> s3.ManifestEntry:
+    """Upload ``local`` to ``uri`` and record it, idempotently.
+
+    The same content already stored there (a retried step) is not uploaded
+    again; other content raises ``ObjectExistsError`` as ``upload_file`` does.
+    """
+    sha = s3.sha256_file(local)
+    for entry in manifest.entries:
+        if entry.uri == uri and entry.sha256 == sha and s3.exists(uri):
+            return entry
+    if s3.exists(uri):
+        raise s3.ObjectExistsError(f'refusing to overwrite {uri}: it holds other content')
+    return manifest.record(step, local, uri)
+
+
+def upload_checkpoint(layout: s3.RunLayout, path: Path) -> str:
+    """Put one checkpoint under the run's checkpoint dir; returns its URI."""
+    manifest = s3.Manifest.load(layout)
+    sha = s3.sha256_file(path)
+    stem = path.name[:-len('.pth')]
+    for retry in range(0, 100):
+        name = path.name if retry == 0 else f'{stem}.{retry}.pth'
+        uri = s3.join_uri(checkpoint_prefix(layout), name)
+        if not s3.exists(uri):
+            manifest.record('train', path, uri)
+            log.info('checkpoint %s -> %s', path.name, uri)
+            return uri
+        if any(e.uri == uri and e.sha256 == sha for e in manifest.entries):
+            return uri  # already there (uploaded before a restart)
+    raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
+
+
+@HOOKS.register_module(force=True)
+class S3CheckpointHook(Hook):
+    """Upload new ``epoch_*.pth`` files of the work dir to the run's S3 directory."""
+
+    priority = 'LOWEST'  # after CheckpointHook (VERY_LOW)
+
+    def __init__(self, run_root: str):
+        bucket, key = s3.parse_s3_uri(run_root)
+        prefix, _, run_id = key.rstrip('/').rpartition('/')
+        self.layout = s3.RunLayout(bucket, prefix, run_id)
+        self._done: dict[str, float] = {}
+
+    def _sync(self, runner) -> None:
+        from mmengine.dist import is_main_process
+        if not is_main_process():
+            return
+        for path in sorted(Path(runner.work_dir).glob('epoch_*.pth'),
+                           key=lambda p: checkpoint_sort_key(p.name) or (0, 0)):
+            mtime = path.stat().st_mtime
+            if self._done.get(path.name) == mtime:
+                continue
+            upload_checkpoint(self.layout, path)
+            self._done[path.name] = mtime
+
+    def before_train(self, runner) -> None:
+        # A resumed run starts with the checkpoint it came from: already in S3.
+        for path in Path(runner.work_dir).glob('epoch_*.pth'):
+            self._done[path.name] = path.stat().st_mtime
+
+    def after_train_epoch(self, runner) -> None:
+        self._sync(runner)
+
+    def after_train(self, runner) -> None:
+        self._sync(runner)
