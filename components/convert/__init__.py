@@ -1,0 +1,1 @@
+"""The convert step (see component.py and video_kd.steps)."""

@@ -1,0 +1,17 @@
+"""KFP component: KD checkpoint -> student-only checkpoint; outputs a Model."""
+from kfp import dsl
+from kfp.dsl import Input, Model, Output
+
+from components import DEFAULT_IMAGE
+
+
+@dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
+def convert(kd_model: Input[Model], student: Output[Model]):
+    """Keep the student's weights of the last KD checkpoint under plain MMAction2 names
+    and publish them to <run>/student/."""
+    import json
+    from video_kd import steps
+    meta = steps.run_step(steps.convert, dict(kd_model.metadata))
+    student.metadata.update(meta)
+    with open(student.path, 'w') as out:
+        json.dump(meta, out, indent=2)

@@ -1,0 +1,1 @@
+"""The evaluate step (see component.py and video_kd.steps)."""

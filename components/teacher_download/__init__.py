@@ -1,0 +1,1 @@
+"""The teacher_download step (see component.py and video_kd.steps)."""

@@ -1,0 +1,1 @@
+"""The train step (see component.py and video_kd.steps)."""

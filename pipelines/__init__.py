@@ -1,0 +1,1 @@
+"""The KFP pipeline definition (kd_pipeline.py) and its compiled IR (kd_pipeline.yaml)."""
