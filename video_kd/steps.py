@@ -196,6 +196,8 @@ def data_prep(dataset_uri: str, bucket: str, prefix: str, run_id: str = '', job_
     except dataset.DatasetError as exc:
         raise StepError(f'dataset {dataset_uri}: {exc}') from exc
     (clean / dataset.VIDEO_DIR).unlink(missing_ok=True)  # the symlink: videos live in S3
+    report['root'] = dataset_uri  # not this pod's temporary directory
+    (clean / 'report.json').write_text(json.dumps(report, indent=2))
     files = {}
     for name in (dataset.TRAIN_LIST, dataset.VAL_LIST, dataset.CLASSES_FILE, 'report.json'):
         files[name] = _entry_meta(_publish(layout, 'data', clean / name, name))

@@ -1,0 +1,156 @@
+"""The KFP pipeline: compiled IR (five typed steps in order, committed YAML up to date) and
+real end-to-end runs with KFP's local runner against a real S3 server (moto over HTTP)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from pipelines import kd_pipeline as kp
+from video_kd import s3, steps
+
+ORDER = ['data-prep', 'teacher-download', 'train', 'convert', 'evaluate']
+
+
+def _spec(path=kp.PIPELINE_FILE):
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def test_committed_yaml_is_up_to_date(tmp_path):
+    fresh = kp.compile_pipeline(tmp_path / 'fresh.yaml')
+    assert fresh.read_text() == kp.PIPELINE_FILE.read_text(), (
+        'pipelines/kd_pipeline.yaml is stale: run `video-kd compile` and commit it')
+
+
+def test_five_tasks_chained_in_order_with_typed_artifacts():
+    spec, _ = _spec()
+    tasks = spec['root']['dag']['tasks']
+    assert sorted(tasks) == sorted(ORDER)
+    for before, after in zip(ORDER, ORDER[1:]):
+        assert before in tasks[after].get('dependentTasks', []), f'{after} must follow {before}'
+    assert 'dependentTasks' not in tasks['data-prep']
+
+    def io(task, side):
+        comp = spec['components'][tasks[task]['componentRef']['name']]
+        arts = comp.get(f'{side}Definitions', {}).get('artifacts', {})
+        return {name: a['artifactType']['schemaTitle'] for name, a in arts.items()}
+
+    assert io('data-prep', 'output') == {'dataset': 'system.Dataset'}
+    assert io('teacher-download', 'input') == {'dataset': 'system.Dataset'}
+    assert io('teacher-download', 'output') == {'teacher': 'system.Model'}
+    assert io('train', 'input') == {'dataset': 'system.Dataset', 'teacher': 'system.Model'}
+    assert io('train', 'output') == {'kd_model': 'system.Model'}
+    assert io('convert', 'input') == {'kd_model': 'system.Model'}
+    assert io('convert', 'output') == {'student': 'system.Model'}
+    assert io('evaluate', 'output') == {'metrics': 'system.Metrics',
+                                        'confusion_matrix': 'system.ClassificationMetrics',
+                                        'report': 'system.Markdown'}
+    # data flows through artifacts: each consumer reads its producer's output
+    producer = {name: art['taskOutputArtifact']['producerTask']
+                for name, art in tasks['evaluate']['inputs']['artifacts'].items()}
+    assert producer == {'dataset': 'data-prep', 'teacher': 'teacher-download',
+                        'student': 'convert'}
+    assert all(t['cachingOptions'] == {} for t in tasks.values()), 'caching must be off'
+
+
+def test_typed_parameters_and_no_credentials():
+    spec, _ = _spec()
+    params = spec['root']['inputDefinitions']['parameters']
+    types = {name: p['parameterType'] for name, p in params.items()}
+    for name in ('dataset_uri', 'teacher_url', 'teacher_sha256', 'kd_config', 'student_config',
+                 's3_bucket', 's3_prefix', 'image', 'train_mode', 'run_id'):
+        assert types[name] == 'STRING', name
+    for name in ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'max_epochs'):
+        assert types[name] == 'NUMBER_INTEGER', name
+    assert params['image']['defaultValue'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
+    assert spec['pipelineInfo']['name'] == 'video-kd-distillation'
+    assert not [n for n in params if 'key' in n or 'secret' in n or 'password' in n]
+    # the chart's scheduled run sets exactly these, so they must exist
+    assert {'image', 's3_bucket', 's3_prefix', 'num_workers', 'gpus_per_worker', 'dataset_uri',
+            'teacher_url', 'teacher_sha256', 'kd_config', 'student_config'} <= set(params)
+
+
+def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
+    spec, platform = _spec()
+    executors = spec['deploymentSpec']['executors']
+    assert len(executors) == 5
+    for name, executor in executors.items():
+        container = executor['container']
+        assert container['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"
+        assert 'pip install' not in json.dumps(container), 'the image has everything'
+        k8s = platform['platforms']['kubernetes']['deploymentSpec']['executors'][name]
+        (secret,) = k8s['secretAsEnv']
+        assert secret['secretName'] == 'video-kd-s3-credentials'
+        assert {e['envVar'] for e in secret['keyToEnv']} == {'AWS_ACCESS_KEY_ID',
+                                                              'AWS_SECRET_ACCESS_KEY'}
+        maps = {m['configMapName']: m for m in k8s['configMapAsEnv']}
+        assert 'S3_ENDPOINT_URL' in {e['envVar'] for e in maps['video-kd-s3']['keyToEnv']}
+        assert ('video-kd-training' in maps) == (name == 'exec-train')
+    job_id = spec['root']['dag']['tasks']['data-prep']['inputs']['parameters']['job_id']
+    assert job_id['runtimeValue']['constant'] == '{{$.pipeline_job_uuid}}'
+
+
+def test_run_ids_are_unique_and_a_used_run_dir_is_refused(bucket, tmp_path):
+    ids = {steps.new_run_id('{{$.pipeline_job_uuid}}') for _ in range(20)}
+    assert len(ids) == 20 and all('{' not in i for i in ids)
+    assert steps.new_run_id('8f1c-uuid').endswith('-8f1c-uuid')
+    opts = 'generate://?num_classes=2&train_per_class=2&val_per_class=1&num_frames=10'
+    meta = steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a',
+                           workdir=tmp_path / 'a')
+    assert meta['run_root'] == f's3://{bucket}/p/r1' and meta['num_classes'] == 2
+    assert s3.exists(f's3://{bucket}/p/r1/data/videos/move_up/train_000.mp4') or \
+        any('/data/videos/' in u for u in s3.list_uris(f's3://{bucket}/p/r1/data/'))
+    # a retry of the same KFP run continues; any other run is refused
+    steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'b')
+    with pytest.raises(steps.StepError, match='already used by another run'):
+        steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-b', workdir=tmp_path / 'c')
+    with pytest.raises(steps.StepError, match='unknown generator option'):
+        steps.data_prep('generate://?classes=2', bucket, 'p', run_id='r2')
+
+
+def _verify_run(run_root: str, tmp_path) -> s3.Manifest:
+    """Every manifest entry is in S3 with the recorded checksum; every step wrote something."""
+    manifest = s3.Manifest.load(steps.layout_from_root(run_root))
+    for i, entry in enumerate(manifest.entries):
+        local = s3.download_file(entry.uri, tmp_path / f'obj{i}')
+        assert s3.sha256_file(local) == entry.sha256, entry.uri
+        assert local.stat().st_size == entry.size_bytes
+    assert {e.step for e in manifest.entries} == set(s3.RUN_STEPS)
+    return manifest
+
+
+@pytest.mark.slow
+def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys):
+    from video_kd import cli
+    data = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
+    first = cli.run_local_pipeline(tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1,
+                                   kd_epochs=2, baseline=True, workers=1)
+    manifest = _verify_run(first['run_root'], tmp_path / 'v1')
+    names = {e.uri.rsplit(first['run_id'] + '/', 1)[1] for e in manifest.entries}
+    assert {'data/train_list.txt', 'data/val_list.txt', 'data/classes.txt', 'data/report.json',
+            'train/checkpoints/epoch_1.pth', 'train/checkpoints/epoch_2.pth',
+            'student/epoch_2_student.pth', 'eval/metrics.json', 'eval/report.md'} <= names
+    assert any(n.startswith('teacher/') for n in names)
+    metrics = first['metrics']
+    for model in ('student', 'teacher', 'baseline'):
+        for key in ('top1_acc', 'top5_acc', 'mean_class_acc'):
+            assert 0.0 <= metrics[model][key] <= 1.0
+    assert metrics['kd_gain']['top1_acc'] == pytest.approx(
+        metrics['student']['top1_acc'] - metrics['baseline']['top1_acc'])
+    assert metrics['num_val'] == 6 and len(metrics['confusion_matrix']) == 3
+    # the teacher went through the checksum cache
+    assert s3.list_uris(f's3://{bucket}/kd/cache/teacher/')
+
+    before = {e.uri: e.sha256 for e in manifest.entries}
+    second = cli.run_local_pipeline(tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1,
+                                    kd_epochs=1, baseline=False, workers=1)
+    assert second['run_id'] != first['run_id']
+    assert second['run_root'].startswith(f's3://{bucket}/kd/')
+    _verify_run(second['run_root'], tmp_path / 'v2')
+    assert 'baseline' not in second['metrics']
+    # the first run's objects are untouched
+    again = s3.Manifest.load(steps.layout_from_root(first['run_root']))
+    assert {e.uri: e.sha256 for e in again.entries} == before
+    assert all(s3.exists(uri) for uri in before)
