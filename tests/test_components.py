@@ -1,0 +1,195 @@
+"""The components alone: their entry points, the PyTorchJob the train step builds, clear
+errors, and a torchrun worker killed mid-training (the step resumes from S3)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from components import STEPS
+from video_kd import pytorchjob as pj
+from video_kd import s3, steps
+from video_kd.s3_hook import checkpoint_sort_key, list_checkpoints
+
+TINY = ('train_dataloader.batch_size=4 val_dataloader.batch_size=4 '
+        'train_dataloader.num_workers=0 val_dataloader.num_workers=0 '
+        'train_dataloader.persistent_workers=False val_dataloader.persistent_workers=False')
+GEN = 'generate://?num_classes=3&train_per_class=4&val_per_class=2&num_frames=12'
+
+
+def run_module(module, *args, env=None, timeout=600):
+    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+@pytest.mark.parametrize('step', STEPS)
+def test_every_step_runs_alone_with_help(step):
+    result = run_module(f'components.{step}', '--help')
+    assert result.returncode == 0, result.stderr
+    assert f'python -m components.{step}' in result.stdout
+    assert 'AWS_ACCESS_KEY_ID' in result.stdout  # says where credentials come from
+
+
+def test_missing_credentials_fail_in_one_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
+    result = subprocess.run([sys.executable, '-m', 'components.data_prep', '--dataset-uri',
+                             'generate://', '--s3-bucket', 'b'], capture_output=True, text=True,
+                            env=env)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        'error: S3 credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY')
+    assert 'Traceback' not in result.stderr
+
+
+@pytest.fixture
+def prepared_run(bucket, tmp_path):
+    """A run with data prep done (tiny generated data) and a teacher stub published."""
+    meta = steps.data_prep(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
+    return meta
+
+
+def test_wrong_teacher_checksum_fails_clearly(prepared_run, tmp_path, http_server):
+    (http_server.root / 'teacher.pth').write_bytes(b'not really a checkpoint')
+    result = run_module('components.teacher_download', '--run-root', prepared_run['run_root'],
+                        '--url', http_server.url('teacher.pth'), '--sha256', '0' * 64)
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: SHA-256 mismatch for http://') and 'expected 0000' in last
+    assert not s3.list_uris(prepared_run['run_root'] + '/teacher/')
+
+
+def test_unknown_config_fails_before_any_pod(prepared_run):
+    teacher = {'s3_uri': 's3://x/y.pth', 'sha256': '0' * 64}
+    with pytest.raises(Exception, match='unknown config'):
+        steps.train(prepared_run, teacher, 'kd_no_such_config', mode='local')
+    with pytest.raises(steps.StepError, match='unknown training mode'):
+        steps.train(prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
+                    mode='k8s')
+
+
+def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
+    monkeypatch.setenv('S3_CREDENTIALS_SECRET', 'my-s3-secret')
+    monkeypatch.setenv('VIDEO_KD_SERVICE_ACCOUNT', 'video-kd')
+    monkeypatch.setenv('VIDEO_KD_NAMESPACE', 'team-a')
+    monkeypatch.setenv('VIDEO_KD_WORKER_POD_OVERRIDES', json.dumps({
+        'resources': {'requests': {'cpu': '8', 'memory': '32Gi'}},
+        'nodeSelector': {'nvidia.com/gpu.present': 'true'},
+        'tolerations': [{'key': 'nvidia.com/gpu', 'operator': 'Exists',
+                         'effect': 'NoSchedule'}]}))
+    teacher = {'s3_uri': prepared_run['run_root'] + '/teacher/t.pth', 'sha256': 'a' * 64}
+    manifest = steps.build_train_job(
+        prepared_run['run_root'], prepared_run['dataset_meta_uri'], teacher,
+        'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400', 'reg/video-kd:0.1.0-cuda',
+        num_workers=3, gpus_per_worker=2, nproc_per_node=2, max_epochs=5)
+    job = pj.validate_pytorchjob(manifest)  # SDK model + operator webhook rules + K8s schema
+    assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
+    assert manifest['metadata']['namespace'] == 'team-a'
+    assert manifest['metadata']['name'] == steps.pytorchjob_name(prepared_run['run_id'])
+    assert job.spec.pytorch_replica_specs['Master'].replicas == 1
+    assert job.spec.pytorch_replica_specs['Worker'].replicas == 2
+    assert manifest['spec']['nprocPerNode'] == '2'
+    for rtype in ('Master', 'Worker'):
+        replica = manifest['spec']['pytorchReplicaSpecs'][rtype]
+        assert replica['restartPolicy'] == 'OnFailure'
+        pod = replica['template']['spec']
+        (c,) = pod['containers']
+        assert c['image'] == 'reg/video-kd:0.1.0-cuda'
+        assert c['command'] == ['torchrun']
+        assert c['args'][:4] == ['-m', 'video_kd.steps', 'train-pod',
+                                 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400']
+        args = dict(zip(c['args'][4::2], c['args'][5::2]))
+        assert args['--run-root'] == prepared_run['run_root']
+        assert args['--data-meta'] == prepared_run['dataset_meta_uri']
+        assert args['--teacher'] == teacher['s3_uri'] and args['--max-epochs'] == '5'
+        env = {e['name']: e for e in c['env']}
+        assert env['S3_ENDPOINT_URL']['value'] == os.environ['S3_ENDPOINT_URL']
+        assert env['VIDEO_KD_RUN_ID']['value'] == prepared_run['run_id']
+        assert env['AWS_SECRET_ACCESS_KEY']['valueFrom']['secretKeyRef']['name'] == 'my-s3-secret'
+        assert 'value' not in env['AWS_ACCESS_KEY_ID']
+        assert c['resources']['limits']['nvidia.com/gpu'] == '2'
+        assert c['resources']['requests'] == {'cpu': '8', 'memory': '32Gi'}
+        assert pod['serviceAccountName'] == 'video-kd'
+        assert pod['nodeSelector'] == {'nvidia.com/gpu.present': 'true'}
+    # the module the pods run exists and explains itself
+    result = run_module('video_kd.steps', 'train-pod', '--help')
+    assert result.returncode == 0 and '--run-root' in result.stdout
+
+
+def _descendants(pid: int) -> list[int]:
+    children = {}
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            fields = stat.read_text().rsplit(')', 1)[1].split()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _worker_pids(step_pid: int) -> list[int]:
+    """The training processes torchrun started (they run video_kd.steps train-pod)."""
+    pids = []
+    for pid in _descendants(step_pid):
+        try:
+            cmd = Path(f'/proc/{pid}/cmdline').read_bytes().split(b'\0')
+        except OSError:
+            continue
+        if b'torch.distributed.run' not in cmd and b'train-pod' in cmd:
+            pids.append(pid)
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
+    layout = steps.layout_from_root(prepared_run['run_root'])
+    teacher_work = tmp_path / 'teacher'
+    result = run_module('video_kd.train', 'tsm_r50_tiny', '--work-dir', teacher_work,
+                        '--data-root', tmp_path / 'prep' / 'raw', '--max-epochs', 1,
+                        '--no-data-check', '--cfg-options', *TINY.split())
+    assert result.returncode == 0, result.stderr[-2000:]
+    meta = steps.teacher_download(layout.root, str(teacher_work / 'epoch_1.pth'))
+    assert meta['s3_uri'].startswith(layout.root + '/teacher/')
+    args = ['components.train', '--run-root', layout.root, '--kd-config',
+            'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', '--mode', 'local', '--num-workers', 2,
+            '--max-epochs', 4, '--cfg-options', TINY]
+
+    proc = subprocess.Popen([sys.executable, '-m', *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while not list_checkpoints(layout):
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() < deadline, 'no checkpoint reached S3'
+        time.sleep(0.2)
+    workers = _worker_pids(proc.pid)
+    assert len(workers) == 2
+    os.kill(workers[-1], signal.SIGKILL)  # rank 1 dies mid-training
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 2
+    error = stderr.strip().splitlines()[-1]
+    assert error.startswith('error: local training (torchrun, 2 processes) failed')
+    assert 're-run the step to resume' in error
+    before = {e.uri: e.sha256 for e in s3.Manifest.load(layout).entries if e.step == 'train'}
+    assert before and len(before) < 4, f'the kill came too late: {sorted(before)}'
+
+    again = run_module(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    last_before = max(before, key=checkpoint_sort_key).rsplit('/', 1)[1]
+    assert f'resuming from {last_before}' in again.stderr
+    out = json.loads(again.stdout)
+    assert out['s3_uri'].endswith('/train/checkpoints/epoch_4.pth')
+    after = {e.uri: e.sha256 for e in s3.Manifest.load(layout).entries if e.step == 'train'}
+    assert all(after[uri] == sha for uri, sha in before.items()), 'nothing lost or rewritten'
+    epochs = sorted(checkpoint_sort_key(u)[0] for u in list_checkpoints(layout))
+    assert epochs[:4] == [1, 2, 3, 4][:len(epochs[:4])] and epochs[-1] == 4
+    assert all(s3.exists(u) for u in after)
