@@ -23,7 +23,7 @@ import video_kd  # noqa: F401  (compat before OpenMMLab)
 from mmengine.config import Config, DictAction
 
 from video_kd import dataset
-from video_kd.config import is_distill_config, load_config
+from video_kd.config import is_distill_config, load_config, set_num_classes
 from video_kd.convert import load_state_dict, state_dict_mismatch
 from video_kd.runtime import (UsageError, dist_backend, init_cpu_process_group, is_main_process,
                               launcher_from_env, register_all_modules, run_cli, set_data_root,
@@ -129,6 +129,8 @@ def build_config(args: argparse.Namespace) -> Config:
     register_all_modules()
     work_dir = Path(args.work_dir).resolve()
     check_work_dir(work_dir, args.resume)
+    if args.data_root:  # heads sized to the dataset before the teacher is checked
+        set_num_classes(cfg.model, len(dataset.read_classes(args.data_root)))
     if is_distill_config(cfg):
         teacher_ckpt = args.teacher_ckpt or cfg.model.get('teacher_ckpt')
         if not teacher_ckpt:
