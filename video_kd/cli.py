@@ -475,7 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description='Start a run of the compiled pipeline on a KFP host.')
     _kfp_args(p)
     p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE',
-                   help='pipeline parameter (repeatable); see README.md, 'The pipeline'')
+                   help='pipeline parameter (repeatable); see the pipeline parameters in README.md')
     p.add_argument('--experiment', default='video-kd')
     p.add_argument('--run-name')
     p.add_argument('--service-account')
