@@ -59,6 +59,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
                         help='override config keys, mmengine style: '
                              'optim_wrapper.optimizer.lr=0.01 train_dataloader.batch_size=4')
+    parser.add_argument('--teacher-logit-cache', metavar='URI',
+                        help='KD only: reuse the teacher\'s logits per augmented view, stored '
+                             'under URI/teacher_logits/ (an s3:// prefix or a local dir; see '
+                             'video_kd.logit_cache). Off by default')
     parser.add_argument('--launcher', choices=['none', 'pytorch'], default=None,
                         help='distributed launcher (default: pytorch under torchrun, else none)')
     return parser.parse_args(argv)
@@ -146,6 +150,11 @@ def build_config(args: argparse.Namespace) -> Config:
         prepare_data(cfg, args.data_root, work_dir, check_videos=not args.no_data_check)
     if args.max_epochs:
         cfg.train_cfg.max_epochs = args.max_epochs
+    if getattr(args, 'teacher_logit_cache', None):
+        if not is_distill_config(cfg):
+            raise UsageError('--teacher-logit-cache needs a distillation config')
+        from video_kd.logit_cache import enable_cache
+        logger.info('teacher-logit cache: %s', enable_cache(cfg, args.teacher_logit_cache))
     cfg.work_dir = str(work_dir)
     cfg.launcher = args.launcher or launcher_from_env()
     cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = dist_backend()
