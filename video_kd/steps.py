@@ -281,11 +281,14 @@ def pytorchjob_name(run_id: str) -> str:
 
 def train_pod_command(run_root: str, data_meta_uri: str, teacher_uri: str, teacher_sha: str,
                       kd_config: str, max_epochs: int = 0, cfg_options: str = '',
-                      work_dir: str = '/tmp/video-kd/train') -> list[str]:
+                      work_dir: str = '/tmp/video-kd/train',
+                      teacher_logit_cache: bool = False) -> list[str]:
     """What follows ``torchrun`` in every pod (and locally)."""
     command = ['-m', 'video_kd.steps', 'train-pod', kd_config, '--run-root', run_root,
                '--data-meta', data_meta_uri, '--teacher', teacher_uri,
                '--teacher-sha256', teacher_sha, '--work-dir', work_dir]
+    if teacher_logit_cache:
+        command.append('--teacher-logit-cache')
     if max_epochs:
         command += ['--max-epochs', str(max_epochs)]
     if cfg_options.strip():
@@ -302,12 +305,14 @@ def _namespace() -> str:
 
 def build_train_job(run_root: str, data_meta_uri: str, teacher: dict[str, Any], kd_config: str,
                     image: str, num_workers: int, gpus_per_worker: int, nproc_per_node: int = 1,
-                    max_epochs: int = 0, cfg_options: str = '') -> dict[str, Any]:
+                    max_epochs: int = 0, cfg_options: str = '',
+                    teacher_logit_cache: bool = False) -> dict[str, Any]:
     """The PyTorchJob manifest of a run's training (validated)."""
     from video_kd import pytorchjob
     layout = layout_from_root(run_root)
     command = train_pod_command(run_root, data_meta_uri, teacher['s3_uri'], teacher['sha256'],
-                                kd_config, max_epochs, cfg_options)
+                                kd_config, max_epochs, cfg_options,
+                                teacher_logit_cache=teacher_logit_cache)
     env = {k: os.environ[k] for k in S3_PLAIN_ENV if os.environ.get(k)}
     env['VIDEO_KD_RUN_ID'] = layout.run_id
     overrides = json.loads(os.environ.get('VIDEO_KD_WORKER_POD_OVERRIDES') or '{}')
@@ -345,7 +350,8 @@ def publish_data_meta(data_meta: dict[str, Any]) -> str:
 def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mode: str = 'local',
           image: str = '', num_workers: int = 1, gpus_per_worker: int = 0,
           nproc_per_node: int = 1, max_epochs: int = 0, cfg_options: str = '',
-          workdir: str | Path | None = None, timeout: float = 7 * 24 * 3600) -> dict[str, Any]:
+          workdir: str | Path | None = None, timeout: float = 7 * 24 * 3600,
+          teacher_logit_cache: bool = False) -> dict[str, Any]:
     """Run the KD training as a PyTorchJob (``mode='pytorchjob'``) or under local torchrun.
 
     Either way the checkpoints are in ``<run>/train/checkpoints/``; returns the
@@ -359,7 +365,8 @@ def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mo
     meta_uri = publish_data_meta(data_meta)
     if mode == 'pytorchjob':
         manifest = build_train_job(layout.root, meta_uri, teacher, kd_config, image, num_workers,
-                                   gpus_per_worker, nproc_per_node, max_epochs, cfg_options)
+                                   gpus_per_worker, nproc_per_node, max_epochs, cfg_options,
+                                   teacher_logit_cache=teacher_logit_cache)
         try:
             pytorchjob.submit_and_wait(manifest, timeout=timeout)
         except pytorchjob.PyTorchJobFailed as exc:
@@ -371,7 +378,8 @@ def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mo
         attempt = Path(tempfile.mkdtemp(prefix='attempt-', dir=work))
         nproc = max(1, num_workers) * max(1, nproc_per_node)
         command = train_pod_command(layout.root, meta_uri, teacher['s3_uri'], teacher['sha256'],
-                                    kd_config, max_epochs, cfg_options, str(attempt / 'work'))
+                                    kd_config, max_epochs, cfg_options, str(attempt / 'work'),
+                                    teacher_logit_cache=teacher_logit_cache)
         code = pytorchjob.run_local(command, nproc_per_node=nproc,
                                     env={'VIDEO_KD_RUN_ID': layout.run_id},
                                     log_path=attempt / 'torchrun.log')
@@ -429,6 +437,9 @@ def train_pod(argv: list[str] | None = None) -> int:
     parser.add_argument('--work-dir', required=True)
     parser.add_argument('--max-epochs', type=int)
     parser.add_argument('--cfg-options', nargs='+', default=[])
+    parser.add_argument('--teacher-logit-cache', action='store_true',
+                        help='reuse teacher logits stored next to the dataset '
+                             '(<dataset>/teacher_logits/, see video_kd.logit_cache)')
     args = parser.parse_args(argv)
     setup_logging()
     layout = layout_from_root(args.run_root)
@@ -459,6 +470,9 @@ def train_pod(argv: list[str] | None = None) -> int:
         train_argv += ['--max-epochs', str(args.max_epochs)]
     if args.cfg_options:
         train_argv += ['--cfg-options', *args.cfg_options]
+    if args.teacher_logit_cache:  # next to the dataset's videos: shared by its retrainings
+        videos_uri = json.loads((inputs / 'dataset.json').read_text())['videos_uri']
+        train_argv += ['--teacher-logit-cache', videos_uri.rstrip('/').rsplit('/', 1)[0]]
     cfg = train_mod.build_config(train_mod.parse_args(train_argv))
     hooks = list(cfg.get('custom_hooks') or [])
     hooks.append(dict(type='S3CheckpointHook', run_root=layout.root, priority='LOWEST'))
