@@ -104,8 +104,8 @@ def _check_size_round_trips(root: Path, size: int, num_frames: int) -> None:
                          'use another size, e.g. 32, 64 or 96')
 
 
-def generate_dataset(root: str | Path, num_classes: int = 5, train_per_class: int = 12,
-                     val_per_class: int = 6, num_frames: int = 16, size: int = 64,
+def generate_dataset(root: str | Path, num_classes: int = 5, train_per_class: int = 20,
+                     val_per_class: int = 8, num_frames: int = 16, size: int = 64,
                      seed: int = 0) -> Path:
     """Write a small real action dataset in the Kinetics-400 layout; returns root."""
     if not 2 <= num_classes <= len(MOTIONS):

@@ -127,6 +127,19 @@ def _wait_for(path: Path, timeout: float = 3600) -> None:
         time.sleep(0.5)
 
 
+def set_max_epochs(cfg: Config, max_epochs: int) -> None:
+    """Change the epoch budget, stretching epoch-based schedules that span all of it."""
+    old = cfg.train_cfg.get('max_epochs')
+    cfg.train_cfg.max_epochs = max_epochs
+    schedulers = cfg.get('param_scheduler') or []
+    for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        if not scheduler.get('by_epoch', True):
+            continue
+        for key in ('T_max', 'end'):
+            if scheduler.get(key) == old:
+                scheduler[key] = max_epochs
+
+
 def build_config(args: argparse.Namespace) -> Config:
     """Load and check everything; returns the config the Runner will run."""
     cfg = load_config(args.config, args.cfg_options)
@@ -149,7 +162,7 @@ def build_config(args: argparse.Namespace) -> Config:
     if args.data_root:
         prepare_data(cfg, args.data_root, work_dir, check_videos=not args.no_data_check)
     if args.max_epochs:
-        cfg.train_cfg.max_epochs = args.max_epochs
+        set_max_epochs(cfg, args.max_epochs)
     if getattr(args, 'teacher_logit_cache', None):
         if not is_distill_config(cfg):
             raise UsageError('--teacher-logit-cache needs a distillation config')
