@@ -34,7 +34,7 @@ LOCAL_SECRET_KEY = 'video-kd-local-secret'
 TINY_KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 TINY_TEACHER_CONFIG = 'tsm_r50_tiny'
 TINY_STUDENT_CONFIG = 'tsm_mobilenetv2_tiny'
-# Tiny runs on a laptop: no DataLoader worker processes, small batches.
+# Tiny runs on a laptop: no DataLoader worker processes (the batch sizes are the config's).
 TINY_CFG_OPTIONS = ['train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
                     'train_dataloader.persistent_workers=False',
                     'val_dataloader.persistent_workers=False']
