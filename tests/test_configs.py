@@ -100,3 +100,11 @@ def test_tiny_kd_configs_distill(name):
     model, losses = _kd_loss_step(name, size=56)
     assert torch.isfinite(losses['distill.loss_dist'])
     assert all(p.grad is None for p in model.teacher.parameters())
+
+
+def test_max_epochs_override_stretches_the_schedule_that_spans_training():
+    from video_kd.train import set_max_epochs
+    cfg = load_config('tsm_mobilenetv2_tiny')
+    set_max_epochs(cfg, 4)
+    assert cfg.train_cfg.max_epochs == 4
+    assert cfg.param_scheduler[0].T_max == 4
