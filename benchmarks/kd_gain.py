@@ -1,0 +1,140 @@
+"""KD gain on the generated dataset: student alone vs student + KD (and + the logit cache).
+
+One teacher (tsm_r50_tiny) is trained once; then, for each seed, the student
+(tsm_mobilenetv2_tiny) is trained alone, distilled as MMRazor does it, and
+distilled with the teacher-logit cache (video_kd.logit_cache), all with the
+same data, schedule and seed.  Top-1 on the validation split after the last
+epoch is reported per run, with mean and standard deviation over seeds, so
+the gain (and whether the cache changes accuracy) can be read against the
+seed-to-seed noise.  Every training runs as a user runs it:
+``python -m video_kd.train ...`` in a subprocess.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
+
+TEACHER = 'tsm_r50_tiny'
+STUDENT = 'tsm_mobilenetv2_tiny'
+KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
+ARMS = ('student', 'kd', 'kd_cached')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2])
+    parser.add_argument('--arms', nargs='+', default=list(ARMS), choices=ARMS)
+    parser.add_argument('--epochs', type=int, default=15, help='student / KD epochs')
+    parser.add_argument('--teacher-epochs', type=int, default=15)
+    parser.add_argument('--dataset', help='existing dataset root (default: generate one with '
+                                          'video_kd.dataset.generate_dataset defaults)')
+    parser.add_argument('--teacher-ckpt', help='a trained tsm_r50_tiny checkpoint for --dataset '
+                                               '(default: train one, --teacher-epochs)')
+    parser.add_argument('--workdir', help='where runs go (default: a temporary directory)')
+    parser.add_argument('--out', default='kd_gain')
+    return parser.parse_args(argv)
+
+
+def train(config: str, work_dir: Path, data: Path, epochs: int, seed: int, *extra: str) -> dict:
+    command = [sys.executable, '-m', 'video_kd.train', config, '--work-dir', str(work_dir),
+               '--data-root', str(data), '--max-epochs', str(epochs), '--no-data-check',
+               *extra, '--cfg-options', f'randomness.seed={seed}',
+               f'train_cfg.val_interval={epochs}', f'param_scheduler.0.T_max={epochs}']
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    if result.returncode:
+        raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
+    scalars = sorted(work_dir.glob('*/vis_data/scalars.json'))[-1]
+    records = [json.loads(line) for line in scalars.read_text().splitlines() if line.strip()]
+    val = [r for r in records if any(k.endswith('acc/top1') for k in r)][-1]
+    top1 = next(v for k, v in val.items() if k.endswith('acc/top1') and 'teacher' not in k)
+    out = {'top1': top1, 'wall_s': wall, 'val_record': val}
+    hits = [line for line in (result.stdout + result.stderr).splitlines()
+            if 'teacher-logit cache:' in line and 'hits' in line]
+    if hits:
+        out['cache'] = hits[-1].split('teacher-logit cache:', 1)[1].strip()
+    return out
+
+
+def evaluate_teacher(ckpt: Path, data: Path, work_dir: Path) -> dict:
+    out = work_dir / 'metrics.json'
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, '-m', 'video_kd.evaluate', TEACHER, str(ckpt),
+                             '--data-root', str(data), '--out', str(out)],
+                            capture_output=True, text=True)
+    if result.returncode:
+        raise RuntimeError(f'evaluating the teacher failed:\n{result.stderr[-3000:]}')
+    return {'top1': json.loads(out.read_text())['top1_acc'], 'checkpoint': str(ckpt),
+            'wall_s': time.perf_counter() - start}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    work = Path(args.workdir or tempfile.mkdtemp(prefix='kd_gain_'))
+    data = Path(args.dataset) if args.dataset else None
+    if data is None:
+        from video_kd.dataset import generate_dataset, validate_dataset
+        data = work / 'data'
+        generate_dataset(work / 'raw')
+        validate_dataset(work / 'raw', data)
+    print(f'dataset {data}; runs in {work}', flush=True)
+    if args.teacher_ckpt:  # evaluate the given teacher on the val split
+        teacher_ckpt = Path(args.teacher_ckpt)
+        teacher = evaluate_teacher(teacher_ckpt, data, work / 'teacher_eval')
+    else:
+        teacher = train(TEACHER, work / 'teacher', data, args.teacher_epochs, 0)
+        teacher_ckpt = work / 'teacher' / f'epoch_{args.teacher_epochs}.pth'
+    print(f'teacher top-1 {teacher["top1"]:.3f} ({teacher["wall_s"]:.0f} s)', flush=True)
+    runs = {arm: [] for arm in args.arms}
+    for seed in args.seeds:
+        for arm in args.arms:
+            wd = work / f'{arm}_seed{seed}'
+            if arm == 'student':
+                run = train(STUDENT, wd, data, args.epochs, seed)
+            else:
+                extra = ['--teacher-ckpt', str(teacher_ckpt)]
+                if arm == 'kd_cached':
+                    extra += ['--teacher-logit-cache', str(work / f'cache_seed{seed}')]
+                run = train(KD, wd, data, args.epochs, seed, *extra)
+            run['seed'] = seed
+            runs[arm].append(run)
+            print(f'seed {seed} {arm}: top-1 {run["top1"]:.3f} ({run["wall_s"]:.0f} s)'
+                  + (f'  cache: {run["cache"]}' if 'cache' in run else ''), flush=True)
+    summary = {arm: common.summary([r['top1'] for r in rs]) for arm, rs in runs.items()}
+    gains = {}
+    for arm in ('kd', 'kd_cached'):
+        if arm in runs and 'student' in runs:
+            diffs = [k['top1'] - s['top1'] for k, s in zip(runs[arm], runs['student'])]
+            gains[f'{arm}_minus_student'] = common.summary(diffs)
+    if 'kd' in runs and 'kd_cached' in runs:
+        diffs = [c['top1'] - k['top1'] for c, k in zip(runs['kd_cached'], runs['kd'])]
+        gains['kd_cached_minus_kd'] = common.summary(diffs)
+    rows = [[arm, ' '.join(f'{r["top1"]:.3f}' for r in runs[arm]),
+             f'{summary[arm]["mean"]:.3f}', f'{summary[arm]["stdev"]:.3f}',
+             f'{statistics.fmean(r["wall_s"] for r in runs[arm]):.0f}'] for arm in runs]
+    rows.append(['teacher', f'{teacher["top1"]:.3f}', '', '', f'{teacher["wall_s"]:.0f}'])
+    common.print_table(['arm', 'top-1 per seed', 'mean', 'stdev', 'wall s'], rows)
+    for name, g in gains.items():
+        print(f'{name}: mean {g["mean"]:+.3f}, stdev {g["stdev"]:.3f} over {g["n"]} seeds')
+    num_val = sum(1 for line in (data / 'val_list.txt').read_text().splitlines() if line.strip())
+    common.write_result(args.out, {
+        'dataset': str(data), 'num_val': num_val, 'epochs': args.epochs,
+        'teacher_epochs': args.teacher_epochs, 'seeds': args.seeds,
+        'teacher': teacher, 'runs': runs, 'summary_top1': summary, 'gains': gains})
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())
