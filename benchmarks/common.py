@@ -24,6 +24,7 @@ PAIRS = {
     'tsn': {'tiny': 'kd_logits_tsn-swin_tsn-r50_tiny',
             'full': 'kd_logits_tsn-swin_tsn-r50_8xb16_k400'},
 }
+START_LOAD = os.getloadavg()  # when the benchmark started (imported first thing)
 PAIR_NAMES = {'tsm': 'TSM-R50 -> TSM-MobileNetV2', 'tsn': 'TSN-Swin -> TSN-R50'}
 
 
@@ -32,7 +33,7 @@ def environment() -> dict:
     info = {'python': platform.python_version(), 'torch': torch.__version__,
             'threads': torch.get_num_threads(), 'cpu_count': os.cpu_count(),
             'cuda': torch.cuda.is_available(), 'machine': platform.machine(),
-            'load_avg_start': os.getloadavg()}
+            'load_avg_start': START_LOAD}
     if torch.cuda.is_available():
         info['gpu'] = torch.cuda.get_device_name(0)
     try:

@@ -34,6 +34,11 @@ import torch  # noqa: E402
 
 VARIANTS = ('student', 'kd_mmrazor', 'kd_eval_infer', 'kd_eval_bf16', 'kd_eval_cl', 'kd_cached')
 TARGET = 1.25
+CACHED_TARGET = 1.05
+
+
+def target_of(variant: str) -> float:
+    return CACHED_TARGET if variant == 'kd_cached' else TARGET
 
 
 def parse_args(argv=None):
@@ -214,12 +219,13 @@ def main(argv=None) -> int:
                          f'[{v["seconds"]["min"]:.3f}, {v["seconds"]["max"]:.3f}]',
                          f'{ratio["median"]:.2f}x',
                          '' if name == 'student' else
-                         ('yes' if ratio['median'] <= TARGET else 'no')])
+                         ('yes' if ratio['median'] <= target_of(name) else 'no')
+                         + f' (<= {target_of(name)}x)'])
         for name, why in r['skipped'].items():
             rows.append([r['pair'], r['size'], r['batch_clips'], name, '-', '-', '-', why])
     common.print_table(['pair', 'size', 'batch', 'step', 'median s', 'range s',
-                        'KD/student', f'<= {TARGET}x'], rows)
-    common.write_result(args.out, {'target_ratio': TARGET, 'threads': args.threads,
+                        'KD/student', 'target met'], rows)
+    common.write_result(args.out, {'target_ratio': TARGET, 'cached_target_ratio': CACHED_TARGET, 'threads': args.threads,
                                    'device': args.device, 'results': results})
     return 0
 

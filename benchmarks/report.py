@@ -36,14 +36,17 @@ def kd_step(result):
     for r in result['results']:
         for name, v in r['variants'].items():
             s, q = v['seconds'], v['ratio_to_student']
+            target = '' if name == 'student' else (1.05 if name == 'kd_cached' else 1.25)
+            met = '' if not target else ('yes' if q['median'] <= target else '**no**')
             rows.append([r['pair'], r['size'], f'{r["batch_clips"]}x{r["segments_x_crop"][0]}x'
                          f'{r["segments_x_crop"][1]}²', name, f'{s["median"]:.3f}',
                          f'{s["min"]:.3f}–{s["max"]:.3f}', f'**{q["median"]:.2f}x**',
-                         f'{q["min"]:.2f}–{q["max"]:.2f}'])
+                         f'{q["min"]:.2f}–{q["max"]:.2f}',
+                         f'<= {target}x: {met}' if target else ''])
         for name, why in r['skipped'].items():
-            rows.append([r['pair'], r['size'], '', name, 'n/a', '', '', why])
+            rows.append([r['pair'], r['size'], '', name, 'n/a', '', '', why, ''])
     return md(['pair', 'size', 'batch (clips x frames x px)', 'step', 'median s', 'range s',
-               'step/student', 'ratio range'], rows)
+               'step/student', 'ratio range', 'target'], rows)
 
 
 def kd_gain(result):
