@@ -247,6 +247,13 @@ class RunLayout:
         if not self.run_id or '/' in self.run_id or self.run_id in ('.', '..', 'cache'):
             raise ValueError(f'bad run id: {self.run_id!r}')
 
+    @classmethod
+    def from_root(cls, run_root: str) -> 'RunLayout':
+        """The layout of ``s3://<bucket>/<prefix>/<run-id>`` (what artifacts carry)."""
+        bucket, key = parse_s3_uri(run_root)
+        prefix, _, run_id = key.rstrip('/').rpartition('/')
+        return cls(bucket, prefix, run_id)
+
     @property
     def root(self) -> str:
         """The run's directory, ``s3://<bucket>/<prefix>/<run-id>``."""

@@ -91,9 +91,7 @@ class S3CheckpointHook(Hook):
     priority = 'LOWEST'  # after CheckpointHook (VERY_LOW)
 
     def __init__(self, run_root: str):
-        bucket, key = s3.parse_s3_uri(run_root)
-        prefix, _, run_id = key.rstrip('/').rpartition('/')
-        self.layout = s3.RunLayout(bucket, prefix, run_id)
+        self.layout = s3.RunLayout.from_root(run_root)
         self._done: dict[str, float] = {}
 
     def _sync(self, runner) -> None:

@@ -71,11 +71,7 @@ def new_run_id(job_id: str = '') -> str:
     return f'{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}-{suffix}'
 
 
-def layout_from_root(run_root: str) -> s3.RunLayout:
-    """The RunLayout of ``s3://<bucket>/<prefix>/<run-id>``."""
-    bucket, key = s3.parse_s3_uri(run_root)
-    prefix, _, run_id = key.rstrip('/').rpartition('/')
-    return s3.RunLayout(bucket, prefix, run_id)
+layout_from_root = s3.RunLayout.from_root
 
 
 def run_info(layout: s3.RunLayout) -> dict[str, str]:
