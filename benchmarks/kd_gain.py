@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -42,8 +43,13 @@ def parse_args(argv=None):
     parser.add_argument('--teacher-ckpt', help='a trained tsm_r50_tiny checkpoint for --dataset '
                                                '(default: train one, --teacher-epochs)')
     parser.add_argument('--workdir', help='where runs go (default: a temporary directory)')
+    parser.add_argument('--threads', type=int, default=0,
+                        help='OMP_NUM_THREADS of each training (default: torch\'s own)')
     parser.add_argument('--out', default='kd_gain')
     return parser.parse_args(argv)
+
+
+THREADS = {}
 
 
 def train(config: str, work_dir: Path, data: Path, epochs: int, seed: int, *extra: str) -> dict:
@@ -52,7 +58,8 @@ def train(config: str, work_dir: Path, data: Path, epochs: int, seed: int, *extr
                *extra, '--cfg-options', f'randomness.seed={seed}',
                f'train_cfg.val_interval={epochs}', f'param_scheduler.0.T_max={epochs}']
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
+    result = subprocess.run(command, capture_output=True, text=True,
+                            env={**os.environ, **THREADS})
     wall = time.perf_counter() - start
     if result.returncode:
         raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
@@ -82,6 +89,8 @@ def evaluate_teacher(ckpt: Path, data: Path, work_dir: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.threads:
+        THREADS['OMP_NUM_THREADS'] = str(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix='kd_gain_'))
     data = Path(args.dataset) if args.dataset else None
     if data is None:
@@ -131,7 +140,7 @@ def main(argv=None) -> int:
     num_val = sum(1 for line in (data / 'val_list.txt').read_text().splitlines() if line.strip())
     common.write_result(args.out, {
         'dataset': str(data), 'num_val': num_val, 'epochs': args.epochs,
-        'teacher_epochs': args.teacher_epochs, 'seeds': args.seeds,
+        'teacher_epochs': args.teacher_epochs, 'seeds': args.seeds, 'threads': args.threads,
         'teacher': teacher, 'runs': runs, 'summary_top1': summary, 'gains': gains})
     return 0
 
