@@ -25,6 +25,9 @@ test: $(STAMP)       ## the full test suite (what CI runs)
 test-fast: $(STAMP)  ## unit tests only, skips real training and pipeline runs
 	$(PY) -m pytest -m "not slow"
 
+bench: $(STAMP)      ## the benchmarks (see benchmarks/README.md); results in benchmarks/results/
+	. $(VENV)/bin/activate && bash benchmarks/run_all.sh
+
 compile: $(STAMP)    ## recompile pipelines/kd_pipeline.yaml
 	$(VENV)/bin/video-kd compile
 

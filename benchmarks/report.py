@@ -1,4 +1,4 @@
-"""Render benchmarks/results/*.json as the Markdown tables of README-benchmarks.md.
+"""Render benchmarks/results/*.json as the Markdown tables of benchmarks/README.md (and the summary in README.md).
 
 Prints the tables (nothing is typed in by hand): `python benchmarks/report.py`.
 """
