@@ -79,6 +79,7 @@ def kd_pipeline(
     nproc_per_node: int = 1,
     max_epochs: int = 0,
     cfg_options: str = '',
+    teacher_logit_cache: bool = False,
     train_mode: str = 'pytorchjob',
     s3_bucket: str = 'video-kd',
     s3_prefix: str = 'video-kd',
@@ -97,6 +98,8 @@ def kd_pipeline(
     num_workers: PyTorchJob replicas, Master included; gpus_per_worker: GPUs per replica;
         nproc_per_node: processes per replica (torchrun).
     max_epochs: 0 keeps the config's; cfg_options: mmengine overrides, space separated.
+    teacher_logit_cache: cache the teacher's logits per augmented view next to the dataset
+        in S3 (benchmarks/README.md), so scheduled retraining skips the teacher's forward.
     train_mode: pytorchjob (cluster) or local (torchrun inside the train step's pod).
     s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
     image: the image of every step and of the PyTorchJob pods.
@@ -112,7 +115,7 @@ def kd_pipeline(
                      kd_config=kd_config, mode=train_mode, image=image,
                      num_workers=num_workers, gpus_per_worker=gpus_per_worker,
                      nproc_per_node=nproc_per_node, max_epochs=max_epochs,
-                     cfg_options=cfg_options),
+                     cfg_options=cfg_options, teacher_logit_cache=teacher_logit_cache),
                'KD training (PyTorchJob)', image, training=True)
     student = _step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image)
     _step(evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],

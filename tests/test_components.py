@@ -86,7 +86,8 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     manifest = steps.build_train_job(
         prepared_run['run_root'], prepared_run['dataset_meta_uri'], teacher,
         'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400', 'reg/video-kd:0.1.0-cuda',
-        num_workers=3, gpus_per_worker=2, nproc_per_node=2, max_epochs=5)
+        num_workers=3, gpus_per_worker=2, nproc_per_node=2, max_epochs=5,
+        teacher_logit_cache=True)
     job = pj.validate_pytorchjob(manifest)  # SDK model + operator webhook rules + K8s schema
     assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
     assert manifest['metadata']['namespace'] == 'team-a'
@@ -103,7 +104,9 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         assert c['command'] == ['torchrun']
         assert c['args'][:4] == ['-m', 'video_kd.steps', 'train-pod',
                                  'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400']
-        args = dict(zip(c['args'][4::2], c['args'][5::2]))
+        assert '--teacher-logit-cache' in c['args']  # a flag: the other options come in pairs
+        options = [a for a in c['args'][4:] if a != '--teacher-logit-cache']
+        args = dict(zip(options[::2], options[1::2]))
         assert args['--run-root'] == prepared_run['run_root']
         assert args['--data-meta'] == prepared_run['dataset_meta_uri']
         assert args['--teacher'] == teacher['s3_uri'] and args['--max-epochs'] == '5'

@@ -25,6 +25,9 @@ def main(argv=None) -> int:
     p.add_argument('--max-epochs', type=int, default=0, help='0: the config\'s')
     p.add_argument('--cfg-options', default='', help='mmengine overrides, space separated: '
                                                     '"train_dataloader.batch_size=4 ..."')
+    p.add_argument('--teacher-logit-cache', action='store_true',
+                   help='cache the teacher\'s logits per augmented view next to the dataset in '
+                        'S3, so retraining with the same teacher skips its forward pass')
     p.add_argument('--print-manifest', action='store_true',
                    help='print the PyTorchJob manifest (JSON) and exit')
     args = p.parse_args(argv)
@@ -36,14 +39,15 @@ def main(argv=None) -> int:
         manifest = steps.run_step(steps.build_train_job, args.run_root, data['dataset_meta_uri'],
                                   teacher, args.kd_config, args.image, args.num_workers,
                                   args.gpus_per_worker, args.nproc_per_node, args.max_epochs,
-                                  args.cfg_options)
+                                  args.cfg_options,
+                                  teacher_logit_cache=args.teacher_logit_cache)
         print(json.dumps(manifest, indent=2))
         return 0
     return _cli.finish(steps.run_step(
         steps.train, data, teacher, args.kd_config, mode=args.mode, image=args.image,
         num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
         nproc_per_node=args.nproc_per_node, max_epochs=args.max_epochs,
-        cfg_options=args.cfg_options))
+        cfg_options=args.cfg_options, teacher_logit_cache=args.teacher_logit_cache))
 
 
 if __name__ == '__main__':
