@@ -76,6 +76,16 @@ def launcher_from_env() -> str:
         else 'none'
 
 
+def wait_for_file(path: Path, timeout: float = 3600) -> None:
+    """Block until rank 0 has written `path` (other ranks must not race ahead of it)."""
+    import time
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f'rank {os.environ.get("RANK")} waited {timeout:.0f}s for {path}')
+        time.sleep(0.5)
+
+
 def is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
 

@@ -118,14 +118,18 @@ def _entry_meta(entry: s3.ManifestEntry) -> dict[str, Any]:
 
 
 def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
-    """Download one object and check its checksum (from the manifest) if given."""
-    s3.download_file(uri, dest)
-    if sha256:
-        got = s3.sha256_file(dest)
-        if got != sha256:
-            raise StepError(f'{uri} changed since it was recorded: sha256 {got}, '
-                            f'manifest says {sha256}')
-    return dest
+    """Download one object and check its checksum (from the manifest) if given.
+
+    download.fetch_verified makes it atomic: a mismatching file never lands at dest.
+    """
+    from video_kd.download import ChecksumMismatchError
+    from video_kd.download import fetch_verified as fetch_atomically
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
+    except ChecksumMismatchError as error:
+        raise StepError(f'{uri} changed since it was recorded: sha256 {error.got}, '
+                        f'manifest says {sha256}') from error
 
 
 # --------------------------------------------------------------------------- 1. data prep
@@ -407,18 +411,10 @@ def _error_line(log_path: Path) -> str:
     return lines[-1][-300:] if lines else 'no output'
 
 
-def _wait_for(path: Path, timeout: float = 3600) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f'waited {timeout:.0f}s for {path}')
-        time.sleep(0.5)
-
-
 def train_pod(argv: list[str] | None = None) -> int:
     """Entry point of every training process (``torchrun -m video_kd.steps train-pod``)."""
     from video_kd import train as train_mod
-    from video_kd.runtime import setup_logging
+    from video_kd.runtime import setup_logging, wait_for_file
     from video_kd.s3_hook import latest_checkpoint_uri
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.steps train-pod',
@@ -455,7 +451,7 @@ def train_pod(argv: list[str] | None = None) -> int:
             log.info('resuming from %s (downloaded from %s)', ckpt.name, last)
         ready.write_text(last or '')
     else:
-        _wait_for(ready)
+        wait_for_file(ready)
     resume = ready.read_text() or None
     train_argv = [args.config, '--work-dir', str(train_dir), '--teacher-ckpt',
                   str(inputs / 'teacher.pth'), '--data-root', str(inputs / 'data'),

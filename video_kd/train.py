@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
@@ -27,7 +26,7 @@ from video_kd.config import is_distill_config, load_config, set_num_classes
 from video_kd.convert import load_state_dict, state_dict_mismatch
 from video_kd.runtime import (UsageError, dist_backend, init_cpu_process_group, is_main_process,
                               launcher_from_env, register_all_modules, run_cli, set_data_root,
-                              setup_logging)
+                              setup_logging, wait_for_file)
 
 logger = logging.getLogger(__name__)
 
@@ -112,19 +111,10 @@ def prepare_data(cfg: Config, data_root: str, work_dir: Path, check_videos: bool
                 logger.warning('%d unreadable or mislabelled videos left out, see %s',
                                report['rejected_total'], clean_root / 'report.json')
         else:  # other ranks wait for rank 0's cleaned lists
-            _wait_for(clean_root / dataset.VAL_LIST)
+            wait_for_file(clean_root / dataset.VAL_LIST)
         root = clean_root
     classes = set_data_root(cfg, root)
     logger.info('dataset %s: %d classes', root, len(classes))
-
-
-def _wait_for(path: Path, timeout: float = 3600) -> None:
-    import time
-    deadline = time.monotonic() + timeout
-    while not path.is_file():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f'rank {os.environ.get("RANK")} waited too long for {path}')
-        time.sleep(0.5)
 
 
 def set_max_epochs(cfg: Config, max_epochs: int) -> None:
