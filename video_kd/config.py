@@ -23,7 +23,7 @@ import logging
 from pathlib import Path
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from mmengine.config import Config, ConfigDict, DictAction  # noqa: F401
+from mmengine.config import Config, ConfigDict
 
 logger = logging.getLogger(__name__)
 

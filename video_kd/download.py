@@ -77,15 +77,23 @@ def fetch_teacher(url: str, dest_dir: str | os.PathLike, sha256: str | None = No
 
     if cache_uri and s3.exists(cache_uri):
         log.info('cache hit: %s (not downloading %s)', cache_uri, url)
-        return _fetch_verified(cache_uri, dest_dir / filename, sha256,
-                               lambda tmp: s3.download_file(cache_uri, tmp))
+        return _ready(fetch_verified(cache_uri, dest_dir / filename, sha256,
+                                     lambda tmp: s3.download_file(cache_uri, tmp)))
 
-    dest = _fetch_verified(url, dest_dir / filename, sha256,
-                           lambda tmp: _fetch_to(url, tmp, retries, timeout, backoff,
-                                                 progress_every_mb))
+    dest = _ready(fetch_verified(url, dest_dir / filename, sha256,
+                                 lambda tmp: _fetch_to(url, tmp, retries, timeout, backoff,
+                                                       progress_every_mb)))
+    if not sha256:
+        log.warning('no sha256 given for %s: pass the one logged above as sha256= to pin '
+                    'the teacher', url)
     if cache_uri:
         s3.upload_file(dest, cache_uri)
         log.info('cached %s at %s', dest.name, cache_uri)
+    return dest
+
+
+def _ready(dest: Path) -> Path:
+    log.info('teacher checkpoint ready: %s (%.1f MB)', dest, dest.stat().st_size / _MB)
     return dest
 
 
@@ -112,11 +120,11 @@ def _cache_uri(cache: s3.RunLayout | str, sha256: str, filename: str) -> str:
     return s3.join_uri(cache, CACHE_KIND, sha256, filename)
 
 
-def _fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:
+def fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:
     """Run ``fetch(tmp_path)``, check the checksum, then rename onto ``dest``.
 
     Whatever goes wrong, the temporary file is removed: no file is left
-    behind that a later step could mistake for the teacher.
+    behind that a later step could mistake for the real one.
     """
     fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f'.{dest.name}.', suffix='.part')
     os.close(fd)
@@ -126,12 +134,10 @@ def _fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:
         got = s3.sha256_file(tmp)
         if sha256 and got != sha256:
             raise ChecksumMismatchError(source, sha256, got)
-        if not sha256:
-            log.warning('%s has sha256 %s; pass it as sha256= to pin the teacher', source, got)
+        log.info('%s: sha256 %s', source, got)
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)
-    log.info('teacher checkpoint ready: %s (%.1f MB)', dest, dest.stat().st_size / _MB)
     return dest
 
 
