@@ -84,7 +84,10 @@ def quiet_mmengine() -> None:
     import logging
 
     from mmengine.logging import MMLogger
-    MMLogger.get_instance('mmengine', log_level='WARNING')
+    if MMLogger.check_instance_created('mmengine'):  # get_instance warns on arguments then
+        MMLogger.get_instance('mmengine').setLevel(logging.WARNING)
+    else:
+        MMLogger.get_instance('mmengine', log_level='WARNING')
     MMLogger.get_current_instance().setLevel(logging.WARNING)
     logging.getLogger('video_kd.config').setLevel(logging.ERROR)
 

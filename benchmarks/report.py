@@ -1,6 +1,9 @@
-"""Render benchmarks/results/*.json as the Markdown tables of benchmarks/README.md (and the summary in README.md).
+"""Render benchmarks/results/*.json as the Markdown tables of benchmarks/README.md.
 
-Prints the tables (nothing is typed in by hand): `python benchmarks/report.py`.
+Prints the Results section of benchmarks/README.md, one table per benchmark with
+the machine, thread count, load average and command line of its run; paste it
+there (tests/test_benchmarks.py fails while the README and the JSON disagree).
+Nothing in those tables is typed in by hand.
 """
 from __future__ import annotations
 
@@ -58,7 +61,12 @@ def kd_gain(result):
     rows.append(['teacher (tsm_r50_tiny)', f'{result["teacher"]["top1"]:.3f}', '', '', ''])
     gains = [[name, f'{g["mean"]:+.3f}', f'{g["stdev"]:.3f}', g['n']]
              for name, g in result['gains'].items()]
-    return (md(['arm', 'top-1 per seed', 'mean', 'stdev', 'wall s per run'], rows) + '\n\n'
+    lr = f', AdamW lr {result["lr"]:g}' if result.get('lr') else ''
+    budget = (f'Student and KD arms: {result["epochs"]} epochs{lr}, cosine schedule; top-1 on '
+              f'{result.get("num_val", "?")} validation clips after the last epoch; '
+              f'{result.get("jobs", 1)} training(s) at a time (wall s includes that sharing).')
+    return (budget + '\n\n'
+            + md(['arm', 'top-1 per seed', 'mean', 'stdev', 'wall s per run'], rows) + '\n\n'
             + md(['paired difference (same seed)', 'mean', 'stdev', 'seeds'], gains))
 
 
@@ -103,7 +111,8 @@ SECTIONS = [('kd_step', 'KD step overhead', kd_step), ('logit_cache', 'Teacher-l
 
 
 def main(argv=None) -> int:
-    argparse.ArgumentParser(description=__doc__.split('\n\n')[0]).parse_args(argv)
+    argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
+                            epilog=__doc__.split('\n\n', 1)[1]).parse_args(argv)
     for name, title, render in SECTIONS:
         result = load(name)
         print(f'### {title}\n')

@@ -1,0 +1,36 @@
+"""The benchmark scripts stay runnable and their README tables stay what the results say.
+
+Nothing here times anything (benchmarks are scripts, see benchmarks/README.md): the
+tests check that every script explains itself (--help) and that the Results section of
+benchmarks/README.md is exactly what benchmarks/report.py renders from the committed
+results/*.json, so no number in it can be typed in by hand or go stale.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
+SCRIPTS = ['kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 'report']
+
+
+@pytest.mark.parametrize('name', SCRIPTS)
+def test_every_benchmark_explains_itself(name):
+    result = subprocess.run([sys.executable, str(BENCH / f'{name}.py'), '--help'],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith('usage:') and len(result.stdout) > 200
+
+
+def test_readme_results_are_rendered_from_the_committed_json():
+    rendered = subprocess.run([sys.executable, str(BENCH / 'report.py')], capture_output=True,
+                              text=True, timeout=120, check=True).stdout.strip()
+    assert '_not run yet_' not in rendered
+    readme = (BENCH / 'README.md').read_text()
+    start = readme.index('\n\n', readme.index('Rendered by `python benchmarks/report.py`')) + 2
+    section = readme[start:readme.index('## What the numbers say')].strip()
+    assert section == rendered, (
+        'benchmarks/README.md Results are stale: paste `python benchmarks/report.py` there')
