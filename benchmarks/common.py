@@ -64,9 +64,9 @@ def write_result(name: str, payload: dict) -> Path:
                'command': ' '.join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                'environment': environment(), **payload}
     payload['environment']['load_avg_end'] = os.getloadavg()
-    path = RESULTS / f'{name}.json'
+    path = RESULTS / f'{name}.json'  # an absolute --out is kept as it is (a scratch run)
     path.write_text(json.dumps(payload, indent=2, default=str) + '\n')
-    print(f'\nresults written to {path.relative_to(ROOT)}')
+    print(f'\nresults written to {path}')
     return path
 
 

@@ -9,7 +9,10 @@ them alike:
   kd_mmrazor      SingleTeacherDistill.loss as MMRazor runs it (teacher under
                   no_grad in train mode, norm layers in eval) + backward + step
   kd_eval_infer   teacher in eval mode under torch.inference_mode
-  kd_eval_bf16    + bf16 autocast for the teacher (CPUs with avx512_bf16/AMX, GPUs)
+                  (video_kd.fast_teacher.InferenceTeacherDistill, the training
+                  path of `video_kd.train --teacher-precision fp32`)
+  kd_eval_bf16    + bf16 autocast for the teacher (--teacher-precision bf16;
+                  CPUs with avx512_bf16/AMX, GPUs)
   kd_eval_cl      + channels_last teacher (may be unsupported: reported as such)
   kd_cached       CachedLogitsSingleTeacherDistill with every view cached
                   (video_kd.logit_cache): no teacher forward at all
@@ -97,30 +100,26 @@ def total_loss(losses: dict) -> torch.Tensor:
     return sum(v for k, v in losses.items() if 'loss' in k)
 
 
-def fast_kd_loss(algo, inputs, samples, bf16: bool = False, channels_last: bool = False):
-    """KD loss with the teacher in eval mode under inference_mode (optionally bf16/CL)."""
-    from mmrazor.models.utils import add_prefix
-    device_type = inputs.device.type
-    teacher = algo.teacher
-    teacher.eval()
-    amp = torch.autocast(device_type, dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+@contextlib.contextmanager
+def uncached(algo, precision: str):
+    """The cached algorithm as plain InferenceTeacherDistill: every step runs the teacher.
+
+    That is the training path of ``video_kd.train --teacher-precision <precision>``.
+    """
+    from video_kd.fast_teacher import autocast_dtype
+    algo.teacher_records = algo.run_teacher  # instead of the cache lookup
+    algo.teacher_dtype = autocast_dtype(precision)
     try:
-        with algo.distiller.teacher_recorders:
-            with torch.inference_mode(), amp:
-                teacher.extract_feat(inputs, stage='head')  # logits only, no loss/accuracy
-            for recorder in algo.distiller.teacher_recorders.recorders.values():
-                # inference tensors cannot enter autograd: a plain copy does
-                recorder._data_buffer = [t.float().clone() for t in recorder.data_buffer]
-            records = {n: r.data_buffer for n, r in algo.distiller.teacher_recorders.recorders.items()}
+        yield
     finally:
-        algo.train(True)  # teacher back to train mode with norm layers in eval
-    for name, recorder in algo.distiller.teacher_recorders.recorders.items():
-        recorder._data_buffer = records[name]
-    losses = {}
-    with algo.distiller.student_recorders, algo.distiller.deliveries:
-        losses.update(add_prefix(algo.student(inputs, samples, mode='loss'), 'student'))
-    losses.update(add_prefix(algo.distiller.compute_distill_losses(), 'distill'))
-    return losses
+        del algo.teacher_records
+        algo.teacher_dtype = None
+
+
+def inference_teacher_loss(algo, inputs, samples, precision: str = 'fp32'):
+    from video_kd.fast_teacher import register
+    with uncached(algo, precision):
+        return register().loss(algo, inputs, samples)
 
 
 def step_fns(algo, inputs, samples, optimizer, variants):
@@ -136,9 +135,9 @@ def step_fns(algo, inputs, samples, optimizer, variants):
     fns = {
         'student': step(lambda: algo.student(inputs, samples, mode='loss')),
         'kd_mmrazor': step(lambda: SingleTeacherDistill.loss(algo, inputs, samples)),
-        'kd_eval_infer': step(lambda: fast_kd_loss(algo, inputs, samples)),
-        'kd_eval_bf16': step(lambda: fast_kd_loss(algo, inputs, samples, bf16=True)),
-        'kd_eval_cl': step(lambda: fast_kd_loss(algo, inputs, samples)),
+        'kd_eval_infer': step(lambda: inference_teacher_loss(algo, inputs, samples)),
+        'kd_eval_bf16': step(lambda: inference_teacher_loss(algo, inputs, samples, 'bf16')),
+        'kd_eval_cl': step(lambda: inference_teacher_loss(algo, inputs, samples)),
         'kd_cached': step(lambda: algo.loss(inputs, samples)),
     }
     return {name: fns[name] for name in variants}

@@ -80,6 +80,7 @@ def kd_pipeline(
     max_epochs: int = 0,
     cfg_options: str = '',
     teacher_logit_cache: bool = False,
+    teacher_precision: str = '',
     train_mode: str = 'pytorchjob',
     s3_bucket: str = 'video-kd',
     s3_prefix: str = 'video-kd',
@@ -100,6 +101,8 @@ def kd_pipeline(
     max_epochs: 0 keeps the config's; cfg_options: mmengine overrides, space separated.
     teacher_logit_cache: cache the teacher's logits per augmented view next to the dataset
         in S3 (benchmarks/README.md), so scheduled retraining skips the teacher's forward.
+    teacher_precision: empty runs the teacher as MMRazor does; fp32, bf16 or fp16 run it as
+        an inference model (eval mode, inference_mode; bf16/fp16 autocast), a cheaper KD step.
     train_mode: pytorchjob (cluster) or local (torchrun inside the train step's pod).
     s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
     image: the image of every step and of the PyTorchJob pods.
@@ -115,7 +118,8 @@ def kd_pipeline(
                      kd_config=kd_config, mode=train_mode, image=image,
                      num_workers=num_workers, gpus_per_worker=gpus_per_worker,
                      nproc_per_node=nproc_per_node, max_epochs=max_epochs,
-                     cfg_options=cfg_options, teacher_logit_cache=teacher_logit_cache),
+                     cfg_options=cfg_options, teacher_logit_cache=teacher_logit_cache,
+                     teacher_precision=teacher_precision),
                'KD training (PyTorchJob)', image, training=True)
     student = _step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image)
     _step(evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],

@@ -87,7 +87,7 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         prepared_run['run_root'], prepared_run['dataset_meta_uri'], teacher,
         'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400', 'reg/video-kd:0.1.0-cuda',
         num_workers=3, gpus_per_worker=2, nproc_per_node=2, max_epochs=5,
-        teacher_logit_cache=True)
+        teacher_logit_cache=True, teacher_precision='bf16')
     job = pj.validate_pytorchjob(manifest)  # SDK model + operator webhook rules + K8s schema
     assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
     assert manifest['metadata']['namespace'] == 'team-a'
@@ -110,6 +110,7 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         assert args['--run-root'] == prepared_run['run_root']
         assert args['--data-meta'] == prepared_run['dataset_meta_uri']
         assert args['--teacher'] == teacher['s3_uri'] and args['--max-epochs'] == '5'
+        assert args['--teacher-precision'] == 'bf16'
         env = {e['name']: e for e in c['env']}
         assert env['S3_ENDPOINT_URL']['value'] == os.environ['S3_ENDPOINT_URL']
         assert env['VIDEO_KD_RUN_ID']['value'] == prepared_run['run_id']
@@ -122,6 +123,10 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     # the module the pods run exists and explains itself
     result = run_module('video_kd.steps', 'train-pod', '--help')
     assert result.returncode == 0 and '--run-root' in result.stdout
+    with pytest.raises(steps.StepError, match="teacher_precision 'int8'"):
+        steps.build_train_job(prepared_run['run_root'], prepared_run['dataset_meta_uri'],
+                              teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
+                              'reg/video-kd:0.1.0', 1, 0, teacher_precision='int8')
 
 
 def _descendants(pid: int) -> list[int]:

@@ -105,8 +105,8 @@ def test_hits_return_exactly_the_teachers_logits_and_skip_the_teacher(small_data
     cfg, _ = cached_cfg(small_data, tmp_path)
     model = build_model(cfg)
     ds = train_dataset(cfg)
-    calls = []
-    model.teacher.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    calls = []  # clips per teacher forward (the 2D backbone sees clips x 8 segments)
+    model.teacher.backbone.register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0] // 8))
     np.random.seed(1)
     inputs, samples = batch(model, ds, [0, 1, 2])
     keys = [s.metainfo[logit_cache.VIEW_KEY] for s in samples]

@@ -60,7 +60,7 @@ def test_typed_parameters_and_no_credentials():
     params = spec['root']['inputDefinitions']['parameters']
     types = {name: p['parameterType'] for name, p in params.items()}
     for name in ('dataset_uri', 'teacher_url', 'teacher_sha256', 'kd_config', 'student_config',
-                 's3_bucket', 's3_prefix', 'image', 'train_mode', 'run_id'):
+                 's3_bucket', 's3_prefix', 'image', 'train_mode', 'run_id', 'teacher_precision'):
         assert types[name] == 'STRING', name
     for name in ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'max_epochs'):
         assert types[name] == 'NUMBER_INTEGER', name
@@ -133,6 +133,8 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys):
             'train/checkpoints/epoch_1.pth', 'train/checkpoints/epoch_2.pth',
             'student/epoch_2_student.pth', 'eval/metrics.json', 'eval/report.md'} <= names
     assert any(n.startswith('teacher/') for n in names)
+    logs = [n for n in names if n.startswith('train/logs/')]
+    assert any(n.endswith('.log') for n in logs) and any(n.endswith('/scalars.json') for n in logs)
     metrics = first['metrics']
     for model in ('student', 'teacher', 'baseline'):
         for key in ('top1_acc', 'top5_acc', 'mean_class_acc'):
@@ -144,11 +146,16 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys):
     assert s3.list_uris(f's3://{bucket}/kd/cache/teacher/')
 
     before = {e.uri: e.sha256 for e in manifest.entries}
+    # the second run with the fast teacher: pipeline parameter -> PyTorchJob pod -> train
     second = cli.run_local_pipeline(tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1,
-                                    kd_epochs=1, baseline=False, workers=1)
+                                    kd_epochs=1, baseline=False, workers=1,
+                                    pipeline_args={'teacher_precision': 'bf16'})
     assert second['run_id'] != first['run_id']
     assert second['run_root'].startswith(f's3://{bucket}/kd/')
-    _verify_run(second['run_root'], tmp_path / 'v2')
+    second_manifest = _verify_run(second['run_root'], tmp_path / 'v2')
+    (config,) = [e.uri for e in second_manifest.entries if e.uri.endswith('vis_data/config.py')]
+    resolved = s3.download_file(config, tmp_path / 'config.py').read_text()
+    assert "type='InferenceTeacherDistill'" in resolved and "teacher_precision='bf16'" in resolved
     assert 'baseline' not in second['metrics']
     # the first run's objects are untouched
     again = s3.Manifest.load(steps.layout_from_root(first['run_root']))

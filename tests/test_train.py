@@ -48,10 +48,13 @@ def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
     first = (work_dir / 'epoch_1.pth').read_bytes()
 
-    result = train_kd(work_dir, kd_data, tiny_teacher, '--max-epochs', 2, '--resume')
+    # resumed with the fast teacher: its checkpoints are SingleTeacherDistill's
+    result = train_kd(work_dir, kd_data, tiny_teacher, '--max-epochs', 2, '--resume',
+                      '--teacher-precision', 'bf16')
 
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
+    assert 'teacher: eval mode, inference_mode, bf16' in log
     assert 'resumed epoch: 1' in log
     assert 'Epoch(train) [1]' not in log and 'Epoch(train) [2]' in log
     assert (work_dir / 'epoch_2.pth').is_file()

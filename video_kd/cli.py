@@ -265,8 +265,12 @@ def _upload_input(path: Path, uri: str) -> tuple[str, str]:
 
 def run_local_pipeline(workdir: Path, bucket: str, prefix: str, data_opts: dict[str, int],
                        teacher_epochs: int, kd_epochs: int, baseline: bool, workers: int,
-                       run_id: str | None = None) -> dict[str, Any]:
-    """Everything ``run-local`` does once the S3 env is set; returns where things are."""
+                       run_id: str | None = None,
+                       pipeline_args: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything ``run-local`` does once the S3 env is set; returns where things are.
+
+    ``pipeline_args``: more kd_pipeline parameters (teacher_precision, ...).
+    """
     import boto3
     from kfp import local
 
@@ -311,7 +315,7 @@ def run_local_pipeline(workdir: Path, bucket: str, prefix: str, data_opts: dict[
                 baseline_url=baseline_url, baseline_sha256=baseline_sha, num_workers=workers,
                 gpus_per_worker=0, nproc_per_node=1, max_epochs=kd_epochs,
                 cfg_options=' '.join(TINY_CFG_OPTIONS), train_mode='local', s3_bucket=bucket,
-                s3_prefix=prefix, run_id=run_id)
+                s3_prefix=prefix, run_id=run_id, **(pipeline_args or {}))
     layout = s3.RunLayout(bucket, prefix, run_id)
     manifest = s3.Manifest.load(layout)
     metrics_uri = layout.uri('eval', 'metrics.json')
@@ -358,7 +362,9 @@ def cmd_run_local(args) -> int:
     try:
         result = run_local_pipeline(workdir, args.bucket, args.prefix, data_opts,
                                     args.teacher_epochs, args.epochs, not args.no_baseline,
-                                    args.workers, args.run_id)
+                                    args.workers, args.run_id,
+                                    {'teacher_precision': args.teacher_precision or '',
+                                     'teacher_logit_cache': args.teacher_logit_cache})
         mirror = mirror_run(result['run_root'],
                             workdir / 's3' / args.bucket / args.prefix / result['run_id'])
         metrics = result['metrics']
@@ -455,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--val-per-class', type=int, default=8, help='default 8')
     p.add_argument('--no-baseline', action='store_true', help='skip the no-KD baseline')
     p.add_argument('--run-id', help='default: <UTC time>-<random>')
+    p.add_argument('--teacher-precision', choices=['fp32', 'bf16', 'fp16'],
+                   help='pipeline parameter teacher_precision: the teacher as an inference '
+                        'model (default: as MMRazor runs it)')
+    p.add_argument('--teacher-logit-cache', action='store_true',
+                   help='pipeline parameter teacher_logit_cache (next to the dataset in S3)')
     p.add_argument('--s3-endpoint', help='use this S3 server (credentials from the '
                                          'environment) instead of starting moto')
     p.add_argument('--serve', action='store_true',

@@ -135,8 +135,13 @@ def load_config(name_or_path: str | Path, cfg_options: dict | None = None) -> Co
     return cfg
 
 
+# MMRazor's algorithm and ours built on it (video_kd.fast_teacher, video_kd.logit_cache)
+DISTILL_ALGORITHMS = ('SingleTeacherDistill', 'InferenceTeacherDistill',
+                      'CachedLogitsSingleTeacherDistill')
+
+
 def is_distill_config(cfg: Config) -> bool:
-    return 'SingleTeacherDistill' in str(cfg.model.get('type', ''))
+    return str(cfg.model.get('type', '')).rsplit('.', 1)[-1] in DISTILL_ALGORITHMS
 
 
 def student_model_cfg(cfg: Config) -> ConfigDict:

@@ -42,9 +42,10 @@ random view each epoch (K=4 by default, ``teacher_logit_cache.num_views``).
 ``CachedLogitsSingleTeacherDistill`` (registered in MMRazor's MODELS) is
 ``SingleTeacherDistill`` that fills the teacher recorders from the cache and
 runs the teacher only on the samples of a batch that miss.  The teacher runs
-in eval mode on misses: its logits are then deterministic (MMRazor's own step
-runs the teacher in train mode with only the norm layers frozen, so its
-dropout / drop-path make each teacher forward slightly random).
+on misses as ``video_kd.fast_teacher.InferenceTeacherDistill`` runs it (eval
+mode, inference_mode, optional bf16): its logits are then deterministic
+(MMRazor's own step runs the teacher in train mode with only the norm layers
+frozen, so its dropout / drop-path make each teacher forward slightly random).
 
 Switch it on with ``python -m video_kd.train ... --teacher-logit-cache URI``
 (``video_kd.train``) or ``train-pod --teacher-logit-cache`` (the pipeline's
@@ -277,55 +278,42 @@ def split_per_sample(record: torch.Tensor, num_samples: int) -> list[torch.Tenso
 
 
 def _register_algorithm():
-    from mmrazor.models import SingleTeacherDistill
     from mmrazor.models.task_modules.recorder import ModuleOutputsRecorder
-    from mmrazor.models.utils import add_prefix
     from mmrazor.registry import MODELS
-    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from video_kd.fast_teacher import register as register_fast_teacher
+    InferenceTeacherDistill = register_fast_teacher()
 
     @MODELS.register_module(force=True)
-    class CachedLogitsSingleTeacherDistill(SingleTeacherDistill):
+    class CachedLogitsSingleTeacherDistill(InferenceTeacherDistill):
         """SingleTeacherDistill whose teacher outputs come from a LogitCache when they can.
 
         The cache key of each sample is its ``kd_view_key`` metainfo (set by
-        ``SeededViews``).  Misses run the teacher (eval mode, no grad) on the
-        missing samples only; their per-sample outputs go into the cache.
+        ``SeededViews``).  Misses run the teacher as ``InferenceTeacherDistill``
+        does (eval mode, inference_mode, ``teacher_precision``) on the missing
+        samples only; their per-sample outputs go into the cache.
         """
 
         def __init__(self, *args, **kwargs):
             super().__init__(*args, **kwargs)
-            if self.teacher_trainable:
-                raise CacheConfigError('a trainable teacher cannot be cached')
             recorders = self.distiller.teacher_recorders.recorders
             bad = [n for n, r in recorders.items() if not isinstance(r, ModuleOutputsRecorder)]
             if bad or not recorders:
                 raise CacheConfigError('the teacher-logit cache needs ModuleOutputs teacher '
                                        f'recorders only (got {bad or "none"})')
-            if getattr(self.distiller.deliveries, 'deliveries', None):
-                raise CacheConfigError('the teacher-logit cache does not support deliveries')
             self.logit_cache = LogitCache()
             self.cache_hits = 0
             self.cache_misses = 0
+            self.last_misses = 0
 
         def teacher_outputs(self, batch_inputs, data_samples) -> list[dict[str, torch.Tensor]]:
-            """Per-sample teacher records, from a real teacher forward (eval mode)."""
-            was_training = self.teacher.training
-            self.teacher.eval()
-            try:
-                with self.distiller.teacher_recorders, torch.no_grad():
-                    self.teacher(batch_inputs, data_samples, mode='loss')
-                records = {name: split_per_sample(r.get_record_data(), len(data_samples))
-                           for name, r in self.distiller.teacher_recorders.recorders.items()}
-            finally:
-                self.teacher.train(was_training)
-                if was_training and self.teacher_norm_eval:  # as SingleTeacherDistill.train
-                    for module in self.teacher.modules():
-                        if isinstance(module, _BatchNorm):
-                            module.eval()
+            """Per-sample teacher records, from a real teacher forward."""
+            records = {name: split_per_sample(record, len(data_samples))
+                       for name, record in self.run_teacher(batch_inputs, data_samples).items()}
             return [{name: per[i] for name, per in records.items()}
                     for i in range(len(data_samples))]
 
-        def fill_teacher_recorders(self, batch_inputs, data_samples) -> int:
+        def teacher_records(self, batch_inputs, data_samples) -> dict[str, torch.Tensor]:
             keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
             if any(k is None for k in keys):
                 raise CacheConfigError(
@@ -333,41 +321,27 @@ def _register_algorithm():
                     'random transforms in SeededViews and list it in PackActionInputs '
                     'meta_keys (video_kd.logit_cache.enable_cache does both)')
             missing = [i for i, k in enumerate(keys) if k not in self.logit_cache]
-            missing = list(dict.fromkeys(missing))
             if missing:
                 outputs = self.teacher_outputs(batch_inputs[missing],
                                                [data_samples[i] for i in missing])
                 for i, out in zip(missing, outputs):
                     self.logit_cache.put(keys[i], out, data_samples[i].metainfo.get(VIEW_PARAMS))
+            self.last_misses = len(missing)
             self.cache_misses += len(missing)
             self.cache_hits += len(keys) - len(missing)
             device = batch_inputs.device
-            for name, recorder in self.distiller.teacher_recorders.recorders.items():
-                recorder.reset_data_buffer()
-                recorder.data_buffer.append(torch.cat(
-                    [self.logit_cache.get(k)[name] for k in keys]).to(device))
-            return len(missing)
+            return {name: torch.cat([self.logit_cache.get(k)[name] for k in keys]).to(device)
+                    for name in self.distiller.teacher_recorders.recorders}
+
+        def fill_teacher_recorders(self, batch_inputs, data_samples) -> int:
+            """Fill the teacher recorders for this batch; returns how many samples missed."""
+            self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
+            return self.last_misses
 
         def loss(self, batch_inputs, data_samples=None):
-            losses = dict()
-            self.distiller.set_deliveries_override(False)
-            misses = self.fill_teacher_recorders(batch_inputs, data_samples)
-            self.distiller.set_deliveries_override(True)
-            if self.calculate_student_loss:
-                with self.distiller.student_recorders, self.distiller.deliveries:
-                    student_losses = self.student(batch_inputs, data_samples, mode='loss')
-                losses.update(add_prefix(student_losses, 'student'))
-            else:
-                with self.distiller.student_recorders, self.distiller.deliveries:
-                    if self.student_trainable:
-                        _ = self.student(batch_inputs, data_samples, mode='loss')
-                    else:
-                        with torch.no_grad():
-                            _ = self.student(batch_inputs, data_samples, mode='loss')
-            if not self.distillation_stopped:
-                losses.update(add_prefix(self.distiller.compute_distill_losses(), 'distill'))
+            losses = super().loss(batch_inputs, data_samples)
             losses['teacher_cache_hit'] = torch.tensor(
-                1.0 - misses / max(len(data_samples), 1), device=batch_inputs.device)
+                1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device)
             return losses
 
     return CachedLogitsSingleTeacherDistill
@@ -436,7 +410,10 @@ def view_spec(cfg, inner_pipeline: list, num_views: int, seed: int) -> dict:
             'seed': seed, 'teacher': plain(model.teacher),
             'data_preprocessor': plain(model.get('data_preprocessor')
                                        or model.architecture.get('data_preprocessor')),
-            'teacher_recorders': plain(model.distiller.get('teacher_recorders'))}
+            'teacher_recorders': plain(model.distiller.get('teacher_recorders')),
+            # only when not fp32, so that fp32 caches made before this option keep their location
+            **({'teacher_precision': model.teacher_precision}
+               if model.get('teacher_precision', 'fp32') != 'fp32' else {})}
 
 
 def cache_location(base: str, teacher_sha256: str, spec_hash: str) -> str:
@@ -453,7 +430,8 @@ def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
     ``cfg.teacher_logit_cache`` may set ``num_views`` (default 4) and ``seed`` (0).
     """
     from mmengine.config import ConfigDict
-    if 'SingleTeacherDistill' not in str(cfg.model.get('type', '')):
+    from video_kd.config import is_distill_config
+    if not is_distill_config(cfg):
         raise CacheConfigError('the teacher-logit cache needs a distillation config')
     options = dict(cfg.get('teacher_logit_cache') or {})
     num_views = int(options.get('num_views', DEFAULT_NUM_VIEWS))

@@ -1,4 +1,4 @@
-"""An mmengine Hook that copies every checkpoint to S3 as soon as it is written.
+"""An mmengine Hook that copies every checkpoint to S3 as soon as it is written, and the logs.
 
 Registered through ``custom_hooks`` with the lowest priority, so it runs after
 mmengine's ``CheckpointHook`` in the same epoch::
@@ -11,6 +11,11 @@ checkpoint already in S3 with the same content is skipped; one with the same
 name but other content (a restarted pod re-trained an epoch whose upload was
 lost) is kept under ``epoch_N.<k>.pth`` instead: nothing is ever overwritten.
 ``latest_checkpoint_uri`` tells which one to resume from.
+
+When training ends, the run's mmengine log directory (the text log, the
+resolved config ``vis_data/config.py`` and the metrics ``vis_data/scalars.json``)
+goes to ``<run>/train/logs/<timestamp>/``: one directory per training attempt
+(a resumed attempt has a new timestamp), so nothing is overwritten either.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from video_kd import s3
 log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = 'checkpoints'
+LOG_DIR = 'logs'
 _CKPT_RE = re.compile(r'^epoch_(\d+)(?:\.(\d+))?\.pth$')
 
 
@@ -84,6 +90,18 @@ def upload_checkpoint(layout: s3.RunLayout, path: Path) -> str:
     raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
 
 
+def upload_logs(layout: s3.RunLayout, log_dir: Path) -> list[str]:
+    """Put an mmengine log directory under ``<run>/train/logs/<its name>/``; returns the URIs."""
+    manifest = s3.Manifest.load(layout)
+    uris = []
+    for path in sorted(p for p in Path(log_dir).rglob('*') if p.is_file()):
+        uri = layout.uri('train', LOG_DIR, Path(log_dir).name, *path.relative_to(log_dir).parts)
+        publish(manifest, 'train', path, uri)
+        uris.append(uri)
+    log.info('training logs -> %s/', layout.uri('train', LOG_DIR, Path(log_dir).name))
+    return uris
+
+
 @HOOKS.register_module(force=True)
 class S3CheckpointHook(Hook):
     """Upload new ``epoch_*.pth`` files of the work dir to the run's S3 directory."""
@@ -115,4 +133,7 @@ class S3CheckpointHook(Hook):
         self._sync(runner)
 
     def after_train(self, runner) -> None:
+        from mmengine.dist import is_main_process
         self._sync(runner)
+        if is_main_process():
+            upload_logs(self.layout, Path(runner.log_dir))

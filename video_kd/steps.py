@@ -279,16 +279,30 @@ def pytorchjob_name(run_id: str) -> str:
     return name[:63].rstrip('-')
 
 
+TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')
+
+
+def check_teacher_precision(precision: str) -> None:
+    """'' keeps MMRazor's teacher; otherwise video_kd.fast_teacher in that precision."""
+    if precision and precision not in TEACHER_PRECISIONS:
+        raise StepError(f'teacher_precision {precision!r}: use one of '
+                        f'{", ".join(TEACHER_PRECISIONS)} or leave it empty (the teacher '
+                        'as MMRazor runs it)')
+
+
 def train_pod_command(run_root: str, data_meta_uri: str, teacher_uri: str, teacher_sha: str,
                       kd_config: str, max_epochs: int = 0, cfg_options: str = '',
                       work_dir: str = '/tmp/video-kd/train',
-                      teacher_logit_cache: bool = False) -> list[str]:
+                      teacher_logit_cache: bool = False,
+                      teacher_precision: str = '') -> list[str]:
     """What follows ``torchrun`` in every pod (and locally)."""
     command = ['-m', 'video_kd.steps', 'train-pod', kd_config, '--run-root', run_root,
                '--data-meta', data_meta_uri, '--teacher', teacher_uri,
                '--teacher-sha256', teacher_sha, '--work-dir', work_dir]
     if teacher_logit_cache:
         command.append('--teacher-logit-cache')
+    if teacher_precision:
+        command += ['--teacher-precision', teacher_precision]
     if max_epochs:
         command += ['--max-epochs', str(max_epochs)]
     if cfg_options.strip():
@@ -306,13 +320,16 @@ def _namespace() -> str:
 def build_train_job(run_root: str, data_meta_uri: str, teacher: dict[str, Any], kd_config: str,
                     image: str, num_workers: int, gpus_per_worker: int, nproc_per_node: int = 1,
                     max_epochs: int = 0, cfg_options: str = '',
-                    teacher_logit_cache: bool = False) -> dict[str, Any]:
+                    teacher_logit_cache: bool = False,
+                    teacher_precision: str = '') -> dict[str, Any]:
     """The PyTorchJob manifest of a run's training (validated)."""
     from video_kd import pytorchjob
     layout = layout_from_root(run_root)
+    check_teacher_precision(teacher_precision)
     command = train_pod_command(run_root, data_meta_uri, teacher['s3_uri'], teacher['sha256'],
                                 kd_config, max_epochs, cfg_options,
-                                teacher_logit_cache=teacher_logit_cache)
+                                teacher_logit_cache=teacher_logit_cache,
+                                teacher_precision=teacher_precision)
     env = {k: os.environ[k] for k in S3_PLAIN_ENV if os.environ.get(k)}
     env['VIDEO_KD_RUN_ID'] = layout.run_id
     overrides = json.loads(os.environ.get('VIDEO_KD_WORKER_POD_OVERRIDES') or '{}')
@@ -351,7 +368,7 @@ def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mo
           image: str = '', num_workers: int = 1, gpus_per_worker: int = 0,
           nproc_per_node: int = 1, max_epochs: int = 0, cfg_options: str = '',
           workdir: str | Path | None = None, timeout: float = 7 * 24 * 3600,
-          teacher_logit_cache: bool = False) -> dict[str, Any]:
+          teacher_logit_cache: bool = False, teacher_precision: str = '') -> dict[str, Any]:
     """Run the KD training as a PyTorchJob (``mode='pytorchjob'``) or under local torchrun.
 
     Either way the checkpoints are in ``<run>/train/checkpoints/``; returns the
@@ -361,12 +378,14 @@ def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mo
     from video_kd.config import load_config
     from video_kd.s3_hook import list_checkpoints
     load_config(kd_config)  # unknown config: fail here, not in a pod
+    check_teacher_precision(teacher_precision)
     layout = layout_from_root(data_meta['run_root'])
     meta_uri = publish_data_meta(data_meta)
     if mode == 'pytorchjob':
         manifest = build_train_job(layout.root, meta_uri, teacher, kd_config, image, num_workers,
                                    gpus_per_worker, nproc_per_node, max_epochs, cfg_options,
-                                   teacher_logit_cache=teacher_logit_cache)
+                                   teacher_logit_cache=teacher_logit_cache,
+                                   teacher_precision=teacher_precision)
         try:
             pytorchjob.submit_and_wait(manifest, timeout=timeout)
         except pytorchjob.PyTorchJobFailed as exc:
@@ -379,7 +398,8 @@ def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mo
         nproc = max(1, num_workers) * max(1, nproc_per_node)
         command = train_pod_command(layout.root, meta_uri, teacher['s3_uri'], teacher['sha256'],
                                     kd_config, max_epochs, cfg_options, str(attempt / 'work'),
-                                    teacher_logit_cache=teacher_logit_cache)
+                                    teacher_logit_cache=teacher_logit_cache,
+                                    teacher_precision=teacher_precision)
         code = pytorchjob.run_local(command, nproc_per_node=nproc,
                                     env={'VIDEO_KD_RUN_ID': layout.run_id},
                                     log_path=attempt / 'torchrun.log')
@@ -432,6 +452,8 @@ def train_pod(argv: list[str] | None = None) -> int:
     parser.add_argument('--teacher-logit-cache', action='store_true',
                         help='reuse teacher logits stored next to the dataset '
                              '(<dataset>/teacher_logits/, see video_kd.logit_cache)')
+    parser.add_argument('--teacher-precision', choices=TEACHER_PRECISIONS,
+                        help='run the teacher as an inference model (video_kd.fast_teacher)')
     args = parser.parse_args(argv)
     setup_logging()
     layout = layout_from_root(args.run_root)
@@ -462,6 +484,8 @@ def train_pod(argv: list[str] | None = None) -> int:
         train_argv += ['--max-epochs', str(args.max_epochs)]
     if args.cfg_options:
         train_argv += ['--cfg-options', *args.cfg_options]
+    if args.teacher_precision:
+        train_argv += ['--teacher-precision', args.teacher_precision]
     if args.teacher_logit_cache:  # next to the dataset's videos: shared by its retrainings
         videos_uri = json.loads((inputs / 'dataset.json').read_text())['videos_uri']
         train_argv += ['--teacher-logit-cache', videos_uri.rstrip('/').rsplit('/', 1)[0]]

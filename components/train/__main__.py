@@ -28,6 +28,9 @@ def main(argv=None) -> int:
     p.add_argument('--teacher-logit-cache', action='store_true',
                    help='cache the teacher\'s logits per augmented view next to the dataset in '
                         'S3, so retraining with the same teacher skips its forward pass')
+    p.add_argument('--teacher-precision', choices=['fp32', 'bf16', 'fp16'], default='',
+                   help='run the teacher as an inference model (eval mode, inference_mode) in '
+                        'this precision; default: as MMRazor runs it')
     p.add_argument('--print-manifest', action='store_true',
                    help='print the PyTorchJob manifest (JSON) and exit')
     args = p.parse_args(argv)
@@ -40,14 +43,16 @@ def main(argv=None) -> int:
                                   teacher, args.kd_config, args.image, args.num_workers,
                                   args.gpus_per_worker, args.nproc_per_node, args.max_epochs,
                                   args.cfg_options,
-                                  teacher_logit_cache=args.teacher_logit_cache)
+                                  teacher_logit_cache=args.teacher_logit_cache,
+                                  teacher_precision=args.teacher_precision)
         print(json.dumps(manifest, indent=2))
         return 0
     return _cli.finish(steps.run_step(
         steps.train, data, teacher, args.kd_config, mode=args.mode, image=args.image,
         num_workers=args.num_workers, gpus_per_worker=args.gpus_per_worker,
         nproc_per_node=args.nproc_per_node, max_epochs=args.max_epochs,
-        cfg_options=args.cfg_options, teacher_logit_cache=args.teacher_logit_cache))
+        cfg_options=args.cfg_options, teacher_logit_cache=args.teacher_logit_cache,
+        teacher_precision=args.teacher_precision))
 
 
 if __name__ == '__main__':

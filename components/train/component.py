@@ -9,7 +9,7 @@ from components import DEFAULT_IMAGE
 def train(dataset: Input[Dataset], teacher: Input[Model], kd_config: str, mode: str,
           image: str, num_workers: int, gpus_per_worker: int, nproc_per_node: int,
           max_epochs: int, cfg_options: str, teacher_logit_cache: bool,
-          kd_model: Output[Model]):
+          teacher_precision: str, kd_model: Output[Model]):
     """Create a PyTorchJob (kubeflow.org/v1: Master + Workers running
     ``torchrun -m video_kd.steps train-pod``), follow it and fail with its reason if it
     fails; mode=local runs the same command under torchrun here. Checkpoints go to
@@ -20,7 +20,8 @@ def train(dataset: Input[Dataset], teacher: Input[Model], kd_config: str, mode: 
                           kd_config, mode=mode, image=image, num_workers=num_workers,
                           gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node,
                           max_epochs=max_epochs, cfg_options=cfg_options,
-                          teacher_logit_cache=teacher_logit_cache)
+                          teacher_logit_cache=teacher_logit_cache,
+                          teacher_precision=teacher_precision)
     kd_model.metadata.update(meta)
     with open(kd_model.path, 'w') as out:
         json.dump(meta, out, indent=2)

@@ -1,0 +1,97 @@
+"""The fast teacher (video_kd.fast_teacher): same distillation, teacher as an inference model."""
+import pytest
+import torch
+
+import video_kd  # noqa: F401  (compat before OpenMMLab)
+from conftest import run_module
+from video_kd import fast_teacher
+
+KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
+
+
+def kd_cfg(precision=None):
+    from video_kd.config import load_config, set_num_classes
+    from video_kd.runtime import register_all_modules
+    register_all_modules()
+    cfg = load_config(KD)
+    set_num_classes(cfg.model, 3)
+    if precision:
+        fast_teacher.enable_fast_teacher(cfg, precision)
+    return cfg
+
+
+@pytest.fixture(scope='module')
+def algo():
+    from mmrazor.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(kd_cfg('fp32').model)
+    model.init_weights()
+    model.train()
+    return model
+
+
+@pytest.fixture(scope='module')
+def batch():
+    from mmaction.structures import ActionDataSample
+    gen = torch.Generator().manual_seed(0)
+    inputs = torch.randn(2, 8, 3, 56, 56, generator=gen)
+    return inputs, [ActionDataSample().set_gt_label(torch.tensor([i])) for i in range(2)]
+
+
+def test_enable_rewrites_the_config_and_refuses_what_it_cannot_run(tmp_path):
+    cfg = kd_cfg('bf16')
+    assert (cfg.model.type, cfg.model.teacher_precision) == ('InferenceTeacherDistill', 'bf16')
+    with pytest.raises(fast_teacher.FastTeacherConfigError, match="unknown teacher precision 'int8'"):
+        fast_teacher.enable_fast_teacher(kd_cfg(), 'int8')
+    from video_kd.config import load_config
+    with pytest.raises(fast_teacher.FastTeacherConfigError, match='distillation config'):
+        fast_teacher.enable_fast_teacher(load_config('tsm_mobilenetv2_tiny'), 'bf16')
+    cached = kd_cfg()
+    cached.model.type = 'CachedLogitsSingleTeacherDistill'
+    with pytest.raises(fast_teacher.FastTeacherConfigError, match='before the teacher-logit'):
+        fast_teacher.enable_fast_teacher(cached, 'bf16')
+
+
+def test_fp32_is_exactly_mmrazors_loss_with_the_teacher_in_eval_mode(algo, batch):
+    from mmrazor.models import SingleTeacherDistill
+    inputs, samples = batch
+    torch.manual_seed(1)  # the same dropout masks in the student for both calls
+    ours = algo.loss(inputs, samples)
+    # the teacher is back in MMRazor's training state: train mode, norm layers frozen
+    norms = [m for m in algo.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert algo.teacher.training and norms and not any(m.training for m in norms)
+    algo.teacher.eval()  # MMRazor's step, with dropout off: the same teacher logits
+    torch.manual_seed(1)
+    try:
+        reference = SingleTeacherDistill.loss(algo, inputs, samples)
+    finally:
+        algo.train()
+    assert set(ours) == set(reference)
+    torch.testing.assert_close(ours['student.loss_cls'], reference['student.loss_cls'])
+    torch.testing.assert_close(ours['distill.loss_dist'], reference['distill.loss_dist'])
+
+
+def test_bf16_teacher_feeds_an_fp32_student_and_a_normal_backward(algo, batch):
+    inputs, samples = batch
+    fp32 = algo.loss(inputs, samples)['distill.loss_dist'].item()
+    algo.teacher_dtype = torch.bfloat16
+    try:
+        losses = algo.loss(inputs, samples)
+    finally:
+        algo.teacher_dtype = None
+    teacher_logits = algo.distiller.teacher_recorders.get_recorder('logits').get_record_data()
+    assert teacher_logits.dtype == torch.float32 and not teacher_logits.is_inference()
+    assert losses['distill.loss_dist'].item() == pytest.approx(fp32, rel=0.1)
+    algo.zero_grad()
+    sum(v for k, v in losses.items() if 'loss' in k).backward()
+    assert algo.architecture.backbone.conv1.conv.weight.grad is not None
+    assert all(p.grad is None for p in algo.teacher.parameters())
+    assert all(p.dtype == torch.float32 for p in algo.teacher.parameters())
+
+
+def test_cli_refuses_it_for_a_model_that_distills_nothing(tmp_path):
+    result = run_module('video_kd.train', 'tsm_mobilenetv2_tiny', '--work-dir', tmp_path / 'w',
+                        '--teacher-precision', 'bf16')
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        'error: --teacher-precision needs a distillation config')
