@@ -1,12 +1,13 @@
-"""KD gain on the generated dataset: student alone vs student + KD (and + the logit cache).
+"""KD gain on the generated dataset: student alone vs KD (MMRazor's, bf16 teacher, cached).
 
 One teacher (tsm_r50_tiny) is trained once; then, for each seed, the student
-(tsm_mobilenetv2_tiny) is trained alone, distilled as MMRazor does it, and
-distilled with the teacher-logit cache (video_kd.logit_cache), all with the
-same data, schedule, learning rate and seed.  Top-1 on the validation split
-after the last epoch is reported per run, with mean and standard deviation
-over seeds, so the gain (and whether the cache changes accuracy) can be read
-against the seed-to-seed noise.  Every training runs as a user runs it:
+(tsm_mobilenetv2_tiny) is trained alone (student), distilled as MMRazor does it
+(kd), with the teacher as a bf16 inference model (kd_bf16: --teacher-precision
+bf16, video_kd.fast_teacher) and with the teacher-logit cache (kd_cached:
+video_kd.logit_cache), all with the same data, schedule, learning rate and
+seed.  Top-1 on the validation split after the last epoch is reported per run,
+with mean and standard deviation over seeds, so the gain (and whether the
+cheaper teachers change accuracy) can be read against the seed-to-seed noise.  Every training runs as a user runs it:
 ``python -m video_kd.train ...`` in a subprocess; --jobs runs several at once
 (give each --threads so that jobs x threads <= cores).
 
@@ -35,7 +36,7 @@ import common  # noqa: E402
 TEACHER = 'tsm_r50_tiny'
 STUDENT = 'tsm_mobilenetv2_tiny'
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
-ARMS = ('student', 'kd', 'kd_cached')
+ARMS = ('student', 'kd', 'kd_bf16', 'kd_cached')
 
 
 def parse_args(argv=None):
@@ -90,6 +91,23 @@ def train(config: str, work_dir: Path, data: Path, epochs: int, seed: int, *extr
     return out
 
 
+# (arm, reference): what each comparison isolates
+COMPARISONS = (('kd', 'student'), ('kd_bf16', 'student'), ('kd_cached', 'student'),
+               ('kd_bf16', 'kd'),          # eval-mode bf16 teacher vs MMRazor's teacher
+               ('kd_cached', 'kd'),        # the cache as a whole vs MMRazor's KD
+               ('kd_cached', 'kd_bf16'))   # both eval-mode teachers: mostly the K fixed views
+
+
+def paired_differences(runs: dict[str, list[dict]]) -> dict[str, dict]:
+    """Top-1 of an arm minus its reference on the same seed, summarised over seeds."""
+    out = {}
+    for arm, reference in COMPARISONS:
+        if arm in runs and reference in runs:
+            diffs = [a['top1'] - r['top1'] for a, r in zip(runs[arm], runs[reference])]
+            out[f'{arm}_minus_{reference}'] = common.summary(diffs)
+    return out
+
+
 def evaluate_teacher(ckpt: Path, data: Path, work_dir: Path) -> dict:
     out = work_dir / 'metrics.json'
     start = time.perf_counter()
@@ -128,6 +146,8 @@ def main(argv=None) -> int:
             run = train(STUDENT, wd, data, args.epochs, seed, lr=args.lr)
         else:
             extra = ['--teacher-ckpt', str(teacher_ckpt)]
+            if arm == 'kd_bf16':
+                extra += ['--teacher-precision', 'bf16']
             if arm == 'kd_cached':
                 extra += ['--teacher-logit-cache', str(work / f'cache_seed{seed}')]
             run = train(KD, wd, data, args.epochs, seed, *extra, lr=args.lr)
@@ -141,14 +161,7 @@ def main(argv=None) -> int:
         done = list(pool.map(lambda job: run_arm(*job), jobs))
     runs = {arm: [run for (_, a), run in zip(jobs, done) if a == arm] for arm in args.arms}
     summary = {arm: common.summary([r['top1'] for r in rs]) for arm, rs in runs.items()}
-    gains = {}
-    for arm in ('kd', 'kd_cached'):
-        if arm in runs and 'student' in runs:
-            diffs = [k['top1'] - s['top1'] for k, s in zip(runs[arm], runs['student'])]
-            gains[f'{arm}_minus_student'] = common.summary(diffs)
-    if 'kd' in runs and 'kd_cached' in runs:
-        diffs = [c['top1'] - k['top1'] for c, k in zip(runs['kd_cached'], runs['kd'])]
-        gains['kd_cached_minus_kd'] = common.summary(diffs)
+    gains = paired_differences(runs)
     rows = [[arm, ' '.join(f'{r["top1"]:.3f}' for r in runs[arm]),
              f'{summary[arm]["mean"]:.3f}', f'{summary[arm]["stdev"]:.3f}',
              f'{statistics.fmean(r["wall_s"] for r in runs[arm]):.0f}'] for arm in runs]

@@ -105,7 +105,7 @@ def demo(result):
 
 
 SECTIONS = [('kd_step', 'KD step overhead', kd_step), ('logit_cache', 'Teacher-logit cache', logit_cache),
-            ('kd_gain', 'KD gain (and the cache\'s effect on accuracy)', kd_gain),
+            ('kd_gain', 'KD gain (and what the cheaper teachers do to accuracy)', kd_gain),
             ('data_loading', 'Data loading vs step time', data_loading),
             ('demo_wall', 'End-to-end local demo', demo)]
 

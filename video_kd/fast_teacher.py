@@ -10,7 +10,7 @@ For logits distillation the teacher is pure inference, so:
   copied out of inference mode before the distill loss uses them);
 * **precision** ``bf16`` / ``fp16``: ``torch.autocast`` around the teacher only;
   the student and the losses stay in fp32.  On the 2-core CPU of
-  benchmarks/README.md, bf16 takes a KD step from 1.76-2.31x to 1.37-1.53x of
+  benchmarks/README.md, bf16 takes a KD step from 1.66-2.51x to 1.38-1.57x of
   the student-only step.
 
 ``InferenceTeacherDistill`` (registered in MMRazor's ``MODELS``) is that
