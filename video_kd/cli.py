@@ -410,6 +410,7 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from video_kd.fast_teacher import PRECISIONS
     parser = argparse.ArgumentParser(
         prog='video-kd',
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--val-per-class', type=int, default=8, help='default 8')
     p.add_argument('--no-baseline', action='store_true', help='skip the no-KD baseline')
     p.add_argument('--run-id', help='default: <UTC time>-<random>')
-    p.add_argument('--teacher-precision', choices=['fp32', 'bf16', 'fp16'],
+    p.add_argument('--teacher-precision', choices=list(PRECISIONS),
                    help='pipeline parameter teacher_precision: the teacher as an inference '
                         'model (default: as MMRazor runs it)')
     p.add_argument('--teacher-logit-cache', action='store_true',

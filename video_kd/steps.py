@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from video_kd import s3
+from video_kd.fast_teacher import PRECISIONS
 
 log = logging.getLogger('video_kd.steps')
 
@@ -279,7 +280,7 @@ def pytorchjob_name(run_id: str) -> str:
     return name[:63].rstrip('-')
 
 
-TEACHER_PRECISIONS = ('fp32', 'bf16', 'fp16')
+TEACHER_PRECISIONS = tuple(PRECISIONS)
 
 
 def check_teacher_precision(precision: str) -> None:

@@ -24,6 +24,7 @@ from mmengine.config import Config, DictAction
 from video_kd import dataset
 from video_kd.config import is_distill_config, load_config, set_num_classes
 from video_kd.convert import load_state_dict, state_dict_mismatch
+from video_kd.fast_teacher import PRECISIONS
 from video_kd.runtime import (UsageError, dist_backend, init_cpu_process_group, is_main_process,
                               launcher_from_env, register_all_modules, run_cli, set_data_root,
                               setup_logging, wait_for_file)
@@ -62,7 +63,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help='KD only: reuse the teacher\'s logits per augmented view, stored '
                              'under URI/teacher_logits/ (an s3:// prefix or a local dir; see '
                              'video_kd.logit_cache). Off by default')
-    parser.add_argument('--teacher-precision', choices=['fp32', 'bf16', 'fp16'],
+    parser.add_argument('--teacher-precision', choices=list(PRECISIONS),
                         help='KD only: run the frozen teacher as an inference model (eval mode, '
                              'torch.inference_mode) in this precision (autocast; the student '
                              'stays fp32). bf16 made a KD step 1.2-1.7x faster on CPU (see '

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 from components import DEFAULT_IMAGE, _cli
+from video_kd.fast_teacher import PRECISIONS
 
 
 def main(argv=None) -> int:
@@ -28,7 +29,7 @@ def main(argv=None) -> int:
     p.add_argument('--teacher-logit-cache', action='store_true',
                    help='cache the teacher\'s logits per augmented view next to the dataset in '
                         'S3, so retraining with the same teacher skips its forward pass')
-    p.add_argument('--teacher-precision', choices=['fp32', 'bf16', 'fp16'], default='',
+    p.add_argument('--teacher-precision', choices=list(PRECISIONS), default='',
                    help='run the teacher as an inference model (eval mode, inference_mode) in '
                         'this precision; default: as MMRazor runs it')
     p.add_argument('--print-manifest', action='store_true',
