@@ -7,9 +7,10 @@ bf16, video_kd.fast_teacher) and with the teacher-logit cache (kd_cached:
 video_kd.logit_cache), all with the same data, schedule, learning rate and
 seed.  Top-1 on the validation split after the last epoch is reported per run,
 with mean and standard deviation over seeds, so the gain (and whether the
-cheaper teachers change accuracy) can be read against the seed-to-seed noise.  Every training runs as a user runs it:
-``python -m video_kd.train ...`` in a subprocess; --jobs runs several at once
-(give each --threads so that jobs x threads <= cores).
+cheaper teachers change accuracy) can be read against the seed-to-seed noise.
+Every training runs as a user runs it: ``python -m video_kd.train ...`` in a
+subprocess; --jobs runs several at once (give each --threads so that
+jobs x threads <= cores).
 
 Budget: from scratch on the generated data, the tiny MobileNetV2 student needs
 a few hundred iterations before it leaves chance (measured, seed 0, AdamW

@@ -107,13 +107,14 @@ def uncached(algo, precision: str):
     That is the training path of ``video_kd.train --teacher-precision <precision>``.
     """
     from video_kd.fast_teacher import autocast_dtype
+    dtype = algo.teacher_dtype
     algo.teacher_records = algo.run_teacher  # instead of the cache lookup
     algo.teacher_dtype = autocast_dtype(precision)
     try:
         yield
     finally:
         del algo.teacher_records
-        algo.teacher_dtype = None
+        algo.teacher_dtype = dtype
 
 
 def inference_teacher_loss(algo, inputs, samples, precision: str = 'fp32'):
