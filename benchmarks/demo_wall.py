@@ -31,9 +31,15 @@ def parse_args(argv=None):
 
 
 def main(argv=None) -> int:
-    import subprocess
     args = parse_args(argv)
-    workdir = tempfile.mkdtemp(prefix='demo_cold_') if args.cold else args.workdir
+    if args.cold:  # a fresh work dir, removed afterwards (it holds ~2.5 GB)
+        with tempfile.TemporaryDirectory(prefix='demo_cold_') as workdir:
+            return run_demo(args, workdir)
+    return run_demo(args, args.workdir)
+
+
+def run_demo(args, workdir: str) -> int:
+    import subprocess
     warm = not args.cold and any(Path(workdir).glob('inputs/*/teacher-*/epoch_*.pth'))
     command = [str(Path(sys.executable).parent / 'video-kd'), 'run-local', '--workdir', workdir,
                *args.extra]

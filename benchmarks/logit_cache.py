@@ -75,22 +75,27 @@ def storage(args) -> dict:
         cache.put(f'{i:032x}', {'logits': torch.randn(8, args.num_classes)},
                   {'video': f'c/{i}.mp4', 'view': 0, 'frame_inds': list(range(8)),
                    'crop_bbox': [0, 0, 56, 56], 'flip': False})
-    out = {'entries': args.entries}
-    targets = [('local', tempfile.mkdtemp(prefix='logit_cache_'))]
-    if os.environ.get('S3_ENDPOINT_URL') and os.environ.get('S3_BENCH_BUCKET'):
-        targets.append(('s3', f's3://{os.environ["S3_BENCH_BUCKET"]}/bench-{uuid.uuid4().hex[:8]}'))
-    for name, location in targets:
-        cache.new_keys = list(cache.entries)
-        start = time.perf_counter()
-        where = cache.flush(location, 'bench')
-        write = time.perf_counter() - start
-        start = time.perf_counter()
-        loaded = logit_cache.LogitCache()
-        loaded.load(location)
-        read = time.perf_counter() - start
-        size = Path(where).stat().st_size if name == 'local' else None
-        out[name] = {'write_s': write, 'load_s': read, 'shard_bytes': size}
-    return out
+    with tempfile.TemporaryDirectory(prefix='logit_cache_') as local:
+        targets = [('local', local)]
+        if os.environ.get('S3_ENDPOINT_URL') and os.environ.get('S3_BENCH_BUCKET'):
+            bucket = os.environ['S3_BENCH_BUCKET']
+            targets.append(('s3', f's3://{bucket}/bench-{uuid.uuid4().hex[:8]}'))
+        return {'entries': args.entries,
+                **{name: time_flush_and_load(cache, name, location)
+                   for name, location in targets}}
+
+
+def time_flush_and_load(cache, name: str, location: str) -> dict:
+    from video_kd import logit_cache
+    cache.new_keys = list(cache.entries)
+    start = time.perf_counter()
+    where = cache.flush(location, 'bench')
+    write = time.perf_counter() - start
+    start = time.perf_counter()
+    logit_cache.LogitCache().load(location)
+    read = time.perf_counter() - start
+    size = Path(where).stat().st_size if name == 'local' else None
+    return {'write_s': write, 'load_s': read, 'shard_bytes': size}
 
 
 def main(argv=None) -> int:

@@ -47,6 +47,23 @@ def test_missing_credentials_fail_in_one_line(tmp_path):
     assert 'Traceback' not in result.stderr
 
 
+def test_scratch_is_removed_on_success_and_kept_on_failure(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(steps.tempfile, 'tempdir', str(tmp_path))
+    with steps.scratch_dir(None, 'convert') as work:
+        (work / 'big.pth').write_bytes(b'x' * 1024)
+    assert not work.exists()
+    with pytest.raises(steps.StepError), steps.scratch_dir(None, 'eval') as failed:
+        (failed / 'w_student').mkdir()
+        raise steps.StepError('boom')
+    assert (failed / 'w_student').is_dir()
+    assert f'eval failed; its scratch directory {failed} is kept' in caplog.text
+    given = tmp_path / 'mine'
+    with steps.scratch_dir(given, 'data') as work:
+        assert work == given
+    assert given.is_dir()  # the caller's directory is the caller's
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['mine', failed.name]
+
+
 @pytest.fixture
 def prepared_run(bucket, tmp_path):
     """A run with data prep done (tiny generated data) and a teacher stub published."""
@@ -172,8 +189,11 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
             'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', '--mode', 'local', '--num-workers', 2,
             '--max-epochs', 4, '--cfg-options', TINY]
 
+    scratch = tmp_path / 'tmp'
+    scratch.mkdir()
+    env = {**os.environ, 'TMPDIR': str(scratch)}
     proc = subprocess.Popen([sys.executable, '-m', *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, env=env)
     deadline = time.monotonic() + 300
     while not list_checkpoints(layout):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -189,9 +209,13 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     assert 're-run the step to resume' in error
     before = {e.uri: e.sha256 for e in s3.Manifest.load(layout).entries if e.step == 'train'}
     assert before and len(before) < 4, f'the kill came too late: {sorted(before)}'
+    (failed,) = scratch.glob('video_kd_train_*')  # kept for inspection, with the worker logs
+    assert f'its scratch directory {failed} is kept' in stderr
+    assert list(failed.glob('attempt-*/torchrun.log'))
 
-    again = run_module(*args)
+    again = run_module(*args, env={'TMPDIR': str(scratch)})
     assert again.returncode == 0, again.stderr[-3000:]
+    assert list(scratch.glob('video_kd_*')) == [failed]  # the successful attempt's is gone
     last_before = max(before, key=checkpoint_sort_key).rsplit('/', 1)[1]
     assert f'resuming from {last_before}' in again.stderr
     out = json.loads(again.stdout)

@@ -122,8 +122,11 @@ def _verify_run(run_root: str, tmp_path) -> s3.Manifest:
 
 
 @pytest.mark.slow
-def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys):
+def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
     from video_kd import cli
+    scratch = tmp_path / 'tmp'  # the steps' (subprocesses') temporary directories
+    scratch.mkdir()
+    monkeypatch.setenv('TMPDIR', str(scratch))
     data = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
     first = cli.run_local_pipeline(tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1,
                                    kd_epochs=2, baseline=True, workers=1)
@@ -142,6 +145,7 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys):
     assert metrics['kd_gain']['top1_acc'] == pytest.approx(
         metrics['student']['top1_acc'] - metrics['baseline']['top1_acc'])
     assert metrics['num_val'] == 6 and len(metrics['confusion_matrix']) == 3
+    assert not list(scratch.glob('video_kd_*')), 'a step left its scratch on the disk'
     # the teacher went through the checksum cache
     assert s3.list_uris(f's3://{bucket}/kd/cache/teacher/')
 

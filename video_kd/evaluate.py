@@ -82,8 +82,10 @@ def evaluate(config: str, checkpoint: str, data_root: str, work_dir: str | None 
              cfg_options: dict | None = None) -> dict:
     """Run the test loop; returns the metrics dict that main() writes as JSON."""
     from mmengine.runner import Runner
+    if work_dir is None:  # the test loop's logs only: nothing to keep
+        with tempfile.TemporaryDirectory(prefix='video_kd_eval_') as tmp:
+            return evaluate(config, checkpoint, data_root, tmp, cfg_options)
     register_all_modules()
-    work_dir = work_dir or tempfile.mkdtemp(prefix='video_kd_eval_')
     cfg, classes = build_test_config(config, checkpoint, data_root, work_dir, cfg_options)
     check_checkpoint_fits(cfg, checkpoint)
     results = Runner.from_cfg(cfg).test()

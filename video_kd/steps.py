@@ -27,6 +27,7 @@ The training step has two halves:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ import time
 import urllib.parse
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from video_kd import s3
 from video_kd.fast_teacher import PRECISIONS
@@ -56,6 +57,30 @@ S3_PLAIN_ENV = ('S3_ENDPOINT_URL', 'AWS_ENDPOINT_URL', 'AWS_DEFAULT_REGION')
 
 class StepError(RuntimeError):
     """A step cannot go on; the message says why in one line."""
+
+
+@contextlib.contextmanager
+def scratch_dir(workdir: str | Path | None, step: str) -> Iterator[Path]:
+    """A step's local working space.
+
+    ``workdir`` when given (the caller's; kept).  Otherwise a temporary
+    directory, removed when the step succeeds: everything a step keeps is in
+    S3 by then, and a local run or a long-lived node must not fill its disk
+    with copies (a training attempt alone holds ~0.5 GB of checkpoints).  A
+    failed step's directory is kept, and named in the log, for inspection.
+    """
+    if workdir:
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=f'video_kd_{step}_'))
+    try:
+        yield path
+    except BaseException:
+        log.warning('%s failed; its scratch directory %s is kept for inspection', step, path)
+        raise
+    shutil.rmtree(path, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------- run context
@@ -168,13 +193,47 @@ def data_prep(dataset_uri: str, bucket: str, prefix: str, run_id: str = '', job_
     from video_kd import dataset
     layout = s3.RunLayout(bucket, prefix, run_id or new_run_id(job_id))
     claim_run(layout, job_id)
-    work = Path(workdir or tempfile.mkdtemp(prefix='video_kd_data_'))
-    raw = work / 'raw'
+    with scratch_dir(workdir, 'data') as work:
+        raw = work / 'raw'
+        videos_uri, upload_videos = _gather_dataset(dataset_uri, layout, raw)
+        clean = Path(out_dir) if out_dir else work / 'clean'
+        try:
+            report = dataset.validate_dataset(raw, clean, min_frames=min_frames)
+        except dataset.DatasetError as exc:
+            raise StepError(f'dataset {dataset_uri}: {exc}') from exc
+        (clean / dataset.VIDEO_DIR).unlink(missing_ok=True)  # the symlink: videos live in S3
+        report['root'] = dataset_uri  # not this pod's temporary directory
+        (clean / 'report.json').write_text(json.dumps(report, indent=2))
+        files = {}
+        for name in (dataset.TRAIN_LIST, dataset.VAL_LIST, dataset.CLASSES_FILE, 'report.json'):
+            files[name] = _entry_meta(_publish(layout, 'data', clean / name, name))
+        if upload_videos:
+            for rel in _listed_videos(clean):
+                _publish(layout, 'data', raw / dataset.VIDEO_DIR / rel, dataset.VIDEO_DIR, rel)
+        classes = dataset.read_classes(clean)
+        meta = {**run_info(layout), 'data_uri': layout.uri('data'), 'videos_uri': videos_uri,
+                'source': dataset_uri, 'classes': classes, 'num_classes': len(classes),
+                'num_train': _count_lines(clean / dataset.TRAIN_LIST),
+                'num_val': _count_lines(clean / dataset.VAL_LIST),
+                'rejected': int(report.get('rejected_total', 0)), 'files': files}
+    meta['dataset_meta_uri'] = publish_data_meta(meta)
+    log.info('data: %d train / %d val videos, %d classes, %d rejected -> %s',
+             meta['num_train'], meta['num_val'], len(classes), meta['rejected'],
+             meta['data_uri'])
+    return meta
+
+
+def _gather_dataset(dataset_uri: str, layout: s3.RunLayout, raw: Path) -> tuple[str, bool]:
+    """Put the dataset's lists and videos under ``raw``.
+
+    Returns where the run's videos live and whether they must be uploaded there
+    (an s3:// dataset's videos stay where they are).
+    """
+    from video_kd import dataset
     if dataset_uri.startswith(GENERATED_SCHEME):
         dataset.generate_dataset(raw, **_generator_options(dataset_uri))
-        videos_uri = layout.uri('data', dataset.VIDEO_DIR)
-        upload_videos = True
-    elif dataset_uri.startswith('s3://'):
+        return layout.uri('data', dataset.VIDEO_DIR), True
+    if dataset_uri.startswith('s3://'):
         src = dataset_uri.rstrip('/')
         for name in (dataset.TRAIN_LIST, dataset.VAL_LIST, dataset.CLASSES_FILE):
             try:
@@ -183,40 +242,12 @@ def data_prep(dataset_uri: str, bucket: str, prefix: str, run_id: str = '', job_
                 raise StepError(f'dataset {src} has no {name}: expected videos/, '
                                 'train_list.txt, val_list.txt and classes.txt there') from exc
         s3.download_dir(s3.join_uri(src, dataset.VIDEO_DIR), raw / dataset.VIDEO_DIR)
-        videos_uri, upload_videos = s3.join_uri(src, dataset.VIDEO_DIR), False
-    elif Path(dataset_uri).is_dir():
+        return s3.join_uri(src, dataset.VIDEO_DIR), False
+    if Path(dataset_uri).is_dir():
         shutil.copytree(dataset_uri, raw, symlinks=False)
-        videos_uri, upload_videos = layout.uri('data', dataset.VIDEO_DIR), True
-    else:
-        raise StepError(f'dataset_uri {dataset_uri!r}: expected an s3:// prefix, '
-                        f'{GENERATED_SCHEME} or an existing local directory')
-
-    clean = Path(out_dir) if out_dir else work / 'clean'
-    try:
-        report = dataset.validate_dataset(raw, clean, min_frames=min_frames)
-    except dataset.DatasetError as exc:
-        raise StepError(f'dataset {dataset_uri}: {exc}') from exc
-    (clean / dataset.VIDEO_DIR).unlink(missing_ok=True)  # the symlink: videos live in S3
-    report['root'] = dataset_uri  # not this pod's temporary directory
-    (clean / 'report.json').write_text(json.dumps(report, indent=2))
-    files = {}
-    for name in (dataset.TRAIN_LIST, dataset.VAL_LIST, dataset.CLASSES_FILE, 'report.json'):
-        files[name] = _entry_meta(_publish(layout, 'data', clean / name, name))
-    if upload_videos:
-        keep = _listed_videos(clean)
-        for rel in keep:
-            _publish(layout, 'data', raw / dataset.VIDEO_DIR / rel, dataset.VIDEO_DIR, rel)
-    classes = dataset.read_classes(clean)
-    meta = {**run_info(layout), 'data_uri': layout.uri('data'), 'videos_uri': videos_uri,
-            'source': dataset_uri, 'classes': classes, 'num_classes': len(classes),
-            'num_train': _count_lines(clean / dataset.TRAIN_LIST),
-            'num_val': _count_lines(clean / dataset.VAL_LIST),
-            'rejected': int(report.get('rejected_total', 0)), 'files': files}
-    meta['dataset_meta_uri'] = publish_data_meta(meta)
-    log.info('data: %d train / %d val videos, %d classes, %d rejected -> %s',
-             meta['num_train'], meta['num_val'], len(classes), meta['rejected'],
-             meta['data_uri'])
-    return meta
+        return layout.uri('data', dataset.VIDEO_DIR), True
+    raise StepError(f'dataset_uri {dataset_uri!r}: expected an s3:// prefix, '
+                    f'{GENERATED_SCHEME} or an existing local directory')
 
 
 def _count_lines(path: Path) -> int:
@@ -257,19 +288,19 @@ def teacher_download(run_root: str, url: str, sha256: str = '',
         raise StepError('teacher_url is empty: give the https:// or s3:// URL of the teacher '
                         'checkpoint (and its sha256)')
     layout = layout_from_root(run_root)
-    work = Path(workdir or tempfile.mkdtemp(prefix='video_kd_teacher_'))
-    cache_uri = layout.cache_uri(download.CACHE_KIND, sha256.strip().lower(), 'x') \
-        if sha256 and len(sha256.strip()) == 64 else None
-    cache_hit = bool(cache_uri) and bool(s3.list_uris(cache_uri.rsplit('/', 1)[0] + '/'))
-    try:
-        path = download.fetch_teacher(url, work, sha256=sha256 or None, cache=layout)
-    except download.ChecksumMismatchError as exc:
-        raise StepError(str(exc)) from exc
-    except ValueError as exc:
-        raise StepError(f'teacher {url}: {exc}') from exc
-    entry = _publish(layout, 'teacher', path, path.name)
-    return {**run_info(layout), **_entry_meta(entry), 'filename': path.name,
-            'source_url': url, 'cache_hit': cache_hit}
+    with scratch_dir(workdir, 'teacher') as work:
+        cache_uri = layout.cache_uri(download.CACHE_KIND, sha256.strip().lower(), 'x') \
+            if sha256 and len(sha256.strip()) == 64 else None
+        cache_hit = bool(cache_uri) and bool(s3.list_uris(cache_uri.rsplit('/', 1)[0] + '/'))
+        try:
+            path = download.fetch_teacher(url, work, sha256=sha256 or None, cache=layout)
+        except download.ChecksumMismatchError as exc:
+            raise StepError(str(exc)) from exc
+        except ValueError as exc:
+            raise StepError(f'teacher {url}: {exc}') from exc
+        entry = _publish(layout, 'teacher', path, path.name)
+        return {**run_info(layout), **_entry_meta(entry), 'filename': path.name,
+                'source_url': url, 'cache_hit': cache_hit}
 
 
 # --------------------------------------------------------------------------- 3. train
@@ -392,23 +423,22 @@ def train(data_meta: dict[str, Any], teacher: dict[str, Any], kd_config: str, mo
         except pytorchjob.PyTorchJobFailed as exc:
             raise StepError(str(exc)) from exc
     elif mode == 'local':
-        work = Path(workdir or tempfile.mkdtemp(prefix='video_kd_train_'))
-        work.mkdir(parents=True, exist_ok=True)
-        # A fresh work dir per attempt: a resumed run must get its state from S3.
-        attempt = Path(tempfile.mkdtemp(prefix='attempt-', dir=work))
-        nproc = max(1, num_workers) * max(1, nproc_per_node)
-        command = train_pod_command(layout.root, meta_uri, teacher['s3_uri'], teacher['sha256'],
-                                    kd_config, max_epochs, cfg_options, str(attempt / 'work'),
-                                    teacher_logit_cache=teacher_logit_cache,
-                                    teacher_precision=teacher_precision)
-        code = pytorchjob.run_local(command, nproc_per_node=nproc,
-                                    env={'VIDEO_KD_RUN_ID': layout.run_id},
-                                    log_path=attempt / 'torchrun.log')
-        if code != 0:
-            tail = _error_line(attempt / 'torchrun.log')
-            raise StepError(f'local training (torchrun, {nproc} processes) failed with exit '
-                            f'code {code}: {tail}; re-run the step to resume from the last '
-                            f'checkpoint in {layout.uri("train", "checkpoints")}/')
+        with scratch_dir(workdir, 'train') as work:
+            # A fresh work dir per attempt: a resumed run must get its state from S3.
+            attempt = Path(tempfile.mkdtemp(prefix='attempt-', dir=work))
+            nproc = max(1, num_workers) * max(1, nproc_per_node)
+            command = train_pod_command(layout.root, meta_uri, teacher['s3_uri'], teacher['sha256'],
+                                        kd_config, max_epochs, cfg_options, str(attempt / 'work'),
+                                        teacher_logit_cache=teacher_logit_cache,
+                                        teacher_precision=teacher_precision)
+            code = pytorchjob.run_local(command, nproc_per_node=nproc,
+                                        env={'VIDEO_KD_RUN_ID': layout.run_id},
+                                        log_path=attempt / 'torchrun.log')
+            if code != 0:
+                tail = _error_line(attempt / 'torchrun.log')
+                raise StepError(f'local training (torchrun, {nproc} processes) failed with exit '
+                                f'code {code}: {tail}; re-run the step to resume from the last '
+                                f'checkpoint in {layout.uri("train", "checkpoints")}/')
     else:
         raise StepError(f'unknown training mode {mode!r}: use "pytorchjob" or "local"')
     checkpoints = list_checkpoints(layout)
@@ -508,13 +538,13 @@ def convert(kd_model: dict[str, Any], workdir: str | Path | None = None) -> dict
     """KD checkpoint -> student-only checkpoint in ``<run>/student/``."""
     from video_kd.convert import convert_kd_ckpt_to_student
     layout = layout_from_root(kd_model['run_root'])
-    work = Path(workdir or tempfile.mkdtemp(prefix='video_kd_convert_'))
-    name = kd_model['s3_uri'].rsplit('/', 1)[-1]
-    kd_path = fetch_verified(kd_model['s3_uri'], work / name, kd_model.get('sha256'))
-    student = convert_kd_ckpt_to_student(kd_path, overwrite=True)
-    entry = _publish(layout, 'student', student, student.name)
-    return {**run_info(layout), **_entry_meta(entry), 'converted_from': kd_model['s3_uri'],
-            'kd_config': kd_model.get('kd_config', '')}
+    with scratch_dir(workdir, 'convert') as work:
+        name = kd_model['s3_uri'].rsplit('/', 1)[-1]
+        kd_path = fetch_verified(kd_model['s3_uri'], work / name, kd_model.get('sha256'))
+        student = convert_kd_ckpt_to_student(kd_path, overwrite=True)
+        entry = _publish(layout, 'student', student, student.name)
+        return {**run_info(layout), **_entry_meta(entry), 'converted_from': kd_model['s3_uri'],
+                'kd_config': kd_model.get('kd_config', '')}
 
 
 # --------------------------------------------------------------------------- 5. evaluate
@@ -537,12 +567,29 @@ def evaluate(data_meta: dict[str, Any], student: dict[str, Any], kd_config: str,
 
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
     """
+    layout = layout_from_root(student['run_root'])
+    with scratch_dir(workdir, 'eval') as work:
+        results = _evaluate_models(work, layout, data_meta, student, kd_config, teacher,
+                                   student_config, baseline_url, baseline_sha256)
+        summary = summarise_metrics(layout.run_id, results)
+        report = markdown_report(summary, student, teacher, baseline_url)
+        (work / 'metrics.json').write_text(json.dumps(summary, indent=2))
+        (work / 'report.md').write_text(report)
+        metrics_entry = _publish(layout, 'eval', work / 'metrics.json', 'metrics.json')
+        _publish(layout, 'eval', work / 'report.md', 'report.md')
+    return {**run_info(layout), 'metrics': summary, 'report': report,
+            'metrics_uri': metrics_entry.uri}
+
+
+def _evaluate_models(work: Path, layout: s3.RunLayout, data_meta: dict[str, Any],
+                     student: dict[str, Any], kd_config: str, teacher: dict[str, Any] | None,
+                     student_config: str, baseline_url: str,
+                     baseline_sha256: str) -> dict[str, dict[str, Any]]:
+    """MMAction2's test loop on the val list, per model: student, teacher, baseline."""
     from video_kd import download
     from video_kd import evaluate as ev
-    layout = layout_from_root(student['run_root'])
-    work = Path(workdir or tempfile.mkdtemp(prefix='video_kd_eval_'))
     data_root = fetch_dataset(data_meta, work / 'data')
-    results: dict[str, Any] = {}
+    results: dict[str, dict[str, Any]] = {}
 
     def run(name: str, config: str, ckpt: Path) -> None:
         results[name] = ev.evaluate(config, str(ckpt), str(data_root), str(work / f'w_{name}'))
@@ -564,27 +611,28 @@ def evaluate(data_meta: dict[str, Any], student: dict[str, Any], kd_config: str,
         except download.ChecksumMismatchError as exc:
             raise StepError(str(exc)) from exc
         run('baseline', student_config, baseline)
+    return results
+
+
+ACCURACY_KEYS = ('top1_acc', 'top5_acc', 'mean_class_acc')
+
+
+def summarise_metrics(run_id: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """metrics.json: the student's accuracies and confusion matrix, the others' accuracies
+    and, with a baseline, the KD gain (student minus student alone)."""
     summary = {
-        'run_id': layout.run_id, 'num_val': results['student']['num_samples'],
+        'run_id': run_id, 'num_val': results['student']['num_samples'],
         'classes': results['student']['classes'],
-        'student': {k: results['student'][k] for k in ('top1_acc', 'top5_acc',
-                                                       'mean_class_acc')},
+        'student': {k: results['student'][k] for k in ACCURACY_KEYS},
         'confusion_matrix': results['student']['confusion_matrix'],
     }
     for name in ('teacher', 'baseline'):
         if name in results:
-            summary[name] = {k: results[name][k] for k in ('top1_acc', 'top5_acc',
-                                                           'mean_class_acc')}
+            summary[name] = {k: results[name][k] for k in ACCURACY_KEYS}
     if 'baseline' in results:
         summary['kd_gain'] = {k: summary['student'][k] - summary['baseline'][k]
-                              for k in ('top1_acc', 'top5_acc', 'mean_class_acc')}
-    report = markdown_report(summary, student, teacher, baseline_url)
-    (work / 'metrics.json').write_text(json.dumps(summary, indent=2))
-    (work / 'report.md').write_text(report)
-    metrics_entry = _publish(layout, 'eval', work / 'metrics.json', 'metrics.json')
-    _publish(layout, 'eval', work / 'report.md', 'report.md')
-    return {**run_info(layout), 'metrics': summary, 'report': report,
-            'metrics_uri': metrics_entry.uri}
+                              for k in ACCURACY_KEYS}
+    return summary
 
 
 def markdown_report(summary: dict[str, Any], student: dict[str, Any],
