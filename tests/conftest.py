@@ -11,6 +11,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -46,6 +47,18 @@ def _wait_until_answers(url: str, proc: subprocess.Popen, timeout: float = 30.0)
         except OSError:
             time.sleep(0.1)
     raise RuntimeError(f'moto server did not answer at {url} within {timeout:.0f}s')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def session_tmpdir(tmp_path_factory):
+    """The code under test and its subprocesses (torchrun, KFP's local runner) make their
+    temporary files inside pytest's directory, which a green run removes."""
+    path = tmp_path_factory.mktemp('tmpdir')
+    patch = pytest.MonkeyPatch()
+    patch.setenv('TMPDIR', str(path))
+    patch.setattr(tempfile, 'tempdir', str(path))
+    yield path
+    patch.undo()
 
 
 @pytest.fixture(scope='session')

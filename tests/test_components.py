@@ -57,6 +57,9 @@ def test_scratch_is_removed_on_success_and_kept_on_failure(tmp_path, monkeypatch
         raise steps.StepError('boom')
     assert (failed / 'w_student').is_dir()
     assert f'eval failed; its scratch directory {failed} is kept' in caplog.text
+    with pytest.raises(steps.StepError), steps.scratch_dir(None, 'teacher') as empty:
+        raise steps.StepError('nothing written yet')
+    assert not empty.exists()
     given = tmp_path / 'mine'
     with steps.scratch_dir(given, 'data') as work:
         assert work == given

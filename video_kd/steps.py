@@ -78,7 +78,10 @@ def scratch_dir(workdir: str | Path | None, step: str) -> Iterator[Path]:
     try:
         yield path
     except BaseException:
-        log.warning('%s failed; its scratch directory %s is kept for inspection', step, path)
+        if any(path.iterdir()):
+            log.warning('%s failed; its scratch directory %s is kept for inspection', step, path)
+        else:
+            path.rmdir()
         raise
     shutil.rmtree(path, ignore_errors=True)
 
