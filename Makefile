@@ -4,16 +4,17 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast compile bench clean
+.PHONY: install demo test test-fast lint format compile bench clean
 
 install: $(STAMP)
 
 # torch first and pinned: with it in place, nothing else may pull a CUDA build.
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml docker/constraints.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
 	$(PY) -m pip install --quiet "torch==2.13.0" "setuptools<81" wheel
-	$(PY) -m pip install --quiet -e ".[local,test]"
+	# the lock file: tests run against the versions the image installs
+	$(PY) -m pip install --quiet -c docker/constraints.txt -e ".[local,test]"
 	touch $(STAMP)
 
 demo: $(STAMP)       ## whole pipeline, locally: KFP local runner + local S3 server + generated videos
@@ -21,6 +22,14 @@ demo: $(STAMP)       ## whole pipeline, locally: KFP local runner + local S3 ser
 
 test: $(STAMP)       ## the full test suite (what CI runs)
 	$(PY) -m pytest
+
+lint: $(STAMP)       ## ruff: lint + format check (CI runs it before the tests)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)     ## ruff: fix what it can, format everything
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test-fast: $(STAMP)  ## unit tests only, skips real training and pipeline runs
 	$(PY) -m pytest -m "not slow"

@@ -6,6 +6,7 @@ decides whether the teacher and the student-alone baseline are reused from
 an earlier call (warm: the default .local-run) or trained first (cold: a
 fresh directory).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,15 +16,20 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split('\n\n', 1)[1])
-    parser.add_argument('--cold', action='store_true',
-                        help='fresh work dir: the teacher and baseline are trained too')
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1],
+    )
+    parser.add_argument(
+        '--cold',
+        action='store_true',
+        help='fresh work dir: the teacher and baseline are trained too',
+    )
     parser.add_argument('--workdir', default=str(common.ROOT / '.local-run'))
     parser.add_argument('--out', default='demo_wall')
     parser.add_argument('extra', nargs='*', help='more `video-kd run-local` arguments')
@@ -40,20 +46,34 @@ def main(argv=None) -> int:
 
 def run_demo(args, workdir: str) -> int:
     import subprocess
+
     warm = not args.cold and any(Path(workdir).glob('inputs/*/teacher-*/epoch_*.pth'))
-    command = [str(Path(sys.executable).parent / 'video-kd'), 'run-local', '--workdir', workdir,
-               *args.extra]
+    command = [
+        str(Path(sys.executable).parent / 'video-kd'),
+        'run-local',
+        '--workdir',
+        workdir,
+        *args.extra,
+    ]
     start = time.perf_counter()
     result = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True)
     wall = time.perf_counter() - start
     tail = (result.stdout + result.stderr).strip().splitlines()[-25:]
     print('\n'.join(tail))
-    common.print_table(['demo', 'teacher + baseline', 'exit', 'wall s'],
-                       [['video-kd run-local', 'reused' if warm else 'trained',
-                         result.returncode, f'{wall:.0f}']])
-    common.write_result(args.out, {'command': ' '.join(command), 'returncode': result.returncode,
-                                   'wall_s': wall, 'teacher_and_baseline_reused': warm,
-                                   'output_tail': tail})
+    common.print_table(
+        ['demo', 'teacher + baseline', 'exit', 'wall s'],
+        [['video-kd run-local', 'reused' if warm else 'trained', result.returncode, f'{wall:.0f}']],
+    )
+    common.write_result(
+        args.out,
+        {
+            'command': ' '.join(command),
+            'returncode': result.returncode,
+            'wall_s': wall,
+            'teacher_and_baseline_reused': warm,
+            'output_tail': tail,
+        },
+    )
     return result.returncode
 
 

@@ -18,6 +18,7 @@ a few hundred iterations before it leaves chance (measured, seed 0, AdamW
 1e-3 for 15 epochs stays near chance).  The defaults (20 epochs, 3e-3) sit
 where the student alone is still learning, which is where a teacher can help.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
+import common
 
 TEACHER = 'tsm_r50_tiny'
 STUDENT = 'tsm_mobilenetv2_tiny'
@@ -41,23 +42,39 @@ ARMS = ('student', 'kd', 'kd_bf16', 'kd_cached')
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1],
+    )
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     parser.add_argument('--arms', nargs='+', default=list(ARMS), choices=ARMS)
     parser.add_argument('--epochs', type=int, default=20, help='student / KD epochs')
-    parser.add_argument('--lr', type=float, default=3e-3,
-                        help='AdamW learning rate of the student and KD arms (the same for both)')
+    parser.add_argument(
+        '--lr',
+        type=float,
+        default=3e-3,
+        help='AdamW learning rate of the student and KD arms (the same for both)',
+    )
     parser.add_argument('--jobs', type=int, default=1, help='trainings run at once')
     parser.add_argument('--teacher-epochs', type=int, default=15)
-    parser.add_argument('--dataset', help='existing dataset root (default: generate one with '
-                                          'video_kd.dataset.generate_dataset defaults)')
-    parser.add_argument('--teacher-ckpt', help='a trained tsm_r50_tiny checkpoint for --dataset '
-                                               '(default: train one, --teacher-epochs)')
+    parser.add_argument(
+        '--dataset',
+        help='existing dataset root (default: generate one with '
+        'video_kd.dataset.generate_dataset defaults)',
+    )
+    parser.add_argument(
+        '--teacher-ckpt',
+        help='a trained tsm_r50_tiny checkpoint for --dataset '
+        '(default: train one, --teacher-epochs)',
+    )
     parser.add_argument('--workdir', help='where runs go (default: a temporary directory)')
-    parser.add_argument('--threads', type=int, default=0,
-                        help='OMP_NUM_THREADS of each training (default: torch\'s own)')
+    parser.add_argument(
+        '--threads',
+        type=int,
+        default=0,
+        help="OMP_NUM_THREADS of each training (default: torch's own)",
+    )
     parser.add_argument('--out', default='kd_gain')
     return parser.parse_args(argv)
 
@@ -65,18 +82,40 @@ def parse_args(argv=None):
 THREADS = {}
 
 
-def train(config: str, work_dir: Path, data: Path, epochs: int, seed: int, *extra: str,
-          lr: float | None = None) -> dict:
-    options = [f'randomness.seed={seed}', f'train_cfg.val_interval={epochs}',
-               f'param_scheduler.0.T_max={epochs}']
+def train(
+    config: str,
+    work_dir: Path,
+    data: Path,
+    epochs: int,
+    seed: int,
+    *extra: str,
+    lr: float | None = None,
+) -> dict:
+    options = [
+        f'randomness.seed={seed}',
+        f'train_cfg.val_interval={epochs}',
+        f'param_scheduler.0.T_max={epochs}',
+    ]
     if lr is not None:
         options.append(f'optim_wrapper.optimizer.lr={lr}')
-    command = [sys.executable, '-m', 'video_kd.train', config, '--work-dir', str(work_dir),
-               '--data-root', str(data), '--max-epochs', str(epochs), '--no-data-check',
-               *extra, '--cfg-options', *options]
+    command = [
+        sys.executable,
+        '-m',
+        'video_kd.train',
+        config,
+        '--work-dir',
+        str(work_dir),
+        '--data-root',
+        str(data),
+        '--max-epochs',
+        str(epochs),
+        '--no-data-check',
+        *extra,
+        '--cfg-options',
+        *options,
+    ]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True,
-                            env={**os.environ, **THREADS})
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **THREADS})
     wall = time.perf_counter() - start
     if result.returncode:
         raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
@@ -85,18 +124,25 @@ def train(config: str, work_dir: Path, data: Path, epochs: int, seed: int, *extr
     val = [r for r in records if any(k.endswith('acc/top1') for k in r)][-1]
     top1 = next(v for k, v in val.items() if k.endswith('acc/top1') and 'teacher' not in k)
     out = {'top1': top1, 'wall_s': wall, 'val_record': val}
-    hits = [line for line in (result.stdout + result.stderr).splitlines()
-            if 'teacher-logit cache:' in line and 'hits' in line]
+    hits = [
+        line
+        for line in (result.stdout + result.stderr).splitlines()
+        if 'teacher-logit cache:' in line and 'hits' in line
+    ]
     if hits:
         out['cache'] = hits[-1].split('teacher-logit cache:', 1)[1].strip()
     return out
 
 
 # (arm, reference): what each comparison isolates
-COMPARISONS = (('kd', 'student'), ('kd_bf16', 'student'), ('kd_cached', 'student'),
-               ('kd_bf16', 'kd'),          # eval-mode bf16 teacher vs MMRazor's teacher
-               ('kd_cached', 'kd'),        # the cache as a whole vs MMRazor's KD
-               ('kd_cached', 'kd_bf16'))   # both eval-mode teachers: mostly the K fixed views
+COMPARISONS = (
+    ('kd', 'student'),
+    ('kd_bf16', 'student'),
+    ('kd_cached', 'student'),
+    ('kd_bf16', 'kd'),  # eval-mode bf16 teacher vs MMRazor's teacher
+    ('kd_cached', 'kd'),  # the cache as a whole vs MMRazor's KD
+    ('kd_cached', 'kd_bf16'),
+)  # both eval-mode teachers: mostly the K fixed views
 
 
 def paired_differences(runs: dict[str, list[dict]]) -> dict[str, dict]:
@@ -104,7 +150,9 @@ def paired_differences(runs: dict[str, list[dict]]) -> dict[str, dict]:
     out = {}
     for arm, reference in COMPARISONS:
         if arm in runs and reference in runs:
-            diffs = [a['top1'] - r['top1'] for a, r in zip(runs[arm], runs[reference])]
+            diffs = [
+                a['top1'] - r['top1'] for a, r in zip(runs[arm], runs[reference], strict=False)
+            ]
             out[f'{arm}_minus_{reference}'] = common.summary(diffs)
     return out
 
@@ -112,13 +160,28 @@ def paired_differences(runs: dict[str, list[dict]]) -> dict[str, dict]:
 def evaluate_teacher(ckpt: Path, data: Path, work_dir: Path) -> dict:
     out = work_dir / 'metrics.json'
     start = time.perf_counter()
-    result = subprocess.run([sys.executable, '-m', 'video_kd.evaluate', TEACHER, str(ckpt),
-                             '--data-root', str(data), '--out', str(out)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'video_kd.evaluate',
+            TEACHER,
+            str(ckpt),
+            '--data-root',
+            str(data),
+            '--out',
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+    )
     if result.returncode:
         raise RuntimeError(f'evaluating the teacher failed:\n{result.stderr[-3000:]}')
-    return {'top1': json.loads(out.read_text())['top1_acc'], 'checkpoint': str(ckpt),
-            'wall_s': time.perf_counter() - start}
+    return {
+        'top1': json.loads(out.read_text())['top1_acc'],
+        'checkpoint': str(ckpt),
+        'wall_s': time.perf_counter() - start,
+    }
 
 
 def main(argv=None) -> int:
@@ -129,6 +192,7 @@ def main(argv=None) -> int:
     data = Path(args.dataset) if args.dataset else None
     if data is None:
         from video_kd.dataset import generate_dataset, validate_dataset
+
         data = work / 'data'
         generate_dataset(work / 'raw')
         validate_dataset(work / 'raw', data)
@@ -153,29 +217,53 @@ def main(argv=None) -> int:
                 extra += ['--teacher-logit-cache', str(work / f'cache_seed{seed}')]
             run = train(KD, wd, data, args.epochs, seed, *extra, lr=args.lr)
         run['seed'] = seed
-        print(f'seed {seed} {arm}: top-1 {run["top1"]:.3f} ({run["wall_s"]:.0f} s)'
-              + (f'  cache: {run["cache"]}' if 'cache' in run else ''), flush=True)
+        print(
+            f'seed {seed} {arm}: top-1 {run["top1"]:.3f} ({run["wall_s"]:.0f} s)'
+            + (f'  cache: {run["cache"]}' if 'cache' in run else ''),
+            flush=True,
+        )
         return run
 
     jobs = [(seed, arm) for seed in args.seeds for arm in args.arms]
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
         done = list(pool.map(lambda job: run_arm(*job), jobs))
-    runs = {arm: [run for (_, a), run in zip(jobs, done) if a == arm] for arm in args.arms}
+    runs = {
+        arm: [run for (_, a), run in zip(jobs, done, strict=False) if a == arm] for arm in args.arms
+    }
     summary = {arm: common.summary([r['top1'] for r in rs]) for arm, rs in runs.items()}
     gains = paired_differences(runs)
-    rows = [[arm, ' '.join(f'{r["top1"]:.3f}' for r in runs[arm]),
-             f'{summary[arm]["mean"]:.3f}', f'{summary[arm]["stdev"]:.3f}',
-             f'{statistics.fmean(r["wall_s"] for r in runs[arm]):.0f}'] for arm in runs]
+    rows = [
+        [
+            arm,
+            ' '.join(f'{r["top1"]:.3f}' for r in runs[arm]),
+            f'{summary[arm]["mean"]:.3f}',
+            f'{summary[arm]["stdev"]:.3f}',
+            f'{statistics.fmean(r["wall_s"] for r in runs[arm]):.0f}',
+        ]
+        for arm in runs
+    ]
     rows.append(['teacher', f'{teacher["top1"]:.3f}', '', '', f'{teacher["wall_s"]:.0f}'])
     common.print_table(['arm', 'top-1 per seed', 'mean', 'stdev', 'wall s'], rows)
     for name, g in gains.items():
         print(f'{name}: mean {g["mean"]:+.3f}, stdev {g["stdev"]:.3f} over {g["n"]} seeds')
     num_val = sum(1 for line in (data / 'val_list.txt').read_text().splitlines() if line.strip())
-    common.write_result(args.out, {
-        'dataset': str(data), 'num_val': num_val, 'epochs': args.epochs, 'lr': args.lr,
-        'jobs': args.jobs,
-        'teacher_epochs': args.teacher_epochs, 'seeds': args.seeds, 'threads': args.threads,
-        'teacher': teacher, 'runs': runs, 'summary_top1': summary, 'gains': gains})
+    common.write_result(
+        args.out,
+        {
+            'dataset': str(data),
+            'num_val': num_val,
+            'epochs': args.epochs,
+            'lr': args.lr,
+            'jobs': args.jobs,
+            'teacher_epochs': args.teacher_epochs,
+            'seeds': args.seeds,
+            'threads': args.threads,
+            'teacher': teacher,
+            'runs': runs,
+            'summary_top1': summary,
+            'gains': gains,
+        },
+    )
     return 0
 
 

@@ -21,6 +21,7 @@ A step starts from preprocessed inputs (the data preprocessor and loading are
 measured by data_loading.py).  Reported: median, quartiles and range of each
 step time, and the KD/student ratio (median of per-round ratios).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,9 +32,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import torch  # noqa: E402
+import common
+import torch
 
 VARIANTS = ('student', 'kd_mmrazor', 'kd_eval_infer', 'kd_eval_bf16', 'kd_eval_cl', 'kd_cached')
 TARGET = 1.25
@@ -45,9 +45,11 @@ def target_of(variant: str) -> float:
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1],
+    )
     parser.add_argument('--pairs', nargs='+', default=['tsm', 'tsn'], choices=list(common.PAIRS))
     parser.add_argument('--sizes', nargs='+', default=['tiny', 'full'], choices=['tiny', 'full'])
     parser.add_argument('--tiny-batch', type=int, default=8)
@@ -71,8 +73,10 @@ def bf16_supported(device: str) -> bool:
 
 
 def build(kd_config: str, num_classes: int, device: str):
-    from video_kd import logit_cache
     from mmrazor.registry import MODELS
+
+    from video_kd import logit_cache
+
     logit_cache.register()
     cfg = common.load_kd_config(kd_config, num_classes)
     cfg.model.type = 'CachedLogitsSingleTeacherDistill'  # = SingleTeacherDistill + a cache path
@@ -85,6 +89,7 @@ def build(kd_config: str, num_classes: int, device: str):
 
 def make_batch(cfg, batch: int, num_classes: int, device: str):
     from mmaction.structures import ActionDataSample
+
     segments, size = common.clip_shape(cfg)
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(batch, segments, 3, size, size, generator=gen).to(device)
@@ -107,6 +112,7 @@ def uncached(algo, precision: str):
     That is the training path of ``video_kd.train --teacher-precision <precision>``.
     """
     from video_kd.fast_teacher import autocast_dtype
+
     dtype = algo.teacher_dtype
     algo.teacher_records = algo.run_teacher  # instead of the cache lookup
     algo.teacher_dtype = autocast_dtype(precision)
@@ -119,6 +125,7 @@ def uncached(algo, precision: str):
 
 def inference_teacher_loss(algo, inputs, samples, precision: str = 'fp32'):
     from video_kd.fast_teacher import register
+
     with uncached(algo, precision):
         return register().loss(algo, inputs, samples)
 
@@ -131,6 +138,7 @@ def step_fns(algo, inputs, samples, optimizer, variants):
             optimizer.zero_grad(set_to_none=True)
             total_loss(loss_fn()).backward()
             optimizer.step()
+
         return run
 
     fns = {
@@ -155,8 +163,9 @@ def bench_one(pair: str, size: str, args) -> dict:
     repeats = args.tiny_repeats if size == 'tiny' else args.full_repeats
     cfg, algo = build(kd_config, args.num_classes, args.device)
     inputs, samples = make_batch(cfg, batch, args.num_classes, args.device)
-    optimizer = torch.optim.SGD([p for p in algo.student.parameters() if p.requires_grad],
-                                lr=1e-4, momentum=0.9)
+    optimizer = torch.optim.SGD(
+        [p for p in algo.student.parameters() if p.requires_grad], lr=1e-4, momentum=0.9
+    )
     variants = list(args.variants)
     skipped = {}
     if 'kd_eval_bf16' in variants and not bf16_supported(args.device):
@@ -169,7 +178,7 @@ def bench_one(pair: str, size: str, args) -> dict:
         algo.teacher.to(memory_format=torch.channels_last)
         try:
             fns['kd_eval_cl']()
-        except Exception as error:  # noqa: BLE001  (report why it does not apply)
+        except Exception as error:
             variants.remove('kd_eval_cl')
             skipped['kd_eval_cl'] = f'{type(error).__name__}: {str(error).splitlines()[0][:160]}'
             del fns['kd_eval_cl']
@@ -189,15 +198,25 @@ def bench_one(pair: str, size: str, args) -> dict:
                 algo.teacher.to(memory_format=torch.contiguous_format)
             if round_index >= args.warmup:
                 times[name].append(elapsed)
-    result = {'kd_config': kd_config, 'pair': common.PAIR_NAMES[pair], 'size': size,
-              'batch_clips': batch, 'segments_x_crop': list(common.clip_shape(cfg)),
-              'num_classes': args.num_classes, 'repeats': repeats, 'warmup': args.warmup,
-              'skipped': skipped, 'variants': {}}
+    result = {
+        'kd_config': kd_config,
+        'pair': common.PAIR_NAMES[pair],
+        'size': size,
+        'batch_clips': batch,
+        'segments_x_crop': list(common.clip_shape(cfg)),
+        'num_classes': args.num_classes,
+        'repeats': repeats,
+        'warmup': args.warmup,
+        'skipped': skipped,
+        'variants': {},
+    }
     for name, values in times.items():
-        ratios = [v / s for v, s in zip(values, times['student'])]
-        result['variants'][name] = {'seconds': common.summary(values),
-                                    'ratio_to_student': common.summary(ratios),
-                                    'clips_per_s': batch / statistics.median(values)}
+        ratios = [v / s for v, s in zip(values, times['student'], strict=False)]
+        result['variants'][name] = {
+            'seconds': common.summary(values),
+            'ratio_to_student': common.summary(ratios),
+            'clips_per_s': batch / statistics.median(values),
+        }
     del algo
     return result
 
@@ -214,19 +233,36 @@ def main(argv=None) -> int:
     for r in results:
         for name, v in r['variants'].items():
             ratio = v['ratio_to_student']
-            rows.append([r['pair'], r['size'], r['batch_clips'], name,
-                         f'{v["seconds"]["median"]:.3f}',
-                         f'[{v["seconds"]["min"]:.3f}, {v["seconds"]["max"]:.3f}]',
-                         f'{ratio["median"]:.2f}x',
-                         '' if name == 'student' else
-                         ('yes' if ratio['median'] <= target_of(name) else 'no')
-                         + f' (<= {target_of(name)}x)'])
+            rows.append(
+                [
+                    r['pair'],
+                    r['size'],
+                    r['batch_clips'],
+                    name,
+                    f'{v["seconds"]["median"]:.3f}',
+                    f'[{v["seconds"]["min"]:.3f}, {v["seconds"]["max"]:.3f}]',
+                    f'{ratio["median"]:.2f}x',
+                    ''
+                    if name == 'student'
+                    else ('yes' if ratio['median'] <= target_of(name) else 'no')
+                    + f' (<= {target_of(name)}x)',
+                ]
+            )
         for name, why in r['skipped'].items():
             rows.append([r['pair'], r['size'], r['batch_clips'], name, '-', '-', '-', why])
-    common.print_table(['pair', 'size', 'batch', 'step', 'median s', 'range s',
-                        'KD/student', 'target met'], rows)
-    common.write_result(args.out, {'target_ratio': TARGET, 'cached_target_ratio': CACHED_TARGET, 'threads': args.threads,
-                                   'device': args.device, 'results': results})
+    common.print_table(
+        ['pair', 'size', 'batch', 'step', 'median s', 'range s', 'KD/student', 'target met'], rows
+    )
+    common.write_result(
+        args.out,
+        {
+            'target_ratio': TARGET,
+            'cached_target_ratio': CACHED_TARGET,
+            'threads': args.threads,
+            'device': args.device,
+            'results': results,
+        },
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ results when present: cached KD step <= 1.05x student-only (results/
 kd_step.json) and accuracy with the cache within noise of the uncached KD
 (results/kd_gain.json).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,18 +22,19 @@ import uuid
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import common  # noqa: E402
-
-import torch  # noqa: E402
+import common
+import torch
 
 TARGET = 1.05
 K400_TRAIN_VIDEOS = 240_436
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split('\n\n', 1)[1])
+    parser = argparse.ArgumentParser(
+        description=__doc__.split('\n\n')[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split('\n\n', 1)[1],
+    )
     parser.add_argument('--pairs', nargs='+', default=['tsm', 'tsn'], choices=list(common.PAIRS))
     parser.add_argument('--size', default='tiny', choices=['tiny', 'full'])
     parser.add_argument('--batch', type=int, default=4)
@@ -47,6 +49,7 @@ def parse_args(argv=None):
 
 def miss_and_hit(pair: str, args) -> dict:
     from kd_step import build, make_batch
+
     cfg, algo = build(common.PAIRS[pair][args.size], args.num_classes, 'cpu')
     inputs, samples = make_batch(cfg, args.batch, args.num_classes, 'cpu')
     miss, hit = [], []
@@ -60,33 +63,48 @@ def miss_and_hit(pair: str, args) -> dict:
         hit.append(time.perf_counter() - start)
     entry = algo.logit_cache.get(samples[0].metainfo['kd_view_key'])
     entry_bytes = sum(t.numel() * t.element_size() for t in entry.values())
-    return {'pair': common.PAIR_NAMES[pair], 'size': args.size, 'batch_clips': args.batch,
-            'miss_s_per_clip': common.summary([m / args.batch for m in miss[1:]]),
-            'hit_s_per_clip': common.summary([h / args.batch for h in hit[1:]]),
-            'entry_shape': {k: list(t.shape) for k, t in entry.items()},
-            'entry_bytes': entry_bytes,
-            'k400_cache_gib': entry_bytes * K400_TRAIN_VIDEOS * args.num_views / 2**30}
+    return {
+        'pair': common.PAIR_NAMES[pair],
+        'size': args.size,
+        'batch_clips': args.batch,
+        'miss_s_per_clip': common.summary([m / args.batch for m in miss[1:]]),
+        'hit_s_per_clip': common.summary([h / args.batch for h in hit[1:]]),
+        'entry_shape': {k: list(t.shape) for k, t in entry.items()},
+        'entry_bytes': entry_bytes,
+        'k400_cache_gib': entry_bytes * K400_TRAIN_VIDEOS * args.num_views / 2**30,
+    }
 
 
 def storage(args) -> dict:
     from video_kd import logit_cache
+
     cache = logit_cache.LogitCache()
     for i in range(args.entries):
-        cache.put(f'{i:032x}', {'logits': torch.randn(8, args.num_classes)},
-                  {'video': f'c/{i}.mp4', 'view': 0, 'frame_inds': list(range(8)),
-                   'crop_bbox': [0, 0, 56, 56], 'flip': False})
+        cache.put(
+            f'{i:032x}',
+            {'logits': torch.randn(8, args.num_classes)},
+            {
+                'video': f'c/{i}.mp4',
+                'view': 0,
+                'frame_inds': list(range(8)),
+                'crop_bbox': [0, 0, 56, 56],
+                'flip': False,
+            },
+        )
     with tempfile.TemporaryDirectory(prefix='logit_cache_') as local:
         targets = [('local', local)]
         if os.environ.get('S3_ENDPOINT_URL') and os.environ.get('S3_BENCH_BUCKET'):
             bucket = os.environ['S3_BENCH_BUCKET']
             targets.append(('s3', f's3://{bucket}/bench-{uuid.uuid4().hex[:8]}'))
-        return {'entries': args.entries,
-                **{name: time_flush_and_load(cache, name, location)
-                   for name, location in targets}}
+        return {
+            'entries': args.entries,
+            **{name: time_flush_and_load(cache, name, location) for name, location in targets},
+        }
 
 
 def time_flush_and_load(cache, name: str, location: str) -> dict:
     from video_kd import logit_cache
+
     cache.new_keys = list(cache.entries)
     start = time.perf_counter()
     where = cache.flush(location, 'bench')
@@ -103,14 +121,35 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     results = [miss_and_hit(pair, args) for pair in args.pairs]
     store = storage(args)
-    rows = [[r['pair'], r['size'], f'{r["miss_s_per_clip"]["median"] * 1000:.1f}',
-             f'{r["hit_s_per_clip"]["median"] * 1000:.3f}', str(r['entry_shape']['logits']),
-             f'{r["entry_bytes"]}', f'{r["k400_cache_gib"]:.1f}'] for r in results]
-    common.print_table(['pair', 'size', 'miss ms/clip', 'hit ms/clip', 'entry', 'bytes',
-                        f'K400 x{args.num_views} views GiB'], rows)
+    rows = [
+        [
+            r['pair'],
+            r['size'],
+            f'{r["miss_s_per_clip"]["median"] * 1000:.1f}',
+            f'{r["hit_s_per_clip"]["median"] * 1000:.3f}',
+            str(r['entry_shape']['logits']),
+            f'{r["entry_bytes"]}',
+            f'{r["k400_cache_gib"]:.1f}',
+        ]
+        for r in results
+    ]
+    common.print_table(
+        [
+            'pair',
+            'size',
+            'miss ms/clip',
+            'hit ms/clip',
+            'entry',
+            'bytes',
+            f'K400 x{args.num_views} views GiB',
+        ],
+        rows,
+    )
     local = store['local']
-    print(f'shard of {store["entries"]} entries: {local["shard_bytes"] / 2**20:.1f} MiB, '
-          f'write {local["write_s"]:.2f} s, load {local["load_s"]:.2f} s (local disk)')
+    print(
+        f'shard of {store["entries"]} entries: {local["shard_bytes"] / 2**20:.1f} MiB, '
+        f'write {local["write_s"]:.2f} s, load {local["load_s"]:.2f} s (local disk)'
+    )
     targets = {}
     kd_path, gain_path = common.RESULTS / 'kd_step.json', common.RESULTS / 'kd_gain.json'
     if kd_path.is_file():
@@ -119,18 +158,30 @@ def main(argv=None) -> int:
             if v:
                 ratio = v['ratio_to_student']['median']
                 targets[f'{r["pair"]} {r["size"]} cached/student'] = {
-                    'ratio': ratio, 'target': TARGET, 'met': ratio <= TARGET}
+                    'ratio': ratio,
+                    'target': TARGET,
+                    'met': ratio <= TARGET,
+                }
     if gain_path.is_file():
         gains = json.loads(gain_path.read_text()).get('gains', {})
         if 'kd_cached_minus_kd' in gains:
             g = gains['kd_cached_minus_kd']
             targets['cached minus uncached KD top-1'] = {
-                'mean': g['mean'], 'stdev': g['stdev'], 'n': g['n']}
+                'mean': g['mean'],
+                'stdev': g['stdev'],
+                'n': g['n'],
+            }
     for name, t in targets.items():
-        print(f'{name}: ' + ', '.join(f'{k}={v:.3f}' if isinstance(v, float) else f'{k}={v}'
-                                      for k, v in t.items()))
-    common.write_result(args.out, {'threads': args.threads, 'results': results,
-                                   'storage': store, 'targets': targets})
+        print(
+            f'{name}: '
+            + ', '.join(
+                f'{k}={v:.3f}' if isinstance(v, float) else f'{k}={v}' for k, v in t.items()
+            )
+        )
+    common.write_result(
+        args.out,
+        {'threads': args.threads, 'results': results, 'storage': store, 'targets': targets},
+    )
     return 0
 
 

@@ -6,5 +6,6 @@ our image) and ``__main__.py`` (the same step as a plain command,
 ``python -m components.<step> --help``).  The logic itself lives in
 ``video_kd.steps``.
 """
+
 DEFAULT_IMAGE = 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
 STEPS = ('data_prep', 'teacher_download', 'train', 'convert', 'evaluate')

@@ -1,4 +1,5 @@
 """What the components' plain entry points share: S3 settings, logging, JSON output."""
+
 from __future__ import annotations
 
 import argparse
@@ -6,20 +7,26 @@ import json
 import logging
 import sys
 
-S3_EPILOG = ('S3: credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never flags), '
-             'endpoint from S3_ENDPOINT_URL (MinIO, Ceph; unset means AWS). Prints the output '
-             'artifact\'s metadata as JSON on stdout.')
+S3_EPILOG = (
+    'S3: credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never flags), '
+    'endpoint from S3_ENDPOINT_URL (MinIO, Ceph; unset means AWS). Prints the output '
+    "artifact's metadata as JSON on stdout."
+)
 
 
 def parser(prog: str, description: str) -> argparse.ArgumentParser:
-    return argparse.ArgumentParser(prog=f'python -m components.{prog}', description=description,
-                                   epilog=S3_EPILOG)
+    return argparse.ArgumentParser(
+        prog=f'python -m components.{prog}', description=description, epilog=S3_EPILOG
+    )
 
 
 def add_run_root(p: argparse.ArgumentParser) -> None:
-    p.add_argument('--run-root', required=True,
-                   help='the run\'s S3 directory, s3://<bucket>/<prefix>/<run-id> '
-                        '(printed by data_prep as run_root)')
+    p.add_argument(
+        '--run-root',
+        required=True,
+        help="the run's S3 directory, s3://<bucket>/<prefix>/<run-id> "
+        '(printed by data_prep as run_root)',
+    )
 
 
 def finish(meta: dict) -> int:
@@ -29,5 +36,8 @@ def finish(meta: dict) -> int:
 
 
 def setup() -> None:
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s')
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+    )

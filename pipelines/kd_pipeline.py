@@ -36,19 +36,42 @@ def _use_cluster_env(task: dsl.PipelineTask, training: bool = False) -> dsl.Pipe
     """S3 endpoint and credentials from the chart's ConfigMap and Secret (kfp-kubernetes'
     ``configMapAsEnv`` / ``secretAsEnv``); ignored by the local runner, which passes its
     own environment through."""
-    config_maps = [{'configMapName': S3_CONFIG_MAP, 'keyToEnv': [
-        {'configMapKey': key, 'envVar': key}
-        for key in ('S3_ENDPOINT_URL', 'S3_BUCKET', 'S3_PREFIX', 'S3_CREDENTIALS_SECRET')]}]
+    config_maps = [
+        {
+            'configMapName': S3_CONFIG_MAP,
+            'keyToEnv': [
+                {'configMapKey': key, 'envVar': key}
+                for key in ('S3_ENDPOINT_URL', 'S3_BUCKET', 'S3_PREFIX', 'S3_CREDENTIALS_SECRET')
+            ],
+        }
+    ]
     if training:
-        config_maps.append({'configMapName': TRAINING_CONFIG_MAP, 'keyToEnv': [
-            {'configMapKey': 'VIDEO_KD_SERVICE_ACCOUNT', 'envVar': 'VIDEO_KD_SERVICE_ACCOUNT'},
-            {'configMapKey': 'worker-pod-overrides.json',
-             'envVar': 'VIDEO_KD_WORKER_POD_OVERRIDES'}]})
+        config_maps.append(
+            {
+                'configMapName': TRAINING_CONFIG_MAP,
+                'keyToEnv': [
+                    {
+                        'configMapKey': 'VIDEO_KD_SERVICE_ACCOUNT',
+                        'envVar': 'VIDEO_KD_SERVICE_ACCOUNT',
+                    },
+                    {
+                        'configMapKey': 'worker-pod-overrides.json',
+                        'envVar': 'VIDEO_KD_WORKER_POD_OVERRIDES',
+                    },
+                ],
+            }
+        )
     task.platform_config['kubernetes'] = {
         'configMapAsEnv': config_maps,
-        'secretAsEnv': [{'secretName': S3_SECRET, 'keyToEnv': [
-            {'secretKey': key, 'envVar': key}
-            for key in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')]}],
+        'secretAsEnv': [
+            {
+                'secretName': S3_SECRET,
+                'keyToEnv': [
+                    {'secretKey': key, 'envVar': key}
+                    for key in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')
+                ],
+            }
+        ],
     }
     return task
 
@@ -63,9 +86,10 @@ def _step(task: dsl.PipelineTask, name: str, image, training: bool = False) -> d
 @dsl.pipeline(
     name=PIPELINE_NAME,
     description='Distill a large MMAction2 video recognizer (teacher) into a small one '
-                '(student) with MMRazor: data prep, teacher download, KD training as a '
-                'Kubeflow PyTorchJob, student conversion, evaluation. Artifacts in '
-                's3://<s3_bucket>/<s3_prefix>/<run id>/.')
+    '(student) with MMRazor: data prep, teacher download, KD training as a '
+    'Kubeflow PyTorchJob, student conversion, evaluation. Artifacts in '
+    's3://<s3_bucket>/<s3_prefix>/<run id>/.',
+)
 def kd_pipeline(
     dataset_uri: str = 'generate://',
     teacher_url: str = '',
@@ -108,29 +132,62 @@ def kd_pipeline(
     image: the image of every step and of the PyTorchJob pods.
     run_id: empty picks <UTC time>-<KFP run id>; a run id in use is refused.
     """
-    prep = _step(data_prep(dataset_uri=dataset_uri, s3_bucket=s3_bucket, s3_prefix=s3_prefix,
-                           run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
-                 'data prep', image)
-    teacher = _step(teacher_download(dataset=prep.outputs['dataset'], teacher_url=teacher_url,
-                                     teacher_sha256=teacher_sha256),
-                    'teacher download', image)
-    kd = _step(train(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
-                     kd_config=kd_config, mode=train_mode, image=image,
-                     num_workers=num_workers, gpus_per_worker=gpus_per_worker,
-                     nproc_per_node=nproc_per_node, max_epochs=max_epochs,
-                     cfg_options=cfg_options, teacher_logit_cache=teacher_logit_cache,
-                     teacher_precision=teacher_precision),
-               'KD training (PyTorchJob)', image, training=True)
+    prep = _step(
+        data_prep(
+            dataset_uri=dataset_uri,
+            s3_bucket=s3_bucket,
+            s3_prefix=s3_prefix,
+            run_id=run_id,
+            job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        ),
+        'data prep',
+        image,
+    )
+    teacher = _step(
+        teacher_download(
+            dataset=prep.outputs['dataset'], teacher_url=teacher_url, teacher_sha256=teacher_sha256
+        ),
+        'teacher download',
+        image,
+    )
+    kd = _step(
+        train(
+            dataset=prep.outputs['dataset'],
+            teacher=teacher.outputs['teacher'],
+            kd_config=kd_config,
+            mode=train_mode,
+            image=image,
+            num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker,
+            nproc_per_node=nproc_per_node,
+            max_epochs=max_epochs,
+            cfg_options=cfg_options,
+            teacher_logit_cache=teacher_logit_cache,
+            teacher_precision=teacher_precision,
+        ),
+        'KD training (PyTorchJob)',
+        image,
+        training=True,
+    )
     student = _step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image)
-    _step(evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
-                   student=student.outputs['student'], kd_config=kd_config,
-                   student_config=student_config, baseline_url=baseline_url,
-                   baseline_sha256=baseline_sha256),
-          'evaluation', image)
+    _step(
+        evaluate(
+            dataset=prep.outputs['dataset'],
+            teacher=teacher.outputs['teacher'],
+            student=student.outputs['student'],
+            kd_config=kd_config,
+            student_config=student_config,
+            baseline_url=baseline_url,
+            baseline_sha256=baseline_sha256,
+        ),
+        'evaluation',
+        image,
+    )
 
 
 def compile_pipeline(path=PIPELINE_FILE) -> Path:
     """Write the pipeline's IR YAML (what the KFP UI / ``kfp pipeline upload`` take)."""
     from kfp import compiler
+
     compiler.Compiler().compile(kd_pipeline, str(path))
     return Path(path)

@@ -3,6 +3,7 @@
 No in-process mocks of boto3 or urllib: the code under test speaks real
 HTTP to these servers, as it would to MinIO or a model zoo.
 """
+
 from __future__ import annotations
 
 import collections
@@ -69,7 +70,9 @@ def s3_server(tmp_path_factory):
     with open(log_path, 'wb') as log_file:
         proc = subprocess.Popen(
             [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-            stdout=log_file, stderr=subprocess.STDOUT)
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
     endpoint = f'http://127.0.0.1:{port}'
     try:
         _wait_until_answers(endpoint + '/moto-api/', proc)
@@ -97,9 +100,13 @@ def s3_env(monkeypatch, s3_server):
 def bucket(s3_env) -> str:
     """A fresh, empty bucket on the test server (created with plain boto3)."""
     name = f'test-{uuid.uuid4().hex[:12]}'
-    boto3.client('s3', endpoint_url=s3_env, region_name='us-east-1',
-                 aws_access_key_id=ACCESS_KEY,
-                 aws_secret_access_key=SECRET_KEY).create_bucket(Bucket=name)
+    boto3.client(
+        's3',
+        endpoint_url=s3_env,
+        region_name='us-east-1',
+        aws_access_key_id=ACCESS_KEY,
+        aws_secret_access_key=SECRET_KEY,
+    ).create_bucket(Bucket=name)
     return name
 
 
@@ -112,8 +119,9 @@ class FileServer:
         self._failures: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
         self._httpd = http.server.ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
-        self._thread = threading.Thread(target=self._httpd.serve_forever,
-                                        kwargs={'poll_interval': 0.05}, daemon=True)
+        self._thread = threading.Thread(
+            target=self._httpd.serve_forever, kwargs={'poll_interval': 0.05}, daemon=True
+        )
 
     def url(self, name: str) -> str:
         """URL of ``root/name``."""
@@ -150,7 +158,7 @@ class FileServer:
 
         return Handler
 
-    def __enter__(self) -> 'FileServer':
+    def __enter__(self) -> FileServer:
         self._thread.start()
         return self
 
@@ -172,23 +180,35 @@ def http_server(tmp_path):
 # A tiny real dataset and a tiny trained teacher, made once per session: generated
 # MP4 files decoded by decord, a TSM-ResNet50 trained by the mmengine Runner.
 TINY_DATA = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
-TINY_TRAIN = ['--cfg-options', 'train_dataloader.batch_size=4', 'val_dataloader.batch_size=4',
-              'train_dataloader.num_workers=0', 'val_dataloader.num_workers=0',
-              'train_dataloader.persistent_workers=False',
-              'val_dataloader.persistent_workers=False']
+TINY_TRAIN = [
+    '--cfg-options',
+    'train_dataloader.batch_size=4',
+    'val_dataloader.batch_size=4',
+    'train_dataloader.num_workers=0',
+    'val_dataloader.num_workers=0',
+    'train_dataloader.persistent_workers=False',
+    'val_dataloader.persistent_workers=False',
+]
 
 
-def run_module(module: str, *args: str, cwd=None, timeout: float = 600,
-               env: dict | None = None) -> subprocess.CompletedProcess:
+def run_module(
+    module: str, *args: str, cwd=None, timeout: float = 600, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """`python -m module args...` as a user would run it; output captured as text."""
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], cwd=cwd,
-                          capture_output=True, text=True, timeout=timeout,
-                          env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, '-m', module, *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.fixture(scope='session')
 def kd_data(tmp_path_factory) -> Path:
     from video_kd.dataset import generate_dataset
+
     return generate_dataset(tmp_path_factory.mktemp('kd') / 'data', **TINY_DATA)
 
 
@@ -196,7 +216,16 @@ def kd_data(tmp_path_factory) -> Path:
 def tiny_teacher(kd_data, tmp_path_factory) -> Path:
     """A tsm_r50_tiny checkpoint trained for one epoch on kd_data."""
     work_dir = tmp_path_factory.mktemp('teacher')
-    result = run_module('video_kd.train', 'tsm_r50_tiny', '--work-dir', work_dir,
-                        '--data-root', kd_data, '--max-epochs', 1, *TINY_TRAIN)
+    result = run_module(
+        'video_kd.train',
+        'tsm_r50_tiny',
+        '--work-dir',
+        work_dir,
+        '--data-root',
+        kd_data,
+        '--max-epochs',
+        1,
+        *TINY_TRAIN,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return work_dir / 'epoch_1.pth'

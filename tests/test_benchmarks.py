@@ -5,6 +5,7 @@ tests check that every script explains itself (--help) and that the Results sect
 benchmarks/README.md is exactly what benchmarks/report.py renders from the committed
 results/*.json, so no number in it can be typed in by hand or go stale.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -19,18 +20,28 @@ SCRIPTS = ['kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 're
 
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_every_benchmark_explains_itself(name):
-    result = subprocess.run([sys.executable, str(BENCH / f'{name}.py'), '--help'],
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(BENCH / f'{name}.py'), '--help'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith('usage:') and len(result.stdout) > 200
 
 
 def test_readme_results_are_rendered_from_the_committed_json():
-    rendered = subprocess.run([sys.executable, str(BENCH / 'report.py')], capture_output=True,
-                              text=True, timeout=120, check=True).stdout.strip()
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py')],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
     assert '_not run yet_' not in rendered
     readme = (BENCH / 'README.md').read_text()
     start = readme.index('\n\n', readme.index('Rendered by `python benchmarks/report.py`')) + 2
-    section = readme[start:readme.index('## What the numbers say')].strip()
+    section = readme[start : readme.index('## What the numbers say')].strip()
     assert section == rendered, (
-        'benchmarks/README.md Results are stale: paste `python benchmarks/report.py` there')
+        'benchmarks/README.md Results are stale: paste `python benchmarks/report.py` there'
+    )

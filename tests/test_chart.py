@@ -6,6 +6,7 @@ engine, same values.schema.json validation — with no helm binary and no
 cluster.  Every rendered object is then validated against the Kubernetes
 OpenAPI schemas by `kubernetes-validate` (strict: unknown fields fail).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,43 +19,53 @@ try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
-import yaml
-
 # Both from the test extra (pip install -e ".[test]"); a missing one fails, never skips.
 import helm_python as helm
 import kubernetes_validate
 import kubernetes_validate.utils
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CHART = ROOT / "charts" / "video-kd"
-RELEASE, NAMESPACE = "video-kd", "ml-team"
+CHART = ROOT / 'charts' / 'video-kd'
+RELEASE, NAMESPACE = 'video-kd', 'ml-team'
 # Oldest Kubernetes the chart supports (Chart.yaml kubeVersion) and the newest schemas shipped.
-K8S_VERSIONS = ["1.25", kubernetes_validate.utils.latest_version()]
+K8S_VERSIONS = ['1.25', kubernetes_validate.utils.latest_version()]
 
 GPU_SCHEDULE = {
-    "training": {
-        "workers": 4,
-        "gpu": {"enabled": True, "perWorker": 2},
-        "resources": {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "48Gi"}},
-        "nodeSelector": {"nvidia.com/gpu.present": "true"},
-        "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    'training': {
+        'workers': 4,
+        'gpu': {'enabled': True, 'perWorker': 2},
+        'resources': {'requests': {'cpu': '8', 'memory': '32Gi'}, 'limits': {'memory': '48Gi'}},
+        'nodeSelector': {'nvidia.com/gpu.present': 'true'},
+        'tolerations': [{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}],
     },
-    "schedule": {"enabled": True, "cron": "0 30 2 * * 1", "experiment": "nightly-kd"},
-    "persistence": {"enabled": True, "size": "200Gi", "storageClassName": "fast"},
-    "s3": {"endpoint": "http://minio-service.kubeflow.svc.cluster.local:9000", "bucket": "kd-artifacts", "prefix": "runs/kd"},
-    "pipeline": {
-        "version": "v7",
-        "params": {"dataset_uri": "s3://kd-artifacts/data/ucf101-mini", "teacher_sha256": "ab12", "image": "evil:latest"},
+    'schedule': {'enabled': True, 'cron': '0 30 2 * * 1', 'experiment': 'nightly-kd'},
+    'persistence': {'enabled': True, 'size': '200Gi', 'storageClassName': 'fast'},
+    's3': {
+        'endpoint': 'http://minio-service.kubeflow.svc.cluster.local:9000',
+        'bucket': 'kd-artifacts',
+        'prefix': 'runs/kd',
+    },
+    'pipeline': {
+        'version': 'v7',
+        'params': {
+            'dataset_uri': 's3://kd-artifacts/data/ucf101-mini',
+            'teacher_sha256': 'ab12',
+            'image': 'evil:latest',
+        },
     },
 }
 EVERYTHING = {
     **GPU_SCHEDULE,
-    "rbac": {"extraServiceAccounts": ["default-editor"], "argoExecutor": True},
-    "imagePullSecrets": [{"name": "regcred"}],
-    "serviceAccount": {"annotations": {"eks.amazonaws.com/role-arn": "arn:aws:iam::1:role/kd"}},
-    "uploadJob": {"nodeSelector": {"pool": "cpu"}, "tolerations": [{"key": "x", "operator": "Exists"}]},
+    'rbac': {'extraServiceAccounts': ['default-editor'], 'argoExecutor': True},
+    'imagePullSecrets': [{'name': 'regcred'}],
+    'serviceAccount': {'annotations': {'eks.amazonaws.com/role-arn': 'arn:aws:iam::1:role/kd'}},
+    'uploadJob': {
+        'nodeSelector': {'pool': 'cpu'},
+        'tolerations': [{'key': 'x', 'operator': 'Exists'}],
+    },
 }
-SCENARIOS = {"default": None, "gpu+schedule": GPU_SCHEDULE, "everything": EVERYTHING}
+SCENARIOS = {'default': None, 'gpu+schedule': GPU_SCHEDULE, 'everything': EVERYTHING}
 
 
 def render(values: dict | None = None) -> list[dict]:
@@ -62,23 +73,25 @@ def render(values: dict | None = None) -> list[dict]:
         manifests = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
     objects = []
     for path, text in sorted(manifests.items()):
-        if path.endswith("NOTES.txt"):
+        if path.endswith('NOTES.txt'):
             continue
         objects.extend(doc for doc in yaml.safe_load_all(text) if doc)
     return objects
 
 
 def by_kind(objects: list[dict], kind: str) -> list[dict]:
-    return [o for o in objects if o["kind"] == kind]
+    return [o for o in objects if o['kind'] == kind]
 
 
 def one(objects: list[dict], kind: str, name: str | None = None) -> dict:
-    found = [o for o in by_kind(objects, kind) if name is None or o["metadata"]["name"] == name]
-    assert len(found) == 1, f"expected one {kind} {name or ''}, got {[o['metadata']['name'] for o in found]}"
+    found = [o for o in by_kind(objects, kind) if name is None or o['metadata']['name'] == name]
+    assert len(found) == 1, (
+        f'expected one {kind} {name or ""}, got {[o["metadata"]["name"] for o in found]}'
+    )
     return found[0]
 
 
-@pytest.fixture(scope="module", params=list(SCENARIOS))
+@pytest.fixture(scope='module', params=list(SCENARIOS))
 def scenario(request):
     return request.param, render(SCENARIOS[request.param])
 
@@ -87,30 +100,30 @@ def scenario(request):
 
 
 def test_chart_metadata_matches_the_project():
-    meta = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
-    assert meta["apiVersion"] == "v2"
-    assert meta["appVersion"] == project["version"], "chart appVersion is the default image tag"
+    meta = yaml.safe_load((CHART / 'Chart.yaml').read_text())
+    project = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']
+    assert meta['apiVersion'] == 'v2'
+    assert meta['appVersion'] == project['version'], 'chart appVersion is the default image tag'
 
 
 def test_helm_lint_strict_is_clean():
     report = helm.lint(str(CHART), strict=True)
-    problems = [m for m in report["messages"] if m["severity"] >= 2]
-    assert not problems and not report["errors"], problems or report["errors"]
+    problems = [m for m in report['messages'] if m['severity'] >= 2]
+    assert not problems and not report['errors'], problems or report['errors']
 
 
 def test_every_value_is_documented():
     """Each top-level block of values.yaml opens with a comment, and has a schema entry."""
-    lines = (CHART / "values.yaml").read_text().splitlines()
+    lines = (CHART / 'values.yaml').read_text().splitlines()
     undocumented = []
     for i, line in enumerate(lines):
-        if re.match(r"^[A-Za-z]\w*:", line):  # top-level keys
-            if not lines[i - 1].lstrip().startswith("#"):
-                undocumented.append(line)
-    assert not undocumented, f"undocumented top-level values: {undocumented}"
-    schema = json.loads((CHART / "values.schema.json").read_text())
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert set(values) <= set(schema["properties"]), "every value has a schema entry"
+        # top-level keys
+        if re.match(r'^[A-Za-z]\w*:', line) and not lines[i - 1].lstrip().startswith('#'):
+            undocumented.append(line)
+    assert not undocumented, f'undocumented top-level values: {undocumented}'
+    schema = json.loads((CHART / 'values.schema.json').read_text())
+    values = yaml.safe_load((CHART / 'values.yaml').read_text())
+    assert set(values) <= set(schema['properties']), 'every value has a schema entry'
 
 
 # --- rendering + Kubernetes schemas ----------------------------------------------
@@ -118,19 +131,19 @@ def test_every_value_is_documented():
 
 def test_renders_expected_objects(scenario):
     name, objects = scenario
-    kinds = sorted(o["kind"] for o in objects)
-    expected = ["ConfigMap", "ConfigMap", "Job", "Role", "RoleBinding", "ServiceAccount"]
-    if name != "default":
-        expected.append("PersistentVolumeClaim")
-    if name == "everything":
-        expected += ["Role", "RoleBinding"]
+    kinds = sorted(o['kind'] for o in objects)
+    expected = ['ConfigMap', 'ConfigMap', 'Job', 'Role', 'RoleBinding', 'ServiceAccount']
+    if name != 'default':
+        expected.append('PersistentVolumeClaim')
+    if name == 'everything':
+        expected += ['Role', 'RoleBinding']
     assert kinds == sorted(expected)
     for obj in objects:
-        assert obj["metadata"].get("namespace") == NAMESPACE, obj["metadata"]["name"]
-        assert obj["metadata"]["labels"]["app.kubernetes.io/instance"] == RELEASE
+        assert obj['metadata'].get('namespace') == NAMESPACE, obj['metadata']['name']
+        assert obj['metadata']['labels']['app.kubernetes.io/instance'] == RELEASE
 
 
-@pytest.mark.parametrize("k8s_version", K8S_VERSIONS)
+@pytest.mark.parametrize('k8s_version', K8S_VERSIONS)
 def test_every_object_validates_against_kubernetes_schemas(scenario, k8s_version):
     _, objects = scenario
     for obj in objects:
@@ -139,67 +152,85 @@ def test_every_object_validates_against_kubernetes_schemas(scenario, k8s_version
 
 
 def test_kubernetes_validation_can_fail():
-    job = one(render(), "Job")
-    job["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = 3
+    job = one(render(), 'Job')
+    job['spec']['template']['spec']['containers'][0]['imagePullPolicy'] = 3
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
-    job = one(render(), "Job")
-    job["spec"]["template"]["spec"]["serviceAcountName"] = "typo"
+    job = one(render(), 'Job')
+    job['spec']['template']['spec']['serviceAcountName'] = 'typo'
     with pytest.raises(kubernetes_validate.ValidationError):
         kubernetes_validate.validate(job, K8S_VERSIONS[-1], strict=True)
 
 
 # --- RBAC: exactly what the pipeline needs ------------------------------------------
 
-EXPECTED_GRANTS = {
-    ("kubeflow.org", "pytorchjobs", verb) for verb in ("create", "get", "watch", "list", "delete")
-} | {("", "pods", verb) for verb in ("get", "list", "watch")} | {("", "pods/log", "get")}
+EXPECTED_GRANTS = (
+    {('kubeflow.org', 'pytorchjobs', verb) for verb in ('create', 'get', 'watch', 'list', 'delete')}
+    | {('', 'pods', verb) for verb in ('get', 'list', 'watch')}
+    | {('', 'pods/log', 'get')}
+)
 
 
 def grants(role: dict) -> set[tuple[str, str, str]]:
     out = set()
-    for rule in role["rules"]:
-        assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-        for group in rule["apiGroups"]:
-            for resource in rule["resources"]:
-                for verb in rule["verbs"]:
+    for rule in role['rules']:
+        assert 'resourceNames' not in rule and 'nonResourceURLs' not in rule
+        for group in rule['apiGroups']:
+            for resource in rule['resources']:
+                for verb in rule['verbs']:
                     out.add((group, resource, verb))
     return out
 
 
 def test_role_grants_exactly_the_pytorchjob_and_pod_log_verbs(scenario):
     _, objects = scenario
-    role = one(objects, "Role", f"{RELEASE}-pytorchjobs")
+    role = one(objects, 'Role', f'{RELEASE}-pytorchjobs')
     assert grants(role) == EXPECTED_GRANTS
-    assert not any("*" in g for grant in grants(role) for g in grant)
-    assert not by_kind(objects, "ClusterRole") and not by_kind(objects, "ClusterRoleBinding")
+    assert not any('*' in g for grant in grants(role) for g in grant)
+    assert not by_kind(objects, 'ClusterRole') and not by_kind(objects, 'ClusterRoleBinding')
 
 
 def test_rolebinding_binds_the_role_to_the_chart_serviceaccount(scenario):
     name, objects = scenario
-    sa = one(objects, "ServiceAccount")
-    binding = one(objects, "RoleBinding", f"{RELEASE}-pytorchjobs")
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": f"{RELEASE}-pytorchjobs"}
-    subjects = {(s["kind"], s["name"], s["namespace"]) for s in binding["subjects"]}
-    expected = {("ServiceAccount", sa["metadata"]["name"], NAMESPACE)}
-    if name == "everything":
-        expected.add(("ServiceAccount", "default-editor", NAMESPACE))
+    sa = one(objects, 'ServiceAccount')
+    binding = one(objects, 'RoleBinding', f'{RELEASE}-pytorchjobs')
+    assert binding['roleRef'] == {
+        'apiGroup': 'rbac.authorization.k8s.io',
+        'kind': 'Role',
+        'name': f'{RELEASE}-pytorchjobs',
+    }
+    subjects = {(s['kind'], s['name'], s['namespace']) for s in binding['subjects']}
+    expected = {('ServiceAccount', sa['metadata']['name'], NAMESPACE)}
+    if name == 'everything':
+        expected.add(('ServiceAccount', 'default-editor', NAMESPACE))
     assert subjects == expected
 
 
 def test_argo_executor_role_is_opt_in_and_separate():
-    assert not [r for r in by_kind(render(), "Role") if r["metadata"]["name"].endswith("argo-executor")]
-    objects = render({"rbac": {"argoExecutor": True}})
-    argo = one(objects, "Role", f"{RELEASE}-argo-executor")
-    assert grants(argo) == {("argoproj.io", "workflowtaskresults", "create"), ("argoproj.io", "workflowtaskresults", "patch"), ("", "pods", "patch")}
-    assert grants(one(objects, "Role", f"{RELEASE}-pytorchjobs")) == EXPECTED_GRANTS
+    assert not [
+        r for r in by_kind(render(), 'Role') if r['metadata']['name'].endswith('argo-executor')
+    ]
+    objects = render({'rbac': {'argoExecutor': True}})
+    argo = one(objects, 'Role', f'{RELEASE}-argo-executor')
+    assert grants(argo) == {
+        ('argoproj.io', 'workflowtaskresults', 'create'),
+        ('argoproj.io', 'workflowtaskresults', 'patch'),
+        ('', 'pods', 'patch'),
+    }
+    assert grants(one(objects, 'Role', f'{RELEASE}-pytorchjobs')) == EXPECTED_GRANTS
 
 
 def test_rbac_can_be_left_out():
-    objects = render({"rbac": {"create": False}, "serviceAccount": {"create": False, "name": "pipeline-runner"}})
-    assert not by_kind(objects, "Role") and not by_kind(objects, "RoleBinding") and not by_kind(objects, "ServiceAccount")
-    job = one(objects, "Job")
-    assert job["spec"]["template"]["spec"]["serviceAccountName"] == "pipeline-runner"
+    objects = render(
+        {'rbac': {'create': False}, 'serviceAccount': {'create': False, 'name': 'pipeline-runner'}}
+    )
+    assert (
+        not by_kind(objects, 'Role')
+        and not by_kind(objects, 'RoleBinding')
+        and not by_kind(objects, 'ServiceAccount')
+    )
+    job = one(objects, 'Job')
+    assert job['spec']['template']['spec']['serviceAccountName'] == 'pipeline-runner'
 
 
 # --- S3: connection in a ConfigMap, credentials only by reference ----------------------
@@ -207,94 +238,128 @@ def test_rbac_can_be_left_out():
 
 def test_s3_connection_and_secret_reference():
     objects = render(GPU_SCHEDULE)
-    data = one(objects, "ConfigMap", f"{RELEASE}-s3")["data"]
-    assert data["S3_ENDPOINT_URL"] == "http://minio-service.kubeflow.svc.cluster.local:9000"
-    assert data["S3_BUCKET"] == "kd-artifacts" and data["S3_PREFIX"] == "runs/kd"
-    assert data["S3_CREDENTIALS_SECRET"] == "video-kd-s3-credentials"
-    assert data["S3_ACCESS_KEY_ID_KEY"] == "AWS_ACCESS_KEY_ID"
-    assert data["S3_SECRET_ACCESS_KEY_KEY"] == "AWS_SECRET_ACCESS_KEY"
+    data = one(objects, 'ConfigMap', f'{RELEASE}-s3')['data']
+    assert data['S3_ENDPOINT_URL'] == 'http://minio-service.kubeflow.svc.cluster.local:9000'
+    assert data['S3_BUCKET'] == 'kd-artifacts' and data['S3_PREFIX'] == 'runs/kd'
+    assert data['S3_CREDENTIALS_SECRET'] == 'video-kd-s3-credentials'
+    assert data['S3_ACCESS_KEY_ID_KEY'] == 'AWS_ACCESS_KEY_ID'
+    assert data['S3_SECRET_ACCESS_KEY_KEY'] == 'AWS_SECRET_ACCESS_KEY'
 
 
 def test_no_credentials_anywhere(scenario):
     _, objects = scenario
-    assert not by_kind(objects, "Secret"), "the chart references an existing Secret, never creates one"
-    values = yaml.safe_load((CHART / "values.yaml").read_text())
-    assert set(values["s3"]["credentials"]) == {"existingSecret", "accessKeyIdKey", "secretAccessKeyKey"}
+    assert not by_kind(objects, 'Secret'), (
+        'the chart references an existing Secret, never creates one'
+    )
+    values = yaml.safe_load((CHART / 'values.yaml').read_text())
+    assert set(values['s3']['credentials']) == {
+        'existingSecret',
+        'accessKeyIdKey',
+        'secretAccessKeyKey',
+    }
     text = yaml.safe_dump_all(objects)
-    assert not re.search(r"AKIA[0-9A-Z]{16}", text)
+    assert not re.search(r'AKIA[0-9A-Z]{16}', text)
     for obj in objects:
-        if obj["kind"] == "ConfigMap":
-            for key in obj["data"]:
-                assert not re.fullmatch(r"AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY)|.*PASSWORD.*", key), key
+        if obj['kind'] == 'ConfigMap':
+            for key in obj['data']:
+                assert not re.fullmatch(
+                    r'AWS_(ACCESS_KEY_ID|SECRET_ACCESS_KEY)|.*PASSWORD.*', key
+                ), key
 
 
 # --- the hook Job: upload + schedule --------------------------------------------------
 
 
 def pod_spec(objects):
-    job = one(objects, "Job")
-    return job, job["spec"]["template"]["spec"]
+    job = one(objects, 'Job')
+    return job, job['spec']['template']['spec']
 
 
 def test_upload_job_is_a_post_install_hook_running_the_upload_cli():
     job, spec = pod_spec(render())
-    ann = job["metadata"]["annotations"]
-    assert ann["helm.sh/hook"] == "post-install,post-upgrade"
-    assert "before-hook-creation" in ann["helm.sh/hook-delete-policy"]
-    assert "initContainers" not in spec, "no schedule by default"
-    (c,) = spec["containers"]
-    assert c["image"] == "ghcr.io/kubeflow-video-kd/video-kd:0.1.0"
-    assert c["command"] == ["video-kd"]
-    assert c["args"] == ["upload", "--host", "$(KFP_HOST)", "--pipeline-name", "video-kd-distillation"]
-    env = {e["name"]: e["value"] for e in c["env"]}
-    assert env["KFP_HOST"] == "http://ml-pipeline.kubeflow.svc.cluster.local:8888"
-    assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False
-    projected = [v for v in spec["volumes"] if "projected" in v]
-    assert projected[0]["projected"]["sources"][0]["serviceAccountToken"]["audience"] == "pipelines.kubeflow.org"
+    ann = job['metadata']['annotations']
+    assert ann['helm.sh/hook'] == 'post-install,post-upgrade'
+    assert 'before-hook-creation' in ann['helm.sh/hook-delete-policy']
+    assert 'initContainers' not in spec, 'no schedule by default'
+    (c,) = spec['containers']
+    assert c['image'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
+    assert c['command'] == ['video-kd']
+    assert c['args'] == [
+        'upload',
+        '--host',
+        '$(KFP_HOST)',
+        '--pipeline-name',
+        'video-kd-distillation',
+    ]
+    env = {e['name']: e['value'] for e in c['env']}
+    assert env['KFP_HOST'] == 'http://ml-pipeline.kubeflow.svc.cluster.local:8888'
+    assert spec['restartPolicy'] == 'Never' and spec['automountServiceAccountToken'] is False
+    projected = [v for v in spec['volumes'] if 'projected' in v]
+    assert (
+        projected[0]['projected']['sources'][0]['serviceAccountToken']['audience']
+        == 'pipelines.kubeflow.org'
+    )
 
 
 def test_schedule_creates_a_recurring_run_after_the_upload():
     _, spec = pod_spec(render(GPU_SCHEDULE))
-    (upload,) = spec["initContainers"]
-    (schedule,) = spec["containers"]
-    assert upload["args"] == ["upload", "--host", "$(KFP_HOST)", "--pipeline-name", "video-kd-distillation", "--version", "v7"]
-    args = schedule["args"]
-    assert args[:9] == ["schedule", "--host", "$(KFP_HOST)", "--pipeline-name", "video-kd-distillation",
-                        "--cron", "0 30 2 * * 1", "--experiment", "nightly-kd"]
+    (upload,) = spec['initContainers']
+    (schedule,) = spec['containers']
+    assert upload['args'] == [
+        'upload',
+        '--host',
+        '$(KFP_HOST)',
+        '--pipeline-name',
+        'video-kd-distillation',
+        '--version',
+        'v7',
+    ]
+    args = schedule['args']
+    assert args[:9] == [
+        'schedule',
+        '--host',
+        '$(KFP_HOST)',
+        '--pipeline-name',
+        'video-kd-distillation',
+        '--cron',
+        '0 30 2 * * 1',
+        '--experiment',
+        'nightly-kd',
+    ]
     flags = args[9::2]
-    assert set(flags) == {"--param"}
-    params = dict(p.split("=", 1) for p in args[10::2])
+    assert set(flags) == {'--param'}
+    params = dict(p.split('=', 1) for p in args[10::2])
     assert params == {
         # the GPU run: components and PyTorchJob on the same CUDA build; users cannot override it
-        "image": "ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda",
-        "s3_bucket": "kd-artifacts",
-        "s3_prefix": "runs/kd",
-        "num_workers": "4",
-        "gpus_per_worker": "2",
-        "dataset_uri": "s3://kd-artifacts/data/ucf101-mini",
-        "teacher_sha256": "ab12",
+        'image': 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
+        's3_bucket': 'kd-artifacts',
+        's3_prefix': 'runs/kd',
+        'num_workers': '4',
+        'gpus_per_worker': '2',
+        'dataset_uri': 's3://kd-artifacts/data/ucf101-mini',
+        'teacher_sha256': 'ab12',
     }
     # the hook itself stays on the small CPU image
-    assert upload["image"] == schedule["image"] == "ghcr.io/kubeflow-video-kd/video-kd:0.1.0"
+    assert upload['image'] == schedule['image'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
 
 
 def test_cpu_run_uses_the_cpu_image_and_no_gpus():
-    _, spec = pod_spec(render({"schedule": {"enabled": True}}))
-    params = dict(p.split("=", 1) for p in spec["containers"][0]["args"][10::2])
-    assert params["image"] == "ghcr.io/kubeflow-video-kd/video-kd:0.1.0"
-    assert params["gpus_per_worker"] == "0" and params["num_workers"] == "2"
-    assert "dataset_uri" not in params, "empty params are left to the pipeline's defaults"
+    _, spec = pod_spec(render({'schedule': {'enabled': True}}))
+    params = dict(p.split('=', 1) for p in spec['containers'][0]['args'][10::2])
+    assert params['image'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
+    assert params['gpus_per_worker'] == '0' and params['num_workers'] == '2'
+    assert 'dataset_uri' not in params, "empty params are left to the pipeline's defaults"
 
 
 def test_hook_pod_runs_as_the_images_non_root_user():
-    dockerfile = (ROOT / "docker" / "Dockerfile").read_text()
-    uid = int(re.findall(r"^USER\s+(\d+)", dockerfile, re.M)[-1].split(":")[0])
+    dockerfile = (ROOT / 'docker' / 'Dockerfile').read_text()
+    uid = int(re.findall(r'^USER\s+(\d+)', dockerfile, re.M)[-1].split(':')[0])
     _, spec = pod_spec(render())
-    assert spec["securityContext"]["runAsNonRoot"] is True
-    assert spec["securityContext"]["runAsUser"] == uid
-    c = spec["containers"][0]
-    assert c["securityContext"]["allowPrivilegeEscalation"] is False
-    assert c["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    assert spec['securityContext']['runAsNonRoot'] is True
+    assert spec['securityContext']['runAsUser'] == uid
+    c = spec['containers'][0]
+    assert c['securityContext']['allowPrivilegeEscalation'] is False
+    assert c['securityContext']['capabilities']['drop'] == ['ALL']
 
 
 # --- GPU workers: resources, node selectors, tolerations, PVC --------------------------
@@ -302,43 +367,54 @@ def test_hook_pod_runs_as_the_images_non_root_user():
 
 def test_gpu_worker_overrides_and_pvc():
     objects = render(GPU_SCHEDULE)
-    data = one(objects, "ConfigMap", f"{RELEASE}-training")["data"]
-    overrides = json.loads(data["worker-pod-overrides.json"])
-    assert overrides["resources"] == {"requests": {"cpu": "8", "memory": "32Gi"}, "limits": {"memory": "48Gi", "nvidia.com/gpu": "2"}}
-    assert overrides["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
-    assert overrides["tolerations"][0]["key"] == "nvidia.com/gpu"
-    assert data["VIDEO_KD_IMAGE"].endswith(":0.1.0-cuda")
-    assert data["VIDEO_KD_SERVICE_ACCOUNT"] == RELEASE
-    pvc = one(objects, "PersistentVolumeClaim")
-    assert data["VIDEO_KD_PVC"] == pvc["metadata"]["name"] == f"{RELEASE}-cache"
-    assert pvc["spec"]["resources"]["requests"]["storage"] == "200Gi"
-    assert pvc["spec"]["storageClassName"] == "fast"
+    data = one(objects, 'ConfigMap', f'{RELEASE}-training')['data']
+    overrides = json.loads(data['worker-pod-overrides.json'])
+    assert overrides['resources'] == {
+        'requests': {'cpu': '8', 'memory': '32Gi'},
+        'limits': {'memory': '48Gi', 'nvidia.com/gpu': '2'},
+    }
+    assert overrides['nodeSelector'] == {'nvidia.com/gpu.present': 'true'}
+    assert overrides['tolerations'][0]['key'] == 'nvidia.com/gpu'
+    assert data['VIDEO_KD_IMAGE'].endswith(':0.1.0-cuda')
+    assert data['VIDEO_KD_SERVICE_ACCOUNT'] == RELEASE
+    pvc = one(objects, 'PersistentVolumeClaim')
+    assert data['VIDEO_KD_PVC'] == pvc['metadata']['name'] == f'{RELEASE}-cache'
+    assert pvc['spec']['resources']['requests']['storage'] == '200Gi'
+    assert pvc['spec']['storageClassName'] == 'fast'
 
-    default = json.loads(one(render(), "ConfigMap", f"{RELEASE}-training")["data"]["worker-pod-overrides.json"])
-    assert default["resources"] == {}, "no GPU request without training.gpu.enabled"
+    default = json.loads(
+        one(render(), 'ConfigMap', f'{RELEASE}-training')['data']['worker-pod-overrides.json']
+    )
+    assert default['resources'] == {}, 'no GPU request without training.gpu.enabled'
 
 
 def test_existing_claim_is_used_not_created():
-    objects = render({"persistence": {"enabled": True, "existingClaim": "shared-videos"}})
-    assert not by_kind(objects, "PersistentVolumeClaim")
-    assert one(objects, "ConfigMap", f"{RELEASE}-training")["data"]["VIDEO_KD_PVC"] == "shared-videos"
+    objects = render({'persistence': {'enabled': True, 'existingClaim': 'shared-videos'}})
+    assert not by_kind(objects, 'PersistentVolumeClaim')
+    assert (
+        one(objects, 'ConfigMap', f'{RELEASE}-training')['data']['VIDEO_KD_PVC'] == 'shared-videos'
+    )
 
 
 # --- values.schema.json -------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    "values, where, what",
+    'values, where, what',
     [
-        ({"training": {"workers": -1}}, "/training/workers", "minimum: got -1, want 1"),
-        ({"training": {"workers": 0}}, "/training/workers", "minimum: got 0, want 1"),
-        ({"training": {"workers": "two"}}, "/training/workers", "got string, want integer"),
-        ({"training": {"gpu": {"perWorker": 0}}}, "/training/gpu/perWorker", "minimum"),
-        ({"schedule": {"cron": "0 3 * * *"}}, "/schedule/cron", "does not match pattern"),
-        ({"s3": {"endpoint": "minio:9000"}}, "/s3/endpoint", "does not match pattern"),
-        ({"s3": {"credentials": {"existingSecret": ""}}}, "/s3/credentials/existingSecret", ""),
-        ({"s3": {"credentials": {"accessKey": "AKIA..."}}}, "/s3/credentials", "additional properties 'accessKey' not allowed"),
-        ({"trainig": {"workers": 2}}, "", "additional properties 'trainig' not allowed"),
+        ({'training': {'workers': -1}}, '/training/workers', 'minimum: got -1, want 1'),
+        ({'training': {'workers': 0}}, '/training/workers', 'minimum: got 0, want 1'),
+        ({'training': {'workers': 'two'}}, '/training/workers', 'got string, want integer'),
+        ({'training': {'gpu': {'perWorker': 0}}}, '/training/gpu/perWorker', 'minimum'),
+        ({'schedule': {'cron': '0 3 * * *'}}, '/schedule/cron', 'does not match pattern'),
+        ({'s3': {'endpoint': 'minio:9000'}}, '/s3/endpoint', 'does not match pattern'),
+        ({'s3': {'credentials': {'existingSecret': ''}}}, '/s3/credentials/existingSecret', ''),
+        (
+            {'s3': {'credentials': {'accessKey': 'AKIA...'}}},
+            '/s3/credentials',
+            "additional properties 'accessKey' not allowed",
+        ),
+        ({'trainig': {'workers': 2}}, '', "additional properties 'trainig' not allowed"),
     ],
 )
 def test_schema_rejects_bad_values_with_a_clear_message(values, where, what):
@@ -351,7 +427,7 @@ def test_schema_rejects_bad_values_with_a_clear_message(values, where, what):
             chart.render(values, name=RELEASE, namespace=NAMESPACE)
 
 
-@pytest.mark.parametrize("cron", ["0 0 3 * * *", "@daily", "@every 12h", "0 */30 * * * 1-5"])
+@pytest.mark.parametrize('cron', ['0 0 3 * * *', '@daily', '@every 12h', '0 */30 * * * 1-5'])
 def test_schema_accepts_kfp_cron_forms(cron):
     with helm.Chart.load(str(CHART)) as chart:
-        chart.validate_schema({"schedule": {"enabled": True, "cron": cron}})
+        chart.validate_schema({'schedule': {'enabled': True, 'cron': cron}})

@@ -1,4 +1,5 @@
 """video-kd CLI: help, typed --param, KFP cron, and the exact invocations of the Helm hook."""
+
 from __future__ import annotations
 
 import subprocess
@@ -10,15 +11,19 @@ from video_kd import cli
 
 
 def test_help_explains_every_command():
-    result = subprocess.run([sys.executable, '-m', 'video_kd.cli', '--help'],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, '-m', 'video_kd.cli', '--help'], capture_output=True, text=True
+    )
     assert result.returncode == 0
     for command in ('compile', 'run-local', 'upload', 'submit', 'schedule', 'configs'):
         assert command in result.stdout
     assert 'AWS_ACCESS_KEY_ID' in result.stdout and 'python -m components.' in result.stdout
     for command in ('run-local', 'schedule'):
-        sub = subprocess.run([sys.executable, '-m', 'video_kd.cli', command, '--help'],
-                             capture_output=True, text=True)
+        sub = subprocess.run(
+            [sys.executable, '-m', 'video_kd.cli', command, '--help'],
+            capture_output=True,
+            text=True,
+        )
         assert sub.returncode == 0 and 'usage: video-kd ' + command in sub.stdout
 
 
@@ -29,10 +34,15 @@ def test_compile_writes_the_committed_pipeline(tmp_path):
 
 
 def test_params_are_typed_by_the_compiled_pipeline():
-    params = cli.parse_params(['num_workers=4', 'gpus_per_worker=0', 's3_prefix=a/b',
-                               'teacher_url=https://x/y.pth?a=b'])
-    assert params == {'num_workers': 4, 'gpus_per_worker': 0, 's3_prefix': 'a/b',
-                      'teacher_url': 'https://x/y.pth?a=b'}
+    params = cli.parse_params(
+        ['num_workers=4', 'gpus_per_worker=0', 's3_prefix=a/b', 'teacher_url=https://x/y.pth?a=b']
+    )
+    assert params == {
+        'num_workers': 4,
+        'gpus_per_worker': 0,
+        's3_prefix': 'a/b',
+        'teacher_url': 'https://x/y.pth?a=b',
+    }
     with pytest.raises(cli.CliError, match='not a parameter of the pipeline'):
         cli.parse_params(['aws_secret_access_key=x'])
     with pytest.raises(cli.CliError, match='expected number_integer'):
@@ -47,8 +57,19 @@ def test_kfp_cron_forms(cron):
 
 
 def test_five_field_cron_is_refused_in_one_line(capsys):
-    code = cli.main(['schedule', '--host', 'http://127.0.0.1:9', '--pipeline-name', 'p',
-                     '--cron', '0 3 * * *', '--experiment', 'e'])
+    code = cli.main(
+        [
+            'schedule',
+            '--host',
+            'http://127.0.0.1:9',
+            '--pipeline-name',
+            'p',
+            '--cron',
+            '0 3 * * *',
+            '--experiment',
+            'e',
+        ]
+    )
     assert code == 2
     assert capsys.readouterr().err.startswith("error: --cron '0 3 * * *': KFP needs six fields")
 
@@ -56,17 +77,47 @@ def test_five_field_cron_is_refused_in_one_line(capsys):
 def test_the_helm_hook_invocations_parse():
     """Exactly what charts/video-kd/templates/pipeline-upload-job.yaml runs."""
     parser = cli.build_parser()
-    up = parser.parse_args(['upload', '--host', 'http://kfp:8888', '--pipeline-name',
-                            'video-kd-distillation', '--version', 'v7'])
+    up = parser.parse_args(
+        [
+            'upload',
+            '--host',
+            'http://kfp:8888',
+            '--pipeline-name',
+            'video-kd-distillation',
+            '--version',
+            'v7',
+        ]
+    )
     assert up.func is cli.cmd_upload and up.version == 'v7'
-    sched = parser.parse_args([
-        'schedule', '--host', 'http://kfp:8888', '--pipeline-name', 'video-kd-distillation',
-        '--cron', '0 30 2 * * 1', '--experiment', 'nightly-kd',
-        '--param', 'image=ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
-        '--param', 's3_bucket=kd-artifacts', '--param', 's3_prefix=runs/kd',
-        '--param', 'num_workers=4', '--param', 'gpus_per_worker=2',
-        '--param', 'dataset_uri=s3://kd-artifacts/data/ucf101-mini', '--param',
-        'teacher_sha256=ab12', '--service-account', 'video-kd'])
+    sched = parser.parse_args(
+        [
+            'schedule',
+            '--host',
+            'http://kfp:8888',
+            '--pipeline-name',
+            'video-kd-distillation',
+            '--cron',
+            '0 30 2 * * 1',
+            '--experiment',
+            'nightly-kd',
+            '--param',
+            'image=ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
+            '--param',
+            's3_bucket=kd-artifacts',
+            '--param',
+            's3_prefix=runs/kd',
+            '--param',
+            'num_workers=4',
+            '--param',
+            'gpus_per_worker=2',
+            '--param',
+            'dataset_uri=s3://kd-artifacts/data/ucf101-mini',
+            '--param',
+            'teacher_sha256=ab12',
+            '--service-account',
+            'video-kd',
+        ]
+    )
     assert sched.func is cli.cmd_schedule and sched.service_account == 'video-kd'
     assert cli.parse_params(sched.param)['num_workers'] == 4
 

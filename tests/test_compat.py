@@ -1,4 +1,5 @@
 """video_kd.compat: the stand-ins make the pinned OpenMMLab stack import, and fail loudly."""
+
 import subprocess
 import sys
 
@@ -9,8 +10,7 @@ from video_kd import compat
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, timeout=300)
 
 
 def test_stand_ins_are_installed_by_importing_the_package():
@@ -22,19 +22,26 @@ def test_openmmlab_imports_and_registers_what_kd_needs():
     import mmrazor.models  # noqa: F401
     from mmaction.registry import MODELS as MMACTION_MODELS
     from mmrazor.registry import MODELS as MMRAZOR_MODELS
+
     assert MMRAZOR_MODELS.get('SingleTeacherDistill') is not None
     assert MMRAZOR_MODELS.get('DISTLoss') is not None
     assert MMACTION_MODELS.get('MobileNetV2TSM') is not None
 
 
-@pytest.mark.parametrize('use', [
-    lambda: __import__('mmaction.models.localizers', fromlist=['DRN']).DRN(),
-    lambda: __import__('mmrazor.structures.quantization',
-                       fromlist=['QConfigHandler']).QConfigHandler({}),
-    lambda: __import__('mmrazor.structures.quantization',
-                       fromlist=['BackendConfigs']).BackendConfigs['native'],
-    lambda: __import__('mmpretrain.models.utils.box_utils', fromlist=['box_iou']).box_iou(1, 2),
-], ids=['drn', 'qconfig', 'backend-configs', 'mmpretrain-box-ops'])
+@pytest.mark.parametrize(
+    'use',
+    [
+        lambda: __import__('mmaction.models.localizers', fromlist=['DRN']).DRN(),
+        lambda: __import__(
+            'mmrazor.structures.quantization', fromlist=['QConfigHandler']
+        ).QConfigHandler({}),
+        lambda: __import__(
+            'mmrazor.structures.quantization', fromlist=['BackendConfigs']
+        ).BackendConfigs['native'],
+        lambda: __import__('mmpretrain.models.utils.box_utils', fromlist=['box_iou']).box_iou(1, 2),
+    ],
+    ids=['drn', 'qconfig', 'backend-configs', 'mmpretrain-box-ops'],
+)
 def test_every_stubbed_feature_raises_a_clear_error(use):
     with pytest.raises(compat.StubbedFeatureError, match='not available in this installation'):
         use()
@@ -60,8 +67,14 @@ def test_mmengine_checkpoints_load_on_current_torch(tmp_path):
     import torch
     from mmengine.logging.history_buffer import HistoryBuffer
     from mmengine.runner.checkpoint import CheckpointLoader
+
     path = tmp_path / 'ckpt.pth'
-    torch.save({'state_dict': {'w': torch.ones(1)},
-                'message_hub': {'log': HistoryBuffer(np.array([1.0]), np.array([1]))}}, path)
+    torch.save(
+        {
+            'state_dict': {'w': torch.ones(1)},
+            'message_hub': {'log': HistoryBuffer(np.array([1.0]), np.array([1]))},
+        },
+        path,
+    )
     loaded = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert loaded['state_dict']['w'].item() == 1.0

@@ -1,5 +1,6 @@
 """The components alone: their entry points, the PyTorchJob the train step builds, clear
 errors, and a torchrun worker killed mid-training (the step resumes from S3)."""
+
 from __future__ import annotations
 
 import json
@@ -17,15 +18,22 @@ from video_kd import pytorchjob as pj
 from video_kd import s3, steps
 from video_kd.s3_hook import checkpoint_sort_key, list_checkpoints
 
-TINY = ('train_dataloader.batch_size=4 val_dataloader.batch_size=4 '
-        'train_dataloader.num_workers=0 val_dataloader.num_workers=0 '
-        'train_dataloader.persistent_workers=False val_dataloader.persistent_workers=False')
+TINY = (
+    'train_dataloader.batch_size=4 val_dataloader.batch_size=4 '
+    'train_dataloader.num_workers=0 val_dataloader.num_workers=0 '
+    'train_dataloader.persistent_workers=False val_dataloader.persistent_workers=False'
+)
 GEN = 'generate://?num_classes=3&train_per_class=4&val_per_class=2&num_frames=12'
 
 
 def run_module(module, *args, env=None, timeout=600):
-    return subprocess.run([sys.executable, '-m', module, *map(str, args)], capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, '-m', module, *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.parametrize('step', STEPS)
@@ -38,12 +46,28 @@ def test_every_step_runs_alone_with_help(step):
 
 def test_missing_credentials_fail_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith('AWS_')}
-    result = subprocess.run([sys.executable, '-m', 'components.data_prep', '--dataset-uri',
-                             'generate://', '--s3-bucket', 'b'], capture_output=True, text=True,
-                            env=env)
+    result = subprocess.run(
+        [
+            sys.executable,
+            '-m',
+            'components.data_prep',
+            '--dataset-uri',
+            'generate://',
+            '--s3-bucket',
+            'b',
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines()[-1].startswith(
-        'error: S3 credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY')
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            'error: S3 credentials are missing: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY'
+        )
+    )
     assert 'Traceback' not in result.stderr
 
 
@@ -76,8 +100,15 @@ def prepared_run(bucket, tmp_path):
 
 def test_wrong_teacher_checksum_fails_clearly(prepared_run, tmp_path, http_server):
     (http_server.root / 'teacher.pth').write_bytes(b'not really a checkpoint')
-    result = run_module('components.teacher_download', '--run-root', prepared_run['run_root'],
-                        '--url', http_server.url('teacher.pth'), '--sha256', '0' * 64)
+    result = run_module(
+        'components.teacher_download',
+        '--run-root',
+        prepared_run['run_root'],
+        '--url',
+        http_server.url('teacher.pth'),
+        '--sha256',
+        '0' * 64,
+    )
     assert result.returncode == 2
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('error: SHA-256 mismatch for http://') and 'expected 0000' in last
@@ -89,25 +120,39 @@ def test_unknown_config_fails_before_any_pod(prepared_run):
     with pytest.raises(Exception, match='unknown config'):
         steps.train(prepared_run, teacher, 'kd_no_such_config', mode='local')
     with pytest.raises(steps.StepError, match='unknown training mode'):
-        steps.train(prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
-                    mode='k8s')
+        steps.train(prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', mode='k8s')
 
 
 def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     monkeypatch.setenv('S3_CREDENTIALS_SECRET', 'my-s3-secret')
     monkeypatch.setenv('VIDEO_KD_SERVICE_ACCOUNT', 'video-kd')
     monkeypatch.setenv('VIDEO_KD_NAMESPACE', 'team-a')
-    monkeypatch.setenv('VIDEO_KD_WORKER_POD_OVERRIDES', json.dumps({
-        'resources': {'requests': {'cpu': '8', 'memory': '32Gi'}},
-        'nodeSelector': {'nvidia.com/gpu.present': 'true'},
-        'tolerations': [{'key': 'nvidia.com/gpu', 'operator': 'Exists',
-                         'effect': 'NoSchedule'}]}))
+    monkeypatch.setenv(
+        'VIDEO_KD_WORKER_POD_OVERRIDES',
+        json.dumps(
+            {
+                'resources': {'requests': {'cpu': '8', 'memory': '32Gi'}},
+                'nodeSelector': {'nvidia.com/gpu.present': 'true'},
+                'tolerations': [
+                    {'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}
+                ],
+            }
+        ),
+    )
     teacher = {'s3_uri': prepared_run['run_root'] + '/teacher/t.pth', 'sha256': 'a' * 64}
     manifest = steps.build_train_job(
-        prepared_run['run_root'], prepared_run['dataset_meta_uri'], teacher,
-        'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400', 'reg/video-kd:0.1.0-cuda',
-        num_workers=3, gpus_per_worker=2, nproc_per_node=2, max_epochs=5,
-        teacher_logit_cache=True, teacher_precision='bf16')
+        prepared_run['run_root'],
+        prepared_run['dataset_meta_uri'],
+        teacher,
+        'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
+        'reg/video-kd:0.1.0-cuda',
+        num_workers=3,
+        gpus_per_worker=2,
+        nproc_per_node=2,
+        max_epochs=5,
+        teacher_logit_cache=True,
+        teacher_precision='bf16',
+    )
     job = pj.validate_pytorchjob(manifest)  # SDK model + operator webhook rules + K8s schema
     assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
     assert manifest['metadata']['namespace'] == 'team-a'
@@ -122,11 +167,15 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         (c,) = pod['containers']
         assert c['image'] == 'reg/video-kd:0.1.0-cuda'
         assert c['command'] == ['torchrun']
-        assert c['args'][:4] == ['-m', 'video_kd.steps', 'train-pod',
-                                 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400']
+        assert c['args'][:4] == [
+            '-m',
+            'video_kd.steps',
+            'train-pod',
+            'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
+        ]
         assert '--teacher-logit-cache' in c['args']  # a flag: the other options come in pairs
         options = [a for a in c['args'][4:] if a != '--teacher-logit-cache']
-        args = dict(zip(options[::2], options[1::2]))
+        args = dict(zip(options[::2], options[1::2], strict=False))
         assert args['--run-root'] == prepared_run['run_root']
         assert args['--data-meta'] == prepared_run['dataset_meta_uri']
         assert args['--teacher'] == teacher['s3_uri'] and args['--max-epochs'] == '5'
@@ -144,9 +193,16 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     result = run_module('video_kd.steps', 'train-pod', '--help')
     assert result.returncode == 0 and '--run-root' in result.stdout
     with pytest.raises(steps.StepError, match="teacher_precision 'int8'"):
-        steps.build_train_job(prepared_run['run_root'], prepared_run['dataset_meta_uri'],
-                              teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
-                              'reg/video-kd:0.1.0', 1, 0, teacher_precision='int8')
+        steps.build_train_job(
+            prepared_run['run_root'],
+            prepared_run['dataset_meta_uri'],
+            teacher,
+            'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
+            'reg/video-kd:0.1.0',
+            1,
+            0,
+            teacher_precision='int8',
+        )
 
 
 def _descendants(pid: int) -> list[int]:
@@ -182,21 +238,48 @@ def _worker_pids(step_pid: int) -> list[int]:
 def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     layout = steps.layout_from_root(prepared_run['run_root'])
     teacher_work = tmp_path / 'teacher'
-    result = run_module('video_kd.train', 'tsm_r50_tiny', '--work-dir', teacher_work,
-                        '--data-root', tmp_path / 'prep' / 'raw', '--max-epochs', 1,
-                        '--no-data-check', '--cfg-options', *TINY.split())
+    result = run_module(
+        'video_kd.train',
+        'tsm_r50_tiny',
+        '--work-dir',
+        teacher_work,
+        '--data-root',
+        tmp_path / 'prep' / 'raw',
+        '--max-epochs',
+        1,
+        '--no-data-check',
+        '--cfg-options',
+        *TINY.split(),
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     meta = steps.teacher_download(layout.root, str(teacher_work / 'epoch_1.pth'))
     assert meta['s3_uri'].startswith(layout.root + '/teacher/')
-    args = ['components.train', '--run-root', layout.root, '--kd-config',
-            'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', '--mode', 'local', '--num-workers', 2,
-            '--max-epochs', 4, '--cfg-options', TINY]
+    args = [
+        'components.train',
+        '--run-root',
+        layout.root,
+        '--kd-config',
+        'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
+        '--mode',
+        'local',
+        '--num-workers',
+        2,
+        '--max-epochs',
+        4,
+        '--cfg-options',
+        TINY,
+    ]
 
     scratch = tmp_path / 'tmp'
     scratch.mkdir()
     env = {**os.environ, 'TMPDIR': str(scratch)}
-    proc = subprocess.Popen([sys.executable, '-m', *map(str, args)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, '-m', *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     deadline = time.monotonic() + 300
     while not list_checkpoints(layout):
         assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -226,5 +309,5 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     after = {e.uri: e.sha256 for e in s3.Manifest.load(layout).entries if e.step == 'train'}
     assert all(after[uri] == sha for uri, sha in before.items()), 'nothing lost or rewritten'
     epochs = sorted(checkpoint_sort_key(u)[0] for u in list_checkpoints(layout))
-    assert epochs[:4] == [1, 2, 3, 4][:len(epochs[:4])] and epochs[-1] == 4
+    assert epochs[:4] == [1, 2, 3, 4][: len(epochs[:4])] and epochs[-1] == 4
     assert all(s3.exists(u) for u in after)

@@ -1,13 +1,21 @@
 """Configs: seed names, real models, a real KD loss step, user overrides, offline weights."""
+
 import pytest
 import torch
 
 import video_kd  # noqa: F401
-from video_kd.config import (UnknownConfigError, available_configs, is_distill_config,
-                             load_config, student_model_cfg)
+from video_kd.config import (
+    UnknownConfigError,
+    available_configs,
+    is_distill_config,
+    load_config,
+    student_model_cfg,
+)
 
-SEED_CONFIGS = ['kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
-                'kd_logits_tsn-swin_tsn-r50_8xb16_k400']
+SEED_CONFIGS = [
+    'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
+    'kd_logits_tsn-swin_tsn-r50_8xb16_k400',
+]
 
 
 def test_seed_configs_ship_under_the_seed_names():
@@ -42,17 +50,21 @@ def test_kd_configs_follow_the_seed_distiller():
 
 
 def test_any_key_can_be_overridden_including_the_referenced_models():
-    cfg = load_config(SEED_CONFIGS[0], {
-        'model.architecture.cls_head.num_classes': 7,
-        'model.distiller.distill_losses.loss_dist.tau': 2,
-        'train_dataloader.batch_size': 3})
+    cfg = load_config(
+        SEED_CONFIGS[0],
+        {
+            'model.architecture.cls_head.num_classes': 7,
+            'model.distiller.distill_losses.loss_dist.tau': 2,
+            'train_dataloader.batch_size': 3,
+        },
+    )
     assert cfg.model.architecture.cls_head.num_classes == 7
     assert cfg.model.distiller.distill_losses.loss_dist.tau == 2
     assert cfg.train_dataloader.batch_size == 3
 
 
 def test_unknown_config_names_the_available_ones():
-    with pytest.raises(UnknownConfigError, match='unknown config .*kd_logits_tsm-res50'):
+    with pytest.raises(UnknownConfigError, match=r'unknown config .*kd_logits_tsm-res50'):
         load_config('kd_logits_does-not-exist')
 
 
@@ -69,6 +81,7 @@ def _kd_loss_step(name: str, size: int):
     from mmrazor.registry import MODELS
 
     from video_kd.runtime import register_all_modules
+
     register_all_modules()
     init_default_scope('mmrazor')
     torch.manual_seed(0)
@@ -104,6 +117,7 @@ def test_tiny_kd_configs_distill(name):
 
 def test_max_epochs_override_stretches_the_schedule_that_spans_training():
     from video_kd.train import set_max_epochs
+
     cfg = load_config('tsm_mobilenetv2_tiny')
     set_max_epochs(cfg, 4)
     assert cfg.train_cfg.max_epochs == 4

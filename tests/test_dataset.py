@@ -1,4 +1,5 @@
 """Generated videos are real and decodable; validation reports bad entries, never rewrites."""
+
 import json
 
 import decord
@@ -9,8 +10,15 @@ from video_kd import dataset
 
 @pytest.fixture
 def small_dataset(tmp_path):
-    return dataset.generate_dataset(tmp_path / 'data', num_classes=3, train_per_class=3,
-                                    val_per_class=2, num_frames=10, size=32, seed=1)
+    return dataset.generate_dataset(
+        tmp_path / 'data',
+        num_classes=3,
+        train_per_class=3,
+        val_per_class=2,
+        num_frames=10,
+        size=32,
+        seed=1,
+    )
 
 
 def test_generated_dataset_has_kinetics_layout_and_real_videos(small_dataset):

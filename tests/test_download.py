@@ -1,4 +1,5 @@
 """video_kd.download against a real HTTP file server and a real S3 server."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,8 +24,9 @@ def served(http_server):
 
 def test_http_download_with_checksum(served, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger='video_kd.download')
-    path = fetch_teacher(served.url('tsm_teacher.pth'), tmp_path / 'ckpt', sha256=SHA.upper(),
-                         progress_every_mb=0)
+    path = fetch_teacher(
+        served.url('tsm_teacher.pth'), tmp_path / 'ckpt', sha256=SHA.upper(), progress_every_mb=0
+    )
     assert path == tmp_path / 'ckpt' / 'tsm_teacher.pth'
     assert path.read_bytes() == CONTENT
     assert list(path.parent.iterdir()) == [path]
@@ -112,20 +114,47 @@ def test_bad_sha256_is_rejected_before_download(http_server, tmp_path):
 
 def test_cli(served, tmp_path):
     proc = subprocess.run(
-        [sys.executable, '-m', 'video_kd.download', served.url('tsm_teacher.pth'),
-         '--sha256', SHA, '--dest', str(tmp_path)], capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            '-m',
+            'video_kd.download',
+            served.url('tsm_teacher.pth'),
+            '--sha256',
+            SHA,
+            '--dest',
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(tmp_path / 'tsm_teacher.pth')
 
     bad = subprocess.run(
-        [sys.executable, '-m', 'video_kd.download', served.url('tsm_teacher.pth'),
-         '--sha256', '1' * 64, '--dest', str(tmp_path / 'bad')],
-        capture_output=True, text=True, timeout=60)
+        [
+            sys.executable,
+            '-m',
+            'video_kd.download',
+            served.url('tsm_teacher.pth'),
+            '--sha256',
+            '1' * 64,
+            '--dest',
+            str(tmp_path / 'bad'),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 1 and 'SHA-256 mismatch' in bad.stderr
 
 
 def test_cli_help():
-    proc = subprocess.run([sys.executable, '-m', 'video_kd.download', '--help'],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, '-m', 'video_kd.download', '--help'],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 0
     assert '--sha256' in proc.stdout and '--cache' in proc.stdout

@@ -1,9 +1,10 @@
 """The fast teacher (video_kd.fast_teacher): same distillation, teacher as an inference model."""
+
 import pytest
 import torch
+from conftest import run_module
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from conftest import run_module
 from video_kd import fast_teacher
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
@@ -12,6 +13,7 @@ KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 def kd_cfg(precision=None):
     from video_kd.config import load_config, set_num_classes
     from video_kd.runtime import register_all_modules
+
     register_all_modules()
     cfg = load_config(KD)
     set_num_classes(cfg.model, 3)
@@ -23,6 +25,7 @@ def kd_cfg(precision=None):
 @pytest.fixture(scope='module')
 def algo():
     from mmrazor.registry import MODELS
+
     torch.manual_seed(0)
     model = MODELS.build(kd_cfg('fp32').model)
     model.init_weights()
@@ -33,6 +36,7 @@ def algo():
 @pytest.fixture(scope='module')
 def batch():
     from mmaction.structures import ActionDataSample
+
     gen = torch.Generator().manual_seed(0)
     inputs = torch.randn(2, 8, 3, 56, 56, generator=gen)
     return inputs, [ActionDataSample().set_gt_label(torch.tensor([i])) for i in range(2)]
@@ -41,9 +45,12 @@ def batch():
 def test_enable_rewrites_the_config_and_refuses_what_it_cannot_run(tmp_path):
     cfg = kd_cfg('bf16')
     assert (cfg.model.type, cfg.model.teacher_precision) == ('InferenceTeacherDistill', 'bf16')
-    with pytest.raises(fast_teacher.FastTeacherConfigError, match="unknown teacher precision 'int8'"):
+    with pytest.raises(
+        fast_teacher.FastTeacherConfigError, match="unknown teacher precision 'int8'"
+    ):
         fast_teacher.enable_fast_teacher(kd_cfg(), 'int8')
     from video_kd.config import load_config
+
     with pytest.raises(fast_teacher.FastTeacherConfigError, match='distillation config'):
         fast_teacher.enable_fast_teacher(load_config('tsm_mobilenetv2_tiny'), 'bf16')
     cached = kd_cfg()
@@ -54,6 +61,7 @@ def test_enable_rewrites_the_config_and_refuses_what_it_cannot_run(tmp_path):
 
 def test_fp32_is_exactly_mmrazors_loss_with_the_teacher_in_eval_mode(algo, batch):
     from mmrazor.models import SingleTeacherDistill
+
     inputs, samples = batch
     torch.manual_seed(1)  # the same dropout masks in the student for both calls
     ours = algo.loss(inputs, samples)
@@ -90,8 +98,15 @@ def test_bf16_teacher_feeds_an_fp32_student_and_a_normal_backward(algo, batch):
 
 
 def test_cli_refuses_it_for_a_model_that_distills_nothing(tmp_path):
-    result = run_module('video_kd.train', 'tsm_mobilenetv2_tiny', '--work-dir', tmp_path / 'w',
-                        '--teacher-precision', 'bf16')
+    result = run_module(
+        'video_kd.train',
+        'tsm_mobilenetv2_tiny',
+        '--work-dir',
+        tmp_path / 'w',
+        '--teacher-precision',
+        'bf16',
+    )
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1] == (
-        'error: --teacher-precision needs a distillation config')
+        'error: --teacher-precision needs a distillation config'
+    )

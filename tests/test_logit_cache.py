@@ -1,12 +1,13 @@
 """Teacher-logit cache: view keys, exact hits, S3 round trip, a cached KD run end to end."""
+
 import re
 
 import numpy as np
 import pytest
 import torch
+from conftest import TINY_TRAIN, run_module
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from conftest import TINY_TRAIN, run_module
 from video_kd import logit_cache
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
@@ -16,13 +17,21 @@ FAKE_SHA = 'ab' * 32
 @pytest.fixture(scope='module')
 def small_data(tmp_path_factory):
     from video_kd.dataset import generate_dataset
-    return generate_dataset(tmp_path_factory.mktemp('lc') / 'data', num_classes=3,
-                            train_per_class=2, val_per_class=1, num_frames=12, size=64)
+
+    return generate_dataset(
+        tmp_path_factory.mktemp('lc') / 'data',
+        num_classes=3,
+        train_per_class=2,
+        val_per_class=1,
+        num_frames=12,
+        size=64,
+    )
 
 
 def cached_cfg(data_root, cache_dir):
     from video_kd.config import load_config
     from video_kd.runtime import register_all_modules, set_data_root
+
     register_all_modules()
     cfg = load_config(KD)
     set_data_root(cfg, data_root)
@@ -33,6 +42,7 @@ def cached_cfg(data_root, cache_dir):
 def train_dataset(cfg):
     from mmaction.registry import DATASETS
     from mmengine.registry import init_default_scope
+
     init_default_scope('mmaction')
     return DATASETS.build(cfg.train_dataloader.dataset)
 
@@ -47,10 +57,11 @@ def test_enable_cache_rewrites_the_config(small_data, tmp_path):
     assert location.startswith(str(tmp_path / 'teacher_logits' / FAKE_SHA))
     assert cfg.custom_hooks[-1] == dict(type='TeacherLogitCacheHook', location=location)
     # the view spec is part of the location: other views (K) -> another cache
-    cfg2, location2 = cached_cfg(small_data, tmp_path)
+    _cfg2, location2 = cached_cfg(small_data, tmp_path)
     assert location2 == location
     from video_kd.config import load_config
     from video_kd.runtime import set_data_root
+
     cfg3 = load_config(KD, {'teacher_logit_cache': dict(num_views=2)})
     set_data_root(cfg3, small_data)
     assert logit_cache.enable_cache(cfg3, str(tmp_path), FAKE_SHA) != location
@@ -85,7 +96,9 @@ def test_views_are_reproducible_and_keys_record_the_view_parameters(small_data, 
 
 def build_model(cfg):
     from mmrazor.registry import MODELS
+
     from video_kd.config import set_num_classes
+
     set_num_classes(cfg.model, 3)
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
@@ -96,6 +109,7 @@ def build_model(cfg):
 
 def batch(model, ds, indices):
     from mmengine.dataset import pseudo_collate
+
     data = model.data_preprocessor(pseudo_collate([ds[i] for i in indices]), training=True)
     return data['inputs'], data['data_samples']
 
@@ -119,14 +133,15 @@ def test_hits_return_exactly_the_teachers_logits_and_skip_the_teacher(small_data
     # a real teacher forward (eval, as the cache computes it) on each view
     fc_out = []
     handle = model.teacher.cls_head.fc_cls.register_forward_hook(
-        lambda m, i, o: fc_out.append(o.detach().clone()))
+        lambda m, i, o: fc_out.append(o.detach().clone())
+    )
     model.teacher.eval()
     with torch.no_grad():
         model.teacher(inputs, samples, mode='loss')
     model.train()
     handle.remove()
     per_sample = fc_out[0].split(fc_out[0].shape[0] // 3)
-    for key, expected in zip(keys, per_sample):
+    for key, expected in zip(keys, per_sample, strict=False):
         assert torch.equal(model.logit_cache.get(key)['logits'], expected)
         assert expected.shape[0] == 8  # TSM: one row per segment
 
@@ -152,6 +167,7 @@ def test_samples_without_view_keys_are_refused(small_data, tmp_path):
     model = build_model(cfg)
     inputs = torch.zeros(1, 8, 3, 56, 56)
     from mmaction.structures import ActionDataSample
+
     sample = ActionDataSample().set_gt_label(torch.tensor([0]))
     with pytest.raises(logit_cache.CacheConfigError, match='SeededViews'):
         model.loss(inputs, [sample])
@@ -159,6 +175,7 @@ def test_samples_without_view_keys_are_refused(small_data, tmp_path):
 
 def test_not_a_distill_config_is_refused(tmp_path):
     from video_kd.config import load_config
+
     with pytest.raises(logit_cache.CacheConfigError, match='distillation'):
         logit_cache.enable_cache(load_config('tsm_mobilenetv2_tiny'), str(tmp_path), FAKE_SHA)
 
@@ -170,6 +187,7 @@ def fake_entries(n, seed=0):
 
 def test_cache_round_trips_through_s3_without_overwriting(bucket):
     from video_kd import s3
+
     location = logit_cache.cache_location(f's3://{bucket}/datasets/demo', FAKE_SHA, 'spec1')
     assert location == f's3://{bucket}/datasets/demo/teacher_logits/{FAKE_SHA}/spec1'
     cache = logit_cache.LogitCache()
@@ -211,13 +229,29 @@ def test_cached_kd_training_end_to_end(kd_data, tiny_teacher, tmp_path):
     cache = tmp_path / 'cache'
 
     def train(work_dir, epochs):
-        result = run_module('video_kd.train', KD, '--work-dir', work_dir, '--data-root', kd_data,
-                            '--teacher-ckpt', tiny_teacher, '--teacher-logit-cache', cache,
-                            '--max-epochs', epochs, *TINY_TRAIN)
+        result = run_module(
+            'video_kd.train',
+            KD,
+            '--work-dir',
+            work_dir,
+            '--data-root',
+            kd_data,
+            '--teacher-ckpt',
+            tiny_teacher,
+            '--teacher-logit-cache',
+            cache,
+            '--max-epochs',
+            epochs,
+            *TINY_TRAIN,
+        )
         assert result.returncode == 0, result.stderr[-3000:]
         log = result.stdout + result.stderr
-        hits, misses, entries = map(int, re.search(
-            r'teacher-logit cache: (\d+) hits, (\d+) misses \(.*\); (\d+) entries', log).groups())
+        hits, misses, entries = map(
+            int,
+            re.search(
+                r'teacher-logit cache: (\d+) hits, (\d+) misses \(.*\); (\d+) entries', log
+            ).groups(),
+        )
         loaded = int(re.search(r'(\d+) entries loaded from', log).group(1))
         return log, hits, misses, entries, loaded
 

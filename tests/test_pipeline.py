@@ -1,7 +1,9 @@
 """The KFP pipeline: compiled IR (five typed steps in order, committed YAML up to date) and
 real end-to-end runs with KFP's local runner against a real S3 server (moto over HTTP)."""
+
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -21,14 +23,15 @@ def _spec(path=kp.PIPELINE_FILE):
 def test_committed_yaml_is_up_to_date(tmp_path):
     fresh = kp.compile_pipeline(tmp_path / 'fresh.yaml')
     assert fresh.read_text() == kp.PIPELINE_FILE.read_text(), (
-        'pipelines/kd_pipeline.yaml is stale: run `video-kd compile` and commit it')
+        'pipelines/kd_pipeline.yaml is stale: run `video-kd compile` and commit it'
+    )
 
 
 def test_five_tasks_chained_in_order_with_typed_artifacts():
     spec, _ = _spec()
     tasks = spec['root']['dag']['tasks']
     assert sorted(tasks) == sorted(ORDER)
-    for before, after in zip(ORDER, ORDER[1:]):
+    for before, after in itertools.pairwise(ORDER):
         assert before in tasks[after].get('dependentTasks', []), f'{after} must follow {before}'
     assert 'dependentTasks' not in tasks['data-prep']
 
@@ -44,14 +47,17 @@ def test_five_tasks_chained_in_order_with_typed_artifacts():
     assert io('train', 'output') == {'kd_model': 'system.Model'}
     assert io('convert', 'input') == {'kd_model': 'system.Model'}
     assert io('convert', 'output') == {'student': 'system.Model'}
-    assert io('evaluate', 'output') == {'metrics': 'system.Metrics',
-                                        'confusion_matrix': 'system.ClassificationMetrics',
-                                        'report': 'system.Markdown'}
+    assert io('evaluate', 'output') == {
+        'metrics': 'system.Metrics',
+        'confusion_matrix': 'system.ClassificationMetrics',
+        'report': 'system.Markdown',
+    }
     # data flows through artifacts: each consumer reads its producer's output
-    producer = {name: art['taskOutputArtifact']['producerTask']
-                for name, art in tasks['evaluate']['inputs']['artifacts'].items()}
-    assert producer == {'dataset': 'data-prep', 'teacher': 'teacher-download',
-                        'student': 'convert'}
+    producer = {
+        name: art['taskOutputArtifact']['producerTask']
+        for name, art in tasks['evaluate']['inputs']['artifacts'].items()
+    }
+    assert producer == {'dataset': 'data-prep', 'teacher': 'teacher-download', 'student': 'convert'}
     assert all(t['cachingOptions'] == {} for t in tasks.values()), 'caching must be off'
 
 
@@ -59,8 +65,19 @@ def test_typed_parameters_and_no_credentials():
     spec, _ = _spec()
     params = spec['root']['inputDefinitions']['parameters']
     types = {name: p['parameterType'] for name, p in params.items()}
-    for name in ('dataset_uri', 'teacher_url', 'teacher_sha256', 'kd_config', 'student_config',
-                 's3_bucket', 's3_prefix', 'image', 'train_mode', 'run_id', 'teacher_precision'):
+    for name in (
+        'dataset_uri',
+        'teacher_url',
+        'teacher_sha256',
+        'kd_config',
+        'student_config',
+        's3_bucket',
+        's3_prefix',
+        'image',
+        'train_mode',
+        'run_id',
+        'teacher_precision',
+    ):
         assert types[name] == 'STRING', name
     for name in ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'max_epochs'):
         assert types[name] == 'NUMBER_INTEGER', name
@@ -68,8 +85,18 @@ def test_typed_parameters_and_no_credentials():
     assert spec['pipelineInfo']['name'] == 'video-kd-distillation'
     assert not [n for n in params if 'key' in n or 'secret' in n or 'password' in n]
     # the chart's scheduled run sets exactly these, so they must exist
-    assert {'image', 's3_bucket', 's3_prefix', 'num_workers', 'gpus_per_worker', 'dataset_uri',
-            'teacher_url', 'teacher_sha256', 'kd_config', 'student_config'} <= set(params)
+    assert {
+        'image',
+        's3_bucket',
+        's3_prefix',
+        'num_workers',
+        'gpus_per_worker',
+        'dataset_uri',
+        'teacher_url',
+        'teacher_sha256',
+        'kd_config',
+        'student_config',
+    } <= set(params)
 
 
 def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
@@ -83,8 +110,10 @@ def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
         k8s = platform['platforms']['kubernetes']['deploymentSpec']['executors'][name]
         (secret,) = k8s['secretAsEnv']
         assert secret['secretName'] == 'video-kd-s3-credentials'
-        assert {e['envVar'] for e in secret['keyToEnv']} == {'AWS_ACCESS_KEY_ID',
-                                                              'AWS_SECRET_ACCESS_KEY'}
+        assert {e['envVar'] for e in secret['keyToEnv']} == {
+            'AWS_ACCESS_KEY_ID',
+            'AWS_SECRET_ACCESS_KEY',
+        }
         maps = {m['configMapName']: m for m in k8s['configMapAsEnv']}
         assert 'S3_ENDPOINT_URL' in {e['envVar'] for e in maps['video-kd-s3']['keyToEnv']}
         assert ('video-kd-training' in maps) == (name == 'exec-train')
@@ -97,11 +126,11 @@ def test_run_ids_are_unique_and_a_used_run_dir_is_refused(bucket, tmp_path):
     assert len(ids) == 20 and all('{' not in i for i in ids)
     assert steps.new_run_id('8f1c-uuid').endswith('-8f1c-uuid')
     opts = 'generate://?num_classes=2&train_per_class=2&val_per_class=1&num_frames=10'
-    meta = steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a',
-                           workdir=tmp_path / 'a')
+    meta = steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'a')
     assert meta['run_root'] == f's3://{bucket}/p/r1' and meta['num_classes'] == 2
-    assert s3.exists(f's3://{bucket}/p/r1/data/videos/move_up/train_000.mp4') or \
-        any('/data/videos/' in u for u in s3.list_uris(f's3://{bucket}/p/r1/data/'))
+    assert s3.exists(f's3://{bucket}/p/r1/data/videos/move_up/train_000.mp4') or any(
+        '/data/videos/' in u for u in s3.list_uris(f's3://{bucket}/p/r1/data/')
+    )
     # a retry of the same KFP run continues; any other run is refused
     steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'b')
     with pytest.raises(steps.StepError, match='already used by another run'):
@@ -124,17 +153,27 @@ def _verify_run(run_root: str, tmp_path) -> s3.Manifest:
 @pytest.mark.slow
 def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
     from video_kd import cli
+
     scratch = tmp_path / 'tmp'  # the steps' (subprocesses') temporary directories
     scratch.mkdir()
     monkeypatch.setenv('TMPDIR', str(scratch))
     data = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
-    first = cli.run_local_pipeline(tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1,
-                                   kd_epochs=2, baseline=True, workers=1)
+    first = cli.run_local_pipeline(
+        tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1, kd_epochs=2, baseline=True, workers=1
+    )
     manifest = _verify_run(first['run_root'], tmp_path / 'v1')
     names = {e.uri.rsplit(first['run_id'] + '/', 1)[1] for e in manifest.entries}
-    assert {'data/train_list.txt', 'data/val_list.txt', 'data/classes.txt', 'data/report.json',
-            'train/checkpoints/epoch_1.pth', 'train/checkpoints/epoch_2.pth',
-            'student/epoch_2_student.pth', 'eval/metrics.json', 'eval/report.md'} <= names
+    assert {
+        'data/train_list.txt',
+        'data/val_list.txt',
+        'data/classes.txt',
+        'data/report.json',
+        'train/checkpoints/epoch_1.pth',
+        'train/checkpoints/epoch_2.pth',
+        'student/epoch_2_student.pth',
+        'eval/metrics.json',
+        'eval/report.md',
+    } <= names
     assert any(n.startswith('teacher/') for n in names)
     logs = [n for n in names if n.startswith('train/logs/')]
     assert any(n.endswith('.log') for n in logs) and any(n.endswith('/scalars.json') for n in logs)
@@ -143,7 +182,8 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
         for key in ('top1_acc', 'top5_acc', 'mean_class_acc'):
             assert 0.0 <= metrics[model][key] <= 1.0
     assert metrics['kd_gain']['top1_acc'] == pytest.approx(
-        metrics['student']['top1_acc'] - metrics['baseline']['top1_acc'])
+        metrics['student']['top1_acc'] - metrics['baseline']['top1_acc']
+    )
     assert metrics['num_val'] == 6 and len(metrics['confusion_matrix']) == 3
     assert not list(scratch.glob('video_kd_*')), 'a step left its scratch on the disk'
     # the teacher went through the checksum cache
@@ -151,9 +191,17 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
 
     before = {e.uri: e.sha256 for e in manifest.entries}
     # the second run with the fast teacher: pipeline parameter -> PyTorchJob pod -> train
-    second = cli.run_local_pipeline(tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1,
-                                    kd_epochs=1, baseline=False, workers=1,
-                                    pipeline_args={'teacher_precision': 'bf16'})
+    second = cli.run_local_pipeline(
+        tmp_path / 'w',
+        bucket,
+        'kd',
+        data,
+        teacher_epochs=1,
+        kd_epochs=1,
+        baseline=False,
+        workers=1,
+        pipeline_args={'teacher_precision': 'bf16'},
+    )
     assert second['run_id'] != first['run_id']
     assert second['run_root'].startswith(f's3://{bucket}/kd/')
     second_manifest = _verify_run(second['run_root'], tmp_path / 'v2')

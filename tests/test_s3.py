@@ -1,4 +1,5 @@
 """video_kd.s3 against a real S3 server (moto, as a subprocess)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -26,8 +27,12 @@ def test_upload_download_round_trip_and_manifest(bucket, tmp_path):
     reloaded = s3.Manifest.load(layout)
     assert reloaded.entries == [entry]
     stored = json.loads(s3.download_file(layout.manifest_uri, tmp_path / 'm.json').read_text())
-    assert stored['entries'][0] == {'step': 'teacher', 'uri': entry.uri,
-                                    'sha256': entry.sha256, 'size_bytes': 7000}
+    assert stored['entries'][0] == {
+        'step': 'teacher',
+        'uri': entry.uri,
+        'sha256': entry.sha256,
+        'size_bytes': 7000,
+    }
 
 
 def test_manifest_accumulates_across_loads(bucket, tmp_path):
@@ -137,8 +142,9 @@ def test_run_layout():
     assert layout.uri('student', 'best.pth') == 's3://bkt/video-kd/run-42/student/best.pth'
     assert layout.manifest_uri == 's3://bkt/video-kd/run-42/manifest.json'
     sha = 'a' * 64
-    assert (layout.cache_uri('teacher', sha, 't.pth')
-            == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth')
+    assert (
+        layout.cache_uri('teacher', sha, 't.pth') == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth'
+    )
     with pytest.raises(ValueError, match="unknown step 'deploy'"):
         layout.uri('deploy')
     with pytest.raises(ValueError, match='SHA-256'):

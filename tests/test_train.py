@@ -2,11 +2,11 @@
 
 Every command runs as a user (or a PyTorchJob pod) runs it: `python -m ...` in a subprocess.
 """
+
 import json
 
 import pytest
 import torch
-
 from conftest import TINY_TRAIN, free_port, run_module
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
@@ -16,8 +16,18 @@ pytestmark = pytest.mark.slow
 
 
 def train_kd(work_dir, data, teacher, *extra):
-    return run_module('video_kd.train', KD, '--work-dir', work_dir, '--data-root', data,
-                      '--teacher-ckpt', teacher, *extra, *TINY_TRAIN)
+    return run_module(
+        'video_kd.train',
+        KD,
+        '--work-dir',
+        work_dir,
+        '--data-root',
+        data,
+        '--teacher-ckpt',
+        teacher,
+        *extra,
+        *TINY_TRAIN,
+    )
 
 
 @pytest.fixture(scope='module')
@@ -43,14 +53,23 @@ def test_kd_training_writes_checkpoints_and_logs_progress(kd_run):
 
 def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run, tmp_path):
     import shutil
+
     work_dir = tmp_path / 'kd'
     shutil.copytree(kd_run[0], work_dir)
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
     first = (work_dir / 'epoch_1.pth').read_bytes()
 
     # resumed with the fast teacher: its checkpoints are SingleTeacherDistill's
-    result = train_kd(work_dir, kd_data, tiny_teacher, '--max-epochs', 2, '--resume',
-                      '--teacher-precision', 'bf16')
+    result = train_kd(
+        work_dir,
+        kd_data,
+        tiny_teacher,
+        '--max-epochs',
+        2,
+        '--resume',
+        '--teacher-precision',
+        'bf16',
+    )
 
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
@@ -63,10 +82,25 @@ def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run
 
 def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
     work_dir = tmp_path / 'kd'
-    result = run_module('torch.distributed.run', '--nproc_per_node', 2, '--master_port', free_port(),
-                        '-m', 'video_kd.train', KD, '--work-dir', work_dir,
-                        '--data-root', kd_data, '--teacher-ckpt', tiny_teacher,
-                        '--max-epochs', 1, *TINY_TRAIN)
+    result = run_module(
+        'torch.distributed.run',
+        '--nproc_per_node',
+        2,
+        '--master_port',
+        free_port(),
+        '-m',
+        'video_kd.train',
+        KD,
+        '--work-dir',
+        work_dir,
+        '--data-root',
+        kd_data,
+        '--teacher-ckpt',
+        tiny_teacher,
+        '--max-epochs',
+        1,
+        *TINY_TRAIN,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert 'Distributed training: True' in log
@@ -75,28 +109,31 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
     assert any(k.startswith('architecture.') for k in state['state_dict'])
 
 
-def test_student_checkpoint_loads_strictly_in_plain_mmaction_and_evaluates(kd_run, kd_data,
-                                                                           tmp_path):
+def test_student_checkpoint_loads_strictly_in_plain_mmaction_and_evaluates(
+    kd_run, kd_data, tmp_path
+):
     result = run_module('video_kd.convert', kd_run[0] / 'epoch_1.pth')
     assert result.returncode == 0, result.stderr[-2000:]
     student_ckpt = kd_run[0] / 'epoch_1_student.pth'
     assert result.stdout.strip() == str(student_ckpt)
 
-    import video_kd  # noqa: F401
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
     from mmengine.runner import load_checkpoint
 
+    import video_kd  # noqa: F401
     from video_kd.config import load_config
     from video_kd.runtime import register_all_modules
+
     register_all_modules()
     init_default_scope('mmaction')
     cfg = load_config(STUDENT, {'model.cls_head.num_classes': 3})
     load_checkpoint(MODELS.build(cfg.model), str(student_ckpt), strict=True)
 
     out = tmp_path / 'metrics.json'
-    result = run_module('video_kd.evaluate', STUDENT, student_ckpt, '--data-root', kd_data,
-                        '--out', out)
+    result = run_module(
+        'video_kd.evaluate', STUDENT, student_ckpt, '--data-root', kd_data, '--out', out
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(out.read_text())
     assert metrics['num_samples'] == 6
@@ -118,17 +155,25 @@ def assert_clear_error(result, *fragments):
 
 
 def test_missing_teacher_file(kd_data, tmp_path):
-    assert_clear_error(train_kd(tmp_path / 'w', kd_data, tmp_path / 'nope.pth'),
-                       'teacher checkpoint', 'does not exist')
+    assert_clear_error(
+        train_kd(tmp_path / 'w', kd_data, tmp_path / 'nope.pth'),
+        'teacher checkpoint',
+        'does not exist',
+    )
     assert not (tmp_path / 'w').exists()
 
 
 def test_teacher_checkpoint_of_the_wrong_architecture(kd_data, kd_run, tmp_path):
-    result = run_module('video_kd.convert', kd_run[0] / 'epoch_1.pth', '--out',
-                        tmp_path / 'mobilenet.pth')
+    result = run_module(
+        'video_kd.convert', kd_run[0] / 'epoch_1.pth', '--out', tmp_path / 'mobilenet.pth'
+    )
     assert result.returncode == 0
-    assert_clear_error(train_kd(tmp_path / 'w', kd_data, tmp_path / 'mobilenet.pth'),
-                       'does not fit the config\'s teacher', 'missing', 'unexpected')
+    assert_clear_error(
+        train_kd(tmp_path / 'w', kd_data, tmp_path / 'mobilenet.pth'),
+        "does not fit the config's teacher",
+        'missing',
+        'unexpected',
+    )
 
 
 def test_unknown_config(kd_data, tmp_path):
@@ -138,6 +183,7 @@ def test_unknown_config(kd_data, tmp_path):
 
 def test_empty_dataset(kd_data, tiny_teacher, tmp_path):
     import shutil
+
     data = tmp_path / 'data'
     shutil.copytree(kd_data, data)
     (data / 'train_list.txt').write_text('')
@@ -146,6 +192,7 @@ def test_empty_dataset(kd_data, tiny_teacher, tmp_path):
 
 def test_corrupt_videos_are_left_out_and_reported(kd_data, tiny_teacher, tmp_path):
     import shutil
+
     data = tmp_path / 'data'
     shutil.copytree(kd_data, data)
     corrupt = (data / 'train_list.txt').read_text().split()[0]
@@ -159,6 +206,7 @@ def test_corrupt_videos_are_left_out_and_reported(kd_data, tiny_teacher, tmp_pat
 
 def test_all_videos_corrupt_is_a_clear_error(kd_data, tiny_teacher, tmp_path):
     import shutil
+
     data = tmp_path / 'data'
     shutil.copytree(kd_data, data)
     for video in (data / 'videos').rglob('*.mp4'):
@@ -169,8 +217,9 @@ def test_all_videos_corrupt_is_a_clear_error(kd_data, tiny_teacher, tmp_path):
 def test_an_earlier_work_dir_is_never_trained_over(kd_data, tiny_teacher, kd_run):
     work_dir = kd_run[0]
     before = {p.name: p.stat().st_mtime_ns for p in work_dir.glob('*.pth')}
-    assert_clear_error(train_kd(work_dir, kd_data, tiny_teacher), 'already holds checkpoints',
-                       '--resume')
+    assert_clear_error(
+        train_kd(work_dir, kd_data, tiny_teacher), 'already holds checkpoints', '--resume'
+    )
     assert {p.name: p.stat().st_mtime_ns for p in work_dir.glob('*.pth')} == before
 
 

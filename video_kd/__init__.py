@@ -3,6 +3,7 @@
 Importing this package first installs :mod:`video_kd.compat`, which must run
 before any OpenMMLab import.
 """
+
 import warnings
 
 # Known and harmless at our pins, silenced before anything can raise them: mmengine

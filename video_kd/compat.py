@@ -31,19 +31,19 @@ Misuse fails loudly: installing after mmaction/mmrazor were already imported
 raises ``CompatError`` (the stand-ins would come too late to help), and every
 stubbed-out feature raises ``StubbedFeatureError`` naming what is missing.
 """
+
 from __future__ import annotations
 
 import sys
 import types
 
-DRN_MODULES = ('mmaction.models.localizers.drn',
-               'mmaction.models.localizers.drn.drn')
+DRN_MODULES = ('mmaction.models.localizers.drn', 'mmaction.models.localizers.drn.drn')
 QUANT_MODULE = 'mmrazor.structures.quantization'
 BOX_UTILS_MODULE = 'mmpretrain.models.utils.box_utils'
 GROUNDING_MODULE = 'mmpretrain.evaluation.metrics.visual_grounding_eval'
 _GUARDED_PACKAGES = ('mmaction', 'mmrazor', 'mmpretrain')
 _NO_TORCHVISION = 'torchvision from PyPI does not load beside the pinned CPU torch'
-_NO_QUANT = 'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1' 
+_NO_QUANT = 'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1'
 _STUB_MARK = '__video_kd_stub__'
 
 
@@ -59,15 +59,17 @@ def _stub_error(feature: str, why: str) -> StubbedFeatureError:
     return StubbedFeatureError(
         f'{feature} is not available in this installation: {why}. '
         'video_kd.compat replaced it with a stand-in because knowledge '
-        'distillation does not need it.')
+        'distillation does not need it.'
+    )
 
 
 class DRN:
     """Stand-in for mmaction's DRN localizer, missing from the 1.2.0 wheel."""
 
     def __init__(self, *args, **kwargs):
-        raise _stub_error('mmaction DRN localizer',
-                          'mmaction2 1.2.0 ships without mmaction.models.localizers.drn')
+        raise _stub_error(
+            'mmaction DRN localizer', 'mmaction2 1.2.0 ships without mmaction.models.localizers.drn'
+        )
 
 
 class QConfigHandler:
@@ -98,6 +100,7 @@ class VisualGroundingMetric:
 def _torchvision_box_op(name: str):
     def unavailable(*args, **kwargs):
         raise _stub_error(f'mmpretrain box utility {name}', _NO_TORCHVISION)
+
     unavailable.__name__ = name
     return unavailable
 
@@ -114,20 +117,22 @@ def _stub_module(name: str, **attrs) -> types.ModuleType:
 
 
 def _already_imported() -> list[str]:
-    return sorted(name for name in sys.modules
-                  if name.split('.')[0] in _GUARDED_PACKAGES)
+    return sorted(name for name in sys.modules if name.split('.')[0] in _GUARDED_PACKAGES)
 
 
 def is_installed() -> bool:
     """True when the stand-ins are in place."""
-    return all(getattr(sys.modules.get(name), _STUB_MARK, False)
-               for name in (*DRN_MODULES, QUANT_MODULE, BOX_UTILS_MODULE, GROUNDING_MODULE))
+    return all(
+        getattr(sys.modules.get(name), _STUB_MARK, False)
+        for name in (*DRN_MODULES, QUANT_MODULE, BOX_UTILS_MODULE, GROUNDING_MODULE)
+    )
 
 
 def _load_trusted_local_checkpoint(filename, map_location=None):
     import os.path
 
     import torch
+
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
@@ -136,8 +141,8 @@ def _load_trusted_local_checkpoint(filename, map_location=None):
 
 def _trust_local_checkpoints() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_trusted_local_checkpoint,
-                                     force=True)
+
+    CheckpointLoader.register_scheme(prefixes='', loader=_load_trusted_local_checkpoint, force=True)
 
 
 def install() -> None:
@@ -149,19 +154,22 @@ def install() -> None:
         raise CompatError(
             'video_kd.compat must be imported before any OpenMMLab package, '
             f'but these are already imported: {", ".join(early[:5])}. '
-            'Put `import video_kd` (or `import video_kd.compat`) first.')
+            'Put `import video_kd` (or `import video_kd.compat`) first.'
+        )
     drn = _stub_module(DRN_MODULES[1], DRN=DRN)
     drn_pkg = _stub_module(DRN_MODULES[0], DRN=DRN, drn=drn)
     drn_pkg.__path__ = []  # a package, so `from .drn.drn import DRN` resolves
     sys.modules[DRN_MODULES[0]] = drn_pkg
     sys.modules[DRN_MODULES[1]] = drn
     sys.modules[QUANT_MODULE] = _stub_module(
-        QUANT_MODULE, BackendConfigs=_RaisingBackendConfigs(),
-        QConfigHandler=QConfigHandler)
+        QUANT_MODULE, BackendConfigs=_RaisingBackendConfigs(), QConfigHandler=QConfigHandler
+    )
     sys.modules[BOX_UTILS_MODULE] = _stub_module(
-        BOX_UTILS_MODULE, **{name: _torchvision_box_op(name) for name in _BOX_OPS})
+        BOX_UTILS_MODULE, **{name: _torchvision_box_op(name) for name in _BOX_OPS}
+    )
     sys.modules[GROUNDING_MODULE] = _stub_module(
-        GROUNDING_MODULE, VisualGroundingMetric=VisualGroundingMetric)
+        GROUNDING_MODULE, VisualGroundingMetric=VisualGroundingMetric
+    )
     _trust_local_checkpoints()
 
 

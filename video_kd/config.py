@@ -16,20 +16,30 @@ Offline by default: base configs name ImageNet weights by URL
 are replaced by random init unless the user gives a local path or sets
 ``allow_pretrained_download=True`` in the config.
 """
+
 from __future__ import annotations
 
 import copy
 import logging
 from pathlib import Path
 
-import video_kd  # noqa: F401  (compat before OpenMMLab)
 from mmengine.config import Config, ConfigDict
+
+import video_kd  # noqa: F401  (compat before OpenMMLab)
 
 logger = logging.getLogger(__name__)
 
 CONFIG_DIR = Path(__file__).resolve().parent / 'configs'
-_REMOTE_PREFIXES = ('http://', 'https://', 'torchvision://', 'mmcls://', 'open-mmlab://',
-                    'openmmlab://', 'modelzoo://', 's3://')
+_REMOTE_PREFIXES = (
+    'http://',
+    'https://',
+    'torchvision://',
+    'mmcls://',
+    'open-mmlab://',
+    'openmmlab://',
+    'modelzoo://',
+    's3://',
+)
 
 
 class UnknownConfigError(ValueError):
@@ -51,13 +61,15 @@ def config_path(name_or_path: str | Path) -> Path:
         return shipped
     raise UnknownConfigError(
         f'unknown config {str(name_or_path)!r}: not a file and not one of the shipped '
-        f'configs ({", ".join(available_configs())})')
+        f'configs ({", ".join(available_configs())})'
+    )
 
 
 def _referenced_model(cfg_path: str) -> ConfigDict:
     """The model dict of `mmaction::...`-style or shipped-config references."""
     if '::' in cfg_path:
         from mmengine.hub import get_config
+
         package = cfg_path.split('::')[0]
         model = get_config(cfg_path).model
         model.setdefault('_scope_', package)  # nested types resolve in that package
@@ -69,8 +81,10 @@ def _resolve_reference(ref: ConfigDict) -> ConfigDict:
     overrides = copy.deepcopy(dict(ref))
     cfg_path = overrides.pop('cfg_path')
     if overrides.pop('pretrained', False):
-        raise ValueError(f'{cfg_path}: pretrained=True would download model-zoo weights; '
-                         'give them as teacher_ckpt / load_from instead')
+        raise ValueError(
+            f'{cfg_path}: pretrained=True would download model-zoo weights; '
+            'give them as teacher_ckpt / load_from instead'
+        )
     model = _referenced_model(cfg_path)
     return ConfigDict(Config._merge_a_into_b(overrides, model))
 
@@ -81,6 +95,7 @@ def _accepts(type_name: str, argument: str) -> bool:
 
     from mmaction.registry import MODELS
     from mmaction.utils import register_all_modules
+
     register_all_modules(init_default_scope=False)
     cls = MODELS.get(type_name) if isinstance(type_name, str) else type_name
     return cls is not None and argument in inspect.signature(cls).parameters
@@ -91,16 +106,28 @@ def _strip_remote_weights(node, where: str = 'model') -> None:
     if isinstance(node, dict):
         for key, value in node.items():
             here = f'{where}.{key}'
-            if key == 'pretrained' and isinstance(value, str) and value.startswith(_REMOTE_PREFIXES):
-                logger.warning('%s=%s not fetched (offline); starting from random init. Set it '
-                               'to a local file to use pretrained weights.', here, value)
+            if (
+                key == 'pretrained'
+                and isinstance(value, str)
+                and value.startswith(_REMOTE_PREFIXES)
+            ):
+                logger.warning(
+                    '%s=%s not fetched (offline); starting from random init. Set it '
+                    'to a local file to use pretrained weights.',
+                    here,
+                    value,
+                )
                 node[key] = None
                 if _accepts(node.get('type'), 'pretrained2d'):  # TSM backbones load 2D
-                    node['pretrained2d'] = False                # weights only if this is set
+                    node['pretrained2d'] = False  # weights only if this is set
             elif key == 'pretrained' and value is True:  # timm/mmpretrain style flag
                 node[key] = False
-            elif key == 'init_cfg' and isinstance(value, dict) and value.get('type') == 'Pretrained' \
-                    and str(value.get('checkpoint', '')).startswith(_REMOTE_PREFIXES):
+            elif (
+                key == 'init_cfg'
+                and isinstance(value, dict)
+                and value.get('type') == 'Pretrained'
+                and str(value.get('checkpoint', '')).startswith(_REMOTE_PREFIXES)
+            ):
                 logger.warning('%s checkpoint %s not fetched (offline)', here, value['checkpoint'])
                 node[key] = None
             else:
@@ -136,8 +163,11 @@ def load_config(name_or_path: str | Path, cfg_options: dict | None = None) -> Co
 
 
 # MMRazor's algorithm and ours built on it (video_kd.fast_teacher, video_kd.logit_cache)
-DISTILL_ALGORITHMS = ('SingleTeacherDistill', 'InferenceTeacherDistill',
-                      'CachedLogitsSingleTeacherDistill')
+DISTILL_ALGORITHMS = (
+    'SingleTeacherDistill',
+    'InferenceTeacherDistill',
+    'CachedLogitsSingleTeacherDistill',
+)
 
 
 def is_distill_config(cfg: Config) -> bool:

@@ -8,6 +8,7 @@ student's weights under the names plain MMAction2 expects, so
 
     python -m video_kd.convert work_dirs/kd/epoch_6.pth   # -> work_dirs/kd/epoch_6_student.pth
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,9 @@ def load_checkpoint_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
-        raise UsageError(f'{path} is not a readable PyTorch checkpoint: '
-                         f'{str(error).splitlines()[0]}') from error
+        raise UsageError(
+            f'{path} is not a readable PyTorch checkpoint: {str(error).splitlines()[0]}'
+        ) from error
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
         raise UsageError(f'{path} holds no state dict')
@@ -47,13 +49,19 @@ def state_dict_mismatch(expected: dict, loaded: dict, limit: int = 3) -> str | N
     """None if loaded fits expected exactly, else a one-line description of how not."""
     missing = sorted(set(expected) - set(loaded))
     unexpected = sorted(set(loaded) - set(expected))
-    shapes = sorted(key for key in set(expected) & set(loaded)
-                    if tuple(expected[key].shape) != tuple(loaded[key].shape))
+    shapes = sorted(
+        key
+        for key in set(expected) & set(loaded)
+        if tuple(expected[key].shape) != tuple(loaded[key].shape)
+    )
     if not (missing or unexpected or shapes):
         return None
     parts = []
-    for label, keys in (('missing', missing), ('unexpected', unexpected),
-                        ('shape mismatch', shapes)):
+    for label, keys in (
+        ('missing', missing),
+        ('unexpected', unexpected),
+        ('shape mismatch', shapes),
+    ):
         if keys:
             parts.append(f'{len(keys)} {label} (e.g. {", ".join(keys[:limit])})')
     return '; '.join(parts)
@@ -61,11 +69,15 @@ def state_dict_mismatch(expected: dict, loaded: dict, limit: int = 3) -> str | N
 
 def student_state_dict(kd_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The student's weights of a KD state dict, under plain MMAction2 names."""
-    student = {key[len(STUDENT_PREFIX):]: value for key, value in kd_state.items()
-               if key.startswith(STUDENT_PREFIX)}
+    student = {
+        key[len(STUDENT_PREFIX) :]: value
+        for key, value in kd_state.items()
+        if key.startswith(STUDENT_PREFIX)
+    }
     if not student:
-        raise UsageError('not a knowledge-distillation checkpoint: no "architecture.*" '
-                         '(student) weights in it')
+        raise UsageError(
+            'not a knowledge-distillation checkpoint: no "architecture.*" (student) weights in it'
+        )
     return student
 
 
@@ -74,8 +86,9 @@ def student_checkpoint_path(kd_checkpoint: str | Path) -> Path:
     return kd_checkpoint.with_name(f'{kd_checkpoint.stem}_student.pth')
 
 
-def convert_kd_ckpt_to_student(kd_checkpoint: str | Path, out: str | Path | None = None,
-                               overwrite: bool = False) -> Path:
+def convert_kd_ckpt_to_student(
+    kd_checkpoint: str | Path, out: str | Path | None = None, overwrite: bool = False
+) -> Path:
     """Write the student-only checkpoint (default: ``<name>_student.pth`` beside it)."""
     out = Path(out) if out else student_checkpoint_path(kd_checkpoint)
     if out.exists() and not overwrite:
@@ -95,7 +108,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.convert',
         description='Convert a knowledge-distillation checkpoint (MMRazor SingleTeacherDistill) '
-                    'to a student-only checkpoint that plain MMAction2 loads.')
+        'to a student-only checkpoint that plain MMAction2 loads.',
+    )
     parser.add_argument('checkpoint', help='KD checkpoint, e.g. work_dirs/kd/epoch_6.pth')
     parser.add_argument('--out', help='output path (default: <checkpoint>_student.pth beside it)')
     parser.add_argument('--overwrite', action='store_true', help='replace an existing output')

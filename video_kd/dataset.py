@@ -13,6 +13,7 @@ growing, shrinking, circling).  Every class is invariant to horizontal flips
 (the usual video augmentation) and a single frame does not tell the class,
 so a model has to use time, as on Kinetics.
 """
+
 from __future__ import annotations
 
 import json
@@ -56,16 +57,27 @@ def _motion_params(motion: str, t: float, size: int, rng_state: dict) -> tuple[f
     raise ValueError(f'unknown motion {motion!r}')
 
 
-def _render_clip(motion: str, num_frames: int, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+def _render_clip(
+    motion: str, num_frames: int, size: int, rng: np.random.Generator
+) -> list[np.ndarray]:
     import cv2
-    state = dict(x0=rng.uniform(0.35, 0.65) * size, y0=rng.uniform(0.35, 0.65) * size,
-                 r0=rng.uniform(0.07, 0.12) * size, speed=rng.uniform(0.6, 1.0),
-                 turns=rng.uniform(0.7, 1.0))
+
+    state = dict(
+        x0=rng.uniform(0.35, 0.65) * size,
+        y0=rng.uniform(0.35, 0.65) * size,
+        r0=rng.uniform(0.07, 0.12) * size,
+        speed=rng.uniform(0.6, 1.0),
+        turns=rng.uniform(0.7, 1.0),
+    )
     background = rng.integers(0, 90, size=(size, size, 3), dtype=np.uint8)
     for _ in range(3):  # static clutter: distractor shapes that never move
-        cv2.rectangle(background, tuple(int(v) for v in rng.integers(0, size, 2)),
-                      tuple(int(v) for v in rng.integers(0, size, 2)),
-                      tuple(int(v) for v in rng.integers(60, 200, 3)), -1)
+        cv2.rectangle(
+            background,
+            tuple(int(v) for v in rng.integers(0, size, 2)),
+            tuple(int(v) for v in rng.integers(0, size, 2)),
+            tuple(int(v) for v in rng.integers(60, 200, 3)),
+            -1,
+        )
     colour = tuple(int(v) for v in rng.integers(150, 256, 3))
     frames = []
     for i in range(num_frames):
@@ -80,6 +92,7 @@ def _render_clip(motion: str, num_frames: int, size: int, rng: np.random.Generat
 def write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
     """Encode frames (HxWx3 BGR uint8) as an MPEG-4 file."""
     import cv2
+
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape[:2]
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
@@ -100,13 +113,21 @@ def _check_size_round_trips(root: Path, size: int, num_frames: int) -> None:
     finally:
         probe.unlink()
     if reason:
-        raise ValueError(f'clips of {size}x{size} do not decode back ({reason}); '
-                         'use another size, e.g. 32, 64 or 96')
+        raise ValueError(
+            f'clips of {size}x{size} do not decode back ({reason}); '
+            'use another size, e.g. 32, 64 or 96'
+        )
 
 
-def generate_dataset(root: str | Path, num_classes: int = 5, train_per_class: int = 20,
-                     val_per_class: int = 8, num_frames: int = 16, size: int = 64,
-                     seed: int = 0) -> Path:
+def generate_dataset(
+    root: str | Path,
+    num_classes: int = 5,
+    train_per_class: int = 20,
+    val_per_class: int = 8,
+    num_frames: int = 16,
+    size: int = 64,
+    seed: int = 0,
+) -> Path:
     """Write a small real action dataset in the Kinetics-400 layout; returns root."""
     if not 2 <= num_classes <= len(MOTIONS):
         raise ValueError(f'num_classes must be in [2, {len(MOTIONS)}], got {num_classes}')
@@ -124,8 +145,13 @@ def generate_dataset(root: str | Path, num_classes: int = 5, train_per_class: in
     for name, lines in lists.items():
         (root / name).write_text('\n'.join(lines) + '\n')
     (root / CLASSES_FILE).write_text('\n'.join(classes) + '\n')
-    logger.info('generated %d train + %d val videos of %d classes in %s',
-                len(lists[TRAIN_LIST]), len(lists[VAL_LIST]), num_classes, root)
+    logger.info(
+        'generated %d train + %d val videos of %d classes in %s',
+        len(lists[TRAIN_LIST]),
+        len(lists[VAL_LIST]),
+        num_classes,
+        root,
+    )
     return root
 
 
@@ -158,6 +184,7 @@ def read_classes(root: str | Path) -> list[str]:
 def check_video(path: Path, min_frames: int) -> str | None:
     """None when the video decodes with enough frames, else the reason it is unusable."""
     import decord
+
     if not path.is_file():
         return 'file not found'
     if path.stat().st_size == 0:
@@ -184,8 +211,9 @@ def _check_line(line: str, video_dir: Path, num_classes: int, min_frames: int) -
     return Rejected(rel, label, reason) if reason else None
 
 
-def validate_split(root: Path, list_name: str, num_classes: int, min_frames: int,
-                   out_dir: Path) -> SplitReport:
+def validate_split(
+    root: Path, list_name: str, num_classes: int, min_frames: int, out_dir: Path
+) -> SplitReport:
     """Check every entry of a list file; write the valid lines to out_dir/list_name."""
     list_path = root / list_name
     if not list_path.is_file():
@@ -210,8 +238,9 @@ def validate_split(root: Path, list_name: str, num_classes: int, min_frames: int
     return report
 
 
-def validate_dataset(root: str | Path, out_dir: str | Path | None = None,
-                     min_frames: int = 8) -> dict:
+def validate_dataset(
+    root: str | Path, out_dir: str | Path | None = None, min_frames: int = 8
+) -> dict:
     """Validate train and val lists; write a complete, clean dataset root to out_dir.
 
     out_dir (default <root>/validated) gets the cleaned list files, classes.txt,
@@ -222,19 +251,30 @@ def validate_dataset(root: str | Path, out_dir: str | Path | None = None,
     root = Path(root).resolve()
     out_dir = Path(out_dir or root / 'validated').resolve()
     if out_dir == root:
-        raise DatasetError(f'out_dir must differ from the dataset root {root}: '
-                           'validation never rewrites the original list files')
+        raise DatasetError(
+            f'out_dir must differ from the dataset root {root}: '
+            'validation never rewrites the original list files'
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     classes = read_classes(root)
-    splits = [validate_split(root, name, len(classes), min_frames, out_dir)
-              for name in (TRAIN_LIST, VAL_LIST)]
+    splits = [
+        validate_split(root, name, len(classes), min_frames, out_dir)
+        for name in (TRAIN_LIST, VAL_LIST)
+    ]
     (out_dir / CLASSES_FILE).write_text('\n'.join(classes) + '\n')
     if not (out_dir / VIDEO_DIR).exists():
         (out_dir / VIDEO_DIR).symlink_to(root / VIDEO_DIR, target_is_directory=True)
-    report = dict(root=str(root), classes=classes, min_frames=min_frames,
-                  splits=[asdict(split) for split in splits],
-                  rejected_total=sum(len(split.rejected) for split in splits))
+    report = dict(
+        root=str(root),
+        classes=classes,
+        min_frames=min_frames,
+        splits=[asdict(split) for split in splits],
+        rejected_total=sum(len(split.rejected) for split in splits),
+    )
     (out_dir / 'report.json').write_text(json.dumps(report, indent=2))
-    logger.info('dataset %s: %s', root, ', '.join(
-        f'{s.list_file} {s.valid}/{s.total} valid' for s in splits))
+    logger.info(
+        'dataset %s: %s',
+        root,
+        ', '.join(f'{s.list_file} {s.valid}/{s.total} valid' for s in splits),
+    )
     return report

@@ -12,6 +12,7 @@ or flaky, so:
 
 Sources: ``https://``, ``http://``, ``s3://``, ``file://`` and plain paths.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,8 +46,9 @@ class ChecksumMismatchError(DownloadError):
     """The fetched file's SHA-256 is not the expected one."""
 
     def __init__(self, url: str, expected: str, got: str):
-        super().__init__(f'SHA-256 mismatch for {url}: expected {expected}, got {got}; '
-                         'the file was discarded')
+        super().__init__(
+            f'SHA-256 mismatch for {url}: expected {expected}, got {got}; the file was discarded'
+        )
         self.url, self.expected, self.got = url, expected, got
 
 
@@ -54,10 +56,16 @@ class _Retryable(Exception):
     """A failure worth another attempt (connection trouble, 5xx, short body)."""
 
 
-def fetch_teacher(url: str, dest_dir: str | os.PathLike, sha256: str | None = None,
-                  cache: s3.RunLayout | str | None = None, retries: int = 3,
-                  timeout: float = 60.0, backoff: float = 1.0,
-                  progress_every_mb: int = 64) -> Path:
+def fetch_teacher(
+    url: str,
+    dest_dir: str | os.PathLike,
+    sha256: str | None = None,
+    cache: s3.RunLayout | str | None = None,
+    retries: int = 3,
+    timeout: float = 60.0,
+    backoff: float = 1.0,
+    progress_every_mb: int = 64,
+) -> Path:
     """Fetch ``url`` into ``dest_dir`` and return the file's path.
 
     ``sha256`` pins the content; without it the file is accepted as is (and
@@ -72,20 +80,30 @@ def fetch_teacher(url: str, dest_dir: str | os.PathLike, sha256: str | None = No
     dest_dir.mkdir(parents=True, exist_ok=True)
     cache_uri = _cache_uri(cache, sha256, filename) if cache is not None and sha256 else None
     if cache is not None and not sha256:
-        log.warning('no sha256 given for %s: the cache is keyed by checksum, so it is not used',
-                    url)
+        log.warning(
+            'no sha256 given for %s: the cache is keyed by checksum, so it is not used', url
+        )
 
     if cache_uri and s3.exists(cache_uri):
         log.info('cache hit: %s (not downloading %s)', cache_uri, url)
-        return _ready(fetch_verified(cache_uri, dest_dir / filename, sha256,
-                                     lambda tmp: s3.download_file(cache_uri, tmp)))
+        return _ready(
+            fetch_verified(
+                cache_uri, dest_dir / filename, sha256, lambda tmp: s3.download_file(cache_uri, tmp)
+            )
+        )
 
-    dest = _ready(fetch_verified(url, dest_dir / filename, sha256,
-                                 lambda tmp: _fetch_to(url, tmp, retries, timeout, backoff,
-                                                       progress_every_mb)))
+    dest = _ready(
+        fetch_verified(
+            url,
+            dest_dir / filename,
+            sha256,
+            lambda tmp: _fetch_to(url, tmp, retries, timeout, backoff, progress_every_mb),
+        )
+    )
     if not sha256:
-        log.warning('no sha256 given for %s: pass the one logged above as sha256= to pin '
-                    'the teacher', url)
+        log.warning(
+            'no sha256 given for %s: pass the one logged above as sha256= to pin the teacher', url
+        )
     if cache_uri:
         s3.upload_file(dest, cache_uri)
         log.info('cached %s at %s', dest.name, cache_uri)
@@ -141,8 +159,9 @@ def fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:
     return dest
 
 
-def _fetch_to(url: str, tmp: Path, retries: int, timeout: float, backoff: float,
-              progress_every_mb: int) -> None:
+def _fetch_to(
+    url: str, tmp: Path, retries: int, timeout: float, backoff: float, progress_every_mb: int
+) -> None:
     """Copy ``url`` into ``tmp``, whatever its scheme."""
     scheme = urllib.parse.urlsplit(url).scheme
     if scheme in ('http', 'https'):
@@ -150,18 +169,24 @@ def _fetch_to(url: str, tmp: Path, retries: int, timeout: float, backoff: float,
     elif scheme == 's3':
         s3.download_file(url, tmp)
     elif scheme in ('', 'file'):
-        source = Path(urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
-                      if scheme == 'file' else url)
+        source = Path(
+            urllib.request.url2pathname(urllib.parse.urlsplit(url).path)
+            if scheme == 'file'
+            else url
+        )
         if not source.is_file():
             raise FileNotFoundError(f'teacher checkpoint not found: {source}')
         shutil.copyfile(source, tmp)
     else:
-        raise ValueError(f'unsupported URL scheme {scheme!r} in {url!r}; '
-                         'use https://, http://, s3://, file:// or a local path')
+        raise ValueError(
+            f'unsupported URL scheme {scheme!r} in {url!r}; '
+            'use https://, http://, s3://, file:// or a local path'
+        )
 
 
-def _http_download(url: str, tmp: Path, retries: int, timeout: float, backoff: float,
-                   progress_every_mb: int) -> None:
+def _http_download(
+    url: str, tmp: Path, retries: int, timeout: float, backoff: float, progress_every_mb: int
+) -> None:
     """Stream ``url`` into ``tmp``, retrying connection errors and 5xx with backoff."""
     attempts = retries + 1
     for attempt in range(1, attempts + 1):
@@ -173,8 +198,14 @@ def _http_download(url: str, tmp: Path, retries: int, timeout: float, backoff: f
             if attempt == attempts:
                 raise DownloadError(f'giving up on {url} after {attempts} attempts: {exc}') from exc
             delay = backoff * 2 ** (attempt - 1)
-            log.warning('attempt %d/%d for %s failed (%s); retrying in %.1fs',
-                        attempt, attempts, url, exc, delay)
+            log.warning(
+                'attempt %d/%d for %s failed (%s); retrying in %.1fs',
+                attempt,
+                attempts,
+                url,
+                exc,
+                delay,
+            )
             time.sleep(delay)
 
 
@@ -192,8 +223,9 @@ def _http_attempt(url: str, out: BinaryIO, timeout: float, progress_every_mb: in
         raise _Retryable(str(getattr(exc, 'reason', exc))) from exc
 
 
-def _copy_with_progress(url: str, response: BinaryIO, out: BinaryIO, total: int | None,
-                        progress_every_mb: int) -> None:
+def _copy_with_progress(
+    url: str, response: BinaryIO, out: BinaryIO, total: int | None, progress_every_mb: int
+) -> None:
     """Copy in chunks, logging MB and MB/s every ``progress_every_mb`` MB."""
     start = time.monotonic()
     done, next_report = 0, progress_every_mb * _MB
@@ -214,24 +246,35 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.download',
         description='Download a teacher checkpoint, verify its SHA-256 and move it into place '
-                    'atomically. With --cache, a verified copy is kept in S3 under its checksum '
-                    'and later calls copy it from there instead of the URL. S3 credentials come '
-                    'from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the endpoint from '
-                    'S3_ENDPOINT_URL.',
+        'atomically. With --cache, a verified copy is kept in S3 under its checksum '
+        'and later calls copy it from there instead of the URL. S3 credentials come '
+        'from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, the endpoint from '
+        'S3_ENDPOINT_URL.',
         epilog='example: python -m video_kd.download '
-               'https://download.openmmlab.com/.../tsm_r50.pth --sha256 <64 hex> --dest ckpt/')
+        'https://download.openmmlab.com/.../tsm_r50.pth --sha256 <64 hex> --dest ckpt/',
+    )
     parser.add_argument('url', help='https://, http://, s3://, file:// URL or local path')
     parser.add_argument('--sha256', help='expected SHA-256 (hex); strongly recommended')
     parser.add_argument('--dest', required=True, type=Path, help='directory to put the file in')
     parser.add_argument('--cache', help='s3:// cache root, e.g. s3://bucket/video-kd/cache')
     parser.add_argument('--retries', type=int, default=3, help='HTTP retries (default 3)')
-    parser.add_argument('--timeout', type=float, default=60.0,
-                        help='seconds to wait for the server on each read (default 60)')
+    parser.add_argument(
+        '--timeout',
+        type=float,
+        default=60.0,
+        help='seconds to wait for the server on each read (default 60)',
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
     try:
-        path = fetch_teacher(args.url, args.dest, sha256=args.sha256, cache=args.cache,
-                             retries=args.retries, timeout=args.timeout)
+        path = fetch_teacher(
+            args.url,
+            args.dest,
+            sha256=args.sha256,
+            cache=args.cache,
+            retries=args.retries,
+            timeout=args.timeout,
+        )
     except (DownloadError, s3.S3Error, ValueError, FileNotFoundError) as exc:
         print(f'error: {exc}', file=sys.stderr)
         return 1

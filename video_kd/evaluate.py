@@ -9,6 +9,7 @@ Given a KD config, the student part of it is evaluated.  The checkpoint must
 fit the model exactly (no missing or unexpected keys), which is what
 "loadable by plain MMAction2" means.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,13 +18,12 @@ import logging
 import tempfile
 from pathlib import Path
 
-import video_kd  # noqa: F401  (compat before OpenMMLab)
 from mmengine.config import Config, DictAction
 
+import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.config import load_config, student_model_cfg
 from video_kd.convert import load_state_dict, state_dict_mismatch
-from video_kd.runtime import (UsageError, register_all_modules, run_cli, set_data_root,
-                              setup_logging)
+from video_kd.runtime import UsageError, register_all_modules, run_cli, set_data_root, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -32,33 +32,52 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.evaluate',
         description='Test a recognizer checkpoint on the validation list of a dataset with '
-                    'MMAction2\'s test loop; write top-1/top-5/mean-class accuracy and the '
-                    'confusion matrix to a JSON file.')
-    parser.add_argument('config', help='recognizer config (name or path); for a KD config the '
-                                       'student is evaluated')
-    parser.add_argument('checkpoint', help='checkpoint that fits the config exactly, e.g. '
-                                           'epoch_6_student.pth')
-    parser.add_argument('--data-root', required=True,
-                        help='Kinetics-style dataset root (val_list.txt is used)')
+        "MMAction2's test loop; write top-1/top-5/mean-class accuracy and the "
+        'confusion matrix to a JSON file.',
+    )
+    parser.add_argument(
+        'config', help='recognizer config (name or path); for a KD config the student is evaluated'
+    )
+    parser.add_argument(
+        'checkpoint', help='checkpoint that fits the config exactly, e.g. epoch_6_student.pth'
+    )
+    parser.add_argument(
+        '--data-root', required=True, help='Kinetics-style dataset root (val_list.txt is used)'
+    )
     parser.add_argument('--out', default='metrics.json', help='where to write the metrics')
     parser.add_argument('--work-dir', help='for logs (default: a temporary directory)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, default={},
-                        help='override config keys, mmengine style')
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        default={},
+        help='override config keys, mmengine style',
+    )
     return parser.parse_args(argv)
 
 
-def build_test_config(config: str, checkpoint: str, data_root: str, work_dir: str,
-                      cfg_options: dict | None = None) -> tuple[Config, list[str]]:
+def build_test_config(
+    config: str, checkpoint: str, data_root: str, work_dir: str, cfg_options: dict | None = None
+) -> tuple[Config, list[str]]:
     cfg = load_config(config, cfg_options)
     cfg.model = student_model_cfg(cfg)
     cfg.default_scope = 'mmaction'
     classes = set_data_root(cfg, data_root)
-    for key in ('train_dataloader', 'train_cfg', 'optim_wrapper', 'param_scheduler',
-                'val_dataloader', 'val_cfg', 'val_evaluator'):
+    for key in (
+        'train_dataloader',
+        'train_cfg',
+        'optim_wrapper',
+        'param_scheduler',
+        'val_dataloader',
+        'val_cfg',
+        'val_evaluator',
+    ):
         cfg.pop(key, None)
     cfg.test_cfg = dict(type='TestLoop')
-    cfg.test_evaluator = [dict(type='AccMetric'),
-                          dict(type='ConfusionMatrix', num_classes=len(classes))]
+    cfg.test_evaluator = [
+        dict(type='AccMetric'),
+        dict(type='ConfusionMatrix', num_classes=len(classes)),
+    ]
     cfg.load_from = str(checkpoint)
     cfg.resume = False
     cfg.work_dir = work_dir
@@ -70,18 +89,26 @@ def build_test_config(config: str, checkpoint: str, data_root: str, work_dir: st
 def check_checkpoint_fits(cfg: Config, checkpoint: str) -> None:
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
+
     init_default_scope('mmaction')
     model = MODELS.build(cfg.model)
     mismatch = state_dict_mismatch(model.state_dict(), load_state_dict(checkpoint))
     if mismatch:
-        raise UsageError(f'checkpoint {checkpoint} does not fit the model of the config: '
-                         f'{mismatch}')
+        raise UsageError(
+            f'checkpoint {checkpoint} does not fit the model of the config: {mismatch}'
+        )
 
 
-def evaluate(config: str, checkpoint: str, data_root: str, work_dir: str | None = None,
-             cfg_options: dict | None = None) -> dict:
+def evaluate(
+    config: str,
+    checkpoint: str,
+    data_root: str,
+    work_dir: str | None = None,
+    cfg_options: dict | None = None,
+) -> dict:
     """Run the test loop; returns the metrics dict that main() writes as JSON."""
     from mmengine.runner import Runner
+
     if work_dir is None:  # the test loop's logs only: nothing to keep
         with tempfile.TemporaryDirectory(prefix='video_kd_eval_') as tmp:
             return evaluate(config, checkpoint, data_root, tmp, cfg_options)
@@ -91,24 +118,34 @@ def evaluate(config: str, checkpoint: str, data_root: str, work_dir: str | None 
     results = Runner.from_cfg(cfg).test()
     matrix = results['confusion_matrix/result'].tolist()
     return dict(
-        config=str(config), checkpoint=str(checkpoint),
+        config=str(config),
+        checkpoint=str(checkpoint),
         num_samples=int(sum(map(sum, matrix))),
-        top1_acc=float(results['acc/top1']), top5_acc=float(results['acc/top5']),
+        top1_acc=float(results['acc/top1']),
+        top5_acc=float(results['acc/top5']),
         mean_class_acc=float(results['acc/mean1']),
-        classes=classes, confusion_matrix=matrix)
+        classes=classes,
+        confusion_matrix=matrix,
+    )
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     setup_logging()
-    metrics = evaluate(args.config, args.checkpoint, args.data_root, args.work_dir,
-                       args.cfg_options)
+    metrics = evaluate(
+        args.config, args.checkpoint, args.data_root, args.work_dir, args.cfg_options
+    )
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))
-    logger.info('top-1 %.4f  top-5 %.4f  mean-class %.4f on %d videos -> %s',
-                metrics['top1_acc'], metrics['top5_acc'], metrics['mean_class_acc'],
-                metrics['num_samples'], out)
+    logger.info(
+        'top-1 %.4f  top-5 %.4f  mean-class %.4f on %d videos -> %s',
+        metrics['top1_acc'],
+        metrics['top5_acc'],
+        metrics['mean_class_acc'],
+        metrics['num_samples'],
+        out,
+    )
     return 0
 
 

@@ -20,12 +20,14 @@ interchangeable with ``SingleTeacherDistill`` (same modules, same state dict).
 The teacher-logit cache (video_kd.logit_cache) builds on it: its misses run the
 teacher this way.
 """
+
 from __future__ import annotations
 
 import contextlib
 
-import video_kd  # noqa: F401  (compat before OpenMMLab)
 import torch
+
+import video_kd  # noqa: F401  (compat before OpenMMLab)
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 ALGORITHM = 'InferenceTeacherDistill'
@@ -40,7 +42,8 @@ def autocast_dtype(precision: str | None) -> torch.dtype | None:
         return None
     if precision not in PRECISIONS:
         raise FastTeacherConfigError(
-            f'unknown teacher precision {precision!r}: choose one of {", ".join(PRECISIONS)}')
+            f'unknown teacher precision {precision!r}: choose one of {", ".join(PRECISIONS)}'
+        )
     return PRECISIONS[precision]
 
 
@@ -78,15 +81,17 @@ def _register():
         def run_teacher(self, batch_inputs, data_samples) -> dict[str, torch.Tensor]:
             """One teacher forward; returns each teacher recorder's output (fp32, no grad)."""
             recorders = self.distiller.teacher_recorders
-            amp = (torch.autocast(batch_inputs.device.type, dtype=self.teacher_dtype)
-                   if self.teacher_dtype is not None else contextlib.nullcontext())
+            amp = (
+                torch.autocast(batch_inputs.device.type, dtype=self.teacher_dtype)
+                if self.teacher_dtype is not None
+                else contextlib.nullcontext()
+            )
             was_training = self.teacher.training
             self.teacher.eval()
             try:
                 with recorders, torch.inference_mode(), amp:
                     # mode='loss' minus the loss: the head's top-k accuracy is numpy (no bf16)
-                    self.teacher.extract_feat(batch_inputs, stage='head',
-                                              data_samples=data_samples)
+                    self.teacher.extract_feat(batch_inputs, stage='head', data_samples=data_samples)
                     records = {name: r.get_record_data() for name, r in recorders.recorders.items()}
             finally:
                 self._restore_teacher_mode(was_training)
@@ -107,13 +112,13 @@ def _register():
             self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
             if self.calculate_student_loss:
                 with self.distiller.student_recorders, self.distiller.deliveries:
-                    losses.update(add_prefix(
-                        self.student(batch_inputs, data_samples, mode='loss'), 'student'))
+                    losses.update(
+                        add_prefix(self.student(batch_inputs, data_samples, mode='loss'), 'student')
+                    )
             else:
-                with self.distiller.student_recorders, self.distiller.deliveries:
-                    with (contextlib.nullcontext() if self.student_trainable
-                          else torch.no_grad()):
-                        self.student(batch_inputs, data_samples, mode='loss')
+                no_grad = contextlib.nullcontext() if self.student_trainable else torch.no_grad()
+                with self.distiller.student_recorders, self.distiller.deliveries, no_grad:
+                    self.student(batch_inputs, data_samples, mode='loss')
             if not self.distillation_stopped:
                 losses.update(add_prefix(self.distiller.compute_distill_losses(), 'distill'))
             return losses
@@ -135,10 +140,12 @@ def register():
 def enable_fast_teacher(cfg, precision: str = 'fp32') -> None:
     """Switch a KD config's algorithm to InferenceTeacherDistill with this teacher precision."""
     from video_kd.config import is_distill_config
+
     autocast_dtype(precision)
     if not is_distill_config(cfg):
-        raise FastTeacherConfigError('a fast teacher needs a distillation config '
-                                     '(model.type SingleTeacherDistill)')
+        raise FastTeacherConfigError(
+            'a fast teacher needs a distillation config (model.type SingleTeacherDistill)'
+        )
     if 'Cached' in str(cfg.model.type):  # the cache location hashes the precision
         raise FastTeacherConfigError('enable the fast teacher before the teacher-logit cache')
     cfg.model.type = ALGORITHM

@@ -51,6 +51,7 @@ Switch it on with ``python -m video_kd.train ... --teacher-logit-cache URI``
 (``video_kd.train``) or ``train-pod --teacher-logit-cache`` (the pipeline's
 training pods, which use the dataset's S3 prefix).  Off by default.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -66,11 +67,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-import video_kd  # noqa: F401  (compat before OpenMMLab)
 import torch
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
+
+import video_kd  # noqa: F401  (compat before OpenMMLab)
 
 log = logging.getLogger(__name__)
 
@@ -80,9 +81,19 @@ VIEW_PARAMS = 'kd_view'
 CACHE_DIR = 'teacher_logits'
 DEFAULT_NUM_VIEWS = 4
 # What the random transforms of mmaction's video pipelines draw (or derive from draws).
-PARAM_KEYS = ('frame_inds', 'clip_len', 'frame_interval', 'num_clips', 'original_shape',
-              'img_shape', 'crop_bbox', 'crop_quadruple', 'flip', 'flip_direction',
-              'scale_factor')
+PARAM_KEYS = (
+    'frame_inds',
+    'clip_len',
+    'frame_interval',
+    'num_clips',
+    'original_shape',
+    'img_shape',
+    'crop_bbox',
+    'crop_quadruple',
+    'flip',
+    'flip_direction',
+    'scale_factor',
+)
 
 
 class CacheConfigError(ValueError):
@@ -135,14 +146,21 @@ def _register_transform():
         ``PackActionInputs.meta_keys`` so the model sees it.
         """
 
-        def __init__(self, transforms: list, num_views: int = DEFAULT_NUM_VIEWS, seed: int = 0,
-                     root: str | None = None):
+        def __init__(
+            self,
+            transforms: list,
+            num_views: int = DEFAULT_NUM_VIEWS,
+            seed: int = 0,
+            root: str | None = None,
+        ):
             from mmengine.dataset import Compose
+
             if int(num_views) < 1:
                 raise CacheConfigError(f'num_views must be >= 1, got {num_views}')
             self.num_views, self.seed, self.root = int(num_views), int(seed), root
-            self.transforms = Compose([TRANSFORMS.build(t) if isinstance(t, dict) else t
-                                       for t in transforms])
+            self.transforms = Compose(
+                [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
+            )
 
         def video_id(self, filename: str) -> str:
             if self.root:
@@ -167,8 +185,10 @@ def _register_transform():
             return results
 
         def __repr__(self) -> str:
-            return (f'{type(self).__name__}(num_views={self.num_views}, seed={self.seed}, '
-                    f'transforms={self.transforms})')
+            return (
+                f'{type(self).__name__}(num_views={self.num_views}, seed={self.seed}, '
+                f'transforms={self.transforms})'
+            )
 
     return SeededViews
 
@@ -206,16 +226,25 @@ class LogitCache:
     # one shard: a torch file of plain tensors and JSON-able dicts
     def shard_bytes(self, keys: list[str]) -> bytes:
         buffer = io.BytesIO()
-        torch.save({'format': FORMAT_VERSION,
-                    'entries': {k: self.entries[k] for k in keys},
-                    'views': {k: self.views.get(k, {}) for k in keys}}, buffer)
+        torch.save(
+            {
+                'format': FORMAT_VERSION,
+                'entries': {k: self.entries[k] for k in keys},
+                'views': {k: self.views.get(k, {}) for k in keys},
+            },
+            buffer,
+        )
         return buffer.getvalue()
 
     def merge_shard(self, data: bytes, where: str = '') -> int:
         shard = torch.load(io.BytesIO(data), map_location='cpu', weights_only=True)
         if shard.get('format') != FORMAT_VERSION:
-            log.warning('teacher-logit cache shard %s has format %s (want %s): ignored', where,
-                        shard.get('format'), FORMAT_VERSION)
+            log.warning(
+                'teacher-logit cache shard %s has format %s (want %s): ignored',
+                where,
+                shard.get('format'),
+                FORMAT_VERSION,
+            )
             return 0
         added = 0
         for key, logits in shard['entries'].items():
@@ -231,12 +260,14 @@ class LogitCache:
         added = 0
         if _is_s3(location):
             from video_kd import s3
+
             client = s3.s3_client()
             for uri in s3.list_uris(location.rstrip('/') + '/'):
                 if uri.endswith('.pt'):
                     bucket, key = s3.parse_s3_uri(uri)
-                    added += self.merge_shard(client.get_object(Bucket=bucket, Key=key)['Body']
-                                              .read(), uri)
+                    added += self.merge_shard(
+                        client.get_object(Bucket=bucket, Key=key)['Body'].read(), uri
+                    )
         elif Path(location).is_dir():
             for path in sorted(Path(location).glob('*.pt')):
                 added += self.merge_shard(path.read_bytes(), str(path))
@@ -251,6 +282,7 @@ class LogitCache:
         data = self.shard_bytes(keys)
         if _is_s3(location):
             from video_kd import s3
+
             uri = s3.join_uri(location, name)
             tmp = Path(os.environ.get('TMPDIR', '/tmp')) / f'.logit-shard-{uuid.uuid4().hex}.pt'
             tmp.write_bytes(data)
@@ -272,8 +304,9 @@ class LogitCache:
 def split_per_sample(record: torch.Tensor, num_samples: int) -> list[torch.Tensor]:
     """A batch record (N*rows, ...) -> N tensors of `rows` rows (TSM: rows = segments)."""
     if record.shape[0] % num_samples:
-        raise CacheConfigError(f'a teacher record of {record.shape[0]} rows does not split '
-                               f'into {num_samples} samples')
+        raise CacheConfigError(
+            f'a teacher record of {record.shape[0]} rows does not split into {num_samples} samples'
+        )
     return list(record.split(record.shape[0] // num_samples))
 
 
@@ -282,6 +315,7 @@ def _register_algorithm():
     from mmrazor.registry import MODELS
 
     from video_kd.fast_teacher import register as register_fast_teacher
+
     InferenceTeacherDistill = register_fast_teacher()
 
     @MODELS.register_module(force=True)
@@ -299,8 +333,10 @@ def _register_algorithm():
             recorders = self.distiller.teacher_recorders.recorders
             bad = [n for n, r in recorders.items() if not isinstance(r, ModuleOutputsRecorder)]
             if bad or not recorders:
-                raise CacheConfigError('the teacher-logit cache needs ModuleOutputs teacher '
-                                       f'recorders only (got {bad or "none"})')
+                raise CacheConfigError(
+                    'the teacher-logit cache needs ModuleOutputs teacher '
+                    f'recorders only (got {bad or "none"})'
+                )
             self.logit_cache = LogitCache()
             self.cache_hits = 0
             self.cache_misses = 0
@@ -308,10 +344,13 @@ def _register_algorithm():
 
         def teacher_outputs(self, batch_inputs, data_samples) -> list[dict[str, torch.Tensor]]:
             """Per-sample teacher records, from a real teacher forward."""
-            records = {name: split_per_sample(record, len(data_samples))
-                       for name, record in self.run_teacher(batch_inputs, data_samples).items()}
-            return [{name: per[i] for name, per in records.items()}
-                    for i in range(len(data_samples))]
+            records = {
+                name: split_per_sample(record, len(data_samples))
+                for name, record in self.run_teacher(batch_inputs, data_samples).items()
+            }
+            return [
+                {name: per[i] for name, per in records.items()} for i in range(len(data_samples))
+            ]
 
         def teacher_records(self, batch_inputs, data_samples) -> dict[str, torch.Tensor]:
             keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
@@ -319,19 +358,23 @@ def _register_algorithm():
                 raise CacheConfigError(
                     f'data samples carry no {VIEW_KEY}: the train pipeline must wrap its '
                     'random transforms in SeededViews and list it in PackActionInputs '
-                    'meta_keys (video_kd.logit_cache.enable_cache does both)')
+                    'meta_keys (video_kd.logit_cache.enable_cache does both)'
+                )
             missing = [i for i, k in enumerate(keys) if k not in self.logit_cache]
             if missing:
-                outputs = self.teacher_outputs(batch_inputs[missing],
-                                               [data_samples[i] for i in missing])
-                for i, out in zip(missing, outputs):
+                outputs = self.teacher_outputs(
+                    batch_inputs[missing], [data_samples[i] for i in missing]
+                )
+                for i, out in zip(missing, outputs, strict=False):
                     self.logit_cache.put(keys[i], out, data_samples[i].metainfo.get(VIEW_PARAMS))
             self.last_misses = len(missing)
             self.cache_misses += len(missing)
             self.cache_hits += len(keys) - len(missing)
             device = batch_inputs.device
-            return {name: torch.cat([self.logit_cache.get(k)[name] for k in keys]).to(device)
-                    for name in self.distiller.teacher_recorders.recorders}
+            return {
+                name: torch.cat([self.logit_cache.get(k)[name] for k in keys]).to(device)
+                for name in self.distiller.teacher_recorders.recorders
+            }
 
         def fill_teacher_recorders(self, batch_inputs, data_samples) -> int:
             """Fill the teacher recorders for this batch; returns how many samples missed."""
@@ -341,7 +384,8 @@ def _register_algorithm():
         def loss(self, batch_inputs, data_samples=None):
             losses = super().loss(batch_inputs, data_samples)
             losses['teacher_cache_hit'] = torch.tensor(
-                1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device)
+                1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device
+            )
             return losses
 
     return CachedLogitsSingleTeacherDistill
@@ -362,20 +406,26 @@ class TeacherLogitCacheHook(Hook):
     @staticmethod
     def algorithm(runner):
         from mmengine.model import is_model_wrapper
+
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if not hasattr(model, 'logit_cache'):
-            raise CacheConfigError(f'{type(model).__name__} has no teacher-logit cache: use '
-                                   'model.type=CachedLogitsSingleTeacherDistill')
+            raise CacheConfigError(
+                f'{type(model).__name__} has no teacher-logit cache: use '
+                'model.type=CachedLogitsSingleTeacherDistill'
+            )
         return model
 
     def before_train(self, runner) -> None:
         model = self.algorithm(runner)
         added = model.logit_cache.load(self.location)
-        runner.logger.info(f'teacher-logit cache {self.location}: {added} entries loaded from '
-                           f'{model.logit_cache.shards_loaded} shards')
+        runner.logger.info(
+            f'teacher-logit cache {self.location}: {added} entries loaded from '
+            f'{model.logit_cache.shards_loaded} shards'
+        )
 
     def _flush(self, runner, tag: str) -> None:
         from mmengine.dist import get_rank
+
         model = self.algorithm(runner)
         model.logit_cache.flush(self.location, f'{self.writer}-{tag}-rank{get_rank()}')
 
@@ -387,15 +437,18 @@ class TeacherLogitCacheHook(Hook):
         self._flush(runner, 'end')
         model = self.algorithm(runner)
         total = max(model.cache_hits + model.cache_misses, 1)
-        runner.logger.info(f'teacher-logit cache: {model.cache_hits} hits, '
-                           f'{model.cache_misses} misses ({model.cache_hits / total:.1%} hits); '
-                           f'{len(model.logit_cache)} entries')
+        runner.logger.info(
+            f'teacher-logit cache: {model.cache_hits} hits, '
+            f'{model.cache_misses} misses ({model.cache_hits / total:.1%} hits); '
+            f'{len(model.logit_cache)} entries'
+        )
 
 
 # --------------------------------------------------------------------------- config
 def register() -> None:
     """Register SeededViews (mmaction TRANSFORMS) and the algorithm (mmrazor MODELS)."""
     from video_kd.runtime import register_all_modules
+
     register_all_modules()
     _register_transform()
     _register_algorithm()
@@ -403,22 +456,34 @@ def register() -> None:
 
 def view_spec(cfg, inner_pipeline: list, num_views: int, seed: int) -> dict:
     """Everything besides the key and the teacher weights that decides a cached tensor."""
+
     def plain(node):
         return node.to_dict() if hasattr(node, 'to_dict') else node
+
     model = cfg.model
-    return {'format': FORMAT_VERSION, 'pipeline': plain(inner_pipeline), 'num_views': num_views,
-            'seed': seed, 'teacher': plain(model.teacher),
-            'data_preprocessor': plain(model.get('data_preprocessor')
-                                       or model.architecture.get('data_preprocessor')),
-            'teacher_recorders': plain(model.distiller.get('teacher_recorders')),
-            # only when not fp32, so that fp32 caches made before this option keep their location
-            **({'teacher_precision': model.teacher_precision}
-               if model.get('teacher_precision', 'fp32') != 'fp32' else {})}
+    return {
+        'format': FORMAT_VERSION,
+        'pipeline': plain(inner_pipeline),
+        'num_views': num_views,
+        'seed': seed,
+        'teacher': plain(model.teacher),
+        'data_preprocessor': plain(
+            model.get('data_preprocessor') or model.architecture.get('data_preprocessor')
+        ),
+        'teacher_recorders': plain(model.distiller.get('teacher_recorders')),
+        # only when not fp32, so that fp32 caches made before this option keep their location
+        **(
+            {'teacher_precision': model.teacher_precision}
+            if model.get('teacher_precision', 'fp32') != 'fp32'
+            else {}
+        ),
+    }
 
 
 def cache_location(base: str, teacher_sha256: str, spec_hash: str) -> str:
     if _is_s3(base):
         from video_kd import s3
+
         return s3.join_uri(base, CACHE_DIR, teacher_sha256, spec_hash)
     return str(Path(base) / CACHE_DIR / teacher_sha256 / spec_hash)
 
@@ -430,7 +495,9 @@ def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
     ``cfg.teacher_logit_cache`` may set ``num_views`` (default 4) and ``seed`` (0).
     """
     from mmengine.config import ConfigDict
+
     from video_kd.config import is_distill_config
+
     if not is_distill_config(cfg):
         raise CacheConfigError('the teacher-logit cache needs a distillation config')
     options = dict(cfg.get('teacher_logit_cache') or {})
@@ -438,6 +505,7 @@ def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
     seed = int(options.get('seed', 0))
     if teacher_sha256 is None:
         from video_kd import s3
+
         if not cfg.model.get('teacher_ckpt'):
             raise CacheConfigError('the teacher-logit cache needs the teacher checkpoint')
         teacher_sha256 = s3.sha256_file(cfg.model.teacher_ckpt)
@@ -453,8 +521,10 @@ def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
     pack.meta_keys = meta_keys + tuple(k for k in (VIEW_KEY, VIEW_PARAMS) if k not in meta_keys)
     spec_hash = digest(view_spec(cfg, inner, num_views, seed), 16)
     root = (dataset.get('data_prefix') or {}).get('video')
-    dataset.pipeline = [dict(type='SeededViews', transforms=inner, num_views=num_views,
-                             seed=seed, root=root), pack]
+    dataset.pipeline = [
+        dict(type='SeededViews', transforms=inner, num_views=num_views, seed=seed, root=root),
+        pack,
+    ]
     cfg.model.type = 'CachedLogitsSingleTeacherDistill'
     location = cache_location(base, teacher_sha256, spec_hash)
     hooks = list(cfg.get('custom_hooks') or [])

@@ -10,6 +10,7 @@ every flag it lacks from ``PET_<FLAG>`` (``PET_NNODES``,
 entry point is the same ``command`` list, e.g. ``['-m', 'video_kd.train',
 CONFIG]``, so what is tested on a laptop is what runs in the cluster.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -45,8 +46,18 @@ K8S_VERSION = '1.30'
 S3_SECRET_KEYS = ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')
 OPTIONAL_S3_SECRET_KEYS = ('AWS_SESSION_TOKEN',)
 # Env vars the operator sets in every pod; a template must not set them itself.
-OPERATOR_ENV = ('MASTER_ADDR', 'MASTER_PORT', 'PET_MASTER_ADDR', 'PET_MASTER_PORT', 'WORLD_SIZE',
-                'RANK', 'PET_NODE_RANK', 'PET_NNODES', 'PET_NPROC_PER_NODE', 'PYTHONUNBUFFERED')
+OPERATOR_ENV = (
+    'MASTER_ADDR',
+    'MASTER_PORT',
+    'PET_MASTER_ADDR',
+    'PET_MASTER_PORT',
+    'WORLD_SIZE',
+    'RANK',
+    'PET_NODE_RANK',
+    'PET_NNODES',
+    'PET_NPROC_PER_NODE',
+    'PYTHONUNBUFFERED',
+)
 RESTART_POLICIES = ('Always', 'OnFailure', 'Never', 'ExitCode')
 CLEAN_POD_POLICIES = ('None', 'Running', 'All')
 _DNS1035 = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
@@ -56,18 +67,31 @@ class PyTorchJobFailed(RuntimeError):
     """The PyTorchJob reached the Failed condition."""
 
     def __init__(self, name: str, reason: str | None, message: str | None):
-        super().__init__(f'PyTorchJob {name} failed: {reason or "no reason given"}: '
-                         f'{message or "no message"}')
+        super().__init__(
+            f'PyTorchJob {name} failed: {reason or "no reason given"}: {message or "no message"}'
+        )
         self.name, self.reason, self.message = name, reason, message
 
 
-def build_pytorchjob(name: str, namespace: str, image: str, command: list[str],
-                     num_workers: int, nproc_per_node: int = 1, gpus_per_worker: int = 0,
-                     cpu: str = '2', memory: str = '8Gi', env: dict[str, str] | None = None,
-                     s3_secret_name: str | None = None, service_account: str | None = None,
-                     node_selector: dict[str, str] | None = None,
-                     tolerations: list[dict] | None = None, labels: dict[str, str] | None = None,
-                     backoff_limit: int = 3, clean_pod_policy: str = 'None') -> dict[str, Any]:
+def build_pytorchjob(
+    name: str,
+    namespace: str,
+    image: str,
+    command: list[str],
+    num_workers: int,
+    nproc_per_node: int = 1,
+    gpus_per_worker: int = 0,
+    cpu: str = '2',
+    memory: str = '8Gi',
+    env: dict[str, str] | None = None,
+    s3_secret_name: str | None = None,
+    service_account: str | None = None,
+    node_selector: dict[str, str] | None = None,
+    tolerations: list[dict] | None = None,
+    labels: dict[str, str] | None = None,
+    backoff_limit: int = 3,
+    clean_pod_policy: str = 'None',
+) -> dict[str, Any]:
     """A PyTorchJob manifest (a plain dict, ready for ``validate_pytorchjob``).
 
     ``num_workers`` counts every replica, Master included, so 1 means one
@@ -77,10 +101,23 @@ def build_pytorchjob(name: str, namespace: str, image: str, command: list[str],
     they never land in a manifest.
     """
     if num_workers < 1 or nproc_per_node < 1 or gpus_per_worker < 0:
-        raise ValueError(f'need num_workers >= 1, nproc_per_node >= 1, gpus_per_worker >= 0; got '
-                         f'{num_workers}, {nproc_per_node}, {gpus_per_worker}')
-    template = _pod_template(image, command, gpus_per_worker, cpu, memory, env or {},
-                             s3_secret_name, service_account, node_selector, tolerations, labels)
+        raise ValueError(
+            f'need num_workers >= 1, nproc_per_node >= 1, gpus_per_worker >= 0; got '
+            f'{num_workers}, {nproc_per_node}, {gpus_per_worker}'
+        )
+    template = _pod_template(
+        image,
+        command,
+        gpus_per_worker,
+        cpu,
+        memory,
+        env or {},
+        s3_secret_name,
+        service_account,
+        node_selector,
+        tolerations,
+        labels,
+    )
     replicas = {MASTER: _replica(1, template)}
     if num_workers > 1:
         replicas[WORKER] = _replica(num_workers - 1, template)
@@ -104,10 +141,19 @@ def _replica(count: int, template: dict) -> dict:
     return {'replicas': count, 'restartPolicy': 'OnFailure', 'template': copy.deepcopy(template)}
 
 
-def _pod_template(image: str, command: list[str], gpus: int, cpu: str, memory: str,
-                  env: dict[str, str], s3_secret_name: str | None, service_account: str | None,
-                  node_selector: dict[str, str] | None, tolerations: list[dict] | None,
-                  labels: dict[str, str] | None) -> dict:
+def _pod_template(
+    image: str,
+    command: list[str],
+    gpus: int,
+    cpu: str,
+    memory: str,
+    env: dict[str, str],
+    s3_secret_name: str | None,
+    service_account: str | None,
+    node_selector: dict[str, str] | None,
+    tolerations: list[dict] | None,
+    labels: dict[str, str] | None,
+) -> dict:
     container = {
         'name': CONTAINER_NAME,
         'image': image,
@@ -142,22 +188,29 @@ def _container_env(env: dict[str, str], s3_secret_name: str | None) -> list[dict
     """Plain env vars, then S3 credentials as references to the Secret."""
     secret_names = set(S3_SECRET_KEYS + OPTIONAL_S3_SECRET_KEYS)
     if secret_names & env.keys():
-        raise ValueError(f'{sorted(secret_names & env.keys())} must not be literal env values: '
-                         'pass s3_secret_name so they come from the Kubernetes Secret')
+        raise ValueError(
+            f'{sorted(secret_names & env.keys())} must not be literal env values: '
+            'pass s3_secret_name so they come from the Kubernetes Secret'
+        )
     if set(OPERATOR_ENV) & env.keys():
-        raise ValueError(f'{sorted(set(OPERATOR_ENV) & env.keys())} are set by the Training '
-                         'Operator in every pod and must not be set in the template')
+        raise ValueError(
+            f'{sorted(set(OPERATOR_ENV) & env.keys())} are set by the Training '
+            'Operator in every pod and must not be set in the template'
+        )
     entries = [{'name': key, 'value': str(value)} for key, value in sorted(env.items())]
     if s3_secret_name:
         entries += [_secret_ref(key, s3_secret_name, optional=False) for key in S3_SECRET_KEYS]
-        entries += [_secret_ref(key, s3_secret_name, optional=True)
-                    for key in OPTIONAL_S3_SECRET_KEYS]
+        entries += [
+            _secret_ref(key, s3_secret_name, optional=True) for key in OPTIONAL_S3_SECRET_KEYS
+        ]
     return entries
 
 
 def _secret_ref(key: str, secret: str, optional: bool) -> dict:
-    return {'name': key,
-            'valueFrom': {'secretKeyRef': {'name': secret, 'key': key, 'optional': optional}}}
+    return {
+        'name': key,
+        'valueFrom': {'secretKeyRef': {'name': secret, 'key': key, 'optional': optional}},
+    }
 
 
 def validate_pytorchjob(manifest: dict[str, Any]) -> models.KubeflowOrgV1PyTorchJob:
@@ -199,8 +252,10 @@ def _check_top_level(manifest: dict[str, Any]) -> list[str]:
         problems.append(f'kind: must be {KIND}, got {manifest.get("kind")!r}')
     name = (manifest.get('metadata') or {}).get('name')
     if not isinstance(name, str) or len(name) > 63 or not _DNS1035.match(name):
-        problems.append(f'metadata.name: {name!r} must be a DNS-1035 label '
-                        '(lowercase letters, digits and "-", starting with a letter, <= 63 chars)')
+        problems.append(
+            f'metadata.name: {name!r} must be a DNS-1035 label '
+            '(lowercase letters, digits and "-", starting with a letter, <= 63 chars)'
+        )
     return problems
 
 
@@ -209,8 +264,10 @@ def _check_run_policy(policy: Any) -> list[str]:
         return ['spec.runPolicy: required']
     problems = []
     if policy.get('cleanPodPolicy', 'None') not in CLEAN_POD_POLICIES:
-        problems.append(f'spec.runPolicy.cleanPodPolicy: must be one of {CLEAN_POD_POLICIES}, '
-                        f'got {policy["cleanPodPolicy"]!r}')
+        problems.append(
+            f'spec.runPolicy.cleanPodPolicy: must be one of {CLEAN_POD_POLICIES}, '
+            f'got {policy["cleanPodPolicy"]!r}'
+        )
     backoff = policy.get('backoffLimit', 0)
     if not isinstance(backoff, int) or backoff < 0:
         problems.append(f'spec.runPolicy.backoffLimit: must be an integer >= 0, got {backoff!r}')
@@ -222,8 +279,10 @@ def _check_nproc(nproc: Any) -> list[str]:
         return []
     if isinstance(nproc, str) and nproc.isdigit() and int(nproc) >= 1:
         return []
-    return [f'spec.nprocPerNode: must be "auto", "cpu", "gpu" or a positive integer as a '
-            f'string, got {nproc!r}']
+    return [
+        f'spec.nprocPerNode: must be "auto", "cpu", "gpu" or a positive integer as a '
+        f'string, got {nproc!r}'
+    ]
 
 
 def _check_replica(job_name: str, rtype: str, rspec: Any) -> list[str]:
@@ -240,12 +299,14 @@ def _check_replica(job_name: str, rtype: str, rspec: Any) -> list[str]:
     if rtype == WORKER and (not isinstance(count, int) or count < 1):
         problems.append(f'{path}.replicas: must be an integer >= 1, got {count!r}')
     if rspec.get('restartPolicy', 'Never') not in RESTART_POLICIES:
-        problems.append(f'{path}.restartPolicy: must be one of {RESTART_POLICIES}, '
-                        f'got {rspec["restartPolicy"]!r}')
+        problems.append(
+            f'{path}.restartPolicy: must be one of {RESTART_POLICIES}, '
+            f'got {rspec["restartPolicy"]!r}'
+        )
     template = rspec.get('template')
     containers = ((template or {}).get('spec') or {}).get('containers') or []
     if not containers:
-        return problems + [f'{path}.template.spec.containers: required']
+        return [*problems, f'{path}.template.spec.containers: required']
     problems += _check_containers(f'{path}.template.spec.containers', containers)
     return problems + _check_pod_schema(f'{job_name}-{rtype.lower()}', path, template)
 
@@ -253,16 +314,19 @@ def _check_replica(job_name: str, rtype: str, rspec: Any) -> list[str]:
 def _check_containers(path: str, containers: list) -> list[str]:
     problems = []
     if not any(isinstance(c, dict) and c.get('name') == CONTAINER_NAME for c in containers):
-        problems.append(f'{path}: needs a container named {CONTAINER_NAME!r} '
-                        '(the operator finds the training container by that name)')
+        problems.append(
+            f'{path}: needs a container named {CONTAINER_NAME!r} '
+            '(the operator finds the training container by that name)'
+        )
     for i, container in enumerate(c for c in containers if isinstance(c, dict)):
         if not container.get('image'):
             problems.append(f'{path}[{i}].image: required')
         resources = container.get('resources') or {}
         for kind in ('requests', 'limits'):
             for resource, value in (resources.get(kind) or {}).items():
-                problems += _check_quantity(f'{path}[{i}].resources.{kind}.{resource}',
-                                            resource, value)
+                problems += _check_quantity(
+                    f'{path}[{i}].resources.{kind}.{resource}', resource, value
+                )
     return problems
 
 
@@ -281,15 +345,19 @@ def _check_quantity(path: str, resource: str, value: Any) -> list[str]:
 
 def _check_pod_schema(name: str, path: str, template: dict) -> list[str]:
     """Validate the template as a v1 PodTemplate against the Kubernetes schema (strict)."""
-    pod_template = {'apiVersion': 'v1', 'kind': 'PodTemplate',
-                    'metadata': {'name': name}, 'template': template}
+    pod_template = {
+        'apiVersion': 'v1',
+        'kind': 'PodTemplate',
+        'metadata': {'name': name},
+        'template': template,
+    }
     try:
         kubernetes_validate.validate(pod_template, K8S_VERSION, strict=True)
     except kubernetes_validate.ValidationError as exc:
-        where = ''.join(f'[{p}]' if isinstance(p, int) else f'.{p}'
-                        for p in list(exc.path)[1:])  # [1:] drops the wrapper's 'template'
-        return [f'{path}.template{where}: {exc.message} '
-                f'(Kubernetes {K8S_VERSION} schema)']
+        where = ''.join(
+            f'[{p}]' if isinstance(p, int) else f'.{p}' for p in list(exc.path)[1:]
+        )  # [1:] drops the wrapper's 'template'
+        return [f'{path}.template{where}: {exc.message} (Kubernetes {K8S_VERSION} schema)']
     return []
 
 
@@ -314,8 +382,11 @@ def job_state(job: models.KubeflowOrgV1PyTorchJob) -> JobState:
     Running, Restarting).  No condition yet means the operator has not
     picked the job up: Pending.
     """
-    conditions = [c for c in ((job.status and job.status.conditions) or [])
-                  if c.status == kf.CONDITION_STATUS_TRUE]
+    conditions = [
+        c
+        for c in ((job.status and job.status.conditions) or [])
+        if c.status == kf.CONDITION_STATUS_TRUE
+    ]
     for final in (kf.JOB_CONDITION_FAILED, kf.JOB_CONDITION_SUCCEEDED):
         for condition in conditions:
             if condition.type == final:
@@ -334,8 +405,12 @@ def check_finished(job: models.KubeflowOrgV1PyTorchJob) -> bool:
     return state.finished
 
 
-def submit_and_wait(manifest: dict[str, Any], timeout: float = 24 * 3600, poll: float = 15,
-                    client: TrainingClient | None = None) -> models.KubeflowOrgV1PyTorchJob:
+def submit_and_wait(
+    manifest: dict[str, Any],
+    timeout: float = 24 * 3600,
+    poll: float = 15,
+    client: TrainingClient | None = None,
+) -> models.KubeflowOrgV1PyTorchJob:
     """Validate, create the job, stream the Master's logs and wait for the end.
 
     Returns the finished job; raises ``PyTorchJobFailed`` with the
@@ -363,12 +438,14 @@ def submit_and_wait(manifest: dict[str, Any], timeout: float = 24 * 3600, poll: 
             streamed = True
             continue
         time.sleep(poll)
-    raise TimeoutError(f'PyTorchJob {namespace}/{name} did not finish within {timeout:.0f}s; '
-                       f'last state: {last}')
+    raise TimeoutError(
+        f'PyTorchJob {namespace}/{name} did not finish within {timeout:.0f}s; last state: {last}'
+    )
 
 
-def local_pod_env(node_rank: int, nnodes: int, nproc_per_node: int, master_addr: str,
-                  master_port: int) -> dict[str, str]:
+def local_pod_env(
+    node_rank: int, nnodes: int, nproc_per_node: int, master_addr: str, master_port: int
+) -> dict[str, str]:
     """The env vars the Training Operator (v1.9) gives a PyTorchJob pod.
 
     RANK is the pod's (node's) rank, not a process rank: torchrun derives
@@ -376,10 +453,13 @@ def local_pod_env(node_rank: int, nnodes: int, nproc_per_node: int, master_addr:
     """
     values = {
         'PYTHONUNBUFFERED': 1,
-        'MASTER_ADDR': master_addr, 'PET_MASTER_ADDR': master_addr,
-        'MASTER_PORT': master_port, 'PET_MASTER_PORT': master_port,
+        'MASTER_ADDR': master_addr,
+        'PET_MASTER_ADDR': master_addr,
+        'MASTER_PORT': master_port,
+        'PET_MASTER_PORT': master_port,
         'WORLD_SIZE': nnodes * nproc_per_node,
-        'RANK': node_rank, 'PET_NODE_RANK': node_rank,
+        'RANK': node_rank,
+        'PET_NODE_RANK': node_rank,
         'PET_NNODES': nnodes,
         'PET_NPROC_PER_NODE': nproc_per_node,
     }
@@ -393,9 +473,13 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def run_local(command: list[str], nproc_per_node: int, env: dict[str, str] | None = None,
-              cwd: str | os.PathLike | None = None, log_path: str | os.PathLike | None = None
-              ) -> int:
+def run_local(
+    command: list[str],
+    nproc_per_node: int,
+    env: dict[str, str] | None = None,
+    cwd: str | os.PathLike | None = None,
+    log_path: str | os.PathLike | None = None,
+) -> int:
     """Run ``torchrun ... <command>`` on this machine as one node; return its exit code.
 
     torchrun is started as ``python -m torch.distributed.run`` (the same
@@ -404,15 +488,38 @@ def run_local(command: list[str], nproc_per_node: int, env: dict[str, str] | Non
     if given.  The caller decides what a non-zero code means.
     """
     port = free_port()
-    argv = [sys.executable, '-m', 'torch.distributed.run',
-            '--nproc_per_node', str(nproc_per_node), '--nnodes', '1',
-            '--master_addr', '127.0.0.1', '--master_port', str(port), *command]
-    child_env = {**os.environ, **local_pod_env(0, 1, nproc_per_node, '127.0.0.1', port),
-                 **(env or {})}
+    argv = [
+        sys.executable,
+        '-m',
+        'torch.distributed.run',
+        '--nproc_per_node',
+        str(nproc_per_node),
+        '--nnodes',
+        '1',
+        '--master_addr',
+        '127.0.0.1',
+        '--master_port',
+        str(port),
+        *command,
+    ]
+    child_env = {
+        **os.environ,
+        **local_pod_env(0, 1, nproc_per_node, '127.0.0.1', port),
+        **(env or {}),
+    }
     log.info('running %s', ' '.join(argv))
-    with (open(log_path, 'w') if log_path else contextlib.nullcontext()) as log_file, \
-            subprocess.Popen(argv, cwd=cwd, env=child_env, stdout=subprocess.PIPE,
-                             stderr=subprocess.STDOUT, text=True, bufsize=1) as proc:
+    with (
+        open(log_path, 'w') if log_path else contextlib.nullcontext() as log_file,
+        subprocess.Popen(
+            argv,
+            cwd=cwd,
+            env=child_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        ) as proc,
+    ):
         for line in proc.stdout:
             log.info('[torchrun] %s', line.rstrip())
             if log_file:

@@ -1,4 +1,5 @@
 """What every entry point shares: registering OpenMMLab modules, data roots, clean errors."""
+
 from __future__ import annotations
 
 import functools
@@ -7,17 +8,20 @@ import os
 import sys
 from pathlib import Path
 
-import video_kd  # noqa: F401  (compat before OpenMMLab)
 from mmengine.config import Config
 
+import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd import dataset
 from video_kd.config import set_num_classes
 
 logger = logging.getLogger(__name__)
 
 _DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
-_LIST_OF = {'train_dataloader': dataset.TRAIN_LIST, 'val_dataloader': dataset.VAL_LIST,
-            'test_dataloader': dataset.VAL_LIST}
+_LIST_OF = {
+    'train_dataloader': dataset.TRAIN_LIST,
+    'val_dataloader': dataset.VAL_LIST,
+    'test_dataloader': dataset.VAL_LIST,
+}
 
 
 class UsageError(RuntimeError):
@@ -28,9 +32,10 @@ class UsageError(RuntimeError):
 def register_all_modules() -> None:
     """Import mmaction, mmrazor and mmpretrain so their registries are filled."""
     import mmaction.models  # noqa: F401
+    import mmrazor.engine
     import mmrazor.models  # noqa: F401
-    import mmrazor.engine  # noqa: F401  (SingleTeacherDistillValLoop)
     from mmaction.utils import register_all_modules as register_mmaction
+
     register_mmaction(init_default_scope=False)
 
 
@@ -54,6 +59,7 @@ def set_data_root(cfg: Config, data_root: str | Path) -> list[str]:
 def dist_backend() -> str:
     """nccl on GPUs, gloo on the CPU: the same code runs on both."""
     import torch
+
     return 'nccl' if torch.cuda.is_available() else 'gloo'
 
 
@@ -66,19 +72,24 @@ def init_cpu_process_group(launcher: str) -> None:
     """
     import torch
     import torch.distributed as dist
+
     if launcher == 'pytorch' and not torch.cuda.is_available() and not dist.is_initialized():
         dist.init_process_group(backend='gloo')
 
 
 def launcher_from_env() -> str:
     """'pytorch' when started by torchrun (or a PyTorchJob pod), else 'none'."""
-    return 'pytorch' if int(os.environ.get('WORLD_SIZE', '1')) > 1 and 'LOCAL_RANK' in os.environ \
+    return (
+        'pytorch'
+        if int(os.environ.get('WORLD_SIZE', '1')) > 1 and 'LOCAL_RANK' in os.environ
         else 'none'
+    )
 
 
 def wait_for_file(path: Path, timeout: float = 3600) -> None:
     """Block until rank 0 has written `path` (other ranks must not race ahead of it)."""
     import time
+
     deadline = time.monotonic() + timeout
     while not path.exists():
         if time.monotonic() > deadline:
@@ -91,14 +102,17 @@ def is_main_process() -> bool:
 
 
 def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
-                        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+        stream=sys.stderr,
+    )
 
 
 def run_cli(main_fn, argv=None) -> int:
     """Run an entry point; expected failures become one clear line and exit code 2."""
     from video_kd.config import UnknownConfigError
+
     expected = (UsageError, UnknownConfigError, dataset.DatasetError, FileNotFoundError)
     try:
         return main_fn(argv) or 0

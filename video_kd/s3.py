@@ -10,6 +10,7 @@ module is the only place that talks to object storage.  Two rules shape it:
   replace an existing object unless told to, and every run writes under its
   own ``<prefix>/<run-id>/`` directory (see ``RunLayout``).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,9 +21,9 @@ import logging
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import boto3
 from botocore.config import Config
@@ -76,32 +77,46 @@ def s3_client():
             f'S3 credentials are missing: set {" and ".join(missing)} in the environment. '
             'In the cluster they come from a Kubernetes Secret mounted as env vars '
             f'({ACCESS_KEY_ENV}, {SECRET_KEY_ENV}, optionally {SESSION_TOKEN_ENV}); '
-            f'the endpoint comes from {ENDPOINT_ENV_VARS[0]} (unset means AWS).')
+            f'the endpoint comes from {ENDPOINT_ENV_VARS[0]} (unset means AWS).'
+        )
     endpoint = next((os.environ[n] for n in ENDPOINT_ENV_VARS if os.environ.get(n)), None)
-    return _cached_client(endpoint, os.environ[ACCESS_KEY_ENV], os.environ[SECRET_KEY_ENV],
-                          os.environ.get(SESSION_TOKEN_ENV) or None,
-                          os.environ.get(REGION_ENV) or DEFAULT_REGION)
+    return _cached_client(
+        endpoint,
+        os.environ[ACCESS_KEY_ENV],
+        os.environ[SECRET_KEY_ENV],
+        os.environ.get(SESSION_TOKEN_ENV) or None,
+        os.environ.get(REGION_ENV) or DEFAULT_REGION,
+    )
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_client(endpoint: str | None, access_key: str, secret_key: str,
-                   session_token: str | None, region: str):
+def _cached_client(
+    endpoint: str | None, access_key: str, secret_key: str, session_token: str | None, region: str
+):
     """One client per configuration: building one costs ~100 ms and clients are thread-safe."""
     config = Config(
         s3={'addressing_style': 'path'},  # MinIO and Ceph have no virtual-host buckets
         retries={'mode': 'standard', 'total_max_attempts': 5},
-        connect_timeout=10, read_timeout=120, signature_version='s3v4')
+        connect_timeout=10,
+        read_timeout=120,
+        signature_version='s3v4',
+    )
     return boto3.session.Session().client(
-        's3', endpoint_url=endpoint, region_name=region, config=config,
-        aws_access_key_id=access_key, aws_secret_access_key=secret_key,
-        aws_session_token=session_token)
+        's3',
+        endpoint_url=endpoint,
+        region_name=region,
+        config=config,
+        aws_access_key_id=access_key,
+        aws_secret_access_key=secret_key,
+        aws_session_token=session_token,
+    )
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
     """Split ``s3://bucket/key`` into (bucket, key); the key may be empty."""
     if not uri.startswith('s3://'):
         raise ValueError(f'not an s3:// URI: {uri!r}')
-    bucket, _, key = uri[len('s3://'):].partition('/')
+    bucket, _, key = uri[len('s3://') :].partition('/')
     if not bucket:
         raise ValueError(f'no bucket in S3 URI: {uri!r}')
     return bucket, key
@@ -123,7 +138,8 @@ def _errors(action: str, uri: str) -> Iterator[None]:
         message = exc.response.get('Error', {}).get('Message', '')
         if code == 'NoSuchBucket':
             raise BucketNotFoundError(
-                f'cannot {action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist') from exc
+                f'cannot {action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist'
+            ) from exc
         if code in _NOT_FOUND_CODES:
             raise ObjectNotFoundError(f'cannot {action} {uri}: no such object') from exc
         raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip()) from exc
@@ -153,7 +169,8 @@ def upload_file(local: str | os.PathLike, uri: str, overwrite: bool = False) -> 
     if not overwrite and exists(uri):
         raise ObjectExistsError(
             f'refusing to overwrite {uri}: a run never overwrites objects '
-            'that already exist (pass overwrite=True to replace it on purpose)')
+            'that already exist (pass overwrite=True to replace it on purpose)'
+        )
     bucket, key = parse_s3_uri(uri)
     with _errors('upload to', uri):
         s3_client().upload_file(str(local), bucket, key)
@@ -195,8 +212,10 @@ def upload_dir(local_dir: str | os.PathLike, uri_prefix: str, overwrite: bool = 
     if not local_dir.is_dir():
         raise FileNotFoundError(f'cannot upload {local_dir} to {uri_prefix}: no such directory')
     files = sorted(p for p in local_dir.rglob('*') if p.is_file())
-    return [upload_file(p, join_uri(uri_prefix, p.relative_to(local_dir).as_posix()), overwrite)
-            for p in files]
+    return [
+        upload_file(p, join_uri(uri_prefix, p.relative_to(local_dir).as_posix()), overwrite)
+        for p in files
+    ]
 
 
 def download_dir(uri_prefix: str, local_dir: str | os.PathLike) -> list[Path]:
@@ -212,7 +231,7 @@ def download_dir(uri_prefix: str, local_dir: str | os.PathLike) -> list[Path]:
     local_dir = Path(local_dir).resolve()
     paths = []
     for uri in uris:
-        target = (local_dir / uri[len(prefix):]).resolve()
+        target = (local_dir / uri[len(prefix) :]).resolve()
         if not target.is_relative_to(local_dir):
             raise S3Error(f'refusing to download {uri} outside {local_dir}')
         paths.append(download_file(uri, target))
@@ -248,7 +267,7 @@ class RunLayout:
             raise ValueError(f'bad run id: {self.run_id!r}')
 
     @classmethod
-    def from_root(cls, run_root: str) -> 'RunLayout':
+    def from_root(cls, run_root: str) -> RunLayout:
         """The layout of ``s3://<bucket>/<prefix>/<run-id>`` (what artifacts carry)."""
         bucket, key = parse_s3_uri(run_root)
         prefix, _, run_id = key.rstrip('/').rpartition('/')
@@ -305,7 +324,7 @@ class Manifest:
     entries: list[ManifestEntry] = field(default_factory=list)
 
     @classmethod
-    def load(cls, layout: RunLayout) -> 'Manifest':
+    def load(cls, layout: RunLayout) -> Manifest:
         """The run's manifest, or an empty one when the run has none yet."""
         bucket, key = parse_s3_uri(layout.manifest_uri)
         try:
@@ -321,19 +340,30 @@ class Manifest:
     def save(self) -> None:
         """Write the manifest; the one object a run rewrites."""
         bucket, key = parse_s3_uri(self.layout.manifest_uri)
-        body = json.dumps({'run_id': self.layout.run_id, 'root': self.layout.root,
-                           'entries': [asdict(e) for e in self.entries]}, indent=2)
+        body = json.dumps(
+            {
+                'run_id': self.layout.run_id,
+                'root': self.layout.root,
+                'entries': [asdict(e) for e in self.entries],
+            },
+            indent=2,
+        )
         with _errors('write', self.layout.manifest_uri):
-            s3_client().put_object(Bucket=bucket, Key=key, Body=body.encode(),
-                                   ContentType='application/json')
+            s3_client().put_object(
+                Bucket=bucket, Key=key, Body=body.encode(), ContentType='application/json'
+            )
 
     def record(self, step: str, local_path: str | os.PathLike, uri: str) -> ManifestEntry:
         """Upload ``local_path`` to ``uri`` (inside ``step``'s directory) and record it."""
         step_dir = self.layout.uri(step) + '/'
         if not uri.startswith(step_dir):
             raise ValueError(f'{uri} is not inside the {step!r} step directory {step_dir}')
-        entry = ManifestEntry(step=step, uri=uri, sha256=sha256_file(local_path),
-                              size_bytes=Path(local_path).stat().st_size)
+        entry = ManifestEntry(
+            step=step,
+            uri=uri,
+            sha256=sha256_file(local_path),
+            size_bytes=Path(local_path).stat().st_size,
+        )
         upload_file(local_path, uri)
         self.entries.append(entry)
         self.save()

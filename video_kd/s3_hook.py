@@ -17,6 +17,7 @@ resolved config ``vis_data/config.py`` and the metrics ``vis_data/scalars.json``
 goes to ``<run>/train/logs/<timestamp>/``: one directory per training attempt
 (a resumed attempt has a new timestamp), so nothing is overwritten either.
 """
+
 from __future__ import annotations
 
 import logging
@@ -77,7 +78,7 @@ def upload_checkpoint(layout: s3.RunLayout, path: Path) -> str:
     """Put one checkpoint under the run's checkpoint dir; returns its URI."""
     manifest = s3.Manifest.load(layout)
     sha = s3.sha256_file(path)
-    stem = path.name[:-len('.pth')]
+    stem = path.name[: -len('.pth')]
     for retry in range(0, 100):
         name = path.name if retry == 0 else f'{stem}.{retry}.pth'
         uri = s3.join_uri(checkpoint_prefix(layout), name)
@@ -114,10 +115,13 @@ class S3CheckpointHook(Hook):
 
     def _sync(self, runner) -> None:
         from mmengine.dist import is_main_process
+
         if not is_main_process():
             return
-        for path in sorted(Path(runner.work_dir).glob('epoch_*.pth'),
-                           key=lambda p: checkpoint_sort_key(p.name) or (0, 0)):
+        for path in sorted(
+            Path(runner.work_dir).glob('epoch_*.pth'),
+            key=lambda p: checkpoint_sort_key(p.name) or (0, 0),
+        ):
             mtime = path.stat().st_mtime
             if self._done.get(path.name) == mtime:
                 continue
@@ -134,6 +138,7 @@ class S3CheckpointHook(Hook):
 
     def after_train(self, runner) -> None:
         from mmengine.dist import is_main_process
+
         self._sync(runner)
         if is_main_process():
             upload_logs(self.layout, Path(runner.log_dir))

@@ -1,4 +1,5 @@
 """KFP component: KD checkpoint -> student-only checkpoint; outputs a Model."""
+
 from kfp import dsl
 from kfp.dsl import Input, Model, Output
 
@@ -10,7 +11,9 @@ def convert(kd_model: Input[Model], student: Output[Model]):
     """Keep the student's weights of the last KD checkpoint under plain MMAction2 names
     and publish them to <run>/student/."""
     import json
+
     from video_kd import steps
+
     meta = steps.run_step(steps.convert, dict(kd_model.metadata))
     student.metadata.update(meta)
     with open(student.path, 'w') as out:

@@ -1,30 +1,49 @@
 """python -m components.data_prep: the data prep step on its own."""
+
 from __future__ import annotations
 
 from components import _cli
 
 
 def main(argv=None) -> int:
-    p = _cli.parser('data_prep', 'Validate every video of a dataset (decodable, enough frames, '
-                    'known label) and publish the cleaned train/val lists, classes.txt and a '
-                    'report of rejected videos under s3://<bucket>/<prefix>/<run-id>/data/. '
-                    'Starts a run: picks a new run id unless --run-id is given.')
-    p.add_argument('--dataset-uri', required=True,
-                   help='s3://bucket/path (videos/, train_list.txt, val_list.txt, classes.txt), '
-                        'generate:// (the built-in synthetic dataset, options as a query: '
-                        'generate://?num_classes=3&train_per_class=4) or a local directory')
+    p = _cli.parser(
+        'data_prep',
+        'Validate every video of a dataset (decodable, enough frames, '
+        'known label) and publish the cleaned train/val lists, classes.txt and a '
+        'report of rejected videos under s3://<bucket>/<prefix>/<run-id>/data/. '
+        'Starts a run: picks a new run id unless --run-id is given.',
+    )
+    p.add_argument(
+        '--dataset-uri',
+        required=True,
+        help='s3://bucket/path (videos/, train_list.txt, val_list.txt, classes.txt), '
+        'generate:// (the built-in synthetic dataset, options as a query: '
+        'generate://?num_classes=3&train_per_class=4) or a local directory',
+    )
     p.add_argument('--s3-bucket', required=True)
     p.add_argument('--s3-prefix', default='video-kd')
-    p.add_argument('--run-id', default='', help='default: <UTC time>-<random>; an id already '
-                                                'used by another run is refused')
+    p.add_argument(
+        '--run-id',
+        default='',
+        help='default: <UTC time>-<random>; an id already used by another run is refused',
+    )
     p.add_argument('--out-dir', help='also keep the cleaned lists and report here')
     p.add_argument('--min-frames', type=int, default=8)
     args = p.parse_args(argv)
     _cli.setup()
     from video_kd import steps
-    return _cli.finish(steps.run_step(steps.data_prep, args.dataset_uri, args.s3_bucket,
-                                      args.s3_prefix, run_id=args.run_id,
-                                      min_frames=args.min_frames, out_dir=args.out_dir))
+
+    return _cli.finish(
+        steps.run_step(
+            steps.data_prep,
+            args.dataset_uri,
+            args.s3_bucket,
+            args.s3_prefix,
+            run_id=args.run_id,
+            min_frames=args.min_frames,
+            out_dir=args.out_dir,
+        )
+    )
 
 
 if __name__ == '__main__':

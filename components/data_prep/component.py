@@ -1,4 +1,5 @@
 """KFP component: validate the dataset, publish the cleaned lists; outputs a Dataset."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Output
 
@@ -6,12 +7,26 @@ from components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def data_prep(dataset_uri: str, s3_bucket: str, s3_prefix: str, run_id: str, job_id: str,
-              dataset: Output[Dataset]):
+def data_prep(
+    dataset_uri: str,
+    s3_bucket: str,
+    s3_prefix: str,
+    run_id: str,
+    job_id: str,
+    dataset: Output[Dataset],
+):
     """Validate every video (decodable, frame count, known label) of ``dataset_uri``
     (s3:// prefix or generate://), write the cleaned train/val lists, classes and the
     report of rejected videos to s3://<bucket>/<prefix>/<run-id>/data/."""
     from video_kd import steps
-    meta = steps.run_step(steps.data_prep, dataset_uri, s3_bucket, s3_prefix, run_id=run_id,
-                          job_id=job_id, out_dir=dataset.path)
+
+    meta = steps.run_step(
+        steps.data_prep,
+        dataset_uri,
+        s3_bucket,
+        s3_prefix,
+        run_id=run_id,
+        job_id=job_id,
+        out_dir=dataset.path,
+    )
     dataset.metadata.update(meta)

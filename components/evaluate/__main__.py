@@ -1,13 +1,17 @@
 """python -m components.evaluate: the evaluation step on its own."""
+
 from __future__ import annotations
 
 from components import _cli
 
 
 def main(argv=None) -> int:
-    p = _cli.parser('evaluate', 'Evaluate the run\'s student (and teacher, and optionally the '
-                    'student trained without KD) on the validation set; writes '
-                    '<run>/eval/metrics.json and report.md.')
+    p = _cli.parser(
+        'evaluate',
+        "Evaluate the run's student (and teacher, and optionally the "
+        'student trained without KD) on the validation set; writes '
+        '<run>/eval/metrics.json and report.md.',
+    )
     _cli.add_run_root(p)
     p.add_argument('--kd-config', required=True)
     p.add_argument('--student-config', default='', help='config of the baseline checkpoint')
@@ -17,13 +21,22 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     _cli.setup()
     from video_kd import steps
+
     data = steps.run_step(steps.run_data_meta, args.run_root)
     student = steps.run_step(steps.run_step_output, args.run_root, 'student')
-    teacher = None if args.no_teacher else steps.run_step(steps.run_step_output, args.run_root,
-                                                          'teacher')
-    result = steps.run_step(steps.evaluate, data, student, args.kd_config, teacher=teacher,
-                            student_config=args.student_config, baseline_url=args.baseline_url,
-                            baseline_sha256=args.baseline_sha256)
+    teacher = (
+        None if args.no_teacher else steps.run_step(steps.run_step_output, args.run_root, 'teacher')
+    )
+    result = steps.run_step(
+        steps.evaluate,
+        data,
+        student,
+        args.kd_config,
+        teacher=teacher,
+        student_config=args.student_config,
+        baseline_url=args.baseline_url,
+        baseline_sha256=args.baseline_sha256,
+    )
     result.pop('report')
     return _cli.finish(result)
 

@@ -1,4 +1,5 @@
 """KFP component: evaluate student, teacher and baseline; Metrics, confusion matrix, report."""
+
 from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
 
@@ -6,24 +7,44 @@ from components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def evaluate(dataset: Input[Dataset], teacher: Input[Model], student: Input[Model],
-             kd_config: str, student_config: str, baseline_url: str, baseline_sha256: str,
-             metrics: Output[Metrics], confusion_matrix: Output[ClassificationMetrics],
-             report: Output[Markdown]):
+def evaluate(
+    dataset: Input[Dataset],
+    teacher: Input[Model],
+    student: Input[Model],
+    kd_config: str,
+    student_config: str,
+    baseline_url: str,
+    baseline_sha256: str,
+    metrics: Output[Metrics],
+    confusion_matrix: Output[ClassificationMetrics],
+    report: Output[Markdown],
+):
     """Top-1/top-5/mean-class accuracy of the student (and of the teacher, and of the
     student trained alone when baseline_url is given: the KD gain) on the validation set;
     writes <run>/eval/metrics.json and report.md."""
     from video_kd import steps
-    result = steps.run_step(steps.evaluate, dict(dataset.metadata), dict(student.metadata),
-                            kd_config, teacher=dict(teacher.metadata),
-                            student_config=student_config, baseline_url=baseline_url,
-                            baseline_sha256=baseline_sha256)
+
+    result = steps.run_step(
+        steps.evaluate,
+        dict(dataset.metadata),
+        dict(student.metadata),
+        kd_config,
+        teacher=dict(teacher.metadata),
+        student_config=student_config,
+        baseline_url=baseline_url,
+        baseline_sha256=baseline_sha256,
+    )
     summary = result['metrics']
     for model in ('student', 'teacher', 'baseline', 'kd_gain'):
         for key, value in summary.get(model, {}).items():
             metrics.log_metric(f'{model}_{key}', round(float(value), 6))
-    metrics.metadata.update({'run_id': result['run_id'], 'run_root': result['run_root'],
-                             'metrics_uri': result['metrics_uri']})
+    metrics.metadata.update(
+        {
+            'run_id': result['run_id'],
+            'run_root': result['run_root'],
+            'metrics_uri': result['metrics_uri'],
+        }
+    )
     confusion_matrix.log_confusion_matrix(summary['classes'], summary['confusion_matrix'])
     with open(report.path, 'w') as out:
         out.write(result['report'])

@@ -1,21 +1,25 @@
 """python -m components.teacher_download: the teacher download step on its own."""
+
 from __future__ import annotations
 
 from components import _cli
 
 
 def main(argv=None) -> int:
-    p = _cli.parser('teacher_download', 'Download a teacher checkpoint (https://, http://, '
-                    's3://) with retries, verify its SHA-256, cache it in S3 by checksum (a '
-                    're-run copies it from the cache) and publish it to <run>/teacher/.')
+    p = _cli.parser(
+        'teacher_download',
+        'Download a teacher checkpoint (https://, http://, '
+        's3://) with retries, verify its SHA-256, cache it in S3 by checksum (a '
+        're-run copies it from the cache) and publish it to <run>/teacher/.',
+    )
     _cli.add_run_root(p)
     p.add_argument('--url', required=True, help='teacher checkpoint URL')
     p.add_argument('--sha256', default='', help='expected SHA-256 (hex); enables the cache')
     args = p.parse_args(argv)
     _cli.setup()
     from video_kd import steps
-    return _cli.finish(steps.run_step(steps.teacher_download, args.run_root, args.url,
-                                      args.sha256))
+
+    return _cli.finish(steps.run_step(steps.teacher_download, args.run_root, args.url, args.sha256))
 
 
 if __name__ == '__main__':

@@ -1,4 +1,5 @@
 """KFP component: fetch the teacher checkpoint (verified, cached in S3); outputs a Model."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
@@ -6,14 +7,18 @@ from components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def teacher_download(dataset: Input[Dataset], teacher_url: str, teacher_sha256: str,
-                     teacher: Output[Model]):
+def teacher_download(
+    dataset: Input[Dataset], teacher_url: str, teacher_sha256: str, teacher: Output[Model]
+):
     """Stream ``teacher_url`` (https:// or s3://) with retries, check its sha256, keep a
     copy in the S3 cache keyed by checksum, publish it to <run>/teacher/."""
     import json
+
     from video_kd import steps
-    meta = steps.run_step(steps.teacher_download, dataset.metadata['run_root'], teacher_url,
-                          teacher_sha256)
+
+    meta = steps.run_step(
+        steps.teacher_download, dataset.metadata['run_root'], teacher_url, teacher_sha256
+    )
     teacher.metadata.update(meta)
     with open(teacher.path, 'w') as out:  # the checkpoint itself stays in S3
         json.dump(meta, out, indent=2)

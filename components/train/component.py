@@ -1,4 +1,5 @@
 """KFP component: KD training as a Kubeflow PyTorchJob (or local torchrun); outputs a Model."""
+
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
 
@@ -6,22 +7,44 @@ from components import DEFAULT_IMAGE
 
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
-def train(dataset: Input[Dataset], teacher: Input[Model], kd_config: str, mode: str,
-          image: str, num_workers: int, gpus_per_worker: int, nproc_per_node: int,
-          max_epochs: int, cfg_options: str, teacher_logit_cache: bool,
-          teacher_precision: str, kd_model: Output[Model]):
+def train(
+    dataset: Input[Dataset],
+    teacher: Input[Model],
+    kd_config: str,
+    mode: str,
+    image: str,
+    num_workers: int,
+    gpus_per_worker: int,
+    nproc_per_node: int,
+    max_epochs: int,
+    cfg_options: str,
+    teacher_logit_cache: bool,
+    teacher_precision: str,
+    kd_model: Output[Model],
+):
     """Create a PyTorchJob (kubeflow.org/v1: Master + Workers running
     ``torchrun -m video_kd.steps train-pod``), follow it and fail with its reason if it
     fails; mode=local runs the same command under torchrun here. Checkpoints go to
     <run>/train/checkpoints/ as they are written; a re-run resumes from the last one."""
     import json
+
     from video_kd import steps
-    meta = steps.run_step(steps.train, dict(dataset.metadata), dict(teacher.metadata),
-                          kd_config, mode=mode, image=image, num_workers=num_workers,
-                          gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node,
-                          max_epochs=max_epochs, cfg_options=cfg_options,
-                          teacher_logit_cache=teacher_logit_cache,
-                          teacher_precision=teacher_precision)
+
+    meta = steps.run_step(
+        steps.train,
+        dict(dataset.metadata),
+        dict(teacher.metadata),
+        kd_config,
+        mode=mode,
+        image=image,
+        num_workers=num_workers,
+        gpus_per_worker=gpus_per_worker,
+        nproc_per_node=nproc_per_node,
+        max_epochs=max_epochs,
+        cfg_options=cfg_options,
+        teacher_logit_cache=teacher_logit_cache,
+        teacher_precision=teacher_precision,
+    )
     kd_model.metadata.update(meta)
     with open(kd_model.path, 'w') as out:
         json.dump(meta, out, indent=2)

@@ -14,11 +14,17 @@ model = dict(
         student_recorders=dict(logits=dict(type='ModuleOutputs', source='cls_head.fc_cls')),
         teacher_recorders=dict(logits=dict(type='ModuleOutputs', source='cls_head.fc_cls')),
         distill_losses=dict(
-            loss_dist=dict(type='DISTLoss', inter_loss_weight=1.0, intra_loss_weight=1.0,
-                           tau=1, loss_weight=4)),
+            loss_dist=dict(
+                type='DISTLoss', inter_loss_weight=1.0, intra_loss_weight=1.0, tau=1, loss_weight=4
+            )
+        ),
         loss_forward_mappings=dict(
             loss_dist=dict(
                 logits_S=dict(from_student=True, recorder='logits'),
-                logits_T=dict(from_student=False, recorder='logits')))))
+                logits_T=dict(from_student=False, recorder='logits'),
+            )
+        ),
+    ),
+)
 
 val_cfg = dict(_delete_=True, type='mmrazor.SingleTeacherDistillValLoop')

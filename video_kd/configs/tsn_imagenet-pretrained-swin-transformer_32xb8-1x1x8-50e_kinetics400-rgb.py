@@ -2,7 +2,7 @@
 # Upstream builds the backbone with timm, which needs torchvision; torchvision does not load
 # beside our pinned CPU torch, so the same architecture comes from mmpretrain here.
 # Parameter names differ from timm's: a teacher checkpoint must be trained with this config.
-_base_ = 'mmaction::recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x8-100e_kinetics400-rgb.py'  # noqa: E501
+_base_ = 'mmaction::recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x8-100e_kinetics400-rgb.py'
 
 model = dict(
     backbone=dict(
@@ -10,9 +10,11 @@ model = dict(
         type='mmpretrain.SwinTransformer',
         arch='base',
         img_size=224,
-        out_indices=(3, ),
-        drop_path_rate=0.2),
-    cls_head=dict(in_channels=1024))
+        out_indices=(3,),
+        drop_path_rate=0.2,
+    ),
+    cls_head=dict(in_channels=1024),
+)
 
 train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=50, val_begin=1, val_interval=1)
 param_scheduler = [

@@ -2,6 +2,13 @@
 _base_ = './tsn_r50_tiny.py'
 
 model = dict(
-    backbone=dict(_delete_=True, type='mmpretrain.SwinTransformer', arch='tiny',
-                  img_size=56, out_indices=(3, ), pad_small_map=True),
-    cls_head=dict(in_channels=768))
+    backbone=dict(
+        _delete_=True,
+        type='mmpretrain.SwinTransformer',
+        arch='tiny',
+        img_size=56,
+        out_indices=(3,),
+        pad_small_map=True,
+    ),
+    cls_head=dict(in_channels=768),
+)

@@ -17,8 +17,13 @@ train_pipeline = [
     dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=num_segments),
     dict(type='DecordDecode'),
     dict(type='Resize', scale=(-1, 64)),
-    dict(type='MultiScaleCrop', input_size=crop_size, scales=(1, 0.875, 0.75),
-         random_crop=False, max_wh_scale_gap=1),
+    dict(
+        type='MultiScaleCrop',
+        input_size=crop_size,
+        scales=(1, 0.875, 0.75),
+        random_crop=False,
+        max_wh_scale_gap=1,
+    ),
     dict(type='Resize', scale=(crop_size, crop_size), keep_ratio=False),
     dict(type='Flip', flip_ratio=0.5),
     dict(type='FormatShape', input_format='NCHW'),
@@ -26,8 +31,7 @@ train_pipeline = [
 ]
 val_pipeline = [
     dict(type='DecordInit', io_backend='disk'),
-    dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=num_segments,
-         test_mode=True),
+    dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=num_segments, test_mode=True),
     dict(type='DecordDecode'),
     dict(type='Resize', scale=(-1, 64)),
     dict(type='CenterCrop', crop_size=crop_size),
@@ -41,16 +45,26 @@ train_dataloader = dict(
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=True),
-    dataset=dict(type=dataset_type, ann_file=f'{data_root}/train_list.txt',
-                 data_prefix=dict(video=f'{data_root}/videos'), pipeline=train_pipeline))
+    dataset=dict(
+        type=dataset_type,
+        ann_file=f'{data_root}/train_list.txt',
+        data_prefix=dict(video=f'{data_root}/videos'),
+        pipeline=train_pipeline,
+    ),
+)
 val_dataloader = dict(
     batch_size=8,
     num_workers=1,
     persistent_workers=True,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type=dataset_type, ann_file=f'{data_root}/val_list.txt',
-                 data_prefix=dict(video=f'{data_root}/videos'), pipeline=val_pipeline,
-                 test_mode=True))
+    dataset=dict(
+        type=dataset_type,
+        ann_file=f'{data_root}/val_list.txt',
+        data_prefix=dict(video=f'{data_root}/videos'),
+        pipeline=val_pipeline,
+        test_mode=True,
+    ),
+)
 test_dataloader = val_dataloader
 
 val_evaluator = dict(type='AccMetric')
@@ -63,12 +77,14 @@ test_cfg = dict(type='TestLoop')
 
 optim_wrapper = dict(
     optimizer=dict(type='AdamW', lr=1e-3, weight_decay=1e-4),
-    clip_grad=dict(max_norm=20, norm_type=2))
+    clip_grad=dict(max_norm=20, norm_type=2),
+)
 param_scheduler = [dict(type='CosineAnnealingLR', T_max=max_epochs, by_epoch=True, eta_min=1e-5)]
 
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=2),
-    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best=None))
+    checkpoint=dict(type='CheckpointHook', interval=1, max_keep_ckpts=2, save_best=None),
+)
 log_processor = dict(window_size=2)
 env_cfg = dict(dist_cfg=dict(backend='gloo'))  # CPU default; the launcher picks nccl on GPU
 auto_scale_lr = dict(enable=False, base_batch_size=8)
