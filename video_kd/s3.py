@@ -195,6 +195,21 @@ def download_file(uri: str, local: str | os.PathLike) -> Path:
     return local
 
 
+def read_bytes(uri: str) -> bytes:
+    """The content of one object; a missing bucket or object raises ``ObjectNotFoundError``."""
+    bucket, key = parse_s3_uri(uri)
+    with _errors('read', uri):
+        return s3_client().get_object(Bucket=bucket, Key=key)['Body'].read()
+
+
+def read_json(uri: str):
+    """One JSON object from S3 (artifact metadata, manifests, claims)."""
+    try:
+        return json.loads(read_bytes(uri))
+    except json.JSONDecodeError as exc:
+        raise S3Error(f'{uri} is not valid JSON: {exc}') from exc
+
+
 def list_uris(prefix: str) -> list[str]:
     """URIs of all objects whose key starts with the prefix's key, sorted."""
     bucket, key = parse_s3_uri(prefix)

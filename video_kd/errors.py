@@ -1,0 +1,43 @@
+"""One kind of user-facing error, and the one wrapper every entry point runs under.
+
+A ``UserError`` is bad input or a condition the user must fix (a missing
+object, a checksum that does not match, an unknown config): the entry point
+prints it as one ``error: ...`` line and exits with status 2, before anything
+is written.  Anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable
+
+BAD_INPUT = 2  # the exit status of every UserError, in every entry point
+
+
+class UserError(Exception):
+    """Printed as one ``error: ...`` line; the entry point exits with status 2."""
+
+
+def run_cli(main: Callable[..., int | None], *args, **kwargs) -> int:
+    """Call an entry point's main; a ``UserError`` becomes one line and exit status 2."""
+    try:
+        return main(*args, **kwargs) or 0
+    except UserError as error:
+        print(f'error: {one_line(error)}', file=sys.stderr)
+        return BAD_INPUT
+
+
+def one_line(error: BaseException) -> str:
+    """The message of an error on one line (the first one, if it has several)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def setup_logging(verbose: bool = False) -> None:
+    """The one log format of every entry point: time, level, logger, message, on stderr."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
+        stream=sys.stderr,
+    )
