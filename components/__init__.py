@@ -1,10 +1,24 @@
-"""The pipeline's five steps as KFP components, one folder each.
+"""The pipeline's steps as KFP components, one folder each.
 
 Every folder holds ``component.py`` (a lightweight KFP component whose body
-imports the step logic from the installed ``video_kd`` package, so it runs in
-our image) and ``__main__.py`` (the same step as a plain command,
-``python -m components.<step> --help``).  The logic itself lives in
-``video_kd.steps``.
+calls the step's ``run`` from the installed ``video_kd`` package, so it runs
+in our image) and ``__main__.py`` (the same step as a plain command,
+``python -m components.<step> --help``).  Where things live:
+
+==================  ===============================  ====================================
+component           step logic                       what else it uses
+==================  ===============================  ====================================
+data_prep           ``video_kd.steps.data_prep``     ``video_kd.dataset``, ``video_kd.runs``
+teacher_download    ``video_kd.steps.teacher``       ``video_kd.download``
+train               ``video_kd.steps.train``         ``video_kd.train_config`` (the one
+                                                     mapping of options onto config keys),
+                                                     ``video_kd.pytorchjob``; each training
+                                                     process: ``video_kd.train_pod``
+convert             ``video_kd.steps.convert``       ``video_kd.convert``
+evaluate            ``video_kd.steps.evaluate``      ``video_kd.evaluate``, ``.steps.report``
+==================  ===============================  ====================================
+
+The pipeline that chains them is ``pipelines/kd_pipeline.py``.
 """
 
 DEFAULT_IMAGE = 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'

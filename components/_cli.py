@@ -1,16 +1,15 @@
-"""What the components' plain entry points share: S3 settings, logging, JSON output."""
+"""What the components' plain entry points share: S3 settings, the run root, JSON output."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 
 S3_EPILOG = (
     'S3: credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never flags), '
     'endpoint from S3_ENDPOINT_URL (MinIO, Ceph; unset means AWS). Prints the output '
-    "artifact's metadata as JSON on stdout."
+    "artifact's metadata as JSON on stdout; bad input is one `error: ...` line, exit status 2."
 )
 
 
@@ -33,11 +32,3 @@ def finish(meta: dict) -> int:
     json.dump(meta, sys.stdout, indent=2, sort_keys=True)
     print()
     return 0
-
-
-def setup() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        stream=sys.stderr,
-        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
-    )

@@ -6,16 +6,19 @@ lightweight component running in ``image``; data flows one way through typed
 artifacts whose metadata carries the S3 URIs, and S3 holds the artifacts
 themselves under ``s3://<s3_bucket>/<s3_prefix>/<run id>/``.
 
-On a cluster each step's pod gets the S3 settings from the ConfigMap
-``video-kd-s3`` and the credentials from the Secret
-``video-kd-s3-credentials`` (what the Helm chart installs with its default
-names), and the training step reads the worker settings of the ConfigMap
-``video-kd-training``.  Credentials are never pipeline parameters.
+On a cluster each step's pod gets the S3 endpoint from a ConfigMap and the
+credentials from a Secret (kfp-kubernetes ``use_config_map_as_env`` /
+``use_secret_as_env``); their names are pipeline parameters whose defaults
+are those of the Helm chart (``ClusterNames``; ``video-kd upload`` compiles
+with a release's own names and keys).  Credentials are never parameters.
+The IR needs a KFP backend >= 2.4.0 (a parameterised container image).
 """
 
+
+from dataclasses import dataclass
 from pathlib import Path
 
-from kfp import dsl
+from kfp import dsl, kubernetes
 
 from components import DEFAULT_IMAGE
 from components.convert.component import convert
@@ -26,168 +29,160 @@ from components.train.component import train
 
 PIPELINE_NAME = 'video-kd-distillation'
 PIPELINE_FILE = Path(__file__).with_name('kd_pipeline.yaml')
-S3_CONFIG_MAP = 'video-kd-s3'
-S3_SECRET = 'video-kd-s3-credentials'
-TRAINING_CONFIG_MAP = 'video-kd-training'
 TASK_ORDER = ('data-prep', 'teacher-download', 'train', 'convert', 'evaluate')
 
 
-def _use_cluster_env(task: dsl.PipelineTask, training: bool = False) -> dsl.PipelineTask:
-    """S3 endpoint and credentials from the chart's ConfigMap and Secret (kfp-kubernetes'
-    ``configMapAsEnv`` / ``secretAsEnv``); ignored by the local runner, which passes its
-    own environment through."""
-    config_maps = [
-        {
-            'configMapName': S3_CONFIG_MAP,
-            'keyToEnv': [
-                {'configMapKey': key, 'envVar': key}
-                for key in ('S3_ENDPOINT_URL', 'S3_BUCKET', 'S3_PREFIX', 'S3_CREDENTIALS_SECRET')
-            ],
-        }
-    ]
-    if training:
-        config_maps.append(
-            {
-                'configMapName': TRAINING_CONFIG_MAP,
-                'keyToEnv': [
-                    {
-                        'configMapKey': 'VIDEO_KD_SERVICE_ACCOUNT',
-                        'envVar': 'VIDEO_KD_SERVICE_ACCOUNT',
-                    },
-                    {
-                        'configMapKey': 'worker-pod-overrides.json',
-                        'envVar': 'VIDEO_KD_WORKER_POD_OVERRIDES',
-                    },
-                ],
-            }
-        )
-    task.platform_config['kubernetes'] = {
-        'configMapAsEnv': config_maps,
-        'secretAsEnv': [
-            {
-                'secretName': S3_SECRET,
-                'keyToEnv': [
-                    {'secretKey': key, 'envVar': key}
-                    for key in ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY')
-                ],
-            }
-        ],
-    }
-    return task
+@dataclass(frozen=True)
+class ClusterNames:
+    """The Kubernetes objects the step pods read, as the Helm chart names them by default."""
+
+    s3_config_map: str = 'video-kd-s3'
+    s3_credentials: str = 'video-kd-s3-credentials'
+    access_key_id_key: str = 'AWS_ACCESS_KEY_ID'
+    secret_access_key_key: str = 'AWS_SECRET_ACCESS_KEY'
+    training_config_map: str = 'video-kd-training'
+    pvc: str = ''  # a PersistentVolumeClaim mounted in every step pod (a dataset on a volume)
+    pvc_mount: str = '/data'
 
 
-def _step(task: dsl.PipelineTask, name: str, image, training: bool = False) -> dsl.PipelineTask:
-    task.set_display_name(name)
-    task.set_caching_options(False)  # every run writes its own run directory
-    task.set_container_image(image)
-    return _use_cluster_env(task, training)
-
-
-@dsl.pipeline(
-    name=PIPELINE_NAME,
-    description='Distill a large MMAction2 video recognizer (teacher) into a small one '
-    '(student) with MMRazor: data prep, teacher download, KD training as a '
-    'Kubeflow PyTorchJob, student conversion, evaluation. Artifacts in '
-    's3://<s3_bucket>/<s3_prefix>/<run id>/.',
-)
-def kd_pipeline(
-    dataset_uri: str = 'generate://',
-    teacher_url: str = '',
-    teacher_sha256: str = '',
-    kd_config: str = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
-    student_config: str = 'tsm_imagenet-pretrained-mobilenetv2_8xb16-1x1x8-100e_kinetics400-rgb',
-    baseline_url: str = '',
-    baseline_sha256: str = '',
-    num_workers: int = 2,
-    gpus_per_worker: int = 0,
-    nproc_per_node: int = 1,
-    max_epochs: int = 0,
-    cfg_options: str = '',
-    teacher_logit_cache: bool = False,
-    teacher_precision: str = '',
-    train_mode: str = 'pytorchjob',
-    s3_bucket: str = 'video-kd',
-    s3_prefix: str = 'video-kd',
-    image: str = DEFAULT_IMAGE,
-    run_id: str = '',
-):
-    """Parameters:
-
-    dataset_uri: s3:// prefix of a Kinetics-style dataset (videos/, train_list.txt,
-        val_list.txt, classes.txt), or generate:// for the synthetic demo data.
-    teacher_url, teacher_sha256: the teacher checkpoint (https:// or s3://) and its SHA-256.
-    kd_config, student_config: shipped config names (``video-kd configs``); student_config
-        is the student trained alone, used to evaluate baseline_url.
-    baseline_url, baseline_sha256: optional student checkpoint trained without KD: the
-        evaluation then reports the KD gain.
-    num_workers: PyTorchJob replicas, Master included; gpus_per_worker: GPUs per replica;
-        nproc_per_node: processes per replica (torchrun).
-    max_epochs: 0 keeps the config's; cfg_options: mmengine overrides, space separated.
-    teacher_logit_cache: cache the teacher's logits per augmented view next to the dataset
-        in S3 (benchmarks/README.md), so scheduled retraining skips the teacher's forward.
-    teacher_precision: empty runs the teacher as MMRazor does; fp32, bf16 or fp16 run it as
-        an inference model (eval mode, inference_mode; bf16/fp16 autocast), a cheaper KD step.
-    train_mode: pytorchjob (cluster) or local (torchrun inside the train step's pod).
-    s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
-    image: the image of every step and of the PyTorchJob pods.
-    run_id: empty picks <UTC time>-<KFP run id>; a run id in use is refused.
-    """
-    prep = _step(
-        data_prep(
-            dataset_uri=dataset_uri,
-            s3_bucket=s3_bucket,
-            s3_prefix=s3_prefix,
-            run_id=run_id,
-            job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
-        ),
-        'data prep',
-        image,
+def _use_cluster_env(task: dsl.PipelineTask, names: ClusterNames, s3_config_map, s3_credentials,
+                     training_config_map=None) -> None:  # fmt: skip
+    """The S3 endpoint from the ConfigMap, the credentials from the Secret (ignored by the
+    local runner, which passes its own environment through)."""
+    kubernetes.use_config_map_as_env(
+        task, s3_config_map, {'S3_ENDPOINT_URL': 'S3_ENDPOINT_URL'}, optional=False
     )
-    teacher = _step(
-        teacher_download(
-            dataset=prep.outputs['dataset'], teacher_url=teacher_url, teacher_sha256=teacher_sha256
-        ),
-        'teacher download',
-        image,
+    kubernetes.use_config_map_as_env(
+        task, s3_config_map, {'AWS_DEFAULT_REGION': 'AWS_DEFAULT_REGION'}, optional=True
     )
-    kd = _step(
-        train(
-            dataset=prep.outputs['dataset'],
-            teacher=teacher.outputs['teacher'],
-            kd_config=kd_config,
-            mode=train_mode,
-            image=image,
-            num_workers=num_workers,
-            gpus_per_worker=gpus_per_worker,
-            nproc_per_node=nproc_per_node,
-            max_epochs=max_epochs,
-            cfg_options=cfg_options,
-            teacher_logit_cache=teacher_logit_cache,
-            teacher_precision=teacher_precision,
-        ),
-        'KD training (PyTorchJob)',
-        image,
-        training=True,
-    )
-    student = _step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image)
-    _step(
-        evaluate(
-            dataset=prep.outputs['dataset'],
-            teacher=teacher.outputs['teacher'],
-            student=student.outputs['student'],
-            kd_config=kd_config,
-            student_config=student_config,
-            baseline_url=baseline_url,
-            baseline_sha256=baseline_sha256,
-        ),
-        'evaluation',
-        image,
-    )
+    kubernetes.use_secret_as_env(
+        task,
+        s3_credentials,
+        {names.access_key_id_key: 'AWS_ACCESS_KEY_ID',
+         names.secret_access_key_key: 'AWS_SECRET_ACCESS_KEY'},
+    )  # fmt: skip
+    if training_config_map is not None:  # what the training pods need to know
+        kubernetes.use_config_map_as_env(
+            task,
+            s3_config_map,
+            {key: key for key in ('S3_CREDENTIALS_SECRET', 'S3_ACCESS_KEY_ID_KEY',
+                                  'S3_SECRET_ACCESS_KEY_KEY')},
+            optional=True,
+        )  # fmt: skip
+        kubernetes.use_config_map_as_env(
+            task,
+            training_config_map,
+            {'VIDEO_KD_SERVICE_ACCOUNT': 'VIDEO_KD_SERVICE_ACCOUNT',
+             'worker-pod-overrides.json': 'VIDEO_KD_WORKER_POD_OVERRIDES'},
+            optional=True,
+        )  # fmt: skip
+    if names.pvc:
+        kubernetes.mount_pvc(task, names.pvc, names.pvc_mount)
 
 
-def compile_pipeline(path=PIPELINE_FILE) -> Path:
+def build_pipeline(names: ClusterNames = ClusterNames()):
+    """The pipeline, with the cluster's object names as its defaults."""
+
+    def step(task: dsl.PipelineTask, name: str, image, s3_config_map, s3_credentials,
+             training_config_map=None) -> dsl.PipelineTask:  # fmt: skip
+        task.set_display_name(name)
+        task.set_caching_options(False)  # every run writes its own run directory
+        task.set_container_image(image)
+        _use_cluster_env(task, names, s3_config_map, s3_credentials, training_config_map)
+        return task
+
+    @dsl.pipeline(
+        name=PIPELINE_NAME,
+        description='Distill a large MMAction2 video recognizer (teacher) into a small one '
+        '(student) with MMRazor: data prep, teacher download, KD training as a '
+        'Kubeflow PyTorchJob, student conversion, evaluation. Artifacts in '
+        's3://<s3_bucket>/<s3_prefix>/<run id>/.',
+    )
+    def kd_pipeline(
+        dataset_uri: str = 'generate://',
+        teacher_url: str = '',
+        teacher_sha256: str = '',
+        kd_config: str = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
+        student_config: str = 'tsm_imagenet-pretrained-mobilenetv2_8xb16-1x1x8-100e_kinetics400-rgb',
+        baseline_url: str = '',
+        baseline_sha256: str = '',
+        num_workers: int = 2,
+        gpus_per_worker: int = 0,
+        nproc_per_node: int = 1,
+        max_epochs: int = 0,
+        cfg_options: list = [],  # noqa: B006  (a KFP default, never mutated)
+        teacher_logit_cache: bool = False,
+        teacher_precision: str = '',
+        train_mode: str = 'pytorchjob',
+        s3_bucket: str = 'video-kd',
+        s3_prefix: str = 'video-kd',
+        s3_config_map: str = names.s3_config_map,
+        s3_credentials: str = names.s3_credentials,
+        training_config_map: str = names.training_config_map,
+        image: str = DEFAULT_IMAGE,
+        run_id: str = '',
+    ):
+        """Parameters:
+
+        dataset_uri: s3:// prefix of a Kinetics-style dataset (videos/, train_list.txt,
+            val_list.txt, classes.txt), or generate:// for the synthetic demo data.
+        teacher_url, teacher_sha256: the teacher checkpoint (https:// or s3://) and its SHA-256.
+        kd_config, student_config: shipped config names (``video-kd configs``); student_config
+            is the student trained alone, used to evaluate baseline_url.
+        baseline_url, baseline_sha256: optional student checkpoint trained without KD: the
+            evaluation then reports the KD gain.
+        num_workers: PyTorchJob replicas, Master included; gpus_per_worker: GPUs per replica;
+            nproc_per_node: processes per replica (torchrun).
+        max_epochs, cfg_options, teacher_precision, teacher_logit_cache: training options
+            (``video_kd.train_config.TrainOptions``): the epoch budget (0 keeps the config's),
+            mmengine overrides (a list of KEY=VALUE), the teacher as an inference model (fp32,
+            bf16, fp16; empty: as MMRazor runs it), and the teacher's logits cached next to
+            the dataset in S3 so scheduled retraining skips its forward pass.
+        train_mode: pytorchjob (cluster) or local (torchrun inside the train step's pod).
+        s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
+        s3_config_map, s3_credentials, training_config_map: the Kubernetes objects the step pods
+            read (the Helm release's).
+        image: the image of every step and of the PyTorchJob pods.
+        run_id: empty picks <UTC time>-<KFP run id>; a run id in use is refused.
+        """
+        env = {'s3_config_map': s3_config_map, 's3_credentials': s3_credentials}
+        prep = step(
+            data_prep(dataset_uri=dataset_uri, s3_bucket=s3_bucket, s3_prefix=s3_prefix,
+                      run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+            'data prep', image, **env,
+        )  # fmt: skip
+        teacher = step(
+            teacher_download(dataset=prep.outputs['dataset'], teacher_url=teacher_url,
+                             teacher_sha256=teacher_sha256),
+            'teacher download', image, **env,
+        )  # fmt: skip
+        kd = step(
+            train(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
+                  kd_config=kd_config, max_epochs=max_epochs, cfg_options=cfg_options,
+                  teacher_precision=teacher_precision, teacher_logit_cache=teacher_logit_cache,
+                  mode=train_mode, image=image, num_workers=num_workers,
+                  gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node),
+            'KD training (PyTorchJob)', image, **env, training_config_map=training_config_map,
+        )  # fmt: skip
+        student = step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image, **env)
+        step(
+            evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
+                     student=student.outputs['student'], kd_config=kd_config,
+                     student_config=student_config, baseline_url=baseline_url,
+                     baseline_sha256=baseline_sha256),
+            'evaluation', image, **env,
+        )  # fmt: skip
+
+    return kd_pipeline
+
+
+kd_pipeline = build_pipeline()
+
+
+def compile_pipeline(path: str | Path = PIPELINE_FILE, names: ClusterNames | None = None) -> Path:
     """Write the pipeline's IR YAML (what the KFP UI / ``kfp pipeline upload`` take)."""
     from kfp import compiler
 
-    compiler.Compiler().compile(kd_pipeline, str(path))
+    pipeline = kd_pipeline if names is None else build_pipeline(names)
+    compiler.Compiler().compile(pipeline, str(path))
     return Path(path)

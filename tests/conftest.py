@@ -9,45 +9,20 @@ from __future__ import annotations
 import collections
 import http.server
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.error
-import urllib.request
 import uuid
 from pathlib import Path
 
 import boto3
 import pytest
 
+from video_kd.local_run import LocalS3, free_port  # noqa: F401  (free_port: for the tests)
+
 ACCESS_KEY = 'video-kd-test-key'
 SECRET_KEY = 'video-kd-test-secret'
-
-
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-def _wait_until_answers(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
-    """Poll ``url`` until the server sends any HTTP response."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f'moto server exited with {proc.returncode} before answering')
-        try:
-            urllib.request.urlopen(url, timeout=1).close()
-            return
-        except urllib.error.HTTPError:
-            return  # any HTTP status means it is up
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError(f'moto server did not answer at {url} within {timeout:.0f}s')
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -64,22 +39,10 @@ def session_tmpdir(tmp_path_factory):
 
 @pytest.fixture(scope='session')
 def s3_server(tmp_path_factory):
-    """Endpoint URL of a moto S3 server running as a subprocess for the whole session."""
-    port = free_port()
-    log_path = tmp_path_factory.mktemp('moto') / 'moto.log'
-    with open(log_path, 'wb') as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(port)],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-        )
-    endpoint = f'http://127.0.0.1:{port}'
-    try:
-        _wait_until_answers(endpoint + '/moto-api/', proc)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    """Endpoint URL of a moto S3 server running as a subprocess for the whole session
+    (the same harness as ``video-kd run-local``)."""
+    with LocalS3(tmp_path_factory.mktemp('moto') / 'moto.log') as server:
+        yield server.endpoint
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 from video_kd import cli
+from video_kd.errors import UserError
 
 
 def test_help_explains_every_command():
@@ -43,11 +44,11 @@ def test_params_are_typed_by_the_compiled_pipeline():
         's3_prefix': 'a/b',
         'teacher_url': 'https://x/y.pth?a=b',
     }
-    with pytest.raises(cli.CliError, match='not a parameter of the pipeline'):
+    with pytest.raises(UserError, match='not a parameter of the pipeline'):
         cli.parse_params(['aws_secret_access_key=x'])
-    with pytest.raises(cli.CliError, match='expected number_integer'):
+    with pytest.raises(UserError, match='expected number_integer'):
         cli.parse_params(['num_workers=two'])
-    with pytest.raises(cli.CliError, match='expected key=value'):
+    with pytest.raises(UserError, match='expected key=value'):
         cli.parse_params(['num_workers'])
 
 

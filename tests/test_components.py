@@ -3,6 +3,7 @@ errors, and a torchrun worker killed mid-training (the step resumes from S3)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -15,8 +16,15 @@ import pytest
 
 from components import STEPS
 from video_kd import pytorchjob as pj
-from video_kd import s3, steps
+from video_kd import runs, s3
+from video_kd.config import UnknownConfigError
+from video_kd.errors import UserError
+from video_kd.runs import Manifest, RunLayout
 from video_kd.s3_hook import checkpoint_sort_key, list_checkpoints
+from video_kd.steps import common, data_prep
+from video_kd.steps import teacher as teacher_step
+from video_kd.steps import train as train_step
+from video_kd.train_config import TrainOptions
 
 TINY = (
     'train_dataloader.batch_size=4 val_dataloader.batch_size=4 '
@@ -72,20 +80,20 @@ def test_missing_credentials_fail_in_one_line(tmp_path):
 
 
 def test_scratch_is_removed_on_success_and_kept_on_failure(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(steps.tempfile, 'tempdir', str(tmp_path))
-    with steps.scratch_dir(None, 'convert') as work:
+    monkeypatch.setattr(common.tempfile, 'tempdir', str(tmp_path))
+    with common.scratch_dir(None, 'convert') as work:
         (work / 'big.pth').write_bytes(b'x' * 1024)
     assert not work.exists()
-    with pytest.raises(steps.StepError), steps.scratch_dir(None, 'eval') as failed:
+    with pytest.raises(UserError), common.scratch_dir(None, 'eval') as failed:
         (failed / 'w_student').mkdir()
-        raise steps.StepError('boom')
+        raise UserError('boom')
     assert (failed / 'w_student').is_dir()
     assert f'eval failed; its scratch directory {failed} is kept' in caplog.text
-    with pytest.raises(steps.StepError), steps.scratch_dir(None, 'teacher') as empty:
-        raise steps.StepError('nothing written yet')
+    with pytest.raises(UserError), common.scratch_dir(None, 'teacher') as empty:
+        raise UserError('nothing written yet')
     assert not empty.exists()
     given = tmp_path / 'mine'
-    with steps.scratch_dir(given, 'data') as work:
+    with common.scratch_dir(given, 'data') as work:
         assert work == given
     assert given.is_dir()  # the caller's directory is the caller's
     assert sorted(p.name for p in tmp_path.iterdir()) == ['mine', failed.name]
@@ -94,7 +102,7 @@ def test_scratch_is_removed_on_success_and_kept_on_failure(tmp_path, monkeypatch
 @pytest.fixture
 def prepared_run(bucket, tmp_path):
     """A run with data prep done (tiny generated data) and a teacher stub published."""
-    meta = steps.data_prep(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
+    meta = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
     return meta
 
 
@@ -117,10 +125,17 @@ def test_wrong_teacher_checksum_fails_clearly(prepared_run, tmp_path, http_serve
 
 def test_unknown_config_fails_before_any_pod(prepared_run):
     teacher = {'s3_uri': 's3://x/y.pth', 'sha256': '0' * 64}
-    with pytest.raises(Exception, match='unknown config'):
-        steps.train(prepared_run, teacher, 'kd_no_such_config', mode='local')
-    with pytest.raises(steps.StepError, match='unknown training mode'):
-        steps.train(prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', mode='k8s')
+    with pytest.raises(UnknownConfigError, match='unknown config'):
+        train_step.run(prepared_run, teacher, 'kd_no_such_config', mode='local')
+    with pytest.raises(UserError, match='unknown training mode'):
+        train_step.run(
+            prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', mode='k8s'
+        )
+    with pytest.raises(UserError, match='need num_workers >= 1'):
+        train_step.run(
+            prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', num_workers=0
+        )
+    assert not s3.list_uris(prepared_run['run_root'] + '/train/'), 'nothing may be written'
 
 
 def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
@@ -140,23 +155,27 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         ),
     )
     teacher = {'s3_uri': prepared_run['run_root'] + '/teacher/t.pth', 'sha256': 'a' * 64}
-    manifest = steps.build_train_job(
-        prepared_run['run_root'],
-        prepared_run['dataset_meta_uri'],
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    kd_config = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
+    options = TrainOptions(max_epochs=5, teacher_precision='bf16')
+    config_uri = train_step.publish_config(
+        layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
+    )
+    assert config_uri == layout.uri('train', 'config.py')
+    manifest = train_step.build_train_job(
+        layout,
+        config_uri,
+        prepared_run,
         teacher,
-        'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
         'reg/video-kd:0.1.0-cuda',
         num_workers=3,
         gpus_per_worker=2,
         nproc_per_node=2,
-        max_epochs=5,
-        teacher_logit_cache=True,
-        teacher_precision='bf16',
     )
     job = pj.validate_pytorchjob(manifest)  # SDK model + operator webhook rules + K8s schema
     assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
     assert manifest['metadata']['namespace'] == 'team-a'
-    assert manifest['metadata']['name'] == steps.pytorchjob_name(prepared_run['run_id'])
+    assert manifest['metadata']['name'] == train_step.pytorchjob_name(prepared_run['run_id'])
     assert job.spec.pytorch_replica_specs['Master'].replicas == 1
     assert job.spec.pytorch_replica_specs['Worker'].replicas == 2
     assert manifest['spec']['nprocPerNode'] == '2'
@@ -167,19 +186,11 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         (c,) = pod['containers']
         assert c['image'] == 'reg/video-kd:0.1.0-cuda'
         assert c['command'] == ['torchrun']
-        assert c['args'][:4] == [
-            '-m',
-            'video_kd.steps',
-            'train-pod',
-            'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
-        ]
-        assert '--teacher-logit-cache' in c['args']  # a flag: the other options come in pairs
-        options = [a for a in c['args'][4:] if a != '--teacher-logit-cache']
-        args = dict(zip(options[::2], options[1::2], strict=False))
+        assert c['args'][:3] == ['-m', 'video_kd.train_pod', config_uri]
+        args = dict(zip(c['args'][3::2], c['args'][4::2], strict=True))
         assert args['--run-root'] == prepared_run['run_root']
         assert args['--data-meta'] == prepared_run['dataset_meta_uri']
-        assert args['--teacher'] == teacher['s3_uri'] and args['--max-epochs'] == '5'
-        assert args['--teacher-precision'] == 'bf16'
+        assert args['--teacher'] == teacher['s3_uri'] and args['--teacher-sha256'] == 'a' * 64
         env = {e['name']: e for e in c['env']}
         assert env['S3_ENDPOINT_URL']['value'] == os.environ['S3_ENDPOINT_URL']
         assert env['VIDEO_KD_RUN_ID']['value'] == prepared_run['run_id']
@@ -189,20 +200,58 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         assert c['resources']['requests'] == {'cpu': '8', 'memory': '32Gi'}
         assert pod['serviceAccountName'] == 'video-kd'
         assert pod['nodeSelector'] == {'nvidia.com/gpu.present': 'true'}
+    # the training options reached the one resolved config the pods load, not their argv
+    resolved = s3.read_bytes(config_uri).decode()
+    assert 'max_epochs=5' in resolved and "teacher_precision='bf16'" in resolved
+    assert "type='CachedLogitsSingleTeacherDistill'" in resolved
+    assert prepared_run['videos_uri'].rsplit('/', 1)[0] + '/teacher_logits' in resolved
     # the module the pods run exists and explains itself
-    result = run_module('video_kd.steps', 'train-pod', '--help')
+    result = run_module('video_kd.train_pod', '--help')
     assert result.returncode == 0 and '--run-root' in result.stdout
-    with pytest.raises(steps.StepError, match="teacher_precision 'int8'"):
-        steps.build_train_job(
-            prepared_run['run_root'],
-            prepared_run['dataset_meta_uri'],
-            teacher,
-            'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
-            'reg/video-kd:0.1.0',
-            1,
-            0,
-            teacher_precision='int8',
+    with pytest.raises(UserError, match="teacher_precision 'int8'"):
+        TrainOptions(teacher_precision='int8')
+    # a re-run with other settings is refused: the run's checkpoints were trained with these
+    with pytest.raises(UserError, match='holds another training config'):
+        train_step.publish_config(layout, prepared_run, teacher, kd_config, TrainOptions(), False)
+    assert (
+        train_step.publish_config(
+            layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
         )
+        == config_uri
+    )  # the same settings: the same file, the step continues
+
+
+def test_print_manifest_writes_nothing(prepared_run, tmp_path):
+    """Regression: --print-manifest failed with KeyError 'dataset_meta_uri'."""
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    teacher = tmp_path / 'teacher.pth'
+    teacher.write_bytes(b'weights')
+    runs.publish(layout, 'teacher', teacher, 'teacher.pth')
+    result = run_module(
+        'components.train', '--run-root', layout.root, '--kd-config',
+        'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', '--mode', 'pytorchjob', '--print-manifest',
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    manifest = json.loads(result.stdout)
+    assert manifest['kind'] == 'PyTorchJob'
+    assert manifest['spec']['pytorchReplicaSpecs']['Master']['template']['spec']['containers'][0][
+        'args'
+    ][2] == layout.uri('train', 'config.py')
+    assert not s3.list_uris(layout.root + '/train/')
+
+
+def test_standalone_steps_before_data_prep_fail_in_one_line(bucket):
+    missing = f's3://{bucket}/kd/never-prepared'
+    for step, extra in (
+        ('train', ['--kd-config', 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny']),
+        ('evaluate', ['--kd-config', 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny']),
+    ):
+        result = run_module(f'components.{step}', '--run-root', missing, *extra)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1] == (
+            f'error: {missing}/data/dataset.json does not exist: run data prep for this run first'
+        )
+        assert 'Traceback' not in result.stderr
 
 
 def _descendants(pid: int) -> list[int]:
@@ -222,21 +271,21 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_pids(step_pid: int) -> list[int]:
-    """The training processes torchrun started (they run video_kd.steps train-pod)."""
+    """The training processes torchrun started (they run video_kd.train_pod)."""
     pids = []
     for pid in _descendants(step_pid):
         try:
             cmd = Path(f'/proc/{pid}/cmdline').read_bytes().split(b'\0')
         except OSError:
             continue
-        if b'torch.distributed.run' not in cmd and b'train-pod' in cmd:
+        if b'torch.distributed.run' not in cmd and b'video_kd.train_pod' in cmd:
             pids.append(pid)
     return pids
 
 
 @pytest.mark.slow
 def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
-    layout = steps.layout_from_root(prepared_run['run_root'])
+    layout = RunLayout.from_root(prepared_run['run_root'])
     teacher_work = tmp_path / 'teacher'
     result = run_module(
         'video_kd.train',
@@ -252,7 +301,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
         *TINY.split(),
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    meta = steps.teacher_download(layout.root, str(teacher_work / 'epoch_1.pth'))
+    meta = teacher_step.run(layout.root, str(teacher_work / 'epoch_1.pth'))
     assert meta['s3_uri'].startswith(layout.root + '/teacher/')
     args = [
         'components.train',
@@ -267,7 +316,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
         '--max-epochs',
         4,
         '--cfg-options',
-        TINY,
+        *TINY.split(),
     ]
 
     scratch = tmp_path / 'tmp'
@@ -293,7 +342,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     error = stderr.strip().splitlines()[-1]
     assert error.startswith('error: local training (torchrun, 2 processes) failed')
     assert 're-run the step to resume' in error
-    before = {e.uri: e.sha256 for e in s3.Manifest.load(layout).entries if e.step == 'train'}
+    before = {e.uri: e.sha256 for e in Manifest.load(layout).entries if checkpoint_sort_key(e.uri)}
     assert before and len(before) < 4, f'the kill came too late: {sorted(before)}'
     (failed,) = scratch.glob('video_kd_train_*')  # kept for inspection, with the worker logs
     assert f'its scratch directory {failed} is kept' in stderr
@@ -306,8 +355,22 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     assert f'resuming from {last_before}' in again.stderr
     out = json.loads(again.stdout)
     assert out['s3_uri'].endswith('/train/checkpoints/epoch_4.pth')
-    after = {e.uri: e.sha256 for e in s3.Manifest.load(layout).entries if e.step == 'train'}
+    after = {e.uri: e.sha256 for e in Manifest.load(layout).entries if e.step == 'train'}
     assert all(after[uri] == sha for uri, sha in before.items()), 'nothing lost or rewritten'
     epochs = sorted(checkpoint_sort_key(u)[0] for u in list_checkpoints(layout))
     assert epochs[:4] == [1, 2, 3, 4][: len(epochs[:4])] and epochs[-1] == 4
     assert all(s3.exists(u) for u in after)
+
+
+def test_teacher_step_reports_the_cache_it_used(prepared_run, http_server, bucket):
+    """Regression: cache_hit was recomputed with a dummy file name instead of taken from the
+    download that used (or filled) the cache."""
+    content = b'teacher weights'
+    (http_server.root / 'teacher.pth').write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    first = teacher_step.run(prepared_run['run_root'], http_server.url('teacher.pth'), sha)
+    other_run = RunLayout(bucket, 'kd', 'another-run').root
+    second = teacher_step.run(other_run, http_server.url('teacher.pth'), sha)
+    assert (first['cache_hit'], second['cache_hit']) == (False, True)
+    assert http_server.requests['teacher.pth'] == 1
+    assert second['sha256'] == first['sha256'] == sha

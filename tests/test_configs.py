@@ -116,7 +116,7 @@ def test_tiny_kd_configs_distill(name):
 
 
 def test_max_epochs_override_stretches_the_schedule_that_spans_training():
-    from video_kd.train import set_max_epochs
+    from video_kd.train_config import set_max_epochs
 
     cfg = load_config('tsm_mobilenetv2_tiny')
     set_max_epochs(cfg, 4)

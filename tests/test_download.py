@@ -11,6 +11,7 @@ import pytest
 
 from video_kd import s3
 from video_kd.download import ChecksumMismatchError, DownloadError, fetch_teacher
+from video_kd.runs import RunLayout
 
 CONTENT = b'teacher-weights-' * 4096
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -66,14 +67,14 @@ def test_404_is_not_retried(http_server, tmp_path):
 
 def test_cache_hit_skips_the_url(served, bucket, tmp_path, caplog):
     caplog.set_level(logging.INFO, logger='video_kd.download')
-    layout = s3.RunLayout(bucket, 'video-kd', 'run-a')
+    layout = RunLayout(bucket, 'video-kd', 'run-a')
     url = served.url('tsm_teacher.pth')
 
     fetch_teacher(url, tmp_path / 'first', sha256=SHA, cache=layout)
     assert s3.exists(layout.cache_uri('teacher', SHA, 'tsm_teacher.pth'))
     (served.root / 'tsm_teacher.pth').unlink()  # the URL is dead from now on
 
-    other_run = s3.RunLayout(bucket, 'video-kd', 'run-b')
+    other_run = RunLayout(bucket, 'video-kd', 'run-b')
     path = fetch_teacher(url, tmp_path / 'second', sha256=SHA, cache=other_run)
 
     assert path.read_bytes() == CONTENT
@@ -102,12 +103,12 @@ def test_local_path_and_file_url(tmp_path):
     src.write_bytes(CONTENT)
     assert fetch_teacher(str(src), tmp_path / 'a', sha256=SHA).read_bytes() == CONTENT
     assert fetch_teacher(src.as_uri(), tmp_path / 'b', sha256=SHA).read_bytes() == CONTENT
-    with pytest.raises(FileNotFoundError, match='teacher checkpoint not found'):
+    with pytest.raises(DownloadError, match='checkpoint not found'):
         fetch_teacher(str(tmp_path / 'nope.pth'), tmp_path / 'c')
 
 
 def test_bad_sha256_is_rejected_before_download(http_server, tmp_path):
-    with pytest.raises(ValueError, match='not a hex SHA-256'):
+    with pytest.raises(DownloadError, match='not a hex SHA-256'):
         fetch_teacher(http_server.url('x.pth'), tmp_path, sha256='abc')
     assert http_server.requests['x.pth'] == 0
 
@@ -146,7 +147,7 @@ def test_cli(served, tmp_path):
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 1 and 'SHA-256 mismatch' in bad.stderr
+    assert bad.returncode == 2 and 'SHA-256 mismatch' in bad.stderr
 
 
 def test_cli_help():

@@ -9,6 +9,7 @@ from conftest import TINY_TRAIN, run_module
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd import logit_cache
+from video_kd.errors import UserError
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 FAKE_SHA = 'ab' * 32
@@ -169,14 +170,14 @@ def test_samples_without_view_keys_are_refused(small_data, tmp_path):
     from mmaction.structures import ActionDataSample
 
     sample = ActionDataSample().set_gt_label(torch.tensor([0]))
-    with pytest.raises(logit_cache.CacheConfigError, match='SeededViews'):
+    with pytest.raises(UserError, match='SeededViews'):
         model.loss(inputs, [sample])
 
 
 def test_not_a_distill_config_is_refused(tmp_path):
     from video_kd.config import load_config
 
-    with pytest.raises(logit_cache.CacheConfigError, match='distillation'):
+    with pytest.raises(UserError, match='distillation'):
         logit_cache.enable_cache(load_config('tsm_mobilenetv2_tiny'), str(tmp_path), FAKE_SHA)
 
 

@@ -10,7 +10,10 @@ import pytest
 import yaml
 
 from pipelines import kd_pipeline as kp
-from video_kd import s3, steps
+from video_kd import local_run, s3
+from video_kd.errors import UserError
+from video_kd.runs import RUN_STEPS, Manifest, RunLayout, new_run_id
+from video_kd.steps import data_prep
 
 ORDER = ['data-prep', 'teacher-download', 'train', 'convert', 'evaluate']
 
@@ -84,6 +87,11 @@ def test_typed_parameters_and_no_credentials():
     assert params['image']['defaultValue'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
     assert spec['pipelineInfo']['name'] == 'video-kd-distillation'
     assert not [n for n in params if 'key' in n or 'secret' in n or 'password' in n]
+    # the Kubernetes objects the pods read are named by parameters; they hold no credentials
+    assert params['s3_credentials']['defaultValue'] == 'video-kd-s3-credentials'
+    assert params['s3_config_map']['defaultValue'] == 'video-kd-s3'
+    assert params['training_config_map']['defaultValue'] == 'video-kd-training'
+    assert types['cfg_options'] == 'LIST' and params['cfg_options']['defaultValue'] == []
     # the chart's scheduled run sets exactly these, so they must exist
     assert {
         'image',
@@ -109,56 +117,60 @@ def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
         assert 'pip install' not in json.dumps(container), 'the image has everything'
         k8s = platform['platforms']['kubernetes']['deploymentSpec']['executors'][name]
         (secret,) = k8s['secretAsEnv']
-        assert secret['secretName'] == 'video-kd-s3-credentials'
+        assert secret['secretNameParameter'] == {'componentInputParameter': 's3_credentials'}
         assert {e['envVar'] for e in secret['keyToEnv']} == {
             'AWS_ACCESS_KEY_ID',
             'AWS_SECRET_ACCESS_KEY',
         }
-        maps = {m['configMapName']: m for m in k8s['configMapAsEnv']}
-        assert 'S3_ENDPOINT_URL' in {e['envVar'] for e in maps['video-kd-s3']['keyToEnv']}
-        assert ('video-kd-training' in maps) == (name == 'exec-train')
+        maps = {}
+        for m in k8s['configMapAsEnv']:
+            param = m['configMapNameParameter']['componentInputParameter']
+            maps.setdefault(param, []).extend(e['envVar'] for e in m['keyToEnv'])
+        assert 'S3_ENDPOINT_URL' in maps['s3_config_map']
+        assert ('training_config_map' in maps) == (name == 'exec-train')
     job_id = spec['root']['dag']['tasks']['data-prep']['inputs']['parameters']['job_id']
     assert job_id['runtimeValue']['constant'] == '{{$.pipeline_job_uuid}}'
 
 
 def test_run_ids_are_unique_and_a_used_run_dir_is_refused(bucket, tmp_path):
-    ids = {steps.new_run_id('{{$.pipeline_job_uuid}}') for _ in range(20)}
+    ids = {new_run_id('{{$.pipeline_job_uuid}}') for _ in range(20)}
     assert len(ids) == 20 and all('{' not in i for i in ids)
-    assert steps.new_run_id('8f1c-uuid').endswith('-8f1c-uuid')
+    assert new_run_id('8f1c-uuid').endswith('-8f1c-uuid')
     opts = 'generate://?num_classes=2&train_per_class=2&val_per_class=1&num_frames=10'
-    meta = steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'a')
+    meta = data_prep.run(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'a')
     assert meta['run_root'] == f's3://{bucket}/p/r1' and meta['num_classes'] == 2
-    assert s3.exists(f's3://{bucket}/p/r1/data/videos/move_up/train_000.mp4') or any(
-        '/data/videos/' in u for u in s3.list_uris(f's3://{bucket}/p/r1/data/')
-    )
+    # the generated videos went into the run's data/videos/, each recorded in the manifest
+    video = f's3://{bucket}/p/r1/data/videos/move_up/train_0000.mp4'
+    assert s3.exists(video)
+    recorded = {e.uri for e in Manifest.load(RunLayout(bucket, 'p', 'r1')).entries}
+    assert video in recorded and meta['dataset_meta_uri'] in recorded
+    assert len([u for u in recorded if u.endswith('.mp4')]) == 2 * (2 + 1)
     # a retry of the same KFP run continues; any other run is refused
-    steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'b')
-    with pytest.raises(steps.StepError, match='already used by another run'):
-        steps.data_prep(opts, bucket, 'p', run_id='r1', job_id='job-b', workdir=tmp_path / 'c')
-    with pytest.raises(steps.StepError, match='unknown generator option'):
-        steps.data_prep('generate://?classes=2', bucket, 'p', run_id='r2')
+    data_prep.run(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'b')
+    with pytest.raises(UserError, match='already used by another run'):
+        data_prep.run(opts, bucket, 'p', run_id='r1', job_id='job-b', workdir=tmp_path / 'c')
+    with pytest.raises(UserError, match='unknown generator option'):
+        data_prep.run('generate://?classes=2', bucket, 'p', run_id='r2')
 
 
-def _verify_run(run_root: str, tmp_path) -> s3.Manifest:
+def _verify_run(run_root: str, tmp_path) -> Manifest:
     """Every manifest entry is in S3 with the recorded checksum; every step wrote something."""
-    manifest = s3.Manifest.load(steps.layout_from_root(run_root))
+    manifest = Manifest.load(RunLayout.from_root(run_root))
     for i, entry in enumerate(manifest.entries):
         local = s3.download_file(entry.uri, tmp_path / f'obj{i}')
         assert s3.sha256_file(local) == entry.sha256, entry.uri
         assert local.stat().st_size == entry.size_bytes
-    assert {e.step for e in manifest.entries} == set(s3.RUN_STEPS)
+    assert {e.step for e in manifest.entries} == set(RUN_STEPS)
     return manifest
 
 
 @pytest.mark.slow
 def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
-    from video_kd import cli
-
     scratch = tmp_path / 'tmp'  # the steps' (subprocesses') temporary directories
     scratch.mkdir()
     monkeypatch.setenv('TMPDIR', str(scratch))
     data = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
-    first = cli.run_local_pipeline(
+    first = local_run.run_local_pipeline(
         tmp_path / 'w', bucket, 'kd', data, teacher_epochs=1, kd_epochs=2, baseline=True, workers=1
     )
     manifest = _verify_run(first['run_root'], tmp_path / 'v1')
@@ -191,7 +203,7 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
 
     before = {e.uri: e.sha256 for e in manifest.entries}
     # the second run with the fast teacher: pipeline parameter -> PyTorchJob pod -> train
-    second = cli.run_local_pipeline(
+    second = local_run.run_local_pipeline(
         tmp_path / 'w',
         bucket,
         'kd',
@@ -208,8 +220,23 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
     (config,) = [e.uri for e in second_manifest.entries if e.uri.endswith('vis_data/config.py')]
     resolved = s3.download_file(config, tmp_path / 'config.py').read_text()
     assert "type='InferenceTeacherDistill'" in resolved and "teacher_precision='bf16'" in resolved
+    # the one resolved config the train step wrote, which every training process loaded
+    run_config = RunLayout.from_root(second['run_root']).uri('train', 'config.py')
+    written = s3.download_file(run_config, tmp_path / 'run_config.py').read_text()
+    assert "type='InferenceTeacherDistill'" in written and 'max_epochs=1' in written
+    assert 'custom_imports=dict(' in written and 'video_kd.plugins' in written
     assert 'baseline' not in second['metrics']
     # the first run's objects are untouched
-    again = s3.Manifest.load(steps.layout_from_root(first['run_root']))
+    again = Manifest.load(RunLayout.from_root(first['run_root']))
     assert {e.uri: e.sha256 for e in again.entries} == before
     assert all(s3.exists(uri) for uri in before)
+
+
+def test_a_failed_data_prep_gives_its_run_id_back(bucket, tmp_path):
+    """Regression: a failed data prep left run.json behind, so the fixed re-run was refused."""
+    with pytest.raises(UserError, match='unknown generator option'):
+        data_prep.run('generate://?classes=2', bucket, 'p', run_id='r3')
+    assert not s3.list_uris(f's3://{bucket}/p/r3/')
+    opts = 'generate://?num_classes=2&train_per_class=2&val_per_class=1&num_frames=10'
+    meta = data_prep.run(opts, bucket, 'p', run_id='r3', workdir=tmp_path / 'w')
+    assert meta['run_id'] == 'r3'

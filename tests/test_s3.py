@@ -3,52 +3,12 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import socket
 
 import pytest
 
 from video_kd import s3
-
-
-def test_upload_download_round_trip_and_manifest(bucket, tmp_path):
-    layout = s3.RunLayout(bucket, 'kd', 'run-1')
-    local = tmp_path / 'ckpt.pth'
-    local.write_bytes(b'weights' * 1000)
-
-    entry = s3.Manifest.load(layout).record('teacher', local, layout.uri('teacher', 'ckpt.pth'))
-
-    assert entry.uri == f's3://{bucket}/kd/run-1/teacher/ckpt.pth'
-    assert entry.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
-    assert entry.size_bytes == 7000
-    back = s3.download_file(entry.uri, tmp_path / 'back' / 'ckpt.pth')
-    assert back.read_bytes() == local.read_bytes()
-    assert s3.sha256_file(back) == entry.sha256
-    reloaded = s3.Manifest.load(layout)
-    assert reloaded.entries == [entry]
-    stored = json.loads(s3.download_file(layout.manifest_uri, tmp_path / 'm.json').read_text())
-    assert stored['entries'][0] == {
-        'step': 'teacher',
-        'uri': entry.uri,
-        'sha256': entry.sha256,
-        'size_bytes': 7000,
-    }
-
-
-def test_manifest_accumulates_across_loads(bucket, tmp_path):
-    layout = s3.RunLayout(bucket, 'kd', 'run-2')
-    for step in ('data', 'student'):
-        path = tmp_path / f'{step}.bin'
-        path.write_bytes(step.encode())
-        s3.Manifest.load(layout).record(step, path, layout.uri(step, path.name))
-    assert [e.step for e in s3.Manifest.load(layout).entries] == ['data', 'student']
-
-
-def test_record_rejects_uri_outside_step_dir(bucket, tmp_path):
-    layout = s3.RunLayout(bucket, 'kd', 'run-3')
-    (tmp_path / 'f').write_bytes(b'x')
-    with pytest.raises(ValueError, match="not inside the 'eval' step"):
-        s3.Manifest(layout).record('eval', tmp_path / 'f', layout.uri('train', 'f'))
+from video_kd.errors import UserError
 
 
 def test_refuses_to_overwrite(bucket, tmp_path):
@@ -110,7 +70,7 @@ def test_missing_credentials_fail_before_any_network_call(monkeypatch):
     message = str(info.value)
     assert 'AWS_ACCESS_KEY_ID' in message and 'AWS_SECRET_ACCESS_KEY' in message
     assert 'Kubernetes Secret' in message
-    assert isinstance(info.value, RuntimeError)
+    assert isinstance(info.value, UserError)  # one line, exit status 2 in every entry point
 
 
 def test_client_uses_endpoint_region_and_path_style(s3_env, monkeypatch):
@@ -135,22 +95,6 @@ def test_uri_helpers():
     for bad in ('http://b/k', 's3:///k'):
         with pytest.raises(ValueError):
             s3.parse_s3_uri(bad)
-
-
-def test_run_layout():
-    layout = s3.RunLayout('bkt', 'video-kd', 'run-42')
-    assert layout.uri('student', 'best.pth') == 's3://bkt/video-kd/run-42/student/best.pth'
-    assert layout.manifest_uri == 's3://bkt/video-kd/run-42/manifest.json'
-    sha = 'a' * 64
-    assert (
-        layout.cache_uri('teacher', sha, 't.pth') == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth'
-    )
-    with pytest.raises(ValueError, match="unknown step 'deploy'"):
-        layout.uri('deploy')
-    with pytest.raises(ValueError, match='SHA-256'):
-        layout.cache_uri('teacher', 'abc', 't.pth')
-    with pytest.raises(ValueError, match='run id'):
-        s3.RunLayout('bkt', 'p', 'a/b')
 
 
 def test_sha256_file_streams(tmp_path):

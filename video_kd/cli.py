@@ -15,38 +15,27 @@ pipeline parameters.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import re
-import shutil
-import subprocess
 import sys
+import tempfile
 import time
-import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from video_kd.errors import UserError, exit_on_user_error, one_line
+
+if TYPE_CHECKING:
+    from pipelines.kd_pipeline import ClusterNames
 
 log = logging.getLogger('video_kd.cli')
 
 PIPELINE_NAME = 'video-kd-distillation'
-LOCAL_ACCESS_KEY = 'video-kd-local'
-LOCAL_SECRET_KEY = 'video-kd-local-secret'
-TINY_KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
-TINY_TEACHER_CONFIG = 'tsm_r50_tiny'
-TINY_STUDENT_CONFIG = 'tsm_mobilenetv2_tiny'
-# Tiny runs on a laptop: no DataLoader worker processes (the batch sizes are the config's).
-TINY_CFG_OPTIONS = [
-    'train_dataloader.num_workers=0',
-    'val_dataloader.num_workers=0',
-    'train_dataloader.persistent_workers=False',
-    'val_dataloader.persistent_workers=False',
-]
 _CRON_MACROS = ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly')
-
-
-class CliError(RuntimeError):
-    """Printed as one ``error: ...`` line; exit status 2."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -64,7 +53,7 @@ def pipeline_parameters(package: str | Path | None = None) -> dict[str, dict[str
 
     package = Path(package or pipeline_file())
     if not package.is_file():
-        raise CliError(f'{package} does not exist: run `video-kd compile` first')
+        raise UserError(f'{package} does not exist: run `video-kd compile` first')
     spec = next(yaml.safe_load_all(package.read_text()))
     params = spec['root']['inputDefinitions']['parameters']
     return {
@@ -80,9 +69,9 @@ def parse_params(pairs: list[str], package: str | Path | None = None) -> dict[st
     for pair in pairs or []:
         key, sep, value = pair.partition('=')
         if not sep:
-            raise CliError(f'--param {pair!r}: expected key=value')
+            raise UserError(f'--param {pair!r}: expected key=value')
         if key not in known:
-            raise CliError(
+            raise UserError(
                 f'--param {key}: not a parameter of the pipeline; known: {", ".join(sorted(known))}'
             )
         kind = known[key]['type']
@@ -91,14 +80,19 @@ def parse_params(pairs: list[str], package: str | Path | None = None) -> dict[st
                 params[key] = int(value)
             elif kind == 'NUMBER_DOUBLE':
                 params[key] = float(value)
+            elif kind in ('LIST', 'STRUCT'):
+                params[key] = json.loads(value)
+                if not isinstance(params[key], list if kind == 'LIST' else dict):
+                    raise ValueError(value)
             elif kind == 'BOOLEAN':
                 if value.lower() not in ('true', 'false', '1', '0'):
                     raise ValueError(value)
                 params[key] = value.lower() in ('true', '1')
             else:
                 params[key] = value
-        except ValueError as exc:
-            raise CliError(f'--param {key}={value}: expected {kind.lower()}') from exc
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError too
+            expected = 'a JSON list' if kind == 'LIST' else kind.lower()
+            raise UserError(f'--param {key}={value}: expected {expected}') from exc
     return params
 
 
@@ -108,7 +102,7 @@ def check_cron(cron: str) -> str:
     if cron in _CRON_MACROS or re.fullmatch(r'@every \d+[smh](\d+[smh])*', cron):
         return cron
     if len(cron.split()) != 6:
-        raise CliError(
+        raise UserError(
             f'--cron {cron!r}: KFP needs six fields, seconds first '
             '("0 0 3 * * *" = 03:00 daily), or @daily / @weekly / @every 24h'
         )
@@ -118,13 +112,43 @@ def check_cron(cron: str) -> str:
 def kfp_client(args):
     import kfp
 
-    return kfp.Client(
-        host=args.host, namespace=args.namespace, existing_token=os.environ.get('KFP_TOKEN') or None
-    )
+    with kfp_errors(args.host):
+        return kfp.Client(
+            host=args.host,
+            namespace=args.namespace,
+            existing_token=os.environ.get('KFP_TOKEN') or None,
+        )
+
+
+@contextlib.contextmanager
+def kfp_errors(host: str) -> Iterator[None]:
+    """The KFP API's failures (unreachable, 401/403/404, ...) as one line naming the host."""
+    from kfp_server_api.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    try:
+        yield
+    except ApiException as exc:
+        raise UserError(f'KFP API at {host}: HTTP {exc.status} {exc.reason}') from exc
+    except (HTTPError, ConnectionError, OSError) as exc:
+        raise UserError(f'cannot reach the KFP API at {host}: {one_line(exc)}') from exc
 
 
 def find_pipeline_id(client, name: str) -> str | None:
     return client.get_pipeline_id(name)
+
+
+def cluster_names(args) -> ClusterNames:
+    """The chart release's object names, from ``upload``'s flags."""
+    from pipelines.kd_pipeline import ClusterNames
+
+    defaults = ClusterNames()
+    return ClusterNames(
+        **{
+            field: getattr(args, field) or getattr(defaults, field)
+            for field in ClusterNames.__dataclass_fields__
+        }
+    )
 
 
 # --------------------------------------------------------------------------- commands
@@ -146,8 +170,20 @@ def cmd_configs(args) -> int:
 
 
 def cmd_upload(args) -> int:
-    client = kfp_client(args)
-    package = str(args.package or pipeline_file())
+    from pipelines.kd_pipeline import ClusterNames, compile_pipeline
+
+    names = cluster_names(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = args.package
+        if package is None and names != ClusterNames():  # the release's own names and keys
+            package = compile_pipeline(Path(tmp) / 'kd_pipeline.yaml', names)
+        package = str(package or pipeline_file())
+        client = kfp_client(args)
+        with kfp_errors(args.host):
+            return _upload(client, package, args)
+
+
+def _upload(client, package: str, args) -> int:
     pipeline_id = find_pipeline_id(client, args.pipeline_name)
     if pipeline_id is None:
         pipeline = client.upload_pipeline(
@@ -171,6 +207,11 @@ def cmd_upload(args) -> int:
 def cmd_submit(args) -> int:
     params = parse_params(args.param, args.package)
     client = kfp_client(args)
+    with kfp_errors(args.host):
+        return _submit(client, params, args)
+
+
+def _submit(client, params: dict[str, Any], args) -> int:
     run = client.create_run_from_pipeline_package(
         str(args.package or pipeline_file()),
         arguments=params,
@@ -192,9 +233,14 @@ def cmd_schedule(args) -> int:
     cron = check_cron(args.cron)
     params = parse_params(args.param)
     client = kfp_client(args)
+    with kfp_errors(args.host):
+        return _schedule(client, cron, params, args)
+
+
+def _schedule(client, cron: str, params: dict[str, Any], args) -> int:
     pipeline_id = find_pipeline_id(client, args.pipeline_name)
     if pipeline_id is None:
-        raise CliError(
+        raise UserError(
             f'pipeline {args.pipeline_name!r} is not in {args.host}: `video-kd upload` it first'
         )
     versions = (
@@ -204,7 +250,7 @@ def cmd_schedule(args) -> int:
         or []
     )
     if not versions:
-        raise CliError(f'pipeline {args.pipeline_name!r} has no version')
+        raise UserError(f'pipeline {args.pipeline_name!r} has no version')
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     job_name = args.job_name or f'{args.pipeline_name}-{args.experiment}'
     existing = (
@@ -239,201 +285,6 @@ def cmd_schedule(args) -> int:
 # --------------------------------------------------------------------------- run-local
 
 
-class LocalS3:
-    """A moto S3 server on 127.0.0.1 in a subprocess (``moto[server]``, the local extra)."""
-
-    def __init__(self, log_path: Path):
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(('127.0.0.1', 0))
-            self.port = sock.getsockname()[1]
-        self.endpoint = f'http://127.0.0.1:{self.port}'
-        self.log_path = log_path
-        self.proc: subprocess.Popen | None = None
-
-    def __enter__(self) -> LocalS3:
-        import urllib.error
-        import urllib.request
-
-        try:
-            import moto.server  # noqa: F401
-        except ImportError as exc:
-            raise CliError(
-                'the local S3 server needs moto[server]: pip install -e ".[local]"'
-            ) from exc
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, 'wb') as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise CliError(f'the local S3 server exited, see {self.log_path}')
-            try:
-                urllib.request.urlopen(self.endpoint + '/moto-api/', timeout=1).close()
-                return self
-            except urllib.error.HTTPError:
-                return self
-            except OSError:
-                time.sleep(0.1)
-        raise CliError(f'the local S3 server did not start, see {self.log_path}')
-
-    def __exit__(self, *exc) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
-
-
-def _train_input_model(config: str, data_root: Path, work_dir: Path, epochs: int) -> Path:
-    """Train a tiny teacher / baseline once (reused by later run-local calls)."""
-    ckpt = work_dir / f'epoch_{epochs}.pth'
-    if ckpt.is_file():
-        print(f'  reusing {ckpt}')
-        return ckpt
-    if work_dir.exists():
-        shutil.rmtree(work_dir)
-    started = time.monotonic()
-    result = subprocess.run(
-        [
-            sys.executable,
-            '-m',
-            'video_kd.train',
-            config,
-            '--work-dir',
-            str(work_dir),
-            '--data-root',
-            str(data_root),
-            '--max-epochs',
-            str(epochs),
-            '--no-data-check',
-            '--cfg-options',
-            *TINY_CFG_OPTIONS,
-        ],
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0 or not ckpt.is_file():
-        raise CliError(f'training {config} failed: {result.stderr.strip().splitlines()[-1:]}')
-    print(f'  trained {config} for {epochs} epochs in {time.monotonic() - started:.0f}s')
-    return ckpt
-
-
-def _upload_input(path: Path, uri: str) -> tuple[str, str]:
-    from video_kd import s3
-
-    if not s3.exists(uri):
-        s3.upload_file(path, uri)
-    return uri, s3.sha256_file(path)
-
-
-def run_local_pipeline(
-    workdir: Path,
-    bucket: str,
-    prefix: str,
-    data_opts: dict[str, int],
-    teacher_epochs: int,
-    kd_epochs: int,
-    baseline: bool,
-    workers: int,
-    run_id: str | None = None,
-    pipeline_args: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Everything ``run-local`` does once the S3 env is set; returns where things are.
-
-    ``pipeline_args``: more kd_pipeline parameters (teacher_precision, ...).
-    """
-    import boto3
-    from kfp import local
-
-    from pipelines.kd_pipeline import kd_pipeline
-    from video_kd import dataset, s3
-
-    client = s3.s3_client()
-    try:
-        client.head_bucket(Bucket=bucket)
-    except Exception:
-        client.create_bucket(Bucket=bucket)
-    del boto3
-    key = '-'.join(f'{k}{v}' for k, v in sorted(data_opts.items()))
-    inputs = workdir / 'inputs' / key
-    data_root = inputs / 'dataset'
-    if not (data_root / dataset.CLASSES_FILE).is_file():
-        print(f'generating the synthetic dataset in {data_root}')
-        dataset.generate_dataset(data_root, **data_opts)
-    dataset_uri = s3.join_uri(f's3://{bucket}', 'datasets', key)
-    if not s3.exists(s3.join_uri(dataset_uri, dataset.CLASSES_FILE)):
-        s3.upload_dir(data_root, dataset_uri)
-    print(f'dataset: {dataset_uri}')
-    print(f'training the tiny teacher ({TINY_TEACHER_CONFIG})')
-    teacher = _train_input_model(
-        TINY_TEACHER_CONFIG, data_root, inputs / f'teacher-{teacher_epochs}e', teacher_epochs
-    )
-    teacher_url, teacher_sha = _upload_input(
-        teacher, s3.join_uri(f's3://{bucket}', 'models', key, f'teacher-{teacher_epochs}e.pth')
-    )
-    baseline_url = baseline_sha = ''
-    if baseline:
-        print(f'training the student alone, the no-KD baseline ({TINY_STUDENT_CONFIG})')
-        base = _train_input_model(
-            TINY_STUDENT_CONFIG, data_root, inputs / f'baseline-{kd_epochs}e', kd_epochs
-        )
-        baseline_url, baseline_sha = _upload_input(
-            base, s3.join_uri(f's3://{bucket}', 'models', key, f'baseline-{kd_epochs}e.pth')
-        )
-    from video_kd.steps import new_run_id
-
-    run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
-    print(f'running the pipeline with the KFP local runner, run id {run_id}')
-    local.init(
-        runner=local.SubprocessRunner(use_venv=False),
-        pipeline_root=str(workdir / 'kfp-root'),
-        raise_on_error=True,
-    )
-    kd_pipeline(
-        dataset_uri=dataset_uri,
-        teacher_url=teacher_url,
-        teacher_sha256=teacher_sha,
-        kd_config=TINY_KD_CONFIG,
-        student_config=TINY_STUDENT_CONFIG,
-        baseline_url=baseline_url,
-        baseline_sha256=baseline_sha,
-        num_workers=workers,
-        gpus_per_worker=0,
-        nproc_per_node=1,
-        max_epochs=kd_epochs,
-        cfg_options=' '.join(TINY_CFG_OPTIONS),
-        train_mode='local',
-        s3_bucket=bucket,
-        s3_prefix=prefix,
-        run_id=run_id,
-        **(pipeline_args or {}),
-    )
-    layout = s3.RunLayout(bucket, prefix, run_id)
-    manifest = s3.Manifest.load(layout)
-    metrics_uri = layout.uri('eval', 'metrics.json')
-    b, k = s3.parse_s3_uri(metrics_uri)
-    metrics = json.loads(client.get_object(Bucket=b, Key=k)['Body'].read())
-    return {
-        'run_id': run_id,
-        'run_root': layout.root,
-        'manifest': manifest,
-        'metrics': metrics,
-        'kfp_root': str(workdir / 'kfp-root'),
-    }
-
-
-def mirror_run(run_root: str, dest: Path) -> Path:
-    """Copy a run's S3 directory to disk (the local S3 server keeps it in memory only)."""
-    from video_kd import s3
-
-    s3.download_dir(run_root, dest)
-    return dest
-
-
 def _fmt(m: dict | None) -> str:
     if not m:
         return 'n/a'
@@ -444,6 +295,8 @@ def _fmt(m: dict | None) -> str:
 
 
 def cmd_run_local(args) -> int:
+    from video_kd import local_run
+
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
@@ -455,26 +308,16 @@ def cmd_run_local(args) -> int:
         size=64,
     )
     started = time.monotonic()
-    server = None
-    if args.s3_endpoint:
-        os.environ['S3_ENDPOINT_URL'] = args.s3_endpoint
-        endpoint = args.s3_endpoint
-    else:
-        server = LocalS3(workdir / 'moto.log').__enter__()
-        endpoint = server.endpoint
-        os.environ.update(
-            {
-                'S3_ENDPOINT_URL': endpoint,
-                'AWS_ACCESS_KEY_ID': LOCAL_ACCESS_KEY,
-                'AWS_SECRET_ACCESS_KEY': LOCAL_SECRET_KEY,
-                'AWS_DEFAULT_REGION': 'us-east-1',
-            }
-        )
-        for name in ('AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_ENDPOINT_URL'):
-            os.environ.pop(name, None)
-        print(f'local S3 server (moto): {endpoint}')
-    try:
-        result = run_local_pipeline(
+    with contextlib.ExitStack() as stack:
+        server = None
+        if args.s3_endpoint:
+            env = {'S3_ENDPOINT_URL': args.s3_endpoint}
+        else:
+            server = stack.enter_context(local_run.LocalS3(workdir / 'moto.log'))
+            env = server.env()
+            print(f'local S3 server (moto): {server.endpoint}')
+        stack.enter_context(local_run.s3_environment(env))
+        result = local_run.run_local_pipeline(
             workdir,
             args.bucket,
             args.prefix,
@@ -489,45 +332,50 @@ def cmd_run_local(args) -> int:
                 'teacher_logit_cache': args.teacher_logit_cache,
             },
         )
-        mirror = mirror_run(
+        mirror = local_run.mirror_run(
             result['run_root'], workdir / 's3' / args.bucket / args.prefix / result['run_id']
         )
-        metrics = result['metrics']
-        print()
-        print('=' * 78)
-        print(f'run {result["run_id"]} finished in {time.monotonic() - started:.0f}s')
-        print(
-            f'artifacts:  {result["run_root"]}/  ({len(result["manifest"].entries)} objects '
-            'in manifest.json)'
-        )
-        for step in ('data', 'teacher', 'train', 'student', 'eval'):
-            n = sum(1 for e in result['manifest'].entries if e.step == step)
-            print(f'  {step + "/":9} {n} objects')
-        print(f'copied to:  {mirror}/')
-        print(f'KFP local pipeline root (artifact metadata): {result["kfp_root"]}')
-        print(f'student with KD    : {_fmt(metrics.get("student"))}')
-        print(f'student without KD : {_fmt(metrics.get("baseline"))}')
-        print(f'teacher            : {_fmt(metrics.get("teacher"))}')
-        if 'kd_gain' in metrics:
-            print(f'KD gain (top-1)    : {metrics["kd_gain"]["top1_acc"]:+.3f}')
-        print(f'report: {mirror / "eval" / "report.md"}')
+        _print_summary(result, mirror, time.monotonic() - started)
         if server and args.serve:
-            print(
-                f'\nS3 server stays up at {endpoint} until Ctrl-C; browse it with\n'
-                f'  AWS_ACCESS_KEY_ID={LOCAL_ACCESS_KEY} '
-                f'AWS_SECRET_ACCESS_KEY={LOCAL_SECRET_KEY} '
-                f'aws --endpoint-url {endpoint} s3 ls --recursive '
-                f'{result["run_root"]}/'
-            )
-            try:
-                while True:
-                    time.sleep(3600)
-            except KeyboardInterrupt:
-                pass
-    finally:
-        if server:
-            server.__exit__(None, None, None)
+            _serve(server, result['run_root'])
     return 0
+
+
+def _print_summary(result: dict[str, Any], mirror: Path, seconds: float) -> None:
+    metrics = result['metrics']
+    print()
+    print('=' * 78)
+    print(f'run {result["run_id"]} finished in {seconds:.0f}s')
+    print(
+        f'artifacts:  {result["run_root"]}/  ({len(result["manifest"].entries)} objects '
+        'in manifest.json)'
+    )
+    for step in ('data', 'teacher', 'train', 'student', 'eval'):
+        n = sum(1 for e in result['manifest'].entries if e.step == step)
+        print(f'  {step + "/":9} {n} objects')
+    print(f'copied to:  {mirror}/')
+    print(f'KFP local pipeline root (artifact metadata): {result["kfp_root"]}')
+    print(f'student with KD    : {_fmt(metrics.get("student"))}')
+    print(f'student without KD : {_fmt(metrics.get("baseline"))}')
+    print(f'teacher            : {_fmt(metrics.get("teacher"))}')
+    if 'kd_gain' in metrics:
+        print(f'KD gain (top-1)    : {metrics["kd_gain"]["top1_acc"]:+.3f}')
+    print(f'report: {mirror / "eval" / "report.md"}')
+
+
+def _serve(server, run_root: str) -> None:
+    env = server.env()
+    print(
+        f'\nS3 server stays up at {server.endpoint} until Ctrl-C; browse it with\n'
+        f'  AWS_ACCESS_KEY_ID={env["AWS_ACCESS_KEY_ID"]} '
+        f'AWS_SECRET_ACCESS_KEY={env["AWS_SECRET_ACCESS_KEY"]} '
+        f'aws --endpoint-url {server.endpoint} s3 ls --recursive {run_root}/'
+    )
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
 
 
 # --------------------------------------------------------------------------- parser
@@ -634,6 +482,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--version', help='version name; default <package version>-<UTC time>')
     p.add_argument('--package', type=Path, help='default: the compiled pipeline')
     p.add_argument('--description', default='Video KD: MMAction2 + MMRazor distillation')
+    names = p.add_argument_group(
+        'cluster names',
+        "the Helm release's objects the step pods read (compiled into the uploaded pipeline; "
+        'defaults: a release named video-kd)',
+    )
+    names.add_argument('--s3-config-map', help='ConfigMap with S3_ENDPOINT_URL (video-kd-s3)')
+    names.add_argument(
+        '--s3-credentials', help='Secret with the S3 credentials (video-kd-s3-credentials)'
+    )
+    names.add_argument(
+        '--access-key-id-key', help='its key of the access key id (AWS_ACCESS_KEY_ID)'
+    )
+    names.add_argument(
+        '--secret-access-key-key', help='its key of the secret key (AWS_SECRET_ACCESS_KEY)'
+    )
+    names.add_argument(
+        '--training-config-map', help='ConfigMap of the training pods (video-kd-training)'
+    )
+    names.add_argument('--pvc', help='PersistentVolumeClaim mounted in every step pod (none)')
+    names.add_argument('--pvc-mount', help='where it is mounted (/data)')
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser(
@@ -683,29 +551,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from video_kd import download, s3
-    from video_kd.steps import StepError
-
     try:
-        return args.func(args)
-    except (CliError, StepError, s3.S3Error, download.DownloadError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 2
-    except Exception as exc:
-        # kfp's local runner raises RuntimeError naming the failed task; the API raises
-        # ApiException/ConnectionError: one line, not a traceback.
-        if type(exc).__name__ in (
-            'RuntimeError',
-            'ApiException',
-            'MaxRetryError',
-            'ConnectionError',
-            'NewConnectionError',
-        ):
-            print(
-                f'error: {type(exc).__name__}: {str(exc).strip().splitlines()[0]}', file=sys.stderr
-            )
-            return 1
-        raise
+        with exit_on_user_error():
+            return args.func(args)
+    except SystemExit as done:
+        return done.code
 
 
 if __name__ == '__main__':

@@ -26,6 +26,7 @@ from pathlib import Path
 from mmengine.config import Config, ConfigDict
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ _REMOTE_PREFIXES = (
 )
 
 
-class UnknownConfigError(ValueError):
+class UnknownConfigError(UserError):
     """A config name or path that does not exist."""
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from video_kd.runtime import UsageError, run_cli, setup_logging
+from video_kd.errors import UserError, run_cli, setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -28,16 +28,16 @@ def load_checkpoint_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
     """(state dict, meta) of an mmengine checkpoint or of a bare state dict file."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f'checkpoint {path} does not exist')
+        raise UserError(f'checkpoint {path} does not exist')
     try:
         checkpoint = torch.load(path, map_location='cpu', weights_only=False)
     except Exception as error:
-        raise UsageError(
+        raise UserError(
             f'{path} is not a readable PyTorch checkpoint: {str(error).splitlines()[0]}'
         ) from error
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
-        raise UsageError(f'{path} holds no state dict')
+        raise UserError(f'{path} holds no state dict')
     return state, dict(checkpoint.get('meta') or {})
 
 
@@ -75,7 +75,7 @@ def student_state_dict(kd_state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
         if key.startswith(STUDENT_PREFIX)
     }
     if not student:
-        raise UsageError(
+        raise UserError(
             'not a knowledge-distillation checkpoint: no "architecture.*" (student) weights in it'
         )
     return student
@@ -92,7 +92,7 @@ def convert_kd_ckpt_to_student(
     """Write the student-only checkpoint (default: ``<name>_student.pth`` beside it)."""
     out = Path(out) if out else student_checkpoint_path(kd_checkpoint)
     if out.exists() and not overwrite:
-        raise UsageError(f'{out} already exists; pass --overwrite to replace it')
+        raise UserError(f'{out} already exists; pass --overwrite to replace it')
     kd_state, meta = load_checkpoint_file(kd_checkpoint)
     state = student_state_dict(kd_state)
     meta.update(converted_from=str(kd_checkpoint), converted_by='video_kd.convert')

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from video_kd.errors import UserError
+
 logger = logging.getLogger(__name__)
 
 TRAIN_LIST = 'train_list.txt'
@@ -33,7 +35,7 @@ VIDEO_DIR = 'videos'
 MOTIONS = ('move_up', 'move_down', 'grow', 'shrink', 'circle')
 
 
-class DatasetError(ValueError):
+class DatasetError(UserError):
     """The dataset cannot be used at all (nothing valid, missing lists...)."""
 
 

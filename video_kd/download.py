@@ -26,10 +26,13 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 from video_kd import s3
+from video_kd.errors import UserError, run_cli, setup_logging
+from video_kd.runs import RunLayout
 
 log = logging.getLogger('video_kd.download')
 
@@ -38,7 +41,7 @@ _CHUNK = 1024 * 1024
 _MB = 1024 * 1024
 
 
-class DownloadError(RuntimeError):
+class DownloadError(UserError):
     """The checkpoint could not be fetched."""
 
 
@@ -56,17 +59,30 @@ class _Retryable(Exception):
     """A failure worth another attempt (connection trouble, 5xx, short body)."""
 
 
-def fetch_teacher(
+@dataclass(frozen=True)
+class Fetched:
+    """A verified checkpoint on local disk, and whether it came from the S3 cache."""
+
+    path: Path
+    cache_hit: bool
+
+
+def fetch_teacher(*args, **kwargs) -> Path:
+    """``fetch`` returning only the path (the file is what most callers want)."""
+    return fetch(*args, **kwargs).path
+
+
+def fetch(
     url: str,
     dest_dir: str | os.PathLike,
     sha256: str | None = None,
-    cache: s3.RunLayout | str | None = None,
+    cache: RunLayout | str | None = None,
     retries: int = 3,
     timeout: float = 60.0,
     backoff: float = 1.0,
     progress_every_mb: int = 64,
-) -> Path:
-    """Fetch ``url`` into ``dest_dir`` and return the file's path.
+) -> Fetched:
+    """Fetch ``url`` into ``dest_dir``; returns the file's path and whether the cache had it.
 
     ``sha256`` pins the content; without it the file is accepted as is (and
     cannot be cached).  ``cache`` is a ``RunLayout`` (uses its shared
@@ -86,11 +102,10 @@ def fetch_teacher(
 
     if cache_uri and s3.exists(cache_uri):
         log.info('cache hit: %s (not downloading %s)', cache_uri, url)
-        return _ready(
-            fetch_verified(
-                cache_uri, dest_dir / filename, sha256, lambda tmp: s3.download_file(cache_uri, tmp)
-            )
+        dest = fetch_verified(
+            cache_uri, dest_dir / filename, sha256, lambda tmp: s3.download_file(cache_uri, tmp)
         )
+        return Fetched(_ready(dest), cache_hit=True)
 
     dest = _ready(
         fetch_verified(
@@ -107,7 +122,7 @@ def fetch_teacher(
     if cache_uri:
         s3.upload_file(dest, cache_uri)
         log.info('cached %s at %s', dest.name, cache_uri)
-    return dest
+    return Fetched(dest, cache_hit=False)
 
 
 def _ready(dest: Path) -> Path:
@@ -120,19 +135,19 @@ def _normalized_sha256(sha256: str | None) -> str | None:
         return None
     sha256 = sha256.strip().lower()
     if len(sha256) != 64 or any(c not in '0123456789abcdef' for c in sha256):
-        raise ValueError(f'not a hex SHA-256: {sha256!r}')
+        raise DownloadError(f'not a hex SHA-256: {sha256!r}')
     return sha256
 
 
 def _filename(url: str) -> str:
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
     if not name:
-        raise ValueError(f'cannot tell a file name from {url!r}')
+        raise DownloadError(f'cannot tell a file name from {url!r}')
     return name
 
 
-def _cache_uri(cache: s3.RunLayout | str, sha256: str, filename: str) -> str:
-    if isinstance(cache, s3.RunLayout):
+def _cache_uri(cache: RunLayout | str, sha256: str, filename: str) -> str:
+    if isinstance(cache, RunLayout):
         return cache.cache_uri(CACHE_KIND, sha256, filename)
     s3.parse_s3_uri(cache)  # fail early on a cache that is not an s3:// URI
     return s3.join_uri(cache, CACHE_KIND, sha256, filename)
@@ -175,10 +190,10 @@ def _fetch_to(
             else url
         )
         if not source.is_file():
-            raise FileNotFoundError(f'teacher checkpoint not found: {source}')
+            raise DownloadError(f'checkpoint not found: {source}')
         shutil.copyfile(source, tmp)
     else:
-        raise ValueError(
+        raise DownloadError(
             f'unsupported URL scheme {scheme!r} in {url!r}; '
             'use https://, http://, s3://, file:// or a local path'
         )
@@ -265,22 +280,18 @@ def main(argv: list[str] | None = None) -> int:
         help='seconds to wait for the server on each read (default 60)',
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s %(levelname)s %(message)s')
-    try:
-        path = fetch_teacher(
-            args.url,
-            args.dest,
-            sha256=args.sha256,
-            cache=args.cache,
-            retries=args.retries,
-            timeout=args.timeout,
-        )
-    except (DownloadError, s3.S3Error, ValueError, FileNotFoundError) as exc:
-        print(f'error: {exc}', file=sys.stderr)
-        return 1
+    setup_logging()
+    path = fetch_teacher(
+        args.url,
+        args.dest,
+        sha256=args.sha256,
+        cache=args.cache,
+        retries=args.retries,
+        timeout=args.timeout,
+    )
     print(path)
     return 0
 
 
 if __name__ == '__main__':
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -8,9 +8,10 @@ is written.  Anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 BAD_INPUT = 2  # the exit status of every UserError, in every entry point
 
@@ -19,13 +20,23 @@ class UserError(Exception):
     """Printed as one ``error: ...`` line; the entry point exits with status 2."""
 
 
+@contextlib.contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """Inside it, a ``UserError`` prints one ``error: ...`` line and exits with status 2."""
+    try:
+        yield
+    except UserError as error:
+        print(f'error: {one_line(error)}', file=sys.stderr)
+        raise SystemExit(BAD_INPUT) from error
+
+
 def run_cli(main: Callable[..., int | None], *args, **kwargs) -> int:
     """Call an entry point's main; a ``UserError`` becomes one line and exit status 2."""
     try:
-        return main(*args, **kwargs) or 0
-    except UserError as error:
-        print(f'error: {one_line(error)}', file=sys.stderr)
-        return BAD_INPUT
+        with exit_on_user_error():
+            return main(*args, **kwargs) or 0
+    except SystemExit as done:
+        return done.code if isinstance(done.code, int) else BAD_INPUT
 
 
 def one_line(error: BaseException) -> str:

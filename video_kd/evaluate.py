@@ -23,7 +23,8 @@ from mmengine.config import Config, DictAction
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.config import load_config, student_model_cfg
 from video_kd.convert import load_state_dict, state_dict_mismatch
-from video_kd.runtime import UsageError, register_all_modules, run_cli, set_data_root, setup_logging
+from video_kd.errors import UserError, run_cli, setup_logging
+from video_kd.runtime import register_all_modules, set_data_root
 
 logger = logging.getLogger(__name__)
 
@@ -94,9 +95,7 @@ def check_checkpoint_fits(cfg: Config, checkpoint: str) -> None:
     model = MODELS.build(cfg.model)
     mismatch = state_dict_mismatch(model.state_dict(), load_state_dict(checkpoint))
     if mismatch:
-        raise UsageError(
-            f'checkpoint {checkpoint} does not fit the model of the config: {mismatch}'
-        )
+        raise UserError(f'checkpoint {checkpoint} does not fit the model of the config: {mismatch}')
 
 
 def evaluate(

@@ -28,20 +28,17 @@ import contextlib
 import torch
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd.errors import UserError
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 ALGORITHM = 'InferenceTeacherDistill'
-
-
-class FastTeacherConfigError(ValueError):
-    """The fast teacher cannot be used with this config."""
 
 
 def autocast_dtype(precision: str | None) -> torch.dtype | None:
     if precision is None:
         return None
     if precision not in PRECISIONS:
-        raise FastTeacherConfigError(
+        raise UserError(
             f'unknown teacher precision {precision!r}: choose one of {", ".join(PRECISIONS)}'
         )
     return PRECISIONS[precision]
@@ -66,10 +63,10 @@ def _register():
             self.teacher_dtype = autocast_dtype(teacher_precision)
             self.teacher_precision = teacher_precision
             if self.teacher_trainable:
-                raise FastTeacherConfigError('a trainable teacher is not an inference model')
+                raise UserError('a trainable teacher is not an inference model')
             if getattr(self.distiller.deliveries, 'deliveries', None):
                 # delivered teacher outputs would be inference tensors inside the student's graph
-                raise FastTeacherConfigError('deliveries are not supported with a fast teacher')
+                raise UserError('deliveries are not supported with a fast teacher')
 
         def _restore_teacher_mode(self, was_training: bool) -> None:
             self.teacher.train(was_training)
@@ -143,11 +140,11 @@ def enable_fast_teacher(cfg, precision: str = 'fp32') -> None:
 
     autocast_dtype(precision)
     if not is_distill_config(cfg):
-        raise FastTeacherConfigError(
+        raise UserError(
             'a fast teacher needs a distillation config (model.type SingleTeacherDistill)'
         )
     if 'Cached' in str(cfg.model.type):  # the cache location hashes the precision
-        raise FastTeacherConfigError('enable the fast teacher before the teacher-logit cache')
+        raise UserError('enable the fast teacher before the teacher-logit cache')
     cfg.model.type = ALGORITHM
     cfg.model.teacher_precision = precision
     register()

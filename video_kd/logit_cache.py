@@ -72,6 +72,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -94,10 +95,6 @@ PARAM_KEYS = (
     'flip_direction',
     'scale_factor',
 )
-
-
-class CacheConfigError(ValueError):
-    """The teacher-logit cache cannot be used with this config."""
 
 
 # --------------------------------------------------------------------------- views
@@ -156,7 +153,7 @@ def _register_transform():
             from mmengine.dataset import Compose
 
             if int(num_views) < 1:
-                raise CacheConfigError(f'num_views must be >= 1, got {num_views}')
+                raise UserError(f'num_views must be >= 1, got {num_views}')
             self.num_views, self.seed, self.root = int(num_views), int(seed), root
             self.transforms = Compose(
                 [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
@@ -304,7 +301,7 @@ class LogitCache:
 def split_per_sample(record: torch.Tensor, num_samples: int) -> list[torch.Tensor]:
     """A batch record (N*rows, ...) -> N tensors of `rows` rows (TSM: rows = segments)."""
     if record.shape[0] % num_samples:
-        raise CacheConfigError(
+        raise UserError(
             f'a teacher record of {record.shape[0]} rows does not split into {num_samples} samples'
         )
     return list(record.split(record.shape[0] // num_samples))
@@ -333,7 +330,7 @@ def _register_algorithm():
             recorders = self.distiller.teacher_recorders.recorders
             bad = [n for n, r in recorders.items() if not isinstance(r, ModuleOutputsRecorder)]
             if bad or not recorders:
-                raise CacheConfigError(
+                raise UserError(
                     'the teacher-logit cache needs ModuleOutputs teacher '
                     f'recorders only (got {bad or "none"})'
                 )
@@ -355,7 +352,7 @@ def _register_algorithm():
         def teacher_records(self, batch_inputs, data_samples) -> dict[str, torch.Tensor]:
             keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
             if any(k is None for k in keys):
-                raise CacheConfigError(
+                raise UserError(
                     f'data samples carry no {VIEW_KEY}: the train pipeline must wrap its '
                     'random transforms in SeededViews and list it in PackActionInputs '
                     'meta_keys (video_kd.logit_cache.enable_cache does both)'
@@ -409,7 +406,7 @@ class TeacherLogitCacheHook(Hook):
 
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if not hasattr(model, 'logit_cache'):
-            raise CacheConfigError(
+            raise UserError(
                 f'{type(model).__name__} has no teacher-logit cache: use '
                 'model.type=CachedLogitsSingleTeacherDistill'
             )
@@ -499,7 +496,7 @@ def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
     from video_kd.config import is_distill_config
 
     if not is_distill_config(cfg):
-        raise CacheConfigError('the teacher-logit cache needs a distillation config')
+        raise UserError('the teacher-logit cache needs a distillation config')
     options = dict(cfg.get('teacher_logit_cache') or {})
     num_views = int(options.get('num_views', DEFAULT_NUM_VIEWS))
     seed = int(options.get('seed', 0))
@@ -507,16 +504,16 @@ def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
         from video_kd import s3
 
         if not cfg.model.get('teacher_ckpt'):
-            raise CacheConfigError('the teacher-logit cache needs the teacher checkpoint')
+            raise UserError('the teacher-logit cache needs the teacher checkpoint')
         teacher_sha256 = s3.sha256_file(cfg.model.teacher_ckpt)
     dataset = cfg.train_dataloader.dataset
     pipeline = list(dataset.pipeline)
     packs = [i for i, t in enumerate(pipeline) if t.get('type') == 'PackActionInputs']
     if not packs or packs[-1] != len(pipeline) - 1:
-        raise CacheConfigError('the train pipeline must end with PackActionInputs')
+        raise UserError('the train pipeline must end with PackActionInputs')
     inner, pack = pipeline[:-1], ConfigDict(pipeline[-1])
     if any(t.get('type') == 'SeededViews' for t in inner):
-        raise CacheConfigError('the train pipeline already has SeededViews')
+        raise UserError('the train pipeline already has SeededViews')
     meta_keys = tuple(pack.get('meta_keys', ('img_shape', 'img_key', 'video_id', 'timestamp')))
     pack.meta_keys = meta_keys + tuple(k for k in (VIEW_KEY, VIEW_PARAMS) if k not in meta_keys)
     spec_hash = digest(view_spec(cfg, inner, num_views, seed), 16)

@@ -1,11 +1,10 @@
-"""What every entry point shares: registering OpenMMLab modules, data roots, clean errors."""
+"""What every training process shares: OpenMMLab registries, data roots, the distributed setup."""
 
 from __future__ import annotations
 
 import functools
 import logging
 import os
-import sys
 from pathlib import Path
 
 from mmengine.config import Config
@@ -22,10 +21,6 @@ _LIST_OF = {
     'val_dataloader': dataset.VAL_LIST,
     'test_dataloader': dataset.VAL_LIST,
 }
-
-
-class UsageError(RuntimeError):
-    """Bad input from the user: printed as one line, exit status 2."""
 
 
 @functools.cache
@@ -52,6 +47,9 @@ def set_data_root(cfg: Config, data_root: str | Path) -> list[str]:
             raise dataset.DatasetError(f'{list_file} is missing or empty: no videos to use')
         loader.dataset.ann_file = str(list_file)
         loader.dataset.data_prefix = dict(video=str(root / dataset.VIDEO_DIR))
+        for transform in loader.dataset.get('pipeline') or []:
+            if transform.get('type') == 'SeededViews':  # keys cached logits by path under root
+                transform.root = loader.dataset.data_prefix['video']
     set_num_classes(cfg.model, len(classes))
     return classes
 
@@ -99,23 +97,3 @@ def wait_for_file(path: Path, timeout: float = 3600) -> None:
 
 def is_main_process() -> bool:
     return int(os.environ.get('RANK', '0')) == 0
-
-
-def setup_logging(verbose: bool = False) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format='%(asctime)s %(levelname)s %(name)s: %(message)s',
-        stream=sys.stderr,
-    )
-
-
-def run_cli(main_fn, argv=None) -> int:
-    """Run an entry point; expected failures become one clear line and exit code 2."""
-    from video_kd.config import UnknownConfigError
-
-    expected = (UsageError, UnknownConfigError, dataset.DatasetError, FileNotFoundError)
-    try:
-        return main_fn(argv) or 0
-    except expected as error:
-        print(f'error: {error}', file=sys.stderr)
-        return 2

@@ -8,7 +8,7 @@ module is the only place that talks to object storage.  Two rules shape it:
   end up in a KFP pipeline spec, a log line or a component's inputs.
 * A run never overwrites another run's objects: ``upload_file`` refuses to
   replace an existing object unless told to, and every run writes under its
-  own ``<prefix>/<run-id>/`` directory (see ``RunLayout``).
+  own ``<prefix>/<run-id>/`` directory (see ``video_kd.runs``).
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import boto3
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+
+from video_kd.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +38,11 @@ SESSION_TOKEN_ENV = 'AWS_SESSION_TOKEN'
 REGION_ENV = 'AWS_DEFAULT_REGION'
 DEFAULT_REGION = 'us-east-1'
 
-RUN_STEPS = ('data', 'teacher', 'train', 'student', 'eval')
-MANIFEST_NAME = 'manifest.json'
 _CHUNK = 1024 * 1024
-_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 _NOT_FOUND_CODES = {'404', 'NoSuchKey', 'NotFound'}
 
 
-class S3Error(RuntimeError):
+class S3Error(UserError):
     """An object storage operation failed; the message names the URI."""
 
 
@@ -210,6 +207,28 @@ def read_json(uri: str):
         raise S3Error(f'{uri} is not valid JSON: {exc}') from exc
 
 
+def put_bytes(uri: str, body: bytes, content_type: str = 'application/octet-stream') -> str:
+    """Write a small object, replacing what is there (only for objects a run rewrites)."""
+    bucket, key = parse_s3_uri(uri)
+    with _errors('write', uri):
+        s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
+    return uri
+
+
+def create_if_absent(uri: str, body: bytes) -> str:
+    """Write a small object that must not exist yet (a run claim); ``ObjectExistsError`` if it does."""
+    if exists(uri):
+        raise ObjectExistsError(f'refusing to overwrite {uri}: it exists already')
+    return put_bytes(uri, body, content_type='application/json')
+
+
+def delete(uri: str) -> None:
+    """Remove one object (only a run's own claim is ever deleted)."""
+    bucket, key = parse_s3_uri(uri)
+    with _errors('delete', uri):
+        s3_client().delete_object(Bucket=bucket, Key=key)
+
+
 def list_uris(prefix: str) -> list[str]:
     """URIs of all objects whose key starts with the prefix's key, sorted."""
     bucket, key = parse_s3_uri(prefix)
@@ -260,126 +279,3 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: stream.read(_CHUNK), b''):
             digest.update(chunk)
     return digest.hexdigest()
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where one pipeline run keeps its objects: ``s3://<bucket>/<prefix>/<run-id>/<step>/...``.
-
-    Keeping each run in its own directory is what lets runs share a bucket
-    without ever touching each other's objects; only ``cache_uri`` points
-    outside it, at content-addressed objects that are safe to share.
-    """
-
-    bucket: str
-    prefix: str
-    run_id: str
-
-    def __post_init__(self):
-        if not self.bucket or '/' in self.bucket:
-            raise ValueError(f'bad bucket name: {self.bucket!r}')
-        if not self.run_id or '/' in self.run_id or self.run_id in ('.', '..', 'cache'):
-            raise ValueError(f'bad run id: {self.run_id!r}')
-
-    @classmethod
-    def from_root(cls, run_root: str) -> RunLayout:
-        """The layout of ``s3://<bucket>/<prefix>/<run-id>`` (what artifacts carry)."""
-        bucket, key = parse_s3_uri(run_root)
-        prefix, _, run_id = key.rstrip('/').rpartition('/')
-        return cls(bucket, prefix, run_id)
-
-    @property
-    def root(self) -> str:
-        """The run's directory, ``s3://<bucket>/<prefix>/<run-id>``."""
-        return join_uri(f's3://{self.bucket}', self.prefix, self.run_id)
-
-    @property
-    def manifest_uri(self) -> str:
-        """Where the run's manifest lives."""
-        return join_uri(self.root, MANIFEST_NAME)
-
-    def uri(self, step: str, *parts: str) -> str:
-        """URI under one step's directory, e.g. ``uri('teacher', 'model.pth')``."""
-        if step not in RUN_STEPS:
-            raise ValueError(f'unknown step {step!r}; expected one of {", ".join(RUN_STEPS)}')
-        return join_uri(self.root, step, *parts)
-
-    def cache_uri(self, kind: str, sha256: str, filename: str) -> str:
-        """Content-addressed URI shared by all runs.
-
-        ``s3://<bucket>/<prefix>/cache/<kind>/<sha256>/<filename>``
-        """
-        if not _SHA256_RE.match(sha256):
-            raise ValueError(f'not a lowercase hex SHA-256: {sha256!r}')
-        if not kind or '/' in kind or not filename or '/' in filename:
-            raise ValueError(f'bad cache kind or filename: {kind!r}, {filename!r}')
-        return join_uri(f's3://{self.bucket}', self.prefix, 'cache', kind, sha256, filename)
-
-
-@dataclass(frozen=True)
-class ManifestEntry:
-    """One object a step produced, with what is needed to verify it later."""
-
-    step: str
-    uri: str
-    sha256: str
-    size_bytes: int
-
-
-@dataclass
-class Manifest:
-    """The list of objects a run produced, stored at ``<run>/manifest.json``.
-
-    Steps run one after another, so a read-modify-write of one JSON object
-    is enough; ``record`` saves after every entry so that a step that dies
-    halfway still leaves a true manifest of what was uploaded.
-    """
-
-    layout: RunLayout
-    entries: list[ManifestEntry] = field(default_factory=list)
-
-    @classmethod
-    def load(cls, layout: RunLayout) -> Manifest:
-        """The run's manifest, or an empty one when the run has none yet."""
-        bucket, key = parse_s3_uri(layout.manifest_uri)
-        try:
-            with _errors('read', layout.manifest_uri):
-                body = s3_client().get_object(Bucket=bucket, Key=key)['Body'].read()
-        except BucketNotFoundError:
-            raise
-        except ObjectNotFoundError:
-            return cls(layout)
-        data = json.loads(body)
-        return cls(layout, [ManifestEntry(**entry) for entry in data['entries']])
-
-    def save(self) -> None:
-        """Write the manifest; the one object a run rewrites."""
-        bucket, key = parse_s3_uri(self.layout.manifest_uri)
-        body = json.dumps(
-            {
-                'run_id': self.layout.run_id,
-                'root': self.layout.root,
-                'entries': [asdict(e) for e in self.entries],
-            },
-            indent=2,
-        )
-        with _errors('write', self.layout.manifest_uri):
-            s3_client().put_object(
-                Bucket=bucket, Key=key, Body=body.encode(), ContentType='application/json'
-            )
-
-    def record(self, step: str, local_path: str | os.PathLike, uri: str) -> ManifestEntry:
-        """Upload ``local_path`` to ``uri`` (inside ``step``'s directory) and record it."""
-        step_dir = self.layout.uri(step) + '/'
-        if not uri.startswith(step_dir):
-            raise ValueError(f'{uri} is not inside the {step!r} step directory {step_dir}')
-        entry = ManifestEntry(
-            step=step,
-            uri=uri,
-            sha256=sha256_file(local_path),
-            size_bytes=Path(local_path).stat().st_size,
-        )
-        upload_file(local_path, uri)
-        self.entries.append(entry)
-        self.save()
-        return entry

@@ -28,6 +28,7 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from video_kd import s3
+from video_kd.runs import Manifest, RunLayout
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +37,7 @@ LOG_DIR = 'logs'
 _CKPT_RE = re.compile(r'^epoch_(\d+)(?:\.(\d+))?\.pth$')
 
 
-def checkpoint_prefix(layout: s3.RunLayout) -> str:
+def checkpoint_prefix(layout: RunLayout) -> str:
     """``s3://<bucket>/<prefix>/<run-id>/train/checkpoints``."""
     return layout.uri('train', CHECKPOINT_DIR)
 
@@ -47,43 +48,34 @@ def checkpoint_sort_key(uri: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
-def list_checkpoints(layout: s3.RunLayout) -> list[str]:
+def list_checkpoints(layout: RunLayout) -> list[str]:
     """Checkpoint URIs of a run in training order (epoch, then retry)."""
     uris = [u for u in s3.list_uris(checkpoint_prefix(layout) + '/') if checkpoint_sort_key(u)]
     return sorted(uris, key=checkpoint_sort_key)
 
 
-def latest_checkpoint_uri(layout: s3.RunLayout) -> str | None:
+def trained_epochs(checkpoints: list[str]) -> int:
+    """How many distinct epochs the checkpoints cover (``epoch_3.pth`` and its retry
+    ``epoch_3.1.pth`` are one epoch)."""
+    return len({checkpoint_sort_key(uri)[0] for uri in checkpoints if checkpoint_sort_key(uri)})
+
+
+def latest_checkpoint_uri(layout: RunLayout) -> str | None:
     """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
     uris = list_checkpoints(layout)
     return uris[-1] if uris else None
 
 
-def publish(manifest: s3.Manifest, step: str, local: str | Path, uri: str) -> s3.ManifestEntry:
-    """Upload ``local`` to ``uri`` and record it, idempotently.
-
-    The same content already stored there (a retried step) is not uploaded
-    again; other content raises ``ObjectExistsError`` as ``upload_file`` does.
-    """
-    sha = s3.sha256_file(local)
-    for entry in manifest.entries:
-        if entry.uri == uri and entry.sha256 == sha and s3.exists(uri):
-            return entry
-    if s3.exists(uri):
-        raise s3.ObjectExistsError(f'refusing to overwrite {uri}: it holds other content')
-    return manifest.record(step, local, uri)
-
-
-def upload_checkpoint(layout: s3.RunLayout, path: Path) -> str:
+def upload_checkpoint(layout: RunLayout, path: Path) -> str:
     """Put one checkpoint under the run's checkpoint dir; returns its URI."""
-    manifest = s3.Manifest.load(layout)
+    manifest = Manifest.load(layout)
     sha = s3.sha256_file(path)
     stem = path.name[: -len('.pth')]
     for retry in range(0, 100):
         name = path.name if retry == 0 else f'{stem}.{retry}.pth'
         uri = s3.join_uri(checkpoint_prefix(layout), name)
         if not s3.exists(uri):
-            manifest.record('train', path, uri)
+            manifest.record('train', path, uri, sha256=sha)
             log.info('checkpoint %s -> %s', path.name, uri)
             return uri
         if any(e.uri == uri and e.sha256 == sha for e in manifest.entries):
@@ -91,14 +83,14 @@ def upload_checkpoint(layout: s3.RunLayout, path: Path) -> str:
     raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
 
 
-def upload_logs(layout: s3.RunLayout, log_dir: Path) -> list[str]:
+def upload_logs(layout: RunLayout, log_dir: Path) -> list[str]:
     """Put an mmengine log directory under ``<run>/train/logs/<its name>/``; returns the URIs."""
-    manifest = s3.Manifest.load(layout)
     uris = []
-    for path in sorted(p for p in Path(log_dir).rglob('*') if p.is_file()):
-        uri = layout.uri('train', LOG_DIR, Path(log_dir).name, *path.relative_to(log_dir).parts)
-        publish(manifest, 'train', path, uri)
-        uris.append(uri)
+    with Manifest.load(layout).batch() as manifest:
+        for path in sorted(p for p in Path(log_dir).rglob('*') if p.is_file()):
+            uri = layout.uri('train', LOG_DIR, Path(log_dir).name, *path.relative_to(log_dir).parts)
+            manifest.publish('train', path, uri)
+            uris.append(uri)
     log.info('training logs -> %s/', layout.uri('train', LOG_DIR, Path(log_dir).name))
     return uris
 
@@ -110,7 +102,7 @@ class S3CheckpointHook(Hook):
     priority = 'LOWEST'  # after CheckpointHook (VERY_LOW)
 
     def __init__(self, run_root: str):
-        self.layout = s3.RunLayout.from_root(run_root)
+        self.layout = RunLayout.from_root(run_root)
         self._done: dict[str, float] = {}
 
     def _sync(self, runner) -> None:

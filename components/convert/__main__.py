@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from components import _cli
+from video_kd.errors import run_cli, setup_logging
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = _cli.parser(
         'convert',
         "Convert the run's last KD checkpoint (<run>/train/checkpoints/) "
@@ -14,12 +15,12 @@ def main(argv=None) -> int:
     )
     _cli.add_run_root(p)
     args = p.parse_args(argv)
-    _cli.setup()
-    from video_kd import steps
+    setup_logging()
+    from video_kd.steps import convert
+    from video_kd.steps.common import run_step_output
 
-    kd_model = steps.run_step(steps.run_step_output, args.run_root, 'train')
-    return _cli.finish(steps.run_step(steps.convert, kd_model))
+    return _cli.finish(convert.run(run_step_output(args.run_root, 'train')))
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

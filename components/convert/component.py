@@ -12,9 +12,11 @@ def convert(kd_model: Input[Model], student: Output[Model]):
     and publish them to <run>/student/."""
     import json
 
-    from video_kd import steps
+    from video_kd.errors import exit_on_user_error
+    from video_kd.steps import convert as convert_step
 
-    meta = steps.run_step(steps.convert, dict(kd_model.metadata))
+    with exit_on_user_error():
+        meta = convert_step.run(dict(kd_model.metadata))
     student.metadata.update(meta)
     with open(student.path, 'w') as out:
         json.dump(meta, out, indent=2)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from components import _cli
+from video_kd.errors import run_cli, setup_logging
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = _cli.parser(
         'data_prep',
         'Validate every video of a dataset (decodable, enough frames, '
@@ -30,12 +31,11 @@ def main(argv=None) -> int:
     p.add_argument('--out-dir', help='also keep the cleaned lists and report here')
     p.add_argument('--min-frames', type=int, default=8)
     args = p.parse_args(argv)
-    _cli.setup()
-    from video_kd import steps
+    setup_logging()
+    from video_kd.steps import data_prep
 
     return _cli.finish(
-        steps.run_step(
-            steps.data_prep,
+        data_prep.run(
             args.dataset_uri,
             args.s3_bucket,
             args.s3_prefix,
@@ -47,4 +47,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

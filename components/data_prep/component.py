@@ -18,15 +18,11 @@ def data_prep(
     """Validate every video (decodable, frame count, known label) of ``dataset_uri``
     (s3:// prefix or generate://), write the cleaned train/val lists, classes and the
     report of rejected videos to s3://<bucket>/<prefix>/<run-id>/data/."""
-    from video_kd import steps
+    from video_kd.errors import exit_on_user_error
+    from video_kd.steps import data_prep
 
-    meta = steps.run_step(
-        steps.data_prep,
-        dataset_uri,
-        s3_bucket,
-        s3_prefix,
-        run_id=run_id,
-        job_id=job_id,
-        out_dir=dataset.path,
-    )
+    with exit_on_user_error():
+        meta = data_prep.run(
+            dataset_uri, s3_bucket, s3_prefix, run_id=run_id, job_id=job_id, out_dir=dataset.path
+        )
     dataset.metadata.update(meta)

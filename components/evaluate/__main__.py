@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from components import _cli
+from video_kd.errors import run_cli, setup_logging
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = _cli.parser(
         'evaluate',
         "Evaluate the run's student (and teacher, and optionally the "
@@ -19,16 +20,14 @@ def main(argv=None) -> int:
     p.add_argument('--baseline-sha256', default='')
     p.add_argument('--no-teacher', action='store_true', help='do not evaluate the teacher')
     args = p.parse_args(argv)
-    _cli.setup()
-    from video_kd import steps
+    setup_logging()
+    from video_kd.steps import evaluate
+    from video_kd.steps.common import run_data_meta, run_step_output
 
-    data = steps.run_step(steps.run_data_meta, args.run_root)
-    student = steps.run_step(steps.run_step_output, args.run_root, 'student')
-    teacher = (
-        None if args.no_teacher else steps.run_step(steps.run_step_output, args.run_root, 'teacher')
-    )
-    result = steps.run_step(
-        steps.evaluate,
+    data = run_data_meta(args.run_root)
+    student = run_step_output(args.run_root, 'student')
+    teacher = None if args.no_teacher else run_step_output(args.run_root, 'teacher')
+    result = evaluate.run(
         data,
         student,
         args.kd_config,
@@ -42,4 +41,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -22,29 +22,24 @@ def evaluate(
     """Top-1/top-5/mean-class accuracy of the student (and of the teacher, and of the
     student trained alone when baseline_url is given: the KD gain) on the validation set;
     writes <run>/eval/metrics.json and report.md."""
-    from video_kd import steps
+    from video_kd.errors import exit_on_user_error
+    from video_kd.steps import evaluate as evaluate_step
 
-    result = steps.run_step(
-        steps.evaluate,
-        dict(dataset.metadata),
-        dict(student.metadata),
-        kd_config,
-        teacher=dict(teacher.metadata),
-        student_config=student_config,
-        baseline_url=baseline_url,
-        baseline_sha256=baseline_sha256,
-    )
+    with exit_on_user_error():
+        result = evaluate_step.run(
+            dict(dataset.metadata),
+            dict(student.metadata),
+            kd_config,
+            teacher=dict(teacher.metadata),
+            student_config=student_config,
+            baseline_url=baseline_url,
+            baseline_sha256=baseline_sha256,
+        )
     summary = result['metrics']
     for model in ('student', 'teacher', 'baseline', 'kd_gain'):
         for key, value in summary.get(model, {}).items():
             metrics.log_metric(f'{model}_{key}', round(float(value), 6))
-    metrics.metadata.update(
-        {
-            'run_id': result['run_id'],
-            'run_root': result['run_root'],
-            'metrics_uri': result['metrics_uri'],
-        }
-    )
+    metrics.metadata.update({key: result[key] for key in ('run_id', 'run_root', 'metrics_uri')})
     confusion_matrix.log_confusion_matrix(summary['classes'], summary['confusion_matrix'])
     with open(report.path, 'w') as out:
         out.write(result['report'])

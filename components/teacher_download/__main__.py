@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from components import _cli
+from video_kd.errors import run_cli, setup_logging
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     p = _cli.parser(
         'teacher_download',
         'Download a teacher checkpoint (https://, http://, '
@@ -16,11 +17,11 @@ def main(argv=None) -> int:
     p.add_argument('--url', required=True, help='teacher checkpoint URL')
     p.add_argument('--sha256', default='', help='expected SHA-256 (hex); enables the cache')
     args = p.parse_args(argv)
-    _cli.setup()
-    from video_kd import steps
+    setup_logging()
+    from video_kd.steps import teacher
 
-    return _cli.finish(steps.run_step(steps.teacher_download, args.run_root, args.url, args.sha256))
+    return _cli.finish(teacher.run(args.run_root, args.url, args.sha256))
 
 
 if __name__ == '__main__':
-    raise SystemExit(main())
+    raise SystemExit(run_cli(main))

@@ -14,11 +14,11 @@ def teacher_download(
     copy in the S3 cache keyed by checksum, publish it to <run>/teacher/."""
     import json
 
-    from video_kd import steps
+    from video_kd.errors import exit_on_user_error
+    from video_kd.steps import teacher as teacher_step
 
-    meta = steps.run_step(
-        steps.teacher_download, dataset.metadata['run_root'], teacher_url, teacher_sha256
-    )
+    with exit_on_user_error():
+        meta = teacher_step.run(dataset.metadata['run_root'], teacher_url, teacher_sha256)
     teacher.metadata.update(meta)
     with open(teacher.path, 'w') as out:  # the checkpoint itself stays in S3
         json.dump(meta, out, indent=2)

@@ -11,40 +11,44 @@ def train(
     dataset: Input[Dataset],
     teacher: Input[Model],
     kd_config: str,
+    max_epochs: int,
+    cfg_options: list,
+    teacher_precision: str,
+    teacher_logit_cache: bool,
     mode: str,
     image: str,
     num_workers: int,
     gpus_per_worker: int,
     nproc_per_node: int,
-    max_epochs: int,
-    cfg_options: str,
-    teacher_logit_cache: bool,
-    teacher_precision: str,
     kd_model: Output[Model],
 ):
-    """Create a PyTorchJob (kubeflow.org/v1: Master + Workers running
-    ``torchrun -m video_kd.steps train-pod``), follow it and fail with its reason if it
-    fails; mode=local runs the same command under torchrun here. Checkpoints go to
-    <run>/train/checkpoints/ as they are written; a re-run resumes from the last one."""
+    """Resolve the training config once (<run>/train/config.py), create a PyTorchJob
+    (kubeflow.org/v1: Master + Workers running ``torchrun -m video_kd.train_pod``), follow it
+    and fail with its reason if it fails; mode=local runs the same command under torchrun
+    here. Checkpoints go to <run>/train/checkpoints/ as they are written; a re-run resumes
+    from the last one."""
     import json
 
-    from video_kd import steps
+    from video_kd.errors import exit_on_user_error
+    from video_kd.steps import train as train_step
+    from video_kd.train_config import TrainOptions
 
-    meta = steps.run_step(
-        steps.train,
-        dict(dataset.metadata),
-        dict(teacher.metadata),
-        kd_config,
-        mode=mode,
-        image=image,
-        num_workers=num_workers,
-        gpus_per_worker=gpus_per_worker,
-        nproc_per_node=nproc_per_node,
-        max_epochs=max_epochs,
-        cfg_options=cfg_options,
-        teacher_logit_cache=teacher_logit_cache,
-        teacher_precision=teacher_precision,
-    )
+    with exit_on_user_error():
+        options = TrainOptions(
+            max_epochs=max_epochs, cfg_options=cfg_options, teacher_precision=teacher_precision
+        )
+        meta = train_step.run(
+            dict(dataset.metadata),
+            dict(teacher.metadata),
+            kd_config,
+            options,
+            teacher_logit_cache=teacher_logit_cache,
+            mode=mode,
+            image=image,
+            num_workers=num_workers,
+            gpus_per_worker=gpus_per_worker,
+            nproc_per_node=nproc_per_node,
+        )
     kd_model.metadata.update(meta)
     with open(kd_model.path, 'w') as out:
         json.dump(meta, out, indent=2)

@@ -1,0 +1,145 @@
+"""video_kd.runs: run layout, manifest and claims, against a real S3 server (moto)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from video_kd import runs, s3, s3_hook
+from video_kd.errors import UserError
+from video_kd.runs import Manifest, RunLayout
+
+
+def test_upload_download_round_trip_and_manifest(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-1')
+    local = tmp_path / 'ckpt.pth'
+    local.write_bytes(b'weights' * 1000)
+
+    entry = Manifest.load(layout).record('teacher', local, layout.uri('teacher', 'ckpt.pth'))
+
+    assert entry.uri == f's3://{bucket}/kd/run-1/teacher/ckpt.pth'
+    assert entry.sha256 == hashlib.sha256(local.read_bytes()).hexdigest()
+    assert entry.size_bytes == 7000
+    back = s3.download_file(entry.uri, tmp_path / 'back' / 'ckpt.pth')
+    assert back.read_bytes() == local.read_bytes()
+    assert s3.sha256_file(back) == entry.sha256
+    reloaded = Manifest.load(layout)
+    assert reloaded.entries == [entry]
+    stored = json.loads(s3.download_file(layout.manifest_uri, tmp_path / 'm.json').read_text())
+    assert stored['entries'][0] == {
+        'step': 'teacher',
+        'uri': entry.uri,
+        'sha256': entry.sha256,
+        'size_bytes': 7000,
+    }
+
+
+def test_manifest_accumulates_across_loads(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-2')
+    for step in ('data', 'student'):
+        path = tmp_path / f'{step}.bin'
+        path.write_bytes(step.encode())
+        Manifest.load(layout).record(step, path, layout.uri(step, path.name))
+    assert [e.step for e in Manifest.load(layout).entries] == ['data', 'student']
+
+
+def test_record_rejects_uri_outside_step_dir(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-3')
+    (tmp_path / 'f').write_bytes(b'x')
+    with pytest.raises(ValueError, match="not inside the 'eval' step"):
+        Manifest(layout).record('eval', tmp_path / 'f', layout.uri('train', 'f'))
+
+
+def test_run_layout():
+    layout = RunLayout('bkt', 'video-kd', 'run-42')
+    assert layout.uri('student', 'best.pth') == 's3://bkt/video-kd/run-42/student/best.pth'
+    assert layout.manifest_uri == 's3://bkt/video-kd/run-42/manifest.json'
+    sha = 'a' * 64
+    assert (
+        layout.cache_uri('teacher', sha, 't.pth') == f's3://bkt/video-kd/cache/teacher/{sha}/t.pth'
+    )
+    with pytest.raises(ValueError, match="unknown step 'deploy'"):
+        layout.uri('deploy')
+    with pytest.raises(ValueError, match='SHA-256'):
+        layout.cache_uri('teacher', 'abc', 't.pth')
+    for bad in ('a/b', '..', 'cache', ''):
+        with pytest.raises(UserError, match='run id'):
+            RunLayout('bkt', 'p', bad)
+
+
+def test_manifest_batch_writes_once_at_the_end(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-batch')
+    with Manifest.load(layout).batch() as manifest:
+        for i in range(5):
+            path = tmp_path / f'v{i}.mp4'
+            path.write_bytes(b'v' * (i + 1))
+            manifest.record('data', path, layout.uri('data', 'videos', path.name))
+            assert not s3.exists(layout.manifest_uri), 'a batch must not rewrite per entry'
+    assert len(Manifest.load(layout).entries) == 5
+
+
+def test_publish_is_idempotent_and_never_overwrites(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-pub')
+    path = tmp_path / 'report.json'
+    path.write_text('{"a": 1}')
+    first = runs.publish(layout, 'eval', path, 'report.json')
+    assert runs.publish(layout, 'eval', path, 'report.json') == first
+    assert len(Manifest.load(layout).entries) == 1
+    path.write_text('{"a": 2}')
+    with pytest.raises(s3.ObjectExistsError, match='other content'):
+        runs.publish(layout, 'eval', path, 'report.json')
+
+
+def test_checkpoint_is_hashed_once(bucket, tmp_path, monkeypatch):
+    """Regression: upload_checkpoint hashed a checkpoint, then Manifest.record hashed it again."""
+    layout = RunLayout(bucket, 'kd', 'run-hash')
+    ckpt = tmp_path / 'epoch_1.pth'
+    ckpt.write_bytes(b'w' * 4096)
+    calls = []
+    real = s3.sha256_file
+    monkeypatch.setattr(s3, 'sha256_file', lambda p: calls.append(p) or real(p))
+    s3_hook.upload_checkpoint(layout, ckpt)
+    assert len(calls) == 1
+
+
+def test_trained_epochs_counts_epochs_not_retry_files():
+    """Regression: the train step's `epochs` counted epoch_3.pth and epoch_3.1.pth as two."""
+    uris = [
+        f's3://b/p/r/train/checkpoints/{n}'
+        for n in ('epoch_1.pth', 'epoch_2.pth', 'epoch_2.1.pth', 'epoch_3.pth')
+    ]
+    assert s3_hook.trained_epochs(uris) == 3
+
+
+def test_claim_refuses_another_run_and_allows_a_retry_of_the_same(bucket):
+    layout = RunLayout(bucket, 'kd', 'run-claim')
+    assert runs.claim_run(layout, job_id='job-1') is True
+    assert s3.read_json(layout.claim_uri)['job_id'] == 'job-1'
+    assert runs.claim_run(layout, job_id='job-1') is False  # the same KFP run retries
+    with pytest.raises(UserError, match='already used by another run'):
+        runs.claim_run(layout, job_id='job-2')
+    with pytest.raises(UserError, match='already used by another run'):
+        runs.claim_run(layout)
+
+
+def test_release_claim_only_when_nothing_else_was_written(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-release')
+    runs.claim_run(layout)
+    runs.release_claim(layout)
+    assert not s3.exists(layout.claim_uri)
+    runs.claim_run(layout)  # the run id is free again
+    path = tmp_path / 'x'
+    path.write_text('x')
+    runs.publish(layout, 'data', path, 'x')
+    runs.release_claim(layout)
+    assert s3.exists(layout.claim_uri), 'a run that published something keeps its claim'
+
+
+def test_new_run_id_is_a_lowercase_dns_label_and_names_the_kfp_run():
+    uuid = '8F1C2B7A-3D4E-4F60-9A1B-2C3D4E5F6071'
+    run_id = runs.new_run_id(uuid)
+    assert run_id.endswith('-' + uuid.lower())
+    assert run_id == run_id.lower() and set(run_id) <= set('abcdefghijklmnopqrstuvwxyz0123456789-')
+    assert len({runs.new_run_id('{{$.pipeline_job_uuid}}') for _ in range(20)}) == 20

@@ -1,0 +1,260 @@
+"""The whole pipeline on one machine: a local S3 server, a tiny teacher, KFP's local runner.
+
+``video-kd run-local`` (the README's first command) and the end-to-end tests
+use this module: ``LocalS3`` starts an S3-compatible server (moto, over HTTP on
+127.0.0.1) in a subprocess, ``run_local_pipeline`` makes the inputs a real
+user brings — a dataset in S3, a trained teacher and, for the KD gain, the
+student trained alone — and runs the real pipeline with
+``kfp.local.SubprocessRunner`` (each step a subprocess of this venv) or any
+other KFP local runner (``DockerRunner``: each step in the image).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from video_kd import s3
+from video_kd.errors import UserError
+from video_kd.runs import Manifest, RunLayout, new_run_id
+
+LOCAL_ACCESS_KEY = 'video-kd-local'
+LOCAL_SECRET_KEY = 'video-kd-local-secret'
+TINY_KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
+TINY_TEACHER_CONFIG = 'tsm_r50_tiny'
+TINY_STUDENT_CONFIG = 'tsm_mobilenetv2_tiny'
+# Tiny runs on a laptop: no DataLoader worker processes (the batch sizes are the config's).
+TINY_CFG_OPTIONS = [
+    'train_dataloader.num_workers=0',
+    'val_dataloader.num_workers=0',
+    'train_dataloader.persistent_workers=False',
+    'val_dataloader.persistent_workers=False',
+]
+S3_ENV_OVERRIDDEN = ('AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_ENDPOINT_URL')
+
+
+def free_port() -> int:
+    """A TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as sock:
+        sock.bind(('127.0.0.1', 0))
+        return sock.getsockname()[1]
+
+
+class LocalS3:
+    """A moto S3 server on 127.0.0.1 in a subprocess (``moto[server]``, the local extra)."""
+
+    def __init__(self, log_path: Path, port: int | None = None):
+        self.port = port or free_port()
+        self.endpoint = f'http://127.0.0.1:{self.port}'
+        self.log_path = log_path
+        self.proc: subprocess.Popen | None = None
+
+    def __enter__(self) -> LocalS3:
+        try:
+            import moto.server  # noqa: F401
+        except ImportError as exc:
+            raise UserError(
+                'the local S3 server needs moto[server]: pip install -e ".[local]"'
+            ) from exc
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, 'wb') as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        self._wait_until_answering(timeout=30)
+        return self
+
+    def _wait_until_answering(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise UserError(f'the local S3 server exited, see {self.log_path}')
+            try:
+                urllib.request.urlopen(self.endpoint + '/moto-api/', timeout=1).close()
+                return
+            except urllib.error.HTTPError:
+                return  # any HTTP status means it is up
+            except OSError:
+                time.sleep(0.1)
+        raise UserError(
+            f'the local S3 server did not start within {timeout:.0f}s, see {self.log_path}'
+        )
+
+    def __exit__(self, *exc) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def env(self) -> dict[str, str]:
+        """The environment that points ``video_kd.s3`` (and every step) at this server."""
+        return {
+            'S3_ENDPOINT_URL': self.endpoint,
+            'AWS_ACCESS_KEY_ID': LOCAL_ACCESS_KEY,
+            'AWS_SECRET_ACCESS_KEY': LOCAL_SECRET_KEY,
+            'AWS_DEFAULT_REGION': 'us-east-1',
+        }
+
+
+@contextlib.contextmanager
+def s3_environment(env: dict[str, str]) -> Iterator[None]:
+    """Set the S3 env vars for this process and its children; restore them afterwards."""
+    saved = {k: os.environ.get(k) for k in (*env, *S3_ENV_OVERRIDDEN)}
+    os.environ.update(env)
+    for name in S3_ENV_OVERRIDDEN:
+        os.environ.pop(name, None)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def ensure_bucket(bucket: str) -> None:
+    client = s3.s3_client()
+    try:
+        client.head_bucket(Bucket=bucket)
+    except Exception:
+        client.create_bucket(Bucket=bucket)
+
+
+def train_input_model(config: str, data_root: Path, work_dir: Path, epochs: int) -> Path:
+    """Train a tiny teacher / baseline once (reused by later run-local calls)."""
+    ckpt = work_dir / f'epoch_{epochs}.pth'
+    if ckpt.is_file():
+        print(f'  reusing {ckpt}')
+        return ckpt
+    if work_dir.exists():
+        shutil.rmtree(work_dir)
+    started = time.monotonic()
+    command = [
+        sys.executable, '-m', 'video_kd.train', config, '--work-dir', str(work_dir),
+        '--data-root', str(data_root), '--max-epochs', str(epochs), '--no-data-check',
+        '--cfg-options', *TINY_CFG_OPTIONS,
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True)
+    if result.returncode != 0 or not ckpt.is_file():
+        raise UserError(f'training {config} failed: {result.stderr.strip().splitlines()[-1:]}')
+    print(f'  trained {config} for {epochs} epochs in {time.monotonic() - started:.0f}s')
+    return ckpt
+
+
+def upload_input(path: Path, uri: str) -> tuple[str, str]:
+    """Put an input model in S3 once; returns its URI and sha256."""
+    if not s3.exists(uri):
+        s3.upload_file(path, uri)
+    return uri, s3.sha256_file(path)
+
+
+def prepare_inputs(
+    workdir: Path, bucket: str, data_opts: dict[str, int], teacher_epochs: int,
+    kd_epochs: int, baseline: bool,
+) -> dict[str, str]:  # fmt: skip
+    """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone."""
+    from video_kd import dataset
+
+    key = '-'.join(f'{k}{v}' for k, v in sorted(data_opts.items()))
+    inputs = workdir / 'inputs' / key
+    data_root = inputs / 'dataset'
+    if not (data_root / dataset.CLASSES_FILE).is_file():
+        print(f'generating the synthetic dataset in {data_root}')
+        dataset.generate_dataset(data_root, **data_opts)
+    dataset_uri = s3.join_uri(f's3://{bucket}', 'datasets', key)
+    if not s3.exists(s3.join_uri(dataset_uri, dataset.CLASSES_FILE)):
+        s3.upload_dir(data_root, dataset_uri)
+    print(f'dataset: {dataset_uri}')
+    models = s3.join_uri(f's3://{bucket}', 'models', key)
+    print(f'training the tiny teacher ({TINY_TEACHER_CONFIG})')
+    teacher = train_input_model(
+        TINY_TEACHER_CONFIG, data_root, inputs / f'teacher-{teacher_epochs}e', teacher_epochs
+    )
+    teacher_url, teacher_sha = upload_input(
+        teacher, s3.join_uri(models, f'teacher-{teacher_epochs}e.pth')
+    )
+    args = {'dataset_uri': dataset_uri, 'teacher_url': teacher_url, 'teacher_sha256': teacher_sha}
+    if baseline:
+        print(f'training the student alone, the no-KD baseline ({TINY_STUDENT_CONFIG})')
+        base = train_input_model(
+            TINY_STUDENT_CONFIG, data_root, inputs / f'baseline-{kd_epochs}e', kd_epochs
+        )
+        args['baseline_url'], args['baseline_sha256'] = upload_input(
+            base, s3.join_uri(models, f'baseline-{kd_epochs}e.pth')
+        )
+    return args
+
+
+def run_local_pipeline(
+    workdir: Path,
+    bucket: str,
+    prefix: str,
+    data_opts: dict[str, int],
+    teacher_epochs: int,
+    kd_epochs: int,
+    baseline: bool,
+    workers: int,
+    run_id: str | None = None,
+    pipeline_args: dict[str, Any] | None = None,
+    runner=None,
+) -> dict[str, Any]:
+    """Everything ``run-local`` does once the S3 env is set; returns where things are.
+
+    ``pipeline_args``: more kd_pipeline parameters (teacher_precision, ...).
+    ``runner``: a KFP local runner; default ``SubprocessRunner`` (this venv).
+    """
+    from kfp import local
+
+    from pipelines.kd_pipeline import kd_pipeline
+
+    ensure_bucket(bucket)
+    inputs = prepare_inputs(workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline)
+    run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
+    print(f'running the pipeline with the KFP local runner, run id {run_id}')
+    local.init(
+        runner=runner or local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(workdir / 'kfp-root'),
+        raise_on_error=True,
+    )
+    kd_pipeline(
+        **inputs,
+        kd_config=TINY_KD_CONFIG,
+        student_config=TINY_STUDENT_CONFIG,
+        num_workers=workers,
+        gpus_per_worker=0,
+        nproc_per_node=1,
+        max_epochs=kd_epochs,
+        cfg_options=TINY_CFG_OPTIONS,
+        train_mode='local',
+        s3_bucket=bucket,
+        s3_prefix=prefix,
+        run_id=run_id,
+        **(pipeline_args or {}),
+    )
+    layout = RunLayout(bucket, prefix, run_id)
+    return {
+        'run_id': run_id,
+        'run_root': layout.root,
+        'manifest': Manifest.load(layout),
+        'metrics': s3.read_json(layout.uri('eval', 'metrics.json')),
+        'kfp_root': str(workdir / 'kfp-root'),
+    }
+
+
+def mirror_run(run_root: str, dest: Path) -> Path:
+    """Copy a run's S3 directory to disk (the local S3 server keeps it in memory only)."""
+    s3.download_dir(run_root, dest)
+    return dest

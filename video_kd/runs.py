@@ -1,0 +1,272 @@
+"""Run bookkeeping: where a run keeps its objects, what it produced, and who owns it.
+
+Every run writes under its own directory, ``s3://<bucket>/<prefix>/<run-id>/``:
+
+* ``run.json``, the claim: written once by data prep, it records the KFP run
+  that owns the directory, so no other run ever writes into it;
+* ``manifest.json``: every object the steps published, with its sha256;
+* one sub-directory per step (``data/``, ``teacher/``, ``train/``, ...).
+
+Each step's output artifact carries the run's root (``run_info``); later steps
+take the run from there, never from a parameter of their own, so a step
+cannot write into another run's directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from video_kd import s3
+from video_kd.errors import UserError
+
+log = logging.getLogger(__name__)
+
+RUN_STEPS = ('data', 'teacher', 'train', 'student', 'eval', 'export')
+MANIFEST_NAME = 'manifest.json'
+CLAIM_NAME = 'run.json'
+DATASET_META_NAME = 'dataset.json'
+CACHE_DIR = 'cache'
+_RUN_ID_UNSAFE = re.compile(r'[^a-z0-9-]+')
+_UNRESOLVED = re.compile(r'\{\{.*\}\}')
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+
+
+def new_run_id(job_id: str = '') -> str:
+    """``<UTC time>-<KFP run id>``: sorts by time, and names the KFP run it came from.
+
+    ``job_id`` is the KFP run's id (a UUID on a cluster, a random number in
+    the local runner); an unresolved placeholder or nothing gives a random
+    suffix.  The result is lowercase letters, digits and ``-`` only.
+    """
+    job_id = '' if not job_id or _UNRESOLVED.search(job_id) else job_id
+    suffix = _RUN_ID_UNSAFE.sub('-', job_id.lower()).strip('-') or uuid.uuid4().hex[:8]
+    return f'{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}-{suffix}'
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where one pipeline run keeps its objects: ``s3://<bucket>/<prefix>/<run-id>/<step>/...``.
+
+    Keeping each run in its own directory is what lets runs share a bucket
+    without ever touching each other's objects; only ``cache_uri`` points
+    outside it, at content-addressed objects that are safe to share.
+    """
+
+    bucket: str
+    prefix: str
+    run_id: str
+
+    def __post_init__(self) -> None:
+        if not self.bucket or '/' in self.bucket:
+            raise UserError(f'bad bucket name: {self.bucket!r}')
+        if not self.run_id or '/' in self.run_id or self.run_id in ('.', '..', CACHE_DIR):
+            raise UserError(f'bad run id: {self.run_id!r}')
+
+    @classmethod
+    def from_root(cls, run_root: str) -> RunLayout:
+        """The layout of ``s3://<bucket>/<prefix>/<run-id>`` (what artifacts carry)."""
+        try:
+            bucket, key = s3.parse_s3_uri(run_root)
+        except ValueError as exc:
+            raise UserError(f'run root {run_root!r}: {exc}') from exc
+        prefix, _, run_id = key.rstrip('/').rpartition('/')
+        return cls(bucket, prefix, run_id)
+
+    @property
+    def root(self) -> str:
+        """The run's directory, ``s3://<bucket>/<prefix>/<run-id>``."""
+        return s3.join_uri(f's3://{self.bucket}', self.prefix, self.run_id)
+
+    @property
+    def manifest_uri(self) -> str:
+        return s3.join_uri(self.root, MANIFEST_NAME)
+
+    @property
+    def claim_uri(self) -> str:
+        return s3.join_uri(self.root, CLAIM_NAME)
+
+    @property
+    def dataset_meta_uri(self) -> str:
+        """Where data prep stores the Dataset artifact's metadata for pods and standalone steps."""
+        return self.uri('data', DATASET_META_NAME)
+
+    def uri(self, step: str, *parts: str) -> str:
+        """URI under one step's directory, e.g. ``uri('teacher', 'model.pth')``."""
+        if step not in RUN_STEPS:
+            raise ValueError(f'unknown step {step!r}; expected one of {", ".join(RUN_STEPS)}')
+        return s3.join_uri(self.root, step, *parts)
+
+    def cache_uri(self, kind: str, sha256: str, filename: str) -> str:
+        """Content-addressed URI shared by all runs.
+
+        ``s3://<bucket>/<prefix>/cache/<kind>/<sha256>/<filename>``
+        """
+        if not _SHA256_RE.match(sha256):
+            raise ValueError(f'not a lowercase hex SHA-256: {sha256!r}')
+        if not kind or '/' in kind or not filename or '/' in filename:
+            raise ValueError(f'bad cache kind or filename: {kind!r}, {filename!r}')
+        return s3.join_uri(f's3://{self.bucket}', self.prefix, CACHE_DIR, kind, sha256, filename)
+
+
+def run_info(layout: RunLayout) -> dict[str, str]:
+    """What every artifact's metadata carries about its run."""
+    return {'run_id': layout.run_id, 'run_root': layout.root, 'manifest_uri': layout.manifest_uri}
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+@dataclass(frozen=True)
+class ManifestEntry:
+    """One object a step produced, with what is needed to verify it later."""
+
+    step: str
+    uri: str
+    sha256: str
+    size_bytes: int
+
+    def meta(self) -> dict[str, Any]:
+        """The entry as artifact metadata."""
+        return {'s3_uri': self.uri, 'sha256': self.sha256, 'size_bytes': self.size_bytes}
+
+
+@dataclass
+class Manifest:
+    """The list of objects a run produced, stored at ``<run>/manifest.json``.
+
+    Steps run one after another, so a read-modify-write of one JSON object is
+    enough.  ``record`` saves after every entry, so that a step that dies
+    halfway leaves a true manifest of what was uploaded; inside ``batch()`` it
+    saves once at the end instead (one rewrite for a thousand videos, not a
+    thousand rewrites).
+    """
+
+    layout: RunLayout
+    entries: list[ManifestEntry] = field(default_factory=list)
+    _deferred: bool = field(default=False, repr=False)
+
+    @classmethod
+    def load(cls, layout: RunLayout) -> Manifest:
+        """The run's manifest, or an empty one when the run has none yet."""
+        try:
+            data = s3.read_json(layout.manifest_uri)
+        except s3.BucketNotFoundError:
+            raise
+        except s3.ObjectNotFoundError:
+            return cls(layout)
+        return cls(layout, [ManifestEntry(**entry) for entry in data['entries']])
+
+    def save(self) -> None:
+        """Write the manifest; the one object a run rewrites."""
+        body = json.dumps(
+            {
+                'run_id': self.layout.run_id,
+                'root': self.layout.root,
+                'entries': [asdict(e) for e in self.entries],
+            },
+            indent=2,
+        )
+        s3.put_bytes(self.layout.manifest_uri, body.encode(), content_type='application/json')
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[Manifest]:
+        """Record many objects with one manifest write at the end (also when a record fails)."""
+        self._deferred = True
+        try:
+            yield self
+        finally:
+            self._deferred = False
+            self.save()
+
+    def find(self, uri: str) -> ManifestEntry | None:
+        return next((e for e in self.entries if e.uri == uri), None)
+
+    def record(
+        self, step: str, local_path: str | os.PathLike, uri: str, sha256: str | None = None
+    ) -> ManifestEntry:
+        """Upload ``local_path`` to ``uri`` (inside ``step``'s directory) and record it.
+
+        ``sha256``: the file's checksum when the caller has it already (files
+        are hashed once).
+        """
+        step_dir = self.layout.uri(step) + '/'
+        if not uri.startswith(step_dir):
+            raise ValueError(f'{uri} is not inside the {step!r} step directory {step_dir}')
+        entry = ManifestEntry(
+            step=step,
+            uri=uri,
+            sha256=sha256 or s3.sha256_file(local_path),
+            size_bytes=Path(local_path).stat().st_size,
+        )
+        s3.upload_file(local_path, uri)
+        self.entries.append(entry)
+        if not self._deferred:
+            self.save()
+        return entry
+
+    def publish(self, step: str, local: str | os.PathLike, uri: str) -> ManifestEntry:
+        """Upload and record ``local``, idempotently.
+
+        The same content already stored there (a retried step) is not uploaded
+        again; other content raises ``ObjectExistsError``: nothing is overwritten.
+        """
+        sha = s3.sha256_file(local)
+        known = self.find(uri)
+        if known and known.sha256 == sha and s3.exists(uri):
+            return known
+        if s3.exists(uri):
+            raise s3.ObjectExistsError(f'refusing to overwrite {uri}: it holds other content')
+        return self.record(step, local, uri, sha256=sha)
+
+
+def publish(layout: RunLayout, step: str, local: str | os.PathLike, *parts: str) -> ManifestEntry:
+    """Publish one file as ``<run>/<step>/<parts...>`` (see ``Manifest.publish``)."""
+    return Manifest.load(layout).publish(step, local, layout.uri(step, *parts))
+
+
+# --------------------------------------------------------------------------- claim
+
+
+def claim_run(layout: RunLayout, job_id: str = '') -> bool:
+    """Make the run directory ours, or fail if another run already uses it.
+
+    A retry of the same KFP run (same ``job_id``) may continue in it.  Returns
+    True when this call made the claim (so a failed step may release it).
+    """
+    existing = s3.list_uris(layout.root + '/')
+    if existing:
+        owner = None
+        if layout.claim_uri in existing:
+            owner = s3.read_json(layout.claim_uri).get('job_id')
+        if not job_id or owner != job_id:
+            raise UserError(
+                f'run directory {layout.root}/ is already used by another run '
+                f'({len(existing)} objects); a run never writes into another '
+                "run's directory: choose another run id or leave it empty"
+            )
+        log.info('run %s: continuing in %s (retry of the same KFP run)', layout.run_id, layout.root)
+        return False
+    claim = {
+        'run_id': layout.run_id,
+        'job_id': job_id,
+        'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+    }
+    s3.create_if_absent(layout.claim_uri, json.dumps(claim, indent=2).encode())
+    return True
+
+
+def release_claim(layout: RunLayout) -> None:
+    """Give a run id back after a failed first step, if nothing but the claim was written."""
+    if s3.list_uris(layout.root + '/') == [layout.claim_uri]:
+        s3.delete(layout.claim_uri)
+        log.info('run %s: claim released (nothing was published)', layout.run_id)

@@ -1,0 +1,108 @@
+"""What the steps share: a scratch directory, verified fetches, and the inputs of a step run alone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from video_kd import s3
+from video_kd.download import ChecksumMismatchError
+from video_kd.download import fetch_verified as fetch_atomically
+from video_kd.errors import UserError
+from video_kd.runs import Manifest, RunLayout, run_info
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def scratch_dir(workdir: str | Path | None, step: str) -> Iterator[Path]:
+    """A step's local working space.
+
+    ``workdir`` when given (the caller's; kept).  Otherwise a temporary
+    directory, removed when the step succeeds: everything a step keeps is in
+    S3 by then, and a local run or a long-lived node must not fill its disk
+    with copies (a training attempt alone holds ~0.5 GB of checkpoints).  A
+    failed step's directory is kept, and named in the log, for inspection.
+    """
+    if workdir:
+        path = Path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        yield path
+        return
+    path = Path(tempfile.mkdtemp(prefix=f'video_kd_{step}_'))
+    try:
+        yield path
+    except BaseException:
+        if any(path.iterdir()):
+            log.warning('%s failed; its scratch directory %s is kept for inspection', step, path)
+        else:
+            path.rmdir()
+        raise
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download one object and check its checksum (from the manifest) if given.
+
+    Atomic: a mismatching file never lands at ``dest``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
+    except ChecksumMismatchError as error:
+        raise UserError(
+            f'{uri} changed since it was recorded: sha256 {error.got}, manifest says {sha256}'
+        ) from error
+
+
+def load_meta(value: str) -> dict[str, Any]:
+    """Artifact metadata given on a command line: JSON text, a JSON file or an s3:// URI."""
+    if value.startswith('s3://'):
+        return s3.read_json(value)
+    if Path(value).is_file():
+        return json.loads(Path(value).read_text())
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise UserError(f'{value[:80]!r} is neither an s3:// URI, a JSON file nor JSON') from exc
+
+
+# --------------------------------------------------------------------------- a step run alone
+
+
+def run_data_meta(run_root: str) -> dict[str, Any]:
+    """The Dataset metadata data prep stored in ``<run>/data/dataset.json``."""
+    uri = RunLayout.from_root(run_root).dataset_meta_uri
+    try:
+        return s3.read_json(uri)
+    except s3.BucketNotFoundError:
+        raise
+    except s3.ObjectNotFoundError as exc:
+        raise UserError(f'{uri} does not exist: run data prep for this run first') from exc
+
+
+def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str, Any]:
+    """The last object ``step`` recorded in the run's manifest (e.g. its checkpoint)."""
+    layout = RunLayout.from_root(run_root)
+    entries = [
+        e for e in Manifest.load(layout).entries if e.step == step and e.uri.endswith(suffix)
+    ]
+    if step == 'train':
+        from video_kd.s3_hook import checkpoint_sort_key
+
+        entries = sorted(
+            (e for e in entries if checkpoint_sort_key(e.uri)),
+            key=lambda e: checkpoint_sort_key(e.uri),
+        )
+    if not entries:
+        raise UserError(
+            f'the manifest of {layout.root} has no {step} output ({suffix}): '
+            f'run the {step} step for this run first'
+        )
+    return {**run_info(layout), **entries[-1].meta()}

@@ -1,0 +1,115 @@
+"""Step 5, evaluation: MMAction2's test loop on the val list for student, teacher, student alone."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from video_kd import download
+from video_kd.errors import UserError
+from video_kd.runs import RunLayout, publish, run_info
+from video_kd.steps.common import fetch_verified, scratch_dir
+from video_kd.steps.data_prep import fetch_dataset
+from video_kd.steps.report import markdown_report, summarise_metrics
+
+log = logging.getLogger(__name__)
+
+
+def run(
+    data_meta: dict[str, Any],
+    student: dict[str, Any],
+    kd_config: str,
+    teacher: dict[str, Any] | None = None,
+    student_config: str = '',
+    baseline_url: str = '',
+    baseline_sha256: str = '',
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Evaluate the student (+ teacher, + the student-alone baseline when given).
+
+    Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
+    """
+    if baseline_url and not student_config:
+        raise UserError(
+            'baseline_url is given but student_config is empty: the baseline '
+            'is evaluated with the student-alone config'
+        )
+    layout = RunLayout.from_root(student['run_root'])
+    with scratch_dir(workdir, 'eval') as work:
+        results = _evaluate_models(
+            work, layout, data_meta, student, kd_config, teacher, student_config,
+            baseline_url, baseline_sha256,
+        )  # fmt: skip
+        summary = summarise_metrics(layout.run_id, results)
+        report = markdown_report(summary, student, teacher, baseline_url)
+        (work / 'metrics.json').write_text(json.dumps(summary, indent=2))
+        (work / 'report.md').write_text(report)
+        metrics_entry = publish(layout, 'eval', work / 'metrics.json', 'metrics.json')
+        publish(layout, 'eval', work / 'report.md', 'report.md')
+    return {
+        **run_info(layout),
+        'metrics': summary,
+        'report': report,
+        'metrics_uri': metrics_entry.uri,
+    }
+
+
+def _teacher_config_file(kd_config: str, out_dir: Path) -> str:
+    """A plain recognizer config of the KD config's teacher (to evaluate it alone)."""
+    from video_kd.config import load_config
+
+    cfg = load_config(kd_config)
+    cfg.model = cfg.model.teacher
+    path = out_dir / 'teacher_config.py'
+    cfg.dump(str(path))
+    return str(path)
+
+
+def _evaluate_models(
+    work: Path,
+    layout: RunLayout,
+    data_meta: dict[str, Any],
+    student: dict[str, Any],
+    kd_config: str,
+    teacher: dict[str, Any] | None,
+    student_config: str,
+    baseline_url: str,
+    baseline_sha256: str,
+) -> dict[str, dict[str, Any]]:
+    """MMAction2's test loop on the val list, per model: student, teacher, baseline."""
+    from video_kd import evaluate as mmaction_test
+
+    data_root = fetch_dataset(data_meta, work / 'data')
+    results: dict[str, dict[str, Any]] = {}
+
+    def score(name: str, config: str, ckpt: Path) -> None:
+        results[name] = mmaction_test.evaluate(
+            config, str(ckpt), str(data_root), str(work / f'w_{name}')
+        )
+        log.info(
+            '%s: top-1 %.4f top-5 %.4f mean-class %.4f',
+            name,
+            results[name]['top1_acc'],
+            results[name]['top5_acc'],
+            results[name]['mean_class_acc'],
+        )
+
+    score(
+        'student',
+        kd_config,
+        fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256')),
+    )
+    if teacher:
+        score(
+            'teacher',
+            _teacher_config_file(kd_config, work),
+            fetch_verified(teacher['s3_uri'], work / 'teacher.pth', teacher.get('sha256')),
+        )
+    if baseline_url:
+        baseline = download.fetch_teacher(
+            baseline_url, work / 'baseline', sha256=baseline_sha256 or None, cache=layout
+        )
+        score('baseline', student_config, baseline)
+    return results

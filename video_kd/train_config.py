@@ -1,0 +1,277 @@
+"""The training config: user settings mapped onto mmengine config keys, in one place.
+
+A training config is decided in two parts:
+
+* ``resolve`` — what the run trains: the named config, the user's overrides,
+  the number of classes, the epoch budget, the teacher's precision and logit
+  cache.  The train step resolves it ONCE and writes it to the run
+  (``<run>/train/config.py``); every training process loads that file.
+* ``localize`` — where one process finds things: its work dir, the dataset,
+  the teacher checkpoint, the launcher, whether to resume.
+
+``TrainOptions`` lists the settings a user chooses about the training itself;
+the pipeline parameters, the train component and ``python -m video_kd.train``
+all take these names, and ``resolve`` is the only place they become config
+keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+from mmengine.config import Config, DictAction
+
+from video_kd import dataset
+from video_kd.config import is_distill_config, load_config, set_num_classes
+from video_kd.convert import load_state_dict, state_dict_mismatch
+from video_kd.errors import UserError
+from video_kd.fast_teacher import PRECISIONS
+from video_kd.runtime import (
+    dist_backend,
+    is_main_process,
+    launcher_from_env,
+    register_all_modules,
+    set_data_root,
+    wait_for_file,
+)
+
+log = logging.getLogger(__name__)
+
+# Imported by mmengine when a resolved config is loaded (``custom_imports``): registers
+# the modules our configs name (fast teacher, logit cache, S3 checkpoint hook).
+PLUGINS_MODULE = 'video_kd.plugins'
+CONFIG_NAME = 'config.py'
+
+
+@dataclasses.dataclass
+class TrainOptions:
+    """What a user chooses about a training run, besides the config itself."""
+
+    max_epochs: int = dataclasses.field(
+        default=0, metadata={'help': "epoch budget; 0 keeps the config's (schedules stretch)"}
+    )
+    cfg_options: list[str] = dataclasses.field(
+        default_factory=list,
+        metadata={
+            'help': 'mmengine config overrides, one KEY=VALUE each '
+            '(optim_wrapper.optimizer.lr=0.01 train_dataloader.batch_size=8); '
+            "values may hold spaces when quoted: model.x='a b'"
+        },
+    )
+    teacher_precision: str = dataclasses.field(
+        default='',
+        metadata={
+            'help': 'run the frozen teacher as an inference model (eval mode, inference_mode) in '
+            f'this precision ({", ".join(PRECISIONS)}; the student stays fp32); empty: as '
+            'MMRazor runs it. See video_kd.fast_teacher',
+            'choices': ['', *PRECISIONS],
+        },
+    )
+
+    def __post_init__(self) -> None:
+        if isinstance(self.cfg_options, str):  # a KFP/CLI string: one override per line
+            self.cfg_options = [line for line in self.cfg_options.splitlines() if line.strip()]
+        if self.max_epochs < 0:
+            raise UserError(
+                f"max_epochs must be >= 0 (0 keeps the config's), got {self.max_epochs}"
+            )
+        if self.teacher_precision not in ('', *PRECISIONS):
+            raise UserError(
+                f'teacher_precision {self.teacher_precision!r}: use one of '
+                f'{", ".join(PRECISIONS)} or leave it empty (the teacher as MMRazor runs it)'
+            )
+
+    @classmethod
+    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
+        """One ``--flag`` per option, with its help (entry points share them)."""
+        for field in dataclasses.fields(cls):
+            flag = '--' + field.name.replace('_', '-')
+            kwargs = {'help': field.metadata['help']}
+            if field.name == 'cfg_options':
+                kwargs.update(nargs='+', default=[], metavar='KEY=VALUE')
+            else:
+                kwargs.update(type=type(field.default), default=field.default)
+                if 'choices' in field.metadata:
+                    kwargs['choices'] = field.metadata['choices']
+            parser.add_argument(flag, **kwargs)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> TrainOptions:
+        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+
+
+def parse_cfg_options(items: list[str]) -> dict:
+    """``['a.b=1', "c='x y'"]`` -> ``{'a.b': 1, 'c': 'x y'}``, with mmengine's own value parsing."""
+    parsed: dict = {}
+    for item in items:
+        key, sep, value = item.partition('=')
+        if not sep or not key.strip():
+            raise UserError(f'cfg option {item!r}: expected KEY=VALUE, e.g. train_cfg.max_epochs=5')
+        parsed[key.strip()] = DictAction._parse_iterable(value)
+    return parsed
+
+
+def resolve(
+    config: str,
+    options: TrainOptions,
+    num_classes: int | None = None,
+    logit_cache: str = '',
+    teacher_sha256: str | None = None,
+) -> Config:
+    """The run's training config: everything but where this process finds its files.
+
+    ``logit_cache``: where the teacher's logits per augmented view are kept (an
+    s3:// prefix or a local dir, see video_kd.logit_cache); empty: off.
+    ``teacher_sha256`` keys that cache (computed from the checkpoint if not given).
+    """
+    cfg = load_config(config, parse_cfg_options(options.cfg_options))
+    register_all_modules()
+    if num_classes:  # heads sized to the dataset (before the teacher checkpoint is checked)
+        set_num_classes(cfg.model, num_classes)
+    if options.max_epochs:
+        set_max_epochs(cfg, options.max_epochs)
+    if options.teacher_precision:  # before the cache: its location hashes the precision
+        _require_distill(cfg, '--teacher-precision')
+        from video_kd.fast_teacher import enable_fast_teacher
+
+        enable_fast_teacher(cfg, options.teacher_precision)
+        log.info('teacher: eval mode, inference_mode, %s', options.teacher_precision)
+    if logit_cache:
+        _require_distill(cfg, '--teacher-logit-cache')
+        from video_kd.logit_cache import enable_cache
+
+        location = enable_cache(cfg, logit_cache, teacher_sha256)
+        log.info('teacher-logit cache: %s', location)
+    cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
+    return cfg
+
+
+def _require_distill(cfg: Config, option: str) -> None:
+    if not is_distill_config(cfg):
+        raise UserError(f'{option} needs a distillation config')
+
+
+def set_max_epochs(cfg: Config, max_epochs: int) -> None:
+    """Change the epoch budget, stretching epoch-based schedules that span all of it."""
+    old = cfg.train_cfg.get('max_epochs')
+    cfg.train_cfg.max_epochs = max_epochs
+    schedulers = cfg.get('param_scheduler') or []
+    for scheduler in schedulers if isinstance(schedulers, list) else [schedulers]:
+        if not scheduler.get('by_epoch', True):
+            continue
+        for key in ('T_max', 'end'):
+            if scheduler.get(key) == old:
+                scheduler[key] = max_epochs
+
+
+def save(cfg: Config, path: str | Path) -> Path:
+    """Write a resolved config as an mmengine config file (what pods load)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    cfg.dump(str(path))
+    return path
+
+
+def load_resolved(path: str | Path) -> Config:
+    """Load a config written by ``save`` (imports the plugins it names)."""
+    register_all_modules()
+    return Config.fromfile(str(path))
+
+
+# --------------------------------------------------------------------------- localize
+
+
+def localize(
+    cfg: Config,
+    work_dir: str | Path,
+    data_root: str | Path | None = None,
+    teacher_ckpt: str | Path | None = None,
+    resume: str | None = None,
+    launcher: str | None = None,
+    check_videos: bool = False,
+) -> Config:
+    """Point a resolved config at this process's files; checks everything before writing."""
+    work_dir = Path(work_dir).resolve()
+    check_work_dir(work_dir, resume)
+    if is_distill_config(cfg):
+        teacher_ckpt = teacher_ckpt or cfg.model.get('teacher_ckpt')
+        if not teacher_ckpt:
+            raise UserError('this config distills from a teacher: give its checkpoint')
+        if not Path(teacher_ckpt).is_file():
+            raise UserError(f'teacher checkpoint {teacher_ckpt} does not exist')
+        check_teacher_checkpoint(cfg, str(teacher_ckpt))
+        cfg.model.teacher_ckpt = str(Path(teacher_ckpt).resolve())
+    elif teacher_ckpt:
+        raise UserError('this is not a distillation config; a teacher checkpoint makes no sense')
+    if data_root:
+        prepare_data(cfg, data_root, work_dir, check_videos)
+    cfg.work_dir = str(work_dir)
+    cfg.launcher = launcher or launcher_from_env()
+    cfg.setdefault('env_cfg', {}).setdefault('dist_cfg', {})['backend'] = dist_backend()
+    if cfg.launcher == 'pytorch' and dist_backend() == 'gloo':
+        # mmengine's default DDP wrapper pins device_ids=[LOCAL_RANK]: GPU only.
+        cfg.setdefault(
+            'model_wrapper_cfg',
+            dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False),
+        )
+    if resume:
+        cfg.resume = True
+        cfg.load_from = None if resume == 'auto' else resume
+    return cfg
+
+
+def existing_checkpoints(work_dir: Path) -> list[Path]:
+    return sorted(work_dir.glob('*.pth')) if work_dir.is_dir() else []
+
+
+def check_work_dir(work_dir: Path, resume: str | None) -> None:
+    """Refuse to train over earlier results; require something to resume from."""
+    found = existing_checkpoints(work_dir)
+    if found and not resume:
+        raise UserError(
+            f'work dir {work_dir} already holds checkpoints '
+            f'({", ".join(p.name for p in found[:3])}); pass --resume to continue '
+            'from them, or choose another --work-dir'
+        )
+    if resume == 'auto' and not (work_dir / 'last_checkpoint').is_file():
+        log.info('--resume: no checkpoint in %s yet, starting from scratch', work_dir)
+    elif resume and resume != 'auto' and not Path(resume).is_file():
+        raise UserError(f'--resume checkpoint {resume} does not exist')
+
+
+def check_teacher_checkpoint(cfg: Config, teacher_ckpt: str) -> None:
+    """The checkpoint must fit the teacher exactly: MMRazor alone would only warn."""
+    from mmrazor.registry import MODELS
+
+    state = load_state_dict(teacher_ckpt)
+    expected = MODELS.build(cfg.model.teacher).state_dict()
+    mismatch = state_dict_mismatch(expected, state)
+    if mismatch:
+        teacher_type = cfg.model.teacher.get('backbone', {}).get('type', 'teacher')
+        raise UserError(
+            f"teacher checkpoint {teacher_ckpt} does not fit the config's "
+            f'teacher ({teacher_type}): {mismatch}'
+        )
+
+
+def prepare_data(cfg: Config, data_root: str | Path, work_dir: Path, check_videos: bool) -> None:
+    """Point the config at data_root; with check_videos, leave unreadable videos out."""
+    root = Path(data_root)
+    if check_videos:
+        clean_root = work_dir / 'data'
+        if is_main_process():
+            report = dataset.validate_dataset(root, clean_root)
+            if report['rejected_total']:
+                log.warning(
+                    '%d unreadable or mislabelled videos left out, see %s',
+                    report['rejected_total'],
+                    clean_root / 'report.json',
+                )
+        else:  # other ranks wait for rank 0's cleaned lists
+            wait_for_file(clean_root / dataset.VAL_LIST)
+        root = clean_root
+    classes = set_data_root(cfg, root)
+    log.info('dataset %s: %d classes', root, len(classes))
