@@ -14,7 +14,6 @@ with a release's own names and keys).  Credentials are never parameters.
 The IR needs a KFP backend >= 2.4.0 (a parameterised container image).
 """
 
-
 from dataclasses import dataclass
 from pathlib import Path
 
