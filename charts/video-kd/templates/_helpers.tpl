@@ -120,3 +120,17 @@ volumeMounts:
     readOnly: true
   {{- end }}
 {{- end }}
+
+{{/* ServiceAccount of the training pods: their own, with no API rights and no token. */}}
+{{- define "video-kd.trainingServiceAccountName" -}}
+{{- if .Values.training.serviceAccount.create }}
+{{- default (printf "%s-trainer" (include "video-kd.fullname" .)) .Values.training.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.training.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of the KFP experiment / recurring run. */}}
+{{- define "video-kd.kfpNamespace" -}}
+{{- default .Release.Namespace .Values.kfp.namespace }}
+{{- end }}
