@@ -121,7 +121,9 @@ class FakeKube:
             msg = f'{plural}.{group} is forbidden: User cannot {rbac_verb} resource "{plural}"'
             return h._send(403, status(403, 'Forbidden', msg, plural))
         if ns not in self.namespaces:
-            return h._send(404, status(404, 'NotFound', f'namespaces "{ns}" not found', 'namespaces'))
+            return h._send(
+                404, status(404, 'NotFound', f'namespaces "{ns}" not found', 'namespaces')
+            )
         if verb == 'POST':
             key = (plural, ns, body['metadata']['name'])
             with self.lock:
@@ -183,7 +185,9 @@ class FakeKube:
             and wanted.items() <= (p['metadata'].get('labels') or {}).items()
         ]
         if verb != 'WATCH':
-            return h._send(200, {'kind': 'PodList', 'apiVersion': 'v1', 'metadata': {}, 'items': pods})
+            return h._send(
+                200, {'kind': 'PodList', 'apiVersion': 'v1', 'metadata': {}, 'items': pods}
+            )
         lines = b''.join(json.dumps({'type': 'ADDED', 'object': p}).encode() + b'\n' for p in pods)
         return h._send(200, lines)
 

@@ -169,15 +169,20 @@ EXPECTED_GRANTS = (
     {('kubeflow.org', 'pytorchjobs', verb) for verb in ('create', 'get', 'watch', 'list', 'delete')}
     | {('', 'pods', verb) for verb in ('get', 'list', 'watch')}
     | {('', 'pods/log', 'get')}
-    | {('trainer.kubeflow.org', 'trainjobs', v) for v in ('create', 'get', 'watch', 'list', 'delete')}
+    | {
+        ('trainer.kubeflow.org', 'trainjobs', v)
+        for v in ('create', 'get', 'watch', 'list', 'delete')
+    }
     | {('kueue.x-k8s.io', 'localqueues', 'get')}
 )
-KFP_API_GRANTS = (
-    {('pipelines.kubeflow.org', r, v) for r in ('pipelines', 'pipelines/versions', 'experiments')
-     for v in ('create', 'get', 'list')}
-    | {('pipelines.kubeflow.org', 'recurringruns', v)
-       for v in ('create', 'get', 'list', 'delete', 'disable')}
-)
+KFP_API_GRANTS = {
+    ('pipelines.kubeflow.org', r, v)
+    for r in ('pipelines', 'pipelines/versions', 'experiments')
+    for v in ('create', 'get', 'list')
+} | {
+    ('pipelines.kubeflow.org', 'recurringruns', v)
+    for v in ('create', 'get', 'list', 'delete', 'disable')
+}
 
 
 def grants(role: dict) -> set[tuple[str, str, str]]:
@@ -484,7 +489,11 @@ CUSTOM = {
             'nodeAffinity': {
                 'requiredDuringSchedulingIgnoredDuringExecution': {
                     'nodeSelectorTerms': [
-                        {'matchExpressions': [{'key': 'gpu', 'operator': 'In', 'values': ['mi300']}]}
+                        {
+                            'matchExpressions': [
+                                {'key': 'gpu', 'operator': 'In', 'values': ['mi300']}
+                            ]
+                        }
                     ]
                 }
             }
@@ -558,7 +567,10 @@ def test_a_renamed_release_reaches_the_training_job(backend):
         assert manifest['spec']['trainer']['numProcPerNode'] == 4
         assert manifest['metadata']['labels']['kueue.x-k8s.io/priority-class'] == 'kd-batch'
     assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
-    assert resources == {'requests': {'cpu': '16'}, 'limits': {'memory': '64Gi', 'amd.com/gpu': '4'}}
+    assert resources == {
+        'requests': {'cpu': '16'},
+        'limits': {'memory': '64Gi', 'amd.com/gpu': '4'},
+    }
     assert pod['affinity'] == CUSTOM['training']['affinity']
     assert pod['serviceAccountName'] == 'kd-prod-video-kd-trainer'
     assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'videos'}} in pod['volumes']
@@ -621,6 +633,8 @@ def test_a_renamed_release_compiles_and_schedules_with_its_own_names():
     ],
 )
 def test_schema_rejects_bad_cluster_values(values, where):
-    with helm.Chart.load(str(CHART)) as chart:
-        with pytest.raises(helm.HelmValuesError, match=re.escape(f"at '{where}'")):
-            chart.validate_schema(values)
+    with (
+        helm.Chart.load(str(CHART)) as chart,
+        pytest.raises(helm.HelmValuesError, match=re.escape(f"at '{where}'")),
+    ):
+        chart.validate_schema(values)

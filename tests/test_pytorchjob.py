@@ -144,7 +144,10 @@ def test_full_run_id_in_labels_and_annotations_of_the_job_and_pods():
     # A run id that is no valid label value (too long) stays in the annotation only.
     long_id = 'local-' + 'x' * 70
     meta = pytorchjob.manifest(make_spec(run_id=long_id))['metadata']
-    assert 'video-kd/run-id' not in meta['labels'] and meta['annotations']['video-kd/run-id'] == long_id
+    assert (
+        'video-kd/run-id' not in meta['labels']
+        and meta['annotations']['video-kd/run-id'] == long_id
+    )
 
 
 # --- the manifest: CRD schema, webhook, every setting -----------------------------------
@@ -212,9 +215,13 @@ def test_every_setting_reaches_the_pods():
         assert spec['nodeSelector'] == OVERRIDES['nodeSelector']
         assert spec['tolerations'] == OVERRIDES['tolerations']
         assert spec['affinity'] == OVERRIDES['affinity']
-        assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'kd-cache'}} in spec['volumes']
+        assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'kd-cache'}} in spec[
+            'volumes'
+        ]
         (c,) = spec['containers']
-        assert c['name'] == 'pytorch' and c['command'] == ['torchrun'] and c['args'] == list(COMMAND)
+        assert (
+            c['name'] == 'pytorch' and c['command'] == ['torchrun'] and c['args'] == list(COMMAND)
+        )
         assert c['resources'] == {
             'requests': {'cpu': '8', 'memory': '32Gi'},
             'limits': {'memory': '48Gi', 'amd.com/gpu': '2'},
@@ -230,7 +237,9 @@ def test_every_setting_reaches_the_pods():
             'optional': False,
         }
         assert env['AWS_SECRET_ACCESS_KEY']['valueFrom']['secretKeyRef']['key'] == 'secret-key'
-        assert not any('value' in e for name, e in env.items() if name.startswith('AWS_') and 'KEY' in name)
+        assert not any(
+            'value' in e for name, e in env.items() if name.startswith('AWS_') and 'KEY' in name
+        )
 
 
 def test_defaults_without_a_configmap():
@@ -255,7 +264,11 @@ def test_defaults_without_a_configmap():
     [
         ({'num_nodes': 0}, {}, 'num_nodes must be >= 1'),
         ({'nproc_per_node': 0}, {}, None),  # 0 means "default": one per GPU
-        ({}, {'VIDEO_KD_WORKER_POD_OVERRIDES': '{oops'}, 'VIDEO_KD_WORKER_POD_OVERRIDES is not valid JSON'),
+        (
+            {},
+            {'VIDEO_KD_WORKER_POD_OVERRIDES': '{oops'},
+            'VIDEO_KD_WORKER_POD_OVERRIDES is not valid JSON',
+        ),
         ({}, {'VIDEO_KD_BACKOFF_LIMIT_PER_NODE': 'many'}, 'must be an integer'),
         ({'namespace': 'Team_A'}, {}, 'not a Kubernetes namespace name'),
     ],
@@ -280,16 +293,36 @@ def test_literal_credentials_and_operator_env_are_refused():
 
 # --- status conditions as the operator writes them ---------------------------------------
 
-CREATED = {'type': 'Created', 'status': 'True', 'reason': 'PyTorchJobCreated',
-           'message': 'PyTorchJob ml/x is created.'}
-RUNNING = {'type': 'Running', 'status': 'True', 'reason': 'PyTorchJobRunning',
-           'message': 'PyTorchJob ml/x is running.'}
-RESTARTING = {'type': 'Restarting', 'status': 'True', 'reason': 'PyTorchJobRestarting',
-              'message': 'PyTorchJob x is restarting because 1 Worker replica(s) failed.'}
-SUCCEEDED = {'type': 'Succeeded', 'status': 'True', 'reason': 'PyTorchJobSucceeded',
-             'message': 'PyTorchJob ml/x successfully completed.'}
-FAILED = {'type': 'Failed', 'status': 'True', 'reason': 'PyTorchJobFailed',
-          'message': 'PyTorchJob ml/x has failed because 1 Master replica(s) failed.'}
+CREATED = {
+    'type': 'Created',
+    'status': 'True',
+    'reason': 'PyTorchJobCreated',
+    'message': 'PyTorchJob ml/x is created.',
+}
+RUNNING = {
+    'type': 'Running',
+    'status': 'True',
+    'reason': 'PyTorchJobRunning',
+    'message': 'PyTorchJob ml/x is running.',
+}
+RESTARTING = {
+    'type': 'Restarting',
+    'status': 'True',
+    'reason': 'PyTorchJobRestarting',
+    'message': 'PyTorchJob x is restarting because 1 Worker replica(s) failed.',
+}
+SUCCEEDED = {
+    'type': 'Succeeded',
+    'status': 'True',
+    'reason': 'PyTorchJobSucceeded',
+    'message': 'PyTorchJob ml/x successfully completed.',
+}
+FAILED = {
+    'type': 'Failed',
+    'status': 'True',
+    'reason': 'PyTorchJobFailed',
+    'message': 'PyTorchJob ml/x has failed because 1 Master replica(s) failed.',
+}
 NOT_RUNNING = {**RUNNING, 'status': 'False'}
 
 
@@ -298,7 +331,9 @@ def test_state_from_conditions():
         return pytorchjob.state({'status': {'conditions': list(conds)}})
 
     assert pytorchjob.state({}).type == 'Pending'
-    assert state(CREATED, RUNNING) == kube.JobState('Running', 'PyTorchJobRunning', RUNNING['message'])
+    assert state(CREATED, RUNNING) == kube.JobState(
+        'Running', 'PyTorchJobRunning', RUNNING['message']
+    )
     assert state(CREATED, NOT_RUNNING, RESTARTING).type == 'Restarting'
     done = state(CREATED, NOT_RUNNING, SUCCEEDED)
     assert done.succeeded and done.finished and not done.failed
@@ -308,8 +343,10 @@ def test_state_from_conditions():
 
 # --- the job's life against an API server ------------------------------------------------
 
-MASTER_LABELS = {'training.kubeflow.org/job-name': job_name(RUN_ID),
-                 'training.kubeflow.org/replica-type': 'master'}
+MASTER_LABELS = {
+    'training.kubeflow.org/job-name': job_name(RUN_ID),
+    'training.kubeflow.org/replica-type': 'master',
+}
 
 
 @pytest.fixture
@@ -330,7 +367,10 @@ def test_success_streams_rank0_log_and_deletes_the_job(cluster, caplog):
     cluster.pods.append(pod(f'{name}-master-0', MASTER_LABELS))
     cluster.logs[f'{name}-master-0'] = 'epoch 1 loss 0.5\nepoch 2 loss 0.25\n'
     run(cluster)
-    assert cluster.verbs('pytorchjobs')[0] == 'POST' and cluster.verbs('pytorchjobs')[-1] in ('DELETE', 'GET')
+    assert cluster.verbs('pytorchjobs')[0] == 'POST' and cluster.verbs('pytorchjobs')[-1] in (
+        'DELETE',
+        'GET',
+    )
     assert 'DELETE' in cluster.verbs('pytorchjobs')
     assert not any(k[0] == 'pytorchjobs' for k in cluster.objects), 'the job is deleted'
     assert 'epoch 2 loss 0.25' in caplog.text
@@ -353,14 +393,19 @@ def test_failure_carries_the_operators_reason_and_the_exit_codes(cluster):
 def test_rerun_adopts_a_running_job_of_the_same_run(cluster):
     spec = make_spec(env={})
     manifest = pytorchjob.manifest(spec)
-    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {**manifest, 'status': {'conditions': [CREATED, RUNNING]}}
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **manifest,
+        'status': {'conditions': [CREATED, RUNNING]},
+    }
     cluster.scripts[spec.name] = [[CREATED, NOT_RUNNING, SUCCEEDED]]
     run(cluster, spec)
     assert cluster.verbs('pytorchjobs').count('POST') == 1, 'no second job'
     assert cluster.verbs('pytorchjobs').count('DELETE') == 1, 'deleted once finished'
 
 
-@pytest.mark.parametrize('conditions', [[CREATED, NOT_RUNNING, FAILED], [CREATED, NOT_RUNNING, SUCCEEDED]])
+@pytest.mark.parametrize(
+    'conditions', [[CREATED, NOT_RUNNING, FAILED], [CREATED, NOT_RUNNING, SUCCEEDED]]
+)
 def test_rerun_replaces_a_finished_job(cluster, conditions):
     spec = make_spec(env={})
     old = {**pytorchjob.manifest(spec), 'status': {'conditions': conditions}}
@@ -374,7 +419,10 @@ def test_rerun_replaces_a_finished_job(cluster, conditions):
 def test_rerun_replaces_a_running_job_built_from_other_settings(cluster):
     spec = make_spec(env={})
     other = pytorchjob.manifest(make_spec(env={}, image='other:2'))
-    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {**other, 'status': {'conditions': [RUNNING]}}
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **other,
+        'status': {'conditions': [RUNNING]},
+    }
     cluster.scripts[spec.name] = [[SUCCEEDED]]
     run(cluster, spec)
     assert cluster.verbs('pytorchjobs').count('POST') == 2
@@ -392,7 +440,9 @@ def test_sigterm_deletes_the_job(cluster):
         timer.cancel()
     assert info.value.code == 128 + signal.SIGTERM
     assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
+        signal.getsignal(signal.SIGTERM)
+    )
 
 
 def test_operator_not_installed_is_one_clear_line(cluster):
@@ -407,16 +457,23 @@ def test_operator_not_installed_is_one_clear_line(cluster):
 
 def test_missing_rbac_names_the_verb_and_resource(cluster):
     cluster.forbidden.add(('create', 'pytorchjobs'))
-    with pytest.raises(kube.ClusterError, match='may not "create" pytorchjobs.kubeflow.org in namespace ml'):
+    with pytest.raises(
+        kube.ClusterError,
+        match=re.escape('may not "create" pytorchjobs.kubeflow.org in namespace ml'),
+    ):
         run(cluster, make_spec(env={}))
 
 
 def test_missing_kueue_queue_is_refused_before_the_job_is_created(cluster):
-    with pytest.raises(kube.ClusterError, match="Kueue queue 'team-a-gpus' does not exist in namespace ml"):
+    with pytest.raises(
+        kube.ClusterError, match="Kueue queue 'team-a-gpus' does not exist in namespace ml"
+    ):
         run(cluster)
     assert 'POST' not in cluster.verbs('pytorchjobs')
     cluster.crds.discard('kueue.x-k8s.io/v1beta1/localqueues')
-    with pytest.raises(kube.ClusterError, match='no localqueues.kueue.x-k8s.io API: install Kueue'):
+    with pytest.raises(
+        kube.ClusterError, match=re.escape('no localqueues.kueue.x-k8s.io API: install Kueue')
+    ):
         run(cluster)
 
 
@@ -427,8 +484,14 @@ def test_missing_namespace_is_named(cluster):
 
 def test_compat_front_for_todays_train_step(cluster):
     manifest = compat.build_pytorchjob(
-        name='ignored', namespace='ml', image='img:1', command=list(COMMAND), num_workers=2,
-        env={'VIDEO_KD_RUN_ID': RUN_ID}, s3_secret_name='s3', service_account='sa',
+        name='ignored',
+        namespace='ml',
+        image='img:1',
+        command=list(COMMAND),
+        num_workers=2,
+        env={'VIDEO_KD_RUN_ID': RUN_ID},
+        s3_secret_name='s3',
+        service_account='sa',
     )
     assert manifest['metadata']['name'] == job_name(RUN_ID)
     assert problems(manifest, PYTORCHJOB_CRD, 'v1') == []
@@ -468,8 +531,11 @@ def test_run_local_runs_two_processes(entry_dir, caplog):
     caplog.set_level('INFO', logger='video_kd.backends.local')
     log_path = entry_dir / 'torchrun.log'
     code = local.run_local(
-        ['-m', 'tiny_entry', str(entry_dir / 'out')], nproc_per_node=2,
-        env={'GREETING': 'hi'}, cwd=entry_dir, log_path=log_path,
+        ['-m', 'tiny_entry', str(entry_dir / 'out')],
+        nproc_per_node=2,
+        env={'GREETING': 'hi'},
+        cwd=entry_dir,
+        log_path=log_path,
     )
     assert code == 0
     assert (entry_dir / 'out' / 'rank0.txt').read_text() == '0 2 0 hi'
@@ -480,9 +546,15 @@ def test_run_local_runs_two_processes(entry_dir, caplog):
 
 def test_local_backend_runs_the_spec_and_reports_a_failing_rank(entry_dir):
     spec = TrainingJobSpec(
-        RUN_ID, 'ml', 'img', ('-m', 'tiny_entry', str(entry_dir / 'out')), num_nodes=2,
+        RUN_ID,
+        'ml',
+        'img',
+        ('-m', 'tiny_entry', str(entry_dir / 'out')),
+        num_nodes=2,
         env={'GREETING': 'hi', 'FAIL_RANK': '1'},
     )
-    with pytest.raises(backends.TrainingJobFailed, match=r'local torchrun \(2 processes\) failed: ExitCode'):
+    with pytest.raises(
+        backends.TrainingJobFailed, match=r'local torchrun \(2 processes\) failed: ExitCode'
+    ):
         backends.run_training('local', spec, 60, cwd=entry_dir)
     assert (entry_dir / 'out' / 'rank0.txt').read_text() == '0 2 0 hi'

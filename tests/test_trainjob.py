@@ -60,7 +60,10 @@ def test_manifest_passes_the_crd_schema(nodes):
     'mutate, expected',
     [
         (lambda m: m['spec']['trainer'].update(numNode=2), "('numNode' was unexpected)"),
-        (lambda m: m['spec'].update(podTemplateOverrides=[]), "('podTemplateOverrides' was unexpected)"),
+        (
+            lambda m: m['spec'].update(podTemplateOverrides=[]),
+            "('podTemplateOverrides' was unexpected)",
+        ),
         (lambda m: m['spec']['trainer'].update(numNodes='2'), "'2' is not of type 'integer'"),
         (lambda m: m['spec'].pop('runtimeRef'), "'runtimeRef' is a required property"),
         (lambda m: node_patch(m)[0].pop('manager'), "'manager' is a required property"),
@@ -101,7 +104,9 @@ def test_every_setting_reaches_the_trainjob():
     assert pod_spec['nodeSelector'] == OVERRIDES['nodeSelector']
     assert pod_spec['tolerations'] == OVERRIDES['tolerations']
     assert pod_spec['affinity'] == OVERRIDES['affinity']
-    assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'kd-cache'}} in pod_spec['volumes']
+    assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'kd-cache'}} in pod_spec[
+        'volumes'
+    ]
     (container,) = pod_spec['containers']
     assert container['name'] == 'node'
     assert {'name': 'cache', 'mountPath': '/data/cache'} in container['volumeMounts']
@@ -121,13 +126,27 @@ def test_runtime_name_and_nproc_come_from_the_configmap_and_arguments():
 
 # --- status conditions as Trainer writes them (copied from the JobSet) -------------------
 
-COMPLETE = {'type': 'Complete', 'status': 'True', 'reason': 'AllJobsCompleted',
-            'message': 'jobset completed successfully', 'lastTransitionTime': '2026-01-01T00:00:00Z'}
-FAILED = {'type': 'Failed', 'status': 'True', 'reason': 'FailedJobs',
-          'message': 'jobset failed due to one or more job failures',
-          'lastTransitionTime': '2026-01-01T00:00:00Z'}
-SUSPENDED = {'type': 'Suspended', 'status': 'True', 'reason': 'Suspended',
-             'message': 'TrainJob is suspended', 'lastTransitionTime': '2026-01-01T00:00:00Z'}
+COMPLETE = {
+    'type': 'Complete',
+    'status': 'True',
+    'reason': 'AllJobsCompleted',
+    'message': 'jobset completed successfully',
+    'lastTransitionTime': '2026-01-01T00:00:00Z',
+}
+FAILED = {
+    'type': 'Failed',
+    'status': 'True',
+    'reason': 'FailedJobs',
+    'message': 'jobset failed due to one or more job failures',
+    'lastTransitionTime': '2026-01-01T00:00:00Z',
+}
+SUSPENDED = {
+    'type': 'Suspended',
+    'status': 'True',
+    'reason': 'Suspended',
+    'message': 'TrainJob is suspended',
+    'lastTransitionTime': '2026-01-01T00:00:00Z',
+}
 RESUMED = {**SUSPENDED, 'status': 'False', 'reason': 'Resumed', 'message': 'TrainJob is resumed'}
 
 
@@ -176,8 +195,16 @@ def test_success_streams_node0_log_and_deletes_the_job(cluster, caplog):
 def test_failure_carries_the_reason_and_the_exit_codes(cluster):
     name = job_name(RUN_ID)
     cluster.scripts[name] = [[FAILED]]
-    cluster.pods.append(pod(f'{name}-node-0-1-xyzab', {**NODE0, 'batch.kubernetes.io/job-completion-index': '1'},
-                            'Failed', container='node', exit_code=137, reason='OOMKilled'))
+    cluster.pods.append(
+        pod(
+            f'{name}-node-0-1-xyzab',
+            {**NODE0, 'batch.kubernetes.io/job-completion-index': '1'},
+            'Failed',
+            container='node',
+            exit_code=137,
+            reason='OOMKilled',
+        )
+    )
     with pytest.raises(backends.TrainingJobFailed) as info:
         run(cluster)
     assert 'FailedJobs: jobset failed due to one or more job failures' in str(info.value)
@@ -188,11 +215,17 @@ def test_failure_carries_the_reason_and_the_exit_codes(cluster):
 def test_rerun_adopts_or_replaces(cluster):
     spec = make_spec()
     manifest = trainjob.manifest(spec)
-    cluster.objects[('trainjobs', 'ml', spec.name)] = {**manifest, 'status': {'conditions': [RESUMED]}}
+    cluster.objects[('trainjobs', 'ml', spec.name)] = {
+        **manifest,
+        'status': {'conditions': [RESUMED]},
+    }
     cluster.scripts[spec.name] = [[COMPLETE]]
     run(cluster, spec)
     assert cluster.verbs('trainjobs').count('POST') == 1
-    cluster.objects[('trainjobs', 'ml', spec.name)] = {**manifest, 'status': {'conditions': [FAILED]}}
+    cluster.objects[('trainjobs', 'ml', spec.name)] = {
+        **manifest,
+        'status': {'conditions': [FAILED]},
+    }
     cluster.calls.clear()
     run(cluster, spec)
     assert cluster.verbs('trainjobs').count('POST') == 2, 'the failed one is replaced'
@@ -200,10 +233,15 @@ def test_rerun_adopts_or_replaces(cluster):
 
 def test_trainer_not_installed_and_rbac_missing_are_one_line(cluster):
     cluster.crds.discard('trainer.kubeflow.org/v1alpha1/trainjobs')
-    with pytest.raises(kube.ClusterError, match=r'^the cluster has no trainjobs.trainer.kubeflow.org API: '
-                       r'install Kubeflow Trainer v2 \(>= 2.2, TrainJob\)'):
+    with pytest.raises(
+        kube.ClusterError,
+        match=r'^the cluster has no trainjobs.trainer.kubeflow.org API: '
+        r'install Kubeflow Trainer v2 \(>= 2.2, TrainJob\)',
+    ):
         run(cluster)
     cluster.crds.add('trainer.kubeflow.org/v1alpha1/trainjobs')
     cluster.forbidden.add(('create', 'trainjobs'))
-    with pytest.raises(kube.ClusterError, match='may not "create" trainjobs.trainer.kubeflow.org'):
+    with pytest.raises(
+        kube.ClusterError, match=re.escape('may not "create" trainjobs.trainer.kubeflow.org')
+    ):
         run(cluster)

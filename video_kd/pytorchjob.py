@@ -96,5 +96,7 @@ def submit_and_wait(manifest: dict[str, Any], timeout: float = 24 * 3600, api: A
         _backend.log_pod_selector(name),
         _backend.pods_selector(name),
         api=api,
-    ).run(timeout, queue=(manifest['metadata'].get('labels') or {}).get('kueue.x-k8s.io/queue-name', ''))
-
+    ).run(
+        timeout,
+        queue=(manifest['metadata'].get('labels') or {}).get('kueue.x-k8s.io/queue-name', ''),
+    )

@@ -104,7 +104,7 @@ def explain(
     if exc.status == 403:
         return ClusterError(
             f'forbidden: this pod\'s ServiceAccount may not "{verb}" {resource} in namespace '
-            f'{namespace}: grant it (the chart\'s Role does, rbac.create=true)'
+            f"{namespace}: grant it (the chart's Role does, rbac.create=true)"
         )
     if exc.status == 404 and _status_kind(exc) == 'namespaces':
         return ClusterError(f'namespace {namespace} does not exist')
@@ -200,7 +200,14 @@ class ClusterJob:
             )
             return 'adopted'
         why = 'finished' if found.finished else 'built from other settings'
-        log.warning('replacing %s %s/%s (%s, %s)', self.kind.kind, self.namespace, self.name, why, found.type)
+        log.warning(
+            'replacing %s %s/%s (%s, %s)',
+            self.kind.kind,
+            self.namespace,
+            self.name,
+            why,
+            found.type,
+        )
         self.delete(wait=True)
         self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
         return 'replaced'
@@ -223,9 +230,13 @@ class ClusterJob:
             )
             for event in stream:
                 if event['type'] == 'DELETED':
-                    raise TrainingJobFailed(self.name, 'Deleted', 'the job was deleted by someone else')
+                    raise TrainingJobFailed(
+                        self.name, 'Deleted', 'the job was deleted by someone else'
+                    )
                 yield self.state(event['object'])
-        raise TimeoutError(f'{self.kind.kind} {self.namespace}/{self.name} did not finish within {timeout:.0f}s')
+        raise TimeoutError(
+            f'{self.kind.kind} {self.namespace}/{self.name} did not finish within {timeout:.0f}s'
+        )
 
     def wait(self, timeout: float) -> JobState:
         """Follow the job to its end, streaming rank 0's log; raise TrainingJobFailed on failure."""
@@ -234,10 +245,14 @@ class ClusterJob:
         last = None
         for current in self.states(timeout):
             if current != last:
-                log.info('%s %s: %s %s', self.kind.kind, self.name, current.type, current.message or '')
+                log.info(
+                    '%s %s: %s %s', self.kind.kind, self.name, current.type, current.message or ''
+                )
                 last = current
             if current.failed:
-                raise TrainingJobFailed(self.name, current.reason, current.message, self.pod_exits())
+                raise TrainingJobFailed(
+                    self.name, current.reason, current.message, self.pod_exits()
+                )
             if current.succeeded:
                 logs.join(timeout=10)
                 return current
@@ -250,7 +265,10 @@ class ClusterJob:
             if not pod_name:
                 return
             response = self.core.read_namespaced_pod_log(
-                pod_name, self.namespace, container=self.kind.container, follow=True,
+                pod_name,
+                self.namespace,
+                container=self.kind.container,
+                follow=True,
                 _preload_content=False,
             )
             for raw in response.stream():
@@ -291,10 +309,16 @@ class ClusterJob:
     # ----------------------------------------------------------------- delete
     def delete(self, wait: bool = False) -> None:
         """Delete the job and (foreground) its pods; a job already gone is fine."""
-        body = k8s.V1DeleteOptions(propagation_policy='Foreground', grace_period_seconds=DELETE_GRACE_S)
+        body = k8s.V1DeleteOptions(
+            propagation_policy='Foreground', grace_period_seconds=DELETE_GRACE_S
+        )
         try:
             self.objects.delete_namespaced_custom_object(
-                self.kind.group, self.kind.version, self.namespace, self.kind.plural, self.name,
+                self.kind.group,
+                self.kind.version,
+                self.namespace,
+                self.kind.plural,
+                self.name,
                 body=body,
             )
         except ApiException as exc:

@@ -145,7 +145,11 @@ class TrainingJobSpec:
         return labels
 
     def job_annotations(self) -> dict[str, str]:
-        return {**self.annotations, RUN_ID_ANNOTATION: self.run_id, SPEC_HASH_ANNOTATION: self.digest()}
+        return {
+            **self.annotations,
+            RUN_ID_ANNOTATION: self.run_id,
+            SPEC_HASH_ANNOTATION: self.digest(),
+        }
 
     def pod_annotations(self) -> dict[str, str]:
         """Istio's sidecar would keep a finished pod running and intercept the rendezvous."""
@@ -212,7 +216,9 @@ def s3_secret_env(
         SecretEnv('AWS_ACCESS_KEY_ID', secret, access_key_id_key),
         SecretEnv('AWS_SECRET_ACCESS_KEY', secret, secret_access_key_key),
     ]
-    refs.append(SecretEnv('AWS_SESSION_TOKEN', secret, session_token_key or 'AWS_SESSION_TOKEN', True))
+    refs.append(
+        SecretEnv('AWS_SESSION_TOKEN', secret, session_token_key or 'AWS_SESSION_TOKEN', True)
+    )
     return tuple(refs)
 
 
