@@ -17,6 +17,7 @@ import yaml
 CRDS = Path(__file__).parent / 'data' / 'crds'
 PYTORCHJOB_CRD = CRDS / 'kubeflow.org_pytorchjobs-v1.9.4.yaml'
 TRAINJOB_CRD = CRDS / 'trainer.kubeflow.org_trainjobs-v2.3.0.yaml'
+TRAININGRUNTIME_CRD = CRDS / 'trainer.kubeflow.org_trainingruntimes-v2.3.0.yaml'
 
 
 @functools.cache

@@ -535,6 +535,10 @@ def test_a_renamed_release_reaches_the_training_job(backend):
     s3 = one(objects, 'ConfigMap', 'kd-prod-video-kd-s3')['data']
     training = one(objects, 'ConfigMap', 'kd-prod-video-kd-training')['data']
     assert training['VIDEO_KD_TRAINING_BACKEND'] == backend
+    runtimes = by_kind(objects, 'TrainingRuntime')
+    assert [r['metadata']['name'] for r in runtimes] == (
+        ['kd-prod-video-kd-torch'] if backend == 'trainjob' else []
+    )
     env = {**s3, **training}
     spec = backends.spec_from_env(
         run_id='6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f',
@@ -566,6 +570,10 @@ def test_a_renamed_release_reaches_the_training_job(backend):
         resources = manifest['spec']['trainer']['resourcesPerNode']
         assert manifest['spec']['trainer']['numProcPerNode'] == 4
         assert manifest['metadata']['labels']['kueue.x-k8s.io/priority-class'] == 'kd-batch'
+        assert manifest['spec']['runtimeRef'] == {
+            'name': 'kd-prod-video-kd-torch',
+            'kind': 'TrainingRuntime',
+        }
     assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
     assert resources == {
         'requests': {'cpu': '16'},
@@ -638,3 +646,53 @@ def test_schema_rejects_bad_cluster_values(values, where):
         pytest.raises(helm.HelmValuesError, match=re.escape(f"at '{where}'")),
     ):
         chart.validate_schema(values)
+
+
+def test_trainjob_runtime_carries_the_failure_semantics():
+    """The chart's TrainingRuntime: valid for the v2.3.0 CRD and Trainer's webhook, exit 2
+    fails at once, evictions do not count, restarts = backoff per node x workers."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from crd_schema import TRAININGRUNTIME_CRD, problems
+
+    values = {'training': {'backend': 'trainjob', 'workers': 4, 'backoffLimitPerNode': 2}}
+    runtime = one(render(values), 'TrainingRuntime', f'{RELEASE}-torch')
+    assert problems(runtime, TRAININGRUNTIME_CRD, 'v1alpha1') == []
+    jobset = runtime['spec']['template']['spec']
+    assert jobset['failurePolicy']['maxRestarts'] == 8
+    assert jobset['failurePolicy']['rules'] == [
+        {
+            'name': 'bad-input-fails-at-once',
+            'action': 'FailJobSet',
+            'onJobFailureReasons': ['PodFailurePolicy'],
+        }
+    ]
+    (node,) = jobset['replicatedJobs']
+    # Trainer's webhook: the trainer ancestor's job is 'node', 1 replica, container 'node'
+    assert node['name'] == 'node' and node.get('replicas', 1) == 1
+    assert node['template']['metadata']['labels'] == {
+        'trainer.kubeflow.org/trainjob-ancestor-step': 'trainer'
+    }
+    job = node['template']['spec']
+    assert job['backoffLimit'] == 0
+    rules = job['podFailurePolicy']['rules']
+    assert rules[0] == {
+        'action': 'FailJob',
+        'onExitCodes': {'containerName': 'node', 'operator': 'In', 'values': [2]},
+    }
+    assert rules[1] == {'action': 'Ignore', 'onPodConditions': [{'type': 'DisruptionTarget'}]}
+    pod = job['template']['spec']
+    assert pod['restartPolicy'] == 'Never' and pod['containers'][0]['name'] == 'node'
+    data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
+    # an admin's ClusterTrainingRuntime instead
+    values['training']['trainJob'] = {'createRuntime': False, 'clusterRuntime': 'torch-gpu'}
+    objects = render(values)
+    assert not by_kind(objects, 'TrainingRuntime')
+    data = one(objects, 'ConfigMap', f'{RELEASE}-training')['data']
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == 'torch-gpu'
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'ClusterTrainingRuntime'
+    # the PyTorchJob backend needs no runtime
+    assert not by_kind(render(), 'TrainingRuntime')

@@ -85,7 +85,7 @@ def test_every_setting_reaches_the_trainjob():
     assert meta['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
     assert meta['labels']['kueue.x-k8s.io/priority-class'] == 'kd-high'
     spec = manifest['spec']
-    assert spec['runtimeRef'] == {'name': 'torch-distributed'}
+    assert spec['runtimeRef'] == {'name': 'torch-distributed', 'kind': 'ClusterTrainingRuntime'}
     trainer = spec['trainer']
     assert trainer['numNodes'] == 3 and trainer['numProcPerNode'] == 2, 'one process per GPU'
     assert trainer['image'] == 'registry.local/video-kd:0.1-cuda'
@@ -116,9 +116,12 @@ def test_every_setting_reaches_the_trainjob():
 
 
 def test_runtime_name_and_nproc_come_from_the_configmap_and_arguments():
-    spec = make_spec(env={'VIDEO_KD_TRAINJOB_RUNTIME': 'video-kd-torch'}, nproc_per_node=4)
-    manifest = trainjob.manifest(spec)
-    assert manifest['spec']['runtimeRef'] == {'name': 'video-kd-torch'}
+    env = {
+        'VIDEO_KD_TRAINJOB_RUNTIME': 'kd-torch',
+        'VIDEO_KD_TRAINJOB_RUNTIME_KIND': 'TrainingRuntime',
+    }
+    manifest = trainjob.manifest(make_spec(env=env, nproc_per_node=4))
+    assert manifest['spec']['runtimeRef'] == {'name': 'kd-torch', 'kind': 'TrainingRuntime'}
     assert manifest['spec']['trainer']['numProcPerNode'] == 4
     assert 'kueue.x-k8s.io/queue-name' not in manifest['metadata']['labels']
     assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == []

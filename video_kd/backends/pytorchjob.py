@@ -16,7 +16,7 @@ from kubernetes import client as k8s
 
 from video_kd.backends import pod
 from video_kd.backends.kube import JobKind, JobState
-from video_kd.backends.spec import TrainingJobSpec
+from video_kd.backends.spec import KUEUE_QUEUE_LABEL, TrainingJobSpec
 
 CONTAINER_NAME = kf.PYTORCHJOB_CONTAINER  # 'pytorch': the operator finds port and logs by it
 MASTER, WORKER = kf.REPLICA_TYPE_MASTER, kf.REPLICA_TYPE_WORKER
@@ -92,7 +92,8 @@ def _template(spec: TrainingJobSpec) -> k8s.V1PodTemplateSpec:
         resources=pod.resources(spec),
         volume_mounts=pod.volume_mounts(spec),
     )
-    labels = {k: v for k, v in spec.job_labels().items() if k != 'kueue.x-k8s.io/queue-name'}
+    # Kueue admits the job as a whole: its queue label belongs on the job, not the pods.
+    labels = {k: v for k, v in spec.job_labels().items() if k != KUEUE_QUEUE_LABEL}
     return k8s.V1PodTemplateSpec(
         metadata=k8s.V1ObjectMeta(labels=labels, annotations=spec.pod_annotations() or None),
         spec=k8s.V1PodSpec(

@@ -22,6 +22,7 @@ GPU_RESOURCE = 'nvidia.com/gpu'
 DEFAULT_BACKOFF_PER_NODE = 3
 DEFAULT_PVC_MOUNT = '/cache'
 DEFAULT_TRAINJOB_RUNTIME = 'torch-distributed'
+RUNTIME_KINDS = ('ClusterTrainingRuntime', 'TrainingRuntime')
 DEFAULT_S3_SECRET = 'video-kd-s3-credentials'
 # Labels and annotations every job carries; the full run id is always in the annotation.
 RUN_ID_LABEL = 'video-kd/run-id'
@@ -48,7 +49,7 @@ OPERATOR_ENV = (
 S3_PLAIN_ENV = ('S3_ENDPOINT_URL', 'AWS_ENDPOINT_URL', 'AWS_DEFAULT_REGION', 'S3_BUCKET')
 S3_SECRET_ENV = ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN')
 _LABEL_VALUE = re.compile(r'^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')
-_DNS1035 = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
+_DNS1123 = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')  # a namespace name
 # A job name is at most this long, so that the longest derived name fits 63 characters:
 # '<job>-worker-99999' (PyTorchJob Service) and '<job>-node-0-99999' (TrainJob pod hostname).
 JOB_NAME_MAX = 32
@@ -115,6 +116,7 @@ class TrainingJobSpec:
     backoff_limit_per_node: int = DEFAULT_BACKOFF_PER_NODE
     istio_sidecar: bool = False
     trainjob_runtime: str = DEFAULT_TRAINJOB_RUNTIME
+    trainjob_runtime_kind: str = RUNTIME_KINDS[0]
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -187,9 +189,7 @@ def _problems(spec: TrainingJobSpec) -> list[str]:
         problems.append(f'nproc_per_node must be >= 1, got {spec.nproc_per_node}')
     if spec.backoff_limit_per_node < 0:
         problems.append(f'backoff_limit_per_node must be >= 0, got {spec.backoff_limit_per_node}')
-    if not _DNS1035.match(spec.namespace or '') and not re.match(
-        r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$', spec.namespace or ''
-    ):
+    if len(spec.namespace) > 63 or not _DNS1123.match(spec.namespace):
         problems.append(f'namespace {spec.namespace!r} is not a Kubernetes namespace name')
     if not spec.image:
         problems.append('the training image is empty')
@@ -202,6 +202,10 @@ def _problems(spec: TrainingJobSpec) -> list[str]:
         problems.append(
             f'{sorted(set(OPERATOR_ENV) & spec.env.keys())} are set by the operator in every '
             'training pod and must not be set by the job'
+        )
+    if spec.trainjob_runtime_kind not in RUNTIME_KINDS:
+        problems.append(
+            f'TrainJob runtime kind {spec.trainjob_runtime_kind!r}: use one of {RUNTIME_KINDS}'
         )
     if spec.pvc and not spec.pvc_mount.startswith('/'):
         problems.append(f'pvc mount path must be absolute, got {spec.pvc_mount!r}')
@@ -241,7 +245,7 @@ def spec_from_env(
     nodeSelector, tolerations, affinity), VIDEO_KD_GPU_RESOURCE,
     VIDEO_KD_KUEUE_QUEUE, VIDEO_KD_PRIORITY_CLASS, VIDEO_KD_PVC,
     VIDEO_KD_PVC_MOUNT, VIDEO_KD_BACKOFF_LIMIT_PER_NODE, VIDEO_KD_ISTIO_SIDECAR,
-    VIDEO_KD_TRAINJOB_RUNTIME, S3_CREDENTIALS_SECRET, S3_ACCESS_KEY_ID_KEY,
+    VIDEO_KD_TRAINJOB_RUNTIME, VIDEO_KD_TRAINJOB_RUNTIME_KIND, S3_CREDENTIALS_SECRET, S3_ACCESS_KEY_ID_KEY,
     S3_SECRET_ACCESS_KEY_KEY, S3_SESSION_TOKEN_KEY and the plain S3 settings
     (S3_PLAIN_ENV).  Arguments win over the environment.
     """
@@ -279,6 +283,7 @@ def spec_from_env(
         backoff_limit_per_node=backoff,
         istio_sidecar=(env.get('VIDEO_KD_ISTIO_SIDECAR') or 'false').lower() == 'true',
         trainjob_runtime=env.get('VIDEO_KD_TRAINJOB_RUNTIME') or DEFAULT_TRAINJOB_RUNTIME,
+        trainjob_runtime_kind=env.get('VIDEO_KD_TRAINJOB_RUNTIME_KIND') or RUNTIME_KINDS[0],
     )
 
 

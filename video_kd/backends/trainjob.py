@@ -54,7 +54,9 @@ def build(spec: TrainingJobSpec) -> tm.TrainerV1alpha1TrainJob:
             annotations=spec.job_annotations(),
         ),
         spec=tm.TrainerV1alpha1TrainJobSpec(
-            runtimeRef=tm.TrainerV1alpha1RuntimeRef(name=spec.trainjob_runtime),
+            runtimeRef=tm.TrainerV1alpha1RuntimeRef(
+                name=spec.trainjob_runtime, kind=spec.trainjob_runtime_kind
+            ),
             trainer=_trainer(spec),
             runtimePatches=[_patch(spec)],
         ),

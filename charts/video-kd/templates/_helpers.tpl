@@ -134,3 +134,8 @@ volumeMounts:
 {{- define "video-kd.kfpNamespace" -}}
 {{- default .Release.Namespace .Values.kfp.namespace }}
 {{- end }}
+
+{{/* The namespaced TrainingRuntime the chart creates for TrainJobs. */}}
+{{- define "video-kd.trainingRuntimeName" -}}
+{{- printf "%s-torch" (include "video-kd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
