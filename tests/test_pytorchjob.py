@@ -11,6 +11,8 @@ import logging
 import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import uuid
@@ -367,11 +369,12 @@ def test_success_streams_rank0_log_and_deletes_the_job(cluster, caplog):
     cluster.pods.append(pod(f'{name}-master-0', MASTER_LABELS))
     cluster.logs[f'{name}-master-0'] = 'epoch 1 loss 0.5\nepoch 2 loss 0.25\n'
     run(cluster)
-    assert cluster.verbs('pytorchjobs')[0] == 'POST' and cluster.verbs('pytorchjobs')[-1] in (
-        'DELETE',
+    # one create, one watch (no polling), one delete; the queue checked first
+    assert cluster.verbs('pytorchjobs') == ['POST', 'WATCH', 'DELETE']
+    assert cluster.calls[0] == (
         'GET',
+        '/apis/kueue.x-k8s.io/v1beta1/namespaces/ml/localqueues/team-a-gpus',
     )
-    assert 'DELETE' in cluster.verbs('pytorchjobs')
     assert not any(k[0] == 'pytorchjobs' for k in cluster.objects), 'the job is deleted'
     assert 'epoch 2 loss 0.25' in caplog.text
     assert 'PyTorchJob vkd-' in caplog.text and 'Succeeded' in caplog.text
@@ -429,7 +432,9 @@ def test_rerun_replaces_a_running_job_built_from_other_settings(cluster):
 
 
 def test_sigterm_deletes_the_job(cluster):
+    """KFP cancels a run by deleting the step pod: SIGTERM, then the grace period."""
     spec = make_spec(env={})
+    before = signal.getsignal(signal.SIGTERM)
     cluster.scripts[spec.name] = [[CREATED, RUNNING], HOLD]
     timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
@@ -440,9 +445,23 @@ def test_sigterm_deletes_the_job(cluster):
         timer.cancel()
     assert info.value.code == 128 + signal.SIGTERM
     assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(
-        signal.getsignal(signal.SIGTERM)
+    assert 'DELETE' in cluster.verbs('pytorchjobs')
+    assert signal.getsignal(signal.SIGTERM) == before, 'the previous handler is back'
+
+
+def test_runtime_works_without_the_test_only_validators():
+    """The image installs only [project].dependencies: the backends build and read jobs with
+    kubernetes_validate and jsonschema unimportable (the kubernetes client imports the
+    former only if it happens to be installed)."""
+    code = (
+        "import sys; sys.modules['kubernetes_validate'] = None; sys.modules['jsonschema'] = None\n"
+        'from video_kd import backends, pytorchjob as compat\n'
+        "spec = backends.TrainingJobSpec('r-1', 'ml', 'img', ('-m', 'x'), num_nodes=2)\n"
+        "for name in ('pytorchjob', 'trainjob'):\n"
+        '    print(backends.manifest(name, spec)["metadata"]["name"])\n'
     )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [job_name('r-1')] * 2
 
 
 def test_operator_not_installed_is_one_clear_line(cluster):
