@@ -115,7 +115,9 @@ class FakeKube:
     # ------------------------------------------------------------- objects
     def _objects(self, h, verb, group, version, ns, plural, name, body, query):
         if f'{group}/{version}/{plural}' not in self.crds:
-            return h._send(404, b'404 page not found', 'text/plain')  # what a missing CRD gives
+            # what the API server answers for a group/version/resource it does not serve
+            msg = 'the server could not find the requested resource'
+            return h._send(404, status(404, 'NotFound', msg))
         rbac_verb = {'POST': 'create', 'GET': 'get', 'DELETE': 'delete', 'WATCH': 'watch'}[verb]
         if (rbac_verb, plural) in self.forbidden:
             msg = f'{plural}.{group} is forbidden: User cannot {rbac_verb} resource "{plural}"'

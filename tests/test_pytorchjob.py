@@ -496,6 +496,15 @@ def test_missing_kueue_queue_is_refused_before_the_job_is_created(cluster):
         run(cluster)
 
 
+def test_a_job_deleted_by_someone_else_fails_the_step(cluster):
+    spec = make_spec(env={})
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], HOLD]
+    timer = threading.Timer(0.5, cluster.objects.pop, (('pytorchjobs', 'ml', spec.name),))
+    timer.start()
+    with pytest.raises(backends.TrainingJobFailed, match='Deleted: the job was deleted before'):
+        run(cluster, spec)
+
+
 def test_missing_namespace_is_named(cluster):
     with pytest.raises(kube.ClusterError, match='namespace team-b does not exist'):
         run(cluster, make_spec(env={}, namespace='team-b'))

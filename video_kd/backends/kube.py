@@ -106,9 +106,14 @@ def explain(
             f'forbidden: this pod\'s ServiceAccount may not "{verb}" {resource} in namespace '
             f"{namespace}: grant it (the chart's Role does, rbac.create=true)"
         )
-    if exc.status == 404 and _status_kind(exc) == 'namespaces':
+    if exc.status != 404:
+        return None
+    kind = _status_kind(exc)
+    if kind == 'namespaces':
         return ClusterError(f'namespace {namespace} does not exist')
-    if exc.status == 404:
+    if not kind:
+        # No such group/version/resource: '404 page not found', or a Status naming no kind
+        # ('the server could not find the requested resource').  A missing object names its kind.
         return ClusterError(f'the cluster has no {resource} API: {hint}')
     return None
 
@@ -228,15 +233,29 @@ class ClusterJob:
                 field_selector=selector,
                 timeout_seconds=window,
             )
+            seen = False
             for event in stream:
+                seen = True
                 if event['type'] == 'DELETED':
-                    raise TrainingJobFailed(
-                        self.name, 'Deleted', 'the job was deleted by someone else'
-                    )
+                    raise self._gone()
                 yield self.state(event['object'])
+            if not seen and not self.exists():
+                raise self._gone()  # deleted between two watches
         raise TimeoutError(
             f'{self.kind.kind} {self.namespace}/{self.name} did not finish within {timeout:.0f}s'
         )
+
+    def exists(self) -> bool:
+        try:
+            self._crd_call('get', 'get_namespaced_custom_object', self.name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _gone(self) -> TrainingJobFailed:
+        return TrainingJobFailed(self.name, 'Deleted', 'the job was deleted before it finished')
 
     def wait(self, timeout: float) -> JobState:
         """Follow the job to its end, streaming rank 0's log; raise TrainingJobFailed on failure."""
@@ -334,14 +353,8 @@ class ClusterJob:
 
     def _wait_gone(self, timeout: int = 120) -> None:
         """Until the API no longer has the job (a foreground delete waits for its pods)."""
-        try:
-            self.objects.get_namespaced_custom_object(
-                self.kind.group, self.kind.version, self.namespace, self.kind.plural, self.name
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return
-            raise
+        if not self.exists():
+            return
         stream = watch.Watch().stream(
             self.objects.list_namespaced_custom_object,
             self.kind.group,
