@@ -293,6 +293,14 @@ def test_literal_credentials_and_operator_env_are_refused():
         backends.get('slurm')
 
 
+def test_backend_from_parameter_then_configmap_then_default():
+    assert backends.backend_from_env('', {}) == 'pytorchjob'
+    assert backends.backend_from_env('', {'VIDEO_KD_TRAINING_BACKEND': 'trainjob'}) == 'trainjob'
+    assert backends.backend_from_env('local', {'VIDEO_KD_TRAINING_BACKEND': 'trainjob'}) == 'local'
+    with pytest.raises(backends.UnknownBackend, match="'slurm'"):
+        backends.backend_from_env('', {'VIDEO_KD_TRAINING_BACKEND': 'slurm'})
+
+
 # --- status conditions as the operator writes them ---------------------------------------
 
 CREATED = {

@@ -12,6 +12,8 @@ codes) or a ``ClusterError`` (UserError: operator missing, RBAC, queue).
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from types import ModuleType
 from typing import Any
 
@@ -27,8 +29,11 @@ __all__ = [
     'JobSpecError',
     'TrainingJobFailed',
     'TrainingJobSpec',
+    'UnknownBackend',
+    'backend_from_env',
     'get',
     'job_name',
+    'manifest',
     'run_training',
     'spec_from_env',
 ]
@@ -36,6 +41,16 @@ __all__ = [
 
 class UnknownBackend(JobSpecError):
     """A training_backend name that is not one of BACKENDS."""
+
+
+def backend_from_env(name: str = '', env: Mapping[str, str] | None = None) -> str:
+    """The backend to use: the pipeline parameter if set, else the chart's ConfigMap
+    (VIDEO_KD_TRAINING_BACKEND), else pytorchjob.  Raises UnknownBackend for a bad name."""
+    env = os.environ if env is None else env
+    chosen = name or env.get('VIDEO_KD_TRAINING_BACKEND') or DEFAULT_BACKEND
+    if chosen not in BACKENDS:
+        raise UnknownBackend(f'training_backend {chosen!r}: use one of {", ".join(BACKENDS)}')
+    return chosen
 
 
 def get(name: str) -> ModuleType:
