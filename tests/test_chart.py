@@ -576,7 +576,7 @@ def test_a_renamed_release_reaches_the_training_job(backend):
         }
     assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
     assert resources == {
-        'requests': {'cpu': '16'},
+        'requests': {'cpu': '16', 'memory': '8Gi'},  # memory: the default request
         'limits': {'memory': '64Gi', 'amd.com/gpu': '4'},
     }
     assert pod['affinity'] == CUSTOM['training']['affinity']

@@ -251,7 +251,11 @@ def test_defaults_without_a_configmap():
     assert 'schedulingPolicy' not in manifest['spec']['runPolicy']
     assert 'kueue.x-k8s.io/queue-name' not in manifest['metadata']['labels']
     (c,) = containers(manifest)
-    assert 'resources' not in c or not c['resources'].get('limits')
+    # today's defaults: 2 CPUs, 8Gi, memory limited to the request; no GPU
+    assert c['resources'] == {
+        'requests': {'cpu': '2', 'memory': '8Gi'},
+        'limits': {'memory': '8Gi'},
+    }
     refs = {e['name']: e['valueFrom']['secretKeyRef'] for e in c['env'] if 'valueFrom' in e}
     assert refs['AWS_ACCESS_KEY_ID'] == {
         'name': 'video-kd-s3-credentials',

@@ -24,6 +24,9 @@ DEFAULT_PVC_MOUNT = '/cache'
 DEFAULT_TRAINJOB_RUNTIME = 'torch-distributed'
 RUNTIME_KINDS = ('ClusterTrainingRuntime', 'TrainingRuntime')
 DEFAULT_S3_SECRET = 'video-kd-s3-credentials'
+# What a training pod asks for when the chart sets nothing (as before the backends existed):
+# a memory limit equal to the request, so a leak is an OOM kill of the pod, not of the node.
+DEFAULT_REQUESTS = {'cpu': '2', 'memory': '8Gi'}
 # Labels and annotations every job carries; the full run id is always in the annotation.
 RUN_ID_LABEL = 'video-kd/run-id'
 RUN_ID_ANNOTATION = 'video-kd/run-id'
@@ -271,7 +274,7 @@ def spec_from_env(
             env.get('S3_SECRET_ACCESS_KEY_KEY') or 'AWS_SECRET_ACCESS_KEY',
             env.get('S3_SESSION_TOKEN_KEY') or '',
         ),
-        resources=overrides.get('resources') or {},
+        resources=_with_defaults(overrides.get('resources') or {}),
         node_selector=overrides.get('nodeSelector') or {},
         tolerations=tuple(overrides.get('tolerations') or ()),
         affinity=overrides.get('affinity') or {},
@@ -285,6 +288,12 @@ def spec_from_env(
         trainjob_runtime=env.get('VIDEO_KD_TRAINJOB_RUNTIME') or DEFAULT_TRAINJOB_RUNTIME,
         trainjob_runtime_kind=env.get('VIDEO_KD_TRAINJOB_RUNTIME_KIND') or RUNTIME_KINDS[0],
     )
+
+
+def _with_defaults(resources: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    requests = {**DEFAULT_REQUESTS, **(resources.get('requests') or {})}
+    limits = {'memory': requests['memory'], **(resources.get('limits') or {})}
+    return {'requests': requests, 'limits': limits}
 
 
 def current_namespace() -> str:
