@@ -684,6 +684,7 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     assert rules[1] == {'action': 'Ignore', 'onPodConditions': [{'type': 'DisruptionTarget'}]}
     pod = job['template']['spec']
     assert pod['restartPolicy'] == 'Never' and pod['containers'][0]['name'] == 'node'
+    assert pod['automountServiceAccountToken'] is False
     data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
     assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
