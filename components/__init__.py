@@ -12,7 +12,7 @@ data_prep           ``video_kd.steps.data_prep``     ``video_kd.dataset``, ``vid
 teacher_download    ``video_kd.steps.teacher``       ``video_kd.download``
 train               ``video_kd.steps.train``         ``video_kd.train_config`` (the one
                                                      mapping of options onto config keys),
-                                                     ``video_kd.pytorchjob``; each training
+                                                     ``video_kd.backends``; each training
                                                      process: ``video_kd.train_pod``
 convert             ``video_kd.steps.convert``       ``video_kd.convert``
 evaluate            ``video_kd.steps.evaluate``      ``video_kd.evaluate``, ``.steps.report``

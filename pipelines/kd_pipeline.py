@@ -29,6 +29,13 @@ from components.train.component import train
 PIPELINE_NAME = 'video-kd-distillation'
 PIPELINE_FILE = Path(__file__).with_name('kd_pipeline.yaml')
 TASK_ORDER = ('data-prep', 'teacher-download', 'train', 'convert', 'evaluate')
+# What the train step reads from the chart's training ConfigMap (video_kd.backends.spec_from_env).
+TRAINING_CONFIG_KEYS = (
+    'VIDEO_KD_TRAINING_BACKEND', 'VIDEO_KD_SERVICE_ACCOUNT', 'VIDEO_KD_WORKER_POD_OVERRIDES',
+    'VIDEO_KD_GPU_RESOURCE', 'VIDEO_KD_BACKOFF_LIMIT_PER_NODE', 'VIDEO_KD_KUEUE_QUEUE',
+    'VIDEO_KD_PRIORITY_CLASS', 'VIDEO_KD_ISTIO_SIDECAR', 'VIDEO_KD_TRAINJOB_RUNTIME',
+    'VIDEO_KD_TRAINJOB_RUNTIME_KIND', 'VIDEO_KD_PVC', 'VIDEO_KD_PVC_MOUNT', 'VIDEO_KD_NAMESPACE',
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -41,7 +48,7 @@ class ClusterNames:
     secret_access_key_key: str = 'AWS_SECRET_ACCESS_KEY'
     training_config_map: str = 'video-kd-training'
     pvc: str = ''  # a PersistentVolumeClaim mounted in every step pod (a dataset on a volume)
-    pvc_mount: str = '/data'
+    pvc_mount: str = '/cache'  # the chart's persistence.mountPath
 
 
 def _use_cluster_env(task: dsl.PipelineTask, names: ClusterNames, s3_config_map, s3_credentials,
@@ -71,10 +78,9 @@ def _use_cluster_env(task: dsl.PipelineTask, names: ClusterNames, s3_config_map,
         kubernetes.use_config_map_as_env(
             task,
             training_config_map,
-            {'VIDEO_KD_SERVICE_ACCOUNT': 'VIDEO_KD_SERVICE_ACCOUNT',
-             'worker-pod-overrides.json': 'VIDEO_KD_WORKER_POD_OVERRIDES'},
+            {key: key for key in TRAINING_CONFIG_KEYS},
             optional=True,
-        )  # fmt: skip
+        )
     if names.pvc:
         kubernetes.mount_pvc(task, names.pvc, names.pvc_mount)
 
@@ -94,7 +100,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         name=PIPELINE_NAME,
         description='Distill a large MMAction2 video recognizer (teacher) into a small one '
         '(student) with MMRazor: data prep, teacher download, KD training as a '
-        'Kubeflow PyTorchJob, student conversion, evaluation. Artifacts in '
+        'Kubeflow PyTorchJob or TrainJob, student conversion, evaluation. Artifacts in '
         's3://<s3_bucket>/<s3_prefix>/<run id>/.',
     )
     def kd_pipeline(
@@ -107,12 +113,13 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         baseline_sha256: str = '',
         num_workers: int = 2,
         gpus_per_worker: int = 0,
-        nproc_per_node: int = 1,
+        nproc_per_node: int = 0,
         max_epochs: int = 0,
         cfg_options: list = [],  # noqa: B006  (a KFP default, never mutated)
         teacher_logit_cache: bool = False,
         teacher_precision: str = '',
-        train_mode: str = 'pytorchjob',
+        training_backend: str = '',
+        backoff_limit_per_node: int = 0,
         s3_bucket: str = 'video-kd',
         s3_prefix: str = 'video-kd',
         s3_config_map: str = names.s3_config_map,
@@ -130,14 +137,16 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             is the student trained alone, used to evaluate baseline_url.
         baseline_url, baseline_sha256: optional student checkpoint trained without KD: the
             evaluation then reports the KD gain.
-        num_workers: PyTorchJob replicas, Master included; gpus_per_worker: GPUs per replica;
-            nproc_per_node: processes per replica (torchrun).
+        num_workers: training nodes (PyTorchJob replicas, Master included; TrainJob numNodes);
+            gpus_per_worker: GPUs per node; nproc_per_node: processes per node (0: one per GPU).
         max_epochs, cfg_options, teacher_precision, teacher_logit_cache: training options
             (``video_kd.train_config.TrainOptions``): the epoch budget (0 keeps the config's),
             mmengine overrides (a list of KEY=VALUE), the teacher as an inference model (fp32,
             bf16, fp16; empty: as MMRazor runs it), and the teacher's logits cached next to
             the dataset in S3 so scheduled retraining skips its forward pass.
-        train_mode: pytorchjob (cluster) or local (torchrun inside the train step's pod).
+        training_backend: pytorchjob (Training Operator v1), trainjob (Kubeflow Trainer v2) or
+            local (torchrun inside the train step's pod); empty: the chart's training.backend.
+        backoff_limit_per_node: restarts allowed per training node (0: the chart's, else 3).
         s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
         s3_config_map, s3_credentials, training_config_map: the Kubernetes objects the step pods
             read (the Helm release's).
@@ -159,9 +168,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             train(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                   kd_config=kd_config, max_epochs=max_epochs, cfg_options=cfg_options,
                   teacher_precision=teacher_precision, teacher_logit_cache=teacher_logit_cache,
-                  mode=train_mode, image=image, num_workers=num_workers,
-                  gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node),
-            'KD training (PyTorchJob)', image, **env, training_config_map=training_config_map,
+                  training_backend=training_backend, image=image, num_workers=num_workers,
+                  gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node,
+                  backoff_limit_per_node=backoff_limit_per_node),
+            'KD training', image, **env, training_config_map=training_config_map,
         )  # fmt: skip
         student = step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image, **env)
         step(

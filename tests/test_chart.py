@@ -132,7 +132,8 @@ def test_every_value_is_documented():
 def test_renders_expected_objects(scenario):
     name, objects = scenario
     kinds = sorted(o['kind'] for o in objects)
-    expected = ['ConfigMap', 'ConfigMap', 'Job', 'Role', 'RoleBinding', 'ServiceAccount']
+    expected = ['ConfigMap', 'ConfigMap', 'Job', 'ServiceAccount', 'ServiceAccount']
+    expected += ['Role', 'RoleBinding'] * 2  # the training job's Role, the KFP API's Role
     if name != 'default':
         expected.append('PersistentVolumeClaim')
     if name == 'everything':
@@ -168,7 +169,20 @@ EXPECTED_GRANTS = (
     {('kubeflow.org', 'pytorchjobs', verb) for verb in ('create', 'get', 'watch', 'list', 'delete')}
     | {('', 'pods', verb) for verb in ('get', 'list', 'watch')}
     | {('', 'pods/log', 'get')}
+    | {
+        ('trainer.kubeflow.org', 'trainjobs', v)
+        for v in ('create', 'get', 'watch', 'list', 'delete')
+    }
+    | {('kueue.x-k8s.io', 'localqueues', 'get')}
 )
+KFP_API_GRANTS = {
+    ('pipelines.kubeflow.org', r, v)
+    for r in ('pipelines', 'pipelines/versions', 'experiments')
+    for v in ('create', 'get', 'list')
+} | {
+    ('pipelines.kubeflow.org', 'recurringruns', v)
+    for v in ('create', 'get', 'list', 'delete', 'disable')
+}
 
 
 def grants(role: dict) -> set[tuple[str, str, str]]:
@@ -192,7 +206,7 @@ def test_role_grants_exactly_the_pytorchjob_and_pod_log_verbs(scenario):
 
 def test_rolebinding_binds_the_role_to_the_chart_serviceaccount(scenario):
     name, objects = scenario
-    sa = one(objects, 'ServiceAccount')
+    sa = one(objects, 'ServiceAccount', RELEASE)
     binding = one(objects, 'RoleBinding', f'{RELEASE}-pytorchjobs')
     assert binding['roleRef'] == {
         'apiGroup': 'rbac.authorization.k8s.io',
@@ -224,11 +238,11 @@ def test_rbac_can_be_left_out():
     objects = render(
         {'rbac': {'create': False}, 'serviceAccount': {'create': False, 'name': 'pipeline-runner'}}
     )
-    assert (
-        not by_kind(objects, 'Role')
-        and not by_kind(objects, 'RoleBinding')
-        and not by_kind(objects, 'ServiceAccount')
-    )
+    assert not by_kind(objects, 'Role') and not by_kind(objects, 'RoleBinding')
+    # only the training pods' own account, which no Role is bound to
+    assert [sa['metadata']['name'] for sa in by_kind(objects, 'ServiceAccount')] == [
+        f'{RELEASE}-trainer'
+    ]
     job = one(objects, 'Job')
     assert job['spec']['template']['spec']['serviceAccountName'] == 'pipeline-runner'
 
@@ -269,6 +283,20 @@ def test_no_credentials_anywhere(scenario):
 
 # --- the hook Job: upload + schedule --------------------------------------------------
 
+# The release's ConfigMap/Secret names and keys, compiled into the pipeline by `upload`.
+UPLOAD_NAMES = [
+    '--s3-config-map',
+    f'{RELEASE}-s3',
+    '--s3-credentials',
+    'video-kd-s3-credentials',
+    '--access-key-id-key',
+    'AWS_ACCESS_KEY_ID',
+    '--secret-access-key-key',
+    'AWS_SECRET_ACCESS_KEY',
+    '--training-config-map',
+    f'{RELEASE}-training',
+]
+
 
 def pod_spec(objects):
     job = one(objects, 'Job')
@@ -290,6 +318,7 @@ def test_upload_job_is_a_post_install_hook_running_the_upload_cli():
         '$(KFP_HOST)',
         '--pipeline-name',
         'video-kd-distillation',
+        *UPLOAD_NAMES,
     ]
     env = {e['name']: e['value'] for e in c['env']}
     assert env['KFP_HOST'] == 'http://ml-pipeline.kubeflow.svc.cluster.local:8888'
@@ -313,6 +342,11 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
         'video-kd-distillation',
         '--version',
         'v7',
+        *UPLOAD_NAMES,
+        '--pvc',
+        f'{RELEASE}-cache',
+        '--pvc-mount',
+        '/cache',
     ]
     args = schedule['args']
     assert args[:9] == [
@@ -326,9 +360,10 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
         '--experiment',
         'nightly-kd',
     ]
-    flags = args[9::2]
+    assert args[9:13] == ['--namespace', NAMESPACE, '--service-account', RELEASE]
+    flags = args[13::2]
     assert set(flags) == {'--param'}
-    params = dict(p.split('=', 1) for p in args[10::2])
+    params = dict(p.split('=', 1) for p in args[14::2])
     assert params == {
         # the GPU run: components and PyTorchJob on the same CUDA build; users cannot override it
         'image': 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
@@ -345,7 +380,7 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
 
 def test_cpu_run_uses_the_cpu_image_and_no_gpus():
     _, spec = pod_spec(render({'schedule': {'enabled': True}}))
-    params = dict(p.split('=', 1) for p in spec['containers'][0]['args'][10::2])
+    params = dict(p.split('=', 1) for p in spec['containers'][0]['args'][14::2])
     assert params['image'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
     assert params['gpus_per_worker'] == '0' and params['num_workers'] == '2'
     assert 'dataset_uri' not in params, "empty params are left to the pipeline's defaults"
@@ -368,7 +403,7 @@ def test_hook_pod_runs_as_the_images_non_root_user():
 def test_gpu_worker_overrides_and_pvc():
     objects = render(GPU_SCHEDULE)
     data = one(objects, 'ConfigMap', f'{RELEASE}-training')['data']
-    overrides = json.loads(data['worker-pod-overrides.json'])
+    overrides = json.loads(data['VIDEO_KD_WORKER_POD_OVERRIDES'])
     assert overrides['resources'] == {
         'requests': {'cpu': '8', 'memory': '32Gi'},
         'limits': {'memory': '48Gi', 'nvidia.com/gpu': '2'},
@@ -376,14 +411,14 @@ def test_gpu_worker_overrides_and_pvc():
     assert overrides['nodeSelector'] == {'nvidia.com/gpu.present': 'true'}
     assert overrides['tolerations'][0]['key'] == 'nvidia.com/gpu'
     assert data['VIDEO_KD_IMAGE'].endswith(':0.1.0-cuda')
-    assert data['VIDEO_KD_SERVICE_ACCOUNT'] == RELEASE
+    assert data['VIDEO_KD_SERVICE_ACCOUNT'] == f'{RELEASE}-trainer', 'the training pods own SA'
     pvc = one(objects, 'PersistentVolumeClaim')
     assert data['VIDEO_KD_PVC'] == pvc['metadata']['name'] == f'{RELEASE}-cache'
     assert pvc['spec']['resources']['requests']['storage'] == '200Gi'
     assert pvc['spec']['storageClassName'] == 'fast'
 
     default = json.loads(
-        one(render(), 'ConfigMap', f'{RELEASE}-training')['data']['worker-pod-overrides.json']
+        one(render(), 'ConfigMap', f'{RELEASE}-training')['data']['VIDEO_KD_WORKER_POD_OVERRIDES']
     )
     assert default['resources'] == {}, 'no GPU request without training.gpu.enabled'
 
@@ -431,3 +466,234 @@ def test_schema_rejects_bad_values_with_a_clear_message(values, where, what):
 def test_schema_accepts_kfp_cron_forms(cron):
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema({'schedule': {'enabled': True, 'cron': cron}})
+
+
+# --- a non-default release: every name and key reaches the training job -----------------
+
+CUSTOM = {
+    's3': {
+        'region': 'eu-central-1',
+        'credentials': {
+            'existingSecret': 'team-a-minio',
+            'accessKeyIdKey': 'accesskey',
+            'secretAccessKeyKey': 'secretkey',
+        },
+    },
+    'kfp': {'namespace': 'team-a'},
+    'training': {
+        'backend': 'trainjob',
+        'workers': 3,
+        'gpu': {'enabled': True, 'perWorker': 4, 'resourceName': 'amd.com/gpu'},
+        'resources': {'requests': {'cpu': '16'}, 'limits': {'memory': '64Gi'}},
+        'affinity': {
+            'nodeAffinity': {
+                'requiredDuringSchedulingIgnoredDuringExecution': {
+                    'nodeSelectorTerms': [
+                        {
+                            'matchExpressions': [
+                                {'key': 'gpu', 'operator': 'In', 'values': ['mi300']}
+                            ]
+                        }
+                    ]
+                }
+            }
+        },
+        'kueueQueue': 'team-a-gpus',
+        'priorityClassName': 'kd-batch',
+        'backoffLimitPerNode': 1,
+    },
+    'persistence': {'enabled': True, 'existingClaim': 'videos', 'mountPath': '/mnt/videos'},
+    'schedule': {'enabled': True, 'serviceAccount': 'default-editor'},
+}
+
+
+def render_as(values: dict, name: str, namespace: str) -> list[dict]:
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=name, namespace=namespace, is_install=True)
+    return [
+        doc
+        for path, text in sorted(manifests.items())
+        if not path.endswith('NOTES.txt')
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+
+
+@pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
+def test_a_renamed_release_reaches_the_training_job(backend):
+    """Render as release 'kd-prod', read its ConfigMaps as the step pod's env (what
+    kfp-kubernetes use_config_map_as_env gives it) and build the job the step would."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from crd_schema import PYTORCHJOB_CRD, TRAINJOB_CRD, problems
+
+    from video_kd import backends
+
+    values = {**CUSTOM, 'training': {**CUSTOM['training'], 'backend': backend}}
+    objects = render_as(values, 'kd-prod', 'team-a')
+    s3 = one(objects, 'ConfigMap', 'kd-prod-video-kd-s3')['data']
+    training = one(objects, 'ConfigMap', 'kd-prod-video-kd-training')['data']
+    assert training['VIDEO_KD_TRAINING_BACKEND'] == backend
+    runtimes = by_kind(objects, 'TrainingRuntime')
+    assert [r['metadata']['name'] for r in runtimes] == (
+        ['kd-prod-video-kd-torch'] if backend == 'trainjob' else []
+    )
+    env = {**s3, **training}
+    spec = backends.spec_from_env(
+        run_id='6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f',
+        image=training['VIDEO_KD_IMAGE'],
+        command=['-m', 'video_kd.steps', 'train-pod'],
+        num_nodes=int(training['VIDEO_KD_NUM_WORKERS']),
+        gpus_per_worker=int(training['VIDEO_KD_GPUS_PER_WORKER']),
+        namespace='team-a',
+        env=env,
+    )
+    manifest = backends.manifest(training['VIDEO_KD_TRAINING_BACKEND'], spec)
+    if backend == 'pytorchjob':
+        assert problems(manifest, PYTORCHJOB_CRD, 'v1') == []
+        pod = manifest['spec']['pytorchReplicaSpecs']['Worker']['template']['spec']
+        container = pod['containers'][0]
+        resources = container['resources']
+        assert manifest['spec']['runPolicy']['backoffLimit'] == 3
+        assert pod['priorityClassName'] == 'kd-batch'
+    else:
+        assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == []
+        (patch,) = manifest['spec']['runtimePatches']
+        pod = patch['trainingRuntimeSpec']['template']['spec']['replicatedJobs'][0]['template'][
+            'spec'
+        ]['template']['spec']
+        container = {
+            **pod['containers'][0],
+            'env': manifest['spec']['trainer']['env'] + pod['containers'][0]['env'],
+        }
+        resources = manifest['spec']['trainer']['resourcesPerNode']
+        assert manifest['spec']['trainer']['numProcPerNode'] == 4
+        assert manifest['metadata']['labels']['kueue.x-k8s.io/priority-class'] == 'kd-batch'
+        assert manifest['spec']['runtimeRef'] == {
+            'name': 'kd-prod-video-kd-torch',
+            'kind': 'TrainingRuntime',
+        }
+    assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
+    assert resources == {
+        'requests': {'cpu': '16', 'memory': '8Gi'},  # memory: the default request
+        'limits': {'memory': '64Gi', 'amd.com/gpu': '4'},
+    }
+    assert pod['affinity'] == CUSTOM['training']['affinity']
+    assert pod['serviceAccountName'] == 'kd-prod-video-kd-trainer'
+    assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'videos'}} in pod['volumes']
+    assert {'name': 'cache', 'mountPath': '/mnt/videos'} in container['volumeMounts']
+    env_of = {e['name']: e for e in container['env']}
+    assert env_of['AWS_DEFAULT_REGION']['value'] == 'eu-central-1'
+    assert env_of['AWS_ACCESS_KEY_ID']['valueFrom']['secretKeyRef'] == {
+        'name': 'team-a-minio',
+        'key': 'accesskey',
+        'optional': False,
+    }
+    assert env_of['AWS_SECRET_ACCESS_KEY']['valueFrom']['secretKeyRef']['key'] == 'secretkey'
+    # the training pods' account exists, has no token and no Role
+    trainer_sa = one(objects, 'ServiceAccount', 'kd-prod-video-kd-trainer')
+    assert trainer_sa['automountServiceAccountToken'] is False
+    bound = {s['name'] for b in by_kind(objects, 'RoleBinding') for s in b['subjects']}
+    assert 'kd-prod-video-kd-trainer' not in bound
+
+
+def test_a_renamed_release_compiles_and_schedules_with_its_own_names():
+    objects = render_as(CUSTOM, 'kd-prod', 'team-a')
+    spec = one(objects, 'Job')['spec']['template']['spec']
+    (upload,) = spec['initContainers']
+    (schedule,) = spec['containers']
+    args = upload['args']
+    named = dict(zip(args[5::2], args[6::2], strict=False))
+    assert named == {
+        '--s3-config-map': 'kd-prod-video-kd-s3',
+        '--s3-credentials': 'team-a-minio',
+        '--access-key-id-key': 'accesskey',
+        '--secret-access-key-key': 'secretkey',
+        '--training-config-map': 'kd-prod-video-kd-training',
+        '--pvc': 'videos',
+        '--pvc-mount': '/mnt/videos',
+    }
+    assert schedule['args'][9:13] == [
+        '--namespace',
+        'team-a',
+        '--service-account',
+        'default-editor',
+    ]
+    env = {e['name']: e['value'] for e in schedule['env']}
+    assert env['KF_PIPELINES_SA_TOKEN_PATH'] == '/var/run/secrets/kubeflow/pipelines/token'
+    kfp_role = one(objects, 'Role', 'kd-prod-video-kd-kfp-api')
+    assert kfp_role['metadata']['namespace'] == 'team-a'
+    assert grants(kfp_role) == KFP_API_GRANTS
+    binding = one(objects, 'RoleBinding', 'kd-prod-video-kd-kfp-api')
+    assert binding['subjects'] == [
+        {'kind': 'ServiceAccount', 'name': 'kd-prod-video-kd', 'namespace': 'team-a'}
+    ]
+
+
+@pytest.mark.parametrize(
+    'values, where',
+    [
+        ({'training': {'backend': 'slurm'}}, '/training/backend'),
+        ({'training': {'gpu': {'resourceName': 'nvidia gpu'}}}, '/training/gpu/resourceName'),
+        ({'training': {'kueueQueue': 'Team_A'}}, '/training/kueueQueue'),
+        ({'persistence': {'mountPath': 'cache'}}, '/persistence/mountPath'),
+    ],
+)
+def test_schema_rejects_bad_cluster_values(values, where):
+    with (
+        helm.Chart.load(str(CHART)) as chart,
+        pytest.raises(helm.HelmValuesError, match=re.escape(f"at '{where}'")),
+    ):
+        chart.validate_schema(values)
+
+
+def test_trainjob_runtime_carries_the_failure_semantics():
+    """The chart's TrainingRuntime: valid for the v2.3.0 CRD and Trainer's webhook, exit 2
+    fails at once, evictions do not count, restarts = backoff per node x workers."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / 'tests'))
+    from crd_schema import TRAININGRUNTIME_CRD, problems
+
+    values = {'training': {'backend': 'trainjob', 'workers': 4, 'backoffLimitPerNode': 2}}
+    runtime = one(render(values), 'TrainingRuntime', f'{RELEASE}-torch')
+    assert problems(runtime, TRAININGRUNTIME_CRD, 'v1alpha1') == []
+    jobset = runtime['spec']['template']['spec']
+    assert jobset['failurePolicy']['maxRestarts'] == 8
+    assert jobset['failurePolicy']['rules'] == [
+        {
+            'name': 'bad-input-fails-at-once',
+            'action': 'FailJobSet',
+            'onJobFailureReasons': ['PodFailurePolicy'],
+        }
+    ]
+    (node,) = jobset['replicatedJobs']
+    # Trainer's webhook: the trainer ancestor's job is 'node', 1 replica, container 'node'
+    assert node['name'] == 'node' and node.get('replicas', 1) == 1
+    assert node['template']['metadata']['labels'] == {
+        'trainer.kubeflow.org/trainjob-ancestor-step': 'trainer'
+    }
+    job = node['template']['spec']
+    assert job['backoffLimit'] == 0
+    rules = job['podFailurePolicy']['rules']
+    assert rules[0] == {
+        'action': 'FailJob',
+        'onExitCodes': {'containerName': 'node', 'operator': 'In', 'values': [2]},
+    }
+    assert rules[1] == {'action': 'Ignore', 'onPodConditions': [{'type': 'DisruptionTarget'}]}
+    pod = job['template']['spec']
+    assert pod['restartPolicy'] == 'Never' and pod['containers'][0]['name'] == 'node'
+    assert pod['automountServiceAccountToken'] is False
+    data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
+    # an admin's ClusterTrainingRuntime instead
+    values['training']['trainJob'] = {'createRuntime': False, 'clusterRuntime': 'torch-gpu'}
+    objects = render(values)
+    assert not by_kind(objects, 'TrainingRuntime')
+    data = one(objects, 'ConfigMap', f'{RELEASE}-training')['data']
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == 'torch-gpu'
+    assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'ClusterTrainingRuntime'
+    # the PyTorchJob backend needs no runtime
+    assert not by_kind(render(), 'TrainingRuntime')

@@ -13,10 +13,11 @@ import time
 from pathlib import Path
 
 import pytest
+from crd_schema import PYTORCHJOB_CRD, problems
 
 from components import STEPS
-from video_kd import pytorchjob as pj
-from video_kd import runs, s3
+from video_kd import backends, runs, s3
+from video_kd.backends import pytorchjob
 from video_kd.config import UnknownConfigError
 from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout
@@ -126,10 +127,13 @@ def test_wrong_teacher_checksum_fails_clearly(prepared_run, tmp_path, http_serve
 def test_unknown_config_fails_before_any_pod(prepared_run):
     teacher = {'s3_uri': 's3://x/y.pth', 'sha256': '0' * 64}
     with pytest.raises(UnknownConfigError, match='unknown config'):
-        train_step.run(prepared_run, teacher, 'kd_no_such_config', mode='local')
-    with pytest.raises(UserError, match='unknown training mode'):
+        train_step.run(prepared_run, teacher, 'kd_no_such_config', training_backend='local')
+    with pytest.raises(UserError, match="training_backend 'k8s': use one of pytorchjob"):
         train_step.run(
-            prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', mode='k8s'
+            prepared_run,
+            teacher,
+            'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
+            training_backend='k8s',
         )
     with pytest.raises(UserError, match='need num_workers >= 1'):
         train_step.run(
@@ -162,7 +166,7 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
     )
     assert config_uri == layout.uri('train', 'config.py')
-    manifest = train_step.build_train_job(
+    spec = train_step.job_spec(
         layout,
         config_uri,
         prepared_run,
@@ -172,16 +176,18 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         gpus_per_worker=2,
         nproc_per_node=2,
     )
-    job = pj.validate_pytorchjob(manifest)  # SDK model + operator webhook rules + K8s schema
+    manifest = backends.manifest('pytorchjob', spec)
+    assert problems(manifest, PYTORCHJOB_CRD, 'v1') == []  # the operator's real CRD schema
+    job = pytorchjob.build(spec)  # the SDK's typed model
     assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
     assert manifest['metadata']['namespace'] == 'team-a'
-    assert manifest['metadata']['name'] == train_step.pytorchjob_name(prepared_run['run_id'])
+    assert manifest['metadata']['name'] == backends.job_name(prepared_run['run_id'])
     assert job.spec.pytorch_replica_specs['Master'].replicas == 1
     assert job.spec.pytorch_replica_specs['Worker'].replicas == 2
     assert manifest['spec']['nprocPerNode'] == '2'
     for rtype in ('Master', 'Worker'):
         replica = manifest['spec']['pytorchReplicaSpecs'][rtype]
-        assert replica['restartPolicy'] == 'OnFailure'
+        assert replica['restartPolicy'] == 'ExitCode'  # bad input (exit 2) is not retried
         pod = replica['template']['spec']
         (c,) = pod['containers']
         assert c['image'] == 'reg/video-kd:0.1.0-cuda'
@@ -229,7 +235,7 @@ def test_print_manifest_writes_nothing(prepared_run, tmp_path):
     runs.publish(layout, 'teacher', teacher, 'teacher.pth')
     result = run_module(
         'components.train', '--run-root', layout.root, '--kd-config',
-        'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', '--mode', 'pytorchjob', '--print-manifest',
+        'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', '--training-backend', 'pytorchjob', '--print-manifest',
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     manifest = json.loads(result.stdout)
@@ -309,7 +315,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
         layout.root,
         '--kd-config',
         'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
-        '--mode',
+        '--training-backend',
         'local',
         '--num-workers',
         2,
@@ -342,7 +348,11 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     error = stderr.strip().splitlines()[-1]
     assert error.startswith('error: local training (torchrun, 2 processes) failed')
     assert 're-run the step to resume' in error
-    before = {e.uri: e.sha256 for e in Manifest.load(layout).entries if checkpoint_sort_key(e.uri)}
+    before = {
+        e.uri: e.sha256
+        for e in Manifest.load(layout).entries
+        if e.step == 'train' and checkpoint_sort_key(e.uri)
+    }
     assert before and len(before) < 4, f'the kill came too late: {sorted(before)}'
     (failed,) = scratch.glob('video_kd_train_*')  # kept for inspection, with the worker logs
     assert f'its scratch directory {failed} is kept' in stderr

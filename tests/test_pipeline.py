@@ -77,12 +77,18 @@ def test_typed_parameters_and_no_credentials():
         's3_bucket',
         's3_prefix',
         'image',
-        'train_mode',
+        'training_backend',
         'run_id',
         'teacher_precision',
     ):
         assert types[name] == 'STRING', name
-    for name in ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'max_epochs'):
+    for name in (
+        'num_workers',
+        'gpus_per_worker',
+        'nproc_per_node',
+        'max_epochs',
+        'backoff_limit_per_node',
+    ):
         assert types[name] == 'NUMBER_INTEGER', name
     assert params['image']['defaultValue'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
     assert spec['pipelineInfo']['name'] == 'video-kd-distillation'

@@ -1,237 +1,536 @@
-"""video_kd.pytorchjob: manifests checked by the SDK models and the Kubernetes schema,
-status read from real SDK model objects, and torchrun run for real."""
+"""video_kd.backends (spec, pytorchjob, kube, local): manifests checked against the Training
+Operator's real CRD schema (v1.9.4) and its webhook rules, job names against the names the
+operator derives, the job's life (create / adopt / replace / delete, SIGTERM, failures)
+against a Kubernetes API server over HTTP, and torchrun run for real."""
 
 from __future__ import annotations
 
 import copy
+import json
+import logging
+import os
+import re
+import signal
+import subprocess
+import sys
 import textwrap
+import threading
+import uuid
 
 import pytest
-from kubeflow.training import models
+from crd_schema import PYTORCHJOB_CRD, problems
+from kube_server import HOLD, FakeKube, pod
+from kubernetes.utils import parse_quantity
 
-from video_kd import pytorchjob as pj
+from video_kd import backends
+from video_kd.backends import kube, local, pytorchjob
+from video_kd.backends.spec import JOB_NAME_MAX, JobSpecError, TrainingJobSpec, job_name
+from video_kd.errors import UserError
 
-COMMAND = ['-m', 'video_kd.train', 'configs/kd_tsm.py', '--work-dir', '/tmp/work']
+COMMAND = ('-m', 'video_kd.steps', 'train-pod', 'configs/kd_tsm.py', '--work-dir', '/tmp/w')
+RUN_ID = '3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c4a'  # what a KFP run id looks like: a UUID
+DNS1035 = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
+OVERRIDES = {
+    'resources': {'requests': {'cpu': '8', 'memory': '32Gi'}, 'limits': {'memory': '48Gi'}},
+    'nodeSelector': {'nvidia.com/gpu.present': 'true'},
+    'tolerations': [{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}],
+    'affinity': {
+        'nodeAffinity': {
+            'requiredDuringSchedulingIgnoredDuringExecution': {
+                'nodeSelectorTerms': [
+                    {'matchExpressions': [{'key': 'pool', 'operator': 'In', 'values': ['gpu']}]}
+                ]
+            }
+        }
+    },
+}
+# The training ConfigMap + S3 ConfigMap, as the step pod's environment (non-default names).
+STEP_ENV = {
+    'VIDEO_KD_SERVICE_ACCOUNT': 'kd-trainer',
+    'VIDEO_KD_WORKER_POD_OVERRIDES': json.dumps(OVERRIDES),
+    'VIDEO_KD_GPU_RESOURCE': 'amd.com/gpu',
+    'VIDEO_KD_KUEUE_QUEUE': 'team-a-gpus',
+    'VIDEO_KD_PRIORITY_CLASS': 'kd-high',
+    'VIDEO_KD_PVC': 'kd-cache',
+    'VIDEO_KD_PVC_MOUNT': '/data/cache',
+    'VIDEO_KD_BACKOFF_LIMIT_PER_NODE': '2',
+    'S3_CREDENTIALS_SECRET': 'team-s3',
+    'S3_ACCESS_KEY_ID_KEY': 'access-key',
+    'S3_SECRET_ACCESS_KEY_KEY': 'secret-key',
+    'S3_ENDPOINT_URL': 'http://minio:9000',
+    'AWS_DEFAULT_REGION': 'eu-west-1',
+}
 
 
-def _job(**overrides):
+def make_spec(env=None, **overrides) -> TrainingJobSpec:
     kwargs = dict(
-        name='kd-run-7',
-        namespace='ml',
-        image='registry.local/video-kd:0.1',
+        run_id=RUN_ID,
+        image='registry.local/video-kd:0.1-cuda',
         command=COMMAND,
-        num_workers=3,
-        nproc_per_node=2,
+        num_nodes=3,
         gpus_per_worker=2,
-        cpu='8',
-        memory='32Gi',
-        env={'S3_ENDPOINT_URL': 'http://minio:9000'},
-        s3_secret_name='s3-creds',
-        service_account='trainer',
-        node_selector={'gpu': 'a100'},
-        tolerations=[{'key': 'nvidia.com/gpu', 'operator': 'Exists', 'effect': 'NoSchedule'}],
-        labels={'app': 'video-kd'},
+        namespace='ml',
+        env=STEP_ENV if env is None else env,
     )
     kwargs.update(overrides)
-    return pj.build_pytorchjob(**kwargs)
+    return backends.spec_from_env(**kwargs)
 
 
-def _container(manifest, rtype='Master'):
-    return manifest['spec']['pytorchReplicaSpecs'][rtype]['template']['spec']['containers'][0]
+def containers(manifest, rtype='Master'):
+    return manifest['spec']['pytorchReplicaSpecs'][rtype]['template']['spec']['containers']
 
 
-def test_manifest_shape_and_validation():
-    manifest = _job()
-    job = pj.validate_pytorchjob(manifest)
-
-    assert isinstance(job, models.KubeflowOrgV1PyTorchJob)
-    assert job.spec.pytorch_replica_specs['Master'].replicas == 1
-    assert job.spec.pytorch_replica_specs['Worker'].replicas == 2
-    assert job.spec.nproc_per_node == '2'
-    assert job.spec.run_policy.backoff_limit == 3
-    assert manifest['apiVersion'] == 'kubeflow.org/v1' and manifest['kind'] == 'PyTorchJob'
-    for rtype in ('Master', 'Worker'):
-        spec = manifest['spec']['pytorchReplicaSpecs'][rtype]
-        assert spec['restartPolicy'] == 'OnFailure'
-        container = _container(manifest, rtype)
-        assert container['name'] == 'pytorch'
-        assert container['command'] == ['torchrun'] and container['args'] == COMMAND
-        assert container['resources']['limits']['nvidia.com/gpu'] == '2'
-        assert container['resources']['requests'] == {'cpu': '8', 'memory': '32Gi'}
-        assert container['ports'] == [
-            {'name': 'pytorchjob-port', 'containerPort': 23456, 'protocol': 'TCP'}
-        ]
-        assert spec['template']['spec']['serviceAccountName'] == 'trainer'
-
-
-def test_credentials_come_from_the_secret_only():
-    env = _container(_job())['env']
-    assert {'name': 'S3_ENDPOINT_URL', 'value': 'http://minio:9000'} in env
-    refs = {e['name']: e['valueFrom']['secretKeyRef'] for e in env if 'valueFrom' in e}
-    assert refs['AWS_ACCESS_KEY_ID'] == {
-        'name': 's3-creds',
-        'key': 'AWS_ACCESS_KEY_ID',
-        'optional': False,
-    }
-    assert refs['AWS_SECRET_ACCESS_KEY']['name'] == 's3-creds'
-    assert refs['AWS_SESSION_TOKEN']['optional'] is True
-    assert not any('value' in e for e in env if e['name'].startswith('AWS_'))
-    with pytest.raises(ValueError, match='Kubernetes Secret'):
-        _job(env={'AWS_SECRET_ACCESS_KEY': 'oops'})
-    with pytest.raises(ValueError, match='set by the Training Operator'):
-        _job(env={'MASTER_ADDR': 'x'})
+def webhook_problems(manifest: dict) -> list[str]:
+    """The Training Operator v1.9 admission webhook's PyTorchJob rules (validation_webhook.go)
+    and the API server's quantity parsing: what the CRD's JSON schema cannot say."""
+    found = []
+    # Enums the CRD leaves as plain strings; the operator's Go types reject anything else.
+    if manifest['spec']['runPolicy'].get('cleanPodPolicy') not in (None, 'None', 'Running', 'All'):
+        found.append('cleanPodPolicy: must be None, Running or All')
+    name = manifest['metadata']['name']
+    if not DNS1035.match(name) or len(name) > 63:
+        found.append(f'metadata.name {name!r}: not a DNS-1035 label')
+    for rtype, replica in manifest['spec']['pytorchReplicaSpecs'].items():
+        if rtype not in ('Master', 'Worker'):
+            found.append(f'{rtype}: replica type must be Master or Worker')
+        if rtype == 'Master' and replica.get('replicas') != 1:
+            found.append('Master.replicas must be 1')
+        if replica.get('restartPolicy') not in ('Always', 'OnFailure', 'Never', 'ExitCode'):
+            found.append(f'{rtype}.restartPolicy: must be Always, OnFailure, Never or ExitCode')
+        pod_spec = replica['template']['spec']
+        if not any(c['name'] == 'pytorch' for c in pod_spec['containers']):
+            found.append(f'{rtype}: needs a container named pytorch')
+        for c in pod_spec['containers']:
+            if not c.get('image'):
+                found.append(f'{rtype}.{c["name"]}.image: required')
+            for kind in ('requests', 'limits'):
+                for key, value in (c.get('resources', {}).get(kind) or {}).items():
+                    try:
+                        if parse_quantity(value) < 0:
+                            found.append(f'{rtype}.{kind}.{key}: negative')
+                    except ValueError:
+                        found.append(f'{rtype}.{kind}.{key}: {value!r} is not a quantity')
+    return found
 
 
-def test_replica_templates_are_independent_copies():
-    manifest = _job()
-    _container(manifest)['image'] = 'other:1'
-    assert _container(manifest, 'Worker')['image'] == 'registry.local/video-kd:0.1'
+# --- names ------------------------------------------------------------------------------
 
 
-def test_single_replica_has_no_worker_and_no_gpu():
-    manifest = _job(num_workers=1, gpus_per_worker=0, s3_secret_name=None)
-    pj.validate_pytorchjob(manifest)
-    assert list(manifest['spec']['pytorchReplicaSpecs']) == ['Master']
-    container = _container(manifest)
-    assert 'nvidia.com/gpu' not in container['resources']['limits']
-    assert not any('valueFrom' in e for e in container['env'])
+def test_job_name_fits_every_name_the_operators_derive_from_it():
+    names = set()
+    for _ in range(2000):
+        run_id = str(uuid.uuid4())
+        name = job_name(run_id)
+        names.add(name)
+        assert DNS1035.match(name) and len(name) <= JOB_NAME_MAX
+        assert name == job_name(run_id), 'every attempt of a run gets the same job'
+        assert name.startswith('vkd-' + run_id.replace('-', '')[:8])
+        # Training Operator v1.9: Service and pod per replica, '<job>-<rtype>-<index>'.
+        # Trainer v2: JobSet '<job>', Job '<job>-node-0', pod hostname '<job>-node-0-<index>'.
+        for derived in (f'{name}-master-0', f'{name}-worker-99999', f'{name}-node-0-99999'):
+            assert len(derived) <= 63 and DNS1035.match(derived), derived
+    assert len(names) == 2000
+    # Runs whose ids share the readable prefix still get different jobs.
+    assert job_name(RUN_ID) != job_name(RUN_ID[:-1] + 'b')
 
 
-def test_bad_arguments_rejected():
-    with pytest.raises(ValueError, match='num_workers >= 1'):
-        _job(num_workers=0)
+def test_full_run_id_in_labels_and_annotations_of_the_job_and_pods():
+    manifest = pytorchjob.manifest(make_spec())
+    meta = manifest['metadata']
+    assert meta['name'] == job_name(RUN_ID)
+    assert meta['labels']['video-kd/run-id'] == RUN_ID
+    assert meta['annotations']['video-kd/run-id'] == RUN_ID
+    pod_meta = manifest['spec']['pytorchReplicaSpecs']['Worker']['template']['metadata']
+    assert pod_meta['labels']['video-kd/run-id'] == RUN_ID
+    # A run id that is no valid label value (too long) stays in the annotation only.
+    long_id = 'local-' + 'x' * 70
+    meta = pytorchjob.manifest(make_spec(run_id=long_id))['metadata']
+    assert (
+        'video-kd/run-id' not in meta['labels']
+        and meta['annotations']['video-kd/run-id'] == long_id
+    )
+
+
+# --- the manifest: CRD schema, webhook, every setting -----------------------------------
+
+
+@pytest.mark.parametrize('nodes', [1, 2, 4])
+def test_manifest_passes_the_crd_schema_and_the_webhook(nodes):
+    manifest = pytorchjob.manifest(make_spec(num_nodes=nodes))
+    assert problems(manifest, PYTORCHJOB_CRD, 'v1') == []
+    assert webhook_problems(manifest) == []
+    assert (
+        pytorchjob.build(make_spec(num_nodes=nodes)).spec.pytorch_replica_specs['Master'].replicas
+        == 1
+    )
+    replicas = manifest['spec']['pytorchReplicaSpecs']
+    assert set(replicas) == ({'Master', 'Worker'} if nodes > 1 else {'Master'})
+    if nodes > 1:
+        assert replicas['Worker']['replicas'] == nodes - 1
 
 
 @pytest.mark.parametrize(
     'mutate, expected',
     [
-        (
-            lambda m: m['spec']['pytorchReplicaSpecs']['Worker'].update(replicas=-1),
-            'Worker.replicas: must be an integer >= 1, got -1',
-        ),
-        (
-            lambda m: m['spec']['pytorchReplicaSpecs']['Master'].update(replicas=2),
-            'Master.replicas: must be 1',
-        ),
-        (
-            lambda m: _container(m).pop('name'),
-            "Master.template.spec.containers[0]: 'name' is a required property",
-        ),
-        (lambda m: _container(m).pop('image'), 'containers[0].image: required'),
-        (
-            lambda m: _container(m)['resources']['requests'].update(cpu='lots'),
-            "requests.cpu: 'lots' is not a Kubernetes quantity",
-        ),
-        (
-            lambda m: _container(m)['resources']['limits'].update({'nvidia.com/gpu': '-1'}),
-            'must not be negative',
-        ),
-        (lambda m: _container(m).update(imagePullPolicy=3), 'imagePullPolicy'),
-        (
-            lambda m: _container(m, 'Worker').update(comand=['x']),
-            "Worker.template.spec.containers[0]: Additional properties are not allowed ('comand'",
-        ),
-        (lambda m: m['spec'].update(nprocPerNode=2), 'spec.nprocPerNode'),
-        (lambda m: m['spec']['runPolicy'].update(cleanPodPolicy='Sometimes'), 'cleanPodPolicy'),
-        (lambda m: m['spec']['pytorchReplicaSpecs'].update(Chief={}), 'Chief: replica type'),
-        (lambda m: m['metadata'].update(name='KD_Run'), 'DNS-1035'),
-        (lambda m: m.update(kind='TFJob'), 'kind: must be PyTorchJob'),
+        (lambda m: containers(m)[0].update(comand=['x']), "('comand' was unexpected)"),
+        (lambda m: m['spec'].update(nprocPerNode=2), 'nprocPerNode'),
+        (lambda m: containers(m)[0].pop('name'), "'name' is a required property"),
+        (lambda m: m['spec']['runPolicy'].update(backoffLimit='3'), "'3' is not of type"),
     ],
 )
-def test_invalid_manifests_rejected_clearly(mutate, expected):
-    manifest = copy.deepcopy(_job())
+def test_the_crd_schema_catches_what_a_builder_bug_would_send(mutate, expected):
+    manifest = copy.deepcopy(pytorchjob.manifest(make_spec()))
     mutate(manifest)
-    with pytest.raises(ValueError) as info:
-        pj.validate_pytorchjob(manifest)
-    assert 'invalid PyTorchJob' in str(info.value)
-    assert expected in str(info.value)
+    assert any(expected in p for p in problems(manifest, PYTORCHJOB_CRD, 'v1'))
 
 
-def test_all_problems_are_listed():
-    manifest = _job()
-    manifest['spec']['pytorchReplicaSpecs']['Worker']['replicas'] = 0
-    _container(manifest).pop('image')
-    _container(manifest, 'Worker')['name'] = 'trainer'
-    with pytest.raises(ValueError) as error:
-        pj.validate_pytorchjob(manifest)
-    message = str(error.value)
-    assert 'Worker.replicas' in message
-    assert 'Master.template.spec.containers[0].image: required' in message
-    assert "needs a container named 'pytorch'" in message
+def test_webhook_rules_catch_what_the_schema_cannot():
+    manifest = pytorchjob.manifest(make_spec())
+    manifest['spec']['pytorchReplicaSpecs']['Master']['replicas'] = 2
+    containers(manifest, 'Worker')[0]['name'] = 'trainer'
+    containers(manifest)[0]['resources']['requests']['cpu'] = 'lots'
+    manifest['spec']['runPolicy']['cleanPodPolicy'] = 'Sometimes'
+    manifest['spec']['pytorchReplicaSpecs']['Worker']['restartPolicy'] = 'Maybe'
+    found = webhook_problems(manifest)
+    assert 'cleanPodPolicy: must be None, Running or All' in found
+    assert 'Worker.restartPolicy: must be Always, OnFailure, Never or ExitCode' in found
+    assert 'Master.replicas must be 1' in found
+    assert 'Worker: needs a container named pytorch' in found
+    assert "Master.requests.cpu: 'lots' is not a quantity" in found
 
 
-def test_sdk_model_type_errors_are_reported():
-    manifest = _job()
-    manifest['spec']['pytorchReplicaSpecs']['Worker']['replicas'] = 'two'
-    with pytest.raises(ValueError, match=r'kubeflow\.training KubeflowOrgV1PyTorchJob model'):
-        pj.validate_pytorchjob(manifest)
+def test_every_setting_reaches_the_pods():
+    manifest = pytorchjob.manifest(make_spec())
+    assert manifest['spec']['nprocPerNode'] == '2', 'one process per GPU by default'
+    policy = manifest['spec']['runPolicy']
+    assert policy['backoffLimit'] == 2 * 3, 'per node x nodes'
+    assert policy['cleanPodPolicy'] == 'Running'
+    assert policy['schedulingPolicy'] == {'priorityClass': 'kd-high'}
+    assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
+    for rtype in ('Master', 'Worker'):
+        replica = manifest['spec']['pytorchReplicaSpecs'][rtype]
+        assert replica['restartPolicy'] == 'ExitCode'
+        template = replica['template']
+        assert template['metadata']['annotations'] == {'sidecar.istio.io/inject': 'false'}
+        spec = template['spec']
+        assert spec['serviceAccountName'] == 'kd-trainer'
+        assert spec['automountServiceAccountToken'] is False
+        assert spec['priorityClassName'] == 'kd-high'
+        assert spec['nodeSelector'] == OVERRIDES['nodeSelector']
+        assert spec['tolerations'] == OVERRIDES['tolerations']
+        assert spec['affinity'] == OVERRIDES['affinity']
+        assert {'name': 'cache', 'persistentVolumeClaim': {'claimName': 'kd-cache'}} in spec[
+            'volumes'
+        ]
+        (c,) = spec['containers']
+        assert (
+            c['name'] == 'pytorch' and c['command'] == ['torchrun'] and c['args'] == list(COMMAND)
+        )
+        assert c['resources'] == {
+            'requests': {'cpu': '8', 'memory': '32Gi'},
+            'limits': {'memory': '48Gi', 'amd.com/gpu': '2'},
+        }
+        assert {'name': 'cache', 'mountPath': '/data/cache'} in c['volumeMounts']
+        env = {e['name']: e for e in c['env']}
+        assert env['AWS_DEFAULT_REGION']['value'] == 'eu-west-1'
+        assert env['S3_ENDPOINT_URL']['value'] == 'http://minio:9000'
+        assert env['VIDEO_KD_RUN_ID']['value'] == RUN_ID
+        assert env['AWS_ACCESS_KEY_ID']['valueFrom']['secretKeyRef'] == {
+            'name': 'team-s3',
+            'key': 'access-key',
+            'optional': False,
+        }
+        assert env['AWS_SECRET_ACCESS_KEY']['valueFrom']['secretKeyRef']['key'] == 'secret-key'
+        assert not any(
+            'value' in e for name, e in env.items() if name.startswith('AWS_') and 'KEY' in name
+        )
 
 
-def _with_conditions(*conditions):
-    return models.KubeflowOrgV1PyTorchJob(
-        metadata=models.V1ObjectMeta(name='kd-run-7', namespace='ml'),
-        status=models.KubeflowOrgV1JobStatus(
-            conditions=[
-                models.KubeflowOrgV1JobCondition(type=t, status=s, reason=r, message=m)
-                for t, s, r, m in conditions
-            ]
-        ),
-    )
+def test_defaults_without_a_configmap():
+    manifest = pytorchjob.manifest(make_spec(env={}, num_nodes=1, gpus_per_worker=0))
+    assert manifest['spec']['nprocPerNode'] == '1'
+    assert manifest['spec']['runPolicy']['backoffLimit'] == 3
+    assert 'schedulingPolicy' not in manifest['spec']['runPolicy']
+    assert 'kueue.x-k8s.io/queue-name' not in manifest['metadata']['labels']
+    (c,) = containers(manifest)
+    # today's defaults: 2 CPUs, 8Gi, memory limited to the request; no GPU
+    assert c['resources'] == {
+        'requests': {'cpu': '2', 'memory': '8Gi'},
+        'limits': {'memory': '8Gi'},
+    }
+    refs = {e['name']: e['valueFrom']['secretKeyRef'] for e in c['env'] if 'valueFrom' in e}
+    assert refs['AWS_ACCESS_KEY_ID'] == {
+        'name': 'video-kd-s3-credentials',
+        'key': 'AWS_ACCESS_KEY_ID',
+        'optional': False,
+    }
+    assert problems(manifest, PYTORCHJOB_CRD, 'v1') == []
 
 
-def test_job_state_from_sdk_models():
-    assert pj.job_state(_with_conditions()).type == 'Pending'
-    running = _with_conditions(
-        ('Created', 'True', 'PyTorchJobCreated', None),
-        ('Running', 'True', 'PyTorchJobRunning', 'running'),
-    )
-    assert pj.job_state(running) == pj.JobState('Running', 'PyTorchJobRunning', 'running')
-    assert pj.check_finished(running) is False
-    done = _with_conditions(
-        ('Created', 'True', None, None),
-        ('Running', 'False', None, None),
-        ('Succeeded', 'True', 'PyTorchJobSucceeded', 'ok'),
-    )
-    assert pj.job_state(done).finished and pj.check_finished(done) is True
-    restarting = _with_conditions(
-        ('Running', 'False', None, None), ('Restarting', 'True', 'PyTorchJobRestarting', 'pod died')
-    )
-    assert pj.job_state(restarting).type == 'Restarting'
-
-
-def test_failed_job_raises_with_reason_and_message():
-    failed = _with_conditions(
-        ('Running', 'False', None, None),
+@pytest.mark.parametrize(
+    'overrides, env, message',
+    [
+        ({'num_nodes': 0}, {}, 'num_nodes must be >= 1'),
+        ({'nproc_per_node': 0}, {}, None),  # 0 means "default": one per GPU
         (
-            'Failed',
-            'True',
-            'PyTorchJobFailed',
-            'PyTorchJob ml/kd-run-7 is failed because 1 Master replica(s) failed.',
+            {},
+            {'VIDEO_KD_WORKER_POD_OVERRIDES': '{oops'},
+            'VIDEO_KD_WORKER_POD_OVERRIDES is not valid JSON',
         ),
+        ({}, {'VIDEO_KD_BACKOFF_LIMIT_PER_NODE': 'many'}, 'must be an integer'),
+        ({'namespace': 'Team_A'}, {}, 'not a Kubernetes namespace name'),
+    ],
+)
+def test_bad_settings_are_one_clear_user_error(overrides, env, message):
+    if message is None:
+        assert make_spec(env=env, **overrides).procs_per_node == 2
+        return
+    with pytest.raises(JobSpecError, match=re.escape(message)) as info:
+        make_spec(env=env, **overrides)
+    assert isinstance(info.value, UserError) and '\n' not in str(info.value)
+
+
+def test_literal_credentials_and_operator_env_are_refused():
+    with pytest.raises(JobSpecError, match='Kubernetes Secret'):
+        TrainingJobSpec(RUN_ID, 'ml', 'img', COMMAND, env={'AWS_SECRET_ACCESS_KEY': 'oops'})
+    with pytest.raises(JobSpecError, match='set by the operator'):
+        TrainingJobSpec(RUN_ID, 'ml', 'img', COMMAND, env={'MASTER_ADDR': 'x'})
+    with pytest.raises(backends.UnknownBackend, match="'slurm': use one of pytorchjob, trainjob"):
+        backends.get('slurm')
+
+
+def test_backend_from_parameter_then_configmap_then_default():
+    assert backends.backend_from_env('', {}) == 'pytorchjob'
+    assert backends.backend_from_env('', {'VIDEO_KD_TRAINING_BACKEND': 'trainjob'}) == 'trainjob'
+    assert backends.backend_from_env('local', {'VIDEO_KD_TRAINING_BACKEND': 'trainjob'}) == 'local'
+    with pytest.raises(backends.UnknownBackend, match="'slurm'"):
+        backends.backend_from_env('', {'VIDEO_KD_TRAINING_BACKEND': 'slurm'})
+
+
+# --- status conditions as the operator writes them ---------------------------------------
+
+CREATED = {
+    'type': 'Created',
+    'status': 'True',
+    'reason': 'PyTorchJobCreated',
+    'message': 'PyTorchJob ml/x is created.',
+}
+RUNNING = {
+    'type': 'Running',
+    'status': 'True',
+    'reason': 'PyTorchJobRunning',
+    'message': 'PyTorchJob ml/x is running.',
+}
+RESTARTING = {
+    'type': 'Restarting',
+    'status': 'True',
+    'reason': 'PyTorchJobRestarting',
+    'message': 'PyTorchJob x is restarting because 1 Worker replica(s) failed.',
+}
+SUCCEEDED = {
+    'type': 'Succeeded',
+    'status': 'True',
+    'reason': 'PyTorchJobSucceeded',
+    'message': 'PyTorchJob ml/x successfully completed.',
+}
+FAILED = {
+    'type': 'Failed',
+    'status': 'True',
+    'reason': 'PyTorchJobFailed',
+    'message': 'PyTorchJob ml/x has failed because 1 Master replica(s) failed.',
+}
+NOT_RUNNING = {**RUNNING, 'status': 'False'}
+
+
+def test_state_from_conditions():
+    def state(*conds):
+        return pytorchjob.state({'status': {'conditions': list(conds)}})
+
+    assert pytorchjob.state({}).type == 'Pending'
+    assert state(CREATED, RUNNING) == kube.JobState(
+        'Running', 'PyTorchJobRunning', RUNNING['message']
     )
-    with pytest.raises(pj.PyTorchJobFailed) as info:
-        pj.check_finished(failed)
-    assert info.value.reason == 'PyTorchJobFailed'
-    assert '1 Master replica(s) failed' in str(info.value)
+    assert state(CREATED, NOT_RUNNING, RESTARTING).type == 'Restarting'
+    done = state(CREATED, NOT_RUNNING, SUCCEEDED)
+    assert done.succeeded and done.finished and not done.failed
+    failed = state(CREATED, NOT_RUNNING, FAILED)
+    assert failed.failed and failed.reason == 'PyTorchJobFailed'
+
+
+# --- the job's life against an API server ------------------------------------------------
+
+MASTER_LABELS = {
+    'training.kubeflow.org/job-name': job_name(RUN_ID),
+    'training.kubeflow.org/replica-type': 'master',
+}
+
+
+@pytest.fixture
+def cluster():
+    with FakeKube() as fake:
+        yield fake
+
+
+def run(cluster, spec=None, timeout=30):
+    backends.run_training('pytorchjob', spec or make_spec(), timeout, api=cluster.api())
+
+
+def test_success_streams_rank0_log_and_deletes_the_job(cluster, caplog):
+    caplog.set_level(logging.INFO, logger='video_kd.backends.kube')
+    name = job_name(RUN_ID)
+    cluster.objects[('localqueues', 'ml', 'team-a-gpus')] = {'metadata': {'name': 'team-a-gpus'}}
+    cluster.scripts[name] = [[CREATED], [CREATED, RUNNING], [CREATED, NOT_RUNNING, SUCCEEDED]]
+    cluster.pods.append(pod(f'{name}-master-0', MASTER_LABELS))
+    cluster.logs[f'{name}-master-0'] = 'epoch 1 loss 0.5\nepoch 2 loss 0.25\n'
+    run(cluster)
+    # one create, one watch (no polling), one delete; the queue checked first
+    assert cluster.verbs('pytorchjobs') == ['POST', 'WATCH', 'DELETE']
+    assert cluster.calls[0] == (
+        'GET',
+        '/apis/kueue.x-k8s.io/v1beta1/namespaces/ml/localqueues/team-a-gpus',
+    )
+    assert not any(k[0] == 'pytorchjobs' for k in cluster.objects), 'the job is deleted'
+    assert 'epoch 2 loss 0.25' in caplog.text
+    assert 'PyTorchJob vkd-' in caplog.text and 'Succeeded' in caplog.text
+
+
+def test_failure_carries_the_operators_reason_and_the_exit_codes(cluster):
+    name = job_name(RUN_ID)
+    cluster.objects[('localqueues', 'ml', 'team-a-gpus')] = {}
+    cluster.scripts[name] = [[CREATED, RUNNING], [CREATED, NOT_RUNNING, FAILED]]
+    cluster.pods.append(pod(f'{name}-master-0', MASTER_LABELS, 'Failed', exit_code=2))
+    with pytest.raises(backends.TrainingJobFailed) as info:
+        run(cluster)
+    text = str(info.value)
+    assert 'PyTorchJobFailed' in text and '1 Master replica(s) failed' in text
+    assert f'{name}-master-0: exit 2 (Error)' in text
+    assert not cluster.objects.get(('pytorchjobs', 'ml', name)), 'a failed job is deleted too'
+
+
+def test_rerun_adopts_a_running_job_of_the_same_run(cluster):
+    spec = make_spec(env={})
+    manifest = pytorchjob.manifest(spec)
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **manifest,
+        'status': {'conditions': [CREATED, RUNNING]},
+    }
+    cluster.scripts[spec.name] = [[CREATED, NOT_RUNNING, SUCCEEDED]]
+    run(cluster, spec)
+    assert cluster.verbs('pytorchjobs').count('POST') == 1, 'no second job'
+    assert cluster.verbs('pytorchjobs').count('DELETE') == 1, 'deleted once finished'
+
+
+@pytest.mark.parametrize(
+    'conditions', [[CREATED, NOT_RUNNING, FAILED], [CREATED, NOT_RUNNING, SUCCEEDED]]
+)
+def test_rerun_replaces_a_finished_job(cluster, conditions):
+    spec = make_spec(env={})
+    old = {**pytorchjob.manifest(spec), 'status': {'conditions': conditions}}
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = old
+    cluster.scripts[spec.name] = [[CREATED, NOT_RUNNING, SUCCEEDED]]
+    run(cluster, spec)
+    verbs = [v for v in cluster.verbs('pytorchjobs') if v != 'WATCH']
+    assert verbs[:4] == ['POST', 'GET', 'DELETE', 'GET'] and verbs[4] == 'POST'
+
+
+def test_rerun_replaces_a_running_job_built_from_other_settings(cluster):
+    spec = make_spec(env={})
+    other = pytorchjob.manifest(make_spec(env={}, image='other:2'))
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **other,
+        'status': {'conditions': [RUNNING]},
+    }
+    cluster.scripts[spec.name] = [[SUCCEEDED]]
+    run(cluster, spec)
+    assert cluster.verbs('pytorchjobs').count('POST') == 2
+
+
+def test_sigterm_deletes_the_job(cluster):
+    """KFP cancels a run by deleting the step pod: SIGTERM, then the grace period."""
+    spec = make_spec(env={})
+    before = signal.getsignal(signal.SIGTERM)
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], HOLD]
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    try:
+        with pytest.raises(kube.StepTerminated) as info:
+            run(cluster, spec)
+    finally:
+        timer.cancel()
+    assert info.value.code == 128 + signal.SIGTERM
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+    assert 'DELETE' in cluster.verbs('pytorchjobs')
+    assert signal.getsignal(signal.SIGTERM) == before, 'the previous handler is back'
+
+
+def test_runtime_works_without_the_test_only_validators():
+    """The image installs only [project].dependencies: the backends build and read jobs with
+    kubernetes_validate and jsonschema unimportable (the kubernetes client imports the
+    former only if it happens to be installed)."""
+    code = (
+        "import sys; sys.modules['kubernetes_validate'] = None; sys.modules['jsonschema'] = None\n"
+        'from video_kd import backends\n'
+        "spec = backends.TrainingJobSpec('r-1', 'ml', 'img', ('-m', 'x'), num_nodes=2)\n"
+        "for name in ('pytorchjob', 'trainjob'):\n"
+        '    print(backends.manifest(name, spec)["metadata"]["name"])\n'
+    )
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [job_name('r-1')] * 2
+
+
+def test_operator_not_installed_is_one_clear_line(cluster):
+    cluster.crds.discard('kubeflow.org/v1/pytorchjobs')
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, make_spec(env={}))
+    assert str(info.value) == (
+        'the cluster has no pytorchjobs.kubeflow.org API: install the Kubeflow Training Operator '
+        'v1 (PyTorchJob), or choose another training_backend'
+    )
+
+
+def test_missing_rbac_names_the_verb_and_resource(cluster):
+    cluster.forbidden.add(('create', 'pytorchjobs'))
+    with pytest.raises(
+        kube.ClusterError,
+        match=re.escape('may not "create" pytorchjobs.kubeflow.org in namespace ml'),
+    ):
+        run(cluster, make_spec(env={}))
+
+
+def test_missing_kueue_queue_is_refused_before_the_job_is_created(cluster):
+    with pytest.raises(
+        kube.ClusterError, match="Kueue queue 'team-a-gpus' does not exist in namespace ml"
+    ):
+        run(cluster)
+    assert 'POST' not in cluster.verbs('pytorchjobs')
+    cluster.crds.discard('kueue.x-k8s.io/v1beta1/localqueues')
+    with pytest.raises(
+        kube.ClusterError, match=re.escape('no localqueues.kueue.x-k8s.io API: install Kueue')
+    ):
+        run(cluster)
+
+
+def test_a_job_deleted_by_someone_else_fails_the_step(cluster):
+    spec = make_spec(env={})
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], HOLD]
+    timer = threading.Timer(0.5, cluster.objects.pop, (('pytorchjobs', 'ml', spec.name),))
+    timer.start()
+    with pytest.raises(backends.TrainingJobFailed, match='Deleted: the job was deleted before'):
+        run(cluster, spec)
+
+
+def test_missing_namespace_is_named(cluster):
+    with pytest.raises(kube.ClusterError, match='namespace team-b does not exist'):
+        run(cluster, make_spec(env={}, namespace='team-b'))
+
+
+# --- local torchrun ---------------------------------------------------------------------
 
 
 def test_local_pod_env_matches_the_operator():
-    env = pj.local_pod_env(
-        node_rank=2, nnodes=3, nproc_per_node=4, master_addr='kd-master-0', master_port=23456
-    )
-    assert env == {
-        'PYTHONUNBUFFERED': '1',
-        'MASTER_ADDR': 'kd-master-0',
-        'PET_MASTER_ADDR': 'kd-master-0',
-        'MASTER_PORT': '23456',
-        'PET_MASTER_PORT': '23456',
-        'WORLD_SIZE': '12',
-        'RANK': '2',
-        'PET_NODE_RANK': '2',
-        'PET_NNODES': '3',
-        'PET_NPROC_PER_NODE': '4',
-    }
-    assert set(env) == set(pj.OPERATOR_ENV)
+    env = local.local_pod_env(2, 3, 4, 'kd-master-0', 23456)
+    assert env['WORLD_SIZE'] == '12' and env['RANK'] == '2' and env['PET_NNODES'] == '3'
+    assert set(env) == set(backends.spec.OPERATOR_ENV)
 
 
 ENTRY = textwrap.dedent("""
@@ -253,9 +552,9 @@ def entry_dir(tmp_path):
 
 
 def test_run_local_runs_two_processes(entry_dir, caplog):
-    caplog.set_level('INFO', logger='video_kd.pytorchjob')
+    caplog.set_level('INFO', logger='video_kd.backends.local')
     log_path = entry_dir / 'torchrun.log'
-    code = pj.run_local(
+    code = local.run_local(
         ['-m', 'tiny_entry', str(entry_dir / 'out')],
         nproc_per_node=2,
         env={'GREETING': 'hi'},
@@ -269,11 +568,17 @@ def test_run_local_runs_two_processes(entry_dir, caplog):
     assert 'hello from rank 0' in caplog.text
 
 
-def test_run_local_reports_a_failing_rank(entry_dir):
-    code = pj.run_local(
-        ['-m', 'tiny_entry', str(entry_dir / 'out')],
-        nproc_per_node=2,
+def test_local_backend_runs_the_spec_and_reports_a_failing_rank(entry_dir):
+    spec = TrainingJobSpec(
+        RUN_ID,
+        'ml',
+        'img',
+        ('-m', 'tiny_entry', str(entry_dir / 'out')),
+        num_nodes=2,
         env={'GREETING': 'hi', 'FAIL_RANK': '1'},
-        cwd=entry_dir,
     )
-    assert code != 0
+    with pytest.raises(
+        backends.TrainingJobFailed, match=r'local torchrun \(2 processes\) failed: ExitCode'
+    ):
+        backends.run_training('local', spec, 60, cwd=entry_dir)
+    assert (entry_dir / 'out' / 'rank0.txt').read_text() == '0 2 0 hi'

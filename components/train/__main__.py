@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 from components import DEFAULT_IMAGE, _cli
+from video_kd import backends
 from video_kd.errors import run_cli, setup_logging
 from video_kd.train_config import TrainOptions
 
@@ -13,9 +14,9 @@ def main(argv: list[str] | None = None) -> int:
     p = _cli.parser(
         'train',
         "Distill the run's teacher into a student: resolve the training config once "
-        '(<run>/train/config.py), then train as a Kubeflow PyTorchJob (--mode pytorchjob, '
-        'needs a cluster with the Training Operator) or under torchrun on this machine '
-        '(--mode local, the same command and env vars a PyTorchJob pod gets). Checkpoints go '
+        '(<run>/train/config.py), then train as a Kubeflow PyTorchJob or TrainJob '
+        '(--training-backend pytorchjob|trainjob, needs the operator on the cluster) or under '
+        'torchrun on this machine (local, the same command and env vars a pod gets). Checkpoints go '
         'to <run>/train/checkpoints/ as they are written; running the step again resumes '
         'from the last one there.',
     )
@@ -32,17 +33,24 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the teacher's logits per augmented view next to the dataset in S3, so "
         'retraining with the same teacher skips its forward pass',
     )
-    p.add_argument('--mode', choices=['local', 'pytorchjob'], default='local')
-    p.add_argument('--image', default=DEFAULT_IMAGE, help='image of the PyTorchJob pods')
     p.add_argument(
-        '--num-workers', type=int, default=1, help='replicas (Master included); local: processes'
+        '--training-backend',
+        choices=backends.BACKENDS,
+        default='local',
+        help='pytorchjob (Training Operator v1), trainjob (Kubeflow Trainer v2) or local '
+        '(torchrun here, with the env vars a pod gets); default local',
     )
+    p.add_argument('--image', default=DEFAULT_IMAGE, help='image of the training pods')
+    p.add_argument('--num-workers', type=int, default=1, help='training nodes (pods); local: 1')
     p.add_argument('--gpus-per-worker', type=int, default=0)
-    p.add_argument('--nproc-per-node', type=int, default=1)
+    p.add_argument('--nproc-per-node', type=int, default=0, help='0: one per GPU, else 1')
+    p.add_argument(
+        '--backoff-limit-per-node', type=int, default=0, help="restarts per node; 0: the chart's"
+    )
     p.add_argument(
         '--print-manifest',
         action='store_true',
-        help='print the PyTorchJob manifest (JSON) and exit; writes nothing',
+        help='print the training job (PyTorchJob/TrainJob JSON) and exit; writes nothing',
     )
     args = p.parse_args(argv)
     setup_logging()
@@ -56,7 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_manifest:
         layout = RunLayout.from_root(args.run_root)
         train.resolve_config(data, teacher, args.kd_config, options, args.teacher_logit_cache)
-        manifest = train.build_train_job(
+        backend = 'pytorchjob' if args.training_backend == 'local' else args.training_backend
+        spec = train.job_spec(
             layout,
             layout.uri('train', 'config.py'),
             data,
@@ -65,8 +74,9 @@ def main(argv: list[str] | None = None) -> int:
             args.num_workers,
             args.gpus_per_worker,
             args.nproc_per_node,
+            args.backoff_limit_per_node,
         )
-        print(json.dumps(manifest, indent=2))
+        print(json.dumps(backends.manifest(backend, spec), indent=2))
         return 0
     return _cli.finish(
         train.run(
@@ -75,11 +85,12 @@ def main(argv: list[str] | None = None) -> int:
             args.kd_config,
             options,
             teacher_logit_cache=args.teacher_logit_cache,
-            mode=args.mode,
+            training_backend=args.training_backend,
             image=args.image,
             num_workers=args.num_workers,
             gpus_per_worker=args.gpus_per_worker,
             nproc_per_node=args.nproc_per_node,
+            backoff_limit_per_node=args.backoff_limit_per_node,
         )
     )
 

@@ -1,4 +1,4 @@
-"""KFP component: KD training as a Kubeflow PyTorchJob (or local torchrun); outputs a Model."""
+"""KFP component: KD training as a PyTorchJob, a TrainJob or local torchrun; outputs a Model."""
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Model, Output
@@ -15,18 +15,19 @@ def train(
     cfg_options: list,
     teacher_precision: str,
     teacher_logit_cache: bool,
-    mode: str,
+    training_backend: str,
     image: str,
     num_workers: int,
     gpus_per_worker: int,
     nproc_per_node: int,
+    backoff_limit_per_node: int,
     kd_model: Output[Model],
 ):
-    """Resolve the training config once (<run>/train/config.py), create a PyTorchJob
-    (kubeflow.org/v1: Master + Workers running ``torchrun -m video_kd.train_pod``), follow it
-    and fail with its reason if it fails; mode=local runs the same command under torchrun
-    here. Checkpoints go to <run>/train/checkpoints/ as they are written; a re-run resumes
-    from the last one."""
+    """Resolve the training config once (<run>/train/config.py), create the training job
+    (a PyTorchJob or a Trainer v2 TrainJob whose pods run ``torchrun -m video_kd.train_pod``),
+    follow it, fail with its reason if it fails and delete it; training_backend=local runs the
+    same command under torchrun here. Checkpoints go to <run>/train/checkpoints/ as they are
+    written; a re-run resumes from the last one."""
     import json
 
     from video_kd.errors import exit_on_user_error
@@ -43,11 +44,12 @@ def train(
             kd_config,
             options,
             teacher_logit_cache=teacher_logit_cache,
-            mode=mode,
+            training_backend=training_backend,
             image=image,
             num_workers=num_workers,
             gpus_per_worker=gpus_per_worker,
             nproc_per_node=nproc_per_node,
+            backoff_limit_per_node=backoff_limit_per_node,
         )
     kd_model.metadata.update(meta)
     with open(kd_model.path, 'w') as out:

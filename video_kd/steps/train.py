@@ -1,34 +1,28 @@
-"""Step 3, KD training: resolve the training config once, run it as a PyTorchJob or locally.
+"""Step 3, KD training: resolve the training config once, run it on a training backend.
 
 The step writes the resolved mmengine config to ``<run>/train/config.py``
 (``video_kd.train_config.resolve``: the named config, the user's options, the
-dataset's classes), then starts the training processes: a Kubeflow
-``PyTorchJob`` whose pods run ``torchrun -m video_kd.train_pod``, or in
-``local`` mode the same command under ``torchrun`` on this machine with the env
-vars a pod gets.  Either way the checkpoints land in
-``<run>/train/checkpoints/`` as they are written, and running the step again
-resumes from the last one.
+dataset's classes), then starts the training processes on a backend
+(``video_kd.backends``): a Kubeflow ``PyTorchJob`` or Trainer v2 ``TrainJob``
+whose pods run ``torchrun -m video_kd.train_pod``, or in ``local`` mode the
+same command under ``torchrun`` on this machine with the env vars a pod gets.
+Either way the checkpoints land in ``<run>/train/checkpoints/`` as they are
+written, and running the step again resumes from the last one.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from video_kd import s3, train_config
+from video_kd import backends, s3, train_config
 from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout, publish, run_info
 from video_kd.s3_hook import list_checkpoints, trained_epochs
 from video_kd.steps.common import scratch_dir
 from video_kd.train_config import TrainOptions
 
-MODES = ('pytorchjob', 'local')
-DEFAULT_SECRET = 'video-kd-s3-credentials'
-# Non-secret S3 settings a PyTorchJob pod needs; credentials come from the Secret.
-S3_PLAIN_ENV = ('S3_ENDPOINT_URL', 'AWS_ENDPOINT_URL', 'AWS_DEFAULT_REGION')
 POD_WORK_DIR = '/tmp/video-kd/train'
 
 
@@ -38,37 +32,39 @@ def run(
     kd_config: str,
     options: TrainOptions | None = None,
     teacher_logit_cache: bool = False,
-    mode: str = 'local',
+    training_backend: str = '',
     image: str = '',
     num_workers: int = 1,
     gpus_per_worker: int = 0,
-    nproc_per_node: int = 1,
+    nproc_per_node: int = 0,
+    backoff_limit_per_node: int = 0,
     workdir: str | Path | None = None,
     timeout: float = 7 * 24 * 3600,
 ) -> dict[str, Any]:
     """Train; returns the last checkpoint's metadata.
 
-    ``teacher_logit_cache`` keeps the teacher's logits next to the dataset's
-    videos, where every retraining on that dataset finds them.
+    ``training_backend``: pytorchjob, trainjob or local; empty takes the chart's
+    (``VIDEO_KD_TRAINING_BACKEND``), else pytorchjob.  ``nproc_per_node`` 0:
+    one process per GPU, else 1.  ``teacher_logit_cache`` keeps the teacher's
+    logits next to the dataset's videos, where every retraining finds them.
     """
-    _check_launch(mode, num_workers, gpus_per_worker, nproc_per_node)
+    backend = backends.backend_from_env(training_backend)
+    _check_launch(num_workers, gpus_per_worker, nproc_per_node)
     layout = RunLayout.from_root(data_meta['run_root'])
     config_uri = publish_config(layout, data_meta, teacher, kd_config, options, teacher_logit_cache)
-    if mode == 'pytorchjob':
-        from video_kd import pytorchjob
-
-        manifest = build_train_job(
-            layout, config_uri, data_meta, teacher, image, num_workers, gpus_per_worker,
-            nproc_per_node,
-        )  # fmt: skip
-        try:
-            pytorchjob.submit_and_wait(manifest, timeout=timeout)
-        except pytorchjob.PyTorchJobFailed as exc:
-            raise UserError(str(exc)) from exc
+    if backend == 'local':
+        _train_locally(layout, config_uri, data_meta, teacher, num_workers, gpus_per_worker,
+                       nproc_per_node, workdir)  # fmt: skip
     else:
-        _train_locally(
-            layout, config_uri, data_meta, teacher, num_workers * nproc_per_node, workdir
-        )
+        spec = job_spec(layout, config_uri, data_meta, teacher, image, num_workers,
+                        gpus_per_worker, nproc_per_node, backoff_limit_per_node)  # fmt: skip
+        try:
+            backends.run_training(backend, spec, timeout)
+        except backends.TrainingJobFailed as exc:
+            raise UserError(
+                f'{exc}; re-run the step to resume from the last checkpoint in '
+                f'{layout.uri("train", "checkpoints")}/'
+            ) from exc
     checkpoints = list_checkpoints(layout)
     if not checkpoints:
         raise UserError(f'training finished but no checkpoint is in {layout.uri("train")}/')
@@ -79,18 +75,17 @@ def run(
         'checkpoints': checkpoints,
         'kd_config': kd_config,
         'config_uri': config_uri,
-        'mode': mode,
+        'backend': backend,
+        'job_name': backends.job_name(layout.run_id),
         'epochs': trained_epochs(checkpoints),
     }
 
 
-def _check_launch(mode: str, num_workers: int, gpus_per_worker: int, nproc_per_node: int) -> None:
-    if mode not in MODES:
-        raise UserError(f'unknown training mode {mode!r}: use {" or ".join(MODES)}')
-    if num_workers < 1 or nproc_per_node < 1 or gpus_per_worker < 0:
+def _check_launch(num_workers: int, gpus_per_worker: int, nproc_per_node: int) -> None:
+    if num_workers < 1 or nproc_per_node < 0 or gpus_per_worker < 0:
         raise UserError(
-            'need num_workers >= 1, nproc_per_node >= 1 and gpus_per_worker >= 0; got '
-            f'{num_workers}, {nproc_per_node}, {gpus_per_worker}'
+            'need num_workers >= 1, nproc_per_node >= 0 (0: one per GPU) and '
+            f'gpus_per_worker >= 0; got {num_workers}, {nproc_per_node}, {gpus_per_worker}'
         )
 
 
@@ -152,22 +147,7 @@ def pod_command(
     ]  # fmt: skip
 
 
-def _namespace() -> str:
-    ns_file = Path('/var/run/secrets/kubernetes.io/serviceaccount/namespace')
-    if os.environ.get('VIDEO_KD_NAMESPACE'):
-        return os.environ['VIDEO_KD_NAMESPACE']
-    return ns_file.read_text().strip() if ns_file.is_file() else 'kubeflow'
-
-
-def pytorchjob_name(run_id: str) -> str:
-    """A DNS-1035 name for the run's PyTorchJob (<= 63 chars)."""
-    import re
-
-    name = re.sub(r'[^a-z0-9-]+', '-', f'video-kd-{run_id}'.lower()).strip('-')
-    return name[:63].rstrip('-')
-
-
-def build_train_job(
+def job_spec(
     layout: RunLayout,
     config_uri: str,
     data_meta: dict[str, Any],
@@ -175,34 +155,19 @@ def build_train_job(
     image: str,
     num_workers: int,
     gpus_per_worker: int,
-    nproc_per_node: int = 1,
-) -> dict[str, Any]:
-    """The PyTorchJob manifest of a run's training."""
-    from video_kd import pytorchjob
-
-    env = {k: os.environ[k] for k in S3_PLAIN_ENV if os.environ.get(k)}
-    env['VIDEO_KD_RUN_ID'] = layout.run_id
-    overrides = json.loads(os.environ.get('VIDEO_KD_WORKER_POD_OVERRIDES') or '{}')
-    requests = (overrides.get('resources') or {}).get('requests') or {}
-    manifest = pytorchjob.build_pytorchjob(
-        name=pytorchjob_name(layout.run_id),
-        namespace=_namespace(),
+    nproc_per_node: int = 0,
+    backoff_limit_per_node: int = 0,
+) -> backends.TrainingJobSpec:
+    """The run's training job, shaped by the chart's training ConfigMap (the step pod's env)."""
+    return backends.spec_from_env(
+        run_id=layout.run_id,
         image=image,
         command=pod_command(layout, config_uri, data_meta, teacher, POD_WORK_DIR),
-        num_workers=num_workers,
-        nproc_per_node=nproc_per_node,
+        num_nodes=num_workers,
         gpus_per_worker=gpus_per_worker,
-        cpu=str(requests.get('cpu', '2')),
-        memory=str(requests.get('memory', '8Gi')),
-        env=env,
-        s3_secret_name=os.environ.get('S3_CREDENTIALS_SECRET') or DEFAULT_SECRET,
-        service_account=os.environ.get('VIDEO_KD_SERVICE_ACCOUNT') or None,
-        node_selector=overrides.get('nodeSelector') or None,
-        tolerations=overrides.get('tolerations') or None,
-        labels={'app.kubernetes.io/part-of': 'video-kd', 'video-kd/run-id': layout.run_id[:63]},
+        nproc_per_node=nproc_per_node or None,
+        backoff_limit_per_node=backoff_limit_per_node or None,
     )
-    pytorchjob.validate_pytorchjob(manifest)
-    return manifest
 
 
 def _train_locally(
@@ -210,27 +175,36 @@ def _train_locally(
     config_uri: str,
     data_meta: dict,
     teacher: dict,
-    nproc: int,
+    num_workers: int,
+    gpus_per_worker: int,
+    nproc_per_node: int,
     workdir: str | Path | None,
 ) -> None:
-    from video_kd import pytorchjob
-
+    """All processes here, under torchrun, as one node (the env vars a pod gets)."""
     with scratch_dir(workdir, 'train') as work:
         # A fresh work dir per attempt: a resumed run must get its state from S3.
         attempt = Path(tempfile.mkdtemp(prefix='attempt-', dir=work))
         command = pod_command(layout, config_uri, data_meta, teacher, str(attempt / 'work'))
-        code = pytorchjob.run_local(
-            command,
-            nproc_per_node=nproc,
+        spec = backends.TrainingJobSpec(
+            run_id=layout.run_id,
+            namespace='local',
+            image='',
+            command=tuple(command),
+            num_nodes=num_workers,
+            gpus_per_worker=gpus_per_worker,
+            nproc_per_node=nproc_per_node or None,
             env={'VIDEO_KD_RUN_ID': layout.run_id},
-            log_path=attempt / 'torchrun.log',
         )
-        if code != 0:
+        log_path = attempt / 'torchrun.log'
+        try:
+            backends.run_training('local', spec, timeout=None, log_path=log_path)
+        except backends.TrainingJobFailed as exc:
+            nproc = spec.num_nodes * spec.procs_per_node
             raise UserError(
-                f'local training (torchrun, {nproc} processes) failed with exit code {code}: '
-                f'{error_line(attempt / "torchrun.log")}; re-run the step to resume from the '
+                f'local training (torchrun, {nproc} processes) failed with {exc.message}: '
+                f'{error_line(log_path)}; re-run the step to resume from the '
                 f'last checkpoint in {layout.uri("train", "checkpoints")}/'
-            )
+            ) from exc
 
 
 def error_line(log_path: Path) -> str:

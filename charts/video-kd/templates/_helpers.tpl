@@ -120,3 +120,22 @@ volumeMounts:
     readOnly: true
   {{- end }}
 {{- end }}
+
+{{/* ServiceAccount of the training pods: their own, with no API rights and no token. */}}
+{{- define "video-kd.trainingServiceAccountName" -}}
+{{- if .Values.training.serviceAccount.create }}
+{{- default (printf "%s-trainer" (include "video-kd.fullname" .)) .Values.training.serviceAccount.name }}
+{{- else }}
+{{- default "default" .Values.training.serviceAccount.name }}
+{{- end }}
+{{- end }}
+
+{{/* Namespace of the KFP experiment / recurring run. */}}
+{{- define "video-kd.kfpNamespace" -}}
+{{- default .Release.Namespace .Values.kfp.namespace }}
+{{- end }}
+
+{{/* The namespaced TrainingRuntime the chart creates for TrainJobs. */}}
+{{- define "video-kd.trainingRuntimeName" -}}
+{{- printf "%s-torch" (include "video-kd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}

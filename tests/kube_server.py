@@ -1,0 +1,227 @@
+"""A small Kubernetes API server on 127.0.0.1 for the backend tests.
+
+No cluster can run here, so the real ``kubernetes`` client talks HTTP to
+this: custom objects (create / get / delete / watch, with the 404 a missing
+CRD gives, the 403 RBAC gives and the 409 a duplicate name gives), pods
+(list / watch by label selector) and pod logs.  A job's status comes from a
+script of conditions, written the way the operators write them, played on
+its watch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from kubernetes import client as k8s
+
+CRDS = {
+    'kubeflow.org/v1/pytorchjobs',
+    'trainer.kubeflow.org/v1alpha1/trainjobs',
+    'kueue.x-k8s.io/v1beta1/localqueues',
+}
+HOLD = 'hold'  # a script step: keep the watch open (the job runs) until the job is deleted
+_OBJ = re.compile(r'^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?$')
+_POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)/log)?$')
+
+
+def status(code: int, reason: str, message: str, kind: str = '') -> dict:
+    details = {'kind': kind} if kind else {}
+    return {
+        'kind': 'Status',
+        'apiVersion': 'v1',
+        'status': 'Failure',
+        'message': message,
+        'reason': reason,
+        'details': details,
+        'code': code,
+    }
+
+
+class FakeKube:
+    def __init__(self):
+        self.crds = set(CRDS)
+        self.namespaces = {'ml'}
+        self.objects: dict[tuple[str, str, str], dict] = {}
+        self.scripts: dict[str, list] = {}  # job name -> conditions lists (or HOLD) per watch
+        self.forbidden: set[tuple[str, str]] = set()  # (verb, plural)
+        self.pods: list[dict] = []
+        self.logs: dict[str, str] = {}
+        self.calls: list[tuple[str, str]] = []
+        self.lock = threading.Lock()
+        self.server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
+        self.server.daemon_threads = True
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f'http://127.0.0.1:{self.server.server_address[1]}'
+
+    def api(self) -> k8s.ApiClient:
+        config = k8s.Configuration()
+        config.host = self.url
+        return k8s.ApiClient(config)
+
+    def verbs(self, plural: str) -> list[str]:
+        return [verb for verb, path in self.calls if f'/{plural}' in path]
+
+    def _handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = 'HTTP/1.1'
+
+            def log_message(self, *args):
+                pass
+
+            def _send(self, code: int, body, content_type='application/json'):
+                data = body if isinstance(body, bytes) else json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header('Content-Type', content_type)
+                self.send_header('Content-Length', str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _route(self, method: str):
+                url = urllib.parse.urlparse(self.path)
+                query = dict(urllib.parse.parse_qsl(url.query))
+                verb = method
+                if method == 'GET' and query.get('watch') in ('True', 'true', '1'):
+                    verb = 'WATCH'
+                fake.calls.append((verb, url.path))
+                length = int(self.headers.get('Content-Length') or 0)
+                body = json.loads(self.rfile.read(length) or b'null') if length else None
+                if match := _OBJ.match(url.path):
+                    return fake._objects(self, verb, *match.groups(), body=body, query=query)
+                if match := _POD.match(url.path):
+                    return fake._pods(self, verb, *match.groups(), query=query)
+                return self._send(404, b'404 page not found', 'text/plain')
+
+            def do_GET(self):
+                self._route('GET')
+
+            def do_POST(self):
+                self._route('POST')
+
+            def do_DELETE(self):
+                self._route('DELETE')
+
+        return Handler
+
+    # ------------------------------------------------------------- objects
+    def _objects(self, h, verb, group, version, ns, plural, name, body, query):
+        if f'{group}/{version}/{plural}' not in self.crds:
+            # what the API server answers for a group/version/resource it does not serve
+            msg = 'the server could not find the requested resource'
+            return h._send(404, status(404, 'NotFound', msg))
+        rbac_verb = {'POST': 'create', 'GET': 'get', 'DELETE': 'delete', 'WATCH': 'watch'}[verb]
+        if (rbac_verb, plural) in self.forbidden:
+            msg = f'{plural}.{group} is forbidden: User cannot {rbac_verb} resource "{plural}"'
+            return h._send(403, status(403, 'Forbidden', msg, plural))
+        if ns not in self.namespaces:
+            return h._send(
+                404, status(404, 'NotFound', f'namespaces "{ns}" not found', 'namespaces')
+            )
+        if verb == 'POST':
+            key = (plural, ns, body['metadata']['name'])
+            with self.lock:
+                if key in self.objects:
+                    msg = f'{plural}.{group} "{key[2]}" already exists'
+                    return h._send(409, status(409, 'AlreadyExists', msg, plural))
+                self.objects[key] = body
+            return h._send(201, body)
+        if verb == 'WATCH':
+            wanted = query.get('fieldSelector', '').removeprefix('metadata.name=')
+            return self._watch(h, (plural, ns, wanted), plural)
+        key = (plural, ns, name)
+        if key not in self.objects:
+            msg = f'{plural}.{group} "{name}" not found'
+            return h._send(404, status(404, 'NotFound', msg, plural))
+        if verb == 'DELETE':
+            with self.lock:
+                obj = self.objects.pop(key)
+            return h._send(200, obj)
+        return h._send(200, self.objects[key])
+
+    def _watch(self, h, key, plural):
+        h.send_response(200)
+        h.send_header('Content-Type', 'application/json')
+        h.send_header('Transfer-Encoding', 'chunked')
+        h.end_headers()
+
+        def event(kind, obj):
+            line = json.dumps({'type': kind, 'object': obj}).encode() + b'\n'
+            h.wfile.write(f'{len(line):x}\r\n'.encode() + line + b'\r\n')
+            h.wfile.flush()
+
+        obj = self.objects.get(key)
+        if obj is not None:
+            event('ADDED', obj)
+            for step in self.scripts.get(key[2], []) if plural != 'localqueues' else []:
+                if step == HOLD:
+                    deadline = time.monotonic() + 10
+                    while key in self.objects and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if key not in self.objects:
+                        event('DELETED', obj)
+                    break
+                obj = {**obj, 'status': {'conditions': step}}
+                if key in self.objects:
+                    self.objects[key] = obj
+                event('MODIFIED', obj)
+        h.wfile.write(b'0\r\n\r\n')
+
+    # ------------------------------------------------------------- pods
+    def _pods(self, h, verb, ns, pod_name, query):
+        if pod_name:
+            return h._send(200, self.logs.get(pod_name, '').encode(), 'text/plain')
+        wanted = dict(p.split('=', 1) for p in query.get('labelSelector', '').split(',') if p)
+        pods = [
+            p
+            for p in self.pods
+            if p['metadata']['namespace'] == ns
+            and wanted.items() <= (p['metadata'].get('labels') or {}).items()
+        ]
+        if verb != 'WATCH':
+            return h._send(
+                200, {'kind': 'PodList', 'apiVersion': 'v1', 'metadata': {}, 'items': pods}
+            )
+        lines = b''.join(json.dumps({'type': 'ADDED', 'object': p}).encode() + b'\n' for p in pods)
+        return h._send(200, lines)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def pod(name: str, labels: dict, phase='Running', container='pytorch', exit_code=None, reason=None):
+    """A pod as the API returns it, with the training container's state."""
+    state = {'running': {}}
+    if exit_code is not None:
+        state = {'terminated': {'exitCode': exit_code, 'reason': reason or 'Error'}}
+    return {
+        'apiVersion': 'v1',
+        'kind': 'Pod',
+        'metadata': {'name': name, 'namespace': 'ml', 'labels': labels},
+        'status': {
+            'phase': phase,
+            'containerStatuses': [
+                {
+                    'name': container,
+                    'ready': False,
+                    'restartCount': 0,
+                    'image': 'img',
+                    'imageID': '',
+                    'state': state,
+                }
+            ],
+        },
+    }

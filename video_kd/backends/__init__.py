@@ -1,0 +1,96 @@
+"""Training launch backends, by name: where the train step's torchrun processes run.
+
+- ``pytorchjob``: a Kubeflow Training Operator v1 PyTorchJob (Kubeflow <= 1.10).
+- ``trainjob``: a Kubeflow Trainer v2 TrainJob (Kubeflow 1.11, 26.03; Trainer >= 2.2).
+- ``local``: torchrun on this machine (run-local, tests, a single-node step pod).
+
+Every backend takes the same ``TrainingJobSpec`` (``spec.py``; the step builds it
+with ``spec_from_env``) and has ``run(spec, timeout, ...)``, which returns when
+training succeeded and raises ``TrainingJobFailed`` (operator reason, pod exit
+codes) or a ``ClusterError`` (UserError: operator missing, RBAC, queue).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from types import ModuleType
+from typing import Any
+
+from video_kd.backends.kube import ClusterError, TrainingJobFailed
+from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
+
+BACKENDS = ('pytorchjob', 'trainjob', 'local')
+DEFAULT_BACKEND = 'pytorchjob'
+
+__all__ = [
+    'BACKENDS',
+    'ClusterError',
+    'JobSpecError',
+    'TrainingJobFailed',
+    'TrainingJobSpec',
+    'UnknownBackend',
+    'backend_from_env',
+    'get',
+    'job_name',
+    'manifest',
+    'run_training',
+    'spec_from_env',
+]
+
+
+class UnknownBackend(JobSpecError):
+    """A training_backend name that is not one of BACKENDS."""
+
+
+def backend_from_env(name: str = '', env: Mapping[str, str] | None = None) -> str:
+    """The backend to use: the pipeline parameter if set, else the chart's ConfigMap
+    (VIDEO_KD_TRAINING_BACKEND), else pytorchjob.  Raises UnknownBackend for a bad name."""
+    env = os.environ if env is None else env
+    chosen = name or env.get('VIDEO_KD_TRAINING_BACKEND') or DEFAULT_BACKEND
+    if chosen not in BACKENDS:
+        raise UnknownBackend(f'training_backend {chosen!r}: use one of {", ".join(BACKENDS)}')
+    return chosen
+
+
+def get(name: str) -> ModuleType:
+    """The backend module of that name (imported on first use: each has its own SDK)."""
+    if name == 'pytorchjob':
+        from video_kd.backends import pytorchjob as backend
+    elif name == 'trainjob':
+        from video_kd.backends import trainjob as backend
+    elif name == 'local':
+        from video_kd.backends import local as backend
+    else:
+        raise UnknownBackend(f'training_backend {name!r}: use one of {", ".join(BACKENDS)}')
+    return backend
+
+
+def manifest(name: str, spec: TrainingJobSpec) -> dict[str, Any]:
+    """The object a cluster backend would create (for --dry-run and the tests)."""
+    return get(name).manifest(spec)
+
+
+def run_training(
+    name: str, spec: TrainingJobSpec, timeout: float, api: Any = None, **local_kwargs: Any
+) -> None:
+    """Run the spec's training on the named backend until it ends; see the module doc.
+
+    ``api``: a ``kubernetes.client.ApiClient`` (default: in-cluster, else kubeconfig).
+    ``local_kwargs``: ``log_path``, ``cwd`` for the local backend.
+    """
+    backend = get(name)
+    if name == 'local':
+        backend.run(spec, timeout, **local_kwargs)
+        return
+    from video_kd.backends.kube import ClusterJob
+
+    job = ClusterJob(
+        backend.KIND,
+        backend.manifest(spec),
+        backend.state,
+        backend.log_pod_selector(spec.name),
+        backend.pods_selector(spec.name),
+        api=api,
+    )
+    job.run(timeout, queue=spec.queue)

@@ -1,0 +1,405 @@
+"""What both operator backends do with the Kubernetes API: create (or adopt / replace) the
+job, follow its status with a watch, stream rank 0's log, explain a failure, delete the job.
+
+Each backend supplies a ``JobKind`` (group, version, plural), the manifest and
+a ``state`` function reading its operator's status conditions.  Errors the
+user must fix (operator not installed, RBAC missing, Kueue queue missing)
+are ``ClusterError`` (a UserError: one line, exit status 2).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config, watch
+from kubernetes.client.exceptions import ApiException
+
+from video_kd.errors import UserError
+
+log = logging.getLogger(__name__)
+KUEUE_GROUP, KUEUE_VERSION = 'kueue.x-k8s.io', 'v1beta1'
+DELETE_GRACE_S = 30
+WATCH_WINDOW_S = 300  # one watch request; the loop re-watches until the job's deadline
+
+
+class ClusterError(UserError):
+    """The cluster lacks what the job needs (an operator, a permission, a queue)."""
+
+
+class TrainingJobFailed(RuntimeError):
+    """The training job failed; the message holds the operator's reason and the pods' exits."""
+
+    def __init__(self, name: str, reason: str | None, message: str | None, detail: str = ''):
+        text = f'{name} failed: {reason or "no reason given"}: {message or "no message"}'
+        super().__init__(text + (f' ({detail})' if detail else ''))
+        self.name, self.reason, self.message = name, reason, message
+
+
+class StepTerminated(SystemExit):
+    """The step pod got SIGTERM (KFP run cancelled, pod evicted): clean up and go."""
+
+
+@dataclass(frozen=True)
+class JobKind:
+    group: str
+    version: str
+    plural: str
+    kind: str
+    operator: str  # what to install when the API is missing
+    container: str  # the training container, whose log is streamed
+
+    @property
+    def resource(self) -> str:
+        return f'{self.plural}.{self.group}'
+
+
+@dataclass(frozen=True)
+class JobState:
+    """Where a job stands: a condition type (or 'Pending'), its reason and message."""
+
+    type: str
+    reason: str | None = None
+    message: str | None = None
+    succeeded: bool = False
+    failed: bool = False
+
+    @property
+    def finished(self) -> bool:
+        return self.succeeded or self.failed
+
+    @classmethod
+    def of(cls, condition: dict[str, Any], succeeded: bool = False) -> JobState:
+        kind = condition.get('type') or 'Unknown'
+        return cls(
+            kind,
+            condition.get('reason'),
+            condition.get('message'),
+            succeeded=succeeded,
+            failed=kind == 'Failed',
+        )
+
+
+def api_client() -> k8s.ApiClient:
+    """In-cluster credentials (the step pod), else the kubeconfig (a laptop)."""
+    try:
+        config.load_incluster_config()
+    except config.ConfigException:
+        config.load_kube_config()
+    return k8s.ApiClient()
+
+
+def explain(
+    exc: ApiException, verb: str, resource: str, namespace: str, hint: str
+) -> UserError | None:
+    """One line for an API error the user must fix (403, 404); None for any other."""
+    if exc.status == 403:
+        return ClusterError(
+            f'forbidden: this pod\'s ServiceAccount may not "{verb}" {resource} in namespace '
+            f"{namespace}: grant it (the chart's Role does, rbac.create=true)"
+        )
+    if exc.status != 404:
+        return None
+    kind = _status_kind(exc)
+    if kind == 'namespaces':
+        return ClusterError(f'namespace {namespace} does not exist')
+    if not kind:
+        # No such group/version/resource: '404 page not found', or a Status naming no kind
+        # ('the server could not find the requested resource').  A missing object names its kind.
+        return ClusterError(f'the cluster has no {resource} API: {hint}')
+    return None
+
+
+def _status_kind(exc: ApiException) -> str:
+    try:
+        return (json.loads(exc.body or '{}').get('details') or {}).get('kind') or ''
+    except (ValueError, AttributeError):
+        return ''
+
+
+class ClusterJob:
+    """One training job on the cluster, from creation to deletion."""
+
+    def __init__(
+        self,
+        kind: JobKind,
+        manifest: dict[str, Any],
+        state: Callable[[dict[str, Any]], JobState],
+        log_selector: str,
+        pods_selector: str,
+        api: k8s.ApiClient | None = None,
+    ):
+        self.kind, self.manifest, self.state = kind, manifest, state
+        self.log_selector, self.pods_selector = log_selector, pods_selector
+        self.name = manifest['metadata']['name']
+        self.namespace = manifest['metadata']['namespace']
+        self.api = api or api_client()
+        self.objects = k8s.CustomObjectsApi(self.api)
+        self.core = k8s.CoreV1Api(self.api)
+
+    # ----------------------------------------------------------------- create
+    def _crd_call(self, verb: str, method: str, *args, **kwargs):
+        """A call on the job's custom resource; 403/404 become one clear line."""
+        fn = getattr(self.objects, method)
+        base = (self.kind.group, self.kind.version, self.namespace, self.kind.plural)
+        try:
+            return fn(*base, *args, **kwargs)
+        except ApiException as exc:
+            hint = f'install {self.kind.operator}, or choose another training_backend'
+            error = explain(exc, verb, self.kind.resource, self.namespace, hint)
+            if error:
+                raise error from exc
+            raise
+
+    def check_queue(self, queue: str) -> None:
+        """A Kueue LocalQueue that does not exist leaves the job pending forever: refuse it."""
+        if not queue:
+            return
+        try:
+            self.objects.get_namespaced_custom_object(
+                KUEUE_GROUP, KUEUE_VERSION, self.namespace, 'localqueues', queue
+            )
+        except ApiException as exc:
+            resource = f'localqueues.{KUEUE_GROUP}'
+            if exc.status == 404 and _status_kind(exc) == 'localqueues':
+                raise ClusterError(
+                    f'Kueue queue {queue!r} does not exist in namespace {self.namespace} '
+                    '(kubectl get localqueues)'
+                ) from exc
+            hint = 'install Kueue, or leave the queue name empty'
+            error = explain(exc, 'get', resource, self.namespace, hint)
+            if error:
+                raise error from exc
+            raise
+
+    def submit(self) -> str:
+        """Create the job; on 409 adopt a running one of the same spec, replace anything else.
+
+        Returns 'created', 'adopted' or 'replaced'.
+        """
+        try:
+            self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
+            log.info('created %s %s/%s', self.kind.kind, self.namespace, self.name)
+            return 'created'
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        existing = self._crd_call('get', 'get_namespaced_custom_object', self.name)
+        found = self.state(existing)
+        same = _spec_hash(existing) == _spec_hash(self.manifest)
+        if same and not found.finished:
+            log.info(
+                'adopting the running %s %s/%s of this run (%s): a re-run of the step follows it',
+                self.kind.kind,
+                self.namespace,
+                self.name,
+                found.type,
+            )
+            return 'adopted'
+        why = 'finished' if found.finished else 'built from other settings'
+        log.warning(
+            'replacing %s %s/%s (%s, %s)',
+            self.kind.kind,
+            self.namespace,
+            self.name,
+            why,
+            found.type,
+        )
+        self.delete(wait=True)
+        self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
+        return 'replaced'
+
+    # ----------------------------------------------------------------- follow
+    def states(self, timeout: float) -> Iterator[JobState]:
+        """The job's states as the operator writes them, from the API's watch (no polling)."""
+        deadline = time.monotonic() + timeout
+        selector = f'metadata.name={self.name}'
+        while time.monotonic() < deadline:
+            window = int(max(1, min(WATCH_WINDOW_S, deadline - time.monotonic())))
+            stream = watch.Watch().stream(
+                self.objects.list_namespaced_custom_object,
+                self.kind.group,
+                self.kind.version,
+                self.namespace,
+                self.kind.plural,
+                field_selector=selector,
+                timeout_seconds=window,
+            )
+            seen = False
+            for event in stream:
+                seen = True
+                if event['type'] == 'DELETED':
+                    raise self._gone()
+                yield self.state(event['object'])
+            if not seen and not self.exists():
+                raise self._gone()  # deleted between two watches
+        raise TimeoutError(
+            f'{self.kind.kind} {self.namespace}/{self.name} did not finish within {timeout:.0f}s'
+        )
+
+    def exists(self) -> bool:
+        try:
+            self._crd_call('get', 'get_namespaced_custom_object', self.name)
+        except ApiException as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    def _gone(self) -> TrainingJobFailed:
+        return TrainingJobFailed(self.name, 'Deleted', 'the job was deleted before it finished')
+
+    def wait(self, timeout: float) -> JobState:
+        """Follow the job to its end, streaming rank 0's log; raise TrainingJobFailed on failure."""
+        logs = threading.Thread(target=self.stream_logs, args=(timeout,), daemon=True)
+        logs.start()
+        last = None
+        for current in self.states(timeout):
+            if current != last:
+                log.info(
+                    '%s %s: %s %s', self.kind.kind, self.name, current.type, current.message or ''
+                )
+                last = current
+            if current.failed:
+                raise TrainingJobFailed(
+                    self.name, current.reason, current.message, self.pod_exits()
+                )
+            if current.succeeded:
+                logs.join(timeout=10)
+                return current
+        raise AssertionError('unreachable: states() ends by raising')
+
+    def stream_logs(self, timeout: float) -> None:
+        """Wait for rank 0's pod to start, then copy its log to ours line by line."""
+        try:
+            pod_name = self._first_started_pod(timeout)
+            if not pod_name:
+                return
+            response = self.core.read_namespaced_pod_log(
+                pod_name,
+                self.namespace,
+                container=self.kind.container,
+                follow=True,
+                _preload_content=False,
+            )
+            for raw in response.stream():
+                for line in raw.decode(errors='replace').splitlines():
+                    log.info('[%s] %s', pod_name, line)
+        except Exception as exc:  # logs are a convenience: never fail the step over them
+            log.warning('could not stream the training log: %s', str(exc).splitlines()[0])
+
+    def _first_started_pod(self, timeout: float) -> str | None:
+        stream = watch.Watch().stream(
+            self.core.list_namespaced_pod,
+            self.namespace,
+            label_selector=self.log_selector,
+            timeout_seconds=int(max(1, min(timeout, 24 * 3600))),
+        )
+        for event in stream:
+            pod = event['object']
+            if pod.status and pod.status.phase in ('Running', 'Succeeded', 'Failed'):
+                return pod.metadata.name
+        return None
+
+    def pod_exits(self) -> str:
+        """Each terminated training container's exit code and reason, e.g. 'pod-x: exit 2 (Error)'."""
+        try:
+            pods = self.core.list_namespaced_pod(self.namespace, label_selector=self.pods_selector)
+        except ApiException:
+            return ''
+        exits = []
+        for item in pods.items:
+            for status in (item.status and item.status.container_statuses) or []:
+                term = (status.state and status.state.terminated) or (
+                    status.last_state and status.last_state.terminated
+                )
+                if status.name == self.kind.container and term and term.exit_code:
+                    exits.append(f'{item.metadata.name}: exit {term.exit_code} ({term.reason})')
+        return '; '.join(exits)
+
+    # ----------------------------------------------------------------- delete
+    def delete(self, wait: bool = False) -> None:
+        """Delete the job and (foreground) its pods; a job already gone is fine."""
+        body = k8s.V1DeleteOptions(
+            propagation_policy='Foreground', grace_period_seconds=DELETE_GRACE_S
+        )
+        try:
+            self.objects.delete_namespaced_custom_object(
+                self.kind.group,
+                self.kind.version,
+                self.namespace,
+                self.kind.plural,
+                self.name,
+                body=body,
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # already gone
+            error = explain(exc, 'delete', self.kind.resource, self.namespace, '')
+            if error:
+                raise error from exc
+            raise
+        log.info('deleted %s %s/%s', self.kind.kind, self.namespace, self.name)
+        if wait:
+            self._wait_gone()
+
+    def _wait_gone(self, timeout: int = 120) -> None:
+        """Until the API no longer has the job (a foreground delete waits for its pods)."""
+        if not self.exists():
+            return
+        stream = watch.Watch().stream(
+            self.objects.list_namespaced_custom_object,
+            self.kind.group,
+            self.kind.version,
+            self.namespace,
+            self.kind.plural,
+            field_selector=f'metadata.name={self.name}',
+            timeout_seconds=timeout,
+        )
+        for event in stream:
+            if event['type'] == 'DELETED':
+                return
+
+    def run(self, timeout: float, queue: str = '') -> JobState:
+        """Submit, follow and always delete the job (success, failure, SIGTERM)."""
+        self.check_queue(queue)
+        with deleted_at_exit(self):
+            self.submit()
+            return self.wait(timeout)
+
+
+def _spec_hash(obj: dict[str, Any]) -> str:
+    return ((obj.get('metadata') or {}).get('annotations') or {}).get('video-kd/spec-sha256', '')
+
+
+@contextlib.contextmanager
+def deleted_at_exit(job: ClusterJob) -> Iterator[None]:
+    """Delete the job when the block ends, however it ends, SIGTERM included.
+
+    KFP cancels a run by deleting its pods: the step pod gets SIGTERM and
+    its grace period; the handler turns it into ``StepTerminated`` so the
+    ``finally`` deletes the job and its GPUs go back to the cluster.
+    """
+    previous = None
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    try:
+        yield
+    finally:
+        try:
+            job.delete()
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+
+
+def _terminated(signum: int, frame: Any) -> None:
+    raise StepTerminated(128 + signum)

@@ -1,0 +1,149 @@
+"""Training as a Kubeflow Trainer v2 TrainJob (``trainer.kubeflow.org/v1alpha1``).
+
+Fits Kubeflow 1.11 and 26.03 (Trainer v2.2 / v2.3, installed by default).
+The TrainJob names the ``torch-distributed`` ClusterTrainingRuntime (or the
+runtime the chart names) and gives numNodes, numProcPerNode,
+resourcesPerNode, image, command and env; the pod settings the runtime does
+not take from ``trainer`` (service account, node selector, tolerations,
+affinity, volumes, Secret env, pod annotations) go through
+``spec.runtimePatches`` — the field Trainer v2.2+ has (v2.0 called it
+podSpecOverrides, v2.1 podTemplateOverrides: not supported).  Trainer sets
+the same torchrun env (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...), so
+the container runs ``torchrun`` with no flags, as on a PyTorchJob.
+
+Built with the ``kubeflow-trainer-api`` models (the Trainer project's own).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kubeflow_trainer_api import models as tm
+
+from video_kd.backends import pod
+from video_kd.backends.kube import JobKind, JobState
+from video_kd.backends.spec import KUEUE_PRIORITY_LABEL, TrainingJobSpec
+
+TRAINER_VERSION = '2.3'  # kubeflow-trainer-api release the models come from; runtimePatches: 2.2+
+NODE = 'node'  # the torch runtime's replicated job and container
+PATCH_MANAGER = 'video-kd.kubeflow.org/train-step'
+
+KIND = JobKind(
+    group='trainer.kubeflow.org',
+    version='v1alpha1',
+    plural='trainjobs',
+    kind='TrainJob',
+    operator='Kubeflow Trainer v2 (>= 2.2, TrainJob)',
+    container=NODE,
+)
+
+
+def build(spec: TrainingJobSpec) -> tm.TrainerV1alpha1TrainJob:
+    """The TrainJob of a spec, as the Trainer API's model."""
+    labels = spec.job_labels()
+    if spec.priority_class:
+        # Trainer's pod patch has no priorityClassName; Kueue's WorkloadPriorityClass label does it.
+        labels[KUEUE_PRIORITY_LABEL] = spec.priority_class
+    return tm.TrainerV1alpha1TrainJob(
+        apiVersion=f'{KIND.group}/{KIND.version}',
+        kind=KIND.kind,
+        metadata=tm.IoK8sApimachineryPkgApisMetaV1ObjectMeta(
+            name=spec.name,
+            namespace=spec.namespace,
+            labels=labels,
+            annotations=spec.job_annotations(),
+        ),
+        spec=tm.TrainerV1alpha1TrainJobSpec(
+            runtimeRef=tm.TrainerV1alpha1RuntimeRef(
+                name=spec.trainjob_runtime, kind=spec.trainjob_runtime_kind
+            ),
+            trainer=_trainer(spec),
+            runtimePatches=[_patch(spec)],
+        ),
+    )
+
+
+def manifest(spec: TrainingJobSpec) -> dict[str, Any]:
+    """The TrainJob as the JSON sent to the API server."""
+    return build(spec).to_dict()
+
+
+def _trainer(spec: TrainingJobSpec) -> tm.TrainerV1alpha1Trainer:
+    plain = [pod.to_dict(e) for e in pod.container_env(spec) if e.value_from is None]
+    return tm.TrainerV1alpha1Trainer(
+        image=spec.image,
+        command=['torchrun'],
+        args=list(spec.command),
+        env=[tm.IoK8sApiCoreV1EnvVar.from_dict(e) for e in plain],
+        numNodes=spec.num_nodes,
+        numProcPerNode=spec.procs_per_node,
+        resourcesPerNode=tm.IoK8sApiCoreV1ResourceRequirements.from_dict(
+            pod.to_dict(pod.resources(spec))
+        ),
+    )
+
+
+def _patch(spec: TrainingJobSpec) -> tm.TrainerV1alpha1RuntimePatch:
+    """Pod settings for the runtime's 'node' job: what `trainer` has no field for."""
+    pod_spec = {
+        'serviceAccountName': spec.service_account or None,
+        'nodeSelector': dict(spec.node_selector) or None,
+        'tolerations': pod.to_dict(pod.tolerations(spec)),
+        'affinity': pod.to_dict(pod.affinity(spec)),
+        'volumes': pod.to_dict(pod.volumes(spec)),
+        'containers': [
+            {
+                'name': NODE,
+                # Secret references go here: the trainer env is merged into the runtime's.
+                'env': [pod.to_dict(e) for e in pod.container_env(spec) if e.value_from],
+                'volumeMounts': pod.to_dict(pod.volume_mounts(spec)),
+            }
+        ],
+    }
+    template = {
+        'metadata': {'annotations': spec.pod_annotations() or None},
+        'spec': {k: v for k, v in pod_spec.items() if v is not None},
+    }
+    return tm.TrainerV1alpha1RuntimePatch.from_dict(
+        {
+            'manager': PATCH_MANAGER,
+            'trainingRuntimeSpec': {
+                'template': {
+                    'spec': {
+                        'replicatedJobs': [
+                            {'name': NODE, 'template': {'spec': {'template': template}}}
+                        ]
+                    }
+                }
+            },
+        }
+    )
+
+
+def state(obj: dict[str, Any]) -> JobState:
+    """Where a TrainJob stands: Trainer copies the JobSet's Completed / Failed condition as
+    'Complete' / 'Failed'; before that, Created or Suspended, or nothing (Pending)."""
+    conditions = [
+        c for c in ((obj.get('status') or {}).get('conditions') or []) if c.get('status') == 'True'
+    ]
+    for condition in conditions:
+        if condition.get('type') == 'Failed':
+            return JobState.of(condition)
+    for condition in conditions:
+        if condition.get('type') == 'Complete':
+            return JobState.of(condition, succeeded=True)
+    if not conditions:
+        return JobState('Pending')
+    return JobState.of(conditions[-1])
+
+
+def log_pod_selector(name: str) -> str:
+    """Node 0 of the JobSet: rank 0, whose log is the training log."""
+    return (
+        f'jobset.sigs.k8s.io/jobset-name={name},'
+        f'jobset.sigs.k8s.io/replicatedjob-name={NODE},batch.kubernetes.io/job-completion-index=0'
+    )
+
+
+def pods_selector(name: str) -> str:
+    return f'jobset.sigs.k8s.io/jobset-name={name}'
