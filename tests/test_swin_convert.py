@@ -10,6 +10,7 @@ import: its Swin code never touches torchvision.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -27,6 +28,13 @@ from video_kd.swin_convert import (
 )
 
 TOLERANCE = 1e-4
+TIMM_PIN = '1.0.31'
+TIMM_INSTALL = f'pip install --no-deps timm=={TIMM_PIN}'  # never its torchvision
+
+
+def test_make_install_pins_the_timm_these_tests_use():
+    makefile = (Path(__file__).resolve().parent.parent / 'Makefile').read_text()
+    assert f'--no-deps "timm=={TIMM_PIN}"' in makefile
 
 
 @pytest.fixture(scope='module')
@@ -35,7 +43,11 @@ def timm_swin():
     import torchvision_standin
 
     torchvision_standin.install()
-    timm = pytest.importorskip('timm', reason='make install puts the pinned timm in the venv')
+    try:
+        import timm
+    except ImportError:
+        pytest.fail(f'timm is missing: `make install` installs it ({TIMM_INSTALL})')
+    assert timm.__version__ == TIMM_PIN, f'timm {timm.__version__}: the tests pin {TIMM_PIN}'
     torch.manual_seed(0)
     model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=0)
     with torch.no_grad():  # norms away from 1/0 too, so a wrong channel order shows
