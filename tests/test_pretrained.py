@@ -194,3 +194,52 @@ def test_describe_weights_tells_common_backbones_apart(
     assert describe_weights(resnet50_torchvision[1]).startswith('a ResNet-50')
     assert describe_weights(mobilenet_v2_classifier[1]).startswith('a MobileNetV2')
     assert describe_weights({'x.weight': torch.zeros(1)}) == '1 tensors, e.g. x.weight'
+
+
+TRAIN_WITH_WEIGHTS = """
+import sys
+from video_kd.errors import run_cli
+from video_kd.pretrained import apply_pretrained
+from video_kd import train
+
+def main():
+    args = train.parse_args(sys.argv[2:])
+    train.setup_logging()
+    cfg = train.build_config(args)
+    apply_pretrained(cfg, sys.argv[1])  # where the train step / --pretrained will call it
+    train.train(cfg)
+
+raise SystemExit(run_cli(main))
+"""
+
+
+@pytest.mark.slow
+def test_the_runner_trains_from_the_imagenet_weights(tmp_path, kd_data, mobilenet_v2_classifier):
+    """mmengine's Runner initialises the student from the file: with lr 0, one epoch later
+    every convolution still holds the file's weights (BN statistics move; weights do not)."""
+    import subprocess
+    import sys
+
+    from conftest import TINY_TRAIN
+
+    path, backbone_2d = mobilenet_v2_classifier
+    work_dir = tmp_path / 'work'
+    argv = [str(path), TSM_MOBILENET, '--work-dir', str(work_dir), '--data-root', str(kd_data)]
+    argv += ['--max-epochs', '1', *TINY_TRAIN, 'optim_wrapper.optimizer.lr=0.0']
+    result = subprocess.run(
+        [sys.executable, '-c', TRAIN_WITH_WEIGHTS, *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert 'all 260 tensors loaded' in result.stderr
+    state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
+    trained = {
+        key.removeprefix('backbone.').replace('.net.', '.'): value
+        for key, value in state['state_dict'].items()
+        if key.startswith('backbone.') and key.endswith('conv.weight')
+    }
+    assert len(trained) == 52
+    for key, value in trained.items():
+        torch.testing.assert_close(value, backbone_2d[key], rtol=0, atol=0)
