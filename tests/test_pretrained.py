@@ -69,11 +69,13 @@ def resnet50_torchvision(tmp_path_factory):
 def build_student(cfg):
     """The student as the Runner builds and initialises it."""
     from mmaction.registry import MODELS
+    from mmengine.registry import DefaultScope
 
     from video_kd.runtime import register_all_modules
 
     register_all_modules()
-    model = MODELS.build(student_model_cfg(cfg))
+    with DefaultScope.overwrite_default_scope('mmaction'):
+        model = MODELS.build(student_model_cfg(cfg))
     model.init_weights()
     return model
 

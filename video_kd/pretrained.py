@@ -160,22 +160,26 @@ def _save_atomically(checkpoint: dict, out: Path) -> None:
 
 def _build(backbone_cfg: ConfigDict) -> torch.nn.Module:
     from mmaction.registry import MODELS
+    from mmengine.registry import DefaultScope
 
     from video_kd.runtime import register_all_modules
 
     register_all_modules()
-    return MODELS.build(copy.deepcopy(backbone_cfg))
+    with DefaultScope.overwrite_default_scope('mmaction'):  # whatever scope is current
+        return MODELS.build(copy.deepcopy(backbone_cfg))
 
 
 def _accepts(backbone_cfg: ConfigDict, argument: str) -> bool:
     import inspect
 
     from mmaction.registry import MODELS
+    from mmengine.registry import DefaultScope
 
     from video_kd.runtime import register_all_modules
 
     register_all_modules()
-    cls = MODELS.get(backbone_cfg.type)
+    with DefaultScope.overwrite_default_scope('mmaction'):
+        cls = MODELS.get(backbone_cfg.type)
     return cls is not None and argument in inspect.signature(cls).parameters
 
 
