@@ -15,6 +15,7 @@ $(STAMP): pyproject.toml docker/constraints.txt
 	$(PY) -m pip install --quiet "torch==2.13.0" "setuptools<81" wheel
 	# the lock file: tests run against the versions the image installs
 	$(PY) -m pip install --quiet -c docker/constraints.txt -e ".[local,test]"
+	$(PY) -m pip install --quiet --no-deps "timm==1.0.31"  # tests only: timm's Swin vs ours; never its torchvision
 	touch $(STAMP)
 
 demo: $(STAMP)       ## whole pipeline, locally: KFP local runner + local S3 server + generated videos

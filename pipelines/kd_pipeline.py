@@ -118,6 +118,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         cfg_options: list = [],  # noqa: B006  (a KFP default, never mutated)
         teacher_logit_cache: bool = False,
         teacher_precision: str = '',
+        student_pretrained_url: str = '',
+        student_pretrained_sha256: str = '',
         training_backend: str = '',
         backoff_limit_per_node: int = 0,
         s3_bucket: str = 'video-kd',
@@ -144,6 +146,9 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             mmengine overrides (a list of KEY=VALUE), the teacher as an inference model (fp32,
             bf16, fp16; empty: as MMRazor runs it), and the teacher's logits cached next to
             the dataset in S3 so scheduled retraining skips its forward pass.
+        student_pretrained_url, student_pretrained_sha256: ImageNet weights for the student's
+            backbone (https:// or s3://, cached in S3 by checksum); the seed's are in README.md;
+            empty: random init.
         training_backend: pytorchjob (Training Operator v1), trainjob (Kubeflow Trainer v2) or
             local (torchrun inside the train step's pod); empty: the chart's training.backend.
         backoff_limit_per_node: restarts allowed per training node (0: the chart's, else 3).
@@ -161,13 +166,15 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         )  # fmt: skip
         teacher = step(
             teacher_download(dataset=prep.outputs['dataset'], teacher_url=teacher_url,
-                             teacher_sha256=teacher_sha256),
+                             teacher_sha256=teacher_sha256, kd_config=kd_config),
             'teacher download', image, **env,
         )  # fmt: skip
         kd = step(
             train(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                   kd_config=kd_config, max_epochs=max_epochs, cfg_options=cfg_options,
                   teacher_precision=teacher_precision, teacher_logit_cache=teacher_logit_cache,
+                  student_pretrained_url=student_pretrained_url,
+                  student_pretrained_sha256=student_pretrained_sha256,
                   training_backend=training_backend, image=image, num_workers=num_workers,
                   gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node,
                   backoff_limit_per_node=backoff_limit_per_node),

@@ -16,7 +16,7 @@ import pytest
 from crd_schema import PYTORCHJOB_CRD, problems
 
 from components import STEPS
-from video_kd import backends, runs, s3
+from video_kd import backends, runs, s3, train_config
 from video_kd.backends import pytorchjob
 from video_kd.config import UnknownConfigError
 from video_kd.errors import UserError
@@ -384,3 +384,30 @@ def test_teacher_step_reports_the_cache_it_used(prepared_run, http_server, bucke
     assert (first['cache_hit'], second['cache_hit']) == (False, True)
     assert http_server.requests['teacher.pth'] == 1
     assert second['sha256'] == first['sha256'] == sha
+
+
+def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
+    prepared_run, http_server, tmp_path
+):
+    """The train step fetches the ImageNet weights once into the run's S3 cache (by checksum)
+    and the resolved config sends every training process there, not to the internet."""
+    content = b'imagenet weights'
+    (http_server.root / 'mobilenet_v2.pth').write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
+    options = TrainOptions(
+        student_pretrained_url=http_server.url('mobilenet_v2.pth'), student_pretrained_sha256=sha
+    )
+    config_uri = train_step.publish_config(
+        layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options, False
+    )
+    cached = layout.cache_uri('pretrained', sha, 'mobilenet_v2.pth')
+    assert s3.read_bytes(cached) == content
+    resolved = train_config.load_resolved(s3.download_file(config_uri, tmp_path / 'config.py'))
+    assert resolved.student_pretrained == {
+        'url': http_server.url('mobilenet_v2.pth'),
+        'sha256': sha,
+        'fetch_from': cached,
+    }
+    assert http_server.requests['mobilenet_v2.pth'] == 1

@@ -13,8 +13,11 @@ model dict that ``--cfg-options`` can override key by key.
 
 Offline by default: base configs name ImageNet weights by URL
 (``torchvision://resnet50``, ``mmcls://mobilenet_v2``, https://...).  Those
-are replaced by random init unless the user gives a local path or sets
-``allow_pretrained_download=True`` in the config.
+are replaced by random init (a warning says so) unless the user gives a local
+path, sets ``allow_pretrained_download=True`` (in the config or with
+``--cfg-options``: remote weights are dropped after the overrides are merged),
+or initialises the student with ``video_kd.pretrained`` (a fetched, verified
+file: ``--student-pretrained-url URL``).
 """
 
 from __future__ import annotations
@@ -113,8 +116,9 @@ def _strip_remote_weights(node, where: str = 'model') -> None:
                 and value.startswith(_REMOTE_PREFIXES)
             ):
                 logger.warning(
-                    '%s=%s not fetched (offline); starting from random init. Set it '
-                    'to a local file to use pretrained weights.',
+                    '%s=%s not fetched (offline): random init, unless ImageNet weights '
+                    "are given (--student-pretrained-url URL --student-pretrained-sha256 HEX, the pipeline's "
+                    'student_pretrained_url) or it is set to a local file',
                     here,
                     value,
                 )
@@ -138,29 +142,60 @@ def _strip_remote_weights(node, where: str = 'model') -> None:
             _strip_remote_weights(item, f'{where}[{index}]')
 
 
-def resolve_model(cfg: Config) -> Config:
-    """Inline `cfg_path` references of KD configs and drop remote weights."""
+def inline_references(cfg: Config) -> Config:
+    """Inline the `cfg_path` references of a KD config's student and teacher, in place."""
     model = cfg.model
     for role in ('architecture', 'teacher'):
         if isinstance(model.get(role), dict) and 'cfg_path' in model[role]:
             model[role] = _resolve_reference(model[role])
-    if not cfg.get('allow_pretrained_download', False):
-        _strip_remote_weights(model)
     return cfg
+
+
+def drop_remote_weights(cfg: Config) -> Config:
+    """Offline: URL-named weights become random init, unless allow_pretrained_download."""
+    if not cfg.get('allow_pretrained_download', False):
+        _strip_remote_weights(cfg.model)
+    return cfg
+
+
+def resolve_model(cfg: Config) -> Config:
+    """Inline `cfg_path` references of KD configs and drop remote weights."""
+    return drop_remote_weights(inline_references(cfg))
 
 
 def load_config(name_or_path: str | Path, cfg_options: dict | None = None) -> Config:
-    """Load a config, resolve its model references, then apply overrides.
+    """Load a config, resolve its model references, apply overrides, drop remote weights.
 
     cfg_options are mmengine ``--cfg-options`` style: {'a.b.c': value}.
-    Overrides apply last, so every key (student, teacher, data, schedule) is
-    overridable, including those of a referenced model.
+    Overrides apply after the references are inlined, so every key (student,
+    teacher, data, schedule) is overridable, including those of a referenced
+    model; remote weights are dropped last, so ``allow_pretrained_download=True``
+    and a local ``...backbone.pretrained=FILE`` given as overrides take effect
+    (the latter keeps TSM's ``pretrained2d`` loading path).
     """
     cfg = Config.fromfile(str(config_path(name_or_path)))
-    resolve_model(cfg)
+    inline_references(cfg)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    return cfg
+    return drop_remote_weights(cfg)
+
+
+def teacher_config(kd_config: str | Path, cfg_options: dict | None = None) -> Config:
+    """The teacher's own config (its test pipeline, test dataloader, evaluator) with
+    the KD config's resolved teacher as its model: to score the teacher as its
+    config means, not with the student's test views."""
+    raw = Config.fromfile(str(config_path(kd_config)))
+    reference = raw.model.get('teacher', {}).get('cfg_path')
+    if not reference:
+        raise UnknownConfigError(f'{kd_config} has no teacher reference (model.teacher.cfg_path)')
+    if '::' in reference:
+        from mmengine.hub import get_config
+
+        cfg = get_config(reference)
+    else:
+        cfg = Config.fromfile(str(config_path(reference)))
+    cfg.model = load_config(kd_config, cfg_options).model.teacher
+    return drop_remote_weights(cfg)
 
 
 # MMRazor's algorithm and ours built on it (video_kd.fast_teacher, video_kd.logit_cache)

@@ -81,20 +81,24 @@ def fetch(
     timeout: float = 60.0,
     backoff: float = 1.0,
     progress_every_mb: int = 64,
+    cache_kind: str = CACHE_KIND,
 ) -> Fetched:
     """Fetch ``url`` into ``dest_dir``; returns the file's path and whether the cache had it.
 
     ``sha256`` pins the content; without it the file is accepted as is (and
     cannot be cached).  ``cache`` is a ``RunLayout`` (uses its shared
     ``cache/`` directory) or an ``s3://`` cache root; the object lives at
-    ``<root>/teacher/<sha256>/<filename>``.  ``retries`` counts attempts
-    after the first one, for HTTP(S) sources.
+    ``<root>/<cache_kind>/<sha256>/<filename>`` (``teacher``; ImageNet weights
+    use ``pretrained``).  ``retries`` counts attempts after the first one, for
+    HTTP(S) sources.
     """
     sha256 = _normalized_sha256(sha256)
     filename = _filename(url)
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
-    cache_uri = _cache_uri(cache, sha256, filename) if cache is not None and sha256 else None
+    cache_uri = (
+        _cache_uri(cache, sha256, filename, cache_kind) if cache is not None and sha256 else None
+    )
     if cache is not None and not sha256:
         log.warning(
             'no sha256 given for %s: the cache is keyed by checksum, so it is not used', url
@@ -126,7 +130,7 @@ def fetch(
 
 
 def _ready(dest: Path) -> Path:
-    log.info('teacher checkpoint ready: %s (%.1f MB)', dest, dest.stat().st_size / _MB)
+    log.info('checkpoint ready: %s (%.1f MB)', dest, dest.stat().st_size / _MB)
     return dest
 
 
@@ -146,11 +150,11 @@ def _filename(url: str) -> str:
     return name
 
 
-def _cache_uri(cache: RunLayout | str, sha256: str, filename: str) -> str:
+def _cache_uri(cache: RunLayout | str, sha256: str, filename: str, kind: str) -> str:
     if isinstance(cache, RunLayout):
-        return cache.cache_uri(CACHE_KIND, sha256, filename)
+        return cache.cache_uri(kind, sha256, filename)
     s3.parse_s3_uri(cache)  # fail early on a cache that is not an s3:// URI
-    return s3.join_uri(cache, CACHE_KIND, sha256, filename)
+    return s3.join_uri(cache, kind, sha256, filename)
 
 
 def fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:

@@ -71,6 +71,18 @@ class TrainOptions:
         },
     )
 
+    student_pretrained_url: str = dataclasses.field(
+        default='',
+        metadata={
+            'help': "ImageNet weights for the student's backbone (https://, s3:// or a path; the "
+            "seed's are listed in README.md), loaded as MMAction2 means it and checked tensor by "
+            'tensor; empty: random init, as offline runs have always done'
+        },
+    )
+    student_pretrained_sha256: str = dataclasses.field(
+        default='', metadata={'help': "the weights' SHA-256 (checked; keys the S3 cache)"}
+    )
+
     def __post_init__(self) -> None:
         if isinstance(self.cfg_options, str):  # a KFP/CLI string: one override per line
             self.cfg_options = [line for line in self.cfg_options.splitlines() if line.strip()]
@@ -120,12 +132,15 @@ def resolve(
     num_classes: int | None = None,
     logit_cache: str = '',
     teacher_sha256: str | None = None,
+    pretrained_from: str = '',
 ) -> Config:
     """The run's training config: everything but where this process finds its files.
 
     ``logit_cache``: where the teacher's logits per augmented view are kept (an
     s3:// prefix or a local dir, see video_kd.logit_cache); empty: off.
     ``teacher_sha256`` keys that cache (computed from the checkpoint if not given).
+    ``pretrained_from``: where processes fetch the student's pretrained weights
+    (the run's S3 cache of them); default the URL the user gave.
     """
     cfg = load_config(config, parse_cfg_options(options.cfg_options))
     register_all_modules()
@@ -145,6 +160,12 @@ def resolve(
 
         location = enable_cache(cfg, logit_cache, teacher_sha256)
         log.info('teacher-logit cache: %s', location)
+    if options.student_pretrained_url:  # fetched and checked by each process (localize)
+        cfg.student_pretrained = dict(
+            url=options.student_pretrained_url,
+            sha256=options.student_pretrained_sha256,
+            fetch_from=pretrained_from or options.student_pretrained_url,
+        )
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
     return cfg
 
@@ -206,6 +227,8 @@ def localize(
         cfg.model.teacher_ckpt = str(Path(teacher_ckpt).resolve())
     elif teacher_ckpt:
         raise UserError('this is not a distillation config; a teacher checkpoint makes no sense')
+    if cfg.get('student_pretrained'):
+        load_student_pretrained(cfg, work_dir / 'pretrained')
     if data_root:
         prepare_data(cfg, data_root, work_dir, check_videos)
     cfg.work_dir = str(work_dir)
@@ -221,6 +244,15 @@ def localize(
         cfg.resume = True
         cfg.load_from = None if resume == 'auto' else resume
     return cfg
+
+
+def load_student_pretrained(cfg: Config, dest: Path) -> dict:
+    """Fetch the run's ImageNet weights (verified) and point the student's backbone at them."""
+    from video_kd.pretrained import apply_pretrained, fetch_pretrained
+
+    weights = cfg.student_pretrained
+    path = fetch_pretrained(weights.fetch_from, dest, weights.sha256 or None)
+    return apply_pretrained(cfg, path)
 
 
 def existing_checkpoints(work_dir: Path) -> list[Path]:

@@ -8,17 +8,28 @@ from components import DEFAULT_IMAGE
 
 @dsl.component(base_image=DEFAULT_IMAGE, install_kfp_package=False)
 def teacher_download(
-    dataset: Input[Dataset], teacher_url: str, teacher_sha256: str, teacher: Output[Model]
+    dataset: Input[Dataset],
+    teacher_url: str,
+    teacher_sha256: str,
+    kd_config: str,
+    teacher: Output[Model],
 ):
     """Stream ``teacher_url`` (https:// or s3://) with retries, check its sha256, keep a
-    copy in the S3 cache keyed by checksum, publish it to <run>/teacher/."""
+    copy in the S3 cache keyed by checksum, check it against the KD config's teacher
+    (converting the seed's timm Swin teacher), publish it to <run>/teacher/."""
     import json
 
     from video_kd.errors import exit_on_user_error
     from video_kd.steps import teacher as teacher_step
 
     with exit_on_user_error():
-        meta = teacher_step.run(dataset.metadata['run_root'], teacher_url, teacher_sha256)
+        meta = teacher_step.run(
+            dataset.metadata['run_root'],
+            teacher_url,
+            teacher_sha256,
+            kd_config=kd_config,
+            num_classes=dataset.metadata['num_classes'],
+        )
     teacher.metadata.update(meta)
     with open(teacher.path, 'w') as out:  # the checkpoint itself stays in S3
         json.dump(meta, out, indent=2)

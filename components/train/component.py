@@ -15,6 +15,8 @@ def train(
     cfg_options: list,
     teacher_precision: str,
     teacher_logit_cache: bool,
+    student_pretrained_url: str,
+    student_pretrained_sha256: str,
     training_backend: str,
     image: str,
     num_workers: int,
@@ -36,7 +38,11 @@ def train(
 
     with exit_on_user_error():
         options = TrainOptions(
-            max_epochs=max_epochs, cfg_options=cfg_options, teacher_precision=teacher_precision
+            max_epochs=max_epochs,
+            cfg_options=cfg_options,
+            teacher_precision=teacher_precision,
+            student_pretrained_url=student_pretrained_url,
+            student_pretrained_sha256=student_pretrained_sha256,
         )
         meta = train_step.run(
             dict(dataset.metadata),

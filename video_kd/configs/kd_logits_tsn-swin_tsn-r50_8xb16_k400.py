@@ -1,6 +1,7 @@
 # Logits distillation with the DIST loss: TSN-Swin-B teacher -> TSN-ResNet50 student on
 # Kinetics-400 (seed: 75.54 top-1, +1.4).  The teacher's Swin-B comes from mmpretrain
-# (see tsn_imagenet-pretrained-swin-transformer_32xb8-1x1x8-50e_kinetics400-rgb.py).
+# (see tsn_imagenet-pretrained-swin-transformer_32xb8-1x1x8-50e_kinetics400-rgb.py); the
+# seed's released teacher (timm names) is converted by video_kd.teacher_checkpoint.
 _base_ = 'mmaction::recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x8-100e_kinetics400-rgb.py'
 
 teacher_ckpt = None
@@ -10,7 +11,9 @@ model = dict(
     type='SingleTeacherDistill',
     architecture=dict(
         cfg_path='mmaction::recognition/tsn/tsn_imagenet-pretrained-r50_8xb32-1x1x8-100e_kinetics400-rgb.py',
-        backbone=dict(pretrained=None),
+        # Upstream also passes backbone=dict(pretrained=False) here, which mmengine's
+        # get_model takes as a default that the config's own key wins over: the student
+        # keeps its ImageNet URL.  So does ours (dropped offline; see video_kd.pretrained).
         pretrained=False,
     ),
     teacher=dict(

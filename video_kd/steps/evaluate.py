@@ -57,13 +57,12 @@ def run(
 
 
 def _teacher_config_file(kd_config: str, out_dir: Path) -> str:
-    """A plain recognizer config of the KD config's teacher (to evaluate it alone)."""
-    from video_kd.config import load_config
+    """The teacher's own config (its test pipeline, not the student's) with the KD config's
+    teacher as its model: the teacher is scored as its config means."""
+    from video_kd.config import teacher_config
 
-    cfg = load_config(kd_config)
-    cfg.model = cfg.model.teacher
     path = out_dir / 'teacher_config.py'
-    cfg.dump(str(path))
+    teacher_config(kd_config).dump(str(path))
     return str(path)
 
 

@@ -1,4 +1,10 @@
-"""Step 2, teacher download: fetch the teacher (verified, cached by checksum) into ``teacher/``."""
+"""Step 2, teacher download: fetch the teacher (verified, cached by checksum) into ``teacher/``.
+
+The checkpoint is checked against the KD config's teacher before it is
+published; the seed's released TSN-Swin teacher (timm names) is converted to
+the mmpretrain Swin our config builds (``video_kd.teacher_checkpoint``), and the
+converted file is published with its own sha256 and the source's.
+"""
 
 from __future__ import annotations
 
@@ -6,16 +12,28 @@ from pathlib import Path
 from typing import Any
 
 from video_kd import download
+from video_kd.config import load_config
 from video_kd.errors import UserError
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import scratch_dir
+from video_kd.teacher_checkpoint import convert_teacher_checkpoint
 
 
 def run(
-    run_root: str, url: str, sha256: str = '', workdir: str | Path | None = None
+    run_root: str,
+    url: str,
+    sha256: str = '',
+    kd_config: str = '',
+    num_classes: int = 0,
+    workdir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Fetch ``url`` (https://, s3://, file://) with retries, check its sha256, keep a copy in
-    the S3 cache keyed by checksum and publish it as ``<run>/teacher/<file name>``."""
+    the S3 cache keyed by checksum and publish it as ``<run>/teacher/<file name>``.
+
+    With ``kd_config``, the checkpoint must fit that config's teacher (for
+    ``num_classes`` classes): a timm Swin checkpoint is converted, anything
+    else that does not fit is refused before it is published.
+    """
     if not url:
         raise UserError(
             'teacher_url is empty: give the https:// or s3:// URL of the teacher '
@@ -24,11 +42,17 @@ def run(
     layout = RunLayout.from_root(run_root)
     with scratch_dir(workdir, 'teacher') as work:
         fetched = download.fetch(url, work, sha256=sha256 or None, cache=layout)
-        entry = publish(layout, 'teacher', fetched.path, fetched.path.name)
+        path, checked = fetched.path, {}
+        if kd_config:
+            path, checked = convert_teacher_checkpoint(
+                fetched.path, load_config(kd_config), num_classes or None
+            )
+        entry = publish(layout, 'teacher', path, path.name)
         return {
             **run_info(layout),
             **entry.meta(),
-            'filename': fetched.path.name,
+            **checked,
+            'filename': path.name,
             'source_url': url,
             'cache_hit': fetched.cache_hit,
         }

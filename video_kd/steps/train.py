@@ -95,6 +95,7 @@ def resolve_config(
     kd_config: str,
     options: TrainOptions | None = None,
     teacher_logit_cache: bool = False,
+    pretrained_from: str = '',
 ):
     """The run's training config (see ``video_kd.train_config.resolve``)."""
     # next to the dataset's videos: shared by every retraining on that dataset
@@ -105,6 +106,7 @@ def resolve_config(
         num_classes=data_meta['num_classes'],
         logit_cache=location,
         teacher_sha256=teacher['sha256'],
+        pretrained_from=pretrained_from,
     )
 
 
@@ -121,7 +123,10 @@ def publish_config(
     A re-run of the step resolves the same file and continues; a re-run with
     other settings is refused (the run's checkpoints were trained with these).
     """
-    cfg = resolve_config(data_meta, teacher, kd_config, options, teacher_logit_cache)
+    cfg = resolve_config(
+        data_meta, teacher, kd_config, options, teacher_logit_cache,
+        pretrained_from=cache_pretrained(layout, options),
+    )  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         path = train_config.save(cfg, Path(tmp) / train_config.CONFIG_NAME)
         try:
@@ -131,6 +136,23 @@ def publish_config(
                 f'{layout.uri("train", train_config.CONFIG_NAME)} holds another training config: '
                 'this run was trained with other settings; start a new run to change them'
             ) from exc
+
+
+def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> str:
+    """Fetch the student's pretrained weights once into the S3 cache (by checksum), so that
+    the training processes read them from the cluster's S3, not the internet; returns
+    where they read them."""
+    if not options or not options.student_pretrained_url:
+        return ''
+    if not options.student_pretrained_sha256:
+        return options.student_pretrained_url  # no checksum, no cache: each process fetches it
+    from video_kd.pretrained import CACHE_KIND, fetch_pretrained
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = fetch_pretrained(
+            options.student_pretrained_url, tmp, options.student_pretrained_sha256, cache=layout
+        )
+        return layout.cache_uri(CACHE_KIND, options.student_pretrained_sha256.lower(), path.name)
 
 
 def pod_command(

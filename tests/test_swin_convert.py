@@ -1,0 +1,226 @@
+"""timm Swin -> mmpretrain Swin, proven numerically against timm's own model code.
+
+timm (pinned, installed for the tests only with --no-deps: see the Makefile) builds
+a real Swin-T; its state dict, in timm's >= 0.9 layout and in the 0.6 layout of the
+seed's released teacher, is converted and loaded into mmpretrain's Swin-T, and both
+models must compute the same features.  The stand-in for torchvision only lets timm
+import: its Swin code never touches torchvision.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd import swin_convert
+from video_kd.swin_convert import (
+    MMPRETRAIN,
+    TIMM_06,
+    TIMM_09,
+    TeacherCheckpointError,
+    convert_state_dict,
+    detect_layout,
+    timm_to_mmpretrain,
+)
+
+TOLERANCE = 1e-4
+TIMM_PIN = '1.0.31'
+TIMM_INSTALL = f'pip install --no-deps timm=={TIMM_PIN}'  # never its torchvision
+
+
+def test_make_install_pins_the_timm_these_tests_use():
+    makefile = (Path(__file__).resolve().parent.parent / 'Makefile').read_text()
+    assert f'--no-deps "timm=={TIMM_PIN}"' in makefile
+
+
+@pytest.fixture(scope='module')
+def timm_swin():
+    """timm's Swin-T (window 7, 224), headless as MMAction2 builds it, random weights."""
+    import torchvision_standin
+
+    torchvision_standin.install()
+    try:
+        import timm
+    except ImportError:
+        pytest.fail(f'timm is missing: `make install` installs it ({TIMM_INSTALL})')
+    assert timm.__version__ == TIMM_PIN, f'timm {timm.__version__}: the tests pin {TIMM_PIN}'
+    torch.manual_seed(0)
+    model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=0)
+    with torch.no_grad():  # norms away from 1/0 too, so a wrong channel order shows
+        for param in model.parameters():
+            param.add_(torch.randn_like(param) * 0.05)
+    return model.eval()
+
+
+class Recognizer(torch.nn.Module):
+    """What convert_state_dict needs of the teacher: a ``backbone``."""
+
+    def __init__(self, backbone: torch.nn.Module):
+        super().__init__()
+        self.backbone = backbone
+
+
+def mmpretrain_swin(arch: str = 'tiny') -> Recognizer:
+    from mmpretrain.models.backbones import SwinTransformer
+
+    return Recognizer(SwinTransformer(arch=arch, img_size=224, out_indices=(3,))).eval()
+
+
+def backbone_prefixed(state: dict) -> dict:
+    return {f'backbone.{key}': value for key, value in state.items()}
+
+
+def timm_06_layout(state: dict) -> dict:
+    """The seed checkpoint's layout: each PatchMerging at the end of its stage, buffers kept."""
+
+    def stage_back(match: re.Match) -> str:
+        return f'layers.{int(match.group(1)) - 1}.downsample'
+
+    return {re.sub(r'layers\.(\d+)\.downsample', stage_back, key): v for key, v in state.items()}
+
+
+def max_feature_difference(timm_model, converted: dict, reorder_ok: bool = True) -> float:
+    teacher = mmpretrain_swin()
+    teacher.load_state_dict(converted, strict=True)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ours = teacher.backbone(images)[0]  # N, C, H, W after norm3
+        theirs = timm_model.forward_features(images).permute(0, 3, 1, 2)  # NHWC -> NCHW
+    assert ours.shape == theirs.shape
+    return float((ours - theirs).abs().max())
+
+
+def timm_state(model, with_buffers: bool = True) -> dict:
+    state = model.state_dict()
+    if with_buffers:  # timm >= 0.9 keeps these out of state_dict(); 0.6 saved them
+        state.update({name: buf for name, buf in model.named_buffers() if name not in state})
+    return backbone_prefixed(state)
+
+
+def test_timm_09_layout_gives_timms_features(timm_swin):
+    state = timm_state(timm_swin, with_buffers=False)
+    assert detect_layout(state) == TIMM_09
+    converted, layout = convert_state_dict(state, mmpretrain_swin())
+    assert layout == TIMM_09
+    assert max_feature_difference(timm_swin, converted) < TOLERANCE
+
+
+def test_timm_06_layout_gives_timms_features(timm_swin):
+    from timm.models.swin_transformer import checkpoint_filter_fn
+
+    old = timm_06_layout(timm_state(timm_swin))
+    plain = {key.removeprefix('backbone.'): value for key, value in old.items()}
+    # timm itself reads this as its old layout and loads it back exactly
+    timm_swin.load_state_dict(checkpoint_filter_fn(plain, timm_swin), strict=True)
+    assert detect_layout(old) == TIMM_06
+    converted, layout = convert_state_dict(old, mmpretrain_swin())
+    assert layout == TIMM_06
+    assert max_feature_difference(timm_swin, converted) < TOLERANCE
+
+
+def test_without_the_patch_merging_reorder_keys_fit_but_features_do_not(timm_swin):
+    state = timm_state(timm_swin, with_buffers=False)
+    converted = timm_to_mmpretrain(state, TIMM_09, reorder=False)
+    expected = mmpretrain_swin().state_dict()
+    for key, value in expected.items():
+        converted.setdefault(key, value)  # the window constants, as convert_state_dict does
+    assert set(converted) == set(expected)
+    assert max_feature_difference(timm_swin, converted) > 100 * TOLERANCE
+
+
+def test_an_mmpretrain_checkpoint_passes_unchanged():
+    teacher = mmpretrain_swin()
+    state = teacher.state_dict()
+    converted, layout = convert_state_dict(dict(state), teacher)
+    assert layout == MMPRETRAIN
+    assert all(converted[key] is state[key] for key in state)
+
+
+def test_a_swin_of_another_size_is_named(timm_swin):
+    state = timm_state(timm_swin, with_buffers=False)
+    with pytest.raises(TeacherCheckpointError) as error:
+        convert_state_dict(state, mmpretrain_swin('base'))
+    message = str(error.value)
+    assert 'teacher checkpoint is Swin-T (embed_dims 96, depths [2, 2, 6, 2]' in message
+    assert "config's teacher is Swin-B (embed_dims 128, depths [2, 2, 18, 2]" in message
+    assert '\n' not in message
+
+
+def test_an_unknown_layout_names_what_was_expected_and_found():
+    state = {'backbone.conv1.weight': torch.zeros(1), 'cls_head.fc_cls.weight': torch.zeros(1)}
+    with pytest.raises(
+        TeacherCheckpointError,
+        match=r'unknown layout: expected a TSN-Swin .* found 2 tensors, e\.g\. backbone\.conv1\.weight',
+    ):
+        convert_state_dict(state, mmpretrain_swin())
+
+
+def test_unfold_order_matches_nn_unfold_on_a_real_feature_map():
+    """timm's x0..x3 concatenation, permuted, is what nn.Unfold(2, stride=2) gives."""
+    channels = 3
+    x = torch.randn(1, 4, 4, channels)  # N, H, W, C as timm's PatchMerging sees it
+    timm_order = torch.cat(
+        [x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]], dim=-1
+    )
+    unfolded = torch.nn.Unfold(kernel_size=2, stride=2)(x.permute(0, 3, 1, 2))  # N, 4C, L
+    unfold_order = unfolded.transpose(1, 2).reshape(1, 2, 2, 4 * channels)
+    assert torch.equal(swin_convert.unfold_order(timm_order), unfold_order)
+
+
+# --------------------------------------------------------------------------- teacher step
+TINY_KD = 'kd_logits_tsn-swin_tsn-r50_tiny'  # Swin-T teacher, 5 classes
+
+
+def save_teacher(path, timm_model, layout_of=lambda state: state, classes: int = 5):
+    state = layout_of(timm_state(timm_model, with_buffers=True))
+    state['cls_head.fc_cls.weight'] = torch.randn(classes, 768)
+    state['cls_head.fc_cls.bias'] = torch.randn(classes)
+    torch.save({'state_dict': state, 'meta': {'note': 'timm Swin-T'}}, path)
+    return path
+
+
+def test_released_layout_is_converted_beside_the_source_and_fits_training(tmp_path, timm_swin):
+    from video_kd.config import load_config
+    from video_kd.s3 import sha256_file
+    from video_kd.teacher_checkpoint import convert_teacher_checkpoint
+    from video_kd.train_config import check_teacher_checkpoint
+
+    src = save_teacher(tmp_path / 'swin_t.pth', timm_swin, timm_06_layout)
+    cfg = load_config(TINY_KD)
+    dst, info = convert_teacher_checkpoint(src, cfg, num_classes=5)
+    assert dst == tmp_path / 'swin_t_mmpretrain.pth'
+    assert info == {
+        'layout': TIMM_06,
+        'converted': True,
+        'source_sha256': sha256_file(src),
+        'converted_sha256': sha256_file(dst),
+    }
+    check_teacher_checkpoint(cfg, str(dst))  # the train step's own strict check
+    again, info_again = convert_teacher_checkpoint(dst, cfg)
+    assert again == dst and info_again['layout'] == MMPRETRAIN and not info_again['converted']
+
+
+def test_teacher_for_other_classes_is_refused(tmp_path, timm_swin):
+    from video_kd.config import load_config
+    from video_kd.teacher_checkpoint import convert_teacher_checkpoint
+
+    src = save_teacher(tmp_path / 'swin_t.pth', timm_swin, classes=400)
+    with pytest.raises(TeacherCheckpointError, match='classifies 400 classes, the dataset has 5'):
+        convert_teacher_checkpoint(src, load_config(TINY_KD), num_classes=5)
+
+
+def test_cli_unknown_layout_is_one_line_exit_2(tmp_path):
+    from conftest import run_module
+
+    bad = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}}, bad)
+    result = run_module('video_kd.teacher_checkpoint', bad, TINY_KD)
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith('error: teacher checkpoint of unknown layout: expected a TSN-Swin')
+    assert 'found 1 tensors, e.g. backbone.conv1.weight' in last
+    assert not list(tmp_path.glob('*_mmpretrain.pth'))
