@@ -210,7 +210,7 @@ def _train_locally(
         spec = backends.TrainingJobSpec(
             run_id=layout.run_id,
             namespace='local',
-            image='',
+            image='local',  # torchrun runs in this process's environment, not an image
             command=tuple(command),
             num_nodes=num_workers,
             gpus_per_worker=gpus_per_worker,
