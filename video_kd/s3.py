@@ -8,7 +8,12 @@ module is the only place that talks to object storage.  Two rules shape it:
   end up in a KFP pipeline spec, a log line or a component's inputs.
 * A run never overwrites another run's objects: ``upload_file`` refuses to
   replace an existing object unless told to, and every run writes under its
-  own ``<prefix>/<run-id>/`` directory (see ``RunLayout``).
+  own ``<prefix>/<run-id>/`` directory (see ``RunLayout``).  "Refuses" is
+  atomic: the write itself is conditional (``video_kd.s3_conditional``), so
+  of many concurrent writers of one key exactly one wins.
+
+Timeouts and retries are the one policy of ``video_kd.s3_policy``; every
+failure is an ``S3Error`` (a ``UserError``: one line, exit status 2).
 """
 
 from __future__ import annotations
@@ -19,15 +24,27 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import tempfile
+import threading
+import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    ReadTimeoutError,
+)
+
+from video_kd import s3_conditional
+from video_kd.errors import UserError
+from video_kd.s3_policy import S3Policy, install_retry_logging
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +60,10 @@ MANIFEST_NAME = 'manifest.json'
 _CHUNK = 1024 * 1024
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
 _NOT_FOUND_CODES = {'404', 'NoSuchKey', 'NotFound'}
+_MANIFEST_SAVE_TRIES = 50  # each round of a race lets at least one writer through
 
 
-class S3Error(RuntimeError):
+class S3Error(UserError, RuntimeError):
     """An object storage operation failed; the message names the URI."""
 
 
@@ -63,6 +81,10 @@ class BucketNotFoundError(ObjectNotFoundError):
 
 class ObjectExistsError(S3Error):
     """Refused to overwrite an existing object."""
+
+
+class S3UnavailableError(S3Error):
+    """The server refused the connection, reset it or did not answer (after the retries)."""
 
 
 def s3_client():
@@ -86,22 +108,26 @@ def s3_client():
         os.environ[SECRET_KEY_ENV],
         os.environ.get(SESSION_TOKEN_ENV) or None,
         os.environ.get(REGION_ENV) or DEFAULT_REGION,
+        S3Policy.from_env(),
     )
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_client(
-    endpoint: str | None, access_key: str, secret_key: str, session_token: str | None, region: str
+    endpoint: str | None,
+    access_key: str,
+    secret_key: str,
+    session_token: str | None,
+    region: str,
+    policy: S3Policy,
 ):
     """One client per configuration: building one costs ~100 ms and clients are thread-safe."""
-    config = Config(
+    config = policy.botocore_config(
         s3={'addressing_style': 'path'},  # MinIO and Ceph have no virtual-host buckets
-        retries={'mode': 'standard', 'total_max_attempts': 5},
-        connect_timeout=10,
-        read_timeout=120,
         signature_version='s3v4',
+        max_pool_connections=32,  # parallel parts, concurrent writers in tests
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         's3',
         endpoint_url=endpoint,
         region_name=region,
@@ -110,6 +136,8 @@ def _cached_client(
         aws_secret_access_key=secret_key,
         aws_session_token=session_token,
     )
+    install_retry_logging(client)
+    return client
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -136,23 +164,54 @@ def _errors(action: str, uri: str) -> Iterator[None]:
     except ClientError as exc:
         code = exc.response.get('Error', {}).get('Code', '')
         message = exc.response.get('Error', {}).get('Message', '')
-        if code == 'NoSuchBucket':
+        if code == 'NoSuchBucket' or (code in _NOT_FOUND_CODES and _bucket_missing(uri)):
             raise BucketNotFoundError(
                 f'cannot {action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist'
             ) from exc
         if code in _NOT_FOUND_CODES:
             raise ObjectNotFoundError(f'cannot {action} {uri}: no such object') from exc
         raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip()) from exc
+    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+        raise S3UnavailableError(_unavailable_message(action, uri, exc)) from exc
     except BotoCoreError as exc:
         raise S3Error(f'cannot {action} {uri}: {exc}') from exc
 
 
+def _unavailable_message(action: str, uri: str, exc: BotoCoreError) -> str:
+    policy = S3Policy.from_env()
+    endpoint = getattr(exc, 'kwargs', {}).get('endpoint_url') or 'the S3 endpoint'
+    if isinstance(exc, ReadTimeoutError):
+        why = f'the S3 server at {endpoint} did not answer within {policy.read_timeout:g} s'
+    elif isinstance(exc, ConnectionClosedError):
+        why = f'the S3 server at {endpoint} closed the connection'
+    else:
+        why = f'cannot connect to the S3 server at {endpoint}'
+    return (
+        f'cannot {action} {uri}: {why} ({policy.max_attempts} attempts); '
+        f'check {ENDPOINT_ENV_VARS[0]} and that the server is up'
+    )
+
+
+def _bucket_missing(uri: str) -> bool:
+    """A HEAD answers a bare 404 for a missing bucket too: ask about the bucket itself."""
+    bucket = parse_s3_uri(uri)[0]
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return exc.response.get('Error', {}).get('Code', '') in _NOT_FOUND_CODES | {'NoSuchBucket'}
+    except BotoCoreError:
+        return False
+    return False
+
+
 def exists(uri: str) -> bool:
-    """True when an object is stored at ``uri`` (a missing bucket also reads as False)."""
+    """True when an object is stored at ``uri``; a missing bucket raises ``BucketNotFoundError``."""
     bucket, key = parse_s3_uri(uri)
     try:
         with _errors('check', uri):
             s3_client().head_object(Bucket=bucket, Key=key)
+    except BucketNotFoundError:
+        raise
     except ObjectNotFoundError:
         return False
     return True
@@ -161,21 +220,61 @@ def exists(uri: str) -> bool:
 def upload_file(local: str | os.PathLike, uri: str, overwrite: bool = False) -> str:
     """Upload one file; refuse to replace an existing object unless ``overwrite``.
 
-    Steps run one after another, so check-then-put is race-free enough here.
+    Without ``overwrite`` the write is conditional (``If-None-Match: *``): of
+    several concurrent uploads to one key exactly one succeeds, the others
+    raise ``ObjectExistsError`` and nothing of theirs is stored.
     """
     local = Path(local)
     if not local.is_file():
         raise FileNotFoundError(f'cannot upload {local} to {uri}: no such file')
-    if not overwrite and exists(uri):
+    bucket, key = parse_s3_uri(uri)
+    with _errors('upload to', uri):
+        if overwrite:
+            s3_client().upload_file(str(local), bucket, key)
+        else:
+            _create(uri, lambda: s3_conditional.upload_new(s3_client(), bucket, key, local))
+    log.info('uploaded %s -> %s (%d bytes)', local, uri, local.stat().st_size)
+    return uri
+
+
+def create_if_absent(
+    uri: str, body: bytes | str, content_type: str = 'application/octet-stream'
+) -> bool:
+    """Store a small object only if ``uri`` is free; False when an object is already there.
+
+    Atomic (one conditional PutObject): of concurrent callers exactly one
+    gets True.  What run claims (``run.json``) and cache shards are made with.
+    """
+    bucket, key = parse_s3_uri(uri)
+    data = body.encode() if isinstance(body, str) else body
+    try:
+        with _errors('create', uri):
+            _create(
+                uri,
+                lambda: s3_conditional.put_new(
+                    s3_client(), bucket, key, data, ContentType=content_type
+                ),
+            )
+    except ObjectExistsError:
+        return False
+    log.info('created %s (%d bytes)', uri, len(data))
+    return True
+
+
+def _create(uri: str, write) -> None:
+    try:
+        write()
+    except s3_conditional.AlreadyExistsError as exc:
         raise ObjectExistsError(
             f'refusing to overwrite {uri}: a run never overwrites objects '
             'that already exist (pass overwrite=True to replace it on purpose)'
-        )
-    bucket, key = parse_s3_uri(uri)
-    with _errors('upload to', uri):
-        s3_client().upload_file(str(local), bucket, key)
-    log.info('uploaded %s -> %s (%d bytes)', local, uri, local.stat().st_size)
-    return uri
+        ) from exc
+    except s3_conditional.UnsupportedError as exc:
+        raise S3Error(
+            f'cannot create {uri}: the S3 server refuses conditional writes '
+            f'(If-None-Match); set {s3_conditional.MODE_ENV}=off to use the '
+            'check-then-put fallback'
+        ) from exc
 
 
 def download_file(uri: str, local: str | os.PathLike) -> Path:
@@ -254,7 +353,31 @@ def download_dir(uri_prefix: str, local_dir: str | os.PathLike) -> list[Path]:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks so multi-GB checkpoints fit in memory."""
+    """Hex SHA-256 of a file, read in chunks so multi-GB checkpoints fit in memory.
+
+    Remembered per (path, inode, size, mtime): a checkpoint is published,
+    compared with the manifest and recorded, and hashing a 500 MB file three
+    times cost seconds per epoch.  A rewritten file has a new mtime.
+    """
+    stat = os.stat(path)
+    fingerprint = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        if fingerprint in _hash_memo:
+            return _hash_memo[fingerprint]
+    digest = _hash_stream(path)
+    with _hash_lock:
+        _hash_memo[fingerprint] = digest
+        while len(_hash_memo) > _HASH_MEMO_SIZE:
+            _hash_memo.pop(next(iter(_hash_memo)))
+    return digest
+
+
+_HASH_MEMO_SIZE = 256
+_hash_memo: dict[tuple, str] = {}
+_hash_lock = threading.Lock()
+
+
+def _hash_stream(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, 'rb') as stream:
         for chunk in iter(lambda: stream.read(_CHUNK), b''):
@@ -330,43 +453,91 @@ class ManifestEntry:
 class Manifest:
     """The list of objects a run produced, stored at ``<run>/manifest.json``.
 
-    Steps run one after another, so a read-modify-write of one JSON object
-    is enough; ``record`` saves after every entry so that a step that dies
-    halfway still leaves a true manifest of what was uploaded.
+    ``record`` saves after every entry so that a step that dies halfway still
+    leaves a true manifest of what was uploaded.  Saves are compare-and-swap
+    (``If-Match`` on the ETag this copy was loaded with, ``If-None-Match`` for
+    a new manifest): when another writer saved in between, its entries are
+    merged in and the save is tried again, so concurrent writers (two ranks,
+    a retried step beside a slow one) never drop each other's entries.
     """
 
     layout: RunLayout
     entries: list[ManifestEntry] = field(default_factory=list)
+    _etag: str | None = field(default=None, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, layout: RunLayout) -> Manifest:
         """The run's manifest, or an empty one when the run has none yet."""
-        bucket, key = parse_s3_uri(layout.manifest_uri)
+        manifest = cls(layout)
+        manifest._merge_remote()
+        return manifest
+
+    def _merge_remote(self) -> None:
+        """Add the stored manifest's entries that this copy lacks; remember its ETag."""
+        bucket, key = parse_s3_uri(self.layout.manifest_uri)
         try:
-            with _errors('read', layout.manifest_uri):
-                body = s3_client().get_object(Bucket=bucket, Key=key)['Body'].read()
+            with _errors('read', self.layout.manifest_uri):
+                answer = s3_client().get_object(Bucket=bucket, Key=key)
+                body = answer['Body'].read()
         except BucketNotFoundError:
             raise
         except ObjectNotFoundError:
-            return cls(layout)
-        data = json.loads(body)
-        return cls(layout, [ManifestEntry(**entry) for entry in data['entries']])
+            self._etag = None
+            return
+        try:
+            stored = [ManifestEntry(**entry) for entry in json.loads(body)['entries']]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise S3Error(f'{self.layout.manifest_uri} is not a manifest: {exc}') from exc
+        ours = {(e.uri, e.sha256) for e in self.entries}
+        self.entries[:0] = [e for e in stored if (e.uri, e.sha256) not in ours]
+        self._etag = answer.get('ETag')
 
     def save(self) -> None:
-        """Write the manifest; the one object a run rewrites."""
+        """Write the manifest; the one object a run rewrites (compare-and-swap, see above)."""
         bucket, key = parse_s3_uri(self.layout.manifest_uri)
-        body = json.dumps(
+        client = s3_client()
+        conditional = s3_conditional.supports_conditional_writes(client, bucket)
+        for _ in range(_MANIFEST_SAVE_TRIES):
+            guard = {}
+            if conditional:
+                guard = {'IfMatch': self._etag} if self._etag else {'IfNoneMatch': '*'}
+            try:
+                with _errors('write', self.layout.manifest_uri):
+                    answer = client.put_object(
+                        Bucket=bucket,
+                        Key=key,
+                        Body=self._body(),
+                        ContentType='application/json',
+                        **guard,
+                    )
+            except S3Error as exc:
+                cause = exc.__cause__
+                if not isinstance(cause, ClientError) or s3_conditional.error_code(cause) not in (
+                    'PreconditionFailed',
+                    '412',
+                    'ConditionalRequestConflict',
+                    '409',
+                ):
+                    raise
+                self._merge_remote()  # someone saved in between: keep their entries too
+                time.sleep(random.uniform(0, 0.05))  # de-synchronise the racers
+                continue
+            self._etag = answer.get('ETag')
+            return
+        raise S3Error(
+            f'cannot write {self.layout.manifest_uri}: it kept changing under '
+            f'{_MANIFEST_SAVE_TRIES} attempts'
+        )
+
+    def _body(self) -> bytes:
+        return json.dumps(
             {
                 'run_id': self.layout.run_id,
                 'root': self.layout.root,
                 'entries': [asdict(e) for e in self.entries],
             },
             indent=2,
-        )
-        with _errors('write', self.layout.manifest_uri):
-            s3_client().put_object(
-                Bucket=bucket, Key=key, Body=body.encode(), ContentType='application/json'
-            )
+        ).encode()
 
     def record(self, step: str, local_path: str | os.PathLike, uri: str) -> ManifestEntry:
         """Upload ``local_path`` to ``uri`` (inside ``step``'s directory) and record it."""

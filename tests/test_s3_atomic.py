@@ -1,0 +1,162 @@
+"""Create-if-absent is atomic: many concurrent writers of one key, exactly one wins.
+
+Against a real moto server (HTTP, a subprocess) serving one request at a time,
+with real threads racing: moto's threaded server checks ``If-None-Match``
+without a lock (see tests/s3_servers.py), AWS S3 and MinIO do not have that
+gap.  See video_kd.s3_conditional for the servers checked and the fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from s3_servers import MotoServer
+
+from video_kd import s3, s3_conditional
+
+WRITERS = 20
+TRIALS = 10
+
+
+@pytest.fixture(scope='module')
+def serial_s3(tmp_path_factory):
+    """A private moto server that applies conditions atomically (one request at a time)."""
+    with MotoServer(tmp_path_factory.mktemp('serial-moto'), serial=True) as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(serial_s3, monkeypatch) -> str:
+    """A fresh bucket on the serial server, which video_kd.s3 is pointed at."""
+    for name, value in serial_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv('AWS_ENDPOINT_URL', raising=False)
+    monkeypatch.delenv(s3_conditional.MODE_ENV, raising=False)
+    return serial_s3.create_bucket(f'race-{uuid.uuid4().hex[:12]}')
+
+
+def race(writers: int, write: Callable[[int], object]) -> list[object]:
+    """Start ``writers`` calls of ``write(i)`` at the same instant; their results or errors."""
+    barrier = threading.Barrier(writers)
+    results: list[object] = [None] * writers
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = write(i)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def writer_files(tmp_path: Path, writers: int, size: int = 1000) -> list[Path]:
+    """One file per writer, each with different content."""
+    files = []
+    for i in range(writers):
+        path = tmp_path / f'writer-{i}.bin'
+        path.write_bytes(f'writer {i} '.encode() * (size // 10))
+        files.append(path)
+    return files
+
+
+def winner(results: list[object]) -> int:
+    """The one writer that succeeded; every other one must have been refused as a loser."""
+    won = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1, f'{len(won)} writers won: {results}'
+    assert all(isinstance(e, s3.ObjectExistsError) for e in lost), lost
+    return won[0]
+
+
+def test_concurrent_uploads_exactly_one_wins(bucket, tmp_path):
+    files = writer_files(tmp_path, WRITERS)
+    for trial in range(TRIALS):
+        uri = f's3://{bucket}/kd/run/data/train_list-{trial}.txt'
+        results = race(WRITERS, lambda i, uri=uri: s3.upload_file(files[i], uri))
+        won = winner(results)
+        assert s3.read_bytes(uri) == files[won].read_bytes(), f'trial {trial}'
+
+
+def test_concurrent_create_if_absent_exactly_one_true(bucket):
+    for trial in range(TRIALS):
+        uri = f's3://{bucket}/kd/run-{trial}/run.json'
+        results = race(WRITERS, lambda i, uri=uri: s3.create_if_absent(uri, f'{{"owner": {i}}}'))
+        assert sum(r is True for r in results) == 1, results
+        assert all(r in (True, False) for r in results), results
+        assert s3.read_json(uri) == {'owner': results.index(True)}
+
+
+def test_concurrent_multipart_uploads_exactly_one_wins(bucket, tmp_path, monkeypatch):
+    # S3's smallest part is 5 MiB: files of 6 MiB go up in two parts.
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    monkeypatch.setattr(s3_conditional, 'PART_SIZE', 5 * 1024 * 1024)
+    files = writer_files(tmp_path, 6, size=6 * 1024 * 1024)
+    for trial in range(3):
+        uri = f's3://{bucket}/kd/run/train/checkpoints/epoch_{trial}.pth'
+        results = race(len(files), lambda i, uri=uri: s3.upload_file(files[i], uri))
+        won = winner(results)
+        stored = s3.read_bytes(uri)
+        assert hashlib.sha256(stored).hexdigest() == s3.sha256_file(files[won])
+        bucket_name, key = s3.parse_s3_uri(uri)
+        uploads = s3.s3_client().list_multipart_uploads(Bucket=bucket_name, Prefix=key)
+        assert not uploads.get('Uploads'), 'a lost race left an unfinished multipart upload'
+
+
+def test_a_stored_object_refuses_later_uploads_of_any_size(bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    small, big = writer_files(tmp_path, 2)
+    big.write_bytes(b'b' * (6 * 1024 * 1024))
+    uri = f's3://{bucket}/kd/run/teacher/t.pth'
+    s3.upload_file(small, uri)
+    for path in (small, big):
+        with pytest.raises(s3.ObjectExistsError, match='refusing to overwrite'):
+            s3.upload_file(path, uri)
+    assert s3.read_bytes(uri) == small.read_bytes()
+    assert not s3.create_if_absent(uri, b'other')
+
+
+def test_concurrent_manifest_records_keep_every_entry(bucket, tmp_path):
+    layout = s3.RunLayout(bucket, 'kd', 'run-manifest')
+    files = writer_files(tmp_path, WRITERS)
+
+    def record(i: int) -> s3.ManifestEntry:
+        manifest = s3.Manifest.load(layout)
+        return manifest.record('train', files[i], layout.uri('train', files[i].name))
+
+    results = race(WRITERS, record)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    stored = s3.Manifest.load(layout).entries
+    assert sorted(e.uri for e in stored) == sorted(r.uri for r in results)
+    for entry in stored:  # every sha256 in the manifest matches its object
+        assert hashlib.sha256(s3.read_bytes(entry.uri)).hexdigest() == entry.sha256
+
+
+def test_probe_detects_that_moto_enforces_conditional_writes(bucket):
+    s3_conditional._probed.clear()
+    assert s3_conditional.supports_conditional_writes(s3.s3_client(), bucket)
+    assert not s3.list_uris(f's3://{bucket}/{s3_conditional.PROBE_PREFIX}')  # probe removed
+
+
+@pytest.mark.parametrize('setting', ['on', 'off'])
+def test_mode_override_skips_the_probe(bucket, monkeypatch, setting):
+    monkeypatch.setenv(s3_conditional.MODE_ENV, setting)
+    s3_conditional._probed.clear()
+    assert s3_conditional.supports_conditional_writes(s3.s3_client(), bucket) == (setting == 'on')
+    assert not s3_conditional._probed
+
+
+def test_bad_mode_is_one_line_user_error(monkeypatch, bucket):
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'maybe')
+    with pytest.raises(s3.UserError, match='expected one of auto, on, off'):
+        s3.create_if_absent(f's3://{bucket}/x', b'1')
