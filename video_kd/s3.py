@@ -101,15 +101,19 @@ def s3_client():
             f'({ACCESS_KEY_ENV}, {SECRET_KEY_ENV}, optionally {SESSION_TOKEN_ENV}); '
             f'the endpoint comes from {ENDPOINT_ENV_VARS[0]} (unset means AWS).'
         )
-    endpoint = next((os.environ[n] for n in ENDPOINT_ENV_VARS if os.environ.get(n)), None)
     return _cached_client(
-        endpoint,
+        _endpoint(),
         os.environ[ACCESS_KEY_ENV],
         os.environ[SECRET_KEY_ENV],
         os.environ.get(SESSION_TOKEN_ENV) or None,
         os.environ.get(REGION_ENV) or DEFAULT_REGION,
         S3Policy.from_env(),
     )
+
+
+def _endpoint() -> str | None:
+    """The S3 endpoint URL from the environment; None means AWS."""
+    return next((os.environ[n] for n in ENDPOINT_ENV_VARS if os.environ.get(n)), None)
 
 
 @functools.lru_cache(maxsize=4)
@@ -138,6 +142,17 @@ def _cached_client(
     )
     install_retry_logging(client)
     return client
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether trying again later may help: the server was unreachable, stalled or 5xx."""
+    if isinstance(error, S3UnavailableError):
+        return True
+    cause = error.__cause__
+    if isinstance(error, S3Error) and isinstance(cause, ClientError):
+        status = cause.response.get('ResponseMetadata', {}).get('HTTPStatusCode') or 0
+        return status >= 500 or status == 429
+    return False
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -179,7 +194,7 @@ def _errors(action: str, uri: str) -> Iterator[None]:
 
 def _unavailable_message(action: str, uri: str, exc: BotoCoreError) -> str:
     policy = S3Policy.from_env()
-    endpoint = getattr(exc, 'kwargs', {}).get('endpoint_url') or 'the S3 endpoint'
+    endpoint = _endpoint() or 'AWS S3'
     if isinstance(exc, ReadTimeoutError):
         why = f'the S3 server at {endpoint} did not answer within {policy.read_timeout:g} s'
     elif isinstance(exc, ConnectionClosedError):

@@ -114,13 +114,16 @@ def _probe(client, bucket: str) -> bool:
     key = f'{PROBE_PREFIX}{uuid.uuid4().hex}'
     try:
         client.put_object(Bucket=bucket, Key=key, Body=b'1', IfNoneMatch='*')
-        client.put_object(Bucket=bucket, Key=key, Body=b'2', IfNoneMatch='*')
     except ClientError as exc:
-        if _is_precondition_failed(exc):
-            return True
         if _is_unsupported(exc) or error_code(exc) in ('InvalidArgument', '400'):
             return False
         raise
+    try:
+        client.put_object(Bucket=bucket, Key=key, Body=b'2', IfNoneMatch='*')
+    except ClientError as exc:
+        if not _is_precondition_failed(exc):
+            raise
+        return True
     finally:
         try:
             client.delete_object(Bucket=bucket, Key=key)
