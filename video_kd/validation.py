@@ -72,8 +72,12 @@ KNOWN_CHILDREN = {
 _DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
 
 
-class InvalidInputError(UserError):
-    """A user input that fails its check; the message says which and why."""
+class InvalidInputError(UserError, ValueError):
+    """A user input that fails its check; the message says which and why.
+
+    Also a ``ValueError``, so code that guarded a check with ``except ValueError``
+    keeps working.
+    """
 
 
 # --------------------------------------------------------------------------- identifiers
