@@ -160,3 +160,22 @@ def test_bad_mode_is_one_line_user_error(monkeypatch, bucket):
     monkeypatch.setenv(s3_conditional.MODE_ENV, 'maybe')
     with pytest.raises(s3.UserError, match='expected one of auto, on, off'):
         s3.create_if_absent(f's3://{bucket}/x', b'1')
+
+
+def test_concurrent_logit_cache_shards_one_per_name(bucket):
+    import torch
+
+    from video_kd.logit_cache import LogitCache
+
+    location = f's3://{bucket}/datasets/demo/teacher_logits/spec'
+
+    def flush(i: int) -> str | None:
+        cache = LogitCache()
+        cache.put(f'video-{i}', {'cls_head.fc_cls': torch.full((1, 3), float(i))})
+        return cache.flush(location, 'writer-rank0')  # one writer name: exactly one shard
+
+    results = race(WRITERS, flush)
+    won = winner(results)
+    loaded = LogitCache()
+    assert loaded.load(location) == 1
+    assert list(loaded.entries) == [f'video-{won}']
