@@ -203,3 +203,90 @@ def test_hook_fails_within_the_bound_then_resumes(server, tmp_path, fault):
     for uri in s3_hook.list_checkpoints(hook.layout):
         name = uri.rsplit('/', 1)[-1]
         assert s3.read_bytes(uri) == (Path(runner.work_dir) / name).read_bytes()
+
+
+# --------------------------------------------------------------------------- real training
+# `--cfg-options custom_hooks=[dict(...)]` cannot add the hook (mmengine's DictAction
+# parses `dict(...)` inside a list as a string), so the driver adds it to the built
+# config the way the training pod does.
+TRAIN_WITH_HOOK = """
+import sys
+import video_kd.s3_hook  # registers S3CheckpointHook
+from video_kd import train
+from video_kd.errors import run_cli
+
+def main(run_root, *argv):
+    cfg = train.build_config(train.parse_args(list(argv)))
+    cfg.custom_hooks = [dict(type='S3CheckpointHook', run_root=run_root, priority='LOWEST')]
+    train.train(cfg)
+
+sys.exit(run_cli(main, *sys.argv[1:]))
+"""
+
+
+def start_training(server, kd_data, work_dir: Path, run_root: str, epochs: int):
+    import os
+    import subprocess
+    import sys
+
+    from conftest import TINY_TRAIN
+
+    env = {**os.environ, **server.env(), **SHORT_POLICY, RETRY_WINDOW_ENV: '20'}
+    command = [sys.executable, '-c', TRAIN_WITH_HOOK, run_root, 'tsm_mobilenetv2_tiny']
+    command += ['--work-dir', str(work_dir), '--data-root', str(kd_data)]
+    command += ['--max-epochs', str(epochs), '--no-data-check', *TINY_TRAIN]
+    return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for(path: Path, proc, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.stdout.read().decode()[-3000:]
+        assert time.monotonic() < deadline, f'{path} never appeared'
+        time.sleep(0.2)
+
+
+@pytest.mark.slow
+def test_training_rides_out_a_frozen_server(server, kd_data, tmp_path):
+    run_root = f's3://{server.bucket}/kd/run-train'
+    proc = start_training(server, kd_data, tmp_path / 'work', run_root, epochs=2)
+    server.freeze()  # training needs S3 only from its first checkpoint on
+    try:
+        wait_for(tmp_path / 'work' / 'epoch_1.pth', proc)
+        time.sleep(8)  # longer than one request's budget (5 s): the hook retries
+    finally:
+        server.thaw()
+    output = proc.communicate(timeout=300)[0].decode()
+    assert proc.returncode == 0, output[-3000:]
+    assert 'retrying (attempt 2)' in output
+    assert 'uploading checkpoint epoch_1.pth failed' in output
+    layout = s3.RunLayout.from_root(run_root)
+    assert s3_hook.checkpoint_epochs(layout) == [1, 2]
+    for epoch in (1, 2):
+        local = (tmp_path / 'work' / f'epoch_{epoch}.pth').read_bytes()
+        assert s3.read_bytes(f'{run_root}/train/checkpoints/epoch_{epoch}.pth') == local
+
+
+@pytest.mark.slow
+def test_training_stops_with_one_line_when_the_server_stays_frozen(server, kd_data, tmp_path):
+    run_root = f's3://{server.bucket}/kd/run-train-frozen'
+    proc = start_training(server, kd_data, tmp_path / 'work', run_root, epochs=2)
+    server.freeze()
+    try:
+        wait_for(tmp_path / 'work' / 'epoch_1.pth', proc)
+        started = time.monotonic()
+        output = proc.communicate(timeout=300)[0].decode()
+        took = time.monotonic() - started
+    finally:
+        server.thaw()
+    assert proc.returncode == 2, output[-3000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith('error: checkpoint epoch_1.pth could not be uploaded'), last
+    assert 're-run the step to resume' in last
+    policy = S3Policy(read_timeout=2, max_attempts=2, connect_timeout=1, retry_window=20)
+    assert took <= policy.failure_bound_s() + 10  # + the process's own shutdown
+    assert not (tmp_path / 'work' / 'epoch_2.pth').exists()  # it stopped at the failed upload
+    # nothing lost: the checkpoint is still on disk and goes up once S3 is back
+    layout = s3.RunLayout.from_root(run_root)
+    s3_hook.upload_checkpoint(layout, tmp_path / 'work' / 'epoch_1.pth')
+    assert s3_hook.checkpoint_epochs(layout) == [1]
