@@ -179,3 +179,48 @@ def test_concurrent_logit_cache_shards_one_per_name(bucket):
     loaded = LogitCache()
     assert loaded.load(location) == 1
     assert list(loaded.entries) == [f'video-{won}']
+
+
+# --------------------------------------------------------------------------- run claims
+def test_concurrent_claims_of_one_run_id_exactly_one_wins(bucket):
+    from video_kd import run_claim
+
+    for trial in range(TRIALS):
+        root = f's3://{bucket}/video-kd/run-{trial}'
+        run_id = f'run-{trial}'
+        results = race(
+            WRITERS,
+            lambda i, root=root, run_id=run_id: run_claim.claim_run(root, run_id, f'job-{i}'),
+        )
+        won = [i for i, r in enumerate(results) if r is True]
+        assert len(won) == 1, results
+        assert all(isinstance(r, run_claim.RunInUseError) for r in results if r is not True)
+        assert s3.read_json(f'{root}/run.json')['job_id'] == f'job-{won[0]}'
+
+
+def test_claim_retry_release_and_reuse(bucket):
+    from video_kd import run_claim
+
+    root = f's3://{bucket}/video-kd/run-r'
+    assert run_claim.claim_run(root, 'run-r', 'job-1') is True
+    assert run_claim.claim_run(root, 'run-r', 'job-1') is False  # a retry of the same KFP run
+    for other in ('job-2', ''):
+        with pytest.raises(run_claim.RunInUseError, match="claimed by KFP run 'job-1'"):
+            run_claim.claim_run(root, 'run-r', other)
+    assert not run_claim.release_run(root, 'job-2')  # not ours
+    assert run_claim.release_run(root, 'job-1')  # data prep failed before publishing
+    assert run_claim.claim_run(root, 'run-r', 'job-2') is True  # the fixed data, same run id
+    s3.create_if_absent(f'{root}/data/train_list.txt', b'a 0\n')
+    assert not run_claim.release_run(root, 'job-2')  # something was published: kept
+
+
+def test_claim_refuses_unclaimed_directories_and_bad_run_ids(bucket):
+    from video_kd import run_claim
+
+    root = f's3://{bucket}/video-kd/run-u'
+    s3.create_if_absent(f'{root}/teacher/t.pth', b'w')
+    with pytest.raises(run_claim.RunInUseError, match=r'it has no run\.json'):
+        run_claim.claim_run(root, 'run-u', 'job-1')
+    with pytest.raises(s3.UserError, match='bad run id'):
+        run_claim.claim_run(f's3://{bucket}/video-kd/a b', 'a b')
+    assert s3.list_uris(f'{root}/') == [f'{root}/teacher/t.pth']

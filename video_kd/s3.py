@@ -292,6 +292,14 @@ def _create(uri: str, write) -> None:
         ) from exc
 
 
+def delete(uri: str) -> None:
+    """Remove one object (run claims that produced nothing); a missing object is no error."""
+    bucket, key = parse_s3_uri(uri)
+    with _errors('delete', uri):
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    log.info('deleted %s', uri)
+
+
 def download_file(uri: str, local: str | os.PathLike) -> Path:
     """Download one object, atomically: a half-written file never has the final name."""
     bucket, key = parse_s3_uri(uri)
