@@ -39,6 +39,7 @@ from botocore.exceptions import (
     ClientError,
     ConnectionClosedError,
     EndpointConnectionError,
+    HTTPClientError,
     ReadTimeoutError,
 )
 
@@ -179,14 +180,15 @@ def _errors(action: str, uri: str) -> Iterator[None]:
     except ClientError as exc:
         code = exc.response.get('Error', {}).get('Code', '')
         message = exc.response.get('Error', {}).get('Message', '')
-        if code == 'NoSuchBucket' or (code in _NOT_FOUND_CODES and _bucket_missing(uri)):
+        # a HEAD answers a bare 404 for a missing bucket too: only then ask about the bucket
+        if code == 'NoSuchBucket' or (code in ('404', 'NotFound') and _bucket_missing(uri)):
             raise BucketNotFoundError(
                 f'cannot {action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist'
             ) from exc
         if code in _NOT_FOUND_CODES:
             raise ObjectNotFoundError(f'cannot {action} {uri}: no such object') from exc
         raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip()) from exc
-    except (EndpointConnectionError, ConnectionClosedError, ReadTimeoutError) as exc:
+    except (EndpointConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
         raise S3UnavailableError(_unavailable_message(action, uri, exc)) from exc
     except BotoCoreError as exc:
         raise S3Error(f'cannot {action} {uri}: {exc}') from exc
@@ -199,6 +201,8 @@ def _unavailable_message(action: str, uri: str, exc: BotoCoreError) -> str:
         why = f'the S3 server at {endpoint} did not answer within {policy.read_timeout:g} s'
     elif isinstance(exc, ConnectionClosedError):
         why = f'the S3 server at {endpoint} closed the connection'
+    elif isinstance(exc, HTTPClientError):
+        why = f'the connection to the S3 server at {endpoint} failed ({exc})'
     else:
         why = f'cannot connect to the S3 server at {endpoint}'
     return (
