@@ -224,3 +224,25 @@ def test_claim_refuses_unclaimed_directories_and_bad_run_ids(bucket):
     with pytest.raises(s3.UserError, match='bad run id'):
         run_claim.claim_run(f's3://{bucket}/video-kd/a b', 'a b')
     assert s3.list_uris(f'{root}/') == [f'{root}/teacher/t.pth']
+
+
+# --------------------------------------------------------------------------- the fallback
+def test_fallback_without_conditional_writes_still_refuses_overwrites(
+    bucket, tmp_path, monkeypatch
+):
+    # what a server that ignores If-None-Match gets: check, write with a token, read it back
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'off')
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    small, big = writer_files(tmp_path, 2)
+    big.write_bytes(b'b' * (6 * 1024 * 1024))
+    for path in (small, big):
+        uri = f's3://{bucket}/fallback/{path.name}'
+        s3.upload_file(path, uri)
+        with pytest.raises(s3.ObjectExistsError):
+            s3.upload_file(small, uri)
+        assert s3.read_bytes(uri) == path.read_bytes()
+        bucket_name, key = s3.parse_s3_uri(uri)
+        metadata = s3.s3_client().head_object(Bucket=bucket_name, Key=key)['Metadata']
+        assert len(metadata[s3_conditional.WRITER_METADATA]) == 32  # the writer's token
+    assert s3.create_if_absent(f's3://{bucket}/fallback/run.json', b'{}')
+    assert not s3.create_if_absent(f's3://{bucket}/fallback/run.json', b'{}')
