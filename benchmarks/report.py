@@ -195,12 +195,49 @@ def demo(result):
     )
 
 
+def s3_upload(result):
+    rows = []
+    for r in result['results']:
+        old = r['variants']['check_then_managed_transfer']
+        new = r['variants']['conditional']
+        rows.append(
+            [
+                f'{r["size_mib"]} MiB',
+                f'{old["seconds"]["median"]:.3f} ({old["mib_per_s"]:.0f} MiB/s)',
+                f'{new["seconds"]["median"]:.3f} ({new["mib_per_s"]:.0f} MiB/s)',
+                f'**{r["conditional_over_old"]:.2f}x**',
+                old['seconds']['n'],
+            ]
+        )
+    claims = result['claims_ms']
+    rows.append(
+        [
+            'run.json claim',
+            f'{claims["check_then_put"]["median"]:.1f} ms (HEAD + PUT)',
+            f'{claims["create_if_absent"]["median"]:.1f} ms (one conditional PUT)',
+            f'**{claims["create_if_absent"]["median"] / claims["check_then_put"]["median"]:.2f}x**',
+            claims['check_then_put']['n'],
+        ]
+    )
+    return md(
+        [
+            f'upload ({result["server"]})',
+            'check-then-put, managed transfer: median s',
+            'conditional (atomic): median s',
+            'conditional / old',
+            'rounds',
+        ],
+        rows,
+    )
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
     ('kd_gain', 'KD gain (and what the cheaper teachers do to accuracy)', kd_gain),
     ('data_loading', 'Data loading vs step time', data_loading),
     ('demo_wall', 'End-to-end local demo', demo),
+    ('s3_upload', 'Atomic uploads vs check-then-put', s3_upload),
 ]
 
 

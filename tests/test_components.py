@@ -63,7 +63,7 @@ def test_missing_credentials_fail_in_one_line(tmp_path):
             '--dataset-uri',
             'generate://',
             '--s3-bucket',
-            'b',
+            'video-kd',
         ],
         capture_output=True,
         text=True,
@@ -135,7 +135,7 @@ def test_unknown_config_fails_before_any_pod(prepared_run):
             'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
             training_backend='k8s',
         )
-    with pytest.raises(UserError, match='need num_workers >= 1'):
+    with pytest.raises(UserError, match='num_workers must be >= 1, got 0'):
         train_step.run(
             prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', num_workers=0
         )
@@ -379,8 +379,9 @@ def test_teacher_step_reports_the_cache_it_used(prepared_run, http_server, bucke
     (http_server.root / 'teacher.pth').write_bytes(content)
     sha = hashlib.sha256(content).hexdigest()
     first = teacher_step.run(prepared_run['run_root'], http_server.url('teacher.pth'), sha)
-    other_run = RunLayout(bucket, 'kd', 'another-run').root
-    second = teacher_step.run(other_run, http_server.url('teacher.pth'), sha)
+    other_run = RunLayout(bucket, 'kd', 'another-run')
+    runs.claim_run(other_run)
+    second = teacher_step.run(other_run.root, http_server.url('teacher.pth'), sha)
     assert (first['cache_hit'], second['cache_hit']) == (False, True)
     assert http_server.requests['teacher.pth'] == 1
     assert second['sha256'] == first['sha256'] == sha

@@ -6,11 +6,18 @@ import hashlib
 import logging
 import subprocess
 import sys
+import threading
 
 import pytest
 
-from video_kd import s3
-from video_kd.download import ChecksumMismatchError, DownloadError, fetch_teacher
+from video_kd import download, s3
+from video_kd.download import (
+    ChecksumMismatchError,
+    DownloadError,
+    fetch_teacher,
+    progress_line,
+)
+from video_kd.errors import UserError
 from video_kd.runs import RunLayout
 
 CONTENT = b'teacher-weights-' * 4096
@@ -108,9 +115,48 @@ def test_local_path_and_file_url(tmp_path):
 
 
 def test_bad_sha256_is_rejected_before_download(http_server, tmp_path):
-    with pytest.raises(DownloadError, match='not a hex SHA-256'):
-        fetch_teacher(http_server.url('x.pth'), tmp_path, sha256='abc')
+    for bad in ('abc', 'z' * 64):
+        with pytest.raises(UserError, match='is not a SHA-256: expected 64 hex digits'):
+            fetch_teacher(http_server.url('x.pth'), tmp_path, sha256=bad)
     assert http_server.requests['x.pth'] == 0
+
+
+def test_download_errors_are_user_errors(tmp_path):
+    assert issubclass(DownloadError, UserError)
+    for url in (str(tmp_path / 'nope.pth'), 'ftp://zoo/t.pth', 'https://zoo/'):
+        with pytest.raises(UserError):
+            fetch_teacher(url, tmp_path / 'd')
+
+
+def test_concurrent_runs_cache_the_teacher_once(served, bucket, tmp_path):
+    # regression: two runs fetching one teacher both saw no cache entry; the second
+    # upload then failed with "refusing to overwrite" and so did its step
+    layout = RunLayout(bucket, 'video-kd', 'run-race')
+    url = served.url('tsm_teacher.pth')
+    barrier, errors = threading.Barrier(8), []
+
+    def fetch(i: int) -> None:
+        barrier.wait()
+        try:
+            fetch_teacher(url, tmp_path / f'run-{i}', sha256=SHA, cache=layout)
+        except Exception as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=fetch, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert not errors
+    cache_uri = layout.cache_uri('teacher', SHA, 'tsm_teacher.pth')
+    assert s3.read_bytes(cache_uri) == CONTENT
+    assert s3.list_uris(cache_uri.rsplit('/', 1)[0] + '/') == [cache_uri]
+
+
+def test_progress_line_has_rate_and_eta():
+    mb = 1024 * 1024
+    assert progress_line(64 * mb, 512 * mb, 8.0) == '64 of 512 MB (12.5%), 8.0 MB/s, ETA 56 s'
+    assert progress_line(64 * mb, None, 8.0) == '64 MB, 8.0 MB/s'
 
 
 def test_cli(served, tmp_path):
@@ -147,7 +193,26 @@ def test_cli(served, tmp_path):
         text=True,
         timeout=60,
     )
-    assert bad.returncode == 2 and 'SHA-256 mismatch' in bad.stderr
+    assert bad.returncode == 2, bad.stderr
+    assert bad.stderr.splitlines()[-1].startswith('error: SHA-256 mismatch')
+    assert 'Traceback' not in bad.stderr
+
+
+@pytest.mark.parametrize(
+    ('args', 'expected'),
+    [
+        (['--sha256', 'g' * 64], "error: sha256 'ggg"),
+        (['--retries', '-1'], 'error: --retries must be >= 0, got -1'),
+        (['--timeout', '0'], 'error: --timeout must be > 0 seconds, got 0'),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, expected):
+    # in-process (a subprocess costs ~8 s of imports here; test_cli runs the real one)
+    code = download.cli(['https://zoo/t.pth', '--dest', str(tmp_path / 'dest'), *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(expected) and err.count('\n') == 1, err
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_help():

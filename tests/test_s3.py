@@ -79,7 +79,8 @@ def test_client_uses_endpoint_region_and_path_style(s3_env, monkeypatch):
     assert client.meta.endpoint_url == s3_env
     assert client.meta.region_name == 'eu-west-1'
     assert client.meta.config.s3['addressing_style'] == 'path'
-    assert client.meta.config.retries['total_max_attempts'] == 5
+    assert client.meta.config.retries == {'mode': 'standard', 'total_max_attempts': 3}
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (5.0, 20.0)
 
 
 def test_aws_endpoint_url_is_the_fallback(s3_env, monkeypatch):

@@ -33,6 +33,7 @@ from typing import BinaryIO
 from video_kd import s3
 from video_kd.errors import UserError, run_cli, setup_logging
 from video_kd.runs import RunLayout
+from video_kd.validation import InvalidInputError, check_range, check_sha256
 
 log = logging.getLogger('video_kd.download')
 
@@ -41,8 +42,12 @@ _CHUNK = 1024 * 1024
 _MB = 1024 * 1024
 
 
-class DownloadError(UserError):
-    """The checkpoint could not be fetched."""
+class DownloadError(UserError, RuntimeError):
+    """The checkpoint could not be fetched (one line, exit status 2)."""
+
+
+class SourceNotFoundError(DownloadError, FileNotFoundError):
+    """A local teacher file that does not exist."""
 
 
 class ChecksumMismatchError(DownloadError):
@@ -124,8 +129,11 @@ def fetch(
             'no sha256 given for %s: pass the one logged above as sha256= to pin the teacher', url
         )
     if cache_uri:
-        s3.upload_file(dest, cache_uri)
-        log.info('cached %s at %s', dest.name, cache_uri)
+        try:
+            s3.upload_file(dest, cache_uri)  # conditional: concurrent runs cache it once
+            log.info('cached %s at %s', dest.name, cache_uri)
+        except s3.ObjectExistsError:
+            log.info('%s was cached by a concurrent run meanwhile: kept', cache_uri)
     return Fetched(dest, cache_hit=False)
 
 
@@ -137,16 +145,13 @@ def _ready(dest: Path) -> Path:
 def _normalized_sha256(sha256: str | None) -> str | None:
     if sha256 is None:
         return None
-    sha256 = sha256.strip().lower()
-    if len(sha256) != 64 or any(c not in '0123456789abcdef' for c in sha256):
-        raise DownloadError(f'not a hex SHA-256: {sha256!r}')
-    return sha256
+    return check_sha256(sha256, name='sha256', required=True)
 
 
 def _filename(url: str) -> str:
     name = Path(urllib.parse.unquote(urllib.parse.urlsplit(url).path)).name
     if not name:
-        raise DownloadError(f'cannot tell a file name from {url!r}')
+        raise InvalidInputError(f'cannot tell a file name from {url!r}')
     return name
 
 
@@ -194,10 +199,10 @@ def _fetch_to(
             else url
         )
         if not source.is_file():
-            raise DownloadError(f'checkpoint not found: {source}')
+            raise SourceNotFoundError(f'teacher checkpoint not found: {source}')
         shutil.copyfile(source, tmp)
     else:
-        raise DownloadError(
+        raise InvalidInputError(
             f'unsupported URL scheme {scheme!r} in {url!r}; '
             'use https://, http://, s3://, file:// or a local path'
         )
@@ -245,19 +250,29 @@ def _http_attempt(url: str, out: BinaryIO, timeout: float, progress_every_mb: in
 def _copy_with_progress(
     url: str, response: BinaryIO, out: BinaryIO, total: int | None, progress_every_mb: int
 ) -> None:
-    """Copy in chunks, logging MB and MB/s every ``progress_every_mb`` MB."""
+    """Copy in chunks, logging MB, MB/s and the ETA every ``progress_every_mb`` MB."""
     start = time.monotonic()
     done, next_report = 0, progress_every_mb * _MB
     for chunk in iter(lambda: response.read(_CHUNK), b''):
         out.write(chunk)
         done += len(chunk)
         if done >= next_report:
-            elapsed = max(time.monotonic() - start, 1e-6)
-            of_total = f' of {total / _MB:.0f} MB' if total else ''
-            log.info('%s: %.0f MB%s (%.1f MB/s)', url, done / _MB, of_total, done / _MB / elapsed)
+            log.info('%s: %s', url, progress_line(done, total, time.monotonic() - start))
             next_report += progress_every_mb * _MB
     if total is not None and done != total:
         raise _Retryable(f'connection closed after {done} of {total} bytes')
+
+
+def progress_line(done: int, total: int | None, elapsed: float) -> str:
+    """``64 of 512 MB (12.5%), 8.0 MB/s, ETA 56 s`` (no ETA when the size is unknown)."""
+    rate = done / max(elapsed, 1e-6)
+    if not total:
+        return f'{done / _MB:.0f} MB, {rate / _MB:.1f} MB/s'
+    eta = (total - done) / max(rate, 1e-9)
+    return (
+        f'{done / _MB:.0f} of {total / _MB:.0f} MB ({100 * done / total:.1f}%), '
+        f'{rate / _MB:.1f} MB/s, ETA {eta:.0f} s'
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -285,6 +300,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     setup_logging()
+    check_range('--retries', args.retries, 0)
+    if not args.timeout > 0:
+        raise InvalidInputError(f'--timeout must be > 0 seconds, got {args.timeout:g}')
     path = fetch_teacher(
         args.url,
         args.dest,
@@ -297,5 +315,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``main`` with every user error as one ``error: ...`` line and exit status 2."""
+    return run_cli(main, argv)
+
+
 if __name__ == '__main__':
-    sys.exit(run_cli(main))
+    sys.exit(cli())

@@ -258,13 +258,9 @@ class LogitCache:
         if _is_s3(location):
             from video_kd import s3
 
-            client = s3.s3_client()
             for uri in s3.list_uris(location.rstrip('/') + '/'):
                 if uri.endswith('.pt'):
-                    bucket, key = s3.parse_s3_uri(uri)
-                    added += self.merge_shard(
-                        client.get_object(Bucket=bucket, Key=key)['Body'].read(), uri
-                    )
+                    added += self.merge_shard(s3.read_bytes(uri), uri)
         elif Path(location).is_dir():
             for path in sorted(Path(location).glob('*.pt')):
                 added += self.merge_shard(path.read_bytes(), str(path))
@@ -281,12 +277,9 @@ class LogitCache:
             from video_kd import s3
 
             uri = s3.join_uri(location, name)
-            tmp = Path(os.environ.get('TMPDIR', '/tmp')) / f'.logit-shard-{uuid.uuid4().hex}.pt'
-            tmp.write_bytes(data)
-            try:
-                s3.upload_file(tmp, uri)  # a new name: never overwrites
-            finally:
-                tmp.unlink(missing_ok=True)
+            # conditional: a shard, once written, is never replaced (names are per writer)
+            if not s3.create_if_absent(uri, data):
+                raise s3.ObjectExistsError(f'refusing to overwrite teacher-logit shard {uri}')
         else:
             Path(location).mkdir(parents=True, exist_ok=True)
             uri = str(Path(location) / name)

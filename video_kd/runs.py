@@ -18,6 +18,7 @@ import contextlib
 import json
 import logging
 import os
+import random
 import re
 import time
 import uuid
@@ -28,6 +29,7 @@ from typing import Any
 
 from video_kd import s3
 from video_kd.errors import UserError
+from video_kd.validation import check_run_id, run_id_from
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,7 @@ CACHE_DIR = 'cache'
 _RUN_ID_UNSAFE = re.compile(r'[^a-z0-9-]+')
 _UNRESOLVED = re.compile(r'\{\{.*\}\}')
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+_SAVE_TRIES = 50  # each round of a race lets at least one writer through
 
 
 def new_run_id(job_id: str = '') -> str:
@@ -50,7 +53,7 @@ def new_run_id(job_id: str = '') -> str:
     """
     job_id = '' if not job_id or _UNRESOLVED.search(job_id) else job_id
     suffix = _RUN_ID_UNSAFE.sub('-', job_id.lower()).strip('-') or uuid.uuid4().hex[:8]
-    return f'{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}-{suffix}'
+    return run_id_from(f'{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}-{suffix}')
 
 
 @dataclass(frozen=True)
@@ -144,39 +147,73 @@ class ManifestEntry:
 class Manifest:
     """The list of objects a run produced, stored at ``<run>/manifest.json``.
 
-    Steps run one after another, so a read-modify-write of one JSON object is
-    enough.  ``record`` saves after every entry, so that a step that dies
-    halfway leaves a true manifest of what was uploaded; inside ``batch()`` it
-    saves once at the end instead (one rewrite for a thousand videos, not a
-    thousand rewrites).
+    ``record`` saves after every entry, so that a step that dies halfway
+    leaves a true manifest of what was uploaded; inside ``batch()`` it saves
+    once at the end instead (one rewrite for a thousand videos, not a
+    thousand rewrites).  Saves are compare-and-swap (``If-Match`` on the ETag
+    this copy was loaded with, ``If-None-Match`` for a new manifest): when
+    another writer saved in between, its entries are merged in and the save
+    is tried again, so concurrent writers (two ranks, a retried step beside a
+    slow one) never drop each other's entries.
     """
 
     layout: RunLayout
     entries: list[ManifestEntry] = field(default_factory=list)
-    _deferred: bool = field(default=False, repr=False)
+    _etag: str | None = field(default=None, init=False, repr=False, compare=False)
+    _deferred: bool = field(default=False, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, layout: RunLayout) -> Manifest:
         """The run's manifest, or an empty one when the run has none yet."""
+        manifest = cls(layout)
+        manifest._merge_stored()
+        return manifest
+
+    def _merge_stored(self) -> None:
+        """Add the stored manifest's entries that this copy lacks; remember its ETag."""
         try:
-            data = s3.read_json(layout.manifest_uri)
+            body, self._etag = s3.read_versioned(self.layout.manifest_uri)
         except s3.BucketNotFoundError:
             raise
         except s3.ObjectNotFoundError:
-            return cls(layout)
-        return cls(layout, [ManifestEntry(**entry) for entry in data['entries']])
+            self._etag = None
+            return
+        try:
+            stored = [ManifestEntry(**entry) for entry in json.loads(body)['entries']]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise s3.S3Error(f'{self.layout.manifest_uri} is not a manifest: {exc}') from exc
+        ours = {(e.uri, e.sha256) for e in self.entries}
+        self.entries[:0] = [e for e in stored if (e.uri, e.sha256) not in ours]
 
     def save(self) -> None:
-        """Write the manifest; the one object a run rewrites."""
-        body = json.dumps(
+        """Write the manifest; the one object a run rewrites (compare-and-swap, see above)."""
+        for _ in range(_SAVE_TRIES):
+            try:
+                self._etag = s3.put_bytes(
+                    self.layout.manifest_uri,
+                    self._body(),
+                    content_type='application/json',
+                    if_match=self._etag,
+                    if_absent=self._etag is None,
+                )
+                return
+            except s3.ObjectChangedError:
+                self._merge_stored()  # someone saved in between: keep their entries too
+                time.sleep(random.uniform(0, 0.05))  # de-synchronise the racers
+        raise s3.S3Error(
+            f'cannot write {self.layout.manifest_uri}: it kept changing under '
+            f'{_SAVE_TRIES} attempts'
+        )
+
+    def _body(self) -> bytes:
+        return json.dumps(
             {
                 'run_id': self.layout.run_id,
                 'root': self.layout.root,
                 'entries': [asdict(e) for e in self.entries],
             },
             indent=2,
-        )
-        s3.put_bytes(self.layout.manifest_uri, body.encode(), content_type='application/json')
+        ).encode()
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[Manifest]:
@@ -188,16 +225,17 @@ class Manifest:
             self._deferred = False
             self.save()
 
-    def find(self, uri: str) -> ManifestEntry | None:
-        return next((e for e in self.entries if e.uri == uri), None)
+    def find(self, uri: str, sha256: str | None = None) -> ManifestEntry | None:
+        """The entry recorded for ``uri`` (with that content, if ``sha256`` is given)."""
+        return next((e for e in self.entries if e.uri == uri and sha256 in (None, e.sha256)), None)
 
     def record(
         self, step: str, local_path: str | os.PathLike, uri: str, sha256: str | None = None
     ) -> ManifestEntry:
         """Upload ``local_path`` to ``uri`` (inside ``step``'s directory) and record it.
 
-        ``sha256``: the file's checksum when the caller has it already (files
-        are hashed once).
+        The upload is conditional: an object already at ``uri`` raises
+        ``ObjectExistsError`` (of concurrent writers, exactly one records).
         """
         step_dir = self.layout.uri(step) + '/'
         if not uri.startswith(step_dir):
@@ -217,16 +255,24 @@ class Manifest:
     def publish(self, step: str, local: str | os.PathLike, uri: str) -> ManifestEntry:
         """Upload and record ``local``, idempotently.
 
-        The same content already stored there (a retried step) is not uploaded
-        again; other content raises ``ObjectExistsError``: nothing is overwritten.
+        The same content already stored there (a retried step, or a concurrent
+        publisher of the same file) is not uploaded again; other content raises
+        ``ObjectExistsError``: nothing is overwritten.
         """
         sha = s3.sha256_file(local)
-        known = self.find(uri)
-        if known and known.sha256 == sha and s3.exists(uri):
+        known = self.find(uri, sha)
+        if known and s3.exists(uri):
             return known
-        if s3.exists(uri):
-            raise s3.ObjectExistsError(f'refusing to overwrite {uri}: it holds other content')
-        return self.record(step, local, uri, sha256=sha)
+        try:
+            return self.record(step, local, uri, sha256=sha)
+        except s3.ObjectExistsError:
+            self._merge_stored()
+            known = self.find(uri, sha)
+            if known:
+                return known
+            raise s3.ObjectExistsError(
+                f'refusing to overwrite {uri}: it holds other content'
+            ) from None
 
 
 def publish(layout: RunLayout, step: str, local: str | os.PathLike, *parts: str) -> ManifestEntry:
@@ -237,36 +283,66 @@ def publish(layout: RunLayout, step: str, local: str | os.PathLike, *parts: str)
 # --------------------------------------------------------------------------- claim
 
 
-def claim_run(layout: RunLayout, job_id: str = '') -> bool:
-    """Make the run directory ours, or fail if another run already uses it.
+class RunInUseError(UserError):
+    """The run directory belongs to another run."""
 
-    A retry of the same KFP run (same ``job_id``) may continue in it.  Returns
-    True when this call made the claim (so a failed step may release it).
+
+def claim_run(layout: RunLayout, job_id: str = '') -> bool:
+    """Make the run directory ours: True when newly claimed, False when a retry of ``job_id``
+    goes on in it.
+
+    The claim (``run.json``, recording the KFP run) is one conditional write
+    (``s3.create_if_absent``), so of two data preps started together with one
+    run id exactly one gets the directory and the other stops before writing
+    anything.  Raises ``RunInUseError`` when another run has it, or when the
+    directory holds objects but no claim.
     """
+    check_run_id(layout.run_id)
     existing = s3.list_uris(layout.root + '/')
-    if existing:
-        owner = None
-        if layout.claim_uri in existing:
-            owner = s3.read_json(layout.claim_uri).get('job_id')
-        if not job_id or owner != job_id:
-            raise UserError(
-                f'run directory {layout.root}/ is already used by another run '
-                f'({len(existing)} objects); a run never writes into another '
-                "run's directory: choose another run id or leave it empty"
-            )
-        log.info('run %s: continuing in %s (retry of the same KFP run)', layout.run_id, layout.root)
+    if existing and layout.claim_uri not in existing:
+        raise _in_use(layout, len(existing), 'it has no run.json')
+    if not existing:
+        claim = {
+            'run_id': layout.run_id,
+            'job_id': job_id,
+            'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+        }
+        body = json.dumps(claim, indent=2)
+        if s3.create_if_absent(layout.claim_uri, body, content_type='application/json'):
+            log.info('run %s: claimed %s/', layout.run_id, layout.root)
+            return True
+    owner = s3.read_json(layout.claim_uri).get('job_id')
+    if not job_id or owner != job_id:
+        why = f'claimed by KFP run {owner!r}' if owner else 'claimed'
+        raise _in_use(layout, len(existing) or 1, why)
+    log.info('run %s: continuing in %s/ (retry of KFP run %s)', layout.run_id, layout.root, job_id)
+    return False
+
+
+def _in_use(layout: RunLayout, count: int, why: str) -> RunInUseError:
+    return RunInUseError(
+        f'run directory {layout.root}/ is already used by another run ({count} objects, {why}); '
+        "a run never writes into another run's directory: choose another run id or leave it empty"
+    )
+
+
+def release_claim(layout: RunLayout, job_id: str = '') -> bool:
+    """Give the run id back after a failed first step; True when released.
+
+    Only our own claim, and only when the directory holds nothing else: the user
+    fixes the data and re-runs with the same run id.  A directory with other
+    objects keeps its claim (the same KFP run may still retry into it).
+    """
+    if s3.list_uris(layout.root + '/') != [layout.claim_uri]:
         return False
-    claim = {
-        'run_id': layout.run_id,
-        'job_id': job_id,
-        'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-    }
-    s3.create_if_absent(layout.claim_uri, json.dumps(claim, indent=2).encode())
+    if s3.read_json(layout.claim_uri).get('job_id') != job_id:
+        return False
+    s3.delete(layout.claim_uri)
+    log.info('run %s: claim released (nothing was published)', layout.run_id)
     return True
 
 
-def release_claim(layout: RunLayout) -> None:
-    """Give a run id back after a failed first step, if nothing but the claim was written."""
-    if s3.list_uris(layout.root + '/') == [layout.claim_uri]:
-        s3.delete(layout.claim_uri)
-        log.info('run %s: claim released (nothing was published)', layout.run_id)
+def check_claimed(layout: RunLayout) -> None:
+    """A later step writes only into a run directory that data prep claimed."""
+    if not s3.exists(layout.claim_uri):
+        raise UserError(f'{layout.root}/ was never claimed: run data prep for this run first')

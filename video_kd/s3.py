@@ -8,7 +8,12 @@ module is the only place that talks to object storage.  Two rules shape it:
   end up in a KFP pipeline spec, a log line or a component's inputs.
 * A run never overwrites another run's objects: ``upload_file`` refuses to
   replace an existing object unless told to, and every run writes under its
-  own ``<prefix>/<run-id>/`` directory (see ``video_kd.runs``).
+  own ``<prefix>/<run-id>/`` directory (see ``video_kd.runs``).  "Refuses" is
+  atomic: the write itself is conditional (``video_kd.s3_conditional``), so
+  of many concurrent writers of one key exactly one wins.
+
+Timeouts and retries are the one policy of ``video_kd.s3_policy``; every
+failure is an ``S3Error`` (a ``UserError``: one line, exit status 2).
 """
 
 from __future__ import annotations
@@ -20,14 +25,23 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectionClosedError,
+    EndpointConnectionError,
+    HTTPClientError,
+    ReadTimeoutError,
+)
 
+from video_kd import s3_conditional
 from video_kd.errors import UserError
+from video_kd.s3_policy import S3Policy, install_retry_logging
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +54,10 @@ DEFAULT_REGION = 'us-east-1'
 
 _CHUNK = 1024 * 1024
 _NOT_FOUND_CODES = {'404', 'NoSuchKey', 'NotFound'}
+_CHANGED_CODES = ('PreconditionFailed', '412', 'ConditionalRequestConflict', '409')
 
 
-class S3Error(UserError):
+class S3Error(UserError, RuntimeError):
     """An object storage operation failed; the message names the URI."""
 
 
@@ -62,6 +77,14 @@ class ObjectExistsError(S3Error):
     """Refused to overwrite an existing object."""
 
 
+class ObjectChangedError(S3Error):
+    """A compare-and-swap write lost: the object changed since it was read."""
+
+
+class S3UnavailableError(S3Error):
+    """The server refused the connection, reset it or did not answer (after the retries)."""
+
+
 def s3_client():
     """Build an S3 client from the environment alone.
 
@@ -76,29 +99,37 @@ def s3_client():
             f'({ACCESS_KEY_ENV}, {SECRET_KEY_ENV}, optionally {SESSION_TOKEN_ENV}); '
             f'the endpoint comes from {ENDPOINT_ENV_VARS[0]} (unset means AWS).'
         )
-    endpoint = next((os.environ[n] for n in ENDPOINT_ENV_VARS if os.environ.get(n)), None)
     return _cached_client(
-        endpoint,
+        _endpoint(),
         os.environ[ACCESS_KEY_ENV],
         os.environ[SECRET_KEY_ENV],
         os.environ.get(SESSION_TOKEN_ENV) or None,
         os.environ.get(REGION_ENV) or DEFAULT_REGION,
+        S3Policy.from_env(),
     )
+
+
+def _endpoint() -> str | None:
+    """The S3 endpoint URL from the environment; None means AWS."""
+    return next((os.environ[n] for n in ENDPOINT_ENV_VARS if os.environ.get(n)), None)
 
 
 @functools.lru_cache(maxsize=4)
 def _cached_client(
-    endpoint: str | None, access_key: str, secret_key: str, session_token: str | None, region: str
+    endpoint: str | None,
+    access_key: str,
+    secret_key: str,
+    session_token: str | None,
+    region: str,
+    policy: S3Policy,
 ):
     """One client per configuration: building one costs ~100 ms and clients are thread-safe."""
-    config = Config(
+    config = policy.botocore_config(
         s3={'addressing_style': 'path'},  # MinIO and Ceph have no virtual-host buckets
-        retries={'mode': 'standard', 'total_max_attempts': 5},
-        connect_timeout=10,
-        read_timeout=120,
         signature_version='s3v4',
+        max_pool_connections=32,  # parallel parts, concurrent writers in tests
     )
-    return boto3.session.Session().client(
+    client = boto3.session.Session().client(
         's3',
         endpoint_url=endpoint,
         region_name=region,
@@ -107,6 +138,19 @@ def _cached_client(
         aws_secret_access_key=secret_key,
         aws_session_token=session_token,
     )
+    install_retry_logging(client)
+    return client
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether trying again later may help: the server was unreachable, stalled or 5xx."""
+    if isinstance(error, S3UnavailableError):
+        return True
+    cause = error.__cause__
+    if isinstance(error, S3Error) and isinstance(cause, ClientError):
+        status = cause.response.get('ResponseMetadata', {}).get('HTTPStatusCode') or 0
+        return status >= 500 or status == 429
+    return False
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -133,23 +177,57 @@ def _errors(action: str, uri: str) -> Iterator[None]:
     except ClientError as exc:
         code = exc.response.get('Error', {}).get('Code', '')
         message = exc.response.get('Error', {}).get('Message', '')
-        if code == 'NoSuchBucket':
+        # a HEAD answers a bare 404 for a missing bucket too: only then ask about the bucket
+        if code == 'NoSuchBucket' or (code in ('404', 'NotFound') and _bucket_missing(uri)):
             raise BucketNotFoundError(
                 f'cannot {action} {uri}: bucket {parse_s3_uri(uri)[0]!r} does not exist'
             ) from exc
         if code in _NOT_FOUND_CODES:
             raise ObjectNotFoundError(f'cannot {action} {uri}: no such object') from exc
         raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip()) from exc
+    except (EndpointConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
+        raise S3UnavailableError(_unavailable_message(action, uri, exc)) from exc
     except BotoCoreError as exc:
         raise S3Error(f'cannot {action} {uri}: {exc}') from exc
 
 
+def _unavailable_message(action: str, uri: str, exc: BotoCoreError) -> str:
+    policy = S3Policy.from_env()
+    endpoint = _endpoint() or 'AWS S3'
+    if isinstance(exc, ReadTimeoutError):
+        why = f'the S3 server at {endpoint} did not answer within {policy.read_timeout:g} s'
+    elif isinstance(exc, ConnectionClosedError):
+        why = f'the S3 server at {endpoint} closed the connection'
+    elif isinstance(exc, HTTPClientError):
+        why = f'the connection to the S3 server at {endpoint} failed ({exc})'
+    else:
+        why = f'cannot connect to the S3 server at {endpoint}'
+    return (
+        f'cannot {action} {uri}: {why} ({policy.max_attempts} attempts); '
+        f'check {ENDPOINT_ENV_VARS[0]} and that the server is up'
+    )
+
+
+def _bucket_missing(uri: str) -> bool:
+    """A HEAD answers a bare 404 for a missing bucket too: ask about the bucket itself."""
+    bucket = parse_s3_uri(uri)[0]
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except ClientError as exc:
+        return exc.response.get('Error', {}).get('Code', '') in _NOT_FOUND_CODES | {'NoSuchBucket'}
+    except BotoCoreError:
+        return False
+    return False
+
+
 def exists(uri: str) -> bool:
-    """True when an object is stored at ``uri`` (a missing bucket also reads as False)."""
+    """True when an object is stored at ``uri``; a missing bucket raises ``BucketNotFoundError``."""
     bucket, key = parse_s3_uri(uri)
     try:
         with _errors('check', uri):
             s3_client().head_object(Bucket=bucket, Key=key)
+    except BucketNotFoundError:
+        raise
     except ObjectNotFoundError:
         return False
     return True
@@ -158,21 +236,69 @@ def exists(uri: str) -> bool:
 def upload_file(local: str | os.PathLike, uri: str, overwrite: bool = False) -> str:
     """Upload one file; refuse to replace an existing object unless ``overwrite``.
 
-    Steps run one after another, so check-then-put is race-free enough here.
+    Without ``overwrite`` the write is conditional (``If-None-Match: *``): of
+    several concurrent uploads to one key exactly one succeeds, the others
+    raise ``ObjectExistsError`` and nothing of theirs is stored.
     """
     local = Path(local)
     if not local.is_file():
         raise FileNotFoundError(f'cannot upload {local} to {uri}: no such file')
-    if not overwrite and exists(uri):
+    bucket, key = parse_s3_uri(uri)
+    with _errors('upload to', uri):
+        if overwrite:
+            s3_client().upload_file(str(local), bucket, key)
+        else:
+            _create(uri, lambda: s3_conditional.upload_new(s3_client(), bucket, key, local))
+    log.info('uploaded %s -> %s (%d bytes)', local, uri, local.stat().st_size)
+    return uri
+
+
+def create_if_absent(
+    uri: str, body: bytes | str, content_type: str = 'application/octet-stream'
+) -> bool:
+    """Store a small object only if ``uri`` is free; False when an object is already there.
+
+    Atomic (one conditional PutObject): of concurrent callers exactly one
+    gets True.  What run claims (``run.json``) and cache shards are made with.
+    """
+    bucket, key = parse_s3_uri(uri)
+    data = body.encode() if isinstance(body, str) else body
+    try:
+        with _errors('create', uri):
+            _create(
+                uri,
+                lambda: s3_conditional.put_new(
+                    s3_client(), bucket, key, data, ContentType=content_type
+                ),
+            )
+    except ObjectExistsError:
+        return False
+    log.info('created %s (%d bytes)', uri, len(data))
+    return True
+
+
+def _create(uri: str, write) -> None:
+    try:
+        write()
+    except s3_conditional.AlreadyExistsError as exc:
         raise ObjectExistsError(
             f'refusing to overwrite {uri}: a run never overwrites objects '
             'that already exist (pass overwrite=True to replace it on purpose)'
-        )
+        ) from exc
+    except s3_conditional.UnsupportedError as exc:
+        raise S3Error(
+            f'cannot create {uri}: the S3 server refuses conditional writes '
+            f'(If-None-Match); set {s3_conditional.MODE_ENV}=off to use the '
+            'check-then-put fallback'
+        ) from exc
+
+
+def delete(uri: str) -> None:
+    """Remove one object (run claims that produced nothing); a missing object is no error."""
     bucket, key = parse_s3_uri(uri)
-    with _errors('upload to', uri):
-        s3_client().upload_file(str(local), bucket, key)
-    log.info('uploaded %s -> %s (%d bytes)', local, uri, local.stat().st_size)
-    return uri
+    with _errors('delete', uri):
+        s3_client().delete_object(Bucket=bucket, Key=key)
+    log.info('deleted %s', uri)
 
 
 def download_file(uri: str, local: str | os.PathLike) -> Path:
@@ -207,26 +333,43 @@ def read_json(uri: str):
         raise S3Error(f'{uri} is not valid JSON: {exc}') from exc
 
 
-def put_bytes(uri: str, body: bytes, content_type: str = 'application/octet-stream') -> str:
-    """Write a small object, replacing what is there (only for objects a run rewrites)."""
+def read_versioned(uri: str) -> tuple[bytes, str | None]:
+    """An object's content and its ETag (for a compare-and-swap ``put_bytes``)."""
     bucket, key = parse_s3_uri(uri)
-    with _errors('write', uri):
-        s3_client().put_object(Bucket=bucket, Key=key, Body=body, ContentType=content_type)
-    return uri
+    with _errors('read', uri):
+        answer = s3_client().get_object(Bucket=bucket, Key=key)
+        return answer['Body'].read(), answer.get('ETag')
 
 
-def create_if_absent(uri: str, body: bytes) -> str:
-    """Write a small object that must not exist yet (a run claim); ``ObjectExistsError`` if it does."""
-    if exists(uri):
-        raise ObjectExistsError(f'refusing to overwrite {uri}: it exists already')
-    return put_bytes(uri, body, content_type='application/json')
+def put_bytes(
+    uri: str,
+    body: bytes,
+    content_type: str = 'application/octet-stream',
+    if_match: str | None = None,
+    if_absent: bool = False,
+) -> str | None:
+    """Write a small object that a run rewrites (its manifest); returns the new ETag.
 
-
-def delete(uri: str) -> None:
-    """Remove one object (only a run's own claim is ever deleted)."""
+    ``if_match`` (the ETag it was read with) or ``if_absent`` make the write a
+    compare-and-swap where the server supports conditional writes: when
+    another writer got there first, ``ObjectChangedError`` is raised and
+    nothing is written.
+    """
     bucket, key = parse_s3_uri(uri)
-    with _errors('delete', uri):
-        s3_client().delete_object(Bucket=bucket, Key=key)
+    client = s3_client()
+    guard = {}
+    if (if_match or if_absent) and s3_conditional.supports_conditional_writes(client, bucket):
+        guard = {'IfMatch': if_match} if if_match else {'IfNoneMatch': '*'}
+    try:
+        answer = client.put_object(
+            Bucket=bucket, Key=key, Body=body, ContentType=content_type, **guard
+        )
+    except ClientError as exc:
+        if guard and s3_conditional.error_code(exc) in _CHANGED_CODES:
+            raise ObjectChangedError(f'{uri} changed since it was read') from exc
+        with _errors('write', uri):
+            raise
+    return answer.get('ETag')
 
 
 def list_uris(prefix: str) -> list[str]:
@@ -273,7 +416,31 @@ def download_dir(uri_prefix: str, local_dir: str | os.PathLike) -> list[Path]:
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """Hex SHA-256 of a file, read in chunks so multi-GB checkpoints fit in memory."""
+    """Hex SHA-256 of a file, read in chunks so multi-GB checkpoints fit in memory.
+
+    Remembered per (path, inode, size, mtime): a checkpoint is published,
+    compared with the manifest and recorded, and hashing a 500 MB file three
+    times cost seconds per epoch.  A rewritten file has a new mtime.
+    """
+    stat = os.stat(path)
+    fingerprint = (os.path.realpath(path), stat.st_ino, stat.st_size, stat.st_mtime_ns)
+    with _hash_lock:
+        if fingerprint in _hash_memo:
+            return _hash_memo[fingerprint]
+    digest = _hash_stream(path)
+    with _hash_lock:
+        _hash_memo[fingerprint] = digest
+        while len(_hash_memo) > _HASH_MEMO_SIZE:
+            _hash_memo.pop(next(iter(_hash_memo)))
+    return digest
+
+
+_HASH_MEMO_SIZE = 256
+_hash_memo: dict[tuple, str] = {}
+_hash_lock = threading.Lock()
+
+
+def _hash_stream(path: str | os.PathLike) -> str:
     digest = hashlib.sha256()
     with open(path, 'rb') as stream:
         for chunk in iter(lambda: stream.read(_CHUNK), b''):

@@ -10,7 +10,10 @@ to ``<run>/train/checkpoints/<name>`` and into the run's manifest.  A
 checkpoint already in S3 with the same content is skipped; one with the same
 name but other content (a restarted pod re-trained an epoch whose upload was
 lost) is kept under ``epoch_N.<k>.pth`` instead: nothing is ever overwritten.
-``latest_checkpoint_uri`` tells which one to resume from.
+``latest_checkpoint_uri`` tells which one to resume from, ``checkpoint_epochs``
+how many epochs were trained.  While S3 is unreachable an upload is retried
+(``video_kd.s3_policy``); if it still fails the training stops with one line,
+and re-running the step resumes from the last checkpoint that reached S3.
 
 When training ends, the run's mmengine log directory (the text log, the
 resolved config ``vis_data/config.py`` and the metrics ``vis_data/scalars.json``)
@@ -28,7 +31,9 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from video_kd import s3
+from video_kd.errors import one_line
 from video_kd.runs import Manifest, RunLayout
+from video_kd.s3_policy import retry_call
 
 log = logging.getLogger(__name__)
 
@@ -54,33 +59,70 @@ def list_checkpoints(layout: RunLayout) -> list[str]:
     return sorted(uris, key=checkpoint_sort_key)
 
 
-def trained_epochs(checkpoints: list[str]) -> int:
-    """How many distinct epochs the checkpoints cover (``epoch_3.pth`` and its retry
-    ``epoch_3.1.pth`` are one epoch)."""
-    return len({checkpoint_sort_key(uri)[0] for uri in checkpoints if checkpoint_sort_key(uri)})
-
-
 def latest_checkpoint_uri(layout: RunLayout) -> str | None:
     """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
     uris = list_checkpoints(layout)
     return uris[-1] if uris else None
 
 
+def checkpoint_epochs(layout: RunLayout) -> list[int]:
+    """The distinct epochs a run has checkpoints of, ascending.
+
+    ``epoch_3.pth`` and its retry ``epoch_3.1.pth`` are one epoch: count these,
+    not the files, when reporting how many epochs were trained.
+    """
+    return sorted({checkpoint_sort_key(uri)[0] for uri in list_checkpoints(layout)})
+
+
 def upload_checkpoint(layout: RunLayout, path: Path) -> str:
-    """Put one checkpoint under the run's checkpoint dir; returns its URI."""
+    """Put one checkpoint under the run's checkpoint dir; returns its URI.
+
+    The first free name of ``epoch_N.pth``, ``epoch_N.1.pth``, ... is taken
+    with a conditional write, so two pods that both think they own epoch N
+    (a restarted pod beside a slow one) keep both files.
+    """
     manifest = Manifest.load(layout)
     sha = s3.sha256_file(path)
     stem = path.name[: -len('.pth')]
     for retry in range(0, 100):
         name = path.name if retry == 0 else f'{stem}.{retry}.pth'
         uri = s3.join_uri(checkpoint_prefix(layout), name)
-        if not s3.exists(uri):
-            manifest.record('train', path, uri, sha256=sha)
-            log.info('checkpoint %s -> %s', path.name, uri)
-            return uri
-        if any(e.uri == uri and e.sha256 == sha for e in manifest.entries):
+        if manifest.find(uri, sha):
             return uri  # already there (uploaded before a restart)
+        try:
+            manifest.record('train', path, uri, sha256=sha)
+        except s3.ObjectExistsError:
+            manifest = Manifest.load(layout)
+            if manifest.find(uri, sha):
+                return uri
+            continue
+        log.info('checkpoint %s -> %s', path.name, uri)
+        return uri
     raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
+
+
+def upload_checkpoint_retried(layout: RunLayout, path: Path) -> str:
+    """``upload_checkpoint``, tried again while S3 is unreachable (``s3_policy.retry_call``).
+
+    Gives up within ``S3Policy.failure_bound_s()`` (113 s by default) with one
+    line that says what was lost and how to go on.
+    """
+    try:
+        return retry_call(
+            lambda: upload_checkpoint(layout, path),
+            f'uploading checkpoint {path.name}',
+            s3.is_transient,
+        )
+    except s3.S3Error as exc:
+        raise CheckpointUploadError(
+            f'checkpoint {path.name} could not be uploaded to {checkpoint_prefix(layout)}/ '
+            f'({one_line(exc)}); training stops here: re-run the step to resume from the '
+            'last checkpoint in S3'
+        ) from exc
+
+
+class CheckpointUploadError(s3.S3Error):
+    """A checkpoint did not reach S3 even after the retries: the attempt must stop."""
 
 
 def upload_logs(layout: RunLayout, log_dir: Path) -> list[str]:
@@ -117,7 +159,7 @@ class S3CheckpointHook(Hook):
             mtime = path.stat().st_mtime
             if self._done.get(path.name) == mtime:
                 continue
-            upload_checkpoint(self.layout, path)
+            upload_checkpoint_retried(self.layout, path)
             self._done[path.name] = mtime
 
     def before_train(self, runner) -> None:
@@ -133,4 +175,8 @@ class S3CheckpointHook(Hook):
 
         self._sync(runner)
         if is_main_process():
-            upload_logs(self.layout, Path(runner.log_dir))
+            retry_call(
+                lambda: upload_logs(self.layout, Path(runner.log_dir)),
+                'uploading the training logs',
+                s3.is_transient,
+            )

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from mmengine.config import Config, DictAction
 
-from video_kd import dataset
+from video_kd import dataset, validation
 from video_kd.config import is_distill_config, load_config, set_num_classes
 from video_kd.convert import load_state_dict, state_dict_mismatch
 from video_kd.errors import UserError
@@ -116,14 +116,12 @@ class TrainOptions:
 
 
 def parse_cfg_options(items: list[str]) -> dict:
-    """``['a.b=1', "c='x y'"]`` -> ``{'a.b': 1, 'c': 'x y'}``, with mmengine's own value parsing."""
-    parsed: dict = {}
-    for item in items:
-        key, sep, value = item.partition('=')
-        if not sep or not key.strip():
-            raise UserError(f'cfg option {item!r}: expected KEY=VALUE, e.g. train_cfg.max_epochs=5')
-        parsed[key.strip()] = DictAction._parse_iterable(value)
-    return parsed
+    """``['a.b=1', "c='x y'"]`` -> ``{'a.b': 1, 'c': 'x y'}``: malformed items refused
+    (``video_kd.validation``), values parsed as mmengine's ``--cfg-options`` parses them."""
+    return {
+        key: DictAction._parse_iterable(value)
+        for key, value in validation.parse_cfg_options(items).items()
+    }
 
 
 def resolve(
@@ -142,8 +140,11 @@ def resolve(
     ``pretrained_from``: where processes fetch the student's pretrained weights
     (the run's S3 cache of them); default the URL the user gave.
     """
-    cfg = load_config(config, parse_cfg_options(options.cfg_options))
+    overrides = parse_cfg_options(options.cfg_options)
     register_all_modules()
+    if overrides:  # every key must exist in the config (at any depth): typos are refused
+        validation.check_cfg_options(load_config(config), options.cfg_options)
+    cfg = load_config(config, overrides)
     if num_classes:  # heads sized to the dataset (before the teacher checkpoint is checked)
         set_num_classes(cfg.model, num_classes)
     if options.max_epochs:

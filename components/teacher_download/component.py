@@ -28,7 +28,7 @@ def teacher_download(
             teacher_url,
             teacher_sha256,
             kd_config=kd_config,
-            num_classes=dataset.metadata['num_classes'],
+            num_classes=int(dataset.metadata['num_classes']),  # KFP stores numbers as floats
         )
     teacher.metadata.update(meta)
     with open(teacher.path, 'w') as out:  # the checkpoint itself stays in S3

@@ -21,6 +21,7 @@ from video_kd.runs import (
     run_info,
 )
 from video_kd.steps.common import scratch_dir
+from video_kd.validation import check_bucket, check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -56,13 +57,13 @@ def run(
     artifact's directory).  A failure before anything is published gives the
     run id back.
     """
-    layout = RunLayout(bucket, prefix, run_id or new_run_id(job_id))
-    claimed = claim_run(layout, job_id)
+    check_bucket(bucket)
+    layout = RunLayout(bucket, prefix, check_run_id(run_id) if run_id else new_run_id(job_id))
+    claim_run(layout, job_id)
     try:
         meta = _prepare(dataset_uri, layout, workdir, min_frames, out_dir)
     except BaseException:
-        if claimed:
-            release_claim(layout)
+        release_claim(layout, job_id)  # only if nothing but the claim was written
         raise
     log.info(
         'data: %d train / %d val videos, %d classes, %d rejected -> %s',

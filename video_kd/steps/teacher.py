@@ -14,7 +14,7 @@ from typing import Any
 from video_kd import download
 from video_kd.config import load_config
 from video_kd.errors import UserError
-from video_kd.runs import RunLayout, publish, run_info
+from video_kd.runs import RunLayout, check_claimed, publish, run_info
 from video_kd.steps.common import scratch_dir
 from video_kd.teacher_checkpoint import convert_teacher_checkpoint
 
@@ -40,6 +40,7 @@ def run(
             'checkpoint (and its sha256)'
         )
     layout = RunLayout.from_root(run_root)
+    check_claimed(layout)
     with scratch_dir(workdir, 'teacher') as work:
         fetched = download.fetch(url, work, sha256=sha256 or None, cache=layout)
         path, checked = fetched.path, {}

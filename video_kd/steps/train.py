@@ -19,9 +19,10 @@ from typing import Any
 from video_kd import backends, s3, train_config
 from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout, publish, run_info
-from video_kd.s3_hook import list_checkpoints, trained_epochs
+from video_kd.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.steps.common import scratch_dir
 from video_kd.train_config import TrainOptions
+from video_kd.validation import check_range, check_train_backend
 
 POD_WORK_DIR = '/tmp/video-kd/train'
 
@@ -50,6 +51,7 @@ def run(
     """
     backend = backends.backend_from_env(training_backend)
     _check_launch(num_workers, gpus_per_worker, nproc_per_node)
+    check_train_backend(backend, gpus_per_worker)
     layout = RunLayout.from_root(data_meta['run_root'])
     config_uri = publish_config(layout, data_meta, teacher, kd_config, options, teacher_logit_cache)
     if backend == 'local':
@@ -77,16 +79,14 @@ def run(
         'config_uri': config_uri,
         'backend': backend,
         'job_name': backends.job_name(layout.run_id),
-        'epochs': trained_epochs(checkpoints),
+        'epochs': len(checkpoint_epochs(layout)),
     }
 
 
 def _check_launch(num_workers: int, gpus_per_worker: int, nproc_per_node: int) -> None:
-    if num_workers < 1 or nproc_per_node < 0 or gpus_per_worker < 0:
-        raise UserError(
-            'need num_workers >= 1, nproc_per_node >= 0 (0: one per GPU) and '
-            f'gpus_per_worker >= 0; got {num_workers}, {nproc_per_node}, {gpus_per_worker}'
-        )
+    check_range('num_workers', num_workers, 1)
+    check_range('gpus_per_worker', gpus_per_worker, 0)
+    check_range('nproc_per_node (0: one per GPU)', nproc_per_node, 0)
 
 
 def resolve_config(
@@ -103,7 +103,7 @@ def resolve_config(
     return train_config.resolve(
         kd_config,
         options or TrainOptions(),
-        num_classes=data_meta['num_classes'],
+        num_classes=int(data_meta['num_classes']),  # a float in KFP's artifact metadata
         logit_cache=location,
         teacher_sha256=teacher['sha256'],
         pretrained_from=pretrained_from,

@@ -1,0 +1,298 @@
+"""Create-if-absent is atomic: many concurrent writers of one key, exactly one wins.
+
+Against a real moto server (HTTP, a subprocess) serving one request at a time,
+with real threads racing: moto's threaded server checks ``If-None-Match``
+without a lock (see tests/s3_servers.py), AWS S3 and MinIO do not have that
+gap.  See video_kd.s3_conditional for the servers checked and the fallback.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from s3_servers import MotoServer
+
+from video_kd import s3, s3_conditional
+from video_kd.runs import Manifest, ManifestEntry, RunLayout
+
+WRITERS = 20
+TRIALS = 10
+
+
+@pytest.fixture(scope='module')
+def serial_s3(tmp_path_factory):
+    """A private moto server that applies conditions atomically (one request at a time)."""
+    with MotoServer(tmp_path_factory.mktemp('serial-moto'), serial=True) as server:
+        yield server
+
+
+@pytest.fixture
+def bucket(serial_s3, monkeypatch) -> str:
+    """A fresh bucket on the serial server, which video_kd.s3 is pointed at."""
+    for name, value in serial_s3.env().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv('AWS_ENDPOINT_URL', raising=False)
+    monkeypatch.delenv(s3_conditional.MODE_ENV, raising=False)
+    return serial_s3.create_bucket(f'race-{uuid.uuid4().hex[:12]}')
+
+
+def race(writers: int, write: Callable[[int], object]) -> list[object]:
+    """Start ``writers`` calls of ``write(i)`` at the same instant; their results or errors."""
+    barrier = threading.Barrier(writers)
+    results: list[object] = [None] * writers
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = write(i)
+        except Exception as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(writers)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return results
+
+
+def writer_files(tmp_path: Path, writers: int, size: int = 1000) -> list[Path]:
+    """One file per writer, each with different content."""
+    files = []
+    for i in range(writers):
+        path = tmp_path / f'writer-{i}.bin'
+        path.write_bytes(f'writer {i} '.encode() * (size // 10))
+        files.append(path)
+    return files
+
+
+def winner(results: list[object]) -> int:
+    """The one writer that succeeded; every other one must have been refused as a loser."""
+    won = [i for i, r in enumerate(results) if not isinstance(r, Exception)]
+    lost = [r for r in results if isinstance(r, Exception)]
+    assert len(won) == 1, f'{len(won)} writers won: {results}'
+    assert all(isinstance(e, s3.ObjectExistsError) for e in lost), lost
+    return won[0]
+
+
+def test_concurrent_uploads_exactly_one_wins(bucket, tmp_path):
+    files = writer_files(tmp_path, WRITERS)
+    for trial in range(TRIALS):
+        uri = f's3://{bucket}/kd/run/data/train_list-{trial}.txt'
+        results = race(WRITERS, lambda i, uri=uri: s3.upload_file(files[i], uri))
+        won = winner(results)
+        assert s3.read_bytes(uri) == files[won].read_bytes(), f'trial {trial}'
+
+
+def test_concurrent_create_if_absent_exactly_one_true(bucket):
+    for trial in range(TRIALS):
+        uri = f's3://{bucket}/kd/run-{trial}/run.json'
+        results = race(WRITERS, lambda i, uri=uri: s3.create_if_absent(uri, f'{{"owner": {i}}}'))
+        assert sum(r is True for r in results) == 1, results
+        assert all(r in (True, False) for r in results), results
+        assert s3.read_json(uri) == {'owner': results.index(True)}
+
+
+def test_concurrent_multipart_uploads_exactly_one_wins(bucket, tmp_path, monkeypatch):
+    # S3's smallest part is 5 MiB: files of 6 MiB go up in two parts.
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    monkeypatch.setattr(s3_conditional, 'PART_SIZE', 5 * 1024 * 1024)
+    files = writer_files(tmp_path, 6, size=6 * 1024 * 1024)
+    for trial in range(3):
+        uri = f's3://{bucket}/kd/run/train/checkpoints/epoch_{trial}.pth'
+        results = race(len(files), lambda i, uri=uri: s3.upload_file(files[i], uri))
+        won = winner(results)
+        stored = s3.read_bytes(uri)
+        assert hashlib.sha256(stored).hexdigest() == s3.sha256_file(files[won])
+        bucket_name, key = s3.parse_s3_uri(uri)
+        uploads = s3.s3_client().list_multipart_uploads(Bucket=bucket_name, Prefix=key)
+        assert not uploads.get('Uploads'), 'a lost race left an unfinished multipart upload'
+
+
+def test_a_stored_object_refuses_later_uploads_of_any_size(bucket, tmp_path, monkeypatch):
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    small, big = writer_files(tmp_path, 2)
+    big.write_bytes(b'b' * (6 * 1024 * 1024))
+    uri = f's3://{bucket}/kd/run/teacher/t.pth'
+    s3.upload_file(small, uri)
+    for path in (small, big):
+        with pytest.raises(s3.ObjectExistsError, match='refusing to overwrite'):
+            s3.upload_file(path, uri)
+    assert s3.read_bytes(uri) == small.read_bytes()
+    assert not s3.create_if_absent(uri, b'other')
+
+
+def test_concurrent_manifest_records_keep_every_entry(bucket, tmp_path):
+    layout = RunLayout(bucket, 'kd', 'run-manifest')
+    files = writer_files(tmp_path, WRITERS)
+
+    def record(i: int) -> ManifestEntry:
+        manifest = Manifest.load(layout)
+        return manifest.record('train', files[i], layout.uri('train', files[i].name))
+
+    results = race(WRITERS, record)
+    assert not [r for r in results if isinstance(r, Exception)], results
+    stored = Manifest.load(layout).entries
+    assert sorted(e.uri for e in stored) == sorted(r.uri for r in results)
+    for entry in stored:  # every sha256 in the manifest matches its object
+        assert hashlib.sha256(s3.read_bytes(entry.uri)).hexdigest() == entry.sha256
+
+
+def test_probe_detects_that_moto_enforces_conditional_writes(bucket):
+    s3_conditional._probed.clear()
+    assert s3_conditional.supports_conditional_writes(s3.s3_client(), bucket)
+    assert not s3.list_uris(f's3://{bucket}/{s3_conditional.PROBE_PREFIX}')  # probe removed
+
+
+@pytest.mark.parametrize('setting', ['on', 'off'])
+def test_mode_override_skips_the_probe(bucket, monkeypatch, setting):
+    monkeypatch.setenv(s3_conditional.MODE_ENV, setting)
+    s3_conditional._probed.clear()
+    assert s3_conditional.supports_conditional_writes(s3.s3_client(), bucket) == (setting == 'on')
+    assert not s3_conditional._probed
+
+
+def test_bad_mode_is_one_line_user_error(monkeypatch, bucket):
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'maybe')
+    with pytest.raises(s3.UserError, match='expected one of auto, on, off'):
+        s3.create_if_absent(f's3://{bucket}/x', b'1')
+
+
+def test_concurrent_logit_cache_shards_one_per_name(bucket):
+    import torch
+
+    from video_kd.logit_cache import LogitCache
+
+    location = f's3://{bucket}/datasets/demo/teacher_logits/spec'
+
+    def flush(i: int) -> str | None:
+        cache = LogitCache()
+        cache.put(f'video-{i}', {'cls_head.fc_cls': torch.full((1, 3), float(i))})
+        return cache.flush(location, 'writer-rank0')  # one writer name: exactly one shard
+
+    results = race(WRITERS, flush)
+    won = winner(results)
+    loaded = LogitCache()
+    assert loaded.load(location) == 1
+    assert list(loaded.entries) == [f'video-{won}']
+
+
+# --------------------------------------------------------------------------- run claims
+def test_concurrent_claims_of_one_run_id_exactly_one_wins(bucket):
+    from video_kd import runs
+
+    for trial in range(TRIALS):
+        root = f's3://{bucket}/video-kd/run-{trial}'
+        run_id = f'run-{trial}'
+        results = race(
+            WRITERS,
+            lambda i, root=root, run_id=run_id: runs.claim_run(
+                RunLayout.from_root(root), f'job-{i}'
+            ),
+        )
+        won = [i for i, r in enumerate(results) if r is True]
+        assert len(won) == 1, results
+        assert all(isinstance(r, runs.RunInUseError) for r in results if r is not True)
+        assert s3.read_json(f'{root}/run.json')['job_id'] == f'job-{won[0]}'
+
+
+def test_claim_retry_release_and_reuse(bucket):
+    from video_kd import runs
+
+    root = f's3://{bucket}/video-kd/run-r'
+    assert runs.claim_run(RunLayout.from_root(root), 'job-1') is True
+    assert (
+        runs.claim_run(RunLayout.from_root(root), 'job-1') is False
+    )  # a retry of the same KFP run
+    for other in ('job-2', ''):
+        with pytest.raises(runs.RunInUseError, match="claimed by KFP run 'job-1'"):
+            runs.claim_run(RunLayout.from_root(root), other)
+    assert not runs.release_claim(RunLayout.from_root(root), 'job-2')  # not ours
+    assert runs.release_claim(
+        RunLayout.from_root(root), 'job-1'
+    )  # data prep failed before publishing
+    assert runs.claim_run(RunLayout.from_root(root), 'job-2') is True  # the fixed data, same run id
+    s3.create_if_absent(f'{root}/data/train_list.txt', b'a 0\n')
+    assert not runs.release_claim(
+        RunLayout.from_root(root), 'job-2'
+    )  # something was published: kept
+
+
+def test_claim_refuses_unclaimed_directories_and_bad_run_ids(bucket):
+    from video_kd import runs
+
+    root = f's3://{bucket}/video-kd/run-u'
+    s3.create_if_absent(f'{root}/teacher/t.pth', b'w')
+    with pytest.raises(runs.RunInUseError, match=r'it has no run\.json'):
+        runs.claim_run(RunLayout.from_root(root), 'job-1')
+    with pytest.raises(s3.UserError, match='bad run id'):
+        runs.claim_run(RunLayout.from_root(f's3://{bucket}/video-kd/a b'))
+    assert s3.list_uris(f'{root}/') == [f'{root}/teacher/t.pth']
+
+
+# --------------------------------------------------------------------------- the fallback
+def test_fallback_without_conditional_writes_still_refuses_overwrites(
+    bucket, tmp_path, monkeypatch
+):
+    # what a server that ignores If-None-Match gets: check, write with a token, read it back
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'off')
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    small, big = writer_files(tmp_path, 2)
+    big.write_bytes(b'b' * (6 * 1024 * 1024))
+    for path in (small, big):
+        uri = f's3://{bucket}/fallback/{path.name}'
+        s3.upload_file(path, uri)
+        with pytest.raises(s3.ObjectExistsError):
+            s3.upload_file(small, uri)
+        assert s3.read_bytes(uri) == path.read_bytes()
+        bucket_name, key = s3.parse_s3_uri(uri)
+        metadata = s3.s3_client().head_object(Bucket=bucket_name, Key=key)['Metadata']
+        assert len(metadata[s3_conditional.WRITER_METADATA]) == 32  # the writer's token
+    assert s3.create_if_absent(f's3://{bucket}/fallback/run.json', b'{}')
+    assert not s3.create_if_absent(f's3://{bucket}/fallback/run.json', b'{}')
+
+
+# --------------------------------------------------------------------------- data preps
+PREPS = 8
+PREP_TRIALS = 3
+
+
+@pytest.fixture(scope='module')
+def tiny_dataset(tmp_path_factory) -> Path:
+    from video_kd.dataset import generate_dataset
+
+    return generate_dataset(
+        tmp_path_factory.mktemp('race-data'),
+        num_classes=2, train_per_class=2, val_per_class=1, num_frames=10, size=64,
+    )  # fmt: skip
+
+
+def test_concurrent_data_preps_of_one_run_id_exactly_one_wins(bucket, tiny_dataset, tmp_path):
+    """Issue 15: two data preps with one --run-id could both exit 0 and one run's lists be
+    overwritten 12 ms after they were written. Now the claim decides, before any write."""
+    from video_kd import runs
+    from video_kd.steps import data_prep
+
+    for trial in range(PREP_TRIALS):
+        run_id = f'prep-{trial}'
+        results = race(
+            PREPS,
+            lambda i, run_id=run_id: data_prep.run(
+                str(tiny_dataset), bucket, 'kd', run_id=run_id, job_id=f'job-{i}',
+                workdir=tmp_path / f'{run_id}-{i}',
+            ),
+        )  # fmt: skip
+        won = [i for i, r in enumerate(results) if isinstance(r, dict)]
+        assert len(won) == 1, results
+        assert all(isinstance(r, runs.RunInUseError) for r in results if not isinstance(r, dict))
+        layout = RunLayout(bucket, 'kd', run_id)
+        assert s3.read_json(layout.claim_uri)['job_id'] == f'job-{won[0]}'
+        entries = Manifest.load(layout).entries
+        assert {e.uri.rsplit('/', 1)[1] for e in entries} >= {'train_list.txt', 'dataset.json'}
+        for entry in entries:  # every recorded checksum is the object's, nothing overwritten
+            assert hashlib.sha256(s3.read_bytes(entry.uri)).hexdigest() == entry.sha256

@@ -1,0 +1,204 @@
+"""video_kd.validation: every bad input is one line and exit status 2, before any write."""
+
+from __future__ import annotations
+
+import pytest
+
+from video_kd import s3, validation
+from video_kd.errors import BAD_INPUT, UserError, one_line, run_cli
+
+KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
+
+
+@pytest.fixture(scope='module')
+def kd_cfg():
+    from video_kd.config import load_config
+
+    return load_config(KD_CONFIG)
+
+
+def refused(fn, *args, match: str = '') -> str:
+    """The one-line message of the InvalidInputError that fn(*args) raises."""
+    with pytest.raises(validation.InvalidInputError) as info:
+        fn(*args)
+    message = str(info.value)
+    assert message == one_line(info.value), 'more than one line'
+    assert match in message, message
+    return message
+
+
+# --------------------------------------------------------------------------- run ids
+@pytest.mark.parametrize(
+    'run_id',
+    ['a/b', '..', '.', 'cache', ' ', 'x y', '', 'Run1', '-a', 'a-', 'a_b', 'a.b', 'a' * 64],
+)
+def test_bad_run_ids_are_refused_with_the_rule(run_id):
+    message = refused(validation.check_run_id, run_id, match=f'bad run id {run_id!r}')
+    assert 'DNS label' in message
+
+
+@pytest.mark.parametrize('run_id', ['a', '7', 'x-1', '20261125-053435-3f2a9c1e', 'a' * 63])
+def test_good_run_ids_pass(run_id):
+    assert validation.check_run_id(run_id) == run_id
+
+
+def test_run_id_from_free_text_is_valid():
+    kfp_job = '20261125-053435-3F2A9C1E-1B2C-4D5E-8F90-ABCDEF012345'
+    assert validation.run_id_from(kfp_job) == kfp_job.lower()
+    assert validation.run_id_from('  Nightly run #3 / v2 ') == 'nightly-run-3-v2'
+    assert validation.run_id_from('x' * 80 + '-y') == 'x' * 63
+    assert validation.run_id_from('///') == 'run'
+
+
+# --------------------------------------------------------------------------- checksums, buckets
+def test_sha256_format():
+    good = 'ab' * 32
+    assert validation.check_sha256(good.upper()) == good
+    assert validation.check_sha256('') == ''
+    refused(validation.check_sha256, 'g' * 64, match='64 hex digits')
+    refused(validation.check_sha256, 'ab' * 20, match='got 40 characters')
+    refused(lambda: validation.check_sha256('', required=True), match='--sha256 is required')
+
+
+def test_bucket_names():
+    assert validation.check_bucket('video-kd') == 'video-kd'
+    for bad in ('a', 'Video', 'a/b', '-ab', 'a..b', 'x' * 64):
+        refused(validation.check_bucket, bad, match='bad bucket name')
+
+
+# --------------------------------------------------------------------------- numbers
+@pytest.mark.parametrize(
+    ('kwargs', 'match'),
+    [
+        ({'max_epochs': -1}, 'max_epochs must be >= 0, got -1'),
+        ({'num_workers': 0}, 'num_workers must be >= 1, got 0'),
+        ({'gpus_per_worker': -2}, 'gpus_per_worker must be >= 0'),
+        ({'nproc_per_node': 0}, 'nproc_per_node must be >= 1'),
+        ({'max_epochs': 'ten'}, "max_epochs must be a whole number, got 'ten'"),
+        ({'num_workers': True}, 'num_workers must be a whole number'),
+    ],
+)
+def test_training_numbers_out_of_range(kwargs, match):
+    refused(lambda: validation.check_training_numbers(**kwargs), match=match)
+
+
+def test_training_numbers_in_range():
+    validation.check_training_numbers(max_epochs=0, num_workers=1, gpus_per_worker=0)
+    assert validation.check_range('x', '3', 1, 5) == 3
+    refused(validation.check_range, 'x', 6, 1, 5, match='x must be <= 5, got 6')
+
+
+# --------------------------------------------------------------------------- backends
+def test_pytorchjob_mode_needs_a_kubernetes_api(tmp_path, monkeypatch):
+    monkeypatch.delenv('KUBERNETES_SERVICE_HOST', raising=False)
+    monkeypatch.delenv('KUBECONFIG', raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    for backend in ('pytorchjob', 'trainjob'):
+        refused(validation.check_train_backend, backend, match='needs a Kubernetes API')
+    kubeconfig = tmp_path / 'kubeconfig'
+    kubeconfig.write_text('apiVersion: v1\n')
+    monkeypatch.setenv('KUBECONFIG', str(kubeconfig))
+    validation.check_train_backend('pytorchjob')
+    monkeypatch.delenv('KUBECONFIG')
+    monkeypatch.setenv('KUBERNETES_SERVICE_HOST', '10.0.0.1')  # in a pod
+    validation.check_train_backend('pytorchjob')
+
+
+def test_local_mode_and_unknown_modes(monkeypatch):
+    validation.check_train_backend('local')
+    refused(
+        validation.check_train_backend,
+        'slurm',
+        match='expected "pytorchjob", "trainjob" or "local"',
+    )
+    import torch
+
+    if torch.cuda.device_count() == 0:
+        refused(validation.check_train_backend, 'local', 1, match='this machine has 0 GPUs')
+
+
+# --------------------------------------------------------------------------- --cfg-options
+@pytest.mark.parametrize(
+    ('option', 'match'),
+    [
+        ('optim_wrapper.optimizer.lrr=0.1', "did you mean 'optim_wrapper.optimizer.lr'?"),
+        ('train_dataloader.batch_sise=4', "did you mean 'train_dataloader.batch_size'?"),
+        ('tran_cfg.max_epochs=3', "no key 'tran_cfg' in the config (did you mean 'train_cfg'?)"),
+        ('model.teacher.cls_head.num_clases=3', "'model.teacher.cls_head.num_classes'"),
+        ('model.distiller.distill_losses.loss_dist.tua=2', "'model.distiller.distill_losses"),
+        ('model.architecture.backbone.depth=50', "no key 'depth' in model.architecture.backbone"),
+        ('train_dataloader.dataset.pipeline.99.x=1', 'is a list of'),
+        ('train_cfg.max_epochs.x=1', 'it has no keys'),
+        ('lr0.1', 'expected key=value'),
+        ('=3', 'expected key=value'),
+        ('a..b=1', "'' is not a config key"),
+        ('a b=1', "'a b' is not a config key"),
+    ],
+)
+def test_bad_cfg_options_are_refused(kd_cfg, option, match):
+    refused(validation.check_cfg_options, kd_cfg, [option], match=match)
+
+
+def test_good_cfg_options_pass_at_any_depth(kd_cfg):
+    options = [
+        'optim_wrapper.optimizer.lr=0.01',
+        'optim_wrapper.optimizer.nesterov=True',  # an SGD argument the config leaves unset
+        'train_dataloader.batch_size=8',
+        'train_dataloader.prefetch_factor=2',  # a DataLoader argument
+        'train_dataloader.dataset.pipeline.0.io_backend=disk',  # a list index
+        'model.architecture.cls_head.dropout_ratio=0.1',  # through **kwargs to BaseHead
+        'model.distiller.distill_losses.loss_dist.tau=2',
+        'default_hooks.checkpoint.max_keep_ckpts=3',
+        'teacher_logit_cache.num_views=2',
+        'randomness.seed=0',
+        'work_dir=/tmp/with space',  # values may hold spaces
+        'optim_wrapper.optimizer.type=AdamW',  # a new type brings its own arguments
+        'optim_wrapper.optimizer.betas=(0.9,0.99)',
+    ]
+    parsed = validation.check_cfg_options(kd_cfg, options)
+    assert parsed['work_dir'] == '/tmp/with space'
+    assert len(parsed) == len(options)
+
+
+def test_cfg_options_from_a_dict_action_and_a_pipeline_string(kd_cfg):
+    assert validation.check_cfg_options(kd_cfg, {'train_cfg.max_epochs': 3})
+    items = validation.split_cfg_options("train_cfg.max_epochs=3 work_dir='/a b'")
+    assert items == ['train_cfg.max_epochs=3', 'work_dir=/a b']
+    refused(validation.split_cfg_options, "work_dir='/a b", match='No closing quotation')
+
+
+# --------------------------------------------------------------------------- one line, exit 2
+def test_an_entry_point_prints_one_line_and_exits_2(capsys):
+    assert run_cli(lambda: validation.check_run_id('a/b')) == BAD_INPUT
+    err = capsys.readouterr().err
+    assert err.startswith("error: bad run id 'a/b'") and err.count('\n') == 1
+
+
+def test_s3_errors_are_user_errors_and_keep_their_names():
+    for cls in (
+        s3.S3Error,
+        s3.MissingCredentialsError,
+        s3.ObjectNotFoundError,
+        s3.BucketNotFoundError,
+        s3.ObjectExistsError,
+        s3.S3UnavailableError,
+    ):
+        assert issubclass(cls, UserError) and issubclass(cls, RuntimeError)
+
+
+def test_missing_bucket_is_reported_as_such(s3_env, tmp_path):
+    uri = 's3://no-such-bucket-here/video-kd/run/data/dataset.json'
+    for call in (
+        lambda: s3.exists(uri),
+        lambda: s3.read_json(uri),
+        lambda: s3.download_file(uri, tmp_path / 'x'),
+    ):
+        with pytest.raises(s3.BucketNotFoundError, match="bucket 'no-such-bucket-here' does not"):
+            call()
+
+
+def test_missing_object_in_an_existing_bucket_is_no_such_object(bucket):
+    assert not s3.exists(f's3://{bucket}/nothing')
+    with pytest.raises(s3.ObjectNotFoundError, match='no such object') as info:
+        s3.read_json(f's3://{bucket}/nothing')
+    assert not isinstance(info.value, s3.BucketNotFoundError)

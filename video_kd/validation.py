@@ -1,0 +1,359 @@
+"""Check every user input before anything is written: one line each, exit status 2.
+
+Steps and CLIs call these first, so that bad input never reaches a download,
+a claim in S3 or a training pod.  Each check raises ``InvalidInputError`` (a
+``UserError``: ``error: ...`` and exit status 2 under ``errors.run_cli``) that
+names the input, what was wrong and what would be right.
+
+* run ids: ``RUN_ID_PATTERN``, a lowercase DNS label (1-63 of ``a-z 0-9 -``,
+  starting and ending alphanumeric), not ``cache`` (the shared cache's
+  directory).  A run id becomes an S3 directory, a PyTorchJob name and a
+  Kubernetes label value; this one pattern is valid as all three.
+* checksums: 64 hex digits (upper case accepted, lower case returned).
+* ``--cfg-options``: ``key=value`` strings (values may hold spaces), each key
+  a path that exists in the *resolved* config at every depth, or an argument
+  the ``type`` of its dict accepts; a miss is refused with the nearest valid
+  name.
+* numbers: ranges (``max_epochs >= 0``, ``num_workers >= 1``, ...).
+* backends: a training mode that can run here (a Kubernetes API for
+  ``pytorchjob``, a GPU for GPU workers in ``local`` mode).
+"""
+
+from __future__ import annotations
+
+import difflib
+import inspect
+import os
+import re
+import shlex
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from video_kd.errors import UserError
+
+RUN_ID_PATTERN = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
+RESERVED_RUN_IDS = frozenset({'cache'})
+RUN_ID_RULE = (
+    'a run id is 1-63 lowercase letters, digits and hyphens, starting and ending with '
+    'a letter or digit (a DNS label), and not "cache"'
+)
+_SHA256 = re.compile(r'^[0-9a-f]{64}$')
+_BUCKET = re.compile(r'^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$')
+_KEY_PART = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$|^\d+$')
+
+# Top-level keys the mmengine Runner (and this project) read although a config may not set them.
+RUNNER_KEYS = frozenset(
+    {
+        'work_dir',
+        'experiment_name',
+        'launcher',
+        'randomness',
+        'custom_hooks',
+        'custom_imports',
+        'model_wrapper_cfg',
+        'resume',
+        'load_from',
+        'env_cfg',
+        'log_level',
+        'default_scope',
+        'auto_scale_lr',
+        'visualizer',
+        'log_processor',
+        'allow_pretrained_download',  # video_kd.config
+        'teacher_logit_cache',  # video_kd.logit_cache
+    }
+)
+# Children of keys a config usually leaves unset: what their readers accept.
+KNOWN_CHILDREN = {
+    'teacher_logit_cache': frozenset({'num_views', 'seed'}),
+    'randomness': frozenset({'seed', 'deterministic', 'diff_rank_seed'}),
+}
+_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+class InvalidInputError(UserError, ValueError):
+    """A user input that fails its check; the message says which and why.
+
+    Also a ``ValueError``, so code that guarded a check with ``except ValueError``
+    keeps working.
+    """
+
+
+# --------------------------------------------------------------------------- identifiers
+def check_run_id(run_id: str) -> str:
+    """``run_id`` if it follows ``RUN_ID_PATTERN``; else one line that gives the rule."""
+    if not isinstance(run_id, str) or not RUN_ID_PATTERN.match(run_id):
+        raise InvalidInputError(f'bad run id {run_id!r}: {RUN_ID_RULE}')
+    if run_id in RESERVED_RUN_IDS:
+        raise InvalidInputError(
+            f'bad run id {run_id!r}: it names the shared cache directory; {RUN_ID_RULE}'
+        )
+    return run_id
+
+
+def run_id_from(text: str) -> str:
+    """A valid run id made from free text (a KFP job id, a timestamp): lowercased, squeezed."""
+    cleaned = re.sub(r'[^a-z0-9]+', '-', text.lower()).strip('-')[:63].rstrip('-')
+    return check_run_id(cleaned or 'run')
+
+
+def check_sha256(value: str | None, name: str = '--sha256', required: bool = False) -> str:
+    """A SHA-256 as 64 lowercase hex digits; '' when empty and not ``required``."""
+    text = (value or '').strip().lower()
+    if not text:
+        if required:
+            raise InvalidInputError(f'{name} is required: the 64 hex digits of the SHA-256')
+        return ''
+    if not _SHA256.match(text):
+        raise InvalidInputError(
+            f'{name} {value!r} is not a SHA-256: expected 64 hex digits (0-9, a-f), '
+            f'got {len(text)} characters' + ('' if len(text) != 64 else ' with non-hex ones')
+        )
+    return text
+
+
+def check_bucket(name: str) -> str:
+    """An S3 bucket name: 3-63 of ``a-z 0-9 . -``, starting and ending alphanumeric."""
+    if not isinstance(name, str) or not _BUCKET.match(name) or '..' in name:
+        raise InvalidInputError(
+            f'bad bucket name {name!r}: 3-63 lowercase letters, digits, dots and hyphens, '
+            'starting and ending with a letter or digit'
+        )
+    return name
+
+
+# --------------------------------------------------------------------------- numbers
+def check_range(
+    name: str, value: Any, minimum: float | None = None, maximum: float | None = None
+) -> int:
+    """``value`` as an int within [minimum, maximum]; the message names the input."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise InvalidInputError(f'{name} must be a whole number, got {value!r}')
+    try:
+        number = int(value)
+    except ValueError:
+        raise InvalidInputError(f'{name} must be a whole number, got {value!r}') from None
+    if minimum is not None and number < minimum:
+        raise InvalidInputError(f'{name} must be >= {minimum:g}, got {number}')
+    if maximum is not None and number > maximum:
+        raise InvalidInputError(f'{name} must be <= {maximum:g}, got {number}')
+    return number
+
+
+def check_training_numbers(
+    max_epochs: int = 0, num_workers: int = 1, gpus_per_worker: int = 0, nproc_per_node: int = 1
+) -> None:
+    """The numeric inputs of the training step (0 epochs keeps the config's)."""
+    check_range('max_epochs', max_epochs, 0)
+    check_range('num_workers', num_workers, 1)
+    check_range('gpus_per_worker', gpus_per_worker, 0)
+    check_range('nproc_per_node', nproc_per_node, 1)
+
+
+# --------------------------------------------------------------------------- backends
+def check_train_backend(backend: str, gpus_per_worker: int = 0) -> None:
+    """The training backend can run from here: a Kubernetes API, or local GPUs if asked for."""
+    if backend not in ('pytorchjob', 'trainjob', 'local'):
+        raise InvalidInputError(
+            f'training_backend {backend!r}: expected "pytorchjob", "trainjob" or "local"'
+        )
+    if backend != 'local':
+        if os.environ.get('KUBERNETES_SERVICE_HOST'):
+            return  # in a pod: the in-cluster config
+        kubeconfig = os.environ.get('KUBECONFIG') or str(Path.home() / '.kube' / 'config')
+        if not any(Path(p).is_file() for p in kubeconfig.split(os.pathsep) if p):
+            raise InvalidInputError(
+                f'training_backend "{backend}" needs a Kubernetes API: run in the cluster or '
+                f'set KUBECONFIG (no kubeconfig at {kubeconfig}); or use training_backend "local"'
+            )
+    elif gpus_per_worker > 0:
+        import torch
+
+        if torch.cuda.device_count() < gpus_per_worker:
+            raise InvalidInputError(
+                f'gpus_per_worker={gpus_per_worker} in local mode, but this machine has '
+                f'{torch.cuda.device_count()} GPUs; use gpus_per_worker=0 (CPU)'
+            )
+
+
+# --------------------------------------------------------------------------- --cfg-options
+def split_cfg_options(text: str) -> list[str]:
+    """A pipeline's ``cfg_options`` string as ``key=value`` items (shell quoting keeps spaces)."""
+    try:
+        return shlex.split(text or '')
+    except ValueError as exc:
+        raise InvalidInputError(f'cfg_options {text!r}: {exc}') from None
+
+
+def parse_cfg_options(options: Iterable[str]) -> dict[str, str]:
+    """``['a.b=1', 'c=x y']`` -> ``{'a.b': '1', 'c': 'x y'}``; a malformed item is refused."""
+    parsed = {}
+    for item in options:
+        key, sep, value = str(item).partition('=')
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInputError(
+                f'--cfg-options {item!r}: expected key=value, e.g. optim_wrapper.optimizer.lr=0.01'
+            )
+        bad = [part for part in key.split('.') if not _KEY_PART.match(part)]
+        if bad:
+            raise InvalidInputError(
+                f'--cfg-options {item!r}: {bad[0]!r} is not a config key '
+                '(dotted names of letters, digits and _, or list indices)'
+            )
+        parsed[key] = value
+    return parsed
+
+
+def check_cfg_options(cfg, options: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """Refuse any ``--cfg-options`` key the resolved config ``cfg`` cannot take.
+
+    ``options`` is a list of ``key=value`` strings or an mmengine DictAction
+    dict.  Returns the options as a dict.  A key is valid when every part of
+    its path exists in the config (list indices included), or when the part is
+    an argument that the ``type`` of its dict accepts (``optimizer.eps`` for
+    ``AdamW``), or when the options also replace that dict's ``type``.
+    """
+    parsed = dict(options) if isinstance(options, Mapping) else parse_cfg_options(options)
+    tree = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+    retyped = {k[: -len('.type')] for k in parsed if k.endswith('.type')}
+    for key in parsed:
+        _check_key(tree, key, retyped)
+    return parsed
+
+
+def _check_key(tree: dict, key: str, retyped: set[str]) -> None:
+    node: Any = tree
+    parts = key.split('.')
+    for depth, part in enumerate(parts):
+        here = '.'.join(parts[:depth]) or 'the config'
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise InvalidInputError(
+                    f'--cfg-options {key}: {here} is a list of {len(node)}; '
+                    f'{part!r} is not an index of it (0-{len(node) - 1})'
+                )
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise InvalidInputError(
+                f'--cfg-options {key}: {here} is {type(node).__name__} {node!r}, it has no keys'
+            )
+        if part in node:
+            node = node[part]
+            continue
+        if _accepted_anyway(node, parts[:depth], part, retyped):
+            return
+        raise InvalidInputError(
+            f'--cfg-options {key}: no key {part!r} in {here}'
+            + _did_you_mean(node, parts[:depth], part)
+        )
+
+
+def _accepted_anyway(node: dict, path: list[str], part: str, retyped: set[str]) -> bool:
+    """A key the config does not set but its reader takes."""
+    if '.'.join(path) in retyped:
+        return True  # a new type: its own arguments
+    if not path:
+        return part in RUNNER_KEYS
+    if path[0] in KNOWN_CHILDREN and len(path) == 1:
+        return part in KNOWN_CHILDREN[path[0]]
+    return any(params is None or part in params for params in _reader_arguments(node, path))
+
+
+def _did_you_mean(node: dict, path: list[str], part: str) -> str:
+    candidates = set(node)
+    if not path:
+        candidates |= RUNNER_KEYS
+    elif path[0] in KNOWN_CHILDREN and len(path) == 1:
+        candidates |= KNOWN_CHILDREN[path[0]]
+    for params in _reader_arguments(node, path):
+        candidates |= params or set()
+    close = difflib.get_close_matches(part, sorted(candidates), n=1, cutoff=0.6)
+    if close:
+        return f' (did you mean {".".join([*path, close[0]])!r}?)'
+    return f'; it has {", ".join(sorted(candidates)[:12])}'
+
+
+def _reader_arguments(node: dict, path: list[str]) -> list[set[str] | None]:
+    """Argument names of what reads this dict (None: it takes **kwargs, anything goes)."""
+    readers = []
+    if 'type' in node:
+        readers = _registered(node['type'])
+    elif len(path) == 1 and path[0] in _DATALOADERS:
+        from torch.utils.data import DataLoader
+
+        readers = [DataLoader]
+    elif path == ['optim_wrapper']:
+        from mmengine.optim import OptimWrapper
+
+        readers = [OptimWrapper]
+    return [_arguments(reader) for reader in readers]
+
+
+def _arguments(reader) -> set[str] | None:
+    """Named arguments of ``reader``; through ``**kwargs`` into its bases' ``__init__``.
+
+    OpenMMLab classes pass ``**kwargs`` on to their base class (a head to
+    ``BaseHead``), so the union along the MRO up to the first ``__init__``
+    without ``**kwargs`` is what the class accepts.  None: no such bound.
+    """
+    inits = (
+        [vars(k)['__init__'] for k in reader.__mro__ if '__init__' in vars(k)]
+        if isinstance(reader, type)
+        else [reader]
+    )
+    names = {'type', '_scope_'}
+    for init in inits:
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names |= {
+            p.name
+            for p in parameters
+            if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
+
+
+def _registered(type_name: Any) -> list:
+    """Every class registered as ``type_name`` in the OpenMMLab registries."""
+    if not isinstance(type_name, str):
+        return [type_name] if callable(type_name) else []
+    from video_kd.runtime import register_all_modules
+
+    register_all_modules()
+    name = type_name.rsplit('.', 1)[-1]
+    found = []
+    for registry in _registries():
+        try:
+            cls = registry.get(name)
+        except Exception:  # a registry that cannot import a lazily registered module
+            cls = None
+        if cls is not None and cls not in found:
+            found.append(cls)
+    return found
+
+
+def _registries() -> list:
+    import importlib
+
+    from mmengine.registry import Registry
+
+    found = []
+    for module in (
+        'mmengine.registry',
+        'mmaction.registry',
+        'mmrazor.registry',
+        'mmpretrain.registry',
+    ):
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:
+            continue
+        found.extend(v for v in vars(loaded).values() if isinstance(v, Registry))
+    return found
