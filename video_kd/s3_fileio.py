@@ -45,26 +45,25 @@ POOL_CONNECTIONS = int(os.environ.get('VIDEO_KD_S3_POOL', '16'))
 MAX_ATTEMPTS = int(os.environ.get('VIDEO_KD_S3_ATTEMPTS', '8'))
 READ_TIMEOUT = float(os.environ.get('VIDEO_KD_S3_READ_TIMEOUT', '30'))
 
-_clients: dict[int, object] = {}
+_clients: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
 def stream_client():
-    """This process's S3 client for streaming reads (built once per process).
+    """This process's S3 client for streaming reads (built once per process and endpoint).
 
     Credentials and endpoint follow ``video_kd.s3`` (the environment only);
     ``s3.s3_client()`` is called first so missing credentials fail with its message.
     """
-    pid = os.getpid()
-    client = _clients.get(pid)
+    base = s3.s3_client()
+    key = (os.getpid(), base.meta.endpoint_url, os.environ[s3.ACCESS_KEY_ENV], MAX_ATTEMPTS)
+    client = _clients.get(key)
     if client is not None:
         return client
-    base = s3.s3_client()
     with _lock:
-        if pid not in _clients:
-            _clients.clear()  # a forked child drops its parent's clients
-            _clients[pid] = _build_client(base)
-        return _clients[pid]
+        for stale in [k for k in _clients if k[0] != key[0]]:
+            del _clients[stale]  # a forked child drops its parent's clients
+        return _clients.setdefault(key, _build_client(base))
 
 
 def _build_client(base):
