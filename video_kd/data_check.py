@@ -160,6 +160,16 @@ def _check_chunk(args: tuple[list[str], int, int]) -> list[tuple[str, str | None
     return list(_threads.map(lambda uri: _check_one(uri, min_frames), uris))
 
 
+def _pool_context():
+    """fork where there is one: a spawned process re-imports torch via video_kd (~4 s each).
+
+    Safe here: a checker touches no torch and builds its own S3 client
+    (``s3_fileio.stream_client`` is per process).
+    """
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context('fork' if 'fork' in methods else 'spawn')
+
+
 def check_videos(
     uris: list[str], min_frames: int, processes: int, threads: int
 ) -> dict[str, str | None]:
@@ -170,7 +180,7 @@ def check_videos(
     chunks = [(uris[i : i + _CHUNK], min_frames, threads) for i in range(0, len(uris), _CHUNK)]
     progress = Progress(len(uris), 'validated', 'videos', log)
     processes = max(1, min(processes, len(chunks)))
-    with multiprocessing.get_context('spawn').Pool(processes) as pool:
+    with _pool_context().Pool(processes) as pool:
         for done in pool.imap_unordered(_check_chunk, chunks):
             results.update(done)
             progress.advance(len(done))
