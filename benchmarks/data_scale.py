@@ -34,6 +34,7 @@ import logging
 import os
 import resource
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -122,6 +123,24 @@ def encode_clips(tmp: Path) -> dict[str, list[bytes]]:
             write_video(path, _render_clip(motion, 16, 64, rng))
             clips[motion].append(path.read_bytes())
     return clips
+
+
+def k400_like_check(tmp: Path, side: int = 256, frames: int = 250) -> dict:
+    """Data prep's decode check of one Kinetics-like clip (10 s at 25 fps): its CPU cost."""
+    import numpy as np
+
+    from video_kd.data_check import check_video_bytes
+    from video_kd.dataset import _render_clip, write_video
+
+    path = tmp / 'k400_like.mp4'
+    write_video(path, _render_clip('circle', frames, side, np.random.default_rng(0)), fps=25)
+    data = path.read_bytes()
+    times = []
+    for _ in range(3):
+        start = time.process_time()
+        assert check_video_bytes(data, 8) is None
+        times.append(time.process_time() - start)
+    return {'side': f'{side}x{side}', 'frames': frames, 'bytes': len(data), 'check_s': min(times)}
 
 
 def dataset_keys(n: int, val_fraction: float) -> dict[str, list[tuple[str, int]]]:
@@ -450,12 +469,14 @@ def main(argv=None) -> int:
     import common
 
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(name)s: %(message)s')
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop moto on the way out
     os.environ.update({**ACCESS, 'AWS_DEFAULT_REGION': 'us-east-1'})
     with tempfile.TemporaryDirectory(prefix='data_scale_') as tmp_name:
         tmp = Path(tmp_name)
         proc, endpoint = start_moto(tmp)
         try:
             clips = encode_clips(tmp)
+            probe = k400_like_check(tmp)
             results = [measure_size(n, args, endpoint, tmp, clips) for n in args.sizes]
         finally:
             proc.terminate()
@@ -466,6 +487,7 @@ def main(argv=None) -> int:
         'pod': {'config': 'tsm_mobilenetv2_tiny', 'batch': args.batch, 'workers': args.workers},
         'clip': {'side': 64, 'frames': 16, 'distinct_per_class': DISTINCT_CLIPS},
         'results': results,
+        'k400_like_check': probe,
     }
     common.write_result(args.out, payload)
     return 0

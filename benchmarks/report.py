@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 from pathlib import Path
 
@@ -195,12 +196,109 @@ def demo(result):
     )
 
 
+K400_TRAIN, K400_VAL = 240_000, 20_000  # videos, as the issue counts them
+
+
+def data_scale(result):
+    rows = []
+    for r in result['results']:
+        rate = statistics.median(
+            s['steps_per_s'] / loc['steps_per_s']
+            for s, loc in zip(r['pod_streamed'], r['pod_local'], strict=True)
+        )
+        rows.append(
+            [
+                f'{r["n_videos"]:,} ({r["n_train"]:,} / {r["n_val"]:,})',
+                f'{r["data_prep_first_s"]:.1f} s ({r["n_videos"] / r["data_prep_first_s"]:.0f}/s)',
+                f'{r["data_prep_rerun_s"]:.1f} s = {r["rerun_ratio"]:.1%} '
+                + _met(r['rerun_ratio'] <= 0.10),
+                f'{r["first_step_s_max"]:.1f} s ' + _met(r['first_step_s_max'] <= 30),
+                f'{r["peak_disk_bytes_max"] / 2**20:.0f} MiB '
+                + _met(r['peak_disk_bytes_max'] <= 2**30),
+                f'{r["gets_per_epoch"]:,}',
+                f'{rate:.0%} ' + _met(rate >= 0.95),
+                ', '.join(f'{p["server_cpu_share"]:.0%}' for p in r['pod_streamed']),
+                f'{r["main_download_s"]:.0f} s' if r.get('main_download_s') else '',
+            ]
+        )
+    text = (
+        f'Every S3 request through a proxy adding {result["latency_ms"]:g} ms; pod = '
+        f'`{result["pod"]["config"]}`, batch {result["pod"]["batch"]}, '
+        f'{result["pod"]["workers"]} loader workers; clips {result["clip"]["side"]}px x '
+        f'{result["clip"]["frames"]} frames.\n\n'
+    )
+    text += md(
+        [
+            'videos (train / val)',
+            'data prep, first',
+            'unchanged re-run (<= 10%)',
+            'pod start -> first step (<= 30 s)',
+            'pod peak disk (<= 1 GB)',
+            'video GETs per epoch',
+            'streamed / local step rate (>= 95%)',
+            'S3 server CPU share (streamed runs)',
+            'main: download all first',
+        ],
+        rows,
+    )
+    return text + '\n\n' + k400_projection(result)
+
+
+def _met(ok: bool) -> str:
+    return 'yes' if ok else '**no**'
+
+
+def k400_projection(result):
+    """Kinetics-400 figures extrapolated from the largest measured N (said so per row)."""
+    results = result['results']
+    big, small = results[-1], results[0]
+    n_k400 = K400_TRAIN + K400_VAL
+    slope = (big['first_step_s_max'] - small['first_step_s_max']) / max(
+        big['n_videos'] - small['n_videos'], 1
+    )
+    rows = [
+        [
+            'data prep, first run',
+            f'{big["data_prep_first_s"] / big["n_videos"] * n_k400 / 3600:.1f} h',
+            f'per-video time at N={big["n_videos"]:,} x {n_k400:,} (this box: bound by moto)',
+        ],
+        [
+            'data prep, unchanged re-run',
+            f'{big["data_prep_rerun_s"] / big["n_videos"] * n_k400 / 60:.1f} min',
+            f'per-video time at N={big["n_videos"]:,} x {n_k400:,} (listing + cache read)',
+        ],
+        [
+            'pod start -> first step',
+            f'{big["first_step_s_max"] + slope * (K400_TRAIN - big["n_train"]):.0f} s',
+            f'linear in N from the measured N={small["n_videos"]:,}..{big["n_videos"]:,}',
+        ],
+        [
+            'pod peak disk',
+            f'{max(r["peak_disk_bytes_max"] for r in results) / 2**20:.0f} MiB',
+            'measured flat in N (a checkpoint + logs; no video is stored)',
+        ],
+        ['video GETs per epoch', f'{K400_TRAIN:,}', 'one GET per training video, measured'],
+    ]
+    probe = result.get('k400_like_check')
+    if probe:
+        rows.append(
+            [
+                'data prep check CPU (K400-like video)',
+                f'{probe["check_s"] * n_k400 / 3600:.1f} core-hours',
+                f'decode check of one {probe["side"]} {probe["frames"]}-frame clip '
+                f'({probe["bytes"] / 2**20:.1f} MiB), measured, x {n_k400:,}',
+            ]
+        )
+    return md(['Kinetics-400 (260k videos)', 'projected', 'how'], rows)
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
     ('kd_gain', 'KD gain (and what the cheaper teachers do to accuracy)', kd_gain),
     ('data_loading', 'Data loading vs step time', data_loading),
     ('demo_wall', 'End-to-end local demo', demo),
+    ('data_scale', 'Data at Kinetics scale (streamed from S3)', data_scale),
 ]
 
 

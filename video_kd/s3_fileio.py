@@ -63,7 +63,9 @@ def stream_client():
     with _lock:
         for stale in [k for k in _clients if k[0] != key[0]]:
             del _clients[stale]  # a forked child drops its parent's clients
-        return _clients.setdefault(key, _build_client(base))
+        if key not in _clients:  # another thread may have built it while this one waited
+            _clients[key] = _build_client(base)
+        return _clients[key]
 
 
 def _build_client(base):
