@@ -22,12 +22,13 @@ Any name can be overridden (``LayoutNames``), e.g. from a URI query:
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
-from video_kd import s3
+from video_kd import s3, s3_fileio
 from video_kd.errors import UserError
 
 SPLITS = ('train', 'val')
@@ -94,7 +95,29 @@ def _join(root: str, name: str) -> str:
 
 
 def _exists(uri: str) -> bool:
-    return s3.exists(uri) if uri.startswith('s3://') else Path(uri).is_file()
+    """Whether a file is there, from one listing of its directory (not a HEAD per name:
+    finding the layout probes ~10 names, ~10 round trips to a remote store)."""
+    directory, _, name = uri.rstrip('/').rpartition('/')
+    return name in _names_in(directory)
+
+
+@functools.lru_cache(maxsize=64)  # cleared by resolve(): a listing is valid for one call
+def _names_in(directory: str) -> frozenset[str]:
+    """The file names directly inside a directory or S3 prefix (empty when there is none)."""
+    if not directory.startswith('s3://'):
+        path = Path(directory)
+        return (
+            frozenset(p.name for p in path.iterdir() if p.is_file())
+            if path.is_dir()
+            else frozenset()
+        )
+    bucket, key = s3.parse_s3_uri(directory.rstrip('/') + '/')
+    names = set()
+    with s3_fileio.read_errors(directory):
+        pages = s3_fileio.stream_client().get_paginator('list_objects_v2')
+        for page in pages.paginate(Bucket=bucket, Prefix=key, Delimiter='/'):
+            names.update(obj['Key'][len(key) :] for obj in page.get('Contents', []))
+    return frozenset(names)
 
 
 def _read_text(uri: str) -> str:
@@ -177,6 +200,7 @@ def detect_layout(root: str) -> tuple[str, LayoutNames]:
 
 def resolve(uri: str, names: LayoutNames | None = None) -> DatasetSource:
     """Find a dataset's splits and classes at ``uri`` (``s3://`` or a local directory)."""
+    _names_in.cache_clear()
     root, options = split_uri_options(uri)
     if not root.startswith('s3://'):
         if not Path(root).is_dir():
