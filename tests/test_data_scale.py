@@ -378,3 +378,25 @@ def test_evaluation_reads_only_the_val_split(small_tree, bucket, s3_env, proxy, 
     gets = [p for p in proxy.paths if p.startswith('GET') and p.endswith('.mp4')]
     assert len(gets) == 4 and all('/val_' in p for p in gets)
     assert not any('train_list' in p for p in proxy.paths)
+
+
+# --------------------------------------------------------------------------- command line
+def test_data_check_command_checks_a_dataset_and_refuses_bad_input(small_tree, tmp_path):
+    import subprocess
+
+    def run(*args):
+        return subprocess.run(
+            [sys.executable, '-m', 'video_kd.data_check', *map(str, args)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    done = run(small_tree['mmaction2'], '--out', tmp_path / 'out', '--processes', '1')
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == 'train 6/6 usable, val 4/4 usable; 10 checked, 0 from the cache'
+    assert 'validated 10/10 videos' in done.stderr
+    bad = run(tmp_path / 'missing', '--out', tmp_path / 'x')
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == f'error: dataset {tmp_path / "missing"}: no such directory'
+    assert run('--help').stdout.startswith('usage: python -m video_kd.data_check')

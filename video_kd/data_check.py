@@ -371,3 +371,52 @@ def _line_reason(
     if info is None:
         return 'no such object under the video root', rel, label
     return verdicts.get(info.cache_key, 'not checked'), rel, label
+
+
+# --------------------------------------------------------------------------- command line
+def main(argv: list[str] | None = None) -> int:
+    """``python -m video_kd.data_check``: check a dataset before a pipeline run uses it."""
+    import argparse
+
+    from video_kd.data_layout import resolve
+    from video_kd.errors import setup_logging
+
+    parser = argparse.ArgumentParser(
+        prog='python -m video_kd.data_check',
+        description='Check every listed video of a dataset (s3:// prefix or local directory, '
+        "video-kd's or MMAction2's Kinetics layout) in parallel and write the usable lists, "
+        'classes.txt and report.json to --out. Verdicts are cached in S3 (--cache-uri) by '
+        "each object's URI + ETag + size: a second run checks only new or changed videos.",
+        epilog='Other file names go in the URI query, e.g. '
+        's3://bucket/k400?train_list=train.txt&val_videos=val_256 '
+        '(train_list, val_list, train_videos, val_videos, label_map).',
+    )
+    parser.add_argument('dataset_uri', help='s3://bucket/prefix or a directory')
+    parser.add_argument('--out', required=True, help='directory for the lists and report')
+    parser.add_argument('--cache-uri', help='s3:// prefix for cached verdicts (default: none)')
+    parser.add_argument('--min-frames', type=int, default=8, help='fewer frames: rejected')
+    parser.add_argument(
+        '--processes', type=int, default=os.cpu_count() or 1, help='decoding processes'
+    )
+    parser.add_argument('--threads', type=int, default=8, help='fetching threads per process')
+    args = parser.parse_args(argv)
+    setup_logging()
+    report = validate_source(
+        resolve(args.dataset_uri),
+        args.out,
+        cache_uri=args.cache_uri,
+        min_frames=args.min_frames,
+        processes=args.processes,
+        threads=args.threads,
+    )
+    print(
+        ', '.join(f'{s["split"]} {s["valid"]}/{s["total"]} usable' for s in report['splits'])
+        + f'; {report["checked"]} checked, {report["from_cache"]} from the cache'
+    )
+    return 0
+
+
+if __name__ == '__main__':
+    from video_kd.errors import run_cli
+
+    raise SystemExit(run_cli(main))
