@@ -400,3 +400,33 @@ def test_data_check_command_checks_a_dataset_and_refuses_bad_input(small_tree, t
     assert bad.returncode == 2
     assert bad.stderr.strip() == f'error: dataset {tmp_path / "missing"}: no such directory'
     assert run('--help').stdout.startswith('usage: python -m video_kd.data_check')
+
+
+def test_use_dataset_points_loaders_at_lists_and_video_roots():
+    from video_kd.config import load_config
+    from video_kd.data_stream import use_dataset
+
+    meta = {
+        'classes': ['a', 'b', 'c'],
+        'splits': {
+            'train': {'list_uri': 's3://b/run/data/train_list.txt', 'videos_uri': 's3://u/k/vt'},
+            'val': {'list_uri': '/mnt/run/val_list.txt', 'videos_uri': '/mnt/k400/videos_val'},
+        },
+    }
+    cfg = load_config('tsm_mobilenetv2_tiny')
+    assert use_dataset(cfg, meta) == ['a', 'b', 'c']
+    train, test = cfg.train_dataloader.dataset, cfg.test_dataloader.dataset
+    assert (train.type, train.ann_file) == (
+        'StreamingVideoDataset',
+        's3://b/run/data/train_list.txt',
+    )
+    assert train.data_prefix == {'video': 's3://u/k/vt'}
+    assert train.pipeline[0] == {'type': 'DecordInit', 'io_backend': s3_fileio.BACKEND_NAME}
+    assert test.ann_file == '/mnt/run/val_list.txt'
+    assert test.pipeline[0]['io_backend'] == 'disk'  # a mounted volume reads from disk
+    assert cfg.model.cls_head.num_classes == 3
+
+    only_val = load_config('tsm_mobilenetv2_tiny')
+    before = only_val.train_dataloader.dataset.ann_file
+    use_dataset(only_val, meta, loaders=('test_dataloader',))
+    assert only_val.train_dataloader.dataset.ann_file == before  # untouched: never read
