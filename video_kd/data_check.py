@@ -93,7 +93,7 @@ def list_videos(videos_uri: str) -> dict[str, ObjectInfo]:
 def _list_s3(videos_uri: str) -> dict[str, ObjectInfo]:
     bucket, key = s3.parse_s3_uri(videos_uri.rstrip('/') + '/')
     found = {}
-    with s3_fileio.read_errors(videos_uri):
+    with s3_fileio.storage_errors(videos_uri, 'list'):
         paginator = s3_fileio.stream_client().get_paginator('list_objects_v2')
         for page in paginator.paginate(Bucket=bucket, Prefix=key):
             for obj in page.get('Contents', []):
@@ -197,8 +197,10 @@ def settings_key(min_frames: int) -> str:
 class CheckCache:
     """Validation results in S3, append-only batches under ``<cache_uri>/<settings>/``."""
 
-    def __init__(self, cache_uri: str | None, min_frames: int) -> None:
-        self.uri = s3.join_uri(cache_uri, settings_key(min_frames)) if cache_uri else None
+    def __init__(self, cache_uri: str | None, min_frames: int, dataset_root: str) -> None:
+        # one directory per dataset root: a run reads only its own dataset's verdicts
+        scope = hashlib.sha256(dataset_root.encode()).hexdigest()[:16]
+        self.uri = s3.join_uri(cache_uri, settings_key(min_frames), scope) if cache_uri else None
         self._batches: list[str] = []
 
     def load(self) -> dict[str, str | None]:
@@ -215,23 +217,26 @@ class CheckCache:
         """Store new results; merge the batches into one when there are many."""
         if not self.uri or not entries:
             return
-        if len(self._batches) + 1 > _COMPACT_AFTER:
-            self._write({**everything, **entries})
-            self._delete(self._batches)
-        else:
-            self._write(entries)
+        try:
+            if len(self._batches) + 1 > _COMPACT_AFTER:
+                self._write({**everything, **entries})
+                self._delete(self._batches)
+            else:
+                self._write(entries)
+        except s3.S3Error as error:  # the verdicts of this run stand; the next one rechecks
+            log.warning('validation cache not updated: %s', error)
 
     def _write(self, entries: dict[str, str | None]) -> None:
         name = f'batch-{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}-{uuid.uuid4().hex[:8]}'
         bucket, key = s3.parse_s3_uri(s3.join_uri(self.uri, name + '.json'))
         body = json.dumps({'entries': entries}).encode()
-        with s3_fileio.read_errors(f's3://{bucket}/{key}'):
+        with s3_fileio.storage_errors(f's3://{bucket}/{key}', 'write'):
             s3_fileio.stream_client().put_object(Bucket=bucket, Key=key, Body=body)
 
     def _delete(self, uris: list[str]) -> None:
         for uri in uris:
             bucket, key = s3.parse_s3_uri(uri)
-            with s3_fileio.read_errors(uri):
+            with s3_fileio.storage_errors(uri, 'delete'):
                 s3_fileio.stream_client().delete_object(Bucket=bucket, Key=key)
 
 
@@ -254,13 +259,12 @@ def validate_source(
     start = time.monotonic()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    listings = {}
-    for split in SPLITS:
-        root = source.splits[split].videos_uri
-        if root not in listings:
-            listings[root] = list_videos(root)
-    cache = CheckCache(cache_uri, min_frames)
-    cached = cache.load()
+    roots = sorted({source.splits[split].videos_uri for split in SPLITS})
+    cache = CheckCache(cache_uri, min_frames, source.root)
+    with ThreadPoolExecutor(len(roots) + 1) as pool:  # independent round trips, at once
+        cached_future = pool.submit(cache.load)
+        listings = dict(zip(roots, pool.map(list_videos, roots), strict=True))
+        cached = cached_future.result()
     wanted = _listed_objects(source, listings)
     todo = sorted({info.uri for info in wanted if info.cache_key not in cached})
     log.info(

@@ -113,7 +113,7 @@ def _names_in(directory: str) -> frozenset[str]:
         )
     bucket, key = s3.parse_s3_uri(directory.rstrip('/') + '/')
     names = set()
-    with s3_fileio.read_errors(directory):
+    with s3_fileio.storage_errors(directory, 'list'):
         pages = s3_fileio.stream_client().get_paginator('list_objects_v2')
         for page in pages.paginate(Bucket=bucket, Prefix=key, Delimiter='/'):
             names.update(obj['Key'][len(key) :] for obj in page.get('Contents', []))

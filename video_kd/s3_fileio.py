@@ -91,7 +91,7 @@ def _build_client(base):
 
 
 @contextmanager
-def read_errors(uri: str) -> Iterator[None]:
+def storage_errors(uri: str, action: str = 'read') -> Iterator[None]:
     """botocore errors (after its retries) -> one line that names the object."""
     try:
         yield
@@ -99,24 +99,24 @@ def read_errors(uri: str) -> Iterator[None]:
         code = exc.response.get('Error', {}).get('Code', '')
         if code in ('NoSuchKey', '404', 'NotFound'):
             raise s3.ObjectNotFoundError(
-                f'cannot read {uri}: no such object (listed when the dataset was prepared: '
+                f'cannot {action} {uri}: no such object (listed when the dataset was prepared: '
                 'was it deleted or renamed since?)'
             ) from exc
         if code == 'NoSuchBucket':
-            raise s3.BucketNotFoundError(f'cannot read {uri}: no such bucket') from exc
+            raise s3.BucketNotFoundError(f'cannot {action} {uri}: no such bucket') from exc
         message = exc.response.get('Error', {}).get('Message', '')
         raise s3.S3Error(
-            f'cannot read {uri}: {code} {message} (after {MAX_ATTEMPTS} attempts)'.strip()
+            f'cannot {action} {uri}: {code} {message} (after {MAX_ATTEMPTS} attempts)'.strip()
         ) from exc
     except BotoCoreError as exc:
-        raise s3.S3Error(f'cannot read {uri}: {exc} (after {MAX_ATTEMPTS} attempts)') from exc
+        raise s3.S3Error(f'cannot {action} {uri}: {exc} (after {MAX_ATTEMPTS} attempts)') from exc
 
 
 def get_object_bytes(uri: str, byte_range: str | None = None) -> bytes:
     """The bytes of one object (or of ``bytes=a-b`` of it), with retries."""
     bucket, key = s3.parse_s3_uri(uri)
     extra = {'Range': byte_range} if byte_range else {}
-    with read_errors(uri):
+    with storage_errors(uri):
         response = stream_client().get_object(Bucket=bucket, Key=key, **extra)
         return response['Body'].read()
 
@@ -136,7 +136,7 @@ class S3Backend(BaseStorageBackend):
     def exists(self, filepath: str | Path) -> bool:
         bucket, key = s3.parse_s3_uri(str(filepath))
         try:
-            with read_errors(str(filepath)):
+            with storage_errors(str(filepath)):
                 stream_client().head_object(Bucket=bucket, Key=key)
         except s3.ObjectNotFoundError:
             return False
