@@ -143,6 +143,27 @@ def k400_like_check(tmp: Path, side: int = 256, frames: int = 250) -> dict:
     return {'side': f'{side}x{side}', 'frames': frames, 'bytes': len(data), 'check_s': min(times)}
 
 
+def k400_list_load(tmp: Path, n_train: int = 240_000) -> dict:
+    """What a pod spends on a Kinetics-sized train list: read + parse + index 240k lines."""
+    import common
+
+    common.quiet_mmengine()
+    from video_kd.data_stream import StreamingVideoDataset
+
+    lines = ''.join(
+        f'{CLASSES[i % 5]}/{i:011d}_000000_000010.mp4 {i % 5}\n' for i in range(n_train)
+    )
+    path = tmp / 'k400_train_list.txt'
+    path.write_text(lines)
+    start = time.perf_counter()
+    dataset = StreamingVideoDataset(
+        ann_file=str(path), pipeline=[], data_prefix={'video': 's3://b/v'}
+    )
+    seconds = time.perf_counter() - start
+    assert len(dataset) == n_train
+    return {'lines': n_train, 'bytes': len(lines), 'seconds': seconds}
+
+
 def dataset_keys(n: int, val_fraction: float) -> dict[str, list[tuple[str, int]]]:
     """(path relative to the split's root, label) of every video."""
     n_val = max(len(CLASSES), int(n * val_fraction))
@@ -477,6 +498,7 @@ def main(argv=None) -> int:
         try:
             clips = encode_clips(tmp)
             probe = k400_like_check(tmp)
+            list_probe = k400_list_load(tmp)
             results = [measure_size(n, args, endpoint, tmp, clips) for n in args.sizes]
         finally:
             proc.terminate()
@@ -488,6 +510,7 @@ def main(argv=None) -> int:
         'clip': {'side': 64, 'frames': 16, 'distinct_per_class': DISTINCT_CLIPS},
         'results': results,
         'k400_like_check': probe,
+        'k400_list_load': list_probe,
     }
     common.write_result(args.out, payload)
     return 0
