@@ -478,8 +478,13 @@ def merged_with_earlier(name: str, results: list[dict]) -> list[dict]:
 
     path = common.RESULTS / f'{name}.json'
     measured = {r['n_videos'] for r in results}
-    earlier = json.loads(path.read_text())['results'] if path.is_file() else []
-    kept = [dict(r, run=r.get('run', 'earlier')) for r in earlier if r['n_videos'] not in measured]
+    old = json.loads(path.read_text()) if path.is_file() else {'results': []}
+    run = {
+        'created': old.get('created'),
+        'command': old.get('command'),
+        'load_avg_start': old.get('environment', {}).get('load_avg_start', [0])[0],
+    }
+    kept = [dict(r, run=r.get('run', run)) for r in old['results'] if r['n_videos'] not in measured]
     return sorted(kept + results, key=lambda r: r['n_videos'])
 
 

@@ -207,12 +207,16 @@ def data_scale(result):
             for s, loc in zip(r['pod_streamed'], r['pod_local'], strict=True)
         ]
         rate = statistics.median(ratios)
+        # the median step is robust to the stalls a shared machine's neighbours cause
+        median_step = statistics.median(p['step_s_median'] for p in r['pod_local']) / (
+            statistics.median(p['step_s_median'] for p in r['pod_streamed'])
+        )
         cpu = sum(p['pod_cpu_s'] for p in r['pod_streamed']) / sum(
             p['pod_cpu_s'] for p in r['pod_local']
         )
         rows.append(
             [
-                f'{r["n_videos"]:,} ({r["n_train"]:,} / {r["n_val"]:,})',
+                f'{r["n_videos"]:,} ({r["n_train"]:,} / {r["n_val"]:,})' + _earlier(r),
                 f'{r["data_prep_first_s"]:.1f} s ({r["n_videos"] / r["data_prep_first_s"]:.0f}/s)',
                 f'{r["data_prep_rerun_s"]:.1f} s = {r["rerun_ratio"]:.1%} '
                 + _met(r['rerun_ratio'] <= 0.10),
@@ -222,6 +226,7 @@ def data_scale(result):
                 f'{r["gets_per_epoch"]:,}',
                 f'{rate:.0%} ' + _met(rate >= 0.95) + f' ({min(ratios):.0%}–{max(ratios):.0%}, '
                 f'{len(ratios)} rounds)',
+                f'{median_step:.0%}',
                 f'{cpu:.2f}',
                 ', '.join(f'{p["server_cpu_share"]:.1%}' for p in r['pod_streamed']),
                 f'{r["main_download_s"]:.0f} s' if r.get('main_download_s') else '',
@@ -242,13 +247,29 @@ def data_scale(result):
             'pod peak disk (<= 1 GB)',
             'video GETs per epoch',
             'streamed / local step rate (>= 95%; median, range)',
+            'median step, local / streamed',
             'pod CPU streamed / local',
             'S3 server CPU share (streamed runs)',
             'main: download all first',
         ],
         rows,
     )
+    if any(r.get('run') for r in result['results']):
+        text += (
+            '\n\n† measured by an earlier invocation of the script (other sizes); the line '
+            'below describes the latest one.'
+        )
     return text + '\n\n' + k400_projection(result)
+
+
+def _earlier(row: dict) -> str:
+    """Rows kept from an earlier invocation (the largest N runs on its own) say so."""
+    run = row.get('run')
+    if not run:
+        return ''
+    if isinstance(run, dict):
+        return f' † {run["created"]}, load {run["load_avg_start"]:.1f}'
+    return ' †'
 
 
 def _met(ok: bool) -> str:
