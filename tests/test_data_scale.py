@@ -430,3 +430,49 @@ def test_use_dataset_points_loaders_at_lists_and_video_roots():
     before = only_val.train_dataloader.dataset.ann_file
     use_dataset(only_val, meta, loaders=('test_dataloader',))
     assert only_val.train_dataloader.dataset.ann_file == before  # untouched: never read
+
+
+def _streaming_dataset(root: Path, test_mode: bool):
+    from mmengine.registry import init_default_scope
+
+    from video_kd.data_stream import StreamingVideoDataset
+    from video_kd.runtime import register_all_modules
+
+    register_all_modules()
+    init_default_scope('mmaction')  # the transforms are MMAction2's
+    pipeline = [
+        dict(type='DecordInit', io_backend='disk'),
+        dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4, test_mode=test_mode),
+        dict(type='DecordDecode'),
+    ]
+    return StreamingVideoDataset(
+        ann_file=str(root / 'train_list.txt'),
+        pipeline=pipeline,
+        data_prefix={'video': str(root / 'videos')},
+        test_mode=test_mode,
+    )
+
+
+def test_training_skips_an_unreadable_video_and_counts_it(small_tree, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    (copy / 'videos' / 'move_up' / 'train_0000.mp4').write_bytes(b'broken since data prep')
+    dataset = _streaming_dataset(copy, test_mode=False)
+    sample = dataset[0]  # the broken one: another video comes back instead
+    assert sample['filename'] != str(copy / 'videos' / 'move_up' / 'train_0000.mp4')
+    # mmengine draws the replacement at random: it may hit the broken one again
+    assert dataset.unreadable >= 1 and dataset.reads == dataset.unreadable + 1
+
+
+def test_evaluation_stops_on_an_unreadable_video_naming_it(small_tree, tmp_path):
+    import shutil
+
+    from video_kd.data_stream import VideoReadError
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    broken = copy / 'videos' / 'move_up' / 'train_0000.mp4'
+    broken.unlink()
+    dataset = _streaming_dataset(copy, test_mode=True)
+    with pytest.raises(VideoReadError, match=f'^cannot read {re.escape(str(broken))}: '):
+        dataset[0]
