@@ -85,14 +85,17 @@ class StreamingVideoDataset(VideoDataset):
 
     def _unreadable(self, idx: int, error: Exception) -> None:
         filename = self.get_data_info(idx)['filename']
-        if self.test_mode:
-            raise VideoReadError(f'cannot read {filename}: {one_line(error)}') from error
+        reason = one_line(error)
+        if self.test_mode:  # an S3 error's message already names the object
+            named = reason.startswith('cannot ') and filename in reason
+            message = reason if named else f'cannot read {filename}: {reason}'
+            raise VideoReadError(message) from error
         self.reads += 1
         self.unreadable += 1
         log.warning(
             'skipped %s: %s (%d of %d videos unreadable in this loader process)',
             filename,
-            one_line(error),
+            reason,
             self.unreadable,
             self.reads,
         )
@@ -103,7 +106,7 @@ class StreamingVideoDataset(VideoDataset):
             raise DatasetUnreadableError(
                 f'{self.unreadable} of {self.reads} videos read by a data loader process could '
                 f'not be read (more than {self.max_unreadable:.0%}): the dataset is broken; '
-                f'last: {filename}: {one_line(error)}'
+                f'last: {filename}: {reason}'
             )
         return None  # mmengine's BaseDataset then draws another index
 
