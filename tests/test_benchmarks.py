@@ -15,7 +15,10 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
-SCRIPTS = ['kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'report']
+SCRIPTS = [
+    'kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'data_scale',
+    'report',
+]  # fmt: skip
 
 
 @pytest.mark.parametrize('name', SCRIPTS)

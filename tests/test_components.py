@@ -299,7 +299,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
         '--work-dir',
         teacher_work,
         '--data-root',
-        tmp_path / 'prep' / 'raw',
+        tmp_path / 'prep' / 'generated',
         '--max-epochs',
         1,
         '--no-data-check',

@@ -145,8 +145,8 @@ def test_run_ids_are_unique_and_a_used_run_dir_is_refused(bucket, tmp_path):
     opts = 'generate://?num_classes=2&train_per_class=2&val_per_class=1&num_frames=10'
     meta = data_prep.run(opts, bucket, 'p', run_id='r1', job_id='job-a', workdir=tmp_path / 'a')
     assert meta['run_root'] == f's3://{bucket}/p/r1' and meta['num_classes'] == 2
-    # the generated videos went into the run's data/videos/, each recorded in the manifest
-    video = f's3://{bucket}/p/r1/data/videos/move_up/train_0000.mp4'
+    # the generated dataset went into the run's data/source/, each file recorded in the manifest
+    video = f's3://{bucket}/p/r1/data/source/videos/move_up/train_0000.mp4'
     assert s3.exists(video)
     recorded = {e.uri for e in Manifest.load(RunLayout(bucket, 'p', 'r1')).entries}
     assert video in recorded and meta['dataset_meta_uri'] in recorded

@@ -33,6 +33,23 @@ VAL_LIST = 'val_list.txt'
 CLASSES_FILE = 'classes.txt'
 VIDEO_DIR = 'videos'
 MOTIONS = ('move_up', 'move_down', 'grow', 'shrink', 'circle')
+# what generate_dataset writes, per layout (video_kd.data_layout reads both)
+LAYOUT_FILES = {
+    'video-kd': dict(
+        train_videos=VIDEO_DIR,
+        val_videos=VIDEO_DIR,
+        train_list=TRAIN_LIST,
+        val_list=VAL_LIST,
+        classes=CLASSES_FILE,
+    ),
+    'mmaction2': dict(
+        train_videos='videos_train',
+        val_videos='videos_val',
+        train_list='kinetics400_train_list_videos.txt',
+        val_list='kinetics400_val_list_videos.txt',
+        classes='label_map_k400.txt',
+    ),
+}
 
 
 class DatasetError(UserError):
@@ -129,30 +146,41 @@ def generate_dataset(
     num_frames: int = 16,
     size: int = 64,
     seed: int = 0,
+    layout: str = 'video-kd',
 ) -> Path:
-    """Write a small real action dataset in the Kinetics-400 layout; returns root."""
+    """Write a small real action dataset in the Kinetics-400 layout; returns root.
+
+    ``layout='mmaction2'`` writes it as MMAction2's Kinetics tools do:
+    ``videos_train/``, ``videos_val/``, ``kinetics400_{train,val}_list_videos.txt``
+    and the label map ``label_map_k400.txt`` (see ``video_kd.data_layout``).
+    """
+    if layout not in LAYOUT_FILES:
+        raise ValueError(f'layout must be one of {", ".join(LAYOUT_FILES)}, got {layout!r}')
+    files = LAYOUT_FILES[layout]
     if not 2 <= num_classes <= len(MOTIONS):
         raise ValueError(f'num_classes must be in [2, {len(MOTIONS)}], got {num_classes}')
     root = Path(root)
     rng = np.random.default_rng(seed)
     classes = MOTIONS[:num_classes]
     _check_size_round_trips(root, size, num_frames)
-    lists = {TRAIN_LIST: [], VAL_LIST: []}
+    lists = {'train': [], 'val': []}
     for label, motion in enumerate(classes):
-        for split, count in ((TRAIN_LIST, train_per_class), (VAL_LIST, val_per_class)):
+        for split, count in (('train', train_per_class), ('val', val_per_class)):
             for index in range(count):
-                rel = f'{motion}/{split.split("_")[0]}_{index:04d}.mp4'
-                write_video(root / VIDEO_DIR / rel, _render_clip(motion, num_frames, size, rng))
+                rel = f'{motion}/{split}_{index:04d}.mp4'
+                video = root / files[f'{split}_videos'] / rel
+                write_video(video, _render_clip(motion, num_frames, size, rng))
                 lists[split].append(f'{rel} {label}')
-    for name, lines in lists.items():
-        (root / name).write_text('\n'.join(lines) + '\n')
-    (root / CLASSES_FILE).write_text('\n'.join(classes) + '\n')
+    for split, lines in lists.items():
+        (root / files[f'{split}_list']).write_text('\n'.join(lines) + '\n')
+    (root / files['classes']).write_text('\n'.join(classes) + '\n')
     logger.info(
-        'generated %d train + %d val videos of %d classes in %s',
-        len(lists[TRAIN_LIST]),
-        len(lists[VAL_LIST]),
+        'generated %d train + %d val videos of %d classes in %s (%s layout)',
+        len(lists['train']),
+        len(lists['val']),
         num_classes,
         root,
+        layout,
     )
     return root
 

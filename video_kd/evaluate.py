@@ -23,6 +23,7 @@ from mmengine.config import Config, DictAction
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.config import load_config, student_model_cfg
 from video_kd.convert import load_state_dict, state_dict_mismatch
+from video_kd.data_stream import use_dataset
 from video_kd.errors import UserError, run_cli, setup_logging
 from video_kd.runtime import register_all_modules, set_data_root
 
@@ -58,12 +59,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def build_test_config(
-    config: str, checkpoint: str, data_root: str, work_dir: str, cfg_options: dict | None = None
+    config: str,
+    checkpoint: str,
+    data: str | dict,
+    work_dir: str,
+    cfg_options: dict | None = None,
 ) -> tuple[Config, list[str]]:
+    """The config's test loop on ``data``: a local dataset root, or a prepared dataset's
+    metadata (the Dataset artifact), whose val split is streamed where it is."""
     cfg = load_config(config, cfg_options)
     cfg.model = student_model_cfg(cfg)
     cfg.default_scope = 'mmaction'
-    classes = set_data_root(cfg, data_root)
+    if isinstance(data, dict):
+        classes = use_dataset(cfg, data, loaders=('test_dataloader',))
+    else:
+        classes = set_data_root(cfg, data)
     for key in (
         'train_dataloader',
         'train_cfg',
@@ -101,18 +111,19 @@ def check_checkpoint_fits(cfg: Config, checkpoint: str) -> None:
 def evaluate(
     config: str,
     checkpoint: str,
-    data_root: str,
+    data: str | dict,
     work_dir: str | None = None,
     cfg_options: dict | None = None,
 ) -> dict:
-    """Run the test loop; returns the metrics dict that main() writes as JSON."""
+    """Run the test loop on ``data`` (see ``build_test_config``); returns the metrics dict
+    that main() writes as JSON."""
     from mmengine.runner import Runner
 
     if work_dir is None:  # the test loop's logs only: nothing to keep
         with tempfile.TemporaryDirectory(prefix='video_kd_eval_') as tmp:
-            return evaluate(config, checkpoint, data_root, tmp, cfg_options)
+            return evaluate(config, checkpoint, data, tmp, cfg_options)
     register_all_modules()
-    cfg, classes = build_test_config(config, checkpoint, data_root, work_dir, cfg_options)
+    cfg, classes = build_test_config(config, checkpoint, data, work_dir, cfg_options)
     check_checkpoint_fits(cfg, checkpoint)
     results = Runner.from_cfg(cfg).test()
     matrix = results['confusion_matrix/result'].tolist()

@@ -109,6 +109,10 @@ class RunLayout:
             raise ValueError(f'unknown step {step!r}; expected one of {", ".join(RUN_STEPS)}')
         return s3.join_uri(self.root, step, *parts)
 
+    def shared_uri(self, *parts: str) -> str:
+        """``s3://<bucket>/<prefix>/cache/<parts>``: what runs share (never a run's own data)."""
+        return s3.join_uri(f's3://{self.bucket}', self.prefix, CACHE_DIR, *parts)
+
     def cache_uri(self, kind: str, sha256: str, filename: str) -> str:
         """Content-addressed URI shared by all runs.
 
@@ -217,13 +221,16 @@ class Manifest:
 
     @contextlib.contextmanager
     def batch(self) -> Iterator[Manifest]:
-        """Record many objects with one manifest write at the end (also when a record fails)."""
+        """Record many objects with one manifest write at the end (also when a record fails;
+        none when nothing was recorded)."""
+        before = len(self.entries)
         self._deferred = True
         try:
             yield self
         finally:
             self._deferred = False
-            self.save()
+            if len(self.entries) != before:
+                self.save()
 
     def find(self, uri: str, sha256: str | None = None) -> ManifestEntry | None:
         """The entry recorded for ``uri`` (with that content, if ``sha256`` is given)."""

@@ -1,11 +1,13 @@
 """Entry point of every training process: ``torchrun -m video_kd.train_pod CONFIG_URI ...``.
 
-A PyTorchJob pod (and the train step's local mode) runs this under
-``torchrun``.  Rank 0 of each pod fetches the run's inputs from S3 — the
-resolved training config the train step wrote (``<run>/train/config.py``),
-the dataset and the teacher (checksums verified) — and the run's last
-checkpoint if there is one, so a restarted pod resumes; the other ranks of
-the pod wait for it.  Then every rank trains with the mmengine Runner while
+A PyTorchJob / TrainJob pod (and the train step's local mode) runs this
+under ``torchrun``.  Rank 0 of each pod fetches the run's inputs from S3 —
+the resolved training config the train step wrote (``<run>/train/config.py``)
+and the teacher (checksum verified) — and the run's last checkpoint if there
+is one, so a restarted pod resumes; the other ranks of the pod wait for it.
+The videos are not downloaded: the data loaders stream each one from S3 (or
+read it from a mounted volume) when they need it, so a pod's disk does not
+grow with the dataset.  Then every rank trains with the mmengine Runner while
 ``S3CheckpointHook`` uploads each checkpoint as soon as it is written.
 """
 
@@ -17,6 +19,7 @@ import os
 from pathlib import Path
 
 from video_kd import s3, train_config
+from video_kd.data_stream import use_dataset
 from video_kd.errors import run_cli, setup_logging
 from video_kd.runs import RunLayout
 from video_kd.runtime import is_main_process, wait_for_file
@@ -42,13 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, train_dir: Path) -> str:
-    """Rank 0 of a pod: config, dataset, teacher and the checkpoint to resume from, if any."""
+    """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any (the
+    videos are not downloaded: the data loaders stream them, see video_kd.data_stream)."""
     from video_kd.steps.common import fetch_verified
-    from video_kd.steps.data_prep import fetch_dataset
 
     inputs.mkdir(parents=True, exist_ok=True)
     s3.download_file(args.config, inputs / train_config.CONFIG_NAME)
-    fetch_dataset(s3.read_json(args.data_meta), inputs / 'data')
     fetch_verified(args.teacher, inputs / 'teacher.pth', args.teacher_sha256 or None)
     last = latest_checkpoint_uri(layout)
     if last:
@@ -77,10 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     train_config.localize(
         cfg,
         work_dir=train_dir,
-        data_root=inputs / 'data',
         teacher_ckpt=inputs / 'teacher.pth',
         resume='auto' if ready.read_text() else None,
     )
+    use_dataset(cfg, s3.read_json(args.data_meta))  # lists and videos read where they are
     from video_kd.train import train
 
     runner = train(cfg)

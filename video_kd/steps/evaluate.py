@@ -11,7 +11,6 @@ from video_kd import download
 from video_kd.errors import UserError
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import fetch_verified, scratch_dir
-from video_kd.steps.data_prep import fetch_dataset
 from video_kd.steps.report import markdown_report, summarise_metrics
 
 log = logging.getLogger(__name__)
@@ -77,15 +76,14 @@ def _evaluate_models(
     baseline_url: str,
     baseline_sha256: str,
 ) -> dict[str, dict[str, Any]]:
-    """MMAction2's test loop on the val list, per model: student, teacher, baseline."""
+    """MMAction2's test loop on the val list (streamed: only val is read), per model."""
     from video_kd import evaluate as mmaction_test
 
-    data_root = fetch_dataset(data_meta, work / 'data')
     results: dict[str, dict[str, Any]] = {}
 
     def score(name: str, config: str, ckpt: Path) -> None:
         results[name] = mmaction_test.evaluate(
-            config, str(ckpt), str(data_root), str(work / f'w_{name}')
+            config, str(ckpt), data_meta, str(work / f'w_{name}')
         )
         log.info(
             '%s: top-1 %.4f top-5 %.4f mean-class %.4f',
