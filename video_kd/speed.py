@@ -57,7 +57,8 @@ def build_pair(kd_config: str, num_classes: int) -> dict[str, RecognizerScores]:
     models = {}
     for name, role in (('teacher', 'teacher'), ('student', 'architecture')):
         recognizer = MODELS.build(cfg.model[role])
-        recognizer.init_weights()  # finite, realistic activations (a fresh head is zero-ish)
+        with _quiet_mmengine():  # init_weights logs every parameter at INFO
+            recognizer.init_weights()  # realistic activations (a fresh head is zero-ish)
         models[name] = RecognizerScores(recognizer).eval()
     return models
 
@@ -100,7 +101,9 @@ def _engines(
                 return module(batch)
 
         runners[(name, 'pytorch')] = eager
-        session = ort_session(export_onnx(module, example, work / f'{name}.onnx'), threads)
+        session = ort_session(
+            export_onnx(module, example, work / f'{name}.onnx'), threads, spin=False
+        )
         runners[(name, 'onnxruntime')] = lambda batch, s=session: s.run(
             None, {INPUT_NAME: batch.numpy()}
         )
