@@ -307,16 +307,7 @@ def test_model_card_from_the_run(exported, eval_metrics, report):
         parity=result['parity'],
         preprocess=json.loads((out / export.PREPROCESS_NAME).read_text()),
         speed=report[1],
-        lineage=model_card.lineage(
-            teacher_url='s3://bucket/teacher.pth',
-            teacher_sha256='ab' * 32,
-            dataset_uri='generate://',
-            dataset_manifest_sha256='cd' * 32,
-            pretrained=model_card.pretrained_weights(KD_CONFIG),
-            pipeline_parameters={'max_epochs': 2},
-            code_version='0.1.0+test',
-            image='ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
-        ),
+        lineage=tiny_lineage(),
     )
     paths = model_card.write_model_card(card, out.parent / 'card')
     assert json.loads(paths['json'].read_text())['run_id'] == 'test-run'
@@ -325,3 +316,90 @@ def test_model_card_from_the_run(exported, eval_metrics, report):
     assert 'KD helps | **no** | no student-alone baseline' in text
     assert 'model.architecture.backbone.pretrained`: none (random init)' in text
     assert f'{result["parity"]["num_clips"]} val clips' in text
+
+
+# --------------------------------------------------------------------------- the step's call
+
+
+def tiny_lineage():
+    return model_card.lineage(
+        teacher_url='s3://bucket/teacher.pth',
+        teacher_sha256='ab' * 32,
+        dataset_uri='generate://',
+        dataset_manifest_sha256='cd' * 32,
+        pretrained=model_card.pretrained_weights(KD_CONFIG),
+        pipeline_parameters={'max_epochs': 2},
+        code_version='0.1.0+test',
+        image='ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
+    )
+
+
+@pytest.mark.slow
+def test_package_student_writes_everything_the_export_step_publishes(
+    kd_student, kd_data, eval_metrics, tmp_path
+):
+    from video_kd.deployable import package_student
+
+    result = package_student(
+        run_id='test-run',
+        kd_config=KD_CONFIG,
+        student_config=STUDENT_CONFIG,
+        checkpoint=kd_student[1],
+        data_root=kd_data,
+        log_root=kd_student[0],
+        metrics=eval_metrics,
+        lineage=tiny_lineage(),
+        out_dir=tmp_path / 'export',
+        speed_repeats=1,
+        speed_shapes={'run': (8, 3, 56, 56)},
+        uri_of=lambda name: f's3://b/p/test-run/export/{name}',
+    )
+    names = sorted(p.name for p in (tmp_path / 'export').iterdir())
+    assert (
+        names
+        == sorted(result['files'])
+        == sorted(
+            [
+                'student.onnx',
+                'student.torchscript.pt',
+                'preprocess.json',
+                'parity.json',
+                'speed.json',
+                'training_curves.png',
+                'confusion_matrix.png',
+                'accuracy_vs_latency.png',
+                'report.html',
+                'model_card.json',
+                'model_card.md',
+            ]
+        )
+    )
+    card_files = result['card']['export']['files']
+    assert card_files['student.onnx']['uri'] == 's3://b/p/test-run/export/student.onnx'
+    assert len(card_files['student.onnx']['sha256']) == 64
+    metrics = result['kfp_metrics']
+    assert metrics['onnx_top1_acc'] == pytest.approx(eval_metrics['student']['top1_acc'])
+    assert metrics['flop_ratio_run'] > 5 and metrics['speedup_onnxruntime_latency_run'] > 0
+    assert all(isinstance(v, float | int) for v in metrics.values())
+    assert result['markdown'].read_text().startswith('# Model card')
+
+
+@pytest.mark.slow
+def test_package_student_without_a_training_log_writes_nothing(
+    kd_student, kd_data, eval_metrics, tmp_path
+):
+    from video_kd.deployable import package_student
+
+    with pytest.raises(plots.PlotError, match='no training log under'):
+        package_student(
+            run_id='test-run',
+            kd_config=KD_CONFIG,
+            student_config=STUDENT_CONFIG,
+            checkpoint=kd_student[1],
+            data_root=kd_data,
+            log_root=tmp_path / 'no-logs',
+            metrics=eval_metrics,
+            lineage=tiny_lineage(),
+            out_dir=tmp_path / 'export',
+        )
+    assert not (tmp_path / 'export').exists()
