@@ -79,6 +79,7 @@ def package_student(
         metrics=metrics,
         log_root=log_root,
         speed=measured,
+        parity=result['parity'],
         title=f'Distilled student of run {run_id}',
     )
     files.update({path.name: path for path in drawn.values()})

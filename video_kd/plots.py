@@ -183,7 +183,12 @@ def plot_accuracy_vs_latency(points: list[dict[str, Any]], path: str | Path) -> 
             textcoords='offset points',
             xytext=(6, 6),
         )
+    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+
     ax.set_xscale('log')
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))  # 5, 10, 20, 50, ... ms
+    ax.xaxis.set_major_formatter(ScalarFormatter())  # 50, not 5x10^1
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set(
         title='Accuracy vs latency (CPU, batch 1)',
         xlabel='latency, ms (log scale)',
@@ -312,12 +317,27 @@ def speed_table(speed: dict[str, Any]) -> str:
     return html_table(headers, rows)
 
 
+def parity_table(parity: dict[str, Any]) -> str:
+    rows = [
+        ['val clips', parity['num_clips']],
+        ['max abs logit difference', f'{parity["max_abs_logit_diff"]:.3g}'],
+        ['tolerance', f'{parity.get("tolerance", float("nan")):g}'],
+        ['top-1 agreement', f'{parity["top1_agreement"]:.4f}'],
+        [
+            'top-1 ONNX / PyTorch',
+            f'{parity["top1_acc_onnx"]:.4f} / {parity["top1_acc_pytorch"]:.4f}',
+        ],
+    ]
+    return html_table(['', 'value'], rows)
+
+
 def make_report(
     out_dir: str | Path,
     *,
     metrics: dict[str, Any],
     log_root: str | Path,
     speed: dict[str, Any] | None = None,
+    parity: dict[str, Any] | None = None,
     title: str = 'Distilled student',
     extra_sections: list[tuple[str, str]] | None = None,
 ) -> dict[str, Path]:
@@ -325,7 +345,8 @@ def make_report(
 
     ``metrics`` is the evaluation's metrics.json, ``log_root`` a local copy of
     ``<run>/train/logs/``, ``speed`` a ``video_kd.speed.measure_speed`` result (the
-    accuracy-vs-latency plot needs it).  A missing training log raises PlotError.
+    accuracy-vs-latency plot and the speed table need it), ``parity`` the export's
+    parity.json.  A missing training log raises PlotError.
     """
     out_dir = Path(out_dir)
     curves = training_curves(log_root)  # first: a missing log fails before anything is drawn
@@ -350,6 +371,9 @@ def make_report(
                 image_section(written['accuracy_latency'], 'accuracy vs latency'),
             )
         )
+        sections.append(('Speed (CPU)', speed_table(speed)))
+    if parity:
+        sections.append(('Export parity (ONNX Runtime vs PyTorch)', parity_table(parity)))
     sections += extra_sections or []
     written['html'] = out_dir / REPORT_HTML
     written['html'].write_text(html_page(title, sections))
