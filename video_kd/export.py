@@ -102,7 +102,9 @@ class RecognizerScores(nn.Module):
 # --------------------------------------------------------------------------- inputs
 
 
-def load_student(config: str, checkpoint: str | Path, data_root: str | Path):
+def load_student(
+    config: str, checkpoint: str | Path, data_root: str | Path
+) -> tuple[nn.Module, Any, list[str]]:
     """(recognizer in eval mode with the checkpoint, test config, class names).
 
     The checkpoint must fit the config's student exactly, as for evaluation.
@@ -210,7 +212,7 @@ def export_torchscript(module: RecognizerScores, example: torch.Tensor, path: Pa
     return path
 
 
-def ort_session(path: str | Path, threads: int | None = None, spin: bool = True):
+def ort_session(path: str | Path, threads: int | None = None, spin: bool = True) -> Any:
     """An ONNX Runtime CPU session with all graph optimisations.
 
     ``spin=False`` stops its threads from busy-waiting after a run: ONNX Runtime's default
