@@ -356,6 +356,80 @@ def k400_projection(result):
     return md(['Kinetics-400 (260k videos)', 'projected', 'how'], rows)
 
 
+def export_speed(result):
+    rows = []
+    for r in result['results']:
+        shape = f'{r["clip_shape"][0]}x{r["clip_shape"][2]}²'
+        for name, m in r['models'].items():
+            rows.append(
+                [
+                    r['pair'],
+                    f'{r["size"]} ({shape})',
+                    name,
+                    f'{m["flops"] / 1e9:.2f}',
+                    f'{m["params"] / 1e6:.2f}',
+                    f'{m["pytorch"]["latency_ms"]["median"]:.0f}',
+                    f'{m["onnxruntime"]["latency_ms"]["median"]:.0f}',
+                    f'{m["pytorch"]["throughput_clips_per_s"]["median"]:.2f}',
+                    f'{m["onnxruntime"]["throughput_clips_per_s"]["median"]:.2f}',
+                ]
+            )
+    ratios = []
+    for r in result['results']:
+        for engine, q in r['speedup'].items():
+            target = r.get('target') if engine == 'onnxruntime' else None
+            met = ''
+            if target:
+                met = f'>= {target["onnxruntime_latency_speedup"]:g}x: '
+                met += 'yes' if target['met'] else '**no**'
+            ratios.append(
+                [
+                    r['pair'],
+                    r['size'],
+                    engine,
+                    f'**{q["latency"]["median"]:.2f}x**',
+                    f'{q["latency"]["min"]:.2f}–{q["latency"]["max"]:.2f}',
+                    f'{q["throughput"]["median"]:.2f}x',
+                    f'{r["flop_ratio"]:.1f}x',
+                    met,
+                ]
+            )
+    first = result['results'][0]
+    text = (
+        f'Batch 1 for latency, batch {first["batch"]} for throughput; median of '
+        f'{first["repeats"]} interleaved rounds; {first["threads"]} thread(s) for PyTorch '
+        'and ONNX Runtime alike.\n\n'
+    )
+    text += md(
+        [
+            'pair',
+            'input',
+            'model',
+            'GFLOPs',
+            'M params',
+            'PyTorch ms',
+            'ORT ms',
+            'PyTorch clips/s',
+            'ORT clips/s',
+        ],
+        rows,
+    )
+    text += '\n\n' + md(
+        [
+            'pair',
+            'input',
+            'engine',
+            'latency speedup',
+            'range',
+            'throughput speedup',
+            'FLOP ratio',
+            'target',
+        ],
+        ratios,
+    )
+    return text
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
@@ -364,6 +438,7 @@ SECTIONS = [
     ('demo_wall', 'End-to-end local demo', demo),
     ('s3_upload', 'Atomic uploads vs check-then-put', s3_upload),
     ('data_scale', 'Data at Kinetics scale (streamed from S3)', data_scale),
+    ('export_speed', 'Deployable student: teacher vs student inference speed', export_speed),
 ]
 
 

@@ -11,9 +11,11 @@ if [[ "${1:-}" == quick ]]; then
   $PY benchmarks/data_loading.py --sizes tiny --clips 20
   $PY benchmarks/kd_gain.py --seeds 0 1 --epochs 3 --teacher-epochs 3
   $PY benchmarks/logit_cache.py --repeats 3
+  $PY benchmarks/export_speed.py --sizes tiny --repeats 3
 else
   $PY benchmarks/kd_step.py
   $PY benchmarks/data_loading.py
   $PY benchmarks/kd_gain.py --jobs 2 --threads 1   # two 1-thread trainings on 2 cores
   $PY benchmarks/logit_cache.py
+  $PY benchmarks/export_speed.py
 fi

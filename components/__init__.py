@@ -16,10 +16,12 @@ train               ``video_kd.steps.train``         ``video_kd.train_config`` (
                                                      process: ``video_kd.train_pod``
 convert             ``video_kd.steps.convert``       ``video_kd.convert``
 evaluate            ``video_kd.steps.evaluate``      ``video_kd.evaluate``, ``.steps.report``
+export              ``video_kd.steps.export``        ``video_kd.deployable`` (export, speed,
+                                                     plots, model_card)
 ==================  ===============================  ====================================
 
 The pipeline that chains them is ``pipelines/kd_pipeline.py``.
 """
 
 DEFAULT_IMAGE = 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
-STEPS = ('data_prep', 'teacher_download', 'train', 'convert', 'evaluate')
+STEPS = ('data_prep', 'teacher_download', 'train', 'convert', 'evaluate', 'export')

@@ -1,4 +1,4 @@
-"""The video KD pipeline: data prep -> teacher download -> KD training -> convert -> evaluate.
+"""The video KD pipeline: data prep -> teacher -> KD training -> convert -> evaluate -> export.
 
 Compile with ``video-kd compile`` (writes ``pipelines/kd_pipeline.yaml``,
 which is committed; a test fails when it is stale).  Every step is a
@@ -23,12 +23,13 @@ from components import DEFAULT_IMAGE
 from components.convert.component import convert
 from components.data_prep.component import data_prep
 from components.evaluate.component import evaluate
+from components.export.component import export
 from components.teacher_download.component import teacher_download
 from components.train.component import train
 
 PIPELINE_NAME = 'video-kd-distillation'
 PIPELINE_FILE = Path(__file__).with_name('kd_pipeline.yaml')
-TASK_ORDER = ('data-prep', 'teacher-download', 'train', 'convert', 'evaluate')
+TASK_ORDER = ('data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export')
 # What the train step reads from the chart's training ConfigMap (video_kd.backends.spec_from_env).
 TRAINING_CONFIG_KEYS = (
     'VIDEO_KD_TRAINING_BACKEND', 'VIDEO_KD_SERVICE_ACCOUNT', 'VIDEO_KD_WORKER_POD_OVERRIDES',
@@ -100,7 +101,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         name=PIPELINE_NAME,
         description='Distill a large MMAction2 video recognizer (teacher) into a small one '
         '(student) with MMRazor: data prep, teacher download, KD training as a '
-        'Kubeflow PyTorchJob or TrainJob, student conversion, evaluation. Artifacts in '
+        'Kubeflow PyTorchJob or TrainJob, student conversion, evaluation, export of the '
+        'deployable student (ONNX, speed, model card). Artifacts in '
         's3://<s3_bucket>/<s3_prefix>/<run id>/.',
     )
     def kd_pipeline(
@@ -127,6 +129,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         s3_config_map: str = names.s3_config_map,
         s3_credentials: str = names.s3_credentials,
         training_config_map: str = names.training_config_map,
+        export_tolerance: float = 1e-3,
+        speed_repeats: int = 3,
         image: str = DEFAULT_IMAGE,
         run_id: str = '',
     ):
@@ -155,6 +159,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
         s3_config_map, s3_credentials, training_config_map: the Kubernetes objects the step pods
             read (the Helm release's).
+        export_tolerance: the largest ONNX vs PyTorch logit difference the export accepts.
+        speed_repeats: timing rounds of teacher vs student (ONNX Runtime, PyTorch); 0 skips it.
         image: the image of every step and of the PyTorchJob pods.
         run_id: empty picks <UTC time>-<KFP run id>; a run id in use is refused.
         """
@@ -181,13 +187,20 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             'KD training', image, **env, training_config_map=training_config_map,
         )  # fmt: skip
         student = step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image, **env)
-        step(
+        evaluation = step(
             evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                      student=student.outputs['student'], kd_config=kd_config,
                      student_config=student_config, baseline_url=baseline_url,
                      baseline_sha256=baseline_sha256),
             'evaluation', image, **env,
         )  # fmt: skip
+        step(
+            export(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
+                   student=student.outputs['student'], kd_config=kd_config,
+                   student_config=student_config, image=image,
+                   export_tolerance=export_tolerance, speed_repeats=speed_repeats),
+            'export (ONNX, speed, model card)', image, **env,
+        ).after(evaluation)  # the card and the top-1 cross-check read the evaluation  # fmt: skip
 
     return kd_pipeline
 

@@ -1,4 +1,4 @@
-"""The KFP pipeline: compiled IR (five typed steps in order, committed YAML up to date) and
+"""The KFP pipeline: compiled IR (six typed steps in order, committed YAML up to date) and
 real end-to-end runs with KFP's local runner against a real S3 server (moto over HTTP)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from video_kd.errors import UserError
 from video_kd.runs import RUN_STEPS, Manifest, RunLayout, new_run_id
 from video_kd.steps import data_prep
 
-ORDER = ['data-prep', 'teacher-download', 'train', 'convert', 'evaluate']
+ORDER = ['data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export']
 
 
 def _spec(path=kp.PIPELINE_FILE):
@@ -30,7 +30,7 @@ def test_committed_yaml_is_up_to_date(tmp_path):
     )
 
 
-def test_five_tasks_chained_in_order_with_typed_artifacts():
+def test_six_tasks_chained_in_order_with_typed_artifacts():
     spec, _ = _spec()
     tasks = spec['root']['dag']['tasks']
     assert sorted(tasks) == sorted(ORDER)
@@ -54,6 +54,17 @@ def test_five_tasks_chained_in_order_with_typed_artifacts():
         'metrics': 'system.Metrics',
         'confusion_matrix': 'system.ClassificationMetrics',
         'report': 'system.Markdown',
+    }
+    assert io('export', 'input') == {
+        'dataset': 'system.Dataset',
+        'teacher': 'system.Model',
+        'student': 'system.Model',
+    }
+    assert io('export', 'output') == {
+        'onnx_model': 'system.Model',
+        'metrics': 'system.Metrics',
+        'report': 'system.HTML',
+        'model_card': 'system.Markdown',
     }
     # data flows through artifacts: each consumer reads its producer's output
     producer = {
@@ -116,7 +127,7 @@ def test_typed_parameters_and_no_credentials():
 def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
     spec, platform = _spec()
     executors = spec['deploymentSpec']['executors']
-    assert len(executors) == 5
+    assert len(executors) == 6
     for name, executor in executors.items():
         container = executor['container']
         assert container['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"

@@ -17,6 +17,7 @@ every listed video, so an unreadable one stops it with the object's name.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from mmaction.datasets import VideoDataset
@@ -155,6 +156,16 @@ def _transforms(pipeline: list) -> list:
         found.append(step)
         found.extend(_transforms(step.get('transforms') or []))
     return found
+
+
+def use_test_data(cfg: Config, data: str | Path | dict[str, Any]) -> list[str]:
+    """Point ``cfg``'s test loader at ``data``: a prepared dataset's metadata (its val split,
+    streamed where it is) or a local dataset root; returns the class names."""
+    if isinstance(data, dict):
+        return use_dataset(cfg, data, loaders=('test_dataloader',))
+    from video_kd.runtime import set_data_root
+
+    return set_data_root(cfg, data)
 
 
 def use_dataset(

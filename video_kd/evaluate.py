@@ -23,9 +23,9 @@ from mmengine.config import Config, DictAction
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.config import load_config, student_model_cfg
 from video_kd.convert import load_state_dict, state_dict_mismatch
-from video_kd.data_stream import use_dataset
+from video_kd.data_stream import use_test_data
 from video_kd.errors import UserError, run_cli, setup_logging
-from video_kd.runtime import register_all_modules, set_data_root
+from video_kd.runtime import register_all_modules
 
 logger = logging.getLogger(__name__)
 
@@ -70,10 +70,7 @@ def build_test_config(
     cfg = load_config(config, cfg_options)
     cfg.model = student_model_cfg(cfg)
     cfg.default_scope = 'mmaction'
-    if isinstance(data, dict):
-        classes = use_dataset(cfg, data, loaders=('test_dataloader',))
-    else:
-        classes = set_data_root(cfg, data)
+    classes = use_test_data(cfg, data)
     for key in (
         'train_dataloader',
         'train_cfg',

@@ -239,6 +239,7 @@ def run_local_pipeline(
         max_epochs=kd_epochs,
         cfg_options=TINY_CFG_OPTIONS,
         training_backend='local',
+        speed_repeats=1,  # one timing round at the seed's size is enough for a demo
         s3_bucket=bucket,
         s3_prefix=prefix,
         run_id=run_id,

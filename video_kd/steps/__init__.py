@@ -9,6 +9,7 @@ module             the step
 ``convert``        KD checkpoint -> student-only checkpoint in ``student/``
 ``evaluate``       MMAction2's test loop on val: student, teacher, student alone (``eval/``)
 ``report``         the evaluation's Markdown report
+``export``         the deployable student: ONNX verified, speed, plots, model card (``export/``)
 ``common``         what the steps share: scratch dirs, verified fetches, artifact look-ups
 =================  ==================================================================
 

@@ -1,0 +1,1 @@
+"""The export step (see component.py and video_kd.steps.export)."""
