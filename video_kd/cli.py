@@ -341,10 +341,12 @@ def run_local_pipeline(
     workers: int,
     run_id: str | None = None,
     pipeline_args: dict[str, Any] | None = None,
+    runner: Any = None,
 ) -> dict[str, Any]:
     """Everything ``run-local`` does once the S3 env is set; returns where things are.
 
     ``pipeline_args``: more kd_pipeline parameters (teacher_precision, ...).
+    ``runner``: a KFP local runner; default: every step a subprocess of this Python.
     """
     import boto3
     from kfp import local
@@ -389,7 +391,7 @@ def run_local_pipeline(
     run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
     print(f'running the pipeline with the KFP local runner, run id {run_id}')
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=runner or local.SubprocessRunner(use_venv=False),
         pipeline_root=str(workdir / 'kfp-root'),
         raise_on_error=True,
     )
