@@ -82,7 +82,7 @@ build() {
   while IFS= read -r line; do mounts+=(-v "$line"); done \
     < <("$PYTHON" docker/pip_mounts.py "$scratch" "$PYTHON")
   echo "building $IMAGE from $DOCKERFILE (base $BASE_IMAGE)" >&2
-  if ! podman build --layers --format docker --network host \
+  if ! podman build --layers --force-rm --format docker --network host \
       --ulimit nofile=1024:1024 --ulimit nproc=4096:4096 \
       "${mounts[@]}" \
       --build-arg "BASE_IMAGE=$BASE_IMAGE" \

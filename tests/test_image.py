@@ -178,6 +178,7 @@ def test_a_source_edit_rebuilds_only_the_source_layers(image, tmp_path):
     """A copy of the build context with one source file changed: the torch and dependency
     layers come from the cache, only the project's COPY/RUN layers run again."""
     context = tmp_path / 'context'
+    context.mkdir()
     for name in ('pyproject.toml', 'README.md', 'docker', 'video_kd', 'components', 'pipelines'):
         source = ROOT / name
         if source.is_dir():
