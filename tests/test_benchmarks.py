@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
-SCRIPTS = ['kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 'report']
+SCRIPTS = ['kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 'image_ci', 'report']
 
 
 @pytest.mark.parametrize('name', SCRIPTS)
