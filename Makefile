@@ -4,7 +4,7 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: install demo test test-fast lint format compile bench clean
+.PHONY: install demo test test-fast lint format compile bench clean image image-cuda
 
 install: $(STAMP)
 
@@ -37,6 +37,17 @@ test-fast: $(STAMP)  ## unit tests only, skips real training and pipeline runs
 
 bench: $(STAMP)      ## the benchmarks (see benchmarks/README.md); results in benchmarks/results/
 	. $(VENV)/bin/activate && bash benchmarks/run_all.sh
+
+# The images (README, "Deploy on a cluster"). One Dockerfile; the CUDA image differs only in
+# its base, which holds the CUDA build of the pinned torch.
+IMAGE           ?= ghcr.io/kubeflow-video-kd/video-kd:0.1.0
+CUDA_BASE_IMAGE := pytorch/pytorch:2.13.0-cuda13.0-cudnn9-runtime
+
+image:               ## the CPU image, with podman (base from Debian packages via mmdebstrap)
+	IMAGE=$(IMAGE) PYTHON=$(shell test -x $(PY) && echo $(PY) || echo $(PYTHON)) bash docker/build_image.sh
+
+image-cuda:          ## the CUDA image, with docker, where pytorch/pytorch can be pulled
+	docker build --build-arg BASE_IMAGE=$(CUDA_BASE_IMAGE) -f docker/Dockerfile -t $(IMAGE)-cuda .
 
 compile: $(STAMP)    ## recompile pipelines/kd_pipeline.yaml
 	$(VENV)/bin/video-kd compile

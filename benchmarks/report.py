@@ -430,6 +430,31 @@ def export_speed(result):
     return text
 
 
+def image_ci(result):
+    builds = result['builds']
+    base_s = builds.get('cold', {}).get('base_s')
+    labels = {
+        'cold': 'cold build: empty layer cache (torch, dependencies, ...); '
+        + (f'base made by mmdebstrap in {base_s} s' if base_s else 'the mmdebstrap base reused'),
+        'cached': 'build with nothing changed',
+        'source_edit': 'build after a source edit',
+    }
+    rows = [
+        [labels[name], f'{b["wall_s"]:.0f} s', b['steps_rebuilt']] for name, b in builds.items()
+    ]
+    tests = result.get('container_tests')
+    if tests:
+        rows.append(
+            [
+                '`pytest tests/test_image.py` (image cached; pipeline as subprocesses '
+                f'{tests["subprocess_run_s"]} s, then in containers {tests["containerised_run_s"]} s)',
+                f'{tests["wall_s"]:.0f} s',
+                tests['summary'],
+            ]
+        )
+    return md(['what', 'wall time', 'Dockerfile steps run / result'], rows)
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
@@ -439,6 +464,7 @@ SECTIONS = [
     ('s3_upload', 'Atomic uploads vs check-then-put', s3_upload),
     ('data_scale', 'Data at Kinetics scale (streamed from S3)', data_scale),
     ('export_speed', 'Deployable student: teacher vs student inference speed', export_speed),
+    ('image_ci', 'The image in CI (make image, tests/test_image.py)', image_ci),
 ]
 
 

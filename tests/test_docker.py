@@ -30,7 +30,9 @@ except ModuleNotFoundError:  # Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCKER = ROOT / 'docker'
-DOCKERFILES = [DOCKER / 'Dockerfile', DOCKER / 'Dockerfile.cuda']
+# One Dockerfile builds both images: the CUDA one differs only in BASE_IMAGE (see Makefile).
+DOCKERFILES = [DOCKER / 'Dockerfile']
+MAKEFILE = (ROOT / 'Makefile').read_text()
 PYPROJECT = tomllib.loads((ROOT / 'pyproject.toml').read_text())
 SOURCE_DIRS = ['video_kd', 'components', 'pipelines']
 
@@ -85,9 +87,16 @@ def check(text: str) -> list[str]:
     froms = [i for i in ins if i.cmd == 'FROM']
     if not froms:
         return ['no FROM']
+    # ARGs before the first FROM may name the base; their defaults must be pinned too
+    defaults = dict(
+        i.args.partition('=')[::2] for i in ins if i.cmd == 'ARG' and i.line < froms[0].line
+    )
     for f in froms:
         image = next(p for p in f.args.split() if not p.startswith('--'))
-        if '$' in image:
+        variable = re.fullmatch(r'\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?', image)
+        if variable and defaults.get(variable[1]):
+            image = defaults[variable[1]]
+        elif '$' in image:
             problems.append(f'line {f.line}: base image from a variable is not pinned: {image}')
             continue
         name, _, tag = (
@@ -108,7 +117,7 @@ def check(text: str) -> list[str]:
             problems.append(
                 f'line {users[-1].line}: USER {user!r} is not numeric (runAsNonRoot cannot verify it)'
             )
-        if users[-1].line < max(i.line for i in ins if i.cmd == 'RUN'):
+        if users[-1].line < max((i.line for i in ins if i.cmd == 'RUN'), default=0):
             problems.append('RUN after the last USER')
     for i in ins:
         if i.cmd in {'ARG', 'ENV'}:
@@ -170,6 +179,15 @@ def test_checker_flags_a_bad_dockerfile():
         'pyproject.toml is never copied',
     ]:
         assert expected in problems, (expected, problems)
+
+
+def test_checker_flags_a_base_image_argument_without_a_pinned_default():
+    for base in ('ARG BASE_IMAGE', 'ARG BASE_IMAGE=debian:latest', 'ARG OTHER=debian:12.12'):
+        problems = '\n'.join(check(f'{base}\nFROM ${{BASE_IMAGE}}\nUSER 10001\n'))
+        assert 'not pinned' in problems, (base, problems)
+    assert not any(
+        'pinned' in p for p in check('ARG BASE_IMAGE=debian:12.12-slim\nFROM ${BASE_IMAGE}\n')
+    )
 
 
 def test_checker_flags_wrong_layer_order_and_root_user():
@@ -320,18 +338,33 @@ def test_lock_file_agrees_with_pyproject():
         assert excluded not in lock, f'{excluded} (test/local extra) must not go into the image'
 
 
-def test_cuda_base_image_carries_the_pinned_torch():
+def test_cuda_image_is_the_same_dockerfile_on_a_base_with_the_pinned_torch():
+    """`make image-cuda`: docker/Dockerfile with BASE_IMAGE=pytorch/pytorch:<torch pin>-cuda...;
+    the build keeps the base's torch (system site-packages) and fails if it is not the pin."""
     torch_pin = next(d for d in PYPROJECT['project']['dependencies'] if d.startswith('torch=='))[
         len('torch==') :
     ]
-    cuda = parse((DOCKER / 'Dockerfile.cuda').read_text())
-    base = next(i for i in cuda if i.cmd == 'FROM').args
-    assert base.startswith(f'pytorch/pytorch:{torch_pin}-cuda'), base
-    assert any(i.cmd == 'RUN' and f"'{torch_pin}'" in i.args for i in cuda), (
-        "the build asserts the base image's torch"
+    cuda_base = re.search(r'^CUDA_BASE_IMAGE\s*:?=\s*(\S+)', MAKEFILE, re.M)[1]
+    assert cuda_base.startswith(f'pytorch/pytorch:{torch_pin}-cuda'), cuda_base
+    assert 'BASE_IMAGE=$(CUDA_BASE_IMAGE)' in MAKEFILE and '-f docker/Dockerfile ' in MAKEFILE
+    ins = parse((DOCKER / 'Dockerfile').read_text())
+    assert any(i.cmd == 'ARG' and i.args == f'TORCH_VERSION={torch_pin}' for i in ins)
+    assert any(i.cmd == 'RUN' and '--system-site-packages' in i.args for i in ins)
+    assert any(
+        i.cmd == 'RUN' and 'torch.__version__' in i.args and '${TORCH_VERSION}' in i.args
+        for i in ins
+    ), "the build asserts the installed (or the base image's) torch"
+
+
+def test_the_base_image_default_is_the_debian_release_the_local_base_is_made_of():
+    """CI builds on a base made by mmdebstrap from Debian bookworm (docker/build_image.sh);
+    the default base, what a registry serves, must be the same Debian release."""
+    ins = parse((DOCKER / 'Dockerfile').read_text())
+    (base,) = [i.args for i in ins if i.cmd == 'ARG' and i.args.startswith('BASE_IMAGE=')]
+    assert re.fullmatch(r'BASE_IMAGE=debian:12\.\d+-slim', base), base
+    assert (
+        'mmdebstrap --quiet --variant=minbase bookworm' in (DOCKER / 'build_image.sh').read_text()
     )
-    cpu = parse((DOCKER / 'Dockerfile').read_text())
-    assert any(i.cmd == 'ARG' and i.args == f'TORCH_VERSION={torch_pin}' for i in cpu)
 
 
 def test_requirements_extraction_command_matches_pyproject(tmp_path):
