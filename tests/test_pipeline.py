@@ -241,7 +241,7 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
     run_config = RunLayout.from_root(second['run_root']).uri('train', 'config.py')
     written = s3.download_file(run_config, tmp_path / 'run_config.py').read_text()
     assert "type='InferenceTeacherDistill'" in written and 'max_epochs=1' in written
-    assert 'custom_imports=dict(' in written and 'video_kd.plugins' in written
+    assert 'custom_imports = dict(' in written and "'video_kd.plugins'" in written
     assert 'baseline' not in second['metrics']
     # the first run's objects are untouched
     again = Manifest.load(RunLayout.from_root(first['run_root']))
