@@ -30,7 +30,10 @@ from typing import TYPE_CHECKING, Any
 from video_kd.errors import UserError, exit_on_user_error, one_line
 
 if TYPE_CHECKING:
+    from kfp import Client
+
     from pipelines.kd_pipeline import ClusterNames
+    from video_kd.local_run import LocalS3
 
 log = logging.getLogger('video_kd.cli')
 
@@ -109,7 +112,7 @@ def check_cron(cron: str) -> str:
     return cron
 
 
-def kfp_client(args):
+def kfp_client(args: argparse.Namespace) -> Client:
     import kfp
 
     with kfp_errors(args.host):
@@ -134,11 +137,11 @@ def kfp_errors(host: str) -> Iterator[None]:
         raise UserError(f'cannot reach the KFP API at {host}: {one_line(exc)}') from exc
 
 
-def find_pipeline_id(client, name: str) -> str | None:
+def find_pipeline_id(client: Client, name: str) -> str | None:
     return client.get_pipeline_id(name)
 
 
-def cluster_names(args) -> ClusterNames:
+def cluster_names(args: argparse.Namespace) -> ClusterNames:
     """The chart release's object names, from ``upload``'s flags."""
     from pipelines.kd_pipeline import ClusterNames
 
@@ -154,7 +157,7 @@ def cluster_names(args) -> ClusterNames:
 # --------------------------------------------------------------------------- commands
 
 
-def cmd_compile(args) -> int:
+def cmd_compile(args: argparse.Namespace) -> int:
     from pipelines.kd_pipeline import compile_pipeline
 
     out = compile_pipeline(args.output or pipeline_file())
@@ -162,14 +165,14 @@ def cmd_compile(args) -> int:
     return 0
 
 
-def cmd_configs(args) -> int:
+def cmd_configs(args: argparse.Namespace) -> int:
     from video_kd.config import available_configs
 
     print('\n'.join(available_configs()))
     return 0
 
 
-def cmd_upload(args) -> int:
+def cmd_upload(args: argparse.Namespace) -> int:
     from pipelines.kd_pipeline import ClusterNames, compile_pipeline
 
     names = cluster_names(args)
@@ -183,7 +186,7 @@ def cmd_upload(args) -> int:
             return _upload(client, package, args)
 
 
-def _upload(client, package: str, args) -> int:
+def _upload(client: Client, package: str, args: argparse.Namespace) -> int:
     pipeline_id = find_pipeline_id(client, args.pipeline_name)
     if pipeline_id is None:
         pipeline = client.upload_pipeline(
@@ -204,14 +207,14 @@ def _upload(client, package: str, args) -> int:
     return 0
 
 
-def cmd_submit(args) -> int:
+def cmd_submit(args: argparse.Namespace) -> int:
     params = parse_params(args.param, args.package)
     client = kfp_client(args)
     with kfp_errors(args.host):
         return _submit(client, params, args)
 
 
-def _submit(client, params: dict[str, Any], args) -> int:
+def _submit(client: Client, params: dict[str, Any], args: argparse.Namespace) -> int:
     run = client.create_run_from_pipeline_package(
         str(args.package or pipeline_file()),
         arguments=params,
@@ -229,7 +232,7 @@ def _submit(client, params: dict[str, Any], args) -> int:
     return 0
 
 
-def cmd_schedule(args) -> int:
+def cmd_schedule(args: argparse.Namespace) -> int:
     cron = check_cron(args.cron)
     params = parse_params(args.param)
     client = kfp_client(args)
@@ -237,7 +240,7 @@ def cmd_schedule(args) -> int:
         return _schedule(client, cron, params, args)
 
 
-def _schedule(client, cron: str, params: dict[str, Any], args) -> int:
+def _schedule(client: Client, cron: str, params: dict[str, Any], args: argparse.Namespace) -> int:
     pipeline_id = find_pipeline_id(client, args.pipeline_name)
     if pipeline_id is None:
         raise UserError(
@@ -294,7 +297,7 @@ def _fmt(m: dict | None) -> str:
     )
 
 
-def cmd_run_local(args) -> int:
+def cmd_run_local(args: argparse.Namespace) -> int:
     from video_kd import local_run
 
     logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
@@ -363,7 +366,7 @@ def _print_summary(result: dict[str, Any], mirror: Path, seconds: float) -> None
     print(f'report: {mirror / "eval" / "report.md"}')
 
 
-def _serve(server, run_root: str) -> None:
+def _serve(server: LocalS3, run_root: str) -> None:
     env = server.env()
     print(
         f'\nS3 server stays up at {server.endpoint} until Ctrl-C; browse it with\n'

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import sys
 import types
+from typing import Any, NoReturn
 
 DRN_MODULES = ('mmaction.models.localizers.drn', 'mmaction.models.localizers.drn.drn')
 QUANT_MODULE = 'mmrazor.structures.quantization'
@@ -86,7 +87,7 @@ class QConfigHandler:
 class _RaisingBackendConfigs(dict):
     """Empty mapping whose every lookup explains why quantization is off."""
 
-    def __getitem__(self, backend):
+    def __getitem__(self, backend: Any) -> NoReturn:
         raise _stub_error(f'mmrazor quantization backend {backend!r}', _NO_QUANT)
 
 
@@ -128,7 +129,7 @@ def is_installed() -> bool:
     )
 
 
-def _load_trusted_local_checkpoint(filename, map_location=None):
+def _load_trusted_local_checkpoint(filename: str, map_location: Any = None) -> Any:
     import os.path
 
     import torch

@@ -25,6 +25,7 @@ from __future__ import annotations
 import copy
 import logging
 from pathlib import Path
+from typing import Any
 
 from mmengine.config import Config, ConfigDict
 
@@ -105,7 +106,7 @@ def _accepts(type_name: str, argument: str) -> bool:
     return cls is not None and argument in inspect.signature(cls).parameters
 
 
-def _strip_remote_weights(node, where: str = 'model') -> None:
+def _strip_remote_weights(node: Any, where: str = 'model') -> None:
     """Replace URL-named pretrained weights by None, in place, logging each."""
     if isinstance(node, dict):
         for key, value in node.items():
@@ -215,7 +216,7 @@ def student_model_cfg(cfg: Config) -> ConfigDict:
     return cfg.model.architecture if is_distill_config(cfg) else cfg.model
 
 
-def set_num_classes(node, num_classes: int) -> int:
+def set_num_classes(node: Any, num_classes: int) -> int:
     """Set num_classes of every head in a (model) dict; returns how many were set."""
     count = 0
     if isinstance(node, dict):

@@ -104,7 +104,7 @@ def convert_kd_ckpt_to_student(
     return out
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.convert',
         description='Convert a knowledge-distillation checkpoint (MMRazor SingleTeacherDistill) '
@@ -116,7 +116,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     out = convert_kd_ckpt_to_student(args.checkpoint, args.out, args.overwrite)

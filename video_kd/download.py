@@ -26,6 +26,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -162,7 +163,9 @@ def _cache_uri(cache: RunLayout | str, sha256: str, filename: str, kind: str) ->
     return s3.join_uri(cache, kind, sha256, filename)
 
 
-def fetch_verified(source: str, dest: Path, sha256: str | None, fetch) -> Path:
+def fetch_verified(
+    source: str, dest: Path, sha256: str | None, fetch: Callable[[Path], object]
+) -> Path:
     """Run ``fetch(tmp_path)``, check the checksum, then rename onto ``dest``.
 
     Whatever goes wrong, the temporary file is removed: no file is left

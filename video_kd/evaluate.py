@@ -30,7 +30,7 @@ from video_kd.runtime import register_all_modules
 logger = logging.getLogger(__name__)
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.evaluate',
         description='Test a recognizer checkpoint on the validation list of a dataset with '
@@ -136,7 +136,7 @@ def evaluate(
     )
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     metrics = evaluate(

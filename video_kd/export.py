@@ -27,9 +27,9 @@ import logging
 import shutil
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -37,6 +37,10 @@ from torch import nn
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.errors import UserError, one_line, run_cli, setup_logging
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
+    from onnxruntime import InferenceSession
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +139,9 @@ def load_student(
     return model.eval(), cfg, classes
 
 
-def iter_val_clips(cfg, limit: int | None = None) -> Iterator[tuple[torch.Tensor, int, str]]:
+def iter_val_clips(
+    cfg: Config, limit: int | None = None
+) -> Iterator[tuple[torch.Tensor, int, str]]:
     """(packed clip as float32, label, video path) of the val list, via the config's test
     pipeline: what MMAction2's test loop feeds the model, one video at a time."""
     from mmaction.registry import DATASETS
@@ -151,7 +157,9 @@ def iter_val_clips(cfg, limit: int | None = None) -> Iterator[tuple[torch.Tensor
         )
 
 
-def batches(clips, size: int) -> Iterator[tuple[torch.Tensor, list[int]]]:
+def batches(
+    clips: Iterable[tuple[torch.Tensor, int, str]], size: int
+) -> Iterator[tuple[torch.Tensor, list[int]]]:
     """Stack clips into batches of ``size`` (the last one may be smaller)."""
     inputs, labels = [], []
     for clip, label, _ in clips:
@@ -239,7 +247,10 @@ def ort_session(path: str | Path, threads: int | None = None, spin: bool = True)
 
 
 def compare_on_clips(
-    module: RecognizerScores, session, clips, batch_size: int = 4
+    module: RecognizerScores,
+    session: InferenceSession,
+    clips: Iterable[tuple[torch.Tensor, int, str]],
+    batch_size: int = 4,
 ) -> dict[str, Any]:
     """Run PyTorch and ONNX Runtime on the same batches; the differences and accuracies."""
     max_logit, max_score, agree, correct_torch, correct_onnx, count = 0.0, 0.0, 0, 0, 0, 0
@@ -295,7 +306,9 @@ def check_parity(
 # --------------------------------------------------------------------------- preprocessing
 
 
-def preprocess_spec(cfg, classes: list[str], example_shape: tuple[int, ...]) -> dict[str, Any]:
+def preprocess_spec(
+    cfg: Config, classes: list[str], example_shape: tuple[int, ...]
+) -> dict[str, Any]:
     """What a consumer does before and after the graph, from the config itself."""
     pipeline = [dict(t) for t in cfg.test_dataloader.dataset.pipeline]
     sampler = next((t for t in pipeline if t['type'] == 'SampleFrames'), {})
@@ -447,7 +460,7 @@ def _write_json(path: Path, payload: dict[str, Any]) -> Path:
 # --------------------------------------------------------------------------- CLI
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.export',
         description='Export a student checkpoint to ONNX (dynamic batch) with its '
@@ -471,7 +484,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv=None) -> int:
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     result = export_student(

@@ -24,11 +24,17 @@ teacher this way.
 from __future__ import annotations
 
 import contextlib
+from typing import TYPE_CHECKING
 
 import torch
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.errors import UserError
+
+if TYPE_CHECKING:
+    from mmaction.structures import ActionDataSample
+    from mmengine.config import Config
+    from mmrazor.models import SingleTeacherDistill
 
 PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 ALGORITHM = 'InferenceTeacherDistill'
@@ -75,7 +81,9 @@ def _register():
                     if isinstance(module, _BatchNorm):
                         module.eval()
 
-        def run_teacher(self, batch_inputs, data_samples) -> dict[str, torch.Tensor]:
+        def run_teacher(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
+        ) -> dict[str, torch.Tensor]:
             """One teacher forward; returns each teacher recorder's output (fp32, no grad)."""
             recorders = self.distiller.teacher_recorders
             amp = (
@@ -100,11 +108,15 @@ def _register():
                 recorder.reset_data_buffer()
                 recorder.data_buffer.append(records[name])
 
-        def teacher_records(self, batch_inputs, data_samples) -> dict:
+        def teacher_records(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
+        ) -> dict:
             """What the distill losses read from the teacher recorders (subclasses: a cache)."""
             return self.run_teacher(batch_inputs, data_samples)
 
-        def loss(self, batch_inputs, data_samples=None):
+        def loss(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None = None
+        ) -> dict[str, torch.Tensor]:
             losses = dict()
             self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
             if self.calculate_student_loss:
@@ -126,7 +138,7 @@ def _register():
 _CLASS = None
 
 
-def register():
+def register() -> type[SingleTeacherDistill]:
     """Register InferenceTeacherDistill in MMRazor's MODELS (once); returns the class."""
     global _CLASS
     if _CLASS is None:
@@ -134,7 +146,7 @@ def register():
     return _CLASS
 
 
-def enable_fast_teacher(cfg, precision: str = 'fp32') -> None:
+def enable_fast_teacher(cfg: Config, precision: str = 'fp32') -> None:
     """Switch a KD config's algorithm to InferenceTeacherDistill with this teacher precision."""
     from video_kd.config import is_distill_config
 

@@ -23,11 +23,14 @@ import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from video_kd import s3
 from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout, new_run_id
+
+if TYPE_CHECKING:
+    from kfp.local import DockerRunner, SubprocessRunner
 
 LOCAL_ACCESS_KEY = 'video-kd-local'
 LOCAL_SECRET_KEY = 'video-kd-local-secret'
@@ -209,7 +212,7 @@ def run_local_pipeline(
     workers: int,
     run_id: str | None = None,
     pipeline_args: dict[str, Any] | None = None,
-    runner=None,
+    runner: SubprocessRunner | DockerRunner | None = None,
 ) -> dict[str, Any]:
     """Everything ``run-local`` does once the S3 env is set; returns where things are.
 

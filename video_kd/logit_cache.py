@@ -63,8 +63,9 @@ import os
 import random
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -73,6 +74,11 @@ from mmengine.registry import HOOKS
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.errors import UserError
+
+if TYPE_CHECKING:
+    from mmaction.structures import ActionDataSample
+    from mmengine.config import Config
+    from mmengine.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +122,7 @@ def digest(obj: Any, length: int = 64) -> str:
 
 
 @contextlib.contextmanager
-def seeded_rngs(seed: int):
+def seeded_rngs(seed: int) -> Iterator[None]:
     """Run a block with Python's, NumPy's and torch's CPU RNG seeded; restore them after."""
     py_state, np_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[]):
@@ -332,7 +338,9 @@ def _register_algorithm():
             self.cache_misses = 0
             self.last_misses = 0
 
-        def teacher_outputs(self, batch_inputs, data_samples) -> list[dict[str, torch.Tensor]]:
+        def teacher_outputs(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+        ) -> list[dict[str, torch.Tensor]]:
             """Per-sample teacher records, from a real teacher forward."""
             records = {
                 name: split_per_sample(record, len(data_samples))
@@ -342,7 +350,9 @@ def _register_algorithm():
                 {name: per[i] for name, per in records.items()} for i in range(len(data_samples))
             ]
 
-        def teacher_records(self, batch_inputs, data_samples) -> dict[str, torch.Tensor]:
+        def teacher_records(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+        ) -> dict[str, torch.Tensor]:
             keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
             if any(k is None for k in keys):
                 raise UserError(
@@ -366,12 +376,16 @@ def _register_algorithm():
                 for name in self.distiller.teacher_recorders.recorders
             }
 
-        def fill_teacher_recorders(self, batch_inputs, data_samples) -> int:
+        def fill_teacher_recorders(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+        ) -> int:
             """Fill the teacher recorders for this batch; returns how many samples missed."""
             self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
             return self.last_misses
 
-        def loss(self, batch_inputs, data_samples=None):
+        def loss(
+            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None = None
+        ) -> dict[str, torch.Tensor]:
             losses = super().loss(batch_inputs, data_samples)
             losses['teacher_cache_hit'] = torch.tensor(
                 1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device
@@ -394,7 +408,7 @@ class TeacherLogitCacheHook(Hook):
         self.writer = f'{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}-{uuid.uuid4().hex[:8]}'
 
     @staticmethod
-    def algorithm(runner):
+    def algorithm(runner: Runner) -> torch.nn.Module:
         from mmengine.model import is_model_wrapper
 
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
@@ -405,7 +419,7 @@ class TeacherLogitCacheHook(Hook):
             )
         return model
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: Runner) -> None:
         model = self.algorithm(runner)
         added = model.logit_cache.load(self.location)
         runner.logger.info(
@@ -413,17 +427,17 @@ class TeacherLogitCacheHook(Hook):
             f'{model.logit_cache.shards_loaded} shards'
         )
 
-    def _flush(self, runner, tag: str) -> None:
+    def _flush(self, runner: Runner, tag: str) -> None:
         from mmengine.dist import get_rank
 
         model = self.algorithm(runner)
         model.logit_cache.flush(self.location, f'{self.writer}-{tag}-rank{get_rank()}')
 
-    def after_train_epoch(self, runner) -> None:
+    def after_train_epoch(self, runner: Runner) -> None:
         if self.flush_every_epoch:
             self._flush(runner, f'epoch{runner.epoch}')
 
-    def after_train(self, runner) -> None:
+    def after_train(self, runner: Runner) -> None:
         self._flush(runner, 'end')
         model = self.algorithm(runner)
         total = max(model.cache_hits + model.cache_misses, 1)
@@ -444,10 +458,10 @@ def register() -> None:
     _register_algorithm()
 
 
-def view_spec(cfg, inner_pipeline: list, num_views: int, seed: int) -> dict:
+def view_spec(cfg: Config, inner_pipeline: list, num_views: int, seed: int) -> dict:
     """Everything besides the key and the teacher weights that decides a cached tensor."""
 
-    def plain(node):
+    def plain(node: Any) -> Any:
         return node.to_dict() if hasattr(node, 'to_dict') else node
 
     model = cfg.model
@@ -478,7 +492,7 @@ def cache_location(base: str, teacher_sha256: str, spec_hash: str) -> str:
     return str(Path(base) / CACHE_DIR / teacher_sha256 / spec_hash)
 
 
-def enable_cache(cfg, base: str, teacher_sha256: str | None = None) -> str:
+def enable_cache(cfg: Config, base: str, teacher_sha256: str | None = None) -> str:
     """Switch a KD config to the cached algorithm and seeded views; returns the cache location.
 
     ``base``: s3:// prefix or local directory (the dataset's, usually).

@@ -66,7 +66,7 @@ def pretrained_weights(config: str) -> dict[str, str | None]:
 
     found: dict[str, str | None] = {}
 
-    def walk(node, where):
+    def walk(node: Any, where: str) -> None:
         if isinstance(node, dict):
             for key, value in node.items():
                 if key == 'pretrained' and not isinstance(value, dict):

@@ -19,9 +19,12 @@ import json
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from video_kd.errors import UserError
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 SCALARS = 'scalars.json'
 CURVES_PNG = 'training_curves.png'
@@ -200,7 +203,7 @@ def plot_accuracy_vs_latency(points: list[dict[str, Any]], path: str | Path) -> 
     return _save(fig, path)
 
 
-def _save(fig, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.tight_layout()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 
 def format_duration(seconds: float) -> str:
@@ -38,7 +39,7 @@ class Progress:
         unit: str = 'items',
         logger: logging.Logger | None = None,
         every: float = 5.0,
-        clock=time.monotonic,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.total = total
         self.verb = verb

@@ -26,8 +26,9 @@ import logging
 import os
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.exceptions import (
@@ -42,6 +43,9 @@ from botocore.exceptions import (
 from video_kd import s3_conditional
 from video_kd.errors import UserError
 from video_kd.s3_policy import S3Policy, install_retry_logging
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +89,7 @@ class S3UnavailableError(S3Error):
     """The server refused the connection, reset it or did not answer (after the retries)."""
 
 
-def s3_client():
+def s3_client() -> BaseClient:
     """Build an S3 client from the environment alone.
 
     Fails before any network call when credentials are missing, so a
@@ -122,7 +126,7 @@ def _cached_client(
     session_token: str | None,
     region: str,
     policy: S3Policy,
-):
+) -> BaseClient:
     """One client per configuration: building one costs ~100 ms and clients are thread-safe."""
     config = policy.botocore_config(
         s3={'addressing_style': 'path'},  # MinIO and Ceph have no virtual-host buckets
@@ -277,7 +281,7 @@ def create_if_absent(
     return True
 
 
-def _create(uri: str, write) -> None:
+def _create(uri: str, write: Callable[[], object]) -> None:
     try:
         write()
     except s3_conditional.AlreadyExistsError as exc:
@@ -325,7 +329,7 @@ def read_bytes(uri: str) -> bytes:
         return s3_client().get_object(Bucket=bucket, Key=key)['Body'].read()
 
 
-def read_json(uri: str):
+def read_json(uri: str) -> Any:
     """One JSON object from S3 (artifact metadata, manifests, claims)."""
     try:
         return json.loads(read_bytes(uri))

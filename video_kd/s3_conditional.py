@@ -35,8 +35,12 @@ import threading
 import uuid
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 log = logging.getLogger('video_kd.s3')
 
@@ -91,7 +95,7 @@ def mode() -> str:
     return value
 
 
-def supports_conditional_writes(client, bucket: str) -> bool:
+def supports_conditional_writes(client: BaseClient, bucket: str) -> bool:
     """Whether this server enforces ``If-None-Match: *`` (probed once per process and bucket)."""
     setting = mode()
     if setting != 'auto':
@@ -111,7 +115,7 @@ def supports_conditional_writes(client, bucket: str) -> bool:
         return _probed[cache_key]
 
 
-def _probe(client, bucket: str) -> bool:
+def _probe(client: BaseClient, bucket: str) -> bool:
     key = f'{PROBE_PREFIX}{uuid.uuid4().hex}'
     try:
         client.put_object(Bucket=bucket, Key=key, Body=b'1', IfNoneMatch='*')
@@ -133,7 +137,7 @@ def _probe(client, bucket: str) -> bool:
     return False  # the second write replaced the first: the header was ignored
 
 
-def put_new(client, bucket: str, key: str, body: bytes, **extra) -> None:
+def put_new(client: BaseClient, bucket: str, key: str, body: bytes, **extra) -> None:
     """Store ``body`` at ``key`` only if no object is there; else ``AlreadyExistsError``."""
     if not supports_conditional_writes(client, bucket):
         _fallback(
@@ -150,7 +154,7 @@ def put_new(client, bucket: str, key: str, body: bytes, **extra) -> None:
     )
 
 
-def upload_new(client, bucket: str, key: str, path: str | os.PathLike, **extra) -> None:
+def upload_new(client: BaseClient, bucket: str, key: str, path: str | os.PathLike, **extra) -> None:
     """Upload a file to ``key`` only if no object is there; else ``AlreadyExistsError``.
 
     Files above ``MULTIPART_THRESHOLD`` go up in parts (in parallel, each part
@@ -196,7 +200,7 @@ def _with_metadata(extra: dict, metadata: dict[str, str]) -> dict:
     return {**extra, 'Metadata': {**extra.get('Metadata', {}), **metadata}}
 
 
-def _head_exists(client, bucket: str, key: str) -> bool:
+def _head_exists(client: BaseClient, bucket: str, key: str) -> bool:
     try:
         client.head_object(Bucket=bucket, Key=key)
     except ClientError as exc:
@@ -206,7 +210,9 @@ def _head_exists(client, bucket: str, key: str) -> bool:
     return True
 
 
-def _fallback(client, bucket: str, key: str, write: Callable[[dict[str, str]], object]) -> None:
+def _fallback(
+    client: BaseClient, bucket: str, key: str, write: Callable[[dict[str, str]], object]
+) -> None:
     """Check, write with a token of ours, read the token back: loses most races, not all."""
     if _head_exists(client, bucket, key):
         raise AlreadyExistsError(key)
@@ -233,7 +239,15 @@ def _add_completion_condition(params: dict, **_) -> None:
             params.setdefault('IfNoneMatch', '*')
 
 
-def _multipart(client, bucket, key, path: Path, size: int, extra: dict, complete_extra: dict):
+def _multipart(
+    client: BaseClient,
+    bucket: str,
+    key: str,
+    path: Path,
+    size: int,
+    extra: dict,
+    complete_extra: dict,
+) -> None:
     """A multipart upload by s3transfer (boto3's managed transfer: parallel parts, aborted
     on failure); ``complete_extra`` reaches its CompleteMultipartUpload through an event
     hook, as s3transfer has no argument for it."""

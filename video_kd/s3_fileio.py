@@ -27,6 +27,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import boto3
 from botocore.config import Config
@@ -35,6 +36,9 @@ from mmengine.fileio import FileClient, register_backend
 from mmengine.fileio.backends import BaseStorageBackend
 
 from video_kd import s3
+
+if TYPE_CHECKING:
+    from botocore.client import BaseClient
 
 BACKEND_NAME = 'video_kd_s3'
 # One GET in flight per loader worker and a few for threads of the same process
@@ -49,7 +53,7 @@ _clients: dict[tuple, object] = {}
 _lock = threading.Lock()
 
 
-def stream_client():
+def stream_client() -> BaseClient:
     """This process's S3 client for streaming reads (built once per process and endpoint).
 
     Credentials and endpoint follow ``video_kd.s3`` (the environment only);
@@ -68,7 +72,7 @@ def stream_client():
         return _clients[key]
 
 
-def _build_client(base):
+def _build_client(base: BaseClient) -> BaseClient:
     """Like ``s3.s3_client()`` (same endpoint, region, env credentials), sized for streaming."""
     config = Config(
         s3={'addressing_style': 'path'},

@@ -26,6 +26,7 @@ from __future__ import annotations
 import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
@@ -34,6 +35,9 @@ from video_kd import s3
 from video_kd.errors import one_line
 from video_kd.runs import Manifest, RunLayout
 from video_kd.s3_policy import retry_call
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +151,7 @@ class S3CheckpointHook(Hook):
         self.layout = RunLayout.from_root(run_root)
         self._done: dict[str, float] = {}
 
-    def _sync(self, runner) -> None:
+    def _sync(self, runner: Runner) -> None:
         from mmengine.dist import is_main_process
 
         if not is_main_process():
@@ -162,15 +166,15 @@ class S3CheckpointHook(Hook):
             upload_checkpoint_retried(self.layout, path)
             self._done[path.name] = mtime
 
-    def before_train(self, runner) -> None:
+    def before_train(self, runner: Runner) -> None:
         # A resumed run starts with the checkpoint it came from: already in S3.
         for path in Path(runner.work_dir).glob('epoch_*.pth'):
             self._done[path.name] = path.stat().st_mtime
 
-    def after_train_epoch(self, runner) -> None:
+    def after_train_epoch(self, runner: Runner) -> None:
         self._sync(runner)
 
-    def after_train(self, runner) -> None:
+    def after_train(self, runner: Runner) -> None:
         from mmengine.dist import is_main_process
 
         self._sync(runner)

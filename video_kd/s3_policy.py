@@ -32,9 +32,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.config import Config
+
+if TYPE_CHECKING:
+    from botocore.awsrequest import AWSPreparedRequest
+    from botocore.client import BaseClient
 
 log = logging.getLogger('video_kd.s3')
 
@@ -103,13 +107,18 @@ def _env_number(name: str, default: float, minimum: float) -> float:
     return value
 
 
-def install_retry_logging(client) -> None:
+def install_retry_logging(client: BaseClient) -> None:
     """Log a WARNING each time botocore retries a request of ``client``, with the cause."""
     client.meta.events.register('needs-retry.s3', _remember_cause)
     client.meta.events.register('before-send.s3', _log_retry)
 
 
-def _remember_cause(request_dict=None, response=None, caught_exception=None, **_) -> None:
+def _remember_cause(
+    request_dict: dict[str, Any] | None = None,
+    response: tuple[Any, dict[str, Any] | None] | None = None,
+    caught_exception: Exception | None = None,
+    **_: Any,
+) -> None:
     # Runs before botocore decides; the cause is logged only if a retry is actually sent.
     if request_dict is None:
         return
@@ -124,7 +133,7 @@ def _remember_cause(request_dict=None, response=None, caught_exception=None, **_
     request_dict['context']['video_kd_cause'] = cause
 
 
-def _log_retry(request=None, **_) -> None:
+def _log_retry(request: AWSPreparedRequest | None = None, **_: Any) -> None:
     context = getattr(request, 'context', None) or {}
     attempt = context.get('retries', {}).get('attempt', 1)
     if attempt > 1:

@@ -96,7 +96,7 @@ def _engines(
     example = torch.zeros(2, *clip_shape)
     for name, module in models.items():
 
-        def eager(batch, module=module):
+        def eager(batch: torch.Tensor, module: RecognizerScores = module) -> Any:
             with torch.inference_mode():
                 return module(batch)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mmengine.config import Config
 
@@ -25,6 +26,9 @@ from video_kd import dataset, s3, train_config
 from video_kd.errors import UserError, run_cli, setup_logging
 from video_kd.runtime import init_cpu_process_group, is_main_process
 from video_kd.train_config import TrainOptions
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +112,7 @@ def build_config(args: argparse.Namespace) -> Config:
     )
 
 
-def train(cfg: Config):
+def train(cfg: Config) -> Runner:
     """Run the mmengine Runner; returns it (work_dir, checkpoints...)."""
     from mmengine.runner import Runner
 

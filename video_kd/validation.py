@@ -26,11 +26,14 @@ import inspect
 import os
 import re
 import shlex
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from video_kd.errors import UserError
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 RUN_ID_PATTERN = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
 RESERVED_RUN_IDS = frozenset({'cache'})
@@ -206,7 +209,9 @@ def parse_cfg_options(options: Iterable[str]) -> dict[str, str]:
     return parsed
 
 
-def check_cfg_options(cfg, options: Sequence[str] | Mapping[str, Any]) -> dict[str, Any]:
+def check_cfg_options(
+    cfg: Config | Mapping[str, Any], options: Sequence[str] | Mapping[str, Any]
+) -> dict[str, Any]:
     """Refuse any ``--cfg-options`` key the resolved config ``cfg`` cannot take.
 
     ``options`` is a list of ``key=value`` strings or an mmengine DictAction
@@ -292,7 +297,7 @@ def _reader_arguments(node: dict, path: list[str]) -> list[set[str] | None]:
     return [_arguments(reader) for reader in readers]
 
 
-def _arguments(reader) -> set[str] | None:
+def _arguments(reader: Callable[..., Any]) -> set[str] | None:
     """Named arguments of ``reader``; through ``**kwargs`` into its bases' ``__init__``.
 
     OpenMMLab classes pass ``**kwargs`` on to their base class (a head to

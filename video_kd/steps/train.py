@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from video_kd import backends, s3, train_config
 from video_kd.errors import UserError
@@ -23,6 +23,9 @@ from video_kd.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.steps.common import scratch_dir
 from video_kd.train_config import TrainOptions
 from video_kd.validation import check_range, check_train_backend
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 POD_WORK_DIR = '/tmp/video-kd/train'
 
@@ -96,7 +99,7 @@ def resolve_config(
     options: TrainOptions | None = None,
     teacher_logit_cache: bool = False,
     pretrained_from: str = '',
-):
+) -> Config:
     """The run's training config (see ``video_kd.train_config.resolve``)."""
     # next to the dataset's videos: shared by every retraining on that dataset
     location = data_meta['videos_uri'].rstrip('/').rsplit('/', 1)[0] if teacher_logit_cache else ''
