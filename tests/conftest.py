@@ -18,11 +18,9 @@ from pathlib import Path
 
 import boto3
 import pytest
+from s3_servers import ACCESS_KEY, SECRET_KEY
 
 from video_kd.local_run import LocalS3, free_port  # noqa: F401  (free_port: for the tests)
-
-ACCESS_KEY = 'video-kd-test-key'
-SECRET_KEY = 'video-kd-test-secret'
 
 
 @pytest.fixture(scope='session', autouse=True)

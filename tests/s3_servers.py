@@ -20,69 +20,36 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import boto3
+
+from video_kd.local_run import LocalS3, free_port
 
 ACCESS_KEY = 'video-kd-test-key'
 SECRET_KEY = 'video-kd-test-secret'
 
 
-def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now."""
-    with socket.socket() as sock:
-        sock.bind(('127.0.0.1', 0))
-        return sock.getsockname()[1]
-
-
-class MotoServer:
-    """A moto S3 server subprocess on 127.0.0.1 that the test controls."""
+class MotoServer(LocalS3):
+    """The local S3 server (``video_kd.local_run.LocalS3``) that a test controls: served
+    one request at a time if asked, frozen and thawed, with the tests' credentials."""
 
     def __init__(self, log_dir: Path, serial: bool = False, port: int | None = None):
-        self.log_dir = Path(log_dir)
+        port = port or free_port()
+        super().__init__(Path(log_dir) / f'moto-{port}.log', port)
         self.serial = serial
-        self.port = port or free_port()
-        self.endpoint = f'http://127.0.0.1:{self.port}'
-        self.proc: subprocess.Popen | None = None
 
-    def start(self) -> MotoServer:
-        """Start (or restart, on the same port, with no objects) and wait until it answers."""
+    def command(self) -> list[str]:
         if self.serial:
-            command = [sys.executable, str(Path(__file__).resolve()), str(self.port)]
-        else:
-            command = [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)]
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_dir / f'moto-{self.port}.log', 'ab') as log_file:
-            self.proc = subprocess.Popen(command, stdout=log_file, stderr=subprocess.STDOUT)
-        self._wait_until_answers()
-        return self
-
-    def _wait_until_answers(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f'moto server exited with {self.proc.returncode}')
-            try:
-                urllib.request.urlopen(self.endpoint + '/moto-api/', timeout=1).close()
-                return
-            except urllib.error.HTTPError:
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f'moto server did not answer at {self.endpoint}')
+            return [sys.executable, str(Path(__file__).resolve()), str(self.port)]
+        return super().command()
 
     def stop(self) -> None:
-        """Terminate it: connections are then refused."""
+        """Terminate it (a frozen one too): connections are then refused."""
         if self.proc and self.proc.poll() is None:
             self.thaw()
-            self.proc.terminate()
-            self.proc.wait(timeout=10)
+        super().stop()
 
     def freeze(self) -> None:
         """SIGSTOP: the port still accepts connections, nothing answers."""
@@ -113,12 +80,6 @@ class MotoServer:
             aws_secret_access_key=SECRET_KEY,
         ).create_bucket(Bucket=name)
         return name
-
-    def __enter__(self) -> MotoServer:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()
 
 
 def _serve_serially(port: int) -> None:

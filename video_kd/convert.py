@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import torch
@@ -65,6 +67,19 @@ def state_dict_mismatch(expected: dict, loaded: dict, limit: int = 3) -> str | N
         if keys:
             parts.append(f'{len(keys)} {label} (e.g. {", ".join(keys[:limit])})')
     return '; '.join(parts)
+
+
+def save_checkpoint(checkpoint: dict, path: Path) -> Path:
+    """``torch.save`` atomically: a reader (another rank, a retried step) never sees half a
+    file under the final name."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.part')
+    os.close(fd)
+    try:
+        torch.save(checkpoint, tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return path
 
 
 def student_state_dict(kd_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

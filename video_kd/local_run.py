@@ -60,10 +60,14 @@ class LocalS3:
     def __init__(self, log_path: Path, port: int | None = None):
         self.port = port or free_port()
         self.endpoint = f'http://127.0.0.1:{self.port}'
-        self.log_path = log_path
+        self.log_path = Path(log_path)
         self.proc: subprocess.Popen | None = None
 
-    def __enter__(self) -> LocalS3:
+    def command(self) -> list[str]:
+        return [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)]
+
+    def start(self) -> LocalS3:
+        """Start (or restart, on the same port, with no objects) and wait until it answers."""
         try:
             import moto.server  # noqa: F401
         except ImportError as exc:
@@ -71,12 +75,8 @@ class LocalS3:
                 'the local S3 server needs moto[server]: pip install -e ".[local]"'
             ) from exc
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, 'wb') as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, '-m', 'moto.server', '-H', '127.0.0.1', '-p', str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+        with open(self.log_path, 'ab') as out:
+            self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
         self._wait_until_answering(timeout=30)
         return self
 
@@ -96,10 +96,17 @@ class LocalS3:
             f'the local S3 server did not start within {timeout:.0f}s, see {self.log_path}'
         )
 
-    def __exit__(self, *exc) -> None:
+    def stop(self) -> None:
+        """Terminate it: connections are then refused."""
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(timeout=10)
+
+    def __enter__(self) -> LocalS3:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
 
     def env(self) -> dict[str, str]:
         """The environment that points ``video_kd.s3`` (and every step) at this server."""

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +31,7 @@ from mmengine.config import Config, ConfigDict
 
 from video_kd import download
 from video_kd.config import student_model_cfg
+from video_kd.convert import save_checkpoint
 from video_kd.errors import UserError
 from video_kd.runs import RunLayout
 
@@ -125,7 +125,7 @@ def _backbone_weights(path: Path) -> tuple[Path, dict[str, torch.Tensor]]:
         if key.startswith(CLASSIFIER_PREFIX)
     }
     out = path.with_name(f'{path.stem}_backbone.pth')
-    _save_atomically({'state_dict': backbone}, out)
+    save_checkpoint({'state_dict': backbone}, out)
     return out, backbone
 
 
@@ -143,17 +143,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict) or not state:
         raise PretrainedWeightsError(f'pretrained weights {path.name} hold no state dict')
     return {key: value for key, value in state.items() if isinstance(value, torch.Tensor)}
-
-
-def _save_atomically(checkpoint: dict, out: Path) -> None:
-    """Every rank of a torchrun job may write it: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f'.{out.name}.', suffix='.part')
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, out)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------- the check

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +24,7 @@ from mmengine.config import Config
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd import s3
 from video_kd.config import UnknownConfigError, load_config, set_num_classes
-from video_kd.convert import load_checkpoint_file, state_dict_mismatch
+from video_kd.convert import load_checkpoint_file, save_checkpoint, state_dict_mismatch
 from video_kd.errors import UserError, run_cli, setup_logging
 from video_kd.swin_convert import MMPRETRAIN, TeacherCheckpointError, convert_state_dict
 
@@ -68,7 +66,7 @@ def convert_teacher_checkpoint(
         return src, {**info, 'converted_sha256': source_sha}
     dst = src.with_name(f'{src.stem}_mmpretrain.pth')
     meta.update(converted_from=src.name, source_sha256=source_sha, source_layout=layout)
-    _save_atomically({'state_dict': state, 'meta': meta}, dst)
+    save_checkpoint({'state_dict': state, 'meta': meta}, dst)
     info['converted_sha256'] = s3.sha256_file(dst)
     logger.info(
         "teacher checkpoint %s: %s Swin names converted to mmpretrain's -> %s (sha256 %s)",
@@ -115,17 +113,6 @@ def _is_mmpretrain_swin(backbone: torch.nn.Module) -> bool:
     from mmpretrain.models.backbones import SwinTransformer
 
     return isinstance(backbone, SwinTransformer)
-
-
-def _save_atomically(checkpoint: dict, dst: Path) -> None:
-    """A half-written file never carries the final name (other ranks may read it)."""
-    fd, tmp = tempfile.mkstemp(dir=dst.parent, prefix=f'.{dst.name}.', suffix='.part')
-    os.close(fd)
-    try:
-        torch.save(checkpoint, tmp)
-        os.replace(tmp, dst)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
 
 
 def main(argv: list[str] | None = None) -> int:
