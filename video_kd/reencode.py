@@ -118,7 +118,26 @@ def encode_video_bytes(data: bytes, settings: EncodeSettings) -> tuple[bytes, in
             dst.mux(enc.encode(None))
     if not count:
         raise ValueError('no frame decoded')
-    return out.getvalue(), count
+    body = out.getvalue()
+    _check_decord(body, count, (height, width, 3))
+    return body, count
+
+
+def _check_decord(body: bytes, count: int, shape: tuple[int, int, int]) -> None:
+    """Training reads with decord: it must see every frame, at the size written.
+
+    decord mis-shapes a few frame sizes whatever the codec (48x48 and 72x64
+    come back with 4 channels): such a copy would train on garbage.
+    """
+    import decord
+
+    reader = decord.VideoReader(io.BytesIO(body), num_threads=1)
+    found = (len(reader), tuple(reader[0].shape))
+    if found != (count, shape):
+        raise ValueError(
+            f'decord reads the re-encoded video as {found[0]} frames of {found[1]}, '
+            f'not {count} of {shape}; try another short_side'
+        )
 
 
 def _read(uri: str) -> bytes:
@@ -161,10 +180,16 @@ def _encode_chunk(args: tuple[list[tuple[str, str]], EncodeSettings]) -> list:
 
 
 # --------------------------------------------------------------------------- the dataset
-def _join(root: str, *parts: str) -> str:
+def join(root: str, *parts: str) -> str:
+    """``root``/``parts``: an S3 URI or a local path."""
     if root.startswith('s3://'):
         return s3.join_uri(root, *parts)
     return str(Path(root, *parts))
+
+
+def read_text(uri: str) -> str:
+    """A small text file of a derived dataset (its lists)."""
+    return _read(uri).decode()
 
 
 def _check_output(uri: str) -> None:
@@ -187,7 +212,7 @@ def _plan(
             rel, _, label = line.rpartition(' ')
             info = listings[found.videos_uri].get(rel)
             if info is None:
-                raise ReencodeError(f'cannot re-encode {_join(found.videos_uri, rel)}: not found')
+                raise ReencodeError(f'cannot re-encode {join(found.videos_uri, rel)}: not found')
             derived = rel if rel.lower().endswith('.mp4') else rel + '.mp4'
             if len(roots) > 1:  # separate train/val roots (MMAction2's): keep them apart
                 derived = f'{split}/{derived}'
@@ -212,7 +237,7 @@ def content_hash(
 
 
 def _done(uri: str) -> dict[str, Any] | None:
-    marker = _join(uri, DONE_NAME)
+    marker = join(uri, DONE_NAME)
     try:
         if uri.startswith('s3://'):
             return s3.read_json(marker) if s3.exists(marker) else None
@@ -241,26 +266,26 @@ def reencode_dataset(
     settings = EncodeSettings(short_side, gop, crf, preset)
     settings.check()
     start = time.monotonic()
-    base = (out_uri or _join(source.root, DERIVED_DIR)).rstrip('/')
+    base = (out_uri or join(source.root, DERIVED_DIR)).rstrip('/')
     _check_output(base)
     plan, objects = _plan(source)
     digest = content_hash(source, objects, settings)
-    uri = _join(base, digest)
+    uri = join(base, digest)
     done = _done(uri)
     if done is not None:
         log.info('re-encoded dataset %s: complete, reused', uri)
         return {**done, 'reused': True}
     for split in SPLITS:  # small files first: an unwritable output fails before any encoding
         lines = [f'{derived} {label}' for _, derived, label in plan[split]]
-        _write(_join(uri, data_check.LIST_NAMES[split]), ('\n'.join(lines) + '\n').encode())
-    _write(_join(uri, data_check.CLASSES_NAME), ('\n'.join(source.classes) + '\n').encode())
-    videos_uri = _join(uri, VIDEOS_DIR)
+        _write(join(uri, data_check.LIST_NAMES[split]), ('\n'.join(lines) + '\n').encode())
+    _write(join(uri, data_check.CLASSES_NAME), ('\n'.join(source.classes) + '\n').encode())
+    videos_uri = join(uri, VIDEOS_DIR)
     present = data_check.list_videos(videos_uri)  # what an interrupted run already wrote
     pairs = {}
     for split in SPLITS:
         for rel, derived, _ in plan[split]:
             if derived not in present:
-                pairs[_join(source.splits[split].videos_uri, rel)] = _join(videos_uri, derived)
+                pairs[join(source.splits[split].videos_uri, rel)] = join(videos_uri, derived)
     total = sum(len(rows) for rows in plan.values())
     log.info(
         're-encoding %d videos (short side %d, keyframe every %d frames) -> %s; %d already there',
@@ -287,7 +312,7 @@ def reencode_dataset(
         'bytes_written': written,
         'seconds': round(time.monotonic() - start, 2),
     }
-    _write(_join(uri, DONE_NAME), json.dumps(summary, indent=2).encode())  # last: the marker
+    _write(join(uri, DONE_NAME), json.dumps(summary, indent=2).encode())  # last: the marker
     return {**summary, 'reused': False}
 
 
