@@ -107,6 +107,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
     )
     def kd_pipeline(
         dataset_uri: str = 'generate://',
+        reencode: bool = False,
         teacher_url: str = '',
         teacher_sha256: str = '',
         kd_config: str = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400',
@@ -138,6 +139,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
 
         dataset_uri: s3:// prefix of a Kinetics-style dataset (videos/, train_list.txt,
             val_list.txt, classes.txt), or generate:// for the synthetic demo data.
+        reencode: train and evaluate on a derived copy of the dataset (short side 256, a
+            keyframe every frame), written once at <dataset_uri>/derived/<hash>/ and reused.
         teacher_url, teacher_sha256: the teacher checkpoint (https:// or s3://) and its SHA-256.
         kd_config, student_config: shipped config names (``video-kd configs``); student_config
             is the student trained alone, used to evaluate baseline_url.
@@ -167,7 +170,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         env = {'s3_config_map': s3_config_map, 's3_credentials': s3_credentials}
         prep = step(
             data_prep(dataset_uri=dataset_uri, s3_bucket=s3_bucket, s3_prefix=s3_prefix,
-                      run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER),
+                      run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, reencode=reencode),
             'data prep', image, **env,
         )  # fmt: skip
         teacher = step(

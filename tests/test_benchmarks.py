@@ -17,7 +17,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
 SCRIPTS = [
     'kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'data_scale',
-    'export_speed', 'image_ci', 'report',
+    'export_speed', 'image_ci', 'reencode', 'report',
 ]  # fmt: skip
 
 

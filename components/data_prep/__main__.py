@@ -30,6 +30,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument('--out-dir', help='also keep the cleaned lists and report here')
     p.add_argument('--min-frames', type=int, default=8)
+    p.add_argument(
+        '--reencode',
+        action='store_true',
+        help='train and evaluate on a derived copy of the usable videos (short side 256, a '
+        'keyframe every frame: cheap seeks), written once at <dataset>/derived/<hash>/',
+    )
     args = p.parse_args(argv)
     setup_logging()
     from video_kd.steps import data_prep
@@ -42,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             run_id=args.run_id,
             min_frames=args.min_frames,
             out_dir=args.out_dir,
+            reencode=args.reencode,
         )
     )
 

@@ -8,7 +8,7 @@ import urllib.parse
 from pathlib import Path
 from typing import Any
 
-from video_kd import data_check, data_layout, data_stream, dataset
+from video_kd import data_check, data_layout, data_stream, dataset, reencode
 from video_kd.errors import UserError
 from video_kd.runs import (
     DATASET_META_NAME,
@@ -45,6 +45,7 @@ def run(
     workdir: str | Path | None = None,
     min_frames: int = 8,
     out_dir: str | Path | None = None,
+    reencode: bool = False,
 ) -> dict[str, Any]:
     """Validate a dataset and publish the cleaned lists under ``<run>/data/``.
 
@@ -57,13 +58,17 @@ def run(
     video is decoded in parallel, with the verdicts cached in S3 by key, ETag
     and size, so an unchanged dataset is not checked again.  ``out_dir``
     receives the cleaned lists and report (the KFP Dataset artifact's
-    directory).  A failure before anything is published gives the run id back.
+    directory).  ``reencode``: train and evaluate on a derived copy of the
+    usable videos, short side 256 with a keyframe every frame (cheap random
+    seeks for ``SampleFrames``), written once at ``<dataset>/derived/<hash>/``
+    and reused by later runs (``video_kd.reencode``).  A failure before
+    anything is published gives the run id back.
     """
     check_bucket(bucket)
     layout = RunLayout(bucket, prefix, check_run_id(run_id) if run_id else new_run_id(job_id))
     claim_run(layout, job_id)
     try:
-        meta = _prepare(dataset_uri, layout, workdir, min_frames, out_dir)
+        meta = _prepare(dataset_uri, layout, workdir, min_frames, out_dir, reencode)
     except BaseException:
         release_claim(layout, job_id)  # only if nothing but the claim was written
         raise
@@ -84,6 +89,7 @@ def _prepare(
     workdir: str | Path | None,
     min_frames: int,
     out_dir: str | Path | None,
+    reencode_videos: bool = False,
 ) -> dict[str, Any]:
     with scratch_dir(workdir, 'data') as work, Manifest.load(layout).batch() as manifest:
         source = data_layout.resolve(_source_uri(dataset_uri, layout, work, manifest))
@@ -92,6 +98,7 @@ def _prepare(
             source, clean, cache_uri=layout.shared_uri(VIDEO_CHECK_CACHE), min_frames=min_frames
         )
         report['root'] = dataset_uri  # what the user gave, not a generated copy's place
+        derived = _reencode(source, clean, report) if reencode_videos else None
         # what this attempt did, not what the data is: logged, so a retry publishes the same files
         stats = {key: report.pop(key) for key in ('checked', 'from_cache', 'seconds')}
         log.info('data check: %(checked)d videos decoded, %(from_cache)d known from the cache, '
@@ -109,10 +116,40 @@ def _prepare(
             'source': dataset_uri,
             'files': files,
         }
+        if derived:
+            meta['reencoded'] = derived
         meta_path = work / DATASET_META_NAME
         meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
         manifest.publish('data', meta_path, layout.dataset_meta_uri)
     return meta
+
+
+def _reencode(source: data_layout.DatasetSource, clean: Path, report: dict) -> dict[str, Any]:
+    """Re-encode the usable videos; point the clean lists and the report at the copy."""
+    usable = data_layout.DatasetSource(
+        source.root,
+        source.layout,
+        source.classes,
+        source.classes_from,
+        {
+            split: data_layout.SplitSource(
+                source.splits[split].videos_uri,
+                data_layout.list_lines((clean / data_check.LIST_NAMES[split]).read_text()),
+                source.splits[split].list_uri,
+            )
+            for split in data_layout.SPLITS
+        },
+    )
+    done = reencode.reencode_dataset(usable)
+    log.info('re-encoded dataset %s (%s)', done['uri'], 'reused' if done['reused'] else 'written')
+    for split in data_layout.SPLITS:
+        derived_list = reencode.read_text(reencode.join(done['uri'], data_check.LIST_NAMES[split]))
+        (clean / data_check.LIST_NAMES[split]).write_text(derived_list)
+    for entry in report['splits']:
+        entry['videos_uri'] = done['videos_uri']
+    keep = ('uri', 'hash', 'videos_uri', 'settings', 'num_videos')
+    report['reencoded'] = {key: done[key] for key in keep}
+    return report['reencoded']
 
 
 def _source_uri(dataset_uri: str, layout: RunLayout, work: Path, manifest: Manifest) -> str:
