@@ -543,7 +543,7 @@ def test_a_renamed_release_reaches_the_training_job(backend):
     spec = backends.spec_from_env(
         run_id='6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f',
         image=training['VIDEO_KD_IMAGE'],
-        command=['-m', 'video_kd.steps', 'train-pod'],
+        command=['-m', 'video_kd.train_pod'],
         num_nodes=int(training['VIDEO_KD_NUM_WORKERS']),
         gpus_per_worker=int(training['VIDEO_KD_GPUS_PER_WORKER']),
         namespace='team-a',

@@ -357,6 +357,9 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     (failed,) = scratch.glob('video_kd_train_*')  # kept for inspection, with the worker logs
     assert f'its scratch directory {failed} is kept' in stderr
     assert list(failed.glob('attempt-*/torchrun.log'))
+    # the logs are kept for inspection, the weights are not (they are in S3): a failed attempt
+    # left ~450 MB behind before
+    assert list(failed.rglob('*.log')) and not list(failed.rglob('*.pth'))
 
     again = run_module(*args, env={'TMPDIR': str(scratch)})
     assert again.returncode == 0, again.stderr[-3000:]

@@ -24,12 +24,7 @@ from components import STEPS
 from video_kd import image_check
 
 ROOT = containers.ROOT
-# The training pod's entry point moves to video_kd.train_pod in the steps refactor.
-TRAIN_POD = (
-    ['python', '-m', 'video_kd.train_pod']
-    if (ROOT / 'video_kd' / 'train_pod.py').exists()
-    else ['python', '-m', 'video_kd.steps', 'train-pod']
-)
+TRAIN_POD = ['python', '-m', 'video_kd.train_pod']  # every training process's entry point
 ENTRY_POINTS = [
     ['video-kd'],
     *(['video-kd', command] for command in ('compile', 'run-local', 'upload', 'submit')),

@@ -27,7 +27,7 @@ from video_kd.backends import kube, local, pytorchjob
 from video_kd.backends.spec import JOB_NAME_MAX, JobSpecError, TrainingJobSpec, job_name
 from video_kd.errors import UserError
 
-COMMAND = ('-m', 'video_kd.steps', 'train-pod', 'configs/kd_tsm.py', '--work-dir', '/tmp/w')
+COMMAND = ('-m', 'video_kd.train_pod', 's3://b/kd/run/train/config.py', '--work-dir', '/tmp/w')
 RUN_ID = '3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c4a'  # what a KFP run id looks like: a UUID
 DNS1035 = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
 OVERRIDES = {

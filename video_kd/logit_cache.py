@@ -48,8 +48,9 @@ mode, inference_mode, optional bf16): its logits are then deterministic
 frozen, so its dropout / drop-path make each teacher forward slightly random).
 
 Switch it on with ``python -m video_kd.train ... --teacher-logit-cache URI``
-(``video_kd.train``) or ``train-pod --teacher-logit-cache`` (the pipeline's
-training pods, which use the dataset's S3 prefix).  Off by default.
+(``video_kd.train``) or the pipeline parameter ``teacher_logit_cache`` (the
+train step resolves the run's config with the cache next to the dataset's
+videos).  Off by default.
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class TrainingJobSpec:
     run_id: str
     namespace: str
     image: str
-    command: tuple[str, ...]  # what follows `torchrun`: ('-m', 'video_kd.steps', 'train-pod', ...)
+    command: tuple[str, ...]  # what follows `torchrun`: ('-m', 'video_kd.train_pod', ...)
     num_nodes: int = 1
     gpus_per_worker: int = 0
     nproc_per_node: int | None = None  # None: one process per GPU, else 1

@@ -224,12 +224,20 @@ def _train_locally(
         try:
             backends.run_training('local', spec, timeout=None, log_path=log_path)
         except backends.TrainingJobFailed as exc:
+            drop_weights(attempt)
             nproc = spec.num_nodes * spec.procs_per_node
             raise UserError(
                 f'local training (torchrun, {nproc} processes) failed with {exc.message}: '
                 f'{error_line(log_path)}; re-run the step to resume from the '
                 f'last checkpoint in {layout.uri("train", "checkpoints")}/'
             ) from exc
+
+
+def drop_weights(attempt: Path) -> None:
+    """A failed attempt keeps its logs for inspection, not its ~0.5 GB of weights: the
+    checkpoints are in S3 already (uploaded as written) and the teacher is the run's."""
+    for path in attempt.rglob('*.pth'):
+        path.unlink(missing_ok=True)
 
 
 def error_line(log_path: Path) -> str:
