@@ -353,7 +353,9 @@ def _print_summary(result: dict[str, Any], mirror: Path, seconds: float) -> None
         f'artifacts:  {result["run_root"]}/  ({len(result["manifest"].entries)} objects '
         'in manifest.json)'
     )
-    for step in ('data', 'teacher', 'train', 'student', 'eval'):
+    from video_kd.runs import RUN_STEPS
+
+    for step in RUN_STEPS:
         n = sum(1 for e in result['manifest'].entries if e.step == step)
         print(f'  {step + "/":9} {n} objects')
     print(f'copied to:  {mirror}/')
@@ -363,7 +365,7 @@ def _print_summary(result: dict[str, Any], mirror: Path, seconds: float) -> None
     print(f'teacher            : {_fmt(metrics.get("teacher"))}')
     if 'kd_gain' in metrics:
         print(f'KD gain (top-1)    : {metrics["kd_gain"]["top1_acc"]:+.3f}')
-    print(f'report: {mirror / "eval" / "report.md"}')
+    print(f'report: {mirror / "eval" / "report.md"}, {mirror / "export" / "report.html"}')
 
 
 def _serve(server: LocalS3, run_root: str) -> None:
