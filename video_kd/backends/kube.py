@@ -224,15 +224,7 @@ class ClusterJob:
         selector = f'metadata.name={self.name}'
         while time.monotonic() < deadline:
             window = int(max(1, min(WATCH_WINDOW_S, deadline - time.monotonic())))
-            stream = watch.Watch().stream(
-                self.objects.list_namespaced_custom_object,
-                self.kind.group,
-                self.kind.version,
-                self.namespace,
-                self.kind.plural,
-                field_selector=selector,
-                timeout_seconds=window,
-            )
+            stream = self._watch(selector, window)
             seen = False
             for event in stream:
                 seen = True
@@ -351,19 +343,23 @@ class ClusterJob:
         if wait:
             self._wait_gone()
 
-    def _wait_gone(self, timeout: int = 120) -> None:
-        """Until the API no longer has the job (a foreground delete waits for its pods)."""
-        if not self.exists():
-            return
-        stream = watch.Watch().stream(
+    def _watch(self, field_selector: str, timeout: int) -> Iterator[dict[str, Any]]:
+        """The API's watch of this kind of job in the namespace (events as dicts)."""
+        return watch.Watch().stream(
             self.objects.list_namespaced_custom_object,
             self.kind.group,
             self.kind.version,
             self.namespace,
             self.kind.plural,
-            field_selector=f'metadata.name={self.name}',
+            field_selector=field_selector,
             timeout_seconds=timeout,
         )
+
+    def _wait_gone(self, timeout: int = 120) -> None:
+        """Until the API no longer has the job (a foreground delete waits for its pods)."""
+        if not self.exists():
+            return
+        stream = self._watch(f'metadata.name={self.name}', timeout)
         for event in stream:
             if event['type'] == 'DELETED':
                 return

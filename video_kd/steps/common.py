@@ -76,15 +76,19 @@ def load_meta(value: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- a step run alone
 
 
-def run_data_meta(run_root: str) -> dict[str, Any]:
-    """The Dataset metadata data prep stored in ``<run>/data/dataset.json``."""
-    uri = RunLayout.from_root(run_root).dataset_meta_uri
+def read_output(uri: str, producer: str) -> dict[str, Any]:
+    """A JSON object an earlier step wrote; a missing one is one line naming that step."""
     try:
         return s3.read_json(uri)
     except s3.BucketNotFoundError:
         raise
     except s3.ObjectNotFoundError as exc:
-        raise UserError(f'{uri} does not exist: run data prep for this run first') from exc
+        raise UserError(f'{uri} does not exist: run {producer} for this run first') from exc
+
+
+def run_data_meta(run_root: str) -> dict[str, Any]:
+    """The Dataset metadata data prep stored in ``<run>/data/dataset.json``."""
+    return read_output(RunLayout.from_root(run_root).dataset_meta_uri, 'data prep')
 
 
 def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str, Any]:

@@ -15,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from video_kd import __version__, s3
-from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
-from video_kd.steps.common import fetch_verified, scratch_dir
+from video_kd.steps.common import fetch_verified, read_output, scratch_dir
 
 
 def run(
@@ -36,7 +35,7 @@ def run(
     from video_kd import deployable, model_card
 
     layout = RunLayout.from_root(student['run_root'])
-    metrics = _evaluation(layout)
+    metrics = read_output(layout.uri('eval', 'metrics.json'), 'the evaluate step')
     with scratch_dir(workdir, 'export') as work:
         checkpoint = fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256'))
         s3.download_dir(layout.uri('train', 'logs'), work / 'logs')
@@ -86,13 +85,3 @@ def run(
             'html': result['html'].read_text(),
             'model_card': result['markdown'].read_text(),
         }
-
-
-def _evaluation(layout: RunLayout) -> dict[str, Any]:
-    uri = layout.uri('eval', 'metrics.json')
-    try:
-        return s3.read_json(uri)
-    except s3.BucketNotFoundError:
-        raise
-    except s3.ObjectNotFoundError as exc:
-        raise UserError(f'{uri} does not exist: run the evaluate step for this run first') from exc
