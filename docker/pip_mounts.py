@@ -8,9 +8,10 @@ read-only mounts that make it work, one `-v HOST:CONTAINER:ro` per line:
 
     python3 docker/pip_mounts.py OUT_DIR
 
-The CA bundle is copied next to that pip.conf and mounted with it, never over
-the image's /etc/ssl: the image's ca-certificates package must stay writable,
-and a mount leaves nothing of the host behind in a layer.
+The CA bundle and any constraint files are copied next to that pip.conf and
+mounted with it, never over the image's /etc/ssl: the image's ca-certificates
+package must stay writable, and a mount leaves nothing of the host behind in a
+layer.
 """
 
 from __future__ import annotations
@@ -27,6 +28,10 @@ from pathlib import Path
 CONF_DIR = '/etc/xdg/pip'
 # Options whose values are local paths or file:// URLs that the build must see.
 PATH_OPTIONS = ('find-links', 'index-url', 'extra-index-url')
+# Options naming files (the CA bundle, constraint files such as a site-wide cap on torch):
+# copied next to the build's pip.conf, since its mount hides the host's directory of the
+# same name (/etc/xdg/pip is where such files often live).
+FILE_OPTIONS = ('cert', 'client-cert', 'constraint')
 LINE = re.compile(r"^(?P<section>[^.]*)\.(?P<key>[^=]+)='(?P<value>.*)'$")
 
 
@@ -57,15 +62,25 @@ def local_paths(value: str) -> list[Path]:
     return paths
 
 
+def copy_files(options: dict[str, str], conf_dir: Path) -> None:
+    """Copy the files FILE_OPTIONS name into conf_dir; point the options at their copies."""
+    for key in FILE_OPTIONS:
+        copies = []
+        for i, name in enumerate(options.pop(key, '').split()):
+            if Path(name).is_file():
+                copy = f'{key}-{i}-{Path(name).name}'
+                shutil.copyfile(name, conf_dir / copy)
+                copies.append(f'{CONF_DIR}/{copy}')
+        if copies:
+            options[key] = ' '.join(copies)
+
+
 def main(python: str, out_dir: Path) -> int:
     options = pip_config(python)
     mounts: list[str] = []
     conf_dir = out_dir / 'pip'
     conf_dir.mkdir(parents=True, exist_ok=True)
-    cert = options.pop('cert', '')
-    if cert and Path(cert).is_file():
-        shutil.copyfile(cert, conf_dir / 'ca.crt')
-        options['cert'] = f'{CONF_DIR}/ca.crt'
+    copy_files(options, conf_dir)
     for key in PATH_OPTIONS:
         for path in local_paths(options.get(key, '')):
             mounts.append(f'{path.resolve()}:{path}:ro')

@@ -387,3 +387,33 @@ def test_entry_point_is_the_project_cli():
     for dockerfile in DOCKERFILES:
         ins = parse(dockerfile.read_text())
         assert [i.args for i in ins if i.cmd == 'ENTRYPOINT'] == ['["video-kd"]']
+
+
+def test_pip_mounts_carry_the_hosts_constraint_files_and_ca_into_the_build(tmp_path):
+    """pip.conf's file options (a constraint file capping torch, the CA bundle) must reach
+    the build: the mount of the generated config dir hides the host's /etc/xdg/pip."""
+    host = tmp_path / 'host'
+    host.mkdir()
+    (host / 'constraints.txt').write_text('torch<=2.14.1\n')
+    (host / 'ca.pem').write_text('-----BEGIN CERTIFICATE-----\n')
+    env = {
+        'PATH': '/usr/bin:/bin',
+        'PIP_CONFIG_FILE': str(host / 'none.conf'),  # absent: only the variables below count
+        'PIP_CONSTRAINT': str(host / 'constraints.txt'),
+        'PIP_CERT': str(host / 'ca.pem'),
+        'PIP_FIND_LINKS': str(host),
+    }
+    out = tmp_path / 'out'
+    mounts = subprocess.run(
+        [sys.executable, str(DOCKER / 'pip_mounts.py'), str(out), sys.executable],
+        capture_output=True, text=True, check=True, env=env,
+    ).stdout.split()  # fmt: skip
+    assert f'{(out / "pip").resolve()}:/etc/xdg/pip:ro' in mounts
+    assert f'{host.resolve()}:{host}:ro' in mounts
+    conf = (out / 'pip' / 'pip.conf').read_text()
+    options = dict(line.split(' = ', 1) for line in conf.splitlines()[1:])
+    for key, original in (('constraint', 'constraints.txt'), ('cert', 'ca.pem')):
+        in_build = Path(options[key])
+        assert in_build.parent == Path('/etc/xdg/pip'), options
+        # the copy, seen where the build sees it, is the host's file
+        assert (out / 'pip' / in_build.name).read_text() == (host / original).read_text()
