@@ -509,17 +509,25 @@ def test_training_streams_from_s3_and_skips_a_vanished_video(
     meta = prepare(uri, tmp_path / 'prep', f's3://{bucket}/run/data')
     assert meta['splits']['train']['list_uri'] == f's3://{bucket}/run/data/train_list.txt'
     assert meta['splits']['train']['videos_uri'] == f'{uri}/videos_train'
-    _client(s3_env).delete_object(Bucket=bucket, Key='k400/videos_train/move_up/train_0001.mp4')
+    client = _client(s3_env)
+    client.delete_object(Bucket=bucket, Key='k400/videos_train/move_up/train_0001.mp4')
+    client.delete_object(Bucket=bucket, Key='k400/videos_val/move_down/val_0000.mp4')
     proxy.reset_counts()
     with caplog.at_level(logging.WARNING, logger='video_kd.data_stream'):
         classes, runner = train_one_epoch(meta, tmp_path / 'work')
     assert classes == ['move_up', 'move_down']
     assert runner.train_loop.iter >= 3  # 6 videos, batch 2: the epoch went on
-    # the worker's log goes to its own stderr; the GETs tell what it did
+    assert runner.train_loop.epoch == 1  # ... and its validation did not stop training
+    # the worker's own log goes to its stderr; the GETs and the per-epoch lines tell
     gets = {p: n for p, n in proxy.paths.items() if p.startswith('GET') and p.endswith('.mp4')}
     assert any('train_0001' in p for p in gets)  # tried, failed, skipped
     assert sum(n for p, n in gets.items() if 'videos_train' in p) >= 6
-    assert sum(n for p, n in gets.items() if 'videos_val' in p) == 4  # one val pass
+    # one val pass: 4 videos, the vanished one's GET (a 404, not retried), its replacement
+    assert sum(n for p, n in gets.items() if 'videos_val' in p) == 5
+    assert re.search(
+        r'epoch 1: training skipped \d+ unreadable videos of the \d+ read', caplog.text
+    )
+    assert 'epoch 1: validation skipped 1 unreadable videos of the 5 read' in caplog.text
     assert not list((tmp_path / 'work').rglob('*.mp4'))  # nothing downloaded
 
 
@@ -545,7 +553,10 @@ def test_a_mostly_unreadable_dataset_stops_with_the_count(small_tree, tmp_path):
         train_one_epoch(meta, tmp_path / 'work')
     message = str(caught.value)
     assert re.match(r'\d+ of \d+ videos read', message), message
-    assert 'videos read by a data loader process could not be read (more than 50%)' in message
+    train_list = tmp_path / 'prep' / 'train_list.txt'
+    assert f'videos read by the data loader of {train_list} could not be read (more than 50%)' in (
+        message
+    )
     assert '\n' not in message
 
 
@@ -623,14 +634,23 @@ def test_use_dataset_points_loaders_at_lists_and_video_roots():
     assert test.ann_file == '/mnt/run/val_list.txt'
     assert test.pipeline[0]['io_backend'] == 'disk'  # a mounted volume reads from disk
     assert cfg.model.cls_head.num_classes == 3
+    # inside training both loaders skip (and the hook logs it); evaluation stops
+    assert train.skip_unreadable and cfg.val_dataloader.dataset.skip_unreadable
+    assert test.skip_unreadable is False
+    assert cfg.custom_hooks.count({'type': 'UnreadableVideosHook'}) == 1
+    use_dataset(cfg, meta)
+    assert cfg.custom_hooks.count({'type': 'UnreadableVideosHook'}) == 1  # not twice
 
     only_val = load_config('tsm_mobilenetv2_tiny')
     before = only_val.train_dataloader.dataset.ann_file
     use_dataset(only_val, meta, loaders=('test_dataloader',))
     assert only_val.train_dataloader.dataset.ann_file == before  # untouched: never read
+    assert not any(
+        h.get('type') == 'UnreadableVideosHook' for h in only_val.get('custom_hooks') or []
+    )
 
 
-def _streaming_dataset(root: Path, test_mode: bool):
+def _streaming_dataset(root: Path, test_mode: bool, **kwargs):
     from mmengine.registry import init_default_scope
 
     from video_kd.data_stream import StreamingVideoDataset
@@ -638,16 +658,18 @@ def _streaming_dataset(root: Path, test_mode: bool):
 
     register_all_modules()
     init_default_scope('mmaction')  # the transforms are MMAction2's
+    sample = dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4)
     pipeline = [
         dict(type='DecordInit', io_backend='disk'),
-        dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4, test_mode=test_mode),
+        dict(sample, test_mode=test_mode),
         dict(type='DecordDecode'),
     ]
     return StreamingVideoDataset(
         ann_file=str(root / 'train_list.txt'),
-        pipeline=pipeline,
+        pipeline=kwargs.pop('pipeline', pipeline),
         data_prefix={'video': str(root / 'videos')},
         test_mode=test_mode,
+        **kwargs,
     )
 
 
@@ -674,3 +696,52 @@ def test_evaluation_stops_on_an_unreadable_video_naming_it(small_tree, tmp_path)
     dataset = _streaming_dataset(copy, test_mode=True)
     with pytest.raises(VideoReadError, match=f'^cannot read {re.escape(str(broken))}: '):
         dataset[0]
+
+
+def test_validation_inside_training_reads_the_next_video_and_counts_the_skip(small_tree, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    (copy / 'videos' / 'move_up' / 'train_0000.mp4').unlink()  # vanished since data prep
+    dataset = _streaming_dataset(copy, test_mode=True, skip_unreadable=True)
+    sample = dataset[0]
+    assert sample['filename'] == str(copy / 'videos' / 'move_up' / 'train_0001.mp4')
+    assert (dataset.reads, dataset.unreadable) == (2, 1)
+    assert dataset[1]['filename'] == sample['filename']  # the next one is itself
+
+
+def test_a_pipeline_bug_is_not_an_unreadable_video(small_tree):
+    broken = [  # no DecordInit: SampleFrames finds no total_frames, a config bug
+        dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4),
+        dict(type='DecordDecode'),
+    ]
+    dataset = _streaming_dataset(small_tree['video-kd'], test_mode=False, pipeline=broken)
+    with pytest.raises(KeyError, match='total_frames'):
+        dataset[0]
+    assert dataset.unreadable == 0
+
+
+def test_skips_are_counted_across_loader_workers_and_logged_per_epoch(small_tree, tmp_path, caplog):
+    import shutil
+
+    from torch.utils.data import DataLoader
+
+    from video_kd.data_stream import UnreadableVideosHook
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    for name in ('train_0000.mp4', 'train_0002.mp4'):
+        (copy / 'videos' / 'move_down' / name).write_bytes(b'broken since data prep')
+    dataset = _streaming_dataset(copy, test_mode=False)
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=lambda batch: batch)
+    assert len([sample for batch in loader for sample in batch]) == 6  # the epoch went on
+    skipped, read = dataset.unreadable, dataset.reads  # what the 2 worker processes counted
+    assert skipped >= 2 and read == skipped + 6
+    hook = UnreadableVideosHook()
+    with caplog.at_level(logging.WARNING, logger='video_kd.data_stream'):
+        hook.report(dataset, 'epoch 1: training')
+        hook.report(dataset, 'epoch 2: training')  # nothing skipped since: no line
+    lines = [r.getMessage() for r in caplog.records if 'unreadable videos of the' in r.getMessage()]
+    assert lines == [
+        f'epoch 1: training skipped {skipped} unreadable videos of the {read} read '
+        f'(all loader workers; {skipped} so far)'
+    ]
