@@ -185,9 +185,11 @@ def _source_uri(dataset_uri: str, layout: RunLayout, work: Path, manifest: Manif
     if not dataset_uri.startswith(GENERATED_SCHEME):
         return dataset_uri
     raw = dataset.generate_dataset(work / 'generated', **_generator_options(dataset_uri))
-    for path in sorted(p for p in raw.rglob('*') if p.is_file()):
-        rel = path.relative_to(raw).as_posix()
-        manifest.publish('data', path, layout.uri('data', 'source', rel))
+    files = sorted(p for p in raw.rglob('*') if p.is_file())
+    manifest.publish_all(
+        'data',
+        [(path, layout.uri('data', 'source', path.relative_to(raw).as_posix())) for path in files],
+    )
     return layout.uri('data', 'source')
 
 
