@@ -11,11 +11,14 @@ store, and counts the requests):
 2. data prep (``data_layout.resolve`` + ``data_check.validate_source`` + publishing
    the lists) runs twice: first (nothing cached) and again on the unchanged
    dataset (everything cached);
-3. a "pod" (a fresh Python process, as a PyTorchJob pod starts) trains the
-   student config ``tsm_mobilenetv2_tiny`` with its data streamed from S3
-   (``data_stream.use_dataset``) for ``--iters`` steps: the time from the
-   process start to the end of the first training step, its peak local disk
-   (work dir + TMPDIR, sampled), the S3 GETs per sample, and the step rate;
+3. a bare student "pod" (a fresh Python process, as a PyTorchJob pod starts)
+   trains the student config ``tsm_mobilenetv2_tiny`` alone with its data
+   streamed from S3 (``data_stream.use_dataset``) for ``--iters`` steps: the
+   time from the process start to the end of the first training step, its
+   peak local disk (work dir + TMPDIR, sampled), the S3 GETs of the videos it
+   read, and the step rate.  It is not ``video_kd.train_pod.main``: no
+   torchrun, no download of the run's config, teacher or resume checkpoint,
+   no teacher; what those add to the time to the first step is not measured;
 4. the same pod trains from a local-disk copy of the dataset (hard links), the
    baseline for the streamed step rate; streamed and local runs alternate
    ``--rounds`` times.
@@ -410,8 +413,9 @@ def measure_size(n: int, args, endpoint: str, tmp: Path, clips) -> dict:
         proxy.stop()
         shutil.rmtree(tmp / f'local-{n}', ignore_errors=True)
         _delete_bucket(client, bucket)
-    # every GET of a video is a distinct object (the sampler permutes; no retry, no
-    # re-read), so an epoch makes one GET per training video, plus one for the list
+    # extrapolated, not counted: a pod run reads iters x batch videos (part of an epoch);
+    # every GET of a video was a distinct object (the sampler permutes; no retry, no
+    # re-read), so an epoch would make one GET per training video, plus one for the list
     repeat = statistics.median(s['gets']['videos'] / s['gets']['distinct_videos'] for s in streamed)
     n_train = len(keys['train'])
     return {
@@ -430,7 +434,7 @@ def measure_size(n: int, args, endpoint: str, tmp: Path, clips) -> dict:
         'first_step_s_max': max(p['first_step_s'] for p in streamed),
         'peak_disk_bytes_max': max(p['peak_disk_bytes'] for p in streamed),
         'gets_per_distinct_video': repeat,
-        'gets_per_epoch': round(repeat * n_train) + 1,  # + the list file
+        'gets_per_epoch': round(repeat * n_train) + 1,  # extrapolated (above); + the list
         'main_download_s': old_download,
         'streamed_vs_local': statistics.median(
             s['steps_per_s'] / loc['steps_per_s'] for s, loc in zip(streamed, local, strict=True)

@@ -137,8 +137,13 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
     ):
         """Parameters:
 
-        dataset_uri: s3:// prefix of a Kinetics-style dataset (videos/, train_list.txt,
-            val_list.txt, classes.txt), or generate:// for the synthetic demo data.
+        dataset_uri: where the dataset is, read in place: an s3:// prefix or a path on the
+            mounted PVC (the chart's persistence.mountPath, e.g. /cache/kinetics400), holding
+            our layout (videos/, train_list.txt, val_list.txt, classes.txt) or MMAction2's
+            Kinetics tree as its tools prepare it (videos_train/, videos_val/,
+            kinetics400_{train,val}_list_videos.txt, label_map_k400.txt or annotations/*.csv;
+            other names as a query: ?train_list=...&val_videos=...); or generate:// for the
+            synthetic demo data.
         reencode: train and evaluate on a derived copy of the dataset (short side 256, a
             keyframe every frame), written once at <dataset_uri>/derived/<hash>/ and reused.
         teacher_url, teacher_sha256: the teacher checkpoint (https:// or s3://) and its SHA-256.

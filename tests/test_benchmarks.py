@@ -48,3 +48,22 @@ def test_readme_results_are_rendered_from_the_committed_json():
     assert section == rendered, (
         'benchmarks/README.md Results are stale: paste `python benchmarks/report.py` there'
     )
+
+
+def test_top_level_readme_k400_table_is_rendered_from_the_committed_json():
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), '--k400-summary'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    assert rendered.startswith('| Kinetics-400 (260k videos) | measured | projected | basis |')
+    readme = (BENCH.parent / 'README.md').read_text()
+    marker = readme.index('Rendered by `python benchmarks/report.py --k400-summary`')
+    start = readme.index('\n\n', marker) + 2
+    table = readme[start : readme.index('\n\n', start)].strip()
+    assert table == rendered, (
+        'README.md Kinetics-400 table is stale: paste `python benchmarks/report.py '
+        '--k400-summary` there'
+    )

@@ -140,6 +140,80 @@ def test_a_directory_in_neither_layout_is_one_clear_error(tmp_path):
         data_layout.resolve(str(tmp_path / 'nope'))
 
 
+# --------------------------------------------------------------------------- CPUs, memory
+def test_usable_cpus_is_the_smaller_of_affinity_and_the_cgroup_quota(tmp_path):
+    import os
+
+    affinity = len(os.sched_getaffinity(0))
+    assert data_check.usable_cpus(tmp_path) == affinity  # no cgroup files: the affinity
+    (tmp_path / 'cpu.max').write_text('max 100000\n')  # cgroup v2, no limit
+    assert data_check.usable_cpus(tmp_path) == affinity
+    (tmp_path / 'cpu.max').write_text('50000 100000\n')  # a 500m pod limit
+    assert data_check.usable_cpus(tmp_path) == 1
+    (tmp_path / 'cpu.max').write_text(f'{affinity * 100000 + 50000} 100000\n')
+    assert data_check.usable_cpus(tmp_path) == affinity  # a quota above the affinity
+    v1 = tmp_path / 'v1' / 'cpu,cpuacct'
+    v1.mkdir(parents=True)
+    (v1 / 'cpu.cfs_period_us').write_text('100000\n')
+    (v1 / 'cpu.cfs_quota_us').write_text('-1\n')
+    assert data_check.usable_cpus(tmp_path / 'v1') == affinity
+    (v1 / 'cpu.cfs_quota_us').write_text('100000\n')
+    assert data_check.usable_cpus(tmp_path / 'v1') == 1
+
+
+def test_data_check_uses_the_cpus_of_the_pod_not_of_the_node(
+    small_tree, tmp_path, monkeypatch, caplog
+):
+    (tmp_path / 'cgroup').mkdir()
+    (tmp_path / 'cgroup' / 'cpu.max').write_text('100000 100000\n')  # limits: cpu: 1
+    monkeypatch.setattr(data_check, 'CGROUP_ROOT', tmp_path / 'cgroup')
+    source = data_layout.resolve(str(small_tree['video-kd']))
+    with caplog.at_level(logging.INFO, logger='video_kd.data_check'):
+        data_check.validate_source(source, tmp_path / 'out', threads=2)
+    assert '10 to check in 1 processes' in caplog.text
+
+
+def test_a_process_decodes_one_video_at_a_time_and_fetches_within_its_budget(
+    small_tree, monkeypatch
+):
+    import threading
+    import time
+
+    objects = sorted(
+        data_check.list_videos(str(small_tree['video-kd'] / 'videos')).values(), key=lambda o: o.uri
+    )
+    real_fetch, real_check = data_check._fetch, data_check.check_video_bytes
+    lock = threading.Lock()
+    state = {'fetched': 0, 'decoded': 0, 'decoding': 0, 'most_decoding': 0, 'most_ahead': 0}
+
+    def fetch(uri):
+        with lock:
+            state['fetched'] += 1
+        return real_fetch(uri)
+
+    def check(data, min_frames):
+        with lock:
+            state['decoding'] += 1
+            state['most_decoding'] = max(state['most_decoding'], state['decoding'])
+        time.sleep(0.05)  # a decode long enough for the GETs to run ahead
+        with lock:
+            ahead = state['fetched'] - state['decoded']  # fetched or in flight, not decoded
+            state['most_ahead'] = max(state['most_ahead'], ahead)
+            state['decoding'] -= 1
+            state['decoded'] += 1
+        return real_check(data, min_frames)
+
+    monkeypatch.setattr(data_check, '_fetch', fetch)
+    monkeypatch.setattr(data_check, 'check_video_bytes', check)
+    verdicts = data_check.check_videos(objects, 8, processes=1, threads=4)
+    assert len(verdicts) == 10 and not any(verdicts.values())
+    assert state['most_decoding'] == 1  # never two decodes at once in a process
+    assert state['most_ahead'] == 4  # the 4 fetching threads ran ahead of the decoding
+    state.update(fetched=0, decoded=0, most_ahead=0)
+    data_check.check_videos(objects, 8, processes=1, threads=4, fetch_budget=1)
+    assert state['most_ahead'] == 1  # every video exceeds a 1-byte budget: none fetched ahead
+
+
 # --------------------------------------------------------------------------- validation
 def _break_dataset(uri: str, endpoint: str) -> None:
     """One undecodable video, one list line naming nothing, one bad label."""
@@ -199,6 +273,130 @@ def test_a_dataset_with_nothing_usable_names_the_list(small_tree, tmp_path):
     source = data_layout.resolve(str(copy))
     with pytest.raises(data_check.DataCheckError, match=r'no usable video among the 4 entries'):
         data_check.validate_source(source, tmp_path / 'out', processes=1, threads=1)
+
+
+def test_a_mostly_unusable_split_stops_data_prep_with_the_count(small_tree, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    for video in sorted((copy / 'videos').rglob('train_*.mp4'))[:4]:
+        video.write_bytes(b'junk')  # 4 of the 6 training videos
+    source = data_layout.resolve(str(copy))
+    with pytest.raises(data_check.DataCheckError) as caught:
+        data_check.validate_source(source, tmp_path / 'out', processes=1, threads=1)
+    message = str(caught.value)
+    assert message.startswith(
+        f'dataset {copy}: 4 of the 6 entries of {copy / "train_list.txt"} are unusable '
+        '(more than 50%; first reason: cannot decode: '
+    ), message
+    assert message.endswith('; the log above names up to 20)') and '\n' not in message
+    assert not (tmp_path / 'out' / 'train_list.txt').exists()  # nothing written
+    report = data_check.validate_source(
+        source, tmp_path / 'out', processes=1, threads=1, max_unusable=0.7
+    )
+    assert report['splits'][0]['valid'] == 2
+
+
+CHECK_THEN_DIE = """
+import os, signal, sys
+from video_kd import data_check, data_layout
+
+real, calls = data_check.check_video_bytes, []
+
+def check_then_die(data, min_frames):  # the 5th check: killed, as by the OOM killer
+    calls.append(1)
+    if len(calls) == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(data, min_frames)
+
+data_check.check_video_bytes = check_then_die
+source = data_layout.resolve(sys.argv[1])
+data_check.validate_source(source, sys.argv[2], sys.argv[3], processes=1, threads=1, cache_every=2)
+"""
+
+
+def test_a_killed_check_keeps_its_verdicts_and_a_rerun_checks_only_the_rest(
+    small_tree, bucket, s3_env, tmp_path
+):
+    import subprocess
+
+    uri = upload_tree(small_tree['mmaction2'], bucket, 'k400', s3_env)
+    cache = f's3://{bucket}/cache/video-check'
+    killed = subprocess.run(
+        [sys.executable, '-c', CHECK_THEN_DIE, uri, str(tmp_path / 'a'), cache],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -9, killed.stderr  # SIGKILL: no cleanup of any kind ran
+    batches = [u for u in s3.list_uris(cache + '/') if '/batch-' in u]
+    assert len(batches) == 2  # 4 verdicts before the kill, written 2 by 2 as they came
+    again = data_check.validate_source(
+        data_layout.resolve(uri), tmp_path / 'b', cache, processes=1, threads=2
+    )
+    assert (again['checked'], again['from_cache']) == (6, 4)
+
+
+def test_cache_batches_are_merged_without_the_objects_no_longer_listed(
+    small_tree, bucket, s3_env, tmp_path, monkeypatch
+):
+    import json
+
+    uri = upload_tree(small_tree['mmaction2'], bucket, 'k400', s3_env)
+    cache = f's3://{bucket}/cache/video-check'
+    source = data_layout.resolve(uri)
+    data_check.validate_source(source, tmp_path / 'a', cache, processes=1, cache_every=1)
+    batches = [u for u in s3.list_uris(cache + '/') if '/batch-' in u]
+    assert len(batches) == 10  # one per verdict, as they came; 16 or fewer are kept
+    monkeypatch.setattr(data_check, '_COMPACT_AFTER', 1)
+    client = _client(s3_env)
+    gone = 'k400/videos_val/move_down/val_0000.mp4'
+    body = client.get_object(Bucket=bucket, Key=gone)['Body'].read()
+    client.delete_object(Bucket=bucket, Key=gone)
+    client.put_object(Bucket=bucket, Key='k400/videos_val/move_down/val_0009.mp4', Body=body)
+    lines = [line for line in source.splits['val'].lines if 'move_down/val_0000' not in line]
+    source.splits['val'].lines[:] = [*lines, 'move_down/val_0009.mp4 1']
+    grown = data_check.validate_source(source, tmp_path / 'b', cache, processes=1)
+    assert (grown['checked'], grown['from_cache']) == (1, 9)
+    batches = [u for u in s3.list_uris(cache + '/') if '/batch-' in u]
+    assert len(batches) == 1  # two batches (> 1) merged into one
+    entries = json.loads(s3.read_bytes(batches[0]))['entries']
+    assert len(entries) == 10
+    assert not any(gone in key for key in entries)  # the deleted object's verdict dropped
+    assert any('val_0009' in key for key in entries)
+
+
+def test_a_read_failure_stops_data_prep_is_not_cached_and_a_rerun_retries_it(
+    small_tree, bucket, s3_env, tmp_path, monkeypatch
+):
+    uri = upload_tree(small_tree['mmaction2'], bucket, 'k400', s3_env)
+    cache = f's3://{bucket}/cache/video-check'
+    key = 'k400/videos_train/move_up/train_0001.mp4'
+    client = _client(s3_env)
+    body = client.get_object(Bucket=bucket, Key=key)['Body'].read()
+    real_check = data_check.check_videos
+
+    def vanish_after_listing(*args, **kwargs):  # listed, then gone before its GET
+        client.delete_object(Bucket=bucket, Key=key)
+        return real_check(*args, **kwargs)
+
+    monkeypatch.setattr(data_check, 'check_videos', vanish_after_listing)
+    source = data_layout.resolve(uri)
+    with pytest.raises(data_check.DataCheckError) as caught:
+        data_check.validate_source(source, tmp_path / 'a', cache, processes=2, threads=2)
+    message = str(caught.value)
+    assert message.startswith(f'dataset {uri}: 1 of 10 listed videos could not be read ')
+    assert f'(first: cannot read s3://{bucket}/{key}: no such object' in message
+    assert message.endswith(
+        'read failures are not cached and would shrink the dataset: '
+        're-run data prep (it checks only these again)'
+    )
+    assert '\n' not in message
+    monkeypatch.setattr(data_check, 'check_videos', real_check)
+    client.put_object(Bucket=bucket, Key=key, Body=body)  # the store is back
+    again = data_check.validate_source(source, tmp_path / 'b', cache, processes=1, threads=2)
+    assert (again['checked'], again['from_cache']) == (1, 9)  # only the failed one
+    assert again['rejected_total'] == 0
 
 
 # --------------------------------------------------------------------------- s3 backend
@@ -311,17 +509,25 @@ def test_training_streams_from_s3_and_skips_a_vanished_video(
     meta = prepare(uri, tmp_path / 'prep', f's3://{bucket}/run/data')
     assert meta['splits']['train']['list_uri'] == f's3://{bucket}/run/data/train_list.txt'
     assert meta['splits']['train']['videos_uri'] == f'{uri}/videos_train'
-    _client(s3_env).delete_object(Bucket=bucket, Key='k400/videos_train/move_up/train_0001.mp4')
+    client = _client(s3_env)
+    client.delete_object(Bucket=bucket, Key='k400/videos_train/move_up/train_0001.mp4')
+    client.delete_object(Bucket=bucket, Key='k400/videos_val/move_down/val_0000.mp4')
     proxy.reset_counts()
     with caplog.at_level(logging.WARNING, logger='video_kd.data_stream'):
         classes, runner = train_one_epoch(meta, tmp_path / 'work')
     assert classes == ['move_up', 'move_down']
     assert runner.train_loop.iter >= 3  # 6 videos, batch 2: the epoch went on
-    # the worker's log goes to its own stderr; the GETs tell what it did
+    assert runner.train_loop.epoch == 1  # ... and its validation did not stop training
+    # the worker's own log goes to its stderr; the GETs and the per-epoch lines tell
     gets = {p: n for p, n in proxy.paths.items() if p.startswith('GET') and p.endswith('.mp4')}
     assert any('train_0001' in p for p in gets)  # tried, failed, skipped
     assert sum(n for p, n in gets.items() if 'videos_train' in p) >= 6
-    assert sum(n for p, n in gets.items() if 'videos_val' in p) == 4  # one val pass
+    # one val pass: 4 videos, the vanished one's GET (a 404, not retried), its replacement
+    assert sum(n for p, n in gets.items() if 'videos_val' in p) == 5
+    assert re.search(
+        r'epoch 1: training skipped \d+ unreadable videos of the \d+ read', caplog.text
+    )
+    assert 'epoch 1: validation skipped 1 unreadable videos of the 5 read' in caplog.text
     assert not list((tmp_path / 'work').rglob('*.mp4'))  # nothing downloaded
 
 
@@ -347,7 +553,10 @@ def test_a_mostly_unreadable_dataset_stops_with_the_count(small_tree, tmp_path):
         train_one_epoch(meta, tmp_path / 'work')
     message = str(caught.value)
     assert re.match(r'\d+ of \d+ videos read', message), message
-    assert 'videos read by a data loader process could not be read (more than 50%)' in message
+    train_list = tmp_path / 'prep' / 'train_list.txt'
+    assert f'videos read by the data loader of {train_list} could not be read (more than 50%)' in (
+        message
+    )
     assert '\n' not in message
 
 
@@ -425,14 +634,23 @@ def test_use_dataset_points_loaders_at_lists_and_video_roots():
     assert test.ann_file == '/mnt/run/val_list.txt'
     assert test.pipeline[0]['io_backend'] == 'disk'  # a mounted volume reads from disk
     assert cfg.model.cls_head.num_classes == 3
+    # inside training both loaders skip (and the hook logs it); evaluation stops
+    assert train.skip_unreadable and cfg.val_dataloader.dataset.skip_unreadable
+    assert test.skip_unreadable is False
+    assert cfg.custom_hooks.count({'type': 'UnreadableVideosHook'}) == 1
+    use_dataset(cfg, meta)
+    assert cfg.custom_hooks.count({'type': 'UnreadableVideosHook'}) == 1  # not twice
 
     only_val = load_config('tsm_mobilenetv2_tiny')
     before = only_val.train_dataloader.dataset.ann_file
     use_dataset(only_val, meta, loaders=('test_dataloader',))
     assert only_val.train_dataloader.dataset.ann_file == before  # untouched: never read
+    assert not any(
+        h.get('type') == 'UnreadableVideosHook' for h in only_val.get('custom_hooks') or []
+    )
 
 
-def _streaming_dataset(root: Path, test_mode: bool):
+def _streaming_dataset(root: Path, test_mode: bool, **kwargs):
     from mmengine.registry import init_default_scope
 
     from video_kd.data_stream import StreamingVideoDataset
@@ -440,16 +658,18 @@ def _streaming_dataset(root: Path, test_mode: bool):
 
     register_all_modules()
     init_default_scope('mmaction')  # the transforms are MMAction2's
+    sample = dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4)
     pipeline = [
         dict(type='DecordInit', io_backend='disk'),
-        dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4, test_mode=test_mode),
+        dict(sample, test_mode=test_mode),
         dict(type='DecordDecode'),
     ]
     return StreamingVideoDataset(
         ann_file=str(root / 'train_list.txt'),
-        pipeline=pipeline,
+        pipeline=kwargs.pop('pipeline', pipeline),
         data_prefix={'video': str(root / 'videos')},
         test_mode=test_mode,
+        **kwargs,
     )
 
 
@@ -476,3 +696,52 @@ def test_evaluation_stops_on_an_unreadable_video_naming_it(small_tree, tmp_path)
     dataset = _streaming_dataset(copy, test_mode=True)
     with pytest.raises(VideoReadError, match=f'^cannot read {re.escape(str(broken))}: '):
         dataset[0]
+
+
+def test_validation_inside_training_reads_the_next_video_and_counts_the_skip(small_tree, tmp_path):
+    import shutil
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    (copy / 'videos' / 'move_up' / 'train_0000.mp4').unlink()  # vanished since data prep
+    dataset = _streaming_dataset(copy, test_mode=True, skip_unreadable=True)
+    sample = dataset[0]
+    assert sample['filename'] == str(copy / 'videos' / 'move_up' / 'train_0001.mp4')
+    assert (dataset.reads, dataset.unreadable) == (2, 1)
+    assert dataset[1]['filename'] == sample['filename']  # the next one is itself
+
+
+def test_a_pipeline_bug_is_not_an_unreadable_video(small_tree):
+    broken = [  # no DecordInit: SampleFrames finds no total_frames, a config bug
+        dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=4),
+        dict(type='DecordDecode'),
+    ]
+    dataset = _streaming_dataset(small_tree['video-kd'], test_mode=False, pipeline=broken)
+    with pytest.raises(KeyError, match='total_frames'):
+        dataset[0]
+    assert dataset.unreadable == 0
+
+
+def test_skips_are_counted_across_loader_workers_and_logged_per_epoch(small_tree, tmp_path, caplog):
+    import shutil
+
+    from torch.utils.data import DataLoader
+
+    from video_kd.data_stream import UnreadableVideosHook
+
+    copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
+    for name in ('train_0000.mp4', 'train_0002.mp4'):
+        (copy / 'videos' / 'move_down' / name).write_bytes(b'broken since data prep')
+    dataset = _streaming_dataset(copy, test_mode=False)
+    loader = DataLoader(dataset, batch_size=1, num_workers=2, collate_fn=lambda batch: batch)
+    assert len([sample for batch in loader for sample in batch]) == 6  # the epoch went on
+    skipped, read = dataset.unreadable, dataset.reads  # what the 2 worker processes counted
+    assert skipped >= 2 and read == skipped + 6
+    hook = UnreadableVideosHook()
+    with caplog.at_level(logging.WARNING, logger='video_kd.data_stream'):
+        hook.report(dataset, 'epoch 1: training')
+        hook.report(dataset, 'epoch 2: training')  # nothing skipped since: no line
+    lines = [r.getMessage() for r in caplog.records if 'unreadable videos of the' in r.getMessage()]
+    assert lines == [
+        f'epoch 1: training skipped {skipped} unreadable videos of the {read} read '
+        f'(all loader workers; {skipped} so far)'
+    ]

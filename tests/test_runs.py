@@ -92,6 +92,45 @@ def test_publish_is_idempotent_and_never_overwrites(bucket, tmp_path):
         runs.publish(layout, 'eval', path, 'report.json')
 
 
+def test_finding_entries_in_a_big_manifest_is_not_a_scan_per_lookup():
+    """Publishing n files looks each up first: n scans of the list were O(n^2)."""
+    import time
+
+    layout = RunLayout('bkt', 'kd', 'run-big')
+    entries = [
+        runs.ManifestEntry('data', layout.uri('data', 'source', f'v{i}.mp4'), f'{i:064x}', 1)
+        for i in range(20000)
+    ]
+    manifest = Manifest(layout, list(entries))
+    start = time.perf_counter()
+    assert all(manifest.find(e.uri, e.sha256) is e for e in entries)
+    assert time.perf_counter() - start < 1.0  # a scan per lookup: 2e8 steps, tens of seconds
+    assert manifest.find(entries[5].uri, '0' * 64) is None  # other content: not found
+    late = runs.ManifestEntry('data', layout.uri('data', 'late'), 'f' * 64, 1)
+    manifest.entries.insert(0, late)  # what a merge with the stored manifest does
+    assert manifest.find(late.uri) is late
+
+
+def test_publishing_many_files_logs_progress_not_a_line_per_file(bucket, tmp_path, caplog):
+    import logging
+
+    layout = RunLayout(bucket, 'kd', 'run-many')
+    files = []
+    for i in range(30):
+        files.append(tmp_path / f'v{i}.mp4')
+        files[-1].write_bytes(b'v' * (i + 1))
+    pairs = [(path, layout.uri('data', 'source', path.name)) for path in files]
+    with caplog.at_level(logging.INFO), Manifest.load(layout).batch() as manifest:
+        assert len(manifest.publish_all('data', pairs)) == 30
+    messages = [record.getMessage() for record in caplog.records]
+    assert not [m for m in messages if m.startswith('uploaded ')]
+    assert [m for m in messages if m.startswith('published 30/30 files')]
+    assert logging.getLogger('video_kd.s3').level == logging.NOTSET  # restored
+    assert len(Manifest.load(layout).entries) == 30
+    again = Manifest.load(layout).publish_all('data', pairs)  # a retried step: nothing new
+    assert [e.uri for e in again] == [uri for _, uri in pairs]
+
+
 def test_checkpoint_is_hashed_once(bucket, tmp_path, monkeypatch):
     """Regression: upload_checkpoint hashed a checkpoint, then Manifest.record hashed it again."""
     layout = RunLayout(bucket, 'kd', 'run-hash')

@@ -506,7 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
         '--training-config-map', help='ConfigMap of the training pods (video-kd-training)'
     )
     names.add_argument('--pvc', help='PersistentVolumeClaim mounted in every step pod (none)')
-    names.add_argument('--pvc-mount', help='where it is mounted (/data)')
+    names.add_argument(
+        '--pvc-mount', help='where it is mounted (/cache); a dataset_uri may be a path under it'
+    )
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser(

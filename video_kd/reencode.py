@@ -326,7 +326,7 @@ def _encode_all(
         return failed, written
     chunks = [(pairs[i : i + _CHUNK], settings) for i in range(0, len(pairs), _CHUNK)]
     progress = Progress(len(pairs), 're-encoded', 'videos', log)
-    processes = max(1, min(processes or os.cpu_count() or 1, len(chunks)))
+    processes = max(1, min(processes or data_check.usable_cpus(), len(chunks)))
     with data_check._pool_context().Pool(processes) as pool:
         for done in pool.imap_unordered(_encode_chunk, chunks):
             for src, reason, size in done:

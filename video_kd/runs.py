@@ -29,6 +29,7 @@ from typing import Any
 
 from video_kd import s3
 from video_kd.errors import UserError
+from video_kd.progress import Progress
 from video_kd.validation import check_run_id, run_id_from
 
 log = logging.getLogger(__name__)
@@ -165,6 +166,12 @@ class Manifest:
     entries: list[ManifestEntry] = field(default_factory=list)
     _etag: str | None = field(default=None, init=False, repr=False, compare=False)
     _deferred: bool = field(default=False, init=False, repr=False, compare=False)
+    # entries by URI, so that publishing n files is linear, not n scans of the list;
+    # it covers the first _indexed entries (a merge, which prepends, rebuilds it)
+    _by_uri: dict[str, list[ManifestEntry]] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
+    _indexed: int = field(default=0, init=False, repr=False, compare=False)
 
     @classmethod
     def load(cls, layout: RunLayout) -> Manifest:
@@ -234,7 +241,13 @@ class Manifest:
 
     def find(self, uri: str, sha256: str | None = None) -> ManifestEntry | None:
         """The entry recorded for ``uri`` (with that content, if ``sha256`` is given)."""
-        return next((e for e in self.entries if e.uri == uri and sha256 in (None, e.sha256)), None)
+        if self._indexed != len(self.entries):
+            self._by_uri = {}
+            for entry in self.entries:
+                self._by_uri.setdefault(entry.uri, []).append(entry)
+            self._indexed = len(self.entries)
+        matches = self._by_uri.get(uri, ())
+        return next((e for e in matches if sha256 in (None, e.sha256)), None)
 
     def record(
         self, step: str, local_path: str | os.PathLike, uri: str, sha256: str | None = None
@@ -255,6 +268,9 @@ class Manifest:
         )
         s3.upload_file(local_path, uri)
         self.entries.append(entry)
+        if self._indexed == len(self.entries) - 1:  # keep the index whole: no rebuild per file
+            self._by_uri.setdefault(uri, []).append(entry)
+            self._indexed += 1
         if not self._deferred:
             self.save()
         return entry
@@ -280,6 +296,30 @@ class Manifest:
             raise s3.ObjectExistsError(
                 f'refusing to overwrite {uri}: it holds other content'
             ) from None
+
+    def publish_all(
+        self, step: str, files: list[tuple[str | os.PathLike, str]]
+    ) -> list[ManifestEntry]:
+        """``publish`` many ``(local, uri)`` files: linear in their number, and a progress
+        line every few seconds in the log instead of one line per file."""
+        progress = Progress(len(files), 'published', 'files', log)
+        entries = []
+        with _quiet(logging.getLogger(s3.__name__)):  # s3.upload_file logs every file
+            for local, uri in files:
+                entries.append(self.publish(step, local, uri))
+                progress.advance()
+        return entries
+
+
+@contextlib.contextmanager
+def _quiet(logger: logging.Logger) -> Iterator[None]:
+    """``logger``'s INFO lines off (warnings still on) for the duration."""
+    level = logger.level
+    logger.setLevel(max(level, logging.WARNING))
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def publish(layout: RunLayout, step: str, local: str | os.PathLike, *parts: str) -> ManifestEntry:

@@ -17,9 +17,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         '--dataset-uri',
         required=True,
-        help='s3://bucket/path (videos/, train_list.txt, val_list.txt, classes.txt), '
-        'generate:// (the built-in synthetic dataset, options as a query: '
-        'generate://?num_classes=3&train_per_class=4) or a local directory',
+        help='where the dataset is: s3://bucket/path or a directory (e.g. on the mounted '
+        'PVC: /cache/kinetics400), in our layout (videos/, train_list.txt, val_list.txt, '
+        "classes.txt) or MMAction2's Kinetics tree (videos_train/, videos_val/, "
+        'kinetics400_{train,val}_list_videos.txt, label_map_k400.txt or annotations/*.csv; '
+        'other names as a query: ?train_list=...&val_videos=...); or generate:// (the '
+        'built-in synthetic dataset, options as a query: '
+        'generate://?num_classes=3&train_per_class=4)',
     )
     p.add_argument('--s3-bucket', required=True)
     p.add_argument('--s3-prefix', default='video-kd')
@@ -30,6 +34,19 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument('--out-dir', help='also keep the cleaned lists and report here')
     p.add_argument('--min-frames', type=int, default=8)
+    p.add_argument(
+        '--processes',
+        type=int,
+        help='video checking (and re-encoding) processes, one decode each; default: the CPUs '
+        "this process may use (affinity and the cgroup's CPU limit, not the node's cores)",
+    )
+    p.add_argument(
+        '--max-unusable',
+        type=float,
+        default=0.5,
+        help='stop when a larger share of a split is unusable (read failures always stop: '
+        're-run; default: %(default)s)',
+    )
     p.add_argument(
         '--reencode',
         action='store_true',
@@ -49,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
             min_frames=args.min_frames,
             out_dir=args.out_dir,
             reencode=args.reencode,
+            processes=args.processes,
+            max_unusable=args.max_unusable,
         )
     )
 

@@ -17,8 +17,9 @@ def data_prep(
     reencode: bool = False,
 ):
     """Validate every video (decodable, frame count, known label) of ``dataset_uri``
-    (s3:// prefix or generate://), write the cleaned train/val lists, classes and the
-    report of rejected videos to s3://<bucket>/<prefix>/<run-id>/data/. ``reencode``:
+    (an s3:// prefix or a path on the mounted PVC, e.g. /cache/kinetics400, in our layout or
+    MMAction2's Kinetics tree; or generate://), write the cleaned train/val lists, classes and
+    the report of rejected videos to s3://<bucket>/<prefix>/<run-id>/data/. ``reencode``:
     train and evaluate on a derived copy (short side 256, a keyframe every frame) written
     once at <dataset_uri>/derived/<hash>/."""
     from video_kd.errors import exit_on_user_error

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import urllib.parse
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,12 +47,17 @@ def run(
     min_frames: int = 8,
     out_dir: str | Path | None = None,
     reencode: bool = False,
+    processes: int | None = None,
+    max_unusable: float = data_check.MAX_UNUSABLE,
 ) -> dict[str, Any]:
     """Validate a dataset and publish the cleaned lists under ``<run>/data/``.
 
-    ``dataset_uri``: an ``s3://`` prefix or a mounted path (a PVC) holding our
-    layout (``videos/``, ``train_list.txt``, ``val_list.txt``, ``classes.txt``)
-    or MMAction2's Kinetics tree (``video_kd.data_layout``); or
+    ``dataset_uri``: an ``s3://`` prefix or a mounted path (a PVC, e.g.
+    ``/cache/kinetics400``) holding our layout (``videos/``,
+    ``train_list.txt``, ``val_list.txt``, ``classes.txt``) or MMAction2's
+    Kinetics tree (``videos_train/``, ``videos_val/``,
+    ``kinetics400_{train,val}_list_videos.txt``, a label map or the official
+    ``annotations/*.csv``; see ``video_kd.data_layout``); or
     ``generate://[?num_classes=..]`` for the built-in synthetic dataset
     (published under ``<run>/data/source/``).  Videos stay where they are:
     training and evaluation stream them (``video_kd.data_stream``).  Every
@@ -61,14 +67,19 @@ def run(
     directory).  ``reencode``: train and evaluate on a derived copy of the
     usable videos, short side 256 with a keyframe every frame (cheap random
     seeks for ``SampleFrames``), written once at ``<dataset>/derived/<hash>/``
-    and reused by later runs (``video_kd.reencode``).  A failure before
-    anything is published gives the run id back.
+    and reused by later runs (``video_kd.reencode``).  ``processes``: checking
+    (and re-encoding) processes, default the CPUs this pod may use (its CPU
+    limit, ``data_check.usable_cpus``).  A read failure, or a split with more
+    than ``max_unusable`` unusable entries, stops with the counts
+    (``data_check.DataCheckError``).  A failure before anything is published
+    gives the run id back.
     """
     check_bucket(bucket)
     layout = RunLayout(bucket, prefix, check_run_id(run_id) if run_id else new_run_id(job_id))
     claim_run(layout, job_id)
     try:
-        meta = _prepare(dataset_uri, layout, workdir, min_frames, out_dir, reencode)
+        checks = _Checks(min_frames, processes, max_unusable)
+        meta = _prepare(dataset_uri, layout, workdir, checks, out_dir, reencode)
     except BaseException:
         release_claim(layout, job_id)  # only if nothing but the claim was written
         raise
@@ -83,11 +94,20 @@ def run(
     return meta
 
 
+@dataclass(frozen=True)
+class _Checks:
+    """How data prep checks the videos (``data_check.validate_source``'s settings)."""
+
+    min_frames: int
+    processes: int | None
+    max_unusable: float
+
+
 def _prepare(
     dataset_uri: str,
     layout: RunLayout,
     workdir: str | Path | None,
-    min_frames: int,
+    checks: _Checks,
     out_dir: str | Path | None,
     reencode_videos: bool = False,
 ) -> dict[str, Any]:
@@ -95,10 +115,15 @@ def _prepare(
         source = data_layout.resolve(_source_uri(dataset_uri, layout, work, manifest))
         clean = Path(out_dir) if out_dir else work / 'clean'
         report = data_check.validate_source(
-            source, clean, cache_uri=layout.shared_uri(VIDEO_CHECK_CACHE), min_frames=min_frames
+            source,
+            clean,
+            cache_uri=layout.shared_uri(VIDEO_CHECK_CACHE),
+            min_frames=checks.min_frames,
+            processes=checks.processes,
+            max_unusable=checks.max_unusable,
         )
         report['root'] = dataset_uri  # what the user gave, not a generated copy's place
-        derived = _reencode(source, clean, report) if reencode_videos else None
+        derived = _reencode(source, clean, report, checks.processes) if reencode_videos else None
         # what this attempt did, not what the data is: logged, so a retry publishes the same files
         stats = {key: report.pop(key) for key in ('checked', 'from_cache', 'seconds')}
         log.info('data check: %(checked)d videos decoded, %(from_cache)d known from the cache, '
@@ -124,7 +149,9 @@ def _prepare(
     return meta
 
 
-def _reencode(source: data_layout.DatasetSource, clean: Path, report: dict) -> dict[str, Any]:
+def _reencode(
+    source: data_layout.DatasetSource, clean: Path, report: dict, processes: int | None
+) -> dict[str, Any]:
     """Re-encode the usable videos; point the clean lists and the report at the copy."""
     usable = data_layout.DatasetSource(
         source.root,
@@ -140,7 +167,7 @@ def _reencode(source: data_layout.DatasetSource, clean: Path, report: dict) -> d
             for split in data_layout.SPLITS
         },
     )
-    done = reencode.reencode_dataset(usable)
+    done = reencode.reencode_dataset(usable, processes=processes)
     log.info('re-encoded dataset %s (%s)', done['uri'], 'reused' if done['reused'] else 'written')
     for split in data_layout.SPLITS:
         derived_list = reencode.read_text(reencode.join(done['uri'], data_check.LIST_NAMES[split]))
@@ -158,9 +185,11 @@ def _source_uri(dataset_uri: str, layout: RunLayout, work: Path, manifest: Manif
     if not dataset_uri.startswith(GENERATED_SCHEME):
         return dataset_uri
     raw = dataset.generate_dataset(work / 'generated', **_generator_options(dataset_uri))
-    for path in sorted(p for p in raw.rglob('*') if p.is_file()):
-        rel = path.relative_to(raw).as_posix()
-        manifest.publish('data', path, layout.uri('data', 'source', rel))
+    files = sorted(p for p in raw.rglob('*') if p.is_file())
+    manifest.publish_all(
+        'data',
+        [(path, layout.uri('data', 'source', path.relative_to(raw).as_posix())) for path in files],
+    )
     return layout.uri('data', 'source')
 
 
