@@ -70,15 +70,19 @@ class MotoServer(LocalS3):
             'AWS_SHARED_CREDENTIALS_FILE': os.devnull,
         }
 
-    def create_bucket(self, name: str) -> str:
-        """Create a bucket with plain boto3 (no retries: the server must be up)."""
-        boto3.client(
+    def client(self):
+        """A plain boto3 client for this server (not the code under test's)."""
+        return boto3.client(
             's3',
             endpoint_url=self.endpoint,
             region_name='us-east-1',
             aws_access_key_id=ACCESS_KEY,
             aws_secret_access_key=SECRET_KEY,
-        ).create_bucket(Bucket=name)
+        )
+
+    def create_bucket(self, name: str) -> str:
+        """Create a bucket with plain boto3 (no retries: the server must be up)."""
+        self.client().create_bucket(Bucket=name)
         return name
 
 

@@ -431,7 +431,7 @@ def test_throttling_is_retried_then_one_line_names_the_object(
     assert len(s3_fileio.get_object_bytes(target)) > 1000  # 2 x 503, then served
     assert proxy.paths['GET /' + target[len('s3://') :]] == 3
 
-    monkeypatch.setattr(s3_fileio, 'MAX_ATTEMPTS', 3)
+    monkeypatch.setenv('VIDEO_KD_S3_MAX_ATTEMPTS', '3')  # the one S3 policy's setting
     proxy.fail_next(3, 'train_0000')
     with pytest.raises(s3.S3Error) as caught:
         s3_fileio.get_object_bytes(target)

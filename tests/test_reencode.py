@@ -111,6 +111,36 @@ def test_s3_source_is_reencoded_next_to_it(bucket, tmp_path):
     ]
 
 
+def test_a_concurrent_reencode_keeps_what_the_other_run_wrote(bucket, tmp_path, monkeypatch):
+    """Two data preps re-encoding one dataset at once: both saw no done.json; the one that
+    finishes second must not replace the first one's objects (it used to put them again,
+    done.json too) and reports the copy the first one completed."""
+    from video_kd import reencode
+
+    root = dataset.generate_dataset(tmp_path / 'ds', **SMALL)
+    s3.upload_dir(root, f's3://{bucket}/ds')
+    encode_all = reencode._encode_all
+    first: dict = {}
+    started = []
+
+    def the_other_run_finishes_first(pairs, settings, processes):
+        if not started:  # this run has checked for done.json; the other one runs now
+            started.append(True)
+            source = data_layout.resolve(f's3://{bucket}/ds')
+            first.update(reencode_dataset(source, short_side=64, processes=1))
+        return encode_all(pairs, settings, processes)
+
+    monkeypatch.setattr(reencode, '_encode_all', the_other_run_finishes_first)
+    source = data_layout.resolve(f's3://{bucket}/ds')
+    second = reencode_dataset(source, short_side=64, processes=1)
+
+    assert first and not first['reused'] and first['encoded'] == 6
+    assert second['reused'] and second['uri'] == first['uri']
+    stored = s3.read_json(f'{first["uri"]}/{DONE_NAME}')
+    assert stored == {k: v for k, v in first.items() if k != 'reused'}  # not replaced
+    assert second == {**stored, 'reused': True}
+
+
 def test_bad_output_and_bad_video_are_one_line(tmp_path, bucket):
     root = dataset.generate_dataset(tmp_path / 'ds', **SMALL)
     source = data_layout.resolve(str(root))
@@ -119,7 +149,7 @@ def test_bad_output_and_bad_video_are_one_line(tmp_path, bucket):
         reencode_dataset(source, out_uri=str(tmp_path / 'file' / 'derived'), short_side=64)
     with pytest.raises(ReencodeError, match='not s3:// nor a local path'):
         reencode_dataset(source, out_uri='gs://bucket/derived', short_side=64)
-    with pytest.raises(UserError, match='no such bucket'):
+    with pytest.raises(UserError, match="bucket 'no-such-bucket-reencode' does not exist"):
         reencode_dataset(source, out_uri='s3://no-such-bucket-reencode/d', short_side=64)
     with pytest.raises(ReencodeError, match='short_side must be an even number'):
         reencode_dataset(source, short_side=95)

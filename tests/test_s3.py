@@ -83,6 +83,37 @@ def test_client_uses_endpoint_region_and_path_style(s3_env, monkeypatch):
     assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (5.0, 20.0)
 
 
+def test_stream_client_follows_the_one_policy(s3_env, monkeypatch):
+    # regression: the streaming client read VIDEO_KD_S3_ATTEMPTS (8) and a 30 s read
+    # timeout once at import (its retry log lines: tests/test_s3_faults.py)
+    from video_kd import s3_fileio
+    from video_kd.s3_policy import MAX_ATTEMPTS_ENV, READ_TIMEOUT_ENV
+
+    monkeypatch.setenv(MAX_ATTEMPTS_ENV, '4')
+    monkeypatch.setenv(READ_TIMEOUT_ENV, '7')
+    client = s3_fileio.stream_client()
+    assert client.meta.config.retries == {'mode': 'standard', 'total_max_attempts': 4}
+    assert (client.meta.config.connect_timeout, client.meta.config.read_timeout) == (5.0, 7.0)
+    assert client.meta.config.max_pool_connections == s3_fileio.POOL_CONNECTIONS
+    assert client is not s3.s3_client()  # its own connection pool, the same policy
+    assert s3_fileio.stream_client() is client  # one per process, shared by its threads
+    monkeypatch.setenv(READ_TIMEOUT_ENV, '9')
+    assert s3_fileio.stream_client().meta.config.read_timeout == 9.0
+
+
+def test_a_forked_process_builds_its_own_s3_client(s3_env):
+    import multiprocessing
+
+    parent = s3.s3_client()
+    with multiprocessing.get_context('fork').Pool(1) as pool:
+        assert pool.apply(_s3_client_id) != id(parent)
+    assert s3.s3_client() is parent
+
+
+def _s3_client_id() -> int:
+    return id(s3.s3_client())
+
+
 def test_aws_endpoint_url_is_the_fallback(s3_env, monkeypatch):
     monkeypatch.delenv('S3_ENDPOINT_URL')
     monkeypatch.setenv('AWS_ENDPOINT_URL', s3_env)

@@ -145,7 +145,12 @@ def test_concurrent_manifest_records_keep_every_entry(bucket, tmp_path):
 
 def test_probe_detects_that_moto_enforces_conditional_writes(bucket):
     s3_conditional._probed.clear()
-    assert s3_conditional.supports_conditional_writes(s3.s3_client(), bucket)
+    client = s3.s3_client()
+    assert s3_conditional.supports_conditional_writes(client, bucket)
+    assert s3_conditional.enforces(client, bucket, s3_conditional.IF_MATCH)
+    assert s3_conditional._probed == {
+        (client.meta.endpoint_url, bucket): {s3_conditional.IF_NONE_MATCH, s3_conditional.IF_MATCH}
+    }
     assert not s3.list_uris(f's3://{bucket}/{s3_conditional.PROBE_PREFIX}')  # probe removed
 
 
@@ -255,6 +260,36 @@ def test_fallback_without_conditional_writes_still_refuses_overwrites(
         assert len(metadata[s3_conditional.WRITER_METADATA]) == 32  # the writer's token
     assert s3.create_if_absent(f's3://{bucket}/fallback/run.json', b'{}')
     assert not s3.create_if_absent(f's3://{bucket}/fallback/run.json', b'{}')
+
+
+@pytest.mark.parametrize('setting', ['auto', 'off'])
+def test_a_stale_manifest_copy_never_drops_entries(bucket, tmp_path, monkeypatch, setting):
+    """Two writers hold the manifest; one saves; the other, still holding the older
+    version, must merge before it saves (If-Match, or the fallback's compare). The
+    fallback used to save unguarded, dropping the first writer's entry."""
+    monkeypatch.setenv(s3_conditional.MODE_ENV, setting)
+    layout = RunLayout(bucket, 'kd', f'run-stale-{setting}')
+    files = writer_files(tmp_path, 3)
+    Manifest.load(layout).record('data', files[0], layout.uri('data', files[0].name))
+    stale, fresh = Manifest.load(layout), Manifest.load(layout)
+    fresh.record('train', files[1], layout.uri('train', files[1].name))
+    stale.record('train', files[2], layout.uri('train', files[2].name))
+    stored = Manifest.load(layout).entries
+    assert sorted(e.uri.rsplit('/', 1)[1] for e in stored) == sorted(f.name for f in files)
+    for entry in stored:
+        assert hashlib.sha256(s3.read_bytes(entry.uri)).hexdigest() == entry.sha256
+
+
+def test_fallback_compare_and_swap_refuses_a_stale_etag(bucket, monkeypatch):
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'off')
+    uri = f's3://{bucket}/kd/run/manifest.json'
+    first = s3.put_bytes(uri, b'1', if_absent=True)
+    with pytest.raises(s3.ObjectChangedError, match='changed since it was read'):
+        s3.put_bytes(uri, b'2', if_absent=True)  # it exists now
+    second = s3.put_bytes(uri, b'2', if_match=first)
+    with pytest.raises(s3.ObjectChangedError):
+        s3.put_bytes(uri, b'3', if_match=first)  # stale: written since
+    assert s3.read_bytes(uri) == b'2' and second != first
 
 
 # --------------------------------------------------------------------------- data preps

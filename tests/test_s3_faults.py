@@ -3,13 +3,21 @@
 Each test runs its own moto server (tests/s3_servers.py), never the session's.
 The policy is shortened through the environment (1 s connect, 2 s read, 2
 attempts, 8 s retry window), so every case ends in seconds; the bound each
-test checks is the one ``S3Policy.failure_bound_s()`` computes, the same
-formula that gives 113 s for the defaults.
+test checks is the one ``S3Policy`` computes (``request_budget_s()`` for one
+request or streamed read, ``failure_bound_s()`` for a checkpoint upload), the
+same formulas that give 63 s and 113 s for the defaults.
+
+Faults are injected at a precise moment (after a GET's headers, during a
+manifest save, after a multipart upload was created) by freezing or stopping
+the real server from a botocore event or a wrapper of the step that comes next.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
+import os
 import socket
 import threading
 import time
@@ -20,9 +28,10 @@ from types import SimpleNamespace
 import pytest
 from s3_servers import MotoServer
 
-from video_kd import s3, s3_hook
+from video_kd import s3, s3_conditional, s3_fileio, s3_hook
 from video_kd.errors import one_line
-from video_kd.runs import RunLayout
+from video_kd.local_run import free_port
+from video_kd.runs import Manifest, ManifestEntry, RunLayout
 from video_kd.s3_policy import (
     CONNECT_TIMEOUT_ENV,
     MAX_ATTEMPTS_ENV,
@@ -95,6 +104,11 @@ def timed(fn):
     return info.value, time.monotonic() - start
 
 
+def single_put_bound(policy: S3Policy) -> float:
+    """``failure_bound_s()`` for a checkpoint small enough for one PUT: no multipart abort."""
+    return policy.failure_bound_s() - policy.abort_budget_s()
+
+
 def retry_lines(caplog) -> list[str]:
     return [r.getMessage() for r in caplog.records if 'retrying (attempt' in r.getMessage()]
 
@@ -104,7 +118,8 @@ def test_policy_defaults_bound_a_failure_within_two_minutes(monkeypatch):
         monkeypatch.delenv(name, raising=False)
     policy = S3Policy.from_env()
     assert policy.request_budget_s() == 63
-    assert policy.failure_bound_s() == 113 <= 120
+    assert policy.abort_budget_s() == 5  # a failed multipart checkpoint's abort: one attempt
+    assert policy.failure_bound_s() == 45 + 63 + 5 == 113 <= 120
 
 
 def test_bad_policy_value_is_one_line(monkeypatch):
@@ -152,6 +167,103 @@ def test_frozen_server_times_out_with_one_line(server, caplog):
     assert s3.create_if_absent(f's3://{server.bucket}/r/run.json', b'{}')
 
 
+# --------------------------------------------------------------------------- streamed reads
+BIG = 32 * 1024 * 1024  # more than loopback's socket buffers hold: the body is still in flight
+
+
+def put_object(server, key: str, body: bytes) -> str:
+    server.client().put_object(Bucket=server.bucket, Key=key, Body=body)
+    return f's3://{server.bucket}/{key}'
+
+
+@contextlib.contextmanager
+def on_event(client, event: str, action):
+    """Run ``action`` once, the first time ``client`` emits ``event``."""
+    done = []
+
+    def once(**_):
+        if not done:
+            done.append(time.monotonic())
+            action()
+
+    client.meta.events.register(event, once, unique_id='test-fault')
+    try:
+        yield done
+    finally:
+        client.meta.events.unregister(event, unique_id='test-fault')
+
+
+def test_streamed_read_from_a_stopped_server_is_one_line(server, caplog):
+    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    uri = f's3://{server.bucket}/k400/videos_train/a/x.mp4'
+    server.stop()
+    error, took = timed(lambda: s3_fileio.get_object_bytes(uri))
+    assert isinstance(error, s3.S3UnavailableError)
+    assert str(error) == (
+        f'cannot read {uri}: cannot connect to the S3 server at {server.endpoint} '
+        '(2 attempts); check S3_ENDPOINT_URL and that the server is up'
+    )
+    assert took <= S3Policy.from_env().request_budget_s() + SLACK_S
+    assert retry_lines(caplog) and 'GET' in retry_lines(caplog)[0]  # the policy's log line
+
+
+def test_server_frozen_mid_body_ends_a_streamed_read_within_the_bound(server, caplog):
+    """Issue 11/15: a server that stops answering after a GET's headers stalled a data
+    loader for the stream client's own 30 s x 8 attempts, then raised a bare S3Error."""
+    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    uri = put_object(server, 'k400/videos_train/a/big.mp4', b'v' * BIG)
+    client = s3_fileio.stream_client()
+    try:
+        with on_event(client, 'after-call.s3.GetObject', server.freeze) as frozen:
+            error, _ = timed(lambda: s3_fileio.get_object_bytes(uri))
+    finally:
+        server.thaw()
+    took = time.monotonic() - frozen[0]
+    assert isinstance(error, s3.S3UnavailableError)
+    assert str(error) == one_line(error)
+    assert str(error).startswith(
+        f'cannot read {uri}: the S3 server at {server.endpoint} did not answer within 2 s '
+        '(2 attempts)'
+    )
+    assert took <= S3Policy.from_env().request_budget_s() + SLACK_S
+    lines = retry_lines(caplog)  # the body's failure was retried, as attempt 2 of 2
+    assert len(lines) == 1 and lines[0].startswith(f'S3 GET {uri}: retrying (attempt 2)')
+    assert 'ReadTimeoutError' in lines[0]
+
+
+def test_a_body_cut_short_is_fetched_again(server, caplog):
+    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    body = hashlib.sha256(b'seed').digest() * (BIG // 32)
+    uri = put_object(server, 'k400/videos_val/b/big.mp4', body)
+
+    def freeze_for_a_while():  # past the first attempt's 2 s, within the second's
+        server.freeze()
+        threading.Timer(3.0, server.thaw).start()
+
+    with on_event(s3_fileio.stream_client(), 'after-call.s3.GetObject', freeze_for_a_while):
+        assert s3_fileio.get_object_bytes(uri) == body
+    lines = retry_lines(caplog)
+    assert len(lines) == 1
+    assert lines[0].startswith(f'S3 GET {uri}: retrying (attempt 2) after ReadTimeoutError')
+
+
+# --------------------------------------------------------------------------- manifest saves
+def test_manifest_save_to_a_stopped_server_is_one_line(server):
+    # regression: the conditional-write probe ran outside the error mapping: a bare
+    # botocore EndpointConnectionError and a traceback
+    layout = RunLayout(server.bucket, 'kd', 'run-save')
+    manifest = Manifest.load(layout)  # a new run: no manifest yet
+    manifest.entries.append(ManifestEntry('data', layout.uri('data', 'a.txt'), '0' * 64, 1))
+    server.stop()
+    error, took = timed(manifest.save)
+    assert isinstance(error, s3.S3UnavailableError)
+    assert str(error) == (
+        f'cannot write {layout.manifest_uri}: cannot connect to the S3 server at '
+        f'{server.endpoint} (2 attempts); check S3_ENDPOINT_URL and that the server is up'
+    )
+    assert took <= S3Policy.from_env().request_budget_s() + SLACK_S
+
+
 # --------------------------------------------------------------------------- the checkpoint hook
 def hook_and_runner(server, tmp_path: Path, epoch: int = 1):
     run_root = f's3://{server.bucket}/kd/run-{uuid.uuid4().hex[:6]}'
@@ -190,7 +302,7 @@ def test_hook_fails_within_the_bound_then_resumes(server, tmp_path, fault):
     assert str(error) == one_line(error)
     assert 'checkpoint epoch_2.pth could not be uploaded' in str(error)
     assert 're-run the step to resume' in str(error)
-    assert took <= S3Policy.from_env().failure_bound_s() + SLACK_S
+    assert took <= single_put_bound(S3Policy.from_env()) + SLACK_S
     # the server comes back: the next sync uploads what was missed
     if fault == 'frozen':
         server.thaw()
@@ -204,6 +316,86 @@ def test_hook_fails_within_the_bound_then_resumes(server, tmp_path, fault):
     for uri in s3_hook.list_checkpoints(hook.layout):
         name = uri.rsplit('/', 1)[-1]
         assert s3.read_bytes(uri) == (Path(runner.work_dir) / name).read_bytes()
+
+
+def test_hook_retries_a_failed_manifest_save_then_fails_with_one_line(
+    server, tmp_path, monkeypatch, caplog
+):
+    # the checkpoint is stored, then the server stops before the manifest is saved
+    caplog.set_level(logging.WARNING, logger='video_kd')
+    hook, runner = hook_and_runner(server, tmp_path)
+    save = Manifest.save
+
+    def stop_then_save(manifest):
+        server.stop()
+        save(manifest)
+
+    monkeypatch.setattr(Manifest, 'save', stop_then_save)
+    error, took = timed(lambda: hook.after_train_epoch(runner))
+    assert isinstance(error, s3_hook.CheckpointUploadError)
+    assert str(error) == one_line(error)
+    assert str(error).startswith('checkpoint epoch_1.pth could not be uploaded')
+    assert 'cannot connect to the S3 server' in str(error)
+    assert any('uploading checkpoint epoch_1.pth failed' in m for m in caplog.messages)
+    assert took <= single_put_bound(S3Policy.from_env()) + SLACK_S
+
+
+def test_a_retry_after_a_partial_success_leaves_no_duplicate(server, tmp_path, monkeypatch, caplog):
+    """The object was stored, then the server could not be reached for the manifest save:
+    the retry must find its own bytes under epoch_1.pth, not store them again as
+    epoch_1.1.pth. (Unreachable, not frozen: a frozen moto applies the timed-out save
+    once thawed, and the retry would find the entry.)"""
+    caplog.set_level(logging.WARNING, logger='video_kd')
+    hook, runner = hook_and_runner(server, tmp_path)
+    save = Manifest.save
+    unreachable = f'http://127.0.0.1:{free_port()}'  # nothing listens: refused
+    failed = []
+
+    def first_save_cannot_connect(manifest):
+        if failed:
+            return save(manifest)
+        failed.append(True)
+        monkeypatch.setenv('S3_ENDPOINT_URL', unreachable)
+        try:
+            save(manifest)
+        finally:
+            monkeypatch.setenv('S3_ENDPOINT_URL', server.endpoint)
+
+    monkeypatch.setattr(Manifest, 'save', first_save_cannot_connect)
+    hook.after_train_epoch(runner)
+    assert any('uploading checkpoint epoch_1.pth failed' in m for m in caplog.messages)
+    uris = s3_hook.list_checkpoints(hook.layout)
+    assert [u.rsplit('/', 1)[1] for u in uris] == ['epoch_1.pth']
+    local = (Path(runner.work_dir) / 'epoch_1.pth').read_bytes()
+    assert Manifest.load(hook.layout).find(uris[0]).sha256 == hashlib.sha256(local).hexdigest()
+
+
+def test_multipart_checkpoint_on_a_frozen_server_fails_within_the_bound(
+    server, tmp_path, monkeypatch, caplog
+):
+    """s3transfer aborts a failed multipart upload: with botocore's retries that abort
+    waited another full request budget on the frozen server, past the documented bound."""
+    caplog.set_level(logging.WARNING, logger='video_kd')
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    monkeypatch.setattr(s3_conditional, 'PART_SIZE', 5 * 1024 * 1024)
+    hook, runner = hook_and_runner(server, tmp_path)
+    checkpoint = Path(runner.work_dir) / 'epoch_1.pth'
+    checkpoint.write_bytes(os.urandom(12 * 1024 * 1024))  # 3 parts
+    client = s3.s3_client()
+    try:
+        with on_event(client, 'after-call.s3.CreateMultipartUpload', server.freeze) as frozen:
+            error, _ = timed(lambda: hook.after_train_epoch(runner))
+    finally:
+        server.thaw()
+    took = time.monotonic() - frozen[0]
+    assert isinstance(error, s3_hook.CheckpointUploadError)
+    assert str(error) == one_line(error)
+    assert took <= S3Policy.from_env().failure_bound_s() + SLACK_S
+    aborts = [line for line in retry_lines(caplog) if line.startswith('S3 DELETE')]
+    assert not aborts  # the abort was one short attempt, not another request budget
+    hook.after_train_epoch(runner)  # the server is back: the next sync uploads it
+    uri = f'{hook.layout.uri("train", "checkpoints")}/epoch_1.pth'
+    assert s3.read_bytes(uri) == checkpoint.read_bytes()
 
 
 # --------------------------------------------------------------------------- real training
@@ -285,7 +477,7 @@ def test_training_stops_with_one_line_when_the_server_stays_frozen(server, kd_da
     assert last.startswith('error: checkpoint epoch_1.pth could not be uploaded'), last
     assert 're-run the step to resume' in last
     policy = S3Policy(read_timeout=2, max_attempts=2, connect_timeout=1, retry_window=20)
-    assert took <= policy.failure_bound_s() + 10  # + the process's own shutdown
+    assert took <= single_put_bound(policy) + 10  # + the process's own shutdown
     assert not (tmp_path / 'work' / 'epoch_2.pth').exists()  # it stopped at the failed upload
     # nothing lost: the checkpoint is still on disk and goes up once S3 is back
     layout = RunLayout.from_root(run_root)

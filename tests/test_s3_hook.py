@@ -87,3 +87,25 @@ def test_same_checkpoint_uploaded_twice_is_one_object(bucket, tmp_path):
     assert s3_hook.upload_checkpoint(layout, path) == s3_hook.upload_checkpoint(layout, path)
     assert s3_hook.checkpoint_epochs(layout) == [1]
     assert len(s3_hook.list_checkpoints(layout)) == 1
+
+
+@pytest.mark.parametrize('size', [1024, 6 * 1024 * 1024], ids=['single-put', 'multipart'])
+def test_checkpoint_stored_but_not_recorded_is_reused(bucket, tmp_path, monkeypatch, size):
+    """What an attempt whose manifest save failed leaves behind: the object, no entry.
+    The retry records it; before, it uploaded the same bytes again as epoch_1.1.pth."""
+    from video_kd import s3_conditional
+
+    monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
+    layout = RunLayout(bucket, 'kd', f'run-partial-{size}')
+    path = checkpoint(tmp_path, 'epoch_1.pth', bytes(range(256)) * (size // 256))
+    uri = s3.upload_file(path, s3.join_uri(s3_hook.checkpoint_prefix(layout), 'epoch_1.pth'))
+    assert not Manifest.load(layout).entries
+
+    assert s3_hook.upload_checkpoint(layout, path) == uri
+    assert s3_hook.list_checkpoints(layout) == [uri]
+    entry = Manifest.load(layout).find(uri)
+    assert (entry.sha256, entry.size_bytes) == (s3.sha256_file(path), size)
+    # the same size, other bytes (another pod's epoch 1): the next name, as before
+    (tmp_path / 'other').mkdir()
+    other = checkpoint(tmp_path / 'other', 'epoch_1.pth', b'x' * len(path.read_bytes()))
+    assert s3_hook.upload_checkpoint(layout, other).endswith('/epoch_1.1.pth')

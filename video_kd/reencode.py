@@ -17,6 +17,11 @@ few frames) at short side 256; ``reencode_dataset`` writes one:
 * ``done.json`` is written last: a derived dataset with it is reused as it
   is; one without it (an interrupted run) is finished, keeping the videos
   already written (each is written whole: a local rename, an S3 PUT).
+* on S3 every file is created if absent (``s3.create_if_absent``, atomic),
+  never replaced: the keys are content-addressed, so a video or list already
+  there holds the same bytes and counts as written.  Of two data preps
+  re-encoding the same dataset at once, each writes what the other has not;
+  the first ``done.json`` stays, and the later run returns it.
 
 Encoder: PyAV (``av`` on PyPI), whose wheel bundles FFmpeg with libx264, and
 sets the GOP (``gop_size``, ``keyint``).  OpenCV's ``VideoWriter`` (already
@@ -146,13 +151,14 @@ def _read(uri: str) -> bytes:
     return Path(uri).read_bytes()
 
 
-def _write(uri: str, body: bytes) -> None:
-    """Write one file whole (a reader never sees half of it); errors name the target."""
+def _write(uri: str, body: bytes) -> bool:
+    """Write one file whole (a reader never sees half of it); errors name the target.
+
+    False when an S3 object is there already (written by an interrupted or a
+    concurrent run: same key, same content): it is kept, never replaced.
+    """
     if uri.startswith('s3://'):
-        bucket, key = s3.parse_s3_uri(uri)
-        with s3_fileio.storage_errors(uri, 'write'):
-            s3_fileio.stream_client().put_object(Bucket=bucket, Key=key, Body=body)
-        return
+        return s3.create_if_absent(uri, body)
     path = Path(uri)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,6 +167,7 @@ def _write(uri: str, body: bytes) -> None:
         os.replace(partial, path)
     except OSError as error:
         raise ReencodeError(f'cannot write {uri}: {error.strerror or error}') from error
+    return True
 
 
 def _encode_one(src: str, dst: str, settings: EncodeSettings) -> tuple[str, str | None, int]:
@@ -312,7 +319,10 @@ def reencode_dataset(
         'bytes_written': written,
         'seconds': round(time.monotonic() - start, 2),
     }
-    _write(join(uri, DONE_NAME), json.dumps(summary, indent=2).encode())  # last: the marker
+    marker = join(uri, DONE_NAME)
+    if not _write(marker, json.dumps(summary, indent=2).encode()):  # last: the marker
+        log.info('re-encoded dataset %s: completed by another run meanwhile, reused', uri)
+        return {**s3.read_json(marker), 'reused': True}
     return {**summary, 'reused': False}
 
 

@@ -12,8 +12,11 @@ module is the only place that talks to object storage.  Two rules shape it:
   atomic: the write itself is conditional (``video_kd.s3_conditional``), so
   of many concurrent writers of one key exactly one wins.
 
-Timeouts and retries are the one policy of ``video_kd.s3_policy``; every
-failure is an ``S3Error`` (a ``UserError``: one line, exit status 2).
+Timeouts and retries are the one policy of ``video_kd.s3_policy``, for this
+module's client and for the data loaders' streaming one (``video_kd.s3_fileio``)
+alike; every failure goes through one mapping (``errors``) to an ``S3Error``
+(a ``UserError``: one line, exit status 2), ``S3UnavailableError`` when the
+server could not be reached or stopped answering.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -37,12 +41,14 @@ from botocore.exceptions import (
     ConnectionClosedError,
     EndpointConnectionError,
     HTTPClientError,
+    IncompleteReadError,
     ReadTimeoutError,
+    ResponseStreamingError,
 )
 
-from video_kd import s3_conditional
+from video_kd import s3_conditional, s3_policy
 from video_kd.errors import UserError
-from video_kd.s3_policy import S3Policy, install_retry_logging
+from video_kd.s3_policy import S3Policy
 
 if TYPE_CHECKING:
     from botocore.client import BaseClient
@@ -58,7 +64,8 @@ DEFAULT_REGION = 'us-east-1'
 
 _CHUNK = 1024 * 1024
 _NOT_FOUND_CODES = {'404', 'NoSuchKey', 'NotFound'}
-_CHANGED_CODES = ('PreconditionFailed', '412', 'ConditionalRequestConflict', '409')
+# How a response body fails midway: a stall, a reset, a connection closed early.
+_BODY_ERRORS = (ReadTimeoutError, ResponseStreamingError, IncompleteReadError)
 
 
 class S3Error(UserError, RuntimeError):
@@ -90,11 +97,19 @@ class S3UnavailableError(S3Error):
 
 
 def s3_client() -> BaseClient:
-    """Build an S3 client from the environment alone.
+    """This process's S3 client, built from the environment alone.
 
     Fails before any network call when credentials are missing, so a
-    misconfigured pod stops with a message that says where to look.
+    misconfigured pod stops with a message that says where to look.  One per
+    process: a forked worker (data prep's validators and encoders) must not use
+    its parent's connection pool.
     """
+    return _cached_client(os.getpid(), *client_settings())
+
+
+def client_settings() -> tuple[str | None, str, str, str | None, str, S3Policy]:
+    """What a client is built from: endpoint, credentials, region (the environment) and
+    the policy; raises ``MissingCredentialsError`` first."""
     missing = [name for name in (ACCESS_KEY_ENV, SECRET_KEY_ENV) if not os.environ.get(name)]
     if missing:
         raise MissingCredentialsError(
@@ -103,7 +118,7 @@ def s3_client() -> BaseClient:
             f'({ACCESS_KEY_ENV}, {SECRET_KEY_ENV}, optionally {SESSION_TOKEN_ENV}); '
             f'the endpoint comes from {ENDPOINT_ENV_VARS[0]} (unset means AWS).'
         )
-    return _cached_client(
+    return (
         _endpoint(),
         os.environ[ACCESS_KEY_ENV],
         os.environ[SECRET_KEY_ENV],
@@ -119,30 +134,37 @@ def _endpoint() -> str | None:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_client(
+def _cached_client(pid: int, *settings: Any) -> BaseClient:
+    """One client per process and configuration: building one costs ~100 ms and clients
+    are thread-safe."""
+    return build_client(*settings, max_pool_connections=32)  # parallel parts, racing writers
+
+
+def build_client(
     endpoint: str | None,
     access_key: str,
     secret_key: str,
     session_token: str | None,
     region: str,
     policy: S3Policy,
+    **config: Any,
 ) -> BaseClient:
-    """One client per configuration: building one costs ~100 ms and clients are thread-safe."""
-    config = policy.botocore_config(
-        s3={'addressing_style': 'path'},  # MinIO and Ceph have no virtual-host buckets
-        signature_version='s3v4',
-        max_pool_connections=32,  # parallel parts, concurrent writers in tests
-    )
+    """A new client with the policy applied (``client_settings()`` gives the arguments);
+    ``config``: more ``botocore.config.Config`` options (the pool size)."""
     client = boto3.session.Session().client(
         's3',
         endpoint_url=endpoint,
         region_name=region,
-        config=config,
+        config=policy.botocore_config(
+            s3={'addressing_style': 'path'},  # MinIO and Ceph have no virtual-host buckets
+            signature_version='s3v4',
+            **config,
+        ),
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
         aws_session_token=session_token,
     )
-    install_retry_logging(client)
+    s3_policy.install(client)
     return client
 
 
@@ -151,10 +173,13 @@ def is_transient(error: BaseException) -> bool:
     if isinstance(error, S3UnavailableError):
         return True
     cause = error.__cause__
-    if isinstance(error, S3Error) and isinstance(cause, ClientError):
-        status = cause.response.get('ResponseMetadata', {}).get('HTTPStatusCode') or 0
-        return status >= 500 or status == 429
-    return False
+    return isinstance(error, S3Error) and isinstance(cause, ClientError) and _overloaded(cause)
+
+
+def _overloaded(error: ClientError) -> bool:
+    """A 5xx or 429 answer: the kind botocore retried before giving up."""
+    status = error.response.get('ResponseMetadata', {}).get('HTTPStatusCode') or 0
+    return status >= 500 or status == 429
 
 
 def parse_s3_uri(uri: str) -> tuple[str, str]:
@@ -174,8 +199,9 @@ def join_uri(base: str, *parts: str) -> str:
 
 
 @contextlib.contextmanager
-def _errors(action: str, uri: str) -> Iterator[None]:
-    """Turn botocore's errors into ones that name the URI and the cause."""
+def errors(action: str, uri: str) -> Iterator[None]:
+    """The one mapping of botocore's errors to ``S3Error``s that name the URI and the cause:
+    ``S3UnavailableError`` when the server was unreachable, reset or stalled."""
     try:
         yield
     except ClientError as exc:
@@ -188,8 +214,10 @@ def _errors(action: str, uri: str) -> Iterator[None]:
             ) from exc
         if code in _NOT_FOUND_CODES:
             raise ObjectNotFoundError(f'cannot {action} {uri}: no such object') from exc
-        raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip()) from exc
-    except (EndpointConnectionError, HTTPClientError) as exc:  # refused, reset, timed out
+        retried = f' (after {_max_attempts()} attempts)' if _overloaded(exc) else ''
+        raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip() + retried) from exc
+    # refused, reset, timed out; a body cut short
+    except (EndpointConnectionError, HTTPClientError, IncompleteReadError) as exc:
         raise S3UnavailableError(_unavailable_message(action, uri, exc)) from exc
     except BotoCoreError as exc:
         raise S3Error(f'cannot {action} {uri}: {exc}') from exc
@@ -200,7 +228,7 @@ def _unavailable_message(action: str, uri: str, exc: BotoCoreError) -> str:
     endpoint = _endpoint() or 'AWS S3'
     if isinstance(exc, ReadTimeoutError):
         why = f'the S3 server at {endpoint} did not answer within {policy.read_timeout:g} s'
-    elif isinstance(exc, ConnectionClosedError):
+    elif isinstance(exc, (ConnectionClosedError, IncompleteReadError)):
         why = f'the S3 server at {endpoint} closed the connection'
     elif isinstance(exc, HTTPClientError):
         why = f'the connection to the S3 server at {endpoint} failed ({exc})'
@@ -210,6 +238,10 @@ def _unavailable_message(action: str, uri: str, exc: BotoCoreError) -> str:
         f'cannot {action} {uri}: {why} ({policy.max_attempts} attempts); '
         f'check {ENDPOINT_ENV_VARS[0]} and that the server is up'
     )
+
+
+def _max_attempts() -> int:
+    return S3Policy.from_env().max_attempts
 
 
 def _bucket_missing(uri: str) -> bool:
@@ -228,7 +260,7 @@ def exists(uri: str) -> bool:
     """True when an object is stored at ``uri``; a missing bucket raises ``BucketNotFoundError``."""
     bucket, key = parse_s3_uri(uri)
     try:
-        with _errors('check', uri):
+        with errors('check', uri):
             s3_client().head_object(Bucket=bucket, Key=key)
     except BucketNotFoundError:
         raise
@@ -248,7 +280,7 @@ def upload_file(local: str | os.PathLike, uri: str, overwrite: bool = False) -> 
     if not local.is_file():
         raise FileNotFoundError(f'cannot upload {local} to {uri}: no such file')
     bucket, key = parse_s3_uri(uri)
-    with _errors('upload to', uri):
+    with errors('upload to', uri):
         if overwrite:
             s3_client().upload_file(str(local), bucket, key)
         else:
@@ -268,7 +300,7 @@ def create_if_absent(
     bucket, key = parse_s3_uri(uri)
     data = body.encode() if isinstance(body, str) else body
     try:
-        with _errors('create', uri):
+        with errors('create', uri):
             _create(
                 uri,
                 lambda: s3_conditional.put_new(
@@ -277,7 +309,7 @@ def create_if_absent(
             )
     except ObjectExistsError:
         return False
-    log.info('created %s (%d bytes)', uri, len(data))
+    log.debug('created %s (%d bytes)', uri, len(data))  # callers log what it means
     return True
 
 
@@ -290,17 +322,13 @@ def _create(uri: str, write: Callable[[], object]) -> None:
             'that already exist (pass overwrite=True to replace it on purpose)'
         ) from exc
     except s3_conditional.UnsupportedError as exc:
-        raise S3Error(
-            f'cannot create {uri}: the S3 server refuses conditional writes '
-            f'(If-None-Match); set {s3_conditional.MODE_ENV}=off to use the '
-            'check-then-put fallback'
-        ) from exc
+        raise _conditional_refused('create', uri, 'If-None-Match') from exc
 
 
 def delete(uri: str) -> None:
     """Remove one object (run claims that produced nothing); a missing object is no error."""
     bucket, key = parse_s3_uri(uri)
-    with _errors('delete', uri):
+    with errors('delete', uri):
         s3_client().delete_object(Bucket=bucket, Key=key)
     log.info('deleted %s', uri)
 
@@ -313,7 +341,7 @@ def download_file(uri: str, local: str | os.PathLike) -> Path:
     fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=f'.{local.name}.', suffix='.part')
     os.close(fd)
     try:
-        with _errors('download', uri):
+        with errors('download', uri):
             s3_client().download_file(bucket, key, tmp)
         os.replace(tmp, local)
     finally:
@@ -322,11 +350,35 @@ def download_file(uri: str, local: str | os.PathLike) -> Path:
     return local
 
 
+def fetch(uri: str, client: BaseClient | None = None, **params: Any) -> tuple[bytes, dict]:
+    """GET one object (``params``: a ``Range``...): its whole body and the response.
+
+    botocore retries a GET until its headers arrive; a body that then fails
+    midway (a reset, a server that stops answering) is outside its retries.
+    Such a GET is sent again here, within the same number of attempts in all
+    (``s3_policy.continuing``), so a read gives up within the policy's
+    ``request_budget_s()`` like any request, with ``S3UnavailableError``.
+    """
+    bucket, key = parse_s3_uri(uri)
+    client = client or s3_client()
+    limit = client.meta.config.retries['total_max_attempts']
+    used = 0
+    while True:
+        with errors('read', uri), s3_policy.continuing(used):
+            answer = client.get_object(Bucket=bucket, Key=key, **params)
+            used += 1 + answer['ResponseMetadata'].get('RetryAttempts', 0)
+            try:
+                return answer['Body'].read(), answer
+            except _BODY_ERRORS as exc:
+                if used >= limit:
+                    raise
+                s3_policy.log_retry('GET', uri, used + 1, exc)
+        time.sleep(s3_policy.backoff_s(used))
+
+
 def read_bytes(uri: str) -> bytes:
     """The content of one object; a missing bucket or object raises ``ObjectNotFoundError``."""
-    bucket, key = parse_s3_uri(uri)
-    with _errors('read', uri):
-        return s3_client().get_object(Bucket=bucket, Key=key)['Body'].read()
+    return fetch(uri)[0]
 
 
 def read_json(uri: str) -> Any:
@@ -339,10 +391,8 @@ def read_json(uri: str) -> Any:
 
 def read_versioned(uri: str) -> tuple[bytes, str | None]:
     """An object's content and its ETag (for a compare-and-swap ``put_bytes``)."""
-    bucket, key = parse_s3_uri(uri)
-    with _errors('read', uri):
-        answer = s3_client().get_object(Bucket=bucket, Key=key)
-        return answer['Body'].read(), answer.get('ETag')
+    body, answer = fetch(uri)
+    return body, answer.get('ETag')
 
 
 def put_bytes(
@@ -355,32 +405,56 @@ def put_bytes(
     """Write a small object that a run rewrites (its manifest); returns the new ETag.
 
     ``if_match`` (the ETag it was read with) or ``if_absent`` make the write a
-    compare-and-swap where the server supports conditional writes: when
-    another writer got there first, ``ObjectChangedError`` is raised and
-    nothing is written.
+    compare-and-swap (``s3_conditional.replace``): when another writer got
+    there first, ``ObjectChangedError`` is raised and nothing is written.  On
+    a server without ``If-Match`` / ``If-None-Match`` that is the documented
+    fallback, which narrows the race but cannot close it.
     """
     bucket, key = parse_s3_uri(uri)
-    client = s3_client()
-    guard = {}
-    if (if_match or if_absent) and s3_conditional.supports_conditional_writes(client, bucket):
-        guard = {'IfMatch': if_match} if if_match else {'IfNoneMatch': '*'}
-    try:
-        answer = client.put_object(
-            Bucket=bucket, Key=key, Body=body, ContentType=content_type, **guard
-        )
-    except ClientError as exc:
-        if guard and s3_conditional.error_code(exc) in _CHANGED_CODES:
+    with errors('write', uri):
+        client = s3_client()
+        if not (if_match or if_absent):
+            return client.put_object(
+                Bucket=bucket, Key=key, Body=body, ContentType=content_type
+            ).get('ETag')
+        try:
+            return s3_conditional.replace(
+                client, bucket, key, body, if_match, ContentType=content_type
+            )
+        except s3_conditional.ChangedError as exc:
             raise ObjectChangedError(f'{uri} changed since it was read') from exc
-        with _errors('write', uri):
-            raise
-    return answer.get('ETag')
+        except s3_conditional.UnsupportedError as exc:
+            header = 'If-Match' if if_match else 'If-None-Match'
+            raise _conditional_refused('write', uri, header) from exc
+
+
+def _conditional_refused(action: str, uri: str, header: str) -> S3Error:
+    return S3Error(
+        f'cannot {action} {uri}: the S3 server refuses conditional writes ({header}); '
+        f'set {s3_conditional.MODE_ENV}=off to use the check-then-put fallback'
+    )
+
+
+def holds_file(uri: str, local: str | os.PathLike) -> bool:
+    """Whether the object at ``uri`` has the bytes of ``local`` (size, then ETag).
+
+    The ETag is computed as this module uploads (one PUT or parts of
+    ``s3_conditional.part_size_for``); a server whose ETags are not MD5s
+    (SSE-KMS) answers False, never a wrong True.
+    """
+    bucket, key = parse_s3_uri(uri)
+    with errors('check', uri):
+        head = s3_client().head_object(Bucket=bucket, Key=key)
+    if head.get('ContentLength') != Path(local).stat().st_size:
+        return False
+    return head.get('ETag', '').strip('"') == s3_conditional.upload_etag(local)
 
 
 def list_uris(prefix: str) -> list[str]:
     """URIs of all objects whose key starts with the prefix's key, sorted."""
     bucket, key = parse_s3_uri(prefix)
     uris = []
-    with _errors('list', prefix):
+    with errors('list', prefix):
         pages = s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=key)
         for page in pages:
             uris.extend(f's3://{bucket}/{obj["Key"]}' for obj in page.get('Contents', []))

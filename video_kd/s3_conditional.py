@@ -1,4 +1,4 @@
-"""Atomic create-if-absent on S3: conditional writes (``If-None-Match: *``).
+"""Atomic create-if-absent and compare-and-swap on S3: conditional writes.
 
 "Never overwrite" used to be check-then-put: two writers that both saw no
 object both wrote, and the later one silently replaced the earlier one's data
@@ -8,17 +8,33 @@ files, carry ``If-None-Match: *``, so the server stores the object only if the
 key is still free, and answers every other writer ``412 Precondition Failed``.
 Exactly one writer wins, however many race.
 
+The one object a run rewrites, its manifest, is replaced compare-and-swap
+(``replace``): ``If-Match`` on the ETag it was read with, so a writer that
+read an older version is refused (``412``) and merges before trying again.
+
 Servers checked: the moto server the tests run (5.2.5: PutObject and
-CompleteMultipartUpload both honour it, tested here with 20 concurrent
-writers); AWS S3 (since August 2024) and MinIO document the same semantics
-but were not reachable from here.  A server that rejects the header
-(``501 NotImplemented``) or silently ignores it is detected once per process
-and bucket by a probe (a throw-away key under ``.video-kd/probe/``, written
-twice); such a server gets the documented fallback, check-then-put plus a
-read-back of a per-writer token, which turns most lost races into an
-``AlreadyExistsError`` but cannot close the window between two PUTs: a WARNING
-says so.  ``VIDEO_KD_S3_CONDITIONAL_WRITES`` overrides the probe: ``on``
-(trust the server), ``off`` (always the fallback), ``auto`` (the default).
+CompleteMultipartUpload honour ``If-None-Match``, PutObject ``If-Match``;
+tested here with 20 concurrent writers); AWS S3 (``If-None-Match`` since
+August 2024, ``If-Match`` since November 2024) and MinIO document the same
+semantics but were not reachable from here.  What a server enforces is found
+once per process and bucket by a probe (a throw-away key under
+``.video-kd/probe/``: written, then written again under each condition, which
+must be refused, and under a true ``If-Match``, which must not).  A header the
+server rejects (``501 NotImplemented``) or silently ignores gets the
+documented fallback, with a WARNING:
+
+* create-if-absent: check, put with a per-writer token, read the token back;
+* compare-and-swap: compare the stored ETag, put, read the ETag back.
+
+A writer that finds another one's write when it reads back reports the race
+(``AlreadyExistsError``, ``ChangedError``: the manifest merges and saves
+again), but the window between one writer's check and its PUT stays open: a
+second writer that checked before the first one's PUT and puts after that
+writer's read-back replaces it unseen (an object: the earlier bytes are
+gone; the manifest: the earlier save's new entries are missing from it,
+their objects stay in S3).  ``VIDEO_KD_S3_CONDITIONAL_WRITES`` overrides the
+probe: ``on`` (trust the server), ``off`` (always the fallback), ``auto``
+(the default).
 
 boto3's managed transfer (s3transfer) has no argument for ``IfNoneMatch`` on
 the completion of a multipart upload: an event hook adds it, only for the
@@ -28,6 +44,7 @@ uploads that asked for it (``_multipart``).
 from __future__ import annotations
 
 import collections
+import hashlib
 import logging
 import math
 import os
@@ -53,8 +70,10 @@ MAX_PARTS = 10_000  # S3's limit
 UPLOAD_THREADS = 10
 WRITER_METADATA = 'video-kd-writer'
 _CONFLICT_RETRIES = 3  # AWS answers 409 while another conditional write is in flight
+IF_NONE_MATCH = 'If-None-Match'
+IF_MATCH = 'If-Match'
 
-_probed: dict[tuple[str, str], bool] = {}
+_probed: dict[tuple[str, str], frozenset[str]] = {}  # (endpoint, bucket) -> headers enforced
 _probe_lock = threading.Lock()
 
 
@@ -64,6 +83,10 @@ class AlreadyExistsError(Exception):
 
 class UnsupportedError(Exception):
     """The server refuses conditional writes."""
+
+
+class ChangedError(Exception):
+    """A compare-and-swap lost: the object is not the version the writer read."""
 
 
 def error_code(exc: ClientError) -> str:
@@ -97,6 +120,11 @@ def mode() -> str:
 
 def supports_conditional_writes(client: BaseClient, bucket: str) -> bool:
     """Whether this server enforces ``If-None-Match: *`` (probed once per process and bucket)."""
+    return enforces(client, bucket, IF_NONE_MATCH)
+
+
+def enforces(client: BaseClient, bucket: str, header: str) -> bool:
+    """Whether this server enforces ``header`` (``IF_NONE_MATCH``, ``IF_MATCH``) on PutObject."""
     setting = mode()
     if setting != 'auto':
         return setting == 'on'
@@ -104,37 +132,96 @@ def supports_conditional_writes(client: BaseClient, bucket: str) -> bool:
     with _probe_lock:
         if cache_key not in _probed:
             _probed[cache_key] = _probe(client, bucket)
-            if not _probed[cache_key]:
+            for missing in sorted({IF_NONE_MATCH, IF_MATCH} - _probed[cache_key]):
                 log.warning(
-                    'S3 server %s does not enforce If-None-Match on bucket %s: "never '
-                    'overwrite" falls back to check-then-put, which two concurrent writers '
-                    'can still both pass (use a server with conditional writes: AWS S3, MinIO)',
+                    'S3 server %s does not enforce %s on bucket %s: %s falls back to '
+                    'check-then-put, which two concurrent writers can still both pass (use a '
+                    'server with conditional writes: AWS S3, MinIO)',
                     client.meta.endpoint_url,
+                    missing,
                     bucket,
+                    '"never overwrite"' if missing == IF_NONE_MATCH else 'saving the manifest',
                 )
-        return _probed[cache_key]
+        return header in _probed[cache_key]
 
 
-def _probe(client: BaseClient, bucket: str) -> bool:
+def _probe(client: BaseClient, bucket: str) -> frozenset[str]:
+    """The conditions the server enforces, tried on a throw-away key."""
     key = f'{PROBE_PREFIX}{uuid.uuid4().hex}'
+    etag = client.put_object(Bucket=bucket, Key=key, Body=b'1')['ETag']
     try:
-        client.put_object(Bucket=bucket, Key=key, Body=b'1', IfNoneMatch='*')
-    except ClientError as exc:
-        if _is_unsupported(exc) or error_code(exc) in ('InvalidArgument', '400'):
-            return False
-        raise
-    try:
-        client.put_object(Bucket=bucket, Key=key, Body=b'2', IfNoneMatch='*')
-    except ClientError as exc:
-        if not _is_precondition_failed(exc):
-            raise
-        return True
+        found = set()
+        if _refused(lambda: client.put_object(Bucket=bucket, Key=key, Body=b'2', IfNoneMatch='*')):
+            found.add(IF_NONE_MATCH)
+        stale = '"00000000000000000000000000000000"'
+        if _refused(
+            lambda: client.put_object(Bucket=bucket, Key=key, Body=b'3', IfMatch=stale)
+        ) and not _refused(
+            lambda: client.put_object(Bucket=bucket, Key=key, Body=b'4', IfMatch=etag)
+        ):
+            found.add(IF_MATCH)
+        return frozenset(found)
     finally:
         try:
             client.delete_object(Bucket=bucket, Key=key)
         except ClientError:
             pass  # no delete permission: a 1-byte probe object stays behind
-    return False  # the second write replaced the first: the header was ignored
+
+
+def _refused(write: Callable[[], object]) -> bool:
+    """Whether the server refused a conditional write (412); False when it wrote anyway
+    (it ignores the header) or rejects the header itself (501, 400)."""
+    try:
+        write()
+    except ClientError as exc:
+        if _is_precondition_failed(exc):
+            return True
+        if _is_unsupported(exc) or error_code(exc) in ('InvalidArgument', '400'):
+            return False
+        raise
+    return False
+
+
+def replace(
+    client: BaseClient, bucket: str, key: str, body: bytes, etag: str | None, **extra
+) -> str | None:
+    """Put ``body`` only if the object is still the version ``etag`` (None: still absent);
+    returns the new ETag, or raises ``ChangedError`` and writes nothing."""
+    header = IF_MATCH if etag else IF_NONE_MATCH
+    if not enforces(client, bucket, header):
+        return _replace_fallback(client, bucket, key, body, etag, **extra)
+    condition = {'IfMatch': etag} if etag else {'IfNoneMatch': '*'}
+    try:
+        answer = client.put_object(Bucket=bucket, Key=key, Body=body, **condition, **extra)
+    except ClientError as exc:
+        if _is_precondition_failed(exc) or _is_conflict(exc):
+            raise ChangedError(key) from exc
+        if _is_unsupported(exc):
+            raise UnsupportedError(str(exc)) from exc
+        raise
+    return answer.get('ETag')
+
+
+def _replace_fallback(
+    client: BaseClient, bucket: str, key: str, body: bytes, etag: str | None, **extra
+) -> str | None:
+    """Compare, put, read back: refuses a stale writer and reports most lost races,
+    not all (see the module's docstring)."""
+    if _stored_etag(client, bucket, key) != etag:
+        raise ChangedError(key)
+    written = client.put_object(Bucket=bucket, Key=key, Body=body, **extra).get('ETag')
+    if _stored_etag(client, bucket, key) != written:
+        raise ChangedError(f'{key} was replaced by another writer at the same time')
+    return written
+
+
+def _stored_etag(client: BaseClient, bucket: str, key: str) -> str | None:
+    try:
+        return client.head_object(Bucket=bucket, Key=key).get('ETag')
+    except ClientError as exc:
+        if error_code(exc) in ('404', 'NoSuchKey', 'NotFound'):
+            return None
+        raise
 
 
 def put_new(client: BaseClient, bucket: str, key: str, body: bytes, **extra) -> None:
@@ -226,6 +313,32 @@ def _fallback(
 def part_size_for(size: int) -> int:
     """The part size: ``PART_SIZE``, or larger so that a file fits in S3's 10,000 parts."""
     return max(PART_SIZE, math.ceil(size / MAX_PARTS))
+
+
+def upload_etag(path: str | os.PathLike) -> str:
+    """The ETag S3 gives a file that ``upload_new`` stored, without quotes: the MD5 of a
+    single PUT, or the MD5 of the parts' MD5s and ``-<parts>`` for a multipart upload."""
+    size = Path(path).stat().st_size
+    if size <= MULTIPART_THRESHOLD:
+        return _md5(path, 0, size).hex()
+    part = part_size_for(size)
+    digests = [_md5(path, offset, part) for offset in range(0, size, part)]
+    return f'{_md5_of(b"".join(digests)).hex()}-{len(digests)}'
+
+
+def _md5(path: str | os.PathLike, offset: int, length: int) -> bytes:
+    """MD5 of ``length`` bytes of a file from ``offset`` (an ETag, not a security check)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, 'rb') as stream:
+        stream.seek(offset)
+        while length > 0 and (chunk := stream.read(min(length, 1024 * 1024))):
+            digest.update(chunk)
+            length -= len(chunk)
+    return digest.digest()
+
+
+def _md5_of(data: bytes) -> bytes:
+    return hashlib.md5(data, usedforsecurity=False).digest()
 
 
 # (bucket, key) -> how many multipart uploads in flight must complete with If-None-Match

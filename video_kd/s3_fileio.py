@@ -16,8 +16,16 @@ for one whole small object at a time, which is exactly a GET; the libraries
 lookup, and nothing this access pattern needs.  What matters is measured in
 ``benchmarks/data_scale.py``.
 
+Faults are handled by the project's one policy (``video_kd.s3_policy``: its
+timeouts, attempts, backoff and retry log lines), and reported through
+``video_kd.s3``'s one mapping (``S3UnavailableError`` when the server was
+unreachable or stalled), with the object's name.  A body that fails midway
+is fetched again within the same attempts (``s3.fetch``), so a frozen server
+ends a read within ``S3Policy.request_budget_s()`` (63 s by default).
+
 Data loader workers are forked: a boto3 client (its connection pool) must not
-be shared across processes, so each process builds its own on first use.
+be shared across processes, so each process builds its own on first use; the
+threads of a process share it.
 """
 
 from __future__ import annotations
@@ -29,9 +37,6 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
 from mmengine.fileio import FileClient, register_backend
 from mmengine.fileio.backends import BaseStorageBackend
 
@@ -44,23 +49,20 @@ BACKEND_NAME = 'video_kd_s3'
 # One GET in flight per loader worker and a few for threads of the same process
 # (the validator's prefetching): 16 connections per process is more than enough.
 POOL_CONNECTIONS = int(os.environ.get('VIDEO_KD_S3_POOL', '16'))
-# botocore's "standard" mode retries 5xx, throttling (503 SlowDown) and
-# timeouts with exponential backoff and jitter; 8 attempts ride out ~1 min.
-MAX_ATTEMPTS = int(os.environ.get('VIDEO_KD_S3_ATTEMPTS', '8'))
-READ_TIMEOUT = float(os.environ.get('VIDEO_KD_S3_READ_TIMEOUT', '30'))
 
-_clients: dict[tuple, object] = {}
+_clients: dict[tuple, BaseClient] = {}
 _lock = threading.Lock()
 
 
 def stream_client() -> BaseClient:
-    """This process's S3 client for streaming reads (built once per process and endpoint).
+    """This process's S3 client for streaming reads (one per process and configuration).
 
-    Credentials and endpoint follow ``video_kd.s3`` (the environment only);
-    ``s3.s3_client()`` is called first so missing credentials fail with its message.
+    Built like ``s3.s3_client()`` (the environment's endpoint and credentials,
+    the fault policy), with its own connection pool sized for the data loader;
+    missing credentials fail with ``s3``'s message.
     """
-    base = s3.s3_client()
-    key = (os.getpid(), base.meta.endpoint_url, os.environ[s3.ACCESS_KEY_ENV], MAX_ATTEMPTS)
+    settings = s3.client_settings()
+    key = (os.getpid(), *settings)
     client = _clients.get(key)
     if client is not None:
         return client
@@ -68,61 +70,34 @@ def stream_client() -> BaseClient:
         for stale in [k for k in _clients if k[0] != key[0]]:
             del _clients[stale]  # a forked child drops its parent's clients
         if key not in _clients:  # another thread may have built it while this one waited
-            _clients[key] = _build_client(base)
+            _clients[key] = s3.build_client(
+                *settings, max_pool_connections=POOL_CONNECTIONS, tcp_keepalive=True
+            )
         return _clients[key]
-
-
-def _build_client(base: BaseClient) -> BaseClient:
-    """Like ``s3.s3_client()`` (same endpoint, region, env credentials), sized for streaming."""
-    config = Config(
-        s3={'addressing_style': 'path'},
-        retries={'mode': 'standard', 'total_max_attempts': MAX_ATTEMPTS},
-        max_pool_connections=POOL_CONNECTIONS,
-        connect_timeout=10,
-        read_timeout=READ_TIMEOUT,
-        signature_version='s3v4',
-        tcp_keepalive=True,
-    )
-    return boto3.session.Session().client(
-        's3',
-        endpoint_url=base.meta.endpoint_url,
-        region_name=base.meta.region_name,
-        config=config,
-        aws_access_key_id=os.environ[s3.ACCESS_KEY_ENV],
-        aws_secret_access_key=os.environ[s3.SECRET_KEY_ENV],
-        aws_session_token=os.environ.get(s3.SESSION_TOKEN_ENV) or None,
-    )
 
 
 @contextmanager
 def storage_errors(uri: str, action: str = 'read') -> Iterator[None]:
-    """botocore errors (after its retries) -> one line that names the object."""
+    """``s3.errors`` (botocore's errors, after the policy's retries, as one line naming the
+    object); a listed object that is gone says what probably happened."""
     try:
-        yield
-    except ClientError as exc:
-        code = exc.response.get('Error', {}).get('Code', '')
-        if code in ('NoSuchKey', '404', 'NotFound'):
-            raise s3.ObjectNotFoundError(
-                f'cannot {action} {uri}: no such object (listed when the dataset was prepared: '
-                'was it deleted or renamed since?)'
-            ) from exc
-        if code == 'NoSuchBucket':
-            raise s3.BucketNotFoundError(f'cannot {action} {uri}: no such bucket') from exc
-        message = exc.response.get('Error', {}).get('Message', '')
-        raise s3.S3Error(
-            f'cannot {action} {uri}: {code} {message} (after {MAX_ATTEMPTS} attempts)'.strip()
-        ) from exc
-    except BotoCoreError as exc:
-        raise s3.S3Error(f'cannot {action} {uri}: {exc} (after {MAX_ATTEMPTS} attempts)') from exc
+        with s3.errors(action, uri):
+            yield
+    except s3.BucketNotFoundError:
+        raise
+    except s3.ObjectNotFoundError as exc:
+        if action != 'read':
+            raise
+        raise s3.ObjectNotFoundError(
+            f'{exc} (listed when the dataset was prepared: was it deleted or renamed since?)'
+        ) from exc.__cause__
 
 
 def get_object_bytes(uri: str, byte_range: str | None = None) -> bytes:
-    """The bytes of one object (or of ``bytes=a-b`` of it), with retries."""
-    bucket, key = s3.parse_s3_uri(uri)
+    """The bytes of one object (or of ``bytes=a-b`` of it), with the policy's retries."""
     extra = {'Range': byte_range} if byte_range else {}
     with storage_errors(uri):
-        response = stream_client().get_object(Bucket=bucket, Key=key, **extra)
-        return response['Body'].read()
+        return s3.fetch(uri, stream_client(), **extra)[0]
 
 
 class S3Backend(BaseStorageBackend):

@@ -10,6 +10,8 @@ to ``<run>/train/checkpoints/<name>`` and into the run's manifest.  A
 checkpoint already in S3 with the same content is skipped; one with the same
 name but other content (a restarted pod re-trained an epoch whose upload was
 lost) is kept under ``epoch_N.<k>.pth`` instead: nothing is ever overwritten.
+An upload retried after a partial success (the object stored, the manifest
+save failed) finds its own bytes under the name and records them: no copy.
 ``latest_checkpoint_uri`` tells which one to resume from, ``checkpoint_epochs``
 how many epochs were trained.  While S3 is unreachable an upload is retried
 (``video_kd.s3_policy``); if it still fails the training stops with one line,
@@ -33,7 +35,7 @@ from mmengine.registry import HOOKS
 
 from video_kd import s3
 from video_kd.errors import one_line
-from video_kd.runs import Manifest, RunLayout
+from video_kd.runs import Manifest, ManifestEntry, RunLayout
 from video_kd.s3_policy import retry_call
 
 if TYPE_CHECKING:
@@ -83,7 +85,9 @@ def upload_checkpoint(layout: RunLayout, path: Path) -> str:
 
     The first free name of ``epoch_N.pth``, ``epoch_N.1.pth``, ... is taken
     with a conditional write, so two pods that both think they own epoch N
-    (a restarted pod beside a slow one) keep both files.
+    (a restarted pod beside a slow one) keep both files.  A name that holds
+    this very file already (an earlier attempt stored it, then failed to save
+    the manifest) is reused and recorded, so a retry leaves no duplicate.
     """
     manifest = Manifest.load(layout)
     sha = s3.sha256_file(path)
@@ -99,17 +103,28 @@ def upload_checkpoint(layout: RunLayout, path: Path) -> str:
             manifest = Manifest.load(layout)
             if manifest.find(uri, sha):
                 return uri
-            continue
+            if not s3.holds_file(uri, path):
+                continue  # another pod's epoch N: take the next name
+            _record_stored(manifest, path, uri, sha)
         log.info('checkpoint %s -> %s', path.name, uri)
         return uri
     raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
 
 
+def _record_stored(manifest: Manifest, path: Path, uri: str, sha: str) -> None:
+    """Record an object that already holds ``path``'s bytes (no upload)."""
+    log.info('checkpoint %s: already stored at %s (an earlier attempt), recording it', path, uri)
+    entry = ManifestEntry(step='train', uri=uri, sha256=sha, size_bytes=path.stat().st_size)
+    manifest.entries.append(entry)
+    manifest.save()
+
+
 def upload_checkpoint_retried(layout: RunLayout, path: Path) -> str:
     """``upload_checkpoint``, tried again while S3 is unreachable (``s3_policy.retry_call``).
 
-    Gives up within ``S3Policy.failure_bound_s()`` (113 s by default) with one
-    line that says what was lost and how to go on.
+    Gives up within ``S3Policy.failure_bound_s()`` (113 s by default, a
+    multipart checkpoint's abort included) with one line that says what was
+    lost and how to go on.
     """
     try:
         return retry_call(
