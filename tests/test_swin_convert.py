@@ -9,7 +9,10 @@ import: its Swin code never touches torchvision.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,18 +45,18 @@ def timm_swin():
     """timm's Swin-T (window 7, 224), headless as MMAction2 builds it, random weights."""
     import torchvision_standin
 
-    torchvision_standin.install()
-    try:
-        import timm
-    except ImportError:
-        pytest.fail(f'timm is missing: `make install` installs it ({TIMM_INSTALL})')
-    assert timm.__version__ == TIMM_PIN, f'timm {timm.__version__}: the tests pin {TIMM_PIN}'
-    torch.manual_seed(0)
-    model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=0)
-    with torch.no_grad():  # norms away from 1/0 too, so a wrong channel order shows
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-    return model.eval()
+    with torchvision_standin.installed(dependents=('timm',)):  # removed again after the module
+        try:
+            import timm
+        except ImportError:
+            pytest.fail(f'timm is missing: `make install` installs it ({TIMM_INSTALL})')
+        assert timm.__version__ == TIMM_PIN, f'timm {timm.__version__}: the tests pin {TIMM_PIN}'
+        torch.manual_seed(0)
+        model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=0)
+        with torch.no_grad():  # norms away from 1/0 too, so a wrong channel order shows
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+        yield model.eval()
 
 
 class Recognizer(torch.nn.Module):
@@ -140,14 +143,47 @@ def test_an_mmpretrain_checkpoint_passes_unchanged():
     assert all(converted[key] is state[key] for key in state)
 
 
-def test_a_swin_of_another_size_is_named(timm_swin):
-    state = timm_state(timm_swin, with_buffers=False)
+@pytest.mark.parametrize('naming', [TIMM_09, MMPRETRAIN])
+def test_a_swin_of_another_size_is_named(naming, timm_swin):
+    """A Swin-T checkpoint for a Swin-B teacher: the sizes, in timm's naming and in ours."""
+    if naming == TIMM_09:
+        state = timm_state(timm_swin, with_buffers=False)
+    else:
+        state = mmpretrain_swin('tiny').state_dict()
+    assert detect_layout(state) == naming
     with pytest.raises(TeacherCheckpointError) as error:
         convert_state_dict(state, mmpretrain_swin('base'))
     message = str(error.value)
-    assert 'teacher checkpoint is Swin-T (embed_dims 96, depths [2, 2, 6, 2]' in message
-    assert "config's teacher is Swin-B (embed_dims 128, depths [2, 2, 18, 2]" in message
-    assert '\n' not in message
+    assert message == (
+        'teacher checkpoint is Swin-T (embed_dims 96, depths [2, 2, 6, 2], heads [3, 6, 12, 24], '
+        "window 7), but the config's teacher is Swin-B (embed_dims 128, depths [2, 2, 18, 2], "
+        'heads [4, 8, 16, 32], window 7)'
+    )
+
+
+def test_the_standin_leaves_no_trace(tmp_path):
+    """After the block neither torchvision (the stand-in) nor timm (which holds its
+    placeholders) is importable from the cache: later tests see the real environment."""
+    script = """
+import importlib.util, sys
+import torchvision_standin
+with torchvision_standin.installed(dependents=('timm',)):
+    import timm  # imports torchvision.transforms & co at import time
+    assert sys.modules['torchvision'].__version__ == '0.0.0+standin'
+assert importlib.util.find_spec('torchvision') is None, 'the finder is still installed'
+leftover = [name for name in sys.modules if name.split('.')[0] in ('torchvision', 'timm')]
+assert not leftover, leftover
+print('clean')
+"""
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {
+        **os.environ,
+        'PYTHONPATH': os.pathsep.join([tests_dir, os.environ.get('PYTHONPATH', '')]),
+    }
+    result = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == 'clean', result.stderr[-2000:]
 
 
 def test_an_unknown_layout_names_what_was_expected_and_found():
