@@ -260,3 +260,77 @@ def test_cli_unknown_layout_is_one_line_exit_2(tmp_path):
     assert last.startswith('error: teacher checkpoint of unknown layout: expected a TSN-Swin')
     assert 'found 1 tensors, e.g. backbone.conv1.weight' in last
     assert not list(tmp_path.glob('*_mmpretrain.pth'))
+
+
+GEN = 'generate://?num_classes=3&train_per_class=4&val_per_class=2&num_frames=12'
+
+
+def test_teacher_step_publishes_the_converted_teacher_with_both_checksums(
+    bucket, http_server, tmp_path, timm_swin
+):
+    """The seed's layout served over HTTP: the teacher step converts it and publishes the
+    result in <run>/teacher/, with its own sha256 and the source's in its output and in
+    the run's manifest; the published file is what the train step's strict check takes."""
+    from video_kd import runs, s3
+    from video_kd.config import load_config
+    from video_kd.runs import Manifest, RunLayout
+    from video_kd.steps import teacher as teacher_step
+    from video_kd.train_config import check_teacher_checkpoint
+
+    src = save_teacher(http_server.root / 'swin_t_released.pth', timm_swin, timm_06_layout)
+    source_sha = s3.sha256_file(src)
+    layout = RunLayout(bucket, 'kd', 'swin-run')
+    runs.claim_run(layout)
+    meta = teacher_step.run(
+        layout.root, http_server.url(src.name), source_sha, kd_config=TINY_KD, num_classes=5
+    )
+    published = layout.uri('teacher', 'swin_t_released_mmpretrain.pth')
+    assert s3.list_uris(layout.uri('teacher') + '/') == [published]
+    back = s3.download_file(published, tmp_path / 'back.pth')
+    converted_sha = s3.sha256_file(back)
+    assert converted_sha != source_sha
+    assert meta['s3_uri'] == published and meta['filename'] == 'swin_t_released_mmpretrain.pth'
+    assert (meta['layout'], meta['converted']) == (TIMM_06, True)
+    assert meta['sha256'] == meta['converted_sha256'] == converted_sha
+    assert meta['source_sha256'] == source_sha
+    entry = Manifest.load(layout).find(published)
+    assert (entry.step, entry.sha256, entry.source_sha256) == ('teacher', converted_sha, source_sha)
+    stored = [e for e in s3.read_json(layout.manifest_uri)['entries'] if e['uri'] == published]
+    assert stored == [
+        {
+            'step': 'teacher',
+            'uri': published,
+            'sha256': converted_sha,
+            'size_bytes': back.stat().st_size,
+            'source_sha256': source_sha,
+        }
+    ]
+    check_teacher_checkpoint(load_config(TINY_KD), str(back))
+
+
+def test_teacher_step_refuses_an_unknown_layout_and_publishes_nothing(bucket, tmp_path):
+    """A ResNet checkpoint for the Swin teacher, from S3, through the component's entry
+    point: one error line, exit status 2, nothing in <run>/teacher/ or the manifest."""
+    from conftest import run_module
+
+    from video_kd import s3
+    from video_kd.runs import Manifest, RunLayout
+    from video_kd.steps import data_prep
+
+    run_root = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')['run_root']
+    bad = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}}, bad)
+    url = s3.upload_file(bad, f's3://{bucket}/zoo/resnet.pth')
+    result = run_module(
+        'components.teacher_download', '--run-root', run_root, '--url', url,
+        '--sha256', s3.sha256_file(bad), '--kd-config', TINY_KD,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert errors == [result.stderr.strip().splitlines()[-1]]
+    assert errors[0].startswith('error: teacher checkpoint of unknown layout: expected a TSN-Swin')
+    assert 'found 1 tensors, e.g. backbone.conv1.weight' in errors[0]
+    assert 'Traceback' not in result.stderr
+    layout = RunLayout.from_root(run_root)
+    assert not s3.list_uris(layout.uri('teacher') + '/')
+    assert not [e for e in Manifest.load(layout).entries if e.step == 'teacher']
