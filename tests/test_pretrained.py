@@ -10,6 +10,7 @@ ResNet-50 state dict (``conv1.weight``, ``bn1.*``, ..., ``fc.*``, what
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import pytest
 import torch
@@ -17,11 +18,14 @@ import torch
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd import s3
 from video_kd.config import load_config, student_model_cfg
+from video_kd.errors import run_cli
 from video_kd.pretrained import (
+    SEED_IMAGENET_WEIGHTS,
     PretrainedWeightsError,
     apply_pretrained,
     describe_weights,
     fetch_pretrained,
+    name_hash,
 )
 
 TSM_MOBILENET = 'tsm_mobilenetv2_tiny'
@@ -198,42 +202,158 @@ def test_describe_weights_tells_common_backbones_apart(
     assert describe_weights({'x.weight': torch.zeros(1)}) == '1 tensors, e.g. x.weight'
 
 
-TRAIN_WITH_WEIGHTS = """
-import sys
-from video_kd.errors import run_cli
-from video_kd.pretrained import apply_pretrained
-from video_kd import train
+# --------------------------------------------------------------------------- the seed's files
+README = Path(__file__).resolve().parent.parent / 'README.md'
 
-def main():
-    args = train.parse_args(sys.argv[2:])
-    train.setup_logging()
-    cfg = train.build_config(args)
-    apply_pretrained(cfg, sys.argv[1])  # where the train step / --pretrained will call it
-    train.train(cfg)
 
-raise SystemExit(run_cli(main))
-"""
+def test_the_seeds_file_names_carry_their_hash_prefix():
+    assert {backbone: name_hash(url) for backbone, url in SEED_IMAGENET_WEIGHTS.items()} == {
+        'MobileNetV2TSM': '3b2dc3af',
+        'ResNetTSM': '0676ba61',
+        'ResNet': '11ad3fa6',
+    }
+    assert name_hash('/data/resnet50-0676ba61.pth') == '0676ba61'  # a copy of a seed file
+    cached = 's3://b/kd/cache/pretrained/' + 'a' * 64 + '/resnet50-11ad3fa6.pth'
+    assert name_hash(cached) == '11ad3fa6'
+    assert name_hash('https://example.com/weights/model-20200708.pth') is None  # not a hash here
+
+
+@pytest.mark.parametrize(
+    ('config', 'backbone'),
+    [
+        ('tsm_imagenet-pretrained-mobilenetv2_8xb16-1x1x8-100e_kinetics400-rgb', 'MobileNetV2TSM'),
+        ('tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb', 'ResNetTSM'),
+        ('tsn_imagenet-pretrained-r50_8xb32-1x1x8-100e_kinetics400-rgb', 'ResNet'),
+        ('kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400', 'MobileNetV2TSM'),
+        ('kd_logits_tsn-swin_tsn-r50_8xb16_k400', 'ResNet'),
+    ],
+)
+def test_the_seeds_weights_are_what_mmaction2s_configs_name(config, backbone):
+    """mmcls:// and torchvision:// resolved with mmengine's own tables, as mmengine would."""
+    import mmengine
+    from mmengine.runner.checkpoint import get_mmcls_models
+
+    from video_kd.pretrained import seed_weights
+
+    online = load_config(config, {'allow_pretrained_download': True})
+    named = student_model_cfg(online).backbone.pretrained
+    hub = Path(mmengine.__path__[0]) / 'hub'
+    zoo = {
+        'mmcls://': get_mmcls_models(),
+        'torchvision://': mmengine.load(hub / 'torchvision_0.12.json'),
+    }
+    for scheme, urls in zoo.items():
+        if named.startswith(scheme):
+            named = urls[named.removeprefix(scheme)]
+    assert named == SEED_IMAGENET_WEIGHTS[backbone] == seed_weights(load_config(config))
+
+
+def test_the_readme_lists_the_seeds_weights_for_each_student():
+    section = README.read_text().split("## The seed's own weights", 1)[1].split('\n## ', 1)[0]
+    for url in SEED_IMAGENET_WEIGHTS.values():
+        assert f'`{url}`' in section, url
+
+
+def test_a_sha256_that_contradicts_the_file_name_is_refused_before_fetching(tmp_path):
+    url = SEED_IMAGENET_WEIGHTS['ResNetTSM']
+    with pytest.raises(PretrainedWeightsError) as error:
+        fetch_pretrained(url, tmp_path / 'dest', 'AB' * 32)  # no network here: never fetched
+    assert str(error.value) == (
+        'student_pretrained_sha256 abababababab... is not the SHA-256 of resnet50-0676ba61.pth: '
+        'its name carries the first 8 hex digits, 0676ba61; pin the full value that '
+        f'`python -m video_kd.pretrained CONFIG {url}` prints'
+    )
+    assert not (tmp_path / 'dest').exists()
+
+
+def test_the_train_step_refuses_a_contradicting_sha256_before_publishing(bucket):
+    from video_kd.runs import RunLayout
+    from video_kd.steps import train as train_step
+    from video_kd.train_config import TrainOptions
+
+    layout = RunLayout(bucket, 'kd', 'run-1')
+    data_meta = {'run_root': layout.root, 'num_classes': 3}
+    options = TrainOptions(
+        student_pretrained_url=SEED_IMAGENET_WEIGHTS['MobileNetV2TSM'],
+        student_pretrained_sha256='0' * 64,
+    )
+    with pytest.raises(PretrainedWeightsError, match=r'its name carries .* 3b2dc3af'):
+        train_step.publish_config(layout, data_meta, {'sha256': 'a' * 64}, KD_TSM, options, False)
+    assert not s3.list_uris(layout.root + '/')
+
+
+def test_the_train_cli_refuses_a_contradicting_sha256_in_one_line(tmp_path):
+    from conftest import run_module
+
+    url = SEED_IMAGENET_WEIGHTS['ResNet']
+    result = run_module(
+        'video_kd.train', TSM_R50,
+        '--work-dir', tmp_path / 'work', '--student-pretrained-url', url,
+        '--student-pretrained-sha256', '1' * 64,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        'error: student_pretrained_sha256 111111111111... is not the SHA-256 of '
+    )
+    assert 'Traceback' not in result.stderr and not (tmp_path / 'work').exists()
+
+
+def test_the_cli_prints_the_sha256_to_pin_and_lists_the_seeds_weights(
+    capsys, mobilenet_v2_classifier
+):
+    from conftest import run_module
+
+    from video_kd import pretrained
+
+    path, _ = mobilenet_v2_classifier
+    result = run_module('video_kd.pretrained', TSM_MOBILENET, path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout == f'{s3.sha256_file(path)}  {path}\n'  # mmengine's log: stderr
+    assert 'all 260 tensors loaded' in result.stderr
+    with pytest.raises(SystemExit):
+        pretrained.main(['--help'])
+    listed = capsys.readouterr().out.splitlines()
+    for backbone, url in SEED_IMAGENET_WEIGHTS.items():
+        assert f'  {backbone}: {url}' in listed
+
+
+def test_the_cli_refuses_a_seed_file_whose_content_is_not_its_name(
+    tmp_path, capsys, mobilenet_v2_classifier
+):
+    from video_kd import pretrained
+
+    path, _ = mobilenet_v2_classifier
+    name = SEED_IMAGENET_WEIGHTS['MobileNetV2TSM'].rsplit('/', 1)[1]
+    impostor = tmp_path / name
+    impostor.write_bytes(path.read_bytes())  # the right layout, not the published bytes
+    assert run_cli(pretrained.main, [TSM_MOBILENET, str(impostor)]) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ''
+    assert captured.err.strip().splitlines()[-1] == (
+        f'error: {name} has SHA-256 {s3.sha256_file(path)}, its name says 3b2dc3af...: a '
+        'corrupt or replaced file; do not pin it'
+    )
 
 
 @pytest.mark.slow
-def test_the_runner_trains_from_the_imagenet_weights(tmp_path, kd_data, mobilenet_v2_classifier):
-    """mmengine's Runner initialises the student from the file: with lr 0, one epoch later
-    every convolution still holds the file's weights (BN statistics move; weights do not)."""
-    import subprocess
-    import sys
-
-    from conftest import TINY_TRAIN
+def test_the_train_cli_trains_from_the_imagenet_weights(
+    tmp_path, kd_data, http_server, mobilenet_v2_classifier
+):
+    """``python -m video_kd.train --student-pretrained-url``: mmengine's Runner initialises
+    the student from the file; with lr 0, one epoch later every convolution still holds the
+    file's weights (BN statistics move; weights do not)."""
+    from conftest import TINY_TRAIN, run_module
 
     path, backbone_2d = mobilenet_v2_classifier
+    (http_server.root / path.name).write_bytes(path.read_bytes())
     work_dir = tmp_path / 'work'
-    argv = [str(path), TSM_MOBILENET, '--work-dir', str(work_dir), '--data-root', str(kd_data)]
-    argv += ['--max-epochs', '1', *TINY_TRAIN, 'optim_wrapper.optimizer.lr=0.0']
-    result = subprocess.run(
-        [sys.executable, '-c', TRAIN_WITH_WEIGHTS, *argv],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_module(
+        'video_kd.train', TSM_MOBILENET, '--work-dir', work_dir, '--data-root', kd_data,
+        '--max-epochs', '1', '--student-pretrained-url', http_server.url(path.name),
+        '--student-pretrained-sha256', s3.sha256_file(path),
+        *TINY_TRAIN, 'optim_wrapper.optimizer.lr=0.0',
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'all 260 tensors loaded' in result.stderr
     state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
@@ -245,3 +365,100 @@ def test_the_runner_trains_from_the_imagenet_weights(tmp_path, kd_data, mobilene
     assert len(trained) == 52
     for key, value in trained.items():
         torch.testing.assert_close(value, backbone_2d[key], rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------- the pods' path
+GEN = 'generate://?num_classes=3&train_per_class=4&val_per_class=2&num_frames=12'
+
+
+class _FirstStepReached(Exception):
+    """Raised by the hook below: the test needs the Runner's state before any step."""
+
+
+def _student_backbone_before_the_first_step(cfg) -> dict[str, torch.Tensor]:
+    """Build the mmengine Runner from ``cfg`` and run it up to ``before_train``: after
+    ``init_weights`` and checkpoint loading, before the first batch; the student's
+    backbone state then."""
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    snapshot = {}
+
+    class Snapshot(Hook):
+        def before_train(self, runner) -> None:
+            student = getattr(runner.model, 'architecture', runner.model)
+            snapshot.update({k: v.clone() for k, v in student.backbone.state_dict().items()})
+            raise _FirstStepReached
+
+    runner = Runner.from_cfg(cfg)
+    runner.register_hook(Snapshot(), priority='LOWEST')
+    with pytest.raises(_FirstStepReached):
+        runner.train()
+    return snapshot
+
+
+def _random_teacher(kd_config: str, num_classes: int, path) -> str:
+    """A checkpoint that fits the KD config's teacher (random weights: the student is tested)."""
+    from mmrazor.registry import MODELS
+
+    from video_kd.config import set_num_classes
+    from video_kd.runtime import register_all_modules
+
+    register_all_modules()
+    teacher_cfg = load_config(kd_config).model.teacher
+    set_num_classes(teacher_cfg, num_classes)
+    torch.save({'state_dict': MODELS.build(teacher_cfg).state_dict()}, path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_the_pods_initialise_the_student_from_the_runs_s3_cache(
+    bucket, http_server, tmp_path, mobilenet_v2_classifier
+):
+    """What a training pod does, step by step, with the train step's own functions: the
+    step caches the weights in S3 by checksum and publishes the resolved config; the pod
+    fetches its inputs (``video_kd.train_pod``), localizes the config (which fetches the
+    weights from the cache, checks and applies them) and builds the mmengine Runner.  When
+    training starts, the student's backbone holds exactly the file's tensors, and the
+    internet (here: the HTTP server, emptied after the step) was asked once."""
+    from video_kd import train_config, train_pod
+    from video_kd.data_stream import use_dataset
+    from video_kd.runs import RunLayout
+    from video_kd.steps import data_prep
+    from video_kd.steps import teacher as teacher_step
+    from video_kd.steps import train as train_step
+    from video_kd.train_config import TrainOptions
+
+    path, backbone_2d = mobilenet_v2_classifier
+    served = http_server.root / path.name
+    served.write_bytes(path.read_bytes())
+    sha = s3.sha256_file(path)
+    data_meta = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
+    layout = RunLayout.from_root(data_meta['run_root'])
+    ckpt = _random_teacher(KD_TSM, int(data_meta['num_classes']), tmp_path / 'teacher.pth')
+    teacher = teacher_step.run(layout.root, ckpt, kd_config=KD_TSM, num_classes=3)
+    options = TrainOptions(
+        student_pretrained_url=http_server.url(path.name),
+        student_pretrained_sha256=sha,
+        cfg_options=['train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
+                     'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False'],
+    )  # fmt: skip
+    config_uri = train_step.publish_config(layout, data_meta, teacher, KD_TSM, options, False)
+    served.unlink()  # from here on, only the run's S3 cache has the weights
+
+    work = tmp_path / 'pod'
+    argv = train_step.pod_command(layout, config_uri, data_meta, teacher, str(work))[2:]
+    args = train_pod.parse_args(argv)  # what the pod's torchrun gets
+    inputs, train_dir = work / 'inputs', work / 'mmengine'
+    train_pod.fetch_inputs(args, layout, inputs, train_dir)
+    cfg = train_config.load_resolved(inputs / train_config.CONFIG_NAME)
+    assert cfg.student_pretrained.fetch_from == layout.cache_uri('pretrained', sha, path.name)
+    train_config.localize(cfg, work_dir=train_dir, teacher_ckpt=inputs / 'teacher.pth')
+    use_dataset(cfg, s3.read_json(args.data_meta))
+
+    loaded = _student_backbone_before_the_first_step(cfg)
+    floats = {key: value for key, value in loaded.items() if torch.is_floating_point(value)}
+    assert len(floats) == 260
+    for key, value in floats.items():
+        torch.testing.assert_close(value, backbone_2d[key.replace('.net.', '.')], rtol=0, atol=0)
+    assert http_server.requests[path.name] == 1  # the step's fetch; the pod read S3

@@ -3,8 +3,9 @@
 Upstream: the configs in the installed mmaction2 1.2.0 wheel (``mmaction/.mim/configs``)
 and the seed's two KD configs (``projects/knowledge_distillation``, not in the wheel),
 whose values are transcribed in tests/data/seed_kd_configs.json with their source
-commits.  A key that differs and is not in an allow-list below fails the test; so does
-an allow-list entry that no longer differs (the list stays the truth).
+commits.  A key that differs and is not in an allow-list below fails the test; so does an
+allowed key whose values are not the listed pair (ours, upstream), and an allow-list
+entry that no longer differs (the list stays the truth).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from mmengine.config import Config
@@ -25,14 +27,37 @@ ABSENT = '<absent>'
 ONLINE = {'allow_pretrained_download': True}
 IGNORED = re.compile(r'(^|\.)_scope_$|^allow_pretrained_download$')  # package bookkeeping
 
+
+class Intended(NamedTuple):
+    """An intended difference: our value, upstream's, and why.  Keyed by config key; a
+    difference at that key with any other pair of values is not intended."""
+
+    ours: object
+    upstream: object
+    why: str
+
+
+TIMM_SWIN_B = 'timm.swin_base_patch4_window7_224'
 SWIN_BACKBONE = {
-    'model.backbone.type': 'timm needs torchvision, which does not load beside the pinned CPU '
-    "torch: the same Swin-B from mmpretrain (the seed's checkpoint is converted)",
-    'model.backbone.pretrained': "timm's ImageNet flag; the teacher's weights come from its checkpoint",
-    'model.backbone.arch': "mmpretrain's name of the Swin-B that timm's model name implies",
-    'model.backbone.img_size': 'timm model name: ..._224',
-    'model.backbone.out_indices[0]': "the last stage's features, what timm's forward_features gives",
-    'model.backbone.drop_path_rate': "timm's default (0.1), written out: mmpretrain's is the same",
+    'model.backbone.type': Intended(
+        'mmpretrain.SwinTransformer',
+        TIMM_SWIN_B,
+        'timm needs torchvision, which does not load beside the pinned CPU torch: the same '
+        "Swin-B from mmpretrain (the seed's checkpoint is converted)",
+    ),
+    'model.backbone.pretrained': Intended(
+        ABSENT, True, "timm's ImageNet flag; the teacher's weights come from its checkpoint"
+    ),
+    'model.backbone.arch': Intended(
+        'base', ABSENT, "mmpretrain's name of the Swin-B that timm's model name implies"
+    ),
+    'model.backbone.img_size': Intended(224, ABSENT, 'timm model name: ..._224'),
+    'model.backbone.out_indices[0]': Intended(
+        3, ABSENT, "the last stage's features, what timm's forward_features gives"
+    ),
+    'model.backbone.drop_path_rate': Intended(
+        0.1, ABSENT, "timm's default (0.1), written out: mmpretrain's is the same"
+    ),
 }
 
 # ours (shipped name) -> (upstream wheel config, intended differences)
@@ -56,18 +81,37 @@ PLAIN_CONFIGS = {
     ),
 }
 
+
+def teacher_url_dropped(kd_name: str) -> dict[str, Intended]:
+    """The seed's KD config names its teacher by URL; ours leaves it to the pipeline."""
+    url = SEED['configs'][kd_name]['teacher_ckpt']
+    assert url.startswith('https://download.openmmlab.com/mmaction/v1.0/') and url.endswith('.pth')
+    why = 'set by the pipeline (teacher_url, sha256-checked) or --teacher-ckpt'
+    return {
+        'teacher_ckpt': Intended(None, url, why),
+        'model.teacher_ckpt': Intended(None, url, 'the same'),
+    }
+
+
 KD_CONFIGS = {
-    'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400': {
-        'teacher_ckpt': 'set by the pipeline (teacher_url, sha256-checked) or --teacher-ckpt',
-        'model.teacher_ckpt': 'the same',
-    },
+    'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400': teacher_url_dropped(
+        'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
+    ),
     'kd_logits_tsn-swin_tsn-r50_8xb16_k400': {
-        'teacher_ckpt': 'set by the pipeline (teacher_url, sha256-checked) or --teacher-ckpt',
-        'model.teacher_ckpt': 'the same',
-        'model.architecture.backbone.pretrained': 'a no-op upstream (mmengine get_model takes it as '
-        'a default), so the student keeps its ImageNet URL; ours merges overrides for real, '
-        'so leaving it out is what keeps the URL',
-        'model.teacher.cfg_path': 'our shipped teacher config: upstream with the mmpretrain Swin-B',
+        **teacher_url_dropped('kd_logits_tsn-swin_tsn-r50_8xb16_k400'),
+        'model.architecture.backbone.pretrained': Intended(
+            ABSENT,
+            False,
+            'a no-op upstream (mmengine get_model takes it as a default), so the student keeps '
+            'its ImageNet URL; ours merges overrides for real, so leaving it out is what keeps '
+            'the URL',
+        ),
+        'model.teacher.cfg_path': Intended(
+            'tsn_imagenet-pretrained-swin-transformer_32xb8-1x1x8-50e_kinetics400-rgb',
+            'mmaction::recognition/tsn/custom_backbones/'
+            'tsn_imagenet-pretrained-swin-transformer_32xb8-1x1x8-50e_kinetics400-rgb.py',
+            'our shipped teacher config: upstream with the mmpretrain Swin-B',
+        ),
     },
 }
 
@@ -106,9 +150,15 @@ def _plain(node):
     return node.to_dict() if hasattr(node, 'to_dict') else node
 
 
-def assert_only_intended(found: dict[str, tuple], allowed: dict[str, str]) -> None:
+def assert_only_intended(found: dict[str, tuple], allowed: dict[str, Intended]) -> None:
     unexplained = {key: pair for key, pair in found.items() if key not in allowed}
     assert not unexplained, f'differences from the seed not in the allow-list: {unexplained}'
+    changed = {
+        key: {'found (ours, upstream)': pair, 'intended': allowed[key][:2]}
+        for key, pair in found.items()
+        if pair != allowed[key][:2]
+    }
+    assert not changed, f'allowed keys whose values are not the intended ones: {changed}'
     stale = sorted(set(allowed) - set(found))
     assert not stale, f'allow-list entries that no longer differ: {stale}'
 

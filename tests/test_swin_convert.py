@@ -9,7 +9,10 @@ import: its Swin code never touches torchvision.
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -42,18 +45,18 @@ def timm_swin():
     """timm's Swin-T (window 7, 224), headless as MMAction2 builds it, random weights."""
     import torchvision_standin
 
-    torchvision_standin.install()
-    try:
-        import timm
-    except ImportError:
-        pytest.fail(f'timm is missing: `make install` installs it ({TIMM_INSTALL})')
-    assert timm.__version__ == TIMM_PIN, f'timm {timm.__version__}: the tests pin {TIMM_PIN}'
-    torch.manual_seed(0)
-    model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=0)
-    with torch.no_grad():  # norms away from 1/0 too, so a wrong channel order shows
-        for param in model.parameters():
-            param.add_(torch.randn_like(param) * 0.05)
-    return model.eval()
+    with torchvision_standin.installed(dependents=('timm',)):  # removed again after the module
+        try:
+            import timm
+        except ImportError:
+            pytest.fail(f'timm is missing: `make install` installs it ({TIMM_INSTALL})')
+        assert timm.__version__ == TIMM_PIN, f'timm {timm.__version__}: the tests pin {TIMM_PIN}'
+        torch.manual_seed(0)
+        model = timm.create_model('swin_tiny_patch4_window7_224', pretrained=False, num_classes=0)
+        with torch.no_grad():  # norms away from 1/0 too, so a wrong channel order shows
+            for param in model.parameters():
+                param.add_(torch.randn_like(param) * 0.05)
+        yield model.eval()
 
 
 class Recognizer(torch.nn.Module):
@@ -140,14 +143,47 @@ def test_an_mmpretrain_checkpoint_passes_unchanged():
     assert all(converted[key] is state[key] for key in state)
 
 
-def test_a_swin_of_another_size_is_named(timm_swin):
-    state = timm_state(timm_swin, with_buffers=False)
+@pytest.mark.parametrize('naming', [TIMM_09, MMPRETRAIN])
+def test_a_swin_of_another_size_is_named(naming, timm_swin):
+    """A Swin-T checkpoint for a Swin-B teacher: the sizes, in timm's naming and in ours."""
+    if naming == TIMM_09:
+        state = timm_state(timm_swin, with_buffers=False)
+    else:
+        state = mmpretrain_swin('tiny').state_dict()
+    assert detect_layout(state) == naming
     with pytest.raises(TeacherCheckpointError) as error:
         convert_state_dict(state, mmpretrain_swin('base'))
     message = str(error.value)
-    assert 'teacher checkpoint is Swin-T (embed_dims 96, depths [2, 2, 6, 2]' in message
-    assert "config's teacher is Swin-B (embed_dims 128, depths [2, 2, 18, 2]" in message
-    assert '\n' not in message
+    assert message == (
+        'teacher checkpoint is Swin-T (embed_dims 96, depths [2, 2, 6, 2], heads [3, 6, 12, 24], '
+        "window 7), but the config's teacher is Swin-B (embed_dims 128, depths [2, 2, 18, 2], "
+        'heads [4, 8, 16, 32], window 7)'
+    )
+
+
+def test_the_standin_leaves_no_trace(tmp_path):
+    """After the block neither torchvision (the stand-in) nor timm (which holds its
+    placeholders) is importable from the cache: later tests see the real environment."""
+    script = """
+import importlib.util, sys
+import torchvision_standin
+with torchvision_standin.installed(dependents=('timm',)):
+    import timm  # imports torchvision.transforms & co at import time
+    assert sys.modules['torchvision'].__version__ == '0.0.0+standin'
+assert importlib.util.find_spec('torchvision') is None, 'the finder is still installed'
+leftover = [name for name in sys.modules if name.split('.')[0] in ('torchvision', 'timm')]
+assert not leftover, leftover
+print('clean')
+"""
+    tests_dir = str(Path(__file__).resolve().parent)
+    env = {
+        **os.environ,
+        'PYTHONPATH': os.pathsep.join([tests_dir, os.environ.get('PYTHONPATH', '')]),
+    }
+    result = subprocess.run(
+        [sys.executable, '-c', script], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert result.returncode == 0 and result.stdout.strip() == 'clean', result.stderr[-2000:]
 
 
 def test_an_unknown_layout_names_what_was_expected_and_found():
@@ -224,3 +260,77 @@ def test_cli_unknown_layout_is_one_line_exit_2(tmp_path):
     assert last.startswith('error: teacher checkpoint of unknown layout: expected a TSN-Swin')
     assert 'found 1 tensors, e.g. backbone.conv1.weight' in last
     assert not list(tmp_path.glob('*_mmpretrain.pth'))
+
+
+GEN = 'generate://?num_classes=3&train_per_class=4&val_per_class=2&num_frames=12'
+
+
+def test_teacher_step_publishes_the_converted_teacher_with_both_checksums(
+    bucket, http_server, tmp_path, timm_swin
+):
+    """The seed's layout served over HTTP: the teacher step converts it and publishes the
+    result in <run>/teacher/, with its own sha256 and the source's in its output and in
+    the run's manifest; the published file is what the train step's strict check takes."""
+    from video_kd import runs, s3
+    from video_kd.config import load_config
+    from video_kd.runs import Manifest, RunLayout
+    from video_kd.steps import teacher as teacher_step
+    from video_kd.train_config import check_teacher_checkpoint
+
+    src = save_teacher(http_server.root / 'swin_t_released.pth', timm_swin, timm_06_layout)
+    source_sha = s3.sha256_file(src)
+    layout = RunLayout(bucket, 'kd', 'swin-run')
+    runs.claim_run(layout)
+    meta = teacher_step.run(
+        layout.root, http_server.url(src.name), source_sha, kd_config=TINY_KD, num_classes=5
+    )
+    published = layout.uri('teacher', 'swin_t_released_mmpretrain.pth')
+    assert s3.list_uris(layout.uri('teacher') + '/') == [published]
+    back = s3.download_file(published, tmp_path / 'back.pth')
+    converted_sha = s3.sha256_file(back)
+    assert converted_sha != source_sha
+    assert meta['s3_uri'] == published and meta['filename'] == 'swin_t_released_mmpretrain.pth'
+    assert (meta['layout'], meta['converted']) == (TIMM_06, True)
+    assert meta['sha256'] == meta['converted_sha256'] == converted_sha
+    assert meta['source_sha256'] == source_sha
+    entry = Manifest.load(layout).find(published)
+    assert (entry.step, entry.sha256, entry.source_sha256) == ('teacher', converted_sha, source_sha)
+    stored = [e for e in s3.read_json(layout.manifest_uri)['entries'] if e['uri'] == published]
+    assert stored == [
+        {
+            'step': 'teacher',
+            'uri': published,
+            'sha256': converted_sha,
+            'size_bytes': back.stat().st_size,
+            'source_sha256': source_sha,
+        }
+    ]
+    check_teacher_checkpoint(load_config(TINY_KD), str(back))
+
+
+def test_teacher_step_refuses_an_unknown_layout_and_publishes_nothing(bucket, tmp_path):
+    """A ResNet checkpoint for the Swin teacher, from S3, through the component's entry
+    point: one error line, exit status 2, nothing in <run>/teacher/ or the manifest."""
+    from conftest import run_module
+
+    from video_kd import s3
+    from video_kd.runs import Manifest, RunLayout
+    from video_kd.steps import data_prep
+
+    run_root = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')['run_root']
+    bad = tmp_path / 'resnet.pth'
+    torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}}, bad)
+    url = s3.upload_file(bad, f's3://{bucket}/zoo/resnet.pth')
+    result = run_module(
+        'components.teacher_download', '--run-root', run_root, '--url', url,
+        '--sha256', s3.sha256_file(bad), '--kd-config', TINY_KD,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith('error: ')]
+    assert errors == [result.stderr.strip().splitlines()[-1]]
+    assert errors[0].startswith('error: teacher checkpoint of unknown layout: expected a TSN-Swin')
+    assert 'found 1 tensors, e.g. backbone.conv1.weight' in errors[0]
+    assert 'Traceback' not in result.stderr
+    layout = RunLayout.from_root(run_root)
+    assert not s3.list_uris(layout.uri('teacher') + '/')
+    assert not [e for e in Manifest.load(layout).entries if e.step == 'teacher']

@@ -9,10 +9,13 @@ reached torchvision code by accident fails loudly instead of computing something
 
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.machinery
+import importlib.util
 import sys
 import types
+from collections.abc import Iterator
 
 ROOT = 'torchvision'
 
@@ -69,3 +72,26 @@ def install() -> None:
     if importlib.util.find_spec(ROOT) is not None:
         raise RuntimeError('a real torchvision is installed: the stand-in is not needed')
     sys.meta_path.insert(0, _Finder())
+
+
+def uninstall() -> None:
+    """Take the stand-in off the import path and forget the torchvision modules it made."""
+    sys.meta_path[:] = [finder for finder in sys.meta_path if not isinstance(finder, _Finder)]
+    for name in [name for name in sys.modules if name == ROOT or name.startswith(ROOT + '.')]:
+        del sys.modules[name]
+
+
+@contextlib.contextmanager
+def installed(dependents: tuple[str, ...] = ()) -> Iterator[None]:
+    """The stand-in for the block only; afterwards it is gone, and so are the modules of
+    ``dependents`` (packages such as timm) first imported in the block, which hold its
+    placeholders: nothing after the block sees a torchvision that is not there."""
+    before = set(sys.modules)
+    install()
+    try:
+        yield
+    finally:
+        uninstall()
+        for name in set(sys.modules) - before:
+            if name.split('.', 1)[0] in dependents:
+                del sys.modules[name]

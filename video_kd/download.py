@@ -39,6 +39,14 @@ from video_kd.validation import InvalidInputError, check_range, check_sha256
 log = logging.getLogger('video_kd.download')
 
 CACHE_KIND = 'teacher'
+# What a cache kind's file is, and where its sha256 is given (for the no-sha256 warning).
+_PINNED_AS = {
+    CACHE_KIND: ('the teacher', 'teacher_sha256 (--sha256)'),
+    'pretrained': (
+        "the student's ImageNet weights",
+        'student_pretrained_sha256 (--student-pretrained-sha256)',
+    ),
+}
 _CHUNK = 1024 * 1024
 _MB = 1024 * 1024
 
@@ -126,8 +134,9 @@ def fetch(
         )
     )
     if not sha256:
+        what, option = _PINNED_AS.get(cache_kind, ('the file', 'its sha256'))
         log.warning(
-            'no sha256 given for %s: pass the one logged above as sha256= to pin the teacher', url
+            'no sha256 given for %s: pass the one logged above as %s to pin %s', url, option, what
         )
     if cache_uri:
         try:

@@ -11,6 +11,11 @@ like the teacher (https:// or s3://, sha256-checked, cached by checksum in S3):
     path = fetch_pretrained(url, work_dir, sha256, cache=layout)
     report = apply_pretrained(cfg, path)   # before the Runner builds the model
 
+The seed's own files (``SEED_IMAGENET_WEIGHTS``) carry the first 8 hex digits of their
+SHA-256 in their names; a sha256 given for one must agree with them.  Their full values
+are the user's to pin (this project is built offline): ``python -m video_kd.pretrained
+CONFIG`` fetches the config's seed weights, checks them and prints the value.
+
 ``apply_pretrained`` points the student's backbone at the file, with MMAction2's own
 loading path switched on, and checks it: the backbone is built once with every
 floating-point tensor set to NaN, MMAction2's ``init_weights`` loads the file, and any
@@ -20,35 +25,48 @@ a subset without a word (``pretrained2d=False``); here it is one error naming th
 
 from __future__ import annotations
 
+import argparse
+import contextlib
 import copy
 import logging
 import os
+import re
+import sys
+import tempfile
+import textwrap
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
 import torch
 from mmengine.config import Config, ConfigDict
 
-from video_kd import download
-from video_kd.config import student_model_cfg
+from video_kd import download, s3
+from video_kd.config import load_config, student_model_cfg
 from video_kd.convert import save_checkpoint
-from video_kd.errors import UserError
+from video_kd.errors import UserError, run_cli, setup_logging
 from video_kd.runs import RunLayout
+from video_kd.validation import check_sha256
 
 logger = logging.getLogger(__name__)
 
 CACHE_KIND = 'pretrained'  # s3://<bucket>/<prefix>/cache/pretrained/<sha256>/<file>
 CLASSIFIER_PREFIX = 'backbone.'  # mmcls / mmpretrain / mmaction checkpoints
 
-# The seed's ImageNet weights: what MMAction2's configs name (the documented values of
-# the pipeline's student_pretrained_url).  The file names carry the first 8 hex digits
-# of their SHA-256 (torch.hub's and OpenMMLab's convention).
+# The seed's ImageNet weights, by student backbone: what MMAction2's configs name (the
+# documented values of the pipeline's student_pretrained_url; README, --help below).
 SEED_IMAGENET_WEIGHTS = {
     'MobileNetV2TSM': 'https://download.openmmlab.com/mmclassification/v0/mobilenet_v2/'
     'mobilenet_v2_batch256_imagenet_20200708-3b2dc3af.pth',  # mmcls://mobilenet_v2
     'ResNetTSM': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',  # torchvision://resnet50
     'ResNet': 'https://download.pytorch.org/models/resnet50-11ad3fa6.pth',  # TSN-R50's URL
 }
+# These hosts name each file <name>-<first 8+ hex digits of its SHA-256>.pth (torch.hub's
+# check_hash and OpenMMLab's publish_model write and read them so), and so do copies of
+# the seed's files; elsewhere a name like model-20200708.pth would be taken for one.
+HASH_NAMING_HOSTS = ('download.openmmlab.com', 'download.pytorch.org')
+_SEED_FILE_NAMES = {url.rsplit('/', 1)[-1] for url in SEED_IMAGENET_WEIGHTS.values()}
+_HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.pth$')
 
 
 class PretrainedWeightsError(UserError):
@@ -65,14 +83,47 @@ def fetch_pretrained(
     """Fetch ImageNet weights as the teacher is fetched (``video_kd.download``).
 
     Verified against ``sha256``, atomic, retried; with a cache, kept in S3 under
-    ``cache/pretrained/<sha256>/`` and copied from there by later runs.
+    ``cache/pretrained/<sha256>/`` and copied from there by later runs.  A ``sha256``
+    that contradicts the hash prefix in the file's name (``HASH_NAMING_HOSTS``) is
+    refused before anything is fetched.
     """
+    sha256 = check_sha256(sha256, name='student_pretrained_sha256') or None
+    check_name_hash(url, sha256)
     try:
         return download.fetch_teacher(
             url, dest_dir, sha256=sha256, cache=cache, cache_kind=CACHE_KIND, **kwargs
         )
     except download.DownloadError as error:
         raise PretrainedWeightsError(f'pretrained weights {url}: {error}') from error
+
+
+def name_hash(source: str) -> str | None:
+    """The SHA-256 prefix ('0676ba61') in the file name of a URL on ``HASH_NAMING_HOSTS``
+    or of a copy of the seed's weights (any scheme, a path); None for other names."""
+    parts = urllib.parse.urlsplit(source)
+    name = parts.path.rsplit('/', 1)[-1]
+    on_hashing_host = parts.scheme in ('http', 'https') and parts.hostname in HASH_NAMING_HOSTS
+    if not on_hashing_host and name not in _SEED_FILE_NAMES:
+        return None
+    match = _HASH_IN_NAME.search(name)
+    return match.group(1) if match else None
+
+
+def check_name_hash(url: str, sha256: str | None) -> None:
+    """A given ``sha256`` must start with the hash prefix in the URL's file name."""
+    prefix = name_hash(url)
+    if sha256 and prefix and not sha256.startswith(prefix):
+        name = urllib.parse.urlsplit(url).path.rsplit('/', 1)[-1]
+        raise PretrainedWeightsError(
+            f'student_pretrained_sha256 {sha256[:12]}... is not the SHA-256 of {name}: its '
+            f'name carries the first {len(prefix)} hex digits, {prefix}; pin the full value '
+            f'that `python -m video_kd.pretrained CONFIG {url}` prints'
+        )
+
+
+def seed_weights(cfg: Config) -> str | None:
+    """The seed's ImageNet weights (URL) for the student of ``cfg``; None if it has none."""
+    return SEED_IMAGENET_WEIGHTS.get(student_model_cfg(cfg).backbone.type)
 
 
 def apply_pretrained(cfg: Config, path: str | os.PathLike) -> dict[str, Any]:
@@ -247,3 +298,70 @@ def describe_weights(state: dict[str, torch.Tensor]) -> str:
         )
         return f'a ResNet-{depth} ({count})' if depth else f'a ResNet ({count})'
     return f'{count}, e.g. {", ".join(list(state)[:3])}'
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _seed_weights_text() -> str:
+    """One line per backbone: argparse would break the URLs at their hyphens."""
+    lines = [f'  {backbone}: {url}' for backbone, url in SEED_IMAGENET_WEIGHTS.items()]
+    return "the seed's ImageNet weights, by student backbone:\n" + '\n'.join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m video_kd.pretrained CONFIG [SOURCE]``: check weights, print their SHA-256."""
+    parser = argparse.ArgumentParser(
+        prog='python -m video_kd.pretrained',
+        description=textwrap.fill(
+            "Fetch ImageNet weights for a config's student (default: the seed's for its "
+            'backbone), check them against the hash prefix in their file name and load them '
+            'into the student the way training does (every backbone tensor), then print their '
+            'SHA-256: the value to pin as student_pretrained_sha256 / '
+            '--student-pretrained-sha256.',
+            break_on_hyphens=False,
+        ),
+        epilog=_seed_weights_text(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument('config', help='config name or path (its student is the target)')
+    parser.add_argument(
+        'source',
+        nargs='?',
+        help="https://, s3:// URL or path of the weights (default: the seed's for the config)",
+    )
+    parser.add_argument('--sha256', help='expected SHA-256 (hex), if you have one')
+    args = parser.parse_args(argv)
+    setup_logging()
+    # stdout is the result alone (scripts read it); mmengine's logger, created on first
+    # use, writes to the sys.stdout of that moment: make that stderr
+    with contextlib.redirect_stdout(sys.stderr):
+        source, sha256 = _check_weights(args.config, args.source, args.sha256)
+    print(f'{sha256}  {source}')
+    return 0
+
+
+def _check_weights(config: str, source: str | None, sha256: str | None) -> tuple[str, str]:
+    """(source, its SHA-256) once the weights passed every check of ``main``."""
+    cfg = load_config(config)
+    source = source or seed_weights(cfg)
+    if not source:
+        raise PretrainedWeightsError(
+            f"{config}: the seed gives no ImageNet weights for its student's backbone "
+            f'{student_model_cfg(cfg).backbone.type}; name the weights (SOURCE)'
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = fetch_pretrained(source, tmp, sha256)
+        sha256 = s3.sha256_file(path)
+        prefix = name_hash(source)
+        if prefix and not sha256.startswith(prefix):
+            raise PretrainedWeightsError(
+                f'{path.name} has SHA-256 {sha256}, its name says {prefix}...: a corrupt or '
+                'replaced file; do not pin it'
+            )
+        apply_pretrained(cfg, path)  # the student takes every tensor, or one error line
+    return source, sha256
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))

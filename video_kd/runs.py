@@ -142,10 +142,21 @@ class ManifestEntry:
     uri: str
     sha256: str
     size_bytes: int
+    # What the object was made from, when that is not in the run itself: the released
+    # teacher a converted one comes from.  Empty (and not stored) otherwise.
+    source_sha256: str = ''
 
     def meta(self) -> dict[str, Any]:
         """The entry as artifact metadata."""
-        return {'s3_uri': self.uri, 'sha256': self.sha256, 'size_bytes': self.size_bytes}
+        meta = {'s3_uri': self.uri, 'sha256': self.sha256, 'size_bytes': self.size_bytes}
+        return {**meta, 'source_sha256': self.source_sha256} if self.source_sha256 else meta
+
+    def to_json(self) -> dict[str, Any]:
+        """The entry as stored in manifest.json (no empty source_sha256)."""
+        stored = asdict(self)
+        if not self.source_sha256:
+            del stored['source_sha256']
+        return stored
 
 
 @dataclass
@@ -221,7 +232,7 @@ class Manifest:
             {
                 'run_id': self.layout.run_id,
                 'root': self.layout.root,
-                'entries': [asdict(e) for e in self.entries],
+                'entries': [e.to_json() for e in self.entries],
             },
             indent=2,
         ).encode()
@@ -250,7 +261,12 @@ class Manifest:
         return next((e for e in matches if sha256 in (None, e.sha256)), None)
 
     def record(
-        self, step: str, local_path: str | os.PathLike, uri: str, sha256: str | None = None
+        self,
+        step: str,
+        local_path: str | os.PathLike,
+        uri: str,
+        sha256: str | None = None,
+        source_sha256: str = '',
     ) -> ManifestEntry:
         """Upload ``local_path`` to ``uri`` (inside ``step``'s directory) and record it.
 
@@ -265,6 +281,7 @@ class Manifest:
             uri=uri,
             sha256=sha256 or s3.sha256_file(local_path),
             size_bytes=Path(local_path).stat().st_size,
+            source_sha256=source_sha256,
         )
         s3.upload_file(local_path, uri)
         self.entries.append(entry)
@@ -275,8 +292,10 @@ class Manifest:
             self.save()
         return entry
 
-    def publish(self, step: str, local: str | os.PathLike, uri: str) -> ManifestEntry:
-        """Upload and record ``local``, idempotently.
+    def publish(
+        self, step: str, local: str | os.PathLike, uri: str, source_sha256: str = ''
+    ) -> ManifestEntry:
+        """Upload and record ``local``, idempotently (``source_sha256``: see ManifestEntry).
 
         The same content already stored there (a retried step, or a concurrent
         publisher of the same file) is not uploaded again; other content raises
@@ -287,7 +306,7 @@ class Manifest:
         if known and s3.exists(uri):
             return known
         try:
-            return self.record(step, local, uri, sha256=sha)
+            return self.record(step, local, uri, sha256=sha, source_sha256=source_sha256)
         except s3.ObjectExistsError:
             self._merge_stored()
             known = self.find(uri, sha)
@@ -322,9 +341,15 @@ def _quiet(logger: logging.Logger) -> Iterator[None]:
         logger.setLevel(level)
 
 
-def publish(layout: RunLayout, step: str, local: str | os.PathLike, *parts: str) -> ManifestEntry:
+def publish(
+    layout: RunLayout,
+    step: str,
+    local: str | os.PathLike,
+    *parts: str,
+    source_sha256: str = '',
+) -> ManifestEntry:
     """Publish one file as ``<run>/<step>/<parts...>`` (see ``Manifest.publish``)."""
-    return Manifest.load(layout).publish(step, local, layout.uri(step, *parts))
+    return Manifest.load(layout).publish(step, local, layout.uri(step, *parts), source_sha256)
 
 
 # --------------------------------------------------------------------------- claim

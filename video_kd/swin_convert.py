@@ -97,23 +97,37 @@ def detect_layout(state: dict[str, torch.Tensor]) -> str | None:
     return None
 
 
-def timm_shape(state: dict[str, torch.Tensor]) -> SwinShape:
-    """The Swin size of a timm-named state dict (``backbone.`` prefix)."""
+# Where each naming keeps a stage's blocks, a block's attention and the patch embedding.
+_NAMING = {
+    'timm': ('layers', 'attn', 'patch_embed.proj.weight'),
+    MMPRETRAIN: ('stages', 'attn.w_msa', 'patch_embed.projection.weight'),
+}
+
+
+def state_shape(state: dict[str, torch.Tensor], naming: str) -> SwinShape | None:
+    """The Swin size of a state dict in ``naming`` ('timm' or mmpretrain; ``backbone.``);
+    None when the tensors that tell it are missing (the key check names them then)."""
+    stages, attn, patch_embed = _NAMING[naming]
+
+    def attention(stage: int, block: int) -> str:
+        return f'{BACKBONE}{stages}.{stage}.blocks.{block}.{attn}'
+
     depths, heads = [], []
-    stage = 0
-    while f'{BACKBONE}layers.{stage}.blocks.0.attn.qkv.weight' in state:
+    while f'{attention(len(depths), 0)}.qkv.weight' in state:
+        table = state.get(f'{attention(len(depths), 0)}.relative_position_bias_table')
+        if table is None:
+            return None
+        heads.append(int(table.shape[1]))
         blocks = 0
-        while f'{BACKBONE}layers.{stage}.blocks.{blocks}.attn.qkv.weight' in state:
+        while f'{attention(len(depths), blocks)}.qkv.weight' in state:
             blocks += 1
         depths.append(blocks)
-        table = state[f'{BACKBONE}layers.{stage}.blocks.0.attn.relative_position_bias_table']
-        heads.append(int(table.shape[1]))
-        stage += 1
-    table_rows = int(
-        state[f'{BACKBONE}layers.0.blocks.0.attn.relative_position_bias_table'].shape[0]
-    )
+    embedding = state.get(f'{BACKBONE}{patch_embed}')
+    if not depths or embedding is None:
+        return None
+    table_rows = int(state[f'{attention(0, 0)}.relative_position_bias_table'].shape[0])
     return SwinShape(
-        embed_dims=int(state[f'{BACKBONE}patch_embed.proj.weight'].shape[0]),
+        embed_dims=int(embedding.shape[0]),
         depths=tuple(depths),
         num_heads=tuple(heads),
         window_size=(round(table_rows**0.5) + 1) // 2,  # the table has (2W - 1)^2 rows
@@ -218,13 +232,14 @@ def convert_state_dict(
             f'(backbone.layers.*.blocks.*.attn.qkv) names, found {_key_sample(state)}'
         )
     expected = teacher.state_dict()
+    found = state_shape(state, MMPRETRAIN if layout == MMPRETRAIN else 'timm')
+    wanted = model_shape(teacher.backbone)
+    if found and found != wanted:  # before any key is compared: the sizes, not 300 keys
+        raise TeacherCheckpointError(
+            f"teacher checkpoint is {found.describe()}, but the config's teacher is "
+            f'{wanted.describe()}'
+        )
     if layout != MMPRETRAIN:
-        found, wanted = timm_shape(state), model_shape(teacher.backbone)
-        if found != wanted:
-            raise TeacherCheckpointError(
-                f"teacher checkpoint is {found.describe()}, but the config's teacher is "
-                f'{wanted.describe()}'
-            )
         state = timm_to_mmpretrain(state, layout)
         for key, value in expected.items():  # constants of the window size, not weights
             if key.endswith(_DROPPED_BUFFERS) and key not in state:

@@ -3,7 +3,8 @@
 The checkpoint is checked against the KD config's teacher before it is
 published; the seed's released TSN-Swin teacher (timm names) is converted to
 the mmpretrain Swin our config builds (``video_kd.teacher_checkpoint``), and the
-converted file is published with its own sha256 and the source's.
+converted file is published with its own sha256 and the source's (the step's output
+and its manifest entry's ``source_sha256``).
 """
 
 from __future__ import annotations
@@ -48,7 +49,9 @@ def run(
             path, checked = convert_teacher_checkpoint(
                 fetched.path, load_config(kd_config), num_classes or None
             )
-        entry = publish(layout, 'teacher', path, path.name)
+        # a converted teacher is not the file at ``url``: the manifest keeps both checksums
+        source = checked['source_sha256'] if checked.get('converted') else ''
+        entry = publish(layout, 'teacher', path, path.name, source_sha256=source)
         return {
             **run_info(layout),
             **entry.meta(),
