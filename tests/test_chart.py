@@ -558,15 +558,19 @@ def test_a_renamed_release_reaches_the_training_job(backend):
         assert manifest['spec']['runPolicy']['backoffLimit'] == 3
         assert pod['priorityClassName'] == 'kd-batch'
     else:
+        from test_trainjob import runtime_containers, trainer_webhook_problems
+
         assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == []
+        (runtime,) = runtimes
+        # Trainer's webhook admits it against the release's own runtime
+        known = {('TrainingRuntime', runtime['metadata']['name']): runtime_containers(runtime)}
+        assert trainer_webhook_problems(manifest, known) == []
         (patch,) = manifest['spec']['runtimePatches']
         pod = patch['trainingRuntimeSpec']['template']['spec']['replicatedJobs'][0]['template'][
             'spec'
         ]['template']['spec']
-        container = {
-            **pod['containers'][0],
-            'env': manifest['spec']['trainer']['env'] + pod['containers'][0]['env'],
-        }
+        # the env (Secret references too) is the trainer's; the patch adds mounts
+        container = {**pod['containers'][0], 'env': manifest['spec']['trainer']['env']}
         resources = manifest['spec']['trainer']['resourcesPerNode']
         assert manifest['spec']['trainer']['numProcPerNode'] == 4
         assert manifest['metadata']['labels']['kueue.x-k8s.io/priority-class'] == 'kd-batch'

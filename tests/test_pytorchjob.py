@@ -80,6 +80,9 @@ def containers(manifest, rtype='Master'):
     return manifest['spec']['pytorchReplicaSpecs'][rtype]['template']['spec']['containers']
 
 
+PYTORCHJOB_WEBHOOK = 'validator.pytorchjob.training-operator.kubeflow.org'  # v1.9 manifests
+
+
 def webhook_problems(manifest: dict) -> list[str]:
     """The Training Operator v1.9 admission webhook's PyTorchJob rules (validation_webhook.go)
     and the API server's quantity parsing: what the CRD's JSON schema cannot say."""
@@ -367,7 +370,9 @@ MASTER_LABELS = {
 
 @pytest.fixture
 def cluster():
+    """An API server with the operator's webhook: every PyTorchJob a test submits meets it."""
     with FakeKube() as fake:
+        fake.admission['pytorchjobs'] = (PYTORCHJOB_WEBHOOK, webhook_problems)
         yield fake
 
 

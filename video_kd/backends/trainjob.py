@@ -3,9 +3,9 @@
 Fits Kubeflow 1.11 and 26.03 (Trainer v2.2 / v2.3, installed by default).
 The TrainJob names the ``torch-distributed`` ClusterTrainingRuntime (or the
 runtime the chart names) and gives numNodes, numProcPerNode,
-resourcesPerNode, image, command and env; the pod settings the runtime does
-not take from ``trainer`` (service account, node selector, tolerations,
-affinity, volumes, Secret env, pod annotations) go through
+resourcesPerNode, image, command and env (the S3 Secret references too); the
+pod settings ``trainer`` has no field for (service account, node selector,
+tolerations, affinity, volumes, pod annotations) go through
 ``spec.runtimePatches`` — the field Trainer v2.2+ has (v2.0 called it
 podSpecOverrides, v2.1 podTemplateOverrides: not supported).  Trainer sets
 the same torchrun env (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...), so
@@ -69,12 +69,17 @@ def manifest(spec: TrainingJobSpec) -> dict[str, Any]:
 
 
 def _trainer(spec: TrainingJobSpec) -> tm.TrainerV1alpha1Trainer:
-    plain = [pod.to_dict(e) for e in pod.container_env(spec) if e.value_from is None]
+    # Every env var goes here, the Secret references included (trainer.env is a list of
+    # corev1.EnvVar: valueFrom works).  Trainer v2.3 refuses env in a runtimePatches patch of
+    # the node container: kubeflow/trainer v2.3.0 pkg/runtime/framework/plugins/jobset/jobset.go,
+    # JobSet.Validate, lines 202-205 ("must not have envs for the dataset-initializer,
+    # model-initializer, node containers").
+    env = [pod.to_dict(e) for e in pod.container_env(spec)]
     return tm.TrainerV1alpha1Trainer(
         image=spec.image,
         command=['torchrun'],
         args=list(spec.command),
-        env=[tm.IoK8sApiCoreV1EnvVar.from_dict(e) for e in plain],
+        env=[tm.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env],
         numNodes=spec.num_nodes,
         numProcPerNode=spec.procs_per_node,
         resourcesPerNode=tm.IoK8sApiCoreV1ResourceRequirements.from_dict(
@@ -92,12 +97,8 @@ def _patch(spec: TrainingJobSpec) -> tm.TrainerV1alpha1RuntimePatch:
         'affinity': pod.to_dict(pod.affinity(spec)),
         'volumes': pod.to_dict(pod.volumes(spec)),
         'containers': [
-            {
-                'name': NODE,
-                # Secret references go here: the trainer env is merged into the runtime's.
-                'env': [pod.to_dict(e) for e in pod.container_env(spec) if e.value_from],
-                'volumeMounts': pod.to_dict(pod.volume_mounts(spec)),
-            }
+            # no env here: Trainer's webhook refuses it (see _trainer)
+            {'name': NODE, 'volumeMounts': pod.to_dict(pod.volume_mounts(spec))}
         ],
     }
     template = {
