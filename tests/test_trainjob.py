@@ -227,7 +227,8 @@ def test_every_setting_reaches_the_trainjob():
     trainer = spec['trainer']
     assert trainer['numNodes'] == 3 and trainer['numProcPerNode'] == 2, 'one process per GPU'
     assert trainer['image'] == 'registry.local/video-kd:0.1-cuda'
-    assert trainer['command'] == ['torchrun'] and trainer['args'] == list(COMMAND)
+    assert trainer['command'] == ['python', '-m', 'video_kd.torchrun']  # exit 2 final, 128 retried
+    assert trainer['args'] == list(COMMAND)
     assert trainer['resourcesPerNode'] == {
         'requests': {'cpu': '8', 'memory': '32Gi'},
         'limits': {'memory': '48Gi', 'amd.com/gpu': '2'},

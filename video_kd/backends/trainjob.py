@@ -9,7 +9,9 @@ tolerations, affinity, volumes, pod annotations) go through
 ``spec.runtimePatches`` — the field Trainer v2.2+ has (v2.0 called it
 podSpecOverrides, v2.1 podTemplateOverrides: not supported).  Trainer sets
 the same torchrun env (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...), so
-the container runs ``torchrun`` with no flags, as on a PyTorchJob.
+the container runs torchrun with no flags, as on a PyTorchJob, through
+``python -m video_kd.torchrun``: exit 2 for bad input (the chart runtime's
+podFailurePolicy fails the job at once), 128 for anything to retry.
 
 Built with the ``kubeflow-trainer-api`` models (the Trainer project's own).
 """
@@ -23,6 +25,7 @@ from kubeflow_trainer_api import models as tm
 from video_kd.backends import pod
 from video_kd.backends.kube import JobKind, JobState
 from video_kd.backends.spec import KUEUE_PRIORITY_LABEL, TrainingJobSpec
+from video_kd.torchrun import LAUNCHER
 
 TRAINER_VERSION = '2.3'  # kubeflow-trainer-api release the models come from; runtimePatches: 2.2+
 NODE = 'node'  # the torch runtime's replicated job and container
@@ -77,7 +80,7 @@ def _trainer(spec: TrainingJobSpec) -> tm.TrainerV1alpha1Trainer:
     env = [pod.to_dict(e) for e in pod.container_env(spec)]
     return tm.TrainerV1alpha1Trainer(
         image=spec.image,
-        command=['torchrun'],
+        command=list(LAUNCHER),  # torchrun, exiting 2 for bad input and 128 to be retried
         args=list(spec.command),
         env=[tm.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env],
         numNodes=spec.num_nodes,
