@@ -126,8 +126,13 @@ class FakeKube:
             return h._send(404, status(404, 'NotFound', msg))
         rbac_verb = {'POST': 'create', 'GET': 'get', 'DELETE': 'delete', 'WATCH': 'watch'}[verb]
         if (rbac_verb, plural) in self.forbidden:
-            msg = f'{plural}.{group} is forbidden: User cannot {rbac_verb} resource "{plural}"'
-            return h._send(403, status(403, 'Forbidden', msg, plural))
+            # what RBAC answers (apierrors.NewForbidden)
+            msg = (
+                f'{plural}.{group} is forbidden: User "system:serviceaccount:{ns}:video-kd" '
+                f'cannot {rbac_verb} resource "{plural}" in API group "{group}" in the '
+                f'namespace "{ns}"'
+            )
+            return h._send(403, status(403, 'Forbidden', msg, plural, group=group))
         if ns not in self.namespaces:
             return h._send(
                 404, status(404, 'NotFound', f'namespaces "{ns}" not found', 'namespaces')
@@ -154,7 +159,11 @@ class FakeKube:
             return h._send(404, status(404, 'NotFound', msg, plural))
         if verb == 'DELETE':
             with self.lock:
-                obj = self.objects.pop(key)
+                if name in self.lingering:  # a foreground delete still waiting for its pods
+                    obj = self.objects[key]
+                    obj.setdefault('metadata', {})['deletionTimestamp'] = '2026-01-01T00:00:00Z'
+                else:
+                    obj = self.objects.pop(key)
             return h._send(200, obj)
         return h._send(200, self.objects[key])
 

@@ -504,6 +504,51 @@ def test_missing_rbac_names_the_verb_and_resource(cluster):
         run(cluster, make_spec(env={}))
 
 
+def test_missing_watch_verb_is_one_line_and_the_job_is_deleted(cluster):
+    cluster.forbidden.add(('watch', 'pytorchjobs'))
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, make_spec(env={}))
+    assert str(info.value) == (
+        'forbidden: this pod\'s ServiceAccount may not "watch" pytorchjobs.kubeflow.org in '
+        "namespace ml: grant it (the chart's Role does, rbac.create=true)"
+    )
+    assert cluster.verbs('pytorchjobs') == ['POST', 'WATCH', 'DELETE']
+
+
+def test_a_webhook_denial_is_one_line_with_the_webhooks_reason(cluster):
+    """A 403 from the operator's validating webhook is not an RBAC problem: pass its reason on."""
+    spec = make_spec(env={})
+    bad = copy.deepcopy(pytorchjob.manifest(spec))
+    bad['spec']['pytorchReplicaSpecs']['Master']['replicas'] = 2
+    job = kube.ClusterJob(pytorchjob.KIND, bad, pytorchjob.state, '', '', api=cluster.api())
+    with pytest.raises(kube.ClusterError) as info:
+        job.submit()
+    assert str(info.value) == (
+        'the cluster refused to create pytorchjobs.kubeflow.org in namespace ml: admission '
+        'webhook "validator.pytorchjob.training-operator.kubeflow.org" denied the request: '
+        'Master.replicas must be 1'
+    )
+    assert 'forbidden' not in str(info.value) and not cluster.objects
+
+
+def test_a_replace_whose_old_job_does_not_go_is_one_line(cluster, monkeypatch):
+    spec = make_spec(env={})
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **pytorchjob.manifest(spec),
+        'status': {'conditions': [CREATED, NOT_RUNNING, FAILED]},
+    }
+    cluster.lingering.add(spec.name)  # its pods never finish terminating
+    monkeypatch.setattr(kube, 'REPLACE_WAIT_S', 1)
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, spec)
+    assert str(info.value) == (
+        f'PyTorchJob ml/{spec.name} of an earlier attempt was deleted but is still there after '
+        f'1s (its pods still terminating, or a finalizer): re-run the step once `kubectl -n ml '
+        f'get pytorchjobs.kubeflow.org {spec.name}` finds nothing'
+    )
+    assert cluster.verbs('pytorchjobs').count('POST') == 1, 'no second create into a 409'
+
+
 def test_missing_kueue_queue_is_refused_before_the_job_is_created(cluster):
     with pytest.raises(
         kube.ClusterError, match="Kueue queue 'team-a-gpus' does not exist in namespace ml"

@@ -397,3 +397,37 @@ def test_trainer_not_installed_and_rbac_missing_are_one_line(cluster):
         kube.ClusterError, match=re.escape('may not "create" trainjobs.trainer.kubeflow.org')
     ):
         run(cluster)
+
+
+def test_trainers_webhook_denial_is_one_line_with_its_reason(cluster):
+    """The chart's TrainingRuntime is missing (createRuntime=false but the ConfigMap names
+    it, say): Trainer's webhook refuses the TrainJob; the step says why, not 'RBAC'."""
+    spec = make_spec(
+        env={
+            'VIDEO_KD_TRAINJOB_RUNTIME': 'kd-prod-video-kd-torch',
+            'VIDEO_KD_TRAINJOB_RUNTIME_KIND': 'TrainingRuntime',
+        }
+    )
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, spec)
+    text = str(info.value)
+    assert text.startswith(
+        'the cluster refused to create trainjobs.trainer.kubeflow.org in namespace ml: '
+        'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
+        'spec.runtimeRef: Invalid value: '
+    )
+    assert text.endswith(
+        'trainingruntimes.trainer.kubeflow.org "kd-prod-video-kd-torch" not found: specified '
+        'trainingRuntime must be created before the TrainJob is created'
+    )
+    assert '\n' not in text and 'ServiceAccount' not in text
+    assert ('trainjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_missing_watch_verb_is_one_line(cluster):
+    cluster.forbidden.add(('watch', 'trainjobs'))
+    with pytest.raises(
+        kube.ClusterError, match=re.escape('may not "watch" trainjobs.trainer.kubeflow.org')
+    ):
+        run(cluster)
+    assert ('trainjobs', 'ml', job_name(RUN_ID)) not in cluster.objects, 'deleted all the same'
