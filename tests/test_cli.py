@@ -134,3 +134,63 @@ def test_configs_lists_the_shipped_configs(capsys):
     assert cli.main(['configs']) == 0
     out = capsys.readouterr().out.split()
     assert 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny' in out
+
+
+# --- upload / schedule against a KFP API (tests/kfp_server.py) ------------------------------
+
+ALL_RIGHTS = {
+    (verb, resource, 'team-a')
+    for resource in ('pipelines', 'experiments', 'jobs')
+    for verb in ('create', 'list', 'delete')
+}
+
+
+def upload(host: str, *extra: str) -> int:
+    package = str(cli.pipeline_file())  # the committed IR: nothing to compile
+    return cli.main(['upload', '--host', host, '--package', package, '--version', 'v1', *extra])
+
+
+def schedule(host: str, *extra: str) -> int:
+    args = ['schedule', '--host', host, '--cron', '@daily', '--experiment', 'nightly', *extra]
+    return cli.main(args)
+
+
+def test_upload_with_a_namespace_makes_and_finds_a_namespaced_pipeline(capsys):
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = ALL_RIGHTS
+        assert upload(kfp.url, '--namespace', 'team-a') == 0
+        (pipeline,) = kfp.pipelines.values()
+        assert pipeline['namespace'] == 'team-a'
+        # the next upload finds it in its namespace: a new version, not a second pipeline
+        assert upload(kfp.url, '--namespace', 'team-a') == 0
+        assert len(kfp.pipelines) == 1 and len(kfp.versions[pipeline['pipeline_id']]) == 2
+        assert schedule(kfp.url, '--namespace', 'team-a') == 0
+        (run,) = kfp.recurring_runs.values()
+        assert run['pipeline_version_reference']['pipeline_id'] == pipeline['pipeline_id']
+    out = capsys.readouterr().out
+    assert 'uploaded pipeline video-kd-distillation (namespace team-a, id ' in out
+    assert 'uploaded version v1 of pipeline video-kd-distillation' in out
+
+
+def test_without_a_namespace_the_pipeline_is_shared_and_schedule_finds_it():
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = ALL_RIGHTS
+        assert upload(kfp.url) == 0
+        (pipeline,) = kfp.pipelines.values()
+        assert pipeline['namespace'] == '', 'shared: uploads of those are not authorized'
+        assert schedule(kfp.url, '--namespace', 'team-a') == 0  # the namespace has none
+        (run,) = kfp.recurring_runs.values()
+        assert run['pipeline_version_reference']['pipeline_id'] == pipeline['pipeline_id']
+
+
+def test_a_kfp_refusal_is_one_line(capsys):
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:  # no rights at all
+        assert upload(kfp.url, '--namespace', 'team-a') == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: KFP API at {kfp.url}: HTTP 403') and err.count('\n') == 1

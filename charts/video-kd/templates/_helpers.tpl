@@ -139,3 +139,15 @@ volumeMounts:
 {{- define "video-kd.trainingRuntimeName" -}}
 {{- printf "%s-torch" (include "video-kd.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* ServiceAccount the scheduled (recurring) runs execute as. */}}
+{{- define "video-kd.scheduleServiceAccount" -}}
+{{- default (include "video-kd.serviceAccountName" .) .Values.schedule.serviceAccount }}
+{{- end }}
+
+{{/* Whether to create Argo's executor Role ("true" or ""): asked for, or the scheduled runs
+execute as the chart's ServiceAccount (every KFP pod's Argo executor needs it). */}}
+{{- define "video-kd.argoExecutor" -}}
+{{- $scheduledAsChart := and .Values.schedule.enabled (eq (include "video-kd.scheduleServiceAccount" .) (include "video-kd.serviceAccountName" .)) }}
+{{- if or .Values.rbac.argoExecutor $scheduledAsChart }}true{{ end }}
+{{- end }}
