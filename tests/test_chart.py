@@ -720,9 +720,17 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     pod = job['template']['spec']
     assert pod['restartPolicy'] == 'Never' and pod['containers'][0]['name'] == 'node'
     assert pod['automountServiceAccountToken'] is False
+    assert 'priorityClassName' not in pod
     data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
     assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
+    assert data['VIDEO_KD_TRAINJOB_MAX_RESTARTS'] == '8', 'what the runtime allows'
+    # the priority class reaches the pods through the runtime (a TrainJob cannot carry it)
+    prioritized = {'training': {**values['training'], 'priorityClassName': 'kd-batch'}}
+    runtime = one(render(prioritized), 'TrainingRuntime', f'{RELEASE}-torch')
+    node_job = runtime['spec']['template']['spec']['replicatedJobs'][0]['template']['spec']
+    assert node_job['template']['spec']['priorityClassName'] == 'kd-batch'
+    assert problems(runtime, TRAININGRUNTIME_CRD, 'v1alpha1') == []
     # an admin's ClusterTrainingRuntime instead
     values['training']['trainJob'] = {'createRuntime': False, 'clusterRuntime': 'torch-gpu'}
     objects = render(values)
@@ -732,6 +740,34 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'ClusterTrainingRuntime'
     # the PyTorchJob backend needs no runtime
     assert not by_kind(render(), 'TrainingRuntime')
+
+
+@pytest.mark.parametrize(
+    'training',
+    [
+        {'backend': 'pytorchjob'},  # createRuntime is true by default, but only trainjob gets one
+        {'backend': 'local'},
+        {'backend': 'trainjob'},
+        {'backend': 'trainjob', 'trainJob': {'createRuntime': False}},
+        {'backend': 'pytorchjob', 'trainJob': {'createRuntime': False, 'clusterRuntime': 'gpu'}},
+    ],
+)
+def test_the_configmap_names_only_a_runtime_that_exists(training):
+    """A run may pick trainjob by parameter whatever the chart's backend: the runtime the
+    ConfigMap names is the chart's own only when the chart creates it."""
+    objects = render({'training': training})
+    data = one(objects, 'ConfigMap', f'{RELEASE}-training')['data']
+    created = {r['metadata']['name'] for r in by_kind(objects, 'TrainingRuntime')}
+    if data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime':
+        assert created == {data['VIDEO_KD_TRAINJOB_RUNTIME']}
+        assert 'VIDEO_KD_TRAINJOB_MAX_RESTARTS' in data
+    else:
+        assert not created and 'VIDEO_KD_TRAINJOB_MAX_RESTARTS' not in data
+        cluster_runtime = training.get('trainJob', {}).get('clusterRuntime', 'torch-distributed')
+        assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == cluster_runtime
+    assert bool(created) == (
+        training['backend'] == 'trainjob' and training.get('trainJob', {}) == {}
+    )
 
 
 # --- the hook Job against a multi-user KFP API: exactly the Role's rights -------------------

@@ -15,7 +15,7 @@ import pytest
 from crd_schema import TRAINJOB_CRD, problems
 from kube_server import FakeKube, pod
 from kubeflow_trainer_api import models as tm
-from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, make_spec
+from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, STEP_ENV, make_spec
 
 from video_kd import backends
 from video_kd.backends import kube, trainjob
@@ -431,3 +431,60 @@ def test_missing_watch_verb_is_one_line(cluster):
     ):
         run(cluster)
     assert ('trainjobs', 'ml', job_name(RUN_ID)) not in cluster.objects, 'deleted all the same'
+
+
+# --- what a TrainJob cannot carry: restarts and priority belong to its runtime ----------
+
+CHART_RUNTIME_ENV = {
+    **STEP_ENV,  # backoff 2 per node
+    'VIDEO_KD_TRAINJOB_RUNTIME': 'kd-prod-video-kd-torch',
+    'VIDEO_KD_TRAINJOB_RUNTIME_KIND': 'TrainingRuntime',
+    'VIDEO_KD_TRAINJOB_MAX_RESTARTS': '6',  # rendered for 3 workers x 2
+}
+
+
+def test_a_run_that_asks_for_other_restarts_than_the_runtime_is_warned():
+    assert trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV)) == [], 'the chart runtime: 2 x 3'
+    (line,) = trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV, num_nodes=4))
+    assert line == (
+        'this run asks for 8 restarts (backoff_limit_per_node 2 x 4 nodes), but a TrainJob '
+        "cannot set its own: TrainingRuntime kd-prod-video-kd-torch allows 6 (the chart's "
+        'training.backoffLimitPerNode x training.workers)'
+    )
+    (line,) = trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV, backoff_limit_per_node=5))
+    assert line.startswith('this run asks for 15 restarts (backoff_limit_per_node 5 x 3 nodes)')
+    # the manifest has nowhere to put it: neither the TrainJob nor its runtimePatches
+    manifest = trainjob.manifest(make_spec(env=CHART_RUNTIME_ENV, backoff_limit_per_node=5))
+    assert '15' not in str(manifest) and 'maxRestarts' not in str(manifest)
+
+
+def test_a_cluster_runtime_decides_the_restarts_and_needs_kueue_for_priority():
+    env = {k: v for k, v in STEP_ENV.items() if k != 'VIDEO_KD_KUEUE_QUEUE'}
+    restarts, priority = trainjob.warnings(make_spec(env=env))
+    assert restarts == (
+        'a TrainJob restarts as often as its runtime allows (ClusterTrainingRuntime '
+        'torch-distributed: failurePolicy.maxRestarts); backoff_limit_per_node (2) does not '
+        'apply to it'
+    )
+    assert priority.startswith(
+        "priority class 'kd-high' has no effect on a TrainJob on ClusterTrainingRuntime "
+        'torch-distributed without a Kueue queue'
+    )
+    with_queue = trainjob.warnings(make_spec())  # Kueue reads the label
+    assert len(with_queue) == 1 and with_queue[0].startswith('a TrainJob restarts as often')
+
+
+def test_the_step_logs_what_the_trainjob_cannot_carry(cluster, caplog):
+    caplog.set_level(logging.WARNING, logger='video_kd.backends')
+    spec = make_spec(env={**CHART_RUNTIME_ENV, 'VIDEO_KD_KUEUE_QUEUE': ''}, num_nodes=4)
+    cluster.scripts[spec.name] = [[COMPLETE]]
+    runtimes = {
+        **TORCH_DISTRIBUTED,
+        ('TrainingRuntime', 'kd-prod-video-kd-torch'): {'node': {'node'}},
+    }
+    cluster.admission['trainjobs'] = (
+        TRAINER_WEBHOOK,
+        lambda manifest: trainer_webhook_problems(manifest, runtimes),
+    )
+    run(cluster, spec)
+    assert 'this run asks for 8 restarts' in caplog.text

@@ -45,7 +45,8 @@ def build(spec: TrainingJobSpec) -> tm.TrainerV1alpha1TrainJob:
     """The TrainJob of a spec, as the Trainer API's model."""
     labels = spec.job_labels()
     if spec.priority_class:
-        # Trainer's pod patch has no priorityClassName; Kueue's WorkloadPriorityClass label does it.
+        # Trainer's pod patch has no priorityClassName: Kueue's WorkloadPriorityClass label
+        # (the chart's TrainingRuntime puts the class on the pods; see warnings()).
         labels[KUEUE_PRIORITY_LABEL] = spec.priority_class
     return tm.TrainerV1alpha1TrainJob(
         apiVersion=f'{KIND.group}/{KIND.version}',
@@ -122,6 +123,39 @@ def _patch(spec: TrainingJobSpec) -> tm.TrainerV1alpha1RuntimePatch:
             },
         }
     )
+
+
+def warnings(spec: TrainingJobSpec) -> list[str]:
+    """What the spec asks for that a TrainJob cannot carry (the train step logs them).
+
+    Trainer v2.3's TrainJob has no restart or priority field, and its
+    runtimePatches patch pod settings only (kubeflow/trainer v2.3.0
+    pkg/apis/trainer/v1alpha1/trainjob_types.go: TrainJobSpec, PodSpecPatch):
+    the runtime's JobSet failurePolicy decides the restarts, the runtime's pod
+    template the priority class.
+    """
+    runtime = f'{spec.trainjob_runtime_kind} {spec.trainjob_runtime}'
+    found = []
+    if spec.trainjob_max_restarts is None:
+        found.append(
+            f'a TrainJob restarts as often as its runtime allows ({runtime}: '
+            'failurePolicy.maxRestarts); backoff_limit_per_node '
+            f'({spec.backoff_limit_per_node}) does not apply to it'
+        )
+    elif spec.trainjob_max_restarts != spec.backoff_limit:
+        found.append(
+            f'this run asks for {spec.backoff_limit} restarts (backoff_limit_per_node '
+            f'{spec.backoff_limit_per_node} x {spec.num_nodes} nodes), but a TrainJob cannot set '
+            f"its own: {runtime} allows {spec.trainjob_max_restarts} (the chart's "
+            'training.backoffLimitPerNode x training.workers)'
+        )
+    if spec.priority_class and not spec.queue and spec.trainjob_runtime_kind != 'TrainingRuntime':
+        found.append(
+            f'priority class {spec.priority_class!r} has no effect on a TrainJob on {runtime} '
+            "without a Kueue queue: it is only Kueue's label (use the chart's TrainingRuntime, "
+            'which puts it on the pods)'
+        )
+    return found
 
 
 def state(obj: dict[str, Any]) -> JobState:
