@@ -11,7 +11,11 @@ credentials from a Secret (kfp-kubernetes ``use_config_map_as_env`` /
 ``use_secret_as_env``); their names are pipeline parameters whose defaults
 are those of the Helm chart (``ClusterNames``; ``video-kd upload`` compiles
 with a release's own names and keys).  Credentials are never parameters.
-The IR needs a KFP backend >= 2.4.0 (a parameterised container image).
+The IR needs a KFP backend >= 2.15.0: Secret/ConfigMap names from parameters
+(kfp-kubernetes secretNameParameter / configMapNameParameter: the driver resolves
+them since 2.5.0) and optional ConfigMap keys as env (``optional``: honoured since
+2.15.0, kubeflow/pipelines #12216; before, a key the ConfigMap lacks, such as
+AWS_DEFAULT_REGION without a region, stops the pod).
 """
 
 from dataclasses import dataclass
