@@ -11,7 +11,11 @@ credentials from a Secret (kfp-kubernetes ``use_config_map_as_env`` /
 ``use_secret_as_env``); their names are pipeline parameters whose defaults
 are those of the Helm chart (``ClusterNames``; ``video-kd upload`` compiles
 with a release's own names and keys).  Credentials are never parameters.
-The IR needs a KFP backend >= 2.4.0 (a parameterised container image).
+The IR needs a KFP backend >= 2.15.0: Secret/ConfigMap names from parameters
+(kfp-kubernetes secretNameParameter / configMapNameParameter: the driver resolves
+them since 2.5.0) and optional ConfigMap keys as env (``optional``: honoured since
+2.15.0, kubeflow/pipelines #12216; before, a key the ConfigMap lacks, such as
+AWS_DEFAULT_REGION without a region, stops the pod).
 """
 
 from dataclasses import dataclass
@@ -35,7 +39,8 @@ TRAINING_CONFIG_KEYS = (
     'VIDEO_KD_TRAINING_BACKEND', 'VIDEO_KD_SERVICE_ACCOUNT', 'VIDEO_KD_WORKER_POD_OVERRIDES',
     'VIDEO_KD_GPU_RESOURCE', 'VIDEO_KD_BACKOFF_LIMIT_PER_NODE', 'VIDEO_KD_KUEUE_QUEUE',
     'VIDEO_KD_PRIORITY_CLASS', 'VIDEO_KD_ISTIO_SIDECAR', 'VIDEO_KD_TRAINJOB_RUNTIME',
-    'VIDEO_KD_TRAINJOB_RUNTIME_KIND', 'VIDEO_KD_PVC', 'VIDEO_KD_PVC_MOUNT', 'VIDEO_KD_NAMESPACE',
+    'VIDEO_KD_TRAINJOB_RUNTIME_KIND', 'VIDEO_KD_TRAINJOB_MAX_RESTARTS', 'VIDEO_KD_PVC',
+    'VIDEO_KD_PVC_MOUNT', 'VIDEO_KD_NAMESPACE',
 )  # fmt: skip
 
 
@@ -163,7 +168,9 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             empty: random init.
         training_backend: pytorchjob (Training Operator v1), trainjob (Kubeflow Trainer v2) or
             local (torchrun inside the train step's pod); empty: the chart's training.backend.
-        backoff_limit_per_node: restarts allowed per training node (0: the chart's, else 3).
+        backoff_limit_per_node: restarts allowed per training node of a PyTorchJob (0: the
+            chart's, else 3). No effect on a TrainJob, which cannot set its own: its runtime's
+            failurePolicy decides (the chart's: training.backoffLimitPerNode x workers).
         s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
         s3_config_map, s3_credentials, training_config_map: the Kubernetes objects the step pods
             read (the Helm release's).

@@ -2,7 +2,8 @@
 
 No cluster can run here, so the real ``kubernetes`` client talks HTTP to
 this: custom objects (create / get / delete / watch, with the 404 a missing
-CRD gives, the 403 RBAC gives and the 409 a duplicate name gives), pods
+CRD gives, the 403 RBAC gives, the 403 of a validating admission webhook
+that denies the object and the 409 a duplicate name gives), pods
 (list / watch by label selector) and pod logs.  A job's status comes from a
 script of conditions, written the way the operators write them, played on
 its watch.
@@ -15,6 +16,7 @@ import re
 import threading
 import time
 import urllib.parse
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from kubernetes import client as k8s
@@ -29,8 +31,8 @@ _OBJ = re.compile(r'^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+)
 _POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)/log)?$')
 
 
-def status(code: int, reason: str, message: str, kind: str = '') -> dict:
-    details = {'kind': kind} if kind else {}
+def status(code: int, reason: str, message: str, kind: str = '', **details: str) -> dict:
+    details = {'kind': kind, **details} if kind else {}
     return {
         'kind': 'Status',
         'apiVersion': 'v1',
@@ -49,6 +51,10 @@ class FakeKube:
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.scripts: dict[str, list] = {}  # job name -> conditions lists (or HOLD) per watch
         self.forbidden: set[tuple[str, str]] = set()  # (verb, plural)
+        # plural -> (webhook name, rules): a validating admission webhook on create; the rules
+        # return what they refuse in the object ([] admits it)
+        self.admission: dict[str, tuple[str, Callable[[dict], list[str]]]] = {}
+        self.lingering: set[str] = set()  # jobs a DELETE only marks (pods still terminating)
         self.pods: list[dict] = []
         self.logs: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
@@ -120,12 +126,22 @@ class FakeKube:
             return h._send(404, status(404, 'NotFound', msg))
         rbac_verb = {'POST': 'create', 'GET': 'get', 'DELETE': 'delete', 'WATCH': 'watch'}[verb]
         if (rbac_verb, plural) in self.forbidden:
-            msg = f'{plural}.{group} is forbidden: User cannot {rbac_verb} resource "{plural}"'
-            return h._send(403, status(403, 'Forbidden', msg, plural))
+            # what RBAC answers (apierrors.NewForbidden)
+            msg = (
+                f'{plural}.{group} is forbidden: User "system:serviceaccount:{ns}:video-kd" '
+                f'cannot {rbac_verb} resource "{plural}" in API group "{group}" in the '
+                f'namespace "{ns}"'
+            )
+            return h._send(403, status(403, 'Forbidden', msg, plural, group=group))
         if ns not in self.namespaces:
             return h._send(
                 404, status(404, 'NotFound', f'namespaces "{ns}" not found', 'namespaces')
             )
+        if verb == 'POST' and plural in self.admission:
+            webhook, rules = self.admission[plural]
+            refused = rules(body)
+            if refused:
+                return h._send(403, webhook_denial(group, plural, body, webhook, refused))
         if verb == 'POST':
             key = (plural, ns, body['metadata']['name'])
             with self.lock:
@@ -143,7 +159,11 @@ class FakeKube:
             return h._send(404, status(404, 'NotFound', msg, plural))
         if verb == 'DELETE':
             with self.lock:
-                obj = self.objects.pop(key)
+                if name in self.lingering:  # a foreground delete still waiting for its pods
+                    obj = self.objects[key]
+                    obj.setdefault('metadata', {})['deletionTimestamp'] = '2026-01-01T00:00:00Z'
+                else:
+                    obj = self.objects.pop(key)
             return h._send(200, obj)
         return h._send(200, self.objects[key])
 
@@ -200,6 +220,21 @@ class FakeKube:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def webhook_denial(group: str, plural: str, body: dict, webhook: str, refused: list[str]) -> dict:
+    """What the API server answers when a validating webhook denies an object: the webhook's
+    (controller-runtime admission.Denied) 403, wrapped by k8s.io/apiserver's
+    webhook/errors ToStatusErr: '<resource> "<name>" is forbidden: admission webhook
+    "<webhook>" denied the request: <the webhook's message>'."""
+    name = body['metadata']['name']
+    # a field.ErrorList's aggregate: one error alone, several in brackets
+    message = refused[0] if len(refused) == 1 else '[' + ', '.join(refused) + ']'
+    text = (
+        f'{plural}.{group} "{name}" is forbidden: admission webhook "{webhook}" denied the '
+        f'request: {message}'
+    )
+    return status(403, 'Forbidden', text, plural, group=group, name=name)
 
 
 def pod(name: str, labels: dict, phase='Running', container='pytorch', exit_code=None, reason=None):

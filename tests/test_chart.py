@@ -136,7 +136,8 @@ def test_renders_expected_objects(scenario):
     expected += ['Role', 'RoleBinding'] * 2  # the training job's Role, the KFP API's Role
     if name != 'default':
         expected.append('PersistentVolumeClaim')
-    if name == 'everything':
+        # Argo's executor Role: asked for (everything), or the scheduled runs execute as the
+        # chart's ServiceAccount (both schedule)
         expected += ['Role', 'RoleBinding']
     assert kinds == sorted(expected)
     for obj in objects:
@@ -175,14 +176,14 @@ EXPECTED_GRANTS = (
     }
     | {('kueue.x-k8s.io', 'localqueues', 'get')}
 )
+# What KFP 2.17.0 authorizes for the hook's calls (tests/kfp_server.py cites the source):
+# pipelines (upload: find by name, create it or a version), experiments, and jobs - a
+# recurring run is a 'job' to KFP's RBAC; there is no pipelines/versions or recurringruns.
 KFP_API_GRANTS = {
     ('pipelines.kubeflow.org', r, v)
-    for r in ('pipelines', 'pipelines/versions', 'experiments')
-    for v in ('create', 'get', 'list')
-} | {
-    ('pipelines.kubeflow.org', 'recurringruns', v)
-    for v in ('create', 'get', 'list', 'delete', 'disable')
-}
+    for r in ('pipelines', 'experiments')
+    for v in ('create', 'list')
+} | {('pipelines.kubeflow.org', 'jobs', v) for v in ('create', 'list', 'delete')}
 
 
 def grants(role: dict) -> set[tuple[str, str, str]]:
@@ -220,18 +221,48 @@ def test_rolebinding_binds_the_role_to_the_chart_serviceaccount(scenario):
     assert subjects == expected
 
 
+ARGO_EXECUTOR_GRANTS = {
+    ('argoproj.io', 'workflowtaskresults', 'create'),
+    ('argoproj.io', 'workflowtaskresults', 'patch'),
+    ('', 'pods', 'patch'),
+}
+
+
+def argo_role(objects):
+    return [r for r in by_kind(objects, 'Role') if r['metadata']['name'].endswith('argo-executor')]
+
+
 def test_argo_executor_role_is_opt_in_and_separate():
-    assert not [
-        r for r in by_kind(render(), 'Role') if r['metadata']['name'].endswith('argo-executor')
-    ]
+    assert not argo_role(render())
     objects = render({'rbac': {'argoExecutor': True}})
     argo = one(objects, 'Role', f'{RELEASE}-argo-executor')
-    assert grants(argo) == {
-        ('argoproj.io', 'workflowtaskresults', 'create'),
-        ('argoproj.io', 'workflowtaskresults', 'patch'),
-        ('', 'pods', 'patch'),
-    }
+    assert grants(argo) == ARGO_EXECUTOR_GRANTS
     assert grants(one(objects, 'Role', f'{RELEASE}-pytorchjobs')) == EXPECTED_GRANTS
+
+
+@pytest.mark.parametrize(
+    'schedule, argo',
+    [
+        ({'enabled': True}, True),  # runs as the chart's ServiceAccount: it needs Argo's rights
+        ({'enabled': True, 'serviceAccount': RELEASE}, True),  # the same account, by name
+        ({'enabled': True, 'serviceAccount': 'default-editor'}, False),  # KFP's own has them
+        ({'enabled': False}, False),
+    ],
+)
+def test_scheduled_runs_get_argos_rights_when_they_run_as_the_chart(schedule, argo):
+    objects = render({'schedule': schedule})
+    job_args = pod_spec(objects)[1]['containers'][0]['args']
+    if schedule['enabled']:
+        account = job_args[job_args.index('--service-account') + 1]
+        assert account == schedule.get('serviceAccount', RELEASE)
+    roles = argo_role(objects)
+    assert bool(roles) == argo
+    if argo:
+        binding = one(objects, 'RoleBinding', f'{RELEASE}-argo-executor')
+        assert grants(roles[0]) == ARGO_EXECUTOR_GRANTS
+        assert binding['subjects'] == [
+            {'kind': 'ServiceAccount', 'name': RELEASE, 'namespace': NAMESPACE}
+        ]
 
 
 def test_rbac_can_be_left_out():
@@ -558,15 +589,19 @@ def test_a_renamed_release_reaches_the_training_job(backend):
         assert manifest['spec']['runPolicy']['backoffLimit'] == 3
         assert pod['priorityClassName'] == 'kd-batch'
     else:
+        from test_trainjob import runtime_containers, trainer_webhook_problems
+
         assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == []
+        (runtime,) = runtimes
+        # Trainer's webhook admits it against the release's own runtime
+        known = {('TrainingRuntime', runtime['metadata']['name']): runtime_containers(runtime)}
+        assert trainer_webhook_problems(manifest, known) == []
         (patch,) = manifest['spec']['runtimePatches']
         pod = patch['trainingRuntimeSpec']['template']['spec']['replicatedJobs'][0]['template'][
             'spec'
         ]['template']['spec']
-        container = {
-            **pod['containers'][0],
-            'env': manifest['spec']['trainer']['env'] + pod['containers'][0]['env'],
-        }
+        # the env (Secret references too) is the trainer's; the patch adds mounts
+        container = {**pod['containers'][0], 'env': manifest['spec']['trainer']['env']}
         resources = manifest['spec']['trainer']['resourcesPerNode']
         assert manifest['spec']['trainer']['numProcPerNode'] == 4
         assert manifest['metadata']['labels']['kueue.x-k8s.io/priority-class'] == 'kd-batch'
@@ -685,9 +720,17 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     pod = job['template']['spec']
     assert pod['restartPolicy'] == 'Never' and pod['containers'][0]['name'] == 'node'
     assert pod['automountServiceAccountToken'] is False
+    assert 'priorityClassName' not in pod
     data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
     assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
+    assert data['VIDEO_KD_TRAINJOB_MAX_RESTARTS'] == '8', 'what the runtime allows'
+    # the priority class reaches the pods through the runtime (a TrainJob cannot carry it)
+    prioritized = {'training': {**values['training'], 'priorityClassName': 'kd-batch'}}
+    runtime = one(render(prioritized), 'TrainingRuntime', f'{RELEASE}-torch')
+    node_job = runtime['spec']['template']['spec']['replicatedJobs'][0]['template']['spec']
+    assert node_job['template']['spec']['priorityClassName'] == 'kd-batch'
+    assert problems(runtime, TRAININGRUNTIME_CRD, 'v1alpha1') == []
     # an admin's ClusterTrainingRuntime instead
     values['training']['trainJob'] = {'createRuntime': False, 'clusterRuntime': 'torch-gpu'}
     objects = render(values)
@@ -697,3 +740,117 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'ClusterTrainingRuntime'
     # the PyTorchJob backend needs no runtime
     assert not by_kind(render(), 'TrainingRuntime')
+
+
+@pytest.mark.parametrize(
+    'training',
+    [
+        {'backend': 'pytorchjob'},  # createRuntime is true by default, but only trainjob gets one
+        {'backend': 'local'},
+        {'backend': 'trainjob'},
+        {'backend': 'trainjob', 'trainJob': {'createRuntime': False}},
+        {'backend': 'pytorchjob', 'trainJob': {'createRuntime': False, 'clusterRuntime': 'gpu'}},
+    ],
+)
+def test_the_configmap_names_only_a_runtime_that_exists(training):
+    """A run may pick trainjob by parameter whatever the chart's backend: the runtime the
+    ConfigMap names is the chart's own only when the chart creates it."""
+    objects = render({'training': training})
+    data = one(objects, 'ConfigMap', f'{RELEASE}-training')['data']
+    created = {r['metadata']['name'] for r in by_kind(objects, 'TrainingRuntime')}
+    if data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime':
+        assert created == {data['VIDEO_KD_TRAINJOB_RUNTIME']}
+        assert 'VIDEO_KD_TRAINJOB_MAX_RESTARTS' in data
+    else:
+        assert not created and 'VIDEO_KD_TRAINJOB_MAX_RESTARTS' not in data
+        cluster_runtime = training.get('trainJob', {}).get('clusterRuntime', 'torch-distributed')
+        assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == cluster_runtime
+    assert bool(created) == (
+        training['backend'] == 'trainjob' and training.get('trainJob', {}) == {}
+    )
+
+
+# --- the hook Job against a multi-user KFP API: exactly the Role's rights -------------------
+
+
+def step_pods(ir: bytes) -> dict[str, dict]:
+    """What each step pod of a compiled pipeline gets from the cluster (its platform spec,
+    the names given as pipeline parameters resolved to their compiled defaults)."""
+    pipeline, platform = yaml.safe_load_all(ir)
+    defaults = {
+        name: p.get('defaultValue')
+        for name, p in pipeline['root']['inputDefinitions']['parameters'].items()
+    }
+
+    def name_of(ref: dict) -> str:
+        return defaults[ref['componentInputParameter']]
+
+    pods = {}
+    for executor, config in platform['platforms']['kubernetes']['deploymentSpec'][
+        'executors'
+    ].items():
+        (secret,) = config['secretAsEnv']
+        pods[executor] = {
+            'secret': name_of(secret['secretNameParameter']),
+            'secret_keys': {k['envVar']: k['secretKey'] for k in secret['keyToEnv']},
+            'config_maps': {name_of(c['configMapNameParameter']) for c in config['configMapAsEnv']},
+            'pvc': [(m['constant'], m['mountPath']) for m in config.get('pvcMount', [])],
+        }
+    return pods
+
+
+def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights():
+    """Render a renamed release for a Kubeflow profile, then run the hook's two containers'
+    exact arguments (`video-kd upload`, `video-kd schedule`) against a KFP API that
+    authorizes every call as multi-user KFP 2.17 does, with the chart's kfp-api Role as the
+    only rights: both succeed, each granted verb is used, and the uploaded pipeline is
+    compiled with the release's Secret, keys, ConfigMaps and PVC."""
+    from kfp_server import FakeKFP
+
+    from video_kd import cli
+
+    values = {**CUSTOM, 'kfp': {'multiUser': True, 'namespace': 'team-a'}}
+    objects = render_as(values, 'kd-prod', 'team-a')
+    spec = one(objects, 'Job')['spec']['template']['spec']
+    (upload,) = spec['initContainers']
+    (schedule,) = spec['containers']
+    role = one(objects, 'Role', 'kd-prod-video-kd-kfp-api')
+    granted = {(verb, resource) for _, resource, verb in grants(role)}
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = {(verb, resource, role['metadata']['namespace']) for verb, resource in granted}
+        for _ in ('helm install', 'helm upgrade'):  # the upgrade: a version, a new schedule
+            for container in (upload, schedule):
+                argv = [arg.replace('$(KFP_HOST)', kfp.url) for arg in container['args']]
+                assert cli.main(argv) == 0, container['name']
+        (pipeline,) = kfp.pipelines.values()
+        assert pipeline['namespace'] == 'team-a', 'a namespaced pipeline: the Role allows it'
+        assert len(kfp.versions[pipeline['pipeline_id']]) == 2
+        (recurring,) = kfp.recurring_runs.values()
+        assert recurring['service_account'] == 'default-editor'
+        assert recurring['namespace'] == 'team-a'
+        assert {(verb, resource) for verb, resource, _ in kfp.checks} == granted, (
+            'every right of the Role is needed, and no other'
+        )
+        assert len(kfp.uploads) == 2 and kfp.uploads[0] == kfp.uploads[1]
+    for executor, pod in step_pods(kfp.uploads[-1]).items():
+        assert pod['secret'] == 'team-a-minio', executor
+        assert pod['secret_keys'] == {
+            'AWS_ACCESS_KEY_ID': 'accesskey',
+            'AWS_SECRET_ACCESS_KEY': 'secretkey',
+        }
+        expected_maps = {'kd-prod-video-kd-s3'}
+        if executor == 'exec-train':
+            expected_maps.add('kd-prod-video-kd-training')
+        assert pod['config_maps'] == expected_maps, executor
+        assert pod['pvc'] == [('videos', '/mnt/videos')], executor
+
+
+def test_single_user_kfp_gets_a_shared_pipeline():
+    """Without kfp.multiUser the upload names no namespace: a shared pipeline, which the
+    schedule finds too."""
+    objects = render({'schedule': {'enabled': True}})
+    _, spec = pod_spec(objects)
+    assert '--namespace' not in spec['initContainers'][0]['args']
+    multi = render({'schedule': {'enabled': True}, 'kfp': {'multiUser': True}})
+    upload = pod_spec(multi)[1]['initContainers'][0]['args']
+    assert upload[upload.index('--namespace') + 1] == NAMESPACE

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -134,3 +137,123 @@ def test_configs_lists_the_shipped_configs(capsys):
     assert cli.main(['configs']) == 0
     out = capsys.readouterr().out.split()
     assert 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny' in out
+
+
+# --- upload / schedule against a KFP API (tests/kfp_server.py) ------------------------------
+
+ALL_RIGHTS = {
+    (verb, resource, 'team-a')
+    for resource in ('pipelines', 'experiments', 'jobs')
+    for verb in ('create', 'list', 'delete')
+}
+
+
+def upload(host: str, *extra: str) -> int:
+    package = str(cli.pipeline_file())  # the committed IR: nothing to compile
+    return cli.main(['upload', '--host', host, '--package', package, '--version', 'v1', *extra])
+
+
+def schedule(host: str, *extra: str) -> int:
+    args = ['schedule', '--host', host, '--cron', '@daily', '--experiment', 'nightly', *extra]
+    return cli.main(args)
+
+
+def test_upload_with_a_namespace_makes_and_finds_a_namespaced_pipeline(capsys):
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = ALL_RIGHTS
+        assert upload(kfp.url, '--namespace', 'team-a') == 0
+        (pipeline,) = kfp.pipelines.values()
+        assert pipeline['namespace'] == 'team-a'
+        # the next upload finds it in its namespace: a new version, not a second pipeline
+        assert upload(kfp.url, '--namespace', 'team-a') == 0
+        assert len(kfp.pipelines) == 1 and len(kfp.versions[pipeline['pipeline_id']]) == 2
+        assert schedule(kfp.url, '--namespace', 'team-a') == 0
+        (run,) = kfp.recurring_runs.values()
+        assert run['pipeline_version_reference']['pipeline_id'] == pipeline['pipeline_id']
+    out = capsys.readouterr().out
+    assert 'uploaded pipeline video-kd-distillation (namespace team-a, id ' in out
+    assert 'uploaded version v1 of pipeline video-kd-distillation' in out
+
+
+def test_without_a_namespace_the_pipeline_is_shared_and_schedule_finds_it():
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = ALL_RIGHTS
+        assert upload(kfp.url) == 0
+        (pipeline,) = kfp.pipelines.values()
+        assert pipeline['namespace'] == '', 'shared: uploads of those are not authorized'
+        assert schedule(kfp.url, '--namespace', 'team-a') == 0  # the namespace has none
+        (run,) = kfp.recurring_runs.values()
+        assert run['pipeline_version_reference']['pipeline_id'] == pipeline['pipeline_id']
+
+
+def test_a_kfp_refusal_is_one_line(capsys):
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:  # no rights at all
+        assert upload(kfp.url, '--namespace', 'team-a') == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f'error: KFP API at {kfp.url}: HTTP 403') and err.count('\n') == 1
+
+
+# --- the README's parameter table against the compiled pipeline -----------------------------
+
+NOT_A_LITERAL = object()
+
+
+def readme_default(text: str):
+    """A default as the README's table writes it: 2, false, "", empty, `video-kd`, `[]`;
+    words ('the K400 TSM configs') are not literals and are not checked."""
+    text = text.strip()
+    if text in ('', 'empty', '""'):
+        return ''
+    if text in ('true', 'false'):
+        return text == 'true'
+    if text.startswith('`') and text.endswith('`'):
+        text = text[1:-1]
+        return json.loads(text) if text[:1] in '[{' else text
+    try:
+        return float(text)
+    except ValueError:
+        return NOT_A_LITERAL
+
+
+def test_the_readme_parameter_table_gives_the_compiled_defaults():
+    readme = (Path(cli.__file__).resolve().parents[1] / 'README.md').read_text()
+    table = readme.split('Parameters (all typed', 1)[1].split('\n\n', 2)[1]
+    compiled = cli.pipeline_parameters()
+    checked = set()
+    for row in table.splitlines()[2:]:
+        names_cell, defaults_cell = row.split(' | ')[:2]
+        defaults_cell = re.sub(r'\s*\([^)]*\)', '', defaults_cell)  # '0 (the chart's, else 3)'
+        names = re.findall(r'`(\w+)`', names_cell)
+        cells = [c.strip() for c in defaults_cell.split(',')] if defaults_cell.strip() else ['']
+        if len(cells) == 1:
+            cells = cells * len(names)  # 'empty' for both
+        if len(cells) != len(names):
+            continue  # a default in words
+        for name, cell in zip(names, cells, strict=True):
+            value = readme_default(cell)
+            if value is NOT_A_LITERAL:
+                continue
+            default = compiled[name]['default']
+            if isinstance(value, float):
+                assert float(default) == value, f'README: {name} = {cell}, compiled: {default}'
+            else:
+                assert default == value, f'README: {name} = {cell}, compiled: {default}'
+            checked.add(name)
+    assert {'nproc_per_node', 'num_workers', 'backoff_limit_per_node', 's3_config_map'} <= checked
+
+
+def test_readme_and_pipeline_agree_on_the_minimum_kfp_backend():
+    import pipelines.kd_pipeline as kd
+
+    readme = (Path(cli.__file__).resolve().parents[1] / 'README.md').read_text()
+    claimed = set(re.findall(r'KFP backend (?:>= |\*\*)?\**(\d+\.\d+\.\d+)', readme))
+    claimed |= set(re.findall(r'KFP backend\s+>=\s+(\d+\.\d+\.\d+)', kd.__doc__))
+    # optional ConfigMap keys as env (the IR's `optional: true`) need 2.15.0 (pipelines#12216)
+    assert claimed == {'2.15.0'}, claimed
+    assert 'optional: true' in cli.pipeline_file().read_text()

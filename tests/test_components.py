@@ -191,7 +191,7 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         pod = replica['template']['spec']
         (c,) = pod['containers']
         assert c['image'] == 'reg/video-kd:0.1.0-cuda'
-        assert c['command'] == ['torchrun']
+        assert c['command'] == ['python', '-m', 'video_kd.torchrun']
         assert c['args'][:3] == ['-m', 'video_kd.train_pod', config_uri]
         args = dict(zip(c['args'][3::2], c['args'][4::2], strict=True))
         assert args['--run-root'] == prepared_run['run_root']
@@ -277,14 +277,16 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_pids(step_pid: int) -> list[int]:
-    """The training processes torchrun started (they run video_kd.train_pod)."""
+    """The training processes torchrun started (they run video_kd.train_pod; the launcher,
+    video_kd.torchrun, has it among its arguments)."""
     pids = []
     for pid in _descendants(step_pid):
         try:
             cmd = Path(f'/proc/{pid}/cmdline').read_bytes().split(b'\0')
         except OSError:
             continue
-        if b'torch.distributed.run' not in cmd and b'video_kd.train_pod' in cmd:
+        launcher = b'torch.distributed.run' in cmd or b'video_kd.torchrun' in cmd
+        if not launcher and b'video_kd.train_pod' in cmd:
             pids.append(pid)
     return pids
 

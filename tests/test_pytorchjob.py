@@ -16,20 +16,22 @@ import sys
 import textwrap
 import threading
 import uuid
+from pathlib import Path
 
 import pytest
 from crd_schema import PYTORCHJOB_CRD, problems
 from kube_server import HOLD, FakeKube, pod
 from kubernetes.utils import parse_quantity
 
-from video_kd import backends
+from video_kd import backends, s3, torchrun
 from video_kd.backends import kube, local, pytorchjob
 from video_kd.backends.spec import JOB_NAME_MAX, JobSpecError, TrainingJobSpec, job_name
-from video_kd.errors import UserError
+from video_kd.errors import BAD_INPUT, TEMPORARY_FAILURE, UserError, run_cli
 
 COMMAND = ('-m', 'video_kd.train_pod', 's3://b/kd/run/train/config.py', '--work-dir', '/tmp/w')
 RUN_ID = '3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c4a'  # what a KFP run id looks like: a UUID
 DNS1035 = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
+ROOT = Path(__file__).resolve().parents[1]
 OVERRIDES = {
     'resources': {'requests': {'cpu': '8', 'memory': '32Gi'}, 'limits': {'memory': '48Gi'}},
     'nodeSelector': {'nvidia.com/gpu.present': 'true'},
@@ -78,6 +80,9 @@ def make_spec(env=None, **overrides) -> TrainingJobSpec:
 
 def containers(manifest, rtype='Master'):
     return manifest['spec']['pytorchReplicaSpecs'][rtype]['template']['spec']['containers']
+
+
+PYTORCHJOB_WEBHOOK = 'validator.pytorchjob.training-operator.kubeflow.org'  # v1.9 manifests
 
 
 def webhook_problems(manifest: dict) -> list[str]:
@@ -223,9 +228,9 @@ def test_every_setting_reaches_the_pods():
             'volumes'
         ]
         (c,) = spec['containers']
-        assert (
-            c['name'] == 'pytorch' and c['command'] == ['torchrun'] and c['args'] == list(COMMAND)
-        )
+        assert c['name'] == 'pytorch' and c['args'] == list(COMMAND)
+        # torchrun through the launcher: exit 2 (bad input) is final, 128 is retried
+        assert c['command'] == ['python', '-m', 'video_kd.torchrun']
         assert c['resources'] == {
             'requests': {'cpu': '8', 'memory': '32Gi'},
             'limits': {'memory': '48Gi', 'amd.com/gpu': '2'},
@@ -367,7 +372,9 @@ MASTER_LABELS = {
 
 @pytest.fixture
 def cluster():
+    """An API server with the operator's webhook: every PyTorchJob a test submits meets it."""
     with FakeKube() as fake:
+        fake.admission['pytorchjobs'] = (PYTORCHJOB_WEBHOOK, webhook_problems)
         yield fake
 
 
@@ -497,6 +504,51 @@ def test_missing_rbac_names_the_verb_and_resource(cluster):
         run(cluster, make_spec(env={}))
 
 
+def test_missing_watch_verb_is_one_line_and_the_job_is_deleted(cluster):
+    cluster.forbidden.add(('watch', 'pytorchjobs'))
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, make_spec(env={}))
+    assert str(info.value) == (
+        'forbidden: this pod\'s ServiceAccount may not "watch" pytorchjobs.kubeflow.org in '
+        "namespace ml: grant it (the chart's Role does, rbac.create=true)"
+    )
+    assert cluster.verbs('pytorchjobs') == ['POST', 'WATCH', 'DELETE']
+
+
+def test_a_webhook_denial_is_one_line_with_the_webhooks_reason(cluster):
+    """A 403 from the operator's validating webhook is not an RBAC problem: pass its reason on."""
+    spec = make_spec(env={})
+    bad = copy.deepcopy(pytorchjob.manifest(spec))
+    bad['spec']['pytorchReplicaSpecs']['Master']['replicas'] = 2
+    job = kube.ClusterJob(pytorchjob.KIND, bad, pytorchjob.state, '', '', api=cluster.api())
+    with pytest.raises(kube.ClusterError) as info:
+        job.submit()
+    assert str(info.value) == (
+        'the cluster refused to create pytorchjobs.kubeflow.org in namespace ml: admission '
+        'webhook "validator.pytorchjob.training-operator.kubeflow.org" denied the request: '
+        'Master.replicas must be 1'
+    )
+    assert 'forbidden' not in str(info.value) and not cluster.objects
+
+
+def test_a_replace_whose_old_job_does_not_go_is_one_line(cluster, monkeypatch):
+    spec = make_spec(env={})
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **pytorchjob.manifest(spec),
+        'status': {'conditions': [CREATED, NOT_RUNNING, FAILED]},
+    }
+    cluster.lingering.add(spec.name)  # its pods never finish terminating
+    monkeypatch.setattr(kube, 'REPLACE_WAIT_S', 1)
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, spec)
+    assert str(info.value) == (
+        f'PyTorchJob ml/{spec.name} of an earlier attempt was deleted but is still there after '
+        f'1s (its pods still terminating, or a finalizer): re-run the step once `kubectl -n ml '
+        f'get pytorchjobs.kubeflow.org {spec.name}` finds nothing'
+    )
+    assert cluster.verbs('pytorchjobs').count('POST') == 1, 'no second create into a 409'
+
+
 def test_missing_kueue_queue_is_refused_before_the_job_is_created(cluster):
     with pytest.raises(
         kube.ClusterError, match="Kueue queue 'team-a-gpus' does not exist in namespace ml"
@@ -534,13 +586,29 @@ def test_local_pod_env_matches_the_operator():
 
 
 ENTRY = textwrap.dedent("""
-    import os, sys
+    import os, signal, sys
     rank = os.environ["RANK"]
     with open(os.path.join(sys.argv[1], f"rank{rank}.txt"), "w") as out:
         out.write(f"{rank} {os.environ['WORLD_SIZE']} {os.environ['LOCAL_RANK']} "
                   f"{os.environ['GREETING']}")
     print(f"hello from rank {rank}", flush=True)
-    sys.exit(3 if rank == os.environ.get("FAIL_RANK") else 0)
+    failure = os.environ.get("FAIL_WITH", "exit-3") if rank == os.environ.get("FAIL_RANK") else ""
+
+    def fail():
+        from video_kd import errors, s3
+        if failure == "bad-input":
+            raise errors.UserError("no such config")
+        if failure == "s3-down":  # a real request to a port nobody listens on
+            s3.read_bytes("s3://bucket/key")
+        raise RuntimeError("NCCL error: remote process exited")  # a crash: traceback, exit 1
+
+    if failure == "exit-3":
+        sys.exit(3)
+    if failure == "killed":
+        os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, say
+    if failure:
+        from video_kd.errors import run_cli
+        sys.exit(run_cli(fail))
 """)
 
 
@@ -578,7 +646,96 @@ def test_local_backend_runs_the_spec_and_reports_a_failing_rank(entry_dir):
         env={'GREETING': 'hi', 'FAIL_RANK': '1'},
     )
     with pytest.raises(
-        backends.TrainingJobFailed, match=r'local torchrun \(2 processes\) failed: ExitCode'
+        backends.TrainingJobFailed,
+        match=r'local torchrun \(2 processes\) failed: ExitCode: exit code 128 ',
     ):
         backends.run_training('local', spec, 60, cwd=entry_dir)
     assert (entry_dir / 'out' / 'rank0.txt').read_text() == '0 2 0 hi'
+
+
+# --- exit statuses through torchrun: bad input is final, anything else is retried ---------
+
+# What makes a failure retried: exit status >= 128 (the Training Operator's ExitCode policy).
+RETRIED = range(128, 256)
+
+
+def torchrun_alone(entry_dir, env) -> int:
+    """`torchrun` itself (torch.distributed.run), one node, two processes."""
+    argv = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2']
+    argv += ['--master_addr', '127.0.0.1', '--master_port', str(local.free_port())]
+    argv += ['-m', 'tiny_entry', str(entry_dir / 'out')]
+    done = subprocess.run(argv, cwd=entry_dir, env={**os.environ, **env}, capture_output=True)
+    return done.returncode
+
+
+def test_torchrun_alone_reports_bad_input_as_1(entry_dir):
+    """Why the launcher exists: torchrun exits 1 when a worker exits 2, and ExitCode treats
+    1 as final, like 2; no exit status of torchrun's is ever retried."""
+    env = {'GREETING': 'hi', 'FAIL_RANK': '1', 'FAIL_WITH': 'bad-input'}
+    assert torchrun_alone(entry_dir, env) == 1
+
+
+@pytest.mark.parametrize(
+    'failure, status',
+    [
+        ('bad-input', 2),  # a UserError in a worker: permanent, the job fails at once
+        ('crash', 128),  # an exception (NCCL error, lost peer): retried
+        ('s3-down', 128),  # S3UnavailableError, the worker's exit 75: retried
+        ('killed', 128),  # SIGKILL (OOM): retried
+    ],
+)
+def test_the_launcher_keeps_bad_input_final_and_makes_the_rest_retryable(
+    entry_dir, failure, status
+):
+    env = {
+        'GREETING': 'hi',
+        'FAIL_RANK': '1',
+        'FAIL_WITH': failure,
+        'PYTHONPATH': os.pathsep.join([str(ROOT), os.environ.get('PYTHONPATH', '')]),
+        # S3 that refuses the connection, tried once
+        'S3_ENDPOINT_URL': f'http://127.0.0.1:{local.free_port()}',
+        'AWS_ACCESS_KEY_ID': 'test',
+        'AWS_SECRET_ACCESS_KEY': 'test',
+        'VIDEO_KD_S3_MAX_ATTEMPTS': '1',
+        'VIDEO_KD_S3_RETRY_WINDOW': '0',
+    }
+    log_path = entry_dir / 'torchrun.log'
+    code = local.run_local(
+        ['-m', 'tiny_entry', str(entry_dir / 'out')], 2, env, cwd=entry_dir, log_path=log_path
+    )
+    text = log_path.read_text()
+    assert code == status, text[-3000:]
+    assert (code in RETRIED) == (failure != 'bad-input')
+    assert pytorchjob.RESTART_POLICY == 'ExitCode' and torchrun.RETRYABLE in RETRIED
+    expected_line = {
+        'bad-input': 'error: no such config',
+        's3-down': 'error: cannot read s3://bucket/key: cannot connect to the S3 server at ',
+    }.get(failure)
+    if expected_line:
+        assert expected_line in text
+    assert f': exit {status} (' in text, 'the launcher says what it made of the failure'
+
+
+def test_user_errors_carry_their_exit_status(capsys):
+    assert run_cli(lambda: (_ for _ in ()).throw(UserError('bad'))) == BAD_INPUT == 2
+    unavailable = s3.S3UnavailableError('cannot connect to the S3 server at http://x')
+    assert run_cli(lambda: (_ for _ in ()).throw(unavailable)) == TEMPORARY_FAILURE == 75
+    assert isinstance(unavailable, UserError)
+    assert capsys.readouterr().err.splitlines() == [
+        'error: bad',
+        'error: cannot connect to the S3 server at http://x',
+    ]
+    assert torchrun.exit_status([2, -9]) == 2 and torchrun.exit_status([75, 1]) == 128
+
+
+def test_the_real_training_entry_point_with_bad_input_exits_2(entry_dir):
+    """video_kd.train_pod under the launcher, as a pod runs it, without S3 credentials."""
+    log_path = entry_dir / 'train_pod.log'
+    command = ['-m', 'video_kd.train_pod', 's3://b/kd/run/train/config.py']
+    command += ['--run-root', 's3://b/kd/run', '--data-meta', 's3://b/kd/run/data/dataset.json']
+    command += ['--teacher', 's3://b/kd/run/teacher/t.pth', '--work-dir', str(entry_dir / 'w')]
+    env = {'AWS_ACCESS_KEY_ID': '', 'AWS_SECRET_ACCESS_KEY': ''}
+    code = local.run_local(command, 1, env, cwd=ROOT, log_path=log_path)
+    text = log_path.read_text()
+    assert code == 2, text[-3000:]
+    assert 'error: S3 credentials are missing' in text

@@ -29,7 +29,7 @@ import pytest
 from s3_servers import MotoServer
 
 from video_kd import s3, s3_conditional, s3_fileio, s3_hook
-from video_kd.errors import one_line
+from video_kd.errors import TEMPORARY_FAILURE, one_line
 from video_kd.local_run import free_port
 from video_kd.runs import Manifest, ManifestEntry, RunLayout
 from video_kd.s3_policy import (
@@ -311,6 +311,7 @@ def test_hook_fails_within_the_bound_then_resumes(server, tmp_path, fault):
     assert str(error) == one_line(error)
     assert 'checkpoint epoch_2.pth could not be uploaded' in str(error)
     assert 're-run the step to resume' in str(error)
+    assert error.exit_status == TEMPORARY_FAILURE  # a training pod's restart is worth it
     assert took <= single_put_bound(S3Policy.from_env()) + SLACK_S
     # the server comes back: the next sync uploads what was missed
     if fault == 'frozen':

@@ -1,10 +1,12 @@
 """video_kd.backends.trainjob: TrainJobs (Kubeflow Trainer v2) checked against the real
-v2.3.0 CRD schema and its CEL name rules, settings carried by runtimePatches, status read
-from conditions as Trainer writes them, and the job's life against an API server."""
+v2.3.0 CRD schema, its CEL name rules and Trainer's own admission rules, settings carried by
+trainer and runtimePatches, status read from conditions as Trainer writes them, and the
+job's life against an API server."""
 
 from __future__ import annotations
 
 import copy
+import json
 import logging
 import re
 import uuid
@@ -13,7 +15,7 @@ import pytest
 from crd_schema import TRAINJOB_CRD, problems
 from kube_server import FakeKube, pod
 from kubeflow_trainer_api import models as tm
-from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, make_spec
+from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, STEP_ENV, make_spec
 
 from video_kd import backends
 from video_kd.backends import kube, trainjob
@@ -38,6 +40,141 @@ def cel_name_rules(manifest) -> list[str]:
     return found
 
 
+# --- Kubeflow Trainer v2.3.0's validating webhook --------------------------------------
+# What validator.trainjob.trainer.kubeflow.org refuses that the CRD schema cannot say, read
+# from kubeflow/trainer at tag v2.3.0:
+# - pkg/runtime/core/clustertrainingruntime.go ValidateObjects (lines 99-107) and
+#   trainingruntime.go ValidateObjects (lines 304-313): the runtimeRef names a runtime that
+#   exists;
+# - pkg/runtime/framework/plugins/jobset/jobset.go JobSet.Validate (lines 174-208): each
+#   runtimePatches manager is a domain-prefixed path; a patched replicated job, and each of its
+#   containers / initContainers, exists in the runtime; no env for the node and initializer
+#   containers (lines 202-205);
+# - pkg/runtime/framework/plugins/torch/torch.go Torch.Validate (lines 56-85): spec.trainer.env
+#   holds none of torchrun's reserved names (pkg/constants/constants.go line 300,
+#   TorchRunReservedEnvNames).
+TRAINER_WEBHOOK = 'validator.trainjob.trainer.kubeflow.org'
+TORCHRUN_RESERVED_ENV = (
+    'PET_NNODES',
+    'PET_NPROC_PER_NODE',
+    'PET_NODE_RANK',
+    'PET_MASTER_ADDR',
+    'PET_MASTER_PORT',
+)
+NO_ENV_CONTAINERS = ('dataset-initializer', 'model-initializer', 'node')
+# torch-distributed as v2.3.0 ships it (manifests/base/runtimes/torch_distributed.yaml):
+# runtime (kind, name) -> replicated job -> its container names
+TORCH_DISTRIBUTED = {('ClusterTrainingRuntime', 'torch-distributed'): {'node': {'node'}}}
+_DNS1123_SUBDOMAIN = re.compile(
+    r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$'
+)
+_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9/\-._~%!$&'()*+,;=:]+$")
+
+
+def runtime_containers(runtime: dict) -> dict[str, set[str]]:
+    """A (Cluster)TrainingRuntime object's replicated jobs and their (init)container names."""
+    found = {}
+    for rjob in runtime['spec']['template']['spec']['replicatedJobs']:
+        pod_spec = rjob['template']['spec']['template']['spec']
+        found[rjob['name']] = {
+            c['name'] for c in pod_spec.get('initContainers', []) + pod_spec['containers']
+        }
+    return found
+
+
+def domain_prefixed_path_problems(where: str, value: str) -> list[str]:
+    """k8s.io/apimachinery validation.IsDomainPrefixedPath, as Trainer applies it to managers."""
+    host, sep, path = value.partition('/')
+    if not (sep and host and path):
+        return [f'{where}: must be a domain-prefixed path (such as "acme.io/foo")']
+    found = []
+    if len(host) > 253 or not _DNS1123_SUBDOMAIN.match(host):
+        found.append(f'{where}: {host!r} is not a DNS-1123 subdomain')
+    if not _PATH_SEGMENT.match(path):
+        found.append(f'{where}: {path!r} is not a valid path')
+    return found
+
+
+def trainer_webhook_problems(manifest: dict, runtimes: dict = TORCH_DISTRIBUTED) -> list[str]:
+    """What Trainer v2.3.0's TrainJob webhook refuses in a TrainJob on a torch runtime, in its
+    own words; ``runtimes``: the runtimes the cluster has, (kind, name) -> job -> containers."""
+    spec = manifest['spec']
+    ref = spec['runtimeRef']
+    kind = ref.get('kind', 'ClusterTrainingRuntime')
+    if (kind, ref['name']) not in runtimes:
+        # the field path is spelled so in clustertrainingruntime.go, line 105
+        where = 'spec.RuntimeRef' if kind == 'ClusterTrainingRuntime' else 'spec.runtimeRef'
+        return [
+            f'{where}: Invalid value: {json.dumps(ref)}: {kind.lower()}s.trainer.kubeflow.org '
+            f'"{ref["name"]}" not found: specified {kind[0].lower()}{kind[1:]} must be created '
+            'before the TrainJob is created'
+        ]
+    jobs = runtimes[(kind, ref['name'])]
+    found = []
+    for i, patch in enumerate(spec.get('runtimePatches') or []):
+        where = f'spec.runtimePatches[{i}]'
+        found += domain_prefixed_path_problems(f'{where}.manager', patch['manager'])
+        template = (patch.get('trainingRuntimeSpec') or {}).get('template') or {}
+        for rjob in (template.get('spec') or {}).get('replicatedJobs') or []:
+            if rjob['name'] not in jobs:
+                found.append(
+                    f"{where}: must not have replicated job that doesn't exist in the runtime "
+                    'job template'
+                )
+                continue
+            pod_spec = ((rjob.get('template') or {}).get('spec') or {}).get('template') or {}
+            pod_spec = pod_spec.get('spec') or {}
+            for c in pod_spec.get('initContainers', []) + pod_spec.get('containers', []):
+                if c['name'] not in jobs[rjob['name']]:
+                    found.append(
+                        f"{where}: must not have container that doesn't exist in the runtime "
+                        f'job {rjob["name"]}'
+                    )
+                elif c.get('env') and c['name'] in NO_ENV_CONTAINERS:
+                    found.append(
+                        f'{where}: must not have envs for the {", ".join(NO_ENV_CONTAINERS)} '
+                        'containers'
+                    )
+    reserved = sorted({e['name'] for e in (spec.get('trainer') or {}).get('env') or []}
+                      & set(TORCHRUN_RESERVED_ENV))  # fmt: skip
+    if reserved:
+        found.append(f'spec.trainer.env: must not have reserved envs, invalid envs configured: '
+                     f'{reserved}')  # fmt: skip
+    return found
+
+
+def test_trainer_webhook_rules_catch_what_the_schema_cannot():
+    manifest = trainjob.manifest(make_spec())
+    assert trainer_webhook_problems(manifest) == []
+    patch, template = node_patch(manifest)
+    template['spec']['containers'][0]['env'] = [{'name': 'AWS_ACCESS_KEY_ID', 'value': 'x'}]
+    template['spec']['containers'].append({'name': 'sidecar'})
+    patch['manager'] = 'video-kd'
+    manifest['spec']['trainer']['env'].append({'name': 'PET_NNODES', 'value': '2'})
+    found = trainer_webhook_problems(manifest)
+    assert (
+        'spec.runtimePatches[0].manager: must be a domain-prefixed path (such as "acme.io/foo")'
+        in found
+    )
+    assert (
+        'spec.runtimePatches[0]: must not have envs for the dataset-initializer, '
+        'model-initializer, node containers'
+    ) in found
+    assert (
+        "spec.runtimePatches[0]: must not have container that doesn't exist in the runtime job node"
+    ) in found
+    assert (
+        "spec.trainer.env: must not have reserved envs, invalid envs configured: ['PET_NNODES']"
+    ) in found
+    assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == [], 'all of it passes the schema'
+    other = trainjob.manifest(make_spec(env={'VIDEO_KD_TRAINJOB_RUNTIME': 'nope'}))
+    (missing,) = trainer_webhook_problems(other)
+    assert missing.endswith(
+        'clustertrainingruntimes.trainer.kubeflow.org "nope" not found: specified '
+        'clusterTrainingRuntime must be created before the TrainJob is created'
+    )
+
+
 def test_the_crd_carries_the_cel_rules_checked_here():
     text = TRAINJOB_CRD.read_text()
     assert "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')" in text
@@ -51,6 +188,7 @@ def test_manifest_passes_the_crd_schema(nodes):
         manifest = trainjob.manifest(make_spec(run_id=run_id, num_nodes=nodes))
         assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == []
         assert cel_name_rules(manifest) == []
+        assert trainer_webhook_problems(manifest) == []
         # and the Trainer API's own models read it back
         job = tm.TrainerV1alpha1TrainJob.from_dict(manifest)
         assert job.spec.trainer.num_nodes == nodes
@@ -89,13 +227,23 @@ def test_every_setting_reaches_the_trainjob():
     trainer = spec['trainer']
     assert trainer['numNodes'] == 3 and trainer['numProcPerNode'] == 2, 'one process per GPU'
     assert trainer['image'] == 'registry.local/video-kd:0.1-cuda'
-    assert trainer['command'] == ['torchrun'] and trainer['args'] == list(COMMAND)
+    assert trainer['command'] == ['python', '-m', 'video_kd.torchrun']  # exit 2 final, 128 retried
+    assert trainer['args'] == list(COMMAND)
     assert trainer['resourcesPerNode'] == {
         'requests': {'cpu': '8', 'memory': '32Gi'},
         'limits': {'memory': '48Gi', 'amd.com/gpu': '2'},
     }
     env = {e['name']: e for e in trainer['env']}
-    assert env['AWS_DEFAULT_REGION']['value'] == 'eu-west-1' and 'AWS_ACCESS_KEY_ID' not in env
+    assert env['AWS_DEFAULT_REGION']['value'] == 'eu-west-1'
+    # the credentials by reference, in trainer.env: Trainer refuses env in a node patch
+    assert env['AWS_ACCESS_KEY_ID']['valueFrom']['secretKeyRef'] == {
+        'name': 'team-s3',
+        'key': 'access-key',
+        'optional': False,
+    }
+    assert env['AWS_SECRET_ACCESS_KEY']['valueFrom']['secretKeyRef']['key'] == 'secret-key'
+    assert not any('value' in e for n, e in env.items() if n.startswith('AWS_') and 'KEY' in n)
+    assert trainer_webhook_problems(manifest) == []
     patch, template = node_patch(manifest)
     assert patch['manager'] == 'video-kd.kubeflow.org/train-step'
     assert template['metadata']['annotations'] == {'sidecar.istio.io/inject': 'false'}
@@ -108,11 +256,8 @@ def test_every_setting_reaches_the_trainjob():
         'volumes'
     ]
     (container,) = pod_spec['containers']
-    assert container['name'] == 'node'
+    assert container['name'] == 'node' and 'env' not in container
     assert {'name': 'cache', 'mountPath': '/data/cache'} in container['volumeMounts']
-    refs = {e['name']: e['valueFrom']['secretKeyRef'] for e in container['env']}
-    assert refs['AWS_ACCESS_KEY_ID'] == {'name': 'team-s3', 'key': 'access-key', 'optional': False}
-    assert refs['AWS_SECRET_ACCESS_KEY']['key'] == 'secret-key'
 
 
 def test_runtime_name_and_nproc_come_from_the_configmap_and_arguments():
@@ -125,6 +270,8 @@ def test_runtime_name_and_nproc_come_from_the_configmap_and_arguments():
     assert manifest['spec']['trainer']['numProcPerNode'] == 4
     assert 'kueue.x-k8s.io/queue-name' not in manifest['metadata']['labels']
     assert problems(manifest, TRAINJOB_CRD, 'v1alpha1') == []
+    runtimes = {('TrainingRuntime', 'kd-torch'): {'node': {'node'}}}
+    assert trainer_webhook_problems(manifest, runtimes) == []
 
 
 # --- status conditions as Trainer writes them (copied from the JobSet) -------------------
@@ -174,8 +321,10 @@ NODE0 = {
 
 @pytest.fixture
 def cluster():
+    """An API server with Trainer's webhook: every TrainJob a test submits meets its rules."""
     with FakeKube() as fake:
         fake.objects[('localqueues', 'ml', 'team-a-gpus')] = {}
+        fake.admission['trainjobs'] = (TRAINER_WEBHOOK, trainer_webhook_problems)
         yield fake
 
 
@@ -248,3 +397,94 @@ def test_trainer_not_installed_and_rbac_missing_are_one_line(cluster):
         kube.ClusterError, match=re.escape('may not "create" trainjobs.trainer.kubeflow.org')
     ):
         run(cluster)
+
+
+def test_trainers_webhook_denial_is_one_line_with_its_reason(cluster):
+    """The chart's TrainingRuntime is missing (createRuntime=false but the ConfigMap names
+    it, say): Trainer's webhook refuses the TrainJob; the step says why, not 'RBAC'."""
+    spec = make_spec(
+        env={
+            'VIDEO_KD_TRAINJOB_RUNTIME': 'kd-prod-video-kd-torch',
+            'VIDEO_KD_TRAINJOB_RUNTIME_KIND': 'TrainingRuntime',
+        }
+    )
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, spec)
+    text = str(info.value)
+    assert text.startswith(
+        'the cluster refused to create trainjobs.trainer.kubeflow.org in namespace ml: '
+        'admission webhook "validator.trainjob.trainer.kubeflow.org" denied the request: '
+        'spec.runtimeRef: Invalid value: '
+    )
+    assert text.endswith(
+        'trainingruntimes.trainer.kubeflow.org "kd-prod-video-kd-torch" not found: specified '
+        'trainingRuntime must be created before the TrainJob is created'
+    )
+    assert '\n' not in text and 'ServiceAccount' not in text
+    assert ('trainjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_missing_watch_verb_is_one_line(cluster):
+    cluster.forbidden.add(('watch', 'trainjobs'))
+    with pytest.raises(
+        kube.ClusterError, match=re.escape('may not "watch" trainjobs.trainer.kubeflow.org')
+    ):
+        run(cluster)
+    assert ('trainjobs', 'ml', job_name(RUN_ID)) not in cluster.objects, 'deleted all the same'
+
+
+# --- what a TrainJob cannot carry: restarts and priority belong to its runtime ----------
+
+CHART_RUNTIME_ENV = {
+    **STEP_ENV,  # backoff 2 per node
+    'VIDEO_KD_TRAINJOB_RUNTIME': 'kd-prod-video-kd-torch',
+    'VIDEO_KD_TRAINJOB_RUNTIME_KIND': 'TrainingRuntime',
+    'VIDEO_KD_TRAINJOB_MAX_RESTARTS': '6',  # rendered for 3 workers x 2
+}
+
+
+def test_a_run_that_asks_for_other_restarts_than_the_runtime_is_warned():
+    assert trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV)) == [], 'the chart runtime: 2 x 3'
+    (line,) = trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV, num_nodes=4))
+    assert line == (
+        'this run asks for 8 restarts (backoff_limit_per_node 2 x 4 nodes), but a TrainJob '
+        "cannot set its own: TrainingRuntime kd-prod-video-kd-torch allows 6 (the chart's "
+        'training.backoffLimitPerNode x training.workers)'
+    )
+    (line,) = trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV, backoff_limit_per_node=5))
+    assert line.startswith('this run asks for 15 restarts (backoff_limit_per_node 5 x 3 nodes)')
+    # the manifest has nowhere to put it: neither the TrainJob nor its runtimePatches
+    manifest = trainjob.manifest(make_spec(env=CHART_RUNTIME_ENV, backoff_limit_per_node=5))
+    assert '15' not in str(manifest) and 'maxRestarts' not in str(manifest)
+
+
+def test_a_cluster_runtime_decides_the_restarts_and_needs_kueue_for_priority():
+    env = {k: v for k, v in STEP_ENV.items() if k != 'VIDEO_KD_KUEUE_QUEUE'}
+    restarts, priority = trainjob.warnings(make_spec(env=env))
+    assert restarts == (
+        'a TrainJob restarts as often as its runtime allows (ClusterTrainingRuntime '
+        'torch-distributed: failurePolicy.maxRestarts); backoff_limit_per_node (2) does not '
+        'apply to it'
+    )
+    assert priority.startswith(
+        "priority class 'kd-high' has no effect on a TrainJob on ClusterTrainingRuntime "
+        'torch-distributed without a Kueue queue'
+    )
+    with_queue = trainjob.warnings(make_spec())  # Kueue reads the label
+    assert len(with_queue) == 1 and with_queue[0].startswith('a TrainJob restarts as often')
+
+
+def test_the_step_logs_what_the_trainjob_cannot_carry(cluster, caplog):
+    caplog.set_level(logging.WARNING, logger='video_kd.backends')
+    spec = make_spec(env={**CHART_RUNTIME_ENV, 'VIDEO_KD_KUEUE_QUEUE': ''}, num_nodes=4)
+    cluster.scripts[spec.name] = [[COMPLETE]]
+    runtimes = {
+        **TORCH_DISTRIBUTED,
+        ('TrainingRuntime', 'kd-prod-video-kd-torch'): {'node': {'node'}},
+    }
+    cluster.admission['trainjobs'] = (
+        TRAINER_WEBHOOK,
+        lambda manifest: trainer_webhook_problems(manifest, runtimes),
+    )
+    run(cluster, spec)
+    assert 'this run asks for 8 restarts' in caplog.text

@@ -137,8 +137,21 @@ def kfp_errors(host: str) -> Iterator[None]:
         raise UserError(f'cannot reach the KFP API at {host}: {one_line(exc)}') from exc
 
 
-def find_pipeline_id(client: Client, name: str) -> str | None:
-    return client.get_pipeline_id(name)
+def find_pipeline_id(client: Client, name: str, namespace: str | None = None) -> str | None:
+    """The id of the pipeline of that name: in ``namespace`` (multi-user KFP's namespaced
+    pipelines; single-user KFP ignores it), or among the shared ones when None."""
+    if namespace is None:
+        return client.get_pipeline_id(name)  # kfp's own lookup lists the shared pipelines
+    by_name = {'predicates': [{'operation': 'EQUALS', 'key': 'display_name', 'stringValue': name}]}
+    found = (
+        client.list_pipelines(
+            filter=json.dumps(by_name), namespace=namespace, page_size=2
+        ).pipelines
+        or []
+    )
+    if len(found) > 1:
+        raise UserError(f'{len(found)} pipelines are named {name!r} in namespace {namespace}')
+    return found[0].pipeline_id if found else None
 
 
 def cluster_names(args: argparse.Namespace) -> ClusterNames:
@@ -187,12 +200,20 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def _upload(client: Client, package: str, args: argparse.Namespace) -> int:
-    pipeline_id = find_pipeline_id(client, args.pipeline_name)
+    """A new pipeline, or a new version of the one of that name.  With --namespace the
+    pipeline is multi-user KFP's namespaced pipeline (what 'create pipelines' in that
+    namespace allows); without, a shared one."""
+    namespace = args.namespace or None
+    pipeline_id = find_pipeline_id(client, args.pipeline_name, namespace)
     if pipeline_id is None:
         pipeline = client.upload_pipeline(
-            package, pipeline_name=args.pipeline_name, description=args.description
+            package,
+            pipeline_name=args.pipeline_name,
+            description=args.description,
+            namespace=namespace,
         )
-        print(f'uploaded pipeline {args.pipeline_name} (id {pipeline.pipeline_id})')
+        where = f'namespace {namespace}' if namespace else 'shared'
+        print(f'uploaded pipeline {args.pipeline_name} ({where}, id {pipeline.pipeline_id})')
         return 0
     from video_kd import __version__
 
@@ -241,7 +262,12 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def _schedule(client: Client, cron: str, params: dict[str, Any], args: argparse.Namespace) -> int:
-    pipeline_id = find_pipeline_id(client, args.pipeline_name)
+    # the namespace's own pipeline (`upload --namespace`), else the shared one of that name
+    pipeline_id = None
+    if args.namespace:
+        pipeline_id = find_pipeline_id(client, args.pipeline_name, args.namespace)
+    if pipeline_id is None:
+        pipeline_id = find_pipeline_id(client, args.pipeline_name)
     if pipeline_id is None:
         raise UserError(
             f'pipeline {args.pipeline_name!r} is not in {args.host}: `video-kd upload` it first'
@@ -392,7 +418,12 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help='KFP API, e.g. http://localhost:8080 (kubectl port-forward) or $KFP_HOST',
     )
-    p.add_argument('--namespace', help='Kubeflow profile namespace (multi-user)')
+    p.add_argument(
+        '--namespace',
+        help='Kubeflow profile namespace (multi-user KFP): upload makes the pipeline a '
+        "namespaced one there; schedule puts the experiment there and uses the namespace's "
+        'pipeline, else the shared one',
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:

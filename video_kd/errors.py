@@ -2,8 +2,11 @@
 
 A ``UserError`` is bad input or a condition the user must fix (a missing
 object, a checksum that does not match, an unknown config): the entry point
-prints it as one ``error: ...`` line and exits with status 2, before anything
-is written.  Anything else is a bug and keeps its traceback.
+prints it as one ``error: ...`` line and exits with its ``exit_status`` — 2
+(``BAD_INPUT``), before anything is written; a subclass for a condition that
+passes by itself (S3 unreachable: ``TEMPORARY_FAILURE``, 75) has its own status,
+so that a training pod's launcher (``video_kd.torchrun``) retries it rather
+than failing the job for good.  Anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -13,25 +16,28 @@ import logging
 import sys
 from collections.abc import Callable, Iterator
 
-BAD_INPUT = 2  # the exit status of every UserError, in every entry point
+BAD_INPUT = 2  # the exit status of a UserError (bad input: trying again cannot help)
+TEMPORARY_FAILURE = 75  # sysexits.h EX_TEMPFAIL: a condition that passes; try again later
 
 
 class UserError(Exception):
-    """Printed as one ``error: ...`` line; the entry point exits with status 2."""
+    """Printed as one ``error: ...`` line; the entry point exits with ``exit_status``."""
+
+    exit_status: int = BAD_INPUT
 
 
 @contextlib.contextmanager
 def exit_on_user_error() -> Iterator[None]:
-    """Inside it, a ``UserError`` prints one ``error: ...`` line and exits with status 2."""
+    """Inside it, a ``UserError`` prints one ``error: ...`` line and exits with its status."""
     try:
         yield
     except UserError as error:
         print(f'error: {one_line(error)}', file=sys.stderr)
-        raise SystemExit(BAD_INPUT) from error
+        raise SystemExit(error.exit_status) from error
 
 
 def run_cli(main: Callable[..., int | None], *args, **kwargs) -> int:
-    """Call an entry point's main; a ``UserError`` becomes one line and exit status 2."""
+    """Call an entry point's main; a ``UserError`` becomes one line and its exit status."""
     try:
         with exit_on_user_error():
             return main(*args, **kwargs) or 0

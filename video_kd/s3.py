@@ -47,7 +47,7 @@ from botocore.exceptions import (
 )
 
 from video_kd import s3_conditional, s3_policy
-from video_kd.errors import UserError
+from video_kd.errors import TEMPORARY_FAILURE, UserError
 from video_kd.s3_policy import S3Policy
 
 if TYPE_CHECKING:
@@ -94,6 +94,8 @@ class ObjectChangedError(S3Error):
 
 class S3UnavailableError(S3Error):
     """The server refused the connection, reset it or did not answer (after the retries)."""
+
+    exit_status = TEMPORARY_FAILURE  # not bad input: a training pod's launcher retries it
 
 
 def s3_client() -> BaseClient:

@@ -133,11 +133,15 @@ def upload_checkpoint_retried(layout: RunLayout, path: Path) -> str:
             s3.is_transient,
         )
     except s3.S3Error as exc:
-        raise CheckpointUploadError(
+        error = CheckpointUploadError(
             f'checkpoint {path.name} could not be uploaded to {checkpoint_prefix(layout)}/ '
             f'({one_line(exc)}); training stops here: re-run the step to resume from the '
             'last checkpoint in S3'
-        ) from exc
+        )
+        # S3 out of reach is temporary: the pod's launcher then exits with a status the
+        # operators retry, and the restarted pod resumes from the last checkpoint in S3.
+        error.exit_status = exc.exit_status
+        raise error from exc
 
 
 class CheckpointUploadError(s3.S3Error):

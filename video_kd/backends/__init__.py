@@ -12,6 +12,7 @@ codes) or a ``ClusterError`` (UserError: operator missing, RBAC, queue).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from types import ModuleType
@@ -20,6 +21,7 @@ from typing import Any
 from video_kd.backends.kube import ClusterError, TrainingJobFailed
 from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
 
+log = logging.getLogger(__name__)
 BACKENDS = ('pytorchjob', 'trainjob', 'local')
 DEFAULT_BACKEND = 'pytorchjob'
 
@@ -83,6 +85,9 @@ def run_training(
     if name == 'local':
         backend.run(spec, timeout, **local_kwargs)
         return
+    if name == 'trainjob':
+        for line in backend.warnings(spec):
+            log.warning('%s', line)
     from video_kd.backends.kube import ClusterJob
 
     job = ClusterJob(

@@ -3,8 +3,9 @@ job, follow its status with a watch, stream rank 0's log, explain a failure, del
 
 Each backend supplies a ``JobKind`` (group, version, plural), the manifest and
 a ``state`` function reading its operator's status conditions.  Errors the
-user must fix (operator not installed, RBAC missing, Kueue queue missing)
-are ``ClusterError`` (a UserError: one line, exit status 2).
+user must fix (operator not installed, RBAC missing, an admission webhook
+that refuses the job, Kueue queue missing, an old job that will not go) are
+``ClusterError`` (a UserError: one line, exit status 2).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 KUEUE_GROUP, KUEUE_VERSION = 'kueue.x-k8s.io', 'v1beta1'
 DELETE_GRACE_S = 30
 WATCH_WINDOW_S = 300  # one watch request; the loop re-watches until the job's deadline
+REPLACE_WAIT_S = 120  # how long a replace waits for the old job (and its pods) to go
 
 
 class ClusterError(UserError):
@@ -100,8 +102,17 @@ def api_client() -> k8s.ApiClient:
 def explain(
     exc: ApiException, verb: str, resource: str, namespace: str, hint: str
 ) -> UserError | None:
-    """One line for an API error the user must fix (403, 404); None for any other."""
+    """One line for an API error the user must fix (403, 404); None for any other.
+
+    A 403 is either RBAC (the verb is missing: name it) or a validating admission
+    webhook that denied the object (the operator's own rules: pass its message on).
+    """
     if exc.status == 403:
+        denial = _webhook_denial(_status_message(exc))
+        if denial:
+            return ClusterError(
+                f'the cluster refused to {verb} {resource} in namespace {namespace}: {denial}'
+            )
         return ClusterError(
             f'forbidden: this pod\'s ServiceAccount may not "{verb}" {resource} in namespace '
             f"{namespace}: grant it (the chart's Role does, rbac.create=true)"
@@ -118,11 +129,30 @@ def explain(
     return None
 
 
-def _status_kind(exc: ApiException) -> str:
+def _status(exc: ApiException) -> dict[str, Any]:
+    """The API server's Status object of an error response ({} if the body is not one)."""
     try:
-        return (json.loads(exc.body or '{}').get('details') or {}).get('kind') or ''
-    except (ValueError, AttributeError):
+        body = json.loads(exc.body or '{}')
+    except (ValueError, TypeError):
+        return {}
+    return body if isinstance(body, dict) else {}
+
+
+def _status_kind(exc: ApiException) -> str:
+    return (_status(exc).get('details') or {}).get('kind') or ''
+
+
+def _status_message(exc: ApiException) -> str:
+    return str(_status(exc).get('message') or exc.reason or '')
+
+
+def _webhook_denial(message: str) -> str:
+    """'admission webhook "<name>" denied the request: <why>' out of a 403's message, on one
+    line ('' when the 403 is not a webhook's: k8s.io/apiserver webhook/errors ToStatusErr)."""
+    start = message.find('admission webhook ')
+    if start < 0 or 'denied the request' not in message[start:]:
         return ''
+    return ' '.join(message[start:].split())
 
 
 class ClusterJob:
@@ -146,18 +176,24 @@ class ClusterJob:
         self.core = k8s.CoreV1Api(self.api)
 
     # ----------------------------------------------------------------- create
-    def _crd_call(self, verb: str, method: str, *args, **kwargs):
-        """A call on the job's custom resource; 403/404 become one clear line."""
-        fn = getattr(self.objects, method)
-        base = (self.kind.group, self.kind.version, self.namespace, self.kind.plural)
+    @contextlib.contextmanager
+    def _explained(self, verb: str) -> Iterator[None]:
+        """Inside it, an API error on the job's resource the user must fix is one clear line."""
         try:
-            return fn(*base, *args, **kwargs)
+            yield
         except ApiException as exc:
             hint = f'install {self.kind.operator}, or choose another training_backend'
             error = explain(exc, verb, self.kind.resource, self.namespace, hint)
             if error:
                 raise error from exc
             raise
+
+    def _crd_call(self, verb: str, method: str, *args, **kwargs):
+        """A call on the job's custom resource; 403/404 become one clear line."""
+        fn = getattr(self.objects, method)
+        base = (self.kind.group, self.kind.version, self.namespace, self.kind.plural)
+        with self._explained(verb):
+            return fn(*base, *args, **kwargs)
 
     def check_queue(self, queue: str) -> None:
         """A Kueue LocalQueue that does not exist leaves the job pending forever: refuse it."""
@@ -214,7 +250,12 @@ class ClusterJob:
             found.type,
         )
         self.delete(wait=True)
-        self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
+        try:
+            self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            raise self._still_there() from exc  # someone re-created it meanwhile
         return 'replaced'
 
     # ----------------------------------------------------------------- follow
@@ -340,12 +381,21 @@ class ClusterJob:
                 raise error from exc
             raise
         log.info('deleted %s %s/%s', self.kind.kind, self.namespace, self.name)
-        if wait:
-            self._wait_gone()
+        if wait and not self._wait_gone(REPLACE_WAIT_S):
+            raise self._still_there()
+
+    def _still_there(self) -> ClusterError:
+        return ClusterError(
+            f'{self.kind.kind} {self.namespace}/{self.name} of an earlier attempt was deleted '
+            f'but is still there after {REPLACE_WAIT_S}s (its pods still terminating, or a '
+            f'finalizer): re-run the step once `kubectl -n {self.namespace} get '
+            f'{self.kind.resource} {self.name}` finds nothing'
+        )
 
     def _watch(self, field_selector: str, timeout: int) -> Iterator[dict[str, Any]]:
-        """The API's watch of this kind of job in the namespace (events as dicts)."""
-        return watch.Watch().stream(
+        """The API's watch of this kind of job in the namespace (events as dicts); a missing
+        watch verb or API is one clear line, like every other call on the job."""
+        stream = watch.Watch().stream(
             self.objects.list_namespaced_custom_object,
             self.kind.group,
             self.kind.version,
@@ -354,15 +404,18 @@ class ClusterJob:
             field_selector=field_selector,
             timeout_seconds=timeout,
         )
+        with self._explained('watch'):
+            yield from stream
 
-    def _wait_gone(self, timeout: int = 120) -> None:
-        """Until the API no longer has the job (a foreground delete waits for its pods)."""
+    def _wait_gone(self, timeout: int) -> bool:
+        """Until the API no longer has the job (a foreground delete waits for its pods);
+        whether it is gone."""
         if not self.exists():
-            return
-        stream = self._watch(f'metadata.name={self.name}', timeout)
-        for event in stream:
+            return True
+        for event in self._watch(f'metadata.name={self.name}', timeout):
             if event['type'] == 'DELETED':
-                return
+                return True
+        return not self.exists()
 
     def run(self, timeout: float, queue: str = '') -> JobState:
         """Submit, follow and always delete the job (success, failure, SIGTERM)."""

@@ -1,8 +1,9 @@
 """Training under torchrun on this machine: one node, the same command as in a cluster pod.
 
-Locally ``run_local`` passes torchrun the rendezvous as flags and sets the
-env vars the operators set in a pod (``local_pod_env``), so what is tested on
-a laptop is what runs in the cluster.
+Locally ``run_local`` starts the same launcher as a pod (``video_kd.torchrun``),
+passes torchrun the rendezvous as flags and sets the env vars the operators set
+in a pod (``local_pod_env``), so what is tested on a laptop is what runs in the
+cluster, exit statuses included.
 """
 
 from __future__ import annotations
@@ -60,16 +61,17 @@ def run_local(
 ) -> int:
     """Run ``torchrun ... <command>`` on this machine as one node; return its exit code.
 
-    torchrun is started as ``python -m torch.distributed.run`` (the same
-    program as the ``torchrun`` script) so it comes from this interpreter's
-    environment.  Output goes to this module's logger, and to ``log_path``
-    if given.  The caller decides what a non-zero code means.
+    torchrun is started as in a pod, through ``python -m video_kd.torchrun``
+    (torchrun's own main, from this interpreter's environment): the code is
+    2 when a worker reported bad input, 128 for any other failure (see
+    ``video_kd.torchrun``).  Output goes to this module's logger, and to
+    ``log_path`` if given.  The caller decides what a non-zero code means.
     """
     port = free_port()
     argv = [
         sys.executable,
         '-m',
-        'torch.distributed.run',
+        'video_kd.torchrun',
         '--nproc_per_node',
         str(nproc_per_node),
         '--nnodes',

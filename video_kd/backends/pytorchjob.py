@@ -2,8 +2,14 @@
 
 Fits Kubeflow <= 1.10 (Training Operator v1.8/v1.9; maintenance-only since
 Trainer v2).  One Master + N-1 Workers; the operator gives each pod the
-torchrun settings as ``PET_*`` env vars, so the container runs ``torchrun``
-with no flags.  Built from the kubeflow-training SDK's typed models.
+torchrun settings as ``PET_*`` env vars, so the container runs torchrun with
+no flags — through ``python -m video_kd.torchrun``, which turns the workers'
+failures into an exit status the ``ExitCode`` restart policy can act on:
+2 when a worker reported bad input (status 1-127: the job fails at once),
+128 for anything else (a crash, a lost peer, an NCCL error, S3 unreachable;
+128-255 are retried, up to the backoff limit).  torchrun alone exits 1 for
+every failure, which ``ExitCode`` would never retry.  Built from the
+kubeflow-training SDK's typed models.
 """
 
 from __future__ import annotations
@@ -17,13 +23,15 @@ from kubernetes import client as k8s
 from video_kd.backends import pod
 from video_kd.backends.kube import JobKind, JobState
 from video_kd.backends.spec import KUEUE_QUEUE_LABEL, TrainingJobSpec
+from video_kd.torchrun import LAUNCHER
 
 CONTAINER_NAME = kf.PYTORCHJOB_CONTAINER  # 'pytorch': the operator finds port and logs by it
 MASTER, WORKER = kf.REPLICA_TYPE_MASTER, kf.REPLICA_TYPE_WORKER
 PORT_NAME = 'pytorchjob-port'  # the operator reads MASTER_PORT from the port of this name
 DEFAULT_PORT = 23456
-# Exit codes 1-127 fail the pod for good (2 = bad input), 128-255 (signals: OOM kill,
-# node loss, preemption) are retried: the operator's IsRetryableExitCode.
+# Exit codes 1-127 fail the pod for good (2 = bad input), 128-255 are retried (the launcher's
+# 128 for a crash, signals: OOM kill, node loss, preemption): kubeflow/training-operator
+# v1.9.0 pkg/util/train/train_util.go IsRetryableExitCode (exitCode >= 128).
 RESTART_POLICY = 'ExitCode'
 # When the job finishes, running pods go (their GPUs with them); finished ones stay for
 # their logs until the step deletes the job.
@@ -85,7 +93,7 @@ def _template(spec: TrainingJobSpec) -> k8s.V1PodTemplateSpec:
     container = k8s.V1Container(
         name=CONTAINER_NAME,
         image=spec.image,
-        command=['torchrun'],
+        command=list(LAUNCHER),  # torchrun, exiting 2 for bad input and 128 to be retried
         args=list(spec.command),
         env=pod.container_env(spec),
         ports=[k8s.V1ContainerPort(name=PORT_NAME, container_port=DEFAULT_PORT, protocol='TCP')],

@@ -120,6 +120,9 @@ class TrainingJobSpec:
     istio_sidecar: bool = False
     trainjob_runtime: str = DEFAULT_TRAINJOB_RUNTIME
     trainjob_runtime_kind: str = RUNTIME_KINDS[0]
+    # The restarts the TrainJob's runtime allows, when known (the chart's TrainingRuntime):
+    # a TrainJob cannot ask for its own, so backoff_limit does not reach it.
+    trainjob_max_restarts: int | None = None
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -138,7 +141,8 @@ class TrainingJobSpec:
     @property
     def backoff_limit(self) -> int:
         """Restarts the whole job may use: per node x nodes, since with static torchrun
-        one node's failure restarts every peer (the operators count restarts over all pods)."""
+        one node's failure restarts every peer (the operators count restarts over all pods).
+        A PyTorchJob's backoffLimit; a TrainJob has no such field (its runtime decides)."""
         return self.backoff_limit_per_node * self.num_nodes
 
     def job_labels(self) -> dict[str, str]:
@@ -248,9 +252,10 @@ def spec_from_env(
     nodeSelector, tolerations, affinity), VIDEO_KD_GPU_RESOURCE,
     VIDEO_KD_KUEUE_QUEUE, VIDEO_KD_PRIORITY_CLASS, VIDEO_KD_PVC,
     VIDEO_KD_PVC_MOUNT, VIDEO_KD_BACKOFF_LIMIT_PER_NODE, VIDEO_KD_ISTIO_SIDECAR,
-    VIDEO_KD_TRAINJOB_RUNTIME, VIDEO_KD_TRAINJOB_RUNTIME_KIND, S3_CREDENTIALS_SECRET, S3_ACCESS_KEY_ID_KEY,
-    S3_SECRET_ACCESS_KEY_KEY, S3_SESSION_TOKEN_KEY and the plain S3 settings
-    (S3_PLAIN_ENV).  Arguments win over the environment.
+    VIDEO_KD_TRAINJOB_RUNTIME, VIDEO_KD_TRAINJOB_RUNTIME_KIND,
+    VIDEO_KD_TRAINJOB_MAX_RESTARTS (the chart's TrainingRuntime's), S3_CREDENTIALS_SECRET,
+    S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY, S3_SESSION_TOKEN_KEY and the plain S3
+    settings (S3_PLAIN_ENV).  Arguments win over the environment.
     """
     env = os.environ if env is None else env
     overrides = _json_env(env, 'VIDEO_KD_WORKER_POD_OVERRIDES')
@@ -287,6 +292,7 @@ def spec_from_env(
         istio_sidecar=(env.get('VIDEO_KD_ISTIO_SIDECAR') or 'false').lower() == 'true',
         trainjob_runtime=env.get('VIDEO_KD_TRAINJOB_RUNTIME') or DEFAULT_TRAINJOB_RUNTIME,
         trainjob_runtime_kind=env.get('VIDEO_KD_TRAINJOB_RUNTIME_KIND') or RUNTIME_KINDS[0],
+        trainjob_max_restarts=_int_env(env, 'VIDEO_KD_TRAINJOB_MAX_RESTARTS', None),
     )
 
 
@@ -315,7 +321,7 @@ def _json_env(env: Mapping[str, str], key: str) -> dict[str, Any]:
     return value
 
 
-def _int_env(env: Mapping[str, str], key: str, default: int) -> int:
+def _int_env(env: Mapping[str, str], key: str, default: int | None) -> int | None:
     raw = env.get(key) or ''
     if not raw:
         return default

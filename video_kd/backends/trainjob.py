@@ -3,13 +3,15 @@
 Fits Kubeflow 1.11 and 26.03 (Trainer v2.2 / v2.3, installed by default).
 The TrainJob names the ``torch-distributed`` ClusterTrainingRuntime (or the
 runtime the chart names) and gives numNodes, numProcPerNode,
-resourcesPerNode, image, command and env; the pod settings the runtime does
-not take from ``trainer`` (service account, node selector, tolerations,
-affinity, volumes, Secret env, pod annotations) go through
+resourcesPerNode, image, command and env (the S3 Secret references too); the
+pod settings ``trainer`` has no field for (service account, node selector,
+tolerations, affinity, volumes, pod annotations) go through
 ``spec.runtimePatches`` — the field Trainer v2.2+ has (v2.0 called it
 podSpecOverrides, v2.1 podTemplateOverrides: not supported).  Trainer sets
 the same torchrun env (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...), so
-the container runs ``torchrun`` with no flags, as on a PyTorchJob.
+the container runs torchrun with no flags, as on a PyTorchJob, through
+``python -m video_kd.torchrun``: exit 2 for bad input (the chart runtime's
+podFailurePolicy fails the job at once), 128 for anything to retry.
 
 Built with the ``kubeflow-trainer-api`` models (the Trainer project's own).
 """
@@ -23,6 +25,7 @@ from kubeflow_trainer_api import models as tm
 from video_kd.backends import pod
 from video_kd.backends.kube import JobKind, JobState
 from video_kd.backends.spec import KUEUE_PRIORITY_LABEL, TrainingJobSpec
+from video_kd.torchrun import LAUNCHER
 
 TRAINER_VERSION = '2.3'  # kubeflow-trainer-api release the models come from; runtimePatches: 2.2+
 NODE = 'node'  # the torch runtime's replicated job and container
@@ -42,7 +45,8 @@ def build(spec: TrainingJobSpec) -> tm.TrainerV1alpha1TrainJob:
     """The TrainJob of a spec, as the Trainer API's model."""
     labels = spec.job_labels()
     if spec.priority_class:
-        # Trainer's pod patch has no priorityClassName; Kueue's WorkloadPriorityClass label does it.
+        # Trainer's pod patch has no priorityClassName: Kueue's WorkloadPriorityClass label
+        # (the chart's TrainingRuntime puts the class on the pods; see warnings()).
         labels[KUEUE_PRIORITY_LABEL] = spec.priority_class
     return tm.TrainerV1alpha1TrainJob(
         apiVersion=f'{KIND.group}/{KIND.version}',
@@ -69,12 +73,17 @@ def manifest(spec: TrainingJobSpec) -> dict[str, Any]:
 
 
 def _trainer(spec: TrainingJobSpec) -> tm.TrainerV1alpha1Trainer:
-    plain = [pod.to_dict(e) for e in pod.container_env(spec) if e.value_from is None]
+    # Every env var goes here, the Secret references included (trainer.env is a list of
+    # corev1.EnvVar: valueFrom works).  Trainer v2.3 refuses env in a runtimePatches patch of
+    # the node container: kubeflow/trainer v2.3.0 pkg/runtime/framework/plugins/jobset/jobset.go,
+    # JobSet.Validate, lines 202-205 ("must not have envs for the dataset-initializer,
+    # model-initializer, node containers").
+    env = [pod.to_dict(e) for e in pod.container_env(spec)]
     return tm.TrainerV1alpha1Trainer(
         image=spec.image,
-        command=['torchrun'],
+        command=list(LAUNCHER),  # torchrun, exiting 2 for bad input and 128 to be retried
         args=list(spec.command),
-        env=[tm.IoK8sApiCoreV1EnvVar.from_dict(e) for e in plain],
+        env=[tm.IoK8sApiCoreV1EnvVar.from_dict(e) for e in env],
         numNodes=spec.num_nodes,
         numProcPerNode=spec.procs_per_node,
         resourcesPerNode=tm.IoK8sApiCoreV1ResourceRequirements.from_dict(
@@ -92,12 +101,8 @@ def _patch(spec: TrainingJobSpec) -> tm.TrainerV1alpha1RuntimePatch:
         'affinity': pod.to_dict(pod.affinity(spec)),
         'volumes': pod.to_dict(pod.volumes(spec)),
         'containers': [
-            {
-                'name': NODE,
-                # Secret references go here: the trainer env is merged into the runtime's.
-                'env': [pod.to_dict(e) for e in pod.container_env(spec) if e.value_from],
-                'volumeMounts': pod.to_dict(pod.volume_mounts(spec)),
-            }
+            # no env here: Trainer's webhook refuses it (see _trainer)
+            {'name': NODE, 'volumeMounts': pod.to_dict(pod.volume_mounts(spec))}
         ],
     }
     template = {
@@ -118,6 +123,39 @@ def _patch(spec: TrainingJobSpec) -> tm.TrainerV1alpha1RuntimePatch:
             },
         }
     )
+
+
+def warnings(spec: TrainingJobSpec) -> list[str]:
+    """What the spec asks for that a TrainJob cannot carry (the train step logs them).
+
+    Trainer v2.3's TrainJob has no restart or priority field, and its
+    runtimePatches patch pod settings only (kubeflow/trainer v2.3.0
+    pkg/apis/trainer/v1alpha1/trainjob_types.go: TrainJobSpec, PodSpecPatch):
+    the runtime's JobSet failurePolicy decides the restarts, the runtime's pod
+    template the priority class.
+    """
+    runtime = f'{spec.trainjob_runtime_kind} {spec.trainjob_runtime}'
+    found = []
+    if spec.trainjob_max_restarts is None:
+        found.append(
+            f'a TrainJob restarts as often as its runtime allows ({runtime}: '
+            'failurePolicy.maxRestarts); backoff_limit_per_node '
+            f'({spec.backoff_limit_per_node}) does not apply to it'
+        )
+    elif spec.trainjob_max_restarts != spec.backoff_limit:
+        found.append(
+            f'this run asks for {spec.backoff_limit} restarts (backoff_limit_per_node '
+            f'{spec.backoff_limit_per_node} x {spec.num_nodes} nodes), but a TrainJob cannot set '
+            f"its own: {runtime} allows {spec.trainjob_max_restarts} (the chart's "
+            'training.backoffLimitPerNode x training.workers)'
+        )
+    if spec.priority_class and not spec.queue and spec.trainjob_runtime_kind != 'TrainingRuntime':
+        found.append(
+            f'priority class {spec.priority_class!r} has no effect on a TrainJob on {runtime} '
+            "without a Kueue queue: it is only Kueue's label (use the chart's TrainingRuntime, "
+            'which puts it on the pods)'
+        )
+    return found
 
 
 def state(obj: dict[str, Any]) -> JobState:

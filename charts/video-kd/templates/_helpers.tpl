@@ -139,3 +139,27 @@ volumeMounts:
 {{- define "video-kd.trainingRuntimeName" -}}
 {{- printf "%s-torch" (include "video-kd.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
+
+{{/* Whether the chart creates its TrainingRuntime ("true" or ""): only for backend trainjob,
+since a cluster for the other backends may lack Trainer's CRDs.  The training ConfigMap names
+the runtime by this same test, so it never names one that does not exist. */}}
+{{- define "video-kd.createsRuntime" -}}
+{{- if and (eq .Values.training.backend "trainjob") .Values.training.trainJob.createRuntime }}true{{ end }}
+{{- end }}
+
+{{/* ServiceAccount the scheduled (recurring) runs execute as. */}}
+{{- define "video-kd.scheduleServiceAccount" -}}
+{{- default (include "video-kd.serviceAccountName" .) .Values.schedule.serviceAccount }}
+{{- end }}
+
+{{/* Whether to create Argo's executor Role ("true" or ""): asked for, or the scheduled runs
+execute as the chart's ServiceAccount (every KFP pod's Argo executor needs it). */}}
+{{- define "video-kd.argoExecutor" -}}
+{{- $scheduledAsChart := and .Values.schedule.enabled (eq (include "video-kd.scheduleServiceAccount" .) (include "video-kd.serviceAccountName" .)) }}
+{{- if or .Values.rbac.argoExecutor $scheduledAsChart }}true{{ end }}
+{{- end }}
+
+{{/* The chart TrainingRuntime's failurePolicy.maxRestarts: backoff per node x workers. */}}
+{{- define "video-kd.maxRestarts" -}}
+{{- mul .Values.training.backoffLimitPerNode .Values.training.workers }}
+{{- end }}
