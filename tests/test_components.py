@@ -161,10 +161,8 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     teacher = {'s3_uri': prepared_run['run_root'] + '/teacher/t.pth', 'sha256': 'a' * 64}
     layout = RunLayout.from_root(prepared_run['run_root'])
     kd_config = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
-    options = TrainOptions(max_epochs=5, teacher_precision='bf16')
-    config_uri = train_step.publish_config(
-        layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
-    )
+    options = TrainOptions(max_epochs=5, teacher_precision='bf16', teacher_logit_cache=True)
+    config_uri = train_step.publish_config(layout, prepared_run, teacher, kd_config, options)
     assert config_uri == layout.uri('train', 'config.py')
     spec = train_step.job_spec(
         layout,
@@ -218,12 +216,9 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         TrainOptions(teacher_precision='int8')
     # a re-run with other settings is refused: the run's checkpoints were trained with these
     with pytest.raises(UserError, match='holds another training config'):
-        train_step.publish_config(layout, prepared_run, teacher, kd_config, TrainOptions(), False)
+        train_step.publish_config(layout, prepared_run, teacher, kd_config, TrainOptions())
     assert (
-        train_step.publish_config(
-            layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
-        )
-        == config_uri
+        train_step.publish_config(layout, prepared_run, teacher, kd_config, options) == config_uri
     )  # the same settings: the same file, the step continues
 
 
@@ -373,6 +368,17 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     epochs = sorted(checkpoint_sort_key(u)[0] for u in list_checkpoints(layout))
     assert epochs[:4] == [1, 2, 3, 4][: len(epochs[:4])] and epochs[-1] == 4
     assert all(s3.exists(u) for u in after)
+    # the finished step recorded what it did and with which parameters (the model card's)
+    record = s3.read_json(common.output_uri(layout, 'train'))
+    assert record['s3_uri'] == out['s3_uri'] and record['parameters'] == out['parameters']
+    assert record['parameters']['max_epochs'] == 4
+    assert record['parameters']['training_backend'] == 'local'
+    assert record['parameters']['num_workers'] == 2
+    assert record['parameters']['cfg_options'] == TINY.split()
+    assert record['parameters']['teacher_logit_cache'] is False
+    assert common.run_step_output(layout.root, 'teacher')['source_url'] == str(
+        teacher_work / 'epoch_1.pth'
+    )
 
 
 def test_teacher_step_reports_the_cache_it_used(prepared_run, http_server, bucket):
@@ -404,7 +410,7 @@ def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
         student_pretrained_url=http_server.url('mobilenet_v2.pth'), student_pretrained_sha256=sha
     )
     config_uri = train_step.publish_config(
-        layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options, False
+        layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options
     )
     cached = layout.cache_uri('pretrained', sha, 'mobilenet_v2.pth')
     assert s3.read_bytes(cached) == content
@@ -415,3 +421,32 @@ def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
         'fetch_from': cached,
     }
     assert http_server.requests['mobilenet_v2.pth'] == 1
+
+
+def test_a_cfg_options_typo_fetches_and_writes_nothing(prepared_run, http_server):
+    """Regression: the train step fetched (and cached) the pretrained weights before it
+    checked --cfg-options, so a typo still cost a download and left objects behind."""
+    (http_server.root / 'mobilenet_v2.pth').write_bytes(b'imagenet weights')
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
+    options = TrainOptions(
+        cfg_options=['optim_wrapper.optimizer.lrr=0.1'],
+        student_pretrained_url=http_server.url('mobilenet_v2.pth'),
+        student_pretrained_sha256=hashlib.sha256(b'imagenet weights').hexdigest(),
+    )
+    with pytest.raises(UserError, match=r"did you mean 'optim_wrapper\.optimizer\.lr'"):
+        train_step.publish_config(
+            layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options
+        )
+    assert http_server.requests.get('mobilenet_v2.pth', 0) == 0
+    assert not s3.list_uris(layout.shared_uri('pretrained') + '/')
+    assert not s3.list_uris(layout.root + '/train/')
+
+
+def test_a_teacher_step_into_an_unclaimed_directory_writes_nothing(bucket, http_server):
+    (http_server.root / 'teacher.pth').write_bytes(b'weights')
+    root = f's3://{bucket}/kd/never-claimed'
+    with pytest.raises(UserError, match='was never claimed: run data prep for this run first'):
+        teacher_step.run(root, http_server.url('teacher.pth'))
+    assert http_server.requests['teacher.pth'] == 0
+    assert not s3.list_uris(root + '/')

@@ -15,7 +15,7 @@ from video_kd import download
 from video_kd.config import load_config
 from video_kd.errors import UserError
 from video_kd.runs import RunLayout, check_claimed, publish, run_info
-from video_kd.steps.common import scratch_dir
+from video_kd.steps.common import record_output, scratch_dir
 from video_kd.teacher_checkpoint import convert_teacher_checkpoint
 
 
@@ -49,7 +49,7 @@ def run(
                 fetched.path, load_config(kd_config), num_classes or None
             )
         entry = publish(layout, 'teacher', path, path.name)
-        return {
+        meta = {
             **run_info(layout),
             **entry.meta(),
             **checked,
@@ -57,3 +57,5 @@ def run(
             'source_url': url,
             'cache_hit': fetched.cache_hit,
         }
+        record_output(layout, 'teacher', meta)  # the source URL, for steps run alone and the card
+        return meta
