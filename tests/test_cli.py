@@ -134,3 +134,22 @@ def test_configs_lists_the_shipped_configs(capsys):
     assert cli.main(['configs']) == 0
     out = capsys.readouterr().out.split()
     assert 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny' in out
+
+
+def test_run_local_takes_the_training_options_as_train_options_defines_them(capsys):
+    """run-local's training flags are TrainOptions' own (one definition, one help)."""
+    import dataclasses
+
+    from video_kd.train_config import TrainOptions
+
+    args = cli.build_parser().parse_args(
+        ['run-local', '--teacher-logit-cache', '--teacher-precision', 'bf16']
+    )
+    passed = {name: getattr(args, name) for name in cli.RUN_LOCAL_TRAIN_OPTIONS}
+    assert passed == {'teacher_precision': 'bf16', 'teacher_logit_cache': True}
+    assert set(passed) <= {field.name for field in dataclasses.fields(TrainOptions)}
+    defaults = cli.build_parser().parse_args(['run-local'])
+    assert (defaults.teacher_precision, defaults.teacher_logit_cache) == ('', False)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(['run-local', '--teacher-precision', 'int8'])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err
