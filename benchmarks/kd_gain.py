@@ -82,6 +82,15 @@ def parse_args(argv=None):
 THREADS = {}
 
 
+def linked_root(data: Path, dest: Path) -> Path:
+    """A data root whose entries link to ``data``'s: a teacher-logit cache of its own."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in data.iterdir():
+        if item.name != 'teacher_logits' and not (dest / item.name).exists():
+            (dest / item.name).symlink_to(item.resolve())
+    return dest
+
+
 def train(
     config: str,
     work_dir: Path,
@@ -211,11 +220,13 @@ def main(argv=None) -> int:
             run = train(STUDENT, wd, data, args.epochs, seed, lr=args.lr)
         else:
             extra = ['--teacher-ckpt', str(teacher_ckpt)]
+            root = data
             if arm == 'kd_bf16':
                 extra += ['--teacher-precision', 'bf16']
-            if arm == 'kd_cached':
-                extra += ['--teacher-logit-cache', str(work / f'cache_seed{seed}')]
-            run = train(KD, wd, data, args.epochs, seed, *extra, lr=args.lr)
+            if arm == 'kd_cached':  # the cache lives with the data root: one root per seed
+                extra += ['--teacher-logit-cache']
+                root = linked_root(data, work / f'cache_seed{seed}')
+            run = train(KD, wd, root, args.epochs, seed, *extra, lr=args.lr)
         run['seed'] = seed
         print(
             f'seed {seed} {arm}: top-1 {run["top1"]:.3f} ({run["wall_s"]:.0f} s)'

@@ -8,8 +8,11 @@ in our image) and ``__main__.py`` (the same step as a plain command,
 ==================  ===============================  ====================================
 component           step logic                       what else it uses
 ==================  ===============================  ====================================
-data_prep           ``video_kd.steps.data_prep``     ``video_kd.dataset``, ``video_kd.runs``
-teacher_download    ``video_kd.steps.teacher``       ``video_kd.download``
+data_prep           ``video_kd.steps.data_prep``     ``video_kd.data_layout``, ``.data_check``,
+                                                     ``.data_stream``, ``.reencode``,
+                                                     ``.dataset`` (generated data), ``.runs``
+teacher_download    ``video_kd.steps.teacher``       ``video_kd.download``,
+                                                     ``video_kd.teacher_checkpoint``
 train               ``video_kd.steps.train``         ``video_kd.train_config`` (the one
                                                      mapping of options onto config keys),
                                                      ``video_kd.backends``; each training

@@ -257,3 +257,22 @@ def test_readme_and_pipeline_agree_on_the_minimum_kfp_backend():
     # optional ConfigMap keys as env (the IR's `optional: true`) need 2.15.0 (pipelines#12216)
     assert claimed == {'2.15.0'}, claimed
     assert 'optional: true' in cli.pipeline_file().read_text()
+
+
+def test_run_local_takes_the_training_options_as_train_options_defines_them(capsys):
+    """run-local's training flags are TrainOptions' own (one definition, one help)."""
+    import dataclasses
+
+    from video_kd.train_config import TrainOptions
+
+    args = cli.build_parser().parse_args(
+        ['run-local', '--teacher-logit-cache', '--teacher-precision', 'bf16']
+    )
+    passed = {name: getattr(args, name) for name in cli.RUN_LOCAL_TRAIN_OPTIONS}
+    assert passed == {'teacher_precision': 'bf16', 'teacher_logit_cache': True}
+    assert set(passed) <= {field.name for field in dataclasses.fields(TrainOptions)}
+    defaults = cli.build_parser().parse_args(['run-local'])
+    assert (defaults.teacher_precision, defaults.teacher_logit_cache) == ('', False)
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args(['run-local', '--teacher-precision', 'int8'])
+    assert "invalid choice: 'int8'" in capsys.readouterr().err

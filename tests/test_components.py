@@ -3,6 +3,7 @@ errors, and a torchrun worker killed mid-training (the step resumes from S3)."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -161,10 +162,8 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     teacher = {'s3_uri': prepared_run['run_root'] + '/teacher/t.pth', 'sha256': 'a' * 64}
     layout = RunLayout.from_root(prepared_run['run_root'])
     kd_config = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
-    options = TrainOptions(max_epochs=5, teacher_precision='bf16')
-    config_uri = train_step.publish_config(
-        layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
-    )
+    options = TrainOptions(max_epochs=5, teacher_precision='bf16', teacher_logit_cache=True)
+    config_uri = train_step.publish_config(layout, prepared_run, teacher, kd_config, options)
     assert config_uri == layout.uri('train', 'config.py')
     spec = train_step.job_spec(
         layout,
@@ -218,12 +217,9 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         TrainOptions(teacher_precision='int8')
     # a re-run with other settings is refused: the run's checkpoints were trained with these
     with pytest.raises(UserError, match='holds another training config'):
-        train_step.publish_config(layout, prepared_run, teacher, kd_config, TrainOptions(), False)
+        train_step.publish_config(layout, prepared_run, teacher, kd_config, TrainOptions())
     assert (
-        train_step.publish_config(
-            layout, prepared_run, teacher, kd_config, options, teacher_logit_cache=True
-        )
-        == config_uri
+        train_step.publish_config(layout, prepared_run, teacher, kd_config, options) == config_uri
     )  # the same settings: the same file, the step continues
 
 
@@ -375,6 +371,17 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     epochs = sorted(checkpoint_sort_key(u)[0] for u in list_checkpoints(layout))
     assert epochs[:4] == [1, 2, 3, 4][: len(epochs[:4])] and epochs[-1] == 4
     assert all(s3.exists(u) for u in after)
+    # the finished step recorded what it did and with which parameters (the model card's)
+    record = s3.read_json(common.output_uri(layout, 'train'))
+    assert record['s3_uri'] == out['s3_uri'] and record['parameters'] == out['parameters']
+    assert record['parameters']['max_epochs'] == 4
+    assert record['parameters']['training_backend'] == 'local'
+    assert record['parameters']['num_workers'] == 2
+    assert record['parameters']['cfg_options'] == TINY.split()
+    assert record['parameters']['teacher_logit_cache'] is False
+    assert common.run_step_output(layout.root, 'teacher')['source_url'] == str(
+        teacher_work / 'epoch_1.pth'
+    )
 
 
 def test_teacher_step_reports_the_cache_it_used(prepared_run, http_server, bucket):
@@ -406,7 +413,7 @@ def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
         student_pretrained_url=http_server.url('mobilenet_v2.pth'), student_pretrained_sha256=sha
     )
     config_uri = train_step.publish_config(
-        layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options, False
+        layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options
     )
     cached = layout.cache_uri('pretrained', sha, 'mobilenet_v2.pth')
     assert s3.read_bytes(cached) == content
@@ -417,3 +424,198 @@ def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
         'fetch_from': cached,
     }
     assert http_server.requests['mobilenet_v2.pth'] == 1
+
+
+def test_a_cfg_options_typo_fetches_and_writes_nothing(prepared_run, http_server):
+    """Regression: the train step fetched (and cached) the pretrained weights before it
+    checked --cfg-options, so a typo still cost a download and left objects behind."""
+    (http_server.root / 'mobilenet_v2.pth').write_bytes(b'imagenet weights')
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
+    options = TrainOptions(
+        cfg_options=['optim_wrapper.optimizer.lrr=0.1'],
+        student_pretrained_url=http_server.url('mobilenet_v2.pth'),
+        student_pretrained_sha256=hashlib.sha256(b'imagenet weights').hexdigest(),
+    )
+    with pytest.raises(UserError, match=r"did you mean 'optim_wrapper\.optimizer\.lr'"):
+        train_step.publish_config(
+            layout, prepared_run, teacher, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options
+        )
+    assert http_server.requests.get('mobilenet_v2.pth', 0) == 0
+    assert not s3.list_uris(layout.shared_uri('pretrained') + '/')
+    assert not s3.list_uris(layout.root + '/train/')
+
+
+def test_a_teacher_step_into_an_unclaimed_directory_writes_nothing(bucket, http_server):
+    (http_server.root / 'teacher.pth').write_bytes(b'weights')
+    root = f's3://{bucket}/kd/never-claimed'
+    with pytest.raises(UserError, match='was never claimed: run data prep for this run first'):
+        teacher_step.run(root, http_server.url('teacher.pth'))
+    assert http_server.requests['teacher.pth'] == 0
+    assert not s3.list_uris(root + '/')
+
+
+def test_a_step_run_alone_sees_the_teachers_source_url(prepared_run, http_server):
+    """The teacher step records its output (source URL included) in the run: a later step
+    run alone, and the model card, name the URL, not the run's S3 copy."""
+    from video_kd.steps import export as export_step
+
+    content = b'teacher weights'
+    (http_server.root / 'teacher.pth').write_bytes(content)
+    url = http_server.url('teacher.pth')
+    meta = teacher_step.run(prepared_run['run_root'], url, hashlib.sha256(content).hexdigest())
+    alone = common.run_step_output(prepared_run['run_root'], 'teacher')
+    assert alone['source_url'] == url and alone['s3_uri'] == meta['s3_uri']
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    bare = {'s3_uri': meta['s3_uri'], 'sha256': meta['sha256']}  # what the manifest alone gives
+    assert export_step.teacher_source(layout, bare) == url
+    # a re-run of the finished step keeps the first record (it is what the step did)
+    teacher_step.run(prepared_run['run_root'], url, meta['sha256'])
+    assert s3.read_json(common.output_uri(layout, 'teacher'))['cache_hit'] is False
+
+
+# --------------------------------------------------------------------------- export step
+
+
+def test_export_settings_out_of_range_are_one_line_and_write_nothing(bucket):
+    """Regression: a negative --speed-repeats was a KeyError traceback after minutes of work."""
+    from video_kd.steps import export as export_step
+
+    root = f's3://{bucket}/kd/some-run'
+    for flag, value, match in (
+        ('--tolerance', '-1', 'export_tolerance (--tolerance) must be >= 0, got -1'),
+        ('--speed-repeats', '-1', 'speed_repeats (0 skips the speed check) must be >= 0, got -1'),
+    ):
+        result = run_module(
+            'components.export', '--run-root', root, '--kd-config', 'x', flag, value
+        )
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip().splitlines()[-1] == f'error: {match}'
+        assert 'Traceback' not in result.stderr
+    assert not s3.list_uris(root + '/')
+    for kwargs, match in (
+        ({'tolerance': float('nan')}, r'must be a finite number, got nan'),
+        ({'speed_repeats': 5000}, r'must be <= 1000, got 5000'),
+        ({'speed_repeats': 1.5}, r'must be a whole number, got 1\.5'),
+    ):
+        with pytest.raises(UserError, match=match):
+            export_step.export_settings('x', **kwargs)
+
+
+def _files(tmp_path: Path, contents: dict[str, str]) -> dict[str, Path]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    for name, text in contents.items():
+        (tmp_path / name).write_text(text)
+    return {name: tmp_path / name for name in contents}
+
+
+def test_an_export_re_run_replaces_an_unfinished_attempt_only(bucket, tmp_path):
+    """Regression: speed.json, the PNGs, the HTML and the card differ between attempts, so
+    a re-run after a partial publish was refused ('refusing to overwrite') for good."""
+    from video_kd.steps import export as export_step
+
+    layout = RunLayout(bucket, 'kd', 'export-rerun')
+    earlier = _files(tmp_path / 'eval', {'metrics.json': '{"top1": 0.5}'})
+    runs.publish(layout, 'eval', earlier['metrics.json'], 'metrics.json')
+    before = {e.uri: e.sha256 for e in Manifest.load(layout).entries}
+    # an attempt that died while publishing: two of its files are in S3, one is recorded
+    # with content the next attempt does not reproduce, one is not recorded at all
+    first = _files(tmp_path / 'a1', {'student.onnx': 'model', 'speed.json': '{"ms": 10}'})
+    runs.publish(layout, 'export', first['student.onnx'], 'student.onnx')
+    runs.publish(layout, 'export', first['speed.json'], 'speed.json')
+    s3.upload_file(_files(tmp_path / 'a1', {'orphan.png': 'png'})['orphan.png'],
+                   layout.uri('export', 'orphan.png'))  # fmt: skip
+    second = _files(
+        tmp_path / 'a2',
+        {'student.onnx': 'model', 'speed.json': '{"ms": 11}', 'report.html': '<html>'},
+    )
+    published = export_step.publish_export(layout, second)
+    assert set(published) == set(second)
+    stored = sorted(s3.list_uris(layout.uri('export') + '/'))
+    assert stored == sorted(layout.uri('export', name) for name in second)
+    for name, path in second.items():
+        assert s3.read_bytes(layout.uri('export', name)) == path.read_bytes()
+    entries = Manifest.load(layout).entries
+    exported = {e.uri: e.sha256 for e in entries if e.step == 'export'}
+    assert exported == {m['s3_uri']: m['sha256'] for m in published.values()}
+    assert len([e for e in entries if e.step == 'export']) == len(second)  # one entry each
+    # earlier steps' objects are untouched
+    assert before == {e.uri: e.sha256 for e in entries if e.step != 'export'}
+    assert s3.read_bytes(layout.uri('eval', 'metrics.json')) == b'{"top1": 0.5}'
+
+
+def test_a_finished_export_is_returned_again_and_never_replaced(bucket, tmp_path):
+    from video_kd.steps import export as export_step
+
+    layout = RunLayout(bucket, 'kd', 'export-done')
+    files = _files(
+        tmp_path / 'out',
+        {'report.html': '<html>report</html>', 'model_card.md': '# card', 'student.onnx': 'm'},
+    )
+    settings = {'kd_config': 'k', 'export_tolerance': 0.001, 'speed_repeats': 3}
+    published = export_step.publish_export(layout, files)
+    assert export_step.completed_export(layout, settings) is None  # not finished yet
+    output = {'run_id': layout.run_id, 'files': published, 'settings': settings}
+    export_step.finish_export(layout, output, tmp_path)
+    again = export_step.completed_export(layout, settings)
+    assert again['files'] == published and again['settings'] == settings
+    assert again['html'] == '<html>report</html>' and again['model_card'] == '# card'
+    with pytest.raises(UserError, match='finished export made with other settings'):
+        export_step.completed_export(layout, {**settings, 'speed_repeats': 0})
+    with pytest.raises(UserError, match='holds a finished export'):
+        export_step.publish_export(layout, files)
+
+
+def test_model_card_lineage_is_what_the_run_recorded(prepared_run, http_server, tmp_path):
+    """Regression: the card read the pretrained weights from the named KD config ('random
+    init' although the run used ImageNet weights) and listed 4 of the parameters."""
+    from video_kd import model_card
+    from video_kd.steps import export as export_step
+
+    content = b'imagenet weights'
+    (http_server.root / 'mobilenet_v2.pth').write_bytes(content)
+    sha = hashlib.sha256(content).hexdigest()
+    layout = RunLayout.from_root(prepared_run['run_root'])
+    teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
+    kd_config = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
+    options = TrainOptions(
+        max_epochs=4,
+        cfg_options=['train_cfg.val_interval=2'],
+        student_pretrained_url=http_server.url('mobilenet_v2.pth'),
+        student_pretrained_sha256=sha,
+    )
+    train_step.publish_config(layout, prepared_run, teacher, kd_config, options)
+    training = {'parameters': {'kd_config': kd_config, 'training_backend': 'local',
+                               'num_workers': 2, **dataclasses.asdict(options)}}  # fmt: skip
+    settings = {'kd_config': kd_config, 'student_config': 's', 'image': 'img:1',
+                'export_tolerance': 0.001, 'speed_repeats': 3, 'torchscript': True}  # fmt: skip
+    lineage = export_step.run_lineage(
+        layout, prepared_run, {**teacher, 'source_url': 'https://t/x.pth'}, training, settings,
+        tmp_path,
+    )  # fmt: skip
+    weights = lineage['pretrained_weights']
+    assert weights['model.architecture.backbone.pretrained'] == (
+        f'{http_server.url("mobilenet_v2.pth")} (sha256 {sha})'
+    )
+    assert weights['model.teacher.backbone.pretrained'] is None  # the teacher's: its checkpoint
+    parameters = lineage['pipeline_parameters']
+    for key in ('max_epochs', 'cfg_options', 'teacher_precision', 'teacher_logit_cache',
+                'student_pretrained_url', 'student_pretrained_sha256', 'training_backend',
+                'num_workers', 'export_tolerance', 'speed_repeats', 'reencode'):  # fmt: skip
+        assert key in parameters, key
+    assert parameters['cfg_options'] == ['train_cfg.val_interval=2']
+    assert parameters['training_config'] == layout.uri('train', 'config.py')
+    assert lineage['teacher']['url'] == 'https://t/x.pth' and lineage['image'] == 'img:1'
+    assert lineage['dataset']['uri'] == prepared_run['source']
+    assert lineage['code_version'] == model_card.code_version()
+
+
+def test_code_version_names_the_commit_or_says_unknown(monkeypatch):
+    from video_kd import __version__, model_card
+
+    monkeypatch.setenv(model_card.GIT_COMMIT_ENV, 'abc123')
+    assert model_card.code_version() == f'kubeflow-video-kd {__version__}, git commit abc123'
+    monkeypatch.setenv(model_card.GIT_COMMIT_ENV, '')
+    monkeypatch.setattr(model_card, '_installed_commit', lambda: '')
+    monkeypatch.setattr(model_card, '_checkout_commit', lambda: '')
+    assert model_card.code_version() == f'kubeflow-video-kd {__version__}, git commit unknown'

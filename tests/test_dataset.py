@@ -5,7 +5,7 @@ import json
 import decord
 import pytest
 
-from video_kd import dataset
+from video_kd import data_check, dataset
 
 
 @pytest.fixture
@@ -56,7 +56,7 @@ def test_validation_reports_bad_entries_and_keeps_the_good(small_dataset, tmp_pa
     reasons = {item['path']: item['reason'] for item in report['splits'][0]['rejected']}
     assert reasons[empty] == 'empty file'
     assert reasons[corrupt].startswith('cannot decode')
-    assert reasons['move_up/missing.mp4'] == 'file not found'
+    assert reasons['move_up/missing.mp4'] == 'no such object under the video root'
     assert 'unknown label' in reasons[train[2].split()[0]]
     assert 'malformed line' in reasons['no-label-here']
     assert report['splits'][0]['valid'] == 7 and report['splits'][0]['total'] == 12
@@ -69,7 +69,7 @@ def test_validation_reports_bad_entries_and_keeps_the_good(small_dataset, tmp_pa
 
 def test_a_dataset_with_nothing_usable_is_a_clear_error(small_dataset, tmp_path):
     (small_dataset / dataset.VAL_LIST).write_text('move_up/nope.mp4 0\n')
-    with pytest.raises(dataset.DatasetError, match='no usable video among 1 entries'):
+    with pytest.raises(data_check.DataCheckError, match='no usable video among the 1 entries'):
         dataset.validate_dataset(small_dataset, tmp_path / 'clean')
 
 

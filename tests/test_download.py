@@ -123,8 +123,12 @@ def test_bad_sha256_is_rejected_before_download(http_server, tmp_path):
 
 def test_download_errors_are_user_errors(tmp_path):
     assert issubclass(DownloadError, UserError)
-    for url in (str(tmp_path / 'nope.pth'), 'ftp://zoo/t.pth', 'https://zoo/'):
-        with pytest.raises(UserError):
+    for url, match in (
+        (str(tmp_path / 'nope.pth'), 'teacher checkpoint not found: .*nope.pth'),
+        ('ftp://zoo/t.pth', "unsupported URL scheme 'ftp' in 'ftp://zoo/t.pth'"),
+        ('https://zoo/', "cannot tell a file name from 'https://zoo/'"),
+    ):
+        with pytest.raises(UserError, match=match):
             fetch_teacher(url, tmp_path / 'd')
 
 

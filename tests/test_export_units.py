@@ -62,6 +62,72 @@ def test_a_student_with_an_op_onnx_lacks_is_one_line(cummax_student, kd_data, tm
     assert not out.exists() or not any(out.iterdir())  # nothing half-written left
 
 
+def build_recognizer(config):
+    from mmaction.registry import MODELS
+    from mmengine.registry import init_default_scope
+
+    from video_kd.config import load_config
+    from video_kd.runtime import register_all_modules
+
+    register_all_modules()
+    init_default_scope('mmaction')
+    recognizer = MODELS.build(load_config(str(config)).model)
+    return export.RecognizerScores(recognizer).eval()
+
+
+def test_a_teacher_that_does_not_export_is_timed_in_pytorch_only(cummax_student, caplog):
+    """Regression: a teacher that failed ONNX export during the speed measurement failed the
+    step with 'the student does not export'. Speed is a report: the teacher is timed in
+    PyTorch eager, one warning line names it, and nothing downstream breaks."""
+    models = {
+        'teacher': build_recognizer(cummax_student),  # torch.cummax: no ONNX symbolic
+        'student': build_recognizer('tsm_mobilenetv2_tiny'),
+    }
+    measured = speed.measure_pair(models, (8, 3, 56, 56), batch=2, repeats=1, threads=1)
+    assert set(measured['onnx_failed']) == {'teacher'}
+    assert measured['onnx_failed']['teacher'].startswith(
+        'the teacher does not export to ONNX (opset 17)'
+    )
+    assert set(measured['models']['teacher']) >= {'pytorch'}
+    assert 'onnxruntime' not in measured['models']['teacher']
+    assert 'onnxruntime' in measured['models']['student']
+    assert set(measured['speedup']) == {'pytorch'}
+    warnings = [r for r in caplog.records if r.levelname == 'WARNING' and 'teacher' in r.message]
+    assert len(warnings) == 1 and '\n' not in warnings[0].getMessage()
+    assert 'timed in PyTorch eager only' in warnings[0].getMessage()
+    result = {'kd_config': 'x', 'num_classes': 5, 'shapes': {'seed': measured, 'run': measured}}
+    metrics = speed.kfp_metrics(result)
+    assert 'teacher_pytorch_latency_ms_seed' in metrics
+    assert 'teacher_onnxruntime_latency_ms_seed' not in metrics
+    assert 'speedup_onnxruntime_latency_seed' not in metrics
+    built = card(speed=result)
+    (check,) = [c for c in built['review'] if c['check'].startswith('student >= 5x faster')]
+    assert not check['ok'] and check['detail'].startswith('not measured: the teacher does not')
+    text = model_card.render_markdown(built)
+    assert 'ONNX Runtime not timed (PyTorch only): seed: the teacher does not export' in text
+    assert '| n/a |' in text
+    table = plots.speed_table(result)
+    assert 'onnxruntime' in table and 'n/a' in table
+    points = plots.accuracy_latency_points(METRICS, result)
+    assert (
+        points[0]['latency_ms'] == measured['models']['teacher']['pytorch']['latency_ms']['median']
+    )  # like with like: PyTorch for every model when one has no ONNX
+
+
+def test_export_settings_out_of_range_are_refused_before_any_work(kd_data, tmp_path):
+    from video_kd.validation import InvalidInputError
+
+    for kwargs, match in (
+        ({'tolerance': -1.0}, '--tolerance must be >= 0, got -1'),
+        ({'tolerance': float('nan')}, '--tolerance must be a finite number'),
+        ({'max_clips': 0}, '--max-clips must be >= 1, got 0'),
+    ):
+        with pytest.raises(InvalidInputError, match=match):
+            export.export_student('no_such_config', tmp_path / 'x.pth', kd_data, tmp_path, **kwargs)
+    with pytest.raises(InvalidInputError, match='speed repeats must be >= 1, got 0'):
+        speed.measure_pair({}, (8, 3, 56, 56), repeats=0)
+
+
 def test_missing_checkpoint_and_unknown_config_are_export_errors(kd_data, tmp_path):
     with pytest.raises(export.ExportError, match='does not exist'):
         export.export_student('tsm_mobilenetv2_tiny', tmp_path / 'nope.pth', kd_data, tmp_path)
@@ -296,7 +362,7 @@ def test_a_missing_or_broken_log_is_one_line(tmp_path):
     path.write_text('{"acc/top1": 0.5, "step": 1}\nnot json\n')
     with pytest.raises(plots.PlotError, match=r'scalars.json:2 is not a JSON line'):
         plots.training_curves(tmp_path)
-    with pytest.raises(plots.PlotError):
+    with pytest.raises(plots.PlotError, match='no training log under'):
         plots.make_report(tmp_path / 'out', metrics=METRICS, log_root=tmp_path / 'nope')
     assert not (tmp_path / 'out').exists()  # nothing drawn before the log was found
 

@@ -199,7 +199,7 @@ def test_corrupt_videos_are_left_out_and_reported(kd_data, tiny_teacher, tmp_pat
     (data / 'videos' / corrupt).write_bytes(b'not a video at all')
     result = train_kd(tmp_path / 'w', data, tiny_teacher, '--max-epochs', 1)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert f'rejected {corrupt}: cannot decode' in result.stderr
+    assert f'rejected {corrupt} (train): cannot decode' in result.stderr
     report = json.loads((tmp_path / 'w' / 'data' / 'report.json').read_text())
     assert report['rejected_total'] == 1
 

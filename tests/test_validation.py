@@ -160,11 +160,75 @@ def test_good_cfg_options_pass_at_any_depth(kd_cfg):
     assert len(parsed) == len(options)
 
 
-def test_cfg_options_from_a_dict_action_and_a_pipeline_string(kd_cfg):
+def test_cfg_options_from_a_dict_action(kd_cfg):
     assert validation.check_cfg_options(kd_cfg, {'train_cfg.max_epochs': 3})
-    items = validation.split_cfg_options("train_cfg.max_epochs=3 work_dir='/a b'")
-    assert items == ['train_cfg.max_epochs=3', 'work_dir=/a b']
-    refused(validation.split_cfg_options, "work_dir='/a b", match='No closing quotation')
+
+
+@pytest.mark.parametrize(
+    ('text', 'value'),
+    [
+        ('/a b', '/a b'),  # mmengine's own parser gives '/ab'
+        ("'a b'", 'a b'),  # quotes stripped once
+        ('"it\'s here"', "it's here"),
+        ('a  b', 'a  b'),
+        ('0.01', 0.01),
+        ('8', 8),
+        ('True', True),
+        ('false', False),  # mmengine's unquoted forms where no space is lost
+        ('None', None),
+        ('[1, 2]', [1, 2]),
+        ('(0.9,0.99)', (0.9, 0.99)),
+        ('[a, b]', ['a', 'b']),
+        ('a,b', ['a', 'b']),
+        ('disk', 'disk'),
+        ('', ''),
+    ],
+)
+def test_cfg_option_values_keep_their_spaces(text, value):
+    parsed = validation.parse_cfg_value(text)
+    assert parsed == value and type(parsed) is type(value)
+
+
+def test_cfg_options_with_spaces_reach_the_resolved_config():
+    from video_kd.train_config import TrainOptions, resolve
+
+    options = TrainOptions(
+        cfg_options=['work_dir=/a b', "experiment_name='kd run 1'", 'train_cfg.val_interval=2']
+    )
+    cfg = resolve('kd_logits_tsm-res50_tsm-mobilenetv2_tiny', options)
+    assert cfg.work_dir == '/a b'
+    assert cfg.experiment_name == 'kd run 1'
+    assert cfg.train_cfg.val_interval == 2
+
+
+def test_cfg_options_have_one_form_a_list():
+    from video_kd.train_config import TrainOptions
+
+    with pytest.raises(UserError, match='cfg_options must be a list of KEY=VALUE strings'):
+        TrainOptions(cfg_options='train_cfg.max_epochs=3\nwork_dir=/a b')
+    assert TrainOptions(cfg_options=['work_dir=/a b']).cfg_options == ['work_dir=/a b']
+
+
+# --------------------------------------------------------------------------- evaluate's CLI
+@pytest.mark.parametrize(
+    ('option', 'match'),
+    [
+        ('lr0.1', "error: --cfg-options 'lr0.1': expected key=value"),
+        ('model.cls_head.num_clases=3', "(did you mean 'model.cls_head.num_classes'?)"),
+        ('test_dataloader.batch_sise=4', "did you mean 'test_dataloader.batch_size'?"),
+    ],
+)
+def test_evaluate_checks_cfg_options_as_training_does(tmp_path, capsys, option, match):
+    """Regression: evaluate's mmengine DictAction crashed on 'lr0.1' (a ValueError
+    traceback) and took any key name."""
+    from video_kd import evaluate
+
+    out = tmp_path / 'metrics.json'
+    argv = ['tsm_mobilenetv2_tiny', str(tmp_path / 'ckpt.pth'), '--data-root', str(tmp_path)]
+    assert run_cli(evaluate.main, [*argv, '--out', str(out), '--cfg-options', option]) == 2
+    err = capsys.readouterr().err
+    assert match in err and err.count('\n') == 1 and 'Traceback' not in err
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- one line, exit 2

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from video_kd.errors import UserError, exit_on_user_error, one_line
+from video_kd.errors import UserError, one_line, run_cli, setup_logging
 
 if TYPE_CHECKING:
     from kfp import Client
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger('video_kd.cli')
 
 PIPELINE_NAME = 'video-kd-distillation'
+# training options run-local passes on as pipeline parameters (video_kd.train_config)
+RUN_LOCAL_TRAIN_OPTIONS = ('teacher_precision', 'teacher_logit_cache')
 _CRON_MACROS = ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly')
 
 
@@ -326,7 +328,9 @@ def _fmt(m: dict | None) -> str:
 def cmd_run_local(args: argparse.Namespace) -> int:
     from video_kd import local_run
 
-    logging.basicConfig(level=logging.WARNING if not args.verbose else logging.INFO)
+    setup_logging()
+    if not args.verbose:  # the steps' own logs are in their processes; here only warnings
+        logging.getLogger().setLevel(logging.WARNING)
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     data_opts = dict(
@@ -356,10 +360,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
             not args.no_baseline,
             args.workers,
             args.run_id,
-            {
-                'teacher_precision': args.teacher_precision or '',
-                'teacher_logit_cache': args.teacher_logit_cache,
-            },
+            {name: getattr(args, name) for name in RUN_LOCAL_TRAIN_OPTIONS},
         )
         mirror = local_run.mirror_run(
             result['run_root'], workdir / 's3' / args.bucket / args.prefix / result['run_id']
@@ -427,7 +428,7 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from video_kd.fast_teacher import PRECISIONS
+    from video_kd.train_config import TrainOptions
 
     parser = argparse.ArgumentParser(
         prog='video-kd',
@@ -486,17 +487,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--val-per-class', type=int, default=8, help='default 8')
     p.add_argument('--no-baseline', action='store_true', help='skip the no-KD baseline')
     p.add_argument('--run-id', help='default: <UTC time>-<random>')
-    p.add_argument(
-        '--teacher-precision',
-        choices=list(PRECISIONS),
-        help='pipeline parameter teacher_precision: the teacher as an inference '
-        'model (default: as MMRazor runs it)',
-    )
-    p.add_argument(
-        '--teacher-logit-cache',
-        action='store_true',
-        help='pipeline parameter teacher_logit_cache (next to the dataset in S3)',
-    )
+    TrainOptions.add_arguments(p, only=RUN_LOCAL_TRAIN_OPTIONS)  # the pipeline parameters
     p.add_argument(
         '--s3-endpoint',
         help='use this S3 server (credentials from the environment) instead of starting moto',
@@ -589,11 +580,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        with exit_on_user_error():
-            return args.func(args)
-    except SystemExit as done:
-        return done.code
+    return run_cli(args.func, args)
 
 
 if __name__ == '__main__':

@@ -181,6 +181,21 @@ def load_config(name_or_path: str | Path, cfg_options: dict | None = None) -> Co
     return drop_remote_weights(cfg)
 
 
+def checked_cfg_options(config: str | Path, items: list[str]) -> dict:
+    """``--cfg-options`` items as ``load_config`` overrides, after every check (training and
+    evaluation alike): malformed items and keys the config lacks at any depth are refused
+    with the nearest valid name (``video_kd.validation``); values parsed by
+    ``validation.parse_cfg_value`` (spaces kept)."""
+    from video_kd import validation
+    from video_kd.runtime import register_all_modules
+
+    raw = validation.parse_cfg_options(items)
+    if raw:  # every key must exist in the config (at any depth): typos are refused
+        register_all_modules()
+        validation.check_cfg_options(load_config(config), raw)
+    return {key: validation.parse_cfg_value(value) for key, value in raw.items()}
+
+
 def teacher_config(kd_config: str | Path, cfg_options: dict | None = None) -> Config:
     """The teacher's own config (its test pipeline, test dataloader, evaluator) with
     the KD config's resolved teacher as its model: to score the teacher as its

@@ -16,10 +16,8 @@ so a model has to use time, as on Kinetics.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -124,11 +122,13 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
 
 def _check_size_round_trips(root: Path, size: int, num_frames: int) -> None:
     """Some sizes (48x48 seen) encode into files decord mis-decodes: refuse them early."""
+    from video_kd.data_check import check_video_bytes
+
     probe = root / '.size_probe.mp4'
     frames = [np.zeros((size, size, 3), np.uint8)] * max(num_frames, 2)
     write_video(probe, frames)
     try:
-        reason = check_video(probe, min_frames=len(frames))
+        reason = check_video_bytes(probe.read_bytes(), min_frames=len(frames))
     finally:
         probe.unlink()
     if reason:
@@ -186,21 +186,6 @@ def generate_dataset(
 
 
 # --------------------------------------------------------------------------- validation
-@dataclass
-class Rejected:
-    path: str
-    label: str
-    reason: str
-
-
-@dataclass
-class SplitReport:
-    list_file: str
-    total: int = 0
-    valid: int = 0
-    rejected: list[Rejected] = field(default_factory=list)
-
-
 def read_classes(root: str | Path) -> list[str]:
     path = Path(root) / CLASSES_FILE
     if not path.is_file():
@@ -211,73 +196,20 @@ def read_classes(root: str | Path) -> list[str]:
     return classes
 
 
-def check_video(path: Path, min_frames: int) -> str | None:
-    """None when the video decodes with enough frames, else the reason it is unusable."""
-    import decord
-
-    if not path.is_file():
-        return 'file not found'
-    if path.stat().st_size == 0:
-        return 'empty file'
-    try:
-        reader = decord.VideoReader(str(path), num_threads=1)
-        count = len(reader)
-        if count < min_frames:
-            return f'only {count} frames, need {min_frames}'
-        reader.get_batch([0, count - 1])  # decode both ends: catches truncated files
-    except Exception as error:  # decord raises bare DECORDError/RuntimeError
-        return f'cannot decode: {str(error).splitlines()[0][:200]}'
-    return None
-
-
-def _check_line(line: str, video_dir: Path, num_classes: int, min_frames: int) -> Rejected | None:
-    parts = line.rsplit(maxsplit=1)
-    if len(parts) != 2:
-        return Rejected(line, '', 'malformed line: expected "<path> <label>"')
-    rel, label = parts
-    if not label.isdigit() or int(label) >= num_classes:
-        return Rejected(rel, label, f'unknown label (classes are 0..{num_classes - 1})')
-    reason = check_video(video_dir / rel, min_frames)
-    return Rejected(rel, label, reason) if reason else None
-
-
-def validate_split(
-    root: Path, list_name: str, num_classes: int, min_frames: int, out_dir: Path
-) -> SplitReport:
-    """Check every entry of a list file; write the valid lines to out_dir/list_name."""
-    list_path = root / list_name
-    if not list_path.is_file():
-        raise DatasetError(f'list file {list_path} is missing')
-    report = SplitReport(list_file=list_name)
-    valid_lines = []
-    lines = [line.strip() for line in list_path.read_text().splitlines() if line.strip()]
-    for index, line in enumerate(lines, 1):
-        report.total += 1
-        rejected = _check_line(line, root / VIDEO_DIR, num_classes, min_frames)
-        if rejected:
-            report.rejected.append(rejected)
-            logger.warning('rejected %s: %s', rejected.path, rejected.reason)
-        else:
-            valid_lines.append(line)
-        if index % 200 == 0:
-            logger.info('%s: checked %d/%d videos', list_name, index, len(lines))
-    report.valid = len(valid_lines)
-    if not valid_lines:
-        raise DatasetError(f'{list_path}: no usable video among {report.total} entries')
-    (out_dir / list_name).write_text('\n'.join(valid_lines) + '\n')
-    return report
-
-
 def validate_dataset(
     root: str | Path, out_dir: str | Path | None = None, min_frames: int = 8
 ) -> dict:
     """Validate train and val lists; write a complete, clean dataset root to out_dir.
 
-    out_dir (default <root>/validated) gets the cleaned list files, classes.txt,
-    report.json and a ``videos`` link to the original videos, so it can be used
-    as a data root.  The user's own list files are never rewritten.  Bad videos
-    are reported, not fatal; only an unusable dataset raises DatasetError.
+    The checks are data prep's (``video_kd.data_check.validate_source``, one
+    implementation): out_dir (default <root>/validated) gets the cleaned list
+    files, classes.txt, report.json, and here also a ``videos`` link to the
+    original videos, so it can be used as a data root.  The user's own list
+    files are never rewritten.  Bad videos are reported, not fatal; a split
+    without a usable video raises ``data_check.DataCheckError``.
     """
+    from video_kd import data_check, data_layout
+
     root = Path(root).resolve()
     out_dir = Path(out_dir or root / 'validated').resolve()
     if out_dir == root:
@@ -285,26 +217,8 @@ def validate_dataset(
             f'out_dir must differ from the dataset root {root}: '
             'validation never rewrites the original list files'
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    classes = read_classes(root)
-    splits = [
-        validate_split(root, name, len(classes), min_frames, out_dir)
-        for name in (TRAIN_LIST, VAL_LIST)
-    ]
-    (out_dir / CLASSES_FILE).write_text('\n'.join(classes) + '\n')
+    source = data_layout.resolve(str(root), data_layout.OWN)
+    report = data_check.validate_source(source, out_dir, min_frames=min_frames)
     if not (out_dir / VIDEO_DIR).exists():
         (out_dir / VIDEO_DIR).symlink_to(root / VIDEO_DIR, target_is_directory=True)
-    report = dict(
-        root=str(root),
-        classes=classes,
-        min_frames=min_frames,
-        splits=[asdict(split) for split in splits],
-        rejected_total=sum(len(split.rejected) for split in splits),
-    )
-    (out_dir / 'report.json').write_text(json.dumps(report, indent=2))
-    logger.info(
-        'dataset %s: %s',
-        root,
-        ', '.join(f'{s.list_file} {s.valid}/{s.total} valid' for s in splits),
-    )
     return report

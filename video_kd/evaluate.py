@@ -18,10 +18,10 @@ import logging
 import tempfile
 from pathlib import Path
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd.config import load_config, student_model_cfg
+from video_kd.config import checked_cfg_options, load_config, student_model_cfg
 from video_kd.convert import load_state_dict, state_dict_mismatch
 from video_kd.data_stream import use_test_data
 from video_kd.errors import UserError, run_cli, setup_logging
@@ -51,9 +51,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         '--cfg-options',
         nargs='+',
-        action=DictAction,
-        default={},
-        help='override config keys, mmengine style',
+        default=[],
+        metavar='KEY=VALUE',
+        help='override config keys, one KEY=VALUE per argument, checked as training checks '
+        'them (a key the config lacks is refused with the nearest valid name)',
     )
     return parser.parse_args(argv)
 
@@ -139,9 +140,8 @@ def evaluate(
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    metrics = evaluate(
-        args.config, args.checkpoint, args.data_root, args.work_dir, args.cfg_options
-    )
+    overrides = checked_cfg_options(args.config, args.cfg_options)  # before anything runs
+    metrics = evaluate(args.config, args.checkpoint, args.data_root, args.work_dir, overrides)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(metrics, indent=2))

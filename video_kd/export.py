@@ -37,6 +37,7 @@ from torch import nn
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.errors import UserError, one_line, run_cli, setup_logging
+from video_kd.validation import check_number, check_range
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -176,12 +177,17 @@ def batches(
 
 
 def export_onnx(
-    module: RecognizerScores, example: torch.Tensor, path: Path, opset: int = DEFAULT_OPSET
+    module: RecognizerScores,
+    example: torch.Tensor,
+    path: Path,
+    opset: int = DEFAULT_OPSET,
+    model: str = 'student',
 ) -> Path:
     """Trace ``module`` on ``example`` into ``path`` with a dynamic batch axis.
 
     torch's TorchScript-based exporter (``dynamo=False``): it needs no extra package
-    and traces the recognizers' Python control flow at the example's shape.
+    and traces the recognizers' Python control flow at the example's shape.  ``model``
+    names the recognizer in the error (the speed measurement exports the teacher too).
     """
     import onnx
 
@@ -207,7 +213,7 @@ def export_onnx(
     except Exception as error:  # the exporter raises many types; all mean "does not export"
         tmp.unlink(missing_ok=True)
         raise ExportError(
-            f'the student does not export to ONNX (opset {opset}): {one_line(error)}'
+            f'the {model} does not export to ONNX (opset {opset}): {one_line(error)}'
         ) from error
     tmp.replace(path)  # a half-written model never carries the final name
     return path
@@ -380,6 +386,9 @@ def export_student(
     Returns what was written (paths) and the parity numbers.
     """
     out_dir = Path(out_dir)
+    check_number('--tolerance', tolerance, 0)
+    if max_clips is not None:
+        check_range('--max-clips', max_clips, 1)
     refuse_existing(out_dir, [ONNX_NAME, TORCHSCRIPT_NAME, PREPROCESS_NAME, PARITY_NAME])
     started = time.monotonic()
     model, cfg, classes = _load(config, checkpoint, data_root)

@@ -47,10 +47,11 @@ mode, inference_mode, optional bf16): its logits are then deterministic
 (MMRazor's own step runs the teacher in train mode with only the norm layers
 frozen, so its dropout / drop-path make each teacher forward slightly random).
 
-Switch it on with ``python -m video_kd.train ... --teacher-logit-cache URI``
-(``video_kd.train``) or the pipeline parameter ``teacher_logit_cache`` (the
-train step resolves the run's config with the cache next to the dataset's
-videos).  Off by default.
+Switch it on with the training option ``teacher_logit_cache``
+(``video_kd.train_config.TrainOptions``: ``python -m video_kd.train ...
+--teacher-logit-cache`` or the pipeline parameter): the run's config is resolved
+with the cache next to the dataset's videos (``<dataset>/teacher_logits/``).
+Off by default.
 """
 
 from __future__ import annotations

@@ -12,10 +12,15 @@ A short checklist at the top says which of those a reviewer should look at twice
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from video_kd.errors import UserError
+
+if TYPE_CHECKING:
+    from mmengine.config import Config
 
 CARD_JSON = 'model_card.json'
 CARD_MARKDOWN = 'model_card.md'
@@ -26,6 +31,9 @@ ACCURACY_ROWS = (
 )
 MIN_VAL_CLIPS = 100  # below this, a percentage point is less than one clip's noise
 MAX_TEACHER_GAP = 0.10  # top-1 the student may lose to its teacher before a reviewer asks why
+SPEED_ENGINES = ('pytorch', 'onnxruntime')  # video_kd.speed.ENGINES (not imported: torch)
+GIT_COMMIT_ENV = 'VIDEO_KD_GIT_COMMIT'  # set in an image by its build (the source has no .git)
+DISTRIBUTION = 'kubeflow-video-kd'
 
 
 class ModelCardError(UserError):
@@ -56,14 +64,18 @@ def lineage(
     }
 
 
-def pretrained_weights(config: str) -> dict[str, str | None]:
+def pretrained_weights(config: str | Config) -> dict[str, str | None]:
     """``model.*.pretrained`` (and Pretrained init_cfg) values of a config as it is run.
 
-    Remote weights are not fetched offline (``video_kd.config``), so they show as None:
-    random initialisation.  That is what the card must say, not the URL the base named.
+    ``config``: a config name, or the run's resolved training config
+    (``<run>/train/config.py``), which is what the run trained.  Remote weights are not
+    fetched offline (``video_kd.config``), so they show as None: random initialisation,
+    unless the run gave the student ImageNet weights (``student_pretrained_url``): then
+    the student's backbone shows their URL and sha256.
     """
-    from video_kd.config import load_config
+    from video_kd.config import is_distill_config, load_config
 
+    cfg = load_config(config) if isinstance(config, str) else config
     found: dict[str, str | None] = {}
 
     def walk(node: Any, where: str) -> None:
@@ -76,8 +88,53 @@ def pretrained_weights(config: str) -> dict[str, str | None]:
                 else:
                     walk(value, f'{where}.{key}')
 
-    walk(load_config(config).model, 'model')
+    walk(cfg.model, 'model')
+    weights = cfg.get('student_pretrained')
+    if weights:  # loaded by each training process (video_kd.pretrained), checked tensor by tensor
+        student = 'model.architecture' if is_distill_config(cfg) else 'model'
+        sha = f' (sha256 {weights["sha256"]})' if weights.get('sha256') else ' (no sha256 given)'
+        found[f'{student}.backbone.pretrained'] = weights['url'] + sha
     return found
+
+
+def code_version() -> str:
+    """``kubeflow-video-kd <version>`` and the git commit when it is known, else says so.
+
+    The commit comes from ``VIDEO_KD_GIT_COMMIT`` (an image's build argument), from pip's
+    record of a VCS install (``direct_url.json``), or from the source tree when it is a
+    git checkout (``-dirty`` when it holds uncommitted changes).
+    """
+    from video_kd import __version__
+
+    commit = os.environ.get(GIT_COMMIT_ENV, '').strip() or _installed_commit() or _checkout_commit()
+    return f'kubeflow-video-kd {__version__}, git commit {commit or "unknown"}'
+
+
+def _installed_commit() -> str:
+    from importlib import metadata
+
+    try:
+        text = metadata.distribution(DISTRIBUTION).read_text('direct_url.json')
+    except metadata.PackageNotFoundError:
+        return ''
+    try:
+        return str(json.loads(text or '{}').get('vcs_info', {}).get('commit_id', ''))
+    except (ValueError, AttributeError):
+        return ''
+
+
+def _checkout_commit() -> str:
+    source = Path(__file__).resolve().parent.parent
+    if not (source / '.git').exists():
+        return ''
+    try:
+        done = subprocess.run(
+            ['git', '-C', str(source), 'describe', '--always', '--dirty', '--abbrev=40'],
+            capture_output=True, text=True, timeout=10, check=True,
+        )  # fmt: skip
+    except (OSError, subprocess.SubprocessError):
+        return ''
+    return done.stdout.strip()
 
 
 def build_model_card(
@@ -151,6 +208,7 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, Any]:
                 for engine, ratio in result['speedup'].items()
             },
             'flop_ratio': round(result['flop_ratio'], 2),
+            'onnx_failed': result.get('onnx_failed', {}),
             'models': {
                 name: {
                     'params': entry['params'],
@@ -162,7 +220,8 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, Any]:
                                 entry[engine]['throughput_clips_per_s']['median'], 2
                             ),
                         }
-                        for engine in ('pytorch', 'onnxruntime')
+                        for engine in SPEED_ENGINES
+                        if engine in entry  # a model that does not export: PyTorch only
                     },
                 }
                 for name, entry in result['models'].items()
@@ -218,14 +277,19 @@ def review_checks(card: dict[str, Any], speed_target: float) -> list[dict[str, A
     )
     seed = (card.get('speed') or {}).get('seed')
     if seed:
-        ratio = seed['speedup']['onnxruntime']['latency']
-        checks.append(
-            _check(
-                f'student >= {speed_target:g}x faster (ONNX Runtime, seed size)',
-                ratio >= speed_target,
-                f'{ratio:.2f}x at batch 1 (FLOP ratio {seed["flop_ratio"]:.1f}x)',
+        name = f'student >= {speed_target:g}x faster (ONNX Runtime, seed size)'
+        if 'onnxruntime' in seed['speedup']:
+            ratio = seed['speedup']['onnxruntime']['latency']
+            checks.append(
+                _check(
+                    name,
+                    ratio >= speed_target,
+                    f'{ratio:.2f}x at batch 1 (FLOP ratio {seed["flop_ratio"]:.1f}x)',
+                )
             )
-        )
+        else:
+            failed = '; '.join(seed.get('onnx_failed', {}).values()) or 'ONNX Runtime not timed'
+            checks.append(_check(name, False, f'not measured: {failed}'))
     return checks
 
 
@@ -309,14 +373,18 @@ def _speed_section(speed: dict[str, Any] | None) -> list[str]:
         'PyTorch clips/s | ONNX Runtime clips/s |',
         '|---|---|---|---|---|---|---|---|',
     ]
+    failures = []
     for label, result in speed.items():
         shape = 'x'.join(map(str, result['clip_shape']))
         for name, m in result['models'].items():
             lines.append(
                 f'| {label} ({shape}) | {name} | {m["gflops"]:.2f} | {m["params"] / 1e6:.2f} | '
-                f'{m["pytorch"]["latency_ms"]:.1f} | {m["onnxruntime"]["latency_ms"]:.1f} | '
-                f'{m["pytorch"]["clips_per_s"]:.1f} | {m["onnxruntime"]["clips_per_s"]:.1f} |'
+                f'{_timed(m, "pytorch", "latency_ms")} | {_timed(m, "onnxruntime", "latency_ms")} | '
+                f'{_timed(m, "pytorch", "clips_per_s")} | {_timed(m, "onnxruntime", "clips_per_s")} |'
             )
+        failures += [f'{label}: {why}' for why in result.get('onnx_failed', {}).values()]
+    if failures:  # said once, under the table: the n/a cells are not zeros
+        lines += ['', 'ONNX Runtime not timed (PyTorch only): ' + '; '.join(failures) + '.']
     lines += ['', '| input | engine | latency speedup | throughput speedup | FLOP ratio |']
     lines.append('|---|---|---|---|---|')
     for label, result in speed.items():
@@ -326,6 +394,10 @@ def _speed_section(speed: dict[str, Any] | None) -> list[str]:
                 f'{result["flop_ratio"]:.1f}x |'
             )
     return [*lines, '']
+
+
+def _timed(model: dict[str, Any], engine: str, key: str) -> str:
+    return f'{model[engine][key]:.1f}' if engine in model else 'n/a'
 
 
 def _export_section(export: dict[str, Any], model: dict[str, Any]) -> list[str]:

@@ -220,6 +220,8 @@ def accuracy_latency_points(
     The student alone has the student's architecture, hence its latency.
     """
     result = speed['shapes'][shape]
+    if not all(engine in entry for entry in result['models'].values()):
+        engine = 'pytorch'  # a model that did not export to ONNX: compare like with like
     latency = {
         name: entry[engine]['latency_ms']['median'] for name, entry in result['models'].items()
     }
@@ -305,7 +307,8 @@ def speed_table(speed: dict[str, Any]) -> str:
     for label, result in speed['shapes'].items():
         shape = 'x'.join(map(str, result['clip_shape']))
         for name, entry in result['models'].items():
-            for engine in ('pytorch', 'onnxruntime'):
+            for engine in (e for e in ('pytorch', 'onnxruntime') if e in entry):
+                speedup = result['speedup'].get(engine)  # none when one model has no ONNX
                 rows.append(
                     [
                         f'{label} ({shape})',
@@ -313,7 +316,7 @@ def speed_table(speed: dict[str, Any]) -> str:
                         engine,
                         f'{entry[engine]["latency_ms"]["median"]:.1f}',
                         f'{entry[engine]["throughput_clips_per_s"]["median"]:.1f}',
-                        f'{result["speedup"][engine]["latency"]["median"]:.2f}x',
+                        f'{speedup["latency"]["median"]:.2f}x' if speedup else 'n/a',
                     ]
                 )
     headers = ['input', 'model', 'engine', 'ms (batch 1)', 'clips/s', 'student speedup']

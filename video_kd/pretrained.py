@@ -44,7 +44,7 @@ from mmengine.config import Config, ConfigDict
 from video_kd import download, s3
 from video_kd.config import load_config, student_model_cfg
 from video_kd.convert import save_checkpoint
-from video_kd.errors import UserError, run_cli, setup_logging
+from video_kd.errors import UserError, one_line, run_cli, setup_logging
 from video_kd.runs import RunLayout
 from video_kd.validation import check_sha256
 
@@ -186,9 +186,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:  # ImageNet files are plain tensors: no need to unpickle anything else
         checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as error:
-        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise PretrainedWeightsError(
-            f'pretrained weights {path.name} are not a readable PyTorch state dict: {first}'
+            f'pretrained weights {path.name} are not a readable PyTorch state dict: '
+            f'{one_line(error)}'
         ) from error
     state = checkpoint.get('state_dict', checkpoint) if isinstance(checkpoint, dict) else None
     if not isinstance(state, dict) or not state:
@@ -241,7 +241,7 @@ def _load_and_check(backbone_cfg: ConfigDict, state: dict[str, torch.Tensor], so
             backbone_cfg, model, state, source, f'the file has no {error.args[0]}'
         ) from error
     except (RuntimeError, AttributeError) as error:  # strict loads, size mismatches
-        raise _misfit(backbone_cfg, model, state, source, _first_line(error)) from error
+        raise _misfit(backbone_cfg, model, state, source, one_line(error)[:300]) from error
     missing = sorted(name for name, tensor in tensors.items() if torch.isnan(tensor).any())
     if missing:
         raise _misfit(
@@ -275,11 +275,6 @@ def _misfit(
         f"pretrained weights {source.name} do not fit the student's backbone "
         f'{backbone_cfg.type}: expected {expected}, found {describe_weights(state)}; {what}'
     )
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0][:300] if text else type(error).__name__
 
 
 def describe_weights(state: dict[str, torch.Tensor]) -> str:

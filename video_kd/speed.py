@@ -16,6 +16,11 @@ and ONNX Runtime's ``intra_op_num_threads`` get the same number.
 
 FLOPs are mmengine's ``get_model_complexity_info`` (fvcore's counter: one
 multiply-add counts as one FLOP) for one clip, i.e. batch 1.
+
+Speed is a report, not a gate: a model that does not export to ONNX (the
+teacher may use an op the exporter lacks) is timed in PyTorch eager only, with
+one warning line; the result names it under ``onnx_failed`` and has no ONNX
+Runtime speedup.
 """
 
 from __future__ import annotations
@@ -33,7 +38,9 @@ import torch
 from torch import nn
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd.export import INPUT_NAME, RecognizerScores, export_onnx, ort_session
+from video_kd.errors import one_line
+from video_kd.export import INPUT_NAME, ExportError, RecognizerScores, export_onnx, ort_session
+from video_kd.validation import check_range
 
 logger = logging.getLogger(__name__)
 
@@ -90,9 +97,10 @@ def _quiet_mmengine() -> Iterator[None]:
 
 def _engines(
     models: dict[str, RecognizerScores], clip_shape: tuple[int, ...], work: Path, threads: int
-) -> dict[tuple[str, str], Callable[[torch.Tensor], Any]]:
-    """(model, engine) -> a function running one batch."""
+) -> tuple[dict[tuple[str, str], Callable[[torch.Tensor], Any]], dict[str, str]]:
+    """((model, engine) -> a function running one batch, model -> why ONNX failed)."""
     runners: dict[tuple[str, str], Callable[[torch.Tensor], Any]] = {}
+    onnx_failed: dict[str, str] = {}
     example = torch.zeros(2, *clip_shape)
     for name, module in models.items():
 
@@ -101,13 +109,19 @@ def _engines(
                 return module(batch)
 
         runners[(name, 'pytorch')] = eager
-        session = ort_session(
-            export_onnx(module, example, work / f'{name}.onnx'), threads, spin=False
-        )
+        try:
+            onnx_path = export_onnx(module, example, work / f'{name}.onnx', model=name)
+        except ExportError as error:
+            onnx_failed[name] = one_line(error)
+            logger.warning(
+                'speed: %s; the %s is timed in PyTorch eager only', onnx_failed[name], name
+            )
+            continue
+        session = ort_session(onnx_path, threads, spin=False)
         runners[(name, 'onnxruntime')] = lambda batch, s=session: s.run(
             None, {INPUT_NAME: batch.numpy()}
         )
-    return runners
+    return runners, onnx_failed
 
 
 def time_rounds(
@@ -154,9 +168,11 @@ def speed_table(
 
 
 def speedups(seconds: dict[tuple[str, str, int], list[float]], batch: int) -> dict[str, Any]:
-    """Teacher time / student time per engine, median of per-round ratios."""
+    """Teacher time / student time per engine both were timed in, median of per-round ratios."""
     result = {}
     for engine in ENGINES:
+        if not all((name, engine, 1) in seconds for name in ('teacher', 'student')):
+            continue  # one of them did not export to ONNX
         latency = [
             t / s
             for t, s in zip(
@@ -187,11 +203,12 @@ def measure_pair(
 ) -> dict[str, Any]:
     """Latency (batch 1), throughput (batch ``batch``), params, FLOPs and speedups of
     teacher vs student at one input shape (``clip_shape`` without the batch axis)."""
+    check_range('speed repeats', repeats, 1)
     threads = threads or torch.get_num_threads()
     torch.set_num_threads(threads)
     inputs = {size: torch.rand(size, *clip_shape) * 255 for size in sorted({1, batch})}
     with tempfile.TemporaryDirectory(prefix='video_kd_speed_') as tmp:
-        runners = _engines(models, clip_shape, Path(tmp), threads)
+        runners, onnx_failed = _engines(models, clip_shape, Path(tmp), threads)
         seconds = time_rounds(runners, inputs, repeats)
     table = speed_table(seconds, batch)
     for name, module in models.items():
@@ -205,6 +222,7 @@ def measure_pair(
         'speedup': speedups(seconds, batch),
         'flop_ratio': table['teacher']['flops'] / table['student']['flops'],
         'param_ratio': table['teacher']['params'] / table['student']['params'],
+        'onnx_failed': onnx_failed,
     }
 
 
@@ -240,7 +258,7 @@ def kfp_metrics(speed: dict[str, Any]) -> dict[str, float]:
             )
         for name, entry in result['models'].items():
             metrics[f'{name}_gflops_{label}'] = round(entry['flops'] / 1e9, 3)
-            for engine in ENGINES:
+            for engine in (e for e in ENGINES if e in entry):  # ONNX may have failed
                 metrics[f'{name}_{engine}_latency_ms_{label}'] = round(
                     entry[engine]['latency_ms']['median'], 2
                 )

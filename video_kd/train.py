@@ -70,14 +70,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     TrainOptions.add_arguments(parser)
     parser.add_argument(
-        '--teacher-logit-cache',
-        metavar='URI',
-        default='',
-        help="KD only: reuse the teacher's logits per augmented view, stored under "
-        'URI/teacher_logits/ (an s3:// prefix or a local dir; see video_kd.logit_cache). '
-        'Off by default',
-    )
-    parser.add_argument(
         '--launcher',
         choices=['none', 'pytorch'],
         default=None,
@@ -88,18 +80,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build_config(args: argparse.Namespace) -> Config:
     """Resolve and localize the config; everything is checked before the work dir is touched."""
+    options = TrainOptions.from_args(args)
     num_classes = len(dataset.read_classes(args.data_root)) if args.data_root else None
     teacher_sha256 = None
-    if args.teacher_logit_cache and args.teacher_ckpt:
+    if options.teacher_logit_cache and args.teacher_ckpt:
         if not Path(args.teacher_ckpt).is_file():
             raise UserError(f'teacher checkpoint {args.teacher_ckpt} does not exist')
         teacher_sha256 = s3.sha256_file(args.teacher_ckpt)
     cfg = train_config.resolve(
         args.config,
-        TrainOptions.from_args(args),
+        options,
         num_classes=num_classes,
-        logit_cache=args.teacher_logit_cache,
         teacher_sha256=teacher_sha256,
+        videos_uri=_videos_dir(args.data_root),
     )
     return train_config.localize(
         cfg,
@@ -110,6 +103,12 @@ def build_config(args: argparse.Namespace) -> Config:
         launcher=args.launcher,
         check_videos=not args.no_data_check,
     )
+
+
+def _videos_dir(data_root: str | None) -> str:
+    """Where the videos of ``--data-root`` are; absolute, but a linked root stays itself
+    (the teacher-logit cache goes with the root the user named)."""
+    return str(Path(data_root).absolute() / dataset.VIDEO_DIR) if data_root else ''
 
 
 def train(cfg: Config) -> Runner:

@@ -4,8 +4,9 @@ A training config is decided in two parts:
 
 * ``resolve`` — what the run trains: the named config, the user's overrides,
   the number of classes, the epoch budget, the teacher's precision and logit
-  cache.  The train step resolves it ONCE and writes it to the run
-  (``<run>/train/config.py``); every training process loads that file.
+  cache (kept with the dataset).  The train step resolves it ONCE and writes
+  it to the run (``<run>/train/config.py``); every training process loads
+  that file.
 * ``localize`` — where one process finds things: its work dir, the dataset,
   the teacher checkpoint, the launcher, whether to resume.
 
@@ -22,10 +23,10 @@ import dataclasses
 import logging
 from pathlib import Path
 
-from mmengine.config import Config, DictAction
+from mmengine.config import Config
 
-from video_kd import dataset, validation
-from video_kd.config import is_distill_config, load_config, set_num_classes
+from video_kd import dataset
+from video_kd.config import checked_cfg_options, is_distill_config, load_config, set_num_classes
 from video_kd.convert import load_state_dict, state_dict_mismatch
 from video_kd.errors import UserError
 from video_kd.fast_teacher import PRECISIONS
@@ -56,9 +57,10 @@ class TrainOptions:
     cfg_options: list[str] = dataclasses.field(
         default_factory=list,
         metadata={
-            'help': 'mmengine config overrides, one KEY=VALUE each '
-            '(optim_wrapper.optimizer.lr=0.01 train_dataloader.batch_size=8); '
-            "values may hold spaces when quoted: model.x='a b'"
+            'help': 'mmengine config overrides, one KEY=VALUE per argument '
+            '(optim_wrapper.optimizer.lr=0.01 train_dataloader.batch_size=8); a value is a '
+            "Python literal (0.1, [1, 2], 'a b') or plain text, spaces kept: "
+            'work_dir=\'/a b\' or "work_dir=/a b" in a shell'
         },
     )
     teacher_precision: str = dataclasses.field(
@@ -68,6 +70,14 @@ class TrainOptions:
             f'this precision ({", ".join(PRECISIONS)}; the student stays fp32); empty: as '
             'MMRazor runs it. See video_kd.fast_teacher',
             'choices': ['', *PRECISIONS],
+        },
+    )
+    teacher_logit_cache: bool = dataclasses.field(
+        default=False,
+        metadata={
+            'help': "KD only: keep the teacher's logits per augmented view next to the "
+            "dataset's videos (<dataset>/teacher_logits/, in S3 or on disk), so retraining "
+            'with the same teacher skips its forward pass (see video_kd.logit_cache)'
         },
     )
 
@@ -84,8 +94,12 @@ class TrainOptions:
     )
 
     def __post_init__(self) -> None:
-        if isinstance(self.cfg_options, str):  # a KFP/CLI string: one override per line
-            self.cfg_options = [line for line in self.cfg_options.splitlines() if line.strip()]
+        if isinstance(self.cfg_options, str) or not all(
+            isinstance(item, str) for item in self.cfg_options
+        ):  # one form only: a string would be split somewhere, breaking values with spaces
+            raise UserError(
+                f'cfg_options must be a list of KEY=VALUE strings, got {self.cfg_options!r}'
+            )
         if self.max_epochs < 0:
             raise UserError(
                 f"max_epochs must be >= 0 (0 keeps the config's), got {self.max_epochs}"
@@ -97,13 +111,20 @@ class TrainOptions:
             )
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser) -> None:
-        """One ``--flag`` per option, with its help (entry points share them)."""
+    def add_arguments(
+        cls, parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None
+    ) -> None:
+        """One ``--flag`` per option (or per option named in ``only``), with its help:
+        every entry point takes the same flags."""
         for field in dataclasses.fields(cls):
+            if only is not None and field.name not in only:
+                continue
             flag = '--' + field.name.replace('_', '-')
             kwargs = {'help': field.metadata['help']}
             if field.name == 'cfg_options':
                 kwargs.update(nargs='+', default=[], metavar='KEY=VALUE')
+            elif field.type in (bool, 'bool'):
+                kwargs.update(action='store_true')
             else:
                 kwargs.update(type=type(field.default), default=field.default)
                 if 'choices' in field.metadata:
@@ -115,35 +136,24 @@ class TrainOptions:
         return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
 
 
-def parse_cfg_options(items: list[str]) -> dict:
-    """``['a.b=1', "c='x y'"]`` -> ``{'a.b': 1, 'c': 'x y'}``: malformed items refused
-    (``video_kd.validation``), values parsed as mmengine's ``--cfg-options`` parses them."""
-    return {
-        key: DictAction._parse_iterable(value)
-        for key, value in validation.parse_cfg_options(items).items()
-    }
-
-
 def resolve(
     config: str,
     options: TrainOptions,
     num_classes: int | None = None,
-    logit_cache: str = '',
     teacher_sha256: str | None = None,
-    pretrained_from: str = '',
+    videos_uri: str = '',
 ) -> Config:
     """The run's training config: everything but where this process finds its files.
 
-    ``logit_cache``: where the teacher's logits per augmented view are kept (an
-    s3:// prefix or a local dir, see video_kd.logit_cache); empty: off.
-    ``teacher_sha256`` keys that cache (computed from the checkpoint if not given).
-    ``pretrained_from``: where processes fetch the student's pretrained weights
-    (the run's S3 cache of them); default the URL the user gave.
+    ``videos_uri``: where the dataset's videos are (an s3:// prefix or a local
+    dir); the teacher-logit cache (``options.teacher_logit_cache``) is kept in
+    the directory above it, with the dataset.  ``teacher_sha256`` keys that
+    cache (computed from the checkpoint if not given).  The processes fetch
+    the student's pretrained weights from the URL the user gave, unless
+    ``fetch_pretrained_from`` names a copy.
     """
-    overrides = parse_cfg_options(options.cfg_options)
+    overrides = checked_cfg_options(config, options.cfg_options)
     register_all_modules()
-    if overrides:  # every key must exist in the config (at any depth): typos are refused
-        validation.check_cfg_options(load_config(config), options.cfg_options)
     cfg = load_config(config, overrides)
     if num_classes:  # heads sized to the dataset (before the teacher checkpoint is checked)
         set_num_classes(cfg.model, num_classes)
@@ -155,20 +165,36 @@ def resolve(
 
         enable_fast_teacher(cfg, options.teacher_precision)
         log.info('teacher: eval mode, inference_mode, %s', options.teacher_precision)
-    if logit_cache:
+    if options.teacher_logit_cache:
         _require_distill(cfg, '--teacher-logit-cache')
+        if not videos_uri:
+            raise UserError(
+                '--teacher-logit-cache keeps the logits with the dataset: give it (--data-root)'
+            )
         from video_kd.logit_cache import enable_cache
 
-        location = enable_cache(cfg, logit_cache, teacher_sha256)
+        location = enable_cache(cfg, dataset_dir(videos_uri), teacher_sha256)
         log.info('teacher-logit cache: %s', location)
     if options.student_pretrained_url:  # fetched and checked by each process (localize)
         cfg.student_pretrained = dict(
             url=options.student_pretrained_url,
             sha256=options.student_pretrained_sha256,
-            fetch_from=pretrained_from or options.student_pretrained_url,
+            fetch_from=options.student_pretrained_url,
         )
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
     return cfg
+
+
+def fetch_pretrained_from(cfg: Config, uri: str) -> None:
+    """Let the processes fetch the student's pretrained weights from ``uri`` (the run's S3
+    cache of them) rather than the URL the user gave."""
+    if uri and cfg.get('student_pretrained'):
+        cfg.student_pretrained.fetch_from = uri
+
+
+def dataset_dir(videos_uri: str) -> str:
+    """The directory that holds a dataset's videos directory (s3:// or local)."""
+    return videos_uri.rstrip('/').rsplit('/', 1)[0]
 
 
 def _require_distill(cfg: Config, option: str) -> None:

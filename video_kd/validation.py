@@ -10,22 +10,26 @@ names the input, what was wrong and what would be right.
   directory).  A run id becomes an S3 directory, a PyTorchJob name and a
   Kubernetes label value; this one pattern is valid as all three.
 * checksums: 64 hex digits (upper case accepted, lower case returned).
-* ``--cfg-options``: ``key=value`` strings (values may hold spaces), each key
+* ``--cfg-options``: a list of ``key=value`` strings (one form everywhere: the
+  pipeline parameter is a list, the CLIs take one item per argument), each key
   a path that exists in the *resolved* config at every depth, or an argument
   the ``type`` of its dict accepts; a miss is refused with the nearest valid
-  name.
-* numbers: ranges (``max_epochs >= 0``, ``num_workers >= 1``, ...).
+  name.  Values are Python literals or plain text, spaces kept
+  (``parse_cfg_value``).
+* numbers: ranges (``max_epochs >= 0``, ``num_workers >= 1``, the export's
+  ``tolerance >= 0`` and ``speed_repeats`` 0-1000, ...).
 * backends: a training mode that can run here (a Kubernetes API for
   ``pytorchjob``, a GPU for GPU workers in ``local`` mode).
 """
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
+import math
 import os
 import re
-import shlex
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -144,6 +148,25 @@ def check_range(
     return number
 
 
+def check_number(
+    name: str, value: Any, minimum: float | None = None, maximum: float | None = None
+) -> float:
+    """``value`` as a finite float within [minimum, maximum]; the message names the input."""
+    if isinstance(value, bool):
+        raise InvalidInputError(f'{name} must be a number, got {value!r}')
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InvalidInputError(f'{name} must be a number, got {value!r}') from None
+    if not math.isfinite(number):
+        raise InvalidInputError(f'{name} must be a finite number, got {value!r}')
+    if minimum is not None and number < minimum:
+        raise InvalidInputError(f'{name} must be >= {minimum:g}, got {number:g}')
+    if maximum is not None and number > maximum:
+        raise InvalidInputError(f'{name} must be <= {maximum:g}, got {number:g}')
+    return number
+
+
 def check_training_numbers(
     max_epochs: int = 0, num_workers: int = 1, gpus_per_worker: int = 0, nproc_per_node: int = 1
 ) -> None:
@@ -157,9 +180,13 @@ def check_training_numbers(
 # --------------------------------------------------------------------------- backends
 def check_train_backend(backend: str, gpus_per_worker: int = 0) -> None:
     """The training backend can run from here: a Kubernetes API, or local GPUs if asked for."""
-    if backend not in ('pytorchjob', 'trainjob', 'local'):
+    from video_kd.backends import BACKENDS  # the one list (imported late: it loads kubernetes)
+
+    if backend not in BACKENDS:
         raise InvalidInputError(
-            f'training_backend {backend!r}: expected "pytorchjob", "trainjob" or "local"'
+            f'training_backend {backend!r}: expected '
+            + ', '.join(f'"{name}"' for name in BACKENDS[:-1])
+            + f' or "{BACKENDS[-1]}"'
         )
     if backend != 'local':
         if os.environ.get('KUBERNETES_SERVICE_HOST'):
@@ -181,16 +208,9 @@ def check_train_backend(backend: str, gpus_per_worker: int = 0) -> None:
 
 
 # --------------------------------------------------------------------------- --cfg-options
-def split_cfg_options(text: str) -> list[str]:
-    """A pipeline's ``cfg_options`` string as ``key=value`` items (shell quoting keeps spaces)."""
-    try:
-        return shlex.split(text or '')
-    except ValueError as exc:
-        raise InvalidInputError(f'cfg_options {text!r}: {exc}') from None
-
-
 def parse_cfg_options(options: Iterable[str]) -> dict[str, str]:
-    """``['a.b=1', 'c=x y']`` -> ``{'a.b': '1', 'c': 'x y'}``; a malformed item is refused."""
+    """``['a.b=1', 'c=x y']`` -> ``{'a.b': '1', 'c': 'x y'}`` (values as written; see
+    ``parse_cfg_value``); a malformed item is refused."""
     parsed = {}
     for item in options:
         key, sep, value = str(item).partition('=')
@@ -207,6 +227,24 @@ def parse_cfg_options(options: Iterable[str]) -> dict[str, str]:
             )
         parsed[key] = value
     return parsed
+
+
+def parse_cfg_value(text: str) -> Any:
+    """One ``--cfg-options`` value: a Python literal when it is one (``0.1``, ``'a b'``,
+    ``[1, 2]``, ``None``; quotes stripped once); else mmengine's own forms for a bracketed
+    list or a value without spaces (``[a, b]``, ``a,b``, ``true``); else the text as
+    written (``/a b`` stays ``/a b``, where mmengine's parser would drop the space)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    stripped = text.strip()
+    bracketed = stripped[:1] in ('[', '(') and stripped[-1:] in (']', ')')
+    if not bracketed and any(char.isspace() for char in text):
+        return text
+    from mmengine.config import DictAction
+
+    return DictAction._parse_iterable(text)
 
 
 def check_cfg_options(

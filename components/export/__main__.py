@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
     from video_kd.steps import export
     from video_kd.steps.common import run_data_meta, run_step_output
 
+    export.export_settings(  # bad settings: one line before the run's objects are looked up
+        args.kd_config, args.student_config, args.image, args.tolerance, True, args.speed_repeats
+    )
     result = export.run(
         run_data_meta(args.run_root),
         run_step_output(args.run_root, 'teacher'),

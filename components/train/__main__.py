@@ -28,12 +28,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     TrainOptions.add_arguments(p)
     p.add_argument(
-        '--teacher-logit-cache',
-        action='store_true',
-        help="keep the teacher's logits per augmented view next to the dataset in S3, so "
-        'retraining with the same teacher skips its forward pass',
-    )
-    p.add_argument(
         '--training-backend',
         choices=backends.BACKENDS,
         default='local',
@@ -63,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     teacher = run_step_output(args.run_root, 'teacher')
     if args.print_manifest:
         layout = RunLayout.from_root(args.run_root)
-        train.resolve_config(data, teacher, args.kd_config, options, args.teacher_logit_cache)
+        train.resolve_config(data, teacher, args.kd_config, options)
         backend = 'pytorchjob' if args.training_backend == 'local' else args.training_backend
         spec = train.job_spec(
             layout,
@@ -84,7 +78,6 @@ def main(argv: list[str] | None = None) -> int:
             teacher,
             args.kd_config,
             options,
-            teacher_logit_cache=args.teacher_logit_cache,
             training_backend=args.training_backend,
             image=args.image,
             num_workers=args.num_workers,

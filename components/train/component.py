@@ -41,6 +41,7 @@ def train(
             max_epochs=max_epochs,
             cfg_options=cfg_options,
             teacher_precision=teacher_precision,
+            teacher_logit_cache=teacher_logit_cache,
             student_pretrained_url=student_pretrained_url,
             student_pretrained_sha256=student_pretrained_sha256,
         )
@@ -49,7 +50,6 @@ def train(
             dict(teacher.metadata),
             kd_config,
             options,
-            teacher_logit_cache=teacher_logit_cache,
             training_backend=training_backend,
             image=image,
             num_workers=num_workers,

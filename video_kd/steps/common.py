@@ -86,6 +86,25 @@ def read_output(uri: str, producer: str) -> dict[str, Any]:
         raise UserError(f'{uri} does not exist: run {producer} for this run first') from exc
 
 
+def output_uri(layout: RunLayout, step: str) -> str:
+    """Where a finished step records its output metadata: ``<run>/<step>/<step>.json``."""
+    return layout.uri(step, f'{step}.json')
+
+
+def record_output(layout: RunLayout, step: str, meta: dict[str, Any]) -> None:
+    """Publish a finished step's output metadata (what its artifact carries) to the run,
+    for the later steps run alone and for the model card.  A re-run of a finished step
+    redoes nothing the record describes, so the first record is kept, never overwritten."""
+    uri = output_uri(layout, step)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / uri.rsplit('/', 1)[1]
+        path.write_text(json.dumps(meta, indent=2, sort_keys=True, default=str))
+        try:
+            Manifest.load(layout).publish(step, path, uri)
+        except s3.ObjectExistsError:
+            log.info('%s records an earlier finish of this step: kept', uri)
+
+
 def run_data_meta(run_root: str) -> dict[str, Any]:
     """The Dataset metadata data prep stored in ``<run>/data/dataset.json``."""
     return read_output(RunLayout.from_root(run_root).dataset_meta_uri, 'data prep')
@@ -109,4 +128,18 @@ def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str,
             f'the manifest of {layout.root} has no {step} output ({suffix}): '
             f'run the {step} step for this run first'
         )
-    return {**run_info(layout), **entries[-1].meta()}
+    last = entries[-1].meta()
+    record = _recorded_output(layout, step)
+    if record.get('s3_uri') != last['s3_uri']:
+        record = {}  # a record of another object (an older step version): not this one's
+    return {**record, **run_info(layout), **last}
+
+
+def _recorded_output(layout: RunLayout, step: str) -> dict[str, Any]:
+    """What the step recorded about its output (``record_output``); {} if nothing."""
+    try:
+        return s3.read_json(output_uri(layout, step))
+    except s3.BucketNotFoundError:
+        raise
+    except s3.ObjectNotFoundError:
+        return {}

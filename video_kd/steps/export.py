@@ -5,18 +5,37 @@ Runs after evaluation (the card and the top-1 cross-check read
 work on local files: the student exported to ONNX (dynamic batch) with its
 ``preprocess.json``, checked against PyTorch on the val clips (streamed), the
 teacher vs student speed, the training curves and confusion heat map, the
-HTML report and the model card.  Everything is published under
-``<run>/export/``; earlier steps' objects are never touched.
+HTML report and the model card.  The card's lineage is what the run recorded:
+the resolved training config (``<run>/train/config.py``), the train step's
+parameters (``<run>/train/train.json``) and the teacher's source URL
+(``<run>/teacher/teacher.json``).
+
+Publishing is all-or-nothing-ish and re-runnable: nothing is uploaded until
+every file is built; ``export.json`` is uploaded last and marks the export
+complete.  A re-run that finds it returns that export (same settings) or
+refuses (other settings); a re-run that finds objects but no ``export.json``
+replaces them, as they are an unfinished attempt of this very step (speed,
+plots and card differ between attempts).  Earlier steps' objects are never
+touched: only ``<run>/export/`` is.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
-from video_kd import __version__, s3
+from video_kd import s3
+from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
-from video_kd.steps.common import fetch_verified, read_output, scratch_dir
+from video_kd.steps.common import fetch_verified, output_uri, read_output, scratch_dir
+from video_kd.validation import check_number, check_range
+
+log = logging.getLogger(__name__)
+
+RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exists
+MAX_SPEED_REPEATS = 1000
 
 
 def run(
@@ -32,56 +51,226 @@ def run(
     workdir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card."""
-    from video_kd import deployable, model_card
-
+    settings = export_settings(
+        kd_config, student_config, image, tolerance, torchscript, speed_repeats
+    )
     layout = RunLayout.from_root(student['run_root'])
+    done = completed_export(layout, settings)
+    if done:
+        return done
     metrics = read_output(layout.uri('eval', 'metrics.json'), 'the evaluate step')
+    training = read_output(output_uri(layout, 'train'), 'the train step')
     with scratch_dir(workdir, 'export') as work:
         checkpoint = fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256'))
         s3.download_dir(layout.uri('train', 'logs'), work / 'logs')
-        dataset_record = Manifest.load(layout).find(layout.dataset_meta_uri)
-        lineage = model_card.lineage(
-            teacher_url=teacher.get('source_url', teacher['s3_uri']),
-            teacher_sha256=teacher['sha256'],
-            dataset_uri=data_meta['source'],
-            dataset_manifest_sha256=dataset_record.sha256 if dataset_record else '',
-            pretrained=model_card.pretrained_weights(kd_config),
-            pipeline_parameters={
-                'kd_config': kd_config,
-                'student_config': student_config,
-                'training_config': layout.uri('train', 'config.py'),
-                'export_tolerance': tolerance,
-            },
-            code_version=f'kubeflow-video-kd {__version__}',
-            image=image,
-            run_uri=layout.root,
-        )
-        result = deployable.package_student(
-            run_id=layout.run_id,
-            kd_config=kd_config,
-            student_config=student_config,
-            checkpoint=checkpoint,
-            data_root=data_meta,
-            log_root=work / 'logs',
-            metrics=metrics,
-            lineage=lineage,
-            out_dir=work / 'out',
-            tolerance=tolerance,
-            torchscript=torchscript,
-            speed_repeats=speed_repeats,
-            uri_of=lambda name: layout.uri('export', name),
-        )
-        with Manifest.load(layout).batch() as manifest:
-            published = {
-                name: manifest.publish('export', path, layout.uri('export', name)).meta()
-                for name, path in sorted(result['files'].items())
-            }
-        return {
+        result = _package(layout, data_meta, teacher, training, metrics, settings, checkpoint, work)
+        published = publish_export(layout, result['files'])
+        output = {
             **run_info(layout),
             'onnx': published[result['onnx'].name],
             'files': published,
             'parity': result['parity'],
             'kfp_metrics': result['kfp_metrics'],
+            'settings': settings,
+        }
+        finish_export(layout, output, work)
+        return {
+            **output,
             'html': result['html'].read_text(),
             'model_card': result['markdown'].read_text(),
         }
+
+
+def export_settings(
+    kd_config: str,
+    student_config: str = '',
+    image: str = '',
+    tolerance: float = 1e-3,
+    torchscript: bool = True,
+    speed_repeats: int = 3,
+) -> dict[str, Any]:
+    """The step's settings, checked (one line each, before anything is read or written)."""
+    return {
+        'kd_config': kd_config,
+        'student_config': student_config,
+        'image': image,
+        'export_tolerance': check_number('export_tolerance (--tolerance)', tolerance, 0),
+        'speed_repeats': check_range(
+            'speed_repeats (0 skips the speed check)', speed_repeats, 0, MAX_SPEED_REPEATS
+        ),
+        'torchscript': bool(torchscript),
+    }
+
+
+def _package(
+    layout: RunLayout,
+    data_meta: dict[str, Any],
+    teacher: dict[str, Any],
+    training: dict[str, Any],
+    metrics: dict[str, Any],
+    settings: dict[str, Any],
+    checkpoint: Path,
+    work: Path,
+) -> dict[str, Any]:
+    from video_kd import deployable
+
+    return deployable.package_student(
+        run_id=layout.run_id,
+        kd_config=settings['kd_config'],
+        student_config=settings['student_config'],
+        checkpoint=checkpoint,
+        data_root=data_meta,
+        log_root=work / 'logs',
+        metrics=metrics,
+        lineage=run_lineage(layout, data_meta, teacher, training, settings, work),
+        out_dir=work / 'out',
+        tolerance=settings['export_tolerance'],
+        torchscript=settings['torchscript'],
+        speed_repeats=settings['speed_repeats'],
+        uri_of=lambda name: layout.uri('export', name),
+    )
+
+
+def run_lineage(
+    layout: RunLayout,
+    data_meta: dict[str, Any],
+    teacher: dict[str, Any],
+    training: dict[str, Any],
+    settings: dict[str, Any],
+    work: Path,
+) -> dict[str, Any]:
+    """The card's lineage from what the run recorded, not from the named configs: the
+    resolved training config (pretrained weights), the train step's parameters, the
+    teacher step's source URL."""
+    from video_kd import model_card, train_config
+
+    config_uri = layout.uri('train', train_config.CONFIG_NAME)
+    manifest = Manifest.load(layout)
+    config_record = manifest.find(config_uri)
+    resolved = train_config.load_resolved(
+        fetch_verified(
+            config_uri,
+            work / 'train_config' / train_config.CONFIG_NAME,
+            config_record.sha256 if config_record else None,
+        )
+    )
+    dataset_record = manifest.find(layout.dataset_meta_uri)
+    parameters = {
+        **training.get('parameters', {}),
+        'reencode': 'reencoded' in data_meta,
+        **{key: value for key, value in settings.items() if key != 'image'},
+        'training_config': config_uri,
+    }
+    return model_card.lineage(
+        teacher_url=teacher_source(layout, teacher),
+        teacher_sha256=teacher['sha256'],
+        dataset_uri=data_meta['source'],
+        dataset_manifest_sha256=dataset_record.sha256 if dataset_record else '',
+        pretrained=model_card.pretrained_weights(resolved),
+        pipeline_parameters=parameters,
+        code_version=model_card.code_version(),
+        image=settings['image'],
+        run_uri=layout.root,
+    )
+
+
+def teacher_source(layout: RunLayout, teacher: dict[str, Any]) -> str:
+    """The URL the teacher step fetched from (its artifact's, else its record in the run)."""
+    if teacher.get('source_url'):
+        return teacher['source_url']
+    try:
+        recorded = s3.read_json(output_uri(layout, 'teacher'))
+    except s3.BucketNotFoundError:
+        raise
+    except s3.ObjectNotFoundError:
+        recorded = {}
+    if recorded.get('source_url'):
+        return recorded['source_url']
+    return f'unknown (the teacher step recorded none; its copy is {teacher["s3_uri"]})'
+
+
+# --------------------------------------------------------------------------- publishing
+
+
+def publish_export(layout: RunLayout, files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+    """Upload every built file under ``<run>/export/``; returns name -> manifest metadata.
+
+    What an unfinished earlier attempt of this step left there (no ``export.json``)
+    is replaced: its objects and their manifest entries go first, except those that
+    hold the very same content.  Nothing outside ``<run>/export/`` is touched.
+    """
+    if s3.exists(layout.uri('export', RECORD_NAME)):
+        raise UserError(
+            f'{layout.uri("export")}/ holds a finished export: start a new run to export again'
+        )
+    _drop_unfinished_attempt(layout, {layout.uri('export', n): p for n, p in files.items()})
+    with Manifest.load(layout).batch() as manifest:
+        return {
+            name: manifest.publish('export', path, layout.uri('export', name)).meta()
+            for name, path in sorted(files.items())
+        }
+
+
+def _drop_unfinished_attempt(layout: RunLayout, files: dict[str, Path]) -> None:
+    prefix = layout.uri('export') + '/'
+    manifest = Manifest.load(layout)
+    recorded = {e.uri: e.sha256 for e in manifest.entries if e.uri.startswith(prefix)}
+    stored = set(s3.list_uris(prefix))
+    wanted = {uri: s3.sha256_file(path) for uri, path in files.items()}
+    stale = {
+        uri
+        for uri in stored | set(recorded)
+        if not (uri in stored and uri in wanted and recorded.get(uri) == wanted[uri])
+    }
+    if not stale:
+        return
+    log.warning(
+        'export: replacing %d objects an unfinished earlier attempt left in %s',
+        len(stale),
+        prefix,
+    )
+    # The manifest first: at worst it then misses objects that the next attempt lists
+    # and replaces.  (A concurrent manifest writer would merge the dropped entries back;
+    # no other step writes while the export runs.)
+    manifest.entries = [e for e in manifest.entries if e.uri not in stale]
+    manifest.save()
+    for uri in sorted(stale & stored):
+        s3.delete(uri)
+
+
+def finish_export(layout: RunLayout, output: dict[str, Any], work: Path) -> None:
+    """Upload ``export.json`` (the step's output), last: from now on the export is complete."""
+    path = work / RECORD_NAME
+    path.write_text(json.dumps(output, indent=2, sort_keys=True))
+    Manifest.load(layout).publish('export', path, layout.uri('export', RECORD_NAME))
+
+
+def completed_export(layout: RunLayout, settings: dict[str, Any]) -> dict[str, Any] | None:
+    """A finished export of this run, as ``run`` returns it; None when there is none.
+
+    A re-run (a KFP retry after the work was done) gets the same result; other
+    settings are refused, as the run's export was made with the recorded ones.
+    """
+    from video_kd import model_card, plots
+
+    try:
+        recorded = s3.read_json(layout.uri('export', RECORD_NAME))
+    except s3.BucketNotFoundError:
+        raise
+    except s3.ObjectNotFoundError:
+        return None
+    if recorded.get('settings') != settings:
+        raise UserError(
+            f'{layout.uri("export")}/ holds a finished export made with other settings '
+            f'({recorded.get("settings")}): start a new run to export again'
+        )
+    log.info('export: %s is complete, returning it', layout.uri('export'))
+
+    def text(name: str) -> str:
+        return s3.read_bytes(layout.uri('export', name)).decode()
+
+    return {
+        **recorded,
+        'html': text(plots.REPORT_HTML),
+        'model_card': text(model_card.CARD_MARKDOWN),
+    }

@@ -16,7 +16,7 @@ from video_kd import download
 from video_kd.config import load_config
 from video_kd.errors import UserError
 from video_kd.runs import RunLayout, check_claimed, publish, run_info
-from video_kd.steps.common import scratch_dir
+from video_kd.steps.common import record_output, scratch_dir
 from video_kd.teacher_checkpoint import convert_teacher_checkpoint
 
 
@@ -52,7 +52,7 @@ def run(
         # a converted teacher is not the file at ``url``: the manifest keeps both checksums
         source = checked['source_sha256'] if checked.get('converted') else ''
         entry = publish(layout, 'teacher', path, path.name, source_sha256=source)
-        return {
+        meta = {
             **run_info(layout),
             **entry.meta(),
             **checked,
@@ -60,3 +60,5 @@ def run(
             'source_url': url,
             'cache_hit': fetched.cache_hit,
         }
+        record_output(layout, 'teacher', meta)  # the source URL, for steps run alone and the card
+        return meta

@@ -1,17 +1,21 @@
 """Step 3, KD training: resolve the training config once, run it on a training backend.
 
-The step writes the resolved mmengine config to ``<run>/train/config.py``
+The step checks every input first (nothing is fetched or written for a typo),
+writes the resolved mmengine config to ``<run>/train/config.py``
 (``video_kd.train_config.resolve``: the named config, the user's options, the
 dataset's classes), then starts the training processes on a backend
 (``video_kd.backends``): a Kubeflow ``PyTorchJob`` or Trainer v2 ``TrainJob``
 whose pods run ``torchrun -m video_kd.train_pod``, or in ``local`` mode the
 same command under ``torchrun`` on this machine with the env vars a pod gets.
 Either way the checkpoints land in ``<run>/train/checkpoints/`` as they are
-written, and running the step again resumes from the last one.
+written, and running the step again resumes from the last one.  A finished
+step records what it did, its parameters included, in ``<run>/train/train.json``
+(what the model card reads).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,7 +24,7 @@ from video_kd import backends, s3, train_config
 from video_kd.errors import UserError
 from video_kd.runs import Manifest, RunLayout, publish, run_info
 from video_kd.s3_hook import checkpoint_epochs, list_checkpoints
-from video_kd.steps.common import scratch_dir
+from video_kd.steps.common import record_output, scratch_dir
 from video_kd.train_config import TrainOptions
 from video_kd.validation import check_range, check_train_backend
 
@@ -35,7 +39,6 @@ def run(
     teacher: dict[str, Any],
     kd_config: str,
     options: TrainOptions | None = None,
-    teacher_logit_cache: bool = False,
     training_backend: str = '',
     image: str = '',
     num_workers: int = 1,
@@ -49,14 +52,14 @@ def run(
 
     ``training_backend``: pytorchjob, trainjob or local; empty takes the chart's
     (``VIDEO_KD_TRAINING_BACKEND``), else pytorchjob.  ``nproc_per_node`` 0:
-    one process per GPU, else 1.  ``teacher_logit_cache`` keeps the teacher's
-    logits next to the dataset's videos, where every retraining finds them.
+    one process per GPU, else 1.
     """
+    options = options or TrainOptions()
     backend = backends.backend_from_env(training_backend)
     _check_launch(num_workers, gpus_per_worker, nproc_per_node)
     check_train_backend(backend, gpus_per_worker)
     layout = RunLayout.from_root(data_meta['run_root'])
-    config_uri = publish_config(layout, data_meta, teacher, kd_config, options, teacher_logit_cache)
+    config_uri = publish_config(layout, data_meta, teacher, kd_config, options)
     if backend == 'local':
         _train_locally(layout, config_uri, data_meta, teacher, num_workers, gpus_per_worker,
                        nproc_per_node, workdir)  # fmt: skip
@@ -74,7 +77,18 @@ def run(
     if not checkpoints:
         raise UserError(f'training finished but no checkpoint is in {layout.uri("train")}/')
     last = Manifest.load(layout).find(checkpoints[-1])
-    return {
+    parameters = {
+        'kd_config': kd_config,
+        'dataset_uri': data_meta.get('source', ''),
+        **dataclasses.asdict(options),
+        'training_backend': backend,
+        'num_workers': num_workers,
+        'gpus_per_worker': gpus_per_worker,
+        'nproc_per_node': nproc_per_node,
+        'backoff_limit_per_node': backoff_limit_per_node,
+        'image': image,
+    }
+    meta = {
         **run_info(layout),
         **last.meta(),
         'checkpoints': checkpoints,
@@ -83,7 +97,10 @@ def run(
         'backend': backend,
         'job_name': backends.job_name(layout.run_id),
         'epochs': len(checkpoint_epochs(layout)),
+        'parameters': parameters,
     }
+    record_output(layout, 'train', meta)  # <run>/train/train.json: what the card reads
+    return meta
 
 
 def _check_launch(num_workers: int, gpus_per_worker: int, nproc_per_node: int) -> None:
@@ -97,19 +114,15 @@ def resolve_config(
     teacher: dict[str, Any],
     kd_config: str,
     options: TrainOptions | None = None,
-    teacher_logit_cache: bool = False,
-    pretrained_from: str = '',
 ) -> Config:
-    """The run's training config (see ``video_kd.train_config.resolve``)."""
-    # next to the dataset's videos: shared by every retraining on that dataset
-    location = data_meta['videos_uri'].rstrip('/').rsplit('/', 1)[0] if teacher_logit_cache else ''
+    """The run's training config (see ``video_kd.train_config.resolve``); the teacher-logit
+    cache goes next to the dataset's videos, where every retraining on it finds it."""
     return train_config.resolve(
         kd_config,
         options or TrainOptions(),
         num_classes=int(data_meta['num_classes']),  # a float in KFP's artifact metadata
-        logit_cache=location,
         teacher_sha256=teacher['sha256'],
-        pretrained_from=pretrained_from,
+        videos_uri=data_meta['videos_uri'],
     )
 
 
@@ -119,17 +132,16 @@ def publish_config(
     teacher: dict[str, Any],
     kd_config: str,
     options: TrainOptions | None,
-    teacher_logit_cache: bool,
 ) -> str:
     """Resolve the config and publish it as ``<run>/train/config.py``; returns its URI.
 
-    A re-run of the step resolves the same file and continues; a re-run with
-    other settings is refused (the run's checkpoints were trained with these).
+    Resolving checks every option first: the pretrained weights are fetched only
+    for a config that resolved.  A re-run of the step resolves the same file and
+    continues; a re-run with other settings is refused (the run's checkpoints
+    were trained with these).
     """
-    cfg = resolve_config(
-        data_meta, teacher, kd_config, options, teacher_logit_cache,
-        pretrained_from=cache_pretrained(layout, options),
-    )  # fmt: skip
+    cfg = resolve_config(data_meta, teacher, kd_config, options)
+    train_config.fetch_pretrained_from(cfg, cache_pretrained(layout, options))
     with tempfile.TemporaryDirectory() as tmp:
         path = train_config.save(cfg, Path(tmp) / train_config.CONFIG_NAME)
         try:

@@ -1,0 +1,108 @@
+"""README.md stays in step with the code: its tables render as tables, the layout table
+names every module, and every row of the fault matrix names a test that exists."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+README = (ROOT / 'README.md').read_text()
+
+
+def section(title: str) -> str:
+    start = README.index(title)
+    end = README.find('\n#', start + len(title))
+    return README[start : end if end > 0 else None]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The rows of the first Markdown table in ``text``, header and separator left out."""
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith('|'))
+    rows = []
+    for line in lines[first + 2 :]:
+        if not line.startswith('|'):
+            break
+        rows.append([cell.strip() for cell in re.split(r'(?<!\\)\|', line)[1:-1]])
+    return rows
+
+
+def test_no_table_is_split_by_a_blank_line():
+    """A row after a blank line renders as text (the benchmark table lost its last row so)."""
+    lines = README.splitlines()
+    in_code = False
+    for number, line in enumerate(lines[2:], 3):
+        in_code ^= line.startswith('```')
+        if in_code or not line.startswith('|'):
+            continue
+        before, above = lines[number - 3], lines[number - 2]
+        if above == '' and before.startswith('|'):
+            pytest.fail(f'README.md:{number}: a table row after a blank line: {line[:60]}')
+
+
+def test_the_layout_table_names_every_module():
+    layout = section('## Layout')
+    named = set(re.findall(r'`([^`]+)`', layout))
+    missing = []
+    for path in sorted((ROOT / 'video_kd').rglob('*.py')):
+        rel = path.relative_to(ROOT / 'video_kd')
+        if rel.name == '__init__.py' or rel.parts[0] == 'configs':
+            continue
+        if len(rel.parts) == 1:  # `video_kd/s3.py` or, later in a row, `s3_hook.py`
+            found = rel.name in named or f'video_kd/{rel.name}' in named
+        else:  # `video_kd/backends/` and, in its row, `spec`
+            found = f'video_kd/{rel.parent.as_posix()}/' in named and rel.stem in named
+        if not found:
+            missing.append(f'video_kd/{rel.as_posix()}')
+    assert not missing, f'the README layout table lacks {missing}'
+
+
+def test_the_steps_row_lists_every_step_module():
+    layout = section('## Layout')
+    (row,) = [r for r in table_rows(layout) if r[0] == '`video_kd/steps/`']
+    for path in (ROOT / 'video_kd' / 'steps').glob('*.py'):
+        if path.name != '__init__.py':
+            assert f'`{path.stem}`' in row[1], path.stem
+
+
+def fault_matrix_rows() -> list[list[str]]:
+    return table_rows(section('### Bad input and faults'))
+
+
+def test_every_fault_matrix_row_names_tests_that_exist():
+    rows = fault_matrix_rows()
+    assert len(rows) >= 30
+    for case, *_, tests in rows:
+        references = re.findall(r'`(test_\w+\.py)::(test_\w+)`', tests)
+        assert references, f'fault matrix row {case!r} names no test'
+        for file_name, test_name in references:
+            source = ROOT / 'tests' / file_name
+            assert source.is_file(), f'{case!r}: no tests/{file_name}'
+            defined = {
+                node.name
+                for node in ast.walk(ast.parse(source.read_text()))
+                if isinstance(node, ast.FunctionDef)
+            }
+            assert test_name in defined, f'{case!r}: no {test_name} in tests/{file_name}'
+
+
+def test_the_fault_matrix_covers_the_reported_cases():
+    """Issue 15's cases and issue 14's bad export inputs each have a row."""
+    matrix = ' '.join(' '.join(row) for row in fault_matrix_rows())
+    for needle in (
+        "`' '`",  # the run id of one space
+        "not the pod's scratch copy",
+        'a video that does not decode',
+        'a failed local training attempt',
+        'missing S3 credentials',
+        'a bad URL',
+        'a student with an op ONNX lacks',
+        'ONNX Runtime disagrees with PyTorch',
+        'a missing training log',
+        'a teacher step into a directory nobody claimed',
+    ):
+        assert needle in matrix, needle
