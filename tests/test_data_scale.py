@@ -214,6 +214,15 @@ def test_a_process_decodes_one_video_at_a_time_and_fetches_within_its_budget(
     assert state['most_ahead'] == 1  # every video exceeds a 1-byte budget: none fetched ahead
 
 
+def test_a_video_that_does_not_decode_is_rejected_with_ffmpegs_reason(small_tree):
+    """decord only says 'Error reading N bytes...'; the reason names FFmpeg's own cause."""
+    video = next((small_tree['video-kd'] / 'videos').rglob('*.mp4')).read_bytes()
+    assert data_check.check_video_bytes(video, 8) is None
+    truncated = data_check.check_video_bytes(video[: len(video) // 2], 8)
+    assert truncated.startswith('cannot decode: moov atom not found (Error reading '), truncated
+    assert data_check.ffmpeg_error(video) == ''
+
+
 # --------------------------------------------------------------------------- validation
 def _break_dataset(uri: str, endpoint: str) -> None:
     """One undecodable video, one list line naming nothing, one bad label."""

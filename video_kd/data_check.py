@@ -202,8 +202,39 @@ def check_video_bytes(data: bytes, min_frames: int) -> str | None:
             return f'only {count} frames, need {min_frames}'
         reader.get_batch([0, count - 1])  # decode both ends: catches truncated files
     except Exception as error:  # decord raises bare DECORDError/RuntimeError
-        return f'cannot decode: {str(error).splitlines()[0][:200]}'
+        decord_says = str(error).strip().splitlines()[0][:200] if str(error).strip() else ''
+        cause = ffmpeg_error(data)
+        return (
+            f'cannot decode: {cause} ({decord_says})' if cause else f'cannot decode: {decord_says}'
+        )
     return None
+
+
+def ffmpeg_error(data: bytes) -> str:
+    """FFmpeg's own last error for a video that does not decode ('moov atom not found'),
+    or '' if it decodes.
+
+    decord's exception only says 'Error reading N bytes...'; the cause goes to the
+    process's stderr, out of reach.  PyAV hands FFmpeg's log lines to Python instead, so
+    the failed video is opened once more there (only on failure: it costs a decode).
+    """
+    import av
+    import av.logging
+
+    previous = av.logging.get_level()
+    av.logging.set_level(av.logging.ERROR)
+    try:
+        with av.logging.Capture() as logs:
+            try:
+                with av.open(io.BytesIO(data)) as container:
+                    for _ in container.decode(video=0):
+                        pass
+            except (av.FFmpegError, ValueError, IndexError):
+                pass  # the log holds the reason; no video stream: IndexError
+    finally:
+        av.logging.set_level(previous)
+    errors = [message.strip() for level, _, message in logs if level <= av.logging.ERROR]
+    return errors[-1][:200] if errors else ''
 
 
 def _fetch(uri: str) -> tuple[bytes | None, str | None]:
