@@ -272,13 +272,13 @@ def test_the_train_step_refuses_a_contradicting_sha256_before_publishing(bucket)
     from video_kd.train_config import TrainOptions
 
     layout = RunLayout(bucket, 'kd', 'run-1')
-    data_meta = {'run_root': layout.root, 'num_classes': 3}
+    data_meta = {'run_root': layout.root, 'num_classes': 3, 'videos_uri': f's3://{bucket}/d/videos'}
     options = TrainOptions(
         student_pretrained_url=SEED_IMAGENET_WEIGHTS['MobileNetV2TSM'],
         student_pretrained_sha256='0' * 64,
     )
     with pytest.raises(PretrainedWeightsError, match=r'its name carries .* 3b2dc3af'):
-        train_step.publish_config(layout, data_meta, {'sha256': 'a' * 64}, KD_TSM, options, False)
+        train_step.publish_config(layout, data_meta, {'sha256': 'a' * 64}, KD_TSM, options)
     assert not s3.list_uris(layout.root + '/')
 
 

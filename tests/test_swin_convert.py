@@ -285,7 +285,12 @@ def test_teacher_step_publishes_the_converted_teacher_with_both_checksums(
         layout.root, http_server.url(src.name), source_sha, kd_config=TINY_KD, num_classes=5
     )
     published = layout.uri('teacher', 'swin_t_released_mmpretrain.pth')
-    assert s3.list_uris(layout.uri('teacher') + '/') == [published]
+    # the converted teacher and the step's output record (teacher.json): nothing else
+    assert s3.list_uris(layout.uri('teacher') + '/') == [
+        published,
+        layout.uri('teacher', 'teacher.json'),
+    ]
+    assert s3.read_json(layout.uri('teacher', 'teacher.json'))['source_sha256'] == source_sha
     back = s3.download_file(published, tmp_path / 'back.pth')
     converted_sha = s3.sha256_file(back)
     assert converted_sha != source_sha
