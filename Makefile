@@ -47,7 +47,8 @@ image:               ## the CPU image, with podman (base from Debian packages vi
 	IMAGE=$(IMAGE) PYTHON=$(shell test -x $(PY) && echo $(PY) || echo $(PYTHON)) bash docker/build_image.sh
 
 image-cuda:          ## the CUDA image, with docker, where pytorch/pytorch can be pulled
-	docker build --build-arg BASE_IMAGE=$(CUDA_BASE_IMAGE) -f docker/Dockerfile -t $(IMAGE)-cuda .
+	docker build --build-arg BASE_IMAGE=$(CUDA_BASE_IMAGE) --build-arg VIDEO_KD_GIT_COMMIT=$(shell git rev-parse HEAD) \
+		-f docker/Dockerfile -t $(IMAGE)-cuda .
 
 compile: $(STAMP)    ## recompile pipelines/kd_pipeline.yaml
 	$(VENV)/bin/video-kd compile

@@ -75,6 +75,14 @@ torch_index() {
   fi
 }
 
+# The model card's code version: the commit, '-dirty' when the tree has uncommitted changes.
+git_commit() {
+  local commit
+  commit=$(git rev-parse HEAD 2> /dev/null) || return 0
+  git diff --quiet HEAD 2> /dev/null || commit="$commit-dirty"
+  echo "$commit"
+}
+
 build() {
   local scratch log mounts=() line step cause started=$SECONDS
   scratch=$(mktemp -d)
@@ -87,6 +95,7 @@ build() {
       "${mounts[@]}" \
       --build-arg "BASE_IMAGE=$BASE_IMAGE" \
       --build-arg "TORCH_INDEX_URL=$(torch_index)" \
+      --build-arg "VIDEO_KD_GIT_COMMIT=$(git_commit)" \
       -f "$DOCKERFILE" -t "$IMAGE" . 2>&1 | tee "$log" >&2; then
     # one line: which layer (the Dockerfile's STEP) and why (our tools' `error:` line, or
     # the last thing the step printed)

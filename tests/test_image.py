@@ -54,13 +54,17 @@ def docker_host(image, tmp_path_factory):
 
 
 def test_every_module_imports_in_the_image_as_uid_10001(image):
-    result = containers.run_in_image(
-        image, 'sh', '-c', 'id -u && python -m video_kd.image_check --list'
-    )
+    script = 'id -u && echo "commit=$VIDEO_KD_GIT_COMMIT" && python -m video_kd.image_check --list'
+    result = containers.run_in_image(image, 'sh', '-c', script)
     assert result.returncode == 0, result.stderr[-2000:]
-    uid, *modules = result.stdout.split()
+    uid, commit, *modules = result.stdout.split()
     assert uid == '10001'
     assert modules == image_check.project_modules()  # the same modules as this checkout's
+    # the model card's code version: the commit the image was built from (the image has no .git)
+    head = subprocess.run(
+        ['git', 'rev-parse', 'HEAD'], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.strip()
+    assert commit.removeprefix('commit=').startswith(head), (commit, head)
 
 
 # One container runs every --help (a container per command would cost ~10 s more).
