@@ -22,6 +22,7 @@ import pytest
 
 from components import STEPS
 from video_kd import image_check
+from video_kd.errors import TEMPORARY_FAILURE
 
 ROOT = containers.ROOT
 TRAIN_POD = ['python', '-m', 'video_kd.train_pod']  # every training process's entry point
@@ -106,7 +107,8 @@ def test_a_container_that_cannot_reach_s3_says_so_in_one_line(image, s3_env, buc
         host_network=False,
         timeout=300,
     )
-    assert result.returncode == 2, result.stderr[-2000:]
+    # S3 out of reach is not bad input: the one line, with the temporary-failure status
+    assert result.returncode == TEMPORARY_FAILURE, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('error: ') and s3_env in last, last
     assert 'Traceback' not in result.stderr
@@ -218,6 +220,8 @@ def test_a_source_edit_rebuilds_only_the_source_layers(image, tmp_path):
                 'COPY components',
                 'COPY pipelines',
                 'RUN pip install --no-deps',
+                'ARG VIDEO_KD_GIT_COMMIT',  # the source's identity: metadata, no files
+                'ENV VIDEO_KD_GIT_COMMIT',
                 'USER',
                 'WORKDIR /home',
                 'ENTRYPOINT',
