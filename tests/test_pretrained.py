@@ -443,7 +443,7 @@ def test_the_pods_initialise_the_student_from_the_runs_s3_cache(
         cfg_options=['train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=False',
                      'val_dataloader.num_workers=0', 'val_dataloader.persistent_workers=False'],
     )  # fmt: skip
-    config_uri = train_step.publish_config(layout, data_meta, teacher, KD_TSM, options, False)
+    config_uri = train_step.publish_config(layout, data_meta, teacher, KD_TSM, options)
     served.unlink()  # from here on, only the run's S3 cache has the weights
 
     work = tmp_path / 'pod'
