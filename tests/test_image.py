@@ -220,7 +220,8 @@ def test_a_source_edit_rebuilds_only_the_source_layers(image, tmp_path):
                 'COPY components',
                 'COPY pipelines',
                 'RUN pip install --no-deps',
-                'ARG VIDEO_KD_GIT_COMMIT',  # the source's identity: metadata, no files
+                'ARG VIDEO_KD_GIT_COMMIT',  # the source's identity: one line, no code
+                'RUN echo "${VIDEO_KD_GIT_COMMIT}"',
                 'ENV VIDEO_KD_GIT_COMMIT',
                 'USER',
                 'WORKDIR /home',
