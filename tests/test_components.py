@@ -242,6 +242,27 @@ def test_print_manifest_writes_nothing(prepared_run, tmp_path):
     assert not s3.list_uris(layout.root + '/train/')
 
 
+@pytest.mark.parametrize(
+    ('query', 'line'),
+    [
+        ('num_classes=99', 'generator option num_classes must be <= 5, got 99'),
+        ('num_frames=0', 'generator option num_frames must be >= 2, got 0'),
+        ('size=many', "generator option size must be a whole number, got 'many'"),
+        ('classes=2', "unknown generator option 'classes'"),
+    ],
+)
+def test_bad_generator_options_fail_in_one_line_before_the_run_is_claimed(bucket, query, line):
+    """Regression: num_classes=99 was a ValueError traceback, num_frames=0 an IndexError."""
+    result = run_module(
+        'components.data_prep', '--dataset-uri', f'generate://?{query}',
+        '--s3-bucket', bucket, '--s3-prefix', 'kd', '--run-id', 'bad-gen',
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1].startswith(f'error: {line}')
+    assert 'Traceback' not in result.stderr
+    assert not s3.list_uris(f's3://{bucket}/kd/')
+
+
 def test_standalone_steps_before_data_prep_fail_in_one_line(bucket):
     missing = f's3://{bucket}/kd/never-prepared'
     for step, extra in (

@@ -6,6 +6,7 @@ import decord
 import pytest
 
 from video_kd import data_check, dataset
+from video_kd.validation import InvalidInputError
 
 
 @pytest.fixture
@@ -79,5 +80,6 @@ def test_validation_never_writes_into_the_dataset_root(small_dataset):
 
 
 def test_sizes_that_do_not_decode_back_are_refused(tmp_path):
-    with pytest.raises(ValueError, match='48x48 do not decode back'):
+    # bad input (one line, exit 2 from a CLI), and still a ValueError for direct callers
+    with pytest.raises(InvalidInputError, match='48x48 do not decode back'):
         dataset.generate_dataset(tmp_path / 'data', size=48)

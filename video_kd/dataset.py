@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from video_kd.errors import UserError
+from video_kd.validation import InvalidInputError, check_range
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +32,15 @@ VAL_LIST = 'val_list.txt'
 CLASSES_FILE = 'classes.txt'
 VIDEO_DIR = 'videos'
 MOTIONS = ('move_up', 'move_down', 'grow', 'shrink', 'circle')
+# generate_dataset's numeric options and their ranges (also the keys of ``generate://?...``)
+GENERATOR_RANGES = {
+    'num_classes': (2, len(MOTIONS)),
+    'train_per_class': (1, 10_000),
+    'val_per_class': (1, 10_000),
+    'num_frames': (2, 1024),
+    'size': (16, 1024),
+    'seed': (0, 2**32 - 1),
+}
 # what generate_dataset writes, per layout (video_kd.data_layout reads both)
 LAYOUT_FILES = {
     'video-kd': dict(
@@ -132,7 +142,7 @@ def _check_size_round_trips(root: Path, size: int, num_frames: int) -> None:
     finally:
         probe.unlink()
     if reason:
-        raise ValueError(
+        raise InvalidInputError(
             f'clips of {size}x{size} do not decode back ({reason}); '
             'use another size, e.g. 32, 64 or 96'
         )
@@ -155,10 +165,12 @@ def generate_dataset(
     and the label map ``label_map_k400.txt`` (see ``video_kd.data_layout``).
     """
     if layout not in LAYOUT_FILES:
-        raise ValueError(f'layout must be one of {", ".join(LAYOUT_FILES)}, got {layout!r}')
+        raise InvalidInputError(f'layout must be one of {", ".join(LAYOUT_FILES)}, got {layout!r}')
     files = LAYOUT_FILES[layout]
-    if not 2 <= num_classes <= len(MOTIONS):
-        raise ValueError(f'num_classes must be in [2, {len(MOTIONS)}], got {num_classes}')
+    given = dict(num_classes=num_classes, train_per_class=train_per_class,
+                 val_per_class=val_per_class, num_frames=num_frames, size=size, seed=seed)  # fmt: skip
+    for name, value in given.items():
+        check_range(f'generator option {name}', value, *GENERATOR_RANGES[name])
     root = Path(root)
     rng = np.random.default_rng(seed)
     classes = MOTIONS[:num_classes]

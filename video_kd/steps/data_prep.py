@@ -21,20 +21,12 @@ from video_kd.runs import (
     run_info,
 )
 from video_kd.steps.common import scratch_dir
-from video_kd.validation import check_bucket, check_run_id
+from video_kd.validation import check_bucket, check_range, check_run_id
 
 log = logging.getLogger(__name__)
 
 GENERATED_SCHEME = 'generate://'
 VIDEO_CHECK_CACHE = 'video-check'  # decode verdicts by object key + ETag + size, shared by runs
-_GENERATOR_OPTIONS = (
-    'num_classes',
-    'train_per_class',
-    'val_per_class',
-    'num_frames',
-    'size',
-    'seed',
-)
 
 
 def run(
@@ -75,6 +67,8 @@ def run(
     gives the run id back.
     """
     check_bucket(bucket)
+    if dataset_uri.startswith(GENERATED_SCHEME):
+        _generator_options(dataset_uri)  # a bad option is refused before the run is claimed
     layout = RunLayout(bucket, prefix, check_run_id(run_id) if run_id else new_run_id(job_id))
     claim_run(layout, job_id)
     try:
@@ -194,18 +188,16 @@ def _source_uri(dataset_uri: str, layout: RunLayout, work: Path, manifest: Manif
 
 
 def _generator_options(uri: str) -> dict[str, int]:
-    """``generate://?num_classes=3&train_per_class=4`` -> generate_dataset kwargs."""
+    """``generate://?num_classes=3&train_per_class=4`` -> generate_dataset kwargs, each
+    checked against its range (``dataset.GENERATOR_RANGES``)."""
     options = {}
     for key, values in urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).items():
-        if key not in _GENERATOR_OPTIONS:
+        if key not in dataset.GENERATOR_RANGES:
             raise UserError(
                 f'unknown generator option {key!r} in {uri!r}; '
-                f'known: {", ".join(_GENERATOR_OPTIONS)}'
+                f'known: {", ".join(dataset.GENERATOR_RANGES)}'
             )
-        try:
-            options[key] = int(values[-1])
-        except ValueError as exc:
-            raise UserError(
-                f'generator option {key} must be an integer, got {values[-1]!r}'
-            ) from exc
+        options[key] = check_range(
+            f'generator option {key}', values[-1], *dataset.GENERATOR_RANGES[key]
+        )
     return options
