@@ -268,6 +268,17 @@ def test_validation_rejects_bad_entries_and_caches_the_verdicts(
     source.splits['val'].lines.append('move_up/val_0009.mp4 0')
     grown = data_check.validate_source(source, tmp_path / 'c', cache, processes=1, threads=2)
     assert grown['checked'] == 1 and grown['from_cache'] == 9
+
+    # a replaced object (same key, same size, broken bytes) is checked again: its ETag changed
+    key = 'k400/videos_val/move_down/val_0001.mp4'
+    size = client.head_object(Bucket=bucket, Key=key)['ContentLength']
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(size))
+    replaced = data_check.validate_source(source, tmp_path / 'e', cache, processes=1, threads=2)
+    assert replaced['checked'] == 1 and replaced['from_cache'] == 9
+    val_rejected = {r['path']: r['reason'] for r in replaced['splits'][1]['rejected']}
+    assert list(val_rejected) == ['move_down/val_0001.mp4'], val_rejected
+    assert val_rejected['move_down/val_0001.mp4'].startswith('cannot decode')
+    assert 'move_down/val_0001.mp4 1' not in (tmp_path / 'e' / 'val_list.txt').read_text()
     other = data_check.validate_source(
         source, tmp_path / 'd', cache, min_frames=10, processes=1, threads=2
     )
