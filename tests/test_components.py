@@ -108,6 +108,21 @@ def prepared_run(bucket, tmp_path):
     return meta
 
 
+def test_data_prep_writes_the_manifest_once_not_once_per_file(bucket, tmp_path, monkeypatch):
+    saves = []
+    save = Manifest.save
+
+    def counted(self):
+        saves.append(len(self.entries))
+        save(self)
+
+    monkeypatch.setattr(Manifest, 'save', counted)
+    meta = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
+    stored = s3.read_json(RunLayout.from_root(meta['run_root']).manifest_uri)['entries']
+    assert len(stored) > 20  # 18 generated videos + their lists, the cleaned lists, the meta
+    assert saves == [len(stored)], saves  # one write at the end (Manifest.batch), not one per file
+
+
 def test_wrong_teacher_checksum_fails_clearly(prepared_run, tmp_path, http_server):
     (http_server.root / 'teacher.pth').write_bytes(b'not really a checkpoint')
     result = run_module(

@@ -6,6 +6,7 @@ proxy of benchmarks/s3_proxy.py sits in front of it where a test needs 503s or c
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import sys
@@ -267,6 +268,17 @@ def test_validation_rejects_bad_entries_and_caches_the_verdicts(
     source.splits['val'].lines.append('move_up/val_0009.mp4 0')
     grown = data_check.validate_source(source, tmp_path / 'c', cache, processes=1, threads=2)
     assert grown['checked'] == 1 and grown['from_cache'] == 9
+
+    # a replaced object (same key, same size, broken bytes) is checked again: its ETag changed
+    key = 'k400/videos_val/move_down/val_0001.mp4'
+    size = client.head_object(Bucket=bucket, Key=key)['ContentLength']
+    client.put_object(Bucket=bucket, Key=key, Body=bytes(size))
+    replaced = data_check.validate_source(source, tmp_path / 'e', cache, processes=1, threads=2)
+    assert replaced['checked'] == 1 and replaced['from_cache'] == 9
+    val_rejected = {r['path']: r['reason'] for r in replaced['splits'][1]['rejected']}
+    assert list(val_rejected) == ['move_down/val_0001.mp4'], val_rejected
+    assert val_rejected['move_down/val_0001.mp4'].startswith('cannot decode')
+    assert 'move_down/val_0001.mp4 1' not in (tmp_path / 'e' / 'val_list.txt').read_text()
     other = data_check.validate_source(
         source, tmp_path / 'd', cache, min_frames=10, processes=1, threads=2
     )
@@ -618,6 +630,65 @@ def test_data_check_command_checks_a_dataset_and_refuses_bad_input(small_tree, t
     assert bad.returncode == 2
     assert bad.stderr.strip() == f'error: dataset {tmp_path / "missing"}: no such directory'
     assert run('--help').stdout.startswith('usage: python -m video_kd.data_check')
+
+
+def _mounted_meta(train_videos: str, val_videos: str) -> dict:
+    return {
+        'classes': ['a', 'b'],
+        'splits': {
+            'train': {'list_uri': 's3://b/run/data/train_list.txt', 'videos_uri': train_videos},
+            'val': {'list_uri': 's3://b/run/data/val_list.txt', 'videos_uri': val_videos},
+        },
+    }
+
+
+def test_a_training_pod_without_the_pvc_stops_in_one_line(
+    bucket, s3_env, tmp_path, monkeypatch, capsys
+):
+    """A mounted-path dataset missing in the pod: one line before anything is fetched,
+    not every video skipped and "the dataset is broken" 20 reads later."""
+    from video_kd import train_pod
+    from video_kd.errors import run_cli
+
+    monkeypatch.delenv('VIDEO_KD_PVC_MOUNT', raising=False)
+    missing = tmp_path / 'cache' / 'k400' / 'videos_train'
+    meta_uri = f's3://{bucket}/run/data/dataset.json'
+    s3.put_bytes(meta_uri, json.dumps(_mounted_meta(str(missing), 's3://b/k/val')).encode())
+    argv = [
+        *(f's3://{bucket}/run/train/config.py', '--run-root', f's3://{bucket}/run'),
+        *('--data-meta', meta_uri, '--teacher', f's3://{bucket}/run/teacher/t.pth'),
+        *('--work-dir', str(tmp_path / 'work')),
+    ]
+    assert run_cli(train_pod.main, argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'error: dataset path {missing} not found in this pod: is the PVC mounted at /cache? '
+        "(the chart's persistence.enabled or persistence.existingClaim mounts it in every "
+        'step pod and training pod)'
+    )
+    assert not (tmp_path / 'work').exists()  # before the config, teacher or checkpoint
+
+    missing.mkdir(parents=True)  # mounted: the pod goes on (to the config, absent here)
+    assert run_cli(train_pod.main, argv) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f'error: cannot download s3://{bucket}/run/train/config.py: no such object'
+    )
+
+
+def test_evaluation_checks_only_the_val_split_is_mounted(tmp_path, monkeypatch):
+    from video_kd.data_stream import DatasetNotMountedError, check_mounted
+    from video_kd.steps import evaluate
+
+    monkeypatch.setenv('VIDEO_KD_PVC_MOUNT', '/data/cache')
+    here = tmp_path / 'videos_val'
+    here.mkdir()
+    check_mounted(_mounted_meta(str(tmp_path / 'gone'), str(here)), splits=('val',))
+    with pytest.raises(DatasetNotMountedError, match='mounted at /data/cache'):
+        check_mounted(_mounted_meta(str(tmp_path / 'gone'), str(here)))
+    missing = str(tmp_path / 'gone' / 'videos_val')
+    student = {'run_root': 's3://b/kd/run', 's3_uri': 's3://b/kd/run/train/s.pth'}
+    with pytest.raises(DatasetNotMountedError) as caught:  # before any checkpoint is fetched
+        evaluate.run(_mounted_meta('s3://b/k/train', missing), student, 'tsm_mobilenetv2_tiny')
+    assert str(caught.value).startswith(f'dataset path {missing} not found in this pod: ')
 
 
 def test_use_dataset_points_loaders_at_lists_and_video_roots():

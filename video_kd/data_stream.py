@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -74,6 +75,10 @@ class DatasetUnreadableError(LoaderError):
 
 class VideoReadError(LoaderError):
     """A video of the evaluation set could not be read."""
+
+
+class DatasetNotMountedError(UserError):
+    """A dataset on a mounted path (a PVC) that this pod does not have."""
 
 
 def _original_message(message: str) -> str:
@@ -299,6 +304,33 @@ def use_test_data(cfg: Config, data: str | Path | dict[str, Any]) -> list[str]:
     from video_kd.runtime import set_data_root
 
     return set_data_root(cfg, data)
+
+
+def check_mounted(
+    meta: dict[str, Any], splits: tuple[str, ...] = ('train', 'val'), mount: str | None = None
+) -> None:
+    """Stop with one line when a split's videos or list are on a path this pod lacks.
+
+    A dataset on a mounted volume (``dataset_uri`` a PVC path) is read where
+    it is; a pod without that volume would otherwise fail every read, skip
+    every video and stop ~20 reads later with "the dataset is broken".
+    ``mount``: where the PVC is expected, for the hint (default
+    ``$VIDEO_KD_PVC_MOUNT``, else the chart's ``/cache``).
+    """
+    for split in splits:
+        for key in ('videos_uri', 'list_uri'):
+            where = meta['splits'][split][key]
+            if where.startswith('s3://') or Path(where).exists():
+                continue
+            if not mount:
+                from video_kd.backends.spec import DEFAULT_PVC_MOUNT
+
+                mount = os.environ.get('VIDEO_KD_PVC_MOUNT') or DEFAULT_PVC_MOUNT
+            raise DatasetNotMountedError(
+                f'dataset path {where} not found in this pod: is the PVC mounted at '
+                f"{mount}? (the chart's persistence.enabled or persistence.existingClaim "
+                'mounts it in every step pod and training pod)'
+            )
 
 
 def use_dataset(

@@ -7,8 +7,11 @@ and the teacher (checksum verified) — and the run's last checkpoint if there
 is one, so a restarted pod resumes; the other ranks of the pod wait for it.
 The videos are not downloaded: the data loaders stream each one from S3 (or
 read it from a mounted volume) when they need it, so a pod's disk does not
-grow with the dataset.  Then every rank trains with the mmengine Runner while
-``S3CheckpointHook`` uploads each checkpoint as soon as it is written.
+grow with the dataset.  A dataset on a mounted path this pod lacks (no PVC
+mounted) stops every rank at once, in one line (``data_stream.check_mounted``),
+rather than after a score of skipped videos.  Then every rank trains with the
+mmengine Runner while ``S3CheckpointHook`` uploads each checkpoint as soon as
+it is written.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import os
 from pathlib import Path
 
 from video_kd import s3, train_config
-from video_kd.data_stream import use_dataset
+from video_kd.data_stream import check_mounted, use_dataset
 from video_kd.errors import run_cli, setup_logging
 from video_kd.runs import RunLayout
 from video_kd.runtime import is_main_process, wait_for_file
@@ -63,6 +66,8 @@ def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, trai
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
+    data_meta = s3.read_json(args.data_meta)
+    check_mounted(data_meta)  # a PVC dataset in a pod without the PVC: one line, not 20 skips
     layout = RunLayout.from_root(args.run_root)
     work = Path(args.work_dir)
     inputs, train_dir = work / 'inputs', work / 'mmengine'
@@ -82,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         teacher_ckpt=inputs / 'teacher.pth',
         resume='auto' if ready.read_text() else None,
     )
-    use_dataset(cfg, s3.read_json(args.data_meta))  # lists and videos read where they are
+    use_dataset(cfg, data_meta)  # lists and videos read where they are
     from video_kd.train import train
 
     runner = train(cfg)

@@ -35,6 +35,9 @@ def run(
             'baseline_url is given but student_config is empty: the baseline '
             'is evaluated with the student-alone config'
         )
+    from video_kd.data_stream import check_mounted
+
+    check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
     with scratch_dir(workdir, 'eval') as work:
         results = _evaluate_models(
