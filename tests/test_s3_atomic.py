@@ -9,6 +9,10 @@ gap.  See video_kd.s3_conditional for the servers checked and the fallback.
 from __future__ import annotations
 
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import threading
 import uuid
 from collections.abc import Callable
@@ -293,6 +297,11 @@ def test_fallback_compare_and_swap_refuses_a_stale_etag(bucket, monkeypatch):
 
 
 # --------------------------------------------------------------------------- data preps
+# Two variants of one race.  Threads in one process (8 x 3, below) are cheap; together
+# with the claims and uploads above (20 writers x 10 trials of the same create-if-absent)
+# they cover the issue's count.  Separate data prep processes (6 x 3, further below) are
+# the report's actual scenario: each its own process with its own S3 client, connection
+# pool and conditional-write probe, its exit status and stderr line as a user sees them.
 PREPS = 8
 PREP_TRIALS = 3
 
@@ -331,3 +340,121 @@ def test_concurrent_data_preps_of_one_run_id_exactly_one_wins(bucket, tiny_datas
         assert {e.uri.rsplit('/', 1)[1] for e in entries} >= {'train_list.txt', 'dataset.json'}
         for entry in entries:  # every recorded checksum is the object's, nothing overwritten
             assert hashlib.sha256(s3.read_bytes(entry.uri)).hexdigest() == entry.sha256
+
+
+PREP_PROCESSES = 6
+PREP_PROCESS_TRIALS = 3
+
+# Each data prep is its own process running `components.data_prep` as `python -m` runs it
+# (runpy, sys.argv, SystemExit -> its exit status; its own S3 client, connection pool and
+# conditional-write probe). They are forked from one process that did the slow imports
+# (torch, mmengine: ~8 s of CPU) once, as a fork server does: 18 fresh interpreters would
+# cost ~2.5 min of CPU on 2 cores. A pipe is the gate, so that all of them reach the claim
+# within milliseconds (started bare, seconds of import jitter let them claim one after the
+# other and never race).
+FORKED_DATA_PREPS = """
+import json, os, runpy, sys, traceback
+import video_kd.steps.data_prep  # the slow imports, once, before the forks
+
+def data_prep(argv, out, err, gate):
+    for fd, path in ((1, out), (2, err)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
+    os.read(gate, 1)  # the gate opens for all at once
+    sys.argv = ['-m', *argv]
+    try:
+        runpy.run_module('components.data_prep', run_name='__main__', alter_sys=True)
+        status = 0
+    except SystemExit as done:
+        status = done.code if isinstance(done.code, int) else int(done.code is not None)
+    except BaseException:
+        traceback.print_exc()
+        status = 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+for trial in json.loads(sys.argv[1]):
+    gate, opener = os.pipe()
+    pids = []
+    for prep in trial:
+        pid = os.fork()
+        if pid == 0:
+            os.close(opener)
+            data_prep(prep['argv'], prep['out'], prep['err'], gate)
+        pids.append(pid)
+    os.close(gate)
+    os.write(opener, b'x' * len(pids))
+    os.close(opener)
+    for pid, prep in zip(pids, trial):
+        status = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        with open(prep['status'], 'w') as f:
+            f.write(str(status))
+"""
+
+
+@pytest.mark.slow
+def test_concurrent_data_prep_processes_of_one_run_id_exactly_one_wins(
+    serial_s3, bucket, tiny_dataset, tmp_path
+):
+    """Issue 15, as reported: separate `components.data_prep --run-id X` processes at
+    once. One exits 0 and prints metadata of objects that are there; every other exits 2
+    with one `error: run directory ... is already used by another run` line and writes
+    nothing, locally or in S3. (Checked against a claim made check-then-put, the reported
+    bug: 4 of 6 processes exited 0.)"""
+    from video_kd.errors import BAD_INPUT
+
+    trials = []
+    for trial in range(PREP_PROCESS_TRIALS):
+        run_id = f'proc-{trial}'
+        trial_dir = tmp_path / run_id
+        trial_dir.mkdir()
+        trials.append([
+            {
+                'argv': ['--dataset-uri', str(tiny_dataset), '--s3-bucket', bucket,
+                         '--s3-prefix', 'kd', '--run-id', run_id,
+                         '--out-dir', str(trial_dir / f'out-{i}'), '--processes', '1'],
+                'out': str(trial_dir / f'{i}.stdout'),
+                'err': str(trial_dir / f'{i}.stderr'),
+                'status': str(trial_dir / f'{i}.status'),
+            }
+            for i in range(PREP_PROCESSES)
+        ])  # fmt: skip
+    driver = subprocess.run(
+        [sys.executable, '-c', FORKED_DATA_PREPS, json.dumps(trials)],
+        env={**os.environ, **serial_s3.env()},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert driver.returncode == 0, driver.stderr[-3000:]
+
+    for trial, preps in enumerate(trials):
+        layout = RunLayout(bucket, 'kd', f'proc-{trial}')
+        statuses = [int(Path(prep['status']).read_text()) for prep in preps]
+        errs = [Path(prep['err']).read_text() for prep in preps]
+        won = [i for i, status in enumerate(statuses) if status == 0]
+        assert len(won) == 1, (trial, statuses, [err[-1500:] for err in errs])
+        for i, err in enumerate(errs):
+            if i == won[0]:
+                continue
+            assert statuses[i] == BAD_INPUT, err[-3000:]
+            assert 'Traceback' not in err, err[-3000:]
+            errors = [line for line in err.splitlines() if line.startswith('error:')]
+            assert errors == [err.strip().splitlines()[-1]], err[-3000:]  # one line, the last
+            assert errors[0].startswith(
+                f'error: run directory {layout.root}/ is already used by another run ('
+            ), errors[0]
+            assert not Path(preps[i]['argv'][-3]).exists()  # its --out-dir: nothing written
+        winner_out = Path(preps[won[0]]['argv'][-3])
+        meta = json.loads(Path(preps[won[0]]['out']).read_text())
+        assert meta['run_root'] == layout.root
+        for name, printed in meta['files'].items():  # the winner printed what is stored
+            stored = s3.read_bytes(printed['s3_uri'])
+            assert hashlib.sha256(stored).hexdigest() == printed['sha256'], name
+            assert stored == (winner_out / name).read_bytes(), name
+        entries = Manifest.load(layout).entries
+        assert {e.uri.rsplit('/', 1)[1] for e in entries} >= {'train_list.txt', 'dataset.json'}
+        for entry in entries:  # every manifest sha256 matches its object
+            assert hashlib.sha256(s3.read_bytes(entry.uri)).hexdigest() == entry.sha256
+        stored = set(s3.list_uris(layout.root + '/'))
+        assert stored == {layout.claim_uri, layout.manifest_uri, *(e.uri for e in entries)}
