@@ -6,7 +6,9 @@ CRD gives, the 403 RBAC gives, the 403 of a validating admission webhook
 that denies the object and the 409 a duplicate name gives), pods
 (list / watch by label selector) and pod logs.  A job's status comes from a
 script of conditions, written the way the operators write them, played on
-its watch.
+its watch (a number in the script: a pause of that many seconds).  A pod
+watch gives the pods as ADDED, then ``pod_events`` (type, pod) as the
+operator's re-creating a failed pod makes them: the same name, a new UID.
 """
 
 from __future__ import annotations
@@ -56,6 +58,7 @@ class FakeKube:
         self.admission: dict[str, tuple[str, Callable[[dict], list[str]]]] = {}
         self.lingering: set[str] = set()  # jobs a DELETE only marks (pods still terminating)
         self.pods: list[dict] = []
+        self.pod_events: list[tuple[str, dict]] = []  # played on every pod watch, after pods
         self.logs: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
         self.lock = threading.Lock()
@@ -182,6 +185,9 @@ class FakeKube:
         if obj is not None:
             event('ADDED', obj)
             for step in self.scripts.get(key[2], []) if plural != 'localqueues' else []:
+                if isinstance(step, (int, float)):
+                    time.sleep(step)
+                    continue
                 if step == HOLD:
                     deadline = time.monotonic() + 10
                     while key in self.objects and time.monotonic() < deadline:
@@ -199,18 +205,30 @@ class FakeKube:
     def _pods(self, h, verb, ns, pod_name, query):
         if pod_name:
             return h._send(200, self.logs.get(pod_name, '').encode(), 'text/plain')
+        rbac_verb = 'watch' if verb == 'WATCH' else 'list'
+        if (rbac_verb, 'pods') in self.forbidden:
+            msg = (
+                f'pods is forbidden: User "system:serviceaccount:{ns}:video-kd" cannot '
+                f'{rbac_verb} resource "pods" in API group "" in the namespace "{ns}"'
+            )
+            return h._send(403, status(403, 'Forbidden', msg, 'pods'))
         wanted = dict(p.split('=', 1) for p in query.get('labelSelector', '').split(',') if p)
-        pods = [
-            p
-            for p in self.pods
-            if p['metadata']['namespace'] == ns
-            and wanted.items() <= (p['metadata'].get('labels') or {}).items()
-        ]
+
+        def selected(p):
+            return (
+                p['metadata']['namespace'] == ns
+                and wanted.items() <= (p['metadata'].get('labels') or {}).items()
+            )
+
+        pods = [p for p in self.pods if selected(p)]
         if verb != 'WATCH':
             return h._send(
                 200, {'kind': 'PodList', 'apiVersion': 'v1', 'metadata': {}, 'items': pods}
             )
-        lines = b''.join(json.dumps({'type': 'ADDED', 'object': p}).encode() + b'\n' for p in pods)
+        events = [('ADDED', p) for p in pods] + [e for e in self.pod_events if selected(e[1])]
+        lines = b''.join(
+            json.dumps({'type': kind, 'object': p}).encode() + b'\n' for kind, p in events
+        )
         return h._send(200, lines)
 
     def __enter__(self):
@@ -237,7 +255,15 @@ def webhook_denial(group: str, plural: str, body: dict, webhook: str, refused: l
     return status(403, 'Forbidden', text, plural, group=group, name=name)
 
 
-def pod(name: str, labels: dict, phase='Running', container='pytorch', exit_code=None, reason=None):
+def pod(
+    name: str,
+    labels: dict,
+    phase='Running',
+    container='pytorch',
+    exit_code=None,
+    reason=None,
+    uid=None,
+):
     """A pod as the API returns it, with the training container's state."""
     state = {'running': {}}
     if exit_code is not None:
@@ -245,7 +271,7 @@ def pod(name: str, labels: dict, phase='Running', container='pytorch', exit_code
     return {
         'apiVersion': 'v1',
         'kind': 'Pod',
-        'metadata': {'name': name, 'namespace': 'ml', 'labels': labels},
+        'metadata': {'name': name, 'namespace': 'ml', 'labels': labels, 'uid': uid or name},
         'status': {
             'phase': phase,
             'containerStatuses': [

@@ -15,12 +15,14 @@ import subprocess
 import sys
 import textwrap
 import threading
+import types
 import uuid
 from pathlib import Path
 
 import pytest
 from crd_schema import PYTORCHJOB_CRD, problems
 from kube_server import HOLD, FakeKube, pod
+from kubernetes import client as k8s
 from kubernetes.utils import parse_quantity
 
 from video_kd import backends, s3, torchrun
@@ -412,6 +414,95 @@ def test_failure_carries_the_operators_reason_and_the_exit_codes(cluster):
     assert 'PyTorchJobFailed' in text and '1 Master replica(s) failed' in text
     assert f'{name}-master-0: exit 2 (Error)' in text
     assert not cluster.objects.get(('pytorchjobs', 'ml', name)), 'a failed job is deleted too'
+
+
+WORKER_LABELS = {
+    'training.kubeflow.org/job-name': job_name(RUN_ID),
+    'training.kubeflow.org/replica-type': 'worker',
+}
+
+
+def retried_failures(name: str, count: int, exit_code: int = 137) -> list[tuple[str, dict]]:
+    """The pod watch's events of ``count`` retried failures of worker 0, as the operator makes
+    them under ExitCode: the pod ends Failed, the operator deletes it and creates one of the
+    same name, a new UID (no container restart, which is all its backoffLimit counts)."""
+    events = []
+    for i in range(count):
+        failed = pod(f'{name}-worker-0', WORKER_LABELS, 'Failed', exit_code=exit_code,
+                     reason='OOMKilled', uid=f'uid-{i}')  # fmt: skip
+        events += [('MODIFIED', failed), ('DELETED', failed)]
+        events.append(('ADDED', pod(f'{name}-worker-0', WORKER_LABELS, uid=f'uid-{i + 1}')))
+    return events
+
+
+def test_retried_pods_past_the_backoff_limit_fail_the_step_in_one_line(cluster):
+    """The Training Operator ignores backoffLimit under ExitCode (kubeflow/trainer#2045) and
+    would re-create the pod forever: the step counts the retried pods and ends the job."""
+    spec = make_spec(env={}, num_nodes=2, backoff_limit_per_node=1)
+    assert pytorchjob.manifest(spec)['spec']['runPolicy']['backoffLimit'] == 2, 'still written'
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], [CREATED, NOT_RUNNING, RESTARTING], HOLD]
+    cluster.pod_events = retried_failures(spec.name, 3)
+    with pytest.raises(backends.TrainingJobFailed) as info:
+        run(cluster, spec)
+    assert str(info.value) == (
+        f'{spec.name} failed: BackoffLimitExceeded: 3 training pods failed with an exit status '
+        'the operator retries, more than the backoff limit of 2 (the last: '
+        f'{spec.name}-worker-0: exit 137 (OOMKilled))'
+    )
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects, 'the job is deleted'
+    assert cluster.verbs('pytorchjobs')[-1] == 'DELETE'
+
+
+def test_retried_pods_within_the_backoff_limit_let_the_job_go_on(cluster, caplog):
+    caplog.set_level(logging.WARNING, logger='video_kd.backends.kube')
+    spec = make_spec(env={}, num_nodes=2, backoff_limit_per_node=1)
+    # the job restarts twice and succeeds; the pause lets the pods be watched more than once
+    cluster.scripts[spec.name] = [
+        [CREATED, RUNNING],
+        [CREATED, NOT_RUNNING, RESTARTING],
+        1.5,
+        [CREATED, RUNNING],
+        [CREATED, NOT_RUNNING, SUCCEEDED],
+    ]
+    cluster.pod_events = retried_failures(spec.name, 2)
+    run(cluster, spec)
+    assert '(2 of the backoff limit 2)' in caplog.text
+    assert '(3 of' not in caplog.text, (
+        'a pod seen again (MODIFIED, DELETED, a re-watch) counts once'
+    )
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_only_exits_the_operator_retries_count_against_the_limit():
+    assert [pytorchjob.retried(c) for c in (137, 128, 255, None)] == [True] * 4
+    assert [pytorchjob.retried(c) for c in (0, 1, 2, 75, 127)] == [False] * 5
+    counted = kube.RetriedPods(pytorchjob.backoff(make_spec(env={})), 'pytorch')
+    client = k8s.ApiClient()
+
+    def v1(p):  # the V1Pod a list or watch gives
+        return client.deserialize(types.SimpleNamespace(data=json.dumps(p)), 'V1Pod')
+
+    assert not counted.add(v1(pod('a', {}, 'Failed', exit_code=2, uid='1'))), 'bad input: final'
+    assert not counted.add(v1(pod('a', {}, 'Running', uid='2')))
+    assert counted.add(v1(pod('a', {}, 'Failed', exit_code=137, uid='3')))
+    assert not counted.add(v1(pod('a', {}, 'Failed', exit_code=137, uid='3'))), 'counted once'
+    evicted = pod('a', {}, 'Failed', uid='4')
+    evicted['status'].update(reason='Evicted', containerStatuses=[])
+    assert counted.add(v1(evicted)) and counted.last == 'a: no exit code (Evicted)'
+
+
+def test_missing_pods_watch_verb_is_one_line_and_the_job_is_deleted(cluster):
+    """Without the pods' watch the step cannot keep the backoff limit: it says so."""
+    spec = make_spec(env={})
+    cluster.forbidden.add(('watch', 'pods'))
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], HOLD]
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster, spec)
+    assert str(info.value) == (
+        'forbidden: this pod\'s ServiceAccount may not "watch" pods in namespace ml: grant it '
+        "(the chart's Role does, rbac.create=true)"
+    )
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
 
 
 def test_rerun_adopts_a_running_job_of_the_same_run(cluster):

@@ -364,6 +364,22 @@ def test_failure_carries_the_reason_and_the_exit_codes(cluster):
     assert ('trainjobs', 'ml', name) not in cluster.objects
 
 
+def test_the_step_counts_no_restarts_of_a_trainjob(cluster):
+    """JobSet's controller keeps the runtime's failurePolicy.maxRestarts itself: the step
+    counts retried pods only for a PyTorchJob, whose operator does not (kubeflow/trainer#2045)."""
+    spec = make_spec(env={}, num_nodes=1, backoff_limit_per_node=0)
+    assert trainjob.backoff(spec) is None
+    cluster.scripts[spec.name] = [[], 1.5, [COMPLETE]]
+    node0 = {**NODE0, 'jobset.sigs.k8s.io/jobset-name': spec.name}
+    failed = [
+        pod(f'{spec.name}-node-0-0-{i}', node0, 'Failed', 'node', 137, uid=f'uid-{i}')
+        for i in range(3)
+    ]
+    cluster.pod_events = [('MODIFIED', p) for p in failed]
+    run(cluster, spec)
+    assert ('trainjobs', 'ml', spec.name) not in cluster.objects
+
+
 def test_rerun_adopts_or_replaces(cluster):
     spec = make_spec()
     manifest = trainjob.manifest(spec)

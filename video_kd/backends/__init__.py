@@ -97,5 +97,6 @@ def run_training(
         backend.log_pod_selector(spec.name),
         backend.pods_selector(spec.name),
         api=api,
+        backoff=backend.backoff(spec),
     )
     job.run(timeout, queue=spec.queue)

@@ -1,5 +1,6 @@
 """What both operator backends do with the Kubernetes API: create (or adopt / replace) the
-job, follow its status with a watch, stream rank 0's log, explain a failure, delete the job.
+job, follow its status with a watch, stream rank 0's log, explain a failure, delete the job,
+and enforce a backoff limit the operator does not (``Backoff``: the PyTorchJob's).
 
 Each backend supplies a ``JobKind`` (group, version, plural), the manifest and
 a ``state`` function reading its operator's status conditions.  Errors the
@@ -13,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import queue
 import signal
 import threading
 import time
@@ -30,6 +32,7 @@ log = logging.getLogger(__name__)
 KUEUE_GROUP, KUEUE_VERSION = 'kueue.x-k8s.io', 'v1beta1'
 DELETE_GRACE_S = 30
 WATCH_WINDOW_S = 300  # one watch request; the loop re-watches until the job's deadline
+REWATCH_PAUSE_S = 1.0  # least time between two pod watches (a watch that ended at once)
 REPLACE_WAIT_S = 120  # how long a replace waits for the old job (and its pods) to go
 
 
@@ -87,6 +90,53 @@ class JobState:
             condition.get('message'),
             succeeded=succeeded,
             failed=kind == 'Failed',
+        )
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """A backoff limit the train step enforces itself while it waits: more than ``limit``
+    of the job's pods (told apart by UID: the operator re-creates a pod under the same
+    name) ended Failed with an exit code ``retried(code)`` says the operator restarts
+    (``None``: no exit code, e.g. evicted before its container ended), and the job fails."""
+
+    limit: int
+    retried: Callable[[int | None], bool]
+
+
+class RetriedPods:
+    """The job's pods that failed and were retried, counted against a ``Backoff``."""
+
+    def __init__(self, backoff: Backoff, container: str):
+        self.backoff, self.container = backoff, container
+        self.failed: dict[str, str] = {}  # pod UID -> 'pod-x: exit 137 (OOMKilled)'
+        self.last = ''
+
+    def add(self, pod: Any) -> bool:
+        """Count a pod (a V1Pod from a list or watch) if it is a retried failure not yet
+        counted; whether it was."""
+        if not pod.status or pod.status.phase != 'Failed':
+            return False
+        code, reason = None, (pod.status.reason or 'no exit code')
+        for status in pod.status.container_statuses or []:
+            term = status.state and status.state.terminated
+            if status.name == self.container and term:
+                code, reason = term.exit_code, term.reason or 'Error'
+        key = pod.metadata.uid or f'{pod.metadata.namespace}/{pod.metadata.name}'
+        if key in self.failed or not self.backoff.retried(code):
+            return False
+        exit_text = f'exit {code}' if code is not None else 'no exit code'
+        self.last = self.failed[key] = f'{pod.metadata.name}: {exit_text} ({reason})'
+        return True
+
+    @property
+    def exceeded(self) -> bool:
+        return len(self.failed) > self.backoff.limit
+
+    def message(self) -> str:
+        return (
+            f'{len(self.failed)} training pods failed with an exit status the operator retries, '
+            f'more than the backoff limit of {self.backoff.limit} (the last: {self.last})'
         )
 
 
@@ -166,9 +216,11 @@ class ClusterJob:
         log_selector: str,
         pods_selector: str,
         api: k8s.ApiClient | None = None,
+        backoff: Backoff | None = None,
     ):
         self.kind, self.manifest, self.state = kind, manifest, state
         self.log_selector, self.pods_selector = log_selector, pods_selector
+        self.backoff = backoff  # None: the operator enforces the job's restarts itself
         self.name = manifest['metadata']['name']
         self.namespace = manifest['metadata']['namespace']
         self.api = api or api_client()
@@ -291,24 +343,114 @@ class ClusterJob:
         return TrainingJobFailed(self.name, 'Deleted', 'the job was deleted before it finished')
 
     def wait(self, timeout: float) -> JobState:
-        """Follow the job to its end, streaming rank 0's log; raise TrainingJobFailed on failure."""
+        """Follow the job to its end, streaming rank 0's log; raise TrainingJobFailed on failure
+        (the operator's, or more retried pods than the ``backoff`` allows).
+
+        The job's watch and the pods' watch each run in a thread and report here, so
+        whichever ends the job first is acted on at once."""
         logs = threading.Thread(target=self.stream_logs, args=(timeout,), daemon=True)
         logs.start()
+        reports: queue.Queue[tuple[str, Any]] = queue.Queue()
+        stop = threading.Event()
+        followers = [self._follow_states] + ([self._count_retries] if self.backoff else [])
+        for follow in followers:
+            threading.Thread(target=follow, args=(timeout, reports, stop), daemon=True).start()
         last = None
-        for current in self.states(timeout):
-            if current != last:
-                log.info(
-                    '%s %s: %s %s', self.kind.kind, self.name, current.type, current.message or ''
-                )
-                last = current
-            if current.failed:
-                raise TrainingJobFailed(
-                    self.name, current.reason, current.message, self.pod_exits()
-                )
-            if current.succeeded:
-                logs.join(timeout=10)
-                return current
-        raise AssertionError('unreachable: states() ends by raising')
+        try:
+            while True:
+                try:  # a short wait, so that SIGTERM's handler runs promptly
+                    kind, value = reports.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if kind == 'error':
+                    raise value
+                if kind == 'backoff':
+                    raise TrainingJobFailed(
+                        self.name, 'BackoffLimitExceeded', value, self.pod_exits()
+                    )
+                current = value
+                if current != last:
+                    log.info(
+                        '%s %s: %s %s',
+                        self.kind.kind,
+                        self.name,
+                        current.type,
+                        current.message or '',
+                    )
+                    last = current
+                if current.failed:
+                    raise TrainingJobFailed(
+                        self.name, current.reason, current.message, self.pod_exits()
+                    )
+                if current.succeeded:
+                    logs.join(timeout=10)
+                    return current
+        finally:
+            stop.set()
+
+    def _follow_states(self, timeout: float, reports: queue.Queue, stop: threading.Event) -> None:
+        """states() into ``reports`` until the job finishes; its error, if it raises one."""
+        try:
+            for current in self.states(timeout):
+                if stop.is_set():
+                    return
+                reports.put(('state', current))
+                if current.finished:
+                    return
+        except Exception as exc:
+            reports.put(('error', exc))
+
+    def _count_retries(self, timeout: float, reports: queue.Queue, stop: threading.Event) -> None:
+        """Watch the job's pods and count those that failed and are retried; past the backoff
+        limit, report it.  A missing pods permission is one line (the limit cannot be kept
+        without it); any other watch error is logged and the watch resumed."""
+        assert self.backoff is not None
+        retried = RetriedPods(self.backoff, self.kind.container)
+        version = None
+        deadline = time.monotonic() + timeout
+        while not stop.is_set() and time.monotonic() < deadline:
+            started = time.monotonic()
+            watcher = watch.Watch()
+            kwargs: dict[str, Any] = {
+                'label_selector': self.pods_selector,
+                'timeout_seconds': int(max(1, min(WATCH_WINDOW_S, deadline - started))),
+            }
+            if version:
+                kwargs['resource_version'] = version
+            try:
+                for event in watcher.stream(
+                    self.core.list_namespaced_pod, self.namespace, **kwargs
+                ):
+                    if stop.is_set():
+                        return
+                    pod = event['object']
+                    version = (pod.metadata and pod.metadata.resource_version) or version
+                    if not retried.add(pod):
+                        continue
+                    log.warning(
+                        '%s %s: %s, retried by the operator (%d of the backoff limit %d)',
+                        self.kind.kind,
+                        self.name,
+                        retried.last,
+                        len(retried.failed),
+                        self.backoff.limit,
+                    )
+                    if retried.exceeded:
+                        reports.put(('backoff', retried.message()))
+                        return
+            except ApiException as exc:
+                if exc.status == 410:  # our resourceVersion is too old: watch afresh
+                    version = None
+                    continue
+                error = explain(exc, 'watch', 'pods', self.namespace, '')
+                if exc.status == 403 and error:
+                    reports.put(('error', error))
+                    return
+                log.warning('watching the training pods: %s', str(exc).splitlines()[0])
+            except Exception as exc:  # a connection cut: watch again
+                log.warning('watching the training pods: %s', str(exc).splitlines()[0])
+            if time.monotonic() - started < REWATCH_PAUSE_S:
+                stop.wait(REWATCH_PAUSE_S)
 
     def stream_logs(self, timeout: float) -> None:
         """Wait for rank 0's pod to start, then copy its log to ours line by line."""

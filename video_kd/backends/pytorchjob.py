@@ -10,6 +10,12 @@ failures into an exit status the ``ExitCode`` restart policy can act on:
 128-255 are retried, up to the backoff limit).  torchrun alone exits 1 for
 every failure, which ``ExitCode`` would never retry.  Built from the
 kubeflow-training SDK's typed models.
+
+The operator does not enforce ``runPolicy.backoffLimit`` with ``ExitCode``
+(kubeflow/trainer#2045: it re-creates a failed pod rather than restarting its
+container, and counts only container restarts), so the train step counts the
+retried pods itself (``backoff``, ``kube.ClusterJob``) and fails the job past
+the limit.
 """
 
 from __future__ import annotations
@@ -21,9 +27,9 @@ from kubeflow.training.constants import constants as kf
 from kubernetes import client as k8s
 
 from video_kd.backends import pod
-from video_kd.backends.kube import JobKind, JobState
+from video_kd.backends.kube import Backoff, JobKind, JobState
 from video_kd.backends.spec import KUEUE_QUEUE_LABEL, TrainingJobSpec
-from video_kd.torchrun import LAUNCHER
+from video_kd.torchrun import LAUNCHER, RETRYABLE
 
 CONTAINER_NAME = kf.PYTORCHJOB_CONTAINER  # 'pytorch': the operator finds port and logs by it
 MASTER, WORKER = kf.REPLICA_TYPE_MASTER, kf.REPLICA_TYPE_WORKER
@@ -64,6 +70,8 @@ def build(spec: TrainingJobSpec) -> models.KubeflowOrgV1PyTorchJob:
         spec=models.KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(spec.procs_per_node),  # a string in the CRD: it also takes 'auto'
             run_policy=models.KubeflowOrgV1RunPolicy(
+                # Ignored by the operator with restartPolicy ExitCode (kubeflow/trainer#2045):
+                # the train step enforces it (backoff()).  Kept: right if the operator fixes it.
                 backoff_limit=spec.backoff_limit,
                 clean_pod_policy=CLEAN_POD_POLICY,
                 scheduling_policy=(
@@ -80,6 +88,20 @@ def build(spec: TrainingJobSpec) -> models.KubeflowOrgV1PyTorchJob:
 def manifest(spec: TrainingJobSpec) -> dict[str, Any]:
     """The PyTorchJob as the JSON sent to the API server."""
     return pod.to_dict(build(spec))
+
+
+def retried(exit_code: int | None) -> bool:
+    """Whether the operator re-creates a Failed pod whose training container exited so
+    (``ExitCode``): 128-255, and no exit code at all (a pod evicted before its container
+    ended), which the operator reads as 0xbeef (kubeflow/training-operator v1.9
+    pkg/controller.v1/common/pod.go ReconcilePods, train_util.go IsRetryableExitCode)."""
+    return exit_code is None or exit_code >= RETRYABLE
+
+
+def backoff(spec: TrainingJobSpec) -> Backoff:
+    """The backoff limit the train step enforces while it waits (the operator does not:
+    kubeflow/trainer#2045): more than ``spec.backoff_limit`` retried pods fail the job."""
+    return Backoff(spec.backoff_limit, retried)
 
 
 def _replica(spec: TrainingJobSpec, count: int) -> models.KubeflowOrgV1ReplicaSpec:

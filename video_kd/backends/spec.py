@@ -141,8 +141,10 @@ class TrainingJobSpec:
     @property
     def backoff_limit(self) -> int:
         """Restarts the whole job may use: per node x nodes, since with static torchrun
-        one node's failure restarts every peer (the operators count restarts over all pods).
-        A PyTorchJob's backoffLimit; a TrainJob has no such field (its runtime decides)."""
+        one node's failure restarts every peer (restarts are counted over all pods).
+        A PyTorchJob's backoffLimit, which the train step enforces (the operator does not
+        with restartPolicy ExitCode: kubeflow/trainer#2045); a TrainJob has no such field
+        (its runtime decides)."""
         return self.backoff_limit_per_node * self.num_nodes
 
     def job_labels(self) -> dict[str, str]:

@@ -158,6 +158,14 @@ def warnings(spec: TrainingJobSpec) -> list[str]:
     return found
 
 
+def backoff(spec: TrainingJobSpec) -> None:
+    """None: the train step counts no restarts of a TrainJob.  Its JobSet's controller
+    enforces the runtime's ``failurePolicy.maxRestarts`` itself (it counts the restarts in
+    the JobSet's status.restarts and fails the JobSet past them), unlike the Training
+    Operator's backoffLimit under ExitCode (see pytorchjob.backoff)."""
+    return None
+
+
 def state(obj: dict[str, Any]) -> JobState:
     """Where a TrainJob stands: Trainer copies the JobSet's Completed / Failed condition as
     'Complete' / 'Failed'; before that, Created or Suspended, or nothing (Pending)."""
