@@ -297,6 +297,7 @@ def test_the_train_cli_refuses_a_contradicting_sha256_in_one_line(tmp_path):
         'error: student_pretrained_sha256 111111111111... is not the SHA-256 of '
     )
     assert 'Traceback' not in result.stderr and not (tmp_path / 'work').exists()
+    assert 'not fetched (offline)' not in result.stderr  # the weights are given: no warning
 
 
 def test_the_cli_prints_the_sha256_to_pin_and_lists_the_seeds_weights(
@@ -356,6 +357,7 @@ def test_the_train_cli_trains_from_the_imagenet_weights(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'all 260 tensors loaded' in result.stderr
+    assert 'not fetched (offline)' not in result.stderr  # no "random init" before that line
     state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     trained = {
         key.removeprefix('backbone.').replace('.net.', '.'): value

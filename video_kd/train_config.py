@@ -154,7 +154,9 @@ def resolve(
     """
     overrides = checked_cfg_options(config, options.cfg_options)
     register_all_modules()
-    cfg = load_config(config, overrides)
+    # with the student's ImageNet weights given, the configs' URLs dropped offline
+    # are not worth a warning (video_kd.config.drop_remote_weights)
+    cfg = load_config(config, overrides, warn_offline=not options.student_pretrained_url)
     if num_classes:  # heads sized to the dataset (before the teacher checkpoint is checked)
         set_num_classes(cfg.model, num_classes)
     if options.max_epochs:
