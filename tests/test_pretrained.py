@@ -9,6 +9,7 @@ ResNet-50 state dict (``conv1.weight``, ``bn1.*``, ..., ``fc.*``, what
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from video_kd import s3
 from video_kd.config import load_config, student_model_cfg
 from video_kd.errors import run_cli
 from video_kd.pretrained import (
+    HASH_NAMING_HOSTS,
     SEED_IMAGENET_WEIGHTS,
     PretrainedWeightsError,
     apply_pretrained,
@@ -282,6 +284,87 @@ def test_the_train_step_refuses_a_contradicting_sha256_before_publishing(bucket)
     assert not s3.list_uris(layout.root + '/')
 
 
+def _claimed_run(bucket):
+    from video_kd import runs
+    from video_kd.runs import RunLayout
+
+    layout = RunLayout(bucket, 'kd', 'run-1')
+    runs.claim_run(layout)
+    data_meta = {'run_root': layout.root, 'num_classes': 3, 'videos_uri': f's3://{bucket}/d/videos'}
+    return layout, data_meta
+
+
+def test_without_a_sha256_the_train_step_fetches_checks_caches_and_pins_once(
+    bucket, http_server, tmp_path, monkeypatch, caplog
+):
+    """No student_pretrained_sha256: the step fetches the file once, checks its content
+    against the hash prefix in its name (on a host that names files so), caches it under
+    the SHA-256 it computed and writes that value into the resolved config, so the
+    training processes read the S3 copy, checked, and the log gives the value to pin."""
+    from video_kd import pretrained, train_config
+    from video_kd.steps import train as train_step
+    from video_kd.train_config import TrainOptions
+
+    monkeypatch.setattr(pretrained, 'HASH_NAMING_HOSTS', (*HASH_NAMING_HOSTS, '127.0.0.1'))
+    content = b'imagenet weights'
+    sha = hashlib.sha256(content).hexdigest()
+    name = f'mobilenet_v2_imagenet-{sha[:8]}.pth'
+    (http_server.root / name).write_bytes(content)
+    layout, data_meta = _claimed_run(bucket)
+    options = TrainOptions(student_pretrained_url=http_server.url(name))
+    with caplog.at_level(logging.INFO):
+        config_uri = train_step.publish_config(
+            layout, data_meta, {'sha256': 'a' * 64}, KD_TSM, options
+        )
+    cached = layout.cache_uri('pretrained', sha, name)
+    assert s3.read_bytes(cached) == content
+    assert s3.list_uris(layout.shared_uri('pretrained') + '/') == [cached]
+    resolved = train_config.load_resolved(s3.download_file(config_uri, tmp_path / 'config.py'))
+    assert resolved.student_pretrained == {
+        'url': http_server.url(name),
+        'sha256': sha,
+        'fetch_from': cached,
+    }
+    assert http_server.requests[name] == 1
+    assert 'not fetched (offline)' not in caplog.text  # no "random init" warning
+    assert f'Pin it: student_pretrained_sha256 / --student-pretrained-sha256 {sha}' in caplog.text
+    # what each training process then does: the S3 copy, checked against that sha256
+    fetched = pretrained.fetch_pretrained(
+        resolved.student_pretrained.fetch_from, tmp_path / 'pod', resolved.student_pretrained.sha256
+    )
+    assert fetched.read_bytes() == content and http_server.requests[name] == 1
+
+
+def test_without_a_sha256_content_that_is_not_its_name_is_refused_and_nothing_cached(
+    bucket, http_server, tmp_path, monkeypatch
+):
+    from video_kd import pretrained
+    from video_kd.steps import train as train_step
+    from video_kd.train_config import TrainOptions
+
+    monkeypatch.setattr(pretrained, 'HASH_NAMING_HOSTS', (*HASH_NAMING_HOSTS, '127.0.0.1'))
+    content = b'imagenet weights'
+    sha = hashlib.sha256(content).hexdigest()
+    wrong = '0' * 8 if not sha.startswith('0' * 8) else '1' * 8
+    name = f'mobilenet_v2_imagenet-{wrong}.pth'
+    (http_server.root / name).write_bytes(content)
+    layout, data_meta = _claimed_run(bucket)
+    options = TrainOptions(student_pretrained_url=http_server.url(name))
+    with pytest.raises(PretrainedWeightsError) as error:
+        train_step.publish_config(layout, data_meta, {'sha256': 'a' * 64}, KD_TSM, options)
+    assert str(error.value) == (
+        f'{name} has SHA-256 {sha}, its name says {wrong}...: a corrupt or replaced file; '
+        'do not pin it'
+    )
+    assert http_server.requests[name] == 1
+    assert not s3.list_uris(layout.shared_uri('pretrained') + '/')
+    assert not s3.list_uris(layout.root + '/train/')
+    # each process's own fetch (video_kd.train without a sha256) is checked the same way
+    with pytest.raises(PretrainedWeightsError, match='its name says'):
+        pretrained.fetch_pretrained(http_server.url(name), tmp_path / 'local')
+    assert not any((tmp_path / 'local').iterdir())
+
+
 def test_the_train_cli_refuses_a_contradicting_sha256_in_one_line(tmp_path):
     from conftest import run_module
 
@@ -297,6 +380,7 @@ def test_the_train_cli_refuses_a_contradicting_sha256_in_one_line(tmp_path):
         'error: student_pretrained_sha256 111111111111... is not the SHA-256 of '
     )
     assert 'Traceback' not in result.stderr and not (tmp_path / 'work').exists()
+    assert 'not fetched (offline)' not in result.stderr  # the weights are given: no warning
 
 
 def test_the_cli_prints_the_sha256_to_pin_and_lists_the_seeds_weights(
@@ -356,6 +440,7 @@ def test_the_train_cli_trains_from_the_imagenet_weights(
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     assert 'all 260 tensors loaded' in result.stderr
+    assert 'not fetched (offline)' not in result.stderr  # no "random init" before that line
     state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     trained = {
         key.removeprefix('backbone.').replace('.net.', '.'): value

@@ -106,3 +106,19 @@ def test_the_fault_matrix_covers_the_reported_cases():
         'a teacher step into a directory nobody claimed',
     ):
         assert needle in matrix, needle
+
+
+def test_the_deviations_table_names_every_intended_difference():
+    """Every key of tests/test_seed_fidelity.py's allow-lists (the intended differences from
+    the seed's configs) is named, in backquotes, in the README's table of deviations: the
+    table cannot drift from the list the fidelity tests enforce."""
+    import test_seed_fidelity as fidelity
+
+    allowed = {key for _, intended in fidelity.PLAIN_CONFIGS.values() for key in intended}
+    allowed |= {key for intended in fidelity.KD_CONFIGS.values() for key in intended}
+    allowed |= set(fidelity.SWIN_BACKBONE)
+    assert len(allowed) >= 10  # the lists were read
+    deviations = section('### Deviations from the seed')
+    table = ' '.join(' '.join(row) for row in table_rows(deviations))
+    missing = sorted(key for key in allowed if f'`{key}`' not in table)
+    assert not missing, f'allow-listed differences not in the README deviations table: {missing}'

@@ -223,3 +223,46 @@ def test_swin_teacher_drop_path_is_timms_default():
     timm_default = 0.1  # timm's SwinTransformer(drop_path_rate=0.1), kept by upstream's config
     cfg = load_config('tsn_imagenet-pretrained-swin-transformer_32xb8-1x1x8-50e_kinetics400-rgb')
     assert cfg.model.backbone.drop_path_rate == timm_default
+
+
+def test_the_evaluate_step_scores_the_teacher_with_its_own_config(monkeypatch, tmp_path):
+    """The evaluate step hands MMAction2's test loop the teacher's own config (K400 TSM:
+    8 clips x TenCrop 224), not the KD config (the student's 8 x ThreeCrop 256), and
+    metrics.json records which config and test pipeline scored each model."""
+    from video_kd import evaluate as mmaction_test
+    from video_kd.steps import evaluate as evaluate_step
+    from video_kd.steps.report import summarise_metrics
+
+    name = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
+
+    def test_loop(config, checkpoint, data, work_dir):  # what MMAction2's would be given
+        cfg = load_config(config)
+        return dict(
+            config=str(config),
+            test_pipeline=mmaction_test.describe_test_pipeline(cfg),
+            checkpoint=checkpoint,
+            num_samples=1,
+            top1_acc=1.0,
+            top5_acc=1.0,
+            mean_class_acc=1.0,
+            classes=['a'],
+            confusion_matrix=[[1]],
+        )
+
+    monkeypatch.setattr(mmaction_test, 'evaluate', test_loop)
+    monkeypatch.setattr(evaluate_step, 'fetch_verified', lambda uri, dest, sha256: dest)
+    results = evaluate_step._evaluate_models(
+        tmp_path, None, {}, {'s3_uri': 's3://b/student.pth'}, name,
+        {'s3_uri': 's3://b/teacher.pth'}, '', '', '',
+    )  # fmt: skip
+    scored = summarise_metrics('run-1', results)['scored_with']
+    teacher_views = mmaction_test.describe_test_pipeline(teacher_config(name))
+    student_views = mmaction_test.describe_test_pipeline(load_config(name))
+    assert 'TenCrop(crop_size=224)' in teacher_views
+    assert 'ThreeCrop(crop_size=256)' in student_views
+    assert scored['teacher']['test_pipeline'] == teacher_views
+    assert scored['student'] == {'config': name, 'test_pipeline': student_views}
+    assert scored['teacher']['config'] == (
+        'mmaction::recognition/tsm/tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb.py'
+        f' (model: the teacher of {name})'
+    )

@@ -79,7 +79,9 @@ def _referenced_model(cfg_path: str) -> ConfigDict:
         model = get_config(cfg_path).model
         model.setdefault('_scope_', package)  # nested types resolve in that package
         return model
-    return load_config(cfg_path).model
+    # a shipped config: its own references inlined, its remote weights left to the config
+    # that refers to it (dropped or kept, warned about or not, once, as that one says)
+    return inline_references(Config.fromfile(str(config_path(cfg_path)))).model
 
 
 def _resolve_reference(ref: ConfigDict) -> ConfigDict:
@@ -106,8 +108,10 @@ def _accepts(type_name: str, argument: str) -> bool:
     return cls is not None and argument in inspect.signature(cls).parameters
 
 
-def _strip_remote_weights(node: Any, where: str = 'model') -> None:
-    """Replace URL-named pretrained weights by None, in place, logging each."""
+def _strip_remote_weights(node: Any, where: str = 'model', warn: bool = True) -> None:
+    """Replace URL-named pretrained weights by None, in place, logging each (as a warning
+    unless ``warn`` is False: the student's ImageNet weights are given otherwise)."""
+    log = logger.warning if warn else logger.debug
     if isinstance(node, dict):
         for key, value in node.items():
             here = f'{where}.{key}'
@@ -116,7 +120,7 @@ def _strip_remote_weights(node: Any, where: str = 'model') -> None:
                 and isinstance(value, str)
                 and value.startswith(_REMOTE_PREFIXES)
             ):
-                logger.warning(
+                log(
                     '%s=%s not fetched (offline): random init, unless ImageNet weights '
                     "are given (--student-pretrained-url URL --student-pretrained-sha256 HEX, the pipeline's "
                     'student_pretrained_url) or it is set to a local file',
@@ -134,13 +138,13 @@ def _strip_remote_weights(node: Any, where: str = 'model') -> None:
                 and value.get('type') == 'Pretrained'
                 and str(value.get('checkpoint', '')).startswith(_REMOTE_PREFIXES)
             ):
-                logger.warning('%s checkpoint %s not fetched (offline)', here, value['checkpoint'])
+                log('%s checkpoint %s not fetched (offline)', here, value['checkpoint'])
                 node[key] = None
             else:
-                _strip_remote_weights(value, here)
+                _strip_remote_weights(value, here, warn)
     elif isinstance(node, list):
         for index, item in enumerate(node):
-            _strip_remote_weights(item, f'{where}[{index}]')
+            _strip_remote_weights(item, f'{where}[{index}]', warn)
 
 
 def inline_references(cfg: Config) -> Config:
@@ -152,10 +156,15 @@ def inline_references(cfg: Config) -> Config:
     return cfg
 
 
-def drop_remote_weights(cfg: Config) -> Config:
-    """Offline: URL-named weights become random init, unless allow_pretrained_download."""
+def drop_remote_weights(cfg: Config, warn: bool = True) -> Config:
+    """Offline: URL-named weights become random init, unless allow_pretrained_download.
+
+    Each one is a warning in the log, unless ``warn`` is False or the config names the
+    student's ImageNet weights (``student_pretrained``, set by ``video_kd.train_config``
+    from ``--student-pretrained-url``): the student is then initialised from those, and
+    the teacher from its checkpoint."""
     if not cfg.get('allow_pretrained_download', False):
-        _strip_remote_weights(cfg.model)
+        _strip_remote_weights(cfg.model, warn=warn and not cfg.get('student_pretrained'))
     return cfg
 
 
@@ -164,7 +173,9 @@ def resolve_model(cfg: Config) -> Config:
     return drop_remote_weights(inline_references(cfg))
 
 
-def load_config(name_or_path: str | Path, cfg_options: dict | None = None) -> Config:
+def load_config(
+    name_or_path: str | Path, cfg_options: dict | None = None, *, warn_offline: bool = True
+) -> Config:
     """Load a config, resolve its model references, apply overrides, drop remote weights.
 
     cfg_options are mmengine ``--cfg-options`` style: {'a.b.c': value}.
@@ -172,13 +183,14 @@ def load_config(name_or_path: str | Path, cfg_options: dict | None = None) -> Co
     teacher, data, schedule) is overridable, including those of a referenced
     model; remote weights are dropped last, so ``allow_pretrained_download=True``
     and a local ``...backbone.pretrained=FILE`` given as overrides take effect
-    (the latter keeps TSM's ``pretrained2d`` loading path).
+    (the latter keeps TSM's ``pretrained2d`` loading path).  ``warn_offline=False``
+    logs the dropped weights at debug level only (see ``drop_remote_weights``).
     """
     cfg = Config.fromfile(str(config_path(name_or_path)))
     inline_references(cfg)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
-    return drop_remote_weights(cfg)
+    return drop_remote_weights(cfg, warn=warn_offline)
 
 
 def checked_cfg_options(config: str | Path, items: list[str]) -> dict:
@@ -192,7 +204,8 @@ def checked_cfg_options(config: str | Path, items: list[str]) -> dict:
     raw = validation.parse_cfg_options(items)
     if raw:  # every key must exist in the config (at any depth): typos are refused
         register_all_modules()
-        validation.check_cfg_options(load_config(config), raw)
+        # a key check: the offline warnings come with the config that is used
+        validation.check_cfg_options(load_config(config, warn_offline=False), raw)
     return {key: validation.parse_cfg_value(value) for key, value in raw.items()}
 
 

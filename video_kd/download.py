@@ -139,12 +139,24 @@ def fetch(
             'no sha256 given for %s: pass the one logged above as %s to pin %s', url, option, what
         )
     if cache_uri:
-        try:
-            s3.upload_file(dest, cache_uri)  # conditional: concurrent runs cache it once
-            log.info('cached %s at %s', dest.name, cache_uri)
-        except s3.ObjectExistsError:
-            log.info('%s was cached by a concurrent run meanwhile: kept', cache_uri)
+        store_in_cache(dest, cache, sha256, cache_kind)
     return Fetched(dest, cache_hit=False)
+
+
+def store_in_cache(
+    path: Path, cache: RunLayout | str, sha256: str, cache_kind: str = CACHE_KIND
+) -> str:
+    """Keep ``path``, verified to have ``sha256``, in the S3 cache under that checksum
+    (``<root>/<cache_kind>/<sha256>/<file name>``, where ``fetch`` looks); returns its URI.
+    The upload is conditional: concurrent runs cache it once, and a copy already there is kept.
+    """
+    cache_uri = _cache_uri(cache, _normalized_sha256(sha256), path.name, cache_kind)
+    try:
+        s3.upload_file(path, cache_uri)
+        log.info('cached %s at %s', path.name, cache_uri)
+    except s3.ObjectExistsError:
+        log.info('%s was already cached (by another run): kept', cache_uri)
+    return cache_uri
 
 
 def _ready(dest: Path) -> Path:

@@ -95,6 +95,16 @@ def build_test_config(
     return cfg, classes
 
 
+def describe_test_pipeline(cfg: Config) -> list[str]:
+    """The test pipeline ``cfg`` scores with, one ``Type(key=value, ...)`` per transform
+    (``TenCrop(crop_size=224)``): what the evaluation records for each model."""
+    pipeline = cfg.get('test_dataloader', {}).get('dataset', {}).get('pipeline', [])
+    return [
+        f'{step["type"]}({", ".join(f"{k}={v!r}" for k, v in step.items() if k != "type")})'
+        for step in pipeline
+    ]
+
+
 def check_checkpoint_fits(cfg: Config, checkpoint: str) -> None:
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
@@ -127,6 +137,7 @@ def evaluate(
     matrix = results['confusion_matrix/result'].tolist()
     return dict(
         config=str(config),
+        test_pipeline=describe_test_pipeline(cfg),
         checkpoint=str(checkpoint),
         num_samples=int(sum(map(sum, matrix))),
         top1_acc=float(results['acc/top1']),

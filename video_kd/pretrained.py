@@ -12,7 +12,9 @@ like the teacher (https:// or s3://, sha256-checked, cached by checksum in S3):
     report = apply_pretrained(cfg, path)   # before the Runner builds the model
 
 The seed's own files (``SEED_IMAGENET_WEIGHTS``) carry the first 8 hex digits of their
-SHA-256 in their names; a sha256 given for one must agree with them.  Their full values
+SHA-256 in their names; a sha256 given for one must agree with them, and so must the
+content of one fetched without a sha256.  Without one, the train step fetches the file
+once (``pin_pretrained``), caches it under the SHA-256 it computed and logs that value.  Their full values
 are the user's to pin (this project is built offline): ``python -m video_kd.pretrained
 CONFIG`` fetches the config's seed weights, checks them and prints the value.
 
@@ -90,11 +92,54 @@ def fetch_pretrained(
     sha256 = check_sha256(sha256, name='student_pretrained_sha256') or None
     check_name_hash(url, sha256)
     try:
-        return download.fetch_teacher(
+        path = download.fetch_teacher(
             url, dest_dir, sha256=sha256, cache=cache, cache_kind=CACHE_KIND, **kwargs
         )
     except download.DownloadError as error:
         raise PretrainedWeightsError(f'pretrained weights {url}: {error}') from error
+    if not sha256:  # unpinned: the hash prefix in the name is all there is to check
+        check_content_hash(url, path)
+    return path
+
+
+def pin_pretrained(
+    url: str, dest_dir: str | os.PathLike, cache: RunLayout | str, **kwargs: Any
+) -> tuple[str, str]:
+    """No sha256 given: fetch ``url`` once, take its SHA-256 (checked against the hash
+    prefix in its name, ``HASH_NAMING_HOSTS``) and cache it in S3 under that checksum, as
+    ``fetch_pretrained`` caches pinned weights; returns (cache URI, sha256).  Whatever reads
+    the cached copy then checks it against that value; the log says to pin it.
+    """
+    path = fetch_pretrained(url, dest_dir, None, **kwargs)  # the cache is keyed by checksum
+    sha256 = check_content_hash(url, path)
+    uri = download.store_in_cache(path, cache, sha256, CACHE_KIND)
+    logger.warning(
+        'student_pretrained_sha256 not given: %s has SHA-256 %s%s; the training processes '
+        'read the copy cached at %s and check it against that value. Pin it: '
+        'student_pretrained_sha256 / --student-pretrained-sha256 %s',
+        url,
+        sha256,
+        f' (its name says {name_hash(url)}...: it agrees)' if name_hash(url) else '',
+        uri,
+        sha256,
+    )
+    return uri, sha256
+
+
+def check_content_hash(source: str, path: str | os.PathLike) -> str:
+    """The SHA-256 of ``path``, fetched from ``source``; when ``source``'s name carries a
+    hash prefix (``name_hash``) the content must agree with it, else the file is deleted
+    and one error says so."""
+    path = Path(path)
+    sha256 = s3.sha256_file(path)
+    prefix = name_hash(source)
+    if prefix and not sha256.startswith(prefix):
+        path.unlink(missing_ok=True)
+        raise PretrainedWeightsError(
+            f'{path.name} has SHA-256 {sha256}, its name says {prefix}...: a corrupt or '
+            'replaced file; do not pin it'
+        )
+    return sha256
 
 
 def name_hash(source: str) -> str | None:
@@ -346,14 +391,8 @@ def _check_weights(config: str, source: str | None, sha256: str | None) -> tuple
             f'{student_model_cfg(cfg).backbone.type}; name the weights (SOURCE)'
         )
     with tempfile.TemporaryDirectory() as tmp:
-        path = fetch_pretrained(source, tmp, sha256)
+        path = fetch_pretrained(source, tmp, sha256)  # checked against its name's hash
         sha256 = s3.sha256_file(path)
-        prefix = name_hash(source)
-        if prefix and not sha256.startswith(prefix):
-            raise PretrainedWeightsError(
-                f'{path.name} has SHA-256 {sha256}, its name says {prefix}...: a corrupt or '
-                'replaced file; do not pin it'
-            )
         apply_pretrained(cfg, path)  # the student takes every tensor, or one error line
     return source, sha256
 

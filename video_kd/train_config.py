@@ -154,7 +154,9 @@ def resolve(
     """
     overrides = checked_cfg_options(config, options.cfg_options)
     register_all_modules()
-    cfg = load_config(config, overrides)
+    # with the student's ImageNet weights given, the configs' URLs dropped offline
+    # are not worth a warning (video_kd.config.drop_remote_weights)
+    cfg = load_config(config, overrides, warn_offline=not options.student_pretrained_url)
     if num_classes:  # heads sized to the dataset (before the teacher checkpoint is checked)
         set_num_classes(cfg.model, num_classes)
     if options.max_epochs:
@@ -185,11 +187,14 @@ def resolve(
     return cfg
 
 
-def fetch_pretrained_from(cfg: Config, uri: str) -> None:
+def fetch_pretrained_from(cfg: Config, uri: str, sha256: str = '') -> None:
     """Let the processes fetch the student's pretrained weights from ``uri`` (the run's S3
-    cache of them) rather than the URL the user gave."""
+    cache of them) rather than the URL the user gave, and check them against ``sha256``
+    when the user gave none (the value computed when they were cached)."""
     if uri and cfg.get('student_pretrained'):
         cfg.student_pretrained.fetch_from = uri
+        if sha256 and not cfg.student_pretrained.get('sha256'):
+            cfg.student_pretrained.sha256 = sha256
 
 
 def dataset_dir(videos_uri: str) -> str:

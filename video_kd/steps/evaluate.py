@@ -58,14 +58,18 @@ def run(
     }
 
 
-def _teacher_config_file(kd_config: str, out_dir: Path) -> str:
+def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:
     """The teacher's own config (its test pipeline, not the student's) with the KD config's
-    teacher as its model: the teacher is scored as its config means."""
-    from video_kd.config import teacher_config
+    teacher as its model: the teacher is scored as its config means.  Returns the file
+    and what metrics.json records for it (the teacher's config, the KD config's model)."""
+    from mmengine.config import Config
+
+    from video_kd.config import config_path, teacher_config
 
     path = out_dir / 'teacher_config.py'
     teacher_config(kd_config).dump(str(path))
-    return str(path)
+    reference = Config.fromfile(str(config_path(kd_config))).model.teacher.cfg_path
+    return str(path), f'{reference} (model: the teacher of {kd_config})'
 
 
 def _evaluate_models(
@@ -84,10 +88,11 @@ def _evaluate_models(
 
     results: dict[str, dict[str, Any]] = {}
 
-    def score(name: str, config: str, ckpt: Path) -> None:
+    def score(name: str, config: str, ckpt: Path, scored_with: str = '') -> None:
         results[name] = mmaction_test.evaluate(
             config, str(ckpt), data_meta, str(work / f'w_{name}')
         )
+        results[name]['scored_with'] = scored_with or config  # metrics.json names it
         log.info(
             '%s: top-1 %.4f top-5 %.4f mean-class %.4f',
             name,
@@ -102,10 +107,12 @@ def _evaluate_models(
         fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256')),
     )
     if teacher:
+        config, scored_with = _teacher_config_file(kd_config, work)
         score(
             'teacher',
-            _teacher_config_file(kd_config, work),
+            config,
             fetch_verified(teacher['s3_uri'], work / 'teacher.pth', teacher.get('sha256')),
+            scored_with,
         )
     if baseline_url:
         baseline = download.fetch_teacher(

@@ -8,8 +8,9 @@ ACCURACY_KEYS = ('top1_acc', 'top5_acc', 'mean_class_acc')
 
 
 def summarise_metrics(run_id: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    """metrics.json: the student's accuracies and confusion matrix, the others' accuracies
-    and, with a baseline, the KD gain (student minus student alone)."""
+    """metrics.json: the student's accuracies and confusion matrix, the others' accuracies,
+    with a baseline the KD gain (student minus student alone), and which config and test
+    pipeline scored each model (``scored_with``)."""
     summary = {
         'run_id': run_id,
         'num_val': results['student']['num_samples'],
@@ -24,6 +25,13 @@ def summarise_metrics(run_id: str, results: dict[str, dict[str, Any]]) -> dict[s
         summary['kd_gain'] = {
             k: summary['student'][k] - summary['baseline'][k] for k in ACCURACY_KEYS
         }
+    summary['scored_with'] = {  # each model's config and test views (the teacher: its own)
+        name: {
+            'config': result.get('scored_with', result.get('config', '')),
+            'test_pipeline': result.get('test_pipeline', []),
+        }
+        for name, result in results.items()
+    }
     return summary
 
 

@@ -141,7 +141,7 @@ def publish_config(
     were trained with these).
     """
     cfg = resolve_config(data_meta, teacher, kd_config, options)
-    train_config.fetch_pretrained_from(cfg, cache_pretrained(layout, options))
+    train_config.fetch_pretrained_from(cfg, *cache_pretrained(layout, options))
     with tempfile.TemporaryDirectory() as tmp:
         path = train_config.save(cfg, Path(tmp) / train_config.CONFIG_NAME)
         try:
@@ -153,21 +153,22 @@ def publish_config(
             ) from exc
 
 
-def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> str:
+def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> tuple[str, str]:
     """Fetch the student's pretrained weights once into the S3 cache (by checksum), so that
     the training processes read them from the cluster's S3, not the internet; returns
-    where they read them."""
+    where they read them and the sha256 they check.  Without a given sha256 the file is
+    fetched here (its content checked against the hash prefix in its name, where the host
+    names files so), cached under the sha256 computed and that value logged to pin."""
     if not options or not options.student_pretrained_url:
-        return ''
-    if not options.student_pretrained_sha256:
-        return options.student_pretrained_url  # no checksum, no cache: each process fetches it
-    from video_kd.pretrained import CACHE_KIND, fetch_pretrained
+        return '', ''
+    from video_kd.pretrained import CACHE_KIND, fetch_pretrained, pin_pretrained
 
+    url, sha256 = options.student_pretrained_url, options.student_pretrained_sha256
     with tempfile.TemporaryDirectory() as tmp:
-        path = fetch_pretrained(
-            options.student_pretrained_url, tmp, options.student_pretrained_sha256, cache=layout
-        )
-        return layout.cache_uri(CACHE_KIND, options.student_pretrained_sha256.lower(), path.name)
+        if not sha256:
+            return pin_pretrained(url, tmp, cache=layout)
+        path = fetch_pretrained(url, tmp, sha256, cache=layout)
+        return layout.cache_uri(CACHE_KIND, sha256.lower(), path.name), sha256
 
 
 def pod_command(
