@@ -10,30 +10,48 @@ when these tests skip and when they must not.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import containers
 import pytest
+import tomllib
 
 from components import STEPS
-from video_kd import image_check
+from video_kd import cli, image_check
 from video_kd.errors import TEMPORARY_FAILURE
 
 ROOT = containers.ROOT
-TRAIN_POD = ['python', '-m', 'video_kd.train_pod']  # every training process's entry point
-ENTRY_POINTS = [
-    ['video-kd'],
-    *(['video-kd', command] for command in ('compile', 'run-local', 'upload', 'submit')),
-    *(['python', '-m', f'components.{step}'] for step in __import__('components').STEPS),
-    *(['python', '-m', f'video_kd.{tool}'] for tool in ('train', 'convert', 'evaluate')),
-    ['python', '-m', 'video_kd.image_check'],
-    TRAIN_POD,
-]
+MAIN_GUARD = re.compile(r"""^if __name__ == ['"]__main__['"]:""", re.MULTILINE)
+
+
+def entry_points() -> list[list[str]]:
+    """Every command a user or a pod runs, computed so that a new one cannot be missed:
+    each console script of pyproject.toml, `video-kd`'s subcommands (from its argparse
+    parser), and `python -m X` for every module of the project with a `__main__` block
+    (a package's `__main__.py` is `python -m <package>`: components.<step>)."""
+    scripts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
+    commands = [[script] for script in sorted(scripts)]
+    (subparsers,) = (
+        a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    commands += [['video-kd', command] for command in subparsers.choices]
+    for name in image_check.project_modules():
+        spec = importlib.util.find_spec(name)
+        source = Path(spec.origin).read_text() if spec.origin.endswith('.py') else ''
+        if MAIN_GUARD.search(source):
+            commands.append(['python', '-m', name.removesuffix('.__main__')])
+    return commands
+
+
 TINY_DATA = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
 
 
@@ -68,24 +86,82 @@ def test_every_module_imports_in_the_image_as_uid_10001(image):
     assert commit.removeprefix('commit=').startswith(head), (commit, head)
 
 
-# One container runs every --help (a container per command would cost ~10 s more).
+# One container runs every --help, each in its own process forked from one that has
+# imported the heavy third-party modules (torch, mmengine, numpy, cv2, boto3, kfp) once: a
+# fresh interpreter per command costs ~5 s of imports each, ~25 commands. Nothing of the
+# project is imported before the fork (video_kd.compat must come before mmaction & co.), so
+# each command imports the project as its own process does, from its own entry point: the
+# console script's file as installed, `python -m X` as runpy runs it.
 HELP_SCRIPT = """
-import json, subprocess, sys
+import json, os, runpy, shutil, sys, tempfile, traceback
+import torch, mmengine.runner, numpy, cv2, boto3, kfp.dsl
+assert not [m for m in sys.modules if m.split('.')[0] in ('video_kd', 'components', 'pipelines')]
+
+def run(argv):
+    if argv[0] == 'python':
+        assert argv[1] == '-m', argv
+        sys.argv = ['-m', *argv[3:], '--help']
+        runpy.run_module(argv[2], run_name='__main__', alter_sys=True)
+    else:
+        sys.argv = [shutil.which(argv[0]), *argv[1:], '--help']
+        runpy.run_path(sys.argv[0], run_name='__main__')
+
 out = {}
 for argv in json.loads(sys.argv[1]):
-    r = subprocess.run(argv + ['--help'], capture_output=True, text=True)
-    out[' '.join(argv)] = [r.returncode, r.stdout, r.stderr[-500:]]
+    with tempfile.TemporaryFile('w+') as stdout, tempfile.TemporaryFile('w+') as stderr:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(stdout.fileno(), 1)
+            os.dup2(stderr.fileno(), 2)
+            try:
+                run(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        stdout.seek(0)
+        stderr.seek(0)
+        out[' '.join(argv)] = [code, stdout.read(), stderr.read()[-500:]]
 print(json.dumps(out))
 """
 
 
+def test_every_entry_point_is_in_the_list():
+    """No container needed: the computed list holds every command, old and new."""
+    commands = [' '.join(argv) for argv in entry_points()]
+    assert len(commands) == len(set(commands)), commands
+    scripts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
+    assert scripts == {'video-kd': 'video_kd.cli:main'}  # whose subcommands are listed
+    for command in (
+        'video-kd',
+        *(f'video-kd {c}' for c in ('compile', 'run-local', 'upload', 'submit', 'schedule')),
+        'video-kd configs',
+        *(f'python -m components.{step}' for step in STEPS),
+        *(
+            f'python -m video_kd.{name}'
+            for name in (
+                'train', 'convert', 'evaluate', 'image_check', 'train_pod', 'torchrun',
+                'data_check', 'download', 'export', 'pretrained', 'teacher_checkpoint', 'cli',
+            )
+        ),
+    ):  # fmt: skip
+        assert command in commands, command
+
+
 def test_help_of_every_entry_point_in_the_image(image):
+    commands = entry_points()
     result = containers.run_in_image(
-        image, 'python', '-c', HELP_SCRIPT, json.dumps(ENTRY_POINTS), timeout=300
+        image, 'python', '-c', HELP_SCRIPT, json.dumps(commands), timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     answers = json.loads(result.stdout)
-    assert len(answers) == len(ENTRY_POINTS)
+    assert list(answers) == [' '.join(argv) for argv in commands]
     for command, (rc, stdout, stderr) in answers.items():
         assert rc == 0, f'{command} --help: exit {rc}: {stderr}'
         assert 'usage:' in stdout and len(stdout.splitlines()) > 3, (command, stdout)
