@@ -227,6 +227,50 @@ def test_build_without_a_container_engine_is_one_line(tmp_path):
     ]
 
 
+def test_without_an_engine_the_container_tests_skip_in_one_line_unless_ci_requires_them(
+    tmp_path,
+):
+    """Runs anywhere: pytest on one container test, in a subprocess whose PATH holds python
+    and nothing else (no podman, runc, mmdebstrap). Without the CI switch the test skips
+    with the one-line reason; with what .ci/run exports, the same reason fails it."""
+    ci_run = (ROOT / '.ci' / 'run').read_text()
+    assert f'\nexport {containers.REQUIRE_ENV}=1\n' in ci_run  # the switch CI sets
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python').symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != containers.REQUIRE_ENV}
+    env.update(PATH=str(bin_dir), PYTHONPATH=str(ROOT), COLUMNS='1000')  # summary lines whole
+    pytest_cmd = [sys.executable, '-m', 'pytest', 'tests/test_image.py', '-k', 'every_module']
+    pytest_cmd += ['-p', 'no:cacheprovider', '-rA']
+    runs = {
+        required: subprocess.Popen(
+            [*pytest_cmd, '--basetemp', str(tmp_path / f'run{required}')],
+            cwd=ROOT,
+            env={**env, containers.REQUIRE_ENV: '1'} if required else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for required in (False, True)
+    }  # both at once: each is mostly pytest's and the project's imports
+    out = {required: run.communicate(timeout=120)[0] for required, run in runs.items()}
+    reason = (
+        'no container engine: podman, runc, mmdebstrap not installed '
+        '(apt-get install podman runc mmdebstrap)'
+    )
+    skipped = [line for line in out[False].splitlines() if line.startswith('SKIPPED')]
+    assert runs[False].returncode == 0, out[False][-3000:]
+    assert len(skipped) == 1 and skipped[0].endswith(f': {reason}'), out[False][-3000:]
+    assert '1 skipped' in out[False].splitlines()[-1], out[False][-3000:]
+    errors = [line for line in out[True].splitlines() if line.startswith('ERROR tests/')]
+    assert runs[True].returncode == 1, out[True][-3000:]
+    assert errors == [
+        'ERROR tests/test_image.py::test_every_module_imports_in_the_image_as_uid_10001 - '
+        f'Failed: {reason}; {containers.REQUIRE_ENV}=1 makes the container tests mandatory'
+    ], out[True][-3000:]
+    assert 'SKIPPED' not in out[True]
+
+
 def test_a_failing_build_names_the_layer(image, tmp_path):
     dockerfile = tmp_path / 'Dockerfile'
     dockerfile.write_text(
