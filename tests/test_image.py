@@ -10,30 +10,48 @@ when these tests skip and when they must not.
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import containers
 import pytest
+import tomllib
 
 from components import STEPS
-from video_kd import image_check
+from video_kd import cli, image_check
 from video_kd.errors import TEMPORARY_FAILURE
 
 ROOT = containers.ROOT
-TRAIN_POD = ['python', '-m', 'video_kd.train_pod']  # every training process's entry point
-ENTRY_POINTS = [
-    ['video-kd'],
-    *(['video-kd', command] for command in ('compile', 'run-local', 'upload', 'submit')),
-    *(['python', '-m', f'components.{step}'] for step in __import__('components').STEPS),
-    *(['python', '-m', f'video_kd.{tool}'] for tool in ('train', 'convert', 'evaluate')),
-    ['python', '-m', 'video_kd.image_check'],
-    TRAIN_POD,
-]
+MAIN_GUARD = re.compile(r"""^if __name__ == ['"]__main__['"]:""", re.MULTILINE)
+
+
+def entry_points() -> list[list[str]]:
+    """Every command a user or a pod runs, computed so that a new one cannot be missed:
+    each console script of pyproject.toml, `video-kd`'s subcommands (from its argparse
+    parser), and `python -m X` for every module of the project with a `__main__` block
+    (a package's `__main__.py` is `python -m <package>`: components.<step>)."""
+    scripts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
+    commands = [[script] for script in sorted(scripts)]
+    (subparsers,) = (
+        a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction)
+    )
+    commands += [['video-kd', command] for command in subparsers.choices]
+    for name in image_check.project_modules():
+        spec = importlib.util.find_spec(name)
+        source = Path(spec.origin).read_text() if spec.origin.endswith('.py') else ''
+        if MAIN_GUARD.search(source):
+            commands.append(['python', '-m', name.removesuffix('.__main__')])
+    return commands
+
+
 TINY_DATA = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
 
 
@@ -68,24 +86,82 @@ def test_every_module_imports_in_the_image_as_uid_10001(image):
     assert commit.removeprefix('commit=').startswith(head), (commit, head)
 
 
-# One container runs every --help (a container per command would cost ~10 s more).
+# One container runs every --help, each in its own process forked from one that has
+# imported the heavy third-party modules (torch, mmengine, numpy, cv2, boto3, kfp) once: a
+# fresh interpreter per command costs ~5 s of imports each, ~25 commands. Nothing of the
+# project is imported before the fork (video_kd.compat must come before mmaction & co.), so
+# each command imports the project as its own process does, from its own entry point: the
+# console script's file as installed, `python -m X` as runpy runs it.
 HELP_SCRIPT = """
-import json, subprocess, sys
+import json, os, runpy, shutil, sys, tempfile, traceback
+import torch, mmengine.runner, numpy, cv2, boto3, kfp.dsl
+assert not [m for m in sys.modules if m.split('.')[0] in ('video_kd', 'components', 'pipelines')]
+
+def run(argv):
+    if argv[0] == 'python':
+        assert argv[1] == '-m', argv
+        sys.argv = ['-m', *argv[3:], '--help']
+        runpy.run_module(argv[2], run_name='__main__', alter_sys=True)
+    else:
+        sys.argv = [shutil.which(argv[0]), *argv[1:], '--help']
+        runpy.run_path(sys.argv[0], run_name='__main__')
+
 out = {}
 for argv in json.loads(sys.argv[1]):
-    r = subprocess.run(argv + ['--help'], capture_output=True, text=True)
-    out[' '.join(argv)] = [r.returncode, r.stdout, r.stderr[-500:]]
+    with tempfile.TemporaryFile('w+') as stdout, tempfile.TemporaryFile('w+') as stderr:
+        pid = os.fork()
+        if pid == 0:
+            os.dup2(stdout.fileno(), 1)
+            os.dup2(stderr.fileno(), 2)
+            try:
+                run(argv)
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+            except BaseException:
+                traceback.print_exc()
+                code = 1
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+        code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        stdout.seek(0)
+        stderr.seek(0)
+        out[' '.join(argv)] = [code, stdout.read(), stderr.read()[-500:]]
 print(json.dumps(out))
 """
 
 
+def test_every_entry_point_is_in_the_list():
+    """No container needed: the computed list holds every command, old and new."""
+    commands = [' '.join(argv) for argv in entry_points()]
+    assert len(commands) == len(set(commands)), commands
+    scripts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['project']['scripts']
+    assert scripts == {'video-kd': 'video_kd.cli:main'}  # whose subcommands are listed
+    for command in (
+        'video-kd',
+        *(f'video-kd {c}' for c in ('compile', 'run-local', 'upload', 'submit', 'schedule')),
+        'video-kd configs',
+        *(f'python -m components.{step}' for step in STEPS),
+        *(
+            f'python -m video_kd.{name}'
+            for name in (
+                'train', 'convert', 'evaluate', 'image_check', 'train_pod', 'torchrun',
+                'data_check', 'download', 'export', 'pretrained', 'teacher_checkpoint', 'cli',
+            )
+        ),
+    ):  # fmt: skip
+        assert command in commands, command
+
+
 def test_help_of_every_entry_point_in_the_image(image):
+    commands = entry_points()
     result = containers.run_in_image(
-        image, 'python', '-c', HELP_SCRIPT, json.dumps(ENTRY_POINTS), timeout=300
+        image, 'python', '-c', HELP_SCRIPT, json.dumps(commands), timeout=300
     )
     assert result.returncode == 0, result.stderr[-2000:]
     answers = json.loads(result.stdout)
-    assert len(answers) == len(ENTRY_POINTS)
+    assert list(answers) == [' '.join(argv) for argv in commands]
     for command, (rc, stdout, stderr) in answers.items():
         assert rc == 0, f'{command} --help: exit {rc}: {stderr}'
         assert 'usage:' in stdout and len(stdout.splitlines()) > 3, (command, stdout)
@@ -149,6 +225,50 @@ def test_build_without_a_container_engine_is_one_line(tmp_path):
         '(apt-get install podman runc mmdebstrap, or VIDEO_KD_INSTALL_TOOLS=1 '
         f'{containers.BUILD_SCRIPT})'
     ]
+
+
+def test_without_an_engine_the_container_tests_skip_in_one_line_unless_ci_requires_them(
+    tmp_path,
+):
+    """Runs anywhere: pytest on one container test, in a subprocess whose PATH holds python
+    and nothing else (no podman, runc, mmdebstrap). Without the CI switch the test skips
+    with the one-line reason; with what .ci/run exports, the same reason fails it."""
+    ci_run = (ROOT / '.ci' / 'run').read_text()
+    assert f'\nexport {containers.REQUIRE_ENV}=1\n' in ci_run  # the switch CI sets
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'python').symlink_to(sys.executable)
+    env = {k: v for k, v in os.environ.items() if k != containers.REQUIRE_ENV}
+    env.update(PATH=str(bin_dir), PYTHONPATH=str(ROOT), COLUMNS='1000')  # summary lines whole
+    pytest_cmd = [sys.executable, '-m', 'pytest', 'tests/test_image.py', '-k', 'every_module']
+    pytest_cmd += ['-p', 'no:cacheprovider', '-rA']
+    runs = {
+        required: subprocess.Popen(
+            [*pytest_cmd, '--basetemp', str(tmp_path / f'run{required}')],
+            cwd=ROOT,
+            env={**env, containers.REQUIRE_ENV: '1'} if required else env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for required in (False, True)
+    }  # both at once: each is mostly pytest's and the project's imports
+    out = {required: run.communicate(timeout=120)[0] for required, run in runs.items()}
+    reason = (
+        'no container engine: podman, runc, mmdebstrap not installed '
+        '(apt-get install podman runc mmdebstrap)'
+    )
+    skipped = [line for line in out[False].splitlines() if line.startswith('SKIPPED')]
+    assert runs[False].returncode == 0, out[False][-3000:]
+    assert len(skipped) == 1 and skipped[0].endswith(f': {reason}'), out[False][-3000:]
+    assert '1 skipped' in out[False].splitlines()[-1], out[False][-3000:]
+    errors = [line for line in out[True].splitlines() if line.startswith('ERROR tests/')]
+    assert runs[True].returncode == 1, out[True][-3000:]
+    assert errors == [
+        'ERROR tests/test_image.py::test_every_module_imports_in_the_image_as_uid_10001 - '
+        f'Failed: {reason}; {containers.REQUIRE_ENV}=1 makes the container tests mandatory'
+    ], out[True][-3000:]
+    assert 'SKIPPED' not in out[True]
 
 
 def test_a_failing_build_names_the_layer(image, tmp_path):
@@ -236,7 +356,13 @@ def test_a_source_edit_rebuilds_only_the_source_layers(image, tmp_path):
 # --- the pipeline, every step in a container --------------------------------------------
 
 
+LONG_TIMEOUT = 1800  # s: the tests whose measured time is near pyproject's --timeout=900
+
+
 @pytest.mark.slow
+# The pipeline twice, as subprocesses and with every step in a container: 601-623 s
+# measured on CI's 2 shared cores, too close to the global --timeout=900 for a busier one.
+@pytest.mark.timeout(LONG_TIMEOUT)
 def test_pipeline_in_containers_gives_the_subprocess_runs_metrics(
     image, docker_host, s3_env, bucket, tmp_path, monkeypatch, capfd
 ):
@@ -291,3 +417,18 @@ def test_pipeline_in_containers_gives_the_subprocess_runs_metrics(
             f'\npipeline: subprocess run {subprocess_s:.0f}s (teacher training included), '
             f'containerised run {container_s:.0f}s; student {contained["metrics"]["student"]}'
         )
+
+
+def test_the_long_runs_have_their_own_timeout():
+    """No container needed: the two whole-pipeline tests measured at 555-841 s must not
+    run under the global 900 s limit (pyproject.toml's addopts)."""
+    import test_pipeline
+
+    addopts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['pytest']['ini_options']
+    assert '--timeout=900' in addopts['addopts']
+    for test in (
+        test_pipeline.test_end_to_end_local_runner_twice,
+        test_pipeline_in_containers_gives_the_subprocess_runs_metrics,
+    ):
+        (mark,) = (m for m in getattr(test, 'pytestmark', []) if m.name == 'timeout')
+        assert mark.args == (LONG_TIMEOUT,), test.__name__

@@ -1,5 +1,6 @@
 """README.md stays in step with the code: its tables render as tables, the layout table
-names every module, and every row of the fault matrix names a test that exists."""
+names every module, every row of the fault matrix names a test that exists, and the
+image's build steps it cites are the Dockerfile's."""
 
 from __future__ import annotations
 
@@ -122,3 +123,29 @@ def test_the_deviations_table_names_every_intended_difference():
     table = ' '.join(' '.join(row) for row in table_rows(deviations))
     missing = sorted(key for key in allowed if f'`{key}`' not in table)
     assert not missing, f'allow-listed differences not in the README deviations table: {missing}'
+
+
+def test_the_image_builds_step_numbers_are_the_dockerfiles():
+    """The figures of "Build and push the images" are the Dockerfile's: podman numbers the
+    instructions from FROM on (STEP n/total), the example build error names the step that
+    installs the source and a module that exists, and a source edit rebuilds every step
+    from the first source COPY on (test_image's test_a_source_edit_rebuilds_only_...)."""
+    import importlib.util
+
+    from test_docker import DOCKER, parse
+
+    ins = parse((DOCKER / 'Dockerfile').read_text())
+    steps = ins[next(i for i, s in enumerate(ins) if s.cmd == 'FROM') :]
+    text = README[README.index('### 1. Build and push the images') : README.index('### 2. ')]
+    number, total, module = re.search(
+        r'STEP (\d+)/(\d+): RUN pip install --no-deps .*imported by ([\w.]+)', text
+    ).groups()
+    assert int(total) == len(steps)
+    assert steps[int(number) - 1].cmd == 'RUN'
+    assert steps[int(number) - 1].args.startswith('pip install --no-deps')
+    assert importlib.util.find_spec(module) is not None, module
+    first_source = next(i for i, s in enumerate(steps) if s.args.startswith('README.md'))
+    now, rebuilt = re.search(
+        r"of today's (\d+) steps,\s+a source edit runs the (\d+)", text
+    ).groups()
+    assert (int(now), int(rebuilt)) == (len(steps), len(steps) - first_source)
