@@ -43,6 +43,16 @@ def s3_server(tmp_path_factory):
         yield server.endpoint
 
 
+@pytest.fixture(scope='session')
+def image(tmp_path_factory) -> str:
+    """The CPU image (tests/test_image*.py), built or reused from podman's layer cache once
+    per session; skips (or fails, where CI requires containers) without a container engine."""
+    import containers
+
+    containers.require_engine()
+    return containers.build_image(tmp_path_factory.mktemp('image') / 'build.log')
+
+
 @pytest.fixture
 def s3_env(monkeypatch, s3_server):
     """Point video_kd.s3 at the test server with dummy credentials; returns the endpoint."""

@@ -122,3 +122,22 @@ def test_max_epochs_override_stretches_the_schedule_that_spans_training():
     set_max_epochs(cfg, 4)
     assert cfg.train_cfg.max_epochs == 4
     assert cfg.param_scheduler[0].T_max == 4
+
+
+@pytest.mark.parametrize('name', [*SEED_CONFIGS, 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'])
+def test_distributed_metrics_gather_through_the_process_group(name):
+    """Regression: mmengine's default gathers the ranks' results through a directory rank 0
+    makes in its own file system, which another node (pod) never sees: validation of a
+    two-pod PyTorchJob died with FileNotFoundError '.dist_test/.../part_1.pkl'."""
+    from video_kd.train_config import collect_over_process_group
+
+    cfg = load_config(name)
+    collect_over_process_group(cfg)
+    for key in ('val_evaluator', 'test_evaluator'):
+        metrics = cfg[key] if isinstance(cfg[key], list) else [cfg[key]]
+        assert metrics and all(m.collect_device == 'gpu' for m in metrics), (key, metrics)
+    cfg.val_evaluator = dict(type='Evaluator', metrics=[dict(type='AccMetric')])
+    cfg.test_evaluator = [dict(type='AccMetric', collect_device='cpu', collect_dir='/shared')]
+    collect_over_process_group(cfg)
+    assert cfg.val_evaluator.metrics[0].collect_device == 'gpu'
+    assert cfg.test_evaluator[0].collect_device == 'cpu'  # the user's choice stays

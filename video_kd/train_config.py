@@ -272,10 +272,32 @@ def localize(
             'model_wrapper_cfg',
             dict(type='MMDistributedDataParallel', device_ids=None, broadcast_buffers=False),
         )
+    if cfg.launcher == 'pytorch':
+        collect_over_process_group(cfg)
     if resume:
         cfg.resume = True
         cfg.load_from = None if resume == 'auto' else resume
     return cfg
+
+
+def collect_over_process_group(cfg: Config) -> None:
+    """Every evaluator metric gathers the ranks' results through the process group.
+
+    mmengine's default (``collect_device='cpu'``) has every rank write its part into a
+    directory that rank 0 makes under its working directory: on several nodes (the pods
+    of a PyTorchJob or TrainJob) the other ranks never see it, and validation dies with
+    ``FileNotFoundError: .dist_test/.../part_1.pkl``.  ``'gpu'`` is mmengine's name for
+    ``all_gather_object``, which runs on gloo (CPU) as on nccl.  A metric that names its
+    own ``collect_device`` (a shared ``collect_dir``, say) is left as it is.
+    """
+    for key in ('val_evaluator', 'test_evaluator'):
+        evaluator = cfg.get(key)
+        if isinstance(evaluator, dict) and 'metrics' in evaluator:  # an explicit Evaluator
+            evaluator = evaluator['metrics']
+        metrics = evaluator if isinstance(evaluator, (list, tuple)) else [evaluator]
+        for metric in metrics:
+            if isinstance(metric, dict) and 'collect_device' not in metric:
+                metric['collect_device'] = 'gpu'
 
 
 def load_student_pretrained(cfg: Config, dest: Path) -> dict:
