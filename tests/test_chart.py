@@ -969,3 +969,37 @@ def test_single_user_kfp_gets_a_shared_pipeline():
     multi = render({'schedule': {'enabled': True}, 'kfp': {'multiUser': True}})
     upload = pod_spec(multi)[1]['initContainers'][0]['args']
     assert upload[upload.index('--namespace') + 1] == NAMESPACE
+
+
+def notes(values: dict | None, namespace: str) -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
+    (text,) = [text for path, text in manifests.items() if path.endswith('NOTES.txt')]
+    return text
+
+
+@pytest.mark.parametrize(
+    'values, namespace, kfp_namespace',
+    [
+        (None, NAMESPACE, 'kubeflow'),  # single-user KFP in kubeflow, the release elsewhere
+        ({'kfp': {'host': 'http://ml-pipeline.kfp.svc:8888'}}, NAMESPACE, 'kfp'),
+        (None, 'kubeflow', None),  # installed into KFP's namespace: what single-user needs
+        ({'kfp': {'multiUser': True}}, NAMESPACE, None),  # profiles: the release's own
+        ({'kfp': {'host': 'https://kfp.example.com'}}, NAMESPACE, None),  # namespace unknown
+    ],
+)
+def test_notes_warn_when_single_user_kfp_runs_the_steps_elsewhere(values, namespace, kfp_namespace):
+    """Single-user KFP runs step pods in its own namespace, where a release installed into
+    another one has no S3 ConfigMap or Secret (CreateContainerConfigError): NOTES says so."""
+    text = notes(values, namespace)
+    if kfp_namespace is None:
+        assert 'WARNING' not in text
+        return
+    warning = text[text.index('WARNING: single-user KFP') :]
+    assert f'namespace, {kfp_namespace} (from kfp.host), not in {namespace}' in warning
+    assert f'neither ConfigMap {RELEASE}-s3 nor Secret video-kd-s3-credentials' in warning
+    assert (
+        f'helm install {RELEASE} charts/video-kd -n {kfp_namespace} '
+        '--set rbac.extraServiceAccounts={pipeline-runner}'
+    ) in warning
+    assert 'kfp.multiUser=true' in warning
