@@ -3,7 +3,8 @@
 No cluster can run here, so the real ``kubernetes`` client talks HTTP to
 this: custom objects (create / get / delete / watch, with the 404 a missing
 CRD gives, the 403 RBAC gives, the 403 of a validating admission webhook
-that denies the object and the 409 a duplicate name gives), pods
+that denies the object, the 400 strict field validation gives for a field an
+older CRD lacks and the 409 a duplicate name gives), pods
 (list / watch by label selector) and pod logs.  A job's status comes from a
 script of conditions, written the way the operators write them, played on
 its watch (a number in the script: a pause of that many seconds).  A pod
@@ -57,6 +58,11 @@ class FakeKube:
         # return what they refuse in the object ([] admits it)
         self.admission: dict[str, tuple[str, Callable[[dict], list[str]]]] = {}
         self.lingering: set[str] = set()  # jobs a DELETE only marks (pods still terminating)
+        # plural -> the spec fields the installed CRD version has (an older operator's): a
+        # create with fieldValidation=Strict naming another is refused with the API server's
+        # 400, without it the field is dropped (the default, 'Warn')
+        self.spec_fields: dict[str, set[str]] = {}
+        self.field_validation: list[str] = []  # each create's fieldValidation ('' if none)
         self.pods: list[dict] = []
         self.pod_events: list[tuple[str, dict]] = []  # played on every pod watch, after pods
         self.logs: dict[str, str] = {}
@@ -140,6 +146,14 @@ class FakeKube:
             return h._send(
                 404, status(404, 'NotFound', f'namespaces "{ns}" not found', 'namespaces')
             )
+        if verb == 'POST':
+            self.field_validation.append(query.get('fieldValidation', ''))
+        if verb == 'POST' and plural in self.spec_fields:
+            known = self.spec_fields[plural]
+            unknown = [f for f in body.get('spec') or {} if f not in known]
+            if unknown and query.get('fieldValidation') == 'Strict':
+                return h._send(400, strict_decoding_error(body, unknown))
+            body = {**body, 'spec': {k: v for k, v in body['spec'].items() if k in known}}
         if verb == 'POST' and plural in self.admission:
             webhook, rules = self.admission[plural]
             refused = rules(body)
@@ -238,6 +252,19 @@ class FakeKube:
     def __exit__(self, *exc):
         self.server.shutdown()
         self.server.server_close()
+
+
+def strict_decoding_error(body: dict, unknown: list[str]) -> dict:
+    """What the API server answers a create with fieldValidation=Strict whose object has
+    fields the CRD's schema lacks (k8s.io/apiserver handlers: the decoder's strict error,
+    wrapped as '<Kind> in version "<v>" cannot be handled as a <Kind>: ...')."""
+    kind, version = body['kind'], body['apiVersion'].rsplit('/', 1)[-1]
+    fields = ', '.join(f'unknown field "spec.{f}"' for f in unknown)
+    text = (
+        f'{kind} in version "{version}" cannot be handled as a {kind}: strict decoding '
+        f'error: {fields}'
+    )
+    return status(400, 'BadRequest', text)
 
 
 def webhook_denial(group: str, plural: str, body: dict, webhook: str, refused: list[str]) -> dict:

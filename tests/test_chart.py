@@ -350,6 +350,17 @@ def test_upload_job_is_a_post_install_hook_running_the_upload_cli():
         '--pipeline-name',
         'video-kd-distillation',
         *UPLOAD_NAMES,
+        # the chart's run settings become the uploaded pipeline's defaults (one-off runs)
+        '--param',
+        'gpus_per_worker=0',
+        '--param',
+        'image=ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
+        '--param',
+        'num_workers=2',
+        '--param',
+        's3_bucket=video-kd',
+        '--param',
+        's3_prefix=video-kd',
     ]
     env = {e['name']: e['value'] for e in c['env']}
     assert env['KFP_HOST'] == 'http://ml-pipeline.kubeflow.svc.cluster.local:8888'
@@ -365,7 +376,7 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
     _, spec = pod_spec(render(GPU_SCHEDULE))
     (upload,) = spec['initContainers']
     (schedule,) = spec['containers']
-    assert upload['args'] == [
+    head = [
         'upload',
         '--host',
         '$(KFP_HOST)',
@@ -379,7 +390,10 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
         '--pvc-mount',
         '/cache',
     ]
+    assert upload['args'][: len(head)] == head
     args = schedule['args']
+    # the upload's parameter defaults are the recurring run's arguments, pair for pair
+    assert upload['args'][len(head) :] == args[13:]
     assert args[:9] == [
         'schedule',
         '--host',
@@ -441,7 +455,8 @@ def test_gpu_worker_overrides_and_pvc():
     }
     assert overrides['nodeSelector'] == {'nvidia.com/gpu.present': 'true'}
     assert overrides['tolerations'][0]['key'] == 'nvidia.com/gpu'
-    assert data['VIDEO_KD_IMAGE'].endswith(':0.1.0-cuda')
+    # image, workers and GPUs per worker reach the run as pipeline parameters only
+    assert not {'VIDEO_KD_IMAGE', 'VIDEO_KD_NUM_WORKERS', 'VIDEO_KD_GPUS_PER_WORKER'} & set(data)
     assert data['VIDEO_KD_SERVICE_ACCOUNT'] == f'{RELEASE}-trainer', 'the training pods own SA'
     pvc = one(objects, 'PersistentVolumeClaim')
     assert data['VIDEO_KD_PVC'] == pvc['metadata']['name'] == f'{RELEASE}-cache'
@@ -550,10 +565,67 @@ def render_as(values: dict, name: str, namespace: str) -> list[dict]:
     ]
 
 
+def hook_compiled_pipeline(objects: list[dict], tmp_path: Path) -> bytes:
+    """The pipeline the hook's upload container uploads: its exact arguments through the
+    CLI's own parsing and compile (only the HTTP upload left out)."""
+    from video_kd import cli
+
+    spec = one(objects, 'Job')['spec']['template']['spec']
+    containers = spec.get('initContainers', []) + spec['containers']
+    (upload,) = [c for c in containers if c['name'] == 'upload']
+    args = cli.build_parser().parse_args(upload['args'])
+    path = cli.compile_with_defaults(
+        tmp_path / 'kd_pipeline.yaml', cli.cluster_names(args), cli.parse_params(args.param)
+    )
+    return path.read_bytes()
+
+
+def parameter_defaults(ir: bytes) -> dict:
+    pipeline = next(yaml.safe_load_all(ir))
+    return {
+        name: p.get('defaultValue')
+        for name, p in pipeline['root']['inputDefinitions']['parameters'].items()
+    }
+
+
+def step_env(ir: bytes, executor: str, objects: list[dict]) -> dict[str, str]:
+    """A step pod's env from the cluster as KFP's driver builds it: only the ConfigMap keys
+    the compiled IR's kfp-kubernetes configMapAsEnv maps (keyToEnv), the ConfigMap names
+    resolved from the parameters' compiled defaults; a missing key of a non-optional entry
+    fails the pod (CreateContainerConfigError)."""
+    _, platform = yaml.safe_load_all(ir)
+    defaults = parameter_defaults(ir)
+    config = platform['platforms']['kubernetes']['deploymentSpec']['executors'][executor]
+    env = {}
+    for entry in config['configMapAsEnv']:
+        name = defaults[entry['configMapNameParameter']['componentInputParameter']]
+        data = one(objects, 'ConfigMap', name)['data']
+        for pair in entry['keyToEnv']:
+            if pair['configMapKey'] in data:
+                env[pair['envVar']] = data[pair['configMapKey']]
+            else:
+                assert entry.get('optional'), f'{name} lacks {pair["configMapKey"]}'
+    return env
+
+
+def mapped_keys(ir: bytes, executor: str, param: str) -> set[str]:
+    """The keys of the ConfigMap named by pipeline parameter ``param`` that reach a step."""
+    _, platform = yaml.safe_load_all(ir)
+    config = platform['platforms']['kubernetes']['deploymentSpec']['executors'][executor]
+    return {
+        pair['configMapKey']
+        for entry in config['configMapAsEnv']
+        if entry['configMapNameParameter']['componentInputParameter'] == param
+        for pair in entry['keyToEnv']
+    }
+
+
 @pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
-def test_a_renamed_release_reaches_the_training_job(backend):
-    """Render as release 'kd-prod', read its ConfigMaps as the step pod's env (what
-    kfp-kubernetes use_config_map_as_env gives it) and build the job the step would."""
+def test_a_renamed_release_reaches_the_training_job(backend, tmp_path):
+    """Render as release 'kd-prod', compile the pipeline as its hook does, give the train
+    step's pod exactly the env the compiled IR maps from the release's ConfigMaps (what
+    kfp-kubernetes use_config_map_as_env gives it) and the run settings as the compiled
+    parameter defaults, and build the job the step would."""
     import sys
 
     sys.path.insert(0, str(ROOT / 'tests'))
@@ -563,23 +635,31 @@ def test_a_renamed_release_reaches_the_training_job(backend):
 
     values = {**CUSTOM, 'training': {**CUSTOM['training'], 'backend': backend}}
     objects = render_as(values, 'kd-prod', 'team-a')
-    s3 = one(objects, 'ConfigMap', 'kd-prod-video-kd-s3')['data']
     training = one(objects, 'ConfigMap', 'kd-prod-video-kd-training')['data']
     assert training['VIDEO_KD_TRAINING_BACKEND'] == backend
     runtimes = by_kind(objects, 'TrainingRuntime')
     assert [r['metadata']['name'] for r in runtimes] == (
         ['kd-prod-video-kd-torch'] if backend == 'trainjob' else []
     )
-    env = {**s3, **training}
-    spec = backends.spec_from_env(
+    ir = hook_compiled_pipeline(objects, tmp_path)
+    # every key of the training ConfigMap reaches the train step: a chart value that is
+    # not in the IR's mapping would do nothing
+    assert set(training) <= mapped_keys(ir, 'exec-train', 'training_config_map')
+    env = step_env(ir, 'exec-train', objects)
+    args = parameter_defaults(ir)  # what a run given no arguments (the KFP UI's) gets
+    spec = backends.spec_from_env(  # as video_kd.steps.train.job_spec calls it
         run_id='6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f',
-        image=training['VIDEO_KD_IMAGE'],
+        image=args['image'],
         command=['-m', 'video_kd.train_pod'],
-        num_nodes=int(training['VIDEO_KD_NUM_WORKERS']),
-        gpus_per_worker=int(training['VIDEO_KD_GPUS_PER_WORKER']),
+        num_nodes=int(args['num_workers']),
+        gpus_per_worker=int(args['gpus_per_worker']),
+        nproc_per_node=int(args['nproc_per_node']) or None,
+        backoff_limit_per_node=int(args['backoff_limit_per_node']) or None,
         namespace='team-a',
         env=env,
     )
+    assert spec.image == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda'
+    assert (spec.num_nodes, spec.gpus_per_worker) == (3, 4)
     manifest = backends.manifest(training['VIDEO_KD_TRAINING_BACKEND'], spec)
     if backend == 'pytorchjob':
         assert problems(manifest, PYTORCHJOB_CRD, 'v1') == []
@@ -640,6 +720,11 @@ def test_a_renamed_release_compiles_and_schedules_with_its_own_names():
     (schedule,) = spec['containers']
     args = upload['args']
     named = dict(zip(args[5::2], args[6::2], strict=False))
+    params = [
+        value for flag, value in zip(args[5::2], args[6::2], strict=True) if flag == '--param'
+    ]
+    assert params == [p for p in schedule['args'][13:] if p != '--param']
+    named.pop('--param')
     assert named == {
         '--s3-config-map': 'kd-prod-video-kd-s3',
         '--s3-credentials': 'team-a-minio',
@@ -799,6 +884,17 @@ def step_pods(ir: bytes) -> dict[str, dict]:
     return pods
 
 
+CHART_RUN_SETTINGS = (
+    'image',
+    'num_workers',
+    'gpus_per_worker',
+    's3_bucket',
+    's3_prefix',
+    'dataset_uri',
+    'max_epochs',
+)
+
+
 def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights():
     """Render a renamed release for a Kubeflow profile, then run the hook's two containers'
     exact arguments (`video-kd upload`, `video-kd schedule`) against a KFP API that
@@ -809,7 +905,12 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
 
     from video_kd import cli
 
-    values = {**CUSTOM, 'kfp': {'multiUser': True, 'namespace': 'team-a'}}
+    values = {
+        **CUSTOM,
+        'kfp': {'multiUser': True, 'namespace': 'team-a'},
+        's3': {**CUSTOM['s3'], 'bucket': 'team-a-kd', 'prefix': 'kd/prod'},
+        'pipeline': {'params': {'dataset_uri': 's3://team-a-kd/videos', 'max_epochs': 7}},
+    }
     objects = render_as(values, 'kd-prod', 'team-a')
     spec = one(objects, 'Job')['spec']['template']['spec']
     (upload,) = spec['initContainers']
@@ -832,6 +933,20 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
             'every right of the Role is needed, and no other'
         )
         assert len(kfp.uploads) == 2 and kfp.uploads[0] == kfp.uploads[1]
+    # a one-off run (the KFP UI's, or one given no arguments) gets the chart's settings:
+    # they are the uploaded pipeline's parameter defaults
+    defaults = parameter_defaults(kfp.uploads[-1])
+    assert {k: defaults[k] for k in CHART_RUN_SETTINGS} == {
+        'image': 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
+        'num_workers': 3,
+        'gpus_per_worker': 4,
+        's3_bucket': 'team-a-kd',
+        's3_prefix': 'kd/prod',
+        'dataset_uri': 's3://team-a-kd/videos',
+        'max_epochs': 7,
+    }
+    # ... and the recurring run's arguments, the same values
+    assert recurring['runtime_config']['parameters'] == {k: defaults[k] for k in CHART_RUN_SETTINGS}
     for executor, pod in step_pods(kfp.uploads[-1]).items():
         assert pod['secret'] == 'team-a-minio', executor
         assert pod['secret_keys'] == {
@@ -854,3 +969,37 @@ def test_single_user_kfp_gets_a_shared_pipeline():
     multi = render({'schedule': {'enabled': True}, 'kfp': {'multiUser': True}})
     upload = pod_spec(multi)[1]['initContainers'][0]['args']
     assert upload[upload.index('--namespace') + 1] == NAMESPACE
+
+
+def notes(values: dict | None, namespace: str) -> str:
+    with helm.Chart.load(str(CHART)) as chart:
+        manifests = chart.render(values, name=RELEASE, namespace=namespace, is_install=True)
+    (text,) = [text for path, text in manifests.items() if path.endswith('NOTES.txt')]
+    return text
+
+
+@pytest.mark.parametrize(
+    'values, namespace, kfp_namespace',
+    [
+        (None, NAMESPACE, 'kubeflow'),  # single-user KFP in kubeflow, the release elsewhere
+        ({'kfp': {'host': 'http://ml-pipeline.kfp.svc:8888'}}, NAMESPACE, 'kfp'),
+        (None, 'kubeflow', None),  # installed into KFP's namespace: what single-user needs
+        ({'kfp': {'multiUser': True}}, NAMESPACE, None),  # profiles: the release's own
+        ({'kfp': {'host': 'https://kfp.example.com'}}, NAMESPACE, None),  # namespace unknown
+    ],
+)
+def test_notes_warn_when_single_user_kfp_runs_the_steps_elsewhere(values, namespace, kfp_namespace):
+    """Single-user KFP runs step pods in its own namespace, where a release installed into
+    another one has no S3 ConfigMap or Secret (CreateContainerConfigError): NOTES says so."""
+    text = notes(values, namespace)
+    if kfp_namespace is None:
+        assert 'WARNING' not in text
+        return
+    warning = text[text.index('WARNING: single-user KFP') :]
+    assert f'namespace, {kfp_namespace} (from kfp.host), not in {namespace}' in warning
+    assert f'neither ConfigMap {RELEASE}-s3 nor Secret video-kd-s3-credentials' in warning
+    assert (
+        f'helm install {RELEASE} charts/video-kd -n {kfp_namespace} '
+        '--set rbac.extraServiceAccounts={pipeline-runner}'
+    ) in warning
+    assert 'kfp.multiUser=true' in warning

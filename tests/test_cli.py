@@ -90,9 +90,17 @@ def test_the_helm_hook_invocations_parse():
             'video-kd-distillation',
             '--version',
             'v7',
+            '--param',
+            'num_workers=4',
+            '--param',
+            'image=ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
         ]
     )
     assert up.func is cli.cmd_upload and up.version == 'v7'
+    assert cli.parse_params(up.param) == {
+        'num_workers': 4,
+        'image': 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
+    }
     sched = parser.parse_args(
         [
             'schedule',
@@ -188,6 +196,50 @@ def test_without_a_namespace_the_pipeline_is_shared_and_schedule_finds_it():
         assert schedule(kfp.url, '--namespace', 'team-a') == 0  # the namespace has none
         (run,) = kfp.recurring_runs.values()
         assert run['pipeline_version_reference']['pipeline_id'] == pipeline['pipeline_id']
+
+
+def test_upload_params_become_the_uploaded_pipelines_defaults(capsys):
+    """`upload --param k=v` (typed and checked as for submit/schedule) compiles the pipeline
+    with those defaults: what a run started from the KFP UI gets."""
+    import yaml
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=False) as kfp:
+        argv = [
+            'upload',
+            '--host',
+            kfp.url,
+            '--param',
+            'num_workers=4',
+            '--param',
+            'image=reg/kd:1',
+        ]
+        assert cli.main([*argv, '--param', 's3_prefix=team/kd']) == 0
+        (ir,) = kfp.uploads
+    params = next(yaml.safe_load_all(ir))['root']['inputDefinitions']['parameters']
+    assert params['num_workers'] == {**params['num_workers'], 'defaultValue': 4}
+    assert params['num_workers']['parameterType'] == 'NUMBER_INTEGER'
+    assert params['image']['defaultValue'] == 'reg/kd:1'
+    assert params['s3_prefix']['defaultValue'] == 'team/kd'
+    committed = cli.pipeline_parameters()
+    assert params['gpus_per_worker']['defaultValue'] == committed['gpus_per_worker']['default']
+
+
+@pytest.mark.parametrize(
+    'extra, message',
+    [
+        (['--param', 'num_workers=two'], 'error: --param num_workers=two: expected number_integer'),
+        (['--param', 'aws_secret_access_key=x'], 'error: --param aws_secret_access_key: not a'),
+        (
+            ['--param', 'num_workers=2', '--package', 'pipelines/kd_pipeline.yaml'],
+            'error: --package uploads that file as it is',
+        ),
+    ],
+)
+def test_bad_upload_params_are_one_line_before_any_call(extra, message, capsys):
+    assert cli.main(['upload', '--host', 'http://127.0.0.1:9', *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(message) and err.count('\n') == 1
 
 
 def test_a_kfp_refusal_is_one_line(capsys):

@@ -20,6 +20,7 @@ from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, STEP_ENV, make_spec
 from video_kd import backends
 from video_kd.backends import kube, trainjob
 from video_kd.backends.spec import job_name
+from video_kd.errors import UserError
 
 
 def node_patch(manifest):
@@ -438,6 +439,45 @@ def test_trainers_webhook_denial_is_one_line_with_its_reason(cluster):
     )
     assert '\n' not in text and 'ServiceAccount' not in text
     assert ('trainjobs', 'ml', spec.name) not in cluster.objects
+
+
+# Kubeflow Trainer v2.1.0's TrainJob spec (manifests/base/crds/trainer.kubeflow.org_trainjobs.yaml
+# at tag v2.1.0): podTemplateOverrides, no runtimePatches (that came with v2.2.0).  Kubeflow
+# 1.11 and 26.03 install v2.1.0 (kubeflow/website, releases/kubeflow-1.11.md, -26.03.md).
+TRAINER_2_1_SPEC_FIELDS = {
+    'annotations',
+    'initializer',
+    'labels',
+    'managedBy',
+    'podTemplateOverrides',
+    'runtimeRef',
+    'suspend',
+    'trainer',
+}
+
+
+def test_an_older_trainer_refuses_runtime_patches_in_one_line_naming_the_fix(cluster):
+    """On Trainer < 2.2 the API server would drop spec.runtimePatches (PVC, ServiceAccount,
+    tolerations, Istio opt-out) without a word; created with strict field validation, the
+    job is refused and the step says what to do."""
+    cluster.spec_fields['trainjobs'] = TRAINER_2_1_SPEC_FIELDS
+    with pytest.raises(kube.ClusterError) as info:
+        run(cluster)
+    text = str(info.value)
+    assert text == (
+        "the cluster's trainjobs.trainer.kubeflow.org API has no field spec.runtimePatches "
+        "(an older TrainJob CRD): this cluster's Trainer is older than 2.2 (Kubeflow 1.11 and "
+        '26.03 install v2.1.0, whose TrainJob has podTemplateOverrides instead of '
+        'runtimePatches): install Kubeflow Trainer >= 2.2, or use training_backend=pytorchjob'
+    )
+    assert isinstance(info.value, UserError), 'exit status 2, one line'
+    assert cluster.field_validation == ['Strict']
+    assert ('trainjobs', 'ml', job_name(RUN_ID)) not in cluster.objects
+    # Trainer v2.2's spec has runtimePatches: the same strict create goes through
+    cluster.spec_fields['trainjobs'] = TRAINER_2_1_SPEC_FIELDS | {'runtimePatches'}
+    cluster.scripts[job_name(RUN_ID)] = [[COMPLETE]]
+    run(cluster)
+    assert cluster.field_validation == ['Strict', 'Strict']
 
 
 def test_missing_watch_verb_is_one_line(cluster):

@@ -2,7 +2,7 @@
 
     video-kd run-local                      # the whole pipeline here: KFP local runner + local S3
     video-kd compile                        # -> pipelines/kd_pipeline.yaml
-    video-kd upload   --host URL --pipeline-name video-kd-distillation
+    video-kd upload   --host URL --pipeline-name video-kd-distillation [--param k=v ...]
     video-kd submit   --host URL --param dataset_uri=s3://... --param teacher_url=...
     video-kd schedule --host URL --pipeline-name video-kd-distillation --cron "0 0 3 * * *" ...
     video-kd configs                        # the shipped model / KD configs
@@ -187,14 +187,38 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def compile_with_defaults(
+    path: Path, names: ClusterNames, defaults: dict[str, Any] | None = None
+) -> Path:
+    """The pipeline compiled with a release's names and keys and with ``defaults`` as the
+    default values of those parameters (kfp's ``pipeline_parameters``: the IR's
+    root.inputDefinitions.parameters[k].defaultValue), which a run started from the KFP UI
+    or without arguments gets."""
+    from kfp import compiler
+
+    from pipelines.kd_pipeline import build_pipeline
+
+    compiler.Compiler().compile(
+        build_pipeline(names), str(path), pipeline_parameters=defaults or None
+    )
+    return path
+
+
 def cmd_upload(args: argparse.Namespace) -> int:
-    from pipelines.kd_pipeline import ClusterNames, compile_pipeline
+    from pipelines.kd_pipeline import ClusterNames
 
     names = cluster_names(args)
+    if args.package is not None and (args.param or names != ClusterNames()):
+        raise UserError(
+            '--package uploads that file as it is: --param and the cluster names need the '
+            'pipeline compiled here (leave out --package)'
+        )
+    defaults = parse_params(args.param)
     with tempfile.TemporaryDirectory() as tmp:
         package = args.package
-        if package is None and names != ClusterNames():  # the release's own names and keys
-            package = compile_pipeline(Path(tmp) / 'kd_pipeline.yaml', names)
+        if package is None and (defaults or names != ClusterNames()):
+            # the release's own names and keys, its run settings as the parameters' defaults
+            package = compile_with_defaults(Path(tmp) / 'kd_pipeline.yaml', names, defaults)
         package = str(package or pipeline_file())
         client = kfp_client(args)
         with kfp_errors(args.host):
@@ -509,6 +533,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--version', help='version name; default <package version>-<UTC time>')
     p.add_argument('--package', type=Path, help='default: the compiled pipeline')
     p.add_argument('--description', default='Video KD: MMAction2 + MMRazor distillation')
+    p.add_argument(
+        '--param',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='default value of a pipeline parameter in the uploaded pipeline (repeatable): '
+        'what a run started from the KFP UI, or given no value, gets; typed and checked as '
+        'for submit/schedule',
+    )
     names = p.add_argument_group(
         'cluster names',
         "the Helm release's objects the step pods read (compiled into the uploaded pipeline; "

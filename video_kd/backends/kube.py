@@ -15,6 +15,7 @@ import contextlib
 import json
 import logging
 import queue
+import re
 import signal
 import threading
 import time
@@ -61,6 +62,10 @@ class JobKind:
     kind: str
     operator: str  # what to install when the API is missing
     container: str  # the training container, whose log is streamed
+    # Create the job with strict server-side field validation (a field the installed CRD
+    # lacks is refused, not silently dropped), and what to tell the user when it is: ''
+    # keeps the API server's default (unknown fields dropped with a warning).
+    strict_fields_hint: str = ''
 
     @property
     def resource(self) -> str:
@@ -196,6 +201,18 @@ def _status_message(exc: ApiException) -> str:
     return str(_status(exc).get('message') or exc.reason or '')
 
 
+def _unknown_fields(exc: ApiException) -> list[str]:
+    """The fields a strict create was refused for: the 400 of fieldValidation=Strict
+    ('<Kind> in version "<v>" cannot be handled as a <Kind>: strict decoding error: unknown
+    field "spec.x", unknown field "spec.y"'); [] for any other error."""
+    if exc.status != 400:
+        return []
+    message = _status_message(exc)
+    if 'strict decoding error' not in message and 'unknown field' not in message:
+        return []
+    return re.findall(r'unknown field "([^"]+)"', message)
+
+
 def _webhook_denial(message: str) -> str:
     """'admission webhook "<name>" denied the request: <why>' out of a 403's message, on one
     line ('' when the 403 is not a webhook's: k8s.io/apiserver webhook/errors ToStatusErr)."""
@@ -234,6 +251,13 @@ class ClusterJob:
         try:
             yield
         except ApiException as exc:
+            unknown = _unknown_fields(exc)
+            if unknown:
+                raise ClusterError(
+                    f"the cluster's {self.kind.resource} API has no field "
+                    f'{", ".join(unknown)} (an older {self.kind.kind} CRD): '
+                    f'{self.kind.strict_fields_hint or "update " + self.kind.operator}'
+                ) from exc
             hint = f'install {self.kind.operator}, or choose another training_backend'
             error = explain(exc, verb, self.kind.resource, self.namespace, hint)
             if error:
@@ -268,13 +292,17 @@ class ClusterJob:
                 raise error from exc
             raise
 
+    def _create(self) -> None:
+        strict = {'field_validation': 'Strict'} if self.kind.strict_fields_hint else {}
+        self._crd_call('create', 'create_namespaced_custom_object', self.manifest, **strict)
+
     def submit(self) -> str:
         """Create the job; on 409 adopt a running one of the same spec, replace anything else.
 
         Returns 'created', 'adopted' or 'replaced'.
         """
         try:
-            self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
+            self._create()
             log.info('created %s %s/%s', self.kind.kind, self.namespace, self.name)
             return 'created'
         except ApiException as exc:
@@ -303,7 +331,7 @@ class ClusterJob:
         )
         self.delete(wait=True)
         try:
-            self._crd_call('create', 'create_namespaced_custom_object', self.manifest)
+            self._create()
         except ApiException as exc:
             if exc.status != 409:
                 raise

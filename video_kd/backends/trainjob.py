@@ -1,7 +1,12 @@
 """Training as a Kubeflow Trainer v2 TrainJob (``trainer.kubeflow.org/v1alpha1``).
 
-Fits Kubeflow 1.11 and 26.03 (Trainer v2.2 / v2.3, installed by default).
-The TrainJob names the ``torch-distributed`` ClusterTrainingRuntime (or the
+Needs Kubeflow Trainer >= 2.2 (checked against v2.3.0).  Kubeflow 1.11 and 26.03
+install Trainer v2.1.0 (kubeflow/website, releases/kubeflow-1.11.md and -26.03.md),
+whose TrainJob has no ``runtimePatches``: there, install Trainer >= 2.2 or use
+``training_backend=pytorchjob``.  The job is created with strict field validation, so
+an older Trainer's API server refuses ``spec.runtimePatches`` (one line naming that
+fix) instead of dropping it, and with it the PVC, ServiceAccount, tolerations and
+Istio opt-out.  The TrainJob names the ``torch-distributed`` ClusterTrainingRuntime (or the
 runtime the chart names) and gives numNodes, numProcPerNode,
 resourcesPerNode, image, command and env (the S3 Secret references too); the
 pod settings ``trainer`` has no field for (service account, node selector,
@@ -38,6 +43,11 @@ KIND = JobKind(
     kind='TrainJob',
     operator='Kubeflow Trainer v2 (>= 2.2, TrainJob)',
     container=NODE,
+    strict_fields_hint=(
+        "this cluster's Trainer is older than 2.2 (Kubeflow 1.11 and 26.03 install v2.1.0, "
+        'whose TrainJob has podTemplateOverrides instead of runtimePatches): install '
+        'Kubeflow Trainer >= 2.2, or use training_backend=pytorchjob'
+    ),
 )
 
 

@@ -135,6 +135,14 @@ volumeMounts:
 {{- default .Release.Namespace .Values.kfp.namespace }}
 {{- end }}
 
+{{/* Namespace KFP itself runs in, read from kfp.host when it is a cluster Service URL
+(http://<service>.<namespace>.svc[.cluster.local][:port]); empty otherwise. */}}
+{{- define "video-kd.kfpServiceNamespace" -}}
+{{- $hostname := regexReplaceAll "^[a-zA-Z][a-zA-Z0-9+.-]*://" .Values.kfp.host "" | splitList "/" | first | splitList ":" | first }}
+{{- $parts := splitList "." $hostname }}
+{{- if and (ge (len $parts) 3) (eq (index $parts 2) "svc") }}{{ index $parts 1 }}{{ end }}
+{{- end }}
+
 {{/* The namespaced TrainingRuntime the chart creates for TrainJobs. */}}
 {{- define "video-kd.trainingRuntimeName" -}}
 {{- printf "%s-torch" (include "video-kd.fullname" .) | trunc 63 | trimSuffix "-" }}
