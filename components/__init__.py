@@ -8,6 +8,9 @@ in our image) and ``__main__.py`` (the same step as a plain command,
 ==================  ===============================  ====================================
 component           step logic                       what else it uses
 ==================  ===============================  ====================================
+check_inputs        ``video_kd.validation``          every step's own checks
+                    (``check_pipeline_params``)      (``video_kd.steps.*``); reads and
+                                                     writes nothing
 data_prep           ``video_kd.steps.data_prep``     ``video_kd.data_layout``, ``.data_check``,
                                                      ``.data_stream``, ``.reencode``,
                                                      ``.dataset`` (generated data), ``.runs``
@@ -27,4 +30,4 @@ The pipeline that chains them is ``pipelines/kd_pipeline.py``.
 """
 
 DEFAULT_IMAGE = 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
-STEPS = ('data_prep', 'teacher_download', 'train', 'convert', 'evaluate', 'export')
+STEPS = ('check_inputs', 'data_prep', 'teacher_download', 'train', 'convert', 'evaluate', 'export')

@@ -1,10 +1,14 @@
-"""The video KD pipeline: data prep -> teacher -> KD training -> convert -> evaluate -> export.
+"""The video KD pipeline: check inputs -> data prep -> teacher -> KD training -> convert ->
+evaluate -> export.
 
 Compile with ``video-kd compile`` (writes ``pipelines/kd_pipeline.yaml``,
 which is committed; a test fails when it is stale).  Every step is a
 lightweight component running in ``image``; data flows one way through typed
 artifacts whose metadata carries the S3 URIs, and S3 holds the artifacts
-themselves under ``s3://<s3_bucket>/<s3_prefix>/<run id>/``.
+themselves under ``s3://<s3_bucket>/<s3_prefix>/<run id>/``.  The first step,
+``check-inputs``, runs every step's checks on the run's parameters
+(``video_kd.validation.check_pipeline_params``) and reads and writes nothing: a
+bad one fails there in one line, before data prep claims the run.
 
 On a cluster each step's pod gets the S3 endpoint from a ConfigMap and the
 credentials from a Secret (kfp-kubernetes ``use_config_map_as_env`` /
@@ -24,6 +28,7 @@ from pathlib import Path
 from kfp import dsl, kubernetes
 
 from components import DEFAULT_IMAGE
+from components.check_inputs.component import check_inputs
 from components.convert.component import convert
 from components.data_prep.component import data_prep
 from components.evaluate.component import evaluate
@@ -33,7 +38,8 @@ from components.train.component import train
 
 PIPELINE_NAME = 'video-kd-distillation'
 PIPELINE_FILE = Path(__file__).with_name('kd_pipeline.yaml')
-TASK_ORDER = ('data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export')
+TASK_ORDER = ('check-inputs', 'data-prep', 'teacher-download', 'train', 'convert', 'evaluate',
+              'export')  # fmt: skip
 # What the train step reads from the chart's training ConfigMap (video_kd.backends.spec_from_env).
 TRAINING_CONFIG_KEYS = (
     'VIDEO_KD_TRAINING_BACKEND', 'VIDEO_KD_SERVICE_ACCOUNT', 'VIDEO_KD_WORKER_POD_OVERRIDES',
@@ -94,12 +100,13 @@ def _use_cluster_env(task: dsl.PipelineTask, names: ClusterNames, s3_config_map,
 def build_pipeline(names: ClusterNames = ClusterNames()):
     """The pipeline, with the cluster's object names as its defaults."""
 
-    def step(task: dsl.PipelineTask, name: str, image, s3_config_map, s3_credentials,
+    def step(task: dsl.PipelineTask, name: str, image, s3_config_map=None, s3_credentials=None,
              training_config_map=None) -> dsl.PipelineTask:  # fmt: skip
         task.set_display_name(name)
         task.set_caching_options(False)  # every run writes its own run directory
         task.set_container_image(image)
-        _use_cluster_env(task, names, s3_config_map, s3_credentials, training_config_map)
+        if s3_config_map is not None:  # check-inputs reads no S3: no credentials in its pod
+            _use_cluster_env(task, names, s3_config_map, s3_credentials, training_config_map)
         return task
 
     @dsl.pipeline(
@@ -179,12 +186,17 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         image: the image of every step and of the PyTorchJob pods.
         run_id: empty picks <UTC time>-<KFP run id>; a run id in use is refused.
         """
+        arguments = dict(locals())  # the parameters by name (the first statement)
+        checked = step(
+            check_inputs(**{name: arguments[name] for name in check_inputs.component_spec.inputs}),
+            'check inputs', image,
+        )  # fmt: skip
         env = {'s3_config_map': s3_config_map, 's3_credentials': s3_credentials}
         prep = step(
             data_prep(dataset_uri=dataset_uri, s3_bucket=s3_bucket, s3_prefix=s3_prefix,
                       run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, reencode=reencode),
             'data prep', image, **env,
-        )  # fmt: skip
+        ).after(checked)  # nothing claimed or written for a bad parameter  # fmt: skip
         teacher = step(
             teacher_download(dataset=prep.outputs['dataset'], teacher_url=teacher_url,
                              teacher_sha256=teacher_sha256, kd_config=kd_config),

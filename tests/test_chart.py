@@ -550,6 +550,8 @@ CUSTOM = {
     },
     'persistence': {'enabled': True, 'existingClaim': 'videos', 'mountPath': '/mnt/videos'},
     'schedule': {'enabled': True, 'serviceAccount': 'default-editor'},
+    # `video-kd schedule` checks the run's parameters first: a run needs its teacher
+    'pipeline': {'params': {'teacher_url': 's3://team-a/teachers/tsm_r50.pth'}},
 }
 
 

@@ -161,9 +161,12 @@ def upload(host: str, *extra: str) -> int:
     return cli.main(['upload', '--host', host, '--package', package, '--version', 'v1', *extra])
 
 
+TEACHER = ['--param', 'teacher_url=https://zoo.example/teacher.pth']
+
+
 def schedule(host: str, *extra: str) -> int:
     args = ['schedule', '--host', host, '--cron', '@daily', '--experiment', 'nightly', *extra]
-    return cli.main(args)
+    return cli.main([*args, *TEACHER])
 
 
 def test_upload_with_a_namespace_makes_and_finds_a_namespaced_pipeline(capsys):
@@ -251,6 +254,104 @@ def test_a_kfp_refusal_is_one_line(capsys):
     assert err.startswith(f'error: KFP API at {kfp.url}: HTTP 403') and err.count('\n') == 1
 
 
+# --- every parameter checked before anything is submitted or written -----------------------
+
+BAD_RUN_PARAMS = [
+    ('export_tolerance=-1', 'error: export_tolerance (--tolerance) must be >= 0, got -1'),
+    (
+        'cfg_options=["optim_wrapper.optimizer.lrr=0.1"]',
+        "did you mean 'optim_wrapper.optimizer.lr'?",
+    ),
+    ('teacher_sha256=' + 'g' * 64, "error: teacher_sha256 'gggg"),
+    ('num_workers=0', 'error: num_workers must be >= 1, got 0'),
+]
+
+
+def one_error_line(err: str, match: str) -> None:
+    assert err.count('\n') == 1 and err.startswith('error: '), err
+    assert match in err, err
+
+
+@pytest.mark.parametrize(('param', 'match'), BAD_RUN_PARAMS)
+def test_submit_checks_every_parameter_before_it_contacts_kfp(capsys, param, match):
+    """The host does not answer: had the check passed, the line would say so."""
+    argv = ['submit', '--host', 'http://127.0.0.1:9', *TEACHER, '--param', param]
+    assert cli.main(argv) == 2
+    one_error_line(capsys.readouterr().err, match)
+
+
+@pytest.mark.parametrize(('param', 'match'), BAD_RUN_PARAMS)
+def test_schedule_checks_every_parameter_before_it_creates_anything(capsys, param, match):
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = ALL_RIGHTS
+        assert upload(kfp.url, '--namespace', 'team-a') == 0
+        capsys.readouterr()
+        assert schedule(kfp.url, '--namespace', 'team-a', '--param', param) == 2
+        assert not kfp.recurring_runs and not kfp.experiments
+    one_error_line(capsys.readouterr().err, match)
+
+
+def test_submit_and_schedule_refuse_a_run_without_a_teacher(capsys):
+    assert cli.main(['submit', '--host', 'http://127.0.0.1:9']) == 2
+    one_error_line(capsys.readouterr().err, 'error: teacher_url is empty')
+
+
+@pytest.mark.parametrize(
+    ('argv', 'match'),
+    [
+        (['--epochs', '-1'], "error: max_epochs must be >= 0 (0 keeps the config's), got -1"),
+        (['--workers', '0'], 'error: num_workers must be >= 1, got 0'),
+        (['--bucket', 'Video_KD'], "error: bad bucket name 'Video_KD'"),
+        (['--run-id', 'a/b'], "error: bad run id 'a/b'"),
+    ],
+)
+def test_run_local_checks_before_it_writes_or_starts_anything(tmp_path, capsys, argv, match):
+    workdir = tmp_path / 'w'
+    assert cli.main(['run-local', '--workdir', str(workdir), *argv]) == 2
+    one_error_line(capsys.readouterr().err, match)
+    assert not workdir.exists(), 'no directory, no S3 server, no model'
+
+
+@pytest.mark.parametrize(
+    'bad',
+    [
+        {'export_tolerance': -1.0},
+        {'cfg_options': ['optim_wrapper.optimizer.lrr=0.1']},
+        {'student_pretrained_url': 'https://x/w.pth', 'student_pretrained_sha256': 'g' * 64},
+        {'num_workers': 0},
+    ],
+)
+def test_run_local_pipeline_checks_before_anything_is_in_s3(bucket, tmp_path, bad):
+    from video_kd import local_run, s3
+
+    workers = bad.pop('num_workers', 1)
+    with pytest.raises(UserError):
+        local_run.run_local_pipeline(
+            tmp_path / 'w', bucket, 'p', {}, 1, 1, False, workers, pipeline_args=bad
+        )
+    assert not s3.list_uris(f's3://{bucket}/')
+    assert not (tmp_path / 'w').exists()
+
+
+def test_the_check_inputs_entry_point_is_one_line_and_exit_2():
+    result = subprocess.run(
+        [sys.executable, '-m', 'components.check_inputs', *TEACHER, '--param', 'num_workers=0'],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    one_error_line(result.stderr, 'error: num_workers must be >= 1, got 0')
+    ok = subprocess.run(
+        [sys.executable, '-m', 'components.check_inputs', *TEACHER],
+        capture_output=True,
+        text=True,
+    )
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    assert 'export_tolerance' in json.loads(ok.stdout)['checked']
+
+
 # --- the README's parameter table against the compiled pipeline -----------------------------
 
 NOT_A_LITERAL = object()
@@ -298,6 +399,18 @@ def test_the_readme_parameter_table_gives_the_compiled_defaults():
                 assert default == value, f'README: {name} = {cell}, compiled: {default}'
             checked.add(name)
     assert {'nproc_per_node', 'num_workers', 'backoff_limit_per_node', 's3_config_map'} <= checked
+
+
+def test_the_readme_parameter_table_has_a_row_for_every_parameter():
+    readme = (Path(cli.__file__).resolve().parents[1] / 'README.md').read_text()
+    table = readme.split('Parameters (all typed', 1)[1].split('\n\n', 2)[1]
+    named = {
+        name
+        for row in table.splitlines()[2:]
+        for name in re.findall(r'`(\w+)`', row.split(' | ')[0])
+    }
+    missing = sorted(set(cli.pipeline_parameters()) - named)
+    assert not missing, f"README's pipeline parameter table lacks {missing}"
 
 
 def test_readme_and_pipeline_agree_on_the_minimum_kfp_backend():

@@ -1,8 +1,9 @@
-"""The KFP pipeline: compiled IR (six typed steps in order, committed YAML up to date) and
+"""The KFP pipeline: compiled IR (seven typed steps in order, committed YAML up to date) and
 real end-to-end runs with KFP's local runner against a real S3 server (moto over HTTP)."""
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 
@@ -15,7 +16,7 @@ from video_kd.errors import UserError
 from video_kd.runs import RUN_STEPS, Manifest, RunLayout, new_run_id
 from video_kd.steps import data_prep
 
-ORDER = ['data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export']
+ORDER = ['check-inputs', 'data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export']
 
 
 def _spec(path=kp.PIPELINE_FILE):
@@ -30,19 +31,21 @@ def test_committed_yaml_is_up_to_date(tmp_path):
     )
 
 
-def test_six_tasks_chained_in_order_with_typed_artifacts():
+def test_seven_tasks_chained_in_order_with_typed_artifacts():
     spec, _ = _spec()
     tasks = spec['root']['dag']['tasks']
     assert sorted(tasks) == sorted(ORDER)
     for before, after in itertools.pairwise(ORDER):
         assert before in tasks[after].get('dependentTasks', []), f'{after} must follow {before}'
-    assert 'dependentTasks' not in tasks['data-prep']
+    assert 'dependentTasks' not in tasks['check-inputs']
+    assert tasks['data-prep']['dependentTasks'] == ['check-inputs']
 
     def io(task, side):
         comp = spec['components'][tasks[task]['componentRef']['name']]
         arts = comp.get(f'{side}Definitions', {}).get('artifacts', {})
         return {name: a['artifactType']['schemaTitle'] for name, a in arts.items()}
 
+    assert io('check-inputs', 'input') == io('check-inputs', 'output') == {}
     assert io('data-prep', 'output') == {'dataset': 'system.Dataset'}
     assert io('teacher-download', 'input') == {'dataset': 'system.Dataset'}
     assert io('teacher-download', 'output') == {'teacher': 'system.Model'}
@@ -127,11 +130,15 @@ def test_typed_parameters_and_no_credentials():
 def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
     spec, platform = _spec()
     executors = spec['deploymentSpec']['executors']
-    assert len(executors) == 6
+    assert len(executors) == 7
+    pods = platform['platforms']['kubernetes']['deploymentSpec']['executors']
+    assert 'exec-check-inputs' not in pods, 'it reads no S3: no credentials in its pod'
     for name, executor in executors.items():
         container = executor['container']
         assert container['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"
         assert 'pip install' not in json.dumps(container), 'the image has everything'
+        if name == 'exec-check-inputs':
+            continue
         k8s = platform['platforms']['kubernetes']['deploymentSpec']['executors'][name]
         (secret,) = k8s['secretAsEnv']
         assert secret['secretNameParameter'] == {'componentInputParameter': 's3_credentials'}
@@ -147,6 +154,76 @@ def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
         assert ('training_config_map' in maps) == (name == 'exec-train')
     job_id = spec['root']['dag']['tasks']['data-prep']['inputs']['parameters']['job_id']
     assert job_id['runtimeValue']['constant'] == '{{$.pipeline_job_uuid}}'
+
+
+def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
+    """The first step gets the run's parameters as they are (no re-spelling), and every
+    one that the checks read."""
+    from components.check_inputs.component import check_inputs
+    from video_kd import validation
+
+    spec, _ = _spec()
+    task = spec['root']['dag']['tasks']['check-inputs']['inputs']['parameters']
+    inputs = set(check_inputs.component_spec.inputs)
+    assert {n: p['componentInputParameter'] for n, p in task.items() if n in inputs} == {
+        name: name for name in inputs
+    }
+    from video_kd.train_config import TrainOptions
+
+    read = {*validation.SHA256_PARAMETERS, *validation.LAUNCH_PARAMETERS}
+    read |= {f.name for f in dataclasses.fields(TrainOptions)}
+    read |= {'run_id', 's3_bucket', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
+             'student_config', 'training_backend', 'export_tolerance', 'speed_repeats'}  # fmt: skip
+    assert read == inputs
+
+
+@pytest.mark.parametrize(
+    'bad',
+    [
+        {'export_tolerance': -1.0},
+        {'cfg_options': ['optim_wrapper.optimizer.lrr=0.1']},
+        {'teacher_sha256': 'g' * 64},
+        {'num_workers': 0},
+    ],
+)
+def test_the_check_inputs_component_exits_2_in_one_line(capsys, bad):
+    """What the step's pod runs (the component's function, as KFP's executor calls it)."""
+    from components.check_inputs.component import check_inputs
+
+    arguments = {**cli_defaults(), 'teacher_url': 'https://zoo.example/t.pth', **bad}
+    params = {name: arguments[name] for name in check_inputs.component_spec.inputs}
+    with pytest.raises(SystemExit) as info:
+        check_inputs.python_func(**params)
+    assert info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith('error: ') and err.count('\n') == 1, err
+
+
+def cli_defaults():
+    from video_kd import cli
+
+    return cli.pipeline_arguments({})
+
+
+def test_a_bad_parameter_stops_the_pipeline_before_data_prep(bucket, tmp_path):
+    """A run started as the UI starts it (the compiled pipeline, KFP's local runner): a
+    bad export_tolerance fails the first step; nothing is claimed or written in S3."""
+    from kfp import local
+
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(tmp_path / 'kfp-root'),
+        raise_on_error=True,
+    )
+    with pytest.raises(RuntimeError, match='check-inputs'):
+        kp.kd_pipeline(
+            teacher_url='https://zoo.example/t.pth',
+            s3_bucket=bucket,
+            s3_prefix='p',
+            run_id='bad-tolerance',
+            export_tolerance=-1.0,
+        )
+    assert not s3.list_uris(f's3://{bucket}/')
 
 
 def test_run_ids_are_unique_and_a_used_run_dir_is_refused(bucket, tmp_path):

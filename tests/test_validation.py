@@ -67,23 +67,33 @@ def test_bucket_names():
 
 
 # --------------------------------------------------------------------------- numbers
+# The train step's own checks (steps.train.check_launch, TrainOptions), which every entry
+# point and the pipeline's check-inputs step run.
 @pytest.mark.parametrize(
     ('kwargs', 'match'),
     [
-        ({'max_epochs': -1}, 'max_epochs must be >= 0, got -1'),
+        ({'max_epochs': -1}, "max_epochs must be >= 0 (0 keeps the config's), got -1"),
         ({'num_workers': 0}, 'num_workers must be >= 1, got 0'),
         ({'gpus_per_worker': -2}, 'gpus_per_worker must be >= 0'),
-        ({'nproc_per_node': 0}, 'nproc_per_node must be >= 1'),
+        ({'nproc_per_node': -1}, 'nproc_per_node (0: one per GPU) must be >= 0, got -1'),
+        ({'backoff_limit_per_node': -1}, "backoff_limit_per_node (0: the chart's) must be >= 0"),
         ({'max_epochs': 'ten'}, "max_epochs must be a whole number, got 'ten'"),
         ({'num_workers': True}, 'num_workers must be a whole number'),
     ],
 )
 def test_training_numbers_out_of_range(kwargs, match):
-    refused(lambda: validation.check_training_numbers(**kwargs), match=match)
+    with pytest.raises(UserError) as info:
+        validation.check_pipeline_params(kwargs)
+    assert match in str(info.value) and str(info.value) == one_line(info.value)
 
 
 def test_training_numbers_in_range():
-    validation.check_training_numbers(max_epochs=0, num_workers=1, gpus_per_worker=0)
+    from video_kd.steps.train import check_launch
+    from video_kd.train_config import TrainOptions
+
+    check_launch(num_workers=1, gpus_per_worker=0, nproc_per_node=0, backoff_limit_per_node=0)
+    assert TrainOptions(max_epochs=0).max_epochs == 0
+    validation.check_pipeline_params({'num_workers': 1, 'nproc_per_node': 0, 'max_epochs': 0})
     assert validation.check_range('x', '3', 1, 5) == 3
     refused(validation.check_range, 'x', 6, 1, 5, match='x must be <= 5, got 6')
 
@@ -229,6 +239,83 @@ def test_evaluate_checks_cfg_options_as_training_does(tmp_path, capsys, option, 
     err = capsys.readouterr().err
     assert match in err and err.count('\n') == 1 and 'Traceback' not in err
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- a run's parameters
+GOOD_RUN = {
+    'dataset_uri': 'generate://',
+    'teacher_url': 'https://zoo.example/teacher.pth',
+    'teacher_sha256': 'ab' * 32,
+    'kd_config': 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny',
+    'student_config': 'tsm_mobilenetv2_tiny',
+    'cfg_options': ['optim_wrapper.optimizer.lr=0.01'],
+    'num_workers': 2,
+    'export_tolerance': 1e-3,
+    'speed_repeats': 3,
+}
+BAD_PARAMETERS = [
+    ({'export_tolerance': -1.0}, 'export_tolerance (--tolerance) must be >= 0, got -1'),
+    ({'speed_repeats': 1001}, 'speed_repeats (0 skips the speed check) must be <= 1000'),
+    (
+        {'cfg_options': ['optim_wrapper.optimizer.lrr=0.1']},
+        "did you mean 'optim_wrapper.optimizer.lr'?",
+    ),
+    ({'cfg_options': ['lr0.1']}, "--cfg-options 'lr0.1': expected key=value"),
+    ({'teacher_sha256': 'g' * 64}, "teacher_sha256 'ggg"),
+    ({'student_pretrained_sha256': 'ab12'}, "student_pretrained_sha256 'ab12' is not a SHA-256"),
+    ({'baseline_sha256': 'x'}, "baseline_sha256 'x' is not a SHA-256"),
+    ({'num_workers': 0}, 'num_workers must be >= 1, got 0'),
+    ({'max_epochs': -1}, 'max_epochs must be >= 0'),
+    ({'teacher_url': ''}, 'teacher_url is empty'),
+    ({'teacher_url': 'ftp://zoo/t.pth'}, "teacher_url unsupported URL scheme 'ftp'"),
+    ({'baseline_url': 'https://zoo/b.pth', 'student_config': ''}, 'student_config is empty'),
+    ({'training_backend': 'slurm'}, 'training_backend \'slurm\': expected "pytorchjob"'),
+    ({'teacher_precision': 'int8'}, "teacher_precision 'int8': use one of"),
+    ({'kd_config': 'no_such_config'}, "unknown config 'no_such_config'"),
+    ({'student_config': 'no_such_config'}, "unknown config 'no_such_config'"),
+    ({'dataset_uri': 'generate://?classes=3'}, "unknown generator option 'classes'"),
+    ({'run_id': 'a/b'}, "bad run id 'a/b'"),
+    ({'s3_bucket': 'A'}, "bad bucket name 'A'"),
+    (
+        {
+            'student_pretrained_url': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
+            'student_pretrained_sha256': 'ab' * 32,
+        },
+        'its name carries the first 8 hex digits, 0676ba61',
+    ),
+]
+
+
+@pytest.mark.parametrize(('bad', 'match'), BAD_PARAMETERS)
+def test_every_steps_check_runs_on_the_pipeline_parameters(bad, match):
+    """What a step would refuse when it starts is refused before the run starts."""
+    with pytest.raises(UserError) as info:
+        validation.check_pipeline_params({**GOOD_RUN, **bad})
+    message = str(info.value)
+    assert match in message and message == one_line(info.value), message
+
+
+def test_good_pipeline_parameters_pass_and_absent_ones_are_not_checked(caplog):
+    validation.check_pipeline_params(GOOD_RUN)
+    validation.check_pipeline_params({**GOOD_RUN, 'teacher_logit_cache': True,
+                                      'teacher_precision': 'bf16'})  # fmt: skip
+    validation.check_pipeline_params({})
+    assert 'not fetched (offline)' not in caplog.text, "the config's notes are the run's"
+
+
+def test_the_backend_is_checked_where_training_runs(tmp_path, monkeypatch):
+    """Submitting from a laptop needs no Kubernetes API (the run trains in the cluster);
+    run-local's backend must run here."""
+    monkeypatch.delenv('KUBERNETES_SERVICE_HOST', raising=False)
+    monkeypatch.delenv('KUBECONFIG', raising=False)
+    monkeypatch.setenv('HOME', str(tmp_path))
+    validation.check_pipeline_params({'training_backend': 'pytorchjob'})
+    refused(
+        lambda: validation.check_pipeline_params(
+            {'training_backend': 'pytorchjob'}, backend_here=True
+        ),
+        match='needs a Kubernetes API',
+    )
 
 
 # --------------------------------------------------------------------------- one line, exit 2

@@ -101,6 +101,26 @@ def parse_params(pairs: list[str], package: str | Path | None = None) -> dict[st
     return params
 
 
+def pipeline_arguments(params: dict[str, Any], package: str | Path | None = None) -> dict[str, Any]:
+    """A run's arguments: the compiled defaults, typed (the IR writes an integer's default
+    as 2.0), with ``params`` over them."""
+    typed = {'NUMBER_INTEGER': int, 'NUMBER_DOUBLE': float}
+    defaults = {
+        name: typed.get(p['type'], lambda value: value)(p['default'])
+        for name, p in pipeline_parameters(package).items()
+        if p['default'] is not None
+    }
+    return {**defaults, **params}
+
+
+def check_params(params: dict[str, Any], package: str | Path | None = None) -> None:
+    """Every step's checks on a run's arguments (``validation.check_pipeline_params``),
+    before anything is submitted: one line, exit status 2."""
+    from video_kd.validation import check_pipeline_params
+
+    check_pipeline_params(pipeline_arguments(params, package))
+
+
 def check_cron(cron: str) -> str:
     """KFP's cron: six fields (seconds first) or a macro / ``@every <duration>``."""
     cron = cron.strip()
@@ -256,6 +276,7 @@ def _upload(client: Client, package: str, args: argparse.Namespace) -> int:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     params = parse_params(args.param, args.package)
+    check_params(params, args.package)
     client = kfp_client(args)
     with kfp_errors(args.host):
         return _submit(client, params, args)
@@ -282,6 +303,7 @@ def _submit(client: Client, params: dict[str, Any], args: argparse.Namespace) ->
 def cmd_schedule(args: argparse.Namespace) -> int:
     cron = check_cron(args.cron)
     params = parse_params(args.param)
+    check_params(params)
     client = kfp_client(args)
     with kfp_errors(args.host):
         return _schedule(client, cron, params, args)
@@ -355,6 +377,10 @@ def cmd_run_local(args: argparse.Namespace) -> int:
     setup_logging()
     if not args.verbose:  # the steps' own logs are in their processes; here only warnings
         logging.getLogger().setLevel(logging.WARNING)
+    train_options = {name: getattr(args, name) for name in RUN_LOCAL_TRAIN_OPTIONS}
+    # every pipeline argument checked before a directory, a server or a model is made
+    local_run.run_arguments(args.bucket, args.prefix, args.epochs, args.workers, args.run_id,
+                            train_options)  # fmt: skip
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     data_opts = dict(
@@ -384,7 +410,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
             not args.no_baseline,
             args.workers,
             args.run_id,
-            {name: getattr(args, name) for name in RUN_LOCAL_TRAIN_OPTIONS},
+            train_options,
         )
         mirror = local_run.mirror_run(
             result['run_root'], workdir / 's3' / args.bucket / args.prefix / result['run_id']
@@ -472,8 +498,8 @@ def build_parser() -> argparse.ArgumentParser:
         '  video-kd schedule --host http://localhost:8080 --pipeline-name '
         'video-kd-distillation \\\n'
         '      --cron "0 0 3 * * *" --experiment nightly --param s3_bucket=video-kd\n'
-        'each step alone: python -m components.<data_prep|teacher_download|train|'
-        'convert|evaluate> --help\n'
+        'each step alone: python -m components.<check_inputs|data_prep|teacher_download|'
+        'train|convert|evaluate|export> --help\n'
         'S3 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment '
         '(a Kubernetes Secret in the cluster); endpoint: S3_ENDPOINT_URL.',
     )

@@ -226,10 +226,21 @@ def _fetch_to(
             raise SourceNotFoundError(f'teacher checkpoint not found: {source}')
         shutil.copyfile(source, tmp)
     else:
+        check_url(url)
+
+
+def check_url(url: str, name: str = '') -> str:
+    """A URL ``fetch`` can read (https://, http://, s3://, file:// or a local path) and a
+    file name can be told from; ``name`` (the parameter) leads the message."""
+    scheme = urllib.parse.urlsplit(url).scheme
+    lead = f'{name} ' if name else ''
+    if scheme not in ('http', 'https', 's3', 'file', ''):
         raise InvalidInputError(
-            f'unsupported URL scheme {scheme!r} in {url!r}; '
+            f'{lead}unsupported URL scheme {scheme!r} in {url!r}; '
             'use https://, http://, s3://, file:// or a local path'
         )
+    _filename(url)
+    return url
 
 
 def _http_download(

@@ -208,6 +208,38 @@ def prepare_inputs(
     return args
 
 
+def run_arguments(
+    bucket: str,
+    prefix: str,
+    kd_epochs: int,
+    workers: int,
+    run_id: str | None = None,
+    pipeline_args: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The kd_pipeline arguments of a local run but its inputs (dataset, teacher, baseline),
+    checked as the pipeline's steps will check them (``validation.check_pipeline_params``):
+    a bad one is one line before anything is written or trained."""
+    from video_kd.validation import check_pipeline_params
+
+    arguments = {
+        'kd_config': TINY_KD_CONFIG,
+        'student_config': TINY_STUDENT_CONFIG,
+        'num_workers': workers,
+        'gpus_per_worker': 0,
+        'nproc_per_node': 0,
+        'max_epochs': kd_epochs,
+        'cfg_options': TINY_CFG_OPTIONS,
+        'training_backend': 'local',
+        'speed_repeats': 1,  # one timing round at the seed's size is enough for a demo
+        's3_bucket': bucket,
+        's3_prefix': prefix,
+        **({'run_id': run_id} if run_id else {}),
+        **(pipeline_args or {}),
+    }
+    check_pipeline_params(arguments, backend_here=True)
+    return arguments
+
+
 def run_local_pipeline(
     workdir: Path,
     bucket: str,
@@ -230,31 +262,17 @@ def run_local_pipeline(
 
     from pipelines.kd_pipeline import kd_pipeline
 
+    run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
+    arguments = run_arguments(bucket, prefix, kd_epochs, workers, run_id, pipeline_args)
     ensure_bucket(bucket)
     inputs = prepare_inputs(workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline)
-    run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
     print(f'running the pipeline with the KFP local runner, run id {run_id}')
     local.init(
         runner=runner or local.SubprocessRunner(use_venv=False),
         pipeline_root=str(workdir / 'kfp-root'),
         raise_on_error=True,
     )
-    kd_pipeline(
-        **inputs,
-        kd_config=TINY_KD_CONFIG,
-        student_config=TINY_STUDENT_CONFIG,
-        num_workers=workers,
-        gpus_per_worker=0,
-        nproc_per_node=0,
-        max_epochs=kd_epochs,
-        cfg_options=TINY_CFG_OPTIONS,
-        training_backend='local',
-        speed_repeats=1,  # one timing round at the seed's size is enough for a demo
-        s3_bucket=bucket,
-        s3_prefix=prefix,
-        run_id=run_id,
-        **(pipeline_args or {}),
-    )
+    kd_pipeline(**inputs, **arguments)
     layout = RunLayout(bucket, prefix, run_id)
     return {
         'run_id': run_id,

@@ -187,6 +187,19 @@ def _source_uri(dataset_uri: str, layout: RunLayout, work: Path, manifest: Manif
     return layout.uri('data', 'source')
 
 
+def check_dataset_uri(uri: str) -> str:
+    """What can be checked of ``dataset_uri`` before data prep reads it: given, and for
+    ``generate://`` the generator's options."""
+    if not uri:
+        raise UserError(
+            'dataset_uri is empty: give an s3:// prefix, a path on the mounted volume or '
+            'generate:// (the synthetic demo data)'
+        )
+    if uri.startswith(GENERATED_SCHEME):
+        _generator_options(uri)
+    return uri
+
+
 def _generator_options(uri: str) -> dict[str, int]:
     """``generate://?num_classes=3&train_per_class=4`` -> generate_dataset kwargs, each
     checked against its range (``dataset.GENERATOR_RANGES``)."""

@@ -30,11 +30,7 @@ def run(
 
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
     """
-    if baseline_url and not student_config:
-        raise UserError(
-            'baseline_url is given but student_config is empty: the baseline '
-            'is evaluated with the student-alone config'
-        )
+    check_baseline(baseline_url, student_config)
     from video_kd.data_stream import check_mounted
 
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
@@ -56,6 +52,18 @@ def run(
         'report': report,
         'metrics_uri': metrics_entry.uri,
     }
+
+
+def check_baseline(baseline_url: str, student_config: str) -> None:
+    """A baseline is evaluated with the student-alone config: both or neither."""
+    if not baseline_url:
+        return
+    if not student_config:
+        raise UserError(
+            'baseline_url is given but student_config is empty: the baseline '
+            'is evaluated with the student-alone config'
+        )
+    download.check_url(baseline_url, 'baseline_url')
 
 
 def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:

@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exists
 MAX_SPEED_REPEATS = 1000
+DEFAULT_TOLERANCE = 1e-3  # the pipeline's export_tolerance
+DEFAULT_SPEED_REPEATS = 3
 
 
 def run(
@@ -45,9 +47,9 @@ def run(
     kd_config: str,
     student_config: str = '',
     image: str = '',
-    tolerance: float = 1e-3,
+    tolerance: float = DEFAULT_TOLERANCE,
     torchscript: bool = True,
-    speed_repeats: int = 3,
+    speed_repeats: int = DEFAULT_SPEED_REPEATS,
     workdir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card."""
@@ -85,9 +87,9 @@ def export_settings(
     kd_config: str,
     student_config: str = '',
     image: str = '',
-    tolerance: float = 1e-3,
+    tolerance: float = DEFAULT_TOLERANCE,
     torchscript: bool = True,
-    speed_repeats: int = 3,
+    speed_repeats: int = DEFAULT_SPEED_REPEATS,
 ) -> dict[str, Any]:
     """The step's settings, checked (one line each, before anything is read or written)."""
     return {

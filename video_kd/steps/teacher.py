@@ -18,6 +18,18 @@ from video_kd.errors import UserError
 from video_kd.runs import RunLayout, check_claimed, publish, run_info
 from video_kd.steps.common import record_output, scratch_dir
 from video_kd.teacher_checkpoint import convert_teacher_checkpoint
+from video_kd.validation import check_sha256
+
+
+def check_source(url: str, sha256: str = '') -> None:
+    """The teacher's URL: given, of a scheme we fetch, naming a file; its sha256, if given."""
+    if not url:
+        raise UserError(
+            'teacher_url is empty: give the https:// or s3:// URL of the teacher '
+            'checkpoint (and its sha256)'
+        )
+    download.check_url(url, 'teacher_url')
+    check_sha256(sha256, 'teacher_sha256')
 
 
 def run(
@@ -35,11 +47,7 @@ def run(
     ``num_classes`` classes): a timm Swin checkpoint is converted, anything
     else that does not fit is refused before it is published.
     """
-    if not url:
-        raise UserError(
-            'teacher_url is empty: give the https:// or s3:// URL of the teacher '
-            'checkpoint (and its sha256)'
-        )
+    check_source(url, sha256)
     layout = RunLayout.from_root(run_root)
     check_claimed(layout)
     with scratch_dir(workdir, 'teacher') as work:

@@ -16,6 +16,7 @@ step records what it did, its parameters included, in ``<run>/train/train.json``
 from __future__ import annotations
 
 import dataclasses
+import logging
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,7 +27,7 @@ from video_kd.runs import Manifest, RunLayout, publish, run_info
 from video_kd.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.steps.common import record_output, scratch_dir
 from video_kd.train_config import TrainOptions
-from video_kd.validation import check_range, check_train_backend
+from video_kd.validation import check_range, check_sha256, check_train_backend
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -56,7 +57,7 @@ def run(
     """
     options = options or TrainOptions()
     backend = backends.backend_from_env(training_backend)
-    _check_launch(num_workers, gpus_per_worker, nproc_per_node)
+    check_launch(num_workers, gpus_per_worker, nproc_per_node, backoff_limit_per_node)
     check_train_backend(backend, gpus_per_worker)
     layout = RunLayout.from_root(data_meta['run_root'])
     config_uri = publish_config(layout, data_meta, teacher, kd_config, options)
@@ -103,10 +104,43 @@ def run(
     return meta
 
 
-def _check_launch(num_workers: int, gpus_per_worker: int, nproc_per_node: int) -> None:
+def check_launch(
+    num_workers: int = 1,
+    gpus_per_worker: int = 0,
+    nproc_per_node: int = 0,
+    backoff_limit_per_node: int = 0,
+) -> None:
+    """The training job's numbers (``run``'s arguments of the same names)."""
     check_range('num_workers', num_workers, 1)
     check_range('gpus_per_worker', gpus_per_worker, 0)
     check_range('nproc_per_node (0: one per GPU)', nproc_per_node, 0)
+    check_range("backoff_limit_per_node (0: the chart's)", backoff_limit_per_node, 0)
+
+
+def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | None = None) -> None:
+    """Resolve the run's training config as ``run`` will, before there is a dataset or a
+    teacher: the config name, every ``--cfg-options`` key at any depth (``video_kd.validation``),
+    the teacher precision and the logit cache on a KD config.  What depends on the data (the
+    number of classes, where the videos are) is left to ``run``; nothing is fetched."""
+    package_log = logging.getLogger('video_kd')
+    level = package_log.level
+    package_log.setLevel(logging.ERROR)  # its notes (weights not fetched, ...) are the run's
+    try:
+        resolve_config(
+            {'num_classes': 0, 'videos_uri': 's3://bucket/dataset/videos'},  # placeholders only
+            {'sha256': teacher_sha256 or '0' * 64},  # keys the logit cache's location, not used
+            kd_config,
+            options,
+        )
+    finally:
+        package_log.setLevel(level)
+    if options.student_pretrained_url:  # fetch_pretrained's checks, without fetching
+        from video_kd.download import check_url
+        from video_kd.pretrained import check_name_hash
+
+        check_url(options.student_pretrained_url, 'student_pretrained_url')
+        sha256 = check_sha256(options.student_pretrained_sha256, 'student_pretrained_sha256')
+        check_name_hash(options.student_pretrained_url, sha256 or None)
 
 
 def resolve_config(
@@ -120,7 +154,7 @@ def resolve_config(
     return train_config.resolve(
         kd_config,
         options or TrainOptions(),
-        num_classes=int(data_meta['num_classes']),  # a float in KFP's artifact metadata
+        num_classes=int(data_meta['num_classes']),  # a float in KFP's metadata; 0: the config's
         teacher_sha256=teacher['sha256'],
         videos_uri=data_meta['videos_uri'],
     )
