@@ -911,7 +911,13 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
         **CUSTOM,
         'kfp': {'multiUser': True, 'namespace': 'team-a'},
         's3': {**CUSTOM['s3'], 'bucket': 'team-a-kd', 'prefix': 'kd/prod'},
-        'pipeline': {'params': {'dataset_uri': 's3://team-a-kd/videos', 'max_epochs': 7}},
+        'pipeline': {
+            'params': {
+                **CUSTOM['pipeline']['params'],
+                'dataset_uri': 's3://team-a-kd/videos',
+                'max_epochs': 7,
+            }
+        },
     }
     objects = render_as(values, 'kd-prod', 'team-a')
     spec = one(objects, 'Job')['spec']['template']['spec']
@@ -948,7 +954,9 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
         'max_epochs': 7,
     }
     # ... and the recurring run's arguments, the same values
-    assert recurring['runtime_config']['parameters'] == {k: defaults[k] for k in CHART_RUN_SETTINGS}
+    arguments = recurring['runtime_config']['parameters']
+    assert set(CHART_RUN_SETTINGS) | {'teacher_url'} == set(arguments)
+    assert arguments == {k: defaults[k] for k in arguments}
     for executor, pod in step_pods(kfp.uploads[-1]).items():
         assert pod['secret'] == 'team-a-minio', executor
         assert pod['secret_keys'] == {
