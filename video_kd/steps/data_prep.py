@@ -67,8 +67,7 @@ def run(
     gives the run id back.
     """
     check_bucket(bucket)
-    if dataset_uri.startswith(GENERATED_SCHEME):
-        _generator_options(dataset_uri)  # a bad option is refused before the run is claimed
+    check_dataset_uri(dataset_uri)  # a bad generate:// option is refused before the claim
     layout = RunLayout(bucket, prefix, check_run_id(run_id) if run_id else new_run_id(job_id))
     claim_run(layout, job_id)
     try:
