@@ -113,13 +113,13 @@ def quiet_mmengine() -> None:
     else:
         MMLogger.get_instance('mmengine', log_level='WARNING')
     MMLogger.get_current_instance().setLevel(logging.WARNING)
-    logging.getLogger('video_kd.config').setLevel(logging.ERROR)
+    logging.getLogger('video_kd.openmmlab.config').setLevel(logging.ERROR)
 
 
 def load_kd_config(name: str, num_classes: int):
     quiet_mmengine()
-    from video_kd.config import load_config, set_num_classes
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.config import load_config, set_num_classes
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     cfg = load_config(name)

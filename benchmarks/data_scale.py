@@ -16,7 +16,7 @@ store, and counts the requests):
    streamed from S3 (``data_stream.use_dataset``) for ``--iters`` steps: the
    time from the process start to the end of the first training step, its
    peak local disk (work dir + TMPDIR, sampled), the S3 GETs of the videos it
-   read, and the step rate.  It is not ``video_kd.train_pod.main``: no
+   read, and the step rate.  It is not ``video_kd.distill.train_pod.main``: no
    torchrun, no download of the run's config, teacher or resume checkpoint,
    no teacher; what those add to the time to the first step is not measured;
 4. the same pod trains from a local-disk copy of the dataset (hard links), the
@@ -115,7 +115,7 @@ def encode_clips(tmp: Path) -> dict[str, list[bytes]]:
     """A few real clips per class (the generator's renderer), encoded once."""
     import numpy as np
 
-    from video_kd.dataset import _render_clip, write_video
+    from video_kd.data.dataset import _render_clip, write_video
 
     rng = np.random.default_rng(0)
     clips = {}
@@ -132,8 +132,8 @@ def k400_like_check(tmp: Path, side: int = 256, frames: int = 250) -> dict:
     """Data prep's decode check of one Kinetics-like clip (10 s at 25 fps): its CPU cost."""
     import numpy as np
 
-    from video_kd.data_check import check_video_bytes
-    from video_kd.dataset import _render_clip, write_video
+    from video_kd.data.data_check import check_video_bytes
+    from video_kd.data.dataset import _render_clip, write_video
 
     path = tmp / 'k400_like.mp4'
     write_video(path, _render_clip('circle', frames, side, np.random.default_rng(0)), fps=25)
@@ -151,7 +151,7 @@ def k400_list_load(tmp: Path, n_train: int = 240_000) -> dict:
     import common
 
     common.quiet_mmengine()
-    from video_kd.data_stream import StreamingVideoDataset
+    from video_kd.data.data_stream import StreamingVideoDataset
 
     lines = ''.join(
         f'{CLASSES[i % 5]}/{i:011d}_000000_000010.mp4 {i % 5}\n' for i in range(n_train)
@@ -221,8 +221,9 @@ def local_copy(root: Path, keys, clips) -> Path:
 
 # --------------------------------------------------------------------------- data prep
 def data_prep(uri: str, out: Path, data_uri: str, args) -> tuple[float, dict]:
-    from video_kd import data_check, data_layout, s3
-    from video_kd.data_stream import dataset_meta
+    from video_kd.data import data_check, data_layout
+    from video_kd.data.data_stream import dataset_meta
+    from video_kd.storage import s3
 
     start = time.perf_counter()
     source = data_layout.resolve(uri)
@@ -326,8 +327,8 @@ def pod_main(pod_args: dict) -> int:
     common.quiet_mmengine()
     from mmengine.hooks import Hook
 
-    from video_kd import train
-    from video_kd.data_stream import use_dataset
+    from video_kd.data.data_stream import use_dataset
+    from video_kd.distill import train
 
     times: list[float] = []
 
@@ -458,7 +459,7 @@ def _gets(proxy) -> dict:
 
 def download_everything_s(uri: str, dest: Path) -> float:
     """What main's pods did before step 1: download every video (s3.download_dir)."""
-    from video_kd import s3
+    from video_kd.storage import s3
 
     start = time.perf_counter()
     s3.download_dir(uri, dest)

@@ -1,8 +1,8 @@
 """Teacher vs student inference speed on the CPU: PyTorch eager and ONNX Runtime, one run.
 
 For each KD pair, the teacher and the student are wrapped and exported as the export
-step exports the student (video_kd.export.RecognizerScores -> ONNX), then timed
-interleaved (video_kd.speed): latency at batch 1, throughput at batch 8, at the seed's
+step exports the student (video_kd.deploy.export.RecognizerScores -> ONNX), then timed
+interleaved (video_kd.deploy.speed): latency at batch 1, throughput at batch 8, at the seed's
 input size (8 segments x 224x224, 400 classes: the full configs) and at the tiny
 configs' own (8 x 56x56, the size of the tests and the demo). Params and FLOPs from
 mmengine's counter (fvcore convention). Target: the TSM student >= 5x faster than the
@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format='%(asctime)s %(message)s')
     common.quiet_mmengine()
-    from video_kd.speed import build_pair, measure_pair
+    from video_kd.deploy.speed import build_pair, measure_pair
 
     results = []
     for pair in args.pairs:

@@ -3,12 +3,12 @@
 One teacher (tsm_r50_tiny) is trained once; then, for each seed, the student
 (tsm_mobilenetv2_tiny) is trained alone (student), distilled as MMRazor does it
 (kd), with the teacher as a bf16 inference model (kd_bf16: --teacher-precision
-bf16, video_kd.fast_teacher) and with the teacher-logit cache (kd_cached:
-video_kd.logit_cache), all with the same data, schedule, learning rate and
+bf16, video_kd.distill.fast_teacher) and with the teacher-logit cache (kd_cached:
+video_kd.distill.logit_cache), all with the same data, schedule, learning rate and
 seed.  Top-1 on the validation split after the last epoch is reported per run,
 with mean and standard deviation over seeds, so the gain (and whether the
 cheaper teachers change accuracy) can be read against the seed-to-seed noise.
-Every training runs as a user runs it: ``python -m video_kd.train ...`` in a
+Every training runs as a user runs it: ``python -m video_kd.distill.train ...`` in a
 subprocess; --jobs runs several at once (give each --threads so that
 jobs x threads <= cores).
 
@@ -61,7 +61,7 @@ def parse_args(argv=None):
     parser.add_argument(
         '--dataset',
         help='existing dataset root (default: generate one with '
-        'video_kd.dataset.generate_dataset defaults)',
+        'video_kd.data.dataset.generate_dataset defaults)',
     )
     parser.add_argument(
         '--teacher-ckpt',
@@ -110,7 +110,7 @@ def train(
     command = [
         sys.executable,
         '-m',
-        'video_kd.train',
+        'video_kd.distill.train',
         config,
         '--work-dir',
         str(work_dir),
@@ -173,7 +173,7 @@ def evaluate_teacher(ckpt: Path, data: Path, work_dir: Path) -> dict:
         [
             sys.executable,
             '-m',
-            'video_kd.evaluate',
+            'video_kd.distill.evaluate',
             TEACHER,
             str(ckpt),
             '--data-root',
@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     work = Path(args.workdir or tempfile.mkdtemp(prefix='kd_gain_'))
     data = Path(args.dataset) if args.dataset else None
     if data is None:
-        from video_kd.dataset import generate_dataset, validate_dataset
+        from video_kd.data.dataset import generate_dataset, validate_dataset
 
         data = work / 'data'
         generate_dataset(work / 'raw')

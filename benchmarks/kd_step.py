@@ -9,13 +9,13 @@ them alike:
   kd_mmrazor      SingleTeacherDistill.loss as MMRazor runs it (teacher under
                   no_grad in train mode, norm layers in eval) + backward + step
   kd_eval_infer   teacher in eval mode under torch.inference_mode
-                  (video_kd.fast_teacher.InferenceTeacherDistill, the training
-                  path of `video_kd.train --teacher-precision fp32`)
+                  (video_kd.distill.fast_teacher.InferenceTeacherDistill, the training
+                  path of `video_kd.distill.train --teacher-precision fp32`)
   kd_eval_bf16    + bf16 autocast for the teacher (--teacher-precision bf16;
                   CPUs with avx512_bf16/AMX, GPUs)
   kd_eval_cl      + channels_last teacher (may be unsupported: reported as such)
   kd_cached       CachedLogitsSingleTeacherDistill with every view cached
-                  (video_kd.logit_cache): no teacher forward at all
+                  (video_kd.distill.logit_cache): no teacher forward at all
 
 A step starts from preprocessed inputs (the data preprocessor and loading are
 measured by data_loading.py).  Reported: median, quartiles and range of each
@@ -75,7 +75,7 @@ def bf16_supported(device: str) -> bool:
 def build(kd_config: str, num_classes: int, device: str):
     from mmrazor.registry import MODELS
 
-    from video_kd import logit_cache
+    from video_kd.distill import logit_cache
 
     logit_cache.register()
     cfg = common.load_kd_config(kd_config, num_classes)
@@ -109,9 +109,9 @@ def total_loss(losses: dict) -> torch.Tensor:
 def uncached(algo, precision: str):
     """The cached algorithm as plain InferenceTeacherDistill: every step runs the teacher.
 
-    That is the training path of ``video_kd.train --teacher-precision <precision>``.
+    That is the training path of ``video_kd.distill.train --teacher-precision <precision>``.
     """
-    from video_kd.fast_teacher import autocast_dtype
+    from video_kd.distill.fast_teacher import autocast_dtype
 
     dtype = algo.teacher_dtype
     algo.teacher_records = algo.run_teacher  # instead of the cache lookup
@@ -124,7 +124,7 @@ def uncached(algo, precision: str):
 
 
 def inference_teacher_loss(algo, inputs, samples, precision: str = 'fp32'):
-    from video_kd.fast_teacher import register
+    from video_kd.distill.fast_teacher import register
 
     with uncached(algo, precision):
         return register().loss(algo, inputs, samples)

@@ -76,7 +76,7 @@ def miss_and_hit(pair: str, args) -> dict:
 
 
 def storage(args) -> dict:
-    from video_kd import logit_cache
+    from video_kd.distill import logit_cache
 
     cache = logit_cache.LogitCache()
     for i in range(args.entries):
@@ -103,7 +103,7 @@ def storage(args) -> dict:
 
 
 def time_flush_and_load(cache, name: str, location: str) -> dict:
-    from video_kd import logit_cache
+    from video_kd.distill import logit_cache
 
     cache.new_keys = list(cache.entries)
     start = time.perf_counter()

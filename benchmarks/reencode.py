@@ -1,4 +1,4 @@
-"""Decode clips/s before and after re-encoding (video_kd.reencode): does a dense GOP pay?
+"""Decode clips/s before and after re-encoding (video_kd.data.reencode): does a dense GOP pay?
 
 Generates 10 s clips (320x240, 25 fps, moving shapes on a noisy background)
 encoded as downloads usually are: H.264 with one keyframe per 250 frames (x264's
@@ -104,7 +104,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     import torch
 
-    from video_kd import data_layout, reencode
+    from video_kd.data import data_layout, reencode
 
     torch.set_num_threads(1)
     rng = np.random.default_rng(0)

@@ -303,7 +303,7 @@ def data_scale(result):
 POD_COVERS = (
     '*Bare student pod*: a fresh Python process that builds the student config, points its '
     'train loader at the streamed dataset, builds the mmengine Runner and trains the student '
-    'alone, validation off; not `video_kd.train_pod.main`: no torchrun, no download of the '
+    'alone, validation off; not `video_kd.distill.train_pod.main`: no torchrun, no download of the '
     "run's resolved config, of the teacher checkpoint (checksum verified) or of a checkpoint "
     'to resume from, no teacher built or run.'
 )

@@ -2,7 +2,7 @@
 
 "Never overwrite" used to be check-then-put: a HEAD, then boto3's managed
 transfer (s3transfer: 8 MiB parts, 10 threads).  It is now one conditional
-write (video_kd.s3_conditional): one PutObject with ``If-None-Match: *`` up to
+write (video_kd.storage.s3_conditional): one PutObject with ``If-None-Match: *`` up to
 64 MiB, above that a multipart upload of 8 MiB parts on 10 threads (as s3transfer) whose
 completion carries the condition.  This times both on the same files against
 a local moto server (a subprocess on 127.0.0.1, objects in memory), per size,
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         MotoServer(Path(tmp) / 'moto') as server,
     ):
         os.environ.update(server.env())
-        from video_kd import s3
+        from video_kd.storage import s3
 
         bucket = server.create_bucket('bench')
         results = []

@@ -8,21 +8,21 @@ in our image) and ``__main__.py`` (the same step as a plain command,
 ==================  ===============================  ====================================
 component           step logic                       what else it uses
 ==================  ===============================  ====================================
-check_inputs        ``video_kd.validation``          every step's own checks
+check_inputs        ``video_kd.core.checks``          every step's own checks
                     (``check_pipeline_params``)      (``video_kd.steps.*``); reads and
                                                      writes nothing
-data_prep           ``video_kd.steps.data_prep``     ``video_kd.data_layout``, ``.data_check``,
+data_prep           ``video_kd.steps.data_prep``     ``video_kd.data.data_layout``, ``.data_check``,
                                                      ``.data_stream``, ``.reencode``,
                                                      ``.dataset`` (generated data), ``.runs``
-teacher_download    ``video_kd.steps.teacher``       ``video_kd.download``,
-                                                     ``video_kd.teacher_checkpoint``
-train               ``video_kd.steps.train``         ``video_kd.train_config`` (the one
+teacher_download    ``video_kd.steps.teacher``       ``video_kd.storage.download``,
+                                                     ``video_kd.distill.teacher_checkpoint``
+train               ``video_kd.steps.train``         ``video_kd.distill.train_config`` (the one
                                                      mapping of options onto config keys),
                                                      ``video_kd.backends``; each training
-                                                     process: ``video_kd.train_pod``
-convert             ``video_kd.steps.convert``       ``video_kd.convert``
-evaluate            ``video_kd.steps.evaluate``      ``video_kd.evaluate``, ``.steps.report``
-export              ``video_kd.steps.export``        ``video_kd.deployable`` (export, speed,
+                                                     process: ``video_kd.distill.train_pod``
+convert             ``video_kd.steps.convert``       ``video_kd.distill.convert``
+evaluate            ``video_kd.steps.evaluate``      ``video_kd.distill.evaluate``, ``.steps.report``
+export              ``video_kd.steps.export``        ``video_kd.deploy.deployable`` (export, speed,
                                                      plots, model_card)
 ==================  ===============================  ====================================
 

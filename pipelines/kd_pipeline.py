@@ -7,7 +7,7 @@ lightweight component running in ``image``; data flows one way through typed
 artifacts whose metadata carries the S3 URIs, and S3 holds the artifacts
 themselves under ``s3://<s3_bucket>/<s3_prefix>/<run id>/``.  The first step,
 ``check-inputs``, runs every step's checks on the run's parameters
-(``video_kd.validation.check_pipeline_params``) and reads and writes nothing: a
+(``video_kd.core.checks.check_pipeline_params``) and reads and writes nothing: a
 bad one fails there in one line, before data prep claims the run.
 
 On a cluster each step's pod gets the S3 endpoint from a ConfigMap and the
@@ -166,7 +166,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         num_workers: training nodes (PyTorchJob replicas, Master included; TrainJob numNodes);
             gpus_per_worker: GPUs per node; nproc_per_node: processes per node (0: one per GPU).
         max_epochs, cfg_options, teacher_precision, teacher_logit_cache: training options
-            (``video_kd.train_config.TrainOptions``): the epoch budget (0 keeps the config's),
+            (``video_kd.distill.train_config.TrainOptions``): the epoch budget (0 keeps the config's),
             mmengine overrides (a list of KEY=VALUE), the teacher as an inference model (fp32,
             bf16, fp16; empty: as MMRazor runs it), and the teacher's logits cached next to
             the dataset in S3 so scheduled retraining skips its forward pass.

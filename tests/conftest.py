@@ -55,7 +55,7 @@ def image(tmp_path_factory) -> str:
 
 @pytest.fixture
 def s3_env(monkeypatch, s3_server):
-    """Point video_kd.s3 at the test server with dummy credentials; returns the endpoint."""
+    """Point video_kd.storage.s3 at the test server with dummy credentials; returns the endpoint."""
     for name in ('AWS_ENDPOINT_URL', 'AWS_SESSION_TOKEN', 'AWS_PROFILE'):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv('S3_ENDPOINT_URL', s3_server)
@@ -178,7 +178,7 @@ def run_module(
 
 @pytest.fixture(scope='session')
 def kd_data(tmp_path_factory) -> Path:
-    from video_kd.dataset import generate_dataset
+    from video_kd.data.dataset import generate_dataset
 
     return generate_dataset(tmp_path_factory.mktemp('kd') / 'data', **TINY_DATA)
 
@@ -188,7 +188,7 @@ def tiny_teacher(kd_data, tmp_path_factory) -> Path:
     """A tsm_r50_tiny checkpoint trained for one epoch on kd_data."""
     work_dir = tmp_path_factory.mktemp('teacher')
     result = run_module(
-        'video_kd.train',
+        'video_kd.distill.train',
         'tsm_r50_tiny',
         '--work-dir',
         work_dir,

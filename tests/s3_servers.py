@@ -60,7 +60,7 @@ class MotoServer(LocalS3):
         os.kill(self.proc.pid, signal.SIGCONT)
 
     def env(self) -> dict[str, str]:
-        """The environment that points video_kd.s3 at this server."""
+        """The environment that points video_kd.storage.s3 at this server."""
         return {
             'S3_ENDPOINT_URL': self.endpoint,
             'AWS_ACCESS_KEY_ID': ACCESS_KEY,

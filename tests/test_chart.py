@@ -652,7 +652,7 @@ def test_a_renamed_release_reaches_the_training_job(backend, tmp_path):
     spec = backends.spec_from_env(  # as video_kd.steps.train.job_spec calls it
         run_id='6f1c2d3e-4b5a-4c7d-8e9f-0a1b2c3d4e5f',
         image=args['image'],
-        command=['-m', 'video_kd.train_pod'],
+        command=['-m', 'video_kd.distill.train_pod'],
         num_nodes=int(args['num_workers']),
         gpus_per_worker=int(args['gpus_per_worker']),
         nproc_per_node=int(args['nproc_per_node']) or None,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from video_kd import cli
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 
 
 def test_help_explains_every_command():
@@ -324,7 +324,8 @@ def test_run_local_checks_before_it_writes_or_starts_anything(tmp_path, capsys, 
     ],
 )
 def test_run_local_pipeline_checks_before_anything_is_in_s3(bucket, tmp_path, bad):
-    from video_kd import local_run, s3
+    from video_kd import local_run
+    from video_kd.storage import s3
 
     workers = bad.pop('num_workers', 1)
     with pytest.raises(UserError):
@@ -428,7 +429,7 @@ def test_run_local_takes_the_training_options_as_train_options_defines_them(caps
     """run-local's training flags are TrainOptions' own (one definition, one help)."""
     import dataclasses
 
-    from video_kd.train_config import TrainOptions
+    from video_kd.distill.train_config import TrainOptions
 
     args = cli.build_parser().parse_args(
         ['run-local', '--teacher-logit-cache', '--teacher-precision', 'bf16']

@@ -1,4 +1,4 @@
-"""video_kd.compat: the stand-ins make the pinned OpenMMLab stack import, and fail loudly."""
+"""video_kd.openmmlab.compat: the stand-ins make the pinned OpenMMLab stack import, and fail loudly."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import video_kd  # noqa: F401
-from video_kd import compat
+from video_kd.openmmlab import compat
 
 
 def run_python(code: str) -> subprocess.CompletedProcess:

@@ -17,16 +17,18 @@ import pytest
 from crd_schema import PYTORCHJOB_CRD, problems
 
 from components import STEPS
-from video_kd import backends, runs, s3, train_config
+from video_kd import backends, runs
 from video_kd.backends import pytorchjob
-from video_kd.config import UnknownConfigError
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
+from video_kd.distill import train_config
+from video_kd.distill.s3_hook import checkpoint_sort_key, list_checkpoints
+from video_kd.distill.train_config import TrainOptions
+from video_kd.openmmlab.config import UnknownConfigError
 from video_kd.runs import Manifest, RunLayout
-from video_kd.s3_hook import checkpoint_sort_key, list_checkpoints
 from video_kd.steps import common, data_prep
 from video_kd.steps import teacher as teacher_step
 from video_kd.steps import train as train_step
-from video_kd.train_config import TrainOptions
+from video_kd.storage import s3
 
 TINY = (
     'train_dataloader.batch_size=4 val_dataloader.batch_size=4 '
@@ -205,8 +207,8 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
         pod = replica['template']['spec']
         (c,) = pod['containers']
         assert c['image'] == 'reg/video-kd:0.1.0-cuda'
-        assert c['command'] == ['python', '-m', 'video_kd.torchrun']
-        assert c['args'][:3] == ['-m', 'video_kd.train_pod', config_uri]
+        assert c['command'] == ['python', '-m', 'video_kd.backends.torchrun']
+        assert c['args'][:3] == ['-m', 'video_kd.distill.train_pod', config_uri]
         args = dict(zip(c['args'][3::2], c['args'][4::2], strict=True))
         assert args['--run-root'] == prepared_run['run_root']
         assert args['--data-meta'] == prepared_run['dataset_meta_uri']
@@ -226,7 +228,7 @@ def test_train_step_pytorchjob_manifest(prepared_run, monkeypatch):
     assert "type='CachedLogitsSingleTeacherDistill'" in resolved
     assert prepared_run['videos_uri'].rsplit('/', 1)[0] + '/teacher_logits' in resolved
     # the module the pods run exists and explains itself
-    result = run_module('video_kd.train_pod', '--help')
+    result = run_module('video_kd.distill.train_pod', '--help')
     assert result.returncode == 0 and '--run-root' in result.stdout
     with pytest.raises(UserError, match="teacher_precision 'int8'"):
         TrainOptions(teacher_precision='int8')
@@ -309,16 +311,16 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _worker_pids(step_pid: int) -> list[int]:
-    """The training processes torchrun started (they run video_kd.train_pod; the launcher,
-    video_kd.torchrun, has it among its arguments)."""
+    """The training processes torchrun started (they run video_kd.distill.train_pod; the launcher,
+    video_kd.backends.torchrun, has it among its arguments)."""
     pids = []
     for pid in _descendants(step_pid):
         try:
             cmd = Path(f'/proc/{pid}/cmdline').read_bytes().split(b'\0')
         except OSError:
             continue
-        launcher = b'torch.distributed.run' in cmd or b'video_kd.torchrun' in cmd
-        if not launcher and b'video_kd.train_pod' in cmd:
+        launcher = b'torch.distributed.run' in cmd or b'video_kd.backends.torchrun' in cmd
+        if not launcher and b'video_kd.distill.train_pod' in cmd:
             pids.append(pid)
     return pids
 
@@ -328,7 +330,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     layout = RunLayout.from_root(prepared_run['run_root'])
     teacher_work = tmp_path / 'teacher'
     result = run_module(
-        'video_kd.train',
+        'video_kd.distill.train',
         'tsm_r50_tiny',
         '--work-dir',
         teacher_work,
@@ -605,7 +607,7 @@ def test_a_finished_export_is_returned_again_and_never_replaced(bucket, tmp_path
 def test_model_card_lineage_is_what_the_run_recorded(prepared_run, http_server, tmp_path):
     """Regression: the card read the pretrained weights from the named KD config ('random
     init' although the run used ImageNet weights) and listed 4 of the parameters."""
-    from video_kd import model_card
+    from video_kd.deploy import model_card
     from video_kd.steps import export as export_step
 
     content = b'imagenet weights'
@@ -647,7 +649,8 @@ def test_model_card_lineage_is_what_the_run_recorded(prepared_run, http_server, 
 
 
 def test_code_version_names_the_commit_or_says_unknown(monkeypatch):
-    from video_kd import __version__, model_card
+    from video_kd import __version__
+    from video_kd.deploy import model_card
 
     monkeypatch.setenv(model_card.GIT_COMMIT_ENV, 'abc123')
     assert model_card.code_version() == f'kubeflow-video-kd {__version__}, git commit abc123'

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import video_kd  # noqa: F401
-from video_kd.config import (
+from video_kd.openmmlab.config import (
     UnknownConfigError,
     available_configs,
     is_distill_config,
@@ -80,7 +80,7 @@ def _kd_loss_step(name: str, size: int):
     from mmengine.registry import init_default_scope
     from mmrazor.registry import MODELS
 
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmrazor')
@@ -116,7 +116,7 @@ def test_tiny_kd_configs_distill(name):
 
 
 def test_max_epochs_override_stretches_the_schedule_that_spans_training():
-    from video_kd.train_config import set_max_epochs
+    from video_kd.distill.train_config import set_max_epochs
 
     cfg = load_config('tsm_mobilenetv2_tiny')
     set_max_epochs(cfg, 4)
@@ -129,7 +129,7 @@ def test_distributed_metrics_gather_through_the_process_group(name):
     """Regression: mmengine's default gathers the ranks' results through a directory rank 0
     makes in its own file system, which another node (pod) never sees: validation of a
     two-pod PyTorchJob died with FileNotFoundError '.dist_test/.../part_1.pkl'."""
-    from video_kd.train_config import collect_over_process_group
+    from video_kd.distill.train_config import collect_over_process_group
 
     cfg = load_config(name)
     collect_over_process_group(cfg)

@@ -16,9 +16,10 @@ import boto3
 import pytest
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd import data_check, data_layout, s3, s3_fileio
-from video_kd.dataset import generate_dataset
-from video_kd.progress import Progress, format_duration
+from video_kd.core.progress import Progress, format_duration
+from video_kd.data import data_check, data_layout
+from video_kd.data.dataset import generate_dataset
+from video_kd.storage import s3, s3_fileio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
 from s3_proxy import S3Proxy
@@ -57,7 +58,7 @@ def small_tree(tmp_path_factory):
 def test_progress_logs_rate_and_eta_not_a_line_per_item(caplog):
     now = [0.0]
     progress = Progress(20000, 'validated', 'videos', every=5, clock=lambda: now[0])
-    with caplog.at_level(logging.INFO, logger='video_kd.progress'):
+    with caplog.at_level(logging.INFO, logger='video_kd.core.progress'):
         for _ in range(1200):
             now[0] += 1 / 85  # 85 videos a second
             progress.advance()
@@ -169,7 +170,7 @@ def test_data_check_uses_the_cpus_of_the_pod_not_of_the_node(
     (tmp_path / 'cgroup' / 'cpu.max').write_text('100000 100000\n')  # limits: cpu: 1
     monkeypatch.setattr(data_check, 'CGROUP_ROOT', tmp_path / 'cgroup')
     source = data_layout.resolve(str(small_tree['video-kd']))
-    with caplog.at_level(logging.INFO, logger='video_kd.data_check'):
+    with caplog.at_level(logging.INFO, logger='video_kd.data.data_check'):
         data_check.validate_source(source, tmp_path / 'out', threads=2)
     assert '10 to check in 1 processes' in caplog.text
 
@@ -320,7 +321,7 @@ def test_a_mostly_unusable_split_stops_data_prep_with_the_count(small_tree, tmp_
 
 CHECK_THEN_DIE = """
 import os, signal, sys
-from video_kd import data_check, data_layout
+from video_kd.data import data_check, data_layout
 
 real, calls = data_check.check_video_bytes, []
 
@@ -496,7 +497,7 @@ TRAIN_OPTIONS = [
 
 def prepare(uri: str, out: Path, data_uri: str | None = None) -> dict:
     """Data prep as the step does it: resolve, validate, publish the lists, the metadata."""
-    from video_kd.data_stream import dataset_meta
+    from video_kd.data.data_stream import dataset_meta
 
     source = data_layout.resolve(uri)
     report = data_check.validate_source(source, out, processes=1, threads=2)
@@ -507,8 +508,8 @@ def prepare(uri: str, out: Path, data_uri: str | None = None) -> dict:
 
 
 def train_one_epoch(meta: dict, work_dir: Path):
-    from video_kd import train
-    from video_kd.data_stream import use_dataset
+    from video_kd.data.data_stream import use_dataset
+    from video_kd.distill import train
 
     args = train.parse_args(
         [
@@ -534,7 +535,7 @@ def test_training_streams_from_s3_and_skips_a_vanished_video(
     client.delete_object(Bucket=bucket, Key='k400/videos_train/move_up/train_0001.mp4')
     client.delete_object(Bucket=bucket, Key='k400/videos_val/move_down/val_0000.mp4')
     proxy.reset_counts()
-    with caplog.at_level(logging.WARNING, logger='video_kd.data_stream'):
+    with caplog.at_level(logging.WARNING, logger='video_kd.data.data_stream'):
         classes, runner = train_one_epoch(meta, tmp_path / 'work')
     assert classes == ['move_up', 'move_down']
     assert runner.train_loop.iter >= 3  # 6 videos, batch 2: the epoch went on
@@ -564,7 +565,7 @@ def test_a_mounted_dataset_trains_from_its_path(small_tree, tmp_path):
 def test_a_mostly_unreadable_dataset_stops_with_the_count(small_tree, tmp_path):
     import shutil
 
-    from video_kd.data_stream import DatasetUnreadableError
+    from video_kd.data.data_stream import DatasetUnreadableError
 
     copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
     meta = prepare(str(copy), tmp_path / 'prep')
@@ -585,9 +586,9 @@ def test_a_mostly_unreadable_dataset_stops_with_the_count(small_tree, tmp_path):
 def test_evaluation_reads_only_the_val_split(small_tree, bucket, s3_env, proxy, tmp_path):
     from mmengine.runner import Runner
 
-    from video_kd.config import load_config
-    from video_kd.data_stream import use_dataset
-    from video_kd.runtime import register_all_modules
+    from video_kd.data.data_stream import use_dataset
+    from video_kd.openmmlab.config import load_config
+    from video_kd.openmmlab.runtime import register_all_modules
 
     uri = upload_tree(small_tree['video-kd'], bucket, 'd', s3_env)
     meta = prepare(uri, tmp_path / 'prep', f's3://{bucket}/run/data')
@@ -616,7 +617,7 @@ def test_data_check_command_checks_a_dataset_and_refuses_bad_input(small_tree, t
 
     def run(*args):
         return subprocess.run(
-            [sys.executable, '-m', 'video_kd.data_check', *map(str, args)],
+            [sys.executable, '-m', 'video_kd.data.data_check', *map(str, args)],
             capture_output=True,
             text=True,
             timeout=300,
@@ -629,7 +630,7 @@ def test_data_check_command_checks_a_dataset_and_refuses_bad_input(small_tree, t
     bad = run(tmp_path / 'missing', '--out', tmp_path / 'x')
     assert bad.returncode == 2
     assert bad.stderr.strip() == f'error: dataset {tmp_path / "missing"}: no such directory'
-    assert run('--help').stdout.startswith('usage: python -m video_kd.data_check')
+    assert run('--help').stdout.startswith('usage: python -m video_kd.data.data_check')
 
 
 def _mounted_meta(train_videos: str, val_videos: str) -> dict:
@@ -647,8 +648,8 @@ def test_a_training_pod_without_the_pvc_stops_in_one_line(
 ):
     """A mounted-path dataset missing in the pod: one line before anything is fetched,
     not every video skipped and "the dataset is broken" 20 reads later."""
-    from video_kd import train_pod
-    from video_kd.errors import run_cli
+    from video_kd.core.errors import run_cli
+    from video_kd.distill import train_pod
 
     monkeypatch.delenv('VIDEO_KD_PVC_MOUNT', raising=False)
     missing = tmp_path / 'cache' / 'k400' / 'videos_train'
@@ -675,7 +676,7 @@ def test_a_training_pod_without_the_pvc_stops_in_one_line(
 
 
 def test_evaluation_checks_only_the_val_split_is_mounted(tmp_path, monkeypatch):
-    from video_kd.data_stream import DatasetNotMountedError, check_mounted
+    from video_kd.data.data_stream import DatasetNotMountedError, check_mounted
     from video_kd.steps import evaluate
 
     monkeypatch.setenv('VIDEO_KD_PVC_MOUNT', '/data/cache')
@@ -692,8 +693,8 @@ def test_evaluation_checks_only_the_val_split_is_mounted(tmp_path, monkeypatch):
 
 
 def test_use_dataset_points_loaders_at_lists_and_video_roots():
-    from video_kd.config import load_config
-    from video_kd.data_stream import use_dataset
+    from video_kd.data.data_stream import use_dataset
+    from video_kd.openmmlab.config import load_config
 
     meta = {
         'classes': ['a', 'b', 'c'],
@@ -733,8 +734,8 @@ def test_use_dataset_points_loaders_at_lists_and_video_roots():
 def _streaming_dataset(root: Path, test_mode: bool, **kwargs):
     from mmengine.registry import init_default_scope
 
-    from video_kd.data_stream import StreamingVideoDataset
-    from video_kd.runtime import register_all_modules
+    from video_kd.data.data_stream import StreamingVideoDataset
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmaction')  # the transforms are MMAction2's
@@ -768,7 +769,7 @@ def test_training_skips_an_unreadable_video_and_counts_it(small_tree, tmp_path):
 def test_evaluation_stops_on_an_unreadable_video_naming_it(small_tree, tmp_path):
     import shutil
 
-    from video_kd.data_stream import VideoReadError
+    from video_kd.data.data_stream import VideoReadError
 
     copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
     broken = copy / 'videos' / 'move_up' / 'train_0000.mp4'
@@ -806,7 +807,7 @@ def test_skips_are_counted_across_loader_workers_and_logged_per_epoch(small_tree
 
     from torch.utils.data import DataLoader
 
-    from video_kd.data_stream import UnreadableVideosHook
+    from video_kd.data.data_stream import UnreadableVideosHook
 
     copy = shutil.copytree(small_tree['video-kd'], tmp_path / 'd')
     for name in ('train_0000.mp4', 'train_0002.mp4'):
@@ -817,7 +818,7 @@ def test_skips_are_counted_across_loader_workers_and_logged_per_epoch(small_tree
     skipped, read = dataset.unreadable, dataset.reads  # what the 2 worker processes counted
     assert skipped >= 2 and read == skipped + 6
     hook = UnreadableVideosHook()
-    with caplog.at_level(logging.WARNING, logger='video_kd.data_stream'):
+    with caplog.at_level(logging.WARNING, logger='video_kd.data.data_stream'):
         hook.report(dataset, 'epoch 1: training')
         hook.report(dataset, 'epoch 2: training')  # nothing skipped since: no line
     lines = [r.getMessage() for r in caplog.records if 'unreadable videos of the' in r.getMessage()]

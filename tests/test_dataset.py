@@ -5,8 +5,8 @@ import json
 import decord
 import pytest
 
-from video_kd import data_check, dataset
-from video_kd.validation import InvalidInputError
+from video_kd.core.checks import InvalidInputError
+from video_kd.data import data_check, dataset
 
 
 @pytest.fixture

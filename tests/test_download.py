@@ -1,4 +1,4 @@
-"""video_kd.download against a real HTTP file server and a real S3 server."""
+"""video_kd.storage.download against a real HTTP file server and a real S3 server."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import threading
 
 import pytest
 
-from video_kd import download, s3
-from video_kd.download import (
+from video_kd.core.errors import UserError
+from video_kd.runs import RunLayout
+from video_kd.storage import download, s3
+from video_kd.storage.download import (
     ChecksumMismatchError,
     DownloadError,
     fetch_teacher,
     progress_line,
 )
-from video_kd.errors import UserError
-from video_kd.runs import RunLayout
 
 CONTENT = b'teacher-weights-' * 4096
 SHA = hashlib.sha256(CONTENT).hexdigest()
@@ -31,7 +31,7 @@ def served(http_server):
 
 
 def test_http_download_with_checksum(served, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger='video_kd.download')
+    caplog.set_level(logging.INFO, logger='video_kd.storage.download')
     path = fetch_teacher(
         served.url('tsm_teacher.pth'), tmp_path / 'ckpt', sha256=SHA.upper(), progress_every_mb=0
     )
@@ -73,7 +73,7 @@ def test_404_is_not_retried(http_server, tmp_path):
 
 
 def test_cache_hit_skips_the_url(served, bucket, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger='video_kd.download')
+    caplog.set_level(logging.INFO, logger='video_kd.storage.download')
     layout = RunLayout(bucket, 'video-kd', 'run-a')
     url = served.url('tsm_teacher.pth')
 
@@ -168,7 +168,7 @@ def test_cli(served, tmp_path):
         [
             sys.executable,
             '-m',
-            'video_kd.download',
+            'video_kd.storage.download',
             served.url('tsm_teacher.pth'),
             '--sha256',
             SHA,
@@ -186,7 +186,7 @@ def test_cli(served, tmp_path):
         [
             sys.executable,
             '-m',
-            'video_kd.download',
+            'video_kd.storage.download',
             served.url('tsm_teacher.pth'),
             '--sha256',
             '1' * 64,
@@ -221,7 +221,7 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys, args, expected):
 
 def test_cli_help():
     proc = subprocess.run(
-        [sys.executable, '-m', 'video_kd.download', '--help'],
+        [sys.executable, '-m', 'video_kd.storage.download', '--help'],
         capture_output=True,
         text=True,
         timeout=60,

@@ -17,7 +17,7 @@ import pytest
 import torch
 from conftest import TINY_TRAIN, run_module
 
-from video_kd import export, model_card, plots
+from video_kd.deploy import export, model_card, plots
 
 KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 STUDENT_CONFIG = 'tsm_mobilenetv2_tiny'
@@ -39,7 +39,7 @@ def kd_student(kd_data, tiny_teacher, tmp_path_factory):
     """(work dir with the mmengine logs, student checkpoint) of a 2-epoch tiny KD run."""
     work_dir = tmp_path_factory.mktemp('kd_export')
     result = run_module(
-        'video_kd.train',
+        'video_kd.distill.train',
         KD_CONFIG,
         '--work-dir',
         work_dir,
@@ -53,7 +53,7 @@ def kd_student(kd_data, tiny_teacher, tmp_path_factory):
         'train_cfg.val_interval=1',
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    converted = run_module('video_kd.convert', work_dir / 'epoch_2.pth')
+    converted = run_module('video_kd.distill.convert', work_dir / 'epoch_2.pth')
     assert converted.returncode == 0, converted.stderr[-2000:]
     return work_dir, work_dir / 'epoch_2_student.pth'
 
@@ -62,7 +62,7 @@ def kd_student(kd_data, tiny_teacher, tmp_path_factory):
 def eval_metrics(kd_student, kd_data, tiny_teacher):
     """metrics.json as the evaluation step writes it (steps.summarise_metrics's layout),
     from MMAction2's real test loop on student and teacher."""
-    from video_kd.evaluate import evaluate
+    from video_kd.distill.evaluate import evaluate
 
     student = evaluate(KD_CONFIG, str(kd_student[1]), str(kd_data))
     teacher = evaluate('tsm_r50_tiny', str(tiny_teacher), str(kd_data))
@@ -182,12 +182,12 @@ def test_a_tampered_graph_fails_the_parity_check(exported, kd_student, kd_data, 
 def test_cli_exports_and_never_overwrites(kd_student, kd_data, tmp_path):
     out = tmp_path / 'cli'
     args = [KD_CONFIG, kd_student[1], '--data-root', kd_data, '--out-dir', out, '--max-clips', 3]
-    first = run_module('video_kd.export', *args)
+    first = run_module('video_kd.deploy.export', *args)
     assert first.returncode == 0, first.stderr[-2000:]
     assert first.stdout.strip().splitlines()[-1] == str(out / export.ONNX_NAME)
     assert json.loads((out / export.PARITY_NAME).read_text())['num_clips'] == 3
     before = (out / export.ONNX_NAME).read_bytes()
-    again = run_module('video_kd.export', *args)
+    again = run_module('video_kd.deploy.export', *args)
     assert again.returncode == 2
     assert (
         again.stderr.strip().splitlines()[-1].startswith('error: ')
@@ -199,7 +199,7 @@ def test_cli_exports_and_never_overwrites(kd_student, kd_data, tmp_path):
 @pytest.mark.slow
 def test_a_checkpoint_that_does_not_fit_is_one_line(tiny_teacher, kd_data, tmp_path):
     result = run_module(
-        'video_kd.export',
+        'video_kd.deploy.export',
         STUDENT_CONFIG,
         tiny_teacher,
         '--data-root',
@@ -218,7 +218,7 @@ def test_a_checkpoint_that_does_not_fit_is_one_line(tiny_teacher, kd_data, tmp_p
 
 @pytest.fixture(scope='session')
 def report(kd_student, eval_metrics, tmp_path_factory):
-    from video_kd.speed import measure_speed
+    from video_kd.deploy.speed import measure_speed
 
     metrics = {**eval_metrics, 'baseline': dict(eval_metrics['student'], top1_acc=0.0)}
     speed = measure_speed(KD_CONFIG, 3, {'run': (8, 3, 56, 56)}, batch=2, repeats=1)
@@ -338,7 +338,7 @@ def tiny_lineage():
 def test_package_student_writes_everything_the_export_step_publishes(
     kd_student, kd_data, eval_metrics, tmp_path
 ):
-    from video_kd.deployable import package_student
+    from video_kd.deploy.deployable import package_student
 
     result = package_student(
         run_id='test-run',
@@ -388,7 +388,7 @@ def test_package_student_writes_everything_the_export_step_publishes(
 def test_package_student_without_a_training_log_writes_nothing(
     kd_student, kd_data, eval_metrics, tmp_path
 ):
-    from video_kd.deployable import package_student
+    from video_kd.deploy.deployable import package_student
 
     with pytest.raises(plots.PlotError, match='no training log under'):
         package_student(

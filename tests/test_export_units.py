@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from video_kd import export, model_card, plots, speed
-from video_kd.config import CONFIG_DIR
+from video_kd.deploy import export, model_card, plots, speed
+from video_kd.openmmlab.config import CONFIG_DIR
 
 # --------------------------------------------------------------------------- export errors
 
@@ -21,7 +21,7 @@ def cummax_student(tmp_path):
     from mmaction.models.heads import TSMHead
     from mmaction.registry import MODELS
 
-    from video_kd.export import load_student  # noqa: F401  (registers mmaction first)
+    from video_kd.deploy.export import load_student  # noqa: F401  (registers mmaction first)
 
     @MODELS.register_module(force=True)
     class CummaxTSMHead(TSMHead):
@@ -40,8 +40,8 @@ def save_fitting_checkpoint(config, data_root, path):
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    from video_kd.config import load_config
-    from video_kd.runtime import register_all_modules, set_data_root
+    from video_kd.openmmlab.config import load_config
+    from video_kd.openmmlab.runtime import register_all_modules, set_data_root
 
     register_all_modules()
     init_default_scope('mmaction')
@@ -66,8 +66,8 @@ def build_recognizer(config):
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
 
-    from video_kd.config import load_config
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.config import load_config
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmaction')
@@ -115,7 +115,7 @@ def test_a_teacher_that_does_not_export_is_timed_in_pytorch_only(cummax_student,
 
 
 def test_export_settings_out_of_range_are_refused_before_any_work(kd_data, tmp_path):
-    from video_kd.validation import InvalidInputError
+    from video_kd.core.checks import InvalidInputError
 
     for kwargs, match in (
         ({'tolerance': -1.0}, '--tolerance must be >= 0, got -1'),

@@ -1,19 +1,19 @@
-"""The fast teacher (video_kd.fast_teacher): same distillation, teacher as an inference model."""
+"""The fast teacher (video_kd.distill.fast_teacher): same distillation, teacher as an inference model."""
 
 import pytest
 import torch
 from conftest import run_module
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd import fast_teacher
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
+from video_kd.distill import fast_teacher
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 
 
 def kd_cfg(precision=None):
-    from video_kd.config import load_config, set_num_classes
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.config import load_config, set_num_classes
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     cfg = load_config(KD)
@@ -48,7 +48,7 @@ def test_enable_rewrites_the_config_and_refuses_what_it_cannot_run(tmp_path):
     assert (cfg.model.type, cfg.model.teacher_precision) == ('InferenceTeacherDistill', 'bf16')
     with pytest.raises(UserError, match="unknown teacher precision 'int8'"):
         fast_teacher.enable_fast_teacher(kd_cfg(), 'int8')
-    from video_kd.config import load_config
+    from video_kd.openmmlab.config import load_config
 
     with pytest.raises(UserError, match='distillation config'):
         fast_teacher.enable_fast_teacher(load_config('tsm_mobilenetv2_tiny'), 'bf16')
@@ -98,7 +98,7 @@ def test_bf16_teacher_feeds_an_fp32_student_and_a_normal_backward(algo, batch):
 
 def test_cli_refuses_it_for_a_model_that_distills_nothing(tmp_path):
     result = run_module(
-        'video_kd.train',
+        'video_kd.distill.train',
         'tsm_mobilenetv2_tiny',
         '--work-dir',
         tmp_path / 'w',

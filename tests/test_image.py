@@ -27,7 +27,7 @@ import tomllib
 
 from components import STEPS
 from video_kd import cli, image_check
-from video_kd.errors import TEMPORARY_FAILURE
+from video_kd.core.errors import TEMPORARY_FAILURE
 
 ROOT = containers.ROOT
 MAIN_GUARD = re.compile(r"""^if __name__ == ['"]__main__['"]:""", re.MULTILINE)
@@ -86,7 +86,7 @@ def test_every_module_imports_in_the_image_as_uid_10001(image):
 # One container runs every --help, each in its own process forked from one that has
 # imported the heavy third-party modules (torch, mmengine, numpy, cv2, boto3, kfp) once: a
 # fresh interpreter per command costs ~5 s of imports each, ~25 commands. Nothing of the
-# project is imported before the fork (video_kd.compat must come before mmaction & co.), so
+# project is imported before the fork (video_kd.openmmlab.compat must come before mmaction & co.), so
 # each command imports the project as its own process does, from its own entry point: the
 # console script's file as installed, `python -m X` as runpy runs it.
 HELP_SCRIPT = """
@@ -191,7 +191,7 @@ def test_an_image_that_lacks_a_module_says_which_in_one_line(image):
     """boto3 made unimportable in the container, as in an image built without it."""
     code = (
         'import sys; sys.modules["boto3"] = None\n'
-        'from video_kd.errors import run_cli; from video_kd.image_check import main\n'
+        'from video_kd.core.errors import run_cli; from video_kd.image_check import main\n'
         'sys.exit(run_cli(main))'
     )
     result = containers.run_in_image(image, 'python', '-c', code)

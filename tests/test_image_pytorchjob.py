@@ -23,15 +23,16 @@ import pytest
 import torch
 from s3_servers import ACCESS_KEY, SECRET_KEY
 
-from video_kd import backends, s3
+from video_kd import backends
 from video_kd.backends import local, pytorchjob
+from video_kd.distill.s3_hook import LOG_DIR, list_checkpoints
+from video_kd.distill.train_config import TrainOptions
 from video_kd.local_run import TINY_CFG_OPTIONS
 from video_kd.runs import Manifest, RunLayout
-from video_kd.s3_hook import LOG_DIR, list_checkpoints
 from video_kd.steps import common, data_prep
 from video_kd.steps import teacher as teacher_step
 from video_kd.steps import train as train_step
-from video_kd.train_config import TrainOptions
+from video_kd.storage import s3
 
 KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 GEN = 'generate://?num_classes=3&train_per_class=4&val_per_class=2&num_frames=12'
@@ -44,8 +45,8 @@ def random_teacher(num_classes: int, path: Path) -> str:
     """A checkpoint that fits the KD config's teacher (random weights: the pods are tested)."""
     from mmrazor.registry import MODELS
 
-    from video_kd.config import load_config, set_num_classes
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.config import load_config, set_num_classes
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     teacher_cfg = load_config(KD_CONFIG).model.teacher
@@ -194,7 +195,7 @@ def test_the_pytorchjob_pods_train_in_the_image(image, s3_env, bucket, tmp_path)
         assert pod['env']['PET_NODE_RANK'] == str(rank) and pod['env']['PET_NNODES'] == '2'
         assert pod['env']['AWS_ACCESS_KEY_ID'] == ACCESS_KEY  # from the Secret
         assert pod['env']['S3_ENDPOINT_URL'] == s3_env  # the step pod's S3 ConfigMap
-        assert pod['args'][:2] == ['-m', 'video_kd.train_pod']
+        assert pod['args'][:2] == ['-m', 'video_kd.distill.train_pod']
         assert pod['argv'][-len(pod['args']) - 1 :] == [image, *pod['args']]
     master_log = Path(cluster.pods[f'{meta["job_name"]}-master-0']['log']).read_text()
     # one world of 2 processes across the two containers; validation gathered both ranks'

@@ -8,8 +8,8 @@ import torch
 from conftest import TINY_TRAIN, run_module
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd import logit_cache
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
+from video_kd.distill import logit_cache
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 FAKE_SHA = 'ab' * 32
@@ -17,7 +17,7 @@ FAKE_SHA = 'ab' * 32
 
 @pytest.fixture(scope='module')
 def small_data(tmp_path_factory):
-    from video_kd.dataset import generate_dataset
+    from video_kd.data.dataset import generate_dataset
 
     return generate_dataset(
         tmp_path_factory.mktemp('lc') / 'data',
@@ -30,8 +30,8 @@ def small_data(tmp_path_factory):
 
 
 def cached_cfg(data_root, cache_dir):
-    from video_kd.config import load_config
-    from video_kd.runtime import register_all_modules, set_data_root
+    from video_kd.openmmlab.config import load_config
+    from video_kd.openmmlab.runtime import register_all_modules, set_data_root
 
     register_all_modules()
     cfg = load_config(KD)
@@ -60,8 +60,8 @@ def test_enable_cache_rewrites_the_config(small_data, tmp_path):
     # the view spec is part of the location: other views (K) -> another cache
     _cfg2, location2 = cached_cfg(small_data, tmp_path)
     assert location2 == location
-    from video_kd.config import load_config
-    from video_kd.runtime import set_data_root
+    from video_kd.openmmlab.config import load_config
+    from video_kd.openmmlab.runtime import set_data_root
 
     cfg3 = load_config(KD, {'teacher_logit_cache': dict(num_views=2)})
     set_data_root(cfg3, small_data)
@@ -99,7 +99,7 @@ def test_views_are_reproducible_and_keys_record_the_view_parameters(small_data, 
 def build_model(cfg):
     from mmrazor.registry import MODELS
 
-    from video_kd.config import set_num_classes
+    from video_kd.openmmlab.config import set_num_classes
 
     set_num_classes(cfg.model, 3)
     torch.manual_seed(0)
@@ -176,7 +176,7 @@ def test_samples_without_view_keys_are_refused(small_data, tmp_path):
 
 
 def test_not_a_distill_config_is_refused(tmp_path):
-    from video_kd.config import load_config
+    from video_kd.openmmlab.config import load_config
 
     with pytest.raises(UserError, match='distillation'):
         logit_cache.enable_cache(load_config('tsm_mobilenetv2_tiny'), str(tmp_path), FAKE_SHA)
@@ -188,7 +188,7 @@ def fake_entries(n, seed=0):
 
 
 def test_cache_round_trips_through_s3_without_overwriting(bucket):
-    from video_kd import s3
+    from video_kd.storage import s3
 
     location = logit_cache.cache_location(f's3://{bucket}/datasets/demo', FAKE_SHA, 'spec1')
     assert location == f's3://{bucket}/datasets/demo/teacher_logits/{FAKE_SHA}/spec1'
@@ -235,7 +235,7 @@ def test_cached_kd_training_end_to_end(kd_data, tiny_teacher, tmp_path):
 
     def train(work_dir, epochs):
         result = run_module(
-            'video_kd.train',
+            'video_kd.distill.train',
             KD,
             '--work-dir',
             work_dir,
@@ -275,5 +275,5 @@ def test_cached_kd_training_end_to_end(kd_data, tiny_teacher, tmp_path):
     assert hits2 >= 1
 
     # the student checkpoint converts as for an uncached KD run
-    result = run_module('video_kd.convert', tmp_path / 'kd2' / 'epoch_1.pth')
+    result = run_module('video_kd.distill.convert', tmp_path / 'kd2' / 'epoch_1.pth')
     assert result.returncode == 0, result.stderr[-2000:]

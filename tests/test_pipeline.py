@@ -11,10 +11,11 @@ import pytest
 import yaml
 
 from pipelines import kd_pipeline as kp
-from video_kd import local_run, s3
-from video_kd.errors import UserError
+from video_kd import local_run
+from video_kd.core.errors import UserError
 from video_kd.runs import RUN_STEPS, Manifest, RunLayout, new_run_id
 from video_kd.steps import data_prep
+from video_kd.storage import s3
 
 ORDER = ['check-inputs', 'data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export']
 
@@ -160,7 +161,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     """The first step gets the run's parameters as they are (no re-spelling), and every
     one that the checks read."""
     from components.check_inputs.component import check_inputs
-    from video_kd import validation
+    from video_kd.core import checks as validation
 
     spec, _ = _spec()
     task = spec['root']['dag']['tasks']['check-inputs']['inputs']['parameters']
@@ -168,7 +169,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     assert {n: p['componentInputParameter'] for n, p in task.items() if n in inputs} == {
         name: name for name in inputs
     }
-    from video_kd.train_config import TrainOptions
+    from video_kd.distill.train_config import TrainOptions
 
     read = {*validation.SHA256_PARAMETERS, *validation.LAUNCH_PARAMETERS}
     read |= {f.name for f in dataclasses.fields(TrainOptions)}
@@ -321,7 +322,7 @@ def test_end_to_end_local_runner_twice(bucket, tmp_path, capsys, monkeypatch):
     run_config = RunLayout.from_root(second['run_root']).uri('train', 'config.py')
     written = s3.download_file(run_config, tmp_path / 'run_config.py').read_text()
     assert "type='InferenceTeacherDistill'" in written and 'max_epochs=1' in written
-    assert 'custom_imports = dict(' in written and "'video_kd.plugins'" in written
+    assert 'custom_imports = dict(' in written and "'video_kd.distill.plugins'" in written
     assert 'baseline' not in second['metrics']
     # the first run's objects are untouched
     again = Manifest.load(RunLayout.from_root(first['run_root']))

@@ -17,10 +17,8 @@ import pytest
 import torch
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd import s3
-from video_kd.config import load_config, student_model_cfg
-from video_kd.errors import run_cli
-from video_kd.pretrained import (
+from video_kd.core.errors import run_cli
+from video_kd.distill.pretrained import (
     HASH_NAMING_HOSTS,
     SEED_IMAGENET_WEIGHTS,
     PretrainedWeightsError,
@@ -29,6 +27,8 @@ from video_kd.pretrained import (
     fetch_pretrained,
     name_hash,
 )
+from video_kd.openmmlab.config import load_config, student_model_cfg
+from video_kd.storage import s3
 
 TSM_MOBILENET = 'tsm_mobilenetv2_tiny'
 KD_TSM = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
@@ -77,7 +77,7 @@ def build_student(cfg):
     from mmaction.registry import MODELS
     from mmengine.registry import DefaultScope
 
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     with DefaultScope.overwrite_default_scope('mmaction'):
@@ -180,7 +180,7 @@ def test_a_wrong_checksum_is_a_user_error_and_leaves_nothing(
 
 
 def test_without_weights_the_student_starts_from_random_init_and_the_log_says_so(caplog):
-    with caplog.at_level(logging.WARNING, logger='video_kd.config'):
+    with caplog.at_level(logging.WARNING, logger='video_kd.openmmlab.config'):
         cfg = load_config(TSM_MOBILENET)
     backbone = student_model_cfg(cfg).backbone
     assert backbone.pretrained is None and backbone.pretrained2d is False
@@ -235,7 +235,7 @@ def test_the_seeds_weights_are_what_mmaction2s_configs_name(config, backbone):
     import mmengine
     from mmengine.runner.checkpoint import get_mmcls_models
 
-    from video_kd.pretrained import seed_weights
+    from video_kd.distill.pretrained import seed_weights
 
     online = load_config(config, {'allow_pretrained_download': True})
     named = student_model_cfg(online).backbone.pretrained
@@ -263,15 +263,15 @@ def test_a_sha256_that_contradicts_the_file_name_is_refused_before_fetching(tmp_
     assert str(error.value) == (
         'student_pretrained_sha256 abababababab... is not the SHA-256 of resnet50-0676ba61.pth: '
         'its name carries the first 8 hex digits, 0676ba61; pin the full value that '
-        f'`python -m video_kd.pretrained CONFIG {url}` prints'
+        f'`python -m video_kd.distill.pretrained CONFIG {url}` prints'
     )
     assert not (tmp_path / 'dest').exists()
 
 
 def test_the_train_step_refuses_a_contradicting_sha256_before_publishing(bucket):
+    from video_kd.distill.train_config import TrainOptions
     from video_kd.runs import RunLayout
     from video_kd.steps import train as train_step
-    from video_kd.train_config import TrainOptions
 
     layout = RunLayout(bucket, 'kd', 'run-1')
     data_meta = {'run_root': layout.root, 'num_classes': 3, 'videos_uri': f's3://{bucket}/d/videos'}
@@ -301,9 +301,9 @@ def test_without_a_sha256_the_train_step_fetches_checks_caches_and_pins_once(
     against the hash prefix in its name (on a host that names files so), caches it under
     the SHA-256 it computed and writes that value into the resolved config, so the
     training processes read the S3 copy, checked, and the log gives the value to pin."""
-    from video_kd import pretrained, train_config
+    from video_kd.distill import pretrained, train_config
+    from video_kd.distill.train_config import TrainOptions
     from video_kd.steps import train as train_step
-    from video_kd.train_config import TrainOptions
 
     monkeypatch.setattr(pretrained, 'HASH_NAMING_HOSTS', (*HASH_NAMING_HOSTS, '127.0.0.1'))
     content = b'imagenet weights'
@@ -338,9 +338,9 @@ def test_without_a_sha256_the_train_step_fetches_checks_caches_and_pins_once(
 def test_without_a_sha256_content_that_is_not_its_name_is_refused_and_nothing_cached(
     bucket, http_server, tmp_path, monkeypatch
 ):
-    from video_kd import pretrained
+    from video_kd.distill import pretrained
+    from video_kd.distill.train_config import TrainOptions
     from video_kd.steps import train as train_step
-    from video_kd.train_config import TrainOptions
 
     monkeypatch.setattr(pretrained, 'HASH_NAMING_HOSTS', (*HASH_NAMING_HOSTS, '127.0.0.1'))
     content = b'imagenet weights'
@@ -359,7 +359,7 @@ def test_without_a_sha256_content_that_is_not_its_name_is_refused_and_nothing_ca
     assert http_server.requests[name] == 1
     assert not s3.list_uris(layout.shared_uri('pretrained') + '/')
     assert not s3.list_uris(layout.root + '/train/')
-    # each process's own fetch (video_kd.train without a sha256) is checked the same way
+    # each process's own fetch (video_kd.distill.train without a sha256) is checked the same way
     with pytest.raises(PretrainedWeightsError, match='its name says'):
         pretrained.fetch_pretrained(http_server.url(name), tmp_path / 'local')
     assert not any((tmp_path / 'local').iterdir())
@@ -370,7 +370,7 @@ def test_the_train_cli_refuses_a_contradicting_sha256_in_one_line(tmp_path):
 
     url = SEED_IMAGENET_WEIGHTS['ResNet']
     result = run_module(
-        'video_kd.train', TSM_R50,
+        'video_kd.distill.train', TSM_R50,
         '--work-dir', tmp_path / 'work', '--student-pretrained-url', url,
         '--student-pretrained-sha256', '1' * 64,
     )  # fmt: skip
@@ -388,10 +388,10 @@ def test_the_cli_prints_the_sha256_to_pin_and_lists_the_seeds_weights(
 ):
     from conftest import run_module
 
-    from video_kd import pretrained
+    from video_kd.distill import pretrained
 
     path, _ = mobilenet_v2_classifier
-    result = run_module('video_kd.pretrained', TSM_MOBILENET, path)
+    result = run_module('video_kd.distill.pretrained', TSM_MOBILENET, path)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout == f'{s3.sha256_file(path)}  {path}\n'  # mmengine's log: stderr
     assert 'all 260 tensors loaded' in result.stderr
@@ -405,7 +405,7 @@ def test_the_cli_prints_the_sha256_to_pin_and_lists_the_seeds_weights(
 def test_the_cli_refuses_a_seed_file_whose_content_is_not_its_name(
     tmp_path, capsys, mobilenet_v2_classifier
 ):
-    from video_kd import pretrained
+    from video_kd.distill import pretrained
 
     path, _ = mobilenet_v2_classifier
     name = SEED_IMAGENET_WEIGHTS['MobileNetV2TSM'].rsplit('/', 1)[1]
@@ -424,7 +424,7 @@ def test_the_cli_refuses_a_seed_file_whose_content_is_not_its_name(
 def test_the_train_cli_trains_from_the_imagenet_weights(
     tmp_path, kd_data, http_server, mobilenet_v2_classifier
 ):
-    """``python -m video_kd.train --student-pretrained-url``: mmengine's Runner initialises
+    """``python -m video_kd.distill.train --student-pretrained-url``: mmengine's Runner initialises
     the student from the file; with lr 0, one epoch later every convolution still holds the
     file's weights (BN statistics move; weights do not)."""
     from conftest import TINY_TRAIN, run_module
@@ -433,7 +433,7 @@ def test_the_train_cli_trains_from_the_imagenet_weights(
     (http_server.root / path.name).write_bytes(path.read_bytes())
     work_dir = tmp_path / 'work'
     result = run_module(
-        'video_kd.train', TSM_MOBILENET, '--work-dir', work_dir, '--data-root', kd_data,
+        'video_kd.distill.train', TSM_MOBILENET, '--work-dir', work_dir, '--data-root', kd_data,
         '--max-epochs', '1', '--student-pretrained-url', http_server.url(path.name),
         '--student-pretrained-sha256', s3.sha256_file(path),
         *TINY_TRAIN, 'optim_wrapper.optimizer.lr=0.0',
@@ -486,8 +486,8 @@ def _random_teacher(kd_config: str, num_classes: int, path) -> str:
     """A checkpoint that fits the KD config's teacher (random weights: the student is tested)."""
     from mmrazor.registry import MODELS
 
-    from video_kd.config import set_num_classes
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.config import set_num_classes
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     teacher_cfg = load_config(kd_config).model.teacher
@@ -502,17 +502,17 @@ def test_the_pods_initialise_the_student_from_the_runs_s3_cache(
 ):
     """What a training pod does, step by step, with the train step's own functions: the
     step caches the weights in S3 by checksum and publishes the resolved config; the pod
-    fetches its inputs (``video_kd.train_pod``), localizes the config (which fetches the
+    fetches its inputs (``video_kd.distill.train_pod``), localizes the config (which fetches the
     weights from the cache, checks and applies them) and builds the mmengine Runner.  When
     training starts, the student's backbone holds exactly the file's tensors, and the
     internet (here: the HTTP server, emptied after the step) was asked once."""
-    from video_kd import train_config, train_pod
-    from video_kd.data_stream import use_dataset
+    from video_kd.data.data_stream import use_dataset
+    from video_kd.distill import train_config, train_pod
+    from video_kd.distill.train_config import TrainOptions
     from video_kd.runs import RunLayout
     from video_kd.steps import data_prep
     from video_kd.steps import teacher as teacher_step
     from video_kd.steps import train as train_step
-    from video_kd.train_config import TrainOptions
 
     path, backbone_2d = mobilenet_v2_classifier
     served = http_server.root / path.name

@@ -25,12 +25,19 @@ from kube_server import HOLD, FakeKube, pod
 from kubernetes import client as k8s
 from kubernetes.utils import parse_quantity
 
-from video_kd import backends, s3, torchrun
-from video_kd.backends import kube, local, pytorchjob
+from video_kd import backends
+from video_kd.backends import kube, local, pytorchjob, torchrun
 from video_kd.backends.spec import JOB_NAME_MAX, JobSpecError, TrainingJobSpec, job_name
-from video_kd.errors import BAD_INPUT, TEMPORARY_FAILURE, UserError, run_cli
+from video_kd.core.errors import BAD_INPUT, TEMPORARY_FAILURE, UserError, run_cli
+from video_kd.storage import s3
 
-COMMAND = ('-m', 'video_kd.train_pod', 's3://b/kd/run/train/config.py', '--work-dir', '/tmp/w')
+COMMAND = (
+    '-m',
+    'video_kd.distill.train_pod',
+    's3://b/kd/run/train/config.py',
+    '--work-dir',
+    '/tmp/w',
+)
 RUN_ID = '3f2a9c4e-8b1d-4e6f-9a7c-2d5e8f1b3c4a'  # what a KFP run id looks like: a UUID
 DNS1035 = re.compile(r'^[a-z]([-a-z0-9]*[a-z0-9])?$')
 ROOT = Path(__file__).resolve().parents[1]
@@ -232,7 +239,7 @@ def test_every_setting_reaches_the_pods():
         (c,) = spec['containers']
         assert c['name'] == 'pytorch' and c['args'] == list(COMMAND)
         # torchrun through the launcher: exit 2 (bad input) is final, 128 is retried
-        assert c['command'] == ['python', '-m', 'video_kd.torchrun']
+        assert c['command'] == ['python', '-m', 'video_kd.backends.torchrun']
         assert c['resources'] == {
             'requests': {'cpu': '8', 'memory': '32Gi'},
             'limits': {'memory': '48Gi', 'amd.com/gpu': '2'},
@@ -686,7 +693,8 @@ ENTRY = textwrap.dedent("""
     failure = os.environ.get("FAIL_WITH", "exit-3") if rank == os.environ.get("FAIL_RANK") else ""
 
     def fail():
-        from video_kd import errors, s3
+        from video_kd.core import errors
+        from video_kd.storage import s3
         if failure == "bad-input":
             raise errors.UserError("no such config")
         if failure == "s3-down":  # a real request to a port nobody listens on
@@ -698,7 +706,7 @@ ENTRY = textwrap.dedent("""
     if failure == "killed":
         os.kill(os.getpid(), signal.SIGKILL)  # the OOM killer, say
     if failure:
-        from video_kd.errors import run_cli
+        from video_kd.core.errors import run_cli
         sys.exit(run_cli(fail))
 """)
 
@@ -820,9 +828,9 @@ def test_user_errors_carry_their_exit_status(capsys):
 
 
 def test_the_real_training_entry_point_with_bad_input_exits_2(entry_dir):
-    """video_kd.train_pod under the launcher, as a pod runs it, without S3 credentials."""
+    """video_kd.distill.train_pod under the launcher, as a pod runs it, without S3 credentials."""
     log_path = entry_dir / 'train_pod.log'
-    command = ['-m', 'video_kd.train_pod', 's3://b/kd/run/train/config.py']
+    command = ['-m', 'video_kd.distill.train_pod', 's3://b/kd/run/train/config.py']
     command += ['--run-root', 's3://b/kd/run', '--data-meta', 's3://b/kd/run/data/dataset.json']
     command += ['--teacher', 's3://b/kd/run/teacher/t.pth', '--work-dir', str(entry_dir / 'w')]
     env = {'AWS_ACCESS_KEY_ID': '', 'AWS_SECRET_ACCESS_KEY': ''}

@@ -53,7 +53,7 @@ def test_the_layout_table_names_every_module():
         rel = path.relative_to(ROOT / 'video_kd')
         if rel.name == '__init__.py' or rel.parts[0] == 'configs':
             continue
-        if len(rel.parts) == 1:  # `video_kd/s3.py` or, later in a row, `s3_hook.py`
+        if len(rel.parts) == 1:  # `video_kd/storage/s3.py` or, later in a row, `s3_hook.py`
             found = rel.name in named or f'video_kd/{rel.name}' in named
         else:  # `video_kd/backends/` and, in its row, `spec`
             found = f'video_kd/{rel.parent.as_posix()}/' in named and rel.stem in named

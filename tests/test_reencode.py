@@ -1,4 +1,4 @@
-"""Optional re-encoding (video_kd.reencode): real videos encoded with PyAV, decoded by decord."""
+"""Optional re-encoding (video_kd.data.reencode): real videos encoded with PyAV, decoded by decord."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import decord
 import numpy as np
 import pytest
 
-from video_kd import data_layout, dataset, s3
-from video_kd.errors import UserError
-from video_kd.reencode import (
+from video_kd.core.errors import UserError
+from video_kd.data import data_layout, dataset
+from video_kd.data.reencode import (
     DONE_NAME,
     EncodeSettings,
     ReencodeError,
@@ -21,6 +21,7 @@ from video_kd.reencode import (
     scaled_size,
 )
 from video_kd.steps import data_prep
+from video_kd.storage import s3
 
 SMALL = dict(num_classes=2, train_per_class=2, val_per_class=1, num_frames=12, size=64)
 
@@ -115,7 +116,7 @@ def test_a_concurrent_reencode_keeps_what_the_other_run_wrote(bucket, tmp_path, 
     """Two data preps re-encoding one dataset at once: both saw no done.json; the one that
     finishes second must not replace the first one's objects (it used to put them again,
     done.json too) and reports the copy the first one completed."""
-    from video_kd import reencode
+    from video_kd.data import reencode
 
     root = dataset.generate_dataset(tmp_path / 'ds', **SMALL)
     s3.upload_dir(root, f's3://{bucket}/ds')

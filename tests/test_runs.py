@@ -7,9 +7,11 @@ import json
 
 import pytest
 
-from video_kd import runs, s3, s3_hook
-from video_kd.errors import UserError
+from video_kd import runs
+from video_kd.core.errors import UserError
+from video_kd.distill import s3_hook
 from video_kd.runs import Manifest, RunLayout
+from video_kd.storage import s3
 
 
 def test_upload_download_round_trip_and_manifest(bucket, tmp_path):
@@ -125,7 +127,7 @@ def test_publishing_many_files_logs_progress_not_a_line_per_file(bucket, tmp_pat
     messages = [record.getMessage() for record in caplog.records]
     assert not [m for m in messages if m.startswith('uploaded ')]
     assert [m for m in messages if m.startswith('published 30/30 files')]
-    assert logging.getLogger('video_kd.s3').level == logging.NOTSET  # restored
+    assert logging.getLogger('video_kd.storage.s3').level == logging.NOTSET  # restored
     assert len(Manifest.load(layout).entries) == 30
     again = Manifest.load(layout).publish_all('data', pairs)  # a retried step: nothing new
     assert [e.uri for e in again] == [uri for _, uri in pairs]

@@ -1,4 +1,4 @@
-"""video_kd.s3 against a real S3 server (moto, as a subprocess)."""
+"""video_kd.storage.s3 against a real S3 server (moto, as a subprocess)."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import socket
 
 import pytest
 
-from video_kd import s3
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
+from video_kd.storage import s3
 
 
 def test_refuses_to_overwrite(bucket, tmp_path):
@@ -86,8 +86,8 @@ def test_client_uses_endpoint_region_and_path_style(s3_env, monkeypatch):
 def test_stream_client_follows_the_one_policy(s3_env, monkeypatch):
     # regression: the streaming client read VIDEO_KD_S3_ATTEMPTS (8) and a 30 s read
     # timeout once at import (its retry log lines: tests/test_s3_faults.py)
-    from video_kd import s3_fileio
-    from video_kd.s3_policy import MAX_ATTEMPTS_ENV, READ_TIMEOUT_ENV
+    from video_kd.storage import s3_fileio
+    from video_kd.storage.s3_policy import MAX_ATTEMPTS_ENV, READ_TIMEOUT_ENV
 
     monkeypatch.setenv(MAX_ATTEMPTS_ENV, '4')
     monkeypatch.setenv(READ_TIMEOUT_ENV, '7')

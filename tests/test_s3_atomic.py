@@ -3,7 +3,7 @@
 Against a real moto server (HTTP, a subprocess) serving one request at a time,
 with real threads racing: moto's threaded server checks ``If-None-Match``
 without a lock (see tests/s3_servers.py), AWS S3 and MinIO do not have that
-gap.  See video_kd.s3_conditional for the servers checked and the fallback.
+gap.  See video_kd.storage.s3_conditional for the servers checked and the fallback.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 from s3_servers import MotoServer
 
-from video_kd import s3, s3_conditional
 from video_kd.runs import Manifest, ManifestEntry, RunLayout
+from video_kd.storage import s3, s3_conditional
 
 WRITERS = 20
 TRIALS = 10
@@ -37,7 +37,7 @@ def serial_s3(tmp_path_factory):
 
 @pytest.fixture
 def bucket(serial_s3, monkeypatch) -> str:
-    """A fresh bucket on the serial server, which video_kd.s3 is pointed at."""
+    """A fresh bucket on the serial server, which video_kd.storage.s3 is pointed at."""
     for name, value in serial_s3.env().items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv('AWS_ENDPOINT_URL', raising=False)
@@ -175,7 +175,7 @@ def test_bad_mode_is_one_line_user_error(monkeypatch, bucket):
 def test_concurrent_logit_cache_shards_one_per_name(bucket):
     import torch
 
-    from video_kd.logit_cache import LogitCache
+    from video_kd.distill.logit_cache import LogitCache
 
     location = f's3://{bucket}/datasets/demo/teacher_logits/spec'
 
@@ -308,7 +308,7 @@ PREP_TRIALS = 3
 
 @pytest.fixture(scope='module')
 def tiny_dataset(tmp_path_factory) -> Path:
-    from video_kd.dataset import generate_dataset
+    from video_kd.data.dataset import generate_dataset
 
     return generate_dataset(
         tmp_path_factory.mktemp('race-data'),
@@ -401,7 +401,7 @@ def test_concurrent_data_prep_processes_of_one_run_id_exactly_one_wins(
     with one `error: run directory ... is already used by another run` line and writes
     nothing, locally or in S3. (Checked against a claim made check-then-put, the reported
     bug: 4 of 6 processes exited 0.)"""
-    from video_kd.errors import BAD_INPUT
+    from video_kd.core.errors import BAD_INPUT
 
     trials = []
     for trial in range(PREP_PROCESS_TRIALS):

@@ -28,11 +28,12 @@ from types import SimpleNamespace
 import pytest
 from s3_servers import MotoServer
 
-from video_kd import s3, s3_conditional, s3_fileio, s3_hook
-from video_kd.errors import TEMPORARY_FAILURE, one_line
+from video_kd.core.errors import TEMPORARY_FAILURE, one_line
+from video_kd.distill import s3_hook
 from video_kd.local_run import free_port
 from video_kd.runs import Manifest, ManifestEntry, RunLayout
-from video_kd.s3_policy import (
+from video_kd.storage import s3, s3_conditional, s3_fileio
+from video_kd.storage.s3_policy import (
     CONNECT_TIMEOUT_ENV,
     MAX_ATTEMPTS_ENV,
     READ_TIMEOUT_ENV,
@@ -51,7 +52,7 @@ SLACK_S = 3.0  # process scheduling on a busy 2-core machine
 
 @pytest.fixture
 def server(tmp_path, monkeypatch):
-    """A private moto server with one bucket; video_kd.s3 points at it with the short policy."""
+    """A private moto server with one bucket; video_kd.storage.s3 points at it with the short policy."""
     with MotoServer(tmp_path / 'moto') as moto:
         for name, value in {**moto.env(), **SHORT_POLICY}.items():
             monkeypatch.setenv(name, value)
@@ -130,7 +131,7 @@ def test_bad_policy_value_is_one_line(monkeypatch):
 
 def test_stopped_server_is_one_clear_line_after_logged_retries(server, caplog):
     server.stop()
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     error, took = timed(lambda: s3.exists(f's3://{server.bucket}/run/run.json'))
     assert isinstance(error, s3.S3UnavailableError)
     assert one_line(error) == str(error)
@@ -142,7 +143,7 @@ def test_stopped_server_is_one_clear_line_after_logged_retries(server, caplog):
 
 
 def test_refusing_server_is_one_clear_line(refusing_endpoint, caplog):
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     error, took = timed(lambda: s3.read_bytes('s3://bucket/run/dataset.json'))
     assert isinstance(error, s3.S3UnavailableError)
     assert 'cannot read s3://bucket/run/dataset.json' in str(error)
@@ -151,7 +152,7 @@ def test_refusing_server_is_one_clear_line(refusing_endpoint, caplog):
 
 
 def test_frozen_server_times_out_with_one_line(server, caplog):
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     server.freeze()
     try:
         error, took = timed(lambda: s3.create_if_absent(f's3://{server.bucket}/r/run.json', b'{}'))
@@ -194,7 +195,7 @@ def on_event(client, event: str, action):
 
 
 def test_streamed_read_from_a_stopped_server_is_one_line(server, caplog):
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     uri = f's3://{server.bucket}/k400/videos_train/a/x.mp4'
     server.stop()
     error, took = timed(lambda: s3_fileio.get_object_bytes(uri))
@@ -210,7 +211,7 @@ def test_streamed_read_from_a_stopped_server_is_one_line(server, caplog):
 def test_server_frozen_mid_body_ends_a_streamed_read_within_the_bound(server, caplog):
     """Issue 11/15: a server that stops answering after a GET's headers stalled a data
     loader for the stream client's own 30 s x 8 attempts, then raised a bare S3Error."""
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     uri = put_object(server, 'k400/videos_train/a/big.mp4', b'v' * BIG)
     client = s3_fileio.stream_client()
     try:
@@ -232,7 +233,7 @@ def test_server_frozen_mid_body_ends_a_streamed_read_within_the_bound(server, ca
 
 
 def test_a_body_cut_short_is_fetched_again(server, caplog):
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     body = hashlib.sha256(b'seed').digest() * (BIG // 32)
     uri = put_object(server, 'k400/videos_val/b/big.mp4', body)
 
@@ -275,7 +276,7 @@ def hook_and_runner(server, tmp_path: Path, epoch: int = 1):
 
 
 def test_hook_rides_out_a_short_freeze(server, tmp_path, caplog):
-    caplog.set_level(logging.WARNING, logger='video_kd.s3')
+    caplog.set_level(logging.WARNING, logger='video_kd.storage.s3')
     hook, runner = hook_and_runner(server, tmp_path)
     failed = 'uploading checkpoint epoch_1.pth failed'
 
@@ -414,9 +415,9 @@ def test_multipart_checkpoint_on_a_frozen_server_fails_within_the_bound(
 # config the way the training pod does.
 TRAIN_WITH_HOOK = """
 import sys
-import video_kd.s3_hook  # registers S3CheckpointHook
-from video_kd import train
-from video_kd.errors import run_cli
+import video_kd.distill.s3_hook  # registers S3CheckpointHook
+from video_kd.distill import train
+from video_kd.core.errors import run_cli
 
 def main(run_root, *argv):
     cfg = train.build_config(train.parse_args(list(argv)))

@@ -1,4 +1,4 @@
-"""video_kd.s3_hook against the session's moto server: hashing once, epochs, name clashes."""
+"""video_kd.distill.s3_hook against the session's moto server: hashing once, epochs, name clashes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from video_kd import s3, s3_hook
+from video_kd.distill import s3_hook
 from video_kd.runs import Manifest, RunLayout
+from video_kd.storage import s3
 
 
 @pytest.fixture
@@ -93,7 +94,7 @@ def test_same_checkpoint_uploaded_twice_is_one_object(bucket, tmp_path):
 def test_checkpoint_stored_but_not_recorded_is_reused(bucket, tmp_path, monkeypatch, size):
     """What an attempt whose manifest save failed leaves behind: the object, no entry.
     The retry records it; before, it uploaded the same bytes again as epoch_1.1.pth."""
-    from video_kd import s3_conditional
+    from video_kd.storage import s3_conditional
 
     monkeypatch.setattr(s3_conditional, 'MULTIPART_THRESHOLD', 5 * 1024 * 1024)
     layout = RunLayout(bucket, 'kd', f'run-partial-{size}')

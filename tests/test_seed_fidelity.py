@@ -19,7 +19,7 @@ import pytest
 from mmengine.config import Config
 
 import video_kd
-from video_kd.config import load_config, teacher_config
+from video_kd.openmmlab.config import load_config, teacher_config
 
 SEED = json.loads((Path(__file__).parent / 'data' / 'seed_kd_configs.json').read_text())
 ABSENT = '<absent>'
@@ -229,7 +229,7 @@ def test_the_evaluate_step_scores_the_teacher_with_its_own_config(monkeypatch, t
     """The evaluate step hands MMAction2's test loop the teacher's own config (K400 TSM:
     8 clips x TenCrop 224), not the KD config (the student's 8 x ThreeCrop 256), and
     metrics.json records which config and test pipeline scored each model."""
-    from video_kd import evaluate as mmaction_test
+    from video_kd.distill import evaluate as mmaction_test
     from video_kd.steps import evaluate as evaluate_step
     from video_kd.steps.report import summarise_metrics
 

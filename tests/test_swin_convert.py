@@ -19,8 +19,8 @@ import pytest
 import torch
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd import swin_convert
-from video_kd.swin_convert import (
+from video_kd.distill import swin_convert
+from video_kd.distill.swin_convert import (
     MMPRETRAIN,
     TIMM_06,
     TIMM_09,
@@ -220,10 +220,10 @@ def save_teacher(path, timm_model, layout_of=lambda state: state, classes: int =
 
 
 def test_released_layout_is_converted_beside_the_source_and_fits_training(tmp_path, timm_swin):
-    from video_kd.config import load_config
-    from video_kd.s3 import sha256_file
-    from video_kd.teacher_checkpoint import convert_teacher_checkpoint
-    from video_kd.train_config import check_teacher_checkpoint
+    from video_kd.distill.teacher_checkpoint import convert_teacher_checkpoint
+    from video_kd.distill.train_config import check_teacher_checkpoint
+    from video_kd.openmmlab.config import load_config
+    from video_kd.storage.s3 import sha256_file
 
     src = save_teacher(tmp_path / 'swin_t.pth', timm_swin, timm_06_layout)
     cfg = load_config(TINY_KD)
@@ -241,8 +241,8 @@ def test_released_layout_is_converted_beside_the_source_and_fits_training(tmp_pa
 
 
 def test_teacher_for_other_classes_is_refused(tmp_path, timm_swin):
-    from video_kd.config import load_config
-    from video_kd.teacher_checkpoint import convert_teacher_checkpoint
+    from video_kd.distill.teacher_checkpoint import convert_teacher_checkpoint
+    from video_kd.openmmlab.config import load_config
 
     src = save_teacher(tmp_path / 'swin_t.pth', timm_swin, classes=400)
     with pytest.raises(TeacherCheckpointError, match='classifies 400 classes, the dataset has 5'):
@@ -254,7 +254,7 @@ def test_cli_unknown_layout_is_one_line_exit_2(tmp_path):
 
     bad = tmp_path / 'resnet.pth'
     torch.save({'state_dict': {'backbone.conv1.weight': torch.zeros(64, 3, 7, 7)}}, bad)
-    result = run_module('video_kd.teacher_checkpoint', bad, TINY_KD)
+    result = run_module('video_kd.distill.teacher_checkpoint', bad, TINY_KD)
     assert result.returncode == 2, result.stderr[-2000:]
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith('error: teacher checkpoint of unknown layout: expected a TSN-Swin')
@@ -271,11 +271,12 @@ def test_teacher_step_publishes_the_converted_teacher_with_both_checksums(
     """The seed's layout served over HTTP: the teacher step converts it and publishes the
     result in <run>/teacher/, with its own sha256 and the source's in its output and in
     the run's manifest; the published file is what the train step's strict check takes."""
-    from video_kd import runs, s3
-    from video_kd.config import load_config
+    from video_kd import runs
+    from video_kd.distill.train_config import check_teacher_checkpoint
+    from video_kd.openmmlab.config import load_config
     from video_kd.runs import Manifest, RunLayout
     from video_kd.steps import teacher as teacher_step
-    from video_kd.train_config import check_teacher_checkpoint
+    from video_kd.storage import s3
 
     src = save_teacher(http_server.root / 'swin_t_released.pth', timm_swin, timm_06_layout)
     source_sha = s3.sha256_file(src)
@@ -318,9 +319,9 @@ def test_teacher_step_refuses_an_unknown_layout_and_publishes_nothing(bucket, tm
     point: one error line, exit status 2, nothing in <run>/teacher/ or the manifest."""
     from conftest import run_module
 
-    from video_kd import s3
     from video_kd.runs import Manifest, RunLayout
     from video_kd.steps import data_prep
+    from video_kd.storage import s3
 
     run_root = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')['run_root']
     bad = tmp_path / 'resnet.pth'

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 def train_kd(work_dir, data, teacher, *extra):
     return run_module(
-        'video_kd.train',
+        'video_kd.distill.train',
         KD,
         '--work-dir',
         work_dir,
@@ -89,7 +89,7 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
         '--master_port',
         free_port(),
         '-m',
-        'video_kd.train',
+        'video_kd.distill.train',
         KD,
         '--work-dir',
         work_dir,
@@ -112,7 +112,7 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
 def test_student_checkpoint_loads_strictly_in_plain_mmaction_and_evaluates(
     kd_run, kd_data, tmp_path
 ):
-    result = run_module('video_kd.convert', kd_run[0] / 'epoch_1.pth')
+    result = run_module('video_kd.distill.convert', kd_run[0] / 'epoch_1.pth')
     assert result.returncode == 0, result.stderr[-2000:]
     student_ckpt = kd_run[0] / 'epoch_1_student.pth'
     assert result.stdout.strip() == str(student_ckpt)
@@ -122,8 +122,8 @@ def test_student_checkpoint_loads_strictly_in_plain_mmaction_and_evaluates(
     from mmengine.runner import load_checkpoint
 
     import video_kd  # noqa: F401
-    from video_kd.config import load_config
-    from video_kd.runtime import register_all_modules
+    from video_kd.openmmlab.config import load_config
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmaction')
@@ -132,7 +132,7 @@ def test_student_checkpoint_loads_strictly_in_plain_mmaction_and_evaluates(
 
     out = tmp_path / 'metrics.json'
     result = run_module(
-        'video_kd.evaluate', STUDENT, student_ckpt, '--data-root', kd_data, '--out', out
+        'video_kd.distill.evaluate', STUDENT, student_ckpt, '--data-root', kd_data, '--out', out
     )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(out.read_text())
@@ -165,7 +165,7 @@ def test_missing_teacher_file(kd_data, tmp_path):
 
 def test_teacher_checkpoint_of_the_wrong_architecture(kd_data, kd_run, tmp_path):
     result = run_module(
-        'video_kd.convert', kd_run[0] / 'epoch_1.pth', '--out', tmp_path / 'mobilenet.pth'
+        'video_kd.distill.convert', kd_run[0] / 'epoch_1.pth', '--out', tmp_path / 'mobilenet.pth'
     )
     assert result.returncode == 0
     assert_clear_error(
@@ -177,7 +177,7 @@ def test_teacher_checkpoint_of_the_wrong_architecture(kd_data, kd_run, tmp_path)
 
 
 def test_unknown_config(kd_data, tmp_path):
-    result = run_module('video_kd.train', 'kd_logits_nope', '--work-dir', tmp_path / 'w')
+    result = run_module('video_kd.distill.train', 'kd_logits_nope', '--work-dir', tmp_path / 'w')
     assert_clear_error(result, "unknown config 'kd_logits_nope'")
 
 
@@ -224,5 +224,5 @@ def test_an_earlier_work_dir_is_never_trained_over(kd_data, tiny_teacher, kd_run
 
 
 def test_convert_refuses_a_checkpoint_that_is_not_kd(tiny_teacher, tmp_path):
-    result = run_module('video_kd.convert', tiny_teacher, '--out', tmp_path / 's.pth')
+    result = run_module('video_kd.distill.convert', tiny_teacher, '--out', tmp_path / 's.pth')
     assert_clear_error(result, 'not a knowledge-distillation checkpoint')

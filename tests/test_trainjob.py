@@ -20,7 +20,7 @@ from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, STEP_ENV, make_spec
 from video_kd import backends
 from video_kd.backends import kube, trainjob
 from video_kd.backends.spec import job_name
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 
 
 def node_patch(manifest):
@@ -228,7 +228,11 @@ def test_every_setting_reaches_the_trainjob():
     trainer = spec['trainer']
     assert trainer['numNodes'] == 3 and trainer['numProcPerNode'] == 2, 'one process per GPU'
     assert trainer['image'] == 'registry.local/video-kd:0.1-cuda'
-    assert trainer['command'] == ['python', '-m', 'video_kd.torchrun']  # exit 2 final, 128 retried
+    assert trainer['command'] == [
+        'python',
+        '-m',
+        'video_kd.backends.torchrun',
+    ]  # exit 2 final, 128 retried
     assert trainer['args'] == list(COMMAND)
     assert trainer['resourcesPerNode'] == {
         'requests': {'cpu': '8', 'memory': '32Gi'},

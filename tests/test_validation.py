@@ -1,18 +1,19 @@
-"""video_kd.validation: every bad input is one line and exit status 2, before any write."""
+"""video_kd.core.checks: every bad input is one line and exit status 2, before any write."""
 
 from __future__ import annotations
 
 import pytest
 
-from video_kd import s3, validation
-from video_kd.errors import BAD_INPUT, UserError, one_line, run_cli
+from video_kd.core import checks as validation
+from video_kd.core.errors import BAD_INPUT, UserError, one_line, run_cli
+from video_kd.storage import s3
 
 KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
 
 
 @pytest.fixture(scope='module')
 def kd_cfg():
-    from video_kd.config import load_config
+    from video_kd.openmmlab.config import load_config
 
     return load_config(KD_CONFIG)
 
@@ -88,8 +89,8 @@ def test_training_numbers_out_of_range(kwargs, match):
 
 
 def test_training_numbers_in_range():
+    from video_kd.distill.train_config import TrainOptions
     from video_kd.steps.train import check_launch
-    from video_kd.train_config import TrainOptions
 
     check_launch(num_workers=1, gpus_per_worker=0, nproc_per_node=0, backoff_limit_per_node=0)
     assert TrainOptions(max_epochs=0).max_epochs == 0
@@ -200,7 +201,7 @@ def test_cfg_option_values_keep_their_spaces(text, value):
 
 
 def test_cfg_options_with_spaces_reach_the_resolved_config():
-    from video_kd.train_config import TrainOptions, resolve
+    from video_kd.distill.train_config import TrainOptions, resolve
 
     options = TrainOptions(
         cfg_options=['work_dir=/a b', "experiment_name='kd run 1'", 'train_cfg.val_interval=2']
@@ -212,7 +213,7 @@ def test_cfg_options_with_spaces_reach_the_resolved_config():
 
 
 def test_cfg_options_have_one_form_a_list():
-    from video_kd.train_config import TrainOptions
+    from video_kd.distill.train_config import TrainOptions
 
     with pytest.raises(UserError, match='cfg_options must be a list of KEY=VALUE strings'):
         TrainOptions(cfg_options='train_cfg.max_epochs=3\nwork_dir=/a b')
@@ -231,7 +232,7 @@ def test_cfg_options_have_one_form_a_list():
 def test_evaluate_checks_cfg_options_as_training_does(tmp_path, capsys, option, match):
     """Regression: evaluate's mmengine DictAction crashed on 'lr0.1' (a ValueError
     traceback) and took any key name."""
-    from video_kd import evaluate
+    from video_kd.distill import evaluate
 
     out = tmp_path / 'metrics.json'
     argv = ['tsm_mobilenetv2_tiny', str(tmp_path / 'ckpt.pth'), '--data-root', str(tmp_path)]

@@ -1,6 +1,6 @@
 """Knowledge distillation of MMAction2 video recognizers with MMRazor.
 
-Importing this package first installs :mod:`video_kd.compat`, which must run
+Importing this package first installs :mod:`video_kd.openmmlab.compat`, which must run
 before any OpenMMLab import.
 """
 
@@ -12,6 +12,6 @@ import warnings
 warnings.filterwarnings('ignore', message='pkg_resources is deprecated')
 warnings.filterwarnings('ignore', message='Fail to import ``MultiScaleDeformableAttention``')
 
-from video_kd import compat  # noqa: E402,F401  (before any OpenMMLab import)
+from video_kd.openmmlab import compat  # noqa: E402,F401  (before any OpenMMLab import)
 
 __version__ = '0.1.0'

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from video_kd.errors import UserError, one_line, run_cli, setup_logging
+from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 
 if TYPE_CHECKING:
     from kfp import Client
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger('video_kd.cli')
 
 PIPELINE_NAME = 'video-kd-distillation'
-# training options run-local passes on as pipeline parameters (video_kd.train_config)
+# training options run-local passes on as pipeline parameters (video_kd.distill.train_config)
 RUN_LOCAL_TRAIN_OPTIONS = ('teacher_precision', 'teacher_logit_cache')
 _CRON_MACROS = ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly')
 
@@ -116,7 +116,7 @@ def pipeline_arguments(params: dict[str, Any], package: str | Path | None = None
 def check_params(params: dict[str, Any], package: str | Path | None = None) -> None:
     """Every step's checks on a run's arguments (``validation.check_pipeline_params``),
     before anything is submitted: one line, exit status 2."""
-    from video_kd.validation import check_pipeline_params
+    from video_kd.core.checks import check_pipeline_params
 
     check_pipeline_params(pipeline_arguments(params, package))
 
@@ -201,7 +201,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
-    from video_kd.config import available_configs
+    from video_kd.openmmlab.config import available_configs
 
     print('\n'.join(available_configs()))
     return 0
@@ -478,7 +478,7 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from video_kd.train_config import TrainOptions
+    from video_kd.distill.train_config import TrainOptions
 
     parser = argparse.ArgumentParser(
         prog='video-kd',

@@ -15,7 +15,7 @@ import pkgutil
 import sys
 import time
 
-from video_kd.errors import UserError, run_cli
+from video_kd.core.errors import UserError, run_cli
 
 PACKAGES = ('video_kd', 'components', 'pipelines')
 

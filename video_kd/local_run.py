@@ -25,9 +25,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from video_kd import s3
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, new_run_id
+from video_kd.storage import s3
 
 if TYPE_CHECKING:
     from kfp.local import DockerRunner, SubprocessRunner
@@ -109,7 +109,7 @@ class LocalS3:
         self.stop()
 
     def env(self) -> dict[str, str]:
-        """The environment that points ``video_kd.s3`` (and every step) at this server."""
+        """The environment that points ``video_kd.storage.s3`` (and every step) at this server."""
         return {
             'S3_ENDPOINT_URL': self.endpoint,
             'AWS_ACCESS_KEY_ID': LOCAL_ACCESS_KEY,
@@ -153,7 +153,7 @@ def train_input_model(config: str, data_root: Path, work_dir: Path, epochs: int)
         shutil.rmtree(work_dir)
     started = time.monotonic()
     command = [
-        sys.executable, '-m', 'video_kd.train', config, '--work-dir', str(work_dir),
+        sys.executable, '-m', 'video_kd.distill.train', config, '--work-dir', str(work_dir),
         '--data-root', str(data_root), '--max-epochs', str(epochs), '--no-data-check',
         '--cfg-options', *TINY_CFG_OPTIONS,
     ]  # fmt: skip
@@ -176,7 +176,7 @@ def prepare_inputs(
     kd_epochs: int, baseline: bool,
 ) -> dict[str, str]:  # fmt: skip
     """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone."""
-    from video_kd import dataset
+    from video_kd.data import dataset
 
     key = '-'.join(f'{k}{v}' for k, v in sorted(data_opts.items()))
     inputs = workdir / 'inputs' / key
@@ -219,7 +219,7 @@ def run_arguments(
     """The kd_pipeline arguments of a local run but its inputs (dataset, teacher, baseline),
     checked as the pipeline's steps will check them (``validation.check_pipeline_params``):
     a bad one is one line before anything is written or trained."""
-    from video_kd.validation import check_pipeline_params
+    from video_kd.core.checks import check_pipeline_params
 
     arguments = {
         'kd_config': TINY_KD_CONFIG,

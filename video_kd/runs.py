@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from video_kd import s3
-from video_kd.errors import UserError
-from video_kd.progress import Progress
-from video_kd.validation import check_run_id, run_id_from
+from video_kd.core.checks import check_run_id, run_id_from
+from video_kd.core.errors import UserError
+from video_kd.core.progress import Progress
+from video_kd.storage import s3
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,1 @@
-"""The check_inputs step (see component.py and video_kd.validation.check_pipeline_params)."""
+"""The check_inputs step (see component.py and video_kd.core.checks.check_pipeline_params)."""

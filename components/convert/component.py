@@ -12,7 +12,7 @@ def convert(kd_model: Input[Model], student: Output[Model]):
     and publish them to <run>/student/."""
     import json
 
-    from video_kd.errors import exit_on_user_error
+    from video_kd.core.errors import exit_on_user_error
     from video_kd.steps import convert as convert_step
 
     with exit_on_user_error():

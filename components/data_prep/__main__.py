@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from components import _cli
-from video_kd.errors import run_cli, setup_logging
+from video_kd.core.errors import run_cli, setup_logging
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,7 @@ def data_prep(
     the report of rejected videos to s3://<bucket>/<prefix>/<run-id>/data/. ``reencode``:
     train and evaluate on a derived copy (short side 256, a keyframe every frame) written
     once at <dataset_uri>/derived/<hash>/."""
-    from video_kd.errors import exit_on_user_error
+    from video_kd.core.errors import exit_on_user_error
     from video_kd.steps import data_prep
 
     with exit_on_user_error():

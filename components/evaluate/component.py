@@ -22,7 +22,7 @@ def evaluate(
     """Top-1/top-5/mean-class accuracy of the student (and of the teacher, and of the
     student trained alone when baseline_url is given: the KD gain) on the validation set;
     writes <run>/eval/metrics.json and report.md."""
-    from video_kd.errors import exit_on_user_error
+    from video_kd.core.errors import exit_on_user_error
     from video_kd.steps import evaluate as evaluate_step
 
     with exit_on_user_error():

@@ -27,7 +27,7 @@ def export(
     <run>/export/."""
     import json
 
-    from video_kd.errors import exit_on_user_error
+    from video_kd.core.errors import exit_on_user_error
     from video_kd.steps import export as export_step
 
     with exit_on_user_error():

@@ -19,7 +19,7 @@ def teacher_download(
     (converting the seed's timm Swin teacher), publish it to <run>/teacher/."""
     import json
 
-    from video_kd.errors import exit_on_user_error
+    from video_kd.core.errors import exit_on_user_error
     from video_kd.steps import teacher as teacher_step
 
     with exit_on_user_error():

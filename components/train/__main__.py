@@ -6,8 +6,8 @@ import json
 
 from components import DEFAULT_IMAGE, _cli
 from video_kd import backends
-from video_kd.errors import run_cli, setup_logging
-from video_kd.train_config import TrainOptions
+from video_kd.core.errors import run_cli, setup_logging
+from video_kd.distill.train_config import TrainOptions
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,15 +26,15 @@ def train(
     kd_model: Output[Model],
 ):
     """Resolve the training config once (<run>/train/config.py), create the training job
-    (a PyTorchJob or a Trainer v2 TrainJob whose pods run ``torchrun -m video_kd.train_pod``),
+    (a PyTorchJob or a Trainer v2 TrainJob whose pods run ``torchrun -m video_kd.distill.train_pod``),
     follow it, fail with its reason if it fails and delete it; training_backend=local runs the
     same command under torchrun here. Checkpoints go to <run>/train/checkpoints/ as they are
     written; a re-run resumes from the last one."""
     import json
 
-    from video_kd.errors import exit_on_user_error
+    from video_kd.core.errors import exit_on_user_error
+    from video_kd.distill.train_config import TrainOptions
     from video_kd.steps import train as train_step
-    from video_kd.train_config import TrainOptions
 
     with exit_on_user_error():
         options = TrainOptions(

@@ -27,7 +27,7 @@ from kubernetes import client as k8s
 from kubernetes import config, watch
 from kubernetes.client.exceptions import ApiException
 
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 
 log = logging.getLogger(__name__)
 KUEUE_GROUP, KUEUE_VERSION = 'kueue.x-k8s.io', 'v1beta1'

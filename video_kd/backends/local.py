@@ -1,6 +1,6 @@
 """Training under torchrun on this machine: one node, the same command as in a cluster pod.
 
-Locally ``run_local`` starts the same launcher as a pod (``video_kd.torchrun``),
+Locally ``run_local`` starts the same launcher as a pod (``video_kd.backends.torchrun``),
 passes torchrun the rendezvous as flags and sets the env vars the operators set
 in a pod (``local_pod_env``), so what is tested on a laptop is what runs in the
 cluster, exit statuses included.
@@ -61,17 +61,17 @@ def run_local(
 ) -> int:
     """Run ``torchrun ... <command>`` on this machine as one node; return its exit code.
 
-    torchrun is started as in a pod, through ``python -m video_kd.torchrun``
+    torchrun is started as in a pod, through ``python -m video_kd.backends.torchrun``
     (torchrun's own main, from this interpreter's environment): the code is
     2 when a worker reported bad input, 128 for any other failure (see
-    ``video_kd.torchrun``).  Output goes to this module's logger, and to
+    ``video_kd.backends.torchrun``).  Output goes to this module's logger, and to
     ``log_path`` if given.  The caller decides what a non-zero code means.
     """
     port = free_port()
     argv = [
         sys.executable,
         '-m',
-        'video_kd.torchrun',
+        'video_kd.backends.torchrun',
         '--nproc_per_node',
         str(nproc_per_node),
         '--nnodes',

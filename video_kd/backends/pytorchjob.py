@@ -3,7 +3,7 @@
 Fits Kubeflow <= 1.10 (Training Operator v1.8/v1.9; maintenance-only since
 Trainer v2).  One Master + N-1 Workers; the operator gives each pod the
 torchrun settings as ``PET_*`` env vars, so the container runs torchrun with
-no flags — through ``python -m video_kd.torchrun``, which turns the workers'
+no flags — through ``python -m video_kd.backends.torchrun``, which turns the workers'
 failures into an exit status the ``ExitCode`` restart policy can act on:
 2 when a worker reported bad input (status 1-127: the job fails at once),
 128 for anything else (a crash, a lost peer, an NCCL error, S3 unreachable;
@@ -29,7 +29,7 @@ from kubernetes import client as k8s
 from video_kd.backends import pod
 from video_kd.backends.kube import Backoff, JobKind, JobState
 from video_kd.backends.spec import KUEUE_QUEUE_LABEL, TrainingJobSpec
-from video_kd.torchrun import LAUNCHER, RETRYABLE
+from video_kd.backends.torchrun import LAUNCHER, RETRYABLE
 
 CONTAINER_NAME = kf.PYTORCHJOB_CONTAINER  # 'pytorch': the operator finds port and logs by it
 MASTER, WORKER = kf.REPLICA_TYPE_MASTER, kf.REPLICA_TYPE_WORKER

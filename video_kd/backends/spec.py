@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 
 GPU_RESOURCE = 'nvidia.com/gpu'
 DEFAULT_BACKOFF_PER_NODE = 3
@@ -98,7 +98,7 @@ class TrainingJobSpec:
     run_id: str
     namespace: str
     image: str
-    command: tuple[str, ...]  # what follows `torchrun`: ('-m', 'video_kd.train_pod', ...)
+    command: tuple[str, ...]  # what follows `torchrun`: ('-m', 'video_kd.distill.train_pod', ...)
     num_nodes: int = 1
     gpus_per_worker: int = 0
     nproc_per_node: int | None = None  # None: one process per GPU, else 1

@@ -15,7 +15,7 @@ tolerations, affinity, volumes, pod annotations) go through
 podSpecOverrides, v2.1 podTemplateOverrides: not supported).  Trainer sets
 the same torchrun env (PET_NNODES, PET_NODE_RANK, PET_MASTER_ADDR, ...), so
 the container runs torchrun with no flags, as on a PyTorchJob, through
-``python -m video_kd.torchrun``: exit 2 for bad input (the chart runtime's
+``python -m video_kd.backends.torchrun``: exit 2 for bad input (the chart runtime's
 podFailurePolicy fails the job at once), 128 for anything to retry.
 
 Built with the ``kubeflow-trainer-api`` models (the Trainer project's own).
@@ -30,7 +30,7 @@ from kubeflow_trainer_api import models as tm
 from video_kd.backends import pod
 from video_kd.backends.kube import JobKind, JobState
 from video_kd.backends.spec import KUEUE_PRIORITY_LABEL, TrainingJobSpec
-from video_kd.torchrun import LAUNCHER
+from video_kd.backends.torchrun import LAUNCHER
 
 TRAINER_VERSION = '2.3'  # kubeflow-trainer-api release the models come from; runtimePatches: 2.2+
 NODE = 'node'  # the torch runtime's replicated job and container

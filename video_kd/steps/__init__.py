@@ -16,5 +16,5 @@ module             the step
 Each step module has a ``run(...)`` that reads its inputs from S3, writes its
 outputs under the run's directory (``video_kd.runs``), records them in the
 run's manifest and returns the metadata of its KFP output artifact.  The
-training processes themselves start in ``video_kd.train_pod``.
+training processes themselves start in ``video_kd.distill.train_pod``.
 """

@@ -11,11 +11,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from video_kd import s3
-from video_kd.download import ChecksumMismatchError
-from video_kd.download import fetch_verified as fetch_atomically
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
+from video_kd.storage import s3
+from video_kd.storage.download import ChecksumMismatchError
+from video_kd.storage.download import fetch_verified as fetch_atomically
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str,
         e for e in Manifest.load(layout).entries if e.step == step and e.uri.endswith(suffix)
     ]
     if step == 'train':
-        from video_kd.s3_hook import checkpoint_sort_key
+        from video_kd.distill.s3_hook import checkpoint_sort_key
 
         entries = sorted(
             (e for e in entries if checkpoint_sort_key(e.uri)),

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from video_kd.convert import convert_kd_ckpt_to_student
+from video_kd.distill.convert import convert_kd_ckpt_to_student
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import fetch_verified, scratch_dir
 

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from video_kd import data_check, data_layout, data_stream, dataset, reencode
-from video_kd.errors import UserError
+from video_kd.core.checks import check_bucket, check_range, check_run_id
+from video_kd.core.errors import UserError
+from video_kd.data import data_check, data_layout, data_stream, dataset, reencode
 from video_kd.runs import (
     DATASET_META_NAME,
     Manifest,
@@ -21,7 +22,6 @@ from video_kd.runs import (
     run_info,
 )
 from video_kd.steps.common import scratch_dir
-from video_kd.validation import check_bucket, check_range, check_run_id
 
 log = logging.getLogger(__name__)
 
@@ -49,17 +49,17 @@ def run(
     ``train_list.txt``, ``val_list.txt``, ``classes.txt``) or MMAction2's
     Kinetics tree (``videos_train/``, ``videos_val/``,
     ``kinetics400_{train,val}_list_videos.txt``, a label map or the official
-    ``annotations/*.csv``; see ``video_kd.data_layout``); or
+    ``annotations/*.csv``; see ``video_kd.data.data_layout``); or
     ``generate://[?num_classes=..]`` for the built-in synthetic dataset
     (published under ``<run>/data/source/``).  Videos stay where they are:
-    training and evaluation stream them (``video_kd.data_stream``).  Every
+    training and evaluation stream them (``video_kd.data.data_stream``).  Every
     video is decoded in parallel, with the verdicts cached in S3 by key, ETag
     and size, so an unchanged dataset is not checked again.  ``out_dir``
     receives the cleaned lists and report (the KFP Dataset artifact's
     directory).  ``reencode``: train and evaluate on a derived copy of the
     usable videos, short side 256 with a keyframe every frame (cheap random
     seeks for ``SampleFrames``), written once at ``<dataset>/derived/<hash>/``
-    and reused by later runs (``video_kd.reencode``).  ``processes``: checking
+    and reused by later runs (``video_kd.data.reencode``).  ``processes``: checking
     (and re-encoding) processes, default the CPUs this pod may use (its CPU
     limit, ``data_check.usable_cpus``).  A read failure, or a split with more
     than ``max_unusable`` unusable entries, stops with the counts

@@ -7,11 +7,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from video_kd import download
-from video_kd.errors import UserError
+from video_kd.core.errors import UserError
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import fetch_verified, scratch_dir
 from video_kd.steps.report import markdown_report, summarise_metrics
+from video_kd.storage import download
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +31,7 @@ def run(
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
     """
     check_baseline(baseline_url, student_config)
-    from video_kd.data_stream import check_mounted
+    from video_kd.data.data_stream import check_mounted
 
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
@@ -72,7 +72,7 @@ def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:
     and what metrics.json records for it (the teacher's config, the KD config's model)."""
     from mmengine.config import Config
 
-    from video_kd.config import config_path, teacher_config
+    from video_kd.openmmlab.config import config_path, teacher_config
 
     path = out_dir / 'teacher_config.py'
     teacher_config(kd_config).dump(str(path))
@@ -92,7 +92,7 @@ def _evaluate_models(
     baseline_sha256: str,
 ) -> dict[str, dict[str, Any]]:
     """MMAction2's test loop on the val list (streamed: only val is read), per model."""
-    from video_kd import evaluate as mmaction_test
+    from video_kd.distill import evaluate as mmaction_test
 
     results: dict[str, dict[str, Any]] = {}
 

@@ -1,7 +1,7 @@
 """Step 6, export: the deployable student in ``export/`` — ONNX verified, speed, card, plots.
 
 Runs after evaluation (the card and the top-1 cross-check read
-``<run>/eval/metrics.json``).  ``video_kd.deployable.package_student`` does the
+``<run>/eval/metrics.json``).  ``video_kd.deploy.deployable.package_student`` does the
 work on local files: the student exported to ONNX (dynamic batch) with its
 ``preprocess.json``, checked against PyTorch on the val clips (streamed), the
 teacher vs student speed, the training curves and confusion heat map, the
@@ -26,11 +26,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from video_kd import s3
-from video_kd.errors import UserError
+from video_kd.core.checks import check_number, check_range
+from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
 from video_kd.steps.common import fetch_verified, output_uri, read_output, scratch_dir
-from video_kd.validation import check_number, check_range
+from video_kd.storage import s3
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +114,7 @@ def _package(
     checkpoint: Path,
     work: Path,
 ) -> dict[str, Any]:
-    from video_kd import deployable
+    from video_kd.deploy import deployable
 
     return deployable.package_student(
         run_id=layout.run_id,
@@ -144,7 +144,8 @@ def run_lineage(
     """The card's lineage from what the run recorded, not from the named configs: the
     resolved training config (pretrained weights), the train step's parameters, the
     teacher step's source URL."""
-    from video_kd import model_card, train_config
+    from video_kd.deploy import model_card
+    from video_kd.distill import train_config
 
     config_uri = layout.uri('train', train_config.CONFIG_NAME)
     manifest = Manifest.load(layout)
@@ -253,7 +254,7 @@ def completed_export(layout: RunLayout, settings: dict[str, Any]) -> dict[str, A
     A re-run (a KFP retry after the work was done) gets the same result; other
     settings are refused, as the run's export was made with the recorded ones.
     """
-    from video_kd import model_card, plots
+    from video_kd.deploy import model_card, plots
 
     try:
         recorded = s3.read_json(layout.uri('export', RECORD_NAME))

@@ -2,7 +2,7 @@
 
 The checkpoint is checked against the KD config's teacher before it is
 published; the seed's released TSN-Swin teacher (timm names) is converted to
-the mmpretrain Swin our config builds (``video_kd.teacher_checkpoint``), and the
+the mmpretrain Swin our config builds (``video_kd.distill.teacher_checkpoint``), and the
 converted file is published with its own sha256 and the source's (the step's output
 and its manifest entry's ``source_sha256``).
 """
@@ -12,13 +12,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from video_kd import download
-from video_kd.config import load_config
-from video_kd.errors import UserError
+from video_kd.core.checks import check_sha256
+from video_kd.core.errors import UserError
+from video_kd.distill.teacher_checkpoint import convert_teacher_checkpoint
+from video_kd.openmmlab.config import load_config
 from video_kd.runs import RunLayout, check_claimed, publish, run_info
 from video_kd.steps.common import record_output, scratch_dir
-from video_kd.teacher_checkpoint import convert_teacher_checkpoint
-from video_kd.validation import check_sha256
+from video_kd.storage import download
 
 
 def check_source(url: str, sha256: str = '') -> None:

@@ -2,10 +2,10 @@
 
 The step checks every input first (nothing is fetched or written for a typo),
 writes the resolved mmengine config to ``<run>/train/config.py``
-(``video_kd.train_config.resolve``: the named config, the user's options, the
+(``video_kd.distill.train_config.resolve``: the named config, the user's options, the
 dataset's classes), then starts the training processes on a backend
 (``video_kd.backends``): a Kubeflow ``PyTorchJob`` or Trainer v2 ``TrainJob``
-whose pods run ``torchrun -m video_kd.train_pod``, or in ``local`` mode the
+whose pods run ``torchrun -m video_kd.distill.train_pod``, or in ``local`` mode the
 same command under ``torchrun`` on this machine with the env vars a pod gets.
 Either way the checkpoints land in ``<run>/train/checkpoints/`` as they are
 written, and running the step again resumes from the last one.  A finished
@@ -21,13 +21,15 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from video_kd import backends, s3, train_config
-from video_kd.errors import UserError
+from video_kd import backends
+from video_kd.core.checks import check_range, check_sha256, check_train_backend
+from video_kd.core.errors import UserError
+from video_kd.distill import train_config
+from video_kd.distill.s3_hook import checkpoint_epochs, list_checkpoints
+from video_kd.distill.train_config import TrainOptions
 from video_kd.runs import Manifest, RunLayout, publish, run_info
-from video_kd.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.steps.common import record_output, scratch_dir
-from video_kd.train_config import TrainOptions
-from video_kd.validation import check_range, check_sha256, check_train_backend
+from video_kd.storage import s3
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -119,7 +121,7 @@ def check_launch(
 
 def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | None = None) -> None:
     """Resolve the run's training config as ``run`` will, before there is a dataset or a
-    teacher: the config name, every ``--cfg-options`` key at any depth (``video_kd.validation``),
+    teacher: the config name, every ``--cfg-options`` key at any depth (``video_kd.core.checks``),
     the teacher precision and the logit cache on a KD config.  What depends on the data (the
     number of classes, where the videos are) is left to ``run``; nothing is fetched."""
     package_log = logging.getLogger('video_kd')
@@ -135,8 +137,8 @@ def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | N
     finally:
         package_log.setLevel(level)
     if options.student_pretrained_url:  # fetch_pretrained's checks, without fetching
-        from video_kd.download import check_url
-        from video_kd.pretrained import check_name_hash
+        from video_kd.distill.pretrained import check_name_hash
+        from video_kd.storage.download import check_url
 
         check_url(options.student_pretrained_url, 'student_pretrained_url')
         sha256 = check_sha256(options.student_pretrained_sha256, 'student_pretrained_sha256')
@@ -149,7 +151,7 @@ def resolve_config(
     kd_config: str,
     options: TrainOptions | None = None,
 ) -> Config:
-    """The run's training config (see ``video_kd.train_config.resolve``); the teacher-logit
+    """The run's training config (see ``video_kd.distill.train_config.resolve``); the teacher-logit
     cache goes next to the dataset's videos, where every retraining on it finds it."""
     return train_config.resolve(
         kd_config,
@@ -195,7 +197,7 @@ def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> tuple[s
     names files so), cached under the sha256 computed and that value logged to pin."""
     if not options or not options.student_pretrained_url:
         return '', ''
-    from video_kd.pretrained import CACHE_KIND, fetch_pretrained, pin_pretrained
+    from video_kd.distill.pretrained import CACHE_KIND, fetch_pretrained, pin_pretrained
 
     url, sha256 = options.student_pretrained_url, options.student_pretrained_sha256
     with tempfile.TemporaryDirectory() as tmp:
@@ -210,7 +212,7 @@ def pod_command(
 ) -> list[str]:
     """What follows ``torchrun`` in every pod (and locally)."""
     return [
-        '-m', 'video_kd.train_pod', config_uri,
+        '-m', 'video_kd.distill.train_pod', config_uri,
         '--run-root', layout.root,
         '--data-meta', data_meta['dataset_meta_uri'],
         '--teacher', teacher['s3_uri'],

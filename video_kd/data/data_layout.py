@@ -1,0 +1,276 @@
+"""Where a dataset's lists, videos and class names are: ours, or MMAction2's Kinetics tree.
+
+Two layouts are recognised, on S3 (``s3://bucket/prefix``) and on a mounted
+volume (a local path) alike, and read as they are: nothing is copied or
+renamed in the user's storage.
+
+* video-kd's own: ``videos/``, ``train_list.txt``, ``val_list.txt``, ``classes.txt``.
+* MMAction2's, as ``tools/data/kinetics`` prepares Kinetics-400:
+  ``videos_train/``, ``videos_val/``, ``kinetics400_train_list_videos.txt``,
+  ``kinetics400_val_list_videos.txt`` (``<class>/<file>.mp4 <label>`` lines),
+  class names from a label map (``label_map_k400.txt``, one per line) or the
+  official CSV annotations (``annotations/kinetics_{train,val}.csv``:
+  ``label,youtube_id,time_start,time_end,split``).  Without list files the
+  CSVs give the lists too: ``<class>/<youtube_id>_<start:06d>_<end:06d>.mp4``,
+  labels in sorted class order (MMAction2's ``build_file_list.py`` rules;
+  spaces in class directories become ``_`` as its download script makes them).
+
+Any name can be overridden (``LayoutNames``), e.g. from a URI query:
+``s3://bucket/k400?train_list=train.txt&train_videos=train_256``.
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import urllib.parse
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+
+from video_kd.core.errors import UserError
+from video_kd.storage import s3, s3_fileio
+
+SPLITS = ('train', 'val')
+
+
+class LayoutError(UserError):
+    """The dataset's files are not where either layout puts them."""
+
+
+@dataclass(frozen=True)
+class LayoutNames:
+    """File and directory names inside a dataset root (relative to it)."""
+
+    train_list: str
+    val_list: str
+    train_videos: str
+    val_videos: str
+    label_maps: tuple[str, ...] = ()
+    annotations: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+OWN = LayoutNames('train_list.txt', 'val_list.txt', 'videos', 'videos', ('classes.txt',))
+MMACTION2 = LayoutNames(
+    'kinetics400_train_list_videos.txt',
+    'kinetics400_val_list_videos.txt',
+    'videos_train',
+    'videos_val',
+    ('label_map_k400.txt', 'label_map.txt', 'annotations/label_map_k400.txt', 'classes.txt'),
+    {
+        'train': ('annotations/kinetics_train.csv', 'annotations/train.csv'),
+        'val': ('annotations/kinetics_val.csv', 'annotations/validate.csv', 'annotations/val.csv'),
+    },
+)
+OVERRIDABLE = ('train_list', 'val_list', 'train_videos', 'val_videos', 'label_map')
+
+
+@dataclass
+class SplitSource:
+    """One split as found: where its videos are and its ``<path> <label>`` lines."""
+
+    videos_uri: str
+    lines: list[str]
+    list_uri: str  # the list file it came from (or the CSV)
+
+
+@dataclass
+class DatasetSource:
+    """A dataset as found in the user's storage; nothing in it is rewritten."""
+
+    root: str
+    layout: str  # 'video-kd' or 'mmaction2'
+    classes: list[str]
+    classes_from: str
+    splits: dict[str, SplitSource]
+
+    @property
+    def is_s3(self) -> bool:
+        return self.root.startswith('s3://')
+
+
+# --------------------------------------------------------------------------- storage
+def _join(root: str, name: str) -> str:
+    return s3.join_uri(root, name) if root.startswith('s3://') else str(Path(root) / name)
+
+
+def _exists(uri: str) -> bool:
+    """Whether a file is there, from one listing of its directory (not a HEAD per name:
+    finding the layout probes ~10 names, ~10 round trips to a remote store)."""
+    directory, _, name = uri.rstrip('/').rpartition('/')
+    return name in _names_in(directory)
+
+
+@functools.lru_cache(maxsize=64)  # cleared by resolve(): a listing is valid for one call
+def _names_in(directory: str) -> frozenset[str]:
+    """The file names directly inside a directory or S3 prefix (empty when there is none)."""
+    if not directory.startswith('s3://'):
+        path = Path(directory)
+        return (
+            frozenset(p.name for p in path.iterdir() if p.is_file())
+            if path.is_dir()
+            else frozenset()
+        )
+    bucket, key = s3.parse_s3_uri(directory.rstrip('/') + '/')
+    names = set()
+    with s3_fileio.storage_errors(directory, 'list'):
+        pages = s3_fileio.stream_client().get_paginator('list_objects_v2')
+        for page in pages.paginate(Bucket=bucket, Prefix=key, Delimiter='/'):
+            names.update(obj['Key'][len(key) :] for obj in page.get('Contents', []))
+    return frozenset(names)
+
+
+def _read_text(uri: str) -> str:
+    data = s3.read_bytes(uri) if uri.startswith('s3://') else Path(uri).read_bytes()
+    return data.decode('utf-8-sig')
+
+
+def _first_existing(root: str, names: tuple[str, ...]) -> str | None:
+    return next((_join(root, n) for n in names if _exists(_join(root, n))), None)
+
+
+# --------------------------------------------------------------------------- parsing
+def split_uri_options(uri: str) -> tuple[str, dict[str, str]]:
+    """``s3://b/k400?train_list=x.txt`` -> (``s3://b/k400``, {'train_list': 'x.txt'})."""
+    base, _, query = uri.partition('?')
+    options = {k: v[-1] for k, v in urllib.parse.parse_qs(query).items()}
+    unknown = sorted(set(options) - set(OVERRIDABLE))
+    if unknown:
+        raise LayoutError(
+            f'unknown dataset option(s) {", ".join(unknown)} in {uri!r}; '
+            f'known: {", ".join(OVERRIDABLE)}'
+        )
+    return base.rstrip('/'), options
+
+
+def _apply(names: LayoutNames, options: dict[str, str]) -> LayoutNames:
+    changes = {k: v for k, v in options.items() if k in {f.name for f in fields(LayoutNames)}}
+    if 'label_map' in options:
+        changes['label_maps'] = (options['label_map'],)
+    return replace(names, **changes)
+
+
+def list_lines(text: str) -> list[str]:
+    """The non-empty lines of a list file, stripped."""
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def csv_rows(text: str, uri: str) -> list[dict[str, str]]:
+    """Rows of a Kinetics CSV (``label,youtube_id,time_start,time_end,split``)."""
+    reader = csv.DictReader(io.StringIO(text))
+    missing = {'label', 'youtube_id', 'time_start', 'time_end'} - set(reader.fieldnames or [])
+    if missing:
+        raise LayoutError(f'{uri}: not a Kinetics annotation CSV (no {", ".join(sorted(missing))})')
+    return list(reader)
+
+
+def clip_path(row: dict[str, str]) -> str:
+    """The video path MMAction2's Kinetics tools give a CSV row."""
+    start, end = int(float(row['time_start'])), int(float(row['time_end']))
+    return f'{row["label"].replace(" ", "_")}/{row["youtube_id"]}_{start:06d}_{end:06d}.mp4'
+
+
+def classes_from_lines(lines: list[str]) -> list[str]:
+    """Class names from ``<class>/<file> <label>`` lines (the directory of each label)."""
+    by_label: dict[int, str] = {}
+    for line in lines:
+        path, _, label = line.rpartition(' ')
+        if label.isdigit() and '/' in path:
+            by_label.setdefault(int(label), path.split('/', 1)[0])
+    if not by_label or sorted(by_label) != list(range(max(by_label) + 1)):
+        return []
+    return [by_label[i] for i in range(len(by_label))]
+
+
+# --------------------------------------------------------------------------- resolution
+def detect_layout(root: str) -> tuple[str, LayoutNames]:
+    """Which layout ``root`` holds: ours (``train_list.txt``) or MMAction2's."""
+    if _exists(_join(root, OWN.train_list)):
+        return 'video-kd', OWN
+    if _exists(_join(root, MMACTION2.train_list)) or _first_existing(
+        root, MMACTION2.annotations['train']
+    ):
+        return 'mmaction2', MMACTION2
+    raise LayoutError(
+        f'dataset {root}: found neither {OWN.train_list} (video-kd layout: videos/, '
+        f'train_list.txt, val_list.txt, classes.txt) nor {MMACTION2.train_list} or '
+        f'{MMACTION2.annotations["train"][0]} (MMAction2 Kinetics layout)'
+    )
+
+
+def resolve(uri: str, names: LayoutNames | None = None) -> DatasetSource:
+    """Find a dataset's splits and classes at ``uri`` (``s3://`` or a local directory)."""
+    _names_in.cache_clear()
+    root, options = split_uri_options(uri)
+    if not root.startswith('s3://'):
+        if not Path(root).is_dir():
+            raise LayoutError(f'dataset {root}: no such directory')
+        root = str(Path(root).resolve())
+    layout = 'custom'
+    if names is None:
+        try:
+            layout, names = detect_layout(root)
+        except LayoutError:
+            if 'train_list' not in options:
+                raise
+            names = OWN  # every name the user did not give defaults to ours
+    names = _apply(names, options)
+    rows = _annotation_rows(root, names)
+    classes, classes_from = _declared_classes(root, names, rows)
+    index = {name: i for i, name in enumerate(classes)}
+    splits = {split: _split(root, names, split, rows.get(split), index) for split in SPLITS}
+    if not classes:
+        classes = classes_from_lines(splits['train'].lines)
+        classes_from = f'directories of {splits["train"].list_uri}'
+    if not classes:
+        raise LayoutError(
+            f'dataset {root}: no class names: expected one of {", ".join(names.label_maps)} '
+            '(one class per line, line i = label i) or the Kinetics annotation CSVs'
+        )
+    return DatasetSource(root, layout, classes, classes_from, splits)
+
+
+def _annotation_rows(root: str, names: LayoutNames) -> dict[str, list[dict[str, str]]]:
+    rows = {}
+    for split, candidates in names.annotations.items():
+        found = _first_existing(root, candidates)
+        if found:
+            rows[split] = csv_rows(_read_text(found), found)
+    return rows
+
+
+def _declared_classes(
+    root: str, names: LayoutNames, rows: dict[str, list[dict[str, str]]]
+) -> tuple[list[str], str]:
+    """Classes from a label map, else the CSVs' labels sorted; ([], '') when neither."""
+    label_map = _first_existing(root, names.label_maps)
+    if label_map:
+        classes = list_lines(_read_text(label_map))
+        if classes:
+            return classes, label_map
+    labels = {row.get('label') for split_rows in rows.values() for row in split_rows}
+    labels.discard(None)
+    labels.discard('')
+    return sorted(labels), 'annotations CSV' if labels else ''
+
+
+def _split(
+    root: str,
+    names: LayoutNames,
+    split: str,
+    rows: list[dict[str, str]] | None,
+    class_index: dict[str, int],
+) -> SplitSource:
+    list_uri = _join(root, getattr(names, f'{split}_list'))
+    videos_uri = _join(root, getattr(names, f'{split}_videos'))
+    if _exists(list_uri):
+        return SplitSource(videos_uri, list_lines(_read_text(list_uri)), list_uri)
+    if rows is not None:  # the official CSVs stand in for the list files
+        lines = [
+            f'{clip_path(row)} {class_index[row["label"]]}'
+            for row in rows
+            if row.get('label') in class_index
+        ]
+        csv_uri = _first_existing(root, names.annotations[split]) or ''
+        return SplitSource(videos_uri, lines, csv_uri)
+    raise LayoutError(f'dataset {root}: list file {list_uri} is missing')

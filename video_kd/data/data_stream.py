@@ -1,0 +1,374 @@
+"""Training and evaluation read videos where they are: S3 (streamed) or a mounted volume.
+
+``use_dataset(cfg, meta)`` points a config's data loaders at a prepared
+dataset (the Dataset artifact's metadata, see ``dataset_meta``): list files and
+video roots may be ``s3://`` URIs or paths on a mounted volume (PVC).  Nothing
+is downloaded first: each data loader worker GETs a video when it needs it
+(``video_kd.storage.s3_fileio``), so a pod's disk use does not grow with the dataset.
+
+A video that cannot be read during training (deleted since data prep, S3
+failing past its retries, undecodable) is skipped and counted; the epoch goes
+on.  The training loader draws another video instead (mmengine's refetch);
+the validation loader inside training reads the next readable one in the
+list (its metrics then count that one twice).  The counts are shared by a
+loader's worker processes, and ``UnreadableVideosHook`` logs after each
+training epoch and each validation how many were skipped (all the loader's
+workers in this process together).  When more than ``max_unreadable`` of
+the videos a loader read were unreadable, the dataset is broken rather than
+unlucky, and training stops with the count.  Standalone evaluation (the
+``test_dataloader``) never skips: its metrics must cover every listed video,
+so an unreadable one stops it with the object's name.
+
+Only read and decode errors count as unreadable (``is_read_error``: S3 errors,
+OS errors, decord's); any other exception is a bug in the config or the
+pipeline and stops training as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import multiprocessing
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from decord import DECORDError
+from mmaction.datasets import VideoDataset
+from mmaction.registry import DATASETS
+from mmengine.config import Config
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+from video_kd.core.errors import UserError, one_line
+from video_kd.data.data_check import CLASSES_NAME, LIST_NAMES, REPORT_NAME
+from video_kd.data.data_layout import DatasetSource
+from video_kd.openmmlab.config import set_num_classes
+from video_kd.storage import s3, s3_fileio
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
+
+log = logging.getLogger(__name__)
+
+DATASET_TYPE = 'StreamingVideoDataset'
+SKIP_HOOK_TYPE = 'UnreadableVideosHook'
+SPLIT_OF_LOADER = {'train_dataloader': 'train', 'val_dataloader': 'val', 'test_dataloader': 'val'}
+SKIPPING_LOADERS = ('train_dataloader', 'val_dataloader')  # inside training; not evaluation
+MIN_READS_BEFORE_STOP = 20  # a few bad videos early on must not look like "most of them"
+
+
+class LoaderError(UserError):
+    """A data loading failure, readable even after a DataLoader worker re-raised it.
+
+    torch re-raises a worker's exception as ``type(msg)`` where ``msg`` starts
+    with ``Caught X in DataLoader worker process 0`` and ends with the original
+    line: keep only that line, so the entry point prints what went wrong.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(_original_message(message))
+
+
+class DatasetUnreadableError(LoaderError):
+    """Most of the videos read so far could not be read."""
+
+
+class VideoReadError(LoaderError):
+    """A video of the evaluation set could not be read."""
+
+
+class DatasetNotMountedError(UserError):
+    """A dataset on a mounted path (a PVC) that this pod does not have."""
+
+
+def _original_message(message: str) -> str:
+    if not message.startswith('Caught ') or 'Traceback' not in message:
+        return message
+    last = message.strip().splitlines()[-1]
+    return last.split(': ', 1)[1] if ': ' in last else last
+
+
+def is_read_error(error: BaseException) -> bool:
+    """Whether ``error`` says a video could not be fetched or decoded (not a config bug).
+
+    S3 errors (after their retries), OS errors (a file on a mounted volume),
+    decord's ``DECORDError``, and the bare ``RuntimeError`` that decord's
+    Python code raises on data it cannot parse (recognised by where it was
+    raised: a ``RuntimeError`` from anywhere else is a bug, not a video).
+    """
+    if isinstance(error, (s3.S3Error, OSError, DECORDError)):
+        return True
+    return isinstance(error, RuntimeError) and _raised_in(error, 'decord')
+
+
+def _raised_in(error: BaseException, package: str) -> bool:
+    trace = error.__traceback__
+    if trace is None:
+        return False
+    while trace.tb_next is not None:
+        trace = trace.tb_next
+    module = trace.tb_frame.f_globals.get('__name__', '')
+    return module == package or module.startswith(package + '.')
+
+
+class _Tally:
+    """Videos read and unreadable, summed over the processes that share a dataset.
+
+    Shared memory made with the dataset, before its DataLoader starts the
+    workers: every worker's copy adds to the same two numbers, so the main
+    process sees the loader's totals (the per-epoch log, the stop).
+    """
+
+    def __init__(self) -> None:
+        self._values = multiprocessing.Array('q', 2)  # reads, unreadable
+
+    def __deepcopy__(self, memo: dict) -> _Tally:
+        return self  # a copy of the dataset counts with it (shared memory is not copied)
+
+    def add(self, reads: int, unreadable: int = 0) -> tuple[int, int]:
+        with self._values.get_lock():
+            self._values[0] += reads
+            self._values[1] += unreadable
+            return self._values[0], self._values[1]
+
+    def totals(self) -> tuple[int, int]:
+        return self.add(0)
+
+
+@DATASETS.register_module()
+class StreamingVideoDataset(VideoDataset):
+    """MMAction2's ``VideoDataset`` that skips (and counts) unreadable videos.
+
+    ``skip_unreadable`` (default: not ``test_mode``): skip an unreadable video
+    (training draws another, a ``test_mode`` loader reads the next one) or
+    stop with ``VideoReadError`` naming it.
+    """
+
+    def __init__(
+        self,
+        *args,
+        max_unreadable: float = 0.5,
+        skip_unreadable: bool | None = None,
+        **kwargs,
+    ) -> None:
+        self.max_unreadable = max_unreadable
+        self.skip_unreadable = (
+            not kwargs.get('test_mode', False) if skip_unreadable is None else skip_unreadable
+        )
+        self.tally = _Tally()
+        super().__init__(*args, **kwargs)
+
+    @property
+    def reads(self) -> int:
+        """Videos read so far by every process of this loader (unreadable ones included)."""
+        return self.tally.totals()[0]
+
+    @property
+    def unreadable(self) -> int:
+        """Videos skipped so far by every process of this loader."""
+        return self.tally.totals()[1]
+
+    def __getitem__(self, idx: int) -> Any:
+        if not (self.test_mode and self.skip_unreadable):
+            return super().__getitem__(idx)  # training: mmengine draws another for a skipped one
+        if not self._fully_initialized:
+            self.full_init()
+        for step in range(len(self)):  # validation: the next readable video
+            data = self.prepare_data((idx + step) % len(self))
+            if data is not None:
+                return data
+        raise DatasetUnreadableError(
+            f'none of the {len(self)} videos of {self.ann_file} could be read'
+        )
+
+    def prepare_data(self, idx: int) -> Any:
+        try:
+            data = super().prepare_data(idx)
+        except Exception as error:
+            if isinstance(error, LoaderError) or not is_read_error(error):
+                raise  # a config or pipeline bug is not an unreadable video
+            return self._unreadable(idx, error)
+        self.tally.add(reads=1)
+        return data
+
+    def _unreadable(self, idx: int, error: Exception) -> None:
+        filename = self.get_data_info(idx)['filename']
+        reason = one_line(error)
+        if not self.skip_unreadable:  # an S3 error's message already names the object
+            named = reason.startswith('cannot ') and filename in reason
+            message = reason if named else f'cannot read {filename}: {reason}'
+            raise VideoReadError(message) from error
+        reads, unreadable = self.tally.add(reads=1, unreadable=1)
+        log.warning(
+            'skipped %s: %s (%d of %d videos unreadable in this loader)',
+            filename,
+            reason,
+            unreadable,
+            reads,
+        )
+        if reads >= MIN_READS_BEFORE_STOP and unreadable > self.max_unreadable * reads:
+            raise DatasetUnreadableError(
+                f'{unreadable} of {reads} videos read by the data loader of {self.ann_file} could '
+                f'not be read (more than {self.max_unreadable:.0%}): the dataset is broken; '
+                f'last: {filename}: {reason}'
+            )
+        return None  # mmengine's BaseDataset then draws another index
+
+
+@HOOKS.register_module(force=True)
+class UnreadableVideosHook(Hook):
+    """Logs after each training epoch and each validation how many videos were skipped.
+
+    The counts are the loader's (``_Tally``: all its worker processes in this
+    process together); a rank of a multi-process job logs its own.
+    """
+
+    def __init__(self) -> None:
+        self._logged: dict[int, tuple[int, int]] = {}
+
+    def after_train_epoch(self, runner: Runner) -> None:
+        self.report(runner.train_dataloader.dataset, f'epoch {runner.epoch + 1}: training')
+
+    def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
+        self.report(runner.val_loop.dataloader.dataset, f'epoch {runner.epoch}: validation')
+
+    def report(self, dataset: Any, what: str) -> None:
+        """Log how many videos ``dataset``'s loader skipped since the last report, if any."""
+        tally = getattr(dataset, 'tally', None)
+        if not isinstance(tally, _Tally):
+            return
+        reads, unreadable = tally.totals()
+        before_reads, before_unreadable = self._logged.get(id(tally), (0, 0))
+        self._logged[id(tally)] = (reads, unreadable)
+        if unreadable > before_unreadable:
+            log.warning(
+                '%s skipped %d unreadable videos of the %d read (all loader workers; %d so far)',
+                what,
+                unreadable - before_unreadable,
+                reads - before_reads,
+                unreadable,
+            )
+
+
+def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> dict[str, Any]:
+    """The Dataset artifact's metadata: what ``use_dataset`` needs, and the counts.
+
+    ``data_uri`` is where data prep published ``validate_source``'s output
+    (the run's ``data/`` directory, s3:// or local).
+    """
+    from video_kd.storage import s3
+
+    join = s3.join_uri if data_uri.startswith('s3://') else _path_join
+    splits = {
+        entry['split']: {
+            'list_uri': join(data_uri, LIST_NAMES[entry['split']]),
+            'videos_uri': entry['videos_uri'],
+            'num_videos': entry['valid'],
+            'rejected': len(entry['rejected']),
+        }
+        for entry in report['splits']
+    }
+    return {
+        'source': source.root,
+        'layout': source.layout,
+        'classes': source.classes,
+        'num_classes': len(source.classes),
+        'splits': splits,
+        'classes_uri': join(data_uri, CLASSES_NAME),
+        'report_uri': join(data_uri, REPORT_NAME),
+        'num_train': splits['train']['num_videos'],
+        'num_val': splits['val']['num_videos'],
+        'rejected': report['rejected_total'],
+        'videos_uri': splits['train']['videos_uri'],  # what the teacher-logit cache keys on
+    }
+
+
+def _path_join(root: str, name: str) -> str:
+    return f'{root.rstrip("/")}/{name}'
+
+
+def _transforms(pipeline: list) -> list:
+    """Every transform of a pipeline, those wrapped by another (SeededViews) included."""
+    found = []
+    for step in pipeline:
+        found.append(step)
+        found.extend(_transforms(step.get('transforms') or []))
+    return found
+
+
+def use_test_data(cfg: Config, data: str | Path | dict[str, Any]) -> list[str]:
+    """Point ``cfg``'s test loader at ``data``: a prepared dataset's metadata (its val split,
+    streamed where it is) or a local dataset root; returns the class names."""
+    if isinstance(data, dict):
+        return use_dataset(cfg, data, loaders=('test_dataloader',))
+    from video_kd.openmmlab.runtime import set_data_root
+
+    return set_data_root(cfg, data)
+
+
+def check_mounted(
+    meta: dict[str, Any], splits: tuple[str, ...] = ('train', 'val'), mount: str | None = None
+) -> None:
+    """Stop with one line when a split's videos or list are on a path this pod lacks.
+
+    A dataset on a mounted volume (``dataset_uri`` a PVC path) is read where
+    it is; a pod without that volume would otherwise fail every read, skip
+    every video and stop ~20 reads later with "the dataset is broken".
+    ``mount``: where the PVC is expected, for the hint (default
+    ``$VIDEO_KD_PVC_MOUNT``, else the chart's ``/cache``).
+    """
+    for split in splits:
+        for key in ('videos_uri', 'list_uri'):
+            where = meta['splits'][split][key]
+            if where.startswith('s3://') or Path(where).exists():
+                continue
+            if not mount:
+                from video_kd.backends.spec import DEFAULT_PVC_MOUNT
+
+                mount = os.environ.get('VIDEO_KD_PVC_MOUNT') or DEFAULT_PVC_MOUNT
+            raise DatasetNotMountedError(
+                f'dataset path {where} not found in this pod: is the PVC mounted at '
+                f"{mount}? (the chart's persistence.enabled or persistence.existingClaim "
+                'mounts it in every step pod and training pod)'
+            )
+
+
+def use_dataset(
+    cfg: Config,
+    meta: dict[str, Any],
+    loaders: tuple[str, ...] = tuple(SPLIT_OF_LOADER),
+    max_unreadable: float = 0.5,
+) -> list[str]:
+    """Point ``loaders`` of ``cfg`` at the prepared dataset ``meta``; size the heads.
+
+    Lists and videos stay where they are (``s3://`` or a mounted path).  The
+    training and validation loaders skip unreadable videos (counted, logged per
+    epoch by ``UnreadableVideosHook``, added to ``custom_hooks``); the test
+    loader stops on one.  The evaluate step passes ``loaders=('test_dataloader',)``:
+    it reads only val.  Returns the class names.
+    """
+    s3_fileio.register()
+    for name in loaders:
+        loader = cfg.get(name)
+        if not loader:
+            continue
+        split = meta['splits'][SPLIT_OF_LOADER[name]]
+        dataset = loader.dataset
+        dataset.type = DATASET_TYPE
+        dataset.ann_file = split['list_uri']
+        dataset.data_prefix = dict(video=split['videos_uri'])
+        dataset.max_unreadable = max_unreadable
+        dataset.skip_unreadable = name in SKIPPING_LOADERS
+        backend = s3_fileio.BACKEND_NAME if split['videos_uri'].startswith('s3://') else 'disk'
+        for step in _transforms(dataset.pipeline):
+            if step.get('type') == 'DecordInit':
+                step['io_backend'] = backend
+            elif step.get('type') == 'SeededViews':  # the teacher-logit cache keys by path
+                step['root'] = split['videos_uri']
+    if set(loaders) & set(SKIPPING_LOADERS):
+        hooks = list(cfg.get('custom_hooks') or [])
+        if not any(hook.get('type') == SKIP_HOOK_TYPE for hook in hooks):
+            hooks.append(dict(type=SKIP_HOOK_TYPE))
+        cfg.custom_hooks = hooks
+    set_num_classes(cfg.model, len(meta['classes']))
+    return list(meta['classes'])

@@ -1,0 +1,205 @@
+"""An mmengine Hook that copies every checkpoint to S3 as soon as it is written, and the logs.
+
+Registered through ``custom_hooks`` with the lowest priority, so it runs after
+mmengine's ``CheckpointHook`` in the same epoch::
+
+    custom_hooks = [dict(type='S3CheckpointHook', run_root='s3://bucket/prefix/run-id')]
+
+Only rank 0 uploads (it is the rank that writes checkpoints).  Each file goes
+to ``<run>/train/checkpoints/<name>`` and into the run's manifest.  A
+checkpoint already in S3 with the same content is skipped; one with the same
+name but other content (a restarted pod re-trained an epoch whose upload was
+lost) is kept under ``epoch_N.<k>.pth`` instead: nothing is ever overwritten.
+An upload retried after a partial success (the object stored, the manifest
+save failed) finds its own bytes under the name and records them: no copy.
+``latest_checkpoint_uri`` tells which one to resume from, ``checkpoint_epochs``
+how many epochs were trained.  While S3 is unreachable an upload is retried
+(``video_kd.storage.s3_policy``); if it still fails the training stops with one line,
+and re-running the step resumes from the last checkpoint that reached S3.
+
+When training ends, the run's mmengine log directory (the text log, the
+resolved config ``vis_data/config.py`` and the metrics ``vis_data/scalars.json``)
+goes to ``<run>/train/logs/<timestamp>/``: one directory per training attempt
+(a resumed attempt has a new timestamp), so nothing is overwritten either.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from mmengine.hooks import Hook
+from mmengine.registry import HOOKS
+
+from video_kd.core.errors import one_line
+from video_kd.runs import Manifest, ManifestEntry, RunLayout
+from video_kd.storage import s3
+from video_kd.storage.s3_policy import retry_call
+
+if TYPE_CHECKING:
+    from mmengine.runner import Runner
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = 'checkpoints'
+LOG_DIR = 'logs'
+_CKPT_RE = re.compile(r'^epoch_(\d+)(?:\.(\d+))?\.pth$')
+
+
+def checkpoint_prefix(layout: RunLayout) -> str:
+    """``s3://<bucket>/<prefix>/<run-id>/train/checkpoints``."""
+    return layout.uri('train', CHECKPOINT_DIR)
+
+
+def checkpoint_sort_key(uri: str) -> tuple[int, int] | None:
+    """(epoch, retry) of an ``epoch_N[.k].pth`` URI; None for other names."""
+    match = _CKPT_RE.match(uri.rsplit('/', 1)[-1])
+    return (int(match.group(1)), int(match.group(2) or 0)) if match else None
+
+
+def list_checkpoints(layout: RunLayout) -> list[str]:
+    """Checkpoint URIs of a run in training order (epoch, then retry)."""
+    uris = [u for u in s3.list_uris(checkpoint_prefix(layout) + '/') if checkpoint_sort_key(u)]
+    return sorted(uris, key=checkpoint_sort_key)
+
+
+def latest_checkpoint_uri(layout: RunLayout) -> str | None:
+    """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
+    uris = list_checkpoints(layout)
+    return uris[-1] if uris else None
+
+
+def checkpoint_epochs(layout: RunLayout) -> list[int]:
+    """The distinct epochs a run has checkpoints of, ascending.
+
+    ``epoch_3.pth`` and its retry ``epoch_3.1.pth`` are one epoch: count these,
+    not the files, when reporting how many epochs were trained.
+    """
+    return sorted({checkpoint_sort_key(uri)[0] for uri in list_checkpoints(layout)})
+
+
+def upload_checkpoint(layout: RunLayout, path: Path) -> str:
+    """Put one checkpoint under the run's checkpoint dir; returns its URI.
+
+    The first free name of ``epoch_N.pth``, ``epoch_N.1.pth``, ... is taken
+    with a conditional write, so two pods that both think they own epoch N
+    (a restarted pod beside a slow one) keep both files.  A name that holds
+    this very file already (an earlier attempt stored it, then failed to save
+    the manifest) is reused and recorded, so a retry leaves no duplicate.
+    """
+    manifest = Manifest.load(layout)
+    sha = s3.sha256_file(path)
+    stem = path.name[: -len('.pth')]
+    for retry in range(0, 100):
+        name = path.name if retry == 0 else f'{stem}.{retry}.pth'
+        uri = s3.join_uri(checkpoint_prefix(layout), name)
+        if manifest.find(uri, sha):
+            return uri  # already there (uploaded before a restart)
+        try:
+            manifest.record('train', path, uri, sha256=sha)
+        except s3.ObjectExistsError:
+            manifest = Manifest.load(layout)
+            if manifest.find(uri, sha):
+                return uri
+            if not s3.holds_file(uri, path):
+                continue  # another pod's epoch N: take the next name
+            _record_stored(manifest, path, uri, sha)
+        log.info('checkpoint %s -> %s', path.name, uri)
+        return uri
+    raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
+
+
+def _record_stored(manifest: Manifest, path: Path, uri: str, sha: str) -> None:
+    """Record an object that already holds ``path``'s bytes (no upload)."""
+    log.info('checkpoint %s: already stored at %s (an earlier attempt), recording it', path, uri)
+    entry = ManifestEntry(step='train', uri=uri, sha256=sha, size_bytes=path.stat().st_size)
+    manifest.entries.append(entry)
+    manifest.save()
+
+
+def upload_checkpoint_retried(layout: RunLayout, path: Path) -> str:
+    """``upload_checkpoint``, tried again while S3 is unreachable (``s3_policy.retry_call``).
+
+    Gives up within ``S3Policy.failure_bound_s()`` (113 s by default, a
+    multipart checkpoint's abort included) with one line that says what was
+    lost and how to go on.
+    """
+    try:
+        return retry_call(
+            lambda: upload_checkpoint(layout, path),
+            f'uploading checkpoint {path.name}',
+            s3.is_transient,
+        )
+    except s3.S3Error as exc:
+        error = CheckpointUploadError(
+            f'checkpoint {path.name} could not be uploaded to {checkpoint_prefix(layout)}/ '
+            f'({one_line(exc)}); training stops here: re-run the step to resume from the '
+            'last checkpoint in S3'
+        )
+        # S3 out of reach is temporary: the pod's launcher then exits with a status the
+        # operators retry, and the restarted pod resumes from the last checkpoint in S3.
+        error.exit_status = exc.exit_status
+        raise error from exc
+
+
+class CheckpointUploadError(s3.S3Error):
+    """A checkpoint did not reach S3 even after the retries: the attempt must stop."""
+
+
+def upload_logs(layout: RunLayout, log_dir: Path) -> list[str]:
+    """Put an mmengine log directory under ``<run>/train/logs/<its name>/``; returns the URIs."""
+    uris = []
+    with Manifest.load(layout).batch() as manifest:
+        for path in sorted(p for p in Path(log_dir).rglob('*') if p.is_file()):
+            uri = layout.uri('train', LOG_DIR, Path(log_dir).name, *path.relative_to(log_dir).parts)
+            manifest.publish('train', path, uri)
+            uris.append(uri)
+    log.info('training logs -> %s/', layout.uri('train', LOG_DIR, Path(log_dir).name))
+    return uris
+
+
+@HOOKS.register_module(force=True)
+class S3CheckpointHook(Hook):
+    """Upload new ``epoch_*.pth`` files of the work dir to the run's S3 directory."""
+
+    priority = 'LOWEST'  # after CheckpointHook (VERY_LOW)
+
+    def __init__(self, run_root: str):
+        self.layout = RunLayout.from_root(run_root)
+        self._done: dict[str, float] = {}
+
+    def _sync(self, runner: Runner) -> None:
+        from mmengine.dist import is_main_process
+
+        if not is_main_process():
+            return
+        for path in sorted(
+            Path(runner.work_dir).glob('epoch_*.pth'),
+            key=lambda p: checkpoint_sort_key(p.name) or (0, 0),
+        ):
+            mtime = path.stat().st_mtime
+            if self._done.get(path.name) == mtime:
+                continue
+            upload_checkpoint_retried(self.layout, path)
+            self._done[path.name] = mtime
+
+    def before_train(self, runner: Runner) -> None:
+        # A resumed run starts with the checkpoint it came from: already in S3.
+        for path in Path(runner.work_dir).glob('epoch_*.pth'):
+            self._done[path.name] = path.stat().st_mtime
+
+    def after_train_epoch(self, runner: Runner) -> None:
+        self._sync(runner)
+
+    def after_train(self, runner: Runner) -> None:
+        from mmengine.dist import is_main_process
+
+        self._sync(runner)
+        if is_main_process():
+            retry_call(
+                lambda: upload_logs(self.layout, Path(runner.log_dir)),
+                'uploading the training logs',
+                s3.is_transient,
+            )

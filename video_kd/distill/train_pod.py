@@ -1,0 +1,102 @@
+"""Entry point of every training process: ``torchrun -m video_kd.distill.train_pod CONFIG_URI ...``.
+
+A PyTorchJob / TrainJob pod (and the train step's local mode) runs this
+under ``torchrun``.  Rank 0 of each pod fetches the run's inputs from S3 —
+the resolved training config the train step wrote (``<run>/train/config.py``)
+and the teacher (checksum verified) — and the run's last checkpoint if there
+is one, so a restarted pod resumes; the other ranks of the pod wait for it.
+The videos are not downloaded: the data loaders stream each one from S3 (or
+read it from a mounted volume) when they need it, so a pod's disk does not
+grow with the dataset.  A dataset on a mounted path this pod lacks (no PVC
+mounted) stops every rank at once, in one line (``data_stream.check_mounted``),
+rather than after a score of skipped videos.  Then every rank trains with the
+mmengine Runner while ``S3CheckpointHook`` uploads each checkpoint as soon as
+it is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+from pathlib import Path
+
+from video_kd.core.errors import run_cli, setup_logging
+from video_kd.data.data_stream import check_mounted, use_dataset
+from video_kd.distill import train_config
+from video_kd.distill.s3_hook import latest_checkpoint_uri
+from video_kd.openmmlab.runtime import is_main_process, wait_for_file
+from video_kd.runs import RunLayout
+from video_kd.storage import s3
+
+log = logging.getLogger(__name__)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog='torchrun ... -m video_kd.distill.train_pod',
+        description="Training entry point of a PyTorchJob pod (and of local mode): fetch the run's "
+        'resolved config, data and teacher from S3, resume from its last checkpoint in S3, '
+        'train, upload every checkpoint as it is written.',
+    )
+    parser.add_argument('config', help="s3:// URI of the run's resolved config (train/config.py)")
+    parser.add_argument('--run-root', required=True, help="the run's s3:// directory")
+    parser.add_argument('--data-meta', required=True, help='s3:// URI of data/dataset.json')
+    parser.add_argument('--teacher', required=True, help='s3:// URI of the teacher checkpoint')
+    parser.add_argument('--teacher-sha256', default='', help='its sha256, checked after download')
+    parser.add_argument('--work-dir', required=True, help='local working directory of this pod')
+    return parser.parse_args(argv)
+
+
+def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, train_dir: Path) -> str:
+    """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any (the
+    videos are not downloaded: the data loaders stream them, see video_kd.data.data_stream)."""
+    from video_kd.steps.common import fetch_verified
+
+    inputs.mkdir(parents=True, exist_ok=True)
+    s3.download_file(args.config, inputs / train_config.CONFIG_NAME)
+    fetch_verified(args.teacher, inputs / 'teacher.pth', args.teacher_sha256 or None)
+    last = latest_checkpoint_uri(layout)
+    if last:
+        ckpt = s3.download_file(last, train_dir / last.rsplit('/', 1)[-1])
+        (train_dir / 'last_checkpoint').write_text(str(ckpt.resolve()))
+        log.info('resuming from %s (downloaded from %s)', ckpt.name, last)
+    return last or ''
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    data_meta = s3.read_json(args.data_meta)
+    check_mounted(data_meta)  # a PVC dataset in a pod without the PVC: one line, not 20 skips
+    layout = RunLayout.from_root(args.run_root)
+    work = Path(args.work_dir)
+    inputs, train_dir = work / 'inputs', work / 'mmengine'
+    ready = inputs / '.ready'
+    if int(os.environ.get('LOCAL_RANK', '0')) == 0:  # one download per node (pod)
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.write_text(fetch_inputs(args, layout, inputs, train_dir))
+    else:
+        wait_for_file(ready)
+    cfg = train_config.load_resolved(inputs / train_config.CONFIG_NAME)
+    hooks = list(cfg.get('custom_hooks') or [])
+    hooks.append(dict(type='S3CheckpointHook', run_root=layout.root, priority='LOWEST'))
+    cfg.custom_hooks = hooks
+    train_config.localize(
+        cfg,
+        work_dir=train_dir,
+        teacher_ckpt=inputs / 'teacher.pth',
+        resume='auto' if ready.read_text() else None,
+    )
+    use_dataset(cfg, data_meta)  # lists and videos read where they are
+    from video_kd.distill.train import train
+
+    runner = train(cfg)
+    if is_main_process():
+        log.info('done: checkpoints in %s/', layout.uri('train', 'checkpoints'))
+    del runner
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(run_cli(main))
