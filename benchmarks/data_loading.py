@@ -51,8 +51,8 @@ def measure(size: str, args, work: Path) -> dict:
     from mmaction.registry import DATASETS
     from mmengine.registry import init_default_scope
 
+    from video_kd.data.data_stream import set_data_root
     from video_kd.data.dataset import generate_dataset
-    from video_kd.openmmlab.runtime import set_data_root
 
     side = args.video_size or (64 if size == 'tiny' else 320)
     root = generate_dataset(

@@ -8,7 +8,7 @@ in our image) and ``__main__.py`` (the same step as a plain command,
 ==================  ===============================  ====================================
 component           step logic                       what else it uses
 ==================  ===============================  ====================================
-check_inputs        ``video_kd.core.checks``          every step's own checks
+check_inputs        ``video_kd.steps.check_inputs``          every step's own checks
                     (``check_pipeline_params``)      (``video_kd.steps.*``); reads and
                                                      writes nothing
 data_prep           ``video_kd.steps.data_prep``     ``video_kd.data.data_layout``, ``.data_check``,

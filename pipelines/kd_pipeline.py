@@ -7,7 +7,7 @@ lightweight component running in ``image``; data flows one way through typed
 artifacts whose metadata carries the S3 URIs, and S3 holds the artifacts
 themselves under ``s3://<s3_bucket>/<s3_prefix>/<run id>/``.  The first step,
 ``check-inputs``, runs every step's checks on the run's parameters
-(``video_kd.core.checks.check_pipeline_params``) and reads and writes nothing: a
+(``video_kd.steps.check_inputs.check_pipeline_params``) and reads and writes nothing: a
 bad one fails there in one line, before data prep claims the run.
 
 On a cluster each step's pod gets the S3 endpoint from a ConfigMap and the

@@ -40,8 +40,9 @@ def save_fitting_checkpoint(config, data_root, path):
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
 
+    from video_kd.data.data_stream import set_data_root
     from video_kd.openmmlab.config import load_config
-    from video_kd.openmmlab.runtime import register_all_modules, set_data_root
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmaction')

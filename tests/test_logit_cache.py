@@ -30,8 +30,9 @@ def small_data(tmp_path_factory):
 
 
 def cached_cfg(data_root, cache_dir):
+    from video_kd.data.data_stream import set_data_root
     from video_kd.openmmlab.config import load_config
-    from video_kd.openmmlab.runtime import register_all_modules, set_data_root
+    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     cfg = load_config(KD)
@@ -60,8 +61,8 @@ def test_enable_cache_rewrites_the_config(small_data, tmp_path):
     # the view spec is part of the location: other views (K) -> another cache
     _cfg2, location2 = cached_cfg(small_data, tmp_path)
     assert location2 == location
+    from video_kd.data.data_stream import set_data_root
     from video_kd.openmmlab.config import load_config
-    from video_kd.openmmlab.runtime import set_data_root
 
     cfg3 = load_config(KD, {'teacher_logit_cache': dict(num_views=2)})
     set_data_root(cfg3, small_data)

@@ -161,7 +161,6 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     """The first step gets the run's parameters as they are (no re-spelling), and every
     one that the checks read."""
     from components.check_inputs.component import check_inputs
-    from video_kd.core import checks as validation
 
     spec, _ = _spec()
     task = spec['root']['dag']['tasks']['check-inputs']['inputs']['parameters']
@@ -171,7 +170,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     }
     from video_kd.distill.train_config import TrainOptions
 
-    read = {*validation.SHA256_PARAMETERS, *validation.LAUNCH_PARAMETERS}
+    read = {*check_inputs.SHA256_PARAMETERS, *check_inputs.LAUNCH_PARAMETERS}
     read |= {f.name for f in dataclasses.fields(TrainOptions)}
     read |= {'run_id', 's3_bucket', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
              'student_config', 'training_backend', 'export_tolerance', 'speed_repeats'}  # fmt: skip

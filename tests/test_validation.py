@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import pytest
 
+from video_kd import backends
 from video_kd.core import checks as validation
 from video_kd.core.errors import BAD_INPUT, UserError, one_line, run_cli
+from video_kd.openmmlab import cfg_options
+from video_kd.steps import check_inputs
 from video_kd.storage import s3
 
 KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
@@ -84,7 +87,7 @@ def test_bucket_names():
 )
 def test_training_numbers_out_of_range(kwargs, match):
     with pytest.raises(UserError) as info:
-        validation.check_pipeline_params(kwargs)
+        check_inputs.check_pipeline_params(kwargs)
     assert match in str(info.value) and str(info.value) == one_line(info.value)
 
 
@@ -94,7 +97,7 @@ def test_training_numbers_in_range():
 
     check_launch(num_workers=1, gpus_per_worker=0, nproc_per_node=0, backoff_limit_per_node=0)
     assert TrainOptions(max_epochs=0).max_epochs == 0
-    validation.check_pipeline_params({'num_workers': 1, 'nproc_per_node': 0, 'max_epochs': 0})
+    check_inputs.check_pipeline_params({'num_workers': 1, 'nproc_per_node': 0, 'max_epochs': 0})
     assert validation.check_range('x', '3', 1, 5) == 3
     refused(validation.check_range, 'x', 6, 1, 5, match='x must be <= 5, got 6')
 
@@ -105,27 +108,27 @@ def test_pytorchjob_mode_needs_a_kubernetes_api(tmp_path, monkeypatch):
     monkeypatch.delenv('KUBECONFIG', raising=False)
     monkeypatch.setenv('HOME', str(tmp_path))
     for backend in ('pytorchjob', 'trainjob'):
-        refused(validation.check_train_backend, backend, match='needs a Kubernetes API')
+        refused(backends.check_train_backend, backend, match='needs a Kubernetes API')
     kubeconfig = tmp_path / 'kubeconfig'
     kubeconfig.write_text('apiVersion: v1\n')
     monkeypatch.setenv('KUBECONFIG', str(kubeconfig))
-    validation.check_train_backend('pytorchjob')
+    backends.check_train_backend('pytorchjob')
     monkeypatch.delenv('KUBECONFIG')
     monkeypatch.setenv('KUBERNETES_SERVICE_HOST', '10.0.0.1')  # in a pod
-    validation.check_train_backend('pytorchjob')
+    backends.check_train_backend('pytorchjob')
 
 
 def test_local_mode_and_unknown_modes(monkeypatch):
-    validation.check_train_backend('local')
+    backends.check_train_backend('local')
     refused(
-        validation.check_train_backend,
+        backends.check_train_backend,
         'slurm',
         match='expected "pytorchjob", "trainjob" or "local"',
     )
     import torch
 
     if torch.cuda.device_count() == 0:
-        refused(validation.check_train_backend, 'local', 1, match='this machine has 0 GPUs')
+        refused(backends.check_train_backend, 'local', 1, match='this machine has 0 GPUs')
 
 
 # --------------------------------------------------------------------------- --cfg-options
@@ -147,7 +150,7 @@ def test_local_mode_and_unknown_modes(monkeypatch):
     ],
 )
 def test_bad_cfg_options_are_refused(kd_cfg, option, match):
-    refused(validation.check_cfg_options, kd_cfg, [option], match=match)
+    refused(cfg_options.check_cfg_options, kd_cfg, [option], match=match)
 
 
 def test_good_cfg_options_pass_at_any_depth(kd_cfg):
@@ -166,13 +169,13 @@ def test_good_cfg_options_pass_at_any_depth(kd_cfg):
         'optim_wrapper.optimizer.type=AdamW',  # a new type brings its own arguments
         'optim_wrapper.optimizer.betas=(0.9,0.99)',
     ]
-    parsed = validation.check_cfg_options(kd_cfg, options)
+    parsed = cfg_options.check_cfg_options(kd_cfg, options)
     assert parsed['work_dir'] == '/tmp/with space'
     assert len(parsed) == len(options)
 
 
 def test_cfg_options_from_a_dict_action(kd_cfg):
-    assert validation.check_cfg_options(kd_cfg, {'train_cfg.max_epochs': 3})
+    assert cfg_options.check_cfg_options(kd_cfg, {'train_cfg.max_epochs': 3})
 
 
 @pytest.mark.parametrize(
@@ -196,7 +199,7 @@ def test_cfg_options_from_a_dict_action(kd_cfg):
     ],
 )
 def test_cfg_option_values_keep_their_spaces(text, value):
-    parsed = validation.parse_cfg_value(text)
+    parsed = cfg_options.parse_cfg_value(text)
     assert parsed == value and type(parsed) is type(value)
 
 
@@ -291,16 +294,16 @@ BAD_PARAMETERS = [
 def test_every_steps_check_runs_on_the_pipeline_parameters(bad, match):
     """What a step would refuse when it starts is refused before the run starts."""
     with pytest.raises(UserError) as info:
-        validation.check_pipeline_params({**GOOD_RUN, **bad})
+        check_inputs.check_pipeline_params({**GOOD_RUN, **bad})
     message = str(info.value)
     assert match in message and message == one_line(info.value), message
 
 
 def test_good_pipeline_parameters_pass_and_absent_ones_are_not_checked(caplog):
-    validation.check_pipeline_params(GOOD_RUN)
-    validation.check_pipeline_params({**GOOD_RUN, 'teacher_logit_cache': True,
+    check_inputs.check_pipeline_params(GOOD_RUN)
+    check_inputs.check_pipeline_params({**GOOD_RUN, 'teacher_logit_cache': True,
                                       'teacher_precision': 'bf16'})  # fmt: skip
-    validation.check_pipeline_params({})
+    check_inputs.check_pipeline_params({})
     assert 'not fetched (offline)' not in caplog.text, "the config's notes are the run's"
 
 
@@ -310,9 +313,9 @@ def test_the_backend_is_checked_where_training_runs(tmp_path, monkeypatch):
     monkeypatch.delenv('KUBERNETES_SERVICE_HOST', raising=False)
     monkeypatch.delenv('KUBECONFIG', raising=False)
     monkeypatch.setenv('HOME', str(tmp_path))
-    validation.check_pipeline_params({'training_backend': 'pytorchjob'})
+    check_inputs.check_pipeline_params({'training_backend': 'pytorchjob'})
     refused(
-        lambda: validation.check_pipeline_params(
+        lambda: check_inputs.check_pipeline_params(
             {'training_backend': 'pytorchjob'}, backend_here=True
         ),
         match='needs a Kubernetes API',

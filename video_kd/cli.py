@@ -114,9 +114,9 @@ def pipeline_arguments(params: dict[str, Any], package: str | Path | None = None
 
 
 def check_params(params: dict[str, Any], package: str | Path | None = None) -> None:
-    """Every step's checks on a run's arguments (``validation.check_pipeline_params``),
+    """Every step's checks on a run's arguments (``steps.check_inputs.check_pipeline_params``),
     before anything is submitted: one line, exit status 2."""
-    from video_kd.core.checks import check_pipeline_params
+    from video_kd.steps.check_inputs import check_pipeline_params
 
     check_pipeline_params(pipeline_arguments(params, package))
 

@@ -135,14 +135,6 @@ def s3_environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def ensure_bucket(bucket: str) -> None:
-    client = s3.s3_client()
-    try:
-        client.head_bucket(Bucket=bucket)
-    except Exception:
-        client.create_bucket(Bucket=bucket)
-
-
 def train_input_model(config: str, data_root: Path, work_dir: Path, epochs: int) -> Path:
     """Train a tiny teacher / baseline once (reused by later run-local calls)."""
     ckpt = work_dir / f'epoch_{epochs}.pth'
@@ -217,9 +209,9 @@ def run_arguments(
     pipeline_args: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The kd_pipeline arguments of a local run but its inputs (dataset, teacher, baseline),
-    checked as the pipeline's steps will check them (``validation.check_pipeline_params``):
+    checked as the pipeline's steps will check them (``steps.check_inputs.check_pipeline_params``):
     a bad one is one line before anything is written or trained."""
-    from video_kd.core.checks import check_pipeline_params
+    from video_kd.steps.check_inputs import check_pipeline_params
 
     arguments = {
         'kd_config': TINY_KD_CONFIG,
@@ -264,7 +256,7 @@ def run_local_pipeline(
 
     run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
     arguments = run_arguments(bucket, prefix, kd_epochs, workers, run_id, pipeline_args)
-    ensure_bucket(bucket)
+    s3.ensure_bucket(bucket)
     inputs = prepare_inputs(workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline)
     print(f'running the pipeline with the KFP local runner, run id {run_id}')
     local.init(

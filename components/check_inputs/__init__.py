@@ -1,1 +1,1 @@
-"""The check_inputs step (see component.py and video_kd.core.checks.check_pipeline_params)."""
+"""The check_inputs step (see component.py and video_kd.steps.check_inputs.check_pipeline_params)."""

@@ -35,8 +35,8 @@ def check_inputs(
     that a bad one is one line here, before data prep claims the run and writes anything,
     not after an hour of data prep or a whole training. Reads and writes nothing."""
     params = dict(locals())  # the parameters by name: nothing else is defined yet
-    from video_kd.core.checks import check_pipeline_params
     from video_kd.core.errors import exit_on_user_error
+    from video_kd.steps.check_inputs import check_pipeline_params
 
     with exit_on_user_error():
         check_pipeline_params(params)

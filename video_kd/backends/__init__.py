@@ -15,11 +15,13 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
 from video_kd.backends.kube import ClusterError, TrainingJobFailed
 from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
+from video_kd.core.checks import InvalidInputError
 
 log = logging.getLogger(__name__)
 BACKENDS = ('pytorchjob', 'trainjob', 'local')
@@ -33,6 +35,8 @@ __all__ = [
     'TrainingJobSpec',
     'UnknownBackend',
     'backend_from_env',
+    'check_backend_name',
+    'check_train_backend',
     'get',
     'job_name',
     'manifest',
@@ -100,3 +104,37 @@ def run_training(
         backoff=backend.backoff(spec),
     )
     job.run(timeout, queue=spec.queue)
+
+
+# --------------------------------------------------------------------------- backends
+def check_backend_name(backend: str) -> str:
+    """``backend`` if it names a training backend; else one line that lists them."""
+    if backend not in BACKENDS:
+        raise InvalidInputError(
+            f'training_backend {backend!r}: expected '
+            + ', '.join(f'"{name}"' for name in BACKENDS[:-1])
+            + f' or "{BACKENDS[-1]}"'
+        )
+    return backend
+
+
+def check_train_backend(backend: str, gpus_per_worker: int = 0) -> None:
+    """The training backend can run from here: a Kubernetes API, or local GPUs if asked for."""
+    check_backend_name(backend)
+    if backend != 'local':
+        if os.environ.get('KUBERNETES_SERVICE_HOST'):
+            return  # in a pod: the in-cluster config
+        kubeconfig = os.environ.get('KUBECONFIG') or str(Path.home() / '.kube' / 'config')
+        if not any(Path(p).is_file() for p in kubeconfig.split(os.pathsep) if p):
+            raise InvalidInputError(
+                f'training_backend "{backend}" needs a Kubernetes API: run in the cluster or '
+                f'set KUBECONFIG (no kubeconfig at {kubeconfig}); or use training_backend "local"'
+            )
+    elif gpus_per_worker > 0:
+        import torch  # only here: the step pod that checks a cluster backend needs no torch
+
+        if torch.cuda.device_count() < gpus_per_worker:
+            raise InvalidInputError(
+                f'gpus_per_worker={gpus_per_worker} in local mode, but this machine has '
+                f'{torch.cuda.device_count()} GPUs; use gpus_per_worker=0 (CPU)'
+            )

@@ -163,16 +163,10 @@ def list_videos(videos_uri: str) -> dict[str, ObjectInfo]:
 
 
 def _list_s3(videos_uri: str) -> dict[str, ObjectInfo]:
-    bucket, key = s3.parse_s3_uri(videos_uri.rstrip('/') + '/')
-    found = {}
-    with s3_fileio.storage_errors(videos_uri, 'list'):
-        paginator = s3_fileio.stream_client().get_paginator('list_objects_v2')
-        for page in paginator.paginate(Bucket=bucket, Prefix=key):
-            for obj in page.get('Contents', []):
-                rel = obj['Key'][len(key) :]
-                uri = f's3://{bucket}/{obj["Key"]}'
-                found[rel] = ObjectInfo(uri, obj['ETag'].strip('"'), obj['Size'])
-    return found
+    root = videos_uri.rstrip('/') + '/'
+    return {
+        rel: ObjectInfo(root + rel, etag, size) for rel, etag, size in s3_fileio.list_objects(root)
+    }
 
 
 def _list_local(root: Path) -> dict[str, ObjectInfo]:
@@ -435,17 +429,12 @@ class CheckCache:
     def _write(self, entries: dict[str, str | None]) -> str:
         name = f'batch-{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}-{uuid.uuid4().hex[:8]}'
         uri = s3.join_uri(self.uri, name + '.json')
-        bucket, key = s3.parse_s3_uri(uri)
-        body = json.dumps({'entries': entries}).encode()
-        with s3_fileio.storage_errors(uri, 'write'):
-            s3_fileio.stream_client().put_object(Bucket=bucket, Key=key, Body=body)
+        s3_fileio.put_object_bytes(uri, json.dumps({'entries': entries}).encode())
         return uri
 
     def _delete(self, uris: list[str]) -> None:
         for uri in uris:
-            bucket, key = s3.parse_s3_uri(uri)
-            with s3_fileio.storage_errors(uri, 'delete'):
-                s3_fileio.stream_client().delete_object(Bucket=bucket, Key=key)
+            s3_fileio.delete_object(uri)
 
 
 # --------------------------------------------------------------------------- the whole step

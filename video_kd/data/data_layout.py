@@ -111,13 +111,7 @@ def _names_in(directory: str) -> frozenset[str]:
             if path.is_dir()
             else frozenset()
         )
-    bucket, key = s3.parse_s3_uri(directory.rstrip('/') + '/')
-    names = set()
-    with s3_fileio.storage_errors(directory, 'list'):
-        pages = s3_fileio.stream_client().get_paginator('list_objects_v2')
-        for page in pages.paginate(Bucket=bucket, Prefix=key, Delimiter='/'):
-            names.update(obj['Key'][len(key) :] for obj in page.get('Contents', []))
-    return frozenset(names)
+    return frozenset(name for name, _, _ in s3_fileio.list_objects(directory, recursive=False))
 
 
 def _read_text(uri: str) -> str:

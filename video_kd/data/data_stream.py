@@ -42,6 +42,7 @@ from mmengine.registry import HOOKS
 from video_kd.core.errors import UserError, one_line
 from video_kd.data.data_check import CLASSES_NAME, LIST_NAMES, REPORT_NAME
 from video_kd.data.data_layout import DatasetSource
+from video_kd.data.dataset import TRAIN_LIST, VAL_LIST, VIDEO_DIR, DatasetError, read_classes
 from video_kd.openmmlab.config import set_num_classes
 from video_kd.storage import s3, s3_fileio
 
@@ -256,8 +257,6 @@ def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> dict[str
     ``data_uri`` is where data prep published ``validate_source``'s output
     (the run's ``data/`` directory, s3:// or local).
     """
-    from video_kd.storage import s3
-
     join = s3.join_uri if data_uri.startswith('s3://') else _path_join
     splits = {
         entry['split']: {
@@ -301,8 +300,6 @@ def use_test_data(cfg: Config, data: str | Path | dict[str, Any]) -> list[str]:
     streamed where it is) or a local dataset root; returns the class names."""
     if isinstance(data, dict):
         return use_dataset(cfg, data, loaders=('test_dataloader',))
-    from video_kd.openmmlab.runtime import set_data_root
-
     return set_data_root(cfg, data)
 
 
@@ -323,6 +320,7 @@ def check_mounted(
             if where.startswith('s3://') or Path(where).exists():
                 continue
             if not mount:
+                # imported here: video_kd.backends loads the Kubernetes client
                 from video_kd.backends.spec import DEFAULT_PVC_MOUNT
 
                 mount = os.environ.get('VIDEO_KD_PVC_MOUNT') or DEFAULT_PVC_MOUNT
@@ -372,3 +370,31 @@ def use_dataset(
         cfg.custom_hooks = hooks
     set_num_classes(cfg.model, len(meta['classes']))
     return list(meta['classes'])
+
+
+_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+_LIST_OF = {
+    'train_dataloader': TRAIN_LIST,
+    'val_dataloader': VAL_LIST,
+    'test_dataloader': VAL_LIST,
+}
+
+
+def set_data_root(cfg: Config, data_root: str | Path) -> list[str]:
+    """Point every dataloader at a Kinetics-style root; size the heads to its classes."""
+    root = Path(data_root).resolve()
+    classes = read_classes(root)
+    for name in _DATALOADERS:
+        loader = cfg.get(name)
+        if not loader:
+            continue
+        list_file = root / _LIST_OF[name]
+        if not list_file.is_file() or not list_file.read_text().strip():
+            raise DatasetError(f'{list_file} is missing or empty: no videos to use')
+        loader.dataset.ann_file = str(list_file)
+        loader.dataset.data_prefix = dict(video=str(root / VIDEO_DIR))
+        for transform in loader.dataset.get('pipeline') or []:
+            if transform.get('type') == 'SeededViews':  # keys cached logits by path under root
+                transform.root = loader.dataset.data_prefix['video']
+    set_num_classes(cfg.model, len(classes))
+    return classes

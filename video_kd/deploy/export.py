@@ -120,7 +120,7 @@ def load_student(
     from mmengine.registry import init_default_scope
 
     from video_kd.data.data_stream import use_test_data
-    from video_kd.distill.convert import load_state_dict, state_dict_mismatch
+    from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
     from video_kd.openmmlab.config import load_config, student_model_cfg
     from video_kd.openmmlab.runtime import register_all_modules
 

@@ -23,8 +23,9 @@ from mmengine.config import Config
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.core.errors import UserError, run_cli, setup_logging
 from video_kd.data.data_stream import use_test_data
-from video_kd.distill.convert import load_state_dict, state_dict_mismatch
-from video_kd.openmmlab.config import checked_cfg_options, load_config, student_model_cfg
+from video_kd.openmmlab.cfg_options import checked_cfg_options
+from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
+from video_kd.openmmlab.config import load_config, student_model_cfg
 from video_kd.openmmlab.runtime import register_all_modules
 
 logger = logging.getLogger(__name__)

@@ -45,7 +45,7 @@ from mmengine.config import Config, ConfigDict
 
 from video_kd.core.checks import check_sha256
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
-from video_kd.distill.convert import save_checkpoint
+from video_kd.openmmlab.checkpoints import save_checkpoint
 from video_kd.openmmlab.config import load_config, student_model_cfg
 from video_kd.runs import RunLayout
 from video_kd.storage import download, s3

@@ -222,7 +222,7 @@ def convert_state_dict(
 
     ``teacher`` is the built recognizer whose ``backbone`` is mmpretrain's Swin.
     """
-    from video_kd.distill.convert import state_dict_mismatch
+    from video_kd.openmmlab.checkpoints import state_dict_mismatch
 
     layout = detect_layout(state)
     if layout is None:

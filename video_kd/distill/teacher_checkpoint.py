@@ -23,8 +23,12 @@ from mmengine.config import Config
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.core.errors import UserError, run_cli, setup_logging
-from video_kd.distill.convert import load_checkpoint_file, save_checkpoint, state_dict_mismatch
 from video_kd.distill.swin_convert import MMPRETRAIN, TeacherCheckpointError, convert_state_dict
+from video_kd.openmmlab.checkpoints import (
+    load_checkpoint_file,
+    save_checkpoint,
+    state_dict_mismatch,
+)
 from video_kd.openmmlab.config import UnknownConfigError, load_config, set_num_classes
 from video_kd.storage import s3
 

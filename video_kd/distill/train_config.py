@@ -27,10 +27,11 @@ from mmengine.config import Config
 
 from video_kd.core.errors import UserError
 from video_kd.data import dataset
-from video_kd.distill.convert import load_state_dict, state_dict_mismatch
+from video_kd.data.data_stream import set_data_root
 from video_kd.distill.fast_teacher import PRECISIONS
+from video_kd.openmmlab.cfg_options import checked_cfg_options
+from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
 from video_kd.openmmlab.config import (
-    checked_cfg_options,
     is_distill_config,
     load_config,
     set_num_classes,
@@ -40,7 +41,6 @@ from video_kd.openmmlab.runtime import (
     is_main_process,
     launcher_from_env,
     register_all_modules,
-    set_data_root,
     wait_for_file,
 )
 

@@ -28,6 +28,7 @@ from video_kd.distill.s3_hook import latest_checkpoint_uri
 from video_kd.openmmlab.runtime import is_main_process, wait_for_file
 from video_kd.runs import RunLayout
 from video_kd.storage import s3
+from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -51,8 +52,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, train_dir: Path) -> str:
     """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any (the
     videos are not downloaded: the data loaders stream them, see video_kd.data.data_stream)."""
-    from video_kd.steps.common import fetch_verified
-
     inputs.mkdir(parents=True, exist_ok=True)
     s3.download_file(args.config, inputs / train_config.CONFIG_NAME)
     fetch_verified(args.teacher, inputs / 'teacher.pth', args.teacher_sha256 or None)

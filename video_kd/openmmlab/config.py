@@ -193,22 +193,6 @@ def load_config(
     return drop_remote_weights(cfg, warn=warn_offline)
 
 
-def checked_cfg_options(config: str | Path, items: list[str]) -> dict:
-    """``--cfg-options`` items as ``load_config`` overrides, after every check (training and
-    evaluation alike): malformed items and keys the config lacks at any depth are refused
-    with the nearest valid name (``video_kd.core.checks``); values parsed by
-    ``validation.parse_cfg_value`` (spaces kept)."""
-    from video_kd.core import checks as validation
-    from video_kd.openmmlab.runtime import register_all_modules
-
-    raw = validation.parse_cfg_options(items)
-    if raw:  # every key must exist in the config (at any depth): typos are refused
-        register_all_modules()
-        # a key check: the offline warnings come with the config that is used
-        validation.check_cfg_options(load_config(config, warn_offline=False), raw)
-    return {key: validation.parse_cfg_value(value) for key, value in raw.items()}
-
-
 def teacher_config(kd_config: str | Path, cfg_options: dict | None = None) -> Config:
     """The teacher's own config (its test pipeline, test dataloader, evaluator) with
     the KD config's resolved teacher as its model: to score the teacher as its

@@ -1,4 +1,4 @@
-"""What every training process shares: OpenMMLab registries, data roots, the distributed setup."""
+"""What every OpenMMLab process shares: filled registries and the distributed setup."""
 
 from __future__ import annotations
 
@@ -7,20 +7,9 @@ import logging
 import os
 from pathlib import Path
 
-from mmengine.config import Config
-
 import video_kd  # noqa: F401  (compat before OpenMMLab)
-from video_kd.data import dataset
-from video_kd.openmmlab.config import set_num_classes
 
 logger = logging.getLogger(__name__)
-
-_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
-_LIST_OF = {
-    'train_dataloader': dataset.TRAIN_LIST,
-    'val_dataloader': dataset.VAL_LIST,
-    'test_dataloader': dataset.VAL_LIST,
-}
 
 
 @functools.cache
@@ -32,26 +21,6 @@ def register_all_modules() -> None:
     from mmaction.utils import register_all_modules as register_mmaction
 
     register_mmaction(init_default_scope=False)
-
-
-def set_data_root(cfg: Config, data_root: str | Path) -> list[str]:
-    """Point every dataloader at a Kinetics-style root; size the heads to its classes."""
-    root = Path(data_root).resolve()
-    classes = dataset.read_classes(root)
-    for name in _DATALOADERS:
-        loader = cfg.get(name)
-        if not loader:
-            continue
-        list_file = root / _LIST_OF[name]
-        if not list_file.is_file() or not list_file.read_text().strip():
-            raise dataset.DatasetError(f'{list_file} is missing or empty: no videos to use')
-        loader.dataset.ann_file = str(list_file)
-        loader.dataset.data_prefix = dict(video=str(root / dataset.VIDEO_DIR))
-        for transform in loader.dataset.get('pipeline') or []:
-            if transform.get('type') == 'SeededViews':  # keys cached logits by path under root
-                transform.root = loader.dataset.data_prefix['video']
-    set_num_classes(cfg.model, len(classes))
-    return classes
 
 
 def dist_backend() -> str:

@@ -14,8 +14,6 @@ from typing import Any
 from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
 from video_kd.storage import s3
-from video_kd.storage.download import ChecksumMismatchError
-from video_kd.storage.download import fetch_verified as fetch_atomically
 
 log = logging.getLogger(__name__)
 
@@ -45,20 +43,6 @@ def scratch_dir(workdir: str | Path | None, step: str) -> Iterator[Path]:
             path.rmdir()
         raise
     shutil.rmtree(path, ignore_errors=True)
-
-
-def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
-    """Download one object and check its checksum (from the manifest) if given.
-
-    Atomic: a mismatching file never lands at ``dest``.
-    """
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
-    except ChecksumMismatchError as error:
-        raise UserError(
-            f'{uri} changed since it was recorded: sha256 {error.got}, manifest says {sha256}'
-        ) from error
 
 
 def load_meta(value: str) -> dict[str, Any]:

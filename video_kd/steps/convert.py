@@ -7,7 +7,8 @@ from typing import Any
 
 from video_kd.distill.convert import convert_kd_ckpt_to_student
 from video_kd.runs import RunLayout, publish, run_info
-from video_kd.steps.common import fetch_verified, scratch_dir
+from video_kd.steps.common import scratch_dir
+from video_kd.storage.download import fetch_verified
 
 
 def run(kd_model: dict[str, Any], workdir: str | Path | None = None) -> dict[str, Any]:

@@ -9,9 +9,10 @@ from typing import Any
 
 from video_kd.core.errors import UserError
 from video_kd.runs import RunLayout, publish, run_info
-from video_kd.steps.common import fetch_verified, scratch_dir
+from video_kd.steps.common import scratch_dir
 from video_kd.steps.report import markdown_report, summarise_metrics
 from video_kd.storage import download
+from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 

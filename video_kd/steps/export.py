@@ -29,8 +29,9 @@ from typing import Any
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
-from video_kd.steps.common import fetch_verified, output_uri, read_output, scratch_dir
+from video_kd.steps.common import output_uri, read_output, scratch_dir
 from video_kd.storage import s3
+from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from video_kd import backends
-from video_kd.core.checks import check_range, check_sha256, check_train_backend
+from video_kd.core.checks import check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.distill import train_config
 from video_kd.distill.s3_hook import checkpoint_epochs, list_checkpoints
@@ -60,7 +60,7 @@ def run(
     options = options or TrainOptions()
     backend = backends.backend_from_env(training_backend)
     check_launch(num_workers, gpus_per_worker, nproc_per_node, backoff_limit_per_node)
-    check_train_backend(backend, gpus_per_worker)
+    backends.check_train_backend(backend, gpus_per_worker)
     layout = RunLayout.from_root(data_meta['run_root'])
     config_uri = publish_config(layout, data_meta, teacher, kd_config, options)
     if backend == 'local':

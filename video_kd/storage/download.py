@@ -29,11 +29,10 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from video_kd.core.checks import InvalidInputError, check_range, check_sha256
 from video_kd.core.errors import UserError, run_cli, setup_logging
-from video_kd.runs import RunLayout
 from video_kd.storage import s3
 
 log = logging.getLogger('video_kd.storage.download')
@@ -69,6 +68,13 @@ class ChecksumMismatchError(DownloadError):
         self.url, self.expected, self.got = url, expected, got
 
 
+class ContentCache(Protocol):
+    """Where content-addressed copies live (``video_kd.runs.RunLayout`` is one): storage
+    knows the key scheme, not the run layout."""
+
+    def cache_uri(self, kind: str, sha256: str, filename: str) -> str: ...
+
+
 class _Retryable(Exception):
     """A failure worth another attempt (connection trouble, 5xx, short body)."""
 
@@ -90,7 +96,7 @@ def fetch(
     url: str,
     dest_dir: str | os.PathLike,
     sha256: str | None = None,
-    cache: RunLayout | str | None = None,
+    cache: ContentCache | str | None = None,
     retries: int = 3,
     timeout: float = 60.0,
     backoff: float = 1.0,
@@ -100,7 +106,7 @@ def fetch(
     """Fetch ``url`` into ``dest_dir``; returns the file's path and whether the cache had it.
 
     ``sha256`` pins the content; without it the file is accepted as is (and
-    cannot be cached).  ``cache`` is a ``RunLayout`` (uses its shared
+    cannot be cached).  ``cache`` is a ``ContentCache`` (a run's ``RunLayout``: its shared
     ``cache/`` directory) or an ``s3://`` cache root; the object lives at
     ``<root>/<cache_kind>/<sha256>/<filename>`` (``teacher``; ImageNet weights
     use ``pretrained``).  ``retries`` counts attempts after the first one, for
@@ -120,13 +126,13 @@ def fetch(
 
     if cache_uri and s3.exists(cache_uri):
         log.info('cache hit: %s (not downloading %s)', cache_uri, url)
-        dest = fetch_verified(
+        dest = fetch_atomically(
             cache_uri, dest_dir / filename, sha256, lambda tmp: s3.download_file(cache_uri, tmp)
         )
         return Fetched(_ready(dest), cache_hit=True)
 
     dest = _ready(
-        fetch_verified(
+        fetch_atomically(
             url,
             dest_dir / filename,
             sha256,
@@ -144,7 +150,7 @@ def fetch(
 
 
 def store_in_cache(
-    path: Path, cache: RunLayout | str, sha256: str, cache_kind: str = CACHE_KIND
+    path: Path, cache: ContentCache | str, sha256: str, cache_kind: str = CACHE_KIND
 ) -> str:
     """Keep ``path``, verified to have ``sha256``, in the S3 cache under that checksum
     (``<root>/<cache_kind>/<sha256>/<file name>``, where ``fetch`` looks); returns its URI.
@@ -177,14 +183,14 @@ def _filename(url: str) -> str:
     return name
 
 
-def _cache_uri(cache: RunLayout | str, sha256: str, filename: str, kind: str) -> str:
-    if isinstance(cache, RunLayout):
+def _cache_uri(cache: ContentCache | str, sha256: str, filename: str, kind: str) -> str:
+    if not isinstance(cache, str):
         return cache.cache_uri(kind, sha256, filename)
     s3.parse_s3_uri(cache)  # fail early on a cache that is not an s3:// URI
     return s3.join_uri(cache, kind, sha256, filename)
 
 
-def fetch_verified(
+def fetch_atomically(
     source: str, dest: Path, sha256: str | None, fetch: Callable[[Path], object]
 ) -> Path:
     """Run ``fetch(tmp_path)``, check the checksum, then rename onto ``dest``.
@@ -357,3 +363,17 @@ def cli(argv: list[str] | None = None) -> int:
 
 if __name__ == '__main__':
     sys.exit(cli())
+
+
+def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
+    """Download one S3 object and check its checksum (from the manifest) if given.
+
+    Atomic: a mismatching file never lands at ``dest``.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
+    except ChecksumMismatchError as error:
+        raise UserError(
+            f'{uri} changed since it was recorded: sha256 {error.got}, manifest says {sha256}'
+        ) from error

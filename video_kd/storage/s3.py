@@ -258,6 +258,15 @@ def _bucket_missing(uri: str) -> bool:
     return False
 
 
+def ensure_bucket(bucket: str) -> None:
+    """Create ``bucket`` unless it exists (the local demo's server starts empty)."""
+    client = s3_client()
+    try:
+        client.head_bucket(Bucket=bucket)
+    except ClientError:
+        client.create_bucket(Bucket=bucket)
+
+
 def exists(uri: str) -> bool:
     """True when an object is stored at ``uri``; a missing bucket raises ``BucketNotFoundError``."""
     bucket, key = parse_s3_uri(uri)

@@ -100,6 +100,32 @@ def get_object_bytes(uri: str, byte_range: str | None = None) -> bytes:
         return s3.fetch(uri, stream_client(), **extra)[0]
 
 
+def list_objects(prefix_uri: str, recursive: bool = True) -> Iterator[tuple[str, str, int]]:
+    """``(key relative to the prefix, ETag, size)`` of every object under an ``s3://`` prefix
+    (only those directly inside it when not ``recursive``), on this process's client."""
+    bucket, key = s3.parse_s3_uri(prefix_uri.rstrip('/') + '/')
+    extra = {} if recursive else {'Delimiter': '/'}
+    with storage_errors(prefix_uri, 'list'):
+        pages = stream_client().get_paginator('list_objects_v2')
+        for page in pages.paginate(Bucket=bucket, Prefix=key, **extra):
+            for obj in page.get('Contents', []):
+                yield obj['Key'][len(key) :], obj['ETag'].strip('"'), obj['Size']
+
+
+def put_object_bytes(uri: str, body: bytes) -> None:
+    """Write a small object (overwriting), on this process's client."""
+    bucket, key = s3.parse_s3_uri(uri)
+    with storage_errors(uri, 'write'):
+        stream_client().put_object(Bucket=bucket, Key=key, Body=body)
+
+
+def delete_object(uri: str) -> None:
+    """Delete one object, on this process's client."""
+    bucket, key = s3.parse_s3_uri(uri)
+    with storage_errors(uri, 'delete'):
+        stream_client().delete_object(Bucket=bucket, Key=key)
+
+
 class S3Backend(BaseStorageBackend):
     """Read-only ``s3://`` access for mmengine's fileio and the legacy FileClient."""
 

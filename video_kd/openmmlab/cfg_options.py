@@ -1,0 +1,262 @@
+"""``--cfg-options``: parsed one way everywhere and checked against the resolved config.
+
+A list of ``key=value`` strings (one form everywhere: the pipeline parameter is a list,
+the CLIs take one item per argument), each key a path that exists in the *resolved*
+config at every depth, or an argument the ``type`` of its dict accepts; a miss is refused
+with the nearest valid name.  Values are Python literals or plain text, spaces kept
+(``parse_cfg_value``).
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib
+import inspect
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from mmengine.config import Config, DictAction
+from mmengine.registry import Registry
+
+from video_kd.core.checks import InvalidInputError
+from video_kd.openmmlab.config import load_config
+from video_kd.openmmlab.runtime import register_all_modules
+
+_KEY_PART = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$|^\d+$')
+
+
+# Top-level keys the mmengine Runner (and this project) read although a config may not set them.
+RUNNER_KEYS = frozenset(
+    {
+        'work_dir',
+        'experiment_name',
+        'launcher',
+        'randomness',
+        'custom_hooks',
+        'custom_imports',
+        'model_wrapper_cfg',
+        'resume',
+        'load_from',
+        'env_cfg',
+        'log_level',
+        'default_scope',
+        'auto_scale_lr',
+        'visualizer',
+        'log_processor',
+        'allow_pretrained_download',  # video_kd.openmmlab.config
+        'teacher_logit_cache',  # video_kd.distill.logit_cache
+    }
+)
+
+
+# Children of keys a config usually leaves unset: what their readers accept.
+KNOWN_CHILDREN = {
+    'teacher_logit_cache': frozenset({'num_views', 'seed'}),
+    'randomness': frozenset({'seed', 'deterministic', 'diff_rank_seed'}),
+}
+
+
+_DATALOADERS = ('train_dataloader', 'val_dataloader', 'test_dataloader')
+
+
+# --------------------------------------------------------------------------- --cfg-options
+def parse_cfg_options(options: Iterable[str]) -> dict[str, str]:
+    """``['a.b=1', 'c=x y']`` -> ``{'a.b': '1', 'c': 'x y'}`` (values as written; see
+    ``parse_cfg_value``); a malformed item is refused."""
+    parsed = {}
+    for item in options:
+        key, sep, value = str(item).partition('=')
+        key = key.strip()
+        if not sep or not key:
+            raise InvalidInputError(
+                f'--cfg-options {item!r}: expected key=value, e.g. optim_wrapper.optimizer.lr=0.01'
+            )
+        bad = [part for part in key.split('.') if not _KEY_PART.match(part)]
+        if bad:
+            raise InvalidInputError(
+                f'--cfg-options {item!r}: {bad[0]!r} is not a config key '
+                '(dotted names of letters, digits and _, or list indices)'
+            )
+        parsed[key] = value
+    return parsed
+
+
+def parse_cfg_value(text: str) -> Any:
+    """One ``--cfg-options`` value: a Python literal when it is one (``0.1``, ``'a b'``,
+    ``[1, 2]``, ``None``; quotes stripped once); else mmengine's own forms for a bracketed
+    list or a value without spaces (``[a, b]``, ``a,b``, ``true``); else the text as
+    written (``/a b`` stays ``/a b``, where mmengine's parser would drop the space)."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
+        pass
+    stripped = text.strip()
+    bracketed = stripped[:1] in ('[', '(') and stripped[-1:] in (']', ')')
+    if not bracketed and any(char.isspace() for char in text):
+        return text
+    return DictAction._parse_iterable(text)
+
+
+def check_cfg_options(
+    cfg: Config | Mapping[str, Any], options: Sequence[str] | Mapping[str, Any]
+) -> dict[str, Any]:
+    """Refuse any ``--cfg-options`` key the resolved config ``cfg`` cannot take.
+
+    ``options`` is a list of ``key=value`` strings or an mmengine DictAction
+    dict.  Returns the options as a dict.  A key is valid when every part of
+    its path exists in the config (list indices included), or when the part is
+    an argument that the ``type`` of its dict accepts (``optimizer.eps`` for
+    ``AdamW``), or when the options also replace that dict's ``type``.
+    """
+    parsed = dict(options) if isinstance(options, Mapping) else parse_cfg_options(options)
+    tree = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+    retyped = {k[: -len('.type')] for k in parsed if k.endswith('.type')}
+    for key in parsed:
+        _check_key(tree, key, retyped)
+    return parsed
+
+
+def _check_key(tree: dict, key: str, retyped: set[str]) -> None:
+    node: Any = tree
+    parts = key.split('.')
+    for depth, part in enumerate(parts):
+        here = '.'.join(parts[:depth]) or 'the config'
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                raise InvalidInputError(
+                    f'--cfg-options {key}: {here} is a list of {len(node)}; '
+                    f'{part!r} is not an index of it (0-{len(node) - 1})'
+                )
+            node = node[int(part)]
+            continue
+        if not isinstance(node, dict):
+            raise InvalidInputError(
+                f'--cfg-options {key}: {here} is {type(node).__name__} {node!r}, it has no keys'
+            )
+        if part in node:
+            node = node[part]
+            continue
+        if _accepted_anyway(node, parts[:depth], part, retyped):
+            return
+        raise InvalidInputError(
+            f'--cfg-options {key}: no key {part!r} in {here}'
+            + _did_you_mean(node, parts[:depth], part)
+        )
+
+
+def _accepted_anyway(node: dict, path: list[str], part: str, retyped: set[str]) -> bool:
+    """A key the config does not set but its reader takes."""
+    if '.'.join(path) in retyped:
+        return True  # a new type: its own arguments
+    if not path:
+        return part in RUNNER_KEYS
+    if path[0] in KNOWN_CHILDREN and len(path) == 1:
+        return part in KNOWN_CHILDREN[path[0]]
+    return any(params is None or part in params for params in _reader_arguments(node, path))
+
+
+def _did_you_mean(node: dict, path: list[str], part: str) -> str:
+    candidates = set(node)
+    if not path:
+        candidates |= RUNNER_KEYS
+    elif path[0] in KNOWN_CHILDREN and len(path) == 1:
+        candidates |= KNOWN_CHILDREN[path[0]]
+    for params in _reader_arguments(node, path):
+        candidates |= params or set()
+    close = difflib.get_close_matches(part, sorted(candidates), n=1, cutoff=0.6)
+    if close:
+        return f' (did you mean {".".join([*path, close[0]])!r}?)'
+    return f'; it has {", ".join(sorted(candidates)[:12])}'
+
+
+def _reader_arguments(node: dict, path: list[str]) -> list[set[str] | None]:
+    """Argument names of what reads this dict (None: it takes **kwargs, anything goes)."""
+    readers = []
+    if 'type' in node:
+        readers = _registered(node['type'])
+    elif len(path) == 1 and path[0] in _DATALOADERS:
+        from torch.utils.data import DataLoader
+
+        readers = [DataLoader]
+    elif path == ['optim_wrapper']:
+        from mmengine.optim import OptimWrapper
+
+        readers = [OptimWrapper]
+    return [_arguments(reader) for reader in readers]
+
+
+def _arguments(reader: Callable[..., Any]) -> set[str] | None:
+    """Named arguments of ``reader``; through ``**kwargs`` into its bases' ``__init__``.
+
+    OpenMMLab classes pass ``**kwargs`` on to their base class (a head to
+    ``BaseHead``), so the union along the MRO up to the first ``__init__``
+    without ``**kwargs`` is what the class accepts.  None: no such bound.
+    """
+    inits = (
+        [vars(k)['__init__'] for k in reader.__mro__ if '__init__' in vars(k)]
+        if isinstance(reader, type)
+        else [reader]
+    )
+    names = {'type', '_scope_'}
+    for init in inits:
+        try:
+            parameters = inspect.signature(init).parameters.values()
+        except (TypeError, ValueError):
+            return None
+        names |= {
+            p.name
+            for p in parameters
+            if p.name != 'self' and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        }
+        if all(p.kind is not p.VAR_KEYWORD for p in parameters):
+            return names
+    return None
+
+
+def _registered(type_name: Any) -> list:
+    """Every class registered as ``type_name`` in the OpenMMLab registries."""
+    if not isinstance(type_name, str):
+        return [type_name] if callable(type_name) else []
+    register_all_modules()
+    name = type_name.rsplit('.', 1)[-1]
+    found = []
+    for registry in _registries():
+        try:
+            cls = registry.get(name)
+        except Exception:  # a registry that cannot import a lazily registered module
+            cls = None
+        if cls is not None and cls not in found:
+            found.append(cls)
+    return found
+
+
+def _registries() -> list:
+    found = []
+    for module in (
+        'mmengine.registry',
+        'mmaction.registry',
+        'mmrazor.registry',
+        'mmpretrain.registry',
+    ):
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:
+            continue
+        found.extend(v for v in vars(loaded).values() if isinstance(v, Registry))
+    return found
+
+
+def checked_cfg_options(config: str | Path, items: list[str]) -> dict:
+    """``--cfg-options`` items as ``load_config`` overrides, after every check (training and
+    evaluation alike): malformed items and keys the config lacks at any depth are refused
+    with the nearest valid name (``check_cfg_options``); values parsed by
+    ``parse_cfg_value`` (spaces kept)."""
+    raw = parse_cfg_options(items)
+    if raw:  # every key must exist in the config (at any depth): typos are refused
+        register_all_modules()
+        # a key check: the offline warnings come with the config that is used
+        check_cfg_options(load_config(config, warn_offline=False), raw)
+    return {key: parse_cfg_value(value) for key, value in raw.items()}

@@ -1,0 +1,77 @@
+"""The check-inputs step: every step's own checks on a run's parameters, before anything
+is written (the pipeline's first task; ``video-kd submit`` / ``schedule`` / ``run-local``
+call it before KFP or S3 is touched)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+from video_kd import backends
+from video_kd.core.checks import check_bucket, check_range, check_run_id, check_sha256
+from video_kd.distill.train_config import TrainOptions
+from video_kd.openmmlab.config import config_path
+from video_kd.steps import data_prep, evaluate, export, teacher, train
+
+# --------------------------------------------------------------------------- a run's parameters
+# The pipeline parameters whose checks need only the value itself or another parameter; the
+# rest (s3_prefix, image, reencode, the cluster object names) have nothing to check.
+SHA256_PARAMETERS = ('teacher_sha256', 'baseline_sha256', 'student_pretrained_sha256')
+
+
+LAUNCH_PARAMETERS = ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'backoff_limit_per_node')
+
+
+def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False) -> None:
+    """Every step's own checks on a run's pipeline parameters, at once and before anything
+    is submitted or written: without it a training option fails only when the train step
+    starts (after data prep, an hour at Kinetics scale) and an export setting only after
+    the whole training.
+
+    ``params``: pipeline arguments by name, typed (the compiled defaults merged with the
+    user's: ``video-kd submit`` / ``schedule``; all of them: the pipeline's ``check-inputs``
+    step).  A parameter that is absent is not checked.  The checks are the steps' own
+    (``steps.data_prep``, ``steps.teacher``, ``steps.train``, ``steps.evaluate``,
+    ``steps.export``), so a value passes here exactly when its step would take it.
+    ``backend_here``: training runs from this machine (``run-local``), so its backend must
+    be able to run here (``check_train_backend``); otherwise only the name is checked, as
+    a laptop that submits needs no Kubernetes API and the check-inputs pod lacks the
+    training ConfigMap that names the chart's backend.
+    """
+    if params.get('run_id'):
+        check_run_id(params['run_id'])
+    if 's3_bucket' in params:
+        check_bucket(params['s3_bucket'])
+    if 'dataset_uri' in params:
+        data_prep.check_dataset_uri(params['dataset_uri'])
+    for name in SHA256_PARAMETERS:
+        if name in params:
+            check_sha256(params[name], name)
+    if 'teacher_url' in params:
+        teacher.check_source(params['teacher_url'], params.get('teacher_sha256', ''))
+    if 'baseline_url' in params:
+        evaluate.check_baseline(params['baseline_url'], params.get('student_config', ''))
+    train.check_launch(**{name: params[name] for name in LAUNCH_PARAMETERS if name in params})
+    backend = params.get('training_backend')
+    if backend_here:
+        backends.check_train_backend(backends.backend_from_env(backend or ''),
+                            params.get('gpus_per_worker', 0))  # fmt: skip
+    elif backend:  # empty: the chart's training.backend, known only to the train step's pod
+        backends.check_backend_name(backend)
+    fields = {field.name for field in dataclasses.fields(TrainOptions)}
+    given = {name: params[name] for name in fields if name in params}
+    if 'max_epochs' in given:
+        check_range('max_epochs', given['max_epochs'])  # a whole number; TrainOptions: >= 0
+    options = TrainOptions(**given)
+    if params.get('kd_config'):
+        train.check_options(params['kd_config'], options, params.get('teacher_sha256') or None)
+    if params.get('student_config'):
+        config_path(params['student_config'])  # evaluation and export load it
+    if 'export_tolerance' in params or 'speed_repeats' in params:
+        export.export_settings(
+            params.get('kd_config', ''),
+            params.get('student_config', ''),
+            tolerance=params.get('export_tolerance', export.DEFAULT_TOLERANCE),
+            speed_repeats=params.get('speed_repeats', export.DEFAULT_SPEED_REPEATS),
+        )
