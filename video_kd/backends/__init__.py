@@ -19,7 +19,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from video_kd.backends.kube import ClusterError, TrainingJobFailed
+from video_kd.backends.kube import ClusterError, ClusterJob, TrainingJobFailed
 from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
 from video_kd.core.checks import InvalidInputError
 
@@ -61,6 +61,7 @@ def backend_from_env(name: str = '', env: Mapping[str, str] | None = None) -> st
 
 def get(name: str) -> ModuleType:
     """The backend module of that name (imported on first use: each has its own SDK)."""
+    # deferred: each backend imports its own SDK (Training Operator, Trainer), only when used
     if name == 'pytorchjob':
         from video_kd.backends import pytorchjob as backend
     elif name == 'trainjob':
@@ -92,7 +93,6 @@ def run_training(
     if name == 'trainjob':
         for line in backend.warnings(spec):
             log.warning('%s', line)
-    from video_kd.backends.kube import ClusterJob
 
     job = ClusterJob(
         backend.KIND,

@@ -32,6 +32,7 @@
 
 from __future__ import annotations
 
+import argparse
 import collections
 import hashlib
 import io
@@ -47,9 +48,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from video_kd.core.errors import UserError
+from video_kd.core.errors import UserError, setup_logging
 from video_kd.core.progress import Progress
-from video_kd.data.data_layout import SPLITS, DatasetSource
+from video_kd.data.data_layout import SPLITS, DatasetSource, resolve
 from video_kd.storage import s3, s3_fileio
 
 log = logging.getLogger(__name__)
@@ -622,11 +623,6 @@ def _line_reason(
 # --------------------------------------------------------------------------- command line
 def main(argv: list[str] | None = None) -> int:
     """``python -m video_kd.data.data_check``: check a dataset before a pipeline run uses it."""
-    import argparse
-
-    from video_kd.core.errors import setup_logging
-    from video_kd.data.data_layout import resolve
-
     parser = argparse.ArgumentParser(
         prog='python -m video_kd.data.data_check',
         description='Check every listed video of a dataset (s3:// prefix or local directory, '

@@ -38,6 +38,10 @@ from torch import nn
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
+from video_kd.data.data_stream import use_test_data
+from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
+from video_kd.openmmlab.config import load_config, student_model_cfg
+from video_kd.openmmlab.runtime import register_all_modules
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -118,11 +122,6 @@ def load_student(
     """
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
-
-    from video_kd.data.data_stream import use_test_data
-    from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
-    from video_kd.openmmlab.config import load_config, student_model_cfg
-    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmaction')

@@ -17,7 +17,9 @@ import subprocess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from video_kd import __version__
 from video_kd.core.errors import UserError
+from video_kd.openmmlab.config import is_distill_config, load_config
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -73,8 +75,6 @@ def pretrained_weights(config: str | Config) -> dict[str, str | None]:
     unless the run gave the student ImageNet weights (``student_pretrained_url``): then
     the student's backbone shows their URL and sha256.
     """
-    from video_kd.openmmlab.config import is_distill_config, load_config
-
     cfg = load_config(config) if isinstance(config, str) else config
     found: dict[str, str | None] = {}
 
@@ -106,8 +106,6 @@ def code_version() -> str:
     record of a VCS install (``direct_url.json``), or from the source tree when it is a
     git checkout (``-dirty`` when it holds uncommitted changes).
     """
-    from video_kd import __version__
-
     commit = os.environ.get(GIT_COMMIT_ENV, '').strip() or _installed_commit() or _checkout_commit()
     return f'kubeflow-video-kd {__version__}, git commit {commit or "unknown"}'
 

@@ -47,6 +47,8 @@ from video_kd.deploy.export import (
     export_onnx,
     ort_session,
 )
+from video_kd.openmmlab.config import load_config, set_num_classes
+from video_kd.openmmlab.runtime import register_all_modules
 
 logger = logging.getLogger(__name__)
 
@@ -59,9 +61,6 @@ def build_pair(kd_config: str, num_classes: int) -> dict[str, RecognizerScores]:
     """Teacher and student of a KD config, freshly initialised, as exportable modules."""
     from mmaction.registry import MODELS
     from mmengine.registry import init_default_scope
-
-    from video_kd.openmmlab.config import load_config, set_num_classes
-    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     init_default_scope('mmaction')

@@ -47,6 +47,7 @@ from video_kd.core.checks import check_sha256
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 from video_kd.openmmlab.checkpoints import save_checkpoint
 from video_kd.openmmlab.config import load_config, student_model_cfg
+from video_kd.openmmlab.runtime import register_all_modules
 from video_kd.runs import RunLayout
 from video_kd.storage import download, s3
 
@@ -248,8 +249,6 @@ def _build(backbone_cfg: ConfigDict) -> torch.nn.Module:
     from mmaction.registry import MODELS
     from mmengine.registry import DefaultScope
 
-    from video_kd.openmmlab.runtime import register_all_modules
-
     register_all_modules()
     with DefaultScope.overwrite_default_scope('mmaction'):  # whatever scope is current
         return MODELS.build(copy.deepcopy(backbone_cfg))
@@ -260,8 +259,6 @@ def _accepts(backbone_cfg: ConfigDict, argument: str) -> bool:
 
     from mmaction.registry import MODELS
     from mmengine.registry import DefaultScope
-
-    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     with DefaultScope.overwrite_default_scope('mmaction'):

@@ -34,6 +34,7 @@ from typing import Any
 import torch
 
 from video_kd.core.errors import UserError
+from video_kd.openmmlab.checkpoints import state_dict_mismatch
 
 logger = logging.getLogger(__name__)
 
@@ -222,8 +223,6 @@ def convert_state_dict(
 
     ``teacher`` is the built recognizer whose ``backbone`` is mmpretrain's Swin.
     """
-    from video_kd.openmmlab.checkpoints import state_dict_mismatch
-
     layout = detect_layout(state)
     if layout is None:
         raise TeacherCheckpointError(

@@ -30,6 +30,7 @@ from video_kd.openmmlab.checkpoints import (
     state_dict_mismatch,
 )
 from video_kd.openmmlab.config import UnknownConfigError, load_config, set_num_classes
+from video_kd.openmmlab.runtime import register_all_modules
 from video_kd.storage import s3
 
 logger = logging.getLogger(__name__)
@@ -103,8 +104,6 @@ def _head_size(state: dict[str, torch.Tensor], src: Path, num_classes: int | Non
 
 def _build_teacher(kd_cfg: Config, num_classes: int | None) -> torch.nn.Module:
     from mmrazor.registry import MODELS
-
-    from video_kd.openmmlab.runtime import register_all_modules
 
     register_all_modules()
     teacher_cfg = copy.deepcopy(kd_cfg.model.teacher)

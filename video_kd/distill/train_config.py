@@ -28,7 +28,8 @@ from mmengine.config import Config
 from video_kd.core.errors import UserError
 from video_kd.data import dataset
 from video_kd.data.data_stream import set_data_root
-from video_kd.distill.fast_teacher import PRECISIONS
+from video_kd.distill.fast_teacher import PRECISIONS, enable_fast_teacher
+from video_kd.distill.pretrained import apply_pretrained, fetch_pretrained
 from video_kd.openmmlab.cfg_options import checked_cfg_options
 from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
 from video_kd.openmmlab.config import (
@@ -168,7 +169,6 @@ def resolve(
         set_max_epochs(cfg, options.max_epochs)
     if options.teacher_precision:  # before the cache: its location hashes the precision
         _require_distill(cfg, '--teacher-precision')
-        from video_kd.distill.fast_teacher import enable_fast_teacher
 
         enable_fast_teacher(cfg, options.teacher_precision)
         log.info('teacher: eval mode, inference_mode, %s', options.teacher_precision)
@@ -307,8 +307,6 @@ def collect_over_process_group(cfg: Config) -> None:
 
 def load_student_pretrained(cfg: Config, dest: Path) -> dict:
     """Fetch the run's ImageNet weights (verified) and point the student's backbone at them."""
-    from video_kd.distill.pretrained import apply_pretrained, fetch_pretrained
-
     weights = cfg.student_pretrained
     path = fetch_pretrained(weights.fetch_from, dest, weights.sha256 or None)
     return apply_pretrained(cfg, path)

@@ -25,6 +25,7 @@ from video_kd.core.errors import run_cli, setup_logging
 from video_kd.data.data_stream import check_mounted, use_dataset
 from video_kd.distill import train_config
 from video_kd.distill.s3_hook import latest_checkpoint_uri
+from video_kd.distill.train import train
 from video_kd.openmmlab.runtime import is_main_process, wait_for_file
 from video_kd.runs import RunLayout
 from video_kd.storage import s3
@@ -88,7 +89,6 @@ def main(argv: list[str] | None = None) -> int:
         resume='auto' if ready.read_text() else None,
     )
     use_dataset(cfg, data_meta)  # lists and videos read where they are
-    from video_kd.distill.train import train
 
     runner = train(cfg)
     if is_main_process():

@@ -56,6 +56,8 @@ from typing import TYPE_CHECKING
 
 from botocore.exceptions import ClientError
 
+from video_kd.core.errors import UserError
+
 if TYPE_CHECKING:
     from botocore.client import BaseClient
 
@@ -112,8 +114,6 @@ def mode() -> str:
     """``auto``, ``on`` or ``off``: from ``VIDEO_KD_S3_CONDITIONAL_WRITES``."""
     value = os.environ.get(MODE_ENV, 'auto').strip().lower() or 'auto'
     if value not in MODES:
-        from video_kd.core.errors import UserError
-
         raise UserError(f'{MODE_ENV}={value!r}: expected one of {", ".join(MODES)}')
     return value
 

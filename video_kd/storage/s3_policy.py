@@ -46,6 +46,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from botocore.config import Config
 
+from video_kd.core.errors import UserError
+
 if TYPE_CHECKING:
     from botocore.awsrequest import AWSPreparedRequest
     from botocore.client import BaseClient
@@ -129,8 +131,6 @@ def _env_number(name: str, default: float, minimum: float) -> float:
     except ValueError:
         value = minimum - 1
     if value < minimum:
-        from video_kd.core.errors import UserError
-
         raise UserError(f'{name}={raw!r}: expected a number >= {minimum:g}')
     return value
 
