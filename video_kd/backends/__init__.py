@@ -5,8 +5,9 @@
 - ``local``: torchrun on this machine (run-local, tests, a single-node step pod).
 
 Every backend takes the same ``TrainingJobSpec`` (``spec.py``; the step builds it
-with ``spec_from_env``) and has ``run(spec, timeout, ...)``, which returns when
-training succeeded and raises ``TrainingJobFailed`` (operator reason, pod exit
+with ``spec_from_env``) and implements a protocol of ``base.py`` (``ClusterBackend``: the
+object to create and how to read it; ``LocalBackend``: ``run``).
+``run_training(name, spec, timeout, ...)`` returns when training succeeded and raises ``TrainingJobFailed`` (operator reason, pod exit
 codes) or a ``ClusterError`` (UserError: operator missing, RBAC, queue).
 """
 
@@ -16,9 +17,9 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
-from typing import Any
+from typing import Any, cast
 
+from video_kd.backends.base import ClusterBackend, LocalBackend
 from video_kd.backends.kube import ClusterError, ClusterJob, TrainingJobFailed
 from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
 from video_kd.core.checks import InvalidInputError
@@ -29,8 +30,10 @@ DEFAULT_BACKEND = 'pytorchjob'
 
 __all__ = [
     'BACKENDS',
+    'ClusterBackend',
     'ClusterError',
     'JobSpecError',
+    'LocalBackend',
     'TrainingJobFailed',
     'TrainingJobSpec',
     'UnknownBackend',
@@ -59,7 +62,7 @@ def backend_from_env(name: str = '', env: Mapping[str, str] | None = None) -> st
     return chosen
 
 
-def get(name: str) -> ModuleType:
+def get(name: str) -> ClusterBackend | LocalBackend:
     """The backend module of that name (imported on first use: each has its own SDK)."""
     # deferred: each backend imports its own SDK (Training Operator, Trainer), only when used
     if name == 'pytorchjob':
@@ -73,9 +76,21 @@ def get(name: str) -> ModuleType:
     return backend
 
 
+def cluster_backend(name: str) -> ClusterBackend:
+    """The Kubernetes backend of that name; ``local`` is refused (it creates no object)."""
+    backend = get(name)
+    if name == 'local':
+        raise UnknownBackend('training_backend "local" creates no Kubernetes object')
+    return cast(ClusterBackend, backend)
+
+
+def local_backend(name: str) -> LocalBackend:
+    return cast(LocalBackend, get(name))
+
+
 def manifest(name: str, spec: TrainingJobSpec) -> dict[str, Any]:
     """The object a cluster backend would create (for --dry-run and the tests)."""
-    return get(name).manifest(spec)
+    return cluster_backend(name).manifest(spec)
 
 
 def run_training(
@@ -86,13 +101,12 @@ def run_training(
     ``api``: a ``kubernetes.client.ApiClient`` (default: in-cluster, else kubeconfig).
     ``local_kwargs``: ``log_path``, ``cwd`` for the local backend.
     """
-    backend = get(name)
     if name == 'local':
-        backend.run(spec, timeout, **local_kwargs)
+        local_backend(name).run(spec, timeout, **local_kwargs)
         return
-    if name == 'trainjob':
-        for line in backend.warnings(spec):
-            log.warning('%s', line)
+    backend = cluster_backend(name)
+    for line in backend.warnings(spec):
+        log.warning('%s', line)
 
     job = ClusterJob(
         backend.KIND,

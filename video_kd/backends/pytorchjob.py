@@ -98,6 +98,12 @@ def retried(exit_code: int | None) -> bool:
     return exit_code is None or exit_code >= RETRYABLE
 
 
+def warnings(spec: TrainingJobSpec) -> list[str]:
+    """None: every field of the spec has its meaning on a PyTorchJob."""
+    del spec
+    return []
+
+
 def backoff(spec: TrainingJobSpec) -> Backoff:
     """The backoff limit the train step enforces while it waits (the operator does not:
     kubeflow/trainer#2045): more than ``spec.backoff_limit`` retried pods fail the job."""
