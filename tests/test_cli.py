@@ -358,6 +358,13 @@ def test_the_check_inputs_entry_point_is_one_line_and_exit_2():
 NOT_A_LITERAL = object()
 
 
+def readme_and_docs() -> str:
+    """README.md and its docs/ pages (the parameter table is in docs/pipeline.md)."""
+    root = Path(cli.__file__).resolve().parents[1]
+    pages = [root / 'README.md', *sorted((root / 'docs').glob('*.md'))]
+    return '\n'.join(page.read_text() for page in pages)
+
+
 def readme_default(text: str):
     """A default as the README's table writes it: 2, false, "", empty, `video-kd`, `[]`;
     words ('the K400 TSM configs') are not literals and are not checked."""
@@ -376,7 +383,7 @@ def readme_default(text: str):
 
 
 def test_the_readme_parameter_table_gives_the_compiled_defaults():
-    readme = (Path(cli.__file__).resolve().parents[1] / 'README.md').read_text()
+    readme = readme_and_docs()
     table = readme.split('Parameters (all typed', 1)[1].split('\n\n', 2)[1]
     compiled = cli.pipeline_parameters()
     checked = set()
@@ -403,7 +410,7 @@ def test_the_readme_parameter_table_gives_the_compiled_defaults():
 
 
 def test_the_readme_parameter_table_has_a_row_for_every_parameter():
-    readme = (Path(cli.__file__).resolve().parents[1] / 'README.md').read_text()
+    readme = readme_and_docs()
     table = readme.split('Parameters (all typed', 1)[1].split('\n\n', 2)[1]
     named = {
         name
@@ -417,7 +424,7 @@ def test_the_readme_parameter_table_has_a_row_for_every_parameter():
 def test_readme_and_pipeline_agree_on_the_minimum_kfp_backend():
     import pipelines.kd_pipeline as kd
 
-    readme = (Path(cli.__file__).resolve().parents[1] / 'README.md').read_text()
+    readme = readme_and_docs()
     claimed = set(re.findall(r'KFP backend (?:>= |\*\*)?\**(\d+\.\d+\.\d+)', readme))
     claimed |= set(re.findall(r'KFP backend\s+>=\s+(\d+\.\d+\.\d+)', kd.__doc__))
     # optional ConfigMap keys as env (the IR's `optional: true`) need 2.15.0 (pipelines#12216)

@@ -205,7 +205,7 @@ def test_describe_weights_tells_common_backbones_apart(
 
 
 # --------------------------------------------------------------------------- the seed's files
-README = Path(__file__).resolve().parent.parent / 'README.md'
+README = Path(__file__).resolve().parent.parent / 'docs' / 'training.md'  # the README's page
 
 
 def test_the_seeds_file_names_carry_their_hash_prefix():
