@@ -112,9 +112,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description='Distill a large MMAction2 video recognizer (teacher) into a small one '
-        '(student) with MMRazor: data prep, teacher download, KD training as a '
-        'Kubeflow PyTorchJob or TrainJob, student conversion, evaluation, export of the '
-        'deployable student (ONNX, speed, model card). Artifacts in '
+        '(student) with MMRazor: a check of every parameter, data prep, teacher download, '
+        "KD training as a Kubeflow PyTorchJob or TrainJob (or torchrun in the step's pod), "
+        'student conversion, evaluation, export of the deployable student (ONNX, speed, '
+        'model card). Each parameter is described where it is set. Artifacts in '
         's3://<s3_bucket>/<s3_prefix>/<run id>/.',
     )
     def kd_pipeline(
