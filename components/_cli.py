@@ -6,16 +6,18 @@ import argparse
 import json
 import sys
 
+ERRORS = 'bad input is one `error: ...` line, exit status 2'
 S3_EPILOG = (
     'S3: credentials from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (never flags), '
     'endpoint from S3_ENDPOINT_URL (MinIO, Ceph; unset means AWS). Prints the output '
-    "artifact's metadata as JSON on stdout; bad input is one `error: ...` line, exit status 2."
+    f"artifact's metadata as JSON on stdout; {ERRORS} (75 when S3 is unreachable: try again)."
 )
 
 
-def parser(prog: str, description: str) -> argparse.ArgumentParser:
+def parser(prog: str, description: str, epilog: str = S3_EPILOG) -> argparse.ArgumentParser:
+    """A step's parser; ``epilog``: what it reads and prints (default: a step on S3)."""
     return argparse.ArgumentParser(
-        prog=f'python -m components.{prog}', description=description, epilog=S3_EPILOG
+        prog=f'python -m components.{prog}', description=description, epilog=epilog
     )
 
 

@@ -112,9 +112,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
     @dsl.pipeline(
         name=PIPELINE_NAME,
         description='Distill a large MMAction2 video recognizer (teacher) into a small one '
-        '(student) with MMRazor: data prep, teacher download, KD training as a '
-        'Kubeflow PyTorchJob or TrainJob, student conversion, evaluation, export of the '
-        'deployable student (ONNX, speed, model card). Artifacts in '
+        '(student) with MMRazor: a check of every parameter, data prep, teacher download, '
+        "KD training as a Kubeflow PyTorchJob or TrainJob (or torchrun in the step's pod), "
+        'student conversion, evaluation, export of the deployable student (ONNX, speed, '
+        'model card). Each parameter is described where it is set. Artifacts in '
         's3://<s3_bucket>/<s3_prefix>/<run id>/.',
     )
     def kd_pipeline(
@@ -147,44 +148,89 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         image: str = DEFAULT_IMAGE,
         run_id: str = '',
     ):
-        """Parameters:
+        """One KD run: teacher_url is the one parameter without a usable default.
 
-        dataset_uri: where the dataset is, read in place: an s3:// prefix or a path on the
-            mounted PVC (the chart's persistence.mountPath, e.g. /cache/kinetics400), holding
-            our layout (videos/, train_list.txt, val_list.txt, classes.txt) or MMAction2's
-            Kinetics tree as its tools prepare it (videos_train/, videos_val/,
-            kinetics400_{train,val}_list_videos.txt, label_map_k400.txt or annotations/*.csv;
-            other names as a query: ?train_list=...&val_videos=...); or generate:// for the
-            synthetic demo data.
-        reencode: train and evaluate on a derived copy of the dataset (short side 256, a
-            keyframe every frame), written once at <dataset_uri>/derived/<hash>/ and reused.
-        teacher_url, teacher_sha256: the teacher checkpoint (https:// or s3://) and its SHA-256.
-        kd_config, student_config: shipped config names (``video-kd configs``); student_config
-            is the student trained alone, used to evaluate baseline_url.
-        baseline_url, baseline_sha256: optional student checkpoint trained without KD: the
-            evaluation then reports the KD gain.
-        num_workers: training nodes (PyTorchJob replicas, Master included; TrainJob numNodes);
-            gpus_per_worker: GPUs per node; nproc_per_node: processes per node (0: one per GPU).
-        max_epochs, cfg_options, teacher_precision, teacher_logit_cache: training options
-            (``video_kd.distill.train_config.TrainOptions``): the epoch budget (0 keeps the config's),
-            mmengine overrides (a list of KEY=VALUE), the teacher as an inference model (fp32,
-            bf16, fp16; empty: as MMRazor runs it), and the teacher's logits cached next to
-            the dataset in S3 so scheduled retraining skips its forward pass.
-        student_pretrained_url, student_pretrained_sha256: ImageNet weights for the student's
-            backbone (https:// or s3://, cached in S3 by checksum); the seed's are in README.md;
-            empty: random init.
-        training_backend: pytorchjob (Training Operator v1), trainjob (Kubeflow Trainer v2) or
-            local (torchrun inside the train step's pod); empty: the chart's training.backend.
-        backoff_limit_per_node: restarts allowed per training node of a PyTorchJob (0: the
-            chart's, else 3). No effect on a TrainJob, which cannot set its own: its runtime's
-            failurePolicy decides (the chart's: training.backoffLimitPerNode x workers).
-        s3_bucket, s3_prefix: where runs go: s3://<bucket>/<prefix>/<run id>/.
-        s3_config_map, s3_credentials, training_config_map: the Kubernetes objects the step pods
-            read (the Helm release's).
-        export_tolerance: the largest ONNX vs PyTorch logit difference the export accepts.
-        speed_repeats: timing rounds of teacher vs student (ONNX Runtime, PyTorch); 0 skips it.
-        image: the image of every step and of the PyTorchJob pods.
-        run_id: empty picks <UTC time>-<KFP run id>; a run id in use is refused.
+        Args:
+            dataset_uri: Where the dataset is, read in place: an s3:// prefix or a path on
+                the mounted PVC (the chart's persistence.mountPath, e.g.
+                /cache/kinetics400), holding our layout (videos/, train_list.txt,
+                val_list.txt, classes.txt) or MMAction2's Kinetics tree as its tools
+                prepare it (videos_train/, videos_val/,
+                kinetics400_{train,val}_list_videos.txt, label_map_k400.txt or
+                annotations/*.csv; other names as a query: ?train_list=...&val_videos=...);
+                or generate:// for the synthetic demo data (the default; options as a
+                query, e.g. generate://?num_classes=3&train_per_class=4).
+            reencode: true: train and evaluate on a derived copy of the dataset (short side
+                256, a keyframe every frame: cheap seeks), written once at
+                <dataset_uri>/derived/<hash>/ and reused by later runs. Default false: the
+                videos as they are.
+            teacher_url: The teacher checkpoint, https:// or s3://, streamed with retries and
+                checked against kd_config's teacher (the seed's timm Swin teacher is
+                converted). Required: empty is refused by the check-inputs step.
+            teacher_sha256: The teacher checkpoint's SHA-256 (64 hex digits): checked after
+                the download, and the key of its copy in the run bucket's S3 cache (a
+                re-run copies it from there). Empty: not checked, not cached.
+            kd_config: The shipped KD config (``video-kd configs`` lists them) naming the
+                teacher, the student and the distillation losses. Default: TSM ResNet-50
+                teacher, TSM MobileNetV2 student, logit KD on Kinetics-400.
+            student_config: The shipped config of the student trained alone (no KD): the
+                evaluation scores baseline_url with it and the model card names it. Default:
+                the TSM MobileNetV2 Kinetics-400 config.
+            baseline_url: Optional checkpoint of the student trained without KD (https:// or
+                s3://, needs student_config): the evaluation then reports the KD gain.
+                Empty (default): no baseline.
+            baseline_sha256: The baseline checkpoint's SHA-256 (64 hex digits), checked after
+                the download. Empty: not checked.
+            num_workers: Training nodes: PyTorchJob replicas (the Master included) or
+                TrainJob numNodes; 1 or more, local: 1. Default 2.
+            gpus_per_worker: GPUs per training node (0 or more). Default 0: CPU training.
+            nproc_per_node: Training processes per node. Default 0: one per GPU (one on a
+                node without GPUs).
+            max_epochs: The training's epoch budget (0 or more); the config's schedule is
+                stretched to it. Default 0: the config's own.
+            cfg_options: mmengine config overrides, a list of KEY=VALUE strings, e.g.
+                ["optim_wrapper.optimizer.lr=0.01", "train_dataloader.batch_size=8"]; a
+                value is a Python literal or plain text, spaces kept. Every key is checked
+                against the resolved KD config. Default []: none.
+            teacher_logit_cache: true (KD configs only): cache the teacher's logits per
+                augmented view next to the dataset (<dataset>/teacher_logits/), so
+                retraining with the same teacher skips its forward pass. Default false.
+            teacher_precision: Run the frozen teacher as an inference model in this
+                precision: fp32, bf16 or fp16 (the student stays fp32). Empty (default):
+                as MMRazor runs it.
+            student_pretrained_url: ImageNet weights for the student's backbone (https:// or
+                s3://, cached in S3 by checksum; the seed's are listed in README.md),
+                checked tensor by tensor. Empty (default): random init.
+            student_pretrained_sha256: Those weights' SHA-256 (64 hex digits): checked, and
+                the key of their S3 cache. Empty: not checked.
+            training_backend: Where KD training runs: pytorchjob (Training Operator v1),
+                trainjob (Kubeflow Trainer v2) or local (torchrun inside the train step's
+                pod). Empty (default): the chart's training.backend.
+            backoff_limit_per_node: Restarts allowed per training node of a PyTorchJob (0 or
+                more). Default 0: the chart's, else 3. No effect on a TrainJob, which cannot
+                set its own: its runtime's failurePolicy decides (the chart's:
+                training.backoffLimitPerNode x workers).
+            s3_bucket: The S3 bucket runs go to: s3://<s3_bucket>/<s3_prefix>/<run id>/
+                (3-63 lowercase letters, digits, dots and hyphens). Default video-kd.
+            s3_prefix: The key prefix of the runs in s3_bucket (its cache is
+                <s3_prefix>/cache/). Default video-kd.
+            s3_config_map: The Kubernetes ConfigMap the step pods read S3_ENDPOINT_URL (and
+                optionally AWS_DEFAULT_REGION) from; the default is the Helm release's.
+            s3_credentials: The Kubernetes Secret the step pods read the S3 credentials from
+                (credentials are never parameters); the default is the Helm release's.
+            training_config_map: The Kubernetes ConfigMap the train step reads its training
+                settings from (backend, service account, GPU resource, queue, ...); the
+                default is the Helm release's.
+            export_tolerance: The largest absolute difference of ONNX vs PyTorch logits on
+                the val clips that the export accepts; above it the export fails. Default
+                0.001.
+            speed_repeats: Timing rounds of teacher vs student (ONNX Runtime, PyTorch) in the
+                export. 0 skips the speed check. Default 3.
+            image: The container image of every step and of the training job's pods.
+                Default: this release's image.
+            run_id: The run's id and directory name, s3://<s3_bucket>/<s3_prefix>/<run_id>/
+                (1-63 lowercase letters, digits and hyphens; not "cache"); an id in use is
+                refused. Empty (default): <UTC time>-<KFP run id>.
         """
         arguments = dict(locals())  # the parameters by name (the first statement)
         checked = step(

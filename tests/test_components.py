@@ -53,7 +53,12 @@ def test_every_step_runs_alone_with_help(step):
     result = run_module(f'components.{step}', '--help')
     assert result.returncode == 0, result.stderr
     assert f'python -m components.{step}' in result.stdout
-    assert 'AWS_ACCESS_KEY_ID' in result.stdout  # says where credentials come from
+    if step == 'check_inputs':  # reads no S3: says so, and names no credentials
+        assert (
+            'no S3' in ' '.join(result.stdout.split()) and 'AWS_ACCESS_KEY_ID' not in result.stdout
+        )
+    else:
+        assert 'AWS_ACCESS_KEY_ID' in result.stdout  # says where credentials come from
 
 
 def test_missing_credentials_fail_in_one_line(tmp_path):

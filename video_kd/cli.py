@@ -478,15 +478,17 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from components import STEPS  # the pipeline's steps in order (a test keeps it so)
     from video_kd.distill.train_config import TrainOptions
 
+    steps = ' -> '.join(step.replace('_', ' ') for step in STEPS)
     parser = argparse.ArgumentParser(
         prog='video-kd',
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description='Distill MMAction2 video recognizers with MMRazor, as a Kubeflow pipeline '
-        '(data prep -> teacher download -> KD training as a PyTorchJob -> student '
-        'conversion -> evaluation; artifacts in S3 under '
-        's3://<bucket>/<prefix>/<run id>/).',
+        description='Distill MMAction2 video recognizers with MMRazor, as a Kubeflow '
+        f'pipeline of {len(STEPS)} steps:\n  {steps}\n'
+        '(training as a PyTorchJob, a TrainJob or under torchrun in its pod); artifacts '
+        'in S3 under\ns3://<bucket>/<prefix>/<run id>/.',
         epilog='examples:\n'
         '  video-kd run-local                 # whole pipeline on this machine (~3 min)\n'
         '  video-kd compile                   # pipelines/kd_pipeline.yaml\n'
@@ -498,8 +500,7 @@ def build_parser() -> argparse.ArgumentParser:
         '  video-kd schedule --host http://localhost:8080 --pipeline-name '
         'video-kd-distillation \\\n'
         '      --cron "0 0 3 * * *" --experiment nightly --param s3_bucket=video-kd\n'
-        'each step alone: python -m components.<check_inputs|data_prep|teacher_download|'
-        'train|convert|evaluate|export> --help\n'
+        f'each step alone: python -m components.<{"|".join(STEPS)}> --help\n'
         'S3 credentials: AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY in the environment '
         '(a Kubernetes Secret in the cluster); endpoint: S3_ENDPOINT_URL.',
     )
@@ -520,9 +521,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Run the whole pipeline on this machine with KFP's local runner "
         '(kfp.local.SubprocessRunner), a local S3 server (moto) and the generated '
         'synthetic dataset, with tiny configs: trains a tiny teacher and the '
-        'student alone (the no-KD baseline) first, then runs the five steps '
-        '(training under torchrun, as a PyTorchJob pod would) and prints where '
-        "the artifacts are and the student's metrics with and without KD.",
+        f"student alone (the no-KD baseline) first, then runs the pipeline's {len(STEPS)} "
+        f'steps ({steps}; training under torchrun, as a PyTorchJob pod would) and prints '
+        "where the artifacts are and the student's metrics with and without KD.",
     )
     p.add_argument('--workdir', default='.local-run', help='default: .local-run')
     p.add_argument('--bucket', default='video-kd')
@@ -551,14 +552,27 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         'upload',
         help='upload the compiled pipeline to a KFP host',
-        description='Upload pipelines/kd_pipeline.yaml to the KFP API: a new '
-        'pipeline, or a new version when it exists already.',
+        description='Upload the compiled pipeline (pipelines/kd_pipeline.yaml, or --package) '
+        'to the KFP API: a new pipeline, or a new version when one of that name exists. '
+        'With --param or a cluster name, the pipeline is compiled here with them first.',
     )
     _kfp_args(p)
     p.add_argument('--pipeline-name', default=PIPELINE_NAME)
-    p.add_argument('--version', help='version name; default <package version>-<UTC time>')
-    p.add_argument('--package', type=Path, help='default: the compiled pipeline')
-    p.add_argument('--description', default='Video KD: MMAction2 + MMRazor distillation')
+    p.add_argument(
+        '--version',
+        help='version name, when the pipeline exists; default <package version>-<UTC time>',
+    )
+    p.add_argument(
+        '--package',
+        type=Path,
+        help='upload this file as it is (no --param, no cluster names); '
+        'default: pipelines/kd_pipeline.yaml',
+    )
+    p.add_argument(
+        '--description',
+        default='Video KD: MMAction2 + MMRazor distillation',
+        help='of a new pipeline (default: %(default)s)',
+    )
     p.add_argument(
         '--param',
         action='append',
@@ -595,7 +609,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         'submit',
         help='start one run on a KFP host',
-        description='Start a run of the compiled pipeline on a KFP host.',
+        description='Start a run of the compiled pipeline on a KFP host (caching off), after '
+        "every step's checks on its parameters (the pipeline's check-inputs step): a bad one "
+        'is one line here, before anything is submitted.',
     )
     _kfp_args(p)
     p.add_argument(
@@ -603,20 +619,27 @@ def build_parser() -> argparse.ArgumentParser:
         action='append',
         default=[],
         metavar='KEY=VALUE',
-        help='pipeline parameter (repeatable); see the pipeline parameters in README.md',
+        help='pipeline parameter (repeatable); each is described in the Kubeflow UI and in '
+        'pipelines/kd_pipeline.py',
     )
     p.add_argument('--experiment', default='video-kd')
     p.add_argument('--run-name')
     p.add_argument('--service-account')
-    p.add_argument('--package', type=Path)
-    p.add_argument('--wait', type=int, metavar='SECONDS', help='wait for the run to finish')
+    p.add_argument('--package', type=Path, help='default: pipelines/kd_pipeline.yaml')
+    p.add_argument(
+        '--wait',
+        type=int,
+        metavar='SECONDS',
+        help='wait for the run to finish; exit status 1 unless it succeeded',
+    )
     p.set_defaults(func=cmd_submit)
 
     p = sub.add_parser(
         'schedule',
         help='create/replace a recurring run (scheduled retraining)',
         description='Create (or replace, same name) a KFP recurring run of the '
-        'latest version of an uploaded pipeline.',
+        'latest version of an uploaded pipeline: one run at a time, no catch-up runs; '
+        'the parameters are checked first, as for submit.',
     )
     _kfp_args(p)
     p.add_argument('--pipeline-name', default=PIPELINE_NAME)
@@ -628,7 +651,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument('--experiment', default='video-kd')
     p.add_argument('--job-name', help='default: <pipeline name>-<experiment>')
-    p.add_argument('--param', action='append', default=[], metavar='KEY=VALUE')
+    p.add_argument(
+        '--param',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help='pipeline parameter of every run (repeatable), as for submit',
+    )
     p.add_argument('--service-account', help='Kubernetes ServiceAccount the runs use')
     p.set_defaults(func=cmd_schedule)
 

@@ -12,8 +12,11 @@ def main(argv: list[str] | None = None) -> int:
         'check_inputs',
         "Check a run's pipeline parameters as the steps that read them will (cfg_options "
         'against the resolved KD config, numeric ranges, checksums, URLs, the backend name, '
-        'the export settings); the compiled defaults fill in the rest. Reads and writes '
-        'nothing; the pipeline runs this check first, before data prep claims the run.',
+        'the export settings); the compiled defaults fill in the rest. The pipeline runs '
+        'this check first, before data prep claims the run.',
+        epilog="Reads only the compiled pipeline (the parameters' types and defaults): no S3, "
+        'no credentials; writes nothing. Prints the names of the checked parameters as JSON '
+        f'({{"checked": [...]}}) on stdout; {_cli.ERRORS}.',
     )
     p.add_argument(
         '--param',
@@ -22,7 +25,11 @@ def main(argv: list[str] | None = None) -> int:
         metavar='KEY=VALUE',
         help='pipeline parameter (repeatable), as `video-kd submit` takes them',
     )
-    p.add_argument('--package', help='the compiled pipeline; default pipelines/kd_pipeline.yaml')
+    p.add_argument(
+        '--package',
+        help='the compiled pipeline whose parameters and defaults to use; '
+        'default pipelines/kd_pipeline.yaml',
+    )
     args = p.parse_args(argv)
     setup_logging()
     from video_kd import cli

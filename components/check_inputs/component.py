@@ -33,7 +33,39 @@ def check_inputs(
     """Check the run's parameters as the steps that read them will (cfg_options against the
     resolved KD config, numeric ranges, checksums, URLs, backend name, export settings), so
     that a bad one is one line here, before data prep claims the run and writes anything,
-    not after an hour of data prep or a whole training. Reads and writes nothing."""
+    not after an hour of data prep or a whole training. Reads and writes nothing.
+
+    Each input is the pipeline parameter of the same name (its description there says what
+    it means); here, what is checked of it.
+
+    Args:
+        dataset_uri: Not empty; for generate://, the generator's query options.
+        teacher_url: Not empty; a URL the download step fetches (https://, http://, s3://,
+            file:// or a path in the pod) naming a file.
+        teacher_sha256: Empty or 64 hex digits.
+        kd_config: A shipped KD config; the training config is resolved from it with the
+            training options, as the train step will.
+        student_config: Empty or a shipped config (evaluation and export load it).
+        baseline_url: Empty, or a fetchable URL (as teacher_url) with a student_config.
+        baseline_sha256: Empty or 64 hex digits.
+        num_workers: A whole number, 1 or more.
+        gpus_per_worker: A whole number, 0 or more.
+        nproc_per_node: A whole number, 0 (one per GPU) or more.
+        max_epochs: A whole number, 0 (the config's) or more.
+        cfg_options: A list of KEY=VALUE strings whose every key exists in the resolved KD
+            config.
+        teacher_logit_cache: A bool; true only with a KD config.
+        teacher_precision: Empty, or fp32, bf16 or fp16 with a KD config.
+        student_pretrained_url: Empty or a fetchable URL (as teacher_url).
+        student_pretrained_sha256: Empty or 64 hex digits.
+        training_backend: Empty (the chart's, unknown here) or pytorchjob, trainjob, local.
+        backoff_limit_per_node: A whole number, 0 (the chart's) or more.
+        s3_bucket: A valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
+        export_tolerance: A finite number, 0 or more.
+        speed_repeats: A whole number from 0 (no speed check) to 1000.
+        run_id: Empty (a new id) or a DNS label (1-63 lowercase letters, digits, hyphens),
+            not "cache".
+    """
     params = dict(locals())  # the parameters by name: nothing else is defined yet
     from video_kd.core.errors import exit_on_user_error
     from video_kd.steps.check_inputs import check_pipeline_params

@@ -33,7 +33,12 @@ def main(argv: list[str] | None = None) -> int:
         help='default: <UTC time>-<random>; an id already used by another run is refused',
     )
     p.add_argument('--out-dir', help='also keep the cleaned lists and report here')
-    p.add_argument('--min-frames', type=int, default=8)
+    p.add_argument(
+        '--min-frames',
+        type=int,
+        default=8,
+        help='a video with fewer decodable frames is rejected (default: %(default)s)',
+    )
     p.add_argument(
         '--processes',
         type=int,

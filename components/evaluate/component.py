@@ -21,7 +21,26 @@ def evaluate(
 ):
     """Top-1/top-5/mean-class accuracy of the student (and of the teacher, and of the
     student trained alone when baseline_url is given: the KD gain) on the validation set;
-    writes <run>/eval/metrics.json and report.md."""
+    writes <run>/eval/metrics.json and report.md.
+
+    Args:
+        dataset: The data prep step's output (the validation list and videos).
+        teacher: The teacher download step's output, evaluated with its own config.
+        student: The convert step's output, the student evaluated.
+        kd_config: The shipped KD config the student was trained with.
+        student_config: The shipped config of the student trained alone: the baseline is
+            evaluated with it.
+        baseline_url: Optional checkpoint of the student trained without KD (https:// or
+            s3://); empty: no baseline, no KD gain.
+        baseline_sha256: The baseline's SHA-256; empty: not checked.
+
+    Returns:
+        metrics: Accuracies as KFP metrics, <model>_<metric> for student, teacher,
+            baseline and kd_gain (top1, top5, mean-class accuracy, fractions in [0, 1]);
+            its metadata holds run_id, run_root and metrics_uri.
+        confusion_matrix: The student's confusion matrix on the validation set.
+        report: The evaluation report (Markdown), as <run>/eval/report.md.
+    """
     from video_kd.core.errors import exit_on_user_error
     from video_kd.steps import evaluate as evaluate_step
 

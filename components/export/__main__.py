@@ -15,7 +15,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     _cli.add_run_root(p)
     p.add_argument('--kd-config', required=True)
-    p.add_argument('--student-config', default='')
+    p.add_argument(
+        '--student-config', default='', help='the student-alone config, named in the model card'
+    )
     p.add_argument('--image', default=DEFAULT_IMAGE, help='named in the model card')
     p.add_argument(
         '--tolerance', type=float, default=1e-3, help='max abs logit difference ONNX vs PyTorch'

@@ -24,7 +24,28 @@ def export(
     """Export the student to ONNX (dynamic batch, preprocess.json beside it), check it against
     PyTorch on the val clips (fails above export_tolerance), time teacher vs student, draw the
     training curves, confusion matrix and accuracy vs latency, write the model card; all in
-    <run>/export/."""
+    <run>/export/.
+
+    Args:
+        dataset: The data prep step's output (the val clips of the parity check).
+        teacher: The teacher download step's output (timed against the student).
+        student: The convert step's output, the student exported.
+        kd_config: The shipped KD config the student was trained with.
+        student_config: The shipped config of the student trained alone, named in the
+            model card.
+        image: The container image, named in the model card.
+        export_tolerance: The largest absolute ONNX vs PyTorch logit difference accepted;
+            above it the step fails.
+        speed_repeats: Timing rounds of teacher vs student; 0 skips the speed check.
+
+    Returns:
+        onnx_model: The ONNX student: its metadata holds its S3 URI, sha256 and the parity
+            check's result; the file holds the same (the model stays in S3).
+        metrics: Export metrics (ONNX vs PyTorch difference, latencies, speed-up).
+        report: The HTML report: plots of the training curves, the confusion matrix and
+            accuracy vs latency.
+        model_card: The model card (Markdown), as in <run>/export/.
+    """
     import json
 
     from video_kd.core.errors import exit_on_user_error

@@ -10,7 +10,7 @@ def main(argv: list[str] | None = None) -> int:
     p = _cli.parser(
         'teacher_download',
         'Download a teacher checkpoint (https://, http://, '
-        's3://) with retries, verify its SHA-256, cache it in S3 by checksum (a '
+        's3://, file:// or a path) with retries, verify its SHA-256, cache it in S3 by checksum (a '
         're-run copies it from the cache) and publish it to <run>/teacher/.',
     )
     _cli.add_run_root(p)

@@ -16,7 +16,21 @@ def teacher_download(
 ):
     """Stream ``teacher_url`` (https:// or s3://) with retries, check its sha256, keep a
     copy in the S3 cache keyed by checksum, check it against the KD config's teacher
-    (converting the seed's timm Swin teacher), publish it to <run>/teacher/."""
+    (converting the seed's timm Swin teacher), publish it to <run>/teacher/.
+
+    Args:
+        dataset: The data prep step's output: the run (run_root) and num_classes, which
+            the teacher's head must have.
+        teacher_url: The teacher checkpoint, https:// or s3:// (the pipeline's teacher_url).
+        teacher_sha256: Its SHA-256 (64 hex digits): checked, and the key of the S3 cache.
+            Empty: not checked, not cached.
+        kd_config: The shipped KD config whose teacher the checkpoint must fit.
+
+    Returns:
+        teacher: The published teacher: its metadata holds the checkpoint's S3 URI
+            (<run>/teacher/<file>), sha256, source_url and whether the cache served it; the
+            file holds the same metadata as JSON (the checkpoint stays in S3).
+    """
     import json
 
     from video_kd.core.errors import exit_on_user_error

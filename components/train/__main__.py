@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--image', default=DEFAULT_IMAGE, help='image of the training pods')
     p.add_argument('--num-workers', type=int, default=1, help='training nodes (pods); local: 1')
     p.add_argument('--gpus-per-worker', type=int, default=0)
-    p.add_argument('--nproc-per-node', type=int, default=0, help='0: one per GPU, else 1')
+    p.add_argument('--nproc-per-node', type=int, default=0, help='0: one per GPU (1 without GPUs)')
     p.add_argument(
         '--backoff-limit-per-node', type=int, default=0, help="restarts per node; 0: the chart's"
     )

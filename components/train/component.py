@@ -26,10 +26,38 @@ def train(
     kd_model: Output[Model],
 ):
     """Resolve the training config once (<run>/train/config.py), create the training job
-    (a PyTorchJob or a Trainer v2 TrainJob whose pods run ``torchrun -m video_kd.distill.train_pod``),
-    follow it, fail with its reason if it fails and delete it; training_backend=local runs the
-    same command under torchrun here. Checkpoints go to <run>/train/checkpoints/ as they are
-    written; a re-run resumes from the last one."""
+    (a PyTorchJob or a Trainer v2 TrainJob whose pods run
+    ``torchrun -m video_kd.distill.train_pod``), follow it, fail with its reason if it fails
+    and delete it; training_backend=local runs the same command under torchrun here.
+    Checkpoints go to <run>/train/checkpoints/ as they are written; a re-run resumes from
+    the last one.
+
+    Args:
+        dataset: The data prep step's output (the run, the cleaned lists, the videos).
+        teacher: The teacher download step's output (the teacher checkpoint in S3).
+        kd_config: The shipped KD config to train (``video-kd configs``).
+        max_epochs: The epoch budget (0 or more); 0: the config's own.
+        cfg_options: mmengine config overrides, a list of KEY=VALUE strings.
+        teacher_precision: The frozen teacher's inference precision: fp32, bf16 or fp16;
+            empty: as MMRazor runs it.
+        teacher_logit_cache: true: cache the teacher's logits next to the dataset so
+            retraining with the same teacher skips its forward pass.
+        student_pretrained_url: ImageNet weights for the student's backbone (https:// or
+            s3://); empty: random init.
+        student_pretrained_sha256: Those weights' SHA-256; empty: not checked.
+        training_backend: pytorchjob, trainjob or local (torchrun in this pod); empty: the
+            chart's training.backend.
+        image: The container image of the training job's pods.
+        num_workers: Training nodes (PyTorchJob replicas, TrainJob numNodes), 1 or more.
+        gpus_per_worker: GPUs per training node, 0 or more.
+        nproc_per_node: Training processes per node; 0: one per GPU (one without GPUs).
+        backoff_limit_per_node: PyTorchJob restarts per node; 0: the chart's, else 3.
+
+    Returns:
+        kd_model: The last KD checkpoint: its metadata holds its S3 URI and sha256, every
+            checkpoint, the KD config, the resolved config's URI, the backend, the job's
+            name, the epochs trained and the launch parameters; the file holds the same.
+    """
     import json
 
     from video_kd.core.errors import exit_on_user_error
