@@ -199,7 +199,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 precision: fp32, bf16 or fp16 (the student stays fp32). Empty (default):
                 as MMRazor runs it.
             student_pretrained_url: ImageNet weights for the student's backbone (https:// or
-                s3://, cached in S3 by checksum; the seed's are listed in README.md),
+                s3://, cached in S3 by checksum; the seed's are listed in docs/training.md),
                 checked tensor by tensor. Empty (default): random init.
             student_pretrained_sha256: Those weights' SHA-256 (64 hex digits): checked, and
                 the key of their S3 cache. Empty: not checked.

@@ -490,7 +490,7 @@ def build_parser() -> argparse.ArgumentParser:
         '(training as a PyTorchJob, a TrainJob or under torchrun in its pod); artifacts '
         'in S3 under\ns3://<bucket>/<prefix>/<run id>/.',
         epilog='examples:\n'
-        '  video-kd run-local                 # whole pipeline on this machine (~3 min)\n'
+        '  video-kd run-local                 # whole pipeline on this machine: tiny models, generated videos\n'
         '  video-kd compile                   # pipelines/kd_pipeline.yaml\n'
         '  video-kd upload --host http://localhost:8080 '
         '--pipeline-name video-kd-distillation\n'
