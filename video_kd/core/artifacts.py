@@ -127,17 +127,23 @@ class _Checkpoint(RunInfo, StoredObject):
     pass
 
 
-class Teacher(_Checkpoint, total=False):
-    """The teacher artifact: the checkpoint the teacher step published in ``teacher/``."""
+class TeacherCheck(TypedDict, total=False):
+    """What the check of a teacher checkpoint against a KD config found
+    (``distill.teacher_checkpoint.convert_teacher_checkpoint``)."""
+
+    layout: str  # native, mmpretrain, timm-0.6, timm>=0.9
+    converted: bool  # to the mmpretrain names the config builds
+    source_sha256: str  # the file fetched
+    converted_sha256: str  # the file published (the source's when nothing was converted)
+
+
+class Teacher(_Checkpoint, TeacherCheck, total=False):
+    """The teacher artifact: the checkpoint the teacher step published in ``teacher/``
+    (with a KD config, what its check found: ``TeacherCheck``)."""
 
     filename: str
     source_url: str  # where it was fetched from
     cache_hit: bool  # found in the run store's cache by its sha256
-    # with a KD config, what the check of the checkpoint found
-    # (``distill.teacher_checkpoint.convert_teacher_checkpoint``)
-    layout: str  # native, mmpretrain, timm-0.6, timm>=0.9
-    converted: bool
-    converted_sha256: str
 
 
 # --------------------------------------------------------------------------- training
