@@ -3,8 +3,10 @@ errors, and a torchrun worker killed mid-training (the step resumes from S3)."""
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
+import inspect
 import json
 import os
 import signal
@@ -663,3 +665,63 @@ def test_code_version_names_the_commit_or_says_unknown(monkeypatch):
     monkeypatch.setattr(model_card, '_installed_commit', lambda: '')
     monkeypatch.setattr(model_card, '_checkout_commit', lambda: '')
     assert model_card.code_version() == f'kubeflow-video-kd {__version__}, git commit unknown'
+
+
+# --------------------------------------------------------------------------- the records
+
+
+def _fits(record, value):
+    """``value`` has every required key of the TypedDict ``record`` and no key it lacks."""
+    keys = set(value)
+    assert record.__required_keys__ <= keys, sorted(record.__required_keys__ - keys)
+    assert keys <= set(record.__annotations__), sorted(keys - set(record.__annotations__))
+
+
+def test_the_records_name_every_key_the_steps_write(prepared_run, http_server):
+    """video_kd.core.artifacts: the keys data prep, the teacher step, the evaluation summary
+    and the export settings write are their records' (no key missing, none unnamed)."""
+    from video_kd.core import artifacts
+    from video_kd.distill import evaluate as mmaction_test
+    from video_kd.steps import export as export_step
+    from video_kd.steps.report import summarise_metrics
+
+    stored = s3.read_json(prepared_run['dataset_meta_uri'])
+    for dataset in (prepared_run, stored, common.run_data_meta(prepared_run['run_root'])):
+        _fits(artifacts.Dataset, dataset)
+        assert set(dataset['splits']) == {'train', 'val'}
+        for split, record in dataset['splits'].items():
+            _fits(artifacts.DatasetSplit, record)
+            assert artifacts.dataset_split(dataset, split) is record
+            assert artifacts.split_videos_uri(dataset, split) == record['videos_uri']
+            assert artifacts.split_list_uri(dataset, split) == record['list_uri']
+        for entry in dataset['files'].values():
+            _fits(artifacts.StoredObject, entry)
+
+    content = b'teacher weights'
+    (http_server.root / 'teacher.pth').write_bytes(content)
+    url = http_server.url('teacher.pth')
+    teacher = teacher_step.run(prepared_run['run_root'], url, hashlib.sha256(content).hexdigest())
+    _fits(artifacts.Teacher, teacher)
+    _fits(artifacts.Teacher, common.run_step_output(prepared_run['run_root'], 'teacher'))
+
+    # ModelScores: what distill.evaluate.evaluate returns (its test loop needs a model: read
+    # the keys of the dict it builds), and the one key the step adds
+    tree = ast.parse(inspect.getsource(mmaction_test.evaluate))
+    (built,) = [
+        node.value.keywords
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Return) and getattr(node.value, 'keywords', None)
+    ]
+    assert {k.arg for k in built} == artifacts.ModelScores.__required_keys__
+    assert artifacts.ModelScores.__optional_keys__ == {'scored_with'}
+    score = {
+        'top1_acc': 0.5, 'top5_acc': 1.0, 'mean_class_acc': 0.5, 'config': 'c.py',
+        'test_pipeline': ['DecordInit()'], 'checkpoint': 'x.pth', 'num_samples': 2,
+        'classes': ['a', 'b'], 'confusion_matrix': [[1, 0], [0, 1]], 'scored_with': 'c.py',
+    }  # fmt: skip
+    _fits(artifacts.ModelScores, score)
+    scores = {name: dict(score) for name in ('student', 'teacher', 'baseline')}
+    summary = summarise_metrics('run-1', scores)
+    _fits(artifacts.MetricsSummary, summary)
+    assert set(summary) == set(artifacts.MetricsSummary.__annotations__)  # all three models
+    _fits(artifacts.ExportSettings, export_step.export_settings('kd.py'))

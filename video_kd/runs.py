@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from video_kd.core.artifacts import RunInfo, StoredObject
 from video_kd.core.checks import check_run_id, run_id_from
 from video_kd.core.errors import UserError
 from video_kd.core.progress import Progress
@@ -126,7 +127,7 @@ class RunLayout:
         return s3.join_uri(f's3://{self.bucket}', self.prefix, CACHE_DIR, kind, sha256, filename)
 
 
-def run_info(layout: RunLayout) -> dict[str, str]:
+def run_info(layout: RunLayout) -> RunInfo:
     """What every artifact's metadata carries about its run."""
     return {'run_id': layout.run_id, 'run_root': layout.root, 'manifest_uri': layout.manifest_uri}
 
@@ -146,9 +147,13 @@ class ManifestEntry:
     # teacher a converted one comes from.  Empty (and not stored) otherwise.
     source_sha256: str = ''
 
-    def meta(self) -> dict[str, Any]:
+    def meta(self) -> StoredObject:
         """The entry as artifact metadata."""
-        meta = {'s3_uri': self.uri, 'sha256': self.sha256, 'size_bytes': self.size_bytes}
+        meta: StoredObject = {
+            's3_uri': self.uri,
+            'sha256': self.sha256,
+            'size_bytes': self.size_bytes,
+        }
         return {**meta, 'source_sha256': self.source_sha256} if self.source_sha256 else meta
 
     def to_json(self) -> dict[str, Any]:

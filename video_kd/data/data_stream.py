@@ -39,6 +39,13 @@ from mmengine.config import Config
 from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
+from video_kd.core.artifacts import (
+    DatasetContents,
+    DatasetSplit,
+    dataset_split,
+    split_list_uri,
+    split_videos_uri,
+)
 from video_kd.core.errors import UserError, one_line
 from video_kd.data.data_check import CLASSES_NAME, LIST_NAMES, REPORT_NAME
 from video_kd.data.data_layout import DatasetSource
@@ -251,14 +258,14 @@ class UnreadableVideosHook(Hook):
             )
 
 
-def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> dict[str, Any]:
+def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> DatasetContents:
     """The Dataset artifact's metadata: what ``use_dataset`` needs, and the counts.
 
     ``data_uri`` is where data prep published ``validate_source``'s output
     (the run's ``data/`` directory, s3:// or local).
     """
     join = s3.join_uri if data_uri.startswith('s3://') else _path_join
-    splits = {
+    splits: dict[str, DatasetSplit] = {
         entry['split']: {
             'list_uri': join(data_uri, LIST_NAMES[entry['split']]),
             'videos_uri': entry['videos_uri'],
@@ -295,7 +302,7 @@ def _transforms(pipeline: list) -> list:
     return found
 
 
-def use_test_data(cfg: Config, data: str | Path | dict[str, Any]) -> list[str]:
+def use_test_data(cfg: Config, data: str | Path | DatasetContents) -> list[str]:
     """Point ``cfg``'s test loader at ``data``: a prepared dataset's metadata (its val split,
     streamed where it is) or a local dataset root; returns the class names."""
     if isinstance(data, dict):
@@ -304,7 +311,7 @@ def use_test_data(cfg: Config, data: str | Path | dict[str, Any]) -> list[str]:
 
 
 def check_mounted(
-    meta: dict[str, Any], splits: tuple[str, ...] = ('train', 'val'), mount: str | None = None
+    meta: DatasetContents, splits: tuple[str, ...] = ('train', 'val'), mount: str | None = None
 ) -> None:
     """Stop with one line when a split's videos or list are on a path this pod lacks.
 
@@ -315,8 +322,8 @@ def check_mounted(
     ``$VIDEO_KD_PVC_MOUNT``, else the chart's ``/cache``).
     """
     for split in splits:
-        for key in ('videos_uri', 'list_uri'):
-            where = meta['splits'][split][key]
+        for where_of in (split_videos_uri, split_list_uri):
+            where = where_of(meta, split)
             if where.startswith('s3://') or Path(where).exists():
                 continue
             if not mount:
@@ -333,7 +340,7 @@ def check_mounted(
 
 def use_dataset(
     cfg: Config,
-    meta: dict[str, Any],
+    meta: DatasetContents,
     loaders: tuple[str, ...] = tuple(SPLIT_OF_LOADER),
     max_unreadable: float = 0.5,
 ) -> list[str]:
@@ -350,7 +357,7 @@ def use_dataset(
         loader = cfg.get(name)
         if not loader:
             continue
-        split = meta['splits'][SPLIT_OF_LOADER[name]]
+        split = dataset_split(meta, SPLIT_OF_LOADER[name])
         dataset = loader.dataset
         dataset.type = DATASET_TYPE
         dataset.ann_file = split['list_uri']

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from video_kd.core.artifacts import DatasetContents, MetricsSummary
 from video_kd.deploy import export, model_card, plots, speed
 from video_kd.storage.s3 import sha256_file
 
@@ -32,9 +33,9 @@ def package_student(
     kd_config: str,
     student_config: str,
     checkpoint: str | Path,
-    data_root: str | Path,
+    data_root: str | Path | DatasetContents,
     log_root: str | Path,
-    metrics: dict[str, Any],
+    metrics: MetricsSummary,
     lineage: dict[str, Any],
     out_dir: str | Path,
     tolerance: float = export.DEFAULT_TOLERANCE,

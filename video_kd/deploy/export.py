@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd.core.artifacts import DatasetContents
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 from video_kd.data.data_stream import use_test_data
@@ -112,7 +113,7 @@ class RecognizerScores(nn.Module):
 
 
 def load_student(
-    config: str, checkpoint: str | Path, data_root: str | Path | dict
+    config: str, checkpoint: str | Path, data_root: str | Path | DatasetContents
 ) -> tuple[nn.Module, Any, list[str]]:
     """(recognizer in eval mode with the checkpoint, test config, class names).
 
@@ -367,7 +368,7 @@ def preprocess_spec(
 def export_student(
     config: str,
     checkpoint: str | Path,
-    data_root: str | Path,
+    data_root: str | Path | DatasetContents,
     out_dir: str | Path,
     *,
     tolerance: float = DEFAULT_TOLERANCE,
@@ -424,7 +425,7 @@ def export_student(
     }
 
 
-def _load(config: str, checkpoint: str | Path, data_root: str | Path | dict):
+def _load(config: str, checkpoint: str | Path, data_root: str | Path | DatasetContents):
     """load_student with any user error (a bad config, checkpoint or dataset) as ExportError."""
     try:
         return load_student(config, checkpoint, data_root)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -142,7 +143,7 @@ def build_model_card(
     run_id: str,
     kd_config: str,
     student_config: str,
-    metrics: dict[str, Any],
+    metrics: Mapping[str, Any],
     parity: dict[str, Any],
     preprocess: dict[str, Any],
     lineage: dict[str, Any],
@@ -184,7 +185,7 @@ def build_model_card(
     return card
 
 
-def test_protocol(metrics: dict[str, Any], preprocess: dict[str, Any]) -> dict[str, Any]:
+def test_protocol(metrics: Mapping[str, Any], preprocess: dict[str, Any]) -> dict[str, Any]:
     outside = preprocess.get('outside_graph', {})
     return {
         'split': 'val_list.txt of the dataset',

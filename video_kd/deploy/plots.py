@@ -18,6 +18,7 @@ import html
 import json
 import math
 from collections import defaultdict
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -213,7 +214,10 @@ def _save(fig: Figure, path: str | Path) -> Path:
 
 
 def accuracy_latency_points(
-    metrics: dict[str, Any], speed: dict[str, Any], engine: str = 'onnxruntime', shape: str = 'run'
+    metrics: Mapping[str, Any],
+    speed: dict[str, Any],
+    engine: str = 'onnxruntime',
+    shape: str = 'run',
 ) -> list[dict[str, Any]]:
     """Teacher / student / student alone from metrics.json and a ``measure_speed`` result.
 
@@ -288,7 +292,7 @@ def _fmt(value: float | None) -> str:
     )
 
 
-def accuracy_rows(metrics: dict[str, Any]) -> list[list[str]]:
+def accuracy_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
     rows = []
     for key, name in (
         ('student', 'student (KD)'),
@@ -340,7 +344,7 @@ def parity_table(parity: dict[str, Any]) -> str:
 def make_report(
     out_dir: str | Path,
     *,
-    metrics: dict[str, Any],
+    metrics: Mapping[str, Any],
     log_root: str | Path,
     speed: dict[str, Any] | None = None,
     parity: dict[str, Any] | None = None,

@@ -21,6 +21,7 @@ from pathlib import Path
 from mmengine.config import Config
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd.core.artifacts import DatasetContents, ModelScores
 from video_kd.core.errors import UserError, run_cli, setup_logging
 from video_kd.data.data_stream import use_test_data
 from video_kd.openmmlab.cfg_options import checked_cfg_options
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_test_config(
     config: str,
     checkpoint: str,
-    data: str | dict,
+    data: str | DatasetContents,
     work_dir: str,
     cfg_options: dict | None = None,
 ) -> tuple[Config, list[str]]:
@@ -120,10 +121,10 @@ def check_checkpoint_fits(cfg: Config, checkpoint: str) -> None:
 def evaluate(
     config: str,
     checkpoint: str,
-    data: str | dict,
+    data: str | DatasetContents,
     work_dir: str | None = None,
     cfg_options: dict | None = None,
-) -> dict:
+) -> ModelScores:
     """Run the test loop on ``data`` (see ``build_test_config``); returns the metrics dict
     that main() writes as JSON."""
     from mmengine.runner import Runner

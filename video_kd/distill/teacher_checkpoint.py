@@ -16,12 +16,12 @@ import argparse
 import copy
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from mmengine.config import Config
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
+from video_kd.core.artifacts import TeacherCheck
 from video_kd.core.errors import UserError, run_cli, setup_logging
 from video_kd.distill.swin_convert import MMPRETRAIN, TeacherCheckpointError, convert_state_dict
 from video_kd.openmmlab.checkpoints import (
@@ -41,7 +41,7 @@ HEAD_WEIGHT = 'cls_head.fc_cls.weight'
 
 def convert_teacher_checkpoint(
     src: str | Path, kd_cfg: Config, num_classes: int | None = None
-) -> tuple[Path, dict[str, Any]]:
+) -> tuple[Path, TeacherCheck]:
     """(checkpoint that fits ``kd_cfg``'s teacher, info); raises ``TeacherCheckpointError``.
 
     ``num_classes``: the dataset's, when known; a teacher head of another size is
@@ -64,7 +64,7 @@ def convert_teacher_checkpoint(
                 f'({type(teacher.backbone).__name__}): {mismatch}'
             )
     source_sha = s3.sha256_file(src)
-    info = {'layout': layout, 'converted': layout not in (NATIVE, MMPRETRAIN)}
+    info: TeacherCheck = {'layout': layout, 'converted': layout not in (NATIVE, MMPRETRAIN)}
     info['source_sha256'] = source_sha
     if not info['converted']:
         logger.info('teacher checkpoint %s fits the teacher as it is (%s names)', src.name, layout)

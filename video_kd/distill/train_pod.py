@@ -21,6 +21,7 @@ import logging
 import os
 from pathlib import Path
 
+from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import run_cli, setup_logging
 from video_kd.data.data_stream import check_mounted, use_dataset
 from video_kd.distill import train_config
@@ -67,7 +68,7 @@ def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, trai
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    data_meta = s3.read_json(args.data_meta)
+    data_meta: Dataset = s3.read_json(args.data_meta)
     check_mounted(data_meta)  # a PVC dataset in a pod without the PVC: one line, not 20 skips
     layout = RunLayout.from_root(args.run_root)
     work = Path(args.work_dir)

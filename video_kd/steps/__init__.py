@@ -15,6 +15,7 @@ module             the step
 
 Each step module has a ``run(...)`` that reads its inputs from S3, writes its
 outputs under the run's directory (``video_kd.runs``), records them in the
-run's manifest and returns the metadata of its KFP output artifact.  The
-training processes themselves start in ``video_kd.distill.train_pod``.
+run's manifest and returns the metadata of its KFP output artifact, a typed
+record of ``video_kd.core.artifacts`` (``Dataset``, ``Teacher``, ``KDModel``, ...).
+The training processes themselves start in ``video_kd.distill.train_pod``.
 """

@@ -7,10 +7,11 @@ import json
 import logging
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
 from video_kd.storage import s3
@@ -60,8 +61,8 @@ def load_meta(value: str) -> dict[str, Any]:
 # --------------------------------------------------------------------------- a step run alone
 
 
-def read_output(uri: str, producer: str) -> dict[str, Any]:
-    """A JSON object an earlier step wrote; a missing one is one line naming that step."""
+def read_output(uri: str, producer: str) -> Any:
+    """A JSON object an earlier step wrote (its record, ``video_kd.core.artifacts``); a missing one is one line naming that step."""
     try:
         return s3.read_json(uri)
     except s3.BucketNotFoundError:
@@ -75,7 +76,7 @@ def output_uri(layout: RunLayout, step: str) -> str:
     return layout.uri(step, f'{step}.json')
 
 
-def record_output(layout: RunLayout, step: str, meta: dict[str, Any]) -> None:
+def record_output(layout: RunLayout, step: str, meta: Mapping[str, Any]) -> None:
     """Publish a finished step's output metadata (what its artifact carries) to the run,
     for the later steps run alone and for the model card.  A re-run of a finished step
     redoes nothing the record describes, so the first record is kept, never overwritten."""
@@ -89,7 +90,7 @@ def record_output(layout: RunLayout, step: str, meta: dict[str, Any]) -> None:
             log.info('%s records an earlier finish of this step: kept', uri)
 
 
-def run_data_meta(run_root: str) -> dict[str, Any]:
+def run_data_meta(run_root: str) -> Dataset:
     """The Dataset metadata data prep stored in ``<run>/data/dataset.json``."""
     return read_output(RunLayout.from_root(run_root).dataset_meta_uri, 'data prep')
 

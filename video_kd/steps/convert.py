@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from video_kd.core.artifacts import KDModel, Student
 from video_kd.distill.convert import convert_kd_ckpt_to_student
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import scratch_dir
 from video_kd.storage.download import fetch_verified
 
 
-def run(kd_model: dict[str, Any], workdir: str | Path | None = None) -> dict[str, Any]:
+def run(kd_model: KDModel, workdir: str | Path | None = None) -> Student:
     """Keep the student's weights under plain MMAction2 names; publish ``<name>_student.pth``."""
     layout = RunLayout.from_root(kd_model['run_root'])
     with scratch_dir(workdir, 'convert') as work:

@@ -7,8 +7,8 @@ import logging
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from video_kd.core.artifacts import Dataset, Reencoded
 from video_kd.core.checks import check_bucket, check_range, check_run_id
 from video_kd.core.errors import UserError
 from video_kd.data import data_check, data_layout, data_stream, dataset, reencode
@@ -41,7 +41,7 @@ def run(
     reencode: bool = False,
     processes: int | None = None,
     max_unusable: float = data_check.MAX_UNUSABLE,
-) -> dict[str, Any]:
+) -> Dataset:
     """Validate a dataset and publish the cleaned lists under ``<run>/data/``.
 
     ``dataset_uri``: an ``s3://`` prefix or a mounted path (a PVC, e.g.
@@ -103,7 +103,7 @@ def _prepare(
     checks: _Checks,
     out_dir: str | Path | None,
     reencode_videos: bool = False,
-) -> dict[str, Any]:
+) -> Dataset:
     with scratch_dir(workdir, 'data') as work, Manifest.load(layout).batch() as manifest:
         source = data_layout.resolve(_source_uri(dataset_uri, layout, work, manifest))
         clean = Path(out_dir) if out_dir else work / 'clean'
@@ -126,7 +126,7 @@ def _prepare(
             name: manifest.publish('data', clean / name, layout.uri('data', name)).meta()
             for name in (dataset.TRAIN_LIST, dataset.VAL_LIST, dataset.CLASSES_FILE, 'report.json')
         }
-        meta = {
+        meta: Dataset = {
             **run_info(layout),
             **data_stream.dataset_meta(source, report, layout.uri('data')),
             'data_uri': layout.uri('data'),
@@ -144,7 +144,7 @@ def _prepare(
 
 def _reencode(
     source: data_layout.DatasetSource, clean: Path, report: dict, processes: int | None
-) -> dict[str, Any]:
+) -> Reencoded:
     """Re-encode the usable videos; point the clean lists and the report at the copy."""
     usable = data_layout.DatasetSource(
         source.root,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
 
+from video_kd.core.artifacts import Dataset, Evaluation, ModelScores, Student, Teacher
 from video_kd.core.errors import UserError
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import scratch_dir
@@ -18,15 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def run(
-    data_meta: dict[str, Any],
-    student: dict[str, Any],
+    data_meta: Dataset,
+    student: Student,
     kd_config: str,
-    teacher: dict[str, Any] | None = None,
+    teacher: Teacher | None = None,
     student_config: str = '',
     baseline_url: str = '',
     baseline_sha256: str = '',
     workdir: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Evaluation:
     """Evaluate the student (+ teacher, + the student-alone baseline when given).
 
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
@@ -84,18 +84,18 @@ def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:
 def _evaluate_models(
     work: Path,
     layout: RunLayout,
-    data_meta: dict[str, Any],
-    student: dict[str, Any],
+    data_meta: Dataset,
+    student: Student,
     kd_config: str,
-    teacher: dict[str, Any] | None,
+    teacher: Teacher | None,
     student_config: str,
     baseline_url: str,
     baseline_sha256: str,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, ModelScores]:
     """MMAction2's test loop on the val list (streamed: only val is read), per model."""
     from video_kd.distill import evaluate as mmaction_test
 
-    results: dict[str, dict[str, Any]] = {}
+    results: dict[str, ModelScores] = {}
 
     def score(name: str, config: str, ckpt: Path, scored_with: str = '') -> None:
         results[name] = mmaction_test.evaluate(

@@ -26,6 +26,17 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from video_kd.core.artifacts import (
+    Dataset,
+    Export,
+    ExportRecord,
+    ExportSettings,
+    KDModel,
+    MetricsSummary,
+    StoredObject,
+    Student,
+    Teacher,
+)
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout, run_info
@@ -42,9 +53,9 @@ DEFAULT_SPEED_REPEATS = 3
 
 
 def run(
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
-    student: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
+    student: Student,
     kd_config: str,
     student_config: str = '',
     image: str = '',
@@ -52,7 +63,7 @@ def run(
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
     workdir: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Export:
     """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card."""
     settings = export_settings(
         kd_config, student_config, image, tolerance, torchscript, speed_repeats
@@ -61,14 +72,14 @@ def run(
     done = completed_export(layout, settings)
     if done:
         return done
-    metrics = read_output(layout.uri('eval', 'metrics.json'), 'the evaluate step')
-    training = read_output(output_uri(layout, 'train'), 'the train step')
+    metrics: MetricsSummary = read_output(layout.uri('eval', 'metrics.json'), 'the evaluate step')
+    training: KDModel = read_output(output_uri(layout, 'train'), 'the train step')
     with scratch_dir(workdir, 'export') as work:
         checkpoint = fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256'))
         s3.download_dir(layout.uri('train', 'logs'), work / 'logs')
         result = _package(layout, data_meta, teacher, training, metrics, settings, checkpoint, work)
         published = publish_export(layout, result['files'])
-        output = {
+        output: ExportRecord = {
             **run_info(layout),
             'onnx': published[result['onnx'].name],
             'files': published,
@@ -91,7 +102,7 @@ def export_settings(
     tolerance: float = DEFAULT_TOLERANCE,
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
-) -> dict[str, Any]:
+) -> ExportSettings:
     """The step's settings, checked (one line each, before anything is read or written)."""
     return {
         'kd_config': kd_config,
@@ -107,11 +118,11 @@ def export_settings(
 
 def _package(
     layout: RunLayout,
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
-    training: dict[str, Any],
-    metrics: dict[str, Any],
-    settings: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
+    training: KDModel,
+    metrics: MetricsSummary,
+    settings: ExportSettings,
     checkpoint: Path,
     work: Path,
 ) -> dict[str, Any]:
@@ -136,10 +147,10 @@ def _package(
 
 def run_lineage(
     layout: RunLayout,
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
-    training: dict[str, Any],
-    settings: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
+    training: KDModel,
+    settings: ExportSettings,
     work: Path,
 ) -> dict[str, Any]:
     """The card's lineage from what the run recorded, not from the named configs: the
@@ -178,7 +189,7 @@ def run_lineage(
     )
 
 
-def teacher_source(layout: RunLayout, teacher: dict[str, Any]) -> str:
+def teacher_source(layout: RunLayout, teacher: Teacher) -> str:
     """The URL the teacher step fetched from (its artifact's, else its record in the run)."""
     if teacher.get('source_url'):
         return teacher['source_url']
@@ -196,7 +207,7 @@ def teacher_source(layout: RunLayout, teacher: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------- publishing
 
 
-def publish_export(layout: RunLayout, files: dict[str, Path]) -> dict[str, dict[str, Any]]:
+def publish_export(layout: RunLayout, files: dict[str, Path]) -> dict[str, StoredObject]:
     """Upload every built file under ``<run>/export/``; returns name -> manifest metadata.
 
     What an unfinished earlier attempt of this step left there (no ``export.json``)
@@ -242,14 +253,14 @@ def _drop_unfinished_attempt(layout: RunLayout, files: dict[str, Path]) -> None:
         s3.delete(uri)
 
 
-def finish_export(layout: RunLayout, output: dict[str, Any], work: Path) -> None:
+def finish_export(layout: RunLayout, output: ExportRecord, work: Path) -> None:
     """Upload ``export.json`` (the step's output), last: from now on the export is complete."""
     path = work / RECORD_NAME
     path.write_text(json.dumps(output, indent=2, sort_keys=True))
     Manifest.load(layout).publish('export', path, layout.uri('export', RECORD_NAME))
 
 
-def completed_export(layout: RunLayout, settings: dict[str, Any]) -> dict[str, Any] | None:
+def completed_export(layout: RunLayout, settings: ExportSettings) -> Export | None:
     """A finished export of this run, as ``run`` returns it; None when there is none.
 
     A re-run (a KFP retry after the work was done) gets the same result; other
@@ -258,7 +269,7 @@ def completed_export(layout: RunLayout, settings: dict[str, Any]) -> dict[str, A
     from video_kd.deploy import model_card, plots
 
     try:
-        recorded = s3.read_json(layout.uri('export', RECORD_NAME))
+        recorded: ExportRecord = s3.read_json(layout.uri('export', RECORD_NAME))
     except s3.BucketNotFoundError:
         raise
     except s3.ObjectNotFoundError:

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, cast
+
+from video_kd.core.artifacts import MetricsSummary, Student, Teacher
 
 ACCURACY_KEYS = ('top1_acc', 'top5_acc', 'mean_class_acc')
 
 
-def summarise_metrics(run_id: str, results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def summarise_metrics(run_id: str, results: Mapping[str, Mapping[str, Any]]) -> MetricsSummary:
     """metrics.json: the student's accuracies and confusion matrix, the others' accuracies,
     with a baseline the KD gain (student minus student alone), and which config and test
-    pipeline scored each model (``scored_with``)."""
-    summary = {
+    pipeline scored each model (``scored_with``).  ``results``: each model's
+    ``distill.evaluate.evaluate`` (``ModelScores``)."""
+    summary: dict[str, Any] = {
         'run_id': run_id,
         'num_val': results['student']['num_samples'],
         'classes': results['student']['classes'],
@@ -32,11 +36,11 @@ def summarise_metrics(run_id: str, results: dict[str, dict[str, Any]]) -> dict[s
         }
         for name, result in results.items()
     }
-    return summary
+    return cast(MetricsSummary, summary)
 
 
 def markdown_report(
-    summary: dict[str, Any], student: dict[str, Any], teacher: dict[str, Any] | None,
+    summary: MetricsSummary, student: Student, teacher: Teacher | None,
     baseline_url: str,
 ) -> str:  # fmt: skip
     """The report the KFP UI shows under the evaluation step."""

@@ -10,8 +10,8 @@ and its manifest entry's ``source_sha256``).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
+from video_kd.core.artifacts import Teacher, TeacherCheck
 from video_kd.core.checks import check_sha256
 from video_kd.core.errors import UserError
 from video_kd.distill.teacher_checkpoint import convert_teacher_checkpoint
@@ -39,7 +39,7 @@ def run(
     kd_config: str = '',
     num_classes: int = 0,
     workdir: str | Path | None = None,
-) -> dict[str, Any]:
+) -> Teacher:
     """Fetch ``url`` (https://, s3://, file://) with retries, check its sha256, keep a copy in
     the S3 cache keyed by checksum and publish it as ``<run>/teacher/<file name>``.
 
@@ -52,7 +52,7 @@ def run(
     check_claimed(layout)
     with scratch_dir(workdir, 'teacher') as work:
         fetched = download.fetch(url, work, sha256=sha256 or None, cache=layout)
-        path, checked = fetched.path, {}
+        path, checked = fetched.path, TeacherCheck()
         if kd_config:
             path, checked = convert_teacher_checkpoint(
                 fetched.path, load_config(kd_config), num_classes or None
@@ -60,7 +60,7 @@ def run(
         # a converted teacher is not the file at ``url``: the manifest keeps both checksums
         source = checked['source_sha256'] if checked.get('converted') else ''
         entry = publish(layout, 'teacher', path, path.name, source_sha256=source)
-        meta = {
+        meta: Teacher = {
             **run_info(layout),
             **entry.meta(),
             **checked,

@@ -19,9 +19,10 @@ import dataclasses
 import logging
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, cast
 
 from video_kd import backends
+from video_kd.core.artifacts import Dataset, KDModel, Teacher
 from video_kd.core.checks import check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.distill import train_config
@@ -38,8 +39,8 @@ POD_WORK_DIR = '/tmp/video-kd/train'
 
 
 def run(
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
     kd_config: str,
     options: TrainOptions | None = None,
     training_backend: str = '',
@@ -50,7 +51,7 @@ def run(
     backoff_limit_per_node: int = 0,
     workdir: str | Path | None = None,
     timeout: float = 7 * 24 * 3600,
-) -> dict[str, Any]:
+) -> KDModel:
     """Train; returns the last checkpoint's metadata.
 
     ``training_backend``: pytorchjob, trainjob or local; empty takes the chart's
@@ -91,7 +92,7 @@ def run(
         'backoff_limit_per_node': backoff_limit_per_node,
         'image': image,
     }
-    meta = {
+    meta: KDModel = {
         **run_info(layout),
         **last.meta(),
         'checkpoints': checkpoints,
@@ -129,8 +130,10 @@ def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | N
     package_log.setLevel(logging.ERROR)  # its notes (weights not fetched, ...) are the run's
     try:
         resolve_config(
-            {'num_classes': 0, 'videos_uri': 's3://bucket/dataset/videos'},  # placeholders only
-            {'sha256': teacher_sha256 or '0' * 64},  # keys the logit cache's location, not used
+            # placeholders only, of the keys resolve_config reads (the teacher's sha256 keys
+            # the logit cache's location, not used here)
+            cast(Dataset, {'num_classes': 0, 'videos_uri': 's3://bucket/dataset/videos'}),
+            cast(Teacher, {'sha256': teacher_sha256 or '0' * 64}),
             kd_config,
             options,
         )
@@ -146,8 +149,8 @@ def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | N
 
 
 def resolve_config(
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
     kd_config: str,
     options: TrainOptions | None = None,
 ) -> Config:
@@ -164,8 +167,8 @@ def resolve_config(
 
 def publish_config(
     layout: RunLayout,
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
     kd_config: str,
     options: TrainOptions | None,
 ) -> str:
@@ -208,7 +211,7 @@ def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> tuple[s
 
 
 def pod_command(
-    layout: RunLayout, config_uri: str, data_meta: dict, teacher: dict, work_dir: str
+    layout: RunLayout, config_uri: str, data_meta: Dataset, teacher: Teacher, work_dir: str
 ) -> list[str]:
     """What follows ``torchrun`` in every pod (and locally)."""
     return [
@@ -224,8 +227,8 @@ def pod_command(
 def job_spec(
     layout: RunLayout,
     config_uri: str,
-    data_meta: dict[str, Any],
-    teacher: dict[str, Any],
+    data_meta: Dataset,
+    teacher: Teacher,
     image: str,
     num_workers: int,
     gpus_per_worker: int,
@@ -247,8 +250,8 @@ def job_spec(
 def _train_locally(
     layout: RunLayout,
     config_uri: str,
-    data_meta: dict,
-    teacher: dict,
+    data_meta: Dataset,
+    teacher: Teacher,
     num_workers: int,
     gpus_per_worker: int,
     nproc_per_node: int,
