@@ -28,7 +28,7 @@ from mmengine.config import Config
 from video_kd.core.errors import UserError
 from video_kd.data import dataset
 from video_kd.distill.convert import load_state_dict, state_dict_mismatch
-from video_kd.distill.fast_teacher import PRECISIONS
+from video_kd.distill.teacher_precision import PRECISIONS
 from video_kd.openmmlab.config import (
     checked_cfg_options,
     is_distill_config,
