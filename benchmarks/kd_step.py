@@ -75,9 +75,8 @@ def bf16_supported(device: str) -> bool:
 def build(kd_config: str, num_classes: int, device: str):
     from mmrazor.registry import MODELS
 
-    from video_kd.distill import logit_cache
+    from video_kd.distill import logit_cache  # noqa: F401  (registers the cached algorithm)
 
-    logit_cache.register()
     cfg = common.load_kd_config(kd_config, num_classes)
     cfg.model.type = 'CachedLogitsSingleTeacherDistill'  # = SingleTeacherDistill + a cache path
     torch.manual_seed(0)
@@ -124,10 +123,10 @@ def uncached(algo, precision: str):
 
 
 def inference_teacher_loss(algo, inputs, samples, precision: str = 'fp32'):
-    from video_kd.distill.fast_teacher import register
+    from video_kd.distill.fast_teacher import InferenceTeacherDistill
 
     with uncached(algo, precision):
-        return register().loss(algo, inputs, samples)
+        return InferenceTeacherDistill.loss(algo, inputs, samples)
 
 
 def step_fns(algo, inputs, samples, optimizer, variants):

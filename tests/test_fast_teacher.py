@@ -43,6 +43,14 @@ def batch():
     return inputs, [ActionDataSample().set_gt_label(torch.tensor([i])) for i in range(2)]
 
 
+def test_the_algorithm_is_a_module_level_class_registered_on_import():
+    from mmrazor.models import SingleTeacherDistill
+    from mmrazor.registry import MODELS
+
+    assert MODELS.get(fast_teacher.ALGORITHM) is fast_teacher.InferenceTeacherDistill
+    assert issubclass(fast_teacher.InferenceTeacherDistill, SingleTeacherDistill)
+
+
 def test_enable_rewrites_the_config_and_refuses_what_it_cannot_run(tmp_path):
     cfg = kd_cfg('bf16')
     assert (cfg.model.type, cfg.model.teacher_precision) == ('InferenceTeacherDistill', 'bf16')

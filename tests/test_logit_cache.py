@@ -49,6 +49,20 @@ def train_dataset(cfg):
     return DATASETS.build(cfg.train_dataloader.dataset)
 
 
+def test_extensions_are_module_level_classes_registered_on_import():
+    from mmaction.registry import TRANSFORMS
+    from mmengine.registry import HOOKS
+    from mmrazor.registry import MODELS
+
+    from video_kd.distill import fast_teacher
+
+    cached = MODELS.get('CachedLogitsSingleTeacherDistill')
+    assert cached is logit_cache.CachedLogitsSingleTeacherDistill
+    assert issubclass(cached, fast_teacher.InferenceTeacherDistill)
+    assert TRANSFORMS.get('SeededViews') is logit_cache.SeededViews
+    assert HOOKS.get('TeacherLogitCacheHook') is logit_cache.TeacherLogitCacheHook
+
+
 def test_enable_cache_rewrites_the_config(small_data, tmp_path):
     cfg, location = cached_cfg(small_data, tmp_path)
     assert cfg.model.type == 'CachedLogitsSingleTeacherDistill'

@@ -50,14 +50,21 @@ from pathlib import Path
 
 from video_kd.core.errors import UserError, setup_logging
 from video_kd.core.progress import Progress
-from video_kd.data.data_layout import SPLITS, DatasetSource, resolve
+from video_kd.data.data_layout import (
+    CLASSES_FILE,
+    SPLITS,
+    TRAIN_LIST,
+    VAL_LIST,
+    DatasetSource,
+    resolve,
+)
 from video_kd.storage import s3, s3_fileio
 
 log = logging.getLogger(__name__)
 
 CHECK_VERSION = 1  # bump when check_video_bytes accepts or rejects differently
-LIST_NAMES = {'train': 'train_list.txt', 'val': 'val_list.txt'}
-CLASSES_NAME = 'classes.txt'
+LIST_NAMES = {'train': TRAIN_LIST, 'val': VAL_LIST}
+CLASSES_NAME = CLASSES_FILE
 REPORT_NAME = 'report.json'
 _CHUNK = 16  # at most this many videos per task handed to a process: few round trips
 _COMPACT_AFTER = 16  # cache batches before they are merged into one

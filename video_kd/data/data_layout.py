@@ -50,7 +50,12 @@ class LayoutNames:
     annotations: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
 
-OWN = LayoutNames('train_list.txt', 'val_list.txt', 'videos', 'videos', ('classes.txt',))
+# video-kd's own layout, the one place its names are written (dataset, data_check... import them)
+TRAIN_LIST = 'train_list.txt'
+VAL_LIST = 'val_list.txt'
+CLASSES_FILE = 'classes.txt'
+VIDEO_DIR = 'videos'
+OWN = LayoutNames(TRAIN_LIST, VAL_LIST, VIDEO_DIR, VIDEO_DIR, (CLASSES_FILE,))
 MMACTION2 = LayoutNames(
     'kinetics400_train_list_videos.txt',
     'kinetics400_val_list_videos.txt',

@@ -24,13 +24,16 @@ import numpy as np
 
 from video_kd.core.checks import InvalidInputError, check_range
 from video_kd.core.errors import UserError
+from video_kd.data import data_check, data_layout
+from video_kd.data.data_layout import (  # noqa: F401  (TRAIN_LIST, VAL_LIST: re-exported)
+    CLASSES_FILE,
+    TRAIN_LIST,
+    VAL_LIST,
+    VIDEO_DIR,
+)
 
 logger = logging.getLogger(__name__)
 
-TRAIN_LIST = 'train_list.txt'
-VAL_LIST = 'val_list.txt'
-CLASSES_FILE = 'classes.txt'
-VIDEO_DIR = 'videos'
 MOTIONS = ('move_up', 'move_down', 'grow', 'shrink', 'circle')
 # generate_dataset's numeric options and their ranges (also the keys of ``generate://?...``)
 GENERATOR_RANGES = {
@@ -43,20 +46,14 @@ GENERATOR_RANGES = {
 }
 # what generate_dataset writes, per layout (video_kd.data.data_layout reads both)
 LAYOUT_FILES = {
-    'video-kd': dict(
-        train_videos=VIDEO_DIR,
-        val_videos=VIDEO_DIR,
-        train_list=TRAIN_LIST,
-        val_list=VAL_LIST,
-        classes=CLASSES_FILE,
-    ),
-    'mmaction2': dict(
-        train_videos='videos_train',
-        val_videos='videos_val',
-        train_list='kinetics400_train_list_videos.txt',
-        val_list='kinetics400_val_list_videos.txt',
-        classes='label_map_k400.txt',
-    ),
+    layout: dict(
+        train_videos=names.train_videos,
+        val_videos=names.val_videos,
+        train_list=names.train_list,
+        val_list=names.val_list,
+        classes=names.label_maps[0],
+    )
+    for layout, names in (('video-kd', data_layout.OWN), ('mmaction2', data_layout.MMACTION2))
 }
 
 
@@ -220,8 +217,6 @@ def validate_dataset(
     files are never rewritten.  Bad videos are reported, not fatal; a split
     without a usable video raises ``data_check.DataCheckError``.
     """
-    from video_kd.data import data_check, data_layout
-
     root = Path(root).resolve()
     out_dir = Path(out_dir or root / 'validated').resolve()
     if out_dir == root:

@@ -46,7 +46,7 @@ from typing import Any
 from video_kd.core.errors import UserError, one_line
 from video_kd.core.progress import Progress
 from video_kd.data import data_check
-from video_kd.data.data_layout import SPLITS, DatasetSource
+from video_kd.data.data_layout import SPLITS, VIDEO_DIR, DatasetSource
 from video_kd.storage import s3, s3_fileio
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,6 @@ log = logging.getLogger(__name__)
 ENCODE_VERSION = 1  # bump when the same settings would encode differently
 DERIVED_DIR = 'derived'
 DONE_NAME = 'done.json'
-VIDEOS_DIR = 'videos'
 _CHUNK = 4  # videos per pool task
 
 
@@ -287,7 +286,7 @@ def reencode_dataset(
         lines = [f'{derived} {label}' for _, derived, label in plan[split]]
         _write(join(uri, data_check.LIST_NAMES[split]), ('\n'.join(lines) + '\n').encode())
     _write(join(uri, data_check.CLASSES_NAME), ('\n'.join(source.classes) + '\n').encode())
-    videos_uri = join(uri, VIDEOS_DIR)
+    videos_uri = join(uri, VIDEO_DIR)  # the derived dataset is in our own layout
     present = data_check.list_videos(videos_uri)  # what an interrupted run already wrote
     pairs = {}
     for split in SPLITS:

@@ -13,8 +13,8 @@ For logits distillation the teacher is pure inference, so:
   benchmarks/README.md, bf16 takes a KD step from 1.66-2.51x to 1.38-1.57x of
   the student-only step.
 
-``InferenceTeacherDistill`` (registered in MMRazor's ``MODELS``) is that
-algorithm; ``enable_fast_teacher(cfg, precision)`` switches a KD config to it
+``InferenceTeacherDistill`` (registered in MMRazor's ``MODELS`` when this module is
+imported) is that algorithm; ``enable_fast_teacher(cfg, precision)`` switches a KD config to it
 (``python -m video_kd.distill.train ... --teacher-precision bf16``).  Checkpoints are
 interchangeable with ``SingleTeacherDistill`` (same modules, same state dict).
 The teacher-logit cache (video_kd.distill.logit_cache) builds on it: its misses run the
@@ -24,132 +24,112 @@ teacher this way.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING
 
 import torch
+from mmrazor.models import SingleTeacherDistill
+from mmrazor.registry import MODELS
+from torch.nn.modules.batchnorm import _BatchNorm
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.core.errors import UserError
+from video_kd.distill.teacher_precision import PRECISIONS, autocast_dtype  # noqa: F401  (re-exported)
+from video_kd.openmmlab.config import is_distill_config
 
 if TYPE_CHECKING:
     from mmaction.structures import ActionDataSample
     from mmengine.config import Config
-    from mmrazor.models import SingleTeacherDistill
 
-PRECISIONS = {'fp32': None, 'bf16': torch.bfloat16, 'fp16': torch.float16}
 ALGORITHM = 'InferenceTeacherDistill'
 
 
-def autocast_dtype(precision: str | None) -> torch.dtype | None:
-    if precision is None:
-        return None
-    if precision not in PRECISIONS:
-        raise UserError(
-            f'unknown teacher precision {precision!r}: choose one of {", ".join(PRECISIONS)}'
+@contextlib.contextmanager
+def _forward_replaced(module: torch.nn.Module, forward: Callable) -> Iterator[None]:
+    """Calls of ``module`` run ``forward`` in this block (its hooks still run around it)."""
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
+
+
+@MODELS.register_module(force=True)
+class InferenceTeacherDistill(SingleTeacherDistill):
+    """SingleTeacherDistill whose frozen teacher runs in eval mode under inference_mode.
+
+    ``teacher_precision``: ``'fp32'`` (default), ``'bf16'`` or ``'fp16'``
+    (autocast around the teacher forward only).  ``loss`` is MMRazor's; only its
+    teacher forward is ours (``teacher_records``).
+    """
+
+    def __init__(self, *args, teacher_precision: str = 'fp32', **kwargs):
+        super().__init__(*args, **kwargs)
+        self.teacher_dtype = autocast_dtype(teacher_precision)
+        self.teacher_precision = teacher_precision
+        if self.teacher_trainable:
+            raise UserError('a trainable teacher is not an inference model')
+        if getattr(self.distiller.deliveries, 'deliveries', None):
+            # delivered teacher outputs would be inference tensors inside the student's graph
+            raise UserError('deliveries are not supported with a fast teacher')
+
+    def _restore_teacher_mode(self, was_training: bool) -> None:
+        self.teacher.train(was_training)
+        if was_training and self.teacher_norm_eval:  # as SingleTeacherDistill.train
+            for module in self.teacher.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+
+    def run_teacher(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
+    ) -> dict[str, torch.Tensor]:
+        """One teacher forward; returns each teacher recorder's output (fp32, no grad)."""
+        recorders = self.distiller.teacher_recorders
+        amp = (
+            torch.autocast(batch_inputs.device.type, dtype=self.teacher_dtype)
+            if self.teacher_dtype is not None
+            else contextlib.nullcontext()
         )
-    return PRECISIONS[precision]
+        was_training = self.teacher.training
+        self.teacher.eval()
+        try:
+            with recorders, torch.inference_mode(), amp:
+                # mode='loss' minus the loss: the head's top-k accuracy is numpy (no bf16)
+                self.teacher.extract_feat(batch_inputs, stage='head', data_samples=data_samples)
+                records = {name: r.get_record_data() for name, r in recorders.recorders.items()}
+        finally:
+            self._restore_teacher_mode(was_training)
+        # Out of inference mode: a copy is an ordinary tensor the distill loss can use.
+        return {name: t.float().clone() for name, t in records.items()}
 
+    def set_teacher_records(self, records: dict[str, torch.Tensor]) -> None:
+        for name, recorder in self.distiller.teacher_recorders.recorders.items():
+            recorder.reset_data_buffer()
+            recorder.data_buffer.append(records[name])
 
-def _register():
-    from mmrazor.models import SingleTeacherDistill
-    from mmrazor.models.utils import add_prefix
-    from mmrazor.registry import MODELS
-    from torch.nn.modules.batchnorm import _BatchNorm
+    def teacher_records(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
+    ) -> dict:
+        """What the distill losses read from the teacher recorders (subclasses: a cache)."""
+        return self.run_teacher(batch_inputs, data_samples)
 
-    @MODELS.register_module(force=True)
-    class InferenceTeacherDistill(SingleTeacherDistill):
-        """SingleTeacherDistill whose frozen teacher runs in eval mode under inference_mode.
+    def loss(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """``SingleTeacherDistill.loss``, whose teacher call fills the teacher recorders
+        with ``teacher_records`` instead of running the teacher in train mode."""
 
-        ``teacher_precision``: ``'fp32'`` (default), ``'bf16'`` or ``'fp16'``
-        (autocast around the teacher forward only).
-        """
+        def teacher_forward(
+            inputs: torch.Tensor, samples: list[ActionDataSample] | None, mode: str = 'loss'
+        ) -> None:
+            self.set_teacher_records(self.teacher_records(inputs, samples))
 
-        def __init__(self, *args, teacher_precision: str = 'fp32', **kwargs):
-            super().__init__(*args, **kwargs)
-            self.teacher_dtype = autocast_dtype(teacher_precision)
-            self.teacher_precision = teacher_precision
-            if self.teacher_trainable:
-                raise UserError('a trainable teacher is not an inference model')
-            if getattr(self.distiller.deliveries, 'deliveries', None):
-                # delivered teacher outputs would be inference tensors inside the student's graph
-                raise UserError('deliveries are not supported with a fast teacher')
-
-        def _restore_teacher_mode(self, was_training: bool) -> None:
-            self.teacher.train(was_training)
-            if was_training and self.teacher_norm_eval:  # as SingleTeacherDistill.train
-                for module in self.teacher.modules():
-                    if isinstance(module, _BatchNorm):
-                        module.eval()
-
-        def run_teacher(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
-        ) -> dict[str, torch.Tensor]:
-            """One teacher forward; returns each teacher recorder's output (fp32, no grad)."""
-            recorders = self.distiller.teacher_recorders
-            amp = (
-                torch.autocast(batch_inputs.device.type, dtype=self.teacher_dtype)
-                if self.teacher_dtype is not None
-                else contextlib.nullcontext()
-            )
-            was_training = self.teacher.training
-            self.teacher.eval()
-            try:
-                with recorders, torch.inference_mode(), amp:
-                    # mode='loss' minus the loss: the head's top-k accuracy is numpy (no bf16)
-                    self.teacher.extract_feat(batch_inputs, stage='head', data_samples=data_samples)
-                    records = {name: r.get_record_data() for name, r in recorders.recorders.items()}
-            finally:
-                self._restore_teacher_mode(was_training)
-            # Out of inference mode: a copy is an ordinary tensor the distill loss can use.
-            return {name: t.float().clone() for name, t in records.items()}
-
-        def set_teacher_records(self, records: dict[str, torch.Tensor]) -> None:
-            for name, recorder in self.distiller.teacher_recorders.recorders.items():
-                recorder.reset_data_buffer()
-                recorder.data_buffer.append(records[name])
-
-        def teacher_records(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
-        ) -> dict:
-            """What the distill losses read from the teacher recorders (subclasses: a cache)."""
-            return self.run_teacher(batch_inputs, data_samples)
-
-        def loss(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None = None
-        ) -> dict[str, torch.Tensor]:
-            losses = dict()
-            self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
-            if self.calculate_student_loss:
-                with self.distiller.student_recorders, self.distiller.deliveries:
-                    losses.update(
-                        add_prefix(self.student(batch_inputs, data_samples, mode='loss'), 'student')
-                    )
-            else:
-                no_grad = contextlib.nullcontext() if self.student_trainable else torch.no_grad()
-                with self.distiller.student_recorders, self.distiller.deliveries, no_grad:
-                    self.student(batch_inputs, data_samples, mode='loss')
-            if not self.distillation_stopped:
-                losses.update(add_prefix(self.distiller.compute_distill_losses(), 'distill'))
-            return losses
-
-    return InferenceTeacherDistill
-
-
-_CLASS = None
-
-
-def register() -> type[SingleTeacherDistill]:
-    """Register InferenceTeacherDistill in MMRazor's MODELS (once); returns the class."""
-    global _CLASS
-    if _CLASS is None:
-        _CLASS = _register()
-    return _CLASS
+        with _forward_replaced(self.teacher, teacher_forward):
+            return super().loss(batch_inputs, data_samples)
 
 
 def enable_fast_teacher(cfg: Config, precision: str = 'fp32') -> None:
     """Switch a KD config's algorithm to InferenceTeacherDistill with this teacher precision."""
-    from video_kd.openmmlab.config import is_distill_config
-
     autocast_dtype(precision)
     if not is_distill_config(cfg):
         raise UserError(
@@ -159,4 +139,3 @@ def enable_fast_teacher(cfg: Config, precision: str = 'fp32') -> None:
         raise UserError('enable the fast teacher before the teacher-logit cache')
     cfg.model.type = ALGORITHM
     cfg.model.teacher_precision = precision
-    register()

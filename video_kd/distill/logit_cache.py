@@ -71,11 +71,21 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
+from mmaction.registry import TRANSFORMS
+from mmcv.transforms import BaseTransform
+from mmengine.config import ConfigDict
+from mmengine.dataset import Compose
+from mmengine.dist import get_rank
 from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
+from mmrazor.models.task_modules.recorder import ModuleOutputsRecorder
+from mmrazor.registry import MODELS
 
 import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.core.errors import UserError
+from video_kd.distill.fast_teacher import InferenceTeacherDistill
+from video_kd.openmmlab.config import is_distill_config
 
 if TYPE_CHECKING:
     from mmaction.structures import ActionDataSample
@@ -138,64 +148,56 @@ def seeded_rngs(seed: int) -> Iterator[None]:
             np.random.set_state(np_state)
 
 
-def _register_transform():
-    from mmaction.registry import TRANSFORMS
-    from mmcv.transforms import BaseTransform
+@TRANSFORMS.register_module(force=True)
+class SeededViews(BaseTransform):
+    """Run `transforms` as one of `num_views` fixed, reproducible views of each video.
 
-    @TRANSFORMS.register_module(force=True)
-    class SeededViews(BaseTransform):
-        """Run `transforms` as one of `num_views` fixed, reproducible views of each video.
+    Adds ``kd_view`` (video, view index, drawn parameters) and
+    ``kd_view_key`` (their hash) to the results; put ``kd_view_key`` in
+    ``PackActionInputs.meta_keys`` so the model sees it.
+    """
 
-        Adds ``kd_view`` (video, view index, drawn parameters) and
-        ``kd_view_key`` (their hash) to the results; put ``kd_view_key`` in
-        ``PackActionInputs.meta_keys`` so the model sees it.
-        """
+    def __init__(
+        self,
+        transforms: list,
+        num_views: int = DEFAULT_NUM_VIEWS,
+        seed: int = 0,
+        root: str | None = None,
+    ):
+        if int(num_views) < 1:
+            raise UserError(f'num_views must be >= 1, got {num_views}')
+        self.num_views, self.seed, self.root = int(num_views), int(seed), root
+        self.transforms = Compose(
+            [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
+        )
 
-        def __init__(
-            self,
-            transforms: list,
-            num_views: int = DEFAULT_NUM_VIEWS,
-            seed: int = 0,
-            root: str | None = None,
-        ):
-            from mmengine.dataset import Compose
+    def video_id(self, filename: str) -> str:
+        if self.root:
+            rel = os.path.relpath(filename, self.root)
+            if not rel.startswith('..'):
+                return Path(rel).as_posix()
+        return '/'.join(Path(filename).parts[-2:])  # <class>/<clip>.mp4
 
-            if int(num_views) < 1:
-                raise UserError(f'num_views must be >= 1, got {num_views}')
-            self.num_views, self.seed, self.root = int(num_views), int(seed), root
-            self.transforms = Compose(
-                [TRANSFORMS.build(t) if isinstance(t, dict) else t for t in transforms]
-            )
+    def transform(self, results: dict) -> dict:
+        view = int(np.random.randint(self.num_views))  # the loader's RNG: varies by epoch
+        filename = results.get('filename', '')
+        video = self.video_id(filename)
+        size = os.path.getsize(filename) if filename and os.path.isfile(filename) else -1
+        seed = int(digest([self.seed, video, size, view], 16), 16)
+        with seeded_rngs(seed):
+            results = self.transforms(results)
+        if results is None:
+            return None
+        params = {k: _plain(results[k]) for k in PARAM_KEYS if k in results}
+        results[VIEW_PARAMS] = dict(video=video, size=size, view=view, **params)
+        results[VIEW_KEY] = digest(results[VIEW_PARAMS], 32)
+        return results
 
-        def video_id(self, filename: str) -> str:
-            if self.root:
-                rel = os.path.relpath(filename, self.root)
-                if not rel.startswith('..'):
-                    return Path(rel).as_posix()
-            return '/'.join(Path(filename).parts[-2:])  # <class>/<clip>.mp4
-
-        def transform(self, results: dict) -> dict:
-            view = int(np.random.randint(self.num_views))  # the loader's RNG: varies by epoch
-            filename = results.get('filename', '')
-            video = self.video_id(filename)
-            size = os.path.getsize(filename) if filename and os.path.isfile(filename) else -1
-            seed = int(digest([self.seed, video, size, view], 16), 16)
-            with seeded_rngs(seed):
-                results = self.transforms(results)
-            if results is None:
-                return None
-            params = {k: _plain(results[k]) for k in PARAM_KEYS if k in results}
-            results[VIEW_PARAMS] = dict(video=video, size=size, view=view, **params)
-            results[VIEW_KEY] = digest(results[VIEW_PARAMS], 32)
-            return results
-
-        def __repr__(self) -> str:
-            return (
-                f'{type(self).__name__}(num_views={self.num_views}, seed={self.seed}, '
-                f'transforms={self.transforms})'
-            )
-
-    return SeededViews
+    def __repr__(self) -> str:
+        return (
+            f'{type(self).__name__}(num_views={self.num_views}, seed={self.seed}, '
+            f'transforms={self.transforms})'
+        )
 
 
 # --------------------------------------------------------------------------- storage
@@ -308,93 +310,81 @@ def split_per_sample(record: torch.Tensor, num_samples: int) -> list[torch.Tenso
     return list(record.split(record.shape[0] // num_samples))
 
 
-def _register_algorithm():
-    from mmrazor.models.task_modules.recorder import ModuleOutputsRecorder
-    from mmrazor.registry import MODELS
+@MODELS.register_module(force=True)
+class CachedLogitsSingleTeacherDistill(InferenceTeacherDistill):
+    """SingleTeacherDistill whose teacher outputs come from a LogitCache when they can.
 
-    from video_kd.distill.fast_teacher import register as register_fast_teacher
+    The cache key of each sample is its ``kd_view_key`` metainfo (set by
+    ``SeededViews``).  Misses run the teacher as ``InferenceTeacherDistill``
+    does (eval mode, inference_mode, ``teacher_precision``) on the missing
+    samples only; their per-sample outputs go into the cache.
+    """
 
-    InferenceTeacherDistill = register_fast_teacher()
-
-    @MODELS.register_module(force=True)
-    class CachedLogitsSingleTeacherDistill(InferenceTeacherDistill):
-        """SingleTeacherDistill whose teacher outputs come from a LogitCache when they can.
-
-        The cache key of each sample is its ``kd_view_key`` metainfo (set by
-        ``SeededViews``).  Misses run the teacher as ``InferenceTeacherDistill``
-        does (eval mode, inference_mode, ``teacher_precision``) on the missing
-        samples only; their per-sample outputs go into the cache.
-        """
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            recorders = self.distiller.teacher_recorders.recorders
-            bad = [n for n, r in recorders.items() if not isinstance(r, ModuleOutputsRecorder)]
-            if bad or not recorders:
-                raise UserError(
-                    'the teacher-logit cache needs ModuleOutputs teacher '
-                    f'recorders only (got {bad or "none"})'
-                )
-            self.logit_cache = LogitCache()
-            self.cache_hits = 0
-            self.cache_misses = 0
-            self.last_misses = 0
-
-        def teacher_outputs(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
-        ) -> list[dict[str, torch.Tensor]]:
-            """Per-sample teacher records, from a real teacher forward."""
-            records = {
-                name: split_per_sample(record, len(data_samples))
-                for name, record in self.run_teacher(batch_inputs, data_samples).items()
-            }
-            return [
-                {name: per[i] for name, per in records.items()} for i in range(len(data_samples))
-            ]
-
-        def teacher_records(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
-        ) -> dict[str, torch.Tensor]:
-            keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
-            if any(k is None for k in keys):
-                raise UserError(
-                    f'data samples carry no {VIEW_KEY}: the train pipeline must wrap its '
-                    'random transforms in SeededViews and list it in PackActionInputs '
-                    'meta_keys (video_kd.distill.logit_cache.enable_cache does both)'
-                )
-            missing = [i for i, k in enumerate(keys) if k not in self.logit_cache]
-            if missing:
-                outputs = self.teacher_outputs(
-                    batch_inputs[missing], [data_samples[i] for i in missing]
-                )
-                for i, out in zip(missing, outputs, strict=False):
-                    self.logit_cache.put(keys[i], out, data_samples[i].metainfo.get(VIEW_PARAMS))
-            self.last_misses = len(missing)
-            self.cache_misses += len(missing)
-            self.cache_hits += len(keys) - len(missing)
-            device = batch_inputs.device
-            return {
-                name: torch.cat([self.logit_cache.get(k)[name] for k in keys]).to(device)
-                for name in self.distiller.teacher_recorders.recorders
-            }
-
-        def fill_teacher_recorders(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
-        ) -> int:
-            """Fill the teacher recorders for this batch; returns how many samples missed."""
-            self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
-            return self.last_misses
-
-        def loss(
-            self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None = None
-        ) -> dict[str, torch.Tensor]:
-            losses = super().loss(batch_inputs, data_samples)
-            losses['teacher_cache_hit'] = torch.tensor(
-                1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        recorders = self.distiller.teacher_recorders.recorders
+        bad = [n for n, r in recorders.items() if not isinstance(r, ModuleOutputsRecorder)]
+        if bad or not recorders:
+            raise UserError(
+                'the teacher-logit cache needs ModuleOutputs teacher '
+                f'recorders only (got {bad or "none"})'
             )
-            return losses
+        self.logit_cache = LogitCache()
+        self.cache_hits = 0
+        self.cache_misses = 0
+        self.last_misses = 0
 
-    return CachedLogitsSingleTeacherDistill
+    def teacher_outputs(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+    ) -> list[dict[str, torch.Tensor]]:
+        """Per-sample teacher records, from a real teacher forward."""
+        records = {
+            name: split_per_sample(record, len(data_samples))
+            for name, record in self.run_teacher(batch_inputs, data_samples).items()
+        }
+        return [{name: per[i] for name, per in records.items()} for i in range(len(data_samples))]
+
+    def teacher_records(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+    ) -> dict[str, torch.Tensor]:
+        keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
+        if any(k is None for k in keys):
+            raise UserError(
+                f'data samples carry no {VIEW_KEY}: the train pipeline must wrap its '
+                'random transforms in SeededViews and list it in PackActionInputs '
+                'meta_keys (video_kd.distill.logit_cache.enable_cache does both)'
+            )
+        missing = [i for i, k in enumerate(keys) if k not in self.logit_cache]
+        if missing:
+            outputs = self.teacher_outputs(
+                batch_inputs[missing], [data_samples[i] for i in missing]
+            )
+            for i, out in zip(missing, outputs, strict=False):
+                self.logit_cache.put(keys[i], out, data_samples[i].metainfo.get(VIEW_PARAMS))
+        self.last_misses = len(missing)
+        self.cache_misses += len(missing)
+        self.cache_hits += len(keys) - len(missing)
+        device = batch_inputs.device
+        return {
+            name: torch.cat([self.logit_cache.get(k)[name] for k in keys]).to(device)
+            for name in self.distiller.teacher_recorders.recorders
+        }
+
+    def fill_teacher_recorders(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+    ) -> int:
+        """Fill the teacher recorders for this batch; returns how many samples missed."""
+        self.set_teacher_records(self.teacher_records(batch_inputs, data_samples))
+        return self.last_misses
+
+    def loss(
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None = None
+    ) -> dict[str, torch.Tensor]:
+        losses = super().loss(batch_inputs, data_samples)
+        losses['teacher_cache_hit'] = torch.tensor(
+            1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device
+        )
+        return losses
 
 
 # --------------------------------------------------------------------------- the hook
@@ -411,8 +401,6 @@ class TeacherLogitCacheHook(Hook):
 
     @staticmethod
     def algorithm(runner: Runner) -> torch.nn.Module:
-        from mmengine.model import is_model_wrapper
-
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if not hasattr(model, 'logit_cache'):
             raise UserError(
@@ -430,8 +418,6 @@ class TeacherLogitCacheHook(Hook):
         )
 
     def _flush(self, runner: Runner, tag: str) -> None:
-        from mmengine.dist import get_rank
-
         model = self.algorithm(runner)
         model.logit_cache.flush(self.location, f'{self.writer}-{tag}-rank{get_rank()}')
 
@@ -451,15 +437,6 @@ class TeacherLogitCacheHook(Hook):
 
 
 # --------------------------------------------------------------------------- config
-def register() -> None:
-    """Register SeededViews (mmaction TRANSFORMS) and the algorithm (mmrazor MODELS)."""
-    from video_kd.openmmlab.runtime import register_all_modules
-
-    register_all_modules()
-    _register_transform()
-    _register_algorithm()
-
-
 def view_spec(cfg: Config, inner_pipeline: list, num_views: int, seed: int) -> dict:
     """Everything besides the key and the teacher weights that decides a cached tensor."""
 
@@ -500,10 +477,6 @@ def enable_cache(cfg: Config, base: str, teacher_sha256: str | None = None) -> s
     ``base``: s3:// prefix or local directory (the dataset's, usually).
     ``cfg.teacher_logit_cache`` may set ``num_views`` (default 4) and ``seed`` (0).
     """
-    from mmengine.config import ConfigDict
-
-    from video_kd.openmmlab.config import is_distill_config
-
     if not is_distill_config(cfg):
         raise UserError('the teacher-logit cache needs a distillation config')
     options = dict(cfg.get('teacher_logit_cache') or {})
@@ -536,5 +509,4 @@ def enable_cache(cfg: Config, base: str, teacher_sha256: str | None = None) -> s
     hooks = list(cfg.get('custom_hooks') or [])
     hooks.append(dict(type='TeacherLogitCacheHook', location=location))
     cfg.custom_hooks = hooks
-    register()
     return location

@@ -28,8 +28,8 @@ from mmengine.config import Config
 from video_kd.core.errors import UserError
 from video_kd.data import dataset
 from video_kd.data.data_stream import set_data_root
-from video_kd.distill.fast_teacher import PRECISIONS, enable_fast_teacher
 from video_kd.distill.pretrained import apply_pretrained, fetch_pretrained
+from video_kd.distill.teacher_precision import PRECISIONS
 from video_kd.openmmlab.cfg_options import checked_cfg_options
 from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
 from video_kd.openmmlab.config import (
@@ -169,6 +169,8 @@ def resolve(
         set_max_epochs(cfg, options.max_epochs)
     if options.teacher_precision:  # before the cache: its location hashes the precision
         _require_distill(cfg, '--teacher-precision')
+        # deferred: imports MMRazor's models (not needed by --help or check inputs)
+        from video_kd.distill.fast_teacher import enable_fast_teacher
 
         enable_fast_teacher(cfg, options.teacher_precision)
         log.info('teacher: eval mode, inference_mode, %s', options.teacher_precision)
@@ -178,6 +180,7 @@ def resolve(
             raise UserError(
                 '--teacher-logit-cache keeps the logits with the dataset: give it (--data-root)'
             )
+        # deferred: imports MMRazor's models
         from video_kd.distill.logit_cache import enable_cache
 
         location = enable_cache(cfg, dataset_dir(videos_uri), teacher_sha256)
