@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from video_kd import __version__
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 
 if TYPE_CHECKING:
@@ -116,6 +117,7 @@ def pipeline_arguments(params: dict[str, Any], package: str | Path | None = None
 def check_params(params: dict[str, Any], package: str | Path | None = None) -> None:
     """Every step's checks on a run's arguments (``steps.check_inputs.check_pipeline_params``),
     before anything is submitted: one line, exit status 2."""
+    # deferred: every step and OpenMMLab, not needed by --help
     from video_kd.steps.check_inputs import check_pipeline_params
 
     check_pipeline_params(pipeline_arguments(params, package))
@@ -201,6 +203,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
 
 
 def cmd_configs(args: argparse.Namespace) -> int:
+    # deferred: mmengine, not needed by --help
     from video_kd.openmmlab.config import available_configs
 
     print('\n'.join(available_configs()))
@@ -261,7 +264,6 @@ def _upload(client: Client, package: str, args: argparse.Namespace) -> int:
         where = f'namespace {namespace}' if namespace else 'shared'
         print(f'uploaded pipeline {args.pipeline_name} ({where}, id {pipeline.pipeline_id})')
         return 0
-    from video_kd import __version__
 
     version = args.version or f'{__version__}-{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}'
     created = client.upload_pipeline_version(
@@ -372,6 +374,7 @@ def _fmt(m: dict | None) -> str:
 
 
 def cmd_run_local(args: argparse.Namespace) -> int:
+    # deferred: the local harness and its steps, run-local only
     from video_kd import local_run
 
     setup_logging()
@@ -430,6 +433,7 @@ def _print_summary(result: dict[str, Any], mirror: Path, seconds: float) -> None
         f'artifacts:  {result["run_root"]}/  ({len(result["manifest"].entries)} objects '
         'in manifest.json)'
     )
+    # deferred: boto3, not needed by --help
     from video_kd.runs import RUN_STEPS
 
     for step in RUN_STEPS:
@@ -479,6 +483,8 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from components import STEPS  # the pipeline's steps in order (a test keeps it so)
+
+    # deferred: mmengine and MMAction2, not needed by --help
     from video_kd.distill.train_config import TrainOptions
 
     steps = ' -> '.join(step.replace('_', ' ') for step in STEPS)

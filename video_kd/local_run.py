@@ -26,7 +26,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from video_kd.core.errors import UserError
+from video_kd.data import dataset
 from video_kd.runs import Manifest, RunLayout, new_run_id
+from video_kd.steps.check_inputs import check_pipeline_params
 from video_kd.storage import s3
 
 if TYPE_CHECKING:
@@ -168,8 +170,6 @@ def prepare_inputs(
     kd_epochs: int, baseline: bool,
 ) -> dict[str, str]:  # fmt: skip
     """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone."""
-    from video_kd.data import dataset
-
     key = '-'.join(f'{k}{v}' for k, v in sorted(data_opts.items()))
     inputs = workdir / 'inputs' / key
     data_root = inputs / 'dataset'
@@ -211,8 +211,6 @@ def run_arguments(
     """The kd_pipeline arguments of a local run but its inputs (dataset, teacher, baseline),
     checked as the pipeline's steps will check them (``steps.check_inputs.check_pipeline_params``):
     a bad one is one line before anything is written or trained."""
-    from video_kd.steps.check_inputs import check_pipeline_params
-
     arguments = {
         'kd_config': TINY_KD_CONFIG,
         'student_config': TINY_STUDENT_CONFIG,

@@ -327,7 +327,7 @@ def check_mounted(
             if where.startswith('s3://') or Path(where).exists():
                 continue
             if not mount:
-                # imported here: video_kd.backends loads the Kubernetes client
+                # deferred: video_kd.backends loads the Kubernetes client
                 from video_kd.backends.spec import DEFAULT_PVC_MOUNT
 
                 mount = os.environ.get('VIDEO_KD_PVC_MOUNT') or DEFAULT_PVC_MOUNT

@@ -25,6 +25,7 @@ import numpy as np
 from video_kd.core.checks import InvalidInputError, check_range
 from video_kd.core.errors import UserError
 from video_kd.data import data_check, data_layout
+from video_kd.data.data_check import check_video_bytes
 from video_kd.data.data_layout import (  # noqa: F401  (TRAIN_LIST, VAL_LIST: re-exported)
     CLASSES_FILE,
     TRAIN_LIST,
@@ -129,8 +130,6 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
 
 def _check_size_round_trips(root: Path, size: int, num_frames: int) -> None:
     """Some sizes (48x48 seen) encode into files decord mis-decodes: refuse them early."""
-    from video_kd.data.data_check import check_video_bytes
-
     probe = root / '.size_probe.mp4'
     frames = [np.zeros((size, size, 3), np.uint8)] * max(num_frames, 2)
     write_video(probe, frames)

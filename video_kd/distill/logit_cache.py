@@ -86,6 +86,7 @@ import video_kd  # noqa: F401  (compat before OpenMMLab)
 from video_kd.core.errors import UserError
 from video_kd.distill.fast_teacher import InferenceTeacherDistill
 from video_kd.openmmlab.config import is_distill_config
+from video_kd.storage import s3
 
 if TYPE_CHECKING:
     from mmaction.structures import ActionDataSample
@@ -266,8 +267,6 @@ class LogitCache:
         """Merge every shard under `location` (s3:// prefix or local dir); returns entries added."""
         added = 0
         if _is_s3(location):
-            from video_kd.storage import s3
-
             for uri in s3.list_uris(location.rstrip('/') + '/'):
                 if uri.endswith('.pt'):
                     added += self.merge_shard(s3.read_bytes(uri), uri)
@@ -284,8 +283,6 @@ class LogitCache:
         name = f'{writer}.pt'
         data = self.shard_bytes(keys)
         if _is_s3(location):
-            from video_kd.storage import s3
-
             uri = s3.join_uri(location, name)
             # conditional: a shard, once written, is never replaced (names are per writer)
             if not s3.create_if_absent(uri, data):
@@ -465,8 +462,6 @@ def view_spec(cfg: Config, inner_pipeline: list, num_views: int, seed: int) -> d
 
 def cache_location(base: str, teacher_sha256: str, spec_hash: str) -> str:
     if _is_s3(base):
-        from video_kd.storage import s3
-
         return s3.join_uri(base, CACHE_DIR, teacher_sha256, spec_hash)
     return str(Path(base) / CACHE_DIR / teacher_sha256 / spec_hash)
 
@@ -483,8 +478,6 @@ def enable_cache(cfg: Config, base: str, teacher_sha256: str | None = None) -> s
     num_views = int(options.get('num_views', DEFAULT_NUM_VIEWS))
     seed = int(options.get('seed', 0))
     if teacher_sha256 is None:
-        from video_kd.storage import s3
-
         if not cfg.model.get('teacher_ckpt'):
             raise UserError('the teacher-logit cache needs the teacher checkpoint')
         teacher_sha256 = s3.sha256_file(cfg.model.teacher_ckpt)

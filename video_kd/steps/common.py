@@ -13,6 +13,7 @@ from typing import Any
 
 from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import UserError
+from video_kd.distill.s3_hook import checkpoint_sort_key
 from video_kd.runs import Manifest, RunLayout, run_info
 from video_kd.storage import s3
 
@@ -102,8 +103,6 @@ def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str,
         e for e in Manifest.load(layout).entries if e.step == step and e.uri.endswith(suffix)
     ]
     if step == 'train':
-        from video_kd.distill.s3_hook import checkpoint_sort_key
-
         entries = sorted(
             (e for e in entries if checkpoint_sort_key(e.uri)),
             key=lambda e: checkpoint_sort_key(e.uri),

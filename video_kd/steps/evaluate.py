@@ -8,6 +8,9 @@ from pathlib import Path
 
 from video_kd.core.artifacts import Dataset, Evaluation, ModelScores, Student, Teacher
 from video_kd.core.errors import UserError
+from video_kd.data.data_stream import check_mounted
+from video_kd.distill import evaluate as mmaction_test
+from video_kd.openmmlab.config import config_path, teacher_config
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import scratch_dir
 from video_kd.steps.report import markdown_report, summarise_metrics
@@ -32,7 +35,6 @@ def run(
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
     """
     check_baseline(baseline_url, student_config)
-    from video_kd.data.data_stream import check_mounted
 
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
@@ -73,8 +75,6 @@ def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:
     and what metrics.json records for it (the teacher's config, the KD config's model)."""
     from mmengine.config import Config
 
-    from video_kd.openmmlab.config import config_path, teacher_config
-
     path = out_dir / 'teacher_config.py'
     teacher_config(kd_config).dump(str(path))
     reference = Config.fromfile(str(config_path(kd_config))).model.teacher.cfg_path
@@ -93,8 +93,6 @@ def _evaluate_models(
     baseline_sha256: str,
 ) -> dict[str, ModelScores]:
     """MMAction2's test loop on the val list (streamed: only val is read), per model."""
-    from video_kd.distill import evaluate as mmaction_test
-
     results: dict[str, ModelScores] = {}
 
     def score(name: str, config: str, ckpt: Path, scored_with: str = '') -> None:

@@ -39,6 +39,7 @@ from video_kd.core.artifacts import (
 )
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError
+from video_kd.distill import train_config
 from video_kd.runs import Manifest, RunLayout, run_info
 from video_kd.steps.common import output_uri, read_output, scratch_dir
 from video_kd.storage import s3
@@ -126,6 +127,7 @@ def _package(
     checkpoint: Path,
     work: Path,
 ) -> dict[str, Any]:
+    # deferred: ONNX, ONNX Runtime and matplotlib, not needed by check inputs
     from video_kd.deploy import deployable
 
     return deployable.package_student(
@@ -156,8 +158,8 @@ def run_lineage(
     """The card's lineage from what the run recorded, not from the named configs: the
     resolved training config (pretrained weights), the train step's parameters, the
     teacher step's source URL."""
+    # deferred: ONNX, ONNX Runtime and matplotlib, not needed by check inputs
     from video_kd.deploy import model_card
-    from video_kd.distill import train_config
 
     config_uri = layout.uri('train', train_config.CONFIG_NAME)
     manifest = Manifest.load(layout)
@@ -266,6 +268,7 @@ def completed_export(layout: RunLayout, settings: ExportSettings) -> Export | No
     A re-run (a KFP retry after the work was done) gets the same result; other
     settings are refused, as the run's export was made with the recorded ones.
     """
+    # deferred: ONNX, ONNX Runtime and matplotlib, not needed by check inputs
     from video_kd.deploy import model_card, plots
 
     try:

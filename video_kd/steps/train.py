@@ -26,11 +26,18 @@ from video_kd.core.artifacts import Dataset, KDModel, Teacher
 from video_kd.core.checks import check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.distill import train_config
+from video_kd.distill.pretrained import (
+    CACHE_KIND,
+    check_name_hash,
+    fetch_pretrained,
+    pin_pretrained,
+)
 from video_kd.distill.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.distill.train_config import TrainOptions
 from video_kd.runs import Manifest, RunLayout, publish, run_info
 from video_kd.steps.common import record_output, scratch_dir
 from video_kd.storage import s3
+from video_kd.storage.download import check_url
 
 if TYPE_CHECKING:
     from mmengine.config import Config
@@ -140,9 +147,6 @@ def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | N
     finally:
         package_log.setLevel(level)
     if options.student_pretrained_url:  # fetch_pretrained's checks, without fetching
-        from video_kd.distill.pretrained import check_name_hash
-        from video_kd.storage.download import check_url
-
         check_url(options.student_pretrained_url, 'student_pretrained_url')
         sha256 = check_sha256(options.student_pretrained_sha256, 'student_pretrained_sha256')
         check_name_hash(options.student_pretrained_url, sha256 or None)
@@ -200,7 +204,6 @@ def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> tuple[s
     names files so), cached under the sha256 computed and that value logged to pin."""
     if not options or not options.student_pretrained_url:
         return '', ''
-    from video_kd.distill.pretrained import CACHE_KIND, fetch_pretrained, pin_pretrained
 
     url, sha256 = options.student_pretrained_url, options.student_pretrained_sha256
     with tempfile.TemporaryDirectory() as tmp:
