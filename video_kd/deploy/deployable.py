@@ -32,7 +32,7 @@ def package_student(
     kd_config: str,
     student_config: str,
     checkpoint: str | Path,
-    data_root: str | Path,
+    data_root: str | Path | dict[str, Any],
     log_root: str | Path,
     metrics: dict[str, Any],
     lineage: dict[str, Any],

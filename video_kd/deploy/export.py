@@ -40,6 +40,7 @@ from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 
 if TYPE_CHECKING:
+    from mmaction.models.recognizers import BaseRecognizer
     from mmengine.config import Config
     from onnxruntime import InferenceSession
 
@@ -76,7 +77,7 @@ class RecognizerScores(nn.Module):
     output before that averaging).
     """
 
-    def __init__(self, recognizer: nn.Module):
+    def __init__(self, recognizer: BaseRecognizer):
         super().__init__()
         self.recognizer = recognizer
         preprocessor = recognizer.data_preprocessor
@@ -368,7 +369,7 @@ def preprocess_spec(
 def export_student(
     config: str,
     checkpoint: str | Path,
-    data_root: str | Path,
+    data_root: str | Path | dict[str, Any],
     out_dir: str | Path,
     *,
     tolerance: float = DEFAULT_TOLERANCE,

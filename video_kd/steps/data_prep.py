@@ -7,7 +7,7 @@ import logging
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from video_kd.core.checks import check_bucket, check_range, check_run_id
 from video_kd.core.errors import UserError
@@ -199,10 +199,10 @@ def check_dataset_uri(uri: str) -> str:
     return uri
 
 
-def _generator_options(uri: str) -> dict[str, int]:
+def _generator_options(uri: str) -> dataset.GeneratorOptions:
     """``generate://?num_classes=3&train_per_class=4`` -> generate_dataset kwargs, each
     checked against its range (``dataset.GENERATOR_RANGES``)."""
-    options = {}
+    options: dict[str, int] = {}
     for key, values in urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).items():
         if key not in dataset.GENERATOR_RANGES:
             raise UserError(
@@ -212,4 +212,4 @@ def _generator_options(uri: str) -> dict[str, int]:
         options[key] = check_range(
             f'generator option {key}', values[-1], *dataset.GENERATOR_RANGES[key]
         )
-    return options
+    return cast('dataset.GeneratorOptions', options)  # its keys: checked above

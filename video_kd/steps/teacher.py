@@ -52,7 +52,8 @@ def run(
     check_claimed(layout)
     with scratch_dir(workdir, 'teacher') as work:
         fetched = download.fetch(url, work, sha256=sha256 or None, cache=layout)
-        path, checked = fetched.path, {}
+        path = fetched.path
+        checked: dict[str, Any] = {}
         if kd_config:
             path, checked = convert_teacher_checkpoint(
                 fetched.path, load_config(kd_config), num_classes or None
