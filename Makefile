@@ -24,9 +24,10 @@ demo: $(STAMP)       ## whole pipeline, locally: KFP local runner + local S3 ser
 test: $(STAMP)       ## the full test suite (what CI runs)
 	$(PY) -m pytest
 
-lint: $(STAMP)       ## ruff: lint + format check (CI runs it before the tests)
+lint: $(STAMP)       ## ruff: lint + format check; mypy: types of video_kd/ (CI runs it before the tests)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: $(STAMP)     ## ruff: fix what it can, format everything
 	$(VENV)/bin/ruff check --fix .
@@ -54,4 +55,4 @@ compile: $(STAMP)    ## recompile pipelines/kd_pipeline.yaml
 	$(VENV)/bin/video-kd compile
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

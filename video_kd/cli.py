@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from kfp import Client
 
     from pipelines.kd_pipeline import ClusterNames
+    from video_kd.data.dataset import GeneratorOptions
     from video_kd.local_run import LocalS3
 
 log = logging.getLogger('video_kd.cli')
@@ -386,7 +387,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
                             train_options)  # fmt: skip
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    data_opts = dict(
+    data_opts: GeneratorOptions = dict(
         num_classes=args.classes,
         train_per_class=args.train_per_class,
         val_per_class=args.val_per_class,

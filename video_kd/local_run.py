@@ -34,6 +34,8 @@ from video_kd.storage import s3
 if TYPE_CHECKING:
     from kfp.local import DockerRunner, SubprocessRunner
 
+    from video_kd.data.dataset import GeneratorOptions
+
 LOCAL_ACCESS_KEY = 'video-kd-local'
 LOCAL_SECRET_KEY = 'video-kd-local-secret'
 TINY_KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
@@ -79,13 +81,13 @@ class LocalS3:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, 'ab') as out:
             self.proc = subprocess.Popen(self.command(), stdout=out, stderr=subprocess.STDOUT)
-        self._wait_until_answering(timeout=30)
+        self._wait_until_answering(self.proc, timeout=30)
         return self
 
-    def _wait_until_answering(self, timeout: float) -> None:
+    def _wait_until_answering(self, proc: subprocess.Popen, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
+            if proc.poll() is not None:
                 raise UserError(f'the local S3 server exited, see {self.log_path}')
             try:
                 urllib.request.urlopen(self.endpoint + '/moto-api/', timeout=1).close()
@@ -166,7 +168,7 @@ def upload_input(path: Path, uri: str) -> tuple[str, str]:
 
 
 def prepare_inputs(
-    workdir: Path, bucket: str, data_opts: dict[str, int], teacher_epochs: int,
+    workdir: Path, bucket: str, data_opts: GeneratorOptions, teacher_epochs: int,
     kd_epochs: int, baseline: bool,
 ) -> dict[str, str]:  # fmt: skip
     """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone."""
@@ -234,7 +236,7 @@ def run_local_pipeline(
     workdir: Path,
     bucket: str,
     prefix: str,
-    data_opts: dict[str, int],
+    data_opts: GeneratorOptions,
     teacher_epochs: int,
     kd_epochs: int,
     baseline: bool,

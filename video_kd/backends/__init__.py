@@ -66,14 +66,18 @@ def get(name: str) -> ClusterBackend | LocalBackend:
     """The backend module of that name (imported on first use: each has its own SDK)."""
     # deferred: each backend imports its own SDK (Training Operator, Trainer), only when used
     if name == 'pytorchjob':
-        from video_kd.backends import pytorchjob as backend
-    elif name == 'trainjob':
-        from video_kd.backends import trainjob as backend
-    elif name == 'local':
-        from video_kd.backends import local as backend
-    else:
-        raise UnknownBackend(f'training_backend {name!r}: use one of {", ".join(BACKENDS)}')
-    return backend
+        from video_kd.backends import pytorchjob
+
+        return pytorchjob
+    if name == 'trainjob':
+        from video_kd.backends import trainjob
+
+        return trainjob
+    if name == 'local':
+        from video_kd.backends import local
+
+        return local
+    raise UnknownBackend(f'training_backend {name!r}: use one of {", ".join(BACKENDS)}')
 
 
 def cluster_backend(name: str) -> ClusterBackend:
@@ -94,9 +98,11 @@ def manifest(name: str, spec: TrainingJobSpec) -> dict[str, Any]:
 
 
 def run_training(
-    name: str, spec: TrainingJobSpec, timeout: float, api: Any = None, **local_kwargs: Any
+    name: str, spec: TrainingJobSpec, timeout: float | None, api: Any = None, **local_kwargs: Any
 ) -> None:
     """Run the spec's training on the named backend until it ends; see the module doc.
+
+    ``timeout``: seconds; None (no limit) for the local backend only.
 
     ``api``: a ``kubernetes.client.ApiClient`` (default: in-cluster, else kubeconfig).
     ``local_kwargs``: ``log_path``, ``cwd`` for the local backend.
@@ -104,6 +110,8 @@ def run_training(
     if name == 'local':
         local_backend(name).run(spec, timeout, **local_kwargs)
         return
+    if timeout is None:
+        raise ValueError(f'the {name} backend needs a timeout')
     backend = cluster_backend(name)
     for line in backend.warnings(spec):
         log.warning('%s', line)

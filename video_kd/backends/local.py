@@ -100,6 +100,7 @@ def run_local(
             bufsize=1,
         ) as proc,
     ):
+        assert proc.stdout is not None  # stdout=PIPE
         for line in proc.stdout:
             log.info('[torchrun] %s', line.rstrip())
             if log_file:

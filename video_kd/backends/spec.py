@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 from video_kd.core.errors import UserError
 
@@ -323,6 +323,10 @@ def _json_env(env: Mapping[str, str], key: str) -> dict[str, Any]:
     return value
 
 
+@overload
+def _int_env(env: Mapping[str, str], key: str, default: int) -> int: ...
+@overload
+def _int_env(env: Mapping[str, str], key: str, default: None) -> int | None: ...
 def _int_env(env: Mapping[str, str], key: str, default: int | None) -> int | None:
     raw = env.get(key) or ''
     if not raw:

@@ -140,10 +140,10 @@ def _cgroup_cpu_quota(root: Path) -> float | None:
         quota, period = [*v2, '100000'][:2]
         return _ratio(quota, period)
     for directory in ('cpu', 'cpu,cpuacct'):  # v1: -1 means no limit
-        quota = _read_fields(root / directory / 'cpu.cfs_quota_us')
-        period = _read_fields(root / directory / 'cpu.cfs_period_us')
-        if quota and period:
-            return _ratio(quota[0], period[0])
+        quotas = _read_fields(root / directory / 'cpu.cfs_quota_us')
+        periods = _read_fields(root / directory / 'cpu.cfs_period_us')
+        if quotas and periods:
+            return _ratio(quotas[0], periods[0])
     return None
 
 
@@ -178,7 +178,7 @@ def _list_s3(videos_uri: str) -> dict[str, ObjectInfo]:
 
 
 def _list_local(root: Path) -> dict[str, ObjectInfo]:
-    found = {}
+    found: dict[str, ObjectInfo] = {}
     if not root.is_dir():
         return found
     for dirpath, _, filenames in os.walk(root):
@@ -408,7 +408,7 @@ class CheckCache:
         if not self.uri or not self._pending:
             return
         try:
-            self._batches.append(self._write(self._pending))
+            self._batches.append(self._write(self.uri, self._pending))
         except s3.S3Error as error:
             log.warning('validation cache not updated (no more writes this run): %s', error)
             self.uri = None
@@ -427,16 +427,16 @@ class CheckCache:
             return
         keep = {key: reason for key, reason in self._stored.items() if key in listed}
         try:
-            merged = self._write(keep)
+            merged = self._write(self.uri, keep)
             self._delete(self._batches)
         except s3.S3Error as error:
             log.warning('validation cache not merged: %s', error)
             return
         self._batches, self._stored = [merged], keep
 
-    def _write(self, entries: dict[str, str | None]) -> str:
+    def _write(self, root: str, entries: dict[str, str | None]) -> str:
         name = f'batch-{time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())}-{uuid.uuid4().hex[:8]}'
-        uri = s3.join_uri(self.uri, name + '.json')
+        uri = s3.join_uri(root, name + '.json')
         s3_fileio.put_object_bytes(uri, json.dumps({'entries': entries}).encode())
         return uri
 
@@ -493,8 +493,8 @@ def validate_source(
     _stop_if_unusable(source, splits, max_unusable)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    for report, valid in checked:
-        (out_dir / report.list_file).write_text('\n'.join(valid) + '\n')
+    for split_report, valid in checked:
+        (out_dir / split_report.list_file).write_text('\n'.join(valid) + '\n')
     (out_dir / CLASSES_NAME).write_text('\n'.join(source.classes) + '\n')
     report = {
         'root': source.root,
@@ -540,7 +540,7 @@ def _check_and_cache(
 
 
 def _transient(reason: str | None) -> bool:
-    return bool(reason) and reason.startswith(READ_FAILED)
+    return bool(reason and reason.startswith(READ_FAILED))
 
 
 def _parse(line: str) -> tuple[str, str] | None:

@@ -27,6 +27,7 @@ import io
 import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from video_kd.core.errors import UserError
 from video_kd.storage import s3, s3_fileio
@@ -143,7 +144,9 @@ def split_uri_options(uri: str) -> tuple[str, dict[str, str]]:
 
 
 def _apply(names: LayoutNames, options: dict[str, str]) -> LayoutNames:
-    changes = {k: v for k, v in options.items() if k in {f.name for f in fields(LayoutNames)}}
+    changes: dict[str, Any] = {
+        k: v for k, v in options.items() if k in {f.name for f in fields(LayoutNames)}
+    }
     if 'label_map' in options:
         changes['label_maps'] = (options['label_map'],)
     return replace(names, **changes)
@@ -247,8 +250,7 @@ def _declared_classes(
         classes = list_lines(_read_text(label_map))
         if classes:
             return classes, label_map
-    labels = {row.get('label') for split_rows in rows.values() for row in split_rows}
-    labels.discard(None)
+    labels = {row.get('label') or '' for split_rows in rows.values() for row in split_rows}
     labels.discard('')
     return sorted(labels), 'annotations CSV' if labels else ''
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
+from typing import TypedDict
 
 import numpy as np
 
@@ -45,6 +46,19 @@ GENERATOR_RANGES = {
     'size': (16, 1024),
     'seed': (0, 2**32 - 1),
 }
+
+
+class GeneratorOptions(TypedDict, total=False):
+    """generate_dataset's numeric options, as keyword arguments (GENERATOR_RANGES' keys)."""
+
+    num_classes: int
+    train_per_class: int
+    val_per_class: int
+    num_frames: int
+    size: int
+    seed: int
+
+
 # what generate_dataset writes, per layout (video_kd.data.data_layout reads both)
 LAYOUT_FILES = {
     layout: dict(
@@ -120,7 +134,7 @@ def write_video(path: Path, frames: list[np.ndarray], fps: int = 8) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames[0].shape[:2]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*'mp4v'), fps, (width, height))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*'mp4v'), fps, (width, height))
     if not writer.isOpened():
         raise RuntimeError(f'OpenCV cannot open a video writer for {path}')
     for frame in frames:
@@ -171,7 +185,7 @@ def generate_dataset(
     rng = np.random.default_rng(seed)
     classes = MOTIONS[:num_classes]
     _check_size_round_trips(root, size, num_frames)
-    lists = {'train': [], 'val': []}
+    lists: dict[str, list[str]] = {'train': [], 'val': []}
     for label, motion in enumerate(classes):
         for split, count in (('train', train_per_class), ('val', val_per_class)):
             for index in range(count):

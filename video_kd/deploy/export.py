@@ -45,6 +45,7 @@ from video_kd.openmmlab.config import load_config, student_model_cfg
 from video_kd.openmmlab.runtime import register_all_modules
 
 if TYPE_CHECKING:
+    from mmaction.models.recognizers import BaseRecognizer
     from mmengine.config import Config
     from onnxruntime import InferenceSession
 
@@ -81,7 +82,7 @@ class RecognizerScores(nn.Module):
     output before that averaging).
     """
 
-    def __init__(self, recognizer: nn.Module):
+    def __init__(self, recognizer: BaseRecognizer):
         super().__init__()
         self.recognizer = recognizer
         preprocessor = recognizer.data_preprocessor

@@ -160,7 +160,7 @@ def build_model_card(
     if 'student' not in metrics or 'classes' not in metrics:
         raise ModelCardError('the evaluation metrics have no student accuracy or class list')
     accuracy = {name: metrics[name] for name, _ in ACCURACY_ROWS if name in metrics}
-    card = {
+    card: dict[str, Any] = {
         'schema': 'video-kd/model-card/v1',
         'run_id': run_id,
         'model': {

@@ -123,9 +123,11 @@ def _engines(
             )
             continue
         session = ort_session(onnx_path, threads, spin=False)
-        runners[(name, 'onnxruntime')] = lambda batch, s=session: s.run(
-            None, {INPUT_NAME: batch.numpy()}
-        )
+
+        def onnx_run(batch: torch.Tensor, session: Any = session) -> Any:
+            return session.run(None, {INPUT_NAME: batch.numpy()})
+
+        runners[(name, 'onnxruntime')] = onnx_run
     return runners, onnx_failed
 
 

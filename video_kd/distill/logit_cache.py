@@ -342,10 +342,10 @@ class CachedLogitsSingleTeacherDistill(InferenceTeacherDistill):
         return [{name: per[i] for name, per in records.items()} for i in range(len(data_samples))]
 
     def teacher_records(
-        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample]
+        self, batch_inputs: torch.Tensor, data_samples: list[ActionDataSample] | None
     ) -> dict[str, torch.Tensor]:
-        keys = [s.metainfo.get(VIEW_KEY) for s in data_samples]
-        if any(k is None for k in keys):
+        keys = [s.metainfo.get(VIEW_KEY) for s in data_samples or ()]
+        if data_samples is None or any(k is None for k in keys):
             raise UserError(
                 f'data samples carry no {VIEW_KEY}: the train pipeline must wrap its '
                 'random transforms in SeededViews and list it in PackActionInputs '
@@ -379,7 +379,7 @@ class CachedLogitsSingleTeacherDistill(InferenceTeacherDistill):
     ) -> dict[str, torch.Tensor]:
         losses = super().loss(batch_inputs, data_samples)
         losses['teacher_cache_hit'] = torch.tensor(
-            1.0 - self.last_misses / max(len(data_samples), 1), device=batch_inputs.device
+            1.0 - self.last_misses / max(len(data_samples or ()), 1), device=batch_inputs.device
         )
         return losses
 
@@ -397,7 +397,7 @@ class TeacherLogitCacheHook(Hook):
         self.writer = f'{time.strftime("%Y%m%d-%H%M%S", time.gmtime())}-{uuid.uuid4().hex[:8]}'
 
     @staticmethod
-    def algorithm(runner: Runner) -> torch.nn.Module:
+    def algorithm(runner: Runner) -> CachedLogitsSingleTeacherDistill:
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
         if not hasattr(model, 'logit_cache'):
             raise UserError(

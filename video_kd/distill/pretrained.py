@@ -38,7 +38,7 @@ import tempfile
 import textwrap
 import urllib.parse
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from mmengine.config import Config, ConfigDict
@@ -50,6 +50,9 @@ from video_kd.openmmlab.config import load_config, student_model_cfg
 from video_kd.openmmlab.runtime import register_all_modules
 from video_kd.runs import RunLayout
 from video_kd.storage import download, s3
+
+if TYPE_CHECKING:
+    from mmengine.model import BaseModule
 
 logger = logging.getLogger(__name__)
 
@@ -245,7 +248,7 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- the check
 
 
-def _build(backbone_cfg: ConfigDict) -> torch.nn.Module:
+def _build(backbone_cfg: ConfigDict) -> BaseModule:
     from mmaction.registry import MODELS
     from mmengine.registry import DefaultScope
 
@@ -300,7 +303,7 @@ def _load_and_check(backbone_cfg: ConfigDict, state: dict[str, torch.Tensor], so
 def _float_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     """Parameters and floating buffers (running stats); counters like num_batches_tracked
     are not weights and 2D files often leave them out."""
-    named = dict(model.named_parameters())
+    named: dict[str, torch.Tensor] = dict(model.named_parameters())
     named.update((name, buf) for name, buf in model.named_buffers() if torch.is_floating_point(buf))
     return named
 

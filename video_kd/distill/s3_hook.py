@@ -61,8 +61,9 @@ def checkpoint_sort_key(uri: str) -> tuple[int, int] | None:
 
 def list_checkpoints(layout: RunLayout) -> list[str]:
     """Checkpoint URIs of a run in training order (epoch, then retry)."""
-    uris = [u for u in s3.list_uris(checkpoint_prefix(layout) + '/') if checkpoint_sort_key(u)]
-    return sorted(uris, key=checkpoint_sort_key)
+    prefix = checkpoint_prefix(layout) + '/'
+    keyed = [(key, u) for u in s3.list_uris(prefix) if (key := checkpoint_sort_key(u))]
+    return [u for _, u in sorted(keyed, key=lambda pair: pair[0])]
 
 
 def latest_checkpoint_uri(layout: RunLayout) -> str | None:
@@ -77,7 +78,8 @@ def checkpoint_epochs(layout: RunLayout) -> list[int]:
     ``epoch_3.pth`` and its retry ``epoch_3.1.pth`` are one epoch: count these,
     not the files, when reporting how many epochs were trained.
     """
-    return sorted({checkpoint_sort_key(uri)[0] for uri in list_checkpoints(layout)})
+    keys = [checkpoint_sort_key(uri) for uri in list_checkpoints(layout)]
+    return sorted({key[0] for key in keys if key})
 
 
 def upload_checkpoint(layout: RunLayout, path: Path) -> str:

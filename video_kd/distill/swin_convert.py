@@ -29,12 +29,15 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from video_kd.core.errors import UserError
 from video_kd.openmmlab.checkpoints import state_dict_mismatch
+
+if TYPE_CHECKING:
+    from mmpretrain.models.backbones import SwinTransformer
 
 logger = logging.getLogger(__name__)
 
@@ -74,7 +77,7 @@ class SwinShape:
         )
 
 
-_ARCH_NAMES = {
+_ARCH_NAMES: dict[tuple[int, tuple[int, ...]], str] = {
     (96, (2, 2, 6, 2)): 'Swin-T',
     (96, (2, 2, 18, 2)): 'Swin-S',
     (128, (2, 2, 18, 2)): 'Swin-B',
@@ -113,7 +116,8 @@ def state_shape(state: dict[str, torch.Tensor], naming: str) -> SwinShape | None
     def attention(stage: int, block: int) -> str:
         return f'{BACKBONE}{stages}.{stage}.blocks.{block}.{attn}'
 
-    depths, heads = [], []
+    depths: list[int] = []
+    heads: list[int] = []
     while f'{attention(len(depths), 0)}.qkv.weight' in state:
         table = state.get(f'{attention(len(depths), 0)}.relative_position_bias_table')
         if table is None:
@@ -135,7 +139,7 @@ def state_shape(state: dict[str, torch.Tensor], naming: str) -> SwinShape | None
     )
 
 
-def model_shape(backbone: torch.nn.Module) -> SwinShape:
+def model_shape(backbone: SwinTransformer) -> SwinShape:
     """The Swin size of a built mmpretrain SwinTransformer."""
     stages = list(backbone.stages)
     first = stages[0].blocks[0].attn.w_msa

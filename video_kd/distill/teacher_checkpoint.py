@@ -112,7 +112,7 @@ def _build_teacher(kd_cfg: Config, num_classes: int | None) -> torch.nn.Module:
     return MODELS.build(teacher_cfg)
 
 
-def _is_mmpretrain_swin(backbone: torch.nn.Module) -> bool:
+def _is_mmpretrain_swin(backbone: object) -> bool:
     from mmpretrain.models.backbones import SwinTransformer
 
     return isinstance(backbone, SwinTransformer)

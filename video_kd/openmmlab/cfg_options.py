@@ -234,7 +234,7 @@ def _registered(type_name: Any) -> list:
 
 
 def _registries() -> list:
-    found = []
+    found: list[Any] = []
     for module in (
         'mmengine.registry',
         'mmaction.registry',

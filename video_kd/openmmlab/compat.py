@@ -112,7 +112,7 @@ _BOX_OPS = ('box_cxcywh_to_xyxy', 'box_xyxy_to_cxcywh', 'box_iou', 'generalized_
 def _stub_module(name: str, **attrs) -> types.ModuleType:
     module = types.ModuleType(name)
     module.__dict__.update(attrs)
-    module.__all__ = [key for key in attrs if not key.startswith('_')]
+    module.__dict__['__all__'] = [key for key in attrs if not key.startswith('_')]
     setattr(module, _STUB_MARK, True)
     return module
 

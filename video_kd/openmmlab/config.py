@@ -96,7 +96,7 @@ def _resolve_reference(ref: ConfigDict) -> ConfigDict:
     return ConfigDict(Config._merge_a_into_b(overrides, model))
 
 
-def _accepts(type_name: str, argument: str) -> bool:
+def _accepts(type_name: str | type | None, argument: str) -> bool:
     """Whether the registered mmaction model class `type_name` takes `argument`."""
     import inspect
 

@@ -103,10 +103,8 @@ def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str,
         e for e in Manifest.load(layout).entries if e.step == step and e.uri.endswith(suffix)
     ]
     if step == 'train':
-        entries = sorted(
-            (e for e in entries if checkpoint_sort_key(e.uri)),
-            key=lambda e: checkpoint_sort_key(e.uri),
-        )
+        keyed = [(key, e) for e in entries if (key := checkpoint_sort_key(e.uri))]
+        entries = [e for _, e in sorted(keyed, key=lambda pair: pair[0])]
     if not entries:
         raise UserError(
             f'the manifest of {layout.root} has no {step} output ({suffix}): '

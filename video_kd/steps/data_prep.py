@@ -7,6 +7,7 @@ import logging
 import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from video_kd.core.artifacts import Dataset, Reencoded
 from video_kd.core.checks import check_bucket, check_range, check_run_id
@@ -199,10 +200,10 @@ def check_dataset_uri(uri: str) -> str:
     return uri
 
 
-def _generator_options(uri: str) -> dict[str, int]:
+def _generator_options(uri: str) -> dataset.GeneratorOptions:
     """``generate://?num_classes=3&train_per_class=4`` -> generate_dataset kwargs, each
     checked against its range (``dataset.GENERATOR_RANGES``)."""
-    options = {}
+    options: dict[str, int] = {}
     for key, values in urllib.parse.parse_qs(urllib.parse.urlsplit(uri).query).items():
         if key not in dataset.GENERATOR_RANGES:
             raise UserError(
@@ -212,4 +213,4 @@ def _generator_options(uri: str) -> dict[str, int]:
         options[key] = check_range(
             f'generator option {key}', values[-1], *dataset.GENERATOR_RANGES[key]
         )
-    return options
+    return cast('dataset.GeneratorOptions', options)  # its keys: checked above

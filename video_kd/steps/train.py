@@ -88,6 +88,8 @@ def run(
     if not checkpoints:
         raise UserError(f'training finished but no checkpoint is in {layout.uri("train")}/')
     last = Manifest.load(layout).find(checkpoints[-1])
+    if last is None:
+        raise UserError(f'{checkpoints[-1]} is in S3 but not in the run manifest')
     parameters = {
         'kd_config': kd_config,
         'dataset_uri': data_meta.get('source', ''),

@@ -29,7 +29,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from typing import BinaryIO, Protocol, overload
 
 from video_kd.core.checks import InvalidInputError, check_range, check_sha256
 from video_kd.core.errors import UserError, run_cli, setup_logging
@@ -144,7 +144,7 @@ def fetch(
         log.warning(
             'no sha256 given for %s: pass the one logged above as %s to pin %s', url, option, what
         )
-    if cache_uri:
+    if cache_uri and cache is not None and sha256:  # as for cache_uri
         store_in_cache(dest, cache, sha256, cache_kind)
     return Fetched(dest, cache_hit=False)
 
@@ -170,6 +170,10 @@ def _ready(dest: Path) -> Path:
     return dest
 
 
+@overload
+def _normalized_sha256(sha256: str) -> str: ...
+@overload
+def _normalized_sha256(sha256: None) -> None: ...
 def _normalized_sha256(sha256: str | None) -> str | None:
     if sha256 is None:
         return None

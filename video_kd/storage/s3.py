@@ -464,7 +464,7 @@ def holds_file(uri: str, local: str | os.PathLike) -> bool:
 def list_uris(prefix: str) -> list[str]:
     """URIs of all objects whose key starts with the prefix's key, sorted."""
     bucket, key = parse_s3_uri(prefix)
-    uris = []
+    uris: list[str] = []
     with errors('list', prefix):
         pages = s3_client().get_paginator('list_objects_v2').paginate(Bucket=bucket, Prefix=key)
         for page in pages:

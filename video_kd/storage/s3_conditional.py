@@ -348,7 +348,7 @@ _completions_lock = threading.Lock()
 
 def _add_completion_condition(params: dict, **_) -> None:
     with _completions_lock:
-        if _conditional_completions[(params.get('Bucket'), params.get('Key'))] > 0:
+        if _conditional_completions[(params.get('Bucket', ''), params.get('Key', ''))] > 0:
             params.setdefault('IfNoneMatch', '*')
 
 

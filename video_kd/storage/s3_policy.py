@@ -209,7 +209,7 @@ def _remember_cause(
 def _log_retry(request: AWSPreparedRequest | None = None, **_: Any) -> None:
     context = getattr(request, 'context', None) or {}
     attempt = context.get('retries', {}).get('attempt', 1)
-    if attempt > 1:
+    if attempt > 1 and request is not None:  # no request, no context: attempt 1
         log_retry(
             request.method,
             request.url.split('?', 1)[0],
