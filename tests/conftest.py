@@ -177,16 +177,31 @@ def run_module(
 
 
 @pytest.fixture(scope='session')
-def kd_data(tmp_path_factory) -> Path:
-    from video_kd.data.dataset import generate_dataset
+def local_run_workdir(tmp_path_factory) -> Path:
+    """The work directory of the session's `run_local_pipeline` calls (its `inputs/` cache):
+    kd_data and tiny_teacher are made where `local_run.prepare_inputs` looks for them, so the
+    whole-pipeline runs reuse them instead of generating and training their own."""
+    return tmp_path_factory.mktemp('local-run')
 
-    return generate_dataset(tmp_path_factory.mktemp('kd') / 'data', **TINY_DATA)
+
+def _local_inputs(workdir: Path) -> Path:
+    """`local_run.prepare_inputs`'s cache directory for TINY_DATA (its key, spelled as it
+    spells it)."""
+    return workdir / 'inputs' / '-'.join(f'{k}{v}' for k, v in sorted(TINY_DATA.items()))
 
 
 @pytest.fixture(scope='session')
-def tiny_teacher(kd_data, tmp_path_factory) -> Path:
-    """A tsm_r50_tiny checkpoint trained for one epoch on kd_data."""
-    work_dir = tmp_path_factory.mktemp('teacher')
+def kd_data(local_run_workdir) -> Path:
+    from video_kd.data.dataset import generate_dataset
+
+    return generate_dataset(_local_inputs(local_run_workdir) / 'dataset', **TINY_DATA)
+
+
+@pytest.fixture(scope='session')
+def tiny_teacher(kd_data, local_run_workdir) -> Path:
+    """A tsm_r50_tiny checkpoint trained for one epoch on kd_data: the one teacher training of
+    the session (the whole-pipeline runs find it as their 1-epoch teacher)."""
+    work_dir = _local_inputs(local_run_workdir) / 'teacher-1e'
     result = run_module(
         'video_kd.distill.train',
         'tsm_r50_tiny',
@@ -200,3 +215,83 @@ def tiny_teacher(kd_data, tmp_path_factory) -> Path:
     )
     assert result.returncode == 0, result.stderr[-3000:]
     return work_dir / 'epoch_1.pth'
+
+
+KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
+
+
+@pytest.fixture(scope='session')
+def kd_training(
+    kd_data, tiny_teacher, tmp_path_factory
+) -> tuple[Path, subprocess.CompletedProcess]:
+    """(work dir, finished process) of the session's one plain KD training: tsm_r50_tiny teacher
+    -> tsm_mobilenetv2_tiny, 2 epochs, validation every epoch (the export tests' curves need
+    points). The tests that change its work dir work on a copy (tests/test_train.py)."""
+    work_dir = tmp_path_factory.mktemp('kd_export')
+    result = run_module(
+        'video_kd.distill.train',
+        KD_CONFIG,
+        '--work-dir',
+        work_dir,
+        '--teacher-ckpt',
+        tiny_teacher,
+        '--data-root',
+        kd_data,
+        '--max-epochs',
+        2,
+        *TINY_TRAIN,
+        'train_cfg.val_interval=1',
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return work_dir, result
+
+
+# --------------------------------------------------------------------------- the pipeline
+# One whole-pipeline run with KFP's subprocess runner for the session: tests/test_pipeline.py
+# checks its artifacts, tests/test_image.py compares the containerised run's metrics with it.
+PIPELINE_RUN = dict(
+    data_opts=TINY_DATA,
+    teacher_epochs=1,
+    kd_epochs=2,
+    baseline=True,
+    workers=1,
+    pipeline_args={'teacher_precision': 'bf16'},  # the fast teacher, set as a pipeline parameter
+)
+# Pipeline runs can take 10+ minutes on CI's 2 shared cores: the tests that may be the first
+# to ask for the run (its time counts toward theirs) get this instead of pyproject's 900 s.
+PIPELINE_TIMEOUT = 1800
+# The steps' env: one thread per process keeps two runs of the same inputs bit-identical
+# (tests/containers.py's STEP_ENV, which the containerised run's steps get).
+PIPELINE_ENV = {'OMP_NUM_THREADS': '1'}
+
+
+@pytest.fixture(scope='session')
+def pipeline_run(s3_server, local_run_workdir, tiny_teacher, tmp_path_factory) -> dict:
+    """`local_run.run_local_pipeline`'s result for PIPELINE_RUN in a bucket of its own, plus
+    `bucket`, `scratch` (the steps' TMPDIR) and `seconds` (the run's wall time)."""
+    import time
+
+    from video_kd import local_run
+
+    env = {
+        'S3_ENDPOINT_URL': s3_server,
+        'AWS_ACCESS_KEY_ID': ACCESS_KEY,
+        'AWS_SECRET_ACCESS_KEY': SECRET_KEY,
+        'AWS_DEFAULT_REGION': 'us-east-1',
+    }
+    bucket = f'pipeline-{uuid.uuid4().hex[:12]}'
+    scratch = tmp_path_factory.mktemp('pipeline-tmp')  # the steps' temporary directories
+    patch = pytest.MonkeyPatch()
+    try:
+        patch.setenv('TMPDIR', str(scratch))
+        for name, value in PIPELINE_ENV.items():
+            patch.setenv(name, value)
+        for name in ('AWS_CONFIG_FILE', 'AWS_SHARED_CREDENTIALS_FILE'):
+            patch.setenv(name, os.devnull)
+        with local_run.s3_environment(env):
+            started = time.monotonic()
+            result = local_run.run_local_pipeline(local_run_workdir, bucket, 'kd', **PIPELINE_RUN)
+            seconds = time.monotonic() - started
+    finally:
+        patch.undo()
+    return {**result, 'bucket': bucket, 'scratch': scratch, 'seconds': seconds}

@@ -333,24 +333,11 @@ def _worker_pids(step_pid: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
+def test_killed_worker_resumes_from_s3(prepared_run, tiny_teacher, tmp_path):
     layout = RunLayout.from_root(prepared_run['run_root'])
-    teacher_work = tmp_path / 'teacher'
-    result = run_module(
-        'video_kd.distill.train',
-        'tsm_r50_tiny',
-        '--work-dir',
-        teacher_work,
-        '--data-root',
-        tmp_path / 'prep' / 'generated',
-        '--max-epochs',
-        1,
-        '--no-data-check',
-        '--cfg-options',
-        *TINY.split(),
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    meta = teacher_step.run(layout.root, str(teacher_work / 'epoch_1.pth'))
+    # the session's tiny teacher (conftest): trained once, on a dataset generated with the same
+    # options as this run's
+    meta = teacher_step.run(layout.root, str(tiny_teacher))
     assert meta['s3_uri'].startswith(layout.root + '/teacher/')
     args = [
         'components.train',
@@ -424,9 +411,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tmp_path):
     assert record['parameters']['num_workers'] == 2
     assert record['parameters']['cfg_options'] == TINY.split()
     assert record['parameters']['teacher_logit_cache'] is False
-    assert common.run_step_output(layout.root, 'teacher')['source_url'] == str(
-        teacher_work / 'epoch_1.pth'
-    )
+    assert common.run_step_output(layout.root, 'teacher')['source_url'] == str(tiny_teacher)
 
 
 def test_teacher_step_reports_the_cache_it_used(prepared_run, http_server, bucket):

@@ -1,8 +1,8 @@
 """The deployable student, end to end on a real tiny run: ONNX export and its parity with
 PyTorch, the plots and their HTML page in a real headless Chromium, the model card.
 
-One KD training (tsm_r50_tiny teacher -> tsm_mobilenetv2_tiny, 2 epochs, validation every
-epoch so the curves have points) feeds every test here; the videos are the generated MP4s
+One KD training (conftest's kd_training: tsm_r50_tiny teacher -> tsm_mobilenetv2_tiny,
+2 epochs, validation every epoch so the curves have points) feeds every test here; the videos are the generated MP4s
 of conftest's kd_data, decoded by decord through the config's own test pipeline.
 """
 
@@ -15,7 +15,7 @@ import subprocess
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_TRAIN, run_module
+from conftest import run_module
 
 from video_kd.deploy import export, model_card, plots
 
@@ -35,24 +35,9 @@ CHROMIUM_FLAGS = [
 
 
 @pytest.fixture(scope='session')
-def kd_student(kd_data, tiny_teacher, tmp_path_factory):
-    """(work dir with the mmengine logs, student checkpoint) of a 2-epoch tiny KD run."""
-    work_dir = tmp_path_factory.mktemp('kd_export')
-    result = run_module(
-        'video_kd.distill.train',
-        KD_CONFIG,
-        '--work-dir',
-        work_dir,
-        '--teacher-ckpt',
-        tiny_teacher,
-        '--data-root',
-        kd_data,
-        '--max-epochs',
-        2,
-        *TINY_TRAIN,
-        'train_cfg.val_interval=1',
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+def kd_student(kd_training):
+    """(work dir with the mmengine logs, student checkpoint) of conftest's 2-epoch tiny KD run."""
+    work_dir = kd_training[0]
     converted = run_module('video_kd.distill.convert', work_dir / 'epoch_2.pth')
     assert converted.returncode == 0, converted.stderr[-2000:]
     return work_dir, work_dir / 'epoch_2_student.pth'

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 import containers
 import pytest
 import tomllib
+from conftest import PIPELINE_RUN, PIPELINE_TIMEOUT
 
 from components import STEPS
 from video_kd import cli, image_check
@@ -50,9 +52,6 @@ def entry_points() -> list[list[str]]:
         if MAIN_GUARD.search(source):
             commands.append(['python', '-m', name.removesuffix('.__main__')])
     return commands
-
-
-TINY_DATA = dict(num_classes=3, train_per_class=4, val_per_class=2, num_frames=12, size=64)
 
 
 @pytest.fixture(scope='session')
@@ -353,28 +352,34 @@ def test_a_source_edit_rebuilds_only_the_source_layers(image, tmp_path):
 # --- the pipeline, every step in a container --------------------------------------------
 
 
-LONG_TIMEOUT = 1800  # s: the tests whose measured time is near pyproject's --timeout=900
+# s: the tests whose measured time is near pyproject's --timeout=900
+LONG_TIMEOUT = PIPELINE_TIMEOUT
 
 
 @pytest.mark.slow
-# The pipeline twice, as subprocesses and with every step in a container: 601-623 s
-# measured on CI's 2 shared cores, too close to the global --timeout=900 for a busier one.
+# The containerised run, and before it conftest's pipeline_run (the session's subprocess run,
+# shared with tests/test_pipeline.py) if no test has asked for it yet: 601-623 s measured on
+# CI's 2 shared cores for both, too close to the global --timeout=900 for a busier one.
 @pytest.mark.timeout(LONG_TIMEOUT)
 def test_pipeline_in_containers_gives_the_subprocess_runs_metrics(
-    image, docker_host, s3_env, bucket, tmp_path, monkeypatch, capfd
+    image, docker_host, pipeline_run, local_run_workdir, s3_env, tmp_path, monkeypatch, capfd
 ):
     from video_kd import local_run
+    from video_kd.runs import Manifest, RunLayout
+    from video_kd.storage import s3 as s3_store
 
-    workdir = tmp_path / 'w'
+    reference = pipeline_run  # the same inputs (dataset, teacher) and parameters, as subprocesses
+    bucket = reference['bucket']
+    before = {e.uri: e.sha256 for e in reference['manifest'].entries}
+    workdir = local_run_workdir  # its inputs/: the teacher, dataset and baseline are reused
     # the steps run as uid 10001 and write their outputs under the bind-mounted pipeline
     # root, as a pod writes to its volume
-    (workdir / 'kfp-root').mkdir(parents=True)
+    (workdir / 'kfp-root').mkdir(parents=True, exist_ok=True)
     os.chmod(workdir / 'kfp-root', 0o777)
-    common = dict(teacher_epochs=1, kd_epochs=1, baseline=False, workers=1)
+    # the subprocess run's parameters but its baseline (the metrics then differ by it alone)
+    common = {**PIPELINE_RUN, 'baseline': False}
     monkeypatch.setenv('OMP_NUM_THREADS', '1')
-    started = time.monotonic()
-    reference = local_run.run_local_pipeline(workdir, bucket, 'subprocess', TINY_DATA, **common)
-    subprocess_s = time.monotonic() - started
+    subprocess_s = reference['seconds']
     capfd.readouterr()
 
     monkeypatch.setenv('DOCKER_HOST', docker_host)
@@ -389,12 +394,7 @@ def test_pipeline_in_containers_gives_the_subprocess_runs_metrics(
         }
         with containers.task_images_resolved():
             contained = local_run.run_local_pipeline(
-                workdir,
-                bucket,
-                'container',
-                TINY_DATA,
-                runner=containers.docker_runner(s3),
-                **common,
+                workdir, bucket, 'kd', runner=containers.docker_runner(s3), **common
             )
     finally:
         os.umask(old_umask)
@@ -402,30 +402,49 @@ def test_pipeline_in_containers_gives_the_subprocess_runs_metrics(
     out = capfd.readouterr().out
     assert out.count(f'Found image {image!r}') == len(STEPS), out[-3000:]  # every step in it
     assert contained['run_id'] != reference['run_id']
-    # the same inputs give the same numbers: every metric but the run's own id
-    assert contained['metrics'].pop('run_id') == contained['run_id']
-    assert reference['metrics'].pop('run_id') == reference['run_id']
-    assert contained['metrics'] == reference['metrics']
+    assert contained['run_root'].startswith(f's3://{bucket}/kd/')
+    # the same inputs give the same numbers: every metric but the run's own id and, run
+    # without a baseline, the baseline's
+    contained_metrics = dict(contained['metrics'])
+    reference_metrics = dict(reference['metrics'])
+    assert contained_metrics.pop('run_id') == contained['run_id']
+    assert reference_metrics.pop('run_id') == reference['run_id']
+    assert 'baseline' not in contained_metrics and 'kd_gain' not in contained_metrics
+    assert 'baseline' not in contained_metrics['scored_with']
+    reference_metrics.pop('baseline'), reference_metrics.pop('kd_gain')
+    reference_metrics['scored_with'] = {
+        name: value
+        for name, value in reference_metrics['scored_with'].items()
+        if name != 'baseline'
+    }
+    assert contained_metrics == reference_metrics
     assert {e.step for e in contained['manifest'].entries} == {
         e.step for e in reference['manifest'].entries
     }
+    # a second run in the same bucket and prefix leaves the first run's objects untouched
+    again = Manifest.load(RunLayout.from_root(reference['run_root']))
+    assert {e.uri: e.sha256 for e in again.entries} == before
+    assert all(s3_store.exists(uri) for uri in before)
     with capfd.disabled():  # the measured figures, for the README and the CI budget
         print(
-            f'\npipeline: subprocess run {subprocess_s:.0f}s (teacher training included), '
+            f'\npipeline: subprocess run {subprocess_s:.0f}s (baseline training included), '
             f'containerised run {container_s:.0f}s; student {contained["metrics"]["student"]}'
         )
 
 
 def test_the_long_runs_have_their_own_timeout():
-    """No container needed: the two whole-pipeline tests measured at 555-841 s must not
-    run under the global 900 s limit (pyproject.toml's addopts)."""
+    """No container needed: the whole-pipeline tests measured at 555-841 s must not run under
+    the global 900 s limit (pyproject.toml's addopts): each test that may be the first to ask
+    for the session's pipeline run, and the containerised run."""
     import test_pipeline
 
     addopts = tomllib.loads((ROOT / 'pyproject.toml').read_text())['tool']['pytest']['ini_options']
     assert '--timeout=900' in addopts['addopts']
-    for test in (
-        test_pipeline.test_end_to_end_local_runner_twice,
-        test_pipeline_in_containers_gives_the_subprocess_runs_metrics,
-    ):
+    on_the_run = [
+        test for name, test in vars(test_pipeline).items()
+        if name.startswith('test_') and 'pipeline_run' in inspect.signature(test).parameters
+    ]  # fmt: skip
+    assert len(on_the_run) == 3
+    for test in (*on_the_run, test_pipeline_in_containers_gives_the_subprocess_runs_metrics):
         (mark,) = (m for m in getattr(test, 'pytestmark', []) if m.name == 'timeout')
         assert mark.args == (LONG_TIMEOUT,), test.__name__

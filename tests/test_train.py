@@ -31,21 +31,24 @@ def train_kd(work_dir, data, teacher, *extra):
 
 
 @pytest.fixture(scope='module')
-def kd_run(kd_data, tiny_teacher, tmp_path_factory):
-    """A 1-epoch KD run, shared by the tests that only read its outputs."""
-    work_dir = tmp_path_factory.mktemp('kd')
-    result = train_kd(work_dir, kd_data, tiny_teacher, '--max-epochs', 1)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return work_dir, result
+def kd_run(kd_training, tmp_path_factory):
+    """A copy of conftest's 2-epoch KD run (the session's one, shared with the export tests),
+    for the tests here that only read its outputs or write next to them."""
+    import shutil
+
+    work_dir = tmp_path_factory.mktemp('kd') / 'work'
+    shutil.copytree(kd_training[0], work_dir)
+    return work_dir, kd_training[1]
 
 
 def test_kd_training_writes_checkpoints_and_logs_progress(kd_run):
     work_dir, result = kd_run
-    state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
-    keys = state['state_dict'].keys()
-    assert any(k.startswith('architecture.backbone') for k in keys)
-    assert any(k.startswith('teacher.backbone') for k in keys)
-    assert (work_dir / 'last_checkpoint').read_text().strip().endswith('epoch_1.pth')
+    for epoch in (1, 2):
+        state = torch.load(work_dir / f'epoch_{epoch}.pth', map_location='cpu', weights_only=False)
+        keys = state['state_dict'].keys()
+        assert any(k.startswith('architecture.backbone') for k in keys)
+        assert any(k.startswith('teacher.backbone') for k in keys)
+    assert (work_dir / 'last_checkpoint').read_text().strip().endswith('epoch_2.pth')
     log = result.stdout + result.stderr
     for progress in ('Epoch(train)', 'eta:', 'distill.loss_dist', 'student.loss_cls'):
         assert progress in log
@@ -56,6 +59,8 @@ def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run
 
     work_dir = tmp_path / 'kd'
     shutil.copytree(kd_run[0], work_dir)
+    for later in work_dir.glob('epoch_2*.pth'):  # back to the end of epoch 1
+        later.unlink()
     (work_dir / 'last_checkpoint').write_text(str(work_dir / 'epoch_1.pth'))
     first = (work_dir / 'epoch_1.pth').read_bytes()
 
