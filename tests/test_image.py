@@ -142,8 +142,9 @@ def test_every_entry_point_is_in_the_list():
         *(
             f'python -m video_kd.{name}'
             for name in (
-                'train', 'convert', 'evaluate', 'image_check', 'train_pod', 'torchrun',
-                'data_check', 'download', 'export', 'pretrained', 'teacher_checkpoint', 'cli',
+                'distill.train', 'distill.convert', 'distill.evaluate', 'image_check',
+                'distill.train_pod', 'backends.torchrun', 'data.data_check', 'storage.download',
+                'deploy.export', 'distill.pretrained', 'distill.teacher_checkpoint', 'cli',
             )
         ),
     ):  # fmt: skip
