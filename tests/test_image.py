@@ -304,7 +304,7 @@ def test_a_source_edit_rebuilds_only_the_source_layers(image, tmp_path):
             shutil.copytree(source, context / name, ignore=shutil.ignore_patterns('__pycache__'))
         else:
             shutil.copy2(source, context / name)
-    with open(context / 'video_kd' / 'compat.py', 'a') as f:
+    with open(context / 'video_kd' / 'openmmlab' / 'compat.py', 'a') as f:
         f.write('\n# an edit\n')
     log = tmp_path / 'build.log'
     tag = 'localhost/video-kd-edit-test:latest'

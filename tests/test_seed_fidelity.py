@@ -18,8 +18,7 @@ from typing import NamedTuple
 import pytest
 from mmengine.config import Config
 
-import video_kd
-from video_kd.openmmlab.config import load_config, teacher_config
+from video_kd.openmmlab.config import CONFIG_DIR, load_config, teacher_config
 
 SEED = json.loads((Path(__file__).parent / 'data' / 'seed_kd_configs.json').read_text())
 ABSENT = '<absent>'
@@ -174,7 +173,7 @@ def test_student_and_teacher_configs_match_the_wheel(name):
 def test_kd_config_matches_the_seeds_text(name):
     """The KD file itself (references unresolved) against the seed's values."""
     seed = SEED['configs'][name]
-    ours = Config.fromfile(str(Path(video_kd.__file__).parent / 'configs' / f'{name}.py'))
+    ours = Config.fromfile(str(CONFIG_DIR / f'{name}.py'))
     found = differences({k: ours[k] for k in ('teacher_ckpt', 'model', 'val_cfg')}, seed)
     found.pop('_base_', None)
     seed_base = seed['_base_'].split('::', 1)[1]

@@ -1,6 +1,6 @@
 """Load mmengine configs by name, resolve model references, apply user overrides.
 
-Configs live in ``video_kd/configs`` and are named as OpenMMLab names them
+Configs live in ``video_kd/openmmlab/configs`` and are named as OpenMMLab names them
 (``kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400.py``).  A KD config points
 at its student and teacher the way the seed project does, with
 ``dict(cfg_path='mmaction::...', pretrained=False, **overrides)``.  MMRazor
