@@ -55,10 +55,13 @@ def _history_buffer_statistic(owner: Any, name: str) -> Callable:
 def safe_globals() -> list[Any]:
     """What MMEngine/MMRazor/MMAction2 checkpoints hold beyond torch's own safe types:
     ``(object, name in the pickle)`` (numpy 1 and numpy 2 spell the module differently)."""
+    import importlib
+
     import numpy
     from mmengine.logging.history_buffer import HistoryBuffer
 
-    multiarray = numpy._core.multiarray if hasattr(numpy, '_core') else numpy.core.multiarray
+    name = 'numpy._core.multiarray' if hasattr(numpy, '_core') else 'numpy.core.multiarray'
+    multiarray = importlib.import_module(name)
     allowed: list[Any] = [
         (HistoryBuffer, 'mmengine.logging.history_buffer.HistoryBuffer'),
         (_history_buffer_statistic, 'builtins.getattr'),
