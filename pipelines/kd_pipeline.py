@@ -169,7 +169,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 converted). Required: empty is refused by the check-inputs step.
             teacher_sha256: The teacher checkpoint's SHA-256 (64 hex digits): checked after
                 the download, and the key of its copy in the run bucket's S3 cache (a
-                re-run copies it from there). Empty: not checked, not cached.
+                re-run copies it from there). Required: empty is refused by the
+                check-inputs step.
             kd_config: The shipped KD config (``video-kd configs`` lists them) naming the
                 teacher, the student and the distillation losses. Default: TSM ResNet-50
                 teacher, TSM MobileNetV2 student, logit KD on Kinetics-400.
@@ -180,7 +181,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 s3://, needs student_config): the evaluation then reports the KD gain.
                 Empty (default): no baseline.
             baseline_sha256: The baseline checkpoint's SHA-256 (64 hex digits), checked after
-                the download. Empty: not checked.
+                the download. Required with baseline_url.
             num_workers: Training nodes: PyTorchJob replicas (the Master included) or
                 TrainJob numNodes; 1 or more, local: 1. Default 2.
             gpus_per_worker: GPUs per training node (0 or more). Default 0: CPU training.

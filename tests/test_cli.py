@@ -161,12 +161,17 @@ def upload(host: str, *extra: str) -> int:
     return cli.main(['upload', '--host', host, '--package', package, '--version', 'v1', *extra])
 
 
-TEACHER = ['--param', 'teacher_url=https://zoo.example/teacher.pth']
+TEACHER = [
+    '--param',
+    'teacher_url=https://zoo.example/teacher.pth',
+    '--param',
+    'teacher_sha256=' + 'ab' * 32,
+]
 
 
 def schedule(host: str, *extra: str) -> int:
-    args = ['schedule', '--host', host, '--cron', '@daily', '--experiment', 'nightly', *extra]
-    return cli.main([*args, *TEACHER])
+    args = ['schedule', '--host', host, '--cron', '@daily', '--experiment', 'nightly']
+    return cli.main([*args, *TEACHER, *extra])  # a --param in extra overrides TEACHER's
 
 
 def test_upload_with_a_namespace_makes_and_finds_a_namespaced_pipeline(capsys):

@@ -337,7 +337,7 @@ def test_killed_worker_resumes_from_s3(prepared_run, tiny_teacher, tmp_path):
     layout = RunLayout.from_root(prepared_run['run_root'])
     # the session's tiny teacher (conftest): trained once, on a dataset generated with the same
     # options as this run's
-    meta = teacher_step.run(layout.root, str(tiny_teacher))
+    meta = teacher_step.run(layout.root, str(tiny_teacher), s3.sha256_file(tiny_teacher))
     assert meta['s3_uri'].startswith(layout.root + '/teacher/')
     args = [
         'components.train',
@@ -480,7 +480,9 @@ def test_a_teacher_step_into_an_unclaimed_directory_writes_nothing(bucket, http_
     (http_server.root / 'teacher.pth').write_bytes(b'weights')
     root = f's3://{bucket}/kd/never-claimed'
     with pytest.raises(UserError, match='was never claimed: run data prep for this run first'):
-        teacher_step.run(root, http_server.url('teacher.pth'))
+        teacher_step.run(
+            root, http_server.url('teacher.pth'), hashlib.sha256(b'weights').hexdigest()
+        )
     assert http_server.requests['teacher.pth'] == 0
     assert not s3.list_uris(root + '/')
 

@@ -161,7 +161,9 @@ def test_the_pytorchjob_pods_train_in_the_image(image, s3_env, bucket, tmp_path)
     data_meta = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
     layout = RunLayout.from_root(data_meta['run_root'])
     ckpt = random_teacher(int(data_meta['num_classes']), tmp_path / 'teacher.pth')
-    teacher = teacher_step.run(layout.root, ckpt, kd_config=KD_CONFIG, num_classes=3)
+    teacher = teacher_step.run(
+        layout.root, ckpt, s3.sha256_file(ckpt), kd_config=KD_CONFIG, num_classes=3
+    )
     # the chart's S3 Secret (video-kd-s3-credentials, its default keys): what the pods get
     secrets = {
         'video-kd-s3-credentials': {

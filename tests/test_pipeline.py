@@ -191,7 +191,12 @@ def test_the_check_inputs_component_exits_2_in_one_line(capsys, bad):
     """What the step's pod runs (the component's function, as KFP's executor calls it)."""
     from components.check_inputs.component import check_inputs
 
-    arguments = {**cli_defaults(), 'teacher_url': 'https://zoo.example/t.pth', **bad}
+    arguments = {
+        **cli_defaults(),
+        'teacher_url': 'https://zoo.example/t.pth',
+        'teacher_sha256': 'ab' * 32,
+        **bad,
+    }
     params = {name: arguments[name] for name in check_inputs.component_spec.inputs}
     with pytest.raises(SystemExit) as info:
         check_inputs.python_func(**params)
@@ -219,6 +224,7 @@ def test_a_bad_parameter_stops_the_pipeline_before_data_prep(bucket, tmp_path):
     with pytest.raises(RuntimeError, match='check-inputs'):
         kp.kd_pipeline(
             teacher_url='https://zoo.example/t.pth',
+            teacher_sha256='ab' * 32,
             s3_bucket=bucket,
             s3_prefix='p',
             run_id='bad-tolerance',

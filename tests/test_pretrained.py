@@ -521,7 +521,9 @@ def test_the_pods_initialise_the_student_from_the_runs_s3_cache(
     data_meta = data_prep.run(GEN, bucket, 'kd', workdir=tmp_path / 'prep')
     layout = RunLayout.from_root(data_meta['run_root'])
     ckpt = _random_teacher(KD_TSM, int(data_meta['num_classes']), tmp_path / 'teacher.pth')
-    teacher = teacher_step.run(layout.root, ckpt, kd_config=KD_TSM, num_classes=3)
+    teacher = teacher_step.run(
+        layout.root, ckpt, s3.sha256_file(ckpt), kd_config=KD_TSM, num_classes=3
+    )
     options = TrainOptions(
         student_pretrained_url=http_server.url(path.name),
         student_pretrained_sha256=sha,

@@ -15,6 +15,7 @@ cannot write into another run's directory.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from video_kd.core.checks import check_run_id, run_id_from
 from video_kd.core.errors import UserError
 from video_kd.core.progress import Progress
 from video_kd.storage import s3
+from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -333,6 +335,48 @@ class Manifest:
                 entries.append(self.publish(step, local, uri))
                 progress.advance()
         return entries
+
+
+class UnrecordedObjectError(UserError):
+    """An object read back from a run that its manifest does not record."""
+
+
+def recorded(manifest: Manifest, uri: str) -> ManifestEntry:
+    """The manifest's entry for ``uri``; an object the run did not record is refused."""
+    entry = manifest.find(uri)
+    if entry is None:
+        raise UnrecordedObjectError(
+            f'refusing {uri}: it is not in the run manifest {manifest.layout.manifest_uri} '
+            '(only objects the run recorded, with their sha256, are read back)'
+        )
+    return entry
+
+
+def fetch_recorded(manifest: Manifest, uri: str, dest: Path, sha256: str = '') -> Path:
+    """Download ``uri``, an object of the run, checked against the sha256 its manifest
+    records before anything reads it (and against ``sha256`` too, when given)."""
+    entry = recorded(manifest, uri)
+    if sha256 and sha256 != entry.sha256:
+        raise UserError(
+            f'refusing {uri}: sha256 {sha256} was asked for, the run manifest records '
+            f'{entry.sha256}'
+        )
+    return fetch_verified(uri, dest, entry.sha256)
+
+
+def read_recorded_json(manifest: Manifest, uri: str) -> Any:
+    """``s3.read_json`` of an object of the run, checked against its manifest sha256."""
+    entry = recorded(manifest, uri)
+    body = s3.read_bytes(uri)
+    got = hashlib.sha256(body).hexdigest()
+    if got != entry.sha256:
+        raise UserError(
+            f'{uri} changed since it was recorded: sha256 {got}, manifest says {entry.sha256}'
+        )
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise UserError(f'{uri} is not JSON: {exc}') from exc
 
 
 @contextlib.contextmanager

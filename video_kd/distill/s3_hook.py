@@ -12,8 +12,12 @@ name but other content (a restarted pod re-trained an epoch whose upload was
 lost) is kept under ``epoch_N.<k>.pth`` instead: nothing is ever overwritten.
 An upload retried after a partial success (the object stored, the manifest
 save failed) finds its own bytes under the name and records them: no copy.
-``latest_checkpoint_uri`` tells which one to resume from, ``checkpoint_epochs``
-how many epochs were trained.  While S3 is unreachable an upload is retried
+``latest_checkpoint`` tells which one to resume from, ``checkpoint_epochs``
+how many epochs were trained.  Only the run's own checkpoints count: keys directly under
+``<run>/train/checkpoints/`` named ``epoch_N[.k].pth`` and recorded in the run's
+manifest (an object planted elsewhere under the prefix, or put there without a manifest
+entry, is never resumed from), and a pod checks the downloaded file's sha256 against
+the manifest before loading it.  While S3 is unreachable an upload is retried
 (``video_kd.storage.s3_policy``); if it still fails the training stops with one line,
 and re-running the step resumes from the last checkpoint that reached S3.
 
@@ -59,17 +63,40 @@ def checkpoint_sort_key(uri: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2) or 0)) if match else None
 
 
-def list_checkpoints(layout: RunLayout) -> list[str]:
-    """Checkpoint URIs of a run in training order (epoch, then retry)."""
+def checkpoint_entries(layout: RunLayout) -> list[ManifestEntry]:
+    """The run's checkpoints in training order (epoch, then retry), as its manifest
+    records them: keys directly under ``<run>/train/checkpoints/`` (not in a
+    sub-directory) named ``epoch_N[.k].pth``, stored and recorded by the train step."""
     prefix = checkpoint_prefix(layout) + '/'
-    keyed = [(key, u) for u in s3.list_uris(prefix) if (key := checkpoint_sort_key(u))]
-    return [u for _, u in sorted(keyed, key=lambda pair: pair[0])]
+    manifest = Manifest.load(layout)
+    keyed = []
+    for uri in s3.list_uris(prefix):
+        key = checkpoint_sort_key(uri)
+        if key is None or '/' in uri[len(prefix) :]:
+            continue
+        entry = manifest.find(uri)
+        if entry is None or entry.step != 'train':
+            log.warning('ignoring %s: not in the run manifest (the run did not write it)', uri)
+            continue
+        keyed.append((key, entry))
+    return [entry for _, entry in sorted(keyed, key=lambda pair: pair[0])]
+
+
+def list_checkpoints(layout: RunLayout) -> list[str]:
+    """Checkpoint URIs of a run in training order (see ``checkpoint_entries``)."""
+    return [entry.uri for entry in checkpoint_entries(layout)]
+
+
+def latest_checkpoint(layout: RunLayout) -> ManifestEntry | None:
+    """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
+    entries = checkpoint_entries(layout)
+    return entries[-1] if entries else None
 
 
 def latest_checkpoint_uri(layout: RunLayout) -> str | None:
-    """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
-    uris = list_checkpoints(layout)
-    return uris[-1] if uris else None
+    """``latest_checkpoint``'s URI."""
+    latest = latest_checkpoint(layout)
+    return latest.uri if latest else None
 
 
 def checkpoint_epochs(layout: RunLayout) -> list[int]:

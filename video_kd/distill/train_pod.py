@@ -3,8 +3,11 @@
 A PyTorchJob / TrainJob pod (and the train step's local mode) runs this
 under ``torchrun``.  Rank 0 of each pod fetches the run's inputs from S3 —
 the resolved training config the train step wrote (``<run>/train/config.py``)
-and the teacher (checksum verified) — and the run's last checkpoint if there
-is one, so a restarted pod resumes; the other ranks of the pod wait for it.
+and the teacher — and the run's last checkpoint if there is one, so a
+restarted pod resumes; the other ranks of the pod wait for it.  Each of them,
+and the dataset metadata, is checked against the sha256 the run's manifest
+records before anything reads it (the config is Python, executed by
+``Config.fromfile``); an object the manifest does not record is refused.
 The videos are not downloaded: the data loaders stream each one from S3 (or
 read it from a mounted volume) when they need it, so a pod's disk does not
 grow with the dataset.  A dataset on a mounted path this pod lacks (no PVC
@@ -25,11 +28,10 @@ from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import run_cli, setup_logging
 from video_kd.data.data_stream import check_mounted, use_dataset
 from video_kd.distill import train_config
-from video_kd.distill.s3_hook import latest_checkpoint_uri
+from video_kd.distill.s3_hook import latest_checkpoint
 from video_kd.distill.train import train
 from video_kd.openmmlab.runtime import is_main_process, wait_for_file
-from video_kd.runs import RunLayout
-from video_kd.storage import s3
+from video_kd.runs import Manifest, RunLayout, fetch_recorded, read_recorded_json
 from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
@@ -46,31 +48,38 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--run-root', required=True, help="the run's s3:// directory")
     parser.add_argument('--data-meta', required=True, help='s3:// URI of data/dataset.json')
     parser.add_argument('--teacher', required=True, help='s3:// URI of the teacher checkpoint')
-    parser.add_argument('--teacher-sha256', default='', help='its sha256, checked after download')
+    parser.add_argument(
+        '--teacher-sha256',
+        default='',
+        help="its sha256, checked after download (and the run manifest's, always)",
+    )
     parser.add_argument('--work-dir', required=True, help='local working directory of this pod')
     return parser.parse_args(argv)
 
 
 def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, train_dir: Path) -> str:
-    """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any (the
-    videos are not downloaded: the data loaders stream them, see video_kd.data.data_stream)."""
+    """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any, each
+    checked against the run manifest's sha256 (the videos are not downloaded: the data
+    loaders stream them, see video_kd.data.data_stream)."""
     inputs.mkdir(parents=True, exist_ok=True)
-    s3.download_file(args.config, inputs / train_config.CONFIG_NAME)
-    fetch_verified(args.teacher, inputs / 'teacher.pth', args.teacher_sha256 or None)
-    last = latest_checkpoint_uri(layout)
+    manifest = Manifest.load(layout)
+    fetch_recorded(manifest, args.config, inputs / train_config.CONFIG_NAME)
+    fetch_recorded(manifest, args.teacher, inputs / 'teacher.pth', args.teacher_sha256)
+    last = latest_checkpoint(layout)
     if last:
-        ckpt = s3.download_file(last, train_dir / last.rsplit('/', 1)[-1])
+        # checkpoint_entries took it from the manifest: its entry, with the sha256
+        ckpt = fetch_verified(last.uri, train_dir / last.uri.rsplit('/', 1)[-1], last.sha256)
         (train_dir / 'last_checkpoint').write_text(str(ckpt.resolve()))
-        log.info('resuming from %s (downloaded from %s)', ckpt.name, last)
-    return last or ''
+        log.info('resuming from %s (downloaded from %s)', ckpt.name, last.uri)
+    return last.uri if last else ''
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
-    data_meta: Dataset = s3.read_json(args.data_meta)
-    check_mounted(data_meta)  # a PVC dataset in a pod without the PVC: one line, not 20 skips
     layout = RunLayout.from_root(args.run_root)
+    data_meta: Dataset = read_recorded_json(Manifest.load(layout), args.data_meta)
+    check_mounted(data_meta)  # a PVC dataset in a pod without the PVC: one line, not 20 skips
     work = Path(args.work_dir)
     inputs, train_dir = work / 'inputs', work / 'mmengine'
     ready = inputs / '.ready'

@@ -18,14 +18,15 @@ It patches exactly two packaging problems, measured on the pinned releases:
    detection/grounding heads and the visual-grounding metric.  torchvision
    from PyPI does not load beside the CPU torch we pin, so we register
    stand-ins that raise a clear error when called.
-4. torch >= 2.6 loads checkpoints with ``weights_only=True`` by default, and
-   mmengine 0.10.7 (resume, ``load_from``, MMRazor's ``teacher_ckpt``) calls
-   ``torch.load`` without saying otherwise, so its own checkpoints (which
-   pickle a ``HistoryBuffer``, numpy arrays and ``getattr``) fail to load.  We
-   re-register mmengine's local-file checkpoint loader with
-   ``weights_only=False``: local checkpoint files are trusted inputs here (our
-   own training outputs, or a teacher whose sha256 the pipeline checked).
-   Remote schemes (http, s3 via mmengine) keep torch's safe default.
+4. mmengine 0.10.7 (resume, ``load_from``, MMRazor's ``teacher_ckpt``) calls
+   ``torch.load`` without saying whether to unpickle in full; torch >= 2.6 then loads
+   weights only, which refuses mmengine's own checkpoints (they pickle a
+   ``HistoryBuffer``, numpy arrays and ``getattr``).  We re-register mmengine's
+   local-file checkpoint loader as ``video_kd.openmmlab.checkpoints.load_checkpoint``:
+   still ``weights_only=True``, with the allow-list of exactly what these
+   checkpoints hold (put on torch's list for the whole process, so mmengine's remote
+   schemes, which keep torch's default, read them too).  A file that needs more is
+   refused in one line naming the type: nothing read from storage is executed.
 
 Misuse fails loudly: installing after mmaction/mmrazor were already imported
 raises ``CompatError`` (the stand-ins would come too late to help), and every
@@ -129,21 +130,28 @@ def is_installed() -> bool:
     )
 
 
-def _load_trusted_local_checkpoint(filename: str, map_location: Any = None) -> Any:
+def _load_local_checkpoint_weights_only(filename: str, map_location: Any = None) -> Any:
     import os.path
 
-    import torch
+    # deferred: torch and mmengine, imported by install() only, after the stand-ins
+    from video_kd.openmmlab.checkpoints import load_checkpoint
 
     filename = os.path.expanduser(filename)
     if not os.path.isfile(filename):
         raise FileNotFoundError(f'{filename} can not be found.')
-    return torch.load(filename, map_location=map_location, weights_only=False)
+    return load_checkpoint(filename, map_location=map_location)
 
 
-def _trust_local_checkpoints() -> None:
+def _load_checkpoints_weights_only() -> None:
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    CheckpointLoader.register_scheme(prefixes='', loader=_load_trusted_local_checkpoint, force=True)
+    # deferred: torch and mmengine, imported by install() only, after the stand-ins
+    from video_kd.openmmlab.checkpoints import allow_checkpoint_globals
+
+    allow_checkpoint_globals()  # mmengine's other schemes: torch's weights-only default
+    CheckpointLoader.register_scheme(
+        prefixes='', loader=_load_local_checkpoint_weights_only, force=True
+    )
 
 
 def install() -> None:
@@ -171,7 +179,7 @@ def install() -> None:
     sys.modules[GROUNDING_MODULE] = _stub_module(
         GROUNDING_MODULE, VisualGroundingMetric=VisualGroundingMetric
     )
-    _trust_local_checkpoints()
+    _load_checkpoints_weights_only()
 
 
 install()

@@ -51,7 +51,11 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
     if 'teacher_url' in params:
         teacher.check_source(params['teacher_url'], params.get('teacher_sha256', ''))
     if 'baseline_url' in params:
-        evaluate.check_baseline(params['baseline_url'], params.get('student_config', ''))
+        evaluate.check_baseline(
+            params['baseline_url'],
+            params.get('student_config', ''),
+            params.get('baseline_sha256', ''),
+        )
     train.check_launch(**{name: params[name] for name in LAUNCH_PARAMETERS if name in params})
     backend = params.get('training_backend')
     if backend_here:

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 
 from video_kd.core.artifacts import Dataset, Evaluation, ModelScores, Student, Teacher
+from video_kd.core.checks import check_sha256
 from video_kd.core.errors import UserError
 from video_kd.data.data_stream import check_mounted
 from video_kd.distill import evaluate as mmaction_test
@@ -34,7 +35,7 @@ def run(
 
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
     """
-    check_baseline(baseline_url, student_config)
+    check_baseline(baseline_url, student_config, baseline_sha256)
 
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
@@ -57,8 +58,9 @@ def run(
     }
 
 
-def check_baseline(baseline_url: str, student_config: str) -> None:
-    """A baseline is evaluated with the student-alone config: both or neither."""
+def check_baseline(baseline_url: str, student_config: str, baseline_sha256: str = '') -> None:
+    """A baseline is evaluated with the student-alone config: both or neither; and its
+    sha256 is required with it."""
     if not baseline_url:
         return
     if not student_config:
@@ -67,6 +69,7 @@ def check_baseline(baseline_url: str, student_config: str) -> None:
             'is evaluated with the student-alone config'
         )
     download.check_url(baseline_url, 'baseline_url')
+    check_sha256(baseline_sha256, 'baseline_sha256', required=True)
 
 
 def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:
@@ -123,7 +126,7 @@ def _evaluate_models(
         )
     if baseline_url:
         baseline = download.fetch_teacher(
-            baseline_url, work / 'baseline', sha256=baseline_sha256 or None, cache=layout
+            baseline_url, work / 'baseline', sha256=baseline_sha256, cache=layout
         )
         score('baseline', student_config, baseline)
     return results

@@ -40,7 +40,7 @@ from video_kd.core.artifacts import (
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError
 from video_kd.distill import train_config
-from video_kd.runs import Manifest, RunLayout, run_info
+from video_kd.runs import Manifest, RunLayout, fetch_recorded, run_info
 from video_kd.steps.common import output_uri, read_output, scratch_dir
 from video_kd.storage import s3
 from video_kd.storage.download import fetch_verified
@@ -163,13 +163,8 @@ def run_lineage(
 
     config_uri = layout.uri('train', train_config.CONFIG_NAME)
     manifest = Manifest.load(layout)
-    config_record = manifest.find(config_uri)
-    resolved = train_config.load_resolved(
-        fetch_verified(
-            config_uri,
-            work / 'train_config' / train_config.CONFIG_NAME,
-            config_record.sha256 if config_record else None,
-        )
+    resolved = train_config.load_resolved(  # Python: checked against the manifest first
+        fetch_recorded(manifest, config_uri, work / 'train_config' / train_config.CONFIG_NAME)
     )
     dataset_record = manifest.find(layout.dataset_meta_uri)
     parameters = {

@@ -22,14 +22,15 @@ from video_kd.storage import download
 
 
 def check_source(url: str, sha256: str = '') -> None:
-    """The teacher's URL: given, of a scheme we fetch, naming a file; its sha256, if given."""
+    """The teacher's URL: given, of a scheme we fetch, naming a file; its sha256: required
+    (the teacher is the one file every training pod loads)."""
     if not url:
         raise UserError(
             'teacher_url is empty: give the https:// or s3:// URL of the teacher '
             'checkpoint (and its sha256)'
         )
     download.check_url(url, 'teacher_url')
-    check_sha256(sha256, 'teacher_sha256')
+    check_sha256(sha256, 'teacher_sha256', required=True)
 
 
 def run(

@@ -10,7 +10,9 @@ or flaky, so:
 * with a known SHA-256 and a cache, the verified file is kept in S3 under its
   checksum and later runs copy it from there without touching the URL.
 
-Sources: ``https://``, ``http://``, ``s3://``, ``file://`` and plain paths.
+Sources: ``https://``, ``s3://``, ``file://`` and plain paths; plain ``http://`` only
+from this machine (127.0.0.1, ``localhost``, ::1: a local mirror, the tests), as anyone on
+the way could swap the weights of a download in clear.
 """
 
 from __future__ import annotations
@@ -112,6 +114,7 @@ def fetch(
     use ``pretrained``).  ``retries`` counts attempts after the first one, for
     HTTP(S) sources.
     """
+    check_url(url)
     sha256 = _normalized_sha256(sha256)
     filename = _filename(url)
     dest_dir = Path(dest_dir)
@@ -239,15 +242,23 @@ def _fetch_to(
         check_url(url)
 
 
+LOOPBACK_HOSTS = ('127.0.0.1', 'localhost', '::1')
+
+
 def check_url(url: str, name: str = '') -> str:
-    """A URL ``fetch`` can read (https://, http://, s3://, file:// or a local path) and a
-    file name can be told from; ``name`` (the parameter) leads the message."""
-    scheme = urllib.parse.urlsplit(url).scheme
+    """A URL ``fetch`` can read (https://, s3://, file://, a local path, or http:// from this
+    machine) and a file name can be told from; ``name`` (the parameter) leads the message."""
+    parts = urllib.parse.urlsplit(url)
     lead = f'{name} ' if name else ''
-    if scheme not in ('http', 'https', 's3', 'file', ''):
+    if parts.scheme not in ('http', 'https', 's3', 'file', ''):
         raise InvalidInputError(
-            f'{lead}unsupported URL scheme {scheme!r} in {url!r}; '
-            'use https://, http://, s3://, file:// or a local path'
+            f'{lead}unsupported URL scheme {parts.scheme!r} in {url!r}; '
+            'use https://, s3://, file:// or a local path'
+        )
+    if parts.scheme == 'http' and parts.hostname not in LOOPBACK_HOSTS:
+        raise InvalidInputError(
+            f'{lead}{url!r}: plain http:// is refused for weights (anyone on the way could '
+            'swap them); use https://, s3:// or a local file'
         )
     _filename(url)
     return url
@@ -332,7 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         epilog='example: python -m video_kd.storage.download '
         'https://download.openmmlab.com/.../tsm_r50.pth --sha256 <64 hex> --dest ckpt/',
     )
-    parser.add_argument('url', help='https://, http://, s3://, file:// URL or local path')
+    parser.add_argument('url', help='https://, s3://, file:// URL or local path')
     parser.add_argument('--sha256', help='expected SHA-256 (hex); strongly recommended')
     parser.add_argument('--dest', required=True, type=Path, help='directory to put the file in')
     parser.add_argument('--cache', help='s3:// cache root, e.g. s3://bucket/video-kd/cache')
