@@ -162,18 +162,19 @@ def list_lines(text: str) -> list[str]:
 
 def unique_lines(lines: list[str], list_uri: str) -> list[str]:
     """``lines`` without repeats, first occurrences in order, with one warning naming how
-    many were dropped and the first; a video listed under two labels is refused.
+    many were dropped and the first.
 
     Dropped, not refused: lists are often put together from parts (shards of a download,
-    ``cat`` of two splits' files, CSV annotations with repeated rows), and a repeat means
+    ``cat`` of two files, annotation CSVs with repeated rows), and a repeated line means
     nothing to MMAction2's one-label datasets but an accidental double weight in training
-    and a video counted twice in evaluation; refusing would stop a Kinetics-size run for a
-    harmless slip, keeping them (what MMAction2 does) would silently skew both.  Repeats
-    meant as oversampling belong in the sampler, not the list.  Two labels for one video
-    are a real contradiction: one line, exit status 2, naming both.
+    and a video counted twice in evaluation.  Refusing would stop a Kinetics-size run for
+    a harmless slip; keeping them (what MMAction2 does) silently skews both.  Repeats
+    meant as oversampling belong in the sampler, not the list.  One video under two
+    labels is not a repeat: both lines stay (each is judged on its own, an unknown label
+    rejected) and a warning names the first such video.
     """
-    seen: dict[str, str] = {}  # video path -> its line
-    kept, dropped = [], []
+    seen: dict[str, str] = {}  # video path -> its first line
+    kept, dropped, relabelled = [], [], []
     for line in lines:
         parts = line.rsplit(maxsplit=1)
         path = parts[0] if len(parts) == 2 else line  # a malformed line: rejected later
@@ -184,16 +185,22 @@ def unique_lines(lines: list[str], list_uri: str) -> list[str]:
         elif first.split() == line.split():  # the same entry (spacing aside)
             dropped.append(line)
         else:
-            raise LayoutError(
-                f'{list_uri}: {path!r} is listed with two labels ({first!r} and {line!r}); '
-                'each video needs one label'
-            )
+            relabelled.append(line)
+            kept.append(line)
     if dropped:
         log.warning(
             '%s: %d repeated line(s) dropped (first: %r); each video is used once',
             list_uri,
             len(dropped),
             dropped[0],
+        )
+    if relabelled:
+        log.warning(
+            '%s: %d video(s) listed again with another label (first: %r, after %r)',
+            list_uri,
+            len(relabelled),
+            relabelled[0],
+            seen[relabelled[0].rsplit(maxsplit=1)[0]],
         )
     return kept
 
