@@ -494,7 +494,7 @@ def test_the_data_check_cli_refuses_bad_numbers(tmp_path, capsys):
         ('optim_wrapper.optimizer.lr=-0.1', 'optim_wrapper.optimizer.lr must be a number > 0'),
         (
             'optim_wrapper.optimizer.lr=nan',
-            "optim_wrapper.optimizer.lr must be a number > 0, got nan",
+            'optim_wrapper.optimizer.lr must be a number > 0, got nan',
         ),
         ('optim_wrapper.optimizer.weight_decay=-1', 'weight_decay must be a number >= 0'),
         ('optim_wrapper.optimizer.momentum=-0.9', 'momentum must be a number >= 0'),
