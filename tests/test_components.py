@@ -712,3 +712,28 @@ def test_the_records_name_every_key_the_steps_write(prepared_run, http_server):
     _fits(artifacts.MetricsSummary, summary)
     assert set(summary) == set(artifacts.MetricsSummary.__annotations__)  # all three models
     _fits(artifacts.ExportSettings, export_step.export_settings('kd.py'))
+
+
+def test_publishing_the_same_resolved_config_again_is_a_no_op(bucket, tmp_path):
+    """A re-run with the same settings continues, also after an attempt that stored
+    train/config.py and died before the manifest recorded it; other settings are refused
+    naming the first difference, and nothing is overwritten."""
+    layout = RunLayout(bucket, 'kd', 'run-config')
+    runs.claim_run(layout)
+    data_meta = {'run_root': layout.root, 'num_classes': 3, 'videos_uri': f's3://{bucket}/d/videos'}
+    teacher = {'sha256': 'a' * 64}
+    kd_config = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
+    options = TrainOptions(max_epochs=2, cfg_options=TINY.split())
+    uri = layout.uri('train', 'config.py')
+    resolved = train_step.resolve_config(data_meta, teacher, kd_config, options)
+    body = train_config.save(resolved, tmp_path / 'config.py').read_bytes()
+    s3.put_bytes(uri, body)  # stored by a dead attempt, never recorded
+    assert Manifest.load(layout).find(uri) is None
+    assert train_step.publish_config(layout, data_meta, teacher, kd_config, options) == uri
+    entry = Manifest.load(layout).find(uri)
+    assert entry and entry.sha256 == hashlib.sha256(body).hexdigest()
+    assert train_step.publish_config(layout, data_meta, teacher, kd_config, options) == uri
+    other = dataclasses.replace(options, max_epochs=3)
+    with pytest.raises(UserError, match=r'holds another training config \(first difference: '):
+        train_step.publish_config(layout, data_meta, teacher, kd_config, other)
+    assert s3.read_bytes(uri) == body

@@ -83,3 +83,31 @@ def test_sizes_that_do_not_decode_back_are_refused(tmp_path):
     # bad input (one line, exit 2 from a CLI), and still a ValueError for direct callers
     with pytest.raises(InvalidInputError, match='48x48 do not decode back'):
         dataset.generate_dataset(tmp_path / 'data', size=48)
+
+
+def test_repeated_list_lines_are_dropped_with_one_warning(small_dataset, caplog):
+    from video_kd.data import data_layout
+
+    train = (small_dataset / dataset.TRAIN_LIST).read_text().splitlines()
+    (small_dataset / dataset.TRAIN_LIST).write_text('\n'.join(train + train[:6]) + '\n')
+    with caplog.at_level('WARNING', logger='video_kd.data.data_layout'):
+        source = data_layout.resolve(str(small_dataset))
+    assert source.splits['train'].lines == train  # 15 lines, 9 videos: each once
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert f'6 repeated line(s) dropped (first: {train[0]!r})' in warning
+
+
+def test_a_repeated_class_name_is_one_line_and_exit_status_2(small_dataset, tmp_path, capsys):
+    from video_kd.core.errors import BAD_INPUT, run_cli
+    from video_kd.data import data_layout
+
+    (small_dataset / dataset.CLASSES_FILE).write_text('move_up\nmove_down\nmove_up\n')
+    with pytest.raises(data_layout.LayoutError, match="class name 'move_up' is on lines 1 and 3"):
+        data_layout.resolve(str(small_dataset))
+    with pytest.raises(data_layout.LayoutError, match='each class needs its own name'):
+        dataset.read_classes(small_dataset)
+    out = tmp_path / 'out'
+    assert run_cli(data_check.main, [str(small_dataset), '--out', str(out)]) == BAD_INPUT
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith('error: ') and "class name 'move_up' is on lines 1 and 3" in err[-1]
+    assert not out.exists()

@@ -169,11 +169,11 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
         name: name for name in inputs
     }
     from video_kd.distill.train_config import TrainOptions
-    from video_kd.steps import check_inputs as check_step
+    from video_kd.steps import check_inputs as checks  # the step's module, not the component
 
-    read = {*check_step.SHA256_PARAMETERS, *check_step.LAUNCH_PARAMETERS}
+    read = {*checks.SHA256_PARAMETERS, *checks.LAUNCH_PARAMETERS}
     read |= {f.name for f in dataclasses.fields(TrainOptions)}
-    read |= {'run_id', 's3_bucket', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
+    read |= {'run_id', 's3_bucket', 's3_prefix', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
              'student_config', 'training_backend', 'export_tolerance', 'speed_repeats'}  # fmt: skip
     assert read == inputs
 

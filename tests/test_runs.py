@@ -175,3 +175,24 @@ def test_new_run_id_is_a_lowercase_dns_label_and_names_the_kfp_run():
     assert run_id.endswith('-' + uuid.lower())
     assert run_id == run_id.lower() and set(run_id) <= set('abcdefghijklmnopqrstuvwxyz0123456789-')
     assert len({runs.new_run_id('{{$.pipeline_job_uuid}}') for _ in range(20)}) == 20
+
+
+@pytest.mark.parametrize('inside', ['{run}', '{run}/train/checkpoints', '{run}/data'])
+def test_a_prefix_inside_another_runs_directory_is_refused_writing_nothing(bucket, inside):
+    """Runs under <prefix>/<run>/train/checkpoints would be found by that run's checkpoint
+    listing (and resumed from): the claim refuses such a prefix before it writes."""
+    first = RunLayout(bucket, 'kd', 'run-1')
+    runs.claim_run(first)
+    before = s3.list_uris(f's3://{bucket}/')
+    layout = RunLayout(bucket, 'kd/' + inside.format(run='run-1'), 'run-2')
+    with pytest.raises(UserError, match=rf'inside the run directory s3://{bucket}/kd/run-1/ '):
+        runs.claim_run(layout)
+    assert s3.list_uris(f's3://{bucket}/') == before
+    runs.claim_run(RunLayout(bucket, 'kd/run-1-other', 'run-2'))  # a sibling prefix is fine
+
+
+def test_an_empty_prefix_keeps_runs_at_the_bucket_root(bucket):
+    layout = RunLayout(bucket, '', 'run-1')
+    runs.claim_run(layout)
+    assert s3.list_uris(f's3://{bucket}/') == [f's3://{bucket}/run-1/run.json']
+    assert layout.shared_uri('x') == f's3://{bucket}/cache/x'

@@ -280,6 +280,10 @@ BAD_PARAMETERS = [
     ({'dataset_uri': 'generate://?classes=3'}, "unknown generator option 'classes'"),
     ({'run_id': 'a/b'}, "bad run id 'a/b'"),
     ({'s3_bucket': 'A'}, "bad bucket name 'A'"),
+    ({'s3_prefix': '../..'}, "bad s3_prefix '../..': a '..' segment"),
+    ({'run_id': 'run-1\n'}, "bad run id 'run-1\\n'"),
+    ({'cfg_options': ['train_dataloader.batch_size=0']}, 'train_dataloader.batch_size must be'),
+    ({'cfg_options': ['optim_wrapper.optimizer.lr=0']}, 'optim_wrapper.optimizer.lr must be'),
     (
         {
             'student_pretrained_url': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
@@ -357,3 +361,223 @@ def test_missing_object_in_an_existing_bucket_is_no_such_object(bucket):
     with pytest.raises(s3.ObjectNotFoundError, match='no such object') as info:
         s3.read_json(f's3://{bucket}/nothing')
     assert not isinstance(info.value, s3.BucketNotFoundError)
+
+
+# --------------------------------------------------------------------------- anchors, S3 names
+@pytest.mark.parametrize('check', [validation.check_run_id, validation.check_bucket])
+def test_patterns_are_anchored_at_the_very_end(check):
+    """``$`` matches before a trailing newline; every pattern ends in ``\\Z``."""
+    refused(check, 'video-kd\n', match="'video-kd\\n'")
+    assert validation.RUN_ID_PATTERN.pattern.endswith('\\Z')
+
+
+@pytest.mark.parametrize(
+    ('prefix', 'match'),
+    [
+        ('../..', "a '..' segment"),
+        ('a/../b', "a '..' segment"),
+        ('.', "a '.' segment"),
+        ('a b', "the character ' '"),
+        ('a\tb', "the character '\\t'"),
+        ('kd\n', "the character '\\n'"),
+        ('/', 'an empty segment'),
+        ('/kd', 'an empty segment'),
+        ('kd/', 'an empty segment'),
+        ('a//b', 'an empty segment'),
+        ('kd/cache', 'a "cache" segment'),
+        ('k\u00e4se', "the character '\u00e4'"),
+        ('x' * 600, '600 characters'),
+    ],
+)
+def test_bad_s3_prefixes_are_refused_with_the_rule(prefix, match):
+    message = refused(validation.check_s3_prefix, prefix, match=match)
+    assert 'a prefix is empty (the bucket root)' in message
+
+
+@pytest.mark.parametrize('prefix', ['', 'video-kd', 'runs/kd', 'Team_A/v1.2/kd-runs'])
+def test_good_s3_prefixes_pass_and_empty_is_the_bucket_root(prefix):
+    from video_kd.runs import RunLayout
+
+    assert validation.check_s3_prefix(prefix) == prefix
+    layout = RunLayout('bkt', prefix, 'run-1')
+    assert layout.root == f's3://bkt/{prefix}/run-1'.replace('//run-1', '/run-1')
+    assert RunLayout.from_root(layout.root) == layout
+
+
+def test_bucket_names_follow_s3s_rules():
+    for bad in ('192.168.0.1', 'a.-b', 'a-.b', 'xn--abc', 'sthree-x', 'data-s3alias', 'b--ol-s3'):
+        refused(validation.check_bucket, bad, match='bad bucket name')
+    for good in ('kd-artifacts', 'my.bucket.1', '1st-bucket'):
+        assert validation.check_bucket(good) == good
+
+
+# --------------------------------------------------------------------------- data prep's numbers
+@pytest.mark.parametrize(
+    ('settings', 'match'),
+    [
+        ({'processes': 0}, 'processes must be >= 1, got 0'),
+        ({'processes': -3}, 'processes must be >= 1, got -3'),
+        ({'processes': 5000}, 'processes must be <= 1024'),
+        ({'min_frames': -1}, 'min_frames must be >= 1, got -1'),
+        ({'min_frames': 0}, 'min_frames must be >= 1, got 0'),
+        ({'max_unusable': float('nan')}, 'max_unusable (a share of a split, 0-1) must be a finite'),
+        ({'max_unusable': 2}, 'max_unusable (a share of a split, 0-1) must be <= 1, got 2'),
+        ({'max_unusable': -0.1}, 'must be >= 0'),
+        ({'threads': 0}, 'threads must be >= 1'),
+    ],
+)
+def test_data_prep_numbers_out_of_range(settings, match):
+    from video_kd.data import data_check
+
+    given = {'min_frames': 8, 'processes': None, 'max_unusable': 0.5, **settings}
+    refused(lambda: data_check.check_settings(**given), match=match)
+
+
+def test_data_prep_numbers_in_range():
+    from video_kd.data import data_check
+
+    assert data_check.check_settings(1, None, 0) == (1, None, 0.0)
+    assert data_check.check_settings('8', 4, 1) == (8, 4, 1.0)
+
+
+@pytest.mark.parametrize(
+    ('argv', 'match'),
+    [
+        (['--processes', '0'], 'error: processes must be >= 1, got 0'),
+        (['--min-frames', '-1'], 'error: min_frames must be >= 1, got -1'),
+        (['--max-unusable', 'nan'], 'must be a finite number'),
+        (['--max-unusable', '2'], 'must be <= 1, got 2'),
+        (['--s3-prefix', '../..'], "error: bad s3_prefix '../..'"),
+        (['--s3-prefix', 'a b'], "error: bad s3_prefix 'a b'"),
+    ],
+)
+def test_the_data_prep_cli_refuses_bad_numbers_and_prefixes_writing_nothing(
+    bucket, capsys, argv, match
+):
+    from components.data_prep.__main__ import main
+
+    code = run_cli(main, ['--dataset-uri', 'generate://', '--s3-bucket', bucket, *argv])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == BAD_INPUT and err[-1].startswith('error: '), err
+    assert match in err[-1] and sum(line.startswith('error:') for line in err) == 1
+    assert s3.list_uris(f's3://{bucket}/') == []  # nothing claimed, nothing written
+
+
+def test_the_data_check_cli_refuses_bad_numbers(tmp_path, capsys):
+    from video_kd.data import data_check
+
+    argv = [str(tmp_path), '--out', str(tmp_path / 'out'), '--max-unusable', 'nan']
+    assert run_cli(data_check.main, argv) == BAD_INPUT
+    assert 'must be a finite number' in capsys.readouterr().err
+    assert not (tmp_path / 'out').exists()
+
+
+# --------------------------------------------------------------------------- config values
+@pytest.mark.parametrize(
+    ('option', 'match'),
+    [
+        (
+            'train_dataloader.batch_size=0',
+            'train_dataloader.batch_size must be a whole number >= 1, got 0',
+        ),
+        (
+            'val_dataloader.batch_size=2.5',
+            'val_dataloader.batch_size must be a whole number >= 1, got 2.5',
+        ),
+        (
+            'train_dataloader.num_workers=-1',
+            'train_dataloader.num_workers must be a whole number >= 0',
+        ),
+        ('train_cfg.max_epochs=0', 'train_cfg.max_epochs must be a whole number >= 1, got 0'),
+        ('train_cfg.val_interval=0', 'train_cfg.val_interval must be a whole number >= 1'),
+        ('optim_wrapper.optimizer.lr=0', 'optim_wrapper.optimizer.lr must be a number > 0, got 0'),
+        ('optim_wrapper.optimizer.lr=-0.1', 'optim_wrapper.optimizer.lr must be a number > 0'),
+        (
+            'optim_wrapper.optimizer.lr=nan',
+            'optim_wrapper.optimizer.lr must be a number > 0, got nan',
+        ),
+        ('optim_wrapper.optimizer.weight_decay=-1', 'weight_decay must be a number >= 0'),
+        ('optim_wrapper.optimizer.momentum=-0.9', 'momentum must be a number >= 0'),
+        ('train_dataloader.num_workers=0', 'train_dataloader.persistent_workers=True needs'),
+    ],
+)
+def test_config_values_mmengine_would_refuse_are_refused_before_the_run(option, match):
+    """From --cfg-options (here) or the config file alike: the check is on the resolved
+    config, in check inputs, not in a training pod after train/config.py is published."""
+    message = refused(
+        lambda: check_inputs.check_pipeline_params(
+            {'kd_config': KD_CONFIG, 'cfg_options': [option]}
+        ),
+        match=match,
+    )
+    assert message.startswith(f'{KD_CONFIG} (with --cfg-options): '), message
+
+
+def test_config_value_rules_on_a_config_tree():
+    check = cfg_options.check_config_values
+    check({'train_dataloader': {'batch_size': 1, 'num_workers': 0, 'persistent_workers': False}})
+    check({'optim_wrapper': {'optimizer': {'lr': 1e-3, 'betas': (0.9, 0.999)}}})
+    refused(
+        lambda: check({'optim_wrapper': {'optimizer': {'betas': (0.9, 1.0)}}}),
+        match='betas must be two numbers in [0, 1)',
+    )
+    refused(
+        lambda: check({'param_scheduler': [{'type': 'CosineAnnealingLR', 'begin': 5, 'end': 5}]}),
+        match='param_scheduler.0 (CosineAnnealingLR) ends at 5, not after its begin 5',
+    )
+    refused(lambda: check({'train_dataloader': {'batch_size': True}}), match='got True')
+    check({'optim_wrapper': {'clip_grad': {'max_norm': None}}})  # its reader's "not set"
+
+
+# --------------------------------------------------------------------------- the error line
+def test_a_long_error_line_is_cut_at_words_keeping_what_went_wrong():
+    from video_kd.steps.train import clip_line
+
+    short = 'ValueError: batch_size should be a positive integer value'
+    assert clip_line(short) == short
+    noise = ' '.join(f'word{i}' for i in range(120))
+    line = f'[rank0]: {noise} ValueError: batch_size should be a positive integer value, got 0'
+    clipped = clip_line(line)
+    assert clipped == '... ValueError: batch_size should be a positive integer value, got 0'
+    long_message = 'RuntimeError: ' + ' '.join(f'size mismatch for layer{i}' for i in range(40))
+    clipped = clip_line(long_message)
+    assert len(clipped) <= 300 and clipped.startswith('RuntimeError: size mismatch for layer0 ')
+    assert clipped.endswith(' ...') and clipped[:-4].split()[-1] in long_message.split()
+    plain = noise + ' the end'
+    clipped = clip_line(plain)
+    assert len(clipped) <= 300 and clipped.startswith('... word') and clipped.endswith('the end')
+    assert clipped[4:].split()[0] in noise.split()  # a whole word, not its tail
+
+
+def test_the_steps_forked_workers_leave_no_pymp_directories(tmp_path, monkeypatch):
+    """A forked worker that needs multiprocessing's temp directory and is ended without its
+    cleanup (as the DataLoader's shutdown ends workers) made its own pymp-* in TMPDIR."""
+    import multiprocessing
+    import os
+    import tempfile
+
+    from video_kd.steps.common import step_tmpdir
+
+    system_tmp = tmp_path / 'tmp'
+    system_tmp.mkdir()
+    monkeypatch.setenv('TMPDIR', str(system_tmp))
+    monkeypatch.setattr(tempfile, 'tempdir', None)
+    monkeypatch.setitem(multiprocessing.current_process()._config, 'tempdir', None)
+
+    def worker():
+        multiprocessing.util.get_temp_dir()
+        os._exit(0)  # no cleanup, as a terminated worker
+
+    work = tmp_path / 'work'
+    with step_tmpdir(work) as tmp:
+        assert tempfile.gettempdir() == str(tmp) and os.environ['TMPDIR'] == str(tmp)
+        for _ in range(3):
+            process = multiprocessing.get_context('fork').Process(target=worker)
+            process.start()
+            process.join()
+    ours = multiprocessing.current_process()._config['tempdir']
+    assert [p.name for p in system_tmp.glob('pymp-*')] == [os.path.basename(ours)]
+    assert not (work / 'tmp').exists() and os.environ['TMPDIR'] == str(system_tmp)
+    for finalizer in list(multiprocessing.util._finalizer_registry.values()):
+        if ours in (getattr(finalizer, '_args', None) or ()):
+            finalizer()  # remove it now, as this process's exit would (tmp_path may be gone)

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from video_kd.core.artifacts import RunInfo, StoredObject
-from video_kd.core.checks import check_run_id, run_id_from
+from video_kd.core.checks import check_run_id, check_s3_prefix, run_id_from
 from video_kd.core.errors import UserError
 from video_kd.core.progress import Progress
 from video_kd.storage import s3
@@ -44,7 +44,7 @@ DATASET_META_NAME = 'dataset.json'
 CACHE_DIR = 'cache'
 _RUN_ID_UNSAFE = re.compile(r'[^a-z0-9-]+')
 _UNRESOLVED = re.compile(r'\{\{.*\}\}')
-_SHA256_RE = re.compile(r'^[0-9a-f]{64}$')
+_SHA256_RE = re.compile(r'^[0-9a-f]{64}\Z')
 _SAVE_TRIES = 50  # each round of a race lets at least one writer through
 
 
@@ -78,6 +78,7 @@ class RunLayout:
             raise UserError(f'bad bucket name: {self.bucket!r}')
         if not self.run_id or '/' in self.run_id or self.run_id in ('.', '..', CACHE_DIR):
             raise UserError(f'bad run id: {self.run_id!r}')
+        check_s3_prefix(self.prefix)
 
     @classmethod
     def from_root(cls, run_root: str) -> RunLayout:
@@ -299,6 +300,21 @@ class Manifest:
             self.save()
         return entry
 
+    def record_stored(self, step: str, uri: str, sha256: str, size_bytes: int) -> ManifestEntry:
+        """Record an object already at ``uri`` whose content the caller has compared with
+        what it would publish (a step that died between its upload and its manifest save);
+        nothing is uploaded."""
+        known = self.find(uri, sha256)
+        if known:
+            return known
+        if not uri.startswith(self.layout.uri(step) + '/'):
+            raise ValueError(f'{uri} is not inside the {step!r} step directory')
+        entry = ManifestEntry(step=step, uri=uri, sha256=sha256, size_bytes=size_bytes)
+        self.entries.append(entry)
+        if not self._deferred:
+            self.save()
+        return entry
+
     def publish(
         self, step: str, local: str | os.PathLike, uri: str, source_sha256: str = ''
     ) -> ManifestEntry:
@@ -419,6 +435,7 @@ def claim_run(layout: RunLayout, job_id: str = '') -> bool:
     directory holds objects but no claim.
     """
     check_run_id(layout.run_id)
+    check_prefix_outside_runs(layout)
     existing = s3.list_uris(layout.root + '/')
     if existing and layout.claim_uri not in existing:
         raise _in_use(layout, len(existing), 'it has no run.json')
@@ -438,6 +455,22 @@ def claim_run(layout: RunLayout, job_id: str = '') -> bool:
         raise _in_use(layout, len(existing) or 1, why)
     log.info('run %s: continuing in %s/ (retry of KFP run %s)', layout.run_id, layout.root, job_id)
     return False
+
+
+def check_prefix_outside_runs(layout: RunLayout) -> None:
+    """Refuse a prefix that lies inside a run's directory (``<prefix>/<run id>/train/...``):
+    a run there would mix its objects with that run's (whose checkpoint listing would find
+    the new run's files).  One HEAD per prefix segment, for the claim and the manifest."""
+    segments = layout.prefix.split('/') if layout.prefix else []
+    for depth in range(1, len(segments) + 1):
+        directory = s3.join_uri(f's3://{layout.bucket}', *segments[:depth])
+        for name in (CLAIM_NAME, MANIFEST_NAME):
+            if s3.exists(s3.join_uri(directory, name)):
+                raise UserError(
+                    f's3_prefix {layout.prefix!r} is inside the run directory {directory}/ '
+                    f'(it holds {name}): runs never write into another run; give the prefix '
+                    'that run was started with, or another one'
+                )
 
 
 def _in_use(layout: RunLayout, count: int, why: str) -> RunInUseError:

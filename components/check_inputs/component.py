@@ -26,12 +26,14 @@ def check_inputs(
     training_backend: str,
     backoff_limit_per_node: int,
     s3_bucket: str,
+    s3_prefix: str,
     export_tolerance: float,
     speed_repeats: int,
     run_id: str,
 ):
     """Check the run's parameters as the steps that read them will (cfg_options against the
-    resolved KD config, numeric ranges, checksums, URLs, backend name, export settings), so
+    resolved KD config, the resolved config's values, numeric ranges, checksums, URLs,
+    bucket and prefix, backend name, export settings), so
     that a bad one is one line here, before data prep claims the run and writes anything,
     not after an hour of data prep or a whole training. Reads and writes nothing.
 
@@ -61,6 +63,8 @@ def check_inputs(
         training_backend: Empty (the chart's, unknown here) or pytorchjob, trainjob, local.
         backoff_limit_per_node: A whole number, 0 (the chart's) or more.
         s3_bucket: A valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
+        s3_prefix: Empty (the bucket's root) or "/"-separated segments of letters, digits,
+            ".", "_", "-", none empty, ".", ".." or "cache".
         export_tolerance: A finite number, 0 or more.
         speed_repeats: A whole number from 0 (no speed check) to 1000.
         run_id: Empty (a new id) or a DNS label (1-63 lowercase letters, digits, hyphens),

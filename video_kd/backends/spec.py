@@ -51,8 +51,8 @@ OPERATOR_ENV = (
 # Non-secret S3 settings copied from the step pod into the training pods.
 S3_PLAIN_ENV = ('S3_ENDPOINT_URL', 'AWS_ENDPOINT_URL', 'AWS_DEFAULT_REGION', 'S3_BUCKET')
 S3_SECRET_ENV = ('AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'AWS_SESSION_TOKEN')
-_LABEL_VALUE = re.compile(r'^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$')
-_DNS1123 = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?$')  # a namespace name
+_LABEL_VALUE = re.compile(r'^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?\Z')
+_DNS1123 = re.compile(r'^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z')  # a namespace name
 # A job name is at most this long, so that the longest derived name fits 63 characters:
 # '<job>-worker-99999' (PyTorchJob Service) and '<job>-node-0-99999' (TrainJob pod hostname).
 JOB_NAME_MAX = 32

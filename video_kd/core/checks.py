@@ -12,6 +12,8 @@ names the input, what was wrong and what would be right.
   directory).  A run id becomes an S3 directory, a PyTorchJob name and a
   Kubernetes label value; this one pattern is valid as all three.
 * checksums: 64 hex digits (upper case accepted, lower case returned).
+* S3 names: a bucket name by S3's rules; the runs' key prefix (``S3_PREFIX_RULE``),
+  where empty means the bucket's root.
 * numbers: ranges (``max_epochs >= 0``, ``num_workers >= 1``, the export's
   ``tolerance >= 0`` and ``speed_repeats`` 0-1000, ...).
 """
@@ -27,14 +29,29 @@ from video_kd.core.errors import UserError
 if TYPE_CHECKING:
     pass
 
-RUN_ID_PATTERN = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$')
+# Every pattern is anchored with \Z, not $: '$' also matches before a trailing newline, and
+# 'run-1\n' would become an S3 directory, a job name and a label value.
+RUN_ID_PATTERN = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z')
 RESERVED_RUN_IDS = frozenset({'cache'})
 RUN_ID_RULE = (
     'a run id is 1-63 lowercase letters, digits and hyphens, starting and ending with '
     'a letter or digit (a DNS label), and not "cache"'
 )
-_SHA256 = re.compile(r'^[0-9a-f]{64}$')
-_BUCKET = re.compile(r'^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$')
+_SHA256 = re.compile(r'^[0-9a-f]{64}\Z')
+_BUCKET = re.compile(r'^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z')
+_IP_ADDRESS = re.compile(r'^\d+\.\d+\.\d+\.\d+\Z')
+# S3's reserved bucket name forms (its access points, Object Lambda and express directory
+# buckets): refused by AWS, and a source of confusion elsewhere
+_RESERVED_BUCKET_PREFIXES = ('xn--', 'sthree-', 'amzn-s3-demo-')
+_RESERVED_BUCKET_SUFFIXES = ('-s3alias', '--ol-s3', '.mrap', '--x-s3', '--table-s3')
+_PREFIX_SEGMENT = re.compile(r'^[A-Za-z0-9._-]+\Z')
+S3_PREFIX_MAX = 512  # of S3's 1024 bytes a key may have, the rest for the run's own keys
+S3_PREFIX_RULE = (
+    'a prefix is empty (the bucket root) or segments separated by single "/", each of '
+    'letters, digits, ".", "_" and "-", none of them "." or ".." or "cache", with no '
+    f'leading or trailing "/", at most {S3_PREFIX_MAX} characters'
+)
+CACHE_SEGMENT = 'cache'  # the shared cache's directory under a prefix (runs.CACHE_DIR)
 
 
 class InvalidInputError(UserError, ValueError):
@@ -79,13 +96,59 @@ def check_sha256(value: str | None, name: str = '--sha256', required: bool = Fal
 
 
 def check_bucket(name: str) -> str:
-    """An S3 bucket name: 3-63 of ``a-z 0-9 . -``, starting and ending alphanumeric."""
-    if not isinstance(name, str) or not _BUCKET.match(name) or '..' in name:
-        raise InvalidInputError(
-            f'bad bucket name {name!r}: 3-63 lowercase letters, digits, dots and hyphens, '
-            'starting and ending with a letter or digit'
-        )
+    """An S3 bucket name by S3's rules: 3-63 of ``a-z 0-9 . -``, starting and ending
+    alphanumeric, no ``..``, ``.-`` or ``-.``, not an IP address, none of S3's reserved
+    prefixes and suffixes."""
+    rule = (
+        '3-63 lowercase letters, digits, dots and hyphens, starting and ending with a letter '
+        'or digit'
+    )
+    if not isinstance(name, str) or not _BUCKET.match(name):
+        raise InvalidInputError(f'bad bucket name {name!r}: {rule}')
+    for bad in ('..', '.-', '-.'):
+        if bad in name:
+            raise InvalidInputError(f'bad bucket name {name!r}: {bad!r} inside it; {rule}')
+    if _IP_ADDRESS.match(name):
+        raise InvalidInputError(f'bad bucket name {name!r}: an IP address; {rule}')
+    if name.startswith(_RESERVED_BUCKET_PREFIXES) or name.endswith(_RESERVED_BUCKET_SUFFIXES):
+        raise InvalidInputError(f'bad bucket name {name!r}: a form S3 reserves; {rule}')
     return name
+
+
+def check_s3_prefix(prefix: str) -> str:
+    """The key prefix runs are kept under (``s3://<bucket>/<prefix>/<run id>/``).
+
+    Empty is the bucket's root (runs at ``s3://<bucket>/<run id>/``, their cache at
+    ``s3://<bucket>/cache/``; the chart allows it too).  Otherwise ``S3_PREFIX_RULE``:
+    no ``..`` (a key is not a path, but tools that mirror a bucket to disk resolve
+    it), no empty segment (``a//b`` and ``/a`` are other keys than ``a/b`` and ``a``:
+    the same prefix written two ways would split a run's objects), no whitespace or
+    other characters S3 asks to avoid, and no ``cache`` segment (that is where the
+    runs of a shorter prefix share their cache).  A prefix inside an existing run's
+    directory is refused at the claim, where S3 can be asked (``runs.claim_run``).
+    """
+    if not isinstance(prefix, str):
+        raise InvalidInputError(f'bad s3_prefix {prefix!r}: {S3_PREFIX_RULE}')
+    if not prefix:
+        return prefix
+    if len(prefix) > S3_PREFIX_MAX:
+        raise InvalidInputError(
+            f'bad s3_prefix {prefix[:40]!r}...: {len(prefix)} characters; {S3_PREFIX_RULE}'
+        )
+    for segment in prefix.split('/'):
+        why = ''
+        if not segment:
+            why = 'an empty segment (a leading, trailing or doubled "/")'
+        elif segment in ('.', '..'):
+            why = f'a {segment!r} segment'
+        elif segment == CACHE_SEGMENT:
+            why = 'a "cache" segment (the shared cache\'s directory)'
+        elif not _PREFIX_SEGMENT.match(segment):
+            bad = next(c for c in segment if not _PREFIX_SEGMENT.match(c))
+            why = f'the character {bad!r}'
+        if why:
+            raise InvalidInputError(f'bad s3_prefix {prefix!r}: {why}; {S3_PREFIX_RULE}')
+    return prefix
 
 
 # --------------------------------------------------------------------------- numbers

@@ -48,6 +48,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError, setup_logging
 from video_kd.core.progress import Progress
 from video_kd.data.data_layout import (
@@ -74,6 +75,26 @@ FETCH_BUDGET = 128 * 2**20  # bytes a process may hold fetched but not yet decod
 MAX_UNUSABLE = 0.5  # a split with a larger share of unusable entries stops data prep
 READ_FAILED = 'cannot read'
 CGROUP_ROOT = Path('/sys/fs/cgroup')
+
+
+MAX_PROCESSES = 1024  # checking processes, one decoder each: more is a typo, not a machine
+MAX_THREADS = 256  # fetching threads per process
+
+
+def check_settings(
+    min_frames: int, processes: int | None, max_unusable: float, threads: int = 8
+) -> tuple[int, int | None, float]:
+    """Data prep's numbers, ranged (one line, exit status 2 under ``run_cli``):
+    ``min_frames`` >= 1, ``processes`` 1-1024 or None (the CPUs this process may use;
+    0 is refused rather than read as the default, as a computed 0 is a bug upstream),
+    ``max_unusable`` a share in [0, 1] (NaN would switch the check off: every
+    comparison with it is false), ``threads`` 1-256.  Returns them as typed."""
+    min_frames = check_range('min_frames', min_frames, 1)
+    if processes is not None:
+        processes = check_range('processes', processes, 1, MAX_PROCESSES)
+    share = check_number('max_unusable (a share of a split, 0-1)', max_unusable, 0, 1)
+    check_range('threads', threads, 1, MAX_THREADS)
+    return min_frames, processes, share
 
 
 class DataCheckError(UserError):
@@ -466,6 +487,9 @@ def validate_source(
     could not be read (not cached: a re-run retries only those) or when more
     than ``max_unusable`` of a split's entries are unusable.
     """
+    min_frames, processes, max_unusable = check_settings(
+        min_frames, processes, max_unusable, threads
+    )
     start = time.monotonic()
     roots = sorted({source.splits[split].videos_uri for split in SPLITS})
     cache = CheckCache(cache_uri, min_frames, source.root, every=cache_every)
@@ -666,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     setup_logging()
+    check_settings(args.min_frames, args.processes, args.max_unusable, args.threads)
     report = validate_source(
         resolve(args.dataset_uri),
         args.out,

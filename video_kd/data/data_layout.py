@@ -24,6 +24,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import logging
 import urllib.parse
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -31,6 +32,8 @@ from typing import Any
 
 from video_kd.core.errors import UserError
 from video_kd.storage import s3, s3_fileio
+
+log = logging.getLogger(__name__)
 
 SPLITS = ('train', 'val')
 
@@ -157,6 +160,65 @@ def list_lines(text: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
+def unique_lines(lines: list[str], list_uri: str) -> list[str]:
+    """``lines`` without repeats, first occurrences in order, with one warning naming how
+    many were dropped and the first.
+
+    Dropped, not refused: lists are often put together from parts (shards of a download,
+    ``cat`` of two files, annotation CSVs with repeated rows), and a repeated line means
+    nothing to MMAction2's one-label datasets but an accidental double weight in training
+    and a video counted twice in evaluation.  Refusing would stop a Kinetics-size run for
+    a harmless slip; keeping them (what MMAction2 does) silently skews both.  Repeats
+    meant as oversampling belong in the sampler, not the list.  One video under two
+    labels is not a repeat: both lines stay (each is judged on its own, an unknown label
+    rejected) and a warning names the first such video.
+    """
+    seen: dict[str, str] = {}  # video path -> its first line
+    kept, dropped, relabelled = [], [], []
+    for line in lines:
+        parts = line.rsplit(maxsplit=1)
+        path = parts[0] if len(parts) == 2 else line  # a malformed line: rejected later
+        first = seen.get(path)
+        if first is None:
+            seen[path] = line
+            kept.append(line)
+        elif first.split() == line.split():  # the same entry (spacing aside)
+            dropped.append(line)
+        else:
+            relabelled.append(line)
+            kept.append(line)
+    if dropped:
+        log.warning(
+            '%s: %d repeated line(s) dropped (first: %r); each video is used once',
+            list_uri,
+            len(dropped),
+            dropped[0],
+        )
+    if relabelled:
+        log.warning(
+            '%s: %d video(s) listed again with another label (first: %r, after %r)',
+            list_uri,
+            len(relabelled),
+            relabelled[0],
+            seen[relabelled[0].rsplit(maxsplit=1)[0]],
+        )
+    return kept
+
+
+def check_class_names(classes: list[str], where: str) -> list[str]:
+    """``classes`` if no name is repeated: label i is the i-th name, and two labels with
+    one name cannot be told apart in the metrics, the model card or a deployed model."""
+    first_line: dict[str, int] = {}
+    for number, name in enumerate(classes, 1):
+        if name in first_line:
+            raise LayoutError(
+                f'{where}: class name {name!r} is on lines {first_line[name]} and {number}; '
+                'each class needs its own name'
+            )
+        first_line[name] = number
+    return classes
+
+
 def csv_rows(text: str, uri: str) -> list[dict[str, str]]:
     """Rows of a Kinetics CSV (``label,youtube_id,time_start,time_end,split``)."""
     reader = csv.DictReader(io.StringIO(text))
@@ -229,6 +291,7 @@ def resolve(uri: str, names: LayoutNames | None = None) -> DatasetSource:
             f'dataset {root}: no class names: expected one of {", ".join(names.label_maps)} '
             '(one class per line, line i = label i) or the Kinetics annotation CSVs'
         )
+    check_class_names(classes, classes_from)
     return DatasetSource(root, layout, classes, classes_from, splits)
 
 
@@ -265,7 +328,8 @@ def _split(
     list_uri = _join(root, getattr(names, f'{split}_list'))
     videos_uri = _join(root, getattr(names, f'{split}_videos'))
     if _exists(list_uri):
-        return SplitSource(videos_uri, list_lines(_read_text(list_uri)), list_uri)
+        lines = unique_lines(list_lines(_read_text(list_uri)), list_uri)
+        return SplitSource(videos_uri, lines, list_uri)
     if rows is not None:  # the official CSVs stand in for the list files
         lines = [
             f'{clip_path(row)} {class_index[row["label"]]}'
@@ -273,5 +337,5 @@ def _split(
             if row.get('label') in class_index
         ]
         csv_uri = _first_existing(root, names.annotations[split]) or ''
-        return SplitSource(videos_uri, lines, csv_uri)
+        return SplitSource(videos_uri, unique_lines(lines, csv_uri), csv_uri)
     raise LayoutError(f'dataset {root}: list file {list_uri} is missing')

@@ -215,7 +215,7 @@ def read_classes(root: str | Path) -> list[str]:
     classes = [line.strip() for line in path.read_text().splitlines() if line.strip()]
     if not classes:
         raise DatasetError(f'{path} lists no classes')
-    return classes
+    return data_layout.check_class_names(classes, str(path))
 
 
 def validate_dataset(

@@ -30,7 +30,7 @@ from video_kd.data import dataset
 from video_kd.data.data_stream import set_data_root
 from video_kd.distill.pretrained import apply_pretrained, fetch_pretrained
 from video_kd.distill.teacher_precision import PRECISIONS
-from video_kd.openmmlab.cfg_options import checked_cfg_options
+from video_kd.openmmlab.cfg_options import check_config_values, checked_cfg_options
 from video_kd.openmmlab.checkpoints import load_state_dict, state_dict_mismatch
 from video_kd.openmmlab.config import (
     is_distill_config,
@@ -192,6 +192,9 @@ def resolve(
             fetch_from=options.student_pretrained_url,
         )
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
+    # what mmengine would refuse only in the training processes (the files' values and the
+    # options' alike), before the step publishes this config and the run is bound to it
+    check_config_values(cfg, f'{config} (with --cfg-options)' if options.cfg_options else config)
     return cfg
 
 

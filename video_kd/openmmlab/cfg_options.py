@@ -1,5 +1,9 @@
 """``--cfg-options``: parsed one way everywhere and checked against the resolved config.
 
+Also the resolved config's values that mmengine or PyTorch would refuse only when the
+training processes build the runner (``check_config_values``): a batch size of 0 from a
+config file or an option is one line in ``check inputs``, not a failed training pod.
+
 A list of ``key=value`` strings (one form everywhere: the pipeline parameter is a list,
 the CLIs take one item per argument), each key a path that exists in the *resolved*
 config at every depth, or an argument the ``type`` of its dict accepts; a miss is refused
@@ -13,6 +17,7 @@ import ast
 import difflib
 import importlib
 import inspect
+import math
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +30,7 @@ from video_kd.core.checks import InvalidInputError
 from video_kd.openmmlab.config import load_config
 from video_kd.openmmlab.runtime import register_all_modules
 
-_KEY_PART = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*$|^\d+$')
+_KEY_PART = re.compile(r'^[A-Za-z_][A-Za-z0-9_]*\Z|^\d+\Z')
 
 
 # Top-level keys the mmengine Runner (and this project) read although a config may not set them.
@@ -247,6 +252,95 @@ def _registries() -> list:
             continue
         found.extend(v for v in vars(loaded).values() if isinstance(v, Registry))
     return found
+
+
+# --------------------------------------------------------------------------- values
+# Numbers of the resolved config that mmengine or PyTorch refuse (or misbehave with) when the
+# runner is built in the training pods, checked where set: (key path, whole number?, minimum,
+# minimum excluded?).  A missing key is the reader's default, a valid one.
+VALUE_RULES: tuple[tuple[str, bool, float, bool], ...] = (
+    *((f'{loader}.batch_size', True, 1, False) for loader in _DATALOADERS),
+    *((f'{loader}.num_workers', True, 0, False) for loader in _DATALOADERS),
+    *((f'{loader}.prefetch_factor', True, 1, False) for loader in _DATALOADERS),
+    ('train_cfg.max_epochs', True, 1, False),
+    ('train_cfg.max_iters', True, 1, False),
+    ('train_cfg.val_interval', True, 1, False),
+    ('train_cfg.val_begin', True, 1, False),
+    ('optim_wrapper.accumulative_counts', True, 1, False),
+    ('optim_wrapper.optimizer.lr', False, 0, True),
+    ('optim_wrapper.optimizer.weight_decay', False, 0, False),
+    ('optim_wrapper.optimizer.momentum', False, 0, False),
+    ('optim_wrapper.optimizer.eps', False, 0, False),
+    ('optim_wrapper.clip_grad.max_norm', False, 0, True),
+    ('default_hooks.logger.interval', True, 1, False),
+    ('auto_scale_lr.base_batch_size', True, 1, False),
+)
+_MISSING = object()
+
+
+def check_config_values(cfg: Config | Mapping[str, Any], where: str = 'the config') -> None:
+    """Refuse the resolved config's values that would fail the runner's build
+    (``VALUE_RULES``, Adam's ``betas`` in [0, 1), ``persistent_workers`` without workers,
+    a scheduler whose ``end`` is not after its ``begin``): one line naming the key, the
+    value and the rule.  Run on the resolved config, so values from the config files and
+    from ``--cfg-options`` alike are checked, in ``check inputs`` and before the train
+    step publishes ``train/config.py``."""
+    tree = cfg.to_dict() if hasattr(cfg, 'to_dict') else dict(cfg)
+    for key, whole, minimum, strict in VALUE_RULES:
+        value = _get(tree, key)
+        if value is not _MISSING:
+            _check_value(where, key, value, whole, minimum, strict)
+    betas = _get(tree, 'optim_wrapper.optimizer.betas')
+    if betas is not _MISSING and (
+        not isinstance(betas, list | tuple)
+        or len(betas) != 2
+        or not all(_is_number(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise InvalidInputError(
+            f'{where}: optim_wrapper.optimizer.betas must be two numbers in [0, 1), got {betas!r}'
+        )
+    for loader in _DATALOADERS:
+        workers = _get(tree, f'{loader}.num_workers')
+        if _get(tree, f'{loader}.persistent_workers') is True and workers == 0:
+            raise InvalidInputError(
+                f'{where}: {loader}.persistent_workers=True needs {loader}.num_workers >= 1 '
+                f'(PyTorch refuses it with 0); set {loader}.persistent_workers=False'
+            )
+    schedulers = tree.get('param_scheduler') or []
+    for index, scheduler in enumerate(schedulers if isinstance(schedulers, list) else [schedulers]):
+        if not isinstance(scheduler, dict):
+            continue
+        begin, end = scheduler.get('begin', 0), scheduler.get('end')
+        if _is_number(begin) and _is_number(end) and end <= begin:
+            raise InvalidInputError(
+                f'{where}: param_scheduler.{index} ({scheduler.get("type", "?")}) ends at '
+                f'{end}, not after its begin {begin}: mmengine refuses it'
+            )
+
+
+def _get(tree: Any, key: str) -> Any:
+    node = tree
+    for part in key.split('.'):
+        if not isinstance(node, dict) or part not in node:
+            return _MISSING
+        node = node[part]
+    return node
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check_value(
+    where: str, key: str, value: Any, whole: bool, minimum: float, strict: bool
+) -> None:
+    if value is None and key.endswith(('.clip_grad.max_norm', '.prefetch_factor')):
+        return  # their readers' "not set"
+    kind = 'a whole number' if whole else 'a number'
+    ok_type = _is_number(value) and (not whole or isinstance(value, int))
+    bound = f'> {minimum:g}' if strict else f'>= {minimum:g}'
+    if not ok_type or (value <= minimum if strict else value < minimum):
+        raise InvalidInputError(f'{where}: {key} must be {kind} {bound}, got {value!r}')
 
 
 def checked_cfg_options(config: str | Path, items: list[str]) -> dict:

@@ -9,14 +9,20 @@ from collections.abc import Mapping
 from typing import Any
 
 from video_kd import backends
-from video_kd.core.checks import check_bucket, check_range, check_run_id, check_sha256
+from video_kd.core.checks import (
+    check_bucket,
+    check_range,
+    check_run_id,
+    check_s3_prefix,
+    check_sha256,
+)
 from video_kd.distill.train_config import TrainOptions
 from video_kd.openmmlab.config import config_path
 from video_kd.steps import data_prep, evaluate, export, teacher, train
 
 # --------------------------------------------------------------------------- a run's parameters
 # The pipeline parameters whose checks need only the value itself or another parameter; the
-# rest (s3_prefix, image, reencode, the cluster object names) have nothing to check.
+# rest (image, reencode, the cluster object names) have nothing to check.
 SHA256_PARAMETERS = ('teacher_sha256', 'baseline_sha256', 'student_pretrained_sha256')
 
 
@@ -43,6 +49,8 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
         check_run_id(params['run_id'])
     if 's3_bucket' in params:
         check_bucket(params['s3_bucket'])
+    if 's3_prefix' in params:  # inside another run's directory: refused at the claim (S3)
+        check_s3_prefix(params['s3_prefix'])
     if 'dataset_uri' in params:
         data_prep.check_dataset_uri(params['dataset_uri'])
     for name in SHA256_PARAMETERS:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import multiprocessing.util
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -45,6 +47,33 @@ def scratch_dir(workdir: str | Path | None, step: str) -> Iterator[Path]:
             path.rmdir()
         raise
     shutil.rmtree(path, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def step_tmpdir(work: Path) -> Iterator[Path]:
+    """Temporary files of the step's own processes inside ``work/tmp``, removed at the end.
+
+    PyTorch's DataLoader workers are forked; a worker that needs multiprocessing's temp
+    directory (a ``pymp-*`` for the sockets that pass tensors' file descriptors) makes its
+    own when this process has none, and a worker ended by the loader's shutdown never
+    removes it: evaluation left one per worker in TMPDIR.  So this process's is made first
+    (forked workers share it; it is removed when this process exits), and TMPDIR points
+    into ``work`` for whatever else the step's processes create.
+    """
+    multiprocessing.util.get_temp_dir()  # before the redirect: not inside work/tmp
+    tmp = work / 'tmp'
+    tmp.mkdir(parents=True, exist_ok=True)
+    before_env, before_module = os.environ.get('TMPDIR'), tempfile.tempdir
+    os.environ['TMPDIR'] = tempfile.tempdir = str(tmp)
+    try:
+        yield tmp
+    finally:
+        tempfile.tempdir = before_module
+        if before_env is None:
+            os.environ.pop('TMPDIR', None)
+        else:
+            os.environ['TMPDIR'] = before_env
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def load_meta(value: str) -> dict[str, Any]:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import cast
 
 from video_kd.core.artifacts import Dataset, Reencoded
-from video_kd.core.checks import check_bucket, check_range, check_run_id
+from video_kd.core.checks import check_bucket, check_range, check_run_id, check_s3_prefix
 from video_kd.core.errors import UserError
 from video_kd.data import data_check, data_layout, data_stream, dataset, reencode
 from video_kd.runs import (
@@ -68,11 +68,12 @@ def run(
     gives the run id back.
     """
     check_bucket(bucket)
+    check_s3_prefix(prefix)
     check_dataset_uri(dataset_uri)  # a bad generate:// option is refused before the claim
+    checks = _Checks(*data_check.check_settings(min_frames, processes, max_unusable))
     layout = RunLayout(bucket, prefix, check_run_id(run_id) if run_id else new_run_id(job_id))
-    claim_run(layout, job_id)
+    claim_run(layout, job_id)  # also refuses a prefix inside another run's directory
     try:
-        checks = _Checks(min_frames, processes, max_unusable)
         meta = _prepare(dataset_uri, layout, workdir, checks, out_dir, reencode)
     except BaseException:
         release_claim(layout, job_id)  # only if nothing but the claim was written

@@ -13,7 +13,7 @@ from video_kd.data.data_stream import check_mounted
 from video_kd.distill import evaluate as mmaction_test
 from video_kd.openmmlab.config import config_path, teacher_config
 from video_kd.runs import RunLayout, publish, run_info
-from video_kd.steps.common import scratch_dir
+from video_kd.steps.common import scratch_dir, step_tmpdir
 from video_kd.steps.report import markdown_report, summarise_metrics
 from video_kd.storage import download
 from video_kd.storage.download import fetch_verified
@@ -39,7 +39,7 @@ def run(
 
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
-    with scratch_dir(workdir, 'eval') as work:
+    with scratch_dir(workdir, 'eval') as work, step_tmpdir(work):
         results = _evaluate_models(
             work, layout, data_meta, student, kd_config, teacher, student_config,
             baseline_url, baseline_sha256,

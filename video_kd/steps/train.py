@@ -16,7 +16,10 @@ step records what it did, its parameters included, in ``<run>/train/train.json``
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import hashlib
 import logging
+import re
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
@@ -191,11 +194,33 @@ def publish_config(
         path = train_config.save(cfg, Path(tmp) / train_config.CONFIG_NAME)
         try:
             return publish(layout, 'train', path, train_config.CONFIG_NAME).uri
-        except s3.ObjectExistsError as exc:
-            raise UserError(
-                f'{layout.uri("train", train_config.CONFIG_NAME)} holds another training config: '
-                'this run was trained with other settings; start a new run to change them'
-            ) from exc
+        except s3.ObjectExistsError:
+            return _same_config(layout, path)
+
+
+def _same_config(layout: RunLayout, path: Path) -> str:
+    """The stored ``train/config.py`` when it is byte for byte the one just resolved (a re-run
+    with the same settings: recorded in the manifest if an earlier attempt died before it
+    was); else one line naming the first setting that differs."""
+    uri = layout.uri('train', train_config.CONFIG_NAME)
+    stored, ours = s3.read_bytes(uri), path.read_bytes()
+    if stored == ours:
+        digest = hashlib.sha256(ours).hexdigest()
+        Manifest.load(layout).record_stored('train', uri, digest, len(ours))
+        return uri
+    old_lines, new_lines = stored.decode(errors='replace'), ours.decode(errors='replace')
+    changed = next(
+        (
+            line[1:].strip()
+            for line in difflib.unified_diff(old_lines.splitlines(), new_lines.splitlines(), n=0)
+            if line[:1] in '+-' and not line.startswith(('+++', '---')) and line[1:].strip()
+        ),
+        '?',
+    )
+    raise UserError(
+        f'{uri} holds another training config (first difference: {changed[:120]!r}): '
+        'this run was trained with other settings; start a new run to change them'
+    )
 
 
 def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> tuple[str, str]:
@@ -305,5 +330,30 @@ def error_line(log_path: Path) -> str:
     for pattern in ('error: ', 'Error: ', 'Error', 'exitcode'):
         hits = [ln for ln in lines if pattern in ln]
         if hits:
-            return hits[-1][-300:]
-    return lines[-1][-300:] if lines else 'no output'
+            return clip_line(hits[-1])
+    return clip_line(lines[-1]) if lines else 'no output'
+
+
+ERROR_LINE_MAX = 300
+_EXCEPTION_NAME = re.compile(r'\b[A-Za-z_][\w.]*(?:Error|Exception|Interrupt): ')
+
+
+def clip_line(line: str, limit: int = ERROR_LINE_MAX) -> str:
+    """A log line cut to ``limit`` characters at word boundaries, "..." where cut: from the
+    last exception name on when there is one (``ValueError: ...``, the part that says
+    what went wrong; a long message keeps its start), else the line's end."""
+    if len(line) <= limit:
+        return line
+    named = list(_EXCEPTION_NAME.finditer(line))
+    if named:
+        start = named[-1].start()
+        text = line[start:]
+        lead = '... ' if start else ''
+        if len(lead) + len(text) <= limit:
+            return lead + text
+        head = text[: limit - len(lead) - 4]
+        cut = head.rfind(' ')
+        return lead + (head[:cut] if cut > len(head) // 2 else head) + ' ...'
+    tail = line[-(limit - 4) :]
+    cut = tail.find(' ')
+    return '... ' + (tail[cut + 1 :] if 0 <= cut < len(tail) // 2 else tail)
