@@ -648,13 +648,19 @@ def test_a_training_pod_without_the_pvc_stops_in_one_line(
 ):
     """A mounted-path dataset missing in the pod: one line before anything is fetched,
     not every video skipped and "the dataset is broken" 20 reads later."""
+    import hashlib
+
     from video_kd.core.errors import run_cli
     from video_kd.distill import train_pod
+    from video_kd.runs import Manifest, RunLayout
 
     monkeypatch.delenv('VIDEO_KD_PVC_MOUNT', raising=False)
     missing = tmp_path / 'cache' / 'k400' / 'videos_train'
     meta_uri = f's3://{bucket}/run/data/dataset.json'
-    s3.put_bytes(meta_uri, json.dumps(_mounted_meta(str(missing), 's3://b/k/val')).encode())
+    body = json.dumps(_mounted_meta(str(missing), 's3://b/k/val')).encode()
+    s3.put_bytes(meta_uri, body)  # as data prep leaves it: stored and in the run's manifest
+    manifest = Manifest.load(RunLayout.from_root(f's3://{bucket}/run'))
+    manifest.record_stored('data', meta_uri, hashlib.sha256(body).hexdigest(), len(body))
     argv = [
         *(f's3://{bucket}/run/train/config.py', '--run-root', f's3://{bucket}/run'),
         *('--data-meta', meta_uri, '--teacher', f's3://{bucket}/run/teacher/t.pth'),
@@ -670,8 +676,13 @@ def test_a_training_pod_without_the_pvc_stops_in_one_line(
 
     missing.mkdir(parents=True)  # mounted: the pod goes on (to the config, absent here)
     assert run_cli(train_pod.main, argv) == 2
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f'error: cannot download s3://{bucket}/run/train/config.py: no such object'
+    assert (
+        capsys.readouterr()
+        .err.strip()
+        .splitlines()[-1]
+        .startswith(
+            f'error: refusing s3://{bucket}/run/train/config.py: it is not in the run manifest'
+        )
     )
 
 
