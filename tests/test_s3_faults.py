@@ -362,7 +362,8 @@ def test_an_outage_mid_epoch_stops_the_loader_within_the_bound(outage, kind):
         assert dataset[0] and dataset[1]  # mid-epoch: two videos read
     outage.start()
     with ThreadPoolExecutor(len(datasets)) as pool:
-        outcomes = dict(zip(datasets, pool.map(lambda d: timed(lambda: d[2]), datasets.values())))
+        reads = pool.map(lambda dataset: timed(lambda: dataset[2]), datasets.values())
+        outcomes = dict(zip(datasets, reads, strict=True))
     endpoint = outage.proxy.url if kind == '503' else outage.server.endpoint
     for mode, (error, took) in outcomes.items():
         assert isinstance(error, StorageUnavailableError), (mode, error)
@@ -415,9 +416,7 @@ def test_an_outage_in_a_loader_worker_is_one_line_and_exit_status_75(outage, cap
         next(iter(loader))
 
 
-@pytest.mark.parametrize(
-    ('kind', 'processes'), [('killed', 2), ('503', 2), ('frozen', 1)]
-)
+@pytest.mark.parametrize(('kind', 'processes'), [('killed', 2), ('503', 2), ('frozen', 1)])
 def test_an_outage_mid_data_prep_stops_it_within_the_bound(
     outage, kind, processes, tmp_path, monkeypatch
 ):
