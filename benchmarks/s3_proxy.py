@@ -10,6 +10,7 @@ throttling store (503 SlowDown) does::
     ...
     proxy.counts['GET']          # requests by method
     proxy.fail_next(3)           # the next 3 requests get 503 SlowDown
+    proxy.fail_all(after=2)      # an outage: every request after the next 2 gets 503
     proxy.stop()
 
 One thread per client connection (keep-alive, as boto3 uses them), one
@@ -44,6 +45,7 @@ class S3Proxy:
         self.paths: collections.Counter[str] = collections.Counter()
         self._failures = 0
         self._fail_paths: collections.Counter[str] = collections.Counter()
+        self._outage: list | None = None  # [path text, requests still served]
         self._lock = threading.Lock()
         self._server = http.server.ThreadingHTTPServer(('127.0.0.1', port), self._handler())
         self._server.daemon_threads = True
@@ -69,6 +71,12 @@ class S3Proxy:
             else:
                 self._failures += times
 
+    def fail_all(self, after: int = 0, path_contains: str = '') -> None:
+        """An outage that lasts: answer every request (whose path contains the text) with 503,
+        once ``after`` more of them were served."""
+        with self._lock:
+            self._outage = [path_contains, after]
+
     def reset_counts(self) -> None:
         with self._lock:
             self.counts.clear()
@@ -86,6 +94,10 @@ class S3Proxy:
             if self._failures:
                 self._failures -= 1
                 return True
+            if self._outage is not None and self._outage[0] in path:
+                if self._outage[1] <= 0:
+                    return True
+                self._outage[1] -= 1
             return False
 
     def _handler(self):

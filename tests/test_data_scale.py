@@ -554,6 +554,35 @@ def test_training_streams_from_s3_and_skips_a_vanished_video(
 
 
 @pytest.mark.slow
+def test_training_stops_with_exit_status_75_when_s3_goes_out_mid_epoch(
+    small_tree, bucket, s3_env, proxy, tmp_path, capsys
+):
+    """Issue 25: S3 out mid-epoch (here: 503 on every video GET after the first two) ended
+    training with "the dataset is broken", exit 2. A real training, its forked loader worker
+    included: one line, exit status 75 (the launcher retries it), within a read's budget."""
+    import time
+
+    from video_kd.core.errors import TEMPORARY_FAILURE, run_cli
+    from video_kd.storage.s3_policy import S3Policy
+
+    uri = upload_tree(small_tree['video-kd'], bucket, 'd', s3_env)
+    meta = prepare(uri, tmp_path / 'prep', f's3://{bucket}/run/data')
+    proxy.fail_all(after=2, path_contains='.mp4')
+    start = time.monotonic()
+    assert run_cli(lambda: train_one_epoch(meta, tmp_path / 'work')) == TEMPORARY_FAILURE
+    took = time.monotonic() - start
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert re.match(
+        rf'error: cannot read {uri}/videos/\S+\.mp4: SlowDown Please reduce your request rate\. '
+        r'\(after 3 attempts\); the data loader stopped: S3 is unavailable, the videos are not '
+        r'unreadable \(re-run the step once it is back\)$',
+        line,
+    ), line
+    # building the runner takes a few seconds of it; the outage itself ends within a read
+    assert took <= S3Policy.from_env().request_budget_s(), took
+
+
+@pytest.mark.slow
 def test_a_mounted_dataset_trains_from_its_path(small_tree, tmp_path):
     meta = prepare(str(small_tree['video-kd']), tmp_path / 'prep')
     assert meta['splits']['val']['videos_uri'] == str(small_tree['video-kd'] / 'videos')
@@ -837,3 +866,61 @@ def test_skips_are_counted_across_loader_workers_and_logged_per_epoch(small_tree
         f'epoch 1: training skipped {skipped} unreadable videos of the {read} read '
         f'(all loader workers; {skipped} so far)'
     ]
+
+
+def test_an_outage_is_not_an_unreadable_video():
+    """Issue 25: ``S3UnavailableError`` (and 5xx past the retries) counted as unreadable."""
+    from botocore.exceptions import ClientError
+    from decord import DECORDError
+
+    from video_kd.data.data_stream import is_outage, is_read_error
+
+    def mapped(status: int, code: str) -> s3.S3Error:  # what s3.errors makes of an answer
+        answer = {'Error': {'Code': code, 'Message': ''}, 'ResponseMetadata': {}}
+        answer['ResponseMetadata']['HTTPStatusCode'] = status
+        with pytest.raises(s3.S3Error) as caught, s3.errors('read', 's3://b/v.mp4'):
+            raise ClientError(answer, 'GetObject')
+        return caught.value
+
+    outages = [
+        s3.S3UnavailableError('cannot read s3://b/v.mp4: cannot connect to the S3 server'),
+        mapped(503, 'SlowDown'),
+        mapped(500, 'InternalError'),
+        mapped(429, 'TooManyRequests'),
+    ]
+    for error in outages:
+        assert isinstance(error, s3.S3UnavailableError) and error.exit_status == 75, error
+        assert is_outage(error) and not is_read_error(error), error
+    unreadable = [
+        s3.ObjectNotFoundError('cannot read s3://b/v.mp4: no such object'),
+        mapped(403, 'AccessDenied'),
+        FileNotFoundError('/mnt/v.mp4'),
+        DECORDError('cannot decode'),
+    ]
+    for error in unreadable:
+        assert is_read_error(error) and not is_outage(error), error
+    assert not is_read_error(KeyError('total_frames'))  # a pipeline bug
+
+
+def test_the_unreadable_tally_judges_the_last_reads():
+    """A late-epoch failure is judged on recent reads, not on every read since the start."""
+    from video_kd.data.data_stream import MIN_READS_BEFORE_STOP, _Tally, too_many_unreadable
+
+    tally = _Tally(window=100)
+    for _ in range(10_000):  # a long good epoch
+        tally.record(unreadable=False)
+    for bad in range(1, 52):  # then everything goes bad
+        recent = tally.record(unreadable=True)
+        assert too_many_unreadable(*recent, 0.5) is (bad == 51), (bad, recent)
+    assert recent == (100, 51)  # 51 of the last 100: stopped after 51 reads, not ~10,000
+    assert tally.totals() == (10_051, 51)  # the per-epoch log's counts: all of them
+
+    early = _Tally(window=100)  # before the window is full: all reads so far, and a minimum
+    for _ in range(MIN_READS_BEFORE_STOP - 1):
+        assert not too_many_unreadable(*early.record(unreadable=True), 0.5)
+    assert too_many_unreadable(*early.record(unreadable=True), 0.5)
+
+    steady = _Tally(window=100)  # 30% unreadable, spread out: never "most of them"
+    for read in range(1000):
+        assert not too_many_unreadable(*steady.record(unreadable=read % 10 < 3), 0.5)
+    assert steady.recent() == (100, 30)

@@ -127,7 +127,7 @@ def test_every_fault_matrix_row_names_tests_that_exist():
 
 
 def test_the_fault_matrix_covers_the_reported_cases():
-    """Issue 15's cases and issue 14's bad export inputs each have a row."""
+    """Issue 15's cases, issue 14's bad export inputs and issue 25's outages each have a row."""
     matrix = ' '.join(' '.join(row) for row in fault_matrix_rows())
     for needle in (
         "`' '`",  # the run id of one space
@@ -140,6 +140,9 @@ def test_the_fault_matrix_covers_the_reported_cases():
         'ONNX Runtime disagrees with PyTorch',
         'a missing training log',
         'a teacher step into a directory nobody claimed',
+        'an S3 outage while the data loaders read videos',  # issue 25
+        'an S3 outage during data prep',
+        'a dataset that goes bad late in a long epoch',
     ):
         assert needle in matrix, needle
 

@@ -19,6 +19,7 @@ import hashlib
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -27,6 +28,8 @@ from types import SimpleNamespace
 
 import pytest
 from s3_servers import MotoServer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / 'benchmarks'))
 
 from video_kd.core.errors import TEMPORARY_FAILURE, one_line
 from video_kd.distill import s3_hook
@@ -246,6 +249,231 @@ def test_a_body_cut_short_is_fetched_again(server, caplog):
     lines = retry_lines(caplog)
     assert len(lines) == 1
     assert lines[0].startswith(f'S3 GET {uri}: retrying (attempt 2) after ReadTimeoutError')
+
+
+# --------------------------------------------------------------------------- data during an outage
+# Issue 25: an S3 outage was counted as unreadable videos. A server killed mid-epoch ended
+# training with "the dataset is broken" (exit 2) ~20 reads later; a frozen one skipped a video
+# per request budget and never stopped; evaluation's stalled reads exited 2. Now the first read
+# the outage fails stops the loader (training, validation, evaluation) or data prep: one line,
+# exit status 75, within the policy's request budget, nothing counted as unreadable.
+# Each case is the dataset class (or data prep) with a real moto server, no training.
+OUTAGES = ['killed', 'frozen', '503']
+
+
+@pytest.fixture(scope='module')
+def tiny_videos(tmp_path_factory) -> Path:
+    from video_kd.data.dataset import generate_dataset
+
+    root = tmp_path_factory.mktemp('outage') / 'd'
+    return generate_dataset(root, num_classes=2, train_per_class=3, val_per_class=2, size=64)
+
+
+@pytest.fixture
+def outage(server, tiny_videos, monkeypatch):
+    """The tiny dataset on the private server, and a way to start an outage of a given kind.
+
+    killed: the server stopped (connections refused); frozen: SIGSTOP (accepted, never
+    answered; thawed on the way out); 503: a proxy in front of it answers every request with
+    503 SlowDown (what botocore retries, then gives up on)."""
+    from s3_proxy import S3Proxy
+
+    client = server.client()
+    for path in sorted(p for p in tiny_videos.rglob('*') if p.is_file()):
+        key = f'd/{path.relative_to(tiny_videos).as_posix()}'
+        client.upload_file(str(path), server.bucket, key)
+    proxy = S3Proxy(server.endpoint).start()
+    state = SimpleNamespace(uri=f's3://{server.bucket}/d', server=server, proxy=proxy, kind='')
+
+    def use(kind: str) -> None:  # the endpoint the code under test talks to
+        state.kind = kind
+        monkeypatch.setenv('S3_ENDPOINT_URL', proxy.url if kind == '503' else server.endpoint)
+
+    def start() -> None:
+        {'killed': server.stop, 'frozen': server.freeze, '503': proxy.fail_all}[state.kind]()
+
+    state.use, state.start = use, start
+    try:
+        yield state
+    finally:
+        if state.kind == 'frozen':
+            server.thaw()
+        proxy.stop()
+
+
+MODES = {  # the loaders' dataset settings: use_dataset's
+    'training': dict(test_mode=False),
+    'validation': dict(test_mode=True, skip_unreadable=True),
+    'evaluation': dict(test_mode=True, skip_unreadable=False),
+}
+
+
+def streaming_dataset(uri: str, mode: str):
+    """The loaders' dataset, streaming the tiny dataset's videos from S3 as use_dataset sets
+    it up (its list read from S3 when it is built)."""
+    from mmengine.registry import init_default_scope
+
+    from video_kd.data.data_stream import StreamingVideoDataset
+    from video_kd.openmmlab.runtime import register_all_modules
+
+    register_all_modules()
+    init_default_scope('mmaction')
+    s3_fileio.register()
+    settings = MODES[mode]
+    sample = dict(type='SampleFrames', clip_len=1, frame_interval=1, num_clips=2)
+    pipeline = [
+        dict(type='DecordInit', io_backend=s3_fileio.BACKEND_NAME),
+        dict(sample, test_mode=settings['test_mode']),
+        dict(type='DecordDecode'),
+    ]
+    return StreamingVideoDataset(
+        ann_file=f'{uri}/train_list.txt',
+        pipeline=pipeline,
+        data_prefix={'video': f'{uri}/videos'},
+        **settings,
+    )
+
+
+def assert_outage_line(error: BaseException, kind: str, endpoint: str, stopped: str) -> None:
+    """One line, exit status 75, naming the object and the outage's cause."""
+    assert error.exit_status == TEMPORARY_FAILURE, error
+    assert str(error) == one_line(error)
+    cause = {
+        'killed': f'cannot connect to the S3 server at {endpoint}',
+        'frozen': f'the S3 server at {endpoint} did not answer within 2 s (2 attempts)',
+        '503': 'SlowDown Please reduce your request rate. (after 2 attempts)',
+    }[kind]
+    assert cause in str(error), str(error)
+    assert str(error).startswith('cannot read s3://'), str(error)
+    assert f'{stopped} stopped: S3 is unavailable' in str(error), str(error)
+
+
+@pytest.mark.parametrize('kind', OUTAGES)
+def test_an_outage_mid_epoch_stops_the_loader_within_the_bound(outage, kind):
+    """The training, validation and evaluation loaders' datasets, each two videos into its
+    epoch when the outage starts, each reading its next video at once (threads)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from video_kd.data.data_stream import StorageUnavailableError
+
+    outage.use(kind)
+    datasets = {mode: streaming_dataset(outage.uri, mode) for mode in MODES}
+    for dataset in datasets.values():
+        assert dataset[0] and dataset[1]  # mid-epoch: two videos read
+    outage.start()
+    with ThreadPoolExecutor(len(datasets)) as pool:
+        reads = pool.map(lambda dataset: timed(lambda: dataset[2]), datasets.values())
+        outcomes = dict(zip(datasets, reads, strict=True))
+    endpoint = outage.proxy.url if kind == '503' else outage.server.endpoint
+    for mode, (error, took) in outcomes.items():
+        assert isinstance(error, StorageUnavailableError), (mode, error)
+        assert_outage_line(error, kind, endpoint, 'the data loader')
+        assert took <= S3Policy.from_env().request_budget_s() + SLACK_S, (mode, took)
+        # nothing counted as unreadable, nothing skipped
+        assert (datasets[mode].reads, datasets[mode].unreadable) == (2, 0), mode
+
+
+def test_a_brief_freeze_mid_epoch_is_ridden_out(outage, caplog):
+    caplog.set_level(logging.WARNING, logger='video_kd')
+    outage.use('frozen')
+    dataset = streaming_dataset(outage.uri, 'training')
+    assert dataset[0]
+    outage.server.freeze()  # past the first attempt's 2 s read timeout, within the second's
+    threading.Timer(3.0, outage.server.thaw).start()
+    sample = dataset[1]
+    assert sample['filename'].endswith(dataset.get_data_info(1)['filename'].rsplit('/', 1)[1])
+    assert (dataset.reads, dataset.unreadable) == (2, 0)
+    assert retry_lines(caplog) and 'ReadTimeoutError' in retry_lines(caplog)[0]
+    assert not any('skipped' in m for m in caplog.messages)
+
+
+def test_an_outage_in_a_loader_worker_is_one_line_and_exit_status_75(outage, capsys):
+    """Through a forked DataLoader worker, which torch re-raises as ``type(message)``."""
+    from torch.utils.data import DataLoader
+
+    from video_kd.core.errors import run_cli
+    from video_kd.data.data_stream import StorageUnavailableError
+
+    outage.use('killed')
+    dataset = streaming_dataset(outage.uri, 'training')
+    loader = DataLoader(dataset, batch_size=1, num_workers=1, collate_fn=lambda batch: batch)
+    batches = iter(loader)
+    assert next(batches)
+    outage.start()
+    start = time.monotonic()
+
+    def read_on():
+        for _ in batches:
+            pass
+
+    assert run_cli(read_on) == TEMPORARY_FAILURE
+    took = time.monotonic() - start
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith('error: cannot read s3://'), line
+    assert 'the data loader stopped: S3 is unavailable' in line and 'Caught' not in line
+    assert took <= S3Policy.from_env().request_budget_s() + SLACK_S
+    with pytest.raises(StorageUnavailableError):  # the class survives the worker's re-raise
+        next(iter(loader))
+
+
+@pytest.mark.parametrize(('kind', 'processes'), [('killed', 2), ('503', 2), ('frozen', 1)])
+def test_an_outage_mid_data_prep_stops_it_within_the_bound(
+    outage, kind, processes, tmp_path, monkeypatch
+):
+    """After the listing; with one process, after the first verdicts (whose cache batch is
+    then not written to the frozen store: that would wait another request budget)."""
+    from video_kd.data import data_check, data_layout
+
+    outage.use(kind)
+    real_check = data_check.check_videos
+    started = []
+
+    def outage_mid_check(objects, *args, on_verdicts=None, **kwargs):
+        def arrived(done):
+            on_verdicts(done)
+            if not started:
+                started.append(time.monotonic())
+                outage.start()
+
+        if processes > 1:
+            started.append(time.monotonic())
+            outage.start()
+        return real_check(objects, *args, on_verdicts=arrived, **kwargs)
+
+    monkeypatch.setattr(data_check, 'check_videos', outage_mid_check)
+    source = data_layout.resolve(outage.uri)
+    cache = f'{outage.uri}-cache'
+    with pytest.raises(s3.S3UnavailableError) as caught:
+        data_check.validate_source(source, tmp_path / 'out', cache, processes=processes, threads=1)
+    took = time.monotonic() - started[0]
+    endpoint = outage.proxy.url if kind == '503' else outage.server.endpoint
+    assert_outage_line(caught.value, kind, endpoint, 'data prep')
+    assert not isinstance(caught.value, data_check.DataCheckError)
+    assert took <= S3Policy.from_env().request_budget_s() + SLACK_S
+    assert not (tmp_path / 'out').exists()  # no lists: nothing shrunk
+
+
+def test_data_prep_keeps_its_claim_while_s3_is_out(monkeypatch):
+    """Releasing the claim lists and reads the run directory: during an outage that waited
+    another request budget, then failed. A retry of the same KFP run continues its claim."""
+    from video_kd.steps import data_prep
+
+    released = []
+    monkeypatch.setattr(data_prep, 'claim_run', lambda layout, job_id: None)
+    monkeypatch.setattr(data_prep, 'release_claim', lambda layout, job_id: released.append(1))
+    for error, release in (
+        (s3.S3UnavailableError('cannot read s3://b/d/v.mp4: cannot connect'), False),
+        (data_prep.data_check.DataCheckError('dataset s3://b/d: 1 of 2 ...'), True),
+    ):
+        released.clear()
+
+        def fail(*_, error=error):
+            raise error
+
+        monkeypatch.setattr(data_prep, '_prepare', fail)
+        with pytest.raises(type(error)):
+            data_prep.run('s3://bucket-x/d', 'bucket-x', 'kd', run_id='run-1', job_id='job-1')
+        assert bool(released) is release
 
 
 # --------------------------------------------------------------------------- manifest saves

@@ -22,11 +22,17 @@
   is killed keeps what it checked; an unchanged dataset is checked again in
   the time of its listing; a grown one checks only its new objects.  Batches
   are merged when many (dropping the verdicts of objects no longer listed).
-* Read failures (S3 failing past its retries, an object gone since the
-  listing) are not cached: they may pass.  Any of them stops data prep with
-  the count ("re-run data prep"), as does a split with more than
+* Read failures (an object gone since the listing, a file a mounted volume
+  cannot read) are not cached: they may pass.  Any of them stops data prep
+  with the count ("re-run data prep"), as does a split with more than
   ``max_unusable`` (default 50%) unusable entries: a dataset that is mostly
   unreadable is not silently shrunk.
+* An S3 outage (refused, reset, no answer, 5xx / 429 past the policy's
+  retries) is no verdict on any video: the first read it fails stops data
+  prep at once with ``s3.S3UnavailableError`` (one line, exit status 75),
+  within ``S3Policy.request_budget_s()`` (63 s by default) of the outage; the
+  checking processes are stopped and the cache is not written to the
+  unavailable store (a re-run checks those videos again).
 * Progress is one line every few seconds: ``validated 1200/20000 videos, 85/s, ETA 3m40s``.
 """
 
@@ -49,7 +55,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from video_kd.core.checks import check_number, check_range
-from video_kd.core.errors import UserError, setup_logging
+from video_kd.core.errors import UserError, one_line, setup_logging
 from video_kd.core.progress import Progress
 from video_kd.data.data_layout import (
     CLASSES_FILE,
@@ -261,11 +267,19 @@ def ffmpeg_error(data: bytes) -> str:
 
 
 def _fetch(uri: str) -> tuple[bytes | None, str | None]:
-    """The video's bytes, or why they could not be read (a read failure: not cached)."""
+    """The video's bytes, or why they could not be read (a read failure: not cached).
+
+    An S3 outage is raised (``s3.S3UnavailableError``): it says nothing about the video.
+    """
     try:
         if uri.startswith('s3://'):
             return s3_fileio.get_object_bytes(uri), None
         return Path(uri).read_bytes(), None
+    except s3.S3UnavailableError as error:
+        raise s3.S3UnavailableError(
+            f'{one_line(error)}; data prep stopped: S3 is unavailable, the videos are not '
+            'unusable (re-run data prep once it is back)'
+        ) from None  # pickled back from a checking process: the message is what counts
     except (s3.S3Error, OSError) as error:
         message = str(error)  # an S3 error's already reads "cannot read <uri>: ..."
         named = message.startswith(f'{READ_FAILED} {uri}')
@@ -558,8 +572,11 @@ def _check_and_cache(
 
     try:
         check_videos(todo, min_frames, processes, threads, on_verdicts=arrived)
-    finally:
-        cache.flush()
+    except BaseException as error:
+        if not s3.is_transient(error):  # S3 is out: a write would wait another request budget
+            cache.flush()
+        raise
+    cache.flush()
     return fresh
 
 

@@ -6,22 +6,33 @@ video roots may be ``s3://`` URIs or paths on a mounted volume (PVC).  Nothing
 is downloaded first: each data loader worker GETs a video when it needs it
 (``video_kd.storage.s3_fileio``), so a pod's disk use does not grow with the dataset.
 
-A video that cannot be read during training (deleted since data prep, S3
-failing past its retries, undecodable) is skipped and counted; the epoch goes
-on.  The training loader draws another video instead (mmengine's refetch);
+A video that cannot be read during training (deleted since data prep,
+undecodable, a file a mounted volume cannot read) is skipped and counted; the
+epoch goes on.  The training loader draws another video instead (mmengine's refetch);
 the validation loader inside training reads the next readable one in the
 list (its metrics then count that one twice).  The counts are shared by a
 loader's worker processes, and ``UnreadableVideosHook`` logs after each
 training epoch and each validation how many were skipped (all the loader's
 workers in this process together).  When more than ``max_unreadable`` of
-the videos a loader read were unreadable, the dataset is broken rather than
-unlucky, and training stops with the count.  Standalone evaluation (the
-``test_dataloader``) never skips: its metrics must cover every listed video,
-so an unreadable one stops it with the object's name.
+the loader's last ``UNREADABLE_WINDOW`` reads (all of them, before it has made
+that many) were unreadable, the dataset is broken rather than unlucky, and
+training stops with the count (exit status 2): judged on recent reads, so a
+dataset that goes bad late in a long epoch stops as soon as one that is bad
+from the start.  Standalone evaluation (the ``test_dataloader``) never skips:
+its metrics must cover every listed video, so an unreadable one stops it with
+the object's name.
 
-Only read and decode errors count as unreadable (``is_read_error``: S3 errors,
-OS errors, decord's); any other exception is a bug in the config or the
-pipeline and stops training as it is.
+An S3 outage is not an unreadable video: a read that failed because the
+server refused or reset the connection, stopped answering, or answered 5xx /
+429 to every attempt (``s3.S3UnavailableError``, after the policy's retries)
+stops training, validation and evaluation alike at once with
+``StorageUnavailableError``: one line, exit status 75 (``TEMPORARY_FAILURE``:
+the launcher retries it), within ``S3Policy.request_budget_s()`` (63 s by
+default) of the outage, and nothing is counted or skipped.
+
+Only read and decode errors count as unreadable (``is_read_error``: S3 errors
+other than an outage, OS errors, decord's); any other exception is a bug in
+the config or the pipeline and stops training as it is.
 """
 
 from __future__ import annotations
@@ -46,7 +57,7 @@ from video_kd.core.artifacts import (
     split_list_uri,
     split_videos_uri,
 )
-from video_kd.core.errors import UserError, one_line
+from video_kd.core.errors import TEMPORARY_FAILURE, UserError, one_line
 from video_kd.data.data_check import CLASSES_NAME, LIST_NAMES, REPORT_NAME
 from video_kd.data.data_layout import DatasetSource
 from video_kd.data.dataset import TRAIN_LIST, VAL_LIST, VIDEO_DIR, DatasetError, read_classes
@@ -63,6 +74,11 @@ SKIP_HOOK_TYPE = 'UnreadableVideosHook'
 SPLIT_OF_LOADER = {'train_dataloader': 'train', 'val_dataloader': 'val', 'test_dataloader': 'val'}
 SKIPPING_LOADERS = ('train_dataloader', 'val_dataloader')  # inside training; not evaluation
 MIN_READS_BEFORE_STOP = 20  # a few bad videos early on must not look like "most of them"
+# The stop is judged on a loader's last this-many reads: a dataset that goes bad late in an
+# epoch of 240k videos stops within ~UNREADABLE_WINDOW reads, not after 240k.  Large enough
+# that a dataset with 30% unreadable videos never looks like "more than 50%" by chance (a
+# window of 200 reads holds > 100 unreadable ones with a chance of ~1e-9).
+UNREADABLE_WINDOW = 200
 
 
 class LoaderError(UserError):
@@ -85,6 +101,17 @@ class VideoReadError(LoaderError):
     """A video of the evaluation set could not be read."""
 
 
+class StorageUnavailableError(LoaderError, s3.S3UnavailableError):
+    """S3 was out (refused, reset, stalled, 5xx) while a data loader read a video.
+
+    Exit status 75 (``s3.S3UnavailableError``'s): the step is worth retrying,
+    the dataset is not broken.  A ``LoaderError`` so that the line survives a
+    DataLoader worker's re-raise.
+    """
+
+    exit_status = TEMPORARY_FAILURE
+
+
 class DatasetNotMountedError(UserError):
     """A dataset on a mounted path (a PVC) that this pod does not have."""
 
@@ -96,14 +123,23 @@ def _original_message(message: str) -> str:
     return last.split(': ', 1)[1] if ': ' in last else last
 
 
+def is_outage(error: BaseException) -> bool:
+    """Whether ``error`` says S3 is out (after the policy's retries), not that a video is bad:
+    refused, reset, no answer, 5xx / 429 (``s3.is_transient``)."""
+    return s3.is_transient(error)
+
+
 def is_read_error(error: BaseException) -> bool:
     """Whether ``error`` says a video could not be fetched or decoded (not a config bug).
 
-    S3 errors (after their retries), OS errors (a file on a mounted volume),
-    decord's ``DECORDError``, and the bare ``RuntimeError`` that decord's
-    Python code raises on data it cannot parse (recognised by where it was
-    raised: a ``RuntimeError`` from anywhere else is a bug, not a video).
+    S3 errors that are about the object (missing, forbidden; never an outage:
+    ``is_outage``), OS errors (a file on a mounted volume), decord's
+    ``DECORDError``, and the bare ``RuntimeError`` that decord's Python code
+    raises on data it cannot parse (recognised by where it was raised: a
+    ``RuntimeError`` from anywhere else is a bug, not a video).
     """
+    if is_outage(error):
+        return False
     if isinstance(error, (s3.S3Error, OSError, DECORDError)):
         return True
     return isinstance(error, RuntimeError) and _raised_in(error, 'decord')
@@ -120,27 +156,51 @@ def _raised_in(error: BaseException, package: str) -> bool:
 
 
 class _Tally:
-    """Videos read and unreadable, summed over the processes that share a dataset.
+    """Videos read and unreadable, summed over the processes that share a dataset: in all,
+    and over the last ``window`` reads (what the stop is judged on).
 
     Shared memory made with the dataset, before its DataLoader starts the
-    workers: every worker's copy adds to the same two numbers, so the main
-    process sees the loader's totals (the per-epoch log, the stop).
+    workers: every worker's copy adds to the same numbers, so the main process
+    sees the loader's totals (the per-epoch log, the stop).  The window is a
+    ring of the last reads' outcomes (1: unreadable) and their sum.
     """
 
-    def __init__(self) -> None:
-        self._values = multiprocessing.Array('q', 2)  # reads, unreadable
+    _READS, _UNREADABLE, _RECENT_UNREADABLE, _RING = 0, 1, 2, 3
+
+    def __init__(self, window: int = UNREADABLE_WINDOW) -> None:
+        self.window = max(1, window)
+        self._values = multiprocessing.Array('q', self._RING + self.window)
 
     def __deepcopy__(self, memo: dict) -> _Tally:
         return self  # a copy of the dataset counts with it (shared memory is not copied)
 
-    def add(self, reads: int, unreadable: int = 0) -> tuple[int, int]:
-        with self._values.get_lock():
-            self._values[0] += reads
-            self._values[1] += unreadable
-            return self._values[0], self._values[1]
+    def record(self, unreadable: bool) -> tuple[int, int]:
+        """Count one read; returns (reads, unreadable) over the last ``window`` reads."""
+        outcome = int(unreadable)
+        values = self._values
+        with values.get_lock():
+            slot = self._RING + values[self._READS] % self.window
+            values[self._RECENT_UNREADABLE] += outcome - values[slot]
+            values[slot] = outcome
+            values[self._READS] += 1
+            values[self._UNREADABLE] += outcome
+            return min(values[self._READS], self.window), values[self._RECENT_UNREADABLE]
 
     def totals(self) -> tuple[int, int]:
-        return self.add(0)
+        """(reads, unreadable) since the loader was made."""
+        with self._values.get_lock():
+            return self._values[self._READS], self._values[self._UNREADABLE]
+
+    def recent(self) -> tuple[int, int]:
+        """(reads, unreadable) over the last ``window`` reads."""
+        with self._values.get_lock():
+            reads = min(self._values[self._READS], self.window)
+            return reads, self._values[self._RECENT_UNREADABLE]
+
+
+def too_many_unreadable(reads: int, unreadable: int, max_unreadable: float) -> bool:
+    """The stop rule, on a window's counts: enough reads to judge, and more than the share."""
+    return reads >= MIN_READS_BEFORE_STOP and unreadable > max_unreadable * reads
 
 
 @DATASETS.register_module()
@@ -193,10 +253,17 @@ class StreamingVideoDataset(VideoDataset):
         try:
             data = super().prepare_data(idx)
         except Exception as error:
-            if isinstance(error, LoaderError) or not is_read_error(error):
+            if isinstance(error, LoaderError):
+                raise
+            if is_outage(error):  # S3 is out: stop now, count and skip nothing
+                raise StorageUnavailableError(
+                    f'{one_line(error)}; the data loader stopped: S3 is unavailable, the '
+                    'videos are not unreadable (re-run the step once it is back)'
+                ) from error
+            if not is_read_error(error):
                 raise  # a config or pipeline bug is not an unreadable video
             return self._unreadable(idx, error)
-        self.tally.add(reads=1)
+        self.tally.record(unreadable=False)
         return data
 
     def _unreadable(self, idx: int, error: Exception) -> None:
@@ -206,19 +273,24 @@ class StreamingVideoDataset(VideoDataset):
             named = reason.startswith('cannot ') and filename in reason
             message = reason if named else f'cannot read {filename}: {reason}'
             raise VideoReadError(message) from error
-        reads, unreadable = self.tally.add(reads=1, unreadable=1)
+        reads, unreadable = self.tally.record(unreadable=True)
         log.warning(
-            'skipped %s: %s (%d of %d videos unreadable in this loader)',
+            'skipped %s: %s (%d of the last %d videos unreadable in this loader)',
             filename,
             reason,
             unreadable,
             reads,
         )
-        if reads >= MIN_READS_BEFORE_STOP and unreadable > self.max_unreadable * reads:
+        if too_many_unreadable(reads, unreadable, self.max_unreadable):
+            window = (
+                f'in its last {reads} reads'
+                if self.tally.totals()[0] > reads
+                else 'since it started'
+            )
             raise DatasetUnreadableError(
                 f'{unreadable} of {reads} videos read by the data loader of {self.ann_file} could '
-                f'not be read (more than {self.max_unreadable:.0%}): the dataset is broken; '
-                f'last: {filename}: {reason}'
+                f'not be read (more than {self.max_unreadable:.0%}) {window}: the dataset is '
+                f'broken; last: {filename}: {reason}'
             )
         return None  # mmengine's BaseDataset then draws another index
 

@@ -23,6 +23,7 @@ from video_kd.runs import (
     run_info,
 )
 from video_kd.steps.common import scratch_dir
+from video_kd.storage import s3
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +66,7 @@ def run(
     limit, ``data_check.usable_cpus``).  A read failure, or a split with more
     than ``max_unusable`` unusable entries, stops with the counts
     (``data_check.DataCheckError``).  A failure before anything is published
-    gives the run id back.
+    gives the run id back (unless S3 is out: ``s3.S3UnavailableError``, exit status 75).
     """
     check_bucket(bucket)
     check_s3_prefix(prefix)
@@ -75,8 +76,11 @@ def run(
     claim_run(layout, job_id)  # also refuses a prefix inside another run's directory
     try:
         meta = _prepare(dataset_uri, layout, workdir, checks, out_dir, reencode)
-    except BaseException:
-        release_claim(layout, job_id)  # only if nothing but the claim was written
+    except BaseException as error:
+        # only if nothing but the claim was written; not while S3 is out (the release would
+        # wait another request budget, then fail): a retry of this KFP run continues its claim
+        if not s3.is_transient(error):
+            release_claim(layout, job_id)
         raise
     log.info(
         'data: %d train / %d val videos, %d classes, %d rejected -> %s',

@@ -15,8 +15,9 @@ module is the only place that talks to object storage.  Two rules shape it:
 Timeouts and retries are the one policy of ``video_kd.storage.s3_policy``, for this
 module's client and for the data loaders' streaming one (``video_kd.storage.s3_fileio``)
 alike; every failure goes through one mapping (``errors``) to an ``S3Error``
-(a ``UserError``: one line, exit status 2), ``S3UnavailableError`` when the
-server could not be reached or stopped answering.
+(a ``UserError``: one line, exit status 2), ``S3UnavailableError`` (exit
+status 75: it passes) when the server could not be reached, reset the
+connection, stopped answering, or answered 5xx / 429 to every attempt.
 """
 
 from __future__ import annotations
@@ -93,7 +94,8 @@ class ObjectChangedError(S3Error):
 
 
 class S3UnavailableError(S3Error):
-    """The server refused the connection, reset it or did not answer (after the retries)."""
+    """The server refused the connection, reset it, did not answer or answered 5xx / 429
+    (after the retries): an outage, never a verdict on the object."""
 
     exit_status = TEMPORARY_FAILURE  # not bad input: a training pod's launcher retries it
 
@@ -171,7 +173,8 @@ def build_client(
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether trying again later may help: the server was unreachable, stalled or 5xx."""
+    """Whether trying again later may help: the server was unreachable, stalled or answered
+    5xx / 429 past the retries (``S3UnavailableError``, as ``errors`` maps them)."""
     if isinstance(error, S3UnavailableError):
         return True
     cause = error.__cause__
@@ -203,7 +206,8 @@ def join_uri(base: str, *parts: str) -> str:
 @contextlib.contextmanager
 def errors(action: str, uri: str) -> Iterator[None]:
     """The one mapping of botocore's errors to ``S3Error``s that name the URI and the cause:
-    ``S3UnavailableError`` when the server was unreachable, reset or stalled."""
+    ``S3UnavailableError`` when the server was unreachable, reset or stalled, or answered
+    5xx / 429 to every attempt (an outage, not a bad request)."""
     try:
         yield
     except ClientError as exc:
@@ -216,8 +220,10 @@ def errors(action: str, uri: str) -> Iterator[None]:
             ) from exc
         if code in _NOT_FOUND_CODES:
             raise ObjectNotFoundError(f'cannot {action} {uri}: no such object') from exc
-        retried = f' (after {_max_attempts()} attempts)' if _overloaded(exc) else ''
-        raise S3Error(f'cannot {action} {uri}: {code} {message}'.rstrip() + retried) from exc
+        line = f'cannot {action} {uri}: {code} {message}'.rstrip()
+        if _overloaded(exc):  # botocore retried it: the server is out, not the request bad
+            raise S3UnavailableError(f'{line} (after {_max_attempts()} attempts)') from exc
+        raise S3Error(line) from exc
     # refused, reset, timed out; a body cut short
     except (EndpointConnectionError, HTTPClientError, IncompleteReadError) as exc:
         raise S3UnavailableError(_unavailable_message(action, uri, exc)) from exc

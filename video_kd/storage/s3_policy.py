@@ -18,6 +18,10 @@ handled the same way in every step and in the training pods:
 
 So one request gives up within ``request_budget_s()`` seconds; with the
 defaults (5 s connect, 20 s read, 3 attempts) that is 3 x 20 + 1 + 2 = 63 s.
+That is also the bound on an outage in the data path: the first video read
+it fails stops the data loader (training, validation, evaluation:
+``video_kd.data.data_stream``) or data prep's check (``video_kd.data.data_check``)
+with exit status 75; an outage is never counted as unreadable data.
 A multipart upload that fails is aborted (s3transfer cleans up its parts):
 that abort is one attempt with a read timeout of at most ``ABORT_TIMEOUT_S``,
 ``abort_budget_s()`` = 5 s, instead of another full request budget.
