@@ -252,17 +252,23 @@ def test_a_planted_checkpoint_is_never_resumed_from(training_run, tmp_path, mark
     assert not (tmp_path / 'pod' / 'mmengine' / Path(where).name).exists()
 
 
-def test_a_replaced_checkpoint_is_refused_before_it_is_loaded(training_run, tmp_path, marker):
+def test_a_replaced_checkpoint_is_refused_before_it_is_loaded(
+    training_run, tmp_path, marker, caplog
+):
+    """Refused on its sha256, never loaded: skipped with a warning naming it (issue 25 point
+    3: the pod falls back to the checkpoint before; here there is none, so it starts over)."""
     from video_kd.distill import s3_hook
     from video_kd.storage import s3
 
     layout, args = training_run
     uri = s3_hook.latest_checkpoint_uri(layout)
     s3.upload_file(plant(tmp_path / 'planted.pth', marker), uri, overwrite=True)
-    with pytest.raises(UserError) as info:
-        pod_inputs(layout, args, tmp_path / 'pod')
-    refused_in_one_line(info, f'{uri} changed since it was recorded')
+    with caplog.at_level('WARNING', logger=s3_hook.__name__):
+        assert pod_inputs(layout, args, tmp_path / 'pod') == ''
+    skipped = [r.getMessage() for r in caplog.records if 'skipping checkpoint' in r.getMessage()]
+    assert len(skipped) == 1 and f'{uri} changed since it was recorded' in skipped[0], skipped
     assert not (tmp_path / 'pod' / 'mmengine' / 'epoch_1.pth').exists()
+    assert not (tmp_path / 'pod' / 'mmengine' / 'last_checkpoint').exists()
 
 
 def test_a_tampered_resolved_config_is_never_executed(training_run, tmp_path, marker):

@@ -28,11 +28,10 @@ from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import run_cli, setup_logging
 from video_kd.data.data_stream import check_mounted, use_dataset
 from video_kd.distill import train_config
-from video_kd.distill.s3_hook import latest_checkpoint
+from video_kd.distill.s3_hook import fetch_resume_checkpoint
 from video_kd.distill.train import train
 from video_kd.openmmlab.runtime import is_main_process, wait_for_file
 from video_kd.runs import Manifest, RunLayout, fetch_recorded, read_recorded_json
-from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +58,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, train_dir: Path) -> str:
     """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any, each
-    checked against the run manifest's sha256 (the videos are not downloaded: the data
+    checked against the run manifest's sha256 (a checkpoint that fails it, or fails to load,
+    is skipped for the one before: ``fetch_resume_checkpoint``; the videos are not downloaded: the data
     loaders stream them, see video_kd.data.data_stream)."""
     inputs.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(layout)
     fetch_recorded(manifest, args.config, inputs / train_config.CONFIG_NAME)
     fetch_recorded(manifest, args.teacher, inputs / 'teacher.pth', args.teacher_sha256)
-    last = latest_checkpoint(layout)
-    if last:
-        # checkpoint_entries took it from the manifest: its entry, with the sha256
-        ckpt = fetch_verified(last.uri, train_dir / last.uri.rsplit('/', 1)[-1], last.sha256)
-        (train_dir / 'last_checkpoint').write_text(str(ckpt.resolve()))
-        log.info('resuming from %s (downloaded from %s)', ckpt.name, last.uri)
-    return last.uri if last else ''
+    resume = fetch_resume_checkpoint(layout, train_dir)  # the newest good one, if any
+    if not resume:
+        return ''
+    last, ckpt = resume
+    (train_dir / 'last_checkpoint').write_text(str(ckpt.resolve()))
+    log.info('resuming from %s (downloaded from %s)', ckpt.name, last.uri)
+    return last.uri
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,6 +70,10 @@ class ChecksumMismatchError(DownloadError):
         self.url, self.expected, self.got = url, expected, got
 
 
+class ChangedSinceRecordedError(UserError):
+    """An object read back whose sha256 is not the one recorded when it was stored."""
+
+
 class ContentCache(Protocol):
     """Where content-addressed copies live (``video_kd.runs.RunLayout`` is one): storage
     knows the key scheme, not the run layout."""
@@ -389,6 +393,6 @@ def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
     try:
         return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
     except ChecksumMismatchError as error:
-        raise UserError(
+        raise ChangedSinceRecordedError(
             f'{uri} changed since it was recorded: sha256 {error.got}, manifest says {sha256}'
         ) from error
