@@ -434,8 +434,13 @@ def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
 ):
     """The train step fetches the ImageNet weights once into the run's S3 cache (by checksum)
     and the resolved config sends every training process there, not to the internet."""
-    content = b'imagenet weights'
-    (http_server.root / 'mobilenet_v2.pth').write_bytes(content)
+    import torch
+    from mmaction.models.backbones import MobileNetV2
+
+    # real (random) MobileNetV2 weights: the step checks they fit the student before publishing
+    weights = {f'backbone.{k}': v for k, v in MobileNetV2().state_dict().items()}
+    torch.save({'state_dict': weights}, http_server.root / 'mobilenet_v2.pth')
+    content = (http_server.root / 'mobilenet_v2.pth').read_bytes()
     sha = hashlib.sha256(content).hexdigest()
     layout = RunLayout.from_root(prepared_run['run_root'])
     teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
@@ -604,8 +609,13 @@ def test_model_card_lineage_is_what_the_run_recorded(prepared_run, http_server, 
     from video_kd.deploy import model_card
     from video_kd.steps import export as export_step
 
-    content = b'imagenet weights'
-    (http_server.root / 'mobilenet_v2.pth').write_bytes(content)
+    import torch
+    from mmaction.models.backbones import MobileNetV2
+
+    # real (random) MobileNetV2 weights: the step checks they fit the student before publishing
+    weights = {f'backbone.{k}': v for k, v in MobileNetV2().state_dict().items()}
+    torch.save({'state_dict': weights}, http_server.root / 'mobilenet_v2.pth')
+    content = (http_server.root / 'mobilenet_v2.pth').read_bytes()
     sha = hashlib.sha256(content).hexdigest()
     layout = RunLayout.from_root(prepared_run['run_root'])
     teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
