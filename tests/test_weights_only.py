@@ -157,6 +157,25 @@ def test_a_pinned_teacher_with_a_payload_is_refused_and_not_published(bucket, tm
         teacher_step.run(layout.root, str(path), sha256(path), kd_config=KD_CONFIG, num_classes=3)
     refused_in_one_line(info, 'teacher checkpoint: refusing checkpoint', 'it holds exec')
     assert not s3.list_uris(layout.uri('teacher') + '/')
+    assert not s3.list_uris(layout.shared_uri('teacher') + '/')  # nor cached for other runs
+
+
+def test_a_wrong_teacher_with_its_sha256_is_refused_before_the_shared_cache(bucket, tmp_path):
+    """Issue 25 point 7: a "teacher" that does not fit the KD config, given with its right
+    sha256, was stored in the teacher cache every run shares before it was refused."""
+    from video_kd.steps import teacher as teacher_step
+    from video_kd.storage import s3
+
+    layout = RunLayout(bucket, 'kd', 'wrong-teacher')
+    claim_run(layout)
+    path = tmp_path / 'src' / 'teacher.pth'
+    path.parent.mkdir()
+    torch.save({'state_dict': {'backbone.w': torch.ones(2)}}, path)
+    with pytest.raises(UserError) as info:
+        teacher_step.run(layout.root, str(path), sha256(path), kd_config=KD_CONFIG, num_classes=3)
+    refused_in_one_line(info, "does not fit the config's teacher")
+    assert not s3.list_uris(layout.shared_uri('teacher') + '/')
+    assert not s3.list_uris(layout.uri('teacher') + '/')
 
 
 @pytest.mark.parametrize(
