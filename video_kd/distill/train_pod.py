@@ -22,10 +22,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
 
 from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import run_cli, setup_logging
+from video_kd.core.process import die_with_parent
 from video_kd.data.data_stream import check_mounted, use_dataset
 from video_kd.distill import train_config
 from video_kd.distill.s3_hook import fetch_resume_checkpoint
@@ -75,6 +77,8 @@ def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, trai
 
 
 def main(argv: list[str] | None = None) -> int:
+    if 'TORCHELASTIC_RUN_ID' in os.environ:  # under torchrun: a killed torchrun takes us along
+        die_with_parent(signal.SIGTERM, os.getppid())
     args = parse_args(argv)
     setup_logging()
     layout = RunLayout.from_root(args.run_root)
