@@ -321,3 +321,43 @@ def test_objects_the_run_did_not_record_are_refused(training_run, tmp_path):
     s3.upload_file(tmp_path / 'published' / 'config.py', layout.dataset_meta_uri, overwrite=True)
     with pytest.raises(UserError, match=r'dataset\.json changed since it was recorded'):
         read_recorded_json(Manifest.load(layout), layout.dataset_meta_uri)
+
+
+def test_the_dataset_lists_are_checked_against_the_manifest_before_training_reads_them(
+    training_run, tmp_path
+):
+    """Issue 25 point 1's leftover: the cleaned train/val lists (which videos training reads)
+    were read by the data loaders straight from S3, unchecked.  The pod downloads them, checks
+    each against its manifest sha256 and points the loaders at the checked copies."""
+    from video_kd.distill import train_pod
+    from video_kd.storage import s3
+
+    layout, _ = training_run
+    manifest = Manifest.load(layout)
+    splits = {}
+    for split in ('train', 'val'):
+        path = tmp_path / 'published' / f'{split}_list.txt'
+        path.write_text(f'a/{split}.mp4 0\n')
+        uri = manifest.publish('data', path, layout.uri('data', path.name)).uri
+        splits[split] = {'list_uri': uri, 'videos_uri': 's3://b/v', 'num_videos': 1, 'rejected': 0}
+    meta = {'classes': ['a'], 'splits': splits}
+    inputs = tmp_path / 'pod' / 'inputs'
+    train_pod.fetch_lists(manifest, meta, inputs)
+    checked = train_pod.use_checked_lists(meta, inputs)
+    for split in ('train', 'val'):
+        local = Path(checked['splits'][split]['list_uri'])
+        assert local.read_text() == f'a/{split}.mp4 0\n' and local.is_relative_to(inputs)
+        assert checked['splits'][split]['videos_uri'] == 's3://b/v'
+
+    # a list changed since data prep (another video set slipped in): refused, not read
+    (tmp_path / 'swapped.txt').write_text('../../elsewhere.mp4 0\n')
+    s3.upload_file(tmp_path / 'swapped.txt', splits['val']['list_uri'], overwrite=True)
+    with pytest.raises(UserError) as info:
+        train_pod.fetch_lists(Manifest.load(layout), meta, tmp_path / 'pod2')
+    refused_in_one_line(info, f'{splits["val"]["list_uri"]} changed since it was recorded')
+    # a list the run did not record
+    other = layout.uri('data', 'other_list.txt')
+    s3.upload_file(tmp_path / 'swapped.txt', other)
+    unrecorded = {**meta, 'splits': {'train': {**splits['train'], 'list_uri': other}}}
+    with pytest.raises(UserError, match='it is not in the run manifest'):
+        train_pod.fetch_lists(Manifest.load(layout), unrecorded, tmp_path / 'pod3')
