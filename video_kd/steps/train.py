@@ -38,7 +38,7 @@ from video_kd.distill.pretrained import (
 )
 from video_kd.distill.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.distill.train_config import TrainOptions
-from video_kd.runs import Manifest, RunLayout, publish, run_info
+from video_kd.runs import Manifest, RunLayout, publish, run_info, training_hold
 from video_kd.steps.common import record_output, scratch_dir
 from video_kd.storage import s3
 from video_kd.storage.download import check_url
@@ -294,7 +294,7 @@ def _train_locally(
     workdir: str | Path | None,
 ) -> None:
     """All processes here, under torchrun, as one node (the env vars a pod gets)."""
-    with scratch_dir(workdir, 'train') as work:
+    with training_hold(layout), scratch_dir(workdir, 'train') as work:
         # A fresh work dir per attempt: a resumed run must get its state from S3.
         attempt = Path(tempfile.mkdtemp(prefix='attempt-', dir=work))
         command = pod_command(layout, config_uri, data_meta, teacher, str(attempt / 'work'))
