@@ -110,6 +110,17 @@ def test_scratch_is_removed_on_success_and_kept_on_failure(tmp_path, monkeypatch
     assert sorted(p.name for p in tmp_path.iterdir()) == ['mine', failed.name]
 
 
+def mobilenet_v2_weights(path: Path) -> bytes:
+    """Real (random) MobileNetV2 backbone weights at ``path``, as a classifier checkpoint holds
+    them: the train step checks the student's pretrained weights fit before it publishes."""
+    import torch
+    from mmaction.models.backbones import MobileNetV2
+
+    weights = {f'backbone.{k}': v for k, v in MobileNetV2().state_dict().items()}
+    torch.save({'state_dict': weights}, path)
+    return path.read_bytes()
+
+
 @pytest.fixture
 def prepared_run(bucket, tmp_path):
     """A run with data prep done (tiny generated data) and a teacher stub published."""
@@ -434,8 +445,7 @@ def test_student_pretrained_weights_are_cached_once_and_named_in_the_run_config(
 ):
     """The train step fetches the ImageNet weights once into the run's S3 cache (by checksum)
     and the resolved config sends every training process there, not to the internet."""
-    content = b'imagenet weights'
-    (http_server.root / 'mobilenet_v2.pth').write_bytes(content)
+    content = mobilenet_v2_weights(http_server.root / 'mobilenet_v2.pth')
     sha = hashlib.sha256(content).hexdigest()
     layout = RunLayout.from_root(prepared_run['run_root'])
     teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}
@@ -604,8 +614,7 @@ def test_model_card_lineage_is_what_the_run_recorded(prepared_run, http_server, 
     from video_kd.deploy import model_card
     from video_kd.steps import export as export_step
 
-    content = b'imagenet weights'
-    (http_server.root / 'mobilenet_v2.pth').write_bytes(content)
+    content = mobilenet_v2_weights(http_server.root / 'mobilenet_v2.pth')
     sha = hashlib.sha256(content).hexdigest()
     layout = RunLayout.from_root(prepared_run['run_root'])
     teacher = {'s3_uri': layout.root + '/teacher/t.pth', 'sha256': 'a' * 64}

@@ -295,7 +295,7 @@ def _claimed_run(bucket):
 
 
 def test_without_a_sha256_the_train_step_fetches_checks_caches_and_pins_once(
-    bucket, http_server, tmp_path, monkeypatch, caplog
+    bucket, http_server, tmp_path, monkeypatch, caplog, mobilenet_v2_classifier
 ):
     """No student_pretrained_sha256: the step fetches the file once, checks its content
     against the hash prefix in its name (on a host that names files so), caches it under
@@ -306,7 +306,7 @@ def test_without_a_sha256_the_train_step_fetches_checks_caches_and_pins_once(
     from video_kd.steps import train as train_step
 
     monkeypatch.setattr(pretrained, 'HASH_NAMING_HOSTS', (*HASH_NAMING_HOSTS, '127.0.0.1'))
-    content = b'imagenet weights'
+    content = mobilenet_v2_classifier[0].read_bytes()  # weights that fit: checked before publish
     sha = hashlib.sha256(content).hexdigest()
     name = f'mobilenet_v2_imagenet-{sha[:8]}.pth'
     (http_server.root / name).write_bytes(content)
@@ -363,6 +363,30 @@ def test_without_a_sha256_content_that_is_not_its_name_is_refused_and_nothing_ca
     with pytest.raises(PretrainedWeightsError, match='its name says'):
         pretrained.fetch_pretrained(http_server.url(name), tmp_path / 'local')
     assert not any((tmp_path / 'local').iterdir())
+
+
+@pytest.mark.parametrize('pinned', [True, False], ids=['pinned', 'unpinned'])
+def test_weights_that_do_not_fit_are_refused_before_the_config_is_published(
+    bucket, http_server, pinned
+):
+    """Issue 25 point 4: the pretrained-weights fit is checked by the train step before
+    ``train/config.py`` is published (and before the shared cache keeps them), so a wrong
+    file does not lock the run ("holds another training config")."""
+    from video_kd.distill.train_config import TrainOptions
+    from video_kd.steps import train as train_step
+
+    path = http_server.root / 'not_mobilenet.pth'
+    torch.save({'state_dict': {'backbone.stem.weight': torch.ones(4, 3, 3, 3)}}, path)
+    sha = s3.sha256_file(path)
+    layout, data_meta = _claimed_run(bucket)
+    options = TrainOptions(
+        student_pretrained_url=http_server.url(path.name),
+        student_pretrained_sha256=sha if pinned else '',
+    )
+    with pytest.raises(PretrainedWeightsError, match='MobileNetV2TSM'):
+        train_step.publish_config(layout, data_meta, {'sha256': 'a' * 64}, KD_TSM, options)
+    assert not s3.list_uris(layout.root + '/train/')
+    assert not s3.list_uris(layout.shared_uri('pretrained') + '/')
 
 
 def test_the_train_cli_refuses_a_contradicting_sha256_in_one_line(tmp_path):

@@ -196,3 +196,44 @@ def test_an_empty_prefix_keeps_runs_at_the_bucket_root(bucket):
     runs.claim_run(layout)
     assert s3.list_uris(f's3://{bucket}/') == [f's3://{bucket}/run-1/run.json']
     assert layout.shared_uri('x') == f's3://{bucket}/cache/x'
+
+
+def test_a_second_local_train_step_is_refused_while_the_first_holds_the_training(
+    bucket, tmp_path, caplog
+):
+    """Issue 25 point 7: two train steps on one run interleaved their lineages (epoch_4.pth
+    and epoch_4.1.pth) and the step's output could name the other's checkpoint.  The second
+    is refused in one line while the first holds the run's training; a hold whose process
+    is gone (killed) is taken over; a released hold leaves nothing."""
+    import socket
+    import subprocess
+    import sys
+
+    from video_kd.core.errors import one_line
+    from video_kd.steps import train as train_step
+
+    layout = runs.RunLayout(bucket, 'kd', 'held-run')
+    hold_uri = layout.uri('train', runs.TRAINING_HOLD_NAME)
+    with runs.training_hold(layout):
+        with pytest.raises(runs.TrainingHeldError) as info, runs.training_hold(layout):
+            pass
+        assert str(info.value) == one_line(info.value)
+        assert 'is being trained by another train step' in str(info.value)
+        # the step itself: refused before torchrun starts
+        data_meta = {'dataset_meta_uri': layout.dataset_meta_uri}
+        teacher = {'s3_uri': layout.uri('teacher', 't.pth'), 'sha256': 'a' * 64}
+        with pytest.raises(runs.TrainingHeldError):
+            train_step._train_locally(layout, layout.uri('train', 'config.py'), data_meta,
+                                      teacher, 1, 0, 0, tmp_path / 'second')  # fmt: skip
+        assert not (tmp_path / 'second').exists() or not list((tmp_path / 'second').rglob('*.log'))
+    assert not s3.exists(hold_uri)  # released
+
+    # a hold left by a killed step of this host is taken over
+    gone = subprocess.run([sys.executable, '-c', 'import os; print(os.getpid())'],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = {'token': 'x', 'host': socket.gethostname(), 'pid': int(gone.stdout), 'since': '-'}
+    assert s3.create_if_absent(hold_uri, json.dumps(stale))
+    with caplog.at_level('WARNING', logger='video_kd.runs'), runs.training_hold(layout):
+        assert s3.read_json(hold_uri)['token'] != 'x'
+    assert 'taking over the training hold' in caplog.text
+    assert not s3.exists(hold_uri)

@@ -110,3 +110,86 @@ def test_checkpoint_stored_but_not_recorded_is_reused(bucket, tmp_path, monkeypa
     (tmp_path / 'other').mkdir()
     other = checkpoint(tmp_path / 'other', 'epoch_1.pth', b'x' * len(path.read_bytes()))
     assert s3_hook.upload_checkpoint(layout, other).endswith('/epoch_1.1.pth')
+
+
+# --------------------------------------------------------------------------- resume choice
+
+
+def real_checkpoints(layout: RunLayout, tmp_path: Path, epochs: int) -> list[str]:
+    """``epochs`` small mmengine-like checkpoints, uploaded and recorded as training does."""
+    import torch
+
+    uris = []
+    for epoch in range(1, epochs + 1):
+        path = tmp_path / 'written' / f'epoch_{epoch}.pth'
+        path.parent.mkdir(exist_ok=True)
+        torch.save({'state_dict': {'w': torch.full((64,), float(epoch))}, 'meta': {}}, path)
+        uris.append(s3_hook.upload_checkpoint(layout, path))
+    return uris
+
+
+def cut_short(uri: str, tmp_path: Path) -> bytes:
+    """The stored object with its last half gone (what a broken copy leaves)."""
+    body = s3.read_bytes(uri)
+    (tmp_path / 'cut.pth').write_bytes(body[: len(body) // 2])
+    s3.upload_file(tmp_path / 'cut.pth', uri, overwrite=True)
+    return body[: len(body) // 2]
+
+
+def test_a_truncated_newest_checkpoint_is_skipped_for_the_one_before(bucket, tmp_path, caplog):
+    """Issue 25 point 3: the manifest's sha256 no longer matches the newest checkpoint (bytes
+    cut): the pod warns naming it and resumes from the previous one, instead of a raw
+    RuntimeError on every re-run."""
+    layout = RunLayout(bucket, 'kd', 'run-cut')
+    first, second = real_checkpoints(layout, tmp_path, 2)
+    cut_short(second, tmp_path)
+    with caplog.at_level('WARNING', logger=s3_hook.__name__):
+        entry, path = s3_hook.fetch_resume_checkpoint(layout, tmp_path / 'pod')
+    assert entry.uri == first and path == tmp_path / 'pod' / 'epoch_1.pth'
+    skipped = [r.getMessage() for r in caplog.records if 'skipping checkpoint' in r.getMessage()]
+    assert len(skipped) == 1 and second in skipped[0], skipped
+    assert 'changed since it was recorded' in skipped[0]
+    assert not (tmp_path / 'pod' / 'epoch_2.pth').exists()  # nothing of it left to load
+    assert not [p for p in (tmp_path / 'pod').iterdir() if p.name.endswith('.part')]
+
+
+def test_a_checkpoint_recorded_cut_short_is_skipped_as_unreadable(bucket, tmp_path, caplog):
+    """The manifest records the cut bytes (its sha256 matches): it fails to load weights-only,
+    and that is a result the pod skips, not a traceback."""
+    layout = RunLayout(bucket, 'kd', 'run-recorded-cut')
+    uris = real_checkpoints(layout, tmp_path, 2)
+    body = s3.read_bytes(uris[1])
+    bad = tmp_path / 'again' / 'epoch_3.pth'
+    bad.parent.mkdir()
+    bad.write_bytes(body[: len(body) - 40])
+    third = s3_hook.upload_checkpoint(layout, bad)
+    with caplog.at_level('WARNING', logger=s3_hook.__name__):
+        entry, _ = s3_hook.fetch_resume_checkpoint(layout, tmp_path / 'pod')
+    assert entry.uri == uris[1]
+    assert f'skipping checkpoint {third} (' in caplog.text
+    assert 'not a readable PyTorch checkpoint' in caplog.text
+    assert not (tmp_path / 'pod' / 'epoch_3.pth').exists()
+
+
+def test_with_no_good_checkpoint_training_starts_over(bucket, tmp_path, caplog):
+    layout = RunLayout(bucket, 'kd', 'run-none-good')
+    (only,) = real_checkpoints(layout, tmp_path, 1)
+    cut_short(only, tmp_path)
+    with caplog.at_level('WARNING', logger=s3_hook.__name__):
+        assert s3_hook.fetch_resume_checkpoint(layout, tmp_path / 'pod') is None
+    assert f'skipping checkpoint {only}' in caplog.text
+    assert 'training starts from the beginning' in caplog.text
+    assert s3_hook.fetch_resume_checkpoint(RunLayout(bucket, 'kd', 'run-empty'), tmp_path) is None
+
+
+def test_an_outage_while_fetching_is_not_a_bad_checkpoint(bucket, tmp_path, monkeypatch):
+    """S3 unreachable stops the pod (exit 75, retried), it does not skip to an older epoch."""
+    layout = RunLayout(bucket, 'kd', 'run-outage')
+    real_checkpoints(layout, tmp_path, 2)
+
+    def unavailable(*args, **kwargs):
+        raise s3.S3UnavailableError('S3 unreachable')
+
+    monkeypatch.setattr(s3, 'download_file', unavailable)
+    with pytest.raises(s3.S3UnavailableError):
+        s3_hook.fetch_resume_checkpoint(layout, tmp_path / 'pod')

@@ -157,6 +157,25 @@ def test_a_pinned_teacher_with_a_payload_is_refused_and_not_published(bucket, tm
         teacher_step.run(layout.root, str(path), sha256(path), kd_config=KD_CONFIG, num_classes=3)
     refused_in_one_line(info, 'teacher checkpoint: refusing checkpoint', 'it holds exec')
     assert not s3.list_uris(layout.uri('teacher') + '/')
+    assert not s3.list_uris(layout.shared_uri('teacher') + '/')  # nor cached for other runs
+
+
+def test_a_wrong_teacher_with_its_sha256_is_refused_before_the_shared_cache(bucket, tmp_path):
+    """Issue 25 point 7: a "teacher" that does not fit the KD config, given with its right
+    sha256, was stored in the teacher cache every run shares before it was refused."""
+    from video_kd.steps import teacher as teacher_step
+    from video_kd.storage import s3
+
+    layout = RunLayout(bucket, 'kd', 'wrong-teacher')
+    claim_run(layout)
+    path = tmp_path / 'src' / 'teacher.pth'
+    path.parent.mkdir()
+    torch.save({'state_dict': {'backbone.w': torch.ones(2)}}, path)
+    with pytest.raises(UserError) as info:
+        teacher_step.run(layout.root, str(path), sha256(path), kd_config=KD_CONFIG, num_classes=3)
+    refused_in_one_line(info, "does not fit the config's teacher")
+    assert not s3.list_uris(layout.shared_uri('teacher') + '/')
+    assert not s3.list_uris(layout.uri('teacher') + '/')
 
 
 @pytest.mark.parametrize(
@@ -252,17 +271,23 @@ def test_a_planted_checkpoint_is_never_resumed_from(training_run, tmp_path, mark
     assert not (tmp_path / 'pod' / 'mmengine' / Path(where).name).exists()
 
 
-def test_a_replaced_checkpoint_is_refused_before_it_is_loaded(training_run, tmp_path, marker):
+def test_a_replaced_checkpoint_is_refused_before_it_is_loaded(
+    training_run, tmp_path, marker, caplog
+):
+    """Refused on its sha256, never loaded: skipped with a warning naming it (issue 25 point
+    3: the pod falls back to the checkpoint before; here there is none, so it starts over)."""
     from video_kd.distill import s3_hook
     from video_kd.storage import s3
 
     layout, args = training_run
     uri = s3_hook.latest_checkpoint_uri(layout)
     s3.upload_file(plant(tmp_path / 'planted.pth', marker), uri, overwrite=True)
-    with pytest.raises(UserError) as info:
-        pod_inputs(layout, args, tmp_path / 'pod')
-    refused_in_one_line(info, f'{uri} changed since it was recorded')
+    with caplog.at_level('WARNING', logger=s3_hook.__name__):
+        assert pod_inputs(layout, args, tmp_path / 'pod') == ''
+    skipped = [r.getMessage() for r in caplog.records if 'skipping checkpoint' in r.getMessage()]
+    assert len(skipped) == 1 and f'{uri} changed since it was recorded' in skipped[0], skipped
     assert not (tmp_path / 'pod' / 'mmengine' / 'epoch_1.pth').exists()
+    assert not (tmp_path / 'pod' / 'mmengine' / 'last_checkpoint').exists()
 
 
 def test_a_tampered_resolved_config_is_never_executed(training_run, tmp_path, marker):
@@ -296,3 +321,43 @@ def test_objects_the_run_did_not_record_are_refused(training_run, tmp_path):
     s3.upload_file(tmp_path / 'published' / 'config.py', layout.dataset_meta_uri, overwrite=True)
     with pytest.raises(UserError, match=r'dataset\.json changed since it was recorded'):
         read_recorded_json(Manifest.load(layout), layout.dataset_meta_uri)
+
+
+def test_the_dataset_lists_are_checked_against_the_manifest_before_training_reads_them(
+    training_run, tmp_path
+):
+    """Issue 25 point 1's leftover: the cleaned train/val lists (which videos training reads)
+    were read by the data loaders straight from S3, unchecked.  The pod downloads them, checks
+    each against its manifest sha256 and points the loaders at the checked copies."""
+    from video_kd.distill import train_pod
+    from video_kd.storage import s3
+
+    layout, _ = training_run
+    manifest = Manifest.load(layout)
+    splits = {}
+    for split in ('train', 'val'):
+        path = tmp_path / 'published' / f'{split}_list.txt'
+        path.write_text(f'a/{split}.mp4 0\n')
+        uri = manifest.publish('data', path, layout.uri('data', path.name)).uri
+        splits[split] = {'list_uri': uri, 'videos_uri': 's3://b/v', 'num_videos': 1, 'rejected': 0}
+    meta = {'classes': ['a'], 'splits': splits}
+    inputs = tmp_path / 'pod' / 'inputs'
+    train_pod.fetch_lists(manifest, meta, inputs)
+    checked = train_pod.use_checked_lists(meta, inputs)
+    for split in ('train', 'val'):
+        local = Path(checked['splits'][split]['list_uri'])
+        assert local.read_text() == f'a/{split}.mp4 0\n' and local.is_relative_to(inputs)
+        assert checked['splits'][split]['videos_uri'] == 's3://b/v'
+
+    # a list changed since data prep (another video set slipped in): refused, not read
+    (tmp_path / 'swapped.txt').write_text('../../elsewhere.mp4 0\n')
+    s3.upload_file(tmp_path / 'swapped.txt', splits['val']['list_uri'], overwrite=True)
+    with pytest.raises(UserError) as info:
+        train_pod.fetch_lists(Manifest.load(layout), meta, tmp_path / 'pod2')
+    refused_in_one_line(info, f'{splits["val"]["list_uri"]} changed since it was recorded')
+    # a list the run did not record
+    other = layout.uri('data', 'other_list.txt')
+    s3.upload_file(tmp_path / 'swapped.txt', other)
+    unrecorded = {**meta, 'splits': {'train': {**splits['train'], 'list_uri': other}}}
+    with pytest.raises(UserError, match='it is not in the run manifest'):
+        train_pod.fetch_lists(Manifest.load(layout), unrecorded, tmp_path / 'pod3')

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import re
+import socket
 import time
 import uuid
 from collections.abc import Iterator
@@ -500,3 +501,70 @@ def check_claimed(layout: RunLayout) -> None:
     """A later step writes only into a run directory that data prep claimed."""
     if not s3.exists(layout.claim_uri):
         raise UserError(f'{layout.root}/ was never claimed: run data prep for this run first')
+
+
+# --------------------------------------------------------------------------- training hold
+
+TRAINING_HOLD_NAME = 'training.json'
+
+
+class TrainingHeldError(RunInUseError):
+    """Another train step is training this run (locally) now."""
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def training_hold(layout: RunLayout) -> Iterator[str]:
+    """Hold the run's training for this process while the block runs (the local backend:
+    two train steps on one run would interleave two lineages of checkpoints, ``epoch_4.pth``
+    and ``epoch_4.1.pth``, and the step's output could name the other's).
+
+    The hold, ``<run>/train/training.json`` (host, pid, a token), is one conditional write;
+    a second train step is refused in one line while the holder lives.  A hold left by a
+    process of this host that is gone (killed) is taken over; one of another host is kept
+    (delete it by hand if that machine's step is gone).  On a cluster the training job, named
+    by the run id, is what two steps share (the second follows the first's job).
+    """
+    uri = layout.uri('train', TRAINING_HOLD_NAME)
+    token = uuid.uuid4().hex
+    hold = {
+        'token': token,
+        'host': socket.gethostname(),
+        'pid': os.getpid(),
+        'since': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
+    }
+    for _ in range(3):
+        if s3.create_if_absent(uri, json.dumps(hold, indent=2), content_type='application/json'):
+            break
+        try:
+            held = s3.read_json(uri)
+        except s3.ObjectNotFoundError:
+            continue  # released in between
+        if held.get('host') == hold['host'] and not _pid_alive(int(held.get('pid', 0))):
+            log.warning('run %s: taking over the training hold of pid %s (gone)',
+                        layout.run_id, held.get('pid'))  # fmt: skip
+            s3.delete(uri)
+            continue
+        raise TrainingHeldError(
+            f'run {layout.run_id} is being trained by another train step (pid {held.get("pid")} '
+            f'on {held.get("host")}, since {held.get("since")}; {uri}): two at once would mix '
+            'their checkpoints; wait for it to finish (then re-run to resume), or delete that '
+            'object if its process is gone'
+        )
+    else:
+        raise TrainingHeldError(f'could not take the training hold {uri}: it kept changing')
+    try:
+        yield token
+    finally:
+        with contextlib.suppress(s3.S3Error):
+            if s3.read_json(uri).get('token') == token:
+                s3.delete(uri)

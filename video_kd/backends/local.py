@@ -4,6 +4,12 @@ Locally ``run_local`` starts the same launcher as a pod (``video_kd.backends.tor
 passes torchrun the rendezvous as flags and sets the env vars the operators set
 in a pod (``local_pod_env``), so what is tested on a laptop is what runs in the
 cluster, exit statuses included.
+
+torchrun dies with the step: it is started with ``PR_SET_PDEATHSIG`` (SIGTERM when the
+step's process dies, SIGKILL included), and on SIGTERM it stops its workers, which run in
+sessions of their own (a signal to the step's process group would not reach them); the
+workers in turn die with torchrun (``video_kd.distill.train_pod``).  So killing the step
+leaves no worker training and uploading into the run.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -18,6 +25,7 @@ from pathlib import Path
 
 from video_kd.backends.kube import TrainingJobFailed
 from video_kd.backends.spec import TrainingJobSpec
+from video_kd.core.process import preexec_die_with_parent
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,8 @@ def run_local(
             stderr=subprocess.STDOUT,
             text=True,
             bufsize=1,
+            # SIGTERM to torchrun when this process dies (killed included): it stops its workers
+            preexec_fn=preexec_die_with_parent(signal.SIGTERM),
         ) as proc,
     ):
         assert proc.stdout is not None  # stdout=PIPE

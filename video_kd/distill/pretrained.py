@@ -95,15 +95,21 @@ def fetch_pretrained(
     """
     sha256 = check_sha256(sha256, name='student_pretrained_sha256') or None
     check_name_hash(url, sha256)
+    fits = kwargs.pop('check', None)  # e.g. ``check_fit``: run before the file is cached
+
+    def checked(path: Path) -> None:
+        if not sha256:  # unpinned: the hash prefix in the name is all there is to check
+            check_content_hash(url, path)
+        if fits:
+            fits(path)
+
     try:
-        path = download.fetch_teacher(
-            url, dest_dir, sha256=sha256, cache=cache, cache_kind=CACHE_KIND, **kwargs
-        )
+        return download.fetch_teacher(
+            url, dest_dir, sha256=sha256, cache=cache, cache_kind=CACHE_KIND, check=checked,
+            **kwargs,
+        )  # fmt: skip
     except download.DownloadError as error:
         raise PretrainedWeightsError(f'pretrained weights {url}: {error}') from error
-    if not sha256:  # unpinned: the hash prefix in the name is all there is to check
-        check_content_hash(url, path)
-    return path
 
 
 def pin_pretrained(
@@ -204,6 +210,13 @@ def apply_pretrained(cfg: Config, path: str | os.PathLike) -> dict[str, Any]:
         len(state),
     )
     return report
+
+
+def check_fit(cfg: Config, path: str | os.PathLike) -> dict[str, Any]:
+    """``apply_pretrained`` on a copy of ``cfg``: the weights fit the student's backbone
+    (``PretrainedWeightsError`` if not), ``cfg`` left as it is.  The train step runs it
+    before publishing the run's config, so a misfit is refused while nothing is locked."""
+    return apply_pretrained(copy.deepcopy(cfg), path)
 
 
 # --------------------------------------------------------------------------- the file

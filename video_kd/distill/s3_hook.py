@@ -17,7 +17,10 @@ how many epochs were trained.  Only the run's own checkpoints count: keys direct
 ``<run>/train/checkpoints/`` named ``epoch_N[.k].pth`` and recorded in the run's
 manifest (an object planted elsewhere under the prefix, or put there without a manifest
 entry, is never resumed from), and a pod checks the downloaded file's sha256 against
-the manifest before loading it.  While S3 is unreachable an upload is retried
+the manifest before loading it.  ``fetch_resume_checkpoint`` is that pod's choice: the
+newest checkpoint whose bytes match the manifest and that loads (weights-only); one that
+does not (cut short, replaced, deleted) is skipped with a warning naming it, and the one
+before is tried, down to training from the start when none is good.  While S3 is unreachable an upload is retried
 (``video_kd.storage.s3_policy``); if it still fails the training stops with one line,
 and re-running the step resumes from the last checkpoint that reached S3.
 
@@ -38,8 +41,10 @@ from mmengine.hooks import Hook
 from mmengine.registry import HOOKS
 
 from video_kd.core.errors import one_line
+from video_kd.openmmlab.checkpoints import unreadable_reason
 from video_kd.runs import Manifest, ManifestEntry, RunLayout
 from video_kd.storage import s3
+from video_kd.storage.download import ChangedSinceRecordedError, fetch_verified
 from video_kd.storage.s3_policy import retry_call
 
 if TYPE_CHECKING:
@@ -91,6 +96,44 @@ def latest_checkpoint(layout: RunLayout) -> ManifestEntry | None:
     """The checkpoint to resume from: the highest epoch (latest retry of it), if any."""
     entries = checkpoint_entries(layout)
     return entries[-1] if entries else None
+
+
+def fetch_resume_checkpoint(layout: RunLayout, dest_dir: Path) -> tuple[ManifestEntry, Path] | None:
+    """Download the checkpoint to resume from into ``dest_dir``: the newest of the run's
+    (``checkpoint_entries``) whose bytes match the sha256 the manifest records and that
+    loads weights-only.  Each one that does not — changed or cut short since it was recorded,
+    deleted, recorded cut short, not a checkpoint — is skipped with a warning naming it (its
+    download removed) and the one before is tried; None when no checkpoint is good (the
+    training starts from the beginning; its new checkpoints take free names, ``epoch_N.k``,
+    beside the bad ones, which stay for inspection).  An S3 outage is not a bad checkpoint:
+    it stops the pod (``S3UnavailableError``) as any other read would."""
+    entries = checkpoint_entries(layout)
+    for entry in reversed(entries):
+        path = Path(dest_dir) / entry.uri.rsplit('/', 1)[-1]
+        try:
+            fetch_verified(entry.uri, path, entry.sha256)
+        except s3.BucketNotFoundError:
+            raise
+        except (ChangedSinceRecordedError, s3.ObjectNotFoundError) as error:
+            _skip(entry, one_line(error))
+            continue
+        reason = unreadable_reason(path)
+        if reason:
+            path.unlink(missing_ok=True)
+            _skip(entry, reason)
+            continue
+        return entry, path
+    if entries:
+        log.warning(
+            'none of the %d checkpoints in %s/ is good: training starts from the beginning',
+            len(entries),
+            checkpoint_prefix(layout),
+        )
+    return None
+
+
+def _skip(entry: ManifestEntry, why: str) -> None:
+    log.warning('skipping checkpoint %s (%s); trying the one before it', entry.uri, why)
 
 
 def latest_checkpoint_uri(layout: RunLayout) -> str | None:

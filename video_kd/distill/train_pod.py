@@ -2,9 +2,10 @@
 
 A PyTorchJob / TrainJob pod (and the train step's local mode) runs this
 under ``torchrun``.  Rank 0 of each pod fetches the run's inputs from S3 —
-the resolved training config the train step wrote (``<run>/train/config.py``)
-and the teacher — and the run's last checkpoint if there is one, so a
-restarted pod resumes; the other ranks of the pod wait for it.  Each of them,
+the resolved training config the train step wrote (``<run>/train/config.py``),
+the teacher and the dataset's cleaned train/val lists — and the run's last good checkpoint
+if there is one, so a restarted pod resumes; the other ranks of the pod wait for it.  Each
+of them,
 and the dataset metadata, is checked against the sha256 the run's manifest
 records before anything reads it (the config is Python, executed by
 ``Config.fromfile``); an object the manifest does not record is refused.
@@ -22,17 +23,19 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 from pathlib import Path
+from typing import cast
 
 from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import run_cli, setup_logging
+from video_kd.core.process import die_with_parent
 from video_kd.data.data_stream import check_mounted, use_dataset
 from video_kd.distill import train_config
-from video_kd.distill.s3_hook import latest_checkpoint
+from video_kd.distill.s3_hook import fetch_resume_checkpoint
 from video_kd.distill.train import train
 from video_kd.openmmlab.runtime import is_main_process, wait_for_file
 from video_kd.runs import Manifest, RunLayout, fetch_recorded, read_recorded_json
-from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -59,22 +62,49 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def fetch_inputs(args: argparse.Namespace, layout: RunLayout, inputs: Path, train_dir: Path) -> str:
     """Rank 0 of a pod: config, teacher and the checkpoint to resume from, if any, each
-    checked against the run manifest's sha256 (the videos are not downloaded: the data
+    checked against the run manifest's sha256 (a checkpoint that fails it, or fails to load,
+    is skipped for the one before: ``fetch_resume_checkpoint``; the videos are not downloaded: the data
     loaders stream them, see video_kd.data.data_stream)."""
     inputs.mkdir(parents=True, exist_ok=True)
     manifest = Manifest.load(layout)
     fetch_recorded(manifest, args.config, inputs / train_config.CONFIG_NAME)
     fetch_recorded(manifest, args.teacher, inputs / 'teacher.pth', args.teacher_sha256)
-    last = latest_checkpoint(layout)
-    if last:
-        # checkpoint_entries took it from the manifest: its entry, with the sha256
-        ckpt = fetch_verified(last.uri, train_dir / last.uri.rsplit('/', 1)[-1], last.sha256)
-        (train_dir / 'last_checkpoint').write_text(str(ckpt.resolve()))
-        log.info('resuming from %s (downloaded from %s)', ckpt.name, last.uri)
-    return last.uri if last else ''
+    resume = fetch_resume_checkpoint(layout, train_dir)  # the newest good one, if any
+    if not resume:
+        return ''
+    last, ckpt = resume
+    (train_dir / 'last_checkpoint').write_text(str(ckpt.resolve()))
+    log.info('resuming from %s (downloaded from %s)', ckpt.name, last.uri)
+    return last.uri
+
+
+LISTS_DIR = 'lists'
+
+
+def fetch_lists(manifest: Manifest, data_meta: Dataset, inputs: Path) -> None:
+    """The cleaned train/val lists, downloaded into ``inputs/lists/`` and checked against the
+    sha256s the run manifest records (a list names the videos training reads: one changed
+    since data prep is refused, as the config and the teacher are)."""
+    for split, record in data_meta['splits'].items():
+        fetch_recorded(manifest, record['list_uri'], _local_list(inputs, split))
+
+
+def _local_list(inputs: Path, split: str) -> Path:
+    return inputs / LISTS_DIR / f'{split}_list.txt'
+
+
+def use_checked_lists(data_meta: Dataset, inputs: Path) -> Dataset:
+    """``data_meta`` with each split's list at its checked copy (``fetch_lists``)."""
+    splits = {
+        split: {**record, 'list_uri': str(_local_list(inputs, split))}
+        for split, record in data_meta['splits'].items()
+    }
+    return cast(Dataset, {**data_meta, 'splits': splits})
 
 
 def main(argv: list[str] | None = None) -> int:
+    if 'TORCHELASTIC_RUN_ID' in os.environ:  # under torchrun: a killed torchrun takes us along
+        die_with_parent(signal.SIGTERM, os.getppid())
     args = parse_args(argv)
     setup_logging()
     layout = RunLayout.from_root(args.run_root)
@@ -85,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     ready = inputs / '.ready'
     if int(os.environ.get('LOCAL_RANK', '0')) == 0:  # one download per node (pod)
         ready.parent.mkdir(parents=True, exist_ok=True)
-        ready.write_text(fetch_inputs(args, layout, inputs, train_dir))
+        resumed = fetch_inputs(args, layout, inputs, train_dir)
+        fetch_lists(Manifest.load(layout), data_meta, inputs)
+        ready.write_text(resumed)
     else:
         wait_for_file(ready)
     cfg = train_config.load_resolved(inputs / train_config.CONFIG_NAME)
@@ -98,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
         teacher_ckpt=inputs / 'teacher.pth',
         resume='auto' if ready.read_text() else None,
     )
-    use_dataset(cfg, data_meta)  # lists and videos read where they are
+    # the lists as checked against the manifest (fetch_lists); the videos where they are
+    use_dataset(cfg, use_checked_lists(data_meta, inputs))
 
     runner = train(cfg)
     if is_main_process():

@@ -40,6 +40,10 @@ class UnsafeCheckpointError(UserError):
     """A checkpoint that needs a type outside the allow-list: refused, nothing of it ran."""
 
 
+class UnreadableCheckpointError(UserError):
+    """A file that is not a whole PyTorch checkpoint (cut short, not a checkpoint at all)."""
+
+
 def _history_buffer_statistic(owner: Any, name: str) -> Callable:
     """``builtins.getattr`` as checkpoints may use it: only ``HistoryBuffer.<statistic>``."""
     from mmengine.logging.history_buffer import HistoryBuffer
@@ -101,7 +105,7 @@ def load_checkpoint(path: str | Path, map_location: Any = 'cpu') -> Any:
     except pickle.UnpicklingError as error:
         found = _REFUSED.search(str(error))
         if not found:
-            raise UserError(
+            raise UnreadableCheckpointError(
                 f'{path} is not a readable PyTorch checkpoint: {one_line(error)}'
             ) from error
         what = next(g for g in found.groups() if g)
@@ -110,6 +114,26 @@ def load_checkpoint(path: str | Path, map_location: Any = 'cpu') -> Any:
             'what checkpoints hold (video_kd.openmmlab.checkpoints.safe_globals); '
             'nothing in it was run'
         ) from None
+    except (RuntimeError, EOFError, ValueError, OSError) as error:
+        # a file cut short: torch's zip reader ("failed finding central directory"), the
+        # legacy unpickler (EOFError), a storage shorter than its tensor
+        if isinstance(error, FileNotFoundError):
+            raise
+        raise UnreadableCheckpointError(
+            f'{path} is not a readable PyTorch checkpoint (cut short, corrupt or not a '
+            f'checkpoint): {one_line(error).split(". ")[0]}'
+        ) from error
+
+
+def unreadable_reason(path: str | Path) -> str | None:
+    """None when ``path`` loads as a checkpoint (weights-only, as training will load it), else
+    one line saying why not: a truncated or corrupt file is a result the caller can skip
+    (the resume falls back to the checkpoint before), not a traceback."""
+    try:
+        load_checkpoint(path)
+    except (UnreadableCheckpointError, UnsafeCheckpointError) as error:
+        return one_line(error)
+    return None
 
 
 def load_checkpoint_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
@@ -119,7 +143,7 @@ def load_checkpoint_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dic
         raise UserError(f'checkpoint {path} does not exist')
     try:
         checkpoint = load_checkpoint(path)
-    except UnsafeCheckpointError:
+    except (UnsafeCheckpointError, UnreadableCheckpointError):
         raise
     except Exception as error:
         raise UserError(

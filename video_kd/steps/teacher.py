@@ -46,18 +46,24 @@ def run(
 
     With ``kd_config``, the checkpoint must fit that config's teacher (for
     ``num_classes`` classes): a timm Swin checkpoint is converted, anything
-    else that does not fit is refused before it is published.
+    else that does not fit is refused before it is cached or published.
     """
     check_source(url, sha256)
     layout = RunLayout.from_root(run_root)
     check_claimed(layout)
     with scratch_dir(workdir, 'teacher') as work:
-        fetched = download.fetch(url, work, sha256=sha256 or None, cache=layout)
-        path, checked = fetched.path, TeacherCheck()
-        if kd_config:
-            path, checked = convert_teacher_checkpoint(
-                fetched.path, load_config(kd_config), num_classes or None
+        fitted: list[tuple[Path, TeacherCheck]] = []
+
+        def fits(fetched: Path) -> None:
+            """Checked (converted) against the KD config before the cache keeps it."""
+            fitted.append(
+                convert_teacher_checkpoint(fetched, load_config(kd_config), num_classes or None)
             )
+
+        fetched = download.fetch(
+            url, work, sha256=sha256 or None, cache=layout, check=fits if kd_config else None
+        )
+        path, checked = fitted[-1] if fitted else (fetched.path, TeacherCheck())
         # a converted teacher is not the file at ``url``: the manifest keeps both checksums
         source = checked['source_sha256'] if checked.get('converted') else ''
         entry = publish(layout, 'teacher', path, path.name, source_sha256=source)

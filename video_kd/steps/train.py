@@ -31,13 +31,14 @@ from video_kd.core.errors import UserError
 from video_kd.distill import train_config
 from video_kd.distill.pretrained import (
     CACHE_KIND,
+    check_fit,
     check_name_hash,
     fetch_pretrained,
     pin_pretrained,
 )
 from video_kd.distill.s3_hook import checkpoint_epochs, list_checkpoints
 from video_kd.distill.train_config import TrainOptions
-from video_kd.runs import Manifest, RunLayout, publish, run_info
+from video_kd.runs import Manifest, RunLayout, publish, run_info, training_hold
 from video_kd.steps.common import record_output, scratch_dir
 from video_kd.storage import s3
 from video_kd.storage.download import check_url
@@ -184,12 +185,13 @@ def publish_config(
     """Resolve the config and publish it as ``<run>/train/config.py``; returns its URI.
 
     Resolving checks every option first: the pretrained weights are fetched only
-    for a config that resolved.  A re-run of the step resolves the same file and
+    for a config that resolved, and must fit its student's backbone (``check_fit``, before
+    they are cached or the config published: a misfit does not lock the run).  A re-run of the step resolves the same file and
     continues; a re-run with other settings is refused (the run's checkpoints
     were trained with these).
     """
     cfg = resolve_config(data_meta, teacher, kd_config, options)
-    train_config.fetch_pretrained_from(cfg, *cache_pretrained(layout, options))
+    train_config.fetch_pretrained_from(cfg, *cache_pretrained(layout, options, cfg))
     with tempfile.TemporaryDirectory() as tmp:
         path = train_config.save(cfg, Path(tmp) / train_config.CONFIG_NAME)
         try:
@@ -223,20 +225,24 @@ def _same_config(layout: RunLayout, path: Path) -> str:
     )
 
 
-def cache_pretrained(layout: RunLayout, options: TrainOptions | None) -> tuple[str, str]:
+def cache_pretrained(
+    layout: RunLayout, options: TrainOptions | None, cfg: Config | None = None
+) -> tuple[str, str]:
     """Fetch the student's pretrained weights once into the S3 cache (by checksum), so that
     the training processes read them from the cluster's S3, not the internet; returns
     where they read them and the sha256 they check.  Without a given sha256 the file is
     fetched here (its content checked against the hash prefix in its name, where the host
-    names files so), cached under the sha256 computed and that value logged to pin."""
+    names files so), cached under the sha256 computed and that value logged to pin.  With
+    ``cfg`` the weights must fit its student's backbone before they are cached."""
     if not options or not options.student_pretrained_url:
         return '', ''
 
     url, sha256 = options.student_pretrained_url, options.student_pretrained_sha256
+    fits = (lambda path: check_fit(cfg, path)) if cfg is not None else None
     with tempfile.TemporaryDirectory() as tmp:
         if not sha256:
-            return pin_pretrained(url, tmp, cache=layout)
-        path = fetch_pretrained(url, tmp, sha256, cache=layout)
+            return pin_pretrained(url, tmp, cache=layout, check=fits)
+        path = fetch_pretrained(url, tmp, sha256, cache=layout, check=fits)
         return layout.cache_uri(CACHE_KIND, sha256.lower(), path.name), sha256
 
 
@@ -288,7 +294,7 @@ def _train_locally(
     workdir: str | Path | None,
 ) -> None:
     """All processes here, under torchrun, as one node (the env vars a pod gets)."""
-    with scratch_dir(workdir, 'train') as work:
+    with training_hold(layout), scratch_dir(workdir, 'train') as work:
         # A fresh work dir per attempt: a resumed run must get its state from S3.
         attempt = Path(tempfile.mkdtemp(prefix='attempt-', dir=work))
         command = pod_command(layout, config_uri, data_meta, teacher, str(attempt / 'work'))

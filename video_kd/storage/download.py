@@ -70,6 +70,10 @@ class ChecksumMismatchError(DownloadError):
         self.url, self.expected, self.got = url, expected, got
 
 
+class ChangedSinceRecordedError(UserError):
+    """An object read back whose sha256 is not the one recorded when it was stored."""
+
+
 class ContentCache(Protocol):
     """Where content-addressed copies live (``video_kd.runs.RunLayout`` is one): storage
     knows the key scheme, not the run layout."""
@@ -104,6 +108,7 @@ def fetch(
     backoff: float = 1.0,
     progress_every_mb: int = 64,
     cache_kind: str = CACHE_KIND,
+    check: Callable[[Path], object] | None = None,
 ) -> Fetched:
     """Fetch ``url`` into ``dest_dir``; returns the file's path and whether the cache had it.
 
@@ -112,7 +117,9 @@ def fetch(
     ``cache/`` directory) or an ``s3://`` cache root; the object lives at
     ``<root>/<cache_kind>/<sha256>/<filename>`` (``teacher``; ImageNet weights
     use ``pretrained``).  ``retries`` counts attempts after the first one, for
-    HTTP(S) sources.
+    HTTP(S) sources.  ``check(path)`` runs on the verified file before it is cached (and on
+    a cache hit's copy): a file it refuses (raises) — a "teacher" with the right sha256 that
+    does not fit the KD config — never reaches the cache that other runs share.
     """
     check_url(url)
     sha256 = _normalized_sha256(sha256)
@@ -132,6 +139,8 @@ def fetch(
         dest = fetch_atomically(
             cache_uri, dest_dir / filename, sha256, lambda tmp: s3.download_file(cache_uri, tmp)
         )
+        if check:
+            check(dest)
         return Fetched(_ready(dest), cache_hit=True)
 
     dest = _ready(
@@ -147,6 +156,8 @@ def fetch(
         log.warning(
             'no sha256 given for %s: pass the one logged above as %s to pin %s', url, option, what
         )
+    if check:
+        check(dest)  # before caching: a refused file is kept from the shared cache
     if cache_uri and cache is not None and sha256:  # as for cache_uri
         store_in_cache(dest, cache, sha256, cache_kind)
     return Fetched(dest, cache_hit=False)
@@ -389,6 +400,6 @@ def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
     try:
         return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
     except ChecksumMismatchError as error:
-        raise UserError(
+        raise ChangedSinceRecordedError(
             f'{uri} changed since it was recorded: sha256 {error.got}, manifest says {sha256}'
         ) from error
