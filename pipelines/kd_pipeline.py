@@ -46,7 +46,7 @@ TRAINING_CONFIG_KEYS = (
     'VIDEO_KD_GPU_RESOURCE', 'VIDEO_KD_BACKOFF_LIMIT_PER_NODE', 'VIDEO_KD_KUEUE_QUEUE',
     'VIDEO_KD_PRIORITY_CLASS', 'VIDEO_KD_ISTIO_SIDECAR', 'VIDEO_KD_TRAINJOB_RUNTIME',
     'VIDEO_KD_TRAINJOB_RUNTIME_KIND', 'VIDEO_KD_TRAINJOB_MAX_RESTARTS', 'VIDEO_KD_PVC',
-    'VIDEO_KD_PVC_MOUNT', 'VIDEO_KD_NAMESPACE',
+    'VIDEO_KD_PVC_MOUNT', 'VIDEO_KD_NAMESPACE', 'VIDEO_KD_ALLOWED_IMAGE_PREFIXES',
 )  # fmt: skip
 
 
@@ -237,6 +237,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         checked = step(
             check_inputs(**{name: arguments[name] for name in check_inputs.component_spec.inputs}),
             'check inputs', image,
+        )  # fmt: skip
+        kubernetes.use_config_map_as_env(  # the chart's image allow-list, nothing else
+            checked, training_config_map,
+            {'VIDEO_KD_ALLOWED_IMAGE_PREFIXES': 'VIDEO_KD_ALLOWED_IMAGE_PREFIXES'}, optional=True,
         )  # fmt: skip
         env = {'s3_config_map': s3_config_map, 's3_credentials': s3_credentials}
         prep = step(

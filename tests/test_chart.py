@@ -65,6 +65,8 @@ EVERYTHING = {
         'tolerations': [{'key': 'x', 'operator': 'Exists'}],
     },
 }
+CLUSTER_SCOPED = ('ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding')
+VAP_K8S = '1.30'
 SCENARIOS = {'default': None, 'gpu+schedule': GPU_SCHEDULE, 'everything': EVERYTHING}
 
 
@@ -139,8 +141,14 @@ def test_renders_expected_objects(scenario):
         # Argo's executor Role: asked for (everything), or the scheduled runs execute as the
         # chart's ServiceAccount (both schedule)
         expected += ['Role', 'RoleBinding']
+    # the admission policy for the training jobs: one policy + binding per job kind
+    expected += ['ValidatingAdmissionPolicy', 'ValidatingAdmissionPolicyBinding'] * 2
     assert kinds == sorted(expected)
     for obj in objects:
+        if obj['kind'] in CLUSTER_SCOPED:
+            assert 'namespace' not in obj['metadata'], obj['metadata']['name']
+            assert NAMESPACE in obj['metadata']['name']  # one per release namespace
+            continue
         assert obj['metadata'].get('namespace') == NAMESPACE, obj['metadata']['name']
         assert obj['metadata']['labels']['app.kubernetes.io/instance'] == RELEASE
 
@@ -150,7 +158,10 @@ def test_every_object_validates_against_kubernetes_schemas(scenario, k8s_version
     _, objects = scenario
     for obj in objects:
         # raises ValidationError (with the path) on a wrong type or an unknown field
-        kubernetes_validate.validate(obj, k8s_version, strict=True)
+        version = k8s_version
+        if obj['kind'] in CLUSTER_SCOPED:  # admissionregistration.k8s.io/v1's VAP: GA in 1.30
+            version = max(k8s_version, VAP_K8S, key=lambda v: tuple(map(int, v.split('.'))))
+        kubernetes_validate.validate(obj, version, strict=True)
 
 
 def test_kubernetes_validation_can_fail():
@@ -1013,3 +1024,178 @@ def test_notes_warn_when_single_user_kfp_runs_the_steps_elsewhere(values, namesp
         '--set rbac.extraServiceAccounts={pipeline-runner}'
     ) in warning
     assert 'kfp.multiUser=true' in warning
+
+
+# --- the admission policy: what the Role cannot say -------------------------------------
+# Evaluated with cel-python (test extra), a CEL implementation: the policy's match
+# conditions, then its variables in order (each sees the earlier ones), then its
+# validations, as the API server's ValidatingAdmissionPolicy plugin does.
+STEP_USER = f'system:serviceaccount:{NAMESPACE}:{RELEASE}'
+
+
+def admission(policy: dict, operation: str, obj: dict | None, old: dict | None = None,
+              user: str = STEP_USER) -> list[str] | None:  # fmt: skip
+    """The messages of the validations that refuse the request; None when not matched."""
+    import celpy
+    from celpy import celtypes
+
+    env = celpy.Environment()
+
+    def evaluate(expression: str, activation: dict):
+        return env.program(env.compile(expression)).evaluate(activation)
+
+    activation = {
+        'object': celpy.json_to_cel(obj),
+        'oldObject': celpy.json_to_cel(old),
+        'request': celpy.json_to_cel({'operation': operation, 'userInfo': {'username': user}}),
+    }
+    spec = policy['spec']
+    if not all(evaluate(c['expression'], activation) for c in spec['matchConditions']):
+        return None
+    variables: dict = {}
+    for variable in spec['variables']:
+        value = evaluate(
+            variable['expression'], {**activation, 'variables': celtypes.MapType(variables)}
+        )
+        variables[celtypes.StringType(variable['name'])] = value
+    activation['variables'] = celtypes.MapType(variables)
+    return [v['message'] for v in spec['validations'] if not evaluate(v['expression'], activation)]
+
+
+def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
+    """The job the train step builds from the release's ConfigMaps (as in the step pod)."""
+    from video_kd import backends
+
+    env = {
+        **one(objects, 'ConfigMap', f'{RELEASE}-training')['data'],
+        **one(objects, 'ConfigMap', f'{RELEASE}-s3')['data'],
+    }
+    spec = backends.spec_from_env(
+        run_id='run-1', image=image or 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
+        command=['-m', 'video_kd.distill.train_pod'], num_nodes=2, gpus_per_worker=0,
+        namespace=NAMESPACE, env=env,
+    )  # fmt: skip
+    return backends.manifest(backend, spec)
+
+
+def pod_specs(job: dict) -> list[dict]:
+    if job['kind'] == 'PyTorchJob':
+        return [r['template']['spec'] for r in job['spec']['pytorchReplicaSpecs'].values()]
+    return [
+        j['template']['spec']['template']['spec']
+        for p in job['spec']['runtimePatches']
+        for j in p['trainingRuntimeSpec']['template']['spec']['replicatedJobs']
+    ]
+
+
+@pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
+@pytest.mark.parametrize('values', [None, {'persistence': {'enabled': True}}], ids=['', 'pvc'])
+def test_the_admission_policy_admits_the_backends_jobs_and_refuses_others(backend, values):
+    import copy
+
+    objects = render(values)
+    policy = one(objects, 'ValidatingAdmissionPolicy', f'{RELEASE}-{NAMESPACE}-{backend}s')
+    binding = one(objects, 'ValidatingAdmissionPolicyBinding', policy['metadata']['name'])
+    assert binding['spec']['policyName'] == policy['metadata']['name']
+    assert binding['spec']['validationActions'] == ['Deny']
+    assert binding['spec']['matchResources']['namespaceSelector']['matchLabels'] == {
+        'kubernetes.io/metadata.name': NAMESPACE
+    }
+    job = built_job(objects, backend)
+    assert admission(policy, 'CREATE', job) == []
+    assert admission(policy, 'DELETE', None, job) == []
+    # another user's requests (the operator, a person) are not this policy's business
+    other = copy.deepcopy(job)
+    other['metadata']['labels'] = {}
+    assert admission(policy, 'DELETE', None, other, user='system:serviceaccount:x:y') is None
+
+    def refused(change, operation='CREATE') -> list[str]:
+        bad = copy.deepcopy(job)
+        change(bad)
+        found = admission(policy, operation, None if operation == 'DELETE' else bad, bad)
+        assert found, f'{backend}: admitted after {change.__name__}'
+        return found
+
+    def other_service_account(bad):
+        pod_specs(bad)[0]['serviceAccountName'] = 'default-editor'
+
+    def no_service_account(bad):
+        for pod in pod_specs(bad):
+            del pod['serviceAccountName']
+
+    def another_secret_volume(bad):
+        pod_specs(bad)[0]['volumes'].append({'name': 's', 'secret': {'secretName': 'kfp-token'}})
+
+    def a_host_path(bad):
+        pod_specs(bad)[0]['volumes'].append({'name': 'h', 'hostPath': {'path': '/'}})
+
+    def another_secret_env(bad):
+        ref = {'name': 'X', 'valueFrom': {'secretKeyRef': {'name': 'other', 'key': 'k'}}}
+        if backend == 'trainjob':
+            bad['spec']['trainer']['env'].append(ref)
+        else:
+            pod_specs(bad)[0]['containers'][0]['env'].append(ref)
+
+    def another_image(bad):
+        if backend == 'trainjob':
+            bad['spec']['trainer']['image'] = 'ghcr.io/kubeflow-video-kd/video-kd-evil:1'
+        else:
+            pod_specs(bad)[0]['containers'][0]['image'] = 'evil:latest'
+
+    def no_label(bad):
+        del bad['metadata']['labels']['app.kubernetes.io/part-of']
+
+    assert refused(other_service_account) == [
+        "the training pods must run as the chart's training ServiceAccount"
+    ]
+    for change in (no_service_account, another_secret_volume, a_host_path, another_secret_env,
+                   another_image, no_label):  # fmt: skip
+        refused(change)
+    assert refused(no_label, 'DELETE') == [
+        "the step's ServiceAccount may create and delete only jobs labelled "
+        'app.kubernetes.io/part-of=video-kd and app.kubernetes.io/managed-by=video-kd'
+    ]
+    if backend == 'trainjob':
+
+        def another_runtime(bad):
+            bad['spec']['runtimeRef']['name'] = 'someone-elses'
+
+        refused(another_runtime)
+
+
+def test_every_admission_expression_compiles_and_names_only_the_releases_objects():
+    import celpy
+
+    objects = render(EVERYTHING)
+    policies = by_kind(objects, 'ValidatingAdmissionPolicy')
+    assert len(policies) == 2
+    env = celpy.Environment()
+    for policy in policies:
+        spec = policy['spec']
+        for item in spec['matchConditions'] + spec['variables'] + spec['validations']:
+            env.compile(item['expression'])  # raises CELParseError
+        (condition,) = spec['matchConditions']
+        assert condition['expression'] == (
+            f'request.userInfo.username in ["{STEP_USER}",'
+            f'"system:serviceaccount:{NAMESPACE}:default-editor"]'
+        )  # the Role's subjects, and no one else
+        variables = {v['name']: v['expression'] for v in spec['variables']}
+        assert variables['serviceAccount'] == f'"{RELEASE}-trainer"'
+        assert variables['secret'] == '"video-kd-s3-credentials"'
+        assert variables['pvc'] == f'"{RELEASE}-cache"'
+        assert spec['failurePolicy'] == 'Fail'
+    assert not by_kind(render({'rbac': {'admissionPolicy': False}}), 'ValidatingAdmissionPolicy')
+
+
+def test_the_image_allow_list_defaults_to_the_charts_repository():
+    import json as json_
+
+    def allowed(values):
+        data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
+        return json_.loads(data['VIDEO_KD_ALLOWED_IMAGE_PREFIXES'])
+
+    assert allowed(None) == [
+        'ghcr.io/kubeflow-video-kd/video-kd:',
+        'ghcr.io/kubeflow-video-kd/video-kd@',
+    ]
+    assert allowed({'pipeline': {'allowedImagePrefixes': ['r.example/ml/']}}) == ['r.example/ml/']

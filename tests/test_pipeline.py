@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -133,7 +134,9 @@ def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
     executors = spec['deploymentSpec']['executors']
     assert len(executors) == 7
     pods = platform['platforms']['kubernetes']['deploymentSpec']['executors']
-    assert 'exec-check-inputs' not in pods, 'it reads no S3: no credentials in its pod'
+    # it reads no S3: no credentials in its pod, only the chart's image allow-list
+    assert 'secretAsEnv' not in pods['exec-check-inputs'], 'no credentials in its pod'
+    assert set(pods['exec-check-inputs']) == {'configMapAsEnv'}
     for name, executor in executors.items():
         container = executor['container']
         assert container['image'] == "{{$.inputs.parameters['pipelinechannel--image']}}"
@@ -174,7 +177,8 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     read = {*checks.SHA256_PARAMETERS, *checks.LAUNCH_PARAMETERS}
     read |= {f.name for f in dataclasses.fields(TrainOptions)}
     read |= {'run_id', 's3_bucket', 's3_prefix', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
-             'student_config', 'training_backend', 'export_tolerance', 'speed_repeats'}  # fmt: skip
+             'student_config', 'training_backend', 'export_tolerance', 'speed_repeats',
+             'image'}  # fmt: skip
     assert read == inputs
 
 
@@ -203,6 +207,37 @@ def test_the_check_inputs_component_exits_2_in_one_line(capsys, bad):
     assert info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith('error: ') and err.count('\n') == 1, err
+
+
+def test_the_check_inputs_component_refuses_an_image_outside_the_charts_list(capsys, monkeypatch):
+    """Issue 25, point 8: `image` is a run parameter; the chart's allow-list (its training
+    ConfigMap's VIDEO_KD_ALLOWED_IMAGE_PREFIXES, which the compiled pipeline maps into the
+    check-inputs pod) refuses another one in one line, exit status 2."""
+    from components.check_inputs.component import check_inputs
+    from video_kd.steps.check_inputs import ALLOWED_IMAGES_ENV
+
+    arguments = {
+        **cli_defaults(),
+        'teacher_url': 'https://zoo.example/t.pth',
+        'teacher_sha256': 'ab' * 32,
+    }
+    params = {name: arguments[name] for name in check_inputs.component_spec.inputs}
+    monkeypatch.setenv(ALLOWED_IMAGES_ENV, '["ghcr.io/kubeflow-video-kd/video-kd:"]')
+    for image in ('evil:latest', 'ghcr.io/kubeflow-video-kd/video-kd-evil:1'):
+        with pytest.raises(SystemExit) as info:
+            check_inputs.python_func(**{**params, 'image': image})
+        assert info.value.code == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"error: image '{image}' is not allowed: the chart allows ")
+        assert err.count('\n') == 1, err
+    check_inputs.python_func(**{**params, 'image': 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'})
+    # the compiled pipeline gives the check-inputs pod that key, and no S3 credentials
+    ir = yaml.safe_load(Path(kp.__file__).with_suffix('.yaml').read_text().split('\n---\n')[-1])
+    config = ir['platforms']['kubernetes']['deploymentSpec']['executors']['exec-check-inputs']
+    assert [m['keyToEnv'] for m in config['configMapAsEnv']] == [
+        [{'configMapKey': ALLOWED_IMAGES_ENV, 'envVar': ALLOWED_IMAGES_ENV}]
+    ]
+    assert 'secretAsEnv' not in config
 
 
 def cli_defaults():

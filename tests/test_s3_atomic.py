@@ -11,9 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import random
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -294,6 +296,100 @@ def test_fallback_compare_and_swap_refuses_a_stale_etag(bucket, monkeypatch):
     with pytest.raises(s3.ObjectChangedError):
         s3.put_bytes(uri, b'3', if_match=first)  # stale: written since
     assert s3.read_bytes(uri) == b'2' and second != first
+
+
+# --------------------------------------------------------------------------- fallback claims
+FALLBACK_CLAIMANTS = 2  # the race of the report; 200 trials of 2 take ~20-30 s on 2 cores
+FALLBACK_TRIALS = 200
+
+
+@pytest.fixture
+def put_jitter():
+    """Up to 10 ms before every PutObject, as separate processes' scheduling adds: threads
+    in one process otherwise rarely open the check-then-put window (the claim of
+    create-if-absent's check-put-read-back fallback, run by this driver: 29 of 100 trials
+    with two winners; without the jitter, 0)."""
+    client = s3.s3_client()
+
+    def jitter(**_) -> None:
+        time.sleep(random.uniform(0, 0.01))
+
+    client.meta.events.register('before-send.s3.PutObject', jitter, unique_id='test-jitter')
+    yield
+    client.meta.events.unregister('before-send.s3.PutObject', unique_id='test-jitter')
+
+
+def test_fallback_claims_one_winner_in_200_trials_and_no_loser_releases_it(
+    bucket, monkeypatch, put_jitter
+):
+    """Issue 25, point 6: with the fallback (no conditional writes), 5 of 60 trials let a
+    loser past the claim, and in 1 of 80 a loser's release (check, then delete, not
+    knowing whose claim) deleted the winner's run.json. Now the fallback claims by ticket
+    and only the owner token's holder releases: exactly one claimant wins, every loser's
+    release (as a failed data prep makes it) leaves the winner's claim alone, and no
+    ticket stays behind. Threads against the serial moto server (strongly consistent, as
+    the fallback assumes)."""
+    from video_kd import runs
+
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'off')
+    for trial in range(FALLBACK_TRIALS):
+        layout = RunLayout(bucket, '', f'run-{trial}')  # no prefix: no prefix checks
+
+        def claim(i: int, layout=layout) -> object:
+            try:
+                return runs.claim_run(layout, f'job-{i}')
+            finally:
+                if not runs._owned.get((layout.claim_uri, f'job-{i}')):
+                    assert not runs.release_claim(layout, f'job-{i}')  # a loser's: nothing
+
+        results = race(FALLBACK_CLAIMANTS, claim)
+        won = [i for i, r in enumerate(results) if r is True]
+        assert len(won) == 1, (trial, results)
+        assert all(isinstance(r, runs.RunInUseError) for r in results if r is not True), results
+        stored = s3.read_json(layout.claim_uri)
+        assert stored['job_id'] == f'job-{won[0]}', (trial, stored)
+        assert stored['owner'] == runs._owned[(layout.claim_uri, f'job-{won[0]}')]
+        assert s3.list_uris(layout.root + '/') == [layout.claim_uri], trial  # no ticket left
+
+
+@pytest.mark.parametrize('setting', ['auto', 'off'])
+def test_only_the_owner_token_releases_a_claim(bucket, monkeypatch, setting):
+    from video_kd import runs
+
+    monkeypatch.setenv(s3_conditional.MODE_ENV, setting)
+    layout = RunLayout(bucket, 'kd', f'run-owner-{setting}')
+    assert runs.claim_run(layout, 'job-1') is True
+    token = s3.read_json(layout.claim_uri)['owner']
+    assert len(token) == 32 and runs._owned[(layout.claim_uri, 'job-1')] == token
+    assert not runs.release_claim(layout, 'job-2')  # never claimed here
+    # run.json replaced under us (a claim that is not ours any more): kept
+    s3.put_bytes(layout.claim_uri, json.dumps({'job_id': 'job-1', 'owner': 'x' * 32}).encode())
+    assert not runs.release_claim(layout, 'job-1')
+    assert s3.read_json(layout.claim_uri)['owner'] == 'x' * 32
+    # the delete is conditional on the version the token was read in
+    etag = s3.read_versioned(layout.claim_uri)[1]
+    s3.put_bytes(layout.claim_uri, json.dumps({'job_id': 'job-1', 'owner': token}).encode())
+    with pytest.raises(s3.ObjectChangedError):
+        s3.delete(layout.claim_uri, if_match=etag)
+    assert runs.release_claim(layout, 'job-1')  # ours again, and the directory is empty
+    assert not s3.list_uris(layout.root + '/')
+    assert not runs.release_claim(layout, 'job-1')  # released once
+
+
+def test_fallback_claim_reports_an_abandoned_ticket(bucket, monkeypatch):
+    """A claimant killed between its ticket's PUT and DELETE blocks the run id, by name."""
+    from video_kd import runs
+
+    monkeypatch.setenv(s3_conditional.MODE_ENV, 'off')
+    monkeypatch.setattr(runs, '_CLAIM_BACKOFF_S', 0.001)
+    layout = RunLayout(bucket, 'kd', 'run-ticket')
+    ticket = f'{layout.root}/{runs.TICKETS_DIR}/{"0" * 32}'
+    s3.put_bytes(ticket, b'x')
+    with pytest.raises(runs.RunInUseError, match=r'in progress, or one was abandoned under '):
+        runs.claim_run(layout, 'job-1')
+    assert s3.list_uris(layout.root + '/') == [ticket]  # nothing of ours
+    s3.delete(ticket)
+    assert runs.claim_run(layout, 'job-1') is True
 
 
 # --------------------------------------------------------------------------- data preps

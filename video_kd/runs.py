@@ -429,33 +429,131 @@ def claim_run(layout: RunLayout, job_id: str = '') -> bool:
     """Make the run directory ours: True when newly claimed, False when a retry of ``job_id``
     goes on in it.
 
-    The claim (``run.json``, recording the KFP run) is one conditional write
-    (``s3.create_if_absent``), so of two data preps started together with one
-    run id exactly one gets the directory and the other stops before writing
-    anything.  Raises ``RunInUseError`` when another run has it, or when the
+    The claim is ``run.json``: the run id, the KFP run (``job_id``) and a
+    random ``owner`` token; only the process holding that token releases it
+    (``release_claim``).  On a server with conditional writes the claim is one
+    conditional PUT (``s3.create_if_absent``), so of two data preps started
+    together with one run id exactly one gets the directory and the other
+    stops before writing anything.  On a server without them it is the
+    ticket protocol of ``_claim_by_ticket`` (see its docstring for what it
+    assumes).  Raises ``RunInUseError`` when another run has it, or when the
     directory holds objects but no claim.
     """
     check_run_id(layout.run_id)
     check_prefix_outside_runs(layout)
-    existing = s3.list_uris(layout.root + '/')
-    if existing and layout.claim_uri not in existing:
-        raise _in_use(layout, len(existing), 'it has no run.json')
-    if not existing:
-        claim = {
+    token = uuid.uuid4().hex
+    body = json.dumps(
+        {
             'run_id': layout.run_id,
             'job_id': job_id,
+            'owner': token,
             'created': time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()),
-        }
-        body = json.dumps(claim, indent=2)
-        if s3.create_if_absent(layout.claim_uri, body, content_type='application/json'):
+        },
+        indent=2,
+    )
+    conditional = s3.conditional_writes(layout.claim_uri)
+    for attempt in range(_CLAIM_TRIES):
+        existing = _run_objects(layout)
+        if existing and layout.claim_uri not in existing:
+            raise _in_use(layout, len(existing), 'it has no run.json')
+        if existing:
+            break
+        if conditional:
+            taken = s3.create_if_absent(layout.claim_uri, body, content_type='application/json')
+            outcome = _WON if taken else _TAKEN
+        else:
+            outcome = _claim_by_ticket(layout, token, body)
+        if outcome == _WON:
+            _owned[(layout.claim_uri, job_id)] = token
             log.info('run %s: claimed %s/', layout.run_id, layout.root)
             return True
-    owner = s3.read_json(layout.claim_uri).get('job_id')
+        if outcome == _TAKEN:
+            continue  # the next listing says by whom
+        # contended: the claimant with the smallest ticket goes again first, the others later
+        wait = _CLAIM_BACKOFF_S * (0.2 if outcome == _FIRST else 2 ** min(attempt, 3))
+        time.sleep(random.uniform(wait / 2, wait))
+    else:
+        raise _in_use(
+            layout,
+            len(_tickets(layout)),
+            f'a claim of it is in progress, or one was abandoned under {_tickets_prefix(layout)} '
+            '(delete that if no data prep of this run id is running)',
+        )
+    stored = s3.read_json(layout.claim_uri)
+    owner = stored.get('job_id')
     if not job_id or owner != job_id:
         why = f'claimed by KFP run {owner!r}' if owner else 'claimed'
         raise _in_use(layout, len(existing) or 1, why)
+    _owned[(layout.claim_uri, job_id)] = str(stored.get('owner', ''))  # the same KFP run
     log.info('run %s: continuing in %s/ (retry of KFP run %s)', layout.run_id, layout.root, job_id)
     return False
+
+
+# Claims this process made (or continues, as a retry of the same KFP run): (claim URI,
+# job id) -> the owner token in its run.json.  Only these are released (``release_claim``).
+_owned: dict[tuple[str, str], str] = {}
+_CLAIM_TRIES = 12
+_CLAIM_BACKOFF_S = 0.05
+_WON, _TAKEN, _FIRST, _LATER = 'won', 'taken', 'first', 'later'  # how a claim attempt ends
+TICKETS_DIR = '.claim'  # <run>/.claim/<token>: the fallback's tickets, gone after the claim
+
+
+def _tickets_prefix(layout: RunLayout) -> str:
+    return s3.join_uri(layout.root, TICKETS_DIR) + '/'
+
+
+def _tickets(layout: RunLayout) -> list[str]:
+    return s3.list_uris(_tickets_prefix(layout))
+
+
+def _run_objects(layout: RunLayout) -> list[str]:
+    """What the run directory holds, without the fallback's claim tickets."""
+    tickets = _tickets_prefix(layout)
+    return [uri for uri in s3.list_uris(layout.root + '/') if not uri.startswith(tickets)]
+
+
+def _claim_by_ticket(layout: RunLayout, token: str, body: str) -> str:
+    """The claim on a server without conditional writes: ``_WON``; ``_TAKEN`` when the
+    directory holds a claim (or anything) already; ``_FIRST`` or ``_LATER`` when other
+    claimants are at it too (back off and try again; ``_FIRST``: ours was the smallest
+    ticket seen, so ours goes again first).
+
+    Each claimant PUTs a ticket of its own (``<run>/.claim/<token>``, a key no one
+    else writes), then LISTs the run directory: it wins only if the listing shows
+    no other ticket and no claim, then writes ``run.json`` and deletes its ticket;
+    otherwise it deletes its ticket and backs off.  Two claimants cannot both win:
+    each LIST came after its own PUT, so for neither LIST to show the other's
+    ticket each PUT must follow the other's LIST, which is a cycle (a winner's
+    ticket is deleted only after its ``run.json`` was written, which the later
+    LIST then shows).  That holds only if the server is strongly consistent: a
+    LIST sees every PUT and DELETE that completed before it began (AWS S3 since
+    December 2020, MinIO, a single Ceph RGW zone).  A server whose listings lag
+    its writes (an eventually consistent gateway or cache, multi-site replication
+    read from another site) can let two claimants through, and nothing here can
+    tell.  A claimant killed between its PUT and its DELETE leaves a ticket that
+    blocks the run id until it is deleted (the error names it).
+    """
+    tickets = _tickets_prefix(layout)
+    ticket = s3.join_uri(tickets, token)
+    s3.put_bytes(ticket, token.encode())
+    won = False
+    try:
+        seen = s3.list_uris(layout.root + '/')
+        if [uri for uri in seen if not uri.startswith(tickets)]:
+            return _TAKEN
+        others = [uri.rsplit('/', 1)[1] for uri in seen if uri != ticket]
+        if others:
+            return _FIRST if token < min(others) else _LATER
+        s3.put_bytes(layout.claim_uri, body.encode(), content_type='application/json')
+        won = True
+        return _WON
+    finally:
+        try:
+            s3.delete(ticket)
+        except s3.S3Error:
+            if not won:
+                raise
+            log.warning('run %s: could not delete the claim ticket %s', layout.run_id, ticket)
 
 
 def check_prefix_outside_runs(layout: RunLayout) -> None:
@@ -484,15 +582,37 @@ def _in_use(layout: RunLayout, count: int, why: str) -> RunInUseError:
 def release_claim(layout: RunLayout, job_id: str = '') -> bool:
     """Give the run id back after a failed first step; True when released.
 
-    Only our own claim, and only when the directory holds nothing else: the user
-    fixes the data and re-runs with the same run id.  A directory with other
-    objects keeps its claim (the same KFP run may still retry into it).
+    Only a claim this process made (or continues for the same KFP run), only
+    while ``run.json`` still holds our owner token, and only when the directory
+    holds nothing else: the user fixes the data and re-runs with the same run
+    id.  The delete is conditional on the ETag the token was read with
+    (``If-Match``), so a claim that changed in between is never deleted; on a
+    server without conditional deletes the token check guards it alone (no one
+    else writes ``run.json`` while it exists).  A directory with other objects
+    keeps its claim (the same KFP run may still retry into it).
     """
-    if s3.list_uris(layout.root + '/') != [layout.claim_uri]:
+    token = _owned.get((layout.claim_uri, job_id))
+    if token is None:
+        return False  # not our claim: a loser never releases the winner's
+    if _run_objects(layout) != [layout.claim_uri]:
         return False
-    if s3.read_json(layout.claim_uri).get('job_id') != job_id:
+    try:
+        body, etag = s3.read_versioned(layout.claim_uri)
+        owner = json.loads(body).get('owner', '')
+    except s3.ObjectNotFoundError:
+        _owned.pop((layout.claim_uri, job_id), None)
         return False
-    s3.delete(layout.claim_uri)
+    except (ValueError, AttributeError):
+        return False  # not a claim we wrote
+    if owner != token or etag is None:
+        log.warning('run %s: run.json is not our claim any more: not released', layout.run_id)
+        return False
+    try:
+        s3.delete(layout.claim_uri, if_match=etag)
+    except s3.ObjectChangedError:
+        log.warning('run %s: run.json changed while released: kept', layout.run_id)
+        return False
+    _owned.pop((layout.claim_uri, job_id), None)
     log.info('run %s: claim released (nothing was published)', layout.run_id)
     return True
 

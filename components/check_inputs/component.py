@@ -30,6 +30,7 @@ def check_inputs(
     export_tolerance: float,
     speed_repeats: int,
     run_id: str,
+    image: str,
 ):
     """Check the run's parameters as the steps that read them will (cfg_options against the
     resolved KD config, the resolved config's values, numeric ranges, checksums, URLs,
@@ -69,6 +70,8 @@ def check_inputs(
         speed_repeats: A whole number from 0 (no speed check) to 1000.
         run_id: Empty (a new id) or a DNS label (1-63 lowercase letters, digits, hyphens),
             not "cache".
+        image: Starts with one of the chart's allowed prefixes (pipeline.allowedImagePrefixes,
+            from the training ConfigMap); no list, no check.
     """
     params = dict(locals())  # the parameters by name: nothing else is defined yet
     from video_kd.core.errors import exit_on_user_error

@@ -5,6 +5,8 @@ call it before KFP or S3 is touched)."""
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,6 +18,7 @@ from video_kd.core.checks import (
     check_s3_prefix,
     check_sha256,
 )
+from video_kd.core.errors import UserError
 from video_kd.distill.train_config import TrainOptions
 from video_kd.openmmlab.config import config_path
 from video_kd.steps import data_prep, evaluate, export, teacher, train
@@ -24,6 +27,32 @@ from video_kd.steps import data_prep, evaluate, export, teacher, train
 # The pipeline parameters whose checks need only the value itself or another parameter; the
 # rest (image, reencode, the cluster object names) have nothing to check.
 SHA256_PARAMETERS = ('teacher_sha256', 'baseline_sha256', 'student_pretrained_sha256')
+
+
+ALLOWED_IMAGES_ENV = 'VIDEO_KD_ALLOWED_IMAGE_PREFIXES'  # the chart's training ConfigMap
+
+
+def check_image(image: str, env: Mapping[str, str] | None = None) -> None:
+    """Refuse an ``image`` outside the chart's allow-list (``pipeline.allowedImagePrefixes``,
+    a JSON list of prefixes in ``VIDEO_KD_ALLOWED_IMAGE_PREFIXES``); no list, no check (a
+    laptop that submits, the local runner).  Every step pod and the training pods run
+    ``image``: a run parameter must not choose what runs with the step's rights.  This
+    check is the early, readable refusal; the enforcement is the chart's admission policy,
+    which refuses a training job whose pods run another image whatever the step runs."""
+    raw = (os.environ if env is None else env).get(ALLOWED_IMAGES_ENV, '')
+    if not raw.strip():
+        return
+    try:
+        prefixes = json.loads(raw)
+    except ValueError as exc:
+        raise UserError(f'{ALLOWED_IMAGES_ENV} is not a JSON list: {exc}') from exc
+    if not isinstance(prefixes, list) or not all(isinstance(p, str) and p for p in prefixes):
+        raise UserError(f'{ALLOWED_IMAGES_ENV} must be a JSON list of image prefixes')
+    if not any(image.startswith(prefix) for prefix in prefixes):
+        raise UserError(
+            f'image {image!r} is not allowed: the chart allows images starting with '
+            f'{", ".join(repr(p) for p in prefixes)} (pipeline.allowedImagePrefixes)'
+        )
 
 
 LAUNCH_PARAMETERS = ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'backoff_limit_per_node')
@@ -45,6 +74,8 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
     a laptop that submits needs no Kubernetes API and the check-inputs pod lacks the
     training ConfigMap that names the chart's backend.
     """
+    if 'image' in params:
+        check_image(params['image'])
     if params.get('run_id'):
         check_run_id(params['run_id'])
     if 's3_bucket' in params:

@@ -342,12 +342,32 @@ def _create(uri: str, write: Callable[[], object]) -> None:
         raise _conditional_refused('create', uri, 'If-None-Match') from exc
 
 
-def delete(uri: str) -> None:
-    """Remove one object (run claims that produced nothing); a missing object is no error."""
+def delete(uri: str, if_match: str | None = None) -> None:
+    """Remove one object (run claims that produced nothing); a missing object is no error.
+
+    ``if_match`` (the ETag it was read with): delete only that version, else
+    ``ObjectChangedError`` (a conditional delete where the server has one; on
+    one that rejects the header the caller's own check is all there is, see
+    ``s3_conditional.delete_if_match``).
+    """
     bucket, key = parse_s3_uri(uri)
     with errors('delete', uri):
-        s3_client().delete_object(Bucket=bucket, Key=key)
+        if if_match is None:
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        else:
+            try:
+                s3_conditional.delete_if_match(s3_client(), bucket, key, if_match)
+            except s3_conditional.ChangedError as exc:
+                raise ObjectChangedError(f'{uri} changed since it was read') from exc
     log.info('deleted %s', uri)
+
+
+def conditional_writes(uri: str) -> bool:
+    """Whether the server of ``uri``'s bucket enforces ``If-None-Match: *`` (the probe of
+    ``s3_conditional``, or ``VIDEO_KD_S3_CONDITIONAL_WRITES``)."""
+    bucket, _ = parse_s3_uri(uri)
+    with errors('probe', uri):
+        return s3_conditional.supports_conditional_writes(s3_client(), bucket)
 
 
 def download_file(uri: str, local: str | os.PathLike) -> Path:

@@ -32,7 +32,9 @@ again), but the window between one writer's check and its PUT stays open: a
 second writer that checked before the first one's PUT and puts after that
 writer's read-back replaces it unseen (an object: the earlier bytes are
 gone; the manifest: the earlier save's new entries are missing from it,
-their objects stay in S3).  ``VIDEO_KD_S3_CONDITIONAL_WRITES`` overrides the
+their objects stay in S3).  Run claims (``video_kd.runs.claim_run``) do not use this fallback: they
+claim by ticket, which is safe on a strongly consistent server (see
+``runs._claim_by_ticket``).  ``VIDEO_KD_S3_CONDITIONAL_WRITES`` overrides the
 probe: ``on`` (trust the server), ``off`` (always the fallback), ``auto``
 (the default).
 
@@ -222,6 +224,33 @@ def _stored_etag(client: BaseClient, bucket: str, key: str) -> str | None:
         if error_code(exc) in ('404', 'NoSuchKey', 'NotFound'):
             return None
         raise
+
+
+def delete_if_match(client: BaseClient, bucket: str, key: str, etag: str) -> None:
+    """Delete ``key`` only if it is still the version ``etag``; else ``ChangedError``.
+
+    ``If-Match`` on DeleteObject: moto 5.2.5 enforces it (tested), AWS S3
+    documents it.  A server that rejects the header (``501``, ``400``) gets a
+    plain delete: the caller has checked the object's content just before (a
+    run claim: its owner token), and that check is then all that guards the
+    delete; a server that ignores the header deletes unconditionally, the same.
+    A missing object is no error (nothing to delete).
+    """
+    try:
+        client.delete_object(Bucket=bucket, Key=key, IfMatch=etag)
+    except ClientError as exc:
+        if _is_precondition_failed(exc) or _is_conflict(exc):
+            raise ChangedError(key) from exc
+        if error_code(exc) in ('404', 'NoSuchKey', 'NotFound'):
+            return
+        if not (_is_unsupported(exc) or error_code(exc) in ('InvalidArgument', '400')):
+            raise
+        log.warning(
+            'S3 server %s refuses If-Match on DeleteObject: deleting %s after an owner check',
+            client.meta.endpoint_url,
+            key,
+        )
+        client.delete_object(Bucket=bucket, Key=key)
 
 
 def put_new(client: BaseClient, bucket: str, key: str, body: bytes, **extra) -> None:

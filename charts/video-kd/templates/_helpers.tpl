@@ -171,3 +171,13 @@ execute as the chart's ServiceAccount (every KFP pod's Argo executor needs it). 
 {{- define "video-kd.maxRestarts" -}}
 {{- mul .Values.training.backoffLimitPerNode .Values.training.workers }}
 {{- end }}
+
+{{/* The image prefixes a run may name (JSON list): pipeline.allowedImagePrefixes, or the
+chart's own repository (`<repository>:` and `<repository>@`, so `<repository>-evil` is not). */}}
+{{- define "video-kd.allowedImagePrefixes" -}}
+{{- if .Values.pipeline.allowedImagePrefixes }}
+{{- toJson .Values.pipeline.allowedImagePrefixes }}
+{{- else }}
+{{- toJson (list (printf "%s:" .Values.image.repository) (printf "%s@" .Values.image.repository)) }}
+{{- end }}
+{{- end }}
