@@ -561,8 +561,10 @@ CUSTOM = {
     },
     'persistence': {'enabled': True, 'existingClaim': 'videos', 'mountPath': '/mnt/videos'},
     'schedule': {'enabled': True, 'serviceAccount': 'default-editor'},
-    # `video-kd schedule` checks the run's parameters first: a run needs its teacher
-    'pipeline': {'params': {'teacher_url': 's3://team-a/teachers/tsm_r50.pth'}},
+    # `video-kd schedule` checks the run's parameters first: a run needs its teacher, pinned
+    'pipeline': {
+        'params': {'teacher_url': 's3://team-a/teachers/tsm_r50.pth', 'teacher_sha256': 'a' * 64}
+    },
 }
 
 
@@ -887,6 +889,9 @@ def step_pods(ir: bytes) -> dict[str, dict]:
     for executor, config in platform['platforms']['kubernetes']['deploymentSpec'][
         'executors'
     ].items():
+        if 'secretAsEnv' not in config:  # check inputs: no credentials (its own test)
+            assert 'check-inputs' in executor, executor
+            continue
         (secret,) = config['secretAsEnv']
         pods[executor] = {
             'secret': name_of(secret['secretNameParameter']),
@@ -966,7 +971,7 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
     }
     # ... and the recurring run's arguments, the same values
     arguments = recurring['runtime_config']['parameters']
-    assert set(CHART_RUN_SETTINGS) | {'teacher_url'} == set(arguments)
+    assert set(CHART_RUN_SETTINGS) | {'teacher_url', 'teacher_sha256'} == set(arguments)
     assert arguments == {k: defaults[k] for k in arguments}
     for executor, pod in step_pods(kfp.uploads[-1]).items():
         assert pod['secret'] == 'team-a-minio', executor
