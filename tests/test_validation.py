@@ -283,7 +283,7 @@ BAD_PARAMETERS = [
     ({'s3_prefix': '../..'}, "bad s3_prefix '../..': a '..' segment"),
     ({'run_id': 'run-1\n'}, "bad run id 'run-1\\n'"),
     ({'cfg_options': ['train_dataloader.batch_size=0']}, 'train_dataloader.batch_size must be'),
-    ({'cfg_options': ['optim_wrapper.optimizer.lr=0']}, 'optim_wrapper.optimizer.lr must be'),
+    ({'cfg_options': ['optim_wrapper.optimizer.lr=-1']}, 'optim_wrapper.optimizer.lr must be'),
     (
         {
             'student_pretrained_url': 'https://download.pytorch.org/models/resnet50-0676ba61.pth',
@@ -490,11 +490,10 @@ def test_the_data_check_cli_refuses_bad_numbers(tmp_path, capsys):
         ),
         ('train_cfg.max_epochs=0', 'train_cfg.max_epochs must be a whole number >= 1, got 0'),
         ('train_cfg.val_interval=0', 'train_cfg.val_interval must be a whole number >= 1'),
-        ('optim_wrapper.optimizer.lr=0', 'optim_wrapper.optimizer.lr must be a number > 0, got 0'),
-        ('optim_wrapper.optimizer.lr=-0.1', 'optim_wrapper.optimizer.lr must be a number > 0'),
+        ('optim_wrapper.optimizer.lr=-0.1', 'optim_wrapper.optimizer.lr must be a number >= 0'),
         (
             'optim_wrapper.optimizer.lr=nan',
-            'optim_wrapper.optimizer.lr must be a number > 0, got nan',
+            'optim_wrapper.optimizer.lr must be a number >= 0, got nan',
         ),
         ('optim_wrapper.optimizer.weight_decay=-1', 'weight_decay must be a number >= 0'),
         ('optim_wrapper.optimizer.momentum=-0.9', 'momentum must be a number >= 0'),

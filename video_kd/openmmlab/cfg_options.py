@@ -267,7 +267,7 @@ VALUE_RULES: tuple[tuple[str, bool, float, bool], ...] = (
     ('train_cfg.val_interval', True, 1, False),
     ('train_cfg.val_begin', True, 1, False),
     ('optim_wrapper.accumulative_counts', True, 1, False),
-    ('optim_wrapper.optimizer.lr', False, 0, True),
+    ('optim_wrapper.optimizer.lr', False, 0, False),  # 0: frozen weights, as PyTorch allows
     ('optim_wrapper.optimizer.weight_decay', False, 0, False),
     ('optim_wrapper.optimizer.momentum', False, 0, False),
     ('optim_wrapper.optimizer.eps', False, 0, False),
