@@ -177,18 +177,12 @@ def upload_checkpoint(layout: RunLayout, path: Path) -> str:
                 return uri
             if not s3.holds_file(uri, path):
                 continue  # another pod's epoch N: take the next name
-            _record_stored(manifest, path, uri, sha)
+            log.info('checkpoint %s: already stored at %s (an earlier attempt), recording it',
+                     path, uri)  # fmt: skip
+            manifest.record_stored('train', uri, sha, path.stat().st_size)
         log.info('checkpoint %s -> %s', path.name, uri)
         return uri
     raise s3.S3Error(f'too many versions of {path.name} under {checkpoint_prefix(layout)}')
-
-
-def _record_stored(manifest: Manifest, path: Path, uri: str, sha: str) -> None:
-    """Record an object that already holds ``path``'s bytes (no upload)."""
-    log.info('checkpoint %s: already stored at %s (an earlier attempt), recording it', path, uri)
-    entry = ManifestEntry(step='train', uri=uri, sha256=sha, size_bytes=path.stat().st_size)
-    manifest.entries.append(entry)
-    manifest.save()
 
 
 def upload_checkpoint_retried(layout: RunLayout, path: Path) -> str:

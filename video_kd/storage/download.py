@@ -73,6 +73,11 @@ class ChecksumMismatchError(DownloadError):
 class ChangedSinceRecordedError(UserError):
     """An object read back whose sha256 is not the one recorded when it was stored."""
 
+    def __init__(self, uri: str, got: str, recorded: str | None):
+        super().__init__(
+            f'{uri} changed since it was recorded: sha256 {got}, manifest says {recorded}'
+        )
+
 
 class ContentCache(Protocol):
     """Where content-addressed copies live (``video_kd.runs.RunLayout`` is one): storage
@@ -400,6 +405,4 @@ def fetch_verified(uri: str, dest: Path, sha256: str | None = None) -> Path:
     try:
         return fetch_atomically(uri, dest, sha256, lambda tmp: s3.download_file(uri, tmp))
     except ChecksumMismatchError as error:
-        raise ChangedSinceRecordedError(
-            f'{uri} changed since it was recorded: sha256 {error.got}, manifest says {sha256}'
-        ) from error
+        raise ChangedSinceRecordedError(uri, error.got, sha256) from error
