@@ -34,7 +34,7 @@ from video_kd.core.checks import check_run_id, check_s3_prefix, run_id_from
 from video_kd.core.errors import UserError
 from video_kd.core.progress import Progress
 from video_kd.storage import s3
-from video_kd.storage.download import fetch_verified
+from video_kd.storage.download import ChangedSinceRecordedError, fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -387,9 +387,7 @@ def read_recorded_json(manifest: Manifest, uri: str) -> Any:
     body = s3.read_bytes(uri)
     got = hashlib.sha256(body).hexdigest()
     if got != entry.sha256:
-        raise UserError(
-            f'{uri} changed since it was recorded: sha256 {got}, manifest says {entry.sha256}'
-        )
+        raise ChangedSinceRecordedError(uri, got, entry.sha256)
     try:
         return json.loads(body)
     except ValueError as exc:
@@ -596,25 +594,43 @@ def release_claim(layout: RunLayout, job_id: str = '') -> bool:
         return False  # not our claim: a loser never releases the winner's
     if _run_objects(layout) != [layout.claim_uri]:
         return False
-    try:
-        body, etag = s3.read_versioned(layout.claim_uri)
-        owner = json.loads(body).get('owner', '')
-    except s3.ObjectNotFoundError:
+    outcome = _delete_if_owned(layout.claim_uri, 'owner', token)
+    if outcome == _GONE:
         _owned.pop((layout.claim_uri, job_id), None)
         return False
-    except (ValueError, AttributeError):
-        return False  # not a claim we wrote
-    if owner != token or etag is None:
+    if outcome == _NOT_OURS:
         log.warning('run %s: run.json is not our claim any more: not released', layout.run_id)
         return False
-    try:
-        s3.delete(layout.claim_uri, if_match=etag)
-    except s3.ObjectChangedError:
+    if outcome == _CHANGED:
         log.warning('run %s: run.json changed while released: kept', layout.run_id)
         return False
     _owned.pop((layout.claim_uri, job_id), None)
     log.info('run %s: claim released (nothing was published)', layout.run_id)
     return True
+
+
+_DELETED, _GONE, _NOT_OURS, _CHANGED = 'deleted', 'gone', 'not ours', 'changed'
+
+
+def _delete_if_owned(uri: str, field: str, token: str) -> str:
+    """Delete the JSON object at ``uri`` only while its ``field`` holds ``token`` (a claim or a
+    hold this process wrote), conditionally on the ETag that was read with it (``If-Match``),
+    so one that changed in between is kept: ``_DELETED``, ``_GONE`` (nothing there),
+    ``_NOT_OURS`` (another owner, not JSON of ours, no ETag to condition on) or ``_CHANGED``."""
+    try:
+        body, etag = s3.read_versioned(uri)
+        owner = json.loads(body).get(field, '')
+    except s3.ObjectNotFoundError:
+        return _GONE
+    except (ValueError, AttributeError):
+        return _NOT_OURS
+    if owner != token or etag is None:
+        return _NOT_OURS
+    try:
+        s3.delete(uri, if_match=etag)
+    except s3.ObjectChangedError:
+        return _CHANGED
+    return _DELETED
 
 
 def check_claimed(layout: RunLayout) -> None:
@@ -686,5 +702,4 @@ def training_hold(layout: RunLayout) -> Iterator[str]:
         yield token
     finally:
         with contextlib.suppress(s3.S3Error):
-            if s3.read_json(uri).get('token') == token:
-                s3.delete(uri)
+            _delete_if_owned(uri, 'token', token)

@@ -108,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     setup_logging()
     layout = RunLayout.from_root(args.run_root)
-    data_meta: Dataset = read_recorded_json(Manifest.load(layout), args.data_meta)
+    manifest = Manifest.load(layout)  # what the pod reads back is checked against it
+    data_meta: Dataset = read_recorded_json(manifest, args.data_meta)
     check_mounted(data_meta)  # a PVC dataset in a pod without the PVC: one line, not 20 skips
     work = Path(args.work_dir)
     inputs, train_dir = work / 'inputs', work / 'mmengine'
@@ -116,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if int(os.environ.get('LOCAL_RANK', '0')) == 0:  # one download per node (pod)
         ready.parent.mkdir(parents=True, exist_ok=True)
         resumed = fetch_inputs(args, layout, inputs, train_dir)
-        fetch_lists(Manifest.load(layout), data_meta, inputs)
+        fetch_lists(manifest, data_meta, inputs)
         ready.write_text(resumed)
     else:
         wait_for_file(ready)
