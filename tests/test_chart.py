@@ -232,22 +232,31 @@ def test_rolebinding_binds_the_role_to_the_chart_serviceaccount(scenario):
     assert subjects == expected
 
 
+# What a KFP run's pods do with the Kubernetes API as the run's ServiceAccount (KFP's driver
+# and launcher, Argo's executor), from the source: tests/data/kfp-run-sa-api-calls.yaml.
+# (Argo's executor needed pods patch before v3.4; the v3.7.3 / v4.0.5 KFP ships need no more.)
 ARGO_EXECUTOR_GRANTS = {
     ('argoproj.io', 'workflowtaskresults', 'create'),
     ('argoproj.io', 'workflowtaskresults', 'patch'),
-    ('', 'pods', 'patch'),
 }
+KFP_RUN_GRANTS = ARGO_EXECUTOR_GRANTS | {('', 'configmaps', 'get'), ('', 'secrets', 'get')}
 
 
 def argo_role(objects):
-    return [r for r in by_kind(objects, 'Role') if r['metadata']['name'].endswith('argo-executor')]
+    return [r for r in by_kind(objects, 'Role') if r['metadata']['name'].endswith('kfp-run')]
+
+
+def run_grants(role: dict) -> set[tuple[str, str, str]]:
+    """grants() of a Role whose rules may name resources (resourceNames dropped)."""
+    return grants({'rules': [{k: v for k, v in r.items() if k != 'resourceNames'} for r in role['rules']]})
 
 
 def test_argo_executor_role_is_opt_in_and_separate():
     assert not argo_role(render())
     objects = render({'rbac': {'argoExecutor': True}})
-    argo = one(objects, 'Role', f'{RELEASE}-argo-executor')
-    assert grants(argo) == ARGO_EXECUTOR_GRANTS
+    argo = one(objects, 'Role', f'{RELEASE}-kfp-run')
+    assert run_grants(argo) == KFP_RUN_GRANTS
+    assert ARGO_EXECUTOR_GRANTS <= run_grants(argo)
     assert grants(one(objects, 'Role', f'{RELEASE}-pytorchjobs')) == EXPECTED_GRANTS
 
 
@@ -269,8 +278,8 @@ def test_scheduled_runs_get_argos_rights_when_they_run_as_the_chart(schedule, ar
     roles = argo_role(objects)
     assert bool(roles) == argo
     if argo:
-        binding = one(objects, 'RoleBinding', f'{RELEASE}-argo-executor')
-        assert grants(roles[0]) == ARGO_EXECUTOR_GRANTS
+        binding = one(objects, 'RoleBinding', f'{RELEASE}-kfp-run')
+        assert run_grants(roles[0]) == KFP_RUN_GRANTS
         assert binding['subjects'] == [
             {'kind': 'ServiceAccount', 'name': RELEASE, 'namespace': NAMESPACE}
         ]
@@ -404,7 +413,7 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
     assert upload['args'][: len(head)] == head
     args = schedule['args']
     # the upload's parameter defaults are the recurring run's arguments, pair for pair
-    assert upload['args'][len(head) :] == args[13:]
+    assert upload['args'][len(head) :] == args[15:]
     assert args[:9] == [
         'schedule',
         '--host',
@@ -417,9 +426,11 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
         'nightly-kd',
     ]
     assert args[9:13] == ['--namespace', NAMESPACE, '--service-account', RELEASE]
-    flags = args[13::2]
+    # the recurring run's name: the release's pipeline name and the experiment
+    assert args[13:15] == ['--job-name', 'video-kd-distillation-nightly-kd']
+    flags = args[15::2]
     assert set(flags) == {'--param'}
-    params = dict(p.split('=', 1) for p in args[14::2])
+    params = dict(p.split('=', 1) for p in args[16::2])
     assert params == {
         # the GPU run: components and PyTorchJob on the same CUDA build; users cannot override it
         'image': 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0-cuda',
@@ -436,7 +447,7 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
 
 def test_cpu_run_uses_the_cpu_image_and_no_gpus():
     _, spec = pod_spec(render({'schedule': {'enabled': True}}))
-    params = dict(p.split('=', 1) for p in spec['containers'][0]['args'][14::2])
+    params = dict(p.split('=', 1) for p in spec['containers'][0]['args'][16::2])
     assert params['image'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
     assert params['gpus_per_worker'] == '0' and params['num_workers'] == '2'
     assert 'dataset_uri' not in params, "empty params are left to the pipeline's defaults"
@@ -738,7 +749,7 @@ def test_a_renamed_release_compiles_and_schedules_with_its_own_names():
     params = [
         value for flag, value in zip(args[5::2], args[6::2], strict=True) if flag == '--param'
     ]
-    assert params == [p for p in schedule['args'][13:] if p != '--param']
+    assert params == [p for p in schedule['args'][15:] if p != '--param']
     named.pop('--param')
     assert named == {
         '--s3-config-map': 'kd-prod-video-kd-s3',
@@ -749,12 +760,16 @@ def test_a_renamed_release_compiles_and_schedules_with_its_own_names():
         '--pvc': 'videos',
         '--pvc-mount': '/mnt/videos',
     }
-    assert schedule['args'][9:13] == [
+    assert schedule['args'][9:15] == [
         '--namespace',
         'team-a',
         '--service-account',
         'default-editor',
+        '--job-name',
+        'kd-prod-video-kd-distillation-video-kd',
     ]
+    assert args[4] == 'kd-prod-video-kd-distillation'  # the release's own pipeline
+    assert schedule['args'][4] == args[4]
     env = {e['name']: e['value'] for e in schedule['env']}
     assert env['KF_PIPELINES_SA_TOKEN_PATH'] == '/var/run/secrets/kubeflow/pipelines/token'
     kfp_role = one(objects, 'Role', 'kd-prod-video-kd-kfp-api')

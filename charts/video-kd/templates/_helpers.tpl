@@ -17,6 +17,32 @@
 {{- end }}
 {{- end }}
 
+{{/* "<fullname>-<suffix>", within the 63 characters of a DNS label for any release name Helm
+allows (53): a full name too long for the suffix is cut and given 8 hex of its SHA-256, so two
+long release names sharing a prefix still get names of their own.  Call with (list . "suffix"). */}}
+{{- define "video-kd.suffixed" -}}
+{{- $root := index . 0 }}
+{{- $suffix := index . 1 }}
+{{- $full := include "video-kd.fullname" $root }}
+{{- if le (add (len $full) (len $suffix) 1) 63 }}
+{{- printf "%s-%s" $full $suffix }}
+{{- else }}
+{{- $cut := $full | trunc (int (sub 63 (add (len $suffix) 10))) | trimSuffix "-" }}
+{{- printf "%s-%s-%s" $cut (sha256sum $full | trunc 8) $suffix }}
+{{- end }}
+{{- end }}
+
+{{/* The pipeline's name in KFP: pipeline.name, else "<fullname>-distillation", so that two
+releases in one namespace upload two pipelines (and schedule two recurring runs). */}}
+{{- define "video-kd.pipelineName" -}}
+{{- default (include "video-kd.suffixed" (list . "distillation")) .Values.pipeline.name }}
+{{- end }}
+
+{{/* The recurring run's name: schedule.name, else "<pipeline name>-<experiment>". */}}
+{{- define "video-kd.recurringRunName" -}}
+{{- default (printf "%s-%s" (include "video-kd.pipelineName" .) .Values.schedule.experiment) .Values.schedule.name }}
+{{- end }}
+
 {{- define "video-kd.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
@@ -69,7 +95,7 @@ app.kubernetes.io/part-of: video-kd
 {{- if .Values.persistence.existingClaim }}
 {{- .Values.persistence.existingClaim }}
 {{- else if .Values.persistence.enabled }}
-{{- printf "%s-cache" (include "video-kd.fullname" .) }}
+{{- include "video-kd.suffixed" (list . "cache") }}
 {{- end }}
 {{- end }}
 
@@ -124,7 +150,7 @@ volumeMounts:
 {{/* ServiceAccount of the training pods: their own, with no API rights and no token. */}}
 {{- define "video-kd.trainingServiceAccountName" -}}
 {{- if .Values.training.serviceAccount.create }}
-{{- default (printf "%s-trainer" (include "video-kd.fullname" .)) .Values.training.serviceAccount.name }}
+{{- default (include "video-kd.suffixed" (list . "trainer")) .Values.training.serviceAccount.name }}
 {{- else }}
 {{- default "default" .Values.training.serviceAccount.name }}
 {{- end }}
@@ -145,7 +171,7 @@ volumeMounts:
 
 {{/* The namespaced TrainingRuntime the chart creates for TrainJobs. */}}
 {{- define "video-kd.trainingRuntimeName" -}}
-{{- printf "%s-torch" (include "video-kd.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- include "video-kd.suffixed" (list . "torch") }}
 {{- end }}
 
 {{/* Whether the chart creates its TrainingRuntime ("true" or ""): only for backend trainjob,
