@@ -550,6 +550,32 @@ def test_rerun_replaces_a_running_job_built_from_other_settings(cluster):
     assert cluster.verbs('pytorchjobs').count('POST') == 2
 
 
+def test_a_run_id_taken_by_another_release_is_refused_and_its_job_left_alone(cluster, capsys):
+    """Two releases in one namespace, one explicit run id: release B's step meets release A's
+    running job (another bucket: another spec hash) and neither adopts nor deletes it."""
+    theirs = pytorchjob.manifest(make_spec(env={'VIDEO_KD_RELEASE': 'kd-a', 'S3_BUCKET': 'a'}))
+    cluster.objects[('pytorchjobs', 'ml', theirs['metadata']['name'])] = {
+        **theirs,
+        'status': {'conditions': [CREATED, RUNNING]},
+    }
+    ours = make_spec(env={'VIDEO_KD_RELEASE': 'kd-b', 'S3_BUCKET': 'b'})
+    assert pytorchjob.manifest(ours)['metadata']['labels']['app.kubernetes.io/instance'] == 'kd-b'
+    assert run_cli(lambda: run(cluster, ours)) == BAD_INPUT
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line == (
+        f"error: PyTorchJob ml/{ours.name} (run id '{RUN_ID}') belongs to release 'kd-a', not "
+        "to this one ('kd-b'): the run id is taken in this namespace; start this run with "
+        'another run_id (nothing was deleted)'
+    )
+    assert 'DELETE' not in cluster.verbs('pytorchjobs')
+    assert cluster.objects[('pytorchjobs', 'ml', ours.name)]['metadata'] == theirs['metadata']
+    # the same release's re-run with other settings still replaces its own job
+    mine = make_spec(env={'VIDEO_KD_RELEASE': 'kd-a', 'S3_BUCKET': 'c'})
+    cluster.scripts[mine.name] = [[SUCCEEDED]]
+    run(cluster, mine)
+    assert cluster.verbs('pytorchjobs').count('DELETE') == 2, 'replaced, then deleted when done'
+
+
 def test_sigterm_deletes_the_job(cluster):
     """KFP cancels a run by deleting the step pod: SIGTERM, then the grace period."""
     spec = make_spec(env={})

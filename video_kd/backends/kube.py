@@ -27,6 +27,7 @@ from kubernetes import client as k8s
 from kubernetes import config, watch
 from kubernetes.client.exceptions import ApiException
 
+from video_kd.backends.spec import RELEASE_LABEL, RUN_ID_ANNOTATION
 from video_kd.core.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -243,6 +244,7 @@ class ClusterJob:
         self.api = api or api_client()
         self.objects = k8s.CustomObjectsApi(self.api)
         self.core = k8s.CoreV1Api(self.api)
+        self.foreign = False  # the name is taken by another release's job: never delete it
 
     # ----------------------------------------------------------------- create
     @contextlib.contextmanager
@@ -309,6 +311,7 @@ class ClusterJob:
             if exc.status != 409:
                 raise
         existing = self._crd_call('get', 'get_namespaced_custom_object', self.name)
+        self._refuse_another_releases(existing)
         found = self.state(existing)
         same = _spec_hash(existing) == _spec_hash(self.manifest)
         if same and not found.finished:
@@ -337,6 +340,22 @@ class ClusterJob:
                 raise
             raise self._still_there() from exc  # someone re-created it meanwhile
         return 'replaced'
+
+    def _refuse_another_releases(self, existing: dict[str, Any]) -> None:
+        """A job of this name that another release made (an explicit run id reused in
+        another release of this namespace) is neither adopted nor replaced: one line, and
+        ``delete`` leaves it alone."""
+        ours, theirs = _release(self.manifest), _release(existing)
+        if ours == theirs:
+            return
+        self.foreign = True
+        run_id = self.manifest['metadata'].get('annotations', {}).get(RUN_ID_ANNOTATION, '')
+        raise ClusterError(
+            f'{self.kind.kind} {self.namespace}/{self.name} (run id {run_id!r}) belongs to '
+            f'release {theirs or "(none)"!r}, not to this one ({ours or "(none)"!r}): the run '
+            'id is taken in this namespace; start this run with another run_id (nothing '
+            'was deleted)'
+        )
 
     # ----------------------------------------------------------------- follow
     def states(self, timeout: float) -> Iterator[JobState]:
@@ -531,6 +550,8 @@ class ClusterJob:
     # ----------------------------------------------------------------- delete
     def delete(self, wait: bool = False) -> None:
         """Delete the job and (foreground) its pods; a job already gone is fine."""
+        if self.foreign:
+            return  # another release's job, of the same name: not ours to delete
         body = k8s.V1DeleteOptions(
             propagation_policy='Foreground', grace_period_seconds=DELETE_GRACE_S
         )
@@ -593,6 +614,10 @@ class ClusterJob:
         with deleted_at_exit(self):
             self.submit()
             return self.wait(timeout)
+
+
+def _release(obj: dict[str, Any]) -> str:
+    return ((obj.get('metadata') or {}).get('labels') or {}).get(RELEASE_LABEL, '')
 
 
 def _spec_hash(obj: dict[str, Any]) -> str:

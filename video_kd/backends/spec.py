@@ -32,6 +32,10 @@ RUN_ID_LABEL = 'video-kd/run-id'
 RUN_ID_ANNOTATION = 'video-kd/run-id'
 SPEC_HASH_ANNOTATION = 'video-kd/spec-sha256'
 PART_OF = {'app.kubernetes.io/part-of': 'video-kd', 'app.kubernetes.io/managed-by': 'video-kd'}
+# The Helm release whose step made the job (VIDEO_KD_RELEASE, from the chart's training
+# ConfigMap): two releases in one namespace may name the same job (an explicit run id reused),
+# and a step adopts or deletes only a job of its own release.
+RELEASE_LABEL = 'app.kubernetes.io/instance'
 KUEUE_QUEUE_LABEL = 'kueue.x-k8s.io/queue-name'
 KUEUE_PRIORITY_LABEL = 'kueue.x-k8s.io/priority-class'
 ISTIO_INJECT = 'sidecar.istio.io/inject'
@@ -249,8 +253,8 @@ def spec_from_env(
 ) -> TrainingJobSpec:
     """A spec from the step pod's environment: the chart's training and S3 ConfigMaps.
 
-    Keys read (all optional): VIDEO_KD_NAMESPACE, VIDEO_KD_SERVICE_ACCOUNT (the
-    training pods'), VIDEO_KD_WORKER_POD_OVERRIDES (JSON: resources,
+    Keys read (all optional): VIDEO_KD_NAMESPACE, VIDEO_KD_RELEASE (the job's release
+    label), VIDEO_KD_SERVICE_ACCOUNT (the training pods'), VIDEO_KD_WORKER_POD_OVERRIDES (JSON: resources,
     nodeSelector, tolerations, affinity), VIDEO_KD_GPU_RESOURCE,
     VIDEO_KD_KUEUE_QUEUE, VIDEO_KD_PRIORITY_CLASS, VIDEO_KD_PVC,
     VIDEO_KD_PVC_MOUNT, VIDEO_KD_BACKOFF_LIMIT_PER_NODE, VIDEO_KD_ISTIO_SIDECAR,
@@ -288,6 +292,7 @@ def spec_from_env(
         pvc=env.get('VIDEO_KD_PVC') or '',
         pvc_mount=env.get('VIDEO_KD_PVC_MOUNT') or DEFAULT_PVC_MOUNT,
         service_account=env.get('VIDEO_KD_SERVICE_ACCOUNT') or '',
+        labels={RELEASE_LABEL: env['VIDEO_KD_RELEASE']} if env.get('VIDEO_KD_RELEASE') else {},
         queue=env.get('VIDEO_KD_KUEUE_QUEUE') or '',
         priority_class=env.get('VIDEO_KD_PRIORITY_CLASS') or '',
         backoff_limit_per_node=backoff,
