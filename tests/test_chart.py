@@ -248,7 +248,9 @@ def argo_role(objects):
 
 def run_grants(role: dict) -> set[tuple[str, str, str]]:
     """grants() of a Role whose rules may name resources (resourceNames dropped)."""
-    return grants({'rules': [{k: v for k, v in r.items() if k != 'resourceNames'} for r in role['rules']]})
+    return grants(
+        {'rules': [{k: v for k, v in r.items() if k != 'resourceNames'} for r in role['rules']]}
+    )
 
 
 def test_argo_executor_role_is_opt_in_and_separate():
@@ -256,7 +258,7 @@ def test_argo_executor_role_is_opt_in_and_separate():
     objects = render({'rbac': {'argoExecutor': True}})
     argo = one(objects, 'Role', f'{RELEASE}-kfp-run')
     assert run_grants(argo) == KFP_RUN_GRANTS
-    assert ARGO_EXECUTOR_GRANTS <= run_grants(argo)
+    assert run_grants(argo) >= ARGO_EXECUTOR_GRANTS
     assert grants(one(objects, 'Role', f'{RELEASE}-pytorchjobs')) == EXPECTED_GRANTS
 
 
@@ -1219,3 +1221,175 @@ def test_the_image_allow_list_defaults_to_the_charts_repository():
         'ghcr.io/kubeflow-video-kd/video-kd@',
     ]
     assert allowed({'pipeline': {'allowedImagePrefixes': ['r.example/ml/']}}) == ['r.example/ml/']
+
+
+# --- releases side by side ------------------------------------------------------------
+
+# Helm's longest release name (53), twice, differing only at the end: a cut name would collide
+LONG_RELEASES = ('kd-' + 'x' * 49 + 'a', 'kd-' + 'x' * 49 + 'b')
+SIDE_BY_SIDE = {
+    'schedule': {'enabled': True},
+    'persistence': {'enabled': True},
+    'training': {'backend': 'trainjob'},
+    'rbac': {'argoExecutor': True},
+    'pipeline': {
+        'params': {'teacher_url': 's3://kd/teachers/tsm_r50.pth', 'teacher_sha256': 'a' * 64}
+    },
+}
+
+
+def object_names(objects: list[dict]) -> dict[tuple[str, str], dict]:
+    named = {(o['kind'], o['metadata']['name']): o for o in objects}
+    assert len(named) == len(objects), 'two objects of one kind and name in one release'
+    return named
+
+
+@pytest.mark.parametrize('releases', [LONG_RELEASES, ('video-kd', 'kd-prod')])
+def test_two_releases_side_by_side_share_no_name_and_every_name_fits(releases):
+    """Two releases in one namespace: no rendered object, pipeline or recurring run shares a
+    name, every namespaced name is a 63-char DNS label (cluster-scoped: a 253-char subdomain),
+    and every name the hook passes on is an object of its own release."""
+    rendered = [render_as(SIDE_BY_SIDE, release, NAMESPACE) for release in releases]
+    names = [object_names(objects) for objects in rendered]
+    assert not names[0].keys() & names[1].keys()
+    kfp_names = []
+    for release, objects in zip(releases, rendered, strict=True):
+        for obj in objects:
+            name = obj['metadata']['name']
+            limit = 253 if obj['kind'] in CLUSTER_SCOPED else 63
+            assert len(name) <= limit and re.fullmatch(r'[a-z0-9]([-a-z0-9.]*[a-z0-9])?', name)
+            assert obj['metadata']['labels']['app.kubernetes.io/instance'] == release
+        spec = one(objects, 'Job')['spec']['template']['spec']
+        (upload,) = spec['initContainers']
+        (schedule,) = spec['containers']
+        flags = dict(zip(upload['args'][1::2], upload['args'][2::2], strict=False))
+        for flag, kind in (('--s3-config-map', 'ConfigMap'), ('--training-config-map', 'ConfigMap'),
+                           ('--pvc', 'PersistentVolumeClaim')):  # fmt: skip
+            one(objects, kind, flags[flag])
+        training = one(objects, 'ConfigMap', flags['--training-config-map'])['data']
+        assert training['VIDEO_KD_RELEASE'] == release
+        one(objects, 'TrainingRuntime', training['VIDEO_KD_TRAINJOB_RUNTIME'])
+        one(objects, 'ServiceAccount', training['VIDEO_KD_SERVICE_ACCOUNT'])
+        args = schedule['args']
+        assert args[args.index('--pipeline-name') + 1] == flags['--pipeline-name']
+        kfp_names.append((flags['--pipeline-name'], args[args.index('--job-name') + 1]))
+    assert kfp_names[0][0] != kfp_names[1][0] and kfp_names[0][1] != kfp_names[1][1]
+    if releases == LONG_RELEASES:
+        hook = [one(objects, 'Job')['metadata']['name'] for objects in rendered]
+        assert all(len(n) == 63 for n in hook), hook  # cut, hashed, suffixed: still 63
+    else:  # short names are kept as they were
+        assert kfp_names[0] == ('video-kd-distillation', 'video-kd-distillation-video-kd')
+        one(rendered[1], 'Job', 'kd-prod-video-kd-upload-pipeline')
+
+
+def test_two_releases_hooks_upload_two_pipelines_and_schedule_two_recurring_runs():
+    """Both releases' hook containers, their exact arguments, against one KFP API (single-user:
+    shared pipelines): two pipelines, two recurring runs."""
+    from kfp_server import FakeKFP
+
+    from video_kd import cli
+
+    hooks = []
+    for release in LONG_RELEASES:
+        spec = one(render_as(SIDE_BY_SIDE, release, NAMESPACE), 'Job')['spec']['template']['spec']
+        hooks.append((spec['initContainers'][0], spec['containers'][0]))
+    with FakeKFP(multi_user=False) as kfp:
+        for containers in hooks:
+            for container in containers:
+                argv = [arg.replace('$(KFP_HOST)', kfp.url) for arg in container['args']]
+                assert cli.main(argv) == 0, container['name']
+        pipelines = {p['display_name']: p['pipeline_id'] for p in kfp.pipelines.values()}
+        assert len(pipelines) == 2
+        recurring = {r['display_name']: r['pipeline_version_reference']['pipeline_id']
+                     for r in kfp.recurring_runs.values()}  # fmt: skip
+    assert len(recurring) == 2 and set(recurring.values()) == set(pipelines.values())
+
+
+# --- the runs' ServiceAccount: what KFP's driver and launcher and Argo's executor call ------
+
+KFP_RUN_CALLS = yaml.safe_load((ROOT / 'tests' / 'data' / 'kfp-run-sa-api-calls.yaml').read_text())
+
+
+def allows(roles: list[dict], verb: str, group: str, resource: str, name: str | None) -> bool:
+    """Whether one of the Roles allows the request, as RBAC decides it (a rule with
+    resourceNames allows only a request naming one of them)."""
+    return any(
+        verb in rule['verbs']
+        and group in rule['apiGroups']
+        and resource in rule['resources']
+        and (not rule.get('resourceNames') or name in rule['resourceNames'])
+        for role in roles
+        for rule in role['rules']
+    )
+
+
+def roles_of(objects: list[dict], account: str) -> list[dict]:
+    bound = {
+        b['roleRef']['name']
+        for b in by_kind(objects, 'RoleBinding')
+        if {'kind': 'ServiceAccount', 'name': account, 'namespace': NAMESPACE} in b['subjects']
+    }
+    return [r for r in by_kind(objects, 'Role') if r['metadata']['name'] in bound]
+
+
+def test_the_kfp_run_calls_are_read_at_the_minimum_kfp_version():
+    """The list is read at the oldest KFP the chart and docs claim, and at the first that runs
+    a recurring run as the account it names; each call cites a file:line at those tags."""
+    minimum = re.search(
+        r'backend \*\*(\d+\.\d+\.\d+) or newer\*\*', (ROOT / 'docs' / 'cluster.md').read_text()
+    )
+    assert minimum, 'docs/cluster.md names the minimum KFP backend'
+    chart = yaml.safe_load((CHART / 'Chart.yaml').read_text())
+    assert f'Kubeflow Pipelines >= {minimum[1]}' in chart['annotations']['video-kd/requires']
+    tags = {**KFP_RUN_CALLS['sources']['kfp']['tags'], **KFP_RUN_CALLS['sources']['argo']['tags']}
+    assert minimum[1] in tags and '2.17.0' in tags
+    for call in KFP_RUN_CALLS['calls']:
+        for source in call['source']:
+            tag, where = source.split()[:2]
+            assert tag in tags and re.fullmatch(r'[\w/.-]+\.(go|md):\d+(-\d+)?', where), source
+
+
+def test_the_runs_service_account_may_make_exactly_the_calls_kfp_and_our_steps_make():
+    """Scheduled runs as the chart's ServiceAccount: its Roles allow every call KFP's driver and
+    launcher and Argo's executor make (tests/data/kfp-run-sa-api-calls.yaml), and nothing
+    beyond those and what our own steps need; the calls left out are ones the compiled
+    pipeline never reaches."""
+    objects = render({'schedule': {'enabled': True}})
+    roles = roles_of(objects, RELEASE)
+    ir = (ROOT / 'pipelines' / 'kd_pipeline.yaml').read_text()
+    needed = []
+    for call in KFP_RUN_CALLS['calls']:
+        request = (call['verb'], call['group'], call['resource'], call['name'])
+        if call['needed']:
+            assert allows(roles, *request), f'the runs cannot {request}'
+            needed.append(request)
+        else:  # reached only by what the compiled pipeline does not hold
+            assert not any(text in ir for text in call.get('unless_ir_contains', [])), request
+    ours = EXPECTED_GRANTS | KFP_API_GRANTS
+    for role in roles:
+        for rule in role['rules']:
+            for group in rule['apiGroups']:
+                for resource in rule['resources']:
+                    for verb in rule['verbs']:
+                        names = rule.get('resourceNames') or [None]
+                        for name in names:
+                            justified = (group, resource, verb) in ours or any(
+                                (verb, group, resource) == n[:3] and n[3] in (None, name)
+                                for n in needed
+                            )
+                            assert justified, (
+                                f'{role["metadata"]["name"]}: {verb} {group}/{resource} {name or ""}'
+                            )
+                            if name is None and (group, resource, verb) not in ours:
+                                # a call on one fixed object is granted on that object only
+                                assert all(
+                                    n[3] is None for n in needed if n[:3] == (verb, group, resource)
+                                )
+    # the Secret the launcher reads is a value (kfp-launcher's providers may name others)
+    other = render({'schedule': {'enabled': True}, 'rbac': {'kfpArtifactSecrets': ['minio-kd']}})
+    assert allows(roles_of(other, RELEASE), 'get', '', 'secrets', 'minio-kd')
+    assert not allows(roles_of(other, RELEASE), 'get', '', 'secrets', 'mlpipeline-minio-artifact')
+    assert not allows(roles, 'get', '', 'secrets', 'video-kd-s3-credentials'), 'ours: env only'
+    # runs as another account (KFP's own): the chart grants nothing for them
+    elsewhere = render({'schedule': {'enabled': True, 'serviceAccount': 'default-editor'}})
+    assert not allows(roles_of(elsewhere, RELEASE), 'get', '', 'configmaps', 'kfp-launcher')
