@@ -454,8 +454,10 @@ def test_retried_pods_past_the_backoff_limit_fail_the_step_in_one_line(cluster):
     assert str(info.value) == (
         f'{spec.name} failed: BackoffLimitExceeded: 3 training pods failed with an exit status '
         'the operator retries, more than the backoff limit of 2 (the last: '
-        f'{spec.name}-worker-0: exit 137 (OOMKilled))'
-    )
+        f'{spec.name}-worker-0: exit 137 (OOMKilled)) ('
+        + '; '.join([f'{spec.name}-worker-0: exit 137 (OOMKilled)'] * 3)
+        + ')'
+    ), 'each failed pod (by UID) named, with its exit'
     assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects, 'the job is deleted'
     assert cluster.verbs('pytorchjobs')[-1] == 'DELETE'
 
