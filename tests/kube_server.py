@@ -14,7 +14,8 @@ resourceVersions, a watch from an old version replays what happened since,
 and one from a compacted version gets a 410 Gone ERROR event.  Faults a long
 watch meets: ``CUT`` in a script ends the connection mid-stream, ``GONE``
 cuts it and compacts the history (the resumed watch gets 410), ``DELETE``
-deletes the job (someone else), and ``watch_faults`` answers the next
+deletes the job (someone else), ``VANISH`` does that unseen (the
+connection cut first), and ``watch_faults`` answers the next
 watches of a resource with an HTTP error each (429 with ``retry_after``, 500,
 503).  A pod watch gives the pods as ADDED, then ``pod_events`` (type, pod)
 as the operator's re-creating a failed pod makes them: the same name, a new UID.
@@ -42,6 +43,7 @@ HOLD = 'hold'  # a script step: keep the watch open (the job runs) until the job
 CUT = 'cut'  # a script step: the connection ends mid-stream (API server restart, idle timeout)
 GONE = 'gone'  # a script step: CUT, and the history compacted (a resumed watch gets 410)
 DELETE = 'delete'  # a script step: someone else deletes the job
+VANISH = 'vanish'  # a script step: someone deletes the job, and the connection ends (CUT) first
 WATCH_MAX_S = 10  # the longest one watch request is held open
 _OBJ = re.compile(r'^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?$')
 _POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+?)(/log)?)?$')
@@ -87,6 +89,7 @@ class FakeKube:
         self.pod_events: list[tuple[str, dict]] = []  # played on every pod watch, after pods
         self.logs: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        self.watches: list[dict] = []  # each watch's query parameters
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
         self.server.daemon_threads = True
@@ -128,6 +131,8 @@ class FakeKube:
                 if method == 'GET' and query.get('watch') in ('True', 'true', '1'):
                     verb = 'WATCH'
                 fake.calls.append((verb, url.path))
+                if verb == 'WATCH':
+                    fake.watches.append({'path': url.path, **query})
                 length = int(self.headers.get('Content-Length') or 0)
                 body = json.loads(self.rfile.read(length) or b'null') if length else None
                 if match := _OBJ.match(url.path):
@@ -300,9 +305,11 @@ class FakeKube:
                 time.sleep(step)
             elif step == HOLD:
                 pass  # the end of the script holds too
-            elif step in (CUT, GONE):
+            elif step in (CUT, GONE, VANISH):
                 if step == GONE:
                     self.compacted = self.version + 1
+                if step == VANISH:
+                    self.remove(key)
                 h.connection.shutdown(socket.SHUT_RDWR)  # no final chunk: ended prematurely
                 h.close_connection = True
                 return

@@ -5,7 +5,7 @@ explain a failure, delete the job, and enforce a backoff limit the operator does
 
 Following a job lasts days, so it outlives the control plane's routine events: each watch
 resumes from the last resourceVersion it saw, a 410 Gone (that version compacted away) starts
-over from the current state, and transient API errors (a connection cut, a timeout, 429 with
+over from the current state, and transient API errors (a connection cut, a timeout, 429 after
 its Retry-After, 500/502/503/504) are retried with a doubling pause for at most
 ``VIDEO_KD_WATCH_RETRY_S`` seconds of continuous failure (``WATCH_RETRY_S``).  Only a
 definitive answer ends the step and deletes the job: the job's own Succeeded/Failed (its
@@ -111,9 +111,10 @@ def transient(exc: BaseException) -> bool:
 
 
 def _retry_after(exc: BaseException) -> float | None:
+    """The seconds a 429's (or 503's) Retry-After asks for; None if it has none."""
     value = (getattr(exc, 'headers', None) or {}).get('Retry-After')
     try:
-        return float(value) if value else None
+        return float(value) if value is not None else None
     except ValueError:  # an HTTP date: the doubling pause instead
         return None
 
@@ -125,8 +126,10 @@ def _first_line(exc: BaseException) -> str:
 
 class ApiRetry:
     """Retries of the API calls that follow a job: a pause that doubles (up to
-    ``WATCH_BACKOFF_S[1]``; a 429's Retry-After wins), one log line per retry, for at most
-    the budget of continuous failure; past it, ``SupervisionLost``.  Any success resets it."""
+    ``WATCH_BACKOFF_S[1]``), one log line per retry, for at most the budget of continuous
+    failure; past it, ``SupervisionLost``.  Any success resets it.  A 429 or 503 with a
+    Retry-After is first retried by the client's urllib3 (3 times, after the time the server
+    asks for); after those, here too the server's Retry-After is the pause."""
 
     def __init__(self, what: str, stop: threading.Event | None = None):
         self.what, self.stop = what, stop or threading.Event()
@@ -148,7 +151,8 @@ class ApiRetry:
                 f'{_first_line(exc)}): the job is left running, and a retry of the step '
                 'adopts it'
             ) from exc
-        pause = min(_retry_after(exc) or self.pause, self.budget - failing)
+        asked = _retry_after(exc)
+        pause = min(self.pause if asked is None else asked, self.budget - failing)
         log.warning(
             '%s: %s; retrying in %.1fs (failing for %.0fs of the %.0fs allowed)',
             self.what,
@@ -602,11 +606,8 @@ class ClusterJob:
 
     def _failed(self, reason: str | None, message: str | None) -> TrainingJobFailed:
         """The failure, once the pods' logs are saved: its line names where they are."""
-        pods = self._list_pods()
-        for item in pods:
-            self.pod_logs.seen(item)
         self.pod_logs.save(running_too=True)
-        detail = self.pod_logs.failures() or self.pod_exits(pods)
+        detail = self.pod_logs.failures() or self.pod_exits()
         return TrainingJobFailed(self.name, reason, message, detail)
 
     def _follow_states(self, timeout: float, reports: queue.Queue, stop: threading.Event) -> None:
@@ -671,10 +672,10 @@ class ClusterJob:
         except (ApiException, urllib3.exceptions.HTTPError):
             return []
 
-    def pod_exits(self, pods: list[Any] | None = None) -> str:
+    def pod_exits(self) -> str:
         """Each terminated training container's exit code and reason, e.g. 'pod-x: exit 2 (Error)'."""
         exits = []
-        for item in self._list_pods() if pods is None else pods:
+        for item in self._list_pods():
             code, reason = terminated(item, self.kind.container)
             if code:
                 exits.append(f'{item.metadata.name}: exit {code} ({reason})')
@@ -792,6 +793,8 @@ class PodLog:
     exit_code: int | None = None
     reason: str = ''
     uri: str = ''  # where it was saved
+    saving: bool = False
+    started: threading.Event = field(default_factory=threading.Event)  # its log is coming
     ended: threading.Event = field(default_factory=threading.Event)
     saved: threading.Event = field(default_factory=threading.Event)
 
@@ -845,6 +848,7 @@ class PodLogs:
                 echoed = self._stream(entry, echoed)
             except Exception as exc:  # a cut stream: look at the pod, then follow again
                 log.debug('following the log of %s: %s', entry.name, _first_line(exc))
+            entry.started.set()
             try:
                 pod = core.read_namespaced_pod(entry.name, namespace)
             except Exception:
@@ -880,6 +884,7 @@ class PodLogs:
             for chunk in response.stream():
                 out.write(chunk)
                 out.flush()
+                entry.started.set()
                 if not entry.echo:
                     continue
                 *lines, pending = (pending + chunk).split(b'\n')
@@ -892,15 +897,17 @@ class PodLogs:
     def _save(self, entry: PodLog) -> None:
         """Upload the pod's log into the run (once)."""
         with self.lock:
-            if entry.saved.is_set():
+            if entry.saving:
                 return
-            entry.saved.set()
-        if self.layout is None or not entry.path.exists():
-            return
+            entry.saving = True
         try:
-            entry.uri = publish(self.layout, 'train', entry.path, 'logs', entry.file_name).uri
+            if self.layout is not None and entry.path.exists():
+                saved = publish(self.layout, 'train', entry.path, 'logs', entry.file_name)
+                entry.uri = saved.uri
         except (s3.S3Error, OSError) as exc:  # the log is worth less than the training
             log.warning('could not save the log of %s: %s', entry.name, _first_line(exc))
+        finally:
+            entry.saved.set()
 
     def save(self, running_too: bool) -> None:
         """Save the logs not saved yet: those of ended pods (their reads given up to
@@ -909,11 +916,13 @@ class PodLogs:
         if self.closed:
             return
         self.closed = True
+        for pod in self.job._list_pods():  # the pods as they end, whatever the watch saw
+            self.seen(pod)
         self.stop.set()
         deadline = time.monotonic() + LOG_SAVE_WAIT_S
         for entry in list(self.pods.values()):
-            if entry.ended.is_set():
-                entry.saved.wait(max(0.0, deadline - time.monotonic()))
+            wait_for = entry.saved if entry.ended.is_set() else entry.started
+            wait_for.wait(max(0.0, deadline - time.monotonic()))
             if running_too or entry.ended.is_set():
                 self._save(entry)
 
@@ -930,7 +939,6 @@ class PodLogs:
         earlier = len(found) - FAILURES_NAMED
         where = f' (logs in {self.layout.uri("train", "logs")}/)' if self.layout else ''
         return '; '.join(found[-FAILURES_NAMED:]) + f'; {earlier} earlier failures{where}'
-
 
     def close(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
