@@ -394,8 +394,9 @@ class ClusterJob:
         """A call on the job's custom resource; 403/404 become one clear line."""
         fn = getattr(self.objects, method)
         base = (self.kind.group, self.kind.version, self.namespace, self.kind.plural)
+        retry = ApiRetry(f'{verb} {self.kind.kind} {self.namespace}/{self.name}')
         with self._explained(verb):
-            return fn(*base, *args, **kwargs)
+            return retry.call(fn, *base, *args, **kwargs)
 
     def check_queue(self, queue: str) -> None:
         """A Kueue LocalQueue that does not exist leaves the job pending forever: refuse it."""
@@ -687,8 +688,10 @@ class ClusterJob:
         body = k8s.V1DeleteOptions(
             propagation_policy='Foreground', grace_period_seconds=DELETE_GRACE_S
         )
+        retry = ApiRetry(f'deleting {self.kind.kind} {self.namespace}/{self.name}')
         try:
-            self.objects.delete_namespaced_custom_object(
+            retry.call(
+                self.objects.delete_namespaced_custom_object,
                 self.kind.group,
                 self.kind.version,
                 self.namespace,
@@ -821,7 +824,11 @@ class PodLogs:
     def seen(self, pod: Any) -> None:
         """A pod from the watch or a list: note its exit; follow its log once it has started."""
         meta, container = pod.metadata, self.job.kind.container
-        if not pod.status or pod.status.phase not in ('Running', 'Succeeded', 'Failed'):
+        if (
+            self.closed
+            or not pod.status
+            or pod.status.phase not in ('Running', 'Succeeded', 'Failed')
+        ):
             return
         uid = meta.uid or meta.name
         with self.lock:
@@ -915,12 +922,14 @@ class PodLogs:
         job is about to be deleted).  Once only."""
         if self.closed:
             return
-        self.closed = True
         for pod in self.job._list_pods():  # the pods as they end, whatever the watch saw
             self.seen(pod)
+        self.closed = True  # no pod followed from now on
         self.stop.set()
         deadline = time.monotonic() + LOG_SAVE_WAIT_S
-        for entry in list(self.pods.values()):
+        with self.lock:
+            entries = list(self.pods.values())
+        for entry in entries:
             wait_for = entry.saved if entry.ended.is_set() else entry.started
             wait_for.wait(max(0.0, deadline - time.monotonic()))
             if running_too or entry.ended.is_set():
@@ -930,7 +939,9 @@ class PodLogs:
         """'<pod>: exit 137 (OOMKilled), log s3://.../train/logs/<pod>.<uid8>.log' for each
         pod whose training container failed."""
         found = []
-        for entry in self.pods.values():
+        with self.lock:
+            entries = list(self.pods.values())
+        for entry in entries:
             if entry.exit_code:
                 where = f', log {entry.uri}' if entry.uri else ''
                 found.append(f'{entry.name}: exit {entry.exit_code} ({entry.reason}){where}')
