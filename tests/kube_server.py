@@ -321,8 +321,10 @@ class FakeKube:
 
     # ------------------------------------------------------------- pods
     def _pods(self, h, verb, ns, pod_name, is_log, query):
-        if pod_name and is_log:
-            return h._send(200, self.logs.get(pod_name, '').encode(), 'text/plain')
+        if pod_name and is_log:  # the previous run of a restarted container: '<pod>/previous'
+            previous = query.get('previous') in ('true', 'True')
+            text = self.logs.get(pod_name + '/previous' if previous else pod_name, '')
+            return h._send(200, text.encode(), 'text/plain')
         if pod_name:
             found = [p for p in self.pods if p['metadata']['name'] == pod_name]
             if not found:
@@ -402,11 +404,14 @@ def pod(
     exit_code=None,
     reason=None,
     uid=None,
+    restarts=0,
 ):
-    """A pod as the API returns it, with the training container's state."""
+    """A pod as the API returns it, with the training container's state (``restarts``: a
+    container restarted in place, its last run ended with exit 1)."""
     state = {'running': {}}
     if exit_code is not None:
         state = {'terminated': {'exitCode': exit_code, 'reason': reason or 'Error'}}
+    last = {'terminated': {'exitCode': 1, 'reason': 'Error'}} if restarts else {}
     return {
         'apiVersion': 'v1',
         'kind': 'Pod',
@@ -417,10 +422,11 @@ def pod(
                 {
                     'name': container,
                     'ready': False,
-                    'restartCount': 0,
+                    'restartCount': restarts,
                     'image': 'img',
                     'imageID': '',
                     'state': state,
+                    'lastState': last,
                 }
             ],
         },

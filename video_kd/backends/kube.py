@@ -774,6 +774,13 @@ def terminated(pod: Any, container: str) -> tuple[int | None, str]:
     return None, ''
 
 
+def _restarts(pod: Any, container: str) -> int:
+    for status in (pod.status and pod.status.container_statuses) or []:
+        if status.name == container:
+            return status.restart_count or 0
+    return 0
+
+
 def _ended(pod: Any, container: str) -> bool:
     """Whether the pod's training container has ended for good (the pod Succeeded or Failed,
     or the container terminated and not restarted)."""
@@ -797,13 +804,10 @@ class PodLog:
     reason: str = ''
     uri: str = ''  # where it was saved
     saving: bool = False
+    previous: set[int] = field(default_factory=set)  # restarts whose run's log is saved
     started: threading.Event = field(default_factory=threading.Event)  # its log is coming
     ended: threading.Event = field(default_factory=threading.Event)
     saved: threading.Event = field(default_factory=threading.Event)
-
-    @property
-    def file_name(self) -> str:
-        return f'{self.name}.{self.uid[:8]}.log'
 
 
 class PodLogs:
@@ -847,7 +851,8 @@ class PodLogs:
 
     def _follow(self, entry: PodLog) -> None:
         """Copy the pod's log until its container ends (again after a cut connection: a follow
-        starts from the log's beginning), then read it whole and save it."""
+        starts from the log's beginning), then read it whole and save it; a restarted
+        container's previous run is saved beside it (``_save_previous``)."""
         core, namespace = self.job.core, self.job.namespace
         container, echoed = self.job.kind.container, 0
         while True:
@@ -858,24 +863,52 @@ class PodLogs:
             entry.started.set()
             try:
                 pod = core.read_namespaced_pod(entry.name, namespace)
+            except ApiException as exc:
+                if exc.status == 404:
+                    break  # gone (a re-created pod's predecessor): keep what was followed
+                pod = None  # the API is away: look again
             except Exception:
-                pod = None  # gone (a re-created pod's predecessor): keep what was followed
-            if pod is None or pod.metadata.uid != entry.uid:
-                break
-            if _ended(pod, container):
-                self.seen(pod)
-                try:
-                    whole = core.read_namespaced_pod_log(
-                        entry.name, namespace, container=container, _preload_content=False
-                    ).data
-                    entry.path.write_bytes(whole)
-                except Exception as exc:
-                    log.debug('reading the log of %s: %s', entry.name, _first_line(exc))
-                break
+                pod = None
+            if pod is not None:
+                if pod.metadata.uid != entry.uid:
+                    break  # the same name, another pod: this one is gone
+                self._save_previous(entry, pod)
+                if _ended(pod, container):
+                    self.seen(pod)
+                    self._read_whole(entry)
+                    break
             if self.stop.wait(REWATCH_PAUSE_S):
                 return  # the step ends: save() takes what was followed
         entry.ended.set()
         self._save(entry)
+
+    def _read_whole(self, entry: PodLog, previous: bool = False, path: Path | None = None) -> bool:
+        """The ended container's whole log (``previous``: the run before its restart) into
+        its file; whether it could be read."""
+        try:
+            response = self.job.core.read_namespaced_pod_log(
+                entry.name,
+                self.job.namespace,
+                container=self.job.kind.container,
+                previous=previous,
+                _preload_content=False,
+            )
+            (path or entry.path).write_bytes(response.data)
+        except Exception as exc:
+            log.debug('reading the log of %s: %s', entry.name, _first_line(exc))
+            return False
+        return True
+
+    def _save_previous(self, entry: PodLog, pod: Any) -> None:
+        """A container restarted in place (restartCount n): its run n-1's log, which the
+        kubelet keeps until the next restart, to ``<pod>.<uid8>.restart<n-1>.log``."""
+        restarts = _restarts(pod, self.job.kind.container)
+        if not restarts or restarts - 1 in entry.previous:
+            return
+        entry.previous.add(restarts - 1)
+        path = self.dir / f'{entry.name}.{entry.uid[:8]}.restart{restarts - 1}.log'
+        if self._read_whole(entry, previous=True, path=path):
+            self._publish(entry, path)
 
     def _stream(self, entry: PodLog, echoed: int) -> int:
         """Follow the pod's log into its file; rank 0's lines past ``echoed`` into ours."""
@@ -908,13 +941,20 @@ class PodLogs:
                 return
             entry.saving = True
         try:
-            if self.layout is not None and entry.path.exists():
-                saved = publish(self.layout, 'train', entry.path, 'logs', entry.file_name)
-                entry.uri = saved.uri
-        except (s3.S3Error, OSError) as exc:  # the log is worth less than the training
-            log.warning('could not save the log of %s: %s', entry.name, _first_line(exc))
+            entry.uri = self._publish(entry, entry.path)
         finally:
             entry.saved.set()
+
+    def _publish(self, entry: PodLog, path: Path) -> str:
+        """``path`` as ``<run>/train/logs/<its name>``, recorded in the manifest; its URI ('' when
+        not saved: no run, or S3 failed — a log is worth less than the training)."""
+        if self.layout is None or not path.exists():
+            return ''
+        try:
+            return publish(self.layout, 'train', path, 'logs', path.name).uri
+        except (s3.S3Error, OSError) as exc:
+            log.warning('could not save the log of %s: %s', entry.name, _first_line(exc))
+            return ''
 
     def save(self, running_too: bool) -> None:
         """Save the logs not saved yet: those of ended pods (their reads given up to
