@@ -819,11 +819,17 @@ class PodLogs:
     def __init__(self, job: ClusterJob, layout: RunLayout | None):
         self.job, self.layout = job, layout
         self.echo_labels = dict(p.split('=', 1) for p in job.log_selector.split(',') if '=' in p)
-        self.dir = Path(tempfile.mkdtemp(prefix='video-kd-pod-logs-'))
+        self._dir: Path | None = None  # made when the first pod is followed
         self.pods: dict[str, PodLog] = {}  # by UID
         self.lock = threading.Lock()
         self.stop = threading.Event()
         self.closed = False
+
+    @property
+    def dir(self) -> Path:
+        if self._dir is None:
+            self._dir = Path(tempfile.mkdtemp(prefix='video-kd-pod-logs-'))
+        return self._dir
 
     def seen(self, pod: Any) -> None:
         """A pod from the watch or a list: note its exit; follow its log once it has started."""
@@ -992,7 +998,8 @@ class PodLogs:
         return '; '.join(found[-FAILURES_NAMED:]) + f'; {earlier} earlier failures{where}'
 
     def close(self) -> None:
-        shutil.rmtree(self.dir, ignore_errors=True)
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
