@@ -665,7 +665,7 @@ class ClusterJob:
             else:
                 log.warning('%s: %s (pod logs not followed)', what, _first_line(exc))
 
-    def _list_pods(self) -> list[Any]:
+    def list_pods(self) -> list[Any]:
         try:
             return self.core.list_namespaced_pod(
                 self.namespace, label_selector=self.pods_selector
@@ -676,7 +676,7 @@ class ClusterJob:
     def pod_exits(self) -> str:
         """Each terminated training container's exit code and reason, e.g. 'pod-x: exit 2 (Error)'."""
         exits = []
-        for item in self._list_pods():
+        for item in self.list_pods():
             code, reason = terminated(item, self.kind.container)
             if code:
                 exits.append(f'{item.metadata.name}: exit {code} ({reason})')
@@ -968,7 +968,7 @@ class PodLogs:
         job is about to be deleted).  Once only."""
         if self.closed:
             return
-        for pod in self.job._list_pods():  # the pods as they end, whatever the watch saw
+        for pod in self.job.list_pods():  # the pods as they end, whatever the watch saw
             self.seen(pod)
         self.closed = True  # no pod followed from now on
         self.stop.set()
