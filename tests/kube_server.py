@@ -7,15 +7,25 @@ that denies the object, the 400 strict field validation gives for a field an
 older CRD lacks and the 409 a duplicate name gives), pods
 (list / watch by label selector) and pod logs.  A job's status comes from a
 script of conditions, written the way the operators write them, played on
-its watch (a number in the script: a pause of that many seconds).  A pod
-watch gives the pods as ADDED, then ``pod_events`` (type, pod) as the
-operator's re-creating a failed pod makes them: the same name, a new UID.
+its watch (a number in the script: a pause of that many seconds), once per
+created job: a watch that ends and resumes from its resourceVersion goes on
+where the last one stopped.  As a real API server, objects carry
+resourceVersions, a watch from an old version replays what happened since,
+and one from a compacted version gets a 410 Gone ERROR event.  Faults a long
+watch meets: ``CUT`` in a script ends the connection mid-stream, ``GONE``
+cuts it and compacts the history (the resumed watch gets 410), ``DELETE``
+deletes the job (someone else), ``VANISH`` does that unseen (the
+connection cut first), and ``watch_faults`` answers the next
+watches of a resource with an HTTP error each (429 with ``retry_after``, 500,
+503).  A pod watch gives the pods as ADDED, then ``pod_events`` (type, pod)
+as the operator's re-creating a failed pod makes them: the same name, a new UID.
 """
 
 from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -30,8 +40,13 @@ CRDS = {
     'kueue.x-k8s.io/v1beta1/localqueues',
 }
 HOLD = 'hold'  # a script step: keep the watch open (the job runs) until the job is deleted
+CUT = 'cut'  # a script step: the connection ends mid-stream (API server restart, idle timeout)
+GONE = 'gone'  # a script step: CUT, and the history compacted (a resumed watch gets 410)
+DELETE = 'delete'  # a script step: someone else deletes the job
+VANISH = 'vanish'  # a script step: someone deletes the job, and the connection ends (CUT) first
+WATCH_MAX_S = 10  # the longest one watch request is held open
 _OBJ = re.compile(r'^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?$')
-_POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+)/log)?$')
+_POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+?)(/log)?)?$')
 
 
 def status(code: int, reason: str, message: str, kind: str = '', **details: str) -> dict:
@@ -53,6 +68,13 @@ class FakeKube:
         self.namespaces = {'ml'}
         self.objects: dict[tuple[str, str, str], dict] = {}
         self.scripts: dict[str, list] = {}  # job name -> conditions lists (or HOLD) per watch
+        self.cursor: dict[str, int] = {}  # job name -> the next script step (0 on each create)
+        self.version = 0  # the last resourceVersion given
+        self.compacted = 0  # a watch from an older resourceVersion gets 410 Gone
+        self.history: dict[tuple[str, str, str], list[tuple[int, str, dict]]] = {}
+        # plural -> HTTP statuses, one answered to each of the next watches of that resource
+        self.watch_faults: dict[str, list[int]] = {}
+        self.retry_after = '0.2'  # a 429's Retry-After (seconds)
         self.forbidden: set[tuple[str, str]] = set()  # (verb, plural)
         # plural -> (webhook name, rules): a validating admission webhook on create; the rules
         # return what they refuse in the object ([] admits it)
@@ -67,6 +89,7 @@ class FakeKube:
         self.pod_events: list[tuple[str, dict]] = []  # played on every pod watch, after pods
         self.logs: dict[str, str] = {}
         self.calls: list[tuple[str, str]] = []
+        self.watches: list[dict] = []  # each watch's query parameters
         self.lock = threading.Lock()
         self.server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
         self.server.daemon_threads = True
@@ -108,6 +131,8 @@ class FakeKube:
                 if method == 'GET' and query.get('watch') in ('True', 'true', '1'):
                     verb = 'WATCH'
                 fake.calls.append((verb, url.path))
+                if verb == 'WATCH':
+                    fake.watches.append({'path': url.path, **query})
                 length = int(self.headers.get('Content-Length') or 0)
                 body = json.loads(self.rfile.read(length) or b'null') if length else None
                 if match := _OBJ.match(url.path):
@@ -165,26 +190,73 @@ class FakeKube:
                 if key in self.objects:
                     msg = f'{plural}.{group} "{key[2]}" already exists'
                     return h._send(409, status(409, 'AlreadyExists', msg, plural))
-                self.objects[key] = body
+                self.cursor[key[2]] = 0
+                self.history[key] = []
+                body = self.put(key, body, 'ADDED')
             return h._send(201, body)
         if verb == 'WATCH':
+            faults = self.watch_faults.get(plural)
+            if faults:
+                return self._fault(h, faults.pop(0))
             wanted = query.get('fieldSelector', '').removeprefix('metadata.name=')
-            return self._watch(h, (plural, ns, wanted), plural)
+            return self._watch(h, (plural, ns, wanted), plural, query)
         key = (plural, ns, name)
         if key not in self.objects:
             msg = f'{plural}.{group} "{name}" not found'
             return h._send(404, status(404, 'NotFound', msg, plural))
         if verb == 'DELETE':
             with self.lock:
-                if name in self.lingering:  # a foreground delete still waiting for its pods
-                    obj = self.objects[key]
-                    obj.setdefault('metadata', {})['deletionTimestamp'] = '2026-01-01T00:00:00Z'
-                else:
-                    obj = self.objects.pop(key)
+                # a foreground delete whose pods still terminate only marks the job
+                lingers = name in self.lingering
+                obj = self.mark_deleting(key) if lingers else self.remove(key)
             return h._send(200, obj)
         return h._send(200, self.objects[key])
 
-    def _watch(self, h, key, plural):
+    # ------------------------------------------------------------- changes, as history
+    def put(self, key, obj, kind='MODIFIED') -> dict:
+        """Store the object under a new resourceVersion and note the change."""
+        self.version += 1
+        meta = {**(obj.get('metadata') or {}), 'resourceVersion': str(self.version)}
+        obj = {**obj, 'metadata': meta}
+        self.objects[key] = obj
+        self.history.setdefault(key, []).append((self.version, kind, obj))
+        return obj
+
+    def remove(self, key) -> dict:
+        """Delete the object (its DELETED event carries a new resourceVersion)."""
+        obj = self.objects.pop(key)
+        self.version += 1
+        obj = {**obj, 'metadata': {**obj['metadata'], 'resourceVersion': str(self.version)}}
+        self.history.setdefault(key, []).append((self.version, 'DELETED', obj))
+        return obj
+
+    def mark_deleting(self, key) -> dict:
+        """What a delete does to an object with finalizers, or whose pods still terminate."""
+        obj = self.objects[key]
+        meta = {**(obj.get('metadata') or {}), 'deletionTimestamp': '2026-01-01T00:00:00Z'}
+        return self.put(key, {**obj, 'metadata': meta})
+
+    def _fault(self, h, code: int):
+        reason = {429: 'TooManyRequests', 500: 'InternalError', 503: 'ServiceUnavailable'}
+        body = json.dumps(status(code, reason.get(code, 'Error'), f'fault {code}')).encode()
+        h.send_response(code)
+        h.send_header('Content-Type', 'application/json')
+        h.send_header('Content-Length', str(len(body)))
+        if code == 429:
+            h.send_header('Retry-After', self.retry_after)
+        h.end_headers()
+        h.wfile.write(body)
+
+    def _watch(self, h, key, plural, query):
+        """Replay the changes since the watch's resourceVersion (none given: the object as
+        ADDED), then play the job's script, then hold until the object goes or time is up."""
+        try:
+            self._play(h, key, plural, query)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client went (the step ended, or it stopped watching)
+
+    def _play(self, h, key, plural, query):
+
         h.send_response(200)
         h.send_header('Content-Type', 'application/json')
         h.send_header('Transfer-Encoding', 'chunked')
@@ -195,30 +267,69 @@ class FakeKube:
             h.wfile.write(f'{len(line):x}\r\n'.encode() + line + b'\r\n')
             h.wfile.flush()
 
-        obj = self.objects.get(key)
-        if obj is not None:
-            event('ADDED', obj)
-            for step in self.scripts.get(key[2], []) if plural != 'localqueues' else []:
-                if isinstance(step, (int, float)):
-                    time.sleep(step)
-                    continue
-                if step == HOLD:
-                    deadline = time.monotonic() + 10
-                    while key in self.objects and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                    if key not in self.objects:
-                        event('DELETED', obj)
-                    break
-                obj = {**obj, 'status': {'conditions': step}}
-                if key in self.objects:
-                    self.objects[key] = obj
-                event('MODIFIED', obj)
+        since = int(query.get('resourceVersion') or 0)
+        end = time.monotonic() + min(float(query.get('timeoutSeconds') or 1), WATCH_MAX_S)
+        if since and since < self.compacted:  # what etcd's compaction makes the API server say
+            gone = status(410, 'Expired', f'too old resource version: {since} ({self.compacted})')
+            event('ERROR', gone)
+            h.wfile.write(b'0\r\n\r\n')
+            return
+        last = self.objects.get(key)
+        if not since:
+            since = self.version
+            if last is not None:
+                if 'resourceVersion' not in (last.get('metadata') or {}):  # placed by a test
+                    last = self.put(key, last)
+                since = int(last['metadata']['resourceVersion'])
+                event('ADDED', last)
+        script = self.scripts.get(key[2], []) if plural != 'localqueues' else []
+        while time.monotonic() < end:
+            for version, kind, obj in list(self.history.get(key, [])):
+                if version > since:
+                    event(kind, obj)
+                    since, last = version, obj
+                    if kind == 'DELETED':
+                        h.wfile.write(b'0\r\n\r\n')
+                        return
+            if key not in self.objects:  # popped by a test: no history
+                if last is not None:
+                    event('DELETED', last)
+                break
+            step_no = self.cursor.get(key[2], 0)
+            if step_no >= len(script):
+                time.sleep(0.05)  # the job runs: hold the watch open
+                continue
+            self.cursor[key[2]] = step_no + 1
+            step = script[step_no]
+            if isinstance(step, (int, float)):
+                time.sleep(step)
+            elif step == HOLD:
+                pass  # the end of the script holds too
+            elif step in (CUT, GONE, VANISH):
+                if step == GONE:
+                    self.compacted = self.version + 1
+                if step == VANISH:
+                    self.remove(key)
+                h.connection.shutdown(socket.SHUT_RDWR)  # no final chunk: ended prematurely
+                h.close_connection = True
+                return
+            elif step == DELETE:
+                self.remove(key)
+            else:
+                self.put(key, {**self.objects[key], 'status': {'conditions': step}})
         h.wfile.write(b'0\r\n\r\n')
 
     # ------------------------------------------------------------- pods
-    def _pods(self, h, verb, ns, pod_name, query):
+    def _pods(self, h, verb, ns, pod_name, is_log, query):
+        if pod_name and is_log:  # the previous run of a restarted container: '<pod>/previous'
+            previous = query.get('previous') in ('true', 'True')
+            text = self.logs.get(pod_name + '/previous' if previous else pod_name, '')
+            return h._send(200, text.encode(), 'text/plain')
         if pod_name:
-            return h._send(200, self.logs.get(pod_name, '').encode(), 'text/plain')
+            found = [p for p in self.pods if p['metadata']['name'] == pod_name]
+            if not found:
+                return h._send(404, status(404, 'NotFound', f'pods "{pod_name}" not found', 'pods'))
+            return h._send(200, found[-1])
         rbac_verb = 'watch' if verb == 'WATCH' else 'list'
         if (rbac_verb, 'pods') in self.forbidden:
             msg = (
@@ -239,6 +350,9 @@ class FakeKube:
             return h._send(
                 200, {'kind': 'PodList', 'apiVersion': 'v1', 'metadata': {}, 'items': pods}
             )
+        faults = self.watch_faults.get('pods')
+        if faults:
+            return self._fault(h, faults.pop(0))
         events = [('ADDED', p) for p in pods] + [e for e in self.pod_events if selected(e[1])]
         lines = b''.join(
             json.dumps({'type': kind, 'object': p}).encode() + b'\n' for kind, p in events
@@ -290,11 +404,14 @@ def pod(
     exit_code=None,
     reason=None,
     uid=None,
+    restarts=0,
 ):
-    """A pod as the API returns it, with the training container's state."""
+    """A pod as the API returns it, with the training container's state (``restarts``: a
+    container restarted in place, its last run ended with exit 1)."""
     state = {'running': {}}
     if exit_code is not None:
         state = {'terminated': {'exitCode': exit_code, 'reason': reason or 'Error'}}
+    last = {'terminated': {'exitCode': 1, 'reason': 'Error'}} if restarts else {}
     return {
         'apiVersion': 'v1',
         'kind': 'Pod',
@@ -305,10 +422,11 @@ def pod(
                 {
                     'name': container,
                     'ready': False,
-                    'restartCount': 0,
+                    'restartCount': restarts,
                     'image': 'img',
                     'imageID': '',
                     'state': state,
+                    'lastState': last,
                 }
             ],
         },

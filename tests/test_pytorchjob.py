@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 from crd_schema import PYTORCHJOB_CRD, problems
-from kube_server import HOLD, FakeKube, pod
+from kube_server import CUT, GONE, HOLD, VANISH, FakeKube, pod
 from kubernetes import client as k8s
 from kubernetes.utils import parse_quantity
 
@@ -29,6 +29,7 @@ from video_kd import backends
 from video_kd.backends import kube, local, pytorchjob, torchrun
 from video_kd.backends.spec import JOB_NAME_MAX, JobSpecError, TrainingJobSpec, job_name
 from video_kd.core.errors import BAD_INPUT, TEMPORARY_FAILURE, UserError, run_cli
+from video_kd.runs import Manifest, RunLayout
 from video_kd.storage import s3
 
 COMMAND = (
@@ -454,8 +455,10 @@ def test_retried_pods_past_the_backoff_limit_fail_the_step_in_one_line(cluster):
     assert str(info.value) == (
         f'{spec.name} failed: BackoffLimitExceeded: 3 training pods failed with an exit status '
         'the operator retries, more than the backoff limit of 2 (the last: '
-        f'{spec.name}-worker-0: exit 137 (OOMKilled))'
-    )
+        f'{spec.name}-worker-0: exit 137 (OOMKilled)) ('
+        + '; '.join([f'{spec.name}-worker-0: exit 137 (OOMKilled)'] * 3)
+        + ')'
+    ), 'each failed pod (by UID) named, with its exit'
     assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects, 'the job is deleted'
     assert cluster.verbs('pytorchjobs')[-1] == 'DELETE'
 
@@ -698,6 +701,181 @@ def test_a_job_deleted_by_someone_else_fails_the_step(cluster):
 def test_missing_namespace_is_named(cluster):
     with pytest.raises(kube.ClusterError, match='namespace team-b does not exist'):
         run(cluster, make_spec(env={}, namespace='team-b'))
+
+
+# --- supervision that survives the control plane -----------------------------------------
+
+
+@pytest.fixture
+def short_retries(monkeypatch):
+    """A retry budget of 1.5 s of continuous failure, first pause 50 ms (days and 1 s live)."""
+    monkeypatch.setenv('VIDEO_KD_WATCH_RETRY_S', '1.5')
+    monkeypatch.setenv('VIDEO_KD_WATCH_BACKOFF_S', '0.05')
+
+
+def job_watches(cluster) -> list[dict]:
+    return [w for w in cluster.watches if '/pytorchjobs' in w['path']]
+
+
+def step_status(cluster, spec) -> int:
+    """The train step's exit status for this run of the job (``run_cli``, as its entry point)."""
+    return run_cli(run, cluster, spec)
+
+
+def test_a_cut_watch_resumes_from_its_version_and_the_job_runs_to_its_end(
+    cluster, short_retries, caplog
+):
+    """An API server restart or a balancer's idle timeout ends the watch mid-stream: the step
+    watches again from the last resourceVersion it saw (nothing replayed, nothing missed)."""
+    caplog.set_level(logging.WARNING, logger='video_kd.backends.kube')
+    spec = make_spec(env={})
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], CUT, [CREATED, NOT_RUNNING, SUCCEEDED]]
+    assert step_status(cluster, spec) == 0
+    first, second = job_watches(cluster)[:2]
+    assert 'resourceVersion' not in first and int(second['resourceVersion']) >= 2
+    assert 'ProtocolError' in caplog.text and 'retrying in' in caplog.text
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects, 'deleted once it succeeded'
+
+
+def test_a_watch_from_a_compacted_version_starts_over(cluster, short_retries):
+    """410 Gone (the version is compacted away): the step checks the job is there and watches
+    from its current state."""
+    spec = make_spec(env={})
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], GONE, [CREATED, NOT_RUNNING, SUCCEEDED]]
+    assert step_status(cluster, spec) == 0
+    versions = [w.get('resourceVersion') for w in job_watches(cluster)]
+    assert versions[0] is None and versions[1] and versions[2] is None, versions
+    job_path = f'/apis/kubeflow.org/v1/namespaces/ml/pytorchjobs/{spec.name}'
+    assert ('GET', job_path) in cluster.calls, 'is it still there?'
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_throttling_and_server_errors_are_retried(cluster, short_retries, caplog):
+    """429 with a Retry-After (urllib3 waits and tries 3 times more, then gives up), 500 and
+    503 on the job's watch: retried, a line each."""
+    caplog.set_level(logging.WARNING, logger='video_kd.backends.kube')
+    spec = make_spec(env={})
+    cluster.retry_after = '0'
+    cluster.watch_faults['pytorchjobs'] = [429] * 4 + [500, 503]
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], [CREATED, NOT_RUNNING, SUCCEEDED]]
+    assert step_status(cluster, spec) == 0
+    assert len(job_watches(cluster)) == 7
+    retries = [r.getMessage() for r in caplog.records if 'retrying in' in r.getMessage()]
+    assert len(retries) == 3, retries
+    assert '(429)' in retries[0] and 'retrying in 0.0s' in retries[0], "the server's Retry-After"
+    assert '(500)' in retries[1] and 'retrying in 0.1s' in retries[1], 'our pause, doubled'
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_an_api_down_past_the_budget_leaves_the_job_running(cluster, short_retries):
+    """Past the retry budget the step exits (75: a KFP retry adopts the job) and never
+    deletes the job its watch lost."""
+    spec = make_spec(env={})
+    cluster.watch_faults['pytorchjobs'] = [503] * 1000
+    cluster.scripts[spec.name] = [[CREATED, RUNNING]]
+    cluster.objects[('pytorchjobs', 'ml', spec.name)] = {
+        **pytorchjob.manifest(spec),
+        'status': {'conditions': [CREATED, RUNNING]},
+    }
+    with pytest.raises(kube.SupervisionLost) as info:
+        run(cluster, spec)
+    assert info.value.exit_status == TEMPORARY_FAILURE
+    assert str(info.value).startswith(f'following PyTorchJob ml/{spec.name}: the Kubernetes API')
+    assert str(info.value).endswith('the job is left running, and a retry of the step adopts it')
+    assert ('pytorchjobs', 'ml', spec.name) in cluster.objects, 'the job runs on'
+    assert 'DELETE' not in cluster.verbs('pytorchjobs')
+    # the retry of the step: the API is back, the job is adopted and followed to its end
+    cluster.watch_faults.clear()
+    cluster.scripts[spec.name] = [[CREATED, NOT_RUNNING, SUCCEEDED]]
+    cluster.cursor[spec.name] = 0
+    assert step_status(cluster, spec) == 0
+    kinds = [kind for _, kind, _ in cluster.history[('pytorchjobs', 'ml', spec.name)]]
+    assert 'ADDED' not in kinds, 'adopted, never created again'
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_a_job_deleted_while_the_watch_was_away_fails_the_step(cluster, short_retries):
+    """Deleted between a cut and the resumed watch: the DELETED event is replayed."""
+    spec = make_spec(env={})
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], VANISH]
+    with pytest.raises(backends.TrainingJobFailed, match='Deleted: the job was deleted before'):
+        run(cluster, spec)
+    assert job_watches(cluster)[-1].get('resourceVersion'), 'learnt from the resumed watch'
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_a_deadline_ends_the_step_and_the_job(cluster):
+    """activeDeadlineSeconds passed: the operator's Failed condition, reason DeadlineExceeded."""
+    spec = make_spec(env={})
+    deadline = {
+        **FAILED,
+        'reason': 'DeadlineExceeded',
+        'message': 'PyTorchJob ml/x has failed because it was active longer than specified '
+        'deadline',
+    }
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], [CREATED, NOT_RUNNING, deadline]]
+    with pytest.raises(backends.TrainingJobFailed, match='DeadlineExceeded: PyTorchJob ml/x'):
+        run(cluster, spec)
+    assert ('pytorchjobs', 'ml', spec.name) not in cluster.objects
+
+
+def test_a_rerun_waits_out_a_job_being_deleted_then_creates_it_afresh(cluster):
+    """A re-run soon after a cleanup finds the job with a deletionTimestamp: not adopted (it
+    would vanish under the step), waited out, and created again."""
+    spec = make_spec(env={})
+    key = ('pytorchjobs', 'ml', spec.name)
+    cluster.objects[key] = {**pytorchjob.manifest(spec), 'status': {'conditions': [RUNNING]}}
+    cluster.mark_deleting(key)
+    cluster.scripts[spec.name] = [[CREATED, RUNNING], [CREATED, NOT_RUNNING, SUCCEEDED]]
+    timer = threading.Timer(0.5, cluster.remove, (key,))  # its pods are gone: so is the job
+    timer.start()
+    assert step_status(cluster, spec) == 0
+    verbs = [v for v in cluster.verbs('pytorchjobs') if v != 'WATCH']
+    assert verbs[:3] == ['POST', 'GET', 'GET'] and verbs[3] == 'POST', verbs
+    assert verbs.count('DELETE') == 1, 'only the new job, once it ended'
+    assert key not in cluster.objects
+
+
+# --- every rank's log in S3 -----------------------------------------------------------------
+
+
+def test_every_pods_log_is_saved_and_the_failure_line_names_them(cluster, bucket):
+    """Worker 0 fails (137), is re-created by the operator under its name, and fails again
+    (exit 2); the master runs.  Each pod's log (by UID) is in <run>/train/logs/ and in the
+    run manifest before the job is deleted, and the failure's line names each failed pod,
+    its exit and its log."""
+    layout = RunLayout(bucket, 'kd', 'run-1')
+    spec = make_spec(env={}, num_nodes=2)
+    name = spec.name
+    worker = f'{name}-worker-0'
+    first = pod(worker, WORKER_LABELS, 'Failed', exit_code=137, reason='OOMKilled', uid='aaaa1111')
+    cluster.pods = [
+        pod(f'{name}-master-0', MASTER_LABELS, uid='mmmm0000'),
+        pod(worker, WORKER_LABELS, 'Failed', exit_code=2, uid='bbbb2222'),
+    ]
+    cluster.pod_events = [('MODIFIED', first), ('DELETED', first)]
+    cluster.logs[f'{name}-master-0'] = 'epoch 1 loss 0.5\n'
+    cluster.logs[worker] = 'Traceback (most recent call last):\nValueError: bad clip\n'
+    cluster.scripts[name] = [[CREATED, RUNNING], 0.5, [CREATED, NOT_RUNNING, FAILED]]
+    with pytest.raises(backends.TrainingJobFailed) as info:
+        backends.run_training('pytorchjob', spec, 30, api=cluster.api(), layout=layout)
+    logs = layout.uri('train', 'logs')
+    text = str(info.value)
+    assert f'{worker}: exit 137 (OOMKilled), log {logs}/{worker}.aaaa1111.log' in text
+    assert f'{worker}: exit 2 (Error), log {logs}/{worker}.bbbb2222.log' in text
+    assert 'master-0' not in text, 'only the failed pods'
+    assert '\n' not in text
+    saved = {uri.rsplit('/', 1)[1]: uri for uri in s3.list_uris(logs + '/')}
+    assert set(saved) == {
+        f'{name}-master-0.mmmm0000.log',
+        f'{worker}.aaaa1111.log',
+        f'{worker}.bbbb2222.log',
+    }
+    assert s3.read_bytes(saved[f'{worker}.bbbb2222.log']).endswith(b'ValueError: bad clip\n')
+    manifest = Manifest.load(layout)
+    assert all(manifest.find(uri) for uri in saved.values()), 'recorded in the run manifest'
+    assert ('pytorchjobs', 'ml', name) not in cluster.objects, 'deleted after the logs are saved'
 
 
 # --- local torchrun ---------------------------------------------------------------------

@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 from crd_schema import TRAINJOB_CRD, problems
-from kube_server import FakeKube, pod
+from kube_server import CUT, FakeKube, pod
 from kubeflow_trainer_api import models as tm
 from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, STEP_ENV, make_spec
 
@@ -21,6 +21,8 @@ from video_kd import backends
 from video_kd.backends import kube, trainjob
 from video_kd.backends.spec import job_name
 from video_kd.core.errors import UserError
+from video_kd.runs import Manifest, RunLayout
+from video_kd.storage import s3
 
 
 def node_patch(manifest):
@@ -346,6 +348,35 @@ def test_success_streams_node0_log_and_deletes_the_job(cluster, caplog):
     run(cluster)
     assert 'Epoch(train) [1][2/2] loss: 1.25' in caplog.text
     assert cluster.verbs('trainjobs')[0] == 'POST' and 'DELETE' in cluster.verbs('trainjobs')
+    assert ('trainjobs', 'ml', name) not in cluster.objects
+
+
+def test_a_cut_watch_is_resumed_and_each_nodes_log_is_saved(cluster, bucket, monkeypatch):
+    """The TrainJob's watch cut mid-run: resumed from its resourceVersion, the job followed to
+    its end; each node's log in <run>/train/logs/ (and the manifest) before the job is
+    deleted, a restarted container's previous run included."""
+    monkeypatch.setenv('VIDEO_KD_WATCH_BACKOFF_S', '0.05')
+    layout = RunLayout(bucket, 'kd', 'run-1')
+    name = job_name(RUN_ID)
+    node0 = f'{name}-node-0-0-abcde'
+    cluster.scripts[name] = [[], CUT, 1.0, [COMPLETE]]  # 1 s: the pods are looked at
+    cluster.pods.append(pod(node0, NODE0, 'Succeeded', 'node', exit_code=0, uid='cccc3333'))
+    cluster.logs[node0] = 'Epoch(train) [1][2/2] loss: 1.25\n'
+    # node 1's container restarted in place once: its first run's log is kept too
+    node1 = f'{name}-node-0-1-fghij'
+    labels = {**NODE0, 'batch.kubernetes.io/job-completion-index': '1'}
+    cluster.pods.append(pod(node1, labels, container='node', uid='dddd4444', restarts=1))
+    cluster.logs[node1] = 'resumed from epoch_1.pth\n'
+    cluster.logs[node1 + '/previous'] = 'RuntimeError: NCCL timeout\n'
+    backends.run_training('trainjob', make_spec(), 30, api=cluster.api(), layout=layout)
+    versions = [w.get('resourceVersion') for w in cluster.watches if '/trainjobs' in w['path']]
+    assert versions[0] is None and versions[1], 'resumed, not started over'
+    uri = layout.uri('train', 'logs', f'{node0}.cccc3333.log')
+    assert s3.read_bytes(uri) == b'Epoch(train) [1][2/2] loss: 1.25\n'
+    assert Manifest.load(layout).find(uri)
+    logs = layout.uri('train', 'logs')
+    assert s3.read_bytes(f'{logs}/{node1}.dddd4444.restart0.log') == b'RuntimeError: NCCL timeout\n'
+    assert s3.read_bytes(f'{logs}/{node1}.dddd4444.log') == b'resumed from epoch_1.pth\n'
     assert ('trainjobs', 'ml', name) not in cluster.objects
 
 

@@ -23,6 +23,7 @@ from video_kd.backends.base import ClusterBackend, LocalBackend
 from video_kd.backends.kube import ClusterError, ClusterJob, TrainingJobFailed
 from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
 from video_kd.core.checks import InvalidInputError
+from video_kd.runs import RunLayout
 
 log = logging.getLogger(__name__)
 BACKENDS = ('pytorchjob', 'trainjob', 'local')
@@ -98,13 +99,19 @@ def manifest(name: str, spec: TrainingJobSpec) -> dict[str, Any]:
 
 
 def run_training(
-    name: str, spec: TrainingJobSpec, timeout: float | None, api: Any = None, **local_kwargs: Any
+    name: str,
+    spec: TrainingJobSpec,
+    timeout: float | None,
+    api: Any = None,
+    layout: RunLayout | None = None,
+    **local_kwargs: Any,
 ) -> None:
     """Run the spec's training on the named backend until it ends; see the module doc.
 
     ``timeout``: seconds; None (no limit) for the local backend only.
 
     ``api``: a ``kubernetes.client.ApiClient`` (default: in-cluster, else kubeconfig).
+    ``layout``: the run, whose ``train/logs/`` gets every training pod's log (None: not saved).
     ``local_kwargs``: ``log_path``, ``cwd`` for the local backend.
     """
     if name == 'local':
@@ -124,6 +131,7 @@ def run_training(
         backend.pods_selector(spec.name),
         api=api,
         backoff=backend.backoff(spec),
+        layout=layout,
     )
     job.run(timeout, queue=spec.queue)
 

@@ -39,8 +39,9 @@ DEFAULT_PORT = 23456
 # 128 for a crash, signals: OOM kill, node loss, preemption): kubeflow/training-operator
 # v1.9.0 pkg/util/train/train_util.go IsRetryableExitCode (exitCode >= 128).
 RESTART_POLICY = 'ExitCode'
-# When the job finishes, running pods go (their GPUs with them); finished ones stay for
-# their logs until the step deletes the job.
+# When the job finishes, running pods go (their GPUs with them); finished ones stay until the
+# step deletes the job, which it does once every pod's log is in <run>/train/logs/ (kube.PodLogs):
+# the pods' own logs go with the job.
 CLEAN_POD_POLICY = 'Running'
 
 KIND = JobKind(

@@ -82,7 +82,7 @@ def run(
         spec = job_spec(layout, config_uri, data_meta, teacher, image, num_workers,
                         gpus_per_worker, nproc_per_node, backoff_limit_per_node)  # fmt: skip
         try:
-            backends.run_training(backend, spec, timeout)
+            backends.run_training(backend, spec, timeout, layout=layout)
         except backends.TrainingJobFailed as exc:
             raise UserError(
                 f'{exc}; re-run the step to resume from the last checkpoint in '
