@@ -560,6 +560,27 @@ def validate_source(
     return report
 
 
+def write_unchecked(source: DatasetSource, out_dir: str | Path) -> dict:
+    """``validate_source``'s files without decoding a video: the lists as found (each video
+    is read when used; the test loop stops on an unreadable one, training skips it), for
+    the local entry points told not to check (``--no-data-check``) and for evaluation."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = []
+    for split in SPLITS:
+        found = source.splits[split]
+        (out_dir / LIST_NAMES[split]).write_text('\n'.join(found.lines) + '\n')
+        report = SplitReport(split, LIST_NAMES[split], found.videos_uri, total=len(found.lines))
+        report.valid = len(found.lines)
+        splits.append(asdict(report))
+    (out_dir / CLASSES_NAME).write_text('\n'.join(source.classes) + '\n')
+    report_dict = {'root': source.root, 'layout': source.layout, 'classes': source.classes,
+                   'classes_from': source.classes_from, 'splits': splits, 'rejected_total': 0,
+                   'checked': 0}  # fmt: skip
+    (out_dir / REPORT_NAME).write_text(json.dumps(report_dict, indent=2))
+    return report_dict
+
+
 def _check_and_cache(
     todo: list[ObjectInfo], cache: CheckCache, min_frames: int, processes: int, threads: int
 ) -> dict[str, str | None]:

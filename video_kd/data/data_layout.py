@@ -407,18 +407,15 @@ def _probe_clip_paths(
     if 'train_videos' not in options:
         roots = [(n.train_videos, n.val_videos) for n in (names, MMACTION2, FLAT)]
         roots = list(dict.fromkeys(roots))
-    styles: list[dict[str, bool]] = [
-        dict(flat=False, spaced_folders=False),
-        dict(flat=False, spaced_folders=True),
-    ]
+    styles = [(False, False), (False, True)]  # (flat, spaced_folders): class folders first
     if 'flat' not in options:
-        styles.insert(0 if names.flat else len(styles), dict(flat=True, spaced_folders=False))
+        styles.insert(0 if names.flat else len(styles), (True, False))
     elif names.flat:
-        styles = [dict(flat=True, spaced_folders=False)]
+        styles = [(True, False)]
     candidates = [
-        replace(names, train_videos=train, val_videos=val, **style)
+        replace(names, train_videos=train, val_videos=val, flat=flat, spaced_folders=spaced)
         for train, val in roots
-        for style in styles
+        for flat, spaced in styles
     ]
     for row in rows[:PROBED_ROWS]:
         for candidate in candidates:
