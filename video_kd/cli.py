@@ -209,7 +209,9 @@ def uploaded_version(client: Client, args: argparse.Namespace) -> tuple[str, Any
             'first (or give --package FILE to run a compiled file as it is)'
         )
     wanted = getattr(args, 'version', None)
-    by_name = {'predicates': [{'operation': 'EQUALS', 'key': 'display_name', 'stringValue': wanted}]}
+    by_name = {
+        'predicates': [{'operation': 'EQUALS', 'key': 'display_name', 'stringValue': wanted}]
+    }
     versions = (
         client.list_pipeline_versions(
             pipeline_id,
@@ -375,7 +377,9 @@ def _submit_package(client: Client, params: dict[str, Any], args: argparse.Names
         service_account=args.service_account,
         enable_caching=False,
     )
-    print(f'submitted run {run.run_id} of {args.package} to {args.host} (experiment {args.experiment})')
+    print(
+        f'submitted run {run.run_id} of {args.package} to {args.host} (experiment {args.experiment})'
+    )
     return _wait(client, run.run_id, args.wait)
 
 
@@ -554,8 +558,44 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         '--namespace',
         help='Kubeflow profile namespace (multi-user KFP): upload makes the pipeline a '
-        "namespaced one there; schedule puts the experiment there and uses the namespace's "
-        'pipeline, else the shared one',
+        "namespaced one there; submit and schedule put the run's experiment there and run "
+        "the namespace's pipeline, else the shared one of that name",
+    )
+
+
+def _cluster_settings(p: argparse.ArgumentParser, what: str) -> None:
+    """The settings ``upload`` and ``compile`` compile into the pipeline: parameters'
+    defaults and the Helm release's object names."""
+    p.add_argument(
+        '--param',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help=f'default value of a pipeline parameter in the {what} pipeline (repeatable): '
+        'what a run started from the KFP UI, or given no value, gets; typed and checked as '
+        'for submit/schedule',
+    )
+    names = p.add_argument_group(
+        'cluster names',
+        "the Helm release's objects the step pods read (compiled into the "
+        f'{what} pipeline; defaults: a release named video-kd)',
+    )
+    names.add_argument('--s3-config-map', help='ConfigMap with S3_ENDPOINT_URL (video-kd-s3)')
+    names.add_argument(
+        '--s3-credentials', help='Secret with the S3 credentials (video-kd-s3-credentials)'
+    )
+    names.add_argument(
+        '--access-key-id-key', help='its key of the access key id (AWS_ACCESS_KEY_ID)'
+    )
+    names.add_argument(
+        '--secret-access-key-key', help='its key of the secret key (AWS_SECRET_ACCESS_KEY)'
+    )
+    names.add_argument(
+        '--training-config-map', help='ConfigMap of the training pods (video-kd-training)'
+    )
+    names.add_argument('--pvc', help='PersistentVolumeClaim mounted in every step pod (none)')
+    names.add_argument(
+        '--pvc-mount', help='where it is mounted (/cache); a dataset_uri may be a path under it'
     )
 
 
@@ -594,9 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
         'compile',
         help='compile the pipeline to its IR YAML',
         description='Compile pipelines/kd_pipeline.py to the IR YAML that the '
-        'Kubeflow UI and `kfp pipeline upload` take.',
+        'Kubeflow UI and `kfp pipeline upload` take; with --param or a cluster name, '
+        'compiled with them (what `upload` would upload).',
     )
     p.add_argument('--output', type=Path, help='default: pipelines/kd_pipeline.yaml')
+    _cluster_settings(p, 'compiled')
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser(
@@ -657,47 +699,22 @@ def build_parser() -> argparse.ArgumentParser:
         default='Video KD: MMAction2 + MMRazor distillation',
         help='of a new pipeline (default: %(default)s)',
     )
-    p.add_argument(
-        '--param',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='default value of a pipeline parameter in the uploaded pipeline (repeatable): '
-        'what a run started from the KFP UI, or given no value, gets; typed and checked as '
-        'for submit/schedule',
-    )
-    names = p.add_argument_group(
-        'cluster names',
-        "the Helm release's objects the step pods read (compiled into the uploaded pipeline; "
-        'defaults: a release named video-kd)',
-    )
-    names.add_argument('--s3-config-map', help='ConfigMap with S3_ENDPOINT_URL (video-kd-s3)')
-    names.add_argument(
-        '--s3-credentials', help='Secret with the S3 credentials (video-kd-s3-credentials)'
-    )
-    names.add_argument(
-        '--access-key-id-key', help='its key of the access key id (AWS_ACCESS_KEY_ID)'
-    )
-    names.add_argument(
-        '--secret-access-key-key', help='its key of the secret key (AWS_SECRET_ACCESS_KEY)'
-    )
-    names.add_argument(
-        '--training-config-map', help='ConfigMap of the training pods (video-kd-training)'
-    )
-    names.add_argument('--pvc', help='PersistentVolumeClaim mounted in every step pod (none)')
-    names.add_argument(
-        '--pvc-mount', help='where it is mounted (/cache); a dataset_uri may be a path under it'
-    )
+    _cluster_settings(p, 'uploaded')
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser(
         'submit',
-        help='start one run on a KFP host',
-        description='Start a run of the compiled pipeline on a KFP host (caching off), after '
-        "every step's checks on its parameters (the pipeline's check-inputs step): a bad one "
-        'is one line here, before anything is submitted.',
+        help='start one run of the uploaded pipeline on a KFP host',
+        description='Start a run of the pipeline uploaded to a KFP host (`video-kd upload`): '
+        'the one named --pipeline-name, its latest version or --version, with the defaults '
+        "stored in it (the release's names, `upload --param` values). With --package, a "
+        "compiled file is run as it is instead. Every step's checks on the parameters "
+        "(the pipeline's check-inputs step) run first: a bad one is one line here, before "
+        'a run is created. Caching is off in the compiled pipeline.',
     )
     _kfp_args(p)
+    p.add_argument('--pipeline-name', default=PIPELINE_NAME, help='default: %(default)s')
+    p.add_argument('--version', help='version name of the uploaded pipeline; default: latest')
     p.add_argument(
         '--param',
         action='append',
@@ -707,9 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
         'pipelines/kd_pipeline.py',
     )
     p.add_argument('--experiment', default='video-kd')
-    p.add_argument('--run-name')
+    p.add_argument('--run-name', help='default: <pipeline name> <local time>')
     p.add_argument('--service-account')
-    p.add_argument('--package', type=Path, help='default: pipelines/kd_pipeline.yaml')
+    p.add_argument(
+        '--package',
+        type=Path,
+        help='run this compiled pipeline file as it is (e.g. pipelines/kd_pipeline.yaml) '
+        'instead of the uploaded pipeline',
+    )
     p.add_argument(
         '--wait',
         type=int,
