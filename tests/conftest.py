@@ -197,18 +197,35 @@ def kd_data(local_run_workdir) -> Path:
     return generate_dataset(_local_inputs(local_run_workdir) / 'dataset', **TINY_DATA)
 
 
+def mmaction2_view(root: Path, seed_dir: Path) -> Path:
+    """``root`` (our layout) as the seed has its data: ``<seed_dir>/data/kinetics400``, a link
+    to an MMAction2 Kinetics tree (videos_train/, videos_val/, kinetics400_*_list_videos.txt,
+    label_map_k400.txt) whose files link back to ``root``'s."""
+    tree = seed_dir / 'mmaction2' / 'data' / 'kinetics400'
+    tree.mkdir(parents=True)
+    for split in ('train', 'val'):
+        (tree / f'videos_{split}').symlink_to(root / 'videos', target_is_directory=True)
+        (tree / f'kinetics400_{split}_list_videos.txt').symlink_to(root / f'{split}_list.txt')
+    (tree / 'label_map_k400.txt').symlink_to(root / 'classes.txt')
+    (seed_dir / 'data').symlink_to(tree.parent, target_is_directory=True)
+    return seed_dir / 'data' / 'kinetics400'
+
+
 @pytest.fixture(scope='session')
 def tiny_teacher(kd_data, local_run_workdir) -> Path:
     """A tsm_r50_tiny checkpoint trained for one epoch on kd_data: the one teacher training of
-    the session (the whole-pipeline runs find it as their 1-epoch teacher)."""
+    the session (the whole-pipeline runs find it as their 1-epoch teacher).  It trains as the
+    seed's own command does, on the seed's data layout: kd_data seen as MMAction2's Kinetics
+    tree behind a ``data/kinetics400`` link."""
     work_dir = _local_inputs(local_run_workdir) / 'teacher-1e'
+    seed_data = mmaction2_view(kd_data, local_run_workdir / 'seed')
     result = run_module(
         'video_kd.distill.train',
         'tsm_r50_tiny',
         '--work-dir',
         work_dir,
         '--data-root',
-        kd_data,
+        seed_data,
         '--max-epochs',
         1,
         *TINY_TRAIN,

@@ -20,6 +20,10 @@ backend/src/apiserver:
   empty namespace is refused in multi-user mode;
 * server/job_server.go: 'list' / 'create' / 'delete jobs' in the experiment's
   namespace ("Recurring run cannot have an empty namespace in multi-user mode").
+* server/run_server.go: 'create runs' / 'get runs' in the experiment's namespace;
+  server/pipeline_server.go: getting a version of a namespaced pipeline is 'get
+  pipelines' there.  A version keeps the uploaded spec; a run of a version resolves
+  its parameters against that spec's defaults (runs end SUCCEEDED at once).
 """
 
 from __future__ import annotations
@@ -44,6 +48,15 @@ def uploaded_file(content_type: str, raw: bytes) -> bytes:
     raise AssertionError('no uploadfile in the upload')
 
 
+def _stored_spec(package: bytes) -> dict:
+    """A version's pipeline_spec as the API returns it: the IR, wrapped with the platform
+    spec when the package has one (``{pipeline_spec, platform_spec}``)."""
+    import yaml
+
+    docs = list(yaml.safe_load_all(package))
+    return docs[0] if len(docs) == 1 else {'pipeline_spec': docs[0], 'platform_spec': docs[1]}
+
+
 class Refused(Exception):
     def __init__(self, code: int, message: str):
         super().__init__(message)
@@ -56,8 +69,10 @@ class FakeKFP:
         self.grants: set[tuple[str, str, str]] = set()  # (verb, resource, namespace)
         self.pipelines: dict[str, dict] = {}
         self.versions: dict[str, list[dict]] = {}  # pipeline id -> its versions
+        self.specs: dict[str, dict] = {}  # version id -> its stored pipeline spec
         self.experiments: dict[str, dict] = {}
         self.recurring_runs: dict[str, dict] = {}
+        self.runs: dict[str, dict] = {}
         self.checks: list[tuple[str, str, str]] = []  # every authorization asked for
         self.uploads: list[bytes] = []  # the pipeline files uploaded, in order
         self.server = ThreadingHTTPServer(('127.0.0.1', 0), self._handler())
@@ -135,7 +150,13 @@ class FakeKFP:
             self.uploads.append(body['uploadfile'])
             return self.upload_version(query)
         if match := re.fullmatch(r'/pipelines/([^/]+)/versions', path):
-            return self.list_versions(match[1])
+            return self.list_versions(match[1], query)
+        if match := re.fullmatch(r'/pipelines/([^/]+)/versions/([^/]+)', path):
+            return self.get_version(match[1], match[2])
+        if path == '/runs' and method == 'POST':
+            return self.create_pipeline_run(body)
+        if match := re.fullmatch(r'/runs/([^/]+)', path):
+            return self.get_pipeline_run(match[1])
         if path == '/experiments':
             return self.list_experiments(query) if method == 'GET' else self.create_experiment(body)
         if path == '/recurringruns':
@@ -186,14 +207,57 @@ class FakeKFP:
             'pipeline_version_id': str(uuid.uuid4()),
             'display_name': name,
         }
+        self.specs[version['pipeline_version_id']] = _stored_spec(self.uploads[-1])
         self.versions[pipeline_id].insert(0, version)  # newest first, as sort_by asks
         return version
 
-    def list_versions(self, pipeline_id: str) -> dict:
+    def list_versions(self, pipeline_id: str, query: dict) -> dict:
         namespace = self.pipelines[pipeline_id]['namespace']
         if namespace:
             self.authorize('list', 'pipelines', namespace)
-        return {'pipeline_versions': self.versions[pipeline_id][:1], 'total_size': 1}
+        wanted = json.loads(query.get('filter') or '{}').get('predicates') or []
+        names = {p.get('string_value', p.get('stringValue')) for p in wanted}
+        found = [v for v in self.versions[pipeline_id] if not names or v['display_name'] in names]
+        size = int(query.get('page_size') or 10)
+        return {'pipeline_versions': found[:size], 'total_size': len(found)}
+
+    def get_version(self, pipeline_id: str, version_id: str) -> dict:
+        namespace = self.pipelines[pipeline_id]['namespace']
+        if namespace:
+            self.authorize('get', 'pipelines', namespace)
+        (version,) = [
+            v for v in self.versions[pipeline_id] if v['pipeline_version_id'] == version_id
+        ]
+        return {**version, 'pipeline_spec': self.specs[version_id]}
+
+    def create_pipeline_run(self, body: dict) -> dict:
+        namespace = self.experiments[body['experiment_id']]['namespace']
+        self.authorize('create', 'runs', namespace)
+        reference = body['pipeline_version_reference']
+        spec = self.specs[reference['pipeline_version_id']]
+        declared = spec.get('pipeline_spec', spec)['root']['inputDefinitions']['parameters']
+        given = (body.get('runtime_config') or {}).get('parameters') or {}
+        unknown = set(given) - set(declared)
+        if unknown:
+            raise Refused(400, f'unknown parameters {sorted(unknown)}')
+        run = {
+            **body,
+            'run_id': str(uuid.uuid4()),
+            'state': 'SUCCEEDED',
+            'namespace': namespace,
+            # what the run gets: the version's stored defaults, the given values over them
+            'resolved_parameters': {
+                **{k: p.get('defaultValue') for k, p in declared.items()},
+                **given,
+            },
+        }
+        self.runs[run['run_id']] = run
+        return run
+
+    def get_pipeline_run(self, run_id: str) -> dict:
+        run = self.runs[run_id]
+        self.authorize('get', 'runs', run['namespace'])
+        return run
 
     def list_experiments(self, query: dict) -> dict:
         namespace = self._namespace(query.get('namespace', ''))

@@ -195,6 +195,7 @@ KFP_API_GRANTS = {
     for r in ('pipelines', 'experiments')
     for v in ('create', 'list')
 } | {('pipelines.kubeflow.org', 'jobs', v) for v in ('create', 'list', 'delete')}
+KFP_API_GRANTS.add(('pipelines.kubeflow.org', 'pipelines', 'get'))  # schedule reads the version
 
 
 def grants(role: dict) -> set[tuple[str, str, str]]:

@@ -153,7 +153,7 @@ ALL_RIGHTS = {
     (verb, resource, 'team-a')
     for resource in ('pipelines', 'experiments', 'jobs')
     for verb in ('create', 'list', 'delete')
-}
+} | {('get', 'pipelines', 'team-a')}  # schedule/submit read the uploaded version's defaults
 
 
 def upload(host: str, *extra: str) -> int:
@@ -259,6 +259,72 @@ def test_a_kfp_refusal_is_one_line(capsys):
     assert err.startswith(f'error: KFP API at {kfp.url}: HTTP 403') and err.count('\n') == 1
 
 
+def test_submit_runs_the_uploaded_version_with_the_defaults_stored_there(capsys):
+    """`upload --param` stores the run settings in the uploaded pipeline; `submit` runs that
+    version (latest, or --version), so those settings apply without being given again."""
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=True) as kfp:
+        kfp.grants = ALL_RIGHTS | {
+            (v, r, 'team-a') for v in ('get', 'create') for r in ('pipelines', 'runs')
+        }
+        argv = ['upload', '--host', kfp.url, '--namespace', 'team-a', '--version', 'v1']
+        assert cli.main([*argv, *TEACHER, '--param', 'num_workers=4']) == 0
+        assert cli.main([*argv[:-1], 'v2', *TEACHER, '--param', 'num_workers=6']) == 0
+        submit = ['submit', '--host', kfp.url, '--namespace', 'team-a', '--wait', '30']
+        assert cli.main([*submit, '--param', 'dataset_uri=s3://data/k400']) == 0
+        # the first upload's version is named after the pipeline, as KFP names it
+        first_version = ['--version', 'video-kd-distillation', '--run-name', 'again']
+        assert cli.main([*submit, *first_version]) == 0
+        latest, first = kfp.runs.values()
+        (pipeline,) = kfp.pipelines.values()
+        v2, v1 = kfp.versions[pipeline['pipeline_id']]
+        assert (
+            latest['pipeline_version_reference']['pipeline_version_id'] == v2['pipeline_version_id']
+        )
+        assert latest['resolved_parameters']['num_workers'] == 6  # stored by the upload
+        assert latest['resolved_parameters']['teacher_sha256'] == 'ab' * 32
+        assert latest['resolved_parameters']['dataset_uri'] == 's3://data/k400'
+        assert (
+            first['pipeline_version_reference']['pipeline_version_id'] == v1['pipeline_version_id']
+        )
+        assert first['resolved_parameters']['num_workers'] == 4 and first['display_name'] == 'again'
+        assert ('create', 'runs', 'team-a') in kfp.checks
+    out = capsys.readouterr().out
+    assert 'of pipeline video-kd-distillation version v2 to' in out and ': SUCCEEDED' in out
+
+
+def test_submit_checks_parameters_against_the_uploaded_version_before_a_run(capsys):
+    from kfp_server import FakeKFP
+
+    with FakeKFP(multi_user=False) as kfp:
+        assert cli.main(['submit', '--host', kfp.url]) == 2
+        one_error_line(capsys.readouterr().err, "pipeline 'video-kd-distillation' is not in")
+        assert upload(kfp.url) == 0  # the committed IR: no teacher pinned
+        capsys.readouterr()
+        assert cli.main(['submit', '--host', kfp.url, '--version', 'v9']) == 2
+        one_error_line(capsys.readouterr().err, "has no version named 'v9'")
+        assert cli.main(['submit', '--host', kfp.url]) == 2  # no teacher pinned in the upload
+        one_error_line(capsys.readouterr().err, 'error: teacher_url is empty')
+        argv = ['submit', '--host', kfp.url, *TEACHER, '--param', 'num_workers=0']
+        assert cli.main(argv) == 2
+        one_error_line(capsys.readouterr().err, 'error: num_workers must be >= 1, got 0')
+        assert not kfp.runs and not kfp.experiments
+
+
+def test_compile_takes_the_cluster_settings_upload_takes(tmp_path):
+    import yaml
+
+    out = tmp_path / 'kd.yaml'
+    argv = ['compile', '--output', str(out), '--param', 'num_workers=3', '--pvc', 'k400-cache']
+    assert cli.main(argv) == 0
+    pipeline_spec, platform_spec = yaml.safe_load_all(out.read_text())
+    assert (
+        pipeline_spec['root']['inputDefinitions']['parameters']['num_workers']['defaultValue'] == 3
+    )
+    assert 'k400-cache' in json.dumps(platform_spec)
+
+
 # --- every parameter checked before anything is submitted or written -----------------------
 
 BAD_RUN_PARAMS = [
@@ -280,8 +346,9 @@ def one_error_line(err: str, match: str) -> None:
 @pytest.mark.parametrize(('param', 'match'), BAD_RUN_PARAMS)
 def test_submit_checks_every_parameter_before_it_contacts_kfp(capsys, param, match):
     """The host does not answer: had the check passed, the line would say so."""
-    argv = ['submit', '--host', 'http://127.0.0.1:9', *TEACHER, '--param', param]
-    assert cli.main(argv) == 2
+    package = str(cli.pipeline_file())  # a compiled file: checked before any call
+    argv = ['submit', '--host', 'http://127.0.0.1:9', '--package', package, *TEACHER]
+    assert cli.main([*argv, '--param', param]) == 2
     one_error_line(capsys.readouterr().err, match)
 
 
@@ -299,7 +366,8 @@ def test_schedule_checks_every_parameter_before_it_creates_anything(capsys, para
 
 
 def test_submit_and_schedule_refuse_a_run_without_a_teacher(capsys):
-    assert cli.main(['submit', '--host', 'http://127.0.0.1:9']) == 2
+    package = str(cli.pipeline_file())  # the uploaded version's case: test_submit_checks_...
+    assert cli.main(['submit', '--host', 'http://127.0.0.1:9', '--package', package]) == 2
     one_error_line(capsys.readouterr().err, 'error: teacher_url is empty')
 
 

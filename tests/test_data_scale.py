@@ -136,7 +136,9 @@ def test_class_names_fall_back_to_the_list_directories(small_tree, tmp_path):
 
 
 def test_a_directory_in_neither_layout_is_one_clear_error(tmp_path):
-    with pytest.raises(data_layout.LayoutError, match=r'found neither train_list\.txt'):
+    with pytest.raises(
+        data_layout.LayoutError, match=r'no layout matches: expected train_list\.txt'
+    ):
         data_layout.resolve(str(tmp_path))
     with pytest.raises(data_layout.LayoutError, match='no such directory'):
         data_layout.resolve(str(tmp_path / 'nope'))

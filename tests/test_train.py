@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TINY_TRAIN, free_port, run_module
+from conftest import TINY_TRAIN, free_port, mmaction2_view, run_module
 
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 STUDENT = 'tsm_mobilenetv2_tiny'
@@ -98,8 +98,8 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
         KD,
         '--work-dir',
         work_dir,
-        '--data-root',
-        kd_data,
+        '--data-root',  # the seed's tree: rank 0 writes the checked lists, rank 1 waits
+        mmaction2_view(kd_data, tmp_path / 'seed'),
         '--teacher-ckpt',
         tiny_teacher,
         '--max-epochs',
@@ -108,6 +108,7 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
+    assert '(mmaction2 layout): 3 classes' in log
     assert 'Distributed training: True' in log
     assert 'Epoch(train) [1][2/2]' in log  # 12 videos / (2 ranks x batch 4) = 2 iterations
     state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
@@ -136,8 +137,9 @@ def test_student_checkpoint_loads_strictly_in_plain_mmaction_and_evaluates(
     load_checkpoint(MODELS.build(cfg.model), str(student_ckpt), strict=True)
 
     out = tmp_path / 'metrics.json'
+    seed_data = mmaction2_view(kd_data, tmp_path / 'seed')  # the seed's test command, its data
     result = run_module(
-        'video_kd.distill.evaluate', STUDENT, student_ckpt, '--data-root', kd_data, '--out', out
+        'video_kd.distill.evaluate', STUDENT, student_ckpt, '--data-root', seed_data, '--out', out
     )
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads(out.read_text())

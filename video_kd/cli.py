@@ -55,13 +55,21 @@ def pipeline_file() -> Path:
 
 
 def pipeline_parameters(package: str | Path | None = None) -> dict[str, dict[str, Any]]:
-    """The pipeline's parameters as compiled: name -> {type, default}."""
+    """The pipeline's parameters as compiled in ``package`` (default: the repository's
+    YAML): name -> {type, default}."""
     import yaml
 
     package = Path(package or pipeline_file())
     if not package.is_file():
         raise UserError(f'{package} does not exist: run `video-kd compile` first')
-    spec = next(yaml.safe_load_all(package.read_text()))
+    return parameters_of(next(yaml.safe_load_all(package.read_text())))
+
+
+def parameters_of(spec: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """name -> {type, default} of a compiled pipeline spec: the IR, or what the KFP API
+    returns for an uploaded version (``{pipeline_spec, platform_spec}`` when the package
+    holds a platform spec, as ours does)."""
+    spec = spec.get('pipeline_spec', spec)
     params = spec['root']['inputDefinitions']['parameters']
     return {
         name: {'type': p['parameterType'], 'default': p.get('defaultValue')}
@@ -69,9 +77,12 @@ def pipeline_parameters(package: str | Path | None = None) -> dict[str, dict[str
     }
 
 
-def parse_params(pairs: list[str], package: str | Path | None = None) -> dict[str, Any]:
-    """``key=value`` pairs -> typed pipeline arguments; unknown keys are refused."""
-    known = pipeline_parameters(package)
+def parse_params(
+    pairs: list[str], package: str | Path | None = None, known: dict | None = None
+) -> dict[str, Any]:
+    """``key=value`` pairs -> typed pipeline arguments; unknown keys are refused.  The
+    parameters are ``known`` (an uploaded version's) or those compiled in ``package``."""
+    known = known or pipeline_parameters(package)
     params: dict[str, Any] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition('=')
@@ -103,25 +114,29 @@ def parse_params(pairs: list[str], package: str | Path | None = None) -> dict[st
     return params
 
 
-def pipeline_arguments(params: dict[str, Any], package: str | Path | None = None) -> dict[str, Any]:
-    """A run's arguments: the compiled defaults, typed (the IR writes an integer's default
-    as 2.0), with ``params`` over them."""
+def pipeline_arguments(
+    params: dict[str, Any], package: str | Path | None = None, known: dict | None = None
+) -> dict[str, Any]:
+    """A run's arguments: the compiled defaults (of ``known``, else of ``package``), typed
+    (the IR writes an integer's default as 2.0), with ``params`` over them."""
     typed = {'NUMBER_INTEGER': int, 'NUMBER_DOUBLE': float}
     defaults = {
         name: typed.get(p['type'], lambda value: value)(p['default'])
-        for name, p in pipeline_parameters(package).items()
+        for name, p in (known or pipeline_parameters(package)).items()
         if p['default'] is not None
     }
     return {**defaults, **params}
 
 
-def check_params(params: dict[str, Any], package: str | Path | None = None) -> None:
+def check_params(
+    params: dict[str, Any], package: str | Path | None = None, known: dict | None = None
+) -> None:
     """Every step's checks on a run's arguments (``steps.check_inputs.check_pipeline_params``),
     before anything is submitted: one line, exit status 2."""
     # deferred: every step and OpenMMLab, not needed by --help
     from video_kd.steps.check_inputs import check_pipeline_params
 
-    check_pipeline_params(pipeline_arguments(params, package))
+    check_pipeline_params(pipeline_arguments(params, package, known))
 
 
 def check_cron(cron: str) -> str:
@@ -179,6 +194,45 @@ def find_pipeline_id(client: Client, name: str, namespace: str | None = None) ->
     return found[0].pipeline_id if found else None
 
 
+def uploaded_version(client: Client, args: argparse.Namespace) -> tuple[str, Any]:
+    """(pipeline id, version) that ``submit``/``schedule`` run: the pipeline named
+    ``--pipeline-name`` in ``--namespace`` (multi-user KFP), else the shared one; its
+    version named ``--version``, else its latest."""
+    pipeline_id = None
+    if args.namespace:
+        pipeline_id = find_pipeline_id(client, args.pipeline_name, args.namespace)
+    if pipeline_id is None:
+        pipeline_id = find_pipeline_id(client, args.pipeline_name)
+    if pipeline_id is None:
+        raise UserError(
+            f'pipeline {args.pipeline_name!r} is not in {args.host}: `video-kd upload` it '
+            'first (or give --package FILE to run a compiled file as it is)'
+        )
+    wanted = getattr(args, 'version', None)
+    by_name = {
+        'predicates': [{'operation': 'EQUALS', 'key': 'display_name', 'stringValue': wanted}]
+    }
+    versions = (
+        client.list_pipeline_versions(
+            pipeline_id,
+            sort_by='created_at desc',
+            page_size=1,
+            filter=json.dumps(by_name) if wanted else None,
+        ).pipeline_versions
+        or []
+    )
+    if not versions:
+        which = f'no version named {wanted!r}' if wanted else 'no version'
+        raise UserError(f'pipeline {args.pipeline_name!r} has {which}')
+    return pipeline_id, versions[0]
+
+
+def uploaded_parameters(client: Client, pipeline_id: str, version: Any) -> dict[str, dict]:
+    """The parameters of an uploaded version, with the defaults stored there."""
+    found = client.get_pipeline_version(pipeline_id, version.pipeline_version_id)
+    return parameters_of(found.pipeline_spec or {})
+
+
 def cluster_names(args: argparse.Namespace) -> ClusterNames:
     """The chart release's object names, from ``upload``'s flags."""
     from pipelines.kd_pipeline import ClusterNames
@@ -196,9 +250,14 @@ def cluster_names(args: argparse.Namespace) -> ClusterNames:
 
 
 def cmd_compile(args: argparse.Namespace) -> int:
-    from pipelines.kd_pipeline import compile_pipeline
+    from pipelines.kd_pipeline import ClusterNames, compile_pipeline
 
-    out = compile_pipeline(args.output or pipeline_file())
+    names = cluster_names(args)
+    defaults = parse_params(args.param)
+    if defaults or names != ClusterNames():
+        out = compile_with_defaults(args.output or pipeline_file(), names, defaults)
+    else:
+        out = compile_pipeline(args.output or pipeline_file())
     print(out)
     return 0
 
@@ -278,16 +337,39 @@ def _upload(client: Client, package: str, args: argparse.Namespace) -> int:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    params = parse_params(args.param, args.package)
-    check_params(params, args.package)
+    if args.package:  # a compiled file, as it is: checked here before KFP is contacted
+        params = parse_params(args.param, args.package)
+        check_params(params, args.package)
+        client = kfp_client(args)
+        with kfp_errors(args.host):
+            return _submit_package(client, params, args)
     client = kfp_client(args)
     with kfp_errors(args.host):
-        return _submit(client, params, args)
+        pipeline_id, version = uploaded_version(client, args)
+        known = uploaded_parameters(client, pipeline_id, version)
+    params = parse_params(args.param, known=known)
+    check_params(params, known=known)  # with the defaults the uploaded version holds
+    with kfp_errors(args.host):
+        experiment = client.create_experiment(args.experiment, namespace=args.namespace)
+        name = args.run_name or f'{args.pipeline_name} {time.strftime("%Y-%m-%d %H:%M:%S")}'
+        run = client.run_pipeline(
+            experiment.experiment_id,
+            name,
+            params=params,
+            pipeline_id=pipeline_id,
+            version_id=version.pipeline_version_id,
+            service_account=args.service_account,
+        )
+        print(
+            f'submitted run {run.run_id} of pipeline {args.pipeline_name} version '
+            f'{version.display_name} to {args.host} (experiment {args.experiment})'
+        )
+        return _wait(client, run.run_id, args.wait)
 
 
-def _submit(client: Client, params: dict[str, Any], args: argparse.Namespace) -> int:
+def _submit_package(client: Client, params: dict[str, Any], args: argparse.Namespace) -> int:
     run = client.create_run_from_pipeline_package(
-        str(args.package or pipeline_file()),
+        str(args.package),
         arguments=params,
         run_name=args.run_name,
         experiment_name=args.experiment,
@@ -295,42 +377,41 @@ def _submit(client: Client, params: dict[str, Any], args: argparse.Namespace) ->
         service_account=args.service_account,
         enable_caching=False,
     )
-    print(f'submitted run {run.run_id} to {args.host} (experiment {args.experiment})')
-    if args.wait:
-        result = client.wait_for_run_completion(run.run_id, timeout=args.wait)
-        print(f'run {run.run_id}: {result.state}')
-        return 0 if str(result.state).upper() == 'SUCCEEDED' else 1
-    return 0
+    print(
+        f'submitted run {run.run_id} of {args.package} to {args.host} (experiment {args.experiment})'
+    )
+    return _wait(client, run.run_id, args.wait)
+
+
+def _wait(client: Client, run_id: str, seconds: int | None) -> int:
+    """With --wait: the run's end state; exit status 1 unless it succeeded."""
+    if not seconds:
+        return 0
+    result = client.wait_for_run_completion(run_id, timeout=seconds)
+    print(f'run {run_id}: {result.state}')
+    return 0 if str(result.state).upper() == 'SUCCEEDED' else 1
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     cron = check_cron(args.cron)
-    params = parse_params(args.param)
-    check_params(params)
     client = kfp_client(args)
     with kfp_errors(args.host):
-        return _schedule(client, cron, params, args)
+        pipeline_id, version = uploaded_version(client, args)
+        known = uploaded_parameters(client, pipeline_id, version)
+    params = parse_params(args.param, known=known)
+    check_params(params, known=known)  # every run gets the uploaded version's defaults
+    with kfp_errors(args.host):
+        return _schedule(client, cron, params, args, pipeline_id, version)
 
 
-def _schedule(client: Client, cron: str, params: dict[str, Any], args: argparse.Namespace) -> int:
-    # the namespace's own pipeline (`upload --namespace`), else the shared one of that name
-    pipeline_id = None
-    if args.namespace:
-        pipeline_id = find_pipeline_id(client, args.pipeline_name, args.namespace)
-    if pipeline_id is None:
-        pipeline_id = find_pipeline_id(client, args.pipeline_name)
-    if pipeline_id is None:
-        raise UserError(
-            f'pipeline {args.pipeline_name!r} is not in {args.host}: `video-kd upload` it first'
-        )
-    versions = (
-        client.list_pipeline_versions(
-            pipeline_id, sort_by='created_at desc', page_size=1
-        ).pipeline_versions
-        or []
-    )
-    if not versions:
-        raise UserError(f'pipeline {args.pipeline_name!r} has no version')
+def _schedule(
+    client: Client,
+    cron: str,
+    params: dict[str, Any],
+    args: argparse.Namespace,
+    pipeline_id: str,
+    version: Any,
+) -> int:
     experiment = client.create_experiment(args.experiment, namespace=args.namespace)
     job_name = args.job_name or f'{args.pipeline_name}-{args.experiment}'
     existing = (
@@ -348,7 +429,7 @@ def _schedule(client: Client, cron: str, params: dict[str, Any], args: argparse.
         job_name=job_name,
         cron_expression=cron,
         pipeline_id=pipeline_id,
-        version_id=versions[0].pipeline_version_id,
+        version_id=version.pipeline_version_id,
         params=params,
         service_account=args.service_account,
         enabled=True,
@@ -357,7 +438,7 @@ def _schedule(client: Client, cron: str, params: dict[str, Any], args: argparse.
     )
     print(
         f'recurring run {job_name} ({job.recurring_run_id}): {cron}, version '
-        f'{versions[0].display_name}, params {json.dumps(params, sort_keys=True)}'
+        f'{version.display_name}, params {json.dumps(params, sort_keys=True)}'
     )
     return 0
 
@@ -477,8 +558,44 @@ def _kfp_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         '--namespace',
         help='Kubeflow profile namespace (multi-user KFP): upload makes the pipeline a '
-        "namespaced one there; schedule puts the experiment there and uses the namespace's "
-        'pipeline, else the shared one',
+        "namespaced one there; submit and schedule put the run's experiment there and run "
+        "the namespace's pipeline, else the shared one of that name",
+    )
+
+
+def _cluster_settings(p: argparse.ArgumentParser, what: str) -> None:
+    """The settings ``upload`` and ``compile`` compile into the pipeline: parameters'
+    defaults and the Helm release's object names."""
+    p.add_argument(
+        '--param',
+        action='append',
+        default=[],
+        metavar='KEY=VALUE',
+        help=f'default value of a pipeline parameter in the {what} pipeline (repeatable): '
+        'what a run started from the KFP UI, or given no value, gets; typed and checked as '
+        'for submit/schedule',
+    )
+    names = p.add_argument_group(
+        'cluster names',
+        "the Helm release's objects the step pods read (compiled into the "
+        f'{what} pipeline; defaults: a release named video-kd)',
+    )
+    names.add_argument('--s3-config-map', help='ConfigMap with S3_ENDPOINT_URL (video-kd-s3)')
+    names.add_argument(
+        '--s3-credentials', help='Secret with the S3 credentials (video-kd-s3-credentials)'
+    )
+    names.add_argument(
+        '--access-key-id-key', help='its key of the access key id (AWS_ACCESS_KEY_ID)'
+    )
+    names.add_argument(
+        '--secret-access-key-key', help='its key of the secret key (AWS_SECRET_ACCESS_KEY)'
+    )
+    names.add_argument(
+        '--training-config-map', help='ConfigMap of the training pods (video-kd-training)'
+    )
+    names.add_argument('--pvc', help='PersistentVolumeClaim mounted in every step pod (none)')
+    names.add_argument(
+        '--pvc-mount', help='where it is mounted (/cache); a dataset_uri may be a path under it'
     )
 
 
@@ -517,9 +634,11 @@ def build_parser() -> argparse.ArgumentParser:
         'compile',
         help='compile the pipeline to its IR YAML',
         description='Compile pipelines/kd_pipeline.py to the IR YAML that the '
-        'Kubeflow UI and `kfp pipeline upload` take.',
+        'Kubeflow UI and `kfp pipeline upload` take; with --param or a cluster name, '
+        'compiled with them (what `upload` would upload).',
     )
     p.add_argument('--output', type=Path, help='default: pipelines/kd_pipeline.yaml')
+    _cluster_settings(p, 'compiled')
     p.set_defaults(func=cmd_compile)
 
     p = sub.add_parser(
@@ -580,47 +699,22 @@ def build_parser() -> argparse.ArgumentParser:
         default='Video KD: MMAction2 + MMRazor distillation',
         help='of a new pipeline (default: %(default)s)',
     )
-    p.add_argument(
-        '--param',
-        action='append',
-        default=[],
-        metavar='KEY=VALUE',
-        help='default value of a pipeline parameter in the uploaded pipeline (repeatable): '
-        'what a run started from the KFP UI, or given no value, gets; typed and checked as '
-        'for submit/schedule',
-    )
-    names = p.add_argument_group(
-        'cluster names',
-        "the Helm release's objects the step pods read (compiled into the uploaded pipeline; "
-        'defaults: a release named video-kd)',
-    )
-    names.add_argument('--s3-config-map', help='ConfigMap with S3_ENDPOINT_URL (video-kd-s3)')
-    names.add_argument(
-        '--s3-credentials', help='Secret with the S3 credentials (video-kd-s3-credentials)'
-    )
-    names.add_argument(
-        '--access-key-id-key', help='its key of the access key id (AWS_ACCESS_KEY_ID)'
-    )
-    names.add_argument(
-        '--secret-access-key-key', help='its key of the secret key (AWS_SECRET_ACCESS_KEY)'
-    )
-    names.add_argument(
-        '--training-config-map', help='ConfigMap of the training pods (video-kd-training)'
-    )
-    names.add_argument('--pvc', help='PersistentVolumeClaim mounted in every step pod (none)')
-    names.add_argument(
-        '--pvc-mount', help='where it is mounted (/cache); a dataset_uri may be a path under it'
-    )
+    _cluster_settings(p, 'uploaded')
     p.set_defaults(func=cmd_upload)
 
     p = sub.add_parser(
         'submit',
-        help='start one run on a KFP host',
-        description='Start a run of the compiled pipeline on a KFP host (caching off), after '
-        "every step's checks on its parameters (the pipeline's check-inputs step): a bad one "
-        'is one line here, before anything is submitted.',
+        help='start one run of the uploaded pipeline on a KFP host',
+        description='Start a run of the pipeline uploaded to a KFP host (`video-kd upload`): '
+        'the one named --pipeline-name, its latest version or --version, with the defaults '
+        "stored in it (the release's names, `upload --param` values). With --package, a "
+        "compiled file is run as it is instead. Every step's checks on the parameters "
+        "(the pipeline's check-inputs step) run first: a bad one is one line here, before "
+        'a run is created. Caching is off in the compiled pipeline.',
     )
     _kfp_args(p)
+    p.add_argument('--pipeline-name', default=PIPELINE_NAME, help='default: %(default)s')
+    p.add_argument('--version', help='version name of the uploaded pipeline; default: latest')
     p.add_argument(
         '--param',
         action='append',
@@ -630,9 +724,14 @@ def build_parser() -> argparse.ArgumentParser:
         'pipelines/kd_pipeline.py',
     )
     p.add_argument('--experiment', default='video-kd')
-    p.add_argument('--run-name')
+    p.add_argument('--run-name', help='default: <pipeline name> <local time>')
     p.add_argument('--service-account')
-    p.add_argument('--package', type=Path, help='default: pipelines/kd_pipeline.yaml')
+    p.add_argument(
+        '--package',
+        type=Path,
+        help='run this compiled pipeline file as it is (e.g. pipelines/kd_pipeline.yaml) '
+        'instead of the uploaded pipeline',
+    )
     p.add_argument(
         '--wait',
         type=int,

@@ -63,6 +63,7 @@ from video_kd.data.data_layout import (
     TRAIN_LIST,
     VAL_LIST,
     DatasetSource,
+    describe_root,
     resolve,
 )
 from video_kd.storage import s3, s3_fileio
@@ -80,6 +81,7 @@ CACHE_SECONDS = 60.0  # ...or this long of checking
 FETCH_BUDGET = 128 * 2**20  # bytes a process may hold fetched but not yet decoded
 MAX_UNUSABLE = 0.5  # a split with a larger share of unusable entries stops data prep
 READ_FAILED = 'cannot read'
+NO_SUCH_OBJECT = 'no such object under the video root'
 CGROUP_ROOT = Path('/sys/fs/cgroup')
 
 
@@ -511,6 +513,7 @@ def validate_source(
         cached_future = pool.submit(cache.load)
         listings = dict(zip(roots, pool.map(list_videos, roots), strict=True))
         cached = cached_future.result()
+    _stop_if_empty(source, listings)
     wanted = _listed_objects(source, listings)
     todo = sorted((info for info in wanted if info.cache_key not in cached), key=lambda i: i.uri)
     processes = processes or usable_cpus()
@@ -555,6 +558,27 @@ def validate_source(
         report['seconds'],
     )
     return report
+
+
+def write_unchecked(source: DatasetSource, out_dir: str | Path) -> dict:
+    """``validate_source``'s files without decoding a video: the lists as found (each video
+    is read when used; the test loop stops on an unreadable one, training skips it), for
+    the local entry points told not to check (``--no-data-check``) and for evaluation."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    splits = []
+    for split in SPLITS:
+        found = source.splits[split]
+        (out_dir / LIST_NAMES[split]).write_text('\n'.join(found.lines) + '\n')
+        report = SplitReport(split, LIST_NAMES[split], found.videos_uri, total=len(found.lines))
+        report.valid = len(found.lines)
+        splits.append(asdict(report))
+    (out_dir / CLASSES_NAME).write_text('\n'.join(source.classes) + '\n')
+    report_dict = {'root': source.root, 'layout': source.layout, 'classes': source.classes,
+                   'classes_from': source.classes_from, 'splits': splits, 'rejected_total': 0,
+                   'checked': 0}  # fmt: skip
+    (out_dir / REPORT_NAME).write_text(json.dumps(report_dict, indent=2))
+    return report_dict
 
 
 def _check_and_cache(
@@ -625,6 +649,17 @@ def _check_split(
     return report, valid
 
 
+def _stop_if_empty(source: DatasetSource, listings: dict[str, dict]) -> None:
+    """A split root without a single object: one line, before any decoding."""
+    for split in SPLITS:
+        videos_uri = source.splits[split].videos_uri
+        if not listings[videos_uri]:
+            raise DataCheckError(
+                f'dataset {source.root}: the {split} videos root {videos_uri} is empty or '
+                f'missing; {describe_root(source.root)}'
+            )
+
+
 def _stop_if_unusable(
     source: DatasetSource, splits: list[SplitReport], max_unusable: float
 ) -> None:
@@ -643,7 +678,7 @@ def _stop_if_unusable(
         if not split.valid:
             raise DataCheckError(
                 f'dataset {source.root}: no usable video among the {split.total} entries of '
-                f'{list_uri} (first reason: {first})'
+                f'{list_uri} (first reason: {first}){_where_looked(source, split)}'
             )
         if len(split.rejected) > max_unusable * split.total:
             raise DataCheckError(
@@ -651,6 +686,19 @@ def _stop_if_unusable(
                 f'{list_uri} are unusable (more than {max_unusable:.0%}; first reason: {first}; '
                 'the log above names up to 20)'
             )
+
+
+def _where_looked(source: DatasetSource, split: SplitReport) -> str:
+    """For a split whose videos were all missing: the path looked for, the pattern, and
+    what the root holds instead (with the layout options that would read it)."""
+    missing = [r for r in split.rejected if r.reason == NO_SUCH_OBJECT]
+    if not missing:
+        return ''
+    found = source.splits[split.split]
+    pattern = f' ({found.path_pattern})' if found.path_pattern else ''
+    return (
+        f'; looked for {found.videos_uri}/{missing[0].path}{pattern}; {describe_root(source.root)}'
+    )
 
 
 def _line_reason(
@@ -664,7 +712,7 @@ def _line_reason(
         return f'unknown label (classes are 0..{num_classes - 1})', rel, label
     info = listing.get(rel)
     if info is None:
-        return 'no such object under the video root', rel, label
+        return NO_SUCH_OBJECT, rel, label
     return verdicts.get(info.cache_key, 'not checked'), rel, label
 
 

@@ -14,6 +14,13 @@ renamed in the user's storage.
   CSVs give the lists too: ``<class>/<youtube_id>_<start:06d>_<end:06d>.mp4``,
   labels in sorted class order (MMAction2's ``build_file_list.py`` rules;
   spaces in class directories become ``_`` as its download script makes them).
+* The flat Kinetics copy (the CVDF download MMAction2's Kinetics README points
+  to): ``train/``, ``val/`` with ``<youtube_id>_<start:06d>_<end:06d>.mp4``
+  directly inside, no class folders, and ``annotations/{train,val}.csv``.
+
+Where the CSVs give the lists, the video paths are probed on the first rows:
+class folders or flat, under ``videos_<split>/`` or ``<split>/``; the first
+that holds a listed video wins.
 
 Any name can be overridden (``LayoutNames``), e.g. from a URI query:
 ``s3://bucket/k400?train_list=train.txt&train_videos=train_256``.
@@ -52,6 +59,10 @@ class LayoutNames:
     val_videos: str
     label_maps: tuple[str, ...] = ()
     annotations: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    flat: bool = False  # CSV rows name videos without a ``<class>/`` folder (the CVDF copy)
+    # class folders named as labelled (MMAction2's download.py) rather than with ``_`` for
+    # spaces (after its rename_classnames.sh); probed, see ``_probe_clip_paths``
+    spaced_folders: bool = False
 
 
 # video-kd's own layout, the one place its names are written (dataset, data_check... import them)
@@ -66,12 +77,17 @@ MMACTION2 = LayoutNames(
     'videos_train',
     'videos_val',
     ('label_map_k400.txt', 'label_map.txt', 'annotations/label_map_k400.txt', 'classes.txt'),
-    {
+    {  # MMAction2's download_annotations.sh names, then the CVDF copy's
         'train': ('annotations/kinetics_train.csv', 'annotations/train.csv'),
-        'val': ('annotations/kinetics_val.csv', 'annotations/validate.csv', 'annotations/val.csv'),
+        'val': ('annotations/kinetics_val.csv', 'annotations/val.csv', 'annotations/validate.csv'),
     },
 )
-OVERRIDABLE = ('train_list', 'val_list', 'train_videos', 'val_videos', 'label_map')
+# the flat copy (CVDF): ``train/<youtube_id>_<start:06d>_<end:06d>.mp4``, no class folders
+FLAT = replace(MMACTION2, train_videos='train', val_videos='val', flat=True)
+LAYOUTS = {'video-kd': OWN, 'mmaction2': MMACTION2, 'kinetics-flat': FLAT}
+OVERRIDABLE = ('train_list', 'val_list', 'train_videos', 'val_videos', 'label_map', 'flat')
+VIDEO_SUFFIXES = ('.mp4', '.webm', '.mkv', '.avi', '.mov')
+PROBED_ROWS = 20  # rows tried when probing where CSV-listed videos are (~8% of K400 is missing)
 
 
 @dataclass
@@ -81,6 +97,7 @@ class SplitSource:
     videos_uri: str
     lines: list[str]
     list_uri: str  # the list file it came from (or the CSV)
+    path_pattern: str = ''  # how CSV rows became paths (for error lines); '' for list files
 
 
 @dataclass
@@ -152,7 +169,15 @@ def _apply(names: LayoutNames, options: dict[str, str]) -> LayoutNames:
     }
     if 'label_map' in options:
         changes['label_maps'] = (options['label_map'],)
+    if 'flat' in options:
+        changes['flat'] = _flag('flat', options['flat'])
     return replace(names, **changes)
+
+
+def _flag(name: str, value: str) -> bool:
+    if value.lower() not in ('1', 'true', 'yes', '0', 'false', 'no'):
+        raise LayoutError(f'dataset option {name}={value!r}: expected true or false')
+    return value.lower() in ('1', 'true', 'yes')
 
 
 def list_lines(text: str) -> list[str]:
@@ -228,10 +253,25 @@ def csv_rows(text: str, uri: str) -> list[dict[str, str]]:
     return list(reader)
 
 
-def clip_path(row: dict[str, str]) -> str:
-    """The video path MMAction2's Kinetics tools give a CSV row."""
+CLIP_PATTERN = '<youtube_id>_<time_start:06d>_<time_end:06d>.mp4'
+
+
+def clip_path(row: dict[str, str], names: LayoutNames = MMACTION2) -> str:
+    """The video path of a CSV row: ``<class>/<clip>`` as MMAction2's Kinetics tools
+    write it (spaces in the folder become ``_`` after its rename_classnames.sh), or the
+    clip alone in a flat copy."""
     start, end = int(float(row['time_start'])), int(float(row['time_end']))
-    return f'{row["label"].replace(" ", "_")}/{row["youtube_id"]}_{start:06d}_{end:06d}.mp4'
+    clip = f'{row["youtube_id"]}_{start:06d}_{end:06d}.mp4'
+    if names.flat:
+        return clip
+    folder = row['label'] if names.spaced_folders else row['label'].replace(' ', '_')
+    return f'{folder}/{clip}'
+
+
+def path_pattern(names: LayoutNames, split: str) -> str:
+    """Where ``names`` looks for a CSV row's video, for error lines."""
+    folder = '' if names.flat else '<label>/' if names.spaced_folders else '<label, _ for spaces>/'
+    return f'{getattr(names, f"{split}_videos")}/{folder}{CLIP_PATTERN}'
 
 
 def classes_from_lines(lines: list[str]) -> list[str]:
@@ -248,18 +288,58 @@ def classes_from_lines(lines: list[str]) -> list[str]:
 
 # --------------------------------------------------------------------------- resolution
 def detect_layout(root: str) -> tuple[str, LayoutNames]:
-    """Which layout ``root`` holds: ours (``train_list.txt``) or MMAction2's."""
+    """Which layout ``root`` holds: ours (``train_list.txt``), MMAction2's (its list files,
+    or the Kinetics CSVs: then ``resolve`` probes class folders vs the flat copy)."""
     if _exists(_join(root, OWN.train_list)):
         return 'video-kd', OWN
-    if _exists(_join(root, MMACTION2.train_list)) or _first_existing(
-        root, MMACTION2.annotations['train']
-    ):
+    if _exists(_join(root, MMACTION2.train_list)):
+        return 'mmaction2', MMACTION2
+    if _first_existing(root, MMACTION2.annotations['train']):
         return 'mmaction2', MMACTION2
     raise LayoutError(
-        f'dataset {root}: found neither {OWN.train_list} (video-kd layout: videos/, '
-        f'train_list.txt, val_list.txt, classes.txt) nor {MMACTION2.train_list} or '
-        f'{MMACTION2.annotations["train"][0]} (MMAction2 Kinetics layout)'
+        f'dataset {root}: no layout matches: expected {OWN.train_list} (video-kd: videos/, '
+        f'{OWN.train_list}, {OWN.val_list}, {CLASSES_FILE}), {MMACTION2.train_list} '
+        f'(MMAction2: {MMACTION2.train_videos}/<class>/...), or {FLAT.annotations["train"][0]} '
+        f'(Kinetics CSVs, class folders or flat); {describe_root(root)}'
     )
+
+
+def _peek(directory: str) -> tuple[list[str], list[str]]:
+    """``(folders, files)`` directly inside a directory or S3 prefix (a first look, bounded)."""
+    if directory.startswith('s3://'):
+        return s3_fileio.peek(directory)
+    path = Path(directory)
+    if not path.is_dir():
+        return [], []
+    entries = sorted(path.iterdir())[:100]
+    return [p.name for p in entries if p.is_dir()], [p.name for p in entries if p.is_file()]
+
+
+def describe_root(root: str) -> str:
+    """What is at ``root``, and the layout options that would read it: for error lines."""
+    folders, files = _peek(root)
+    if not folders and not files:
+        return 'found: nothing (an empty or missing directory)'
+    shown = [f'{name}/' for name in folders[:8]] + files[:8]
+    more = len(folders) + len(files) - len(shown)
+    found = f'found: {", ".join(shown)}' + (f' and {more} more' if more else '')
+    return f'{found}{_suggestion(root, folders)}'
+
+
+def _suggestion(root: str, folders: list[str]) -> str:
+    """A URI query that matches the split folders found, if any look like videos."""
+    for train, val in (('videos_train', 'videos_val'), ('train', 'val')):
+        if train not in folders:
+            continue
+        inner_folders, inner_files = _peek(_join(root, train))
+        flat = any(name.endswith(VIDEO_SUFFIXES) for name in inner_files)
+        if flat or inner_folders:
+            kind = 'videos directly inside (flat)' if flat else 'class folders'
+            return (
+                f'; {train}/ holds {kind}: try ?train_videos={train}&val_videos={val}'
+                f'&flat={str(flat).lower()}'
+            )
+    return ''
 
 
 def resolve(uri: str, names: LayoutNames | None = None) -> DatasetSource:
@@ -280,6 +360,8 @@ def resolve(uri: str, names: LayoutNames | None = None) -> DatasetSource:
             names = OWN  # every name the user did not give defaults to ours
     names = _apply(names, options)
     rows = _annotation_rows(root, names)
+    if 'train' in rows and not _exists(_join(root, names.train_list)):
+        layout, names = _probe_clip_paths(root, layout, names, rows['train'], options)
     classes, classes_from = _declared_classes(root, names, rows)
     index = {name: i for i, name in enumerate(classes)}
     splits = {split: _split(root, names, split, rows.get(split), index) for split in SPLITS}
@@ -292,7 +374,60 @@ def resolve(uri: str, names: LayoutNames | None = None) -> DatasetSource:
             '(one class per line, line i = label i) or the Kinetics annotation CSVs'
         )
     check_class_names(classes, classes_from)
+    for split in splits.values():
+        _check_class_list_covers(split, classes, classes_from)
     return DatasetSource(root, layout, classes, classes_from, splits)
+
+
+def _check_class_list_covers(split: SplitSource, classes: list[str], classes_from: str) -> None:
+    """Stop when the class list is short: the list uses label ``len(classes)``, the first
+    label without a name (a stray label far beyond it is one bad line, rejected by data
+    check; a whole missing class would be thousands, and a model one output short)."""
+    used = {int(label) for _, label in (line.rpartition(' ')[::2] for line in split.lines)
+            if label.isdigit()}  # fmt: skip
+    if len(classes) in used:
+        raise LayoutError(
+            f'{split.list_uri} uses labels up to {max(used)} but {classes_from} names '
+            f'{len(classes)} classes (0..{len(classes) - 1}): every label needs a name'
+        )
+
+
+def _probe_clip_paths(
+    root: str,
+    layout: str,
+    names: LayoutNames,
+    rows: list[dict[str, str]],
+    options: dict[str, str],
+) -> tuple[str, LayoutNames]:
+    """Where the CSV rows' videos are: class folders (``_`` for spaces, or as labelled)
+    or flat, under ``videos_<split>/`` or ``<split>/`` (names the user gave are kept);
+    the first candidate holding one of the first rows' videos wins.  Nothing found:
+    ``names`` as they are (data check then says what it looked for)."""
+    roots = [(names.train_videos, names.val_videos)]
+    if 'train_videos' not in options:
+        roots = [(n.train_videos, n.val_videos) for n in (names, MMACTION2, FLAT)]
+        roots = list(dict.fromkeys(roots))
+    styles = [(False, False), (False, True)]  # (flat, spaced_folders): class folders first
+    if 'flat' not in options:
+        styles.insert(0 if names.flat else len(styles), (True, False))
+    elif names.flat:
+        styles = [(True, False)]
+    candidates = [
+        replace(names, train_videos=train, val_videos=val, flat=flat, spaced_folders=spaced)
+        for train, val in roots
+        for flat, spaced in styles
+    ]
+    for row in rows[:PROBED_ROWS]:
+        for candidate in candidates:
+            video = _join(_join(root, candidate.train_videos), clip_path(row, candidate))
+            if _object_exists(video):
+                found = 'kinetics-flat' if candidate.flat else 'mmaction2'
+                return (layout if layout == 'custom' else found), candidate
+    return layout, names
+
+
+def _object_exists(uri: str) -> bool:
+    return s3.exists(uri) if uri.startswith('s3://') else Path(uri).is_file()
 
 
 def _annotation_rows(root: str, names: LayoutNames) -> dict[str, list[dict[str, str]]]:
@@ -331,11 +466,15 @@ def _split(
         lines = unique_lines(list_lines(_read_text(list_uri)), list_uri)
         return SplitSource(videos_uri, lines, list_uri)
     if rows is not None:  # the official CSVs stand in for the list files
-        lines = [
-            f'{clip_path(row)} {class_index[row["label"]]}'
-            for row in rows
-            if row.get('label') in class_index
-        ]
         csv_uri = _first_existing(root, names.annotations[split]) or ''
-        return SplitSource(videos_uri, unique_lines(lines, csv_uri), csv_uri)
+        rows = [row for row in rows if row.get('label')]  # unlabelled rows (a test split)
+        unknown = sorted({row['label'] for row in rows} - set(class_index))
+        if unknown:
+            raise LayoutError(
+                f'{csv_uri}: label {unknown[0]!r} is not in the class list '
+                f'({len(unknown)} such label(s)); the label map must name every label used'
+            )
+        lines = [f'{clip_path(row, names)} {class_index[row["label"]]}' for row in rows]
+        pattern = path_pattern(names, split)
+        return SplitSource(videos_uri, unique_lines(lines, csv_uri), csv_uri, pattern)
     raise LayoutError(f'dataset {root}: list file {list_uri} is missing')

@@ -37,9 +37,12 @@ the config or the pipeline and stops training as it is.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import multiprocessing
 import os
+import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -58,8 +61,14 @@ from video_kd.core.artifacts import (
     split_videos_uri,
 )
 from video_kd.core.errors import TEMPORARY_FAILURE, UserError, one_line
-from video_kd.data.data_check import CLASSES_NAME, LIST_NAMES, REPORT_NAME
-from video_kd.data.data_layout import DatasetSource
+from video_kd.data.data_check import (
+    CLASSES_NAME,
+    LIST_NAMES,
+    REPORT_NAME,
+    validate_source,
+    write_unchecked,
+)
+from video_kd.data.data_layout import CLASSES_FILE, DatasetSource, resolve
 from video_kd.data.dataset import TRAIN_LIST, VAL_LIST, VIDEO_DIR, DatasetError, read_classes
 from video_kd.openmmlab.config import set_num_classes
 from video_kd.storage import s3, s3_fileio
@@ -71,6 +80,7 @@ log = logging.getLogger(__name__)
 
 DATASET_TYPE = 'StreamingVideoDataset'
 SKIP_HOOK_TYPE = 'UnreadableVideosHook'
+LOCAL_META_NAME = 'dataset.json'  # prepare_local's DatasetContents, beside the lists
 SPLIT_OF_LOADER = {'train_dataloader': 'train', 'val_dataloader': 'val', 'test_dataloader': 'val'}
 SKIPPING_LOADERS = ('train_dataloader', 'val_dataloader')  # inside training; not evaluation
 MIN_READS_BEFORE_STOP = 20  # a few bad videos early on must not look like "most of them"
@@ -376,10 +386,46 @@ def _transforms(pipeline: list) -> list:
 
 def use_test_data(cfg: Config, data: str | Path | DatasetContents) -> list[str]:
     """Point ``cfg``'s test loader at ``data``: a prepared dataset's metadata (its val split,
-    streamed where it is) or a local dataset root; returns the class names."""
+    streamed where it is), a local root in our layout, or any dataset spec data prep
+    takes (a path or ``s3://`` URI in any layout ``data_layout`` reads, with its
+    ``?options``); returns the class names."""
     if isinstance(data, dict):
         return use_dataset(cfg, data, loaders=('test_dataloader',))
-    return set_data_root(cfg, data)
+    if is_own_root(data):
+        return set_data_root(cfg, data)
+    meta = prepare_local(data, lists_dir(data), check_videos=False)
+    return use_dataset(cfg, meta, loaders=('test_dataloader',))
+
+
+def is_own_root(data_root: str | Path) -> bool:
+    """A local directory in our layout (``classes.txt``, ``train_list.txt``...), read as is."""
+    return not str(data_root).startswith('s3://') and (Path(data_root) / CLASSES_FILE).is_file()
+
+
+def lists_dir(spec: str | Path) -> Path:
+    """Where the local entry points keep the lists derived from ``spec`` when they have no
+    work dir (rewritten each time: they follow the dataset)."""
+    key = hashlib.sha256(str(spec).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / 'video_kd-datasets' / key
+
+
+def prepare_local(spec: str | Path, out_dir: Path, check_videos: bool = True) -> DatasetContents:
+    """Data prep for the local entry points (``python -m video_kd.distill.train``,
+    ``...evaluate``, ``...deploy.export``): find the dataset at ``spec`` in any layout,
+    check its videos (unless ``check_videos`` is false) and write the usable lists,
+    ``classes.txt``, ``report.json`` and ``dataset.json`` (what the loaders need) to
+    ``out_dir``.  The user's files are read where they are, never rewritten."""
+    source = resolve(str(spec))
+    report = validate_source(source, out_dir) if check_videos else write_unchecked(source, out_dir)
+    if report['rejected_total']:
+        log.warning(
+            '%d unreadable or mislabelled videos left out, see %s',
+            report['rejected_total'],
+            out_dir / REPORT_NAME,
+        )
+    meta = dataset_meta(source, report, str(out_dir))
+    (out_dir / LOCAL_META_NAME).write_text(json.dumps(meta, indent=2))
+    return meta
 
 
 def check_mounted(

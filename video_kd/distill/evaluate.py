@@ -46,7 +46,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         'checkpoint', help='checkpoint that fits the config exactly, e.g. epoch_6_student.pth'
     )
     parser.add_argument(
-        '--data-root', required=True, help='Kinetics-style dataset root (val_list.txt is used)'
+        '--data-root',
+        required=True,
+        help='the dataset (its val split is used), in any layout the training takes: '
+        "video-kd's, MMAction2's Kinetics tree, the annotation CSVs or the flat Kinetics copy; "
+        'a directory or s3:// prefix (see python -m video_kd.distill.train --help)',
     )
     parser.add_argument('--out', default='metrics.json', help='where to write the metrics')
     parser.add_argument('--work-dir', help='for logs (default: a temporary directory)')

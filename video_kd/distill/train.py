@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from mmengine.config import Config
 
 from video_kd.core.errors import UserError, run_cli, setup_logging
-from video_kd.data import dataset
+from video_kd.data import data_layout, data_stream, dataset
 from video_kd.distill import train_config
 from video_kd.distill.train_config import TrainOptions
 from video_kd.openmmlab.runtime import init_cpu_process_group, is_main_process
@@ -53,9 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument('--teacher-ckpt', help='teacher checkpoint file (required for KD configs)')
     parser.add_argument(
         '--data-root',
-        help='Kinetics-style dataset root: videos/, train_list.txt, '
-        "val_list.txt, classes.txt (overrides the config's paths and "
-        'sets num_classes)',
+        help='the dataset, as the pipeline takes it: a directory or s3:// prefix in '
+        "video-kd's layout (videos/, train_list.txt, val_list.txt, classes.txt), MMAction2's "
+        'Kinetics tree (videos_train/, kinetics400_*_list_videos.txt, a label map or the '
+        'annotation CSVs) or the flat Kinetics copy (train/, annotations/train.csv); '
+        'names in a URI query, e.g. "data/k400?train_videos=train_256". Overrides the '
+        "config's paths and sets num_classes",
     )
     parser.add_argument(
         '--resume',
@@ -83,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     """Resolve and localize the config; everything is checked before the work dir is touched."""
     options = TrainOptions.from_args(args)
-    num_classes = len(dataset.read_classes(args.data_root)) if args.data_root else None
+    num_classes, videos_uri = _dataset_of(args.data_root)
     teacher_sha256 = None
     if options.teacher_logit_cache and args.teacher_ckpt:
         if not Path(args.teacher_ckpt).is_file():
@@ -94,7 +97,7 @@ def build_config(args: argparse.Namespace) -> Config:
         options,
         num_classes=num_classes,
         teacher_sha256=teacher_sha256,
-        videos_uri=_videos_dir(args.data_root),
+        videos_uri=videos_uri,
     )
     return train_config.localize(
         cfg,
@@ -107,10 +110,17 @@ def build_config(args: argparse.Namespace) -> Config:
     )
 
 
-def _videos_dir(data_root: str | None) -> str:
-    """Where the videos of ``--data-root`` are; absolute, but a linked root stays itself
-    (the teacher-logit cache goes with the root the user named)."""
-    return str(Path(data_root).absolute() / dataset.VIDEO_DIR) if data_root else ''
+def _dataset_of(data_root: str | None) -> tuple[int | None, str]:
+    """(number of classes, where the train videos are) of ``--data-root``.  Our layout's
+    root stays as named, a link included (the teacher-logit cache goes with it)."""
+    if not data_root:
+        return None, ''
+    if data_stream.is_own_root(data_root):
+        return len(dataset.read_classes(data_root)), str(
+            Path(data_root).absolute() / dataset.VIDEO_DIR
+        )
+    source = data_layout.resolve(data_root)
+    return len(source.classes), source.splits['train'].videos_uri
 
 
 def train(cfg: Config) -> Runner:

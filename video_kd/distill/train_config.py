@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 from pathlib import Path
 
 from mmengine.config import Config
 
 from video_kd.core.errors import UserError
-from video_kd.data import dataset
-from video_kd.data.data_stream import set_data_root
+from video_kd.data import data_stream, dataset
 from video_kd.distill.pretrained import apply_pretrained, fetch_pretrained
 from video_kd.distill.teacher_precision import PRECISIONS
 from video_kd.openmmlab.cfg_options import check_config_values, checked_cfg_options
@@ -353,10 +353,22 @@ def check_teacher_checkpoint(cfg: Config, teacher_ckpt: str) -> None:
 
 
 def prepare_data(cfg: Config, data_root: str | Path, work_dir: Path, check_videos: bool) -> None:
-    """Point the config at data_root; with check_videos, leave unreadable videos out."""
+    """Point the config at ``data_root``: our layout, or any dataset spec data prep takes
+    (MMAction2's Kinetics tree, the CSVs, the flat copy; a path or s3://, see
+    ``data.data_layout``).  With check_videos, unreadable videos are left out.  Rank 0
+    checks; the other ranks wait for its lists."""
+    clean_root = work_dir / 'data'
+    if not data_stream.is_own_root(data_root):
+        if is_main_process():
+            meta = data_stream.prepare_local(data_root, clean_root, check_videos)
+        else:
+            wait_for_file(clean_root / data_stream.LOCAL_META_NAME)
+            meta = json.loads((clean_root / data_stream.LOCAL_META_NAME).read_text())
+        classes = data_stream.use_dataset(cfg, meta)
+        log.info('dataset %s (%s layout): %d classes', data_root, meta['layout'], len(classes))
+        return
     root = Path(data_root)
     if check_videos:
-        clean_root = work_dir / 'data'
         if is_main_process():
             report = dataset.validate_dataset(root, clean_root)
             if report['rejected_total']:
@@ -368,5 +380,5 @@ def prepare_data(cfg: Config, data_root: str | Path, work_dir: Path, check_video
         else:  # other ranks wait for rank 0's cleaned lists
             wait_for_file(clean_root / dataset.VAL_LIST)
         root = clean_root
-    classes = set_data_root(cfg, root)
+    classes = data_stream.set_data_root(cfg, root)
     log.info('dataset %s: %d classes', root, len(classes))

@@ -112,6 +112,18 @@ def list_objects(prefix_uri: str, recursive: bool = True) -> Iterator[tuple[str,
                 yield obj['Key'][len(key) :], obj['ETag'].strip('"'), obj['Size']
 
 
+def peek(prefix_uri: str, limit: int = 100) -> tuple[list[str], list[str]]:
+    """``(folders, files)`` directly inside an ``s3://`` prefix, from one listing page of at
+    most ``limit`` entries: a look at what is there, not an inventory."""
+    bucket, key = s3.parse_s3_uri(prefix_uri.rstrip('/') + '/')
+    with storage_errors(prefix_uri, 'list'):
+        page = stream_client().list_objects_v2(
+            Bucket=bucket, Prefix=key, Delimiter='/', MaxKeys=limit
+        )
+    folders = [p['Prefix'][len(key) :].rstrip('/') for p in page.get('CommonPrefixes', [])]
+    return folders, [obj['Key'][len(key) :] for obj in page.get('Contents', [])]
+
+
 def put_object_bytes(uri: str, body: bytes) -> None:
     """Write a small object (overwriting), on this process's client."""
     bucket, key = s3.parse_s3_uri(uri)
