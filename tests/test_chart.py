@@ -785,7 +785,8 @@ def test_schema_rejects_bad_cluster_values(values, where):
 
 def test_trainjob_runtime_carries_the_failure_semantics():
     """The chart's TrainingRuntime: valid for the v2.3.0 CRD and Trainer's webhook, exit 2
-    fails at once, evictions do not count, restarts = backoff per node x workers."""
+    fails at once, evictions do not count, restarts = backoff per node (one per incident, as
+    a PyTorchJob's per node x workers failed pods), a finished JobSet deleted after a day."""
     import sys
 
     sys.path.insert(0, str(ROOT / 'tests'))
@@ -795,7 +796,8 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     runtime = one(render(values), 'TrainingRuntime', f'{RELEASE}-torch')
     assert problems(runtime, TRAININGRUNTIME_CRD, 'v1alpha1') == []
     jobset = runtime['spec']['template']['spec']
-    assert jobset['failurePolicy']['maxRestarts'] == 8
+    assert jobset['failurePolicy']['maxRestarts'] == 2, 'incidents, whatever the workers'
+    assert jobset['ttlSecondsAfterFinished'] == 86400
     assert jobset['failurePolicy']['rules'] == [
         {
             'name': 'bad-input-fails-at-once',
@@ -824,7 +826,7 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
     assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
-    assert data['VIDEO_KD_TRAINJOB_MAX_RESTARTS'] == '8', 'what the runtime allows'
+    assert data['VIDEO_KD_TRAINJOB_MAX_RESTARTS'] == '2', 'what the runtime allows'
     # the priority class reaches the pods through the runtime (a TrainJob cannot carry it)
     prioritized = {'training': {**values['training'], 'priorityClassName': 'kd-batch'}}
     runtime = one(render(prioritized), 'TrainingRuntime', f'{RELEASE}-torch')

@@ -311,7 +311,9 @@ class ClusterJob:
         existing = self._crd_call('get', 'get_namespaced_custom_object', self.name)
         found = self.state(existing)
         same = _spec_hash(existing) == _spec_hash(self.manifest)
-        if same and not found.finished:
+        # A job another Workflow owns would go with that Workflow: not this run's to adopt.
+        same_owner = _owners(existing) == _owners(self.manifest)
+        if same and same_owner and not found.finished:
             log.info(
                 'adopting the running %s %s/%s of this run (%s): a re-run of the step follows it',
                 self.kind.kind,
@@ -321,6 +323,8 @@ class ClusterJob:
             )
             return 'adopted'
         why = 'finished' if found.finished else 'built from other settings'
+        if same and not same_owner and not found.finished:
+            why = "owned by another run's Workflow"
         log.warning(
             'replacing %s %s/%s (%s, %s)',
             self.kind.kind,
@@ -593,6 +597,12 @@ class ClusterJob:
         with deleted_at_exit(self):
             self.submit()
             return self.wait(timeout)
+
+
+def _owners(obj: dict[str, Any]) -> list[str]:
+    """The uids of the object's owners (sorted; [] for none)."""
+    refs = (obj.get('metadata') or {}).get('ownerReferences') or []
+    return sorted(ref.get('uid', '') for ref in refs)
 
 
 def _spec_hash(obj: dict[str, Any]) -> str:
