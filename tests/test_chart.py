@@ -9,6 +9,7 @@ OpenAPI schemas by `kubernetes-validate` (strict: unknown fields fail).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -1206,3 +1207,21 @@ def test_the_image_allow_list_defaults_to_the_charts_repository():
         'ghcr.io/kubeflow-video-kd/video-kd@',
     ]
     assert allowed({'pipeline': {'allowedImagePrefixes': ['r.example/ml/']}}) == ['r.example/ml/']
+
+
+def test_step_pod_requests_reach_the_pipeline_from_the_chart():
+    """pipeline.params.step_cpu_request / step_memory_request become the uploaded pipeline's
+    defaults (and the recurring run's arguments); empty: the compiled defaults (1, 4Gi),
+    tests/test_pipeline.py."""
+
+    def params(values):
+        _, spec = pod_spec(render(values))
+        (container,) = spec['containers']
+        args = container['args']
+        return dict(v.split('=', 1) for f, v in itertools.pairwise(args) if f == '--param')
+
+    assert not {'step_cpu_request', 'step_memory_request'} & params(None).keys()
+    sized = params(
+        {'pipeline': {'params': {'step_cpu_request': '2', 'step_memory_request': '8Gi'}}}
+    )
+    assert sized['step_cpu_request'] == '2' and sized['step_memory_request'] == '8Gi'

@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
-from video_kd.backends.base import ClusterBackend, LocalBackend
 from video_kd.backends import owner
+from video_kd.backends.base import ClusterBackend, LocalBackend
 from video_kd.backends.kube import ClusterError, ClusterJob, TrainingJobFailed
 from video_kd.backends.spec import (
     DEFAULT_MAX_TRAINING_HOURS,

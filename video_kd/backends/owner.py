@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes import client as k8s
@@ -96,7 +96,7 @@ def reference(api_version: str, name: str, uid: str) -> dict[str, Any]:
     return k8s.ApiClient().sanitize_for_serialization(ref)
 
 
-def _read(call, verb: str, resource: str, namespace: str) -> Any:
+def _read(call: Callable[[], Any], verb: str, resource: str, namespace: str) -> Any:
     """The call's answer; a 403 or 404 is one line (a ClusterError)."""
     try:
         return call()
@@ -108,6 +108,6 @@ def _read(call, verb: str, resource: str, namespace: str) -> Any:
         if why is None:
             raise
         raise ClusterError(
-            f'{why} in namespace {namespace}: the train step reads it to make the run\'s Argo '
+            f"{why} in namespace {namespace}: the train step reads it to make the run's Argo "
             'Workflow own the training job, which must not run without an owner'
         ) from exc

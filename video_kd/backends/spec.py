@@ -242,11 +242,11 @@ def _problems(spec: TrainingJobSpec) -> list[str]:
             f'TrainJob runtime kind {spec.trainjob_runtime_kind!r}: use one of {RUNTIME_KINDS}'
         )
     if spec.active_deadline_seconds is not None and spec.active_deadline_seconds < 1:
-        problems.append(
-            f'the active deadline must be >= 1 s, got {spec.active_deadline_seconds}'
-        )
+        problems.append(f'the active deadline must be >= 1 s, got {spec.active_deadline_seconds}')
     if spec.ttl_seconds_after_finished < 0:
-        problems.append(f'ttlSecondsAfterFinished must be >= 0, got {spec.ttl_seconds_after_finished}')
+        problems.append(
+            f'ttlSecondsAfterFinished must be >= 0, got {spec.ttl_seconds_after_finished}'
+        )
     if spec.pvc and not spec.pvc_mount.startswith('/'):
         problems.append(f'pvc mount path must be absolute, got {spec.pvc_mount!r}')
     return problems
@@ -339,7 +339,7 @@ def deadline_seconds(max_training_hours: float | None) -> int | None:
     """The job's activeDeadlineSeconds for a budget in hours (at least 1 s); None: none."""
     if max_training_hours is None:
         return None
-    if not max_training_hours > 0:  # NaN too
+    if not 0 < max_training_hours < float('inf'):  # NaN too
         raise JobSpecError(f'max_training_hours must be > 0, got {max_training_hours}')
     return max(1, round(max_training_hours * 3600))
 

@@ -68,9 +68,7 @@ def check_quantity(name: str, value: Any) -> None:
     """A Kubernetes resource quantity above 0 (``500m``, ``2``, ``4Gi``), else one line."""
     text = str(value)
     if not _QUANTITY.match(text) or not float(re.sub(r'[a-zA-Z]+$', '', text)) > 0:
-        raise UserError(
-            f'{name} {text!r} is not a Kubernetes quantity above 0 (e.g. 500m, 2, 4Gi)'
-        )
+        raise UserError(f'{name} {text!r} is not a Kubernetes quantity above 0 (e.g. 500m, 2, 4Gi)')
 
 
 def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False) -> None:
