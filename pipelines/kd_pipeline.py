@@ -51,6 +51,17 @@ TRAINING_CONFIG_KEYS = (
 )  # fmt: skip
 
 
+# KFP retries the train step (a new pod of the same Argo Workflow) when Argo marks it Failed:
+# the step pod OOM-killed, evicted, or exiting non-zero.  The retried step adopts the run's
+# training job while it runs (it has the same name, spec and owner: video_kd/backends/kube.py
+# ClusterJob.submit), or resumes from the last checkpoint in a new one.  Argo counts the
+# window from the first attempt's start (retryStrategy.backoff.maxDuration), so it spans the
+# longest training (video_kd.steps.train.MAX_TRAINING_HOURS) and its wait.
+TRAIN_RETRIES = 2
+TRAIN_RETRY_BACKOFF = {'backoff_duration': '60s', 'backoff_factor': 2.0,
+                       'backoff_max_duration': f'{32 * 24 * 3600}s'}  # fmt: skip
+
+
 @dataclass(frozen=True)
 class ClusterNames:
     """The Kubernetes objects the step pods read, as the Helm chart names them by default."""
@@ -102,10 +113,12 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
     """The pipeline, with the cluster's object names as its defaults."""
 
     def step(task: dsl.PipelineTask, name: str, image, s3_config_map=None, s3_credentials=None,
-             training_config_map=None) -> dsl.PipelineTask:  # fmt: skip
+             training_config_map=None, requests=None) -> dsl.PipelineTask:  # fmt: skip
         task.set_display_name(name)
         task.set_caching_options(False)  # every run writes its own run directory
         task.set_container_image(image)
+        if requests is not None:  # (cpu, memory): not BestEffort, the first pod evicted
+            task.set_cpu_request(requests[0]).set_memory_request(requests[1])
         if s3_config_map is not None:  # check-inputs reads no S3: no credentials in its pod
             _use_cluster_env(task, names, s3_config_map, s3_credentials, training_config_map)
         return task
@@ -139,11 +152,14 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         student_pretrained_sha256: str = '',
         training_backend: str = '',
         backoff_limit_per_node: int = 0,
+        max_training_hours: float = 168.0,
         s3_bucket: str = 'video-kd',
         s3_prefix: str = 'video-kd',
         s3_config_map: str = names.s3_config_map,
         s3_credentials: str = names.s3_credentials,
         training_config_map: str = names.training_config_map,
+        step_cpu_request: str = '1',
+        step_memory_request: str = '4Gi',
         export_tolerance: float = 1e-3,
         speed_repeats: int = 3,
         image: str = DEFAULT_IMAGE,
@@ -211,7 +227,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             backoff_limit_per_node: Restarts allowed per training node of a PyTorchJob (0 or
                 more). Default 0: the chart's, else 3. No effect on a TrainJob, which cannot
                 set its own: its runtime's failurePolicy decides (the chart's:
-                training.backoffLimitPerNode x workers).
+                training.backoffLimitPerNode incidents).
+            max_training_hours: The longest the training job may be active, in hours (above
+                0, at most 720): its activeDeadlineSeconds on both backends, counted from its
+                start; past it the operator fails the job. Default 168 (a week).
             s3_bucket: The S3 bucket runs go to: s3://<s3_bucket>/<s3_prefix>/<run id>/
                 (3-63 lowercase letters, digits, dots and hyphens). Default video-kd.
             s3_prefix: The key prefix of the runs in s3_bucket (its cache is
@@ -223,6 +242,11 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             training_config_map: The Kubernetes ConfigMap the train step reads its training
                 settings from (backend, service account, GPU resource, queue, ...); the
                 default is the Helm release's.
+            step_cpu_request: The CPU request of every step's pod (a Kubernetes quantity,
+                e.g. 500m or 2): requests keep the pods from being evicted first. Default 1
+                (the chart's pipeline.params.step_cpu_request).
+            step_memory_request: The memory request of every step's pod (e.g. 4Gi). Default
+                4Gi (the chart's pipeline.params.step_memory_request).
             export_tolerance: The largest absolute difference of ONNX vs PyTorch logits on
                 the val clips that the export accepts; above it the export fails. Default
                 0.001.
@@ -235,15 +259,17 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 refused. Empty (default): <UTC time>-<KFP run id>.
         """
         arguments = dict(locals())  # the parameters by name (the first statement)
+        requests = (step_cpu_request, step_memory_request)
         checked = step(
             check_inputs(**{name: arguments[name] for name in check_inputs.component_spec.inputs}),
-            'check inputs', image,
+            'check inputs', image, requests=requests,
         )  # fmt: skip
         kubernetes.use_config_map_as_env(  # the chart's image allow-list, nothing else
             checked, training_config_map,
             {'VIDEO_KD_ALLOWED_IMAGE_PREFIXES': 'VIDEO_KD_ALLOWED_IMAGE_PREFIXES'}, optional=True,
         )  # fmt: skip
-        env = {'s3_config_map': s3_config_map, 's3_credentials': s3_credentials}
+        env = {'s3_config_map': s3_config_map, 's3_credentials': s3_credentials,
+               'requests': requests}  # fmt: skip
         prep = step(
             data_prep(dataset_uri=dataset_uri, s3_bucket=s3_bucket, s3_prefix=s3_prefix,
                       run_id=run_id, job_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER, reencode=reencode),
@@ -262,9 +288,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                   student_pretrained_sha256=student_pretrained_sha256,
                   training_backend=training_backend, image=image, num_workers=num_workers,
                   gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node,
-                  backoff_limit_per_node=backoff_limit_per_node),
+                  backoff_limit_per_node=backoff_limit_per_node,
+                  max_training_hours=max_training_hours),
             'KD training', image, **env, training_config_map=training_config_map,
-        )  # fmt: skip
+        ).set_retry(TRAIN_RETRIES, **TRAIN_RETRY_BACKOFF)  # fmt: skip
         student = step(convert(kd_model=kd.outputs['kd_model']), 'student conversion', image, **env)
         evaluation = step(
             evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],

@@ -47,6 +47,7 @@ VANISH = 'vanish'  # a script step: someone deletes the job, and the connection 
 WATCH_MAX_S = 10  # the longest one watch request is held open
 _OBJ = re.compile(r'^/apis/([^/]+)/([^/]+)/namespaces/([^/]+)/([^/]+)(?:/([^/]+))?$')
 _POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+?)(/log)?)?$')
+_ONE_POD = re.compile(r'^/api/v1/namespaces/([^/]+)/pods/([^/]+)$')  # get pod (RBAC-checked)
 
 
 def status(code: int, reason: str, message: str, kind: str = '', **details: str) -> dict:
@@ -137,6 +138,8 @@ class FakeKube:
                 body = json.loads(self.rfile.read(length) or b'null') if length else None
                 if match := _OBJ.match(url.path):
                     return fake._objects(self, verb, *match.groups(), body=body, query=query)
+                if verb == 'GET' and (match := _ONE_POD.match(url.path)):
+                    return fake._one_pod(self, *match.groups())
                 if match := _POD.match(url.path):
                     return fake._pods(self, verb, *match.groups(), query=query)
                 return self._send(404, b'404 page not found', 'text/plain')
@@ -358,6 +361,18 @@ class FakeKube:
             json.dumps({'type': kind, 'object': p}).encode() + b'\n' for kind, p in events
         )
         return h._send(200, lines)
+
+    def _one_pod(self, h, ns, name):
+        if ('get', 'pods') in self.forbidden:
+            msg = (
+                f'pods "{name}" is forbidden: User "system:serviceaccount:{ns}:video-kd" cannot '
+                f'get resource "pods" in API group "" in the namespace "{ns}"'
+            )
+            return h._send(403, status(403, 'Forbidden', msg, 'pods'))
+        for p in self.pods:
+            if p['metadata']['namespace'] == ns and p['metadata']['name'] == name:
+                return h._send(200, p)
+        return h._send(404, status(404, 'NotFound', f'pods "{name}" not found', 'pods'))
 
     def __enter__(self):
         self.thread.start()

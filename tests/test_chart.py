@@ -9,6 +9,7 @@ OpenAPI schemas by `kubernetes-validate` (strict: unknown fields fail).
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from pathlib import Path
@@ -803,7 +804,8 @@ def test_schema_rejects_bad_cluster_values(values, where):
 
 def test_trainjob_runtime_carries_the_failure_semantics():
     """The chart's TrainingRuntime: valid for the v2.3.0 CRD and Trainer's webhook, exit 2
-    fails at once, evictions do not count, restarts = backoff per node x workers."""
+    fails at once, evictions do not count, restarts = backoff per node (one per incident, as
+    a PyTorchJob's per node x workers failed pods), a finished JobSet deleted after a day."""
     import sys
 
     sys.path.insert(0, str(ROOT / 'tests'))
@@ -813,7 +815,8 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     runtime = one(render(values), 'TrainingRuntime', f'{RELEASE}-torch')
     assert problems(runtime, TRAININGRUNTIME_CRD, 'v1alpha1') == []
     jobset = runtime['spec']['template']['spec']
-    assert jobset['failurePolicy']['maxRestarts'] == 8
+    assert jobset['failurePolicy']['maxRestarts'] == 2, 'incidents, whatever the workers'
+    assert jobset['ttlSecondsAfterFinished'] == 86400
     assert jobset['failurePolicy']['rules'] == [
         {
             'name': 'bad-input-fails-at-once',
@@ -842,7 +845,7 @@ def test_trainjob_runtime_carries_the_failure_semantics():
     data = one(render(values), 'ConfigMap', f'{RELEASE}-training')['data']
     assert data['VIDEO_KD_TRAINJOB_RUNTIME'] == f'{RELEASE}-torch'
     assert data['VIDEO_KD_TRAINJOB_RUNTIME_KIND'] == 'TrainingRuntime'
-    assert data['VIDEO_KD_TRAINJOB_MAX_RESTARTS'] == '8', 'what the runtime allows'
+    assert data['VIDEO_KD_TRAINJOB_MAX_RESTARTS'] == '2', 'what the runtime allows'
     # the priority class reaches the pods through the runtime (a TrainJob cannot carry it)
     prioritized = {'training': {**values['training'], 'priorityClassName': 'kd-batch'}}
     runtime = one(render(prioritized), 'TrainingRuntime', f'{RELEASE}-torch')
@@ -1394,3 +1397,21 @@ def test_the_runs_service_account_may_make_exactly_the_calls_kfp_and_our_steps_m
     # runs as another account (KFP's own): the chart grants nothing for them
     elsewhere = render({'schedule': {'enabled': True, 'serviceAccount': 'default-editor'}})
     assert not allows(roles_of(elsewhere, RELEASE), 'get', '', 'configmaps', 'kfp-launcher')
+
+
+def test_step_pod_requests_reach_the_pipeline_from_the_chart():
+    """pipeline.params.step_cpu_request / step_memory_request become the uploaded pipeline's
+    defaults (and the recurring run's arguments); empty: the compiled defaults (1, 4Gi),
+    tests/test_pipeline.py."""
+
+    def params(values):
+        _, spec = pod_spec(render(values))
+        (container,) = spec['containers']
+        args = container['args']
+        return dict(v.split('=', 1) for f, v in itertools.pairwise(args) if f == '--param')
+
+    assert not {'step_cpu_request', 'step_memory_request'} & params(None).keys()
+    sized = params(
+        {'pipeline': {'params': {'step_cpu_request': '2', 'step_memory_request': '8Gi'}}}
+    )
+    assert sized['step_cpu_request'] == '2' and sized['step_memory_request'] == '8Gi'

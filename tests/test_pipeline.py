@@ -176,6 +176,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
 
     read = {*checks.SHA256_PARAMETERS, *checks.LAUNCH_PARAMETERS}
     read |= {f.name for f in dataclasses.fields(TrainOptions)}
+    read |= set(checks.STEP_RESOURCE_PARAMETERS)
     read |= {'run_id', 's3_bucket', 's3_prefix', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
              'student_config', 'training_backend', 'export_tolerance', 'speed_repeats',
              'image'}  # fmt: skip
@@ -374,3 +375,38 @@ def test_a_failed_data_prep_gives_its_run_id_back(bucket, tmp_path):
     opts = 'generate://?num_classes=2&train_per_class=2&val_per_class=1&num_frames=10'
     meta = data_prep.run(opts, bucket, 'p', run_id='r3', workdir=tmp_path / 'w')
     assert meta['run_id'] == 'r3'
+
+
+def test_every_step_pod_requests_resources_and_the_train_task_is_retried():
+    """Not BestEffort (the first pod evicted): every step's container requests the run's
+    step_cpu_request / step_memory_request (the chart's values, as upload's --param
+    defaults).  The train task alone is retried by KFP, within a window (Argo counts it from
+    the first attempt) that spans the longest deadline and the step's wait."""
+    from video_kd.steps import train
+
+    spec, _ = _spec()
+    parameters = spec['root']['inputDefinitions']['parameters']
+    assert parameters['step_cpu_request']['defaultValue'] == '1'
+    assert parameters['step_memory_request']['defaultValue'] == '4Gi'
+    assert parameters['max_training_hours'] == {
+        'defaultValue': 168.0,
+        'description': parameters['max_training_hours']['description'],
+        'isOptional': True,
+        'parameterType': 'NUMBER_DOUBLE',
+    }
+    for name, executor in spec['deploymentSpec']['executors'].items():
+        resources = executor['container']['resources']
+        assert resources == {
+            'resourceCpuRequest': "{{$.inputs.parameters['pipelinechannel--step_cpu_request']}}",
+            'resourceMemoryRequest': (
+                "{{$.inputs.parameters['pipelinechannel--step_memory_request']}}"
+            ),
+        }, name
+    tasks = spec['root']['dag']['tasks']
+    assert [name for name, task in tasks.items() if 'retryPolicy' in task] == ['train']
+    retry = tasks['train']['retryPolicy']
+    assert retry['maxRetryCount'] == kp.TRAIN_RETRIES >= 1
+    window = int(retry['backoffMaxDuration'].removesuffix('s'))
+    assert window >= train.MAX_TRAINING_HOURS * 3600 + train.WAIT_GRACE_S
+    trained = tasks['train']['inputs']['parameters']['max_training_hours']
+    assert trained == {'componentInputParameter': 'max_training_hours'}

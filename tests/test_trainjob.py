@@ -18,7 +18,7 @@ from kubeflow_trainer_api import models as tm
 from test_pytorchjob import COMMAND, OVERRIDES, RUN_ID, STEP_ENV, make_spec
 
 from video_kd import backends
-from video_kd.backends import kube, trainjob
+from video_kd.backends import kube, pytorchjob, trainjob
 from video_kd.backends.spec import job_name
 from video_kd.core.errors import UserError
 from video_kd.runs import Manifest, RunLayout
@@ -530,23 +530,28 @@ CHART_RUNTIME_ENV = {
     **STEP_ENV,  # backoff 2 per node
     'VIDEO_KD_TRAINJOB_RUNTIME': 'kd-prod-video-kd-torch',
     'VIDEO_KD_TRAINJOB_RUNTIME_KIND': 'TrainingRuntime',
-    'VIDEO_KD_TRAINJOB_MAX_RESTARTS': '6',  # rendered for 3 workers x 2
+    'VIDEO_KD_TRAINJOB_MAX_RESTARTS': '2',  # rendered for backoffLimitPerNode 2 (any workers)
 }
 
 
 def test_a_run_that_asks_for_other_restarts_than_the_runtime_is_warned():
-    assert trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV)) == [], 'the chart runtime: 2 x 3'
-    (line,) = trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV, num_nodes=4))
-    assert line == (
-        'this run asks for 8 restarts (backoff_limit_per_node 2 x 4 nodes), but a TrainJob '
-        "cannot set its own: TrainingRuntime kd-prod-video-kd-torch allows 6 (the chart's "
-        'training.backoffLimitPerNode x training.workers)'
-    )
+    """Both backends allow backoff_limit_per_node incidents: a JobSet restart per incident
+    (the runtime's maxRestarts), a PyTorchJob's failed pods of every node per incident
+    (backoff_limit: per node x nodes).  So the node count changes neither."""
+    assert trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV)) == [], 'the chart runtime: 2'
+    for nodes in (1, 4):
+        spec = make_spec(env=CHART_RUNTIME_ENV, num_nodes=nodes)
+        assert trainjob.warnings(spec) == [], f'{nodes} nodes: 2 incidents on both backends'
+        assert pytorchjob.manifest(spec)['spec']['runPolicy']['backoffLimit'] == 2 * nodes
     (line,) = trainjob.warnings(make_spec(env=CHART_RUNTIME_ENV, backoff_limit_per_node=5))
-    assert line.startswith('this run asks for 15 restarts (backoff_limit_per_node 5 x 3 nodes)')
+    assert line == (
+        'this run asks for 5 restarts (backoff_limit_per_node, one per incident), but a '
+        'TrainJob cannot set its own: TrainingRuntime kd-prod-video-kd-torch allows 2 (the '
+        "chart's training.backoffLimitPerNode)"
+    )
     # the manifest has nowhere to put it: neither the TrainJob nor its runtimePatches
     manifest = trainjob.manifest(make_spec(env=CHART_RUNTIME_ENV, backoff_limit_per_node=5))
-    assert '15' not in str(manifest) and 'maxRestarts' not in str(manifest)
+    assert 'maxRestarts' not in str(manifest) and "'backoffLimit'" not in str(manifest)
 
 
 def test_a_cluster_runtime_decides_the_restarts_and_needs_kueue_for_priority():
@@ -567,7 +572,9 @@ def test_a_cluster_runtime_decides_the_restarts_and_needs_kueue_for_priority():
 
 def test_the_step_logs_what_the_trainjob_cannot_carry(cluster, caplog):
     caplog.set_level(logging.WARNING, logger='video_kd.backends')
-    spec = make_spec(env={**CHART_RUNTIME_ENV, 'VIDEO_KD_KUEUE_QUEUE': ''}, num_nodes=4)
+    spec = make_spec(
+        env={**CHART_RUNTIME_ENV, 'VIDEO_KD_KUEUE_QUEUE': ''}, num_nodes=4, backoff_limit_per_node=8
+    )
     cluster.scripts[spec.name] = [[COMPLETE]]
     runtimes = {
         **TORCH_DISTRIBUTED,

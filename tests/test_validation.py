@@ -580,3 +580,35 @@ def test_the_steps_forked_workers_leave_no_pymp_directories(tmp_path, monkeypatc
     for finalizer in list(multiprocessing.util._finalizer_registry.values()):
         if ours in (getattr(finalizer, '_args', None) or ()):
             finalizer()  # remove it now, as this process's exit would (tmp_path may be gone)
+
+
+@pytest.mark.parametrize(
+    ('bad', 'match'),
+    [
+        ({'max_training_hours': 0.0}, 'max_training_hours must be above 0 and at most 720'),
+        ({'max_training_hours': -2.5}, 'max_training_hours must be above 0'),
+        ({'max_training_hours': float('nan')}, 'max_training_hours must be above 0'),
+        ({'max_training_hours': 1000.0}, 'at most 720'),
+        (
+            {'step_cpu_request': '2 cores'},
+            "step_cpu_request '2 cores' is not a Kubernetes quantity",
+        ),
+        ({'step_cpu_request': '0'}, "step_cpu_request '0' is not a Kubernetes quantity above 0"),
+        ({'step_memory_request': '4GB'}, "step_memory_request '4GB' is not a Kubernetes quantity"),
+    ],
+)
+def test_the_jobs_deadline_and_the_step_pods_requests_are_checked_first(bad, match):
+    """A deadline <= 0 or a request the API server would refuse: one line before the run."""
+    with pytest.raises(UserError) as info:
+        check_inputs.check_pipeline_params(bad)
+    assert match in str(info.value) and str(info.value) == one_line(info.value)
+    assert info.value.exit_status == 2
+
+
+def test_good_deadlines_and_requests_pass():
+    check_inputs.check_pipeline_params(
+        {'max_training_hours': 0.5, 'step_cpu_request': '500m', 'step_memory_request': '4Gi'}
+    )
+    check_inputs.check_pipeline_params(
+        {'max_training_hours': 720, 'step_cpu_request': '2', 'step_memory_request': '1.5G'}
+    )

@@ -25,6 +25,9 @@ def check_inputs(
     student_pretrained_sha256: str,
     training_backend: str,
     backoff_limit_per_node: int,
+    max_training_hours: float,
+    step_cpu_request: str,
+    step_memory_request: str,
     s3_bucket: str,
     s3_prefix: str,
     export_tolerance: float,
@@ -63,6 +66,9 @@ def check_inputs(
         student_pretrained_sha256: Empty or 64 hex digits.
         training_backend: Empty (the chart's, unknown here) or pytorchjob, trainjob, local.
         backoff_limit_per_node: A whole number, 0 (the chart's) or more.
+        max_training_hours: A finite number above 0.
+        step_cpu_request: A Kubernetes CPU quantity above 0, e.g. 500m or 2.
+        step_memory_request: A Kubernetes memory quantity above 0, e.g. 4Gi.
         s3_bucket: A valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
         s3_prefix: Empty (the bucket's root) or "/"-separated segments of letters, digits,
             ".", "_", "-", none empty, ".", ".." or "cache".

@@ -42,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         '--backoff-limit-per-node', type=int, default=0, help="restarts per node; 0: the chart's"
     )
     p.add_argument(
+        '--max-training-hours',
+        type=float,
+        default=backends.DEFAULT_MAX_TRAINING_HOURS,
+        help="the training job's deadline (activeDeadlineSeconds) in hours; default 168",
+    )
+    p.add_argument(
         '--print-manifest',
         action='store_true',
         help='print the training job (PyTorchJob/TrainJob JSON) and exit; writes nothing',
@@ -69,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             args.gpus_per_worker,
             args.nproc_per_node,
             args.backoff_limit_per_node,
+            args.max_training_hours,
         )
         print(json.dumps(backends.manifest(backend, spec), indent=2))
         return 0
@@ -84,6 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             gpus_per_worker=args.gpus_per_worker,
             nproc_per_node=args.nproc_per_node,
             backoff_limit_per_node=args.backoff_limit_per_node,
+            max_training_hours=args.max_training_hours,
         )
     )
 

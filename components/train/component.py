@@ -23,6 +23,7 @@ def train(
     gpus_per_worker: int,
     nproc_per_node: int,
     backoff_limit_per_node: int,
+    max_training_hours: float,
     kd_model: Output[Model],
 ):
     """Resolve the training config once (<run>/train/config.py), create the training job
@@ -52,6 +53,8 @@ def train(
         gpus_per_worker: GPUs per training node, 0 or more.
         nproc_per_node: Training processes per node; 0: one per GPU (one without GPUs).
         backoff_limit_per_node: PyTorchJob restarts per node; 0: the chart's, else 3.
+        max_training_hours: The training job's deadline in hours (> 0): its
+            activeDeadlineSeconds, counted from its start.
 
     Returns:
         kd_model: The last KD checkpoint: its metadata holds its S3 URI and sha256, every
@@ -84,6 +87,7 @@ def train(
             gpus_per_worker=gpus_per_worker,
             nproc_per_node=nproc_per_node,
             backoff_limit_per_node=backoff_limit_per_node,
+            max_training_hours=max_training_hours,
         )
     kd_model.metadata.update(meta)
     with open(kd_model.path, 'w') as out:

@@ -19,9 +19,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
 
+from video_kd.backends import owner
 from video_kd.backends.base import ClusterBackend, LocalBackend
 from video_kd.backends.kube import ClusterError, ClusterJob, TrainingJobFailed
-from video_kd.backends.spec import JobSpecError, TrainingJobSpec, job_name, spec_from_env
+from video_kd.backends.spec import (
+    DEFAULT_MAX_TRAINING_HOURS,
+    JobSpecError,
+    TrainingJobSpec,
+    job_name,
+    job_namespace,
+    spec_from_env,
+)
 from video_kd.core.checks import InvalidInputError
 from video_kd.runs import RunLayout
 
@@ -31,6 +39,7 @@ DEFAULT_BACKEND = 'pytorchjob'
 
 __all__ = [
     'BACKENDS',
+    'DEFAULT_MAX_TRAINING_HOURS',
     'ClusterBackend',
     'ClusterError',
     'JobSpecError',
@@ -46,6 +55,7 @@ __all__ = [
     'manifest',
     'run_training',
     'spec_from_env',
+    'step_owner',
 ]
 
 
@@ -91,6 +101,12 @@ def cluster_backend(name: str) -> ClusterBackend:
 
 def local_backend(name: str) -> LocalBackend:
     return cast(LocalBackend, get(name))
+
+
+def step_owner(env: Mapping[str, str] | None = None, api: Any = None) -> dict[str, Any] | None:
+    """The ownerReference of the run's Argo Workflow for the training job (``owner.py``);
+    None outside a KFP step pod.  A ``ClusterError`` (one line) when it cannot be set."""
+    return owner.step_owner(job_namespace(env), env, api)
 
 
 def manifest(name: str, spec: TrainingJobSpec) -> dict[str, Any]:

@@ -451,7 +451,9 @@ class ClusterJob:
             return self._recreate()
         found = self.state(existing)
         same = _spec_hash(existing) == _spec_hash(self.manifest)
-        if same and not found.finished:
+        # A job another Workflow owns would go with that Workflow: not this run's to adopt.
+        same_owner = _owners(existing) == _owners(self.manifest)
+        if same and same_owner and not found.finished:
             log.info(
                 'adopting the running %s %s/%s of this run (%s): a re-run of the step follows it',
                 self.kind.kind,
@@ -461,6 +463,8 @@ class ClusterJob:
             )
             return 'adopted'
         why = 'finished' if found.finished else 'built from other settings'
+        if same and not same_owner and not found.finished:
+            why = "owned by another run's Workflow"
         log.warning(
             'replacing %s %s/%s (%s, %s)',
             self.kind.kind,
@@ -781,6 +785,12 @@ class ClusterJob:
 
 def _release(obj: dict[str, Any]) -> str:
     return ((obj.get('metadata') or {}).get('labels') or {}).get(RELEASE_LABEL, '')
+
+
+def _owners(obj: dict[str, Any]) -> list[str]:
+    """The uids of the object's owners (sorted; [] for none)."""
+    refs = (obj.get('metadata') or {}).get('ownerReferences') or []
+    return sorted(ref.get('uid', '') for ref in refs)
 
 
 def _spec_hash(obj: dict[str, Any]) -> str:

@@ -67,6 +67,7 @@ def build(spec: TrainingJobSpec) -> models.KubeflowOrgV1PyTorchJob:
             namespace=spec.namespace,
             labels=spec.job_labels(),
             annotations=spec.job_annotations(),
+            owner_references=spec.owner_references(),  # the run's Workflow (owner.py)
         ),
         spec=models.KubeflowOrgV1PyTorchJobSpec(
             nproc_per_node=str(spec.procs_per_node),  # a string in the CRD: it also takes 'auto'
@@ -75,6 +76,10 @@ def build(spec: TrainingJobSpec) -> models.KubeflowOrgV1PyTorchJob:
                 # the train step enforces it (backoff()).  Kept: right if the operator fixes it.
                 backoff_limit=spec.backoff_limit,
                 clean_pod_policy=CLEAN_POD_POLICY,
+                # The operator fails the job past it (reason DeadlineExceeded) and deletes a
+                # finished job after the TTL, whether or not the step is still there.
+                active_deadline_seconds=spec.active_deadline_seconds,
+                ttl_seconds_after_finished=spec.ttl_seconds_after_finished,
                 scheduling_policy=(
                     models.KubeflowOrgV1SchedulingPolicy(priority_class=spec.priority_class)
                     if spec.priority_class

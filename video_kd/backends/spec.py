@@ -27,6 +27,11 @@ DEFAULT_S3_SECRET = 'video-kd-s3-credentials'
 # What a training pod asks for when the chart sets nothing (as before the backends existed):
 # a memory limit equal to the request, so a leak is an OOM kill of the pod, not of the node.
 DEFAULT_REQUESTS = {'cpu': '2', 'memory': '8Gi'}
+# How long a finished job stays when its step did not delete it (the step pod lost): a day to
+# read its pods' state and logs, then its pods go. Its owner, the run's Argo Workflow, may stay
+# a week (KFP 2.15 persistence agent's ttlSecondsAfterWorkflowFinish: 604800 s by default).
+DEFAULT_TTL_AFTER_FINISHED_S = 24 * 3600
+DEFAULT_MAX_TRAINING_HOURS = 168.0  # a week: the longest a run's training job may be active
 # Labels and annotations every job carries; the full run id is always in the annotation.
 RUN_ID_LABEL = 'video-kd/run-id'
 RUN_ID_ANNOTATION = 'video-kd/run-id'
@@ -127,6 +132,12 @@ class TrainingJobSpec:
     # The restarts the TrainJob's runtime allows, when known (the chart's TrainingRuntime):
     # a TrainJob cannot ask for its own, so backoff_limit does not reach it.
     trainjob_max_restarts: int | None = None
+    # The job's activeDeadlineSeconds (None: none) and its ttlSecondsAfterFinished.
+    active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int = DEFAULT_TTL_AFTER_FINISHED_S
+    # The object Kubernetes garbage-collects the job with (an ownerReference as the API
+    # takes it, see video_kd.backends.owner); None: no owner (a run from outside KFP).
+    owner: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         problems = _problems(self)
@@ -171,13 +182,26 @@ class TrainingJobSpec:
         return {} if self.istio_sidecar else {ISTIO_INJECT: 'false'}
 
     def limits(self) -> dict[str, str]:
-        limits = {k: str(v) for k, v in (self.resources.get('limits') or {}).items()}
+        """The chart's limits with the GPUs this run asks for: ``gpus_per_worker`` wins over
+        any GPU count the chart's overrides carry (0: none at all)."""
+        limits = self._without_gpus('limits')
         if self.gpus_per_worker:
             limits[self.gpu_resource] = str(self.gpus_per_worker)
         return limits
 
     def requests(self) -> dict[str, str]:
-        return {k: str(v) for k, v in (self.resources.get('requests') or {}).items()}
+        requests = self._without_gpus('requests')
+        if self.gpus_per_worker and self.gpu_resource in (self.resources.get('requests') or {}):
+            # an extended resource's request must equal its limit
+            requests[self.gpu_resource] = str(self.gpus_per_worker)
+        return requests
+
+    def _without_gpus(self, kind: str) -> dict[str, str]:
+        given = self.resources.get(kind) or {}
+        return {k: str(v) for k, v in given.items() if k != self.gpu_resource}
+
+    def owner_references(self) -> list[dict[str, Any]] | None:
+        return [dict(self.owner)] if self.owner else None
 
     def digest(self) -> str:
         """What the job does, hashed: a re-run adopts a running job only if this matches."""
@@ -188,6 +212,7 @@ class TrainingJobSpec:
             'gpus': self.gpus_per_worker,
             'nproc': self.procs_per_node,
             'env': dict(sorted(self.env.items())),
+            'deadline_s': self.active_deadline_seconds,  # a re-run with another budget replaces
         }
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -220,6 +245,12 @@ def _problems(spec: TrainingJobSpec) -> list[str]:
         problems.append(
             f'TrainJob runtime kind {spec.trainjob_runtime_kind!r}: use one of {RUNTIME_KINDS}'
         )
+    if spec.active_deadline_seconds is not None and spec.active_deadline_seconds < 1:
+        problems.append(f'the active deadline must be >= 1 s, got {spec.active_deadline_seconds}')
+    if spec.ttl_seconds_after_finished < 0:
+        problems.append(
+            f'ttlSecondsAfterFinished must be >= 0, got {spec.ttl_seconds_after_finished}'
+        )
     if spec.pvc and not spec.pvc_mount.startswith('/'):
         problems.append(f'pvc mount path must be absolute, got {spec.pvc_mount!r}')
     return problems
@@ -250,6 +281,8 @@ def spec_from_env(
     backoff_limit_per_node: int | None = None,
     namespace: str = '',
     env: Mapping[str, str] | None = None,
+    max_training_hours: float | None = None,
+    owner: Mapping[str, Any] | None = None,
 ) -> TrainingJobSpec:
     """A spec from the step pod's environment: the chart's training and S3 ConfigMaps.
 
@@ -262,6 +295,8 @@ def spec_from_env(
     VIDEO_KD_TRAINJOB_MAX_RESTARTS (the chart's TrainingRuntime's), S3_CREDENTIALS_SECRET,
     S3_ACCESS_KEY_ID_KEY, S3_SECRET_ACCESS_KEY_KEY, S3_SESSION_TOKEN_KEY and the plain S3
     settings (S3_PLAIN_ENV).  Arguments win over the environment.
+    ``max_training_hours``: the job's activeDeadlineSeconds (None: no deadline);
+    ``owner``: its ownerReference (``video_kd.backends.owner.step_owner``).
     """
     env = os.environ if env is None else env
     overrides = _json_env(env, 'VIDEO_KD_WORKER_POD_OVERRIDES')
@@ -271,7 +306,7 @@ def spec_from_env(
     plain = {k: env[k] for k in S3_PLAIN_ENV if env.get(k)}
     return TrainingJobSpec(
         run_id=run_id,
-        namespace=namespace or env.get('VIDEO_KD_NAMESPACE') or current_namespace(),
+        namespace=namespace or job_namespace(env),
         image=image,
         command=tuple(command),
         num_nodes=num_nodes,
@@ -300,13 +335,30 @@ def spec_from_env(
         trainjob_runtime=env.get('VIDEO_KD_TRAINJOB_RUNTIME') or DEFAULT_TRAINJOB_RUNTIME,
         trainjob_runtime_kind=env.get('VIDEO_KD_TRAINJOB_RUNTIME_KIND') or RUNTIME_KINDS[0],
         trainjob_max_restarts=_int_env(env, 'VIDEO_KD_TRAINJOB_MAX_RESTARTS', None),
+        active_deadline_seconds=deadline_seconds(max_training_hours),
+        owner=owner,
     )
+
+
+def deadline_seconds(max_training_hours: float | None) -> int | None:
+    """The job's activeDeadlineSeconds for a budget in hours (at least 1 s); None: none."""
+    if max_training_hours is None:
+        return None
+    if not 0 < max_training_hours < float('inf'):  # NaN too
+        raise JobSpecError(f'max_training_hours must be > 0, got {max_training_hours}')
+    return max(1, round(max_training_hours * 3600))
 
 
 def _with_defaults(resources: Mapping[str, Any]) -> dict[str, dict[str, str]]:
     requests = {**DEFAULT_REQUESTS, **(resources.get('requests') or {})}
     limits = {'memory': requests['memory'], **(resources.get('limits') or {})}
     return {'requests': requests, 'limits': limits}
+
+
+def job_namespace(env: Mapping[str, str] | None = None) -> str:
+    """Where the training job goes: the chart's VIDEO_KD_NAMESPACE, else the step pod's."""
+    env = os.environ if env is None else env
+    return env.get('VIDEO_KD_NAMESPACE') or current_namespace()
 
 
 def current_namespace() -> str:

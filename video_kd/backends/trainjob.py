@@ -66,8 +66,17 @@ def build(spec: TrainingJobSpec) -> tm.TrainerV1alpha1TrainJob:
             namespace=spec.namespace,
             labels=labels,
             annotations=spec.job_annotations(),
+            ownerReferences=[
+                tm.IoK8sApimachineryPkgApisMetaV1OwnerReference.from_dict(ref)
+                for ref in spec.owner_references() or []
+            ]
+            or None,  # the run's Workflow (owner.py)
         ),
         spec=tm.TrainerV1alpha1TrainJobSpec(
+            # Trainer fails the TrainJob past it (DeadlineExceeded) and deletes its JobSet.
+            # A TrainJob has no ttlSecondsAfterFinished (v2.3): its owner removes it, and the
+            # chart's runtime gives the JobSet (the pods) a TTL.
+            activeDeadlineSeconds=spec.active_deadline_seconds,
             runtimeRef=tm.TrainerV1alpha1RuntimeRef(
                 name=spec.trainjob_runtime, kind=spec.trainjob_runtime_kind
             ),
@@ -152,12 +161,14 @@ def warnings(spec: TrainingJobSpec) -> list[str]:
             'failurePolicy.maxRestarts); backoff_limit_per_node '
             f'({spec.backoff_limit_per_node}) does not apply to it'
         )
-    elif spec.trainjob_max_restarts != spec.backoff_limit:
+    elif spec.trainjob_max_restarts != spec.backoff_limit_per_node:
+        # A JobSet restarts all nodes once per incident; a PyTorchJob's backoff_limit counts
+        # the failed pods (per node x nodes: every peer fails with the incident): both allow
+        # backoff_limit_per_node incidents.
         found.append(
-            f'this run asks for {spec.backoff_limit} restarts (backoff_limit_per_node '
-            f'{spec.backoff_limit_per_node} x {spec.num_nodes} nodes), but a TrainJob cannot set '
-            f"its own: {runtime} allows {spec.trainjob_max_restarts} (the chart's "
-            'training.backoffLimitPerNode x training.workers)'
+            f'this run asks for {spec.backoff_limit_per_node} restarts (backoff_limit_per_node, '
+            f'one per incident), but a TrainJob cannot set its own: {runtime} allows '
+            f"{spec.trainjob_max_restarts} (the chart's training.backoffLimitPerNode)"
         )
     if spec.priority_class and not spec.queue and spec.trainjob_runtime_kind != 'TrainingRuntime':
         found.append(

@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,7 +56,19 @@ def check_image(image: str, env: Mapping[str, str] | None = None) -> None:
         )
 
 
-LAUNCH_PARAMETERS = ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'backoff_limit_per_node')
+LAUNCH_PARAMETERS = ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'backoff_limit_per_node',
+                     'max_training_hours')  # fmt: skip
+# The step pods' resource requests (the pipeline's step_*_request parameters): a bad quantity
+# would stop a step pod at creation, after data prep claimed the run.
+STEP_RESOURCE_PARAMETERS = ('step_cpu_request', 'step_memory_request')
+_QUANTITY = re.compile(r'^[0-9]+(\.[0-9]+)?(m|k|M|G|T|P|E|Ki|Mi|Gi|Ti|Pi|Ei)?$')
+
+
+def check_quantity(name: str, value: Any) -> None:
+    """A Kubernetes resource quantity above 0 (``500m``, ``2``, ``4Gi``), else one line."""
+    text = str(value)
+    if not _QUANTITY.match(text) or not float(re.sub(r'[a-zA-Z]+$', '', text)) > 0:
+        raise UserError(f'{name} {text!r} is not a Kubernetes quantity above 0 (e.g. 500m, 2, 4Gi)')
 
 
 def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False) -> None:
@@ -96,6 +109,9 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
             params.get('baseline_sha256', ''),
         )
     train.check_launch(**{name: params[name] for name in LAUNCH_PARAMETERS if name in params})
+    for name in STEP_RESOURCE_PARAMETERS:
+        if name in params:
+            check_quantity(name, params[name])
     backend = params.get('training_backend')
     if backend_here:
         backends.check_train_backend(backends.backend_from_env(backend or ''),

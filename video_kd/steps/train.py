@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, cast
 
 from video_kd import backends
 from video_kd.core.artifacts import Dataset, KDModel, Teacher
-from video_kd.core.checks import check_range, check_sha256
+from video_kd.core.checks import InvalidInputError, check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.distill import train_config
 from video_kd.distill.pretrained import (
@@ -47,6 +47,12 @@ if TYPE_CHECKING:
     from mmengine.config import Config
 
 POD_WORK_DIR = '/tmp/video-kd/train'
+# How much longer than the job's deadline the step waits: a day Pending in a queue (Kueue
+# holds a job suspended; its deadline counts from its start) and the operator's verdict.
+WAIT_GRACE_S = 24 * 3600
+# The longest deadline taken: the train task's KFP retry window (pipelines/kd_pipeline.py,
+# 32 days from the first attempt) must span it and the wait's grace.
+MAX_TRAINING_HOURS = 720
 
 
 def run(
@@ -61,18 +67,22 @@ def run(
     nproc_per_node: int = 0,
     backoff_limit_per_node: int = 0,
     workdir: str | Path | None = None,
-    timeout: float = 7 * 24 * 3600,
+    max_training_hours: float = backends.DEFAULT_MAX_TRAINING_HOURS,
 ) -> KDModel:
     """Train; returns the last checkpoint's metadata.
 
     ``training_backend``: pytorchjob, trainjob or local; empty takes the chart's
     (``VIDEO_KD_TRAINING_BACKEND``), else pytorchjob.  ``nproc_per_node`` 0:
-    one process per GPU, else 1.
+    one process per GPU, else 1.  ``max_training_hours``: the cluster job's
+    activeDeadlineSeconds; the step waits that long (+ ``WAIT_GRACE_S``) for its verdict.
     """
     options = options or TrainOptions()
     backend = backends.backend_from_env(training_backend)
-    check_launch(num_workers, gpus_per_worker, nproc_per_node, backoff_limit_per_node)
+    check_launch(num_workers, gpus_per_worker, nproc_per_node, backoff_limit_per_node,
+                 max_training_hours)  # fmt: skip
     backends.check_train_backend(backend, gpus_per_worker)
+    # Before anything is written: a job whose owner cannot be set is refused (one line).
+    owner = None if backend == 'local' else backends.step_owner()
     layout = RunLayout.from_root(data_meta['run_root'])
     config_uri = publish_config(layout, data_meta, teacher, kd_config, options)
     if backend == 'local':
@@ -80,9 +90,13 @@ def run(
                        nproc_per_node, workdir)  # fmt: skip
     else:
         spec = job_spec(layout, config_uri, data_meta, teacher, image, num_workers,
-                        gpus_per_worker, nproc_per_node, backoff_limit_per_node)  # fmt: skip
+                        gpus_per_worker, nproc_per_node, backoff_limit_per_node,
+                        max_training_hours, owner)  # fmt: skip
         try:
-            backends.run_training(backend, spec, timeout, layout=layout)
+            # the job's own deadline ends it first; the grace covers a queue and the verdict
+            backends.run_training(
+                backend, spec, max_training_hours * 3600 + WAIT_GRACE_S, layout=layout
+            )
         except backends.TrainingJobFailed as exc:
             raise UserError(
                 f'{exc}; re-run the step to resume from the last checkpoint in '
@@ -103,6 +117,7 @@ def run(
         'gpus_per_worker': gpus_per_worker,
         'nproc_per_node': nproc_per_node,
         'backoff_limit_per_node': backoff_limit_per_node,
+        'max_training_hours': max_training_hours,
         'image': image,
     }
     meta: KDModel = {
@@ -125,12 +140,21 @@ def check_launch(
     gpus_per_worker: int = 0,
     nproc_per_node: int = 0,
     backoff_limit_per_node: int = 0,
+    max_training_hours: float = backends.DEFAULT_MAX_TRAINING_HOURS,
 ) -> None:
     """The training job's numbers (``run``'s arguments of the same names)."""
     check_range('num_workers', num_workers, 1)
     check_range('gpus_per_worker', gpus_per_worker, 0)
     check_range('nproc_per_node (0: one per GPU)', nproc_per_node, 0)
     check_range("backoff_limit_per_node (0: the chart's)", backoff_limit_per_node, 0)
+    if isinstance(max_training_hours, bool) or not isinstance(max_training_hours, (int, float)):
+        raise InvalidInputError(f'max_training_hours must be a number, got {max_training_hours!r}')
+    if not 0 < max_training_hours <= MAX_TRAINING_HOURS:  # NaN too
+        raise InvalidInputError(
+            f'max_training_hours must be above 0 and at most {MAX_TRAINING_HOURS} (the '
+            f"training job's deadline; KFP retries the step within 32 days), got "
+            f'{max_training_hours}'
+        )
 
 
 def check_options(kd_config: str, options: TrainOptions, teacher_sha256: str | None = None) -> None:
@@ -270,8 +294,11 @@ def job_spec(
     gpus_per_worker: int,
     nproc_per_node: int = 0,
     backoff_limit_per_node: int = 0,
+    max_training_hours: float | None = backends.DEFAULT_MAX_TRAINING_HOURS,
+    owner: dict | None = None,
 ) -> backends.TrainingJobSpec:
-    """The run's training job, shaped by the chart's training ConfigMap (the step pod's env)."""
+    """The run's training job, shaped by the chart's training ConfigMap (the step pod's env);
+    ``owner``: its ownerReference (``backends.step_owner``)."""
     return backends.spec_from_env(
         run_id=layout.run_id,
         image=image,
@@ -280,6 +307,8 @@ def job_spec(
         gpus_per_worker=gpus_per_worker,
         nproc_per_node=nproc_per_node or None,
         backoff_limit_per_node=backoff_limit_per_node or None,
+        max_training_hours=max_training_hours,
+        owner=owner,
     )
 
 

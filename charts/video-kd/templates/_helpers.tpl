@@ -193,9 +193,11 @@ execute as the chart's ServiceAccount (every KFP pod's Argo executor needs it). 
 {{- if or .Values.rbac.argoExecutor $scheduledAsChart }}true{{ end }}
 {{- end }}
 
-{{/* The chart TrainingRuntime's failurePolicy.maxRestarts: backoff per node x workers. */}}
+{{/* The chart TrainingRuntime's failurePolicy.maxRestarts: backoffLimitPerNode, counted in
+incidents (a JobSet restarts every node once per failure), as a PyTorchJob's backoff limit of
+backoffLimitPerNode x workers counts the failed pods of as many incidents. */}}
 {{- define "video-kd.maxRestarts" -}}
-{{- mul .Values.training.backoffLimitPerNode .Values.training.workers }}
+{{- .Values.training.backoffLimitPerNode }}
 {{- end }}
 
 {{/* The image prefixes a run may name (JSON list): pipeline.allowedImagePrefixes, or the
