@@ -212,3 +212,26 @@ def test_a_retried_step_adopts_only_its_own_runs_job(cluster, owned_by):
     posts = cluster.verbs('pytorchjobs').count('POST')
     assert posts == (1 if owned_by == 'this run' else 2), 'adopted, or replaced'
     assert spec.name == backends.job_name(RUN_ID)
+
+
+# --- a KFP retry after a definitive failure does not train again ----------------------------
+
+
+def test_a_retry_after_the_jobs_definitive_failure_does_not_train_again(bucket):
+    """KFP retries the train task on any failure; a job that Failed for good (backoff limit,
+    deadline) is recorded with the run's Workflow, so the retry stops in one line instead of
+    starting days of GPU work for the same verdict.  A new KFP run (another Workflow) of the
+    run id trains again; outside KFP nothing is recorded."""
+    from video_kd.runs import RunLayout
+
+    layout = RunLayout(bucket, 'kd', RUN_ID)
+    train.refuse_a_failed_attempt(layout, OWNER)  # nothing recorded yet
+    failure = f'PyTorchJob ml/{backends.job_name(RUN_ID)} failed: BackoffLimitExceeded: ...'
+    train.record_failure(layout, OWNER, failure)
+    with pytest.raises(UserError) as info:
+        train.refuse_a_failed_attempt(layout, OWNER)
+    assert str(info.value).startswith(failure + ' (in an earlier attempt of this KFP run')
+    train.refuse_a_failed_attempt(layout, {**OWNER, 'uid': 'a-new-workflow'})
+    train.refuse_a_failed_attempt(layout, None)
+    train.record_failure(RunLayout(bucket, 'kd', 'local-run'), None, failure)
+    train.refuse_a_failed_attempt(RunLayout(bucket, 'kd', 'local-run'), OWNER)

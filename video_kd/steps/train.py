@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import hashlib
+import json
 import logging
 import re
 import tempfile
@@ -84,6 +85,7 @@ def run(
     # Before anything is written: a job whose owner cannot be set is refused (one line).
     owner = None if backend == 'local' else backends.step_owner()
     layout = RunLayout.from_root(data_meta['run_root'])
+    refuse_a_failed_attempt(layout, owner)
     config_uri = publish_config(layout, data_meta, teacher, kd_config, options)
     if backend == 'local':
         _train_locally(layout, config_uri, data_meta, teacher, num_workers, gpus_per_worker,
@@ -98,6 +100,7 @@ def run(
                 backend, spec, max_training_hours * 3600 + WAIT_GRACE_S, layout=layout
             )
         except backends.TrainingJobFailed as exc:
+            record_failure(layout, owner, str(exc))
             raise UserError(
                 f'{exc}; re-run the step to resume from the last checkpoint in '
                 f'{layout.uri("train", "checkpoints")}/'
@@ -133,6 +136,37 @@ def run(
     }
     record_output(layout, 'train', meta)  # <run>/train/train.json: what the card reads
     return meta
+
+
+FAILURE_NAME = 'failure.json'  # <run>/train/: a training job's definitive failure, by Workflow
+
+
+def record_failure(layout: RunLayout, owner: dict | None, failure: str) -> None:
+    """Keep a definitive failure (the job Failed: backoff limit, deadline) with the KFP run's
+    Workflow, so that KFP's retry of the step (it retries any failure) does not start the
+    training again for the same verdict (``refuse_a_failed_attempt``)."""
+    if owner is None:  # outside KFP: no retry to stop
+        return
+    record = {'workflow': owner['name'], 'workflow_uid': owner['uid'], 'failure': failure}
+    s3.put_bytes(layout.uri('train', FAILURE_NAME), json.dumps(record).encode())
+
+
+def refuse_a_failed_attempt(layout: RunLayout, owner: dict | None) -> None:
+    """Stop a retry of the step, in the same KFP run, after its training job failed for good:
+    the verdict again in one line, no job created.  A step lost with its pod, or a watch that
+    gave up (exit 75), records nothing: its retry adopts the job.  Another KFP run of this
+    run id (a new Workflow) trains again, resuming from the last checkpoint."""
+    if owner is None:
+        return
+    try:
+        record = json.loads(s3.read_bytes(layout.uri('train', FAILURE_NAME)))
+    except s3.ObjectNotFoundError:
+        return
+    if record.get('workflow_uid') == owner['uid']:
+        raise UserError(
+            f'{record.get("failure")} (in an earlier attempt of this KFP run: a retry does not '
+            'train again; start a new run with this run_id to resume from the last checkpoint)'
+        )
 
 
 def check_launch(
