@@ -1042,3 +1042,25 @@ def test_the_real_training_entry_point_with_bad_input_exits_2(entry_dir):
     text = log_path.read_text()
     assert code == 2, text[-3000:]
     assert 'error: S3 credentials are missing' in text
+
+
+def test_the_failure_line_is_the_step_pods_termination_message(tmp_path, monkeypatch, capsys):
+    """In a pod the error line also goes to the termination message (Kubernetes' status
+    message, which Argo shows as the failed step's message in the KFP UI)."""
+    from video_kd.core.errors import UserError, run_cli
+
+    line = 'PyTorchJob ml/vkd-x failed: BackoffLimitExceeded: ... (failed pods: w-0: exit 2)'
+    message = tmp_path / 'termination-log'
+    monkeypatch.setenv('VIDEO_KD_TERMINATION_LOG', str(message))
+
+    def failing() -> int:
+        raise UserError(line + ' ' + 'x' * 5000)
+
+    assert run_cli(failing) == 2
+    printed = capsys.readouterr().err.strip()
+    assert printed.startswith(f'error: {line}')
+    assert message.read_text() == printed[:4096]  # the kubelet keeps at most 4096 bytes
+    monkeypatch.delenv('VIDEO_KD_TERMINATION_LOG')
+    monkeypatch.delenv('KUBERNETES_SERVICE_HOST', raising=False)
+    message.unlink()
+    assert run_cli(failing) == 2 and not message.exists(), 'outside a pod: nothing written'

@@ -13,11 +13,16 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 
 BAD_INPUT = 2  # the exit status of a UserError (bad input: trying again cannot help)
 TEMPORARY_FAILURE = 75  # sysexits.h EX_TEMPFAIL: a condition that passes; try again later
+# Kubernetes' default terminationMessagePath: what a container writes there becomes its
+# status' message (at most 4096 bytes), which Argo shows as the failed step's message in
+# the KFP UI beside the logs.  VIDEO_KD_TERMINATION_LOG moves it (tests).
+TERMINATION_LOG = '/dev/termination-log'
 
 
 class UserError(Exception):
@@ -32,8 +37,22 @@ def exit_on_user_error() -> Iterator[None]:
     try:
         yield
     except UserError as error:
-        print(f'error: {one_line(error)}', file=sys.stderr)
+        line = f'error: {one_line(error)}'
+        print(line, file=sys.stderr)
+        _termination_message(line)
         raise SystemExit(error.exit_status) from error
+
+
+def _termination_message(line: str) -> None:
+    """The error line as the pod's termination message, inside a pod only."""
+    path = os.environ.get('VIDEO_KD_TERMINATION_LOG')
+    if path is None and not os.environ.get('KUBERNETES_SERVICE_HOST'):
+        return  # not in a pod
+    try:
+        with open(path or TERMINATION_LOG, 'w') as out:
+            out.write(line.encode()[:4096].decode(errors='ignore'))
+    except OSError:
+        pass  # not writable here: the log line stands alone
 
 
 def run_cli(main: Callable[..., int | None], *args, **kwargs) -> int:
