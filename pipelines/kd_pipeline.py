@@ -145,6 +145,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         training_config_map: str = names.training_config_map,
         export_tolerance: float = 1e-3,
         speed_repeats: int = 3,
+        parity_clips: int = 32,
         image: str = DEFAULT_IMAGE,
         run_id: str = '',
     ):
@@ -227,6 +228,9 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 0.001.
             speed_repeats: Timing rounds of teacher vs student (ONNX Runtime, PyTorch) in the
                 export. 0 skips the speed check. Default 3.
+            parity_clips: Val clips the export's ONNX vs PyTorch parity check reads (1 or
+                more): a random sample with a fixed seed (0) when the val list holds more,
+                so a re-run checks the same clips. Default 32.
             image: The container image of every step and of the training job's pods.
                 Default: this release's image.
             run_id: The run's id and directory name, s3://<s3_bucket>/<s3_prefix>/<run_id>/
@@ -276,7 +280,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             export(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                    student=student.outputs['student'], kd_config=kd_config,
                    student_config=student_config, image=image,
-                   export_tolerance=export_tolerance, speed_repeats=speed_repeats),
+                   export_tolerance=export_tolerance, speed_repeats=speed_repeats,
+                   parity_clips=parity_clips),
             'export (ONNX, speed, model card)', image, **env,
         ).after(evaluation)  # the card and the top-1 cross-check read the evaluation  # fmt: skip
 

@@ -3,7 +3,8 @@
 Runs after evaluation (the card and the top-1 cross-check read
 ``<run>/eval/metrics.json``).  ``video_kd.deploy.deployable.package_student`` does the
 work on local files: the student exported to ONNX (dynamic batch) with its
-``preprocess.json``, checked against PyTorch on the val clips (streamed), the
+``preprocess.json``, checked against PyTorch on a bounded, seeded sample of the val
+clips (``parity_clips``, streamed), the
 teacher vs student speed, the training curves and confusion heat map, the
 HTML report and the model card.  The card's lineage is what the run recorded:
 the resolved training config (``<run>/train/config.py``), the train step's
@@ -51,6 +52,8 @@ RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exi
 MAX_SPEED_REPEATS = 1000
 DEFAULT_TOLERANCE = 1e-3  # the pipeline's export_tolerance
 DEFAULT_SPEED_REPEATS = 3
+DEFAULT_PARITY_CLIPS = 32  # video_kd.deploy.export's (not imported: torch)
+MAX_PARITY_CLIPS = 1_000_000
 
 
 def run(
@@ -64,10 +67,11 @@ def run(
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
     workdir: str | Path | None = None,
+    parity_clips: int = DEFAULT_PARITY_CLIPS,
 ) -> Export:
     """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card."""
     settings = export_settings(
-        kd_config, student_config, image, tolerance, torchscript, speed_repeats
+        kd_config, student_config, image, tolerance, torchscript, speed_repeats, parity_clips
     )
     layout = RunLayout.from_root(student['run_root'])
     done = completed_export(layout, settings)
@@ -103,6 +107,7 @@ def export_settings(
     tolerance: float = DEFAULT_TOLERANCE,
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
+    parity_clips: int = DEFAULT_PARITY_CLIPS,
 ) -> ExportSettings:
     """The step's settings, checked (one line each, before anything is read or written)."""
     return {
@@ -114,6 +119,9 @@ def export_settings(
             'speed_repeats (0 skips the speed check)', speed_repeats, 0, MAX_SPEED_REPEATS
         ),
         'torchscript': bool(torchscript),
+        'parity_clips': check_range(
+            'parity_clips (val clips of the ONNX parity check)', parity_clips, 1, MAX_PARITY_CLIPS
+        ),
     }
 
 
@@ -143,6 +151,7 @@ def _package(
         tolerance=settings['export_tolerance'],
         torchscript=settings['torchscript'],
         speed_repeats=settings['speed_repeats'],
+        parity_clips=settings['parity_clips'],
         uri_of=lambda name: layout.uri('export', name),
     )
 
