@@ -179,7 +179,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 evaluation scores baseline_url with it and the model card names it. Default:
                 the TSM MobileNetV2 Kinetics-400 config.
             baseline_url: Optional checkpoint of the student trained without KD (https:// or
-                s3://, needs student_config): the evaluation then reports the KD gain.
+                s3://, needs student_config): the evaluation then reports the KD gain (and the
+                export draws its training curves when its mmengine logs sit beside it in S3).
                 Empty (default): no baseline.
             baseline_sha256: The baseline checkpoint's SHA-256 (64 hex digits), checked after
                 the download. Required with baseline_url.
@@ -281,7 +282,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                    student=student.outputs['student'], kd_config=kd_config,
                    student_config=student_config, image=image,
                    export_tolerance=export_tolerance, speed_repeats=speed_repeats,
-                   parity_clips=parity_clips),
+                   parity_clips=parity_clips, baseline_url=baseline_url),
             'export (ONNX, speed, model card)', image, **env,
         ).after(evaluation)  # the card and the top-1 cross-check read the evaluation  # fmt: skip
 

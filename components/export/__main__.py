@@ -29,6 +29,10 @@ def main(argv: list[str] | None = None) -> int:
         '--parity-clips', type=int, default=32,
         help='val clips of the ONNX parity check (a seeded random sample of the val list)',
     )  # fmt: skip
+    p.add_argument(
+        '--baseline-url', default='',
+        help='the student-alone checkpoint; its curves are drawn when its logs sit beside it',
+    )  # fmt: skip
     args = p.parse_args(argv)
     setup_logging()
     from video_kd.steps import export
@@ -53,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
         tolerance=args.tolerance,
         speed_repeats=args.speed_repeats,
         parity_clips=args.parity_clips,
+        baseline_url=args.baseline_url,
     )
     for text in ('html', 'model_card'):
         result.pop(text)

@@ -17,6 +17,7 @@ def export(
     export_tolerance: float,
     speed_repeats: int,
     parity_clips: int,
+    baseline_url: str,
     onnx_model: Output[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -40,6 +41,8 @@ def export(
         speed_repeats: Timing rounds of teacher vs student; 0 skips the speed check.
         parity_clips: Val clips of the ONNX parity check: a seeded random sample when the
             val list holds more (1 or more).
+        baseline_url: The student-alone checkpoint (may be empty); when it sits in its
+            mmengine work dir in S3, that training's curves are drawn beside the KD run's.
 
     Returns:
         onnx_model: The ONNX student: its metadata holds its S3 URI, sha256 and the parity
@@ -66,6 +69,7 @@ def export(
             tolerance=export_tolerance,
             speed_repeats=speed_repeats,
             parity_clips=parity_clips,
+            baseline_url=baseline_url,
         )
     onnx_model.metadata.update({**result['onnx'], 'parity': result['parity']})
     with open(onnx_model.path, 'w') as out:  # the model itself stays in S3

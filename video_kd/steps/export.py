@@ -68,8 +68,13 @@ def run(
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
     workdir: str | Path | None = None,
     parity_clips: int = DEFAULT_PARITY_CLIPS,
+    baseline_url: str = '',
 ) -> Export:
-    """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card."""
+    """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card.
+
+    ``baseline_url``: the student-alone checkpoint the evaluation scored; when it sits in its
+    mmengine work dir in S3, that training's curves are drawn beside the KD run's
+    (``baseline_logs``)."""
     settings = export_settings(
         kd_config, student_config, image, tolerance, torchscript, speed_repeats, parity_clips
     )
@@ -82,7 +87,10 @@ def run(
     with scratch_dir(workdir, 'export') as work:
         checkpoint = fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256'))
         s3.download_dir(layout.uri('train', 'logs'), work / 'logs')
-        result = _package(layout, data_meta, teacher, training, metrics, settings, checkpoint, work)
+        baseline = baseline_logs(baseline_url, work / 'baseline_logs')
+        result = _package(
+            layout, data_meta, teacher, training, metrics, settings, checkpoint, work, baseline
+        )
         published = publish_export(layout, result['files'])
         output: ExportRecord = {
             **run_info(layout),
@@ -134,6 +142,7 @@ def _package(
     settings: ExportSettings,
     checkpoint: Path,
     work: Path,
+    baseline_log_root: Path | None = None,
 ) -> dict[str, Any]:
     # deferred: ONNX, ONNX Runtime and matplotlib, not needed by check inputs
     from video_kd.deploy import deployable
@@ -152,8 +161,29 @@ def _package(
         torchscript=settings['torchscript'],
         speed_repeats=settings['speed_repeats'],
         parity_clips=settings['parity_clips'],
+        baseline_log_root=baseline_log_root,
         uri_of=lambda name: layout.uri('export', name),
     )
+
+
+def baseline_logs(baseline_url: str, local: Path) -> Path | None:
+    """The student-alone training's mmengine logs, when its checkpoint sits in its work dir
+    in S3 (``<dir>/epoch_N.pth`` beside ``<dir>/<timestamp>/vis_data/scalars.json``, as
+    ``python -m video_kd.distill.train`` writes it and ``video-kd run-local`` uploads it);
+    None otherwise (an https:// baseline, or one stored alone): the report then draws the
+    KD run's curves only, and says nothing is missing."""
+    if not baseline_url.startswith('s3://'):
+        return None
+    prefix = baseline_url.rsplit('/', 1)[0] + '/'
+    found = [  # <timestamp>/vis_data/scalars.json right under it: not another training's
+        uri
+        for uri in s3.list_uris(prefix)
+        if uri[len(prefix) :].count('/') == 2 and uri.endswith('/vis_data/scalars.json')
+    ]
+    for uri in found:
+        s3.download_file(uri, local / uri[len(prefix) :])
+    log.info('export: %d student-alone training logs beside %s', len(found), baseline_url)
+    return local if found else None
 
 
 def run_lineage(
