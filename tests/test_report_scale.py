@@ -217,3 +217,11 @@ def test_the_400_class_page_renders_in_a_real_browser(k400, tmp_path):
     pixels = chromium_screenshot(page, tmp_path)
     assert pixels.std() > 20, 'the page rendered blank'
     assert rendered_plots(pixels) > 5000, 'the plots did not render'
+
+
+def test_the_confusion_view_fills_up_with_the_worst_classes_when_few_are_confused():
+    matrix = [[5 if i == j else 0 for j in range(30)] for i in range(30)]
+    matrix[3][4], matrix[3][3], matrix[7][7] = 2, 3, 1  # one confusion; class 7 half right
+    matrix[7][8] = 1
+    focus = class_report.confusion_focus(matrix, limit=5)
+    assert focus[:4] == [3, 4, 7, 8] and len(focus) == 5 == len(set(focus))

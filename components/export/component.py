@@ -47,7 +47,8 @@ def export(
     Returns:
         onnx_model: The ONNX student: its metadata holds its S3 URI, sha256 and the parity
             check's result; the file holds the same (the model stays in S3).
-        metrics: Export metrics (ONNX vs PyTorch difference, latencies, speed-up).
+        metrics: Export metrics (ONNX vs PyTorch difference on how many val clips, latencies,
+            speed-up).
         report: The HTML report: the headline (KD gain, speedup, verdict), the run's
             parameters, per-class accuracy, the most-confused classes, plots of the training
             curves, the confusion matrix and accuracy vs latency.

@@ -109,7 +109,8 @@ def confusion_focus(
                 chosen.append(k)
         if len(chosen) == limit:
             return chosen
-    worst = sorted(range(size), key=lambda k: per_class_accuracy(matrix)[k] or 0.0)
+    accuracy = per_class_accuracy(matrix)  # few confusions: fill up with the worst classes
+    worst = sorted(range(size), key=lambda k: accuracy[k] or 0.0)
     return chosen + [k for k in worst if k not in chosen][: limit - len(chosen)]
 
 

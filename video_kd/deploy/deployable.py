@@ -125,6 +125,7 @@ def kfp_metrics(parity: dict[str, Any], measured: dict[str, Any] | None) -> dict
         'export_max_abs_logit_diff': float(parity['max_abs_logit_diff']),
         'export_top1_agreement': float(parity['top1_agreement']),
         'onnx_top1_acc': float(parity['top1_acc_onnx']),
+        'export_parity_clips': float(parity['num_clips']),  # a bounded sample of the val list
     }
     if measured:
         metrics.update(speed.kfp_metrics(measured))
