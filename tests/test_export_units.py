@@ -382,12 +382,10 @@ def test_the_student_alone_curves_are_drawn_beside_the_kd_students(tmp_path):
     write_scalars(tmp_path / 'alone', 't', [*alone, {'acc/top1': 0.25, 'step': 1}])
     curves = plots.baseline_curves(tmp_path / 'alone')
     assert curves == {'student alone loss': {1: 2.0}, 'student alone val top-1': {1: 0.25}}
-    written = plots.make_report(
-        tmp_path / 'out', metrics=METRICS, log_root=tmp_path / 'kd',
-        baseline_log_root=tmp_path / 'alone',
-    )  # fmt: skip
-    plain = plots.make_report(tmp_path / 'plain', metrics=METRICS, log_root=tmp_path / 'kd')
-    assert written['curves'].read_bytes() != plain['curves'].read_bytes()  # one more line each
+    kd = plots.training_curves(tmp_path / 'kd')
+    both = plots.plot_training_curves({**kd, **curves}, tmp_path / 'both.png')
+    plain = plots.plot_training_curves(kd, tmp_path / 'plain.png')
+    assert both.read_bytes() != plain.read_bytes()  # one more line in each plot
 
 
 def test_the_parity_sample_is_bounded_seeded_and_sorted():
