@@ -162,6 +162,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         step_memory_request: str = '4Gi',
         export_tolerance: float = 1e-3,
         speed_repeats: int = 3,
+        parity_clips: int = 32,
         image: str = DEFAULT_IMAGE,
         run_id: str = '',
     ):
@@ -195,7 +196,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 evaluation scores baseline_url with it and the model card names it. Default:
                 the TSM MobileNetV2 Kinetics-400 config.
             baseline_url: Optional checkpoint of the student trained without KD (https:// or
-                s3://, needs student_config): the evaluation then reports the KD gain.
+                s3://, needs student_config): the evaluation then reports the KD gain (and the
+                export draws its training curves when its mmengine logs sit beside it in S3).
                 Empty (default): no baseline.
             baseline_sha256: The baseline checkpoint's SHA-256 (64 hex digits), checked after
                 the download. Required with baseline_url.
@@ -252,6 +254,9 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 0.001.
             speed_repeats: Timing rounds of teacher vs student (ONNX Runtime, PyTorch) in the
                 export. 0 skips the speed check. Default 3.
+            parity_clips: Val clips the export's ONNX vs PyTorch parity check reads (1 or
+                more): a random sample with a fixed seed (0) when the val list holds more,
+                so a re-run checks the same clips. Default 32.
             image: The container image of every step and of the training job's pods.
                 Default: this release's image.
             run_id: The run's id and directory name, s3://<s3_bucket>/<s3_prefix>/<run_id>/
@@ -304,7 +309,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             export(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                    student=student.outputs['student'], kd_config=kd_config,
                    student_config=student_config, image=image,
-                   export_tolerance=export_tolerance, speed_repeats=speed_repeats),
+                   export_tolerance=export_tolerance, speed_repeats=speed_repeats,
+                   parity_clips=parity_clips, baseline_url=baseline_url),
             'export (ONNX, speed, model card)', image, **env,
         ).after(evaluation)  # the card and the top-1 cross-check read the evaluation  # fmt: skip
 

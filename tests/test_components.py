@@ -539,9 +539,31 @@ def test_export_settings_out_of_range_are_one_line_and_write_nothing(bucket):
         ({'tolerance': float('nan')}, r'must be a finite number, got nan'),
         ({'speed_repeats': 5000}, r'must be <= 1000, got 5000'),
         ({'speed_repeats': 1.5}, r'must be a whole number, got 1\.5'),
+        ({'parity_clips': 0}, r'parity_clips \(val clips of the ONNX parity check\) must be >= 1'),
     ):
         with pytest.raises(UserError, match=match):
             export_step.export_settings('x', **kwargs)
+
+
+def test_the_student_alone_logs_are_found_beside_its_checkpoint(bucket, tmp_path):
+    """The export draws the baseline's curves from its mmengine work dir in S3 (as run-local
+    uploads it); a baseline stored alone or outside S3 has none, and that is no error."""
+    from video_kd.steps import export as export_step
+
+    work_dir = f's3://{bucket}/models/baseline-2e'
+    s3.put_bytes(f'{work_dir}/epoch_2.pth', b'x')
+    line = b'{"acc/top1": 0.5, "step": 1}\n'
+    s3.put_bytes(f'{work_dir}/20260101_000000/vis_data/scalars.json', line)
+    s3.put_bytes(f'{work_dir}/20260101_000000/vis_data/config.py', b'{}')
+    found = export_step.baseline_logs(f'{work_dir}/epoch_2.pth', tmp_path / 'logs')
+    assert found == tmp_path / 'logs'
+    assert [p.relative_to(found).as_posix() for p in found.rglob('*') if p.is_file()] == [
+        '20260101_000000/vis_data/scalars.json'
+    ]
+    # a checkpoint stored alone: another training's logs deeper down are not its own
+    assert export_step.baseline_logs(f's3://{bucket}/models/alone.pth', tmp_path / 'a') is None
+    assert export_step.baseline_logs('https://zoo.example/alone.pth', tmp_path / 'b') is None
+    assert export_step.baseline_logs('', tmp_path / 'c') is None
 
 
 def _files(tmp_path: Path, contents: dict[str, str]) -> dict[str, Path]:

@@ -224,7 +224,7 @@ def test_pngs_are_real_images(report):
     from PIL import Image
 
     written, _ = report
-    for key in ('curves', 'confusion', 'accuracy_latency'):
+    for key in ('curves', 'confusion', 'per_class', 'accuracy_latency'):
         with Image.open(written[key]) as image:
             assert image.format == 'PNG' and min(image.size) > 300
             assert np.asarray(image.convert('L')).std() > 10  # not blank
@@ -233,7 +233,7 @@ def test_pngs_are_real_images(report):
 @pytest.mark.slow
 def test_html_is_self_contained(report):
     page = report[0]['html'].read_text()
-    assert page.count('src="data:image/png;base64,') == 3
+    assert page.count('src="data:image/png;base64,') == 4
     for outside in ('http://', 'https://', '<script', '<link', '@import', 'url('):
         assert outside not in page
 
@@ -353,6 +353,8 @@ def test_package_student_writes_everything_the_export_step_publishes(
                 'training_curves.png',
                 'confusion_matrix.png',
                 'accuracy_vs_latency.png',
+                'per_class_accuracy.png',
+                'per_class.csv',
                 'report.html',
                 'model_card.json',
                 'model_card.md',

@@ -122,6 +122,7 @@ def test_export_settings_out_of_range_are_refused_before_any_work(kd_data, tmp_p
         ({'tolerance': -1.0}, '--tolerance must be >= 0, got -1'),
         ({'tolerance': float('nan')}, '--tolerance must be a finite number'),
         ({'max_clips': 0}, '--max-clips must be >= 1, got 0'),
+        ({'parity_clips': 0}, 'parity_clips must be >= 1, got 0'),
     ):
         with pytest.raises(InvalidInputError, match=match):
             export.export_student('no_such_config', tmp_path / 'x.pth', kd_data, tmp_path, **kwargs)
@@ -368,8 +369,28 @@ def test_a_missing_or_broken_log_is_one_line(tmp_path):
     assert not (tmp_path / 'out').exists()  # nothing drawn before the log was found
 
 
-def test_report_without_speed_has_two_plots(tmp_path):
+def test_report_without_speed_has_no_latency_plot(tmp_path):
     write_scalars(tmp_path / 'logs', 't', [train_record(1, 1, 1.0, 0.5), val_record(1, 0.5, 0.8)])
     written = plots.make_report(tmp_path / 'out', metrics=METRICS, log_root=tmp_path / 'logs')
-    assert set(written) == {'curves', 'confusion', 'html'}
-    assert written['html'].read_text().count('data:image/png;base64,') == 2
+    assert set(written) == {'curves', 'confusion', 'per_class', 'per_class_csv', 'html'}
+    assert written['html'].read_text().count('data:image/png;base64,') == 3
+
+
+def test_the_student_alone_curves_are_drawn_beside_the_kd_students(tmp_path):
+    write_scalars(tmp_path / 'kd', 't', [train_record(1, 1, 1.0, 0.5), val_record(1, 0.5, 0.8)])
+    alone = [{'loss_cls': 2.0, 'loss': 2.0, 'epoch': 1, 'iter': 1, 'step': 1}]
+    write_scalars(tmp_path / 'alone', 't', [*alone, {'acc/top1': 0.25, 'step': 1}])
+    curves = plots.baseline_curves(tmp_path / 'alone')
+    assert curves == {'student alone loss': {1: 2.0}, 'student alone val top-1': {1: 0.25}}
+    kd = plots.training_curves(tmp_path / 'kd')
+    both = plots.plot_training_curves({**kd, **curves}, tmp_path / 'both.png')
+    plain = plots.plot_training_curves(kd, tmp_path / 'plain.png')
+    assert both.read_bytes() != plain.read_bytes()  # one more line in each plot
+
+
+def test_the_parity_sample_is_bounded_seeded_and_sorted():
+    sample = export.parity_sample(19_796, 32)
+    assert len(sample) == 32 == len(set(sample)) and sample == sorted(sample)
+    assert sample == export.parity_sample(19_796, 32)  # the same clips on every run
+    assert sample != export.parity_sample(19_796, 32, seed=1)
+    assert export.parity_sample(6, 32) == export.parity_sample(6, None) == list(range(6))

@@ -196,8 +196,11 @@ def prepare_inputs(
         base = train_input_model(
             TINY_STUDENT_CONFIG, data_root, inputs / f'baseline-{kd_epochs}e', kd_epochs
         )
+        work_dir = s3.join_uri(models, base.parent.name)  # its mmengine work dir, as written
+        for log in base.parent.glob('*/vis_data/scalars.json'):  # the report draws its curves
+            upload_input(log, s3.join_uri(work_dir, str(log.relative_to(base.parent))))
         args['baseline_url'], args['baseline_sha256'] = upload_input(
-            base, s3.join_uri(models, f'baseline-{kd_epochs}e.pth')
+            base, s3.join_uri(work_dir, base.name)
         )
     return args
 

@@ -25,13 +25,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         '--speed-repeats', type=int, default=3, help='timing rounds; 0 skips the speed check'
     )
+    p.add_argument(
+        '--parity-clips', type=int, default=32,
+        help='val clips of the ONNX parity check (a seeded random sample of the val list)',
+    )  # fmt: skip
+    p.add_argument(
+        '--baseline-url', default='',
+        help='the student-alone checkpoint; its curves are drawn when its logs sit beside it',
+    )  # fmt: skip
     args = p.parse_args(argv)
     setup_logging()
     from video_kd.steps import export
     from video_kd.steps.common import run_data_meta, run_step_output
 
     export.export_settings(  # bad settings: one line before the run's objects are looked up
-        args.kd_config, args.student_config, args.image, args.tolerance, True, args.speed_repeats
+        args.kd_config,
+        args.student_config,
+        args.image,
+        args.tolerance,
+        True,
+        args.speed_repeats,
+        args.parity_clips,
     )
     result = export.run(
         run_data_meta(args.run_root),
@@ -42,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         image=args.image,
         tolerance=args.tolerance,
         speed_repeats=args.speed_repeats,
+        parity_clips=args.parity_clips,
+        baseline_url=args.baseline_url,
     )
     for text in ('html', 'model_card'):
         result.pop(text)

@@ -16,6 +16,8 @@ def export(
     image: str,
     export_tolerance: float,
     speed_repeats: int,
+    parity_clips: int,
+    baseline_url: str,
     onnx_model: Output[Model],
     metrics: Output[Metrics],
     report: Output[HTML],
@@ -37,13 +39,19 @@ def export(
         export_tolerance: The largest absolute ONNX vs PyTorch logit difference accepted;
             above it the step fails.
         speed_repeats: Timing rounds of teacher vs student; 0 skips the speed check.
+        parity_clips: Val clips of the ONNX parity check: a seeded random sample when the
+            val list holds more (1 or more).
+        baseline_url: The student-alone checkpoint (may be empty); when it sits in its
+            mmengine work dir in S3, that training's curves are drawn beside the KD run's.
 
     Returns:
         onnx_model: The ONNX student: its metadata holds its S3 URI, sha256 and the parity
             check's result; the file holds the same (the model stays in S3).
-        metrics: Export metrics (ONNX vs PyTorch difference, latencies, speed-up).
-        report: The HTML report: plots of the training curves, the confusion matrix and
-            accuracy vs latency.
+        metrics: Export metrics (ONNX vs PyTorch difference on how many val clips, latencies,
+            speed-up).
+        report: The HTML report: the headline (KD gain, speedup, verdict), the run's
+            parameters, per-class accuracy, the most-confused classes, plots of the training
+            curves, the confusion matrix and accuracy vs latency.
         model_card: The model card (Markdown), as in <run>/export/.
     """
     import json
@@ -61,6 +69,8 @@ def export(
             image=image,
             tolerance=export_tolerance,
             speed_repeats=speed_repeats,
+            parity_clips=parity_clips,
+            baseline_url=baseline_url,
         )
     onnx_model.metadata.update({**result['onnx'], 'parity': result['parity']})
     with open(onnx_model.path, 'w') as out:  # the model itself stays in S3

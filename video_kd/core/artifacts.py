@@ -219,6 +219,7 @@ class MetricsSummary(_MetricsSummary, total=False):
     teacher: Accuracy
     baseline: Accuracy  # the student trained alone, when given
     kd_gain: Accuracy  # student minus baseline
+    per_class_acc: dict[str, list[float | None]]  # by model; None: no val video of the class
 
 
 class Metrics(TypedDict):
@@ -249,6 +250,7 @@ class ExportSettings(TypedDict):
     export_tolerance: float
     speed_repeats: int
     torchscript: bool
+    parity_clips: int  # val clips of the parity check (a seeded sample when fewer than all)
 
 
 class ExportRecord(RunInfo):

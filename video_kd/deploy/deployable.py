@@ -43,13 +43,17 @@ def package_student(
     speed_repeats: int = 3,
     speed_shapes: dict[str, tuple[int, ...]] | None = None,
     uri_of: Callable[[str], str] | None = None,
+    parity_clips: int | None = export.DEFAULT_PARITY_CLIPS,
+    baseline_log_root: str | Path | None = None,
 ) -> dict[str, Any]:
     """Everything ``<run>/export/`` holds, written to ``out_dir``.
 
     ``metrics``: the evaluation step's metrics.json; ``lineage``: ``model_card.lineage(...)``;
     ``log_root``: a local copy of ``<run>/train/logs/``; ``speed_repeats=0`` skips the speed
     measurement; ``speed_shapes`` defaults to the seed's 8 x 224² and the run's own input;
-    ``uri_of(name)`` gives the URI a file will be published at (for the card).
+    ``uri_of(name)`` gives the URI a file will be published at (for the card);
+    ``parity_clips`` bounds the parity check (a seeded sample; None: every val clip);
+    ``baseline_log_root``: the student-alone training's logs, drawn beside the KD curves.
     Returns files (name -> path), parity, speed, the KFP metrics, the card.
     """
     out_dir = Path(out_dir)
@@ -62,6 +66,7 @@ def package_student(
         tolerance=tolerance,
         reference_top1=metrics['student']['top1_acc'],
         torchscript=torchscript,
+        parity_clips=parity_clips,
     )
     files = {Path(p).name: Path(p) for p in result['files'].values()}
     measured = None
@@ -75,16 +80,7 @@ def package_student(
         )
         files[SPEED_NAME] = out_dir / SPEED_NAME
         files[SPEED_NAME].write_text(json.dumps(measured, indent=2) + '\n')
-    drawn = plots.make_report(
-        out_dir,
-        metrics=metrics,
-        log_root=log_root,
-        speed=measured,
-        parity=result['parity'],
-        title=f'Distilled student of run {run_id}',
-    )
-    files.update({path.name: path for path in drawn.values()})
-    card = model_card.build_model_card(
+    card = model_card.build_model_card(  # first: the report opens with the card's verdict
         run_id=run_id,
         kd_config=kd_config,
         student_config=student_config,
@@ -93,8 +89,22 @@ def package_student(
         preprocess=json.loads(files[export.PREPROCESS_NAME].read_text()),
         lineage=lineage,
         speed=measured,
-        files={name: _describe(path, uri_of) for name, path in sorted(files.items())},
     )
+    drawn = plots.make_report(
+        out_dir,
+        metrics=metrics,
+        log_root=log_root,
+        speed=measured,
+        parity=result['parity'],
+        title=f'Distilled student of run {run_id}',
+        baseline_log_root=baseline_log_root,
+        headline=model_card.headline(card),
+        parameters=lineage.get('pipeline_parameters'),
+    )
+    files.update({path.name: path for path in drawn.values()})
+    card['export']['files'] = {
+        name: _describe(path, uri_of) for name, path in sorted(files.items())
+    }
     written = model_card.write_model_card(card, out_dir)
     files.update({path.name: path for path in written.values()})
     return {
@@ -115,6 +125,7 @@ def kfp_metrics(parity: dict[str, Any], measured: dict[str, Any] | None) -> dict
         'export_max_abs_logit_diff': float(parity['max_abs_logit_diff']),
         'export_top1_agreement': float(parity['top1_agreement']),
         'onnx_top1_acc': float(parity['top1_acc_onnx']),
+        'export_parity_clips': float(parity['num_clips']),  # a bounded sample of the val list
     }
     if measured:
         metrics.update(speed.kfp_metrics(measured))

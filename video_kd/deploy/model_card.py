@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from video_kd import __version__
 from video_kd.core.errors import UserError
+from video_kd.deploy import class_report
 from video_kd.openmmlab.config import is_distill_config, load_config
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ ACCURACY_ROWS = (
     ('baseline', 'student alone (no KD)'),
 )
 MIN_VAL_CLIPS = 100  # below this, a percentage point is less than one clip's noise
+MAX_LISTED_CLASSES = 60  # the card lists the classes by name up to this many (else: a count)
 MAX_TEACHER_GAP = 0.10  # top-1 the student may lose to its teacher before a reviewer asks why
 SPEED_ENGINES = ('pytorch', 'onnxruntime')  # video_kd.deploy.speed.ENGINES (not imported: torch)
 GIT_COMMIT_ENV = 'VIDEO_KD_GIT_COMMIT'  # set in an image by its build (the source has no .git)
@@ -177,6 +179,7 @@ def build_model_card(
             'accuracy': accuracy,
             'kd_gain': metrics.get('kd_gain'),
             'confusion_matrix': metrics.get('confusion_matrix'),
+            'per_class_acc': metrics.get('per_class_acc'),
         },
         'export': {'parity': parity, 'files': files or {}},
         'speed': speed_summary(speed) if speed else None,
@@ -298,14 +301,73 @@ def _check(name: str, ok: bool, detail: str) -> dict[str, Any]:
     return {'check': name, 'ok': bool(ok), 'detail': detail}
 
 
+def verdict(card: dict[str, Any]) -> str:
+    """One line from the review checklist: ship, or which checks to look at."""
+    failed = [c['check'] for c in card['review'] if not c['ok']]
+    if not failed:
+        return f'ready to ship: all {len(card["review"])} review checks pass'
+    return f'review first: {len(failed)} of {len(card["review"])} checks fail ({"; ".join(failed)})'
+
+
+def headline(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) pairs a report opens with: KD gain with its sign, speedup, verdict."""
+    gain = card['evaluation'].get('kd_gain')
+    accuracy = card['evaluation']['accuracy']
+    kd = (
+        f'top-1 {gain["top1_acc"]:+.4f} ({accuracy["baseline"]["top1_acc"]:.4f} alone -> '
+        f'{accuracy["student"]["top1_acc"]:.4f} with KD), mean-class '
+        f'{gain["mean_class_acc"]:+.4f}'
+        if gain and 'baseline' in accuracy
+        else 'unknown: no student-alone baseline was given'
+    )
+    return [
+        ('KD gain', kd),
+        ('Speedup', speedup_line(card.get('speed'))),
+        ('Verdict', verdict(card)),
+    ]
+
+
+def speedup_line(speed: dict[str, Any] | None) -> str:
+    """The student's latency speedup over the teacher: the seed's input size first."""
+    if not speed:
+        return 'not measured in this run'
+    label = 'seed' if 'seed' in speed else next(iter(speed))
+    result = speed[label]
+    for engine, name in (('onnxruntime', 'ONNX Runtime'), ('pytorch', 'PyTorch')):
+        if engine in result['speedup']:
+            shape = 'x'.join(map(str, result['clip_shape']))
+            return (
+                f'{result["speedup"][engine]["latency"]:.2f}x lower latency than the teacher '
+                f'({name}, CPU, batch 1, {label} input {shape}; FLOP ratio '
+                f'{result["flop_ratio"]:.1f}x)'
+            )
+    return 'not measured in this run'
+
+
+def evaluation_metrics(card: dict[str, Any]) -> dict[str, Any] | None:
+    """The card's evaluation as ``class_report`` reads metrics.json; None without a matrix."""
+    evaluation = card['evaluation']
+    if not evaluation.get('confusion_matrix'):
+        return None
+    return {
+        'classes': card['model']['classes'],
+        'confusion_matrix': evaluation['confusion_matrix'],
+        'per_class_acc': evaluation.get('per_class_acc') or {},
+    }
+
+
 # --------------------------------------------------------------------------- Markdown
 
 
 def render_markdown(card: dict[str, Any]) -> str:
-    """The card for people (and for the KFP Markdown artifact)."""
+    """The card for people (and for the KFP Markdown artifact), within
+    ``class_report.MAX_MARKDOWN_BYTES`` at any number of classes."""
     model = card['model']
+    per_class = evaluation_metrics(card)
     lines = [
         f'# Model card: distilled student of run `{card["run_id"]}`',
+        '',
+        *[f'- **{label}**: {text}' for label, text in headline(card)],
         '',
         f'Student `{model["student_config"]}` distilled with `{model["kd_config"]}`; '
         f'{model["num_classes"]} classes.',
@@ -320,15 +382,25 @@ def render_markdown(card: dict[str, Any]) -> str:
         ],
         '',
         *_accuracy_section(card['evaluation']),
+        *(class_report.markdown_sections(per_class, level='###') if per_class else []),
         *_speed_section(card.get('speed')),
         *_export_section(card['export'], model),
         *_lineage_section(card['lineage']),
         '## Classes',
         '',
-        ', '.join(f'{i}: `{name}`' for i, name in enumerate(model['classes'])),
+        _class_list(model['classes']),
         '',
     ]
-    return '\n'.join(lines)
+    return class_report.bounded_markdown('\n'.join(lines), 'the card')
+
+
+def _class_list(classes: list[str]) -> str:
+    if len(classes) > MAX_LISTED_CLASSES:
+        return (
+            f"{len(classes)} classes, in the order of `preprocess.json`'s `classes` (the "
+            f'per-class table: `{class_report.PER_CLASS_CSV}`).'
+        )
+    return ', '.join(f'{i}: `{name}`' for i, name in enumerate(classes))
 
 
 def _accuracy_section(evaluation: dict[str, Any]) -> list[str]:
@@ -410,7 +482,8 @@ def _export_section(export: dict[str, Any], model: dict[str, Any]) -> list[str]:
         f'`{model["input"].get("shape")}` ({model["input"].get("layout")}), '
         f'{model["input"].get("values")}. See `preprocess.json` for the test pipeline.',
         '',
-        f'Parity on {parity.get("num_clips")} val clips (ONNX Runtime vs PyTorch): max abs logit '
+        f'Parity on {parity.get("num_clips")} val clips{_sample(parity)} (ONNX Runtime vs '
+        f'PyTorch): max abs logit '
         f'difference {parity.get("max_abs_logit_diff", float("nan")):.3g} (tolerance '
         f'{parity.get("tolerance")}), top-1 agreement {parity.get("top1_agreement", 0):.4f}, '
         f'top-1 {parity.get("top1_acc_onnx", 0):.4f} (ONNX) vs '
@@ -425,6 +498,12 @@ def _export_section(export: dict[str, Any], model: dict[str, Any]) -> list[str]:
         ]
         lines.append('')
     return lines
+
+
+def _sample(parity: dict[str, Any]) -> str:
+    if parity.get('sample', 'all') == 'all':
+        return ''
+    return f' of {parity.get("val_clips")} ({parity["sample"]})'
 
 
 def _lineage_section(lin: dict[str, Any]) -> list[str]:

@@ -2,9 +2,18 @@
 
 * training curves from mmengine's ``vis_data/scalars.json`` of the run's logs:
   student loss, distill loss (per epoch, mean of the logged iterations) and the
-  validation top-1 of student and teacher per validation epoch;
-* the student's confusion matrix as a heat map (row-normalised colour, counts written);
+  validation top-1 of student and teacher per validation epoch; with the student-alone
+  baseline's own logs, its loss and validation top-1 beside them;
+* the student's confusion matrix as a heat map (row-normalised colour, counts written):
+  all classes up to ``class_report.MAX_CONFUSION_CLASSES``, else the sub-matrix of the
+  classes most involved in confusions, so labels stay legible and the image bounded
+  (``MAX_IMAGE_PX``) at Kinetics-400 size;
+* per-class accuracy of each model, sorted;
 * accuracy vs latency of teacher, student and student alone.
+
+The page opens with the headline (KD gain with its sign, speedup, the model card's
+verdict) and the run's parameters, then the bounded per-class tables of
+``video_kd.deploy.class_report`` (the full table: ``per_class.csv`` beside the page).
 
 The HTML page inlines every image as a ``data:`` URI and its style in a ``<style>``
 element: no scripts, fonts or requests to anything outside it, which is what the
@@ -23,6 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from video_kd.core.errors import UserError
+from video_kd.deploy import class_report
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -31,8 +41,11 @@ SCALARS = 'scalars.json'
 CURVES_PNG = 'training_curves.png'
 CONFUSION_PNG = 'confusion_matrix.png'
 ACC_LATENCY_PNG = 'accuracy_vs_latency.png'
+PER_CLASS_PNG = 'per_class_accuracy.png'
 REPORT_HTML = 'report.html'
 DPI = 110
+MAX_IMAGE_PX = 1400  # no image of the report is wider or taller, at any number of classes
+BASELINE = 'student alone'  # the baseline's curves: its own training log's names, prefixed
 
 
 class PlotError(UserError):
@@ -128,15 +141,34 @@ def _pyplot():
     return plt
 
 
+def baseline_curves(log_root: str | Path) -> dict[str, dict[int, float]]:
+    """The student-alone training's curves, named apart from the KD run's
+    ('student alone loss', 'student alone val top-1')."""
+    curves = training_curves(log_root)
+    return {
+        name.replace('student', BASELINE, 1): points
+        for name, points in curves.items()
+        if name in ('student loss', 'student val top-1')
+    }
+
+
 def plot_training_curves(curves: dict[str, dict[int, float]], path: str | Path) -> Path:
     plt = _pyplot()
     fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.8))
-    for name in ('student loss', 'distill loss'):
+    for name, style in (
+        ('student loss', '-o'),
+        ('distill loss', '-o'),
+        (f'{BASELINE} loss', ':^'),
+    ):
         if name in curves:
             xs, ys = zip(*curves[name].items(), strict=True)
-            loss_ax.plot(xs, ys, marker='o', label=name)
+            loss_ax.plot(xs, ys, style, label=name)
     loss_ax.set(title='Training loss (epoch mean)', xlabel='epoch', ylabel='loss')
-    for name, style in (('student val top-1', '-o'), ('teacher val top-1', '--s')):
+    for name, style in (
+        ('student val top-1', '-o'),
+        ('teacher val top-1', '--s'),
+        (f'{BASELINE} val top-1', ':^'),
+    ):
         if name in curves:
             xs, ys = zip(*curves[name].items(), strict=True)
             acc_ax.plot(xs, ys, style, label=name)
@@ -154,24 +186,51 @@ def plot_training_curves(curves: dict[str, dict[int, float]], path: str | Path) 
 
 
 def plot_confusion_matrix(matrix: list[list[float]], classes: list[str], path: str | Path) -> Path:
-    """Rows: true class, columns: predicted; colour is the row's fraction, text the count."""
+    """Rows: true class, columns: predicted; colour is the fraction of the true class's
+    videos, text the count.  Above ``class_report.MAX_CONFUSION_CLASSES`` classes, only the
+    sub-matrix of the classes most involved in confusions (``class_report.confusion_focus``)."""
     plt = _pyplot()
-    size = len(classes)
-    side = min(max(4.0, 0.45 * size + 2), 24)
+    focus = class_report.confusion_focus(matrix)
+    shown = class_report.sub_matrix(matrix, focus)
+    labels = [class_report.short_label(classes[i]) for i in focus]
+    size = len(focus)
+    side = min(max(4.0, 0.45 * size + 2), (MAX_IMAGE_PX - 20) / DPI - 1)
     fig, ax = plt.subplots(figsize=(side + 1, side))
-    rows = [sum(row) or 1 for row in matrix]
-    fractions = [[v / rows[i] for v in row] for i, row in enumerate(matrix)]
+    rows = [sum(matrix[i]) or 1 for i in focus]  # the whole row: a share of all its videos
+    fractions = [[v / rows[i] for v in row] for i, row in enumerate(shown)]
     image = ax.imshow(fractions, cmap='Blues', vmin=0, vmax=1)
     fig.colorbar(image, ax=ax, fraction=0.046, label='fraction of the true class')
-    if size <= 30:  # counts stay legible
-        for i, row in enumerate(matrix):
-            for j, value in enumerate(row):
-                colour = 'white' if fractions[i][j] > 0.6 else 'black'
-                ax.text(j, i, f'{int(value)}', ha='center', va='center', color=colour)
-    ticks = range(size) if size <= 60 else []
-    ax.set_xticks(list(ticks), [classes[i] for i in ticks], rotation=45, ha='right')
-    ax.set_yticks(list(ticks), [classes[i] for i in ticks])
-    ax.set(title='Confusion matrix (student)', xlabel='predicted', ylabel='true')
+    for i, row in enumerate(shown):  # at most MAX_CONFUSION_CLASSES: counts stay legible
+        for j, value in enumerate(row):
+            colour = 'white' if fractions[i][j] > 0.6 else 'black'
+            ax.text(j, i, f'{int(value)}', ha='center', va='center', color=colour, fontsize=8)
+    ax.set_xticks(range(size), labels, rotation=45, ha='right', fontsize=8)
+    ax.set_yticks(range(size), labels, fontsize=8)
+    title = 'Confusion matrix (student)'
+    if size < len(classes):
+        title += f': the {size} most-confused of {len(classes)} classes'
+    ax.set(title=title, xlabel='predicted', ylabel='true')
+    return _save(fig, path)
+
+
+def plot_per_class_accuracy(metrics: Mapping[str, Any], path: str | Path) -> Path:
+    """Each model's per-class accuracies, sorted (a model's own order): how many classes
+    each gets right, at any number of classes."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    for (name, label), style in zip(class_report.MODELS, ('-', ':', '--'), strict=True):
+        values = class_report.accuracies(metrics).get(name)
+        if values:
+            ys = sorted((v for v in values if v is not None), reverse=True)
+            ax.plot(range(1, len(ys) + 1), ys, style, drawstyle='steps-post', label=label)
+    ax.set(
+        title='Per-class accuracy, sorted',
+        xlabel='classes, best to worst',
+        ylabel='accuracy',
+        ylim=(-0.02, 1.02),
+    )
+    ax.grid(alpha=0.3)
+    ax.legend()
     return _save(fig, path)
 
 
@@ -253,6 +312,8 @@ td, th { border: 1px solid #c8c8c8; padding: 4px 10px; text-align: right; }
 th { background: #eef2f7; } td:first-child { text-align: left; }
 img { max-width: 100%; border: 1px solid #dddddd; }
 .no { color: #b00020; font-weight: bold; }
+.headline { font-size: 16px; background: #f4f7fb; border: 1px solid #c8d3e1; padding: 8px 14px; }
+details { margin: 8px 0; } summary { cursor: pointer; }
 """
 
 
@@ -330,6 +391,8 @@ def speed_table(speed: dict[str, Any]) -> str:
 def parity_table(parity: dict[str, Any]) -> str:
     rows = [
         ['val clips', parity['num_clips']],
+        ['of the val list', parity.get('val_clips', parity['num_clips'])],
+        ['sample', parity.get('sample', 'all')],
         ['max abs logit difference', f'{parity["max_abs_logit_diff"]:.3g}'],
         ['tolerance', f'{parity.get("tolerance", float("nan")):g}'],
         ['top-1 agreement', f'{parity["top1_agreement"]:.4f}'],
@@ -341,6 +404,45 @@ def parity_table(parity: dict[str, Any]) -> str:
     return html_table(['', 'value'], rows)
 
 
+def headline_html(items: list[tuple[str, str]]) -> str:
+    body = ''.join(
+        f'<li><b>{html.escape(label)}</b>: {html.escape(text)}</li>' for label, text in items
+    )
+    return f'<ul class="headline">{body}</ul>'
+
+
+def parameters_table(parameters: Mapping[str, Any]) -> str:
+    rows = [
+        [name, value if isinstance(value, str) else json.dumps(value)]
+        for name, value in sorted(parameters.items())
+    ]
+    return html_table(['parameter', 'value'], rows)
+
+
+def per_class_html(metrics: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """The bounded per-class tables, then every class (worst first) folded away."""
+    found = [
+        (
+            title,
+            (f'<p>{html.escape(intro.replace("`", ""))}</p>' if intro else '') + html_table(*table),
+        )
+        for title, intro, table in class_report.sections(metrics)
+    ]
+    rows = class_report.class_rows(metrics)
+    if len(rows) > class_report.MAX_FULL_TABLE_CLASSES:
+        every = sorted(rows, key=lambda r: (r['student'] is None, r['student'] or 0.0, r['index']))
+        found.append(
+            (
+                f'All {len(rows)} classes',
+                '<details><summary>per-class accuracy, worst first (also '
+                f'{class_report.PER_CLASS_CSV})</summary>'
+                + html_table(*class_report.class_table(every))
+                + '</details>',
+            )
+        )
+    return found
+
+
 def make_report(
     out_dir: str | Path,
     *,
@@ -350,26 +452,43 @@ def make_report(
     parity: dict[str, Any] | None = None,
     title: str = 'Distilled student',
     extra_sections: list[tuple[str, str]] | None = None,
+    baseline_log_root: str | Path | None = None,
+    headline: list[tuple[str, str]] | None = None,
+    parameters: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
-    """The three PNGs and report.html in ``out_dir``; returns name -> path.
+    """The PNGs, per_class.csv and report.html in ``out_dir``; returns name -> path.
 
     ``metrics`` is the evaluation's metrics.json, ``log_root`` a local copy of
     ``<run>/train/logs/``, ``speed`` a ``video_kd.deploy.speed.measure_speed`` result (the
     accuracy-vs-latency plot and the speed table need it), ``parity`` the export's
-    parity.json.  A missing training log raises PlotError.
+    parity.json, ``baseline_log_root`` the student-alone training's logs (its curves are
+    drawn beside), ``headline`` (label, text) pairs shown first (``model_card.headline``),
+    ``parameters`` the run's.  A missing training log raises PlotError.
     """
     out_dir = Path(out_dir)
     curves = training_curves(log_root)  # first: a missing log fails before anything is drawn
+    if baseline_log_root:
+        curves.update(baseline_curves(baseline_log_root))
+    rows = class_report.class_rows(metrics)
     written = {
         'curves': plot_training_curves(curves, out_dir / CURVES_PNG),
         'confusion': plot_confusion_matrix(
             metrics['confusion_matrix'], metrics['classes'], out_dir / CONFUSION_PNG
         ),
+        'per_class': plot_per_class_accuracy(metrics, out_dir / PER_CLASS_PNG),
+        'per_class_csv': class_report.write_csv(rows, out_dir / class_report.PER_CLASS_CSV),
     }
-    sections = [
+    sections = [('Headline', headline_html(headline))] if headline else []
+    if parameters:
+        sections.append(('Run parameters', parameters_table(parameters)))
+    sections.append(
         ('Accuracy', html_table(['model', 'top-1', 'top-5', 'mean-class'], accuracy_rows(metrics)))
-    ]
+    )
     sections.append(('Training curves', image_section(written['curves'], 'training curves')))
+    sections.append(
+        ('Per-class accuracy', image_section(written['per_class'], 'per-class accuracy'))
+    )
+    sections += per_class_html(metrics)
     sections.append(('Confusion matrix', image_section(written['confusion'], 'confusion matrix')))
     if speed:
         shape = 'run' if 'run' in speed['shapes'] else next(iter(speed['shapes']))

@@ -127,10 +127,11 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
         train.check_options(params['kd_config'], options, params.get('teacher_sha256') or None)
     if params.get('student_config'):
         config_path(params['student_config'])  # evaluation and export load it
-    if 'export_tolerance' in params or 'speed_repeats' in params:
+    if {'export_tolerance', 'speed_repeats', 'parity_clips'} & set(params):
         export.export_settings(
             params.get('kd_config', ''),
             params.get('student_config', ''),
             tolerance=params.get('export_tolerance', export.DEFAULT_TOLERANCE),
             speed_repeats=params.get('speed_repeats', export.DEFAULT_SPEED_REPEATS),
+            parity_clips=params.get('parity_clips', export.DEFAULT_PARITY_CLIPS),
         )

@@ -3,7 +3,8 @@
 Runs after evaluation (the card and the top-1 cross-check read
 ``<run>/eval/metrics.json``).  ``video_kd.deploy.deployable.package_student`` does the
 work on local files: the student exported to ONNX (dynamic batch) with its
-``preprocess.json``, checked against PyTorch on the val clips (streamed), the
+``preprocess.json``, checked against PyTorch on a bounded, seeded sample of the val
+clips (``parity_clips``, streamed), the
 teacher vs student speed, the training curves and confusion heat map, the
 HTML report and the model card.  The card's lineage is what the run recorded:
 the resolved training config (``<run>/train/config.py``), the train step's
@@ -51,6 +52,8 @@ RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exi
 MAX_SPEED_REPEATS = 1000
 DEFAULT_TOLERANCE = 1e-3  # the pipeline's export_tolerance
 DEFAULT_SPEED_REPEATS = 3
+DEFAULT_PARITY_CLIPS = 32  # video_kd.deploy.export's (not imported: torch)
+MAX_PARITY_CLIPS = 1_000_000
 
 
 def run(
@@ -64,10 +67,16 @@ def run(
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
     workdir: str | Path | None = None,
+    parity_clips: int = DEFAULT_PARITY_CLIPS,
+    baseline_url: str = '',
 ) -> Export:
-    """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card."""
+    """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card.
+
+    ``baseline_url``: the student-alone checkpoint the evaluation scored; when it sits in its
+    mmengine work dir in S3, that training's curves are drawn beside the KD run's
+    (``baseline_logs``)."""
     settings = export_settings(
-        kd_config, student_config, image, tolerance, torchscript, speed_repeats
+        kd_config, student_config, image, tolerance, torchscript, speed_repeats, parity_clips
     )
     layout = RunLayout.from_root(student['run_root'])
     done = completed_export(layout, settings)
@@ -78,7 +87,10 @@ def run(
     with scratch_dir(workdir, 'export') as work:
         checkpoint = fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256'))
         s3.download_dir(layout.uri('train', 'logs'), work / 'logs')
-        result = _package(layout, data_meta, teacher, training, metrics, settings, checkpoint, work)
+        baseline = baseline_logs(baseline_url, work / 'baseline_logs')
+        result = _package(
+            layout, data_meta, teacher, training, metrics, settings, checkpoint, work, baseline
+        )
         published = publish_export(layout, result['files'])
         output: ExportRecord = {
             **run_info(layout),
@@ -103,6 +115,7 @@ def export_settings(
     tolerance: float = DEFAULT_TOLERANCE,
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
+    parity_clips: int = DEFAULT_PARITY_CLIPS,
 ) -> ExportSettings:
     """The step's settings, checked (one line each, before anything is read or written)."""
     return {
@@ -114,6 +127,9 @@ def export_settings(
             'speed_repeats (0 skips the speed check)', speed_repeats, 0, MAX_SPEED_REPEATS
         ),
         'torchscript': bool(torchscript),
+        'parity_clips': check_range(
+            'parity_clips (val clips of the ONNX parity check)', parity_clips, 1, MAX_PARITY_CLIPS
+        ),
     }
 
 
@@ -126,6 +142,7 @@ def _package(
     settings: ExportSettings,
     checkpoint: Path,
     work: Path,
+    baseline_log_root: Path | None = None,
 ) -> dict[str, Any]:
     # deferred: ONNX, ONNX Runtime and matplotlib, not needed by check inputs
     from video_kd.deploy import deployable
@@ -143,8 +160,30 @@ def _package(
         tolerance=settings['export_tolerance'],
         torchscript=settings['torchscript'],
         speed_repeats=settings['speed_repeats'],
+        parity_clips=settings['parity_clips'],
+        baseline_log_root=baseline_log_root,
         uri_of=lambda name: layout.uri('export', name),
     )
+
+
+def baseline_logs(baseline_url: str, local: Path) -> Path | None:
+    """The student-alone training's mmengine logs, when its checkpoint sits in its work dir
+    in S3 (``<dir>/epoch_N.pth`` beside ``<dir>/<timestamp>/vis_data/scalars.json``, as
+    ``python -m video_kd.distill.train`` writes it and ``video-kd run-local`` uploads it);
+    None otherwise (an https:// baseline, or one stored alone): the report then draws the
+    KD run's curves only, and says nothing is missing."""
+    if not baseline_url.startswith('s3://'):
+        return None
+    prefix = baseline_url.rsplit('/', 1)[0] + '/'
+    found = [  # <timestamp>/vis_data/scalars.json right under it: not another training's
+        uri
+        for uri in s3.list_uris(prefix)
+        if uri[len(prefix) :].count('/') == 2 and uri.endswith('/vis_data/scalars.json')
+    ]
+    for uri in found:
+        s3.download_file(uri, local / uri[len(prefix) :])
+    log.info('export: %d student-alone training logs beside %s', len(found), baseline_url)
+    return local if found else None
 
 
 def run_lineage(
