@@ -251,8 +251,11 @@ class Manifest:
                 'run_id': self.layout.run_id,
                 'root': self.layout.root,
                 'entries': [e.to_json() for e in self.entries],
-                **({'removed': [{'uri': u, 'sha256': h} for u, h in self.removed]}
-                   if self.removed else {}),  # fmt: skip
+                **(
+                    {'removed': [{'uri': u, 'sha256': h} for u, h in self.removed]}
+                    if self.removed
+                    else {}
+                ),
             },
             indent=2,
         ).encode()
