@@ -367,6 +367,8 @@ def test_upload_job_is_a_post_install_hook_running_the_upload_cli():
         '--param',
         'image=ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
         '--param',
+        'keep_checkpoints=3',
+        '--param',
         'num_workers=2',
         '--param',
         's3_bucket=video-kd',

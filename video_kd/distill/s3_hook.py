@@ -299,11 +299,20 @@ class S3CheckpointHook(Hook):
         best = self._upload(bests[-1]) if bests else ''
         new = tuple(uri for uri in uploaded if uri)
         if new or best:
+            self._prune(new, best)
+
+    def _prune(self, new: tuple[str, ...], best: str) -> None:
+        """Retention is housekeeping: a failure is a warning, not the end of the training
+        (the next checkpoint's retention deletes what this one left)."""
+        try:
             retry_call(
                 lambda: prune_checkpoints(self.layout, self.keep_last, new, best),
                 'applying checkpoint retention',
                 s3.is_transient,
             )
+        except s3.S3Error as exc:
+            log.warning('checkpoint retention: %s; tried again after the next checkpoint',
+                        one_line(exc))  # fmt: skip
 
     def _upload(self, path: Path) -> str:
         """Upload ``path`` if it is new or rewritten; its URI, or '' when it was done."""
