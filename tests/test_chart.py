@@ -925,6 +925,7 @@ CHART_RUN_SETTINGS = (
     's3_prefix',
     'dataset_uri',
     'max_epochs',
+    'keep_checkpoints',
 )
 
 
@@ -983,6 +984,7 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
         's3_prefix': 'kd/prod',
         'dataset_uri': 's3://team-a-kd/videos',
         'max_epochs': 7,
+        'keep_checkpoints': 3,  # training.keepCheckpoints
     }
     # ... and the recurring run's arguments, the same values
     arguments = recurring['runtime_config']['parameters']
