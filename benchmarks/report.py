@@ -4,7 +4,8 @@ Prints the Results section of benchmarks/README.md, one table per benchmark with
 the machine, thread count, load average and command line of its run; paste it
 there (tests/test_benchmarks.py fails while the README and the JSON disagree).
 ``--k400-summary`` prints the short Kinetics-400 table of the top-level README
-(checked the same way). Nothing in those tables is typed in by hand.
+(checked the same way), ``--checkpoint-bytes`` the checkpoint storage table of
+docs/storage-and-faults.md. Nothing in those tables is typed in by hand.
 """
 
 from __future__ import annotations
@@ -540,6 +541,50 @@ def reencode(result):
     )
 
 
+def checkpoint_bytes(result):
+    """Checkpoint bytes per run in S3, before and after retention + teacher-free checkpoints."""
+    rows = []
+    for r in result['results']:
+        measured = 'measured' in r
+        size = r['measured'] if measured else r['computed']
+        one = r['measured_checkpoint'] if measured else None
+        files = r['files']
+        per_file = (
+            f'{one["whole"] / 1e6:.0f} -> {one["no_teacher"] / 1e6:.0f} MB (best {one["best"] / 1e6:.0f})'
+            if one
+            else f'{r["computed"]["checkpoint_before"] / 1e6:.0f} -> '
+            f'{r["computed"]["checkpoint_after"] / 1e6:.0f} MB (best '
+            f'{r["parts"]["student_bytes"] / 1e6:.0f})'
+        )
+        rows.append(
+            [
+                r['pair'],
+                r['epochs'],
+                'measured' if measured else 'computed',
+                per_file,
+                f'{files["written"]} (every {files["interval"]})',
+                f'{size["before"] / 1e9:.2f} GB',
+                f'{files["kept"]} + {files["best"]} best',
+                f'{size["after"] / 1e9:.2f} GB',
+                f'**{size["before"] / size["after"]:.0f}x**',
+            ]
+        )
+    return md(
+        [
+            'run',
+            'epochs',
+            'how',
+            'one checkpoint, with -> without the teacher',
+            'files before',
+            'S3 before',
+            f'files after (keep_checkpoints={result["keep_checkpoints"]})',
+            'S3 after',
+            'less',
+        ],
+        rows,
+    )
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
@@ -551,6 +596,11 @@ SECTIONS = [
     ('reencode', 'Re-encoding for decode (short side 256, dense GOP)', reencode),
     ('export_speed', 'Deployable student: teacher vs student inference speed', export_speed),
     ('image_ci', 'The image in CI (make image, tests/test_image.py)', image_ci),
+    (
+        'checkpoint_bytes',
+        'Checkpoint bytes per run in S3 (retention, no teacher)',
+        checkpoint_bytes,
+    ),
 ]
 
 
@@ -563,7 +613,16 @@ def main(argv=None) -> int:
         action='store_true',
         help="only the Kinetics-400 projection's short table (the top-level README's)",
     )
+    parser.add_argument(
+        '--checkpoint-bytes',
+        action='store_true',
+        help="only the checkpoint storage table (docs/storage-and-faults.md's)",
+    )
     args = parser.parse_args(argv)
+    if args.checkpoint_bytes:
+        result = load('checkpoint_bytes')
+        print(checkpoint_bytes(result) + '\n\n' + env_line(result))
+        return 0
     if args.k400_summary:
         print(k400_summary(load('data_scale')))
         return 0

@@ -12,10 +12,12 @@ if [[ "${1:-}" == quick ]]; then
   $PY benchmarks/kd_gain.py --seeds 0 1 --epochs 3 --teacher-epochs 3
   $PY benchmarks/logit_cache.py --repeats 3
   $PY benchmarks/export_speed.py --sizes tiny --repeats 3
+  $PY benchmarks/checkpoint_bytes.py
 else
   $PY benchmarks/kd_step.py
   $PY benchmarks/data_loading.py
   $PY benchmarks/kd_gain.py --jobs 2 --threads 1   # two 1-thread trainings on 2 cores
   $PY benchmarks/logit_cache.py
   $PY benchmarks/export_speed.py
+  $PY benchmarks/checkpoint_bytes.py
 fi

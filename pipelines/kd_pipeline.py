@@ -150,6 +150,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         teacher_precision: str = '',
         student_pretrained_url: str = '',
         student_pretrained_sha256: str = '',
+        keep_checkpoints: int = 3,
         training_backend: str = '',
         backoff_limit_per_node: int = 0,
         max_training_hours: float = 168.0,
@@ -223,6 +224,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 checked tensor by tensor. Empty (default): random init.
             student_pretrained_sha256: Those weights' SHA-256 (64 hex digits): checked, and
                 the key of their S3 cache. Empty: not checked.
+            keep_checkpoints: Checkpoint retention: the newest epoch checkpoints kept in the
+                run's S3 directory (1 or more; a re-run resumes from the newest good one),
+                with the best by the val metric (best_*.pth); older ones are deleted. KD
+                checkpoints hold no frozen teacher weights either. Default 3.
             training_backend: Where KD training runs: pytorchjob (Training Operator v1),
                 trainjob (Kubeflow Trainer v2) or local (torchrun inside the train step's
                 pod). Empty (default): the chart's training.backend.
@@ -291,7 +296,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                   teacher_precision=teacher_precision, teacher_logit_cache=teacher_logit_cache,
                   student_pretrained_url=student_pretrained_url,
                   student_pretrained_sha256=student_pretrained_sha256,
-                  training_backend=training_backend, image=image, num_workers=num_workers,
+                  keep_checkpoints=keep_checkpoints, training_backend=training_backend, image=image, num_workers=num_workers,
                   gpus_per_worker=gpus_per_worker, nproc_per_node=nproc_per_node,
                   backoff_limit_per_node=backoff_limit_per_node,
                   max_training_hours=max_training_hours),

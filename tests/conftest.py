@@ -20,7 +20,7 @@ import boto3
 import pytest
 from s3_servers import ACCESS_KEY, SECRET_KEY
 
-from video_kd.local_run import LocalS3, free_port  # noqa: F401  (free_port: for the tests)
+from video_kd.local_run import TINY_CFG_OPTIONS, LocalS3, free_port  # noqa: F401  (free_port: for the tests)
 
 
 @pytest.fixture(scope='session', autouse=True)
@@ -272,7 +272,12 @@ PIPELINE_RUN = dict(
     kd_epochs=2,
     baseline=True,
     workers=1,
-    pipeline_args={'teacher_precision': 'bf16'},  # the fast teacher, set as a pipeline parameter
+    pipeline_args={
+        'teacher_precision': 'bf16',  # the fast teacher, set as a pipeline parameter
+        # retention (issue 21): only the newest checkpoint and the best by the val metric stay
+        'keep_checkpoints': 1,
+        'cfg_options': [*TINY_CFG_OPTIONS, 'train_cfg.val_interval=1'],  # a best to keep
+    },
 )
 # Pipeline runs can take 10+ minutes on CI's 2 shared cores: the tests that may be the first
 # to ask for the run (its time counts toward theirs) get this instead of pyproject's 900 s.

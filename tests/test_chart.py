@@ -380,6 +380,8 @@ def test_upload_job_is_a_post_install_hook_running_the_upload_cli():
         '--param',
         'image=ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
         '--param',
+        'keep_checkpoints=3',
+        '--param',
         'num_workers=2',
         '--param',
         's3_bucket=video-kd',
@@ -444,6 +446,7 @@ def test_schedule_creates_a_recurring_run_after_the_upload():
         'gpus_per_worker': '2',
         'dataset_uri': 's3://kd-artifacts/data/ucf101-mini',
         'teacher_sha256': 'ab12',
+        'keep_checkpoints': '3',  # training.keepCheckpoints: checkpoint retention (issue 21)
     }
     # the hook itself stays on the small CPU image
     assert upload['image'] == schedule['image'] == 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
@@ -512,6 +515,11 @@ def test_existing_claim_is_used_not_created():
         ({'training': {'workers': -1}}, '/training/workers', 'minimum: got -1, want 1'),
         ({'training': {'workers': 0}}, '/training/workers', 'minimum: got 0, want 1'),
         ({'training': {'workers': 'two'}}, '/training/workers', 'got string, want integer'),
+        (
+            {'training': {'keepCheckpoints': 0}},
+            '/training/keepCheckpoints',
+            'minimum: got 0, want 1',
+        ),
         ({'training': {'gpu': {'perWorker': 0}}}, '/training/gpu/perWorker', 'minimum'),
         ({'schedule': {'cron': '0 3 * * *'}}, '/schedule/cron', 'does not match pattern'),
         ({'s3': {'endpoint': 'minio:9000'}}, '/s3/endpoint', 'does not match pattern'),
@@ -538,6 +546,13 @@ def test_schema_rejects_bad_values_with_a_clear_message(values, where, what):
 def test_schema_accepts_kfp_cron_forms(cron):
     with helm.Chart.load(str(CHART)) as chart:
         chart.validate_schema({'schedule': {'enabled': True, 'cron': cron}})
+
+
+def test_checkpoint_retention_value_is_the_compiled_default(tmp_path):
+    """training.keepCheckpoints reaches the uploaded pipeline's keep_checkpoints default (what a
+    run started from the KFP UI gets), as the other owned run settings do (issue 21)."""
+    objects = render({'training': {'keepCheckpoints': 5}})
+    assert parameter_defaults(hook_compiled_pipeline(objects, tmp_path))['keep_checkpoints'] == 5
 
 
 # --- a non-default release: every name and key reaches the training job -----------------
@@ -931,6 +946,7 @@ CHART_RUN_SETTINGS = (
     's3_prefix',
     'dataset_uri',
     'max_epochs',
+    'keep_checkpoints',
 )
 
 
@@ -989,6 +1005,7 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
         's3_prefix': 'kd/prod',
         'dataset_uri': 's3://team-a-kd/videos',
         'max_epochs': 7,
+        'keep_checkpoints': 3,  # training.keepCheckpoints
     }
     # ... and the recurring run's arguments, the same values
     arguments = recurring['runtime_config']['parameters']

@@ -117,3 +117,45 @@ def test_cli_refuses_it_for_a_model_that_distills_nothing(tmp_path):
     assert result.stderr.strip().splitlines()[-1] == (
         'error: --teacher-precision needs a distillation config'
     )
+
+
+def test_kd_checkpoint_drops_the_frozen_teacher_and_a_load_restores_its_checkpoint(algo, tmp_path):
+    """Issue 21 point 9 (video_kd.distill.frozen_teacher): the teacher is rebuilt from the
+    run's teacher checkpoint, not saved in every KD checkpoint."""
+    from types import SimpleNamespace
+
+    from mmrazor.registry import MODELS
+
+    from video_kd.distill.frozen_teacher import FrozenTeacherCheckpointHook, teacher_keys
+
+    cfg, trained = kd_cfg('fp32'), algo
+    teacher_ckpt = tmp_path / 'teacher.pth'  # the run's teacher checkpoint: the one it trained with
+    torch.save({'state_dict': trained.teacher.state_dict()}, teacher_ckpt)
+    cfg.model.teacher_ckpt = str(teacher_ckpt)
+    hook = FrozenTeacherCheckpointHook()
+
+    whole = trained.state_dict()
+    checkpoint = {'state_dict': dict(whole), 'meta': {}}
+    hook.before_save_checkpoint(SimpleNamespace(model=trained), checkpoint)
+    assert teacher_keys(whole) and teacher_keys(checkpoint['state_dict']) == []
+    assert {k for k in whole if not k.startswith('teacher.')} == set(checkpoint['state_dict'])
+    assert checkpoint['meta']['teacher_weights'] == 'teacher_ckpt'
+
+    torch.manual_seed(1)  # another random init: what it gets must come from the checkpoints
+    resumed = MODELS.build(cfg.model)
+    hook.after_load_checkpoint(SimpleNamespace(model=resumed), checkpoint)
+    resumed.load_state_dict(checkpoint['state_dict'], strict=True)  # nothing missing
+    expected = torch.load(teacher_ckpt, weights_only=True)['state_dict']
+    got = resumed.teacher.state_dict()
+    assert set(got) == set(expected)
+    assert all(torch.equal(got[key], value) for key, value in expected.items())
+    student = {k: v for k, v in resumed.state_dict().items() if k.startswith('architecture.')}
+    assert all(torch.equal(v, whole[k]) for k, v in student.items())
+
+    trained.teacher_trainable = True  # a teacher that trains is the run's own: saved whole
+    try:
+        kept = {'state_dict': dict(whole), 'meta': {}}
+        hook.before_save_checkpoint(SimpleNamespace(model=trained), kept)
+    finally:
+        trained.teacher_trainable = False
+    assert teacher_keys(kept['state_dict']) == teacher_keys(whole)

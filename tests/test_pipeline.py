@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -290,6 +291,27 @@ def test_run_ids_are_unique_and_a_used_run_dir_is_refused(bucket, tmp_path):
         data_prep.run('generate://?classes=2', bucket, 'p', run_id='r2')
 
 
+def _check_retention(pipeline_run: dict, manifest: Manifest, names: set[str], tmp_path) -> None:
+    """Issue 21 point 9, keep_checkpoints=1 with validation every epoch: epoch 1 was recorded,
+    then removed from the manifest and deleted; the newest and the best stay, recorded and
+    stored (``_verify_run``: every entry is in S3), and neither holds the frozen teacher."""
+    import torch
+
+    run_id = pipeline_run['run_id']
+    removed = {uri.rsplit(run_id + '/', 1)[1] for uri, _ in manifest.removed}
+    assert 'train/checkpoints/epoch_1.pth' in removed
+    kept = {n for n in names if n.startswith('train/checkpoints/')}
+    (best,) = kept - {'train/checkpoints/epoch_2.pth'}
+    assert re.fullmatch(r'train/checkpoints/best_acc_top1_epoch_[12]\.pth', best), kept
+    prefix = RunLayout.from_root(pipeline_run['run_root']).uri('train', 'checkpoints') + '/'
+    assert {uri.rsplit(run_id + '/', 1)[1] for uri in s3.list_uris(prefix)} == kept
+    for name in kept:
+        local = s3.download_file(f'{pipeline_run["run_root"]}/{name}', tmp_path / 'kept.pth')
+        state = torch.load(local, map_location='cpu', weights_only=False)['state_dict']
+        assert not any(key.startswith('teacher.') for key in state), name
+        local.unlink()
+
+
 def _verify_run(run_root: str, tmp_path) -> Manifest:
     """Every manifest entry is in S3 with the recorded checksum; every step wrote something."""
     manifest = Manifest.load(RunLayout.from_root(run_root))
@@ -320,13 +342,13 @@ def test_end_to_end_local_runner_writes_every_step_and_checksums(pipeline_run, s
         'data/val_list.txt',
         'data/classes.txt',
         'data/report.json',
-        'train/checkpoints/epoch_1.pth',
         'train/checkpoints/epoch_2.pth',
         'student/epoch_2_student.pth',
         'eval/metrics.json',
         'eval/report.md',
     } <= names
     assert any(n.startswith('teacher/') for n in names)
+    _check_retention(pipeline_run, manifest, names, tmp_path)
     logs = [n for n in names if n.startswith('train/logs/')]
     assert any(n.endswith('.log') for n in logs) and any(n.endswith('/scalars.json') for n in logs)
     assert pipeline_run['run_root'].startswith(f's3://{pipeline_run["bucket"]}/kd/')

@@ -193,3 +193,134 @@ def test_an_outage_while_fetching_is_not_a_bad_checkpoint(bucket, tmp_path, monk
     monkeypatch.setattr(s3, 'download_file', unavailable)
     with pytest.raises(s3.S3UnavailableError):
         s3_hook.fetch_resume_checkpoint(layout, tmp_path / 'pod')
+
+
+# --------------------------------------------------------------------------- retention
+
+
+def stored_names(layout: RunLayout) -> set[str]:
+    prefix = s3_hook.checkpoint_prefix(layout) + '/'
+    return {uri[len(prefix) :] for uri in s3.list_uris(prefix)}
+
+
+def recorded_names(layout: RunLayout) -> set[str]:
+    prefix = s3_hook.checkpoint_prefix(layout) + '/'
+    manifest = Manifest.load(layout)
+    return {e.uri[len(prefix) :] for e in manifest.entries if e.uri.startswith(prefix)}
+
+
+def test_retention_keeps_the_newest_and_the_best_and_forgets_before_it_deletes(
+    bucket, tmp_path, monkeypatch
+):
+    """Issue 21 point 9: the last K checkpoints and the best stay; the manifest never names a
+    deleted object (checked at each delete, against the stored manifest)."""
+    layout = RunLayout(bucket, 'p', 'run-a')
+    real_checkpoints(layout, tmp_path, 4)
+    best_2 = s3_hook.upload_checkpoint(
+        layout, checkpoint(tmp_path, 'best_acc_top1_epoch_2.pth', b'best at 2')
+    )
+    deleted_while_named = []
+    real_delete = s3.delete
+
+    def checked_delete(uri, **kwargs):
+        if Manifest.load(layout).find(uri):
+            deleted_while_named.append(uri)
+        real_delete(uri, **kwargs)
+
+    monkeypatch.setattr(s3, 'delete', checked_delete)
+    best_4 = s3_hook.upload_checkpoint(
+        layout, checkpoint(tmp_path, 'best_acc_top1_epoch_4.pth', b'best at 4')
+    )
+    deleted = s3_hook.prune_checkpoints(layout, 2, best=best_4)
+
+    assert deleted_while_named == []
+    assert sorted(deleted) == sorted(
+        [
+            best_2,
+            *(s3.join_uri(s3_hook.checkpoint_prefix(layout), f'epoch_{n}.pth') for n in (1, 2)),
+        ]
+    )
+    kept = {'epoch_3.pth', 'epoch_4.pth', 'best_acc_top1_epoch_4.pth'}
+    assert stored_names(layout) == recorded_names(layout) == kept
+    assert [uri.rsplit('/', 1)[1] for uri in s3_hook.list_checkpoints(layout)] == [
+        'epoch_3.pth',
+        'epoch_4.pth',
+    ]
+    entry, path = s3_hook.fetch_resume_checkpoint(layout, tmp_path / 'pod')
+    assert entry.uri.endswith('/epoch_4.pth') and path.is_file()  # resume: the newest good one
+
+
+def test_a_stale_manifest_writer_cannot_bring_a_removed_checkpoint_back(bucket, tmp_path):
+    """A writer that loaded the manifest before the retention (a slow pod beside a restarted
+    one) merges on save: the removed entries stay removed, its own entry is kept."""
+    layout = RunLayout(bucket, 'p', 'run-b')
+    real_checkpoints(layout, tmp_path, 3)
+    stale = Manifest.load(layout)
+    s3_hook.prune_checkpoints(layout, 1)
+    other = checkpoint(tmp_path, 'notes.txt', b'written by the slow pod')
+    stale.record('train', other, layout.uri('train', 'notes.txt'))
+    manifest = Manifest.load(layout)
+    assert {e.uri.rsplit('/', 1)[1] for e in manifest.entries} == {'epoch_3.pth', 'notes.txt'}
+    assert {uri.rsplit('/', 1)[1] for uri, _ in manifest.removed} == {'epoch_1.pth', 'epoch_2.pth'}
+    assert stored_names(layout) == {'epoch_3.pth'}
+
+
+def test_a_failed_delete_is_retried_at_the_next_retention(bucket, tmp_path, monkeypatch):
+    layout = RunLayout(bucket, 'p', 'run-c')
+    real_checkpoints(layout, tmp_path, 2)
+    real_delete = s3.delete
+
+    def failing_delete(uri, **kwargs):
+        raise s3.S3Error(f'cannot delete {uri}: injected')
+
+    monkeypatch.setattr(s3, 'delete', failing_delete)
+    with pytest.raises(s3.S3Error, match='injected'):
+        s3_hook.prune_checkpoints(layout, 1)
+    # forgotten first: the manifest no longer names what is still stored
+    assert recorded_names(layout) == {'epoch_2.pth'}
+    assert stored_names(layout) == {'epoch_1.pth', 'epoch_2.pth'}
+    monkeypatch.setattr(s3, 'delete', real_delete)
+    s3_hook.prune_checkpoints(layout, 1)
+    assert stored_names(layout) == {'epoch_2.pth'}
+
+
+def test_the_hook_follows_mmengines_retention_and_uploads_the_best(bucket, tmp_path):
+    """S3CheckpointHook reads max_keep_ckpts from the runner's CheckpointHook; the checkpoint
+    it just uploaded stays even when older names outrank it (a run that started over)."""
+    from types import SimpleNamespace
+
+    from mmengine.hooks import CheckpointHook
+
+    layout = RunLayout(bucket, 'p', 'run-d')
+    for n in (5, 6):  # an earlier attempt's checkpoints, higher-numbered
+        s3_hook.upload_checkpoint(layout, checkpoint(tmp_path, f'epoch_{n}.pth', b'old %d' % n))
+    work = tmp_path / 'work'
+    work.mkdir()
+    runner = SimpleNamespace(work_dir=str(work), hooks=[CheckpointHook(max_keep_ckpts=2)])
+    hook = s3_hook.S3CheckpointHook(layout.root)
+    hook.before_train(runner)
+    assert hook.keep_last == 2
+    checkpoint(work, 'epoch_1.pth', b'new 1')
+    hook.after_train_epoch(runner)
+    # 5 and 6 are the newest two by name (what resume tries first); 1 was just uploaded
+    assert (
+        stored_names(layout)
+        == recorded_names(layout)
+        == {'epoch_1.pth', 'epoch_5.pth', 'epoch_6.pth'}
+    )
+    checkpoint(work, 'best_acc_top1_epoch_1.pth', b'best 1')
+    hook.after_val_epoch(runner, {'acc/top1': 0.5})
+    (work / 'best_acc_top1_epoch_1.pth').unlink()  # mmengine replaces its best file
+    checkpoint(work, 'epoch_2.pth', b'new 2')
+    checkpoint(work, 'best_acc_top1_epoch_2.pth', b'best 2')
+    hook.after_train_epoch(runner)
+    assert (
+        stored_names(layout)
+        == recorded_names(layout)
+        == {
+            'epoch_2.pth',
+            'epoch_5.pth',
+            'epoch_6.pth',
+            'best_acc_top1_epoch_2.pth',
+        }
+    )

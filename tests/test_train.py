@@ -47,8 +47,16 @@ def test_kd_training_writes_checkpoints_and_logs_progress(kd_run):
         state = torch.load(work_dir / f'epoch_{epoch}.pth', map_location='cpu', weights_only=False)
         keys = state['state_dict'].keys()
         assert any(k.startswith('architecture.backbone') for k in keys)
-        assert any(k.startswith('teacher.backbone') for k in keys)
+        # issue 21: the frozen teacher is rebuilt from its checkpoint, not saved (it was:
+        # teacher.backbone.* in every checkpoint)
+        assert not any(k.startswith('teacher.') for k in keys)
+        assert state['meta']['teacher_weights'] == 'teacher_ckpt'
     assert (work_dir / 'last_checkpoint').read_text().strip().endswith('epoch_2.pth')
+    # retention: the best by the val metric is kept beside the newest (save_best='auto')
+    (best,) = work_dir.glob('best_acc_top1_epoch_*.pth')
+    assert not any(
+        k.startswith('teacher.') for k in torch.load(best, weights_only=False)['state_dict']
+    )
     log = result.stdout + result.stderr
     for progress in ('Epoch(train)', 'eta:', 'distill.loss_dist', 'student.loss_cls'):
         assert progress in log
@@ -80,6 +88,10 @@ def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run
     log = result.stdout + result.stderr
     assert 'teacher: eval mode, inference_mode, bf16' in log
     assert 'resumed epoch: 1' in log
+    # the teacher's weights came from the teacher checkpoint (video_kd.distill.frozen_teacher;
+    # tests/test_fast_teacher.py checks they equal it): none missing from the state dict
+    assert 'teacher weights restored from the teacher checkpoint' in log
+    assert 'missing keys in source state_dict' not in log
     assert 'Epoch(train) [1]' not in log and 'Epoch(train) [2]' in log
     assert (work_dir / 'epoch_2.pth').is_file()
     assert (work_dir / 'epoch_1.pth').read_bytes() == first  # nothing lost

@@ -83,6 +83,8 @@ def test_bucket_names():
         ({'backoff_limit_per_node': -1}, "backoff_limit_per_node (0: the chart's) must be >= 0"),
         ({'max_epochs': 'ten'}, "max_epochs must be a whole number, got 'ten'"),
         ({'num_workers': True}, 'num_workers must be a whole number'),
+        ({'keep_checkpoints': 0}, 'keep_checkpoints must be >= 1, got 0'),
+        ({'keep_checkpoints': -2}, 'keep_checkpoints must be >= 1, got -2'),
     ],
 )
 def test_training_numbers_out_of_range(kwargs, match):
@@ -271,6 +273,7 @@ BAD_PARAMETERS = [
     ({'baseline_sha256': 'x'}, "baseline_sha256 'x' is not a SHA-256"),
     ({'num_workers': 0}, 'num_workers must be >= 1, got 0'),
     ({'max_epochs': -1}, 'max_epochs must be >= 0'),
+    ({'keep_checkpoints': 0}, 'keep_checkpoints must be >= 1, got 0'),
     ({'teacher_url': ''}, 'teacher_url is empty'),
     ({'teacher_url': 'ftp://zoo/t.pth'}, "teacher_url unsupported URL scheme 'ftp'"),
     ({'baseline_url': 'https://zoo/b.pth', 'student_config': ''}, 'student_config is empty'),
@@ -332,6 +335,17 @@ def test_an_entry_point_prints_one_line_and_exits_2(capsys):
     assert run_cli(lambda: validation.check_run_id('a/b')) == BAD_INPUT
     err = capsys.readouterr().err
     assert err.startswith("error: bad run id 'a/b'") and err.count('\n') == 1
+
+
+def test_a_retention_of_0_is_one_line_and_exit_2_before_anything_is_created(capsys):
+    """Issue 21: keep_checkpoints=0 (nothing kept) is refused by the check-inputs step."""
+    from video_kd.distill.train_config import TrainOptions
+
+    assert run_cli(lambda: check_inputs.check_pipeline_params({'keep_checkpoints': 0})) == BAD_INPUT
+    err = capsys.readouterr().err
+    assert err == 'error: keep_checkpoints must be >= 1, got 0\n'
+    with pytest.raises(UserError, match='keep_checkpoints must be 1 or more'):
+        TrainOptions(keep_checkpoints=0)  # what the train step and `python -m ...train` refuse
 
 
 def test_s3_errors_are_user_errors_and_keep_their_names():

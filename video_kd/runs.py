@@ -184,6 +184,9 @@ class Manifest:
 
     layout: RunLayout
     entries: list[ManifestEntry] = field(default_factory=list)
+    # (uri, sha256) of the objects the run deleted (checkpoint retention): a merge drops
+    # them, so a writer that loaded the manifest before the removal cannot bring them back
+    removed: list[tuple[str, str]] = field(default_factory=list)
     _etag: str | None = field(default=None, init=False, repr=False, compare=False)
     _deferred: bool = field(default=False, init=False, repr=False, compare=False)
     # entries by URI, so that publishing n files is linear, not n scans of the list;
@@ -210,11 +213,17 @@ class Manifest:
             self._etag = None
             return
         try:
-            stored = [ManifestEntry(**entry) for entry in json.loads(body)['entries']]
+            document = json.loads(body)
+            stored = [ManifestEntry(**entry) for entry in document['entries']]
+            stored_removed = [(r['uri'], r['sha256']) for r in document.get('removed', [])]
         except (ValueError, KeyError, TypeError) as exc:
             raise s3.S3Error(f'{self.layout.manifest_uri} is not a manifest: {exc}') from exc
+        self.removed += [r for r in stored_removed if r not in self.removed]
+        gone = set(self.removed)
         ours = {(e.uri, e.sha256) for e in self.entries}
-        self.entries[:0] = [e for e in stored if (e.uri, e.sha256) not in ours]
+        merged = [e for e in stored if (e.uri, e.sha256) not in ours]
+        self.entries[:] = [e for e in merged + self.entries if (e.uri, e.sha256) not in gone]
+        self._indexed = -1  # entries dropped or prepended: rebuild the index
 
     def save(self) -> None:
         """Write the manifest; the one object a run rewrites (compare-and-swap, see above)."""
@@ -242,6 +251,11 @@ class Manifest:
                 'run_id': self.layout.run_id,
                 'root': self.layout.root,
                 'entries': [e.to_json() for e in self.entries],
+                **(
+                    {'removed': [{'uri': u, 'sha256': h} for u, h in self.removed]}
+                    if self.removed
+                    else {}
+                ),
             },
             indent=2,
         ).encode()
@@ -258,6 +272,21 @@ class Manifest:
             self._deferred = False
             if len(self.entries) != before:
                 self.save()
+
+    def forget(self, entries: list[ManifestEntry]) -> None:
+        """Remove ``entries`` from the manifest and save it, before their objects are
+        deleted: the manifest never names a deleted object.  They are kept as removed
+        (uri, sha256) pairs, so a concurrent writer's merge does not restore them."""
+        pairs = [(e.uri, e.sha256) for e in entries]
+        self.removed += [p for p in pairs if p not in self.removed]
+        self.entries[:] = [e for e in self.entries if (e.uri, e.sha256) not in pairs]
+        self._indexed = -1
+        self.save()
+
+    def _unforget(self, entry: ManifestEntry) -> None:
+        """The same bytes stored again under a removed name are the run's again."""
+        if (entry.uri, entry.sha256) in self.removed:
+            self.removed.remove((entry.uri, entry.sha256))
 
     def find(self, uri: str, sha256: str | None = None) -> ManifestEntry | None:
         """The entry recorded for ``uri`` (with that content, if ``sha256`` is given)."""
@@ -293,6 +322,7 @@ class Manifest:
             source_sha256=source_sha256,
         )
         s3.upload_file(local_path, uri)
+        self._unforget(entry)
         self.entries.append(entry)
         if self._indexed == len(self.entries) - 1:  # keep the index whole: no rebuild per file
             self._by_uri.setdefault(uri, []).append(entry)
@@ -311,6 +341,7 @@ class Manifest:
         if not uri.startswith(self.layout.uri(step) + '/'):
             raise ValueError(f'{uri} is not inside the {step!r} step directory')
         entry = ManifestEntry(step=step, uri=uri, sha256=sha256, size_bytes=size_bytes)
+        self._unforget(entry)
         self.entries.append(entry)
         if not self._deferred:
             self.save()

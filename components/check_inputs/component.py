@@ -23,6 +23,7 @@ def check_inputs(
     teacher_precision: str,
     student_pretrained_url: str,
     student_pretrained_sha256: str,
+    keep_checkpoints: int,
     training_backend: str,
     backoff_limit_per_node: int,
     max_training_hours: float,
@@ -65,6 +66,7 @@ def check_inputs(
         teacher_precision: Empty, or fp32, bf16 or fp16 with a KD config.
         student_pretrained_url: Empty or a fetchable URL (as teacher_url).
         student_pretrained_sha256: Empty or 64 hex digits.
+        keep_checkpoints: A whole number, 1 or more.
         training_backend: Empty (the chart's, unknown here) or pytorchjob, trainjob, local.
         backoff_limit_per_node: A whole number, 0 (the chart's) or more.
         max_training_hours: A finite number above 0.

@@ -17,6 +17,7 @@ def train(
     teacher_logit_cache: bool,
     student_pretrained_url: str,
     student_pretrained_sha256: str,
+    keep_checkpoints: int,
     training_backend: str,
     image: str,
     num_workers: int,
@@ -46,6 +47,8 @@ def train(
         student_pretrained_url: ImageNet weights for the student's backbone (https:// or
             s3://); empty: random init.
         student_pretrained_sha256: Those weights' SHA-256; empty: not checked.
+        keep_checkpoints: The newest epoch checkpoints kept in S3 (1 or more), with the best
+            by the val metric.
         training_backend: pytorchjob, trainjob or local (torchrun in this pod); empty: the
             chart's training.backend.
         image: The container image of the training job's pods.
@@ -75,6 +78,7 @@ def train(
             teacher_logit_cache=teacher_logit_cache,
             student_pretrained_url=student_pretrained_url,
             student_pretrained_sha256=student_pretrained_sha256,
+            keep_checkpoints=keep_checkpoints,
         )
         meta = train_step.run(
             dict(dataset.metadata),

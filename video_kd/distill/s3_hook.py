@@ -24,6 +24,16 @@ before is tried, down to training from the start when none is good.  While S3 is
 (``video_kd.storage.s3_policy``); if it still fails the training stops with one line,
 and re-running the step resumes from the last checkpoint that reached S3.
 
+Retention follows mmengine's ``CheckpointHook``: with ``max_keep_ckpts`` K (the
+``keep_checkpoints`` training option) only the K newest ``epoch_N[.k].pth`` stay in S3,
+and with ``save_best`` only the newest ``best_*.pth`` (the best by the val metric) beside
+them.  An older one is first removed from the manifest (kept there as removed), and only
+then deleted: the manifest never names a deleted object, and resume still picks the
+newest good recorded checkpoint.  The checkpoint just uploaded is never deleted, so a run
+that started over beside bad, higher-numbered checkpoints still has a good one to resume
+from.  A delete that failed is retried at the next epoch (the object the manifest marks
+removed is still listed).
+
 When training ends, the run's mmengine log directory (the text log, the
 resolved config ``vis_data/config.py`` and the metrics ``vis_data/scalars.json``)
 goes to ``<run>/train/logs/<timestamp>/``: one directory per training attempt
@@ -55,6 +65,7 @@ log = logging.getLogger(__name__)
 CHECKPOINT_DIR = 'checkpoints'
 LOG_DIR = 'logs'
 _CKPT_RE = re.compile(r'^epoch_(\d+)(?:\.(\d+))?\.pth$')
+BEST_GLOB = 'best_*.pth'  # mmengine's save_best: best_<metric>_epoch_N.pth
 
 
 def checkpoint_prefix(layout: RunLayout) -> str:
@@ -152,6 +163,42 @@ def checkpoint_epochs(layout: RunLayout) -> list[int]:
     return sorted({key[0] for key in keys if key})
 
 
+def _best_entries(layout: RunLayout, manifest: Manifest) -> list[ManifestEntry]:
+    """The run's recorded ``best_*.pth`` checkpoints (directly under checkpoints/)."""
+    prefix = checkpoint_prefix(layout) + '/'
+    return [
+        e
+        for e in manifest.entries
+        if e.step == 'train'
+        and e.uri.startswith(prefix)
+        and '/' not in e.uri[len(prefix) :]
+        and Path(e.uri).match(BEST_GLOB)
+    ]
+
+
+def prune_checkpoints(
+    layout: RunLayout, keep_last: int, keep: tuple[str, ...] = (), best: str = ''
+) -> list[str]:
+    """Apply retention: the ``keep_last`` newest epoch checkpoints stay (all when it is
+    below 1), the ``keep`` URIs stay (the ones just uploaded), and with ``best`` (the best
+    checkpoint just uploaded) no other ``best_*.pth``.  What goes is removed from the
+    manifest first (``Manifest.forget``), then deleted; returns the deleted URIs."""
+    entries = checkpoint_entries(layout)
+    old = entries[:-keep_last] if keep_last > 0 else []
+    manifest = Manifest.load(layout)
+    if best:
+        old += _best_entries(layout, manifest)
+    drop = [e for e in old if e.uri not in keep and e.uri != best]
+    if drop:
+        manifest.forget(drop)
+    # deleted once the manifest no longer names them (those of an earlier failed delete too)
+    gone = {uri for uri, _ in manifest.removed if manifest.find(uri) is None}
+    deleted = [uri for uri in s3.list_uris(checkpoint_prefix(layout) + '/') if uri in gone]
+    for uri in deleted:
+        s3.delete(uri)
+    return deleted
+
+
 def upload_checkpoint(layout: RunLayout, path: Path) -> str:
     """Put one checkpoint under the run's checkpoint dir; returns its URI.
 
@@ -235,29 +282,62 @@ class S3CheckpointHook(Hook):
     def __init__(self, run_root: str):
         self.layout = RunLayout.from_root(run_root)
         self._done: dict[str, float] = {}
+        self.keep_last = -1  # CheckpointHook's max_keep_ckpts (-1: every checkpoint stays)
 
     def _sync(self, runner: Runner) -> None:
         from mmengine.dist import is_main_process
 
         if not is_main_process():
             return
-        for path in sorted(
-            Path(runner.work_dir).glob('epoch_*.pth'),
-            key=lambda p: checkpoint_sort_key(p.name) or (0, 0),
-        ):
-            mtime = path.stat().st_mtime
-            if self._done.get(path.name) == mtime:
-                continue
-            upload_checkpoint_retried(self.layout, path)
-            self._done[path.name] = mtime
+        work_dir = Path(runner.work_dir)
+        epochs = sorted(
+            work_dir.glob('epoch_*.pth'), key=lambda p: checkpoint_sort_key(p.name) or (0, 0)
+        )
+        uploaded = [self._upload(path) for path in epochs]
+        # mmengine keeps one best file: the newest is the best (a restarted pod has none)
+        bests = sorted(work_dir.glob(BEST_GLOB), key=lambda p: p.stat().st_mtime)
+        best = self._upload(bests[-1]) if bests else ''
+        new = tuple(uri for uri in uploaded if uri)
+        if new or best:
+            self._prune(new, best)
+
+    def _prune(self, new: tuple[str, ...], best: str) -> None:
+        """Retention is housekeeping: a failure is a warning, not the end of the training
+        (the next checkpoint's retention deletes what this one left)."""
+        try:
+            retry_call(
+                lambda: prune_checkpoints(self.layout, self.keep_last, new, best),
+                'applying checkpoint retention',
+                s3.is_transient,
+            )
+        except s3.S3Error as exc:
+            log.warning('checkpoint retention: %s; tried again after the next checkpoint',
+                        one_line(exc))  # fmt: skip
+
+    def _upload(self, path: Path) -> str:
+        """Upload ``path`` if it is new or rewritten; its URI, or '' when it was done."""
+        mtime = path.stat().st_mtime
+        if self._done.get(path.name) == mtime:
+            return ''
+        uri = upload_checkpoint_retried(self.layout, path)
+        self._done[path.name] = mtime
+        return uri
 
     def before_train(self, runner: Runner) -> None:
+        from mmengine.hooks import CheckpointHook
+
+        checkpoint_hook = next((h for h in runner.hooks if isinstance(h, CheckpointHook)), None)
+        if checkpoint_hook is not None:
+            self.keep_last = checkpoint_hook.max_keep_ckpts
         # A resumed run starts with the checkpoint it came from: already in S3.
         for path in Path(runner.work_dir).glob('epoch_*.pth'):
             self._done[path.name] = path.stat().st_mtime
 
     def after_train_epoch(self, runner: Runner) -> None:
         self._sync(runner)
+
+    def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
+        self._sync(runner)  # a new best_*.pth (save_best) goes up at once
 
     def after_train(self, runner: Runner) -> None:
         from mmengine.dist import is_main_process

@@ -28,6 +28,7 @@ from mmengine.config import Config
 
 from video_kd.core.errors import UserError
 from video_kd.data import data_stream, dataset
+from video_kd.distill.frozen_teacher import FROZEN_TEACHER_HOOK
 from video_kd.distill.pretrained import apply_pretrained, fetch_pretrained
 from video_kd.distill.teacher_precision import PRECISIONS
 from video_kd.openmmlab.cfg_options import check_config_values, checked_cfg_options
@@ -98,6 +99,14 @@ class TrainOptions:
     student_pretrained_sha256: str = dataclasses.field(
         default='', metadata={'help': "the weights' SHA-256 (checked; keys the S3 cache)"}
     )
+    keep_checkpoints: int = dataclasses.field(
+        default=3,
+        metadata={
+            'help': 'checkpoint retention: the newest N epoch checkpoints stay (in the work '
+            "dir and the run's S3 directory), with the best by the val metric (best_*.pth); "
+            "older ones are deleted (mmengine CheckpointHook's max_keep_ckpts and save_best)"
+        },
+    )
 
     def __post_init__(self) -> None:
         if isinstance(self.cfg_options, str) or not all(
@@ -109,6 +118,11 @@ class TrainOptions:
         if self.max_epochs < 0:
             raise UserError(
                 f"max_epochs must be >= 0 (0 keeps the config's), got {self.max_epochs}"
+            )
+        if self.keep_checkpoints < 1:
+            raise UserError(
+                f'keep_checkpoints must be 1 or more (the newest checkpoints kept, with the '
+                f'best), got {self.keep_checkpoints}'
             )
         if self.teacher_precision not in ('', *PRECISIONS):
             raise UserError(
@@ -191,11 +205,24 @@ def resolve(
             sha256=options.student_pretrained_sha256,
             fetch_from=options.student_pretrained_url,
         )
+    set_checkpoint_retention(cfg, options.keep_checkpoints)
+    if is_distill_config(cfg):  # the frozen teacher is rebuilt from its checkpoint, not saved
+        cfg.custom_hooks = [*(cfg.get('custom_hooks') or []), FROZEN_TEACHER_HOOK]
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
     # what mmengine would refuse only in the training processes (the files' values and the
     # options' alike), before the step publishes this config and the run is bound to it
     check_config_values(cfg, f'{config} (with --cfg-options)' if options.cfg_options else config)
     return cfg
+
+
+def set_checkpoint_retention(cfg: Config, keep: int) -> None:
+    """Keep the ``keep`` newest checkpoints and the best by the val metric (the config's
+    ``save_best``, else mmengine's ``'auto'``: the first metric, the student's top-1 under
+    MMRazor's val loop); ``S3CheckpointHook`` makes the run's S3 directory follow."""
+    hooks = cfg.setdefault('default_hooks', {})
+    checkpoint = hooks.setdefault('checkpoint', dict(type='CheckpointHook', interval=1))
+    checkpoint['max_keep_ckpts'] = keep
+    checkpoint['save_best'] = checkpoint.get('save_best') or 'auto'
 
 
 def fetch_pretrained_from(cfg: Config, uri: str, sha256: str = '') -> None:

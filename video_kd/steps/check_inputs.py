@@ -122,6 +122,8 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
     given = {name: params[name] for name in fields if name in params}
     if 'max_epochs' in given:
         check_range('max_epochs', given['max_epochs'])  # a whole number; TrainOptions: >= 0
+    if 'keep_checkpoints' in given:
+        check_range('keep_checkpoints', given['keep_checkpoints'], 1)
     options = TrainOptions(**given)
     if params.get('kd_config'):
         train.check_options(params['kd_config'], options, params.get('teacher_sha256') or None)

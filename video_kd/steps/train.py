@@ -131,7 +131,8 @@ def run(
         'config_uri': config_uri,
         'backend': backend,
         'job_name': backends.job_name(layout.run_id),
-        'epochs': len(checkpoint_epochs(layout)),
+        # the newest checkpoint's epoch: retention keeps only the last few checkpoints
+        'epochs': checkpoint_epochs(layout)[-1],
         'parameters': parameters,
     }
     record_output(layout, 'train', meta)  # <run>/train/train.json: what the card reads

@@ -106,7 +106,8 @@ app.kubernetes.io/part-of: video-kd
       "s3_bucket" .Values.s3.bucket
       "s3_prefix" .Values.s3.prefix
       "num_workers" (toString .Values.training.workers)
-      "gpus_per_worker" (include "video-kd.gpusPerWorker" .) }}
+      "gpus_per_worker" (include "video-kd.gpusPerWorker" .)
+      "keep_checkpoints" (toString .Values.training.keepCheckpoints) }}
 {{- $params := dict }}
 {{- range $k, $v := .Values.pipeline.params }}
 {{- if and (not (hasKey $owned $k)) (ne (toString $v) "") }}
