@@ -195,6 +195,8 @@ class ModelScores(_ModelScores, total=False):
     """One model's test loop (``distill.evaluate.evaluate``)."""
 
     scored_with: str  # the config metrics.json names (the teacher's: its own)
+    config_hash: str  # ``distill.evaluate.test_config_hash``: part of the score cache's key
+    predictions: list[dict]  # per sample, in sample order: index, label, top5, score
 
 
 class ScoredWith(TypedDict):
