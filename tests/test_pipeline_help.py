@@ -45,10 +45,10 @@ def test_every_input_and_output_is_described(which, fresh_ir):
     )
     assert _undescribed(ir) == []
     assert ir['pipelineInfo'].get('description', '').strip()
-    # what is checked is all there is: the 28 parameters and every step's component
+    # what is checked is all there is: the 31 parameters and every step's component
     parameters = ir['root']['inputDefinitions']['parameters']
     assert set(parameters) == set(kd_pipeline.component_spec.inputs)
-    assert len(parameters) == 28
+    assert len(parameters) == 31
     assert {f'comp-{step}' for step in TASK_ORDER} <= set(ir['components'])
     # one entry per name: no description names another parameter as its own entry
     for name, entry in parameters.items():

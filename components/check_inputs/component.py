@@ -25,6 +25,9 @@ def check_inputs(
     student_pretrained_sha256: str,
     training_backend: str,
     backoff_limit_per_node: int,
+    eval_num_workers: int,
+    eval_gpus_per_worker: int,
+    eval_nproc_per_node: int,
     s3_bucket: str,
     s3_prefix: str,
     export_tolerance: float,
@@ -63,6 +66,9 @@ def check_inputs(
         student_pretrained_sha256: Empty or 64 hex digits.
         training_backend: Empty (the chart's, unknown here) or pytorchjob, trainjob, local.
         backoff_limit_per_node: A whole number, 0 (the chart's) or more.
+        eval_num_workers: A whole number, 0 (the training's) or more.
+        eval_gpus_per_worker: A whole number, -1 (the training's) or more.
+        eval_nproc_per_node: A whole number, -1 (the training's), 0 (one per GPU) or more.
         s3_bucket: A valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
         s3_prefix: Empty (the bucket's root) or "/"-separated segments of letters, digits,
             ".", "_", "-", none empty, ".", ".." or "cache".

@@ -221,6 +221,8 @@ class MetricsSummary(_MetricsSummary, total=False):
     teacher: Accuracy
     baseline: Accuracy  # the student trained alone, when given
     kd_gain: Accuracy  # student minus baseline
+    teacher_scored: str  # 'cached' (the score cache had it) or 'computed'
+    baseline_scored: str
 
 
 class Metrics(TypedDict):

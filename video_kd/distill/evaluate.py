@@ -128,7 +128,7 @@ def build_test_config(
     return cfg, classes
 
 
-def test_config_hash(cfg: Config) -> str:
+def test_config_hash(cfg: Config, classes: list[str]) -> str:
     """sha256 of what decides a model's scores in a test config (the model, the test views,
     the test loop, the evaluator, the classes), not where the data or the checkpoint are:
     two runs on the same val list and checkpoint with the same hash score the same."""
@@ -136,12 +136,24 @@ def test_config_hash(cfg: Config) -> str:
     decisive = {
         'model': cfg.model,
         'pipeline': loader.get('dataset', {}).get('pipeline', []),
-        'classes': loader.get('dataset', {}).get('metainfo', {}),
+        'classes': classes,
         'test_cfg': cfg.get('test_cfg'),
-        'test_evaluator': cfg.get('test_evaluator'),
+        'test_evaluator': [  # where the ranks' results are gathered changes no score
+            {k: v for k, v in metric.items() if k != 'collect_device'}
+            for metric in cfg.get('test_evaluator', [])
+        ],
     }
     text = json.dumps(decisive, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def config_hash_of(config: str, data: str | DatasetContents) -> str:
+    """``test_config_hash`` of ``config``'s test loop on ``data``, without a checkpoint or a
+    run: what the evaluate step keys its score cache with before it scores anything."""
+    register_all_modules()
+    with tempfile.TemporaryDirectory(prefix='video_kd_eval_') as tmp:
+        cfg, classes = build_test_config(config, 'checkpoint.pth', data, tmp)
+    return test_config_hash(cfg, classes)
 
 
 SAMPLE_INDEX = 'sample_idx'  # mmengine's BaseDataset numbers each sample so
@@ -240,7 +252,7 @@ def evaluate(
     register_all_modules()
     cfg, classes = build_test_config(config, checkpoint, data, work_dir, cfg_options, launcher)
     described = describe_test_pipeline(cfg)
-    config_hash = test_config_hash(cfg)
+    config_hash = test_config_hash(cfg, classes)
     track_sample_index(cfg)
     predictions_file = Path(work_dir) / 'predictions.json'
     cfg.test_evaluator.append(dict(type='PerSamplePredictions', out_file=str(predictions_file)))

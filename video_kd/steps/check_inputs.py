@@ -56,6 +56,7 @@ def check_image(image: str, env: Mapping[str, str] | None = None) -> None:
 
 
 LAUNCH_PARAMETERS = ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'backoff_limit_per_node')
+EVAL_LAUNCH_PARAMETERS = ('eval_num_workers', 'eval_gpus_per_worker', 'eval_nproc_per_node')
 
 
 def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False) -> None:
@@ -96,6 +97,9 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
             params.get('baseline_sha256', ''),
         )
     train.check_launch(**{name: params[name] for name in LAUNCH_PARAMETERS if name in params})
+    evaluate.check_eval_launch(
+        **{name[len('eval_') :]: params[name] for name in EVAL_LAUNCH_PARAMETERS if name in params}
+    )
     backend = params.get('training_backend')
     if backend_here:
         backends.check_train_backend(backends.backend_from_env(backend or ''),
