@@ -47,7 +47,9 @@ ASSUMED_GPU_TFLOPS = 100.0  # sustained per GPU: ~10% of an H100's dense bf16 pe
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--val-per-class', type=int, default=6, help='generated val videos per class')
+    parser.add_argument(
+        '--val-per-class', type=int, default=6, help='generated val videos per class'
+    )
     parser.add_argument('--num-classes', type=int, default=3)
     parser.add_argument('--gpus', type=int, default=8, help='GPUs of the K400 projection')
     parser.add_argument('--out', default='eval_scale', help='results/<out>.json')
@@ -99,6 +101,22 @@ def one_run(bucket: str, prefix: str, dataset: str, teacher_ckpt: Path, student_
     return {'seconds': seconds, 'metrics': result['metrics'], 'predictions': predictions}
 
 
+def compare(a: list[dict], b: list[dict]) -> dict:
+    """Per-sample predictions of two evaluations: indices, labels and top-5 exactly; the
+    top-1 score to 1e-5 (a batch of other samples may change a float's last bits)."""
+    same = [x['index'] for x in a] == [y['index'] for y in b] and len(a) == len(b)
+    return {
+        'samples': len(a),
+        'top1_equal': same
+        and all(x['top5'][0] == y['top5'][0] for x, y in zip(a, b, strict=False)),
+        'top5_equal': same and all(x['top5'] == y['top5'] for x, y in zip(a, b, strict=False)),
+        'labels_equal': same and all(x['label'] == y['label'] for x, y in zip(a, b, strict=False)),
+        'max_score_diff': max(
+            (abs(x['score'] - y['score']) for x, y in zip(a, b, strict=False)), default=0.0
+        ),
+    }
+
+
 def k400_projection(gpus: int) -> dict:
     per_second = gpus * ASSUMED_GPU_TFLOPS * 1e12
     return {
@@ -147,15 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             moto.terminate()
     one, two = runs['1proc_uncached'], runs['2proc_uncached']
-    equal = {
-        model: one['predictions'][model] == two['predictions'][model]
-        for model in ('student', 'teacher')
-    }
+    equal = {model: compare(one['predictions'][model], two['predictions'][model])
+             for model in ('student', 'teacher')}  # fmt: skip
     rows = [
         {
             'processes': processes,
             'teacher_scores': teacher_scores,
-            'teacher_scored': runs[f'{processes}proc_{teacher_scores}']['metrics']['teacher_scored'],
+            'teacher_scored': runs[f'{processes}proc_{teacher_scores}']['metrics'][
+                'teacher_scored'
+            ],
             'seconds': runs[f'{processes}proc_{teacher_scores}']['seconds'],
         }
         for processes, teacher_scores in VARIANTS

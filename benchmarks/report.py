@@ -554,7 +554,12 @@ def eval_scale(result):
         f'The evaluate step on {result["num_val"]} generated val videos (`{result["dataset"]}`), '
         'test loops under local torchrun (gloo, CPU), student + TSM-R50 teacher (tiny configs, '
         'random weights); per-sample predictions of 1 vs 2 processes equal: '
-        + ', '.join(f'{model} {"yes" if same else "NO"}' for model, same in equal.items())
+        + ', '.join(
+            f'{model}: {"yes" if e["top5_equal"] and e["labels_equal"] else "NO"} '
+            f'({e["samples"]} samples, top-5 and labels; top-1 score within '
+            f'{e["max_score_diff"]:.0e})'
+            for model, e in equal.items()
+        )
         + f'; metrics equal: {"yes" if result["metrics_equal_1_vs_2"] else "NO"}. '
         f'{result["note"]}.\n\n'
     )

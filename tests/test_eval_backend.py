@@ -51,7 +51,7 @@ def test_two_processes_score_exactly_as_one(kd_data, tiny_teacher, tmp_path):
     assert [p['index'] for p in two['predictions']] == list(range(5))
     strip = [{k: v for k, v in p.items() if k != 'score'} for p in one['predictions']]
     assert [{k: v for k, v in p.items() if k != 'score'} for p in two['predictions']] == strip
-    for a, b in zip(one['predictions'], two['predictions']):
+    for a, b in zip(one['predictions'], two['predictions'], strict=True):
         assert a['score'] == pytest.approx(b['score'], abs=1e-5)
     for key in ('top1_acc', 'top5_acc', 'mean_class_acc', 'confusion_matrix', 'config_hash'):
         assert one[key] == two[key], key
@@ -147,9 +147,12 @@ def test_the_evaluate_command_exits_2_for_too_many_processes(bucket, tmp_path, c
 @pytest.mark.timeout(PIPELINE_TIMEOUT)
 def test_a_retraining_scores_only_the_student(pipeline_run, s3_env, tmp_path, caplog):
     """The pipeline's evaluation computed the teacher's and the baseline's scores (a bucket of
-    its own: an empty cache) on the training backend (local torchrun), and cached them; the
-    evaluation of a retraining on the same teacher and val set scores only the student."""
-    from video_kd.steps import evaluate
+    its own: an empty cache) on the training backend (local torchrun), and cached them next
+    to the dataset; a retraining's run on the same dataset and teacher scores only its
+    student."""
+    from video_kd.runs import publish, run_info
+    from video_kd.steps import data_prep, evaluate
+    from video_kd.steps import teacher as teacher_step
     from video_kd.steps.common import run_data_meta, run_step_output
 
     first = pipeline_run['metrics']
@@ -158,12 +161,20 @@ def test_a_retraining_scores_only_the_student(pipeline_run, s3_env, tmp_path, ca
     predictions = s3.read_json(RunLayout.from_root(root).uri('eval', 'predictions.json'))
     assert [p['index'] for p in predictions['student']] == list(range(first['num_val']))
 
+    data = data_prep.run(run_data_meta(root)['source'], pipeline_run['bucket'], 'retrain',
+                         workdir=tmp_path / 'prep')  # fmt: skip
+    layout = RunLayout.from_root(data['run_root'])
+    old_teacher, old_student = run_step_output(root, 'teacher'), run_step_output(root, 'student')
+    teacher = teacher_step.run(layout.root, old_teacher['s3_uri'], old_teacher['sha256'],
+                               kd_config=KD_CONFIG, num_classes=3)  # fmt: skip
+    student_file = s3.download_file(old_student['s3_uri'], tmp_path / 'epoch_2_student.pth')
+    student = {**run_info(layout), **publish(layout, 'student', student_file,
+                                              student_file.name).meta()}  # fmt: skip
     caplog.set_level(logging.INFO, 'video_kd')
-    again = evaluate.run(
-        run_data_meta(root), run_step_output(root, 'student'), KD_CONFIG,
-        teacher=run_step_output(root, 'teacher'), workdir=tmp_path,
-    )['metrics']  # fmt: skip
-    assert again['teacher_scored'] == 'cached'
+    again = evaluate.run(data, student, KD_CONFIG, teacher=teacher, training_backend='local',
+                         workdir=tmp_path / 'eval')  # fmt: skip
+    metrics = again['metrics']
+    assert metrics['teacher_scored'] == 'cached'
     assert 'teacher: score cache hit' in caplog.text
-    assert 'evaluation on local: 1 node(s) x 1 process(es)' in caplog.text  # as the training
-    assert again['teacher'] == first['teacher'] and again['student'] == first['student']
+    assert 'evaluation on local: 1 node(s) x 1 process(es)' in caplog.text  # no train.json
+    assert metrics['teacher'] == first['teacher'] and metrics['student'] == first['student']

@@ -68,7 +68,7 @@ def test_component_interfaces_are_described():
         assert [name for name, e in entries.items() if not (e.description or '').strip()] == []
         assert spec.description and 'Args:' not in spec.description, step
         counts[step] = len(spec.inputs or {})
-    assert sum(counts.values()) == 65  # check_inputs takes s3_prefix and image too
+    assert sum(counts.values()) == 73  # check_inputs takes s3_prefix and image too
 
 
 def test_cli_help_names_the_pipeline_steps():

@@ -185,6 +185,8 @@ class Accuracy(TypedDict):
 class _ModelScores(Accuracy):
     config: str
     test_pipeline: list[str]  # ``Type(key=value, ...)`` per transform
+    config_hash: str  # ``distill.evaluate.test_config_hash``: part of the score cache's key
+    predictions: list[dict]  # per sample, in sample order: index, label, top5, score
     checkpoint: str
     num_samples: int
     classes: list[str]
@@ -195,8 +197,6 @@ class ModelScores(_ModelScores, total=False):
     """One model's test loop (``distill.evaluate.evaluate``)."""
 
     scored_with: str  # the config metrics.json names (the teacher's: its own)
-    config_hash: str  # ``distill.evaluate.test_config_hash``: part of the score cache's key
-    predictions: list[dict]  # per sample, in sample order: index, label, top5, score
 
 
 class ScoredWith(TypedDict):
@@ -221,7 +221,13 @@ class MetricsSummary(_MetricsSummary, total=False):
     teacher: Accuracy
     baseline: Accuracy  # the student trained alone, when given
     kd_gain: Accuracy  # student minus baseline
-    teacher_scored: str  # 'cached' (the score cache had it) or 'computed'
+
+
+class EvaluationSummary(MetricsSummary, total=False):
+    """``<run>/eval/metrics.json`` as the evaluate step writes it: the summary, and whether
+    the fixed models' scores came from the score cache (``distill.score_cache``)."""
+
+    teacher_scored: str  # 'cached' or 'computed'
     baseline_scored: str
 
 
@@ -236,7 +242,7 @@ class Metrics(TypedDict):
 class Evaluation(RunInfo):
     """What the evaluate step returns: the summary, the Markdown report, where they are."""
 
-    metrics: MetricsSummary
+    metrics: EvaluationSummary
     report: str  # report.md
     metrics_uri: str
 

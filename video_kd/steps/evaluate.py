@@ -7,10 +7,17 @@ import logging
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from video_kd import backends
-from video_kd.core.artifacts import Dataset, Evaluation, ModelScores, Student, Teacher
+from video_kd.core.artifacts import (
+    Dataset,
+    Evaluation,
+    EvaluationSummary,
+    ModelScores,
+    Student,
+    Teacher,
+)
 from video_kd.core.checks import InvalidInputError, check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.data.data_stream import check_mounted
@@ -65,7 +72,7 @@ def run(
             work, layout, launch, data_meta, student, kd_config, teacher, student_config,
             baseline_url, baseline_sha256, timeout,
         )  # fmt: skip
-        summary = summarise_metrics(layout.run_id, results)
+        summary = cast(EvaluationSummary, summarise_metrics(layout.run_id, results))
         if 'teacher' in scored:  # cached or computed: visible in metrics.json
             summary['teacher_scored'] = scored['teacher']
         if 'baseline' in scored:
