@@ -119,6 +119,27 @@ def test_a_launch_that_cannot_run_is_one_line_before_anything_is_written(bucket)
     assert not s3.list_uris(f's3://{bucket}/kd/')  # nothing submitted, fetched or written
 
 
+@pytest.mark.parametrize(
+    ('kwargs', 'match'),
+    [
+        ({'eval_num_workers': -1}, "eval_num_workers (0: the training's) must be >= 0, got -1"),
+        ({'eval_gpus_per_worker': -2}, "eval_gpus_per_worker (-1: the training's) must be >= -1"),
+        ({'eval_nproc_per_node': 1.5}, 'eval_nproc_per_node (-1: the training'),
+    ],
+)
+def test_evaluation_numbers_are_checked_with_the_inputs(kwargs, match):
+    """The pipeline's check-inputs step (and video-kd submit) check the eval_* parameters."""
+    from video_kd.core.errors import UserError, one_line
+    from video_kd.steps import check_inputs
+
+    with pytest.raises(UserError) as info:
+        check_inputs.check_pipeline_params(kwargs)
+    assert match in str(info.value) and str(info.value) == one_line(info.value)
+    check_inputs.check_pipeline_params(
+        {'eval_num_workers': 0, 'eval_gpus_per_worker': -1, 'eval_nproc_per_node': -1}
+    )
+
+
 def test_the_evaluate_command_exits_2_for_too_many_processes(bucket, tmp_path, capsys):
     """The step alone (python -m components.evaluate): one line, exit 2."""
     from components.evaluate.__main__ import main
