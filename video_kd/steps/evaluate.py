@@ -135,12 +135,8 @@ def eval_launch(
     launch = EvalLaunch(
         backend=backends.backend_from_env(training_backend or trained.get('backend', '')),
         num_workers=num_workers or int(used.get('num_workers', 1)),
-        gpus_per_worker=gpus_per_worker
-        if gpus_per_worker >= 0
-        else int(used.get('gpus_per_worker', 0)),
-        nproc_per_node=nproc_per_node
-        if nproc_per_node >= 0
-        else int(used.get('nproc_per_node', 0)),
+        gpus_per_worker=_given_or_trained(gpus_per_worker, used.get('gpus_per_worker', 0)),
+        nproc_per_node=_given_or_trained(nproc_per_node, used.get('nproc_per_node', 0)),
         image=image or used.get('image', ''),
     )
     log.info(
@@ -149,6 +145,11 @@ def eval_launch(
         launch.gpus_per_worker,
     )  # fmt: skip
     return launch
+
+
+def _given_or_trained(value: int, trained: Any) -> int:
+    """``value``, unless it is -1: then the training's."""
+    return value if value >= 0 else int(trained)
 
 
 def check_launch_fits(launch: EvalLaunch, data_meta: Dataset) -> None:
@@ -160,7 +161,10 @@ def check_launch_fits(launch: EvalLaunch, data_meta: Dataset) -> None:
             f'{launch.processes} evaluation processes for {num_val} val videos: use at most '
             f'{num_val} (eval_num_workers x eval_nproc_per_node, or GPUs per node)'
         )
-    backends.check_train_backend(launch.backend, launch.gpus_per_worker)
+    try:
+        backends.check_train_backend(launch.backend, launch.gpus_per_worker)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f'evaluation: {exc}') from exc
 
 
 def check_baseline(baseline_url: str, student_config: str, baseline_sha256: str = '') -> None:
