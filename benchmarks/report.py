@@ -561,17 +561,21 @@ def eval_scale(result):
             for model, e in equal.items()
         )
         + f'; metrics equal: {"yes" if result["metrics_equal_1_vs_2"] else "NO"}. '
-        f'{result["note"]}.\n\n'
+        f'{result["note"][:1].upper()}{result["note"][1:]}.\n\n'
     )
     table = md(['processes', 'teacher scores', 'step wall time', 'vs 1 process, uncached'], rows)
     return head + table + '\n\n' + eval_projection(result)
+
+
+def _duration(seconds):
+    return f'{seconds:.1f} s' if seconds < 120 else f'{seconds / 60:.1f} min'
 
 
 def eval_projection(result):
     """The Kinetics-400 evaluation projection (the docs' table)."""
     k400 = result['k400_projection']
     rows = [
-        [name, f'{m["val_pflops"]:g} PFLOPs', f'{m["seconds"] / 60:.1f} min']
+        [name, f'{m["val_pflops"]:g} PFLOPs', _duration(m['seconds'])]
         for name, m in k400['models'].items()
     ]
     return (
@@ -612,7 +616,7 @@ def main(argv=None) -> int:
     )
     args = parser.parse_args(argv)
     if args.eval_summary:
-        print(eval_scale(load('eval_scale')))
+        print(eval_scale(load('eval_scale')) + '\n\n' + env_line(load('eval_scale')))
         return 0
     if args.k400_summary:
         print(k400_summary(load('data_scale')))

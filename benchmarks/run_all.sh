@@ -18,4 +18,5 @@ else
   $PY benchmarks/kd_gain.py --jobs 2 --threads 1   # two 1-thread trainings on 2 cores
   $PY benchmarks/logit_cache.py
   $PY benchmarks/export_speed.py
+  $PY benchmarks/eval_scale.py --val-per-class 20
 fi
