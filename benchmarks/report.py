@@ -585,6 +585,51 @@ def checkpoint_bytes(result):
     )
 
 
+def eval_scale(result):
+    """The evaluate step's wall time by processes and teacher scores; the K400 projection."""
+    base = next(r['seconds'] for r in result['rows'] if r['processes'] == 1
+                and r['teacher_scores'] == 'uncached')  # fmt: skip
+    rows = [
+        [r['processes'], f'{r["teacher_scores"]} (`teacher_scored: {r["teacher_scored"]}`)',
+         f'{r["seconds"]:.1f} s', f'{r["seconds"] / base:.2f}']
+        for r in result['rows']
+    ]  # fmt: skip
+    equal = result['per_sample_equal_1_vs_2']
+    head = (
+        f'The evaluate step on {result["num_val"]} generated val videos (`{result["dataset"]}`), '
+        'test loops under local torchrun (gloo, CPU), student + TSM-R50 teacher (tiny configs, '
+        'random weights); per-sample predictions of 1 vs 2 processes equal: '
+        + ', '.join(
+            f'{model}: {"yes" if e["top5_equal"] and e["labels_equal"] else "NO"} '
+            f'({e["samples"]} samples, top-5 and labels; top-1 score within '
+            f'{e["max_score_diff"]:.0e})'
+            for model, e in equal.items()
+        )
+        + f'; metrics equal: {"yes" if result["metrics_equal_1_vs_2"] else "NO"}. '
+        f'{result["note"][:1].upper()}{result["note"][1:]}.\n\n'
+    )
+    table = md(['processes', 'teacher scores', 'step wall time', 'vs 1 process, uncached'], rows)
+    return head + table + '\n\n' + eval_projection(result)
+
+
+def _duration(seconds):
+    return f'{seconds:.1f} s' if seconds < 120 else f'{seconds / 60:.1f} min'
+
+
+def eval_projection(result):
+    """The Kinetics-400 evaluation projection (the docs' table)."""
+    k400 = result['k400_projection']
+    rows = [
+        [name, f'{m["val_pflops"]:g} PFLOPs', _duration(m['seconds'])]
+        for name, m in k400['models'].items()
+    ]
+    return (
+        f'Kinetics-400 val ({k400["val_videos"]:,} videos) on {k400["gpus"]} GPUs: a '
+        f'{k400["kind"]}. Basis: {k400["basis"]}.\n\n'
+        + md(['model (test protocol)', 'forward FLOPs, val set', 'projected compute time'], rows)
+    )
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
@@ -601,6 +646,7 @@ SECTIONS = [
         'Checkpoint bytes per run in S3 (retention, no teacher)',
         checkpoint_bytes,
     ),
+    ('eval_scale', 'Evaluation on the training backend, teacher scores cached', eval_scale),
 ]
 
 
@@ -618,10 +664,18 @@ def main(argv=None) -> int:
         action='store_true',
         help="only the checkpoint storage table (docs/storage-and-faults.md's)",
     )
+    parser.add_argument(
+        '--eval-summary',
+        action='store_true',
+        help="only the evaluation's table and projection (docs/evaluation-export.md's)",
+    )
     args = parser.parse_args(argv)
     if args.checkpoint_bytes:
         result = load('checkpoint_bytes')
         print(checkpoint_bytes(result) + '\n\n' + env_line(result))
+        return 0
+    if args.eval_summary:
+        print(eval_scale(load('eval_scale')) + '\n\n' + env_line(load('eval_scale')))
         return 0
     if args.k400_summary:
         print(k400_summary(load('data_scale')))

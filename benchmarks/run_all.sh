@@ -20,4 +20,5 @@ else
   $PY benchmarks/logit_cache.py
   $PY benchmarks/export_speed.py
   $PY benchmarks/checkpoint_bytes.py
+  $PY benchmarks/eval_scale.py --val-per-class 20
 fi

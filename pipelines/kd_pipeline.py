@@ -154,6 +154,9 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         training_backend: str = '',
         backoff_limit_per_node: int = 0,
         max_training_hours: float = 168.0,
+        eval_num_workers: int = 0,
+        eval_gpus_per_worker: int = -1,
+        eval_nproc_per_node: int = -1,
         s3_bucket: str = 'video-kd',
         s3_prefix: str = 'video-kd',
         s3_config_map: str = names.s3_config_map,
@@ -238,6 +241,13 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             max_training_hours: The longest the training job may be active, in hours (above
                 0, at most 720): its activeDeadlineSeconds on both backends, counted from its
                 start; past it the operator fails the job. Default 168 (a week).
+            eval_num_workers: Evaluation nodes: the test loops run on the training backend
+                (its job, or local torchrun) as one more job. Default 0: num_workers, as the
+                training.
+            eval_gpus_per_worker: GPUs per evaluation node (0 or more). Default -1:
+                gpus_per_worker, as the training.
+            eval_nproc_per_node: Evaluation processes per node (at most the number of val
+                videos in all). Default -1: nproc_per_node, as the training; 0: one per GPU.
             s3_bucket: The S3 bucket runs go to: s3://<s3_bucket>/<s3_prefix>/<run id>/
                 (3-63 lowercase letters, digits, dots and hyphens). Default video-kd.
             s3_prefix: The key prefix of the runs in s3_bucket (its cache is
@@ -307,8 +317,11 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             evaluate(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                      student=student.outputs['student'], kd_config=kd_config,
                      student_config=student_config, baseline_url=baseline_url,
-                     baseline_sha256=baseline_sha256),
-            'evaluation', image, **env,
+                     baseline_sha256=baseline_sha256, training_backend=training_backend,
+                     image=image, eval_num_workers=eval_num_workers,
+                     eval_gpus_per_worker=eval_gpus_per_worker,
+                     eval_nproc_per_node=eval_nproc_per_node),
+            'evaluation', image, **env, training_config_map=training_config_map,
         )  # fmt: skip
         step(
             export(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],

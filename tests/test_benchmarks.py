@@ -17,7 +17,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
 SCRIPTS = [
     'kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'data_scale',
-    'export_speed', 'image_ci', 'reencode', 'report', 'checkpoint_bytes',
+    'export_speed', 'image_ci', 'reencode', 'report', 'checkpoint_bytes', 'eval_scale',
 ]  # fmt: skip
 
 
@@ -84,4 +84,21 @@ def test_docs_checkpoint_bytes_table_is_rendered_from_the_committed_json():
     assert table == rendered, (
         'docs/storage-and-faults.md checkpoint table is stale: paste `python '
         'benchmarks/report.py --checkpoint-bytes` there'
+    )
+
+
+def test_evaluation_table_is_rendered_from_the_committed_json():
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), '--eval-summary'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    page = (BENCH.parent / 'docs' / 'evaluation-export.md').read_text()
+    marker = page.index('Rendered by `python benchmarks/report.py --eval-summary`')
+    start = page.index('\n\n', marker) + 2
+    assert page[start : start + len(rendered)] == rendered, (
+        'docs/evaluation-export.md evaluation table is stale: paste `python '
+        'benchmarks/report.py --eval-summary` there'
     )

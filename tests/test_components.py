@@ -736,6 +736,7 @@ def test_the_records_name_every_key_the_steps_write(prepared_run, http_server):
         'top1_acc': 0.5, 'top5_acc': 1.0, 'mean_class_acc': 0.5, 'config': 'c.py',
         'test_pipeline': ['DecordInit()'], 'checkpoint': 'x.pth', 'num_samples': 2,
         'classes': ['a', 'b'], 'confusion_matrix': [[1, 0], [0, 1]], 'scored_with': 'c.py',
+        'config_hash': 'f' * 64, 'predictions': [{'index': 0, 'label': 0, 'top5': [0, 1]}],
     }  # fmt: skip
     _fits(artifacts.ModelScores, score)
     scores = {name: dict(score) for name in ('student', 'teacher', 'baseline')}

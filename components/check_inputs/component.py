@@ -29,6 +29,9 @@ def check_inputs(
     max_training_hours: float,
     step_cpu_request: str,
     step_memory_request: str,
+    eval_num_workers: int,
+    eval_gpus_per_worker: int,
+    eval_nproc_per_node: int,
     s3_bucket: str,
     s3_prefix: str,
     export_tolerance: float,
@@ -72,6 +75,9 @@ def check_inputs(
         max_training_hours: A finite number above 0.
         step_cpu_request: A Kubernetes CPU quantity above 0, e.g. 500m or 2.
         step_memory_request: A Kubernetes memory quantity above 0, e.g. 4Gi.
+        eval_num_workers: A whole number, 0 (the training's) or more.
+        eval_gpus_per_worker: A whole number, -1 (the training's) or more.
+        eval_nproc_per_node: A whole number, -1 (the training's), 0 (one per GPU) or more.
         s3_bucket: A valid S3 bucket name (3-63 lowercase letters, digits, dots, hyphens).
         s3_prefix: Empty (the bucket's root) or "/"-separated segments of letters, digits,
             ".", "_", "-", none empty, ".", ".." or "cache".

@@ -19,6 +19,24 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--baseline-url', default='', help='student trained alone (for KD gain)')
     p.add_argument('--baseline-sha256', default='')
     p.add_argument('--no-teacher', action='store_true', help='do not evaluate the teacher')
+    p.add_argument(
+        '--training-backend',
+        default='',
+        help="where the test loops run: pytorchjob, trainjob or local (default: the training's)",
+    )
+    p.add_argument(
+        '--image', default='', help="the evaluation pods' image (default: the training's)"
+    )
+    p.add_argument('--num-workers', type=int, default=0, help="nodes (0: the training's)")
+    p.add_argument(
+        '--gpus-per-worker', type=int, default=-1, help="GPUs per node (-1: the training's)"
+    )
+    p.add_argument(
+        '--nproc-per-node',
+        type=int,
+        default=-1,
+        help="processes per node (-1: the training's; 0: one per GPU)",
+    )
     args = p.parse_args(argv)
     setup_logging()
     from video_kd.steps import evaluate
@@ -35,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         student_config=args.student_config,
         baseline_url=args.baseline_url,
         baseline_sha256=args.baseline_sha256,
+        training_backend=args.training_backend,
+        num_workers=args.num_workers,
+        gpus_per_worker=args.gpus_per_worker,
+        nproc_per_node=args.nproc_per_node,
+        image=args.image,
     )
     result.pop('report')
     return _cli.finish(result)

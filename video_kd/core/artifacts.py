@@ -185,6 +185,8 @@ class Accuracy(TypedDict):
 class _ModelScores(Accuracy):
     config: str
     test_pipeline: list[str]  # ``Type(key=value, ...)`` per transform
+    config_hash: str  # ``distill.evaluate.test_config_hash``: part of the score cache's key
+    predictions: list[dict]  # per sample, in sample order: index, label, top5, score
     checkpoint: str
     num_samples: int
     classes: list[str]
@@ -222,6 +224,14 @@ class MetricsSummary(_MetricsSummary, total=False):
     per_class_acc: dict[str, list[float | None]]  # by model; None: no val video of the class
 
 
+class EvaluationSummary(MetricsSummary, total=False):
+    """``<run>/eval/metrics.json`` as the evaluate step writes it: the summary, and whether
+    the fixed models' scores came from the score cache (``distill.score_cache``)."""
+
+    teacher_scored: str  # 'cached' or 'computed'
+    baseline_scored: str
+
+
 class Metrics(TypedDict):
     """The Metrics artifact's metadata (the evaluate component keeps these keys)."""
 
@@ -233,7 +243,7 @@ class Metrics(TypedDict):
 class Evaluation(RunInfo):
     """What the evaluate step returns: the summary, the Markdown report, where they are."""
 
-    metrics: MetricsSummary
+    metrics: EvaluationSummary
     report: str  # report.md
     metrics_uri: str
 

@@ -58,6 +58,7 @@ def check_image(image: str, env: Mapping[str, str] | None = None) -> None:
 
 LAUNCH_PARAMETERS = ('num_workers', 'gpus_per_worker', 'nproc_per_node', 'backoff_limit_per_node',
                      'max_training_hours')  # fmt: skip
+EVAL_LAUNCH_PARAMETERS = ('eval_num_workers', 'eval_gpus_per_worker', 'eval_nproc_per_node')
 # The step pods' resource requests (the pipeline's step_*_request parameters): a bad quantity
 # would stop a step pod at creation, after data prep claimed the run.
 STEP_RESOURCE_PARAMETERS = ('step_cpu_request', 'step_memory_request')
@@ -112,6 +113,9 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
     for name in STEP_RESOURCE_PARAMETERS:
         if name in params:
             check_quantity(name, params[name])
+    evaluate.check_eval_launch(
+        **{name[len('eval_') :]: params[name] for name in EVAL_LAUNCH_PARAMETERS if name in params}
+    )
     backend = params.get('training_backend')
     if backend_here:
         backends.check_train_backend(backends.backend_from_env(backend or ''),

@@ -4,21 +4,37 @@ from __future__ import annotations
 
 import json
 import logging
+import uuid
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, cast
 
-from video_kd.core.artifacts import Dataset, Evaluation, ModelScores, Student, Teacher
-from video_kd.core.checks import check_sha256
+from video_kd import backends
+from video_kd.core.artifacts import (
+    Dataset,
+    Evaluation,
+    EvaluationSummary,
+    ModelScores,
+    Student,
+    Teacher,
+)
+from video_kd.core.checks import InvalidInputError, check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.data.data_stream import check_mounted
+from video_kd.data.dataset import VAL_LIST
 from video_kd.distill import evaluate as mmaction_test
+from video_kd.distill import score_cache
 from video_kd.openmmlab.config import config_path, teacher_config
-from video_kd.runs import RunLayout, publish, run_info
-from video_kd.steps.common import scratch_dir, step_tmpdir
+from video_kd.runs import Manifest, RunLayout, publish, read_recorded_json, run_info
+from video_kd.steps.common import output_uri, scratch_dir, step_tmpdir
 from video_kd.steps.report import markdown_report, summarise_metrics
-from video_kd.storage import download
-from video_kd.storage.download import fetch_verified
+from video_kd.steps.train import error_line
+from video_kd.storage import download, s3
 
 log = logging.getLogger(__name__)
+
+EVAL_TIMEOUT = 24 * 3600  # seconds a cluster evaluation job may run
+POD_WORK_DIR = '/tmp/video-kd/eval'
 
 
 def run(
@@ -30,25 +46,44 @@ def run(
     baseline_url: str = '',
     baseline_sha256: str = '',
     workdir: str | Path | None = None,
+    training_backend: str = '',
+    num_workers: int = 0,
+    gpus_per_worker: int = -1,
+    nproc_per_node: int = -1,
+    image: str = '',
+    timeout: float = EVAL_TIMEOUT,
 ) -> Evaluation:
     """Evaluate the student (+ teacher, + the student-alone baseline when given).
 
-    Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
+    The test loops run on the training backend (``EvalLaunch``: by default the backend,
+    nodes, GPUs and processes the run's training used); the teacher's and the baseline's
+    scores come from the score cache when it has them.  Writes ``<run>/eval/metrics.json``,
+    ``predictions.json`` and ``report.md``; returns the metrics.
     """
     check_baseline(baseline_url, student_config, baseline_sha256)
-
+    check_eval_launch(num_workers, gpus_per_worker, nproc_per_node)
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
+    launch = eval_launch(layout, training_backend, num_workers, gpus_per_worker,
+                         nproc_per_node, image)  # fmt: skip
+    check_launch_fits(launch, data_meta)  # before anything is fetched or submitted
     with scratch_dir(workdir, 'eval') as work, step_tmpdir(work):
-        results = _evaluate_models(
-            work, layout, data_meta, student, kd_config, teacher, student_config,
-            baseline_url, baseline_sha256,
+        results, scored = _evaluate_models(
+            work, layout, launch, data_meta, student, kd_config, teacher, student_config,
+            baseline_url, baseline_sha256, timeout,
         )  # fmt: skip
-        summary = summarise_metrics(layout.run_id, results)
+        summary = cast(EvaluationSummary, summarise_metrics(layout.run_id, results))
+        if 'teacher' in scored:  # cached or computed: visible in metrics.json
+            summary['teacher_scored'] = scored['teacher']
+        if 'baseline' in scored:
+            summary['baseline_scored'] = scored['baseline']
         report = markdown_report(summary, student, teacher, baseline_url)
+        predictions = {name: result.get('predictions', []) for name, result in results.items()}
         (work / 'metrics.json').write_text(json.dumps(summary, indent=2))
+        (work / 'predictions.json').write_text(json.dumps(predictions))
         (work / 'report.md').write_text(report)
         metrics_entry = publish(layout, 'eval', work / 'metrics.json', 'metrics.json')
+        publish(layout, 'eval', work / 'predictions.json', 'predictions.json')
         publish(layout, 'eval', work / 'report.md', 'report.md')
     return {
         **run_info(layout),
@@ -56,6 +91,80 @@ def run(
         'report': report,
         'metrics_uri': metrics_entry.uri,
     }
+
+
+@dataclass(frozen=True)
+class EvalLaunch:
+    """Where and how wide the test loops run."""
+
+    backend: str
+    num_workers: int
+    gpus_per_worker: int
+    nproc_per_node: int  # 0: one per GPU, else 1
+    image: str
+
+    @property
+    def processes(self) -> int:
+        return self.num_workers * (self.nproc_per_node or max(1, self.gpus_per_worker))
+
+
+def check_eval_launch(
+    num_workers: int = 0, gpus_per_worker: int = -1, nproc_per_node: int = -1
+) -> None:
+    """The evaluation's numbers: 0 / -1 take the training's."""
+    check_range("eval_num_workers (0: the training's)", num_workers, 0)
+    check_range("eval_gpus_per_worker (-1: the training's)", gpus_per_worker, -1)
+    check_range("eval_nproc_per_node (-1: the training's, 0: one per GPU)", nproc_per_node, -1)
+
+
+def eval_launch(
+    layout: RunLayout,
+    training_backend: str = '',
+    num_workers: int = 0,
+    gpus_per_worker: int = -1,
+    nproc_per_node: int = -1,
+    image: str = '',
+) -> EvalLaunch:
+    """The evaluation's backend and size: what is given, else what the run's training used
+    (``<run>/train/train.json``), else one process on the chart's backend."""
+    try:
+        trained = s3.read_json(output_uri(layout, 'train'))
+    except s3.ObjectNotFoundError:
+        trained = {}
+    used = trained.get('parameters', {})
+    launch = EvalLaunch(
+        backend=backends.backend_from_env(training_backend or trained.get('backend', '')),
+        num_workers=num_workers or int(used.get('num_workers', 1)),
+        gpus_per_worker=_given_or_trained(gpus_per_worker, used.get('gpus_per_worker', 0)),
+        nproc_per_node=_given_or_trained(nproc_per_node, used.get('nproc_per_node', 0)),
+        image=image or used.get('image', ''),
+    )
+    log.info(
+        'evaluation on %s: %d node(s) x %d process(es), %d GPU(s) per node',
+        launch.backend, launch.num_workers, launch.processes // launch.num_workers,
+        launch.gpus_per_worker,
+    )  # fmt: skip
+    return launch
+
+
+def _given_or_trained(value: int, trained: Any) -> int:
+    """``value``, unless it is -1: then the training's."""
+    return value if value >= 0 else int(trained)
+
+
+def check_launch_fits(launch: EvalLaunch, data_meta: Dataset) -> None:
+    """One line, before anything is submitted: more processes than val videos (a rank with
+    nothing but padding), or GPUs asked of a backend that has none here."""
+    num_val = int(data_meta['num_val'])
+    if launch.processes > num_val:
+        raise InvalidInputError(
+            f'{launch.processes} evaluation processes for {num_val} val videos: use at most '
+            f'{num_val} (eval_num_workers x eval_nproc_per_node, or GPUs per node)'
+        )
+    try:
+        backends.check_train_backend(launch.backend, launch.gpus_per_worker)
+    except InvalidInputError as exc:
+        raise InvalidInputError(f'evaluation: {exc}') from exc
 
 
 def check_baseline(baseline_url: str, student_config: str, baseline_sha256: str = '') -> None:
@@ -87,6 +196,7 @@ def _teacher_config_file(kd_config: str, out_dir: Path) -> tuple[str, str]:
 def _evaluate_models(
     work: Path,
     layout: RunLayout,
+    launch: EvalLaunch,
     data_meta: Dataset,
     student: Student,
     kd_config: str,
@@ -94,39 +204,124 @@ def _evaluate_models(
     student_config: str,
     baseline_url: str,
     baseline_sha256: str,
-) -> dict[str, ModelScores]:
-    """MMAction2's test loop on the val list (streamed: only val is read), per model."""
+    timeout: float,
+) -> tuple[dict[str, ModelScores], dict[str, str]]:
+    """MMAction2's test loop on the val list (streamed: only val is read), per model; the
+    teacher's and the baseline's from the score cache when it has them.  Returns the scores
+    and, for teacher and baseline, whether they were ``cached`` or ``computed``."""
+    attempt = uuid.uuid4().hex[:12]  # a re-run of the step publishes beside, not over
+    models: list[dict[str, Any]] = [
+        _planned('student', kd_config, '', student['s3_uri'], student['sha256'], layout, attempt)
+    ]
+    scored_with = {'student': kd_config}
+    cache_root = score_cache.cache_root(data_meta, layout)
+    val_sha = data_meta['files'][VAL_LIST]['sha256']
+    keys: dict[str, score_cache.ScoreKey] = {}
     results: dict[str, ModelScores] = {}
-
-    def score(name: str, config: str, ckpt: Path, scored_with: str = '') -> None:
-        results[name] = mmaction_test.evaluate(
-            config, str(ckpt), data_meta, str(work / f'w_{name}')
-        )
-        results[name]['scored_with'] = scored_with or config  # metrics.json names it
-        log.info(
-            '%s: top-1 %.4f top-5 %.4f mean-class %.4f',
-            name,
-            results[name]['top1_acc'],
-            results[name]['top5_acc'],
-            results[name]['mean_class_acc'],
-        )
-
-    score(
-        'student',
-        kd_config,
-        fetch_verified(student['s3_uri'], work / 'student.pth', student.get('sha256')),
-    )
+    scored: dict[str, str] = {}
+    fixed = []  # (name, config for the hash, checkpoint sha256, plan entry maker)
     if teacher:
-        config, scored_with = _teacher_config_file(kd_config, work)
-        score(
-            'teacher',
-            config,
-            fetch_verified(teacher['s3_uri'], work / 'teacher.pth', teacher.get('sha256')),
-            scored_with,
-        )
+        teacher_file, scored_with['teacher'] = _teacher_config_file(kd_config, work)
+        fixed.append(('teacher', teacher_file, teacher['sha256'],
+                      lambda: _planned('teacher', '', kd_config, teacher['s3_uri'],
+                                       teacher['sha256'], layout, attempt)))  # fmt: skip
     if baseline_url:
-        baseline = download.fetch_teacher(
-            baseline_url, work / 'baseline', sha256=baseline_sha256, cache=layout
+        scored_with['baseline'] = student_config
+        fixed.append(('baseline', student_config, baseline_sha256,
+                      lambda: _planned('baseline', student_config, '',
+                                       _baseline_uri(work, layout, baseline_url, baseline_sha256),
+                                       baseline_sha256, layout, attempt)))  # fmt: skip
+    for name, config, sha256, plan_entry in fixed:
+        keys[name] = score_cache.score_key(
+            sha256, val_sha, mmaction_test.config_hash_of(config, data_meta)
         )
-        score('baseline', student_config, baseline)
-    return results
+        cached = score_cache.lookup(cache_root, keys[name], name)
+        if cached is not None:
+            results[name], scored[name] = cached, 'cached'
+        else:
+            models.append(plan_entry())
+            scored[name] = 'computed'
+    for name, scores in _score_on_backend(
+        work, layout, launch, data_meta, models, attempt, timeout
+    ).items():
+        results[name] = scores
+        if name in keys:
+            score_cache.store(cache_root, keys[name], scores)
+    for name, result in results.items():
+        result['scored_with'] = scored_with[name]  # metrics.json names it
+        log.info(
+            '%s (%s): top-1 %.4f top-5 %.4f mean-class %.4f', name, scored.get(name, 'computed'),
+            result['top1_acc'], result['top5_acc'], result['mean_class_acc'],
+        )  # fmt: skip
+    return {
+        name: results[name] for name in ('student', 'teacher', 'baseline') if name in results
+    }, scored
+
+
+def _planned(
+    name: str, config: str, teacher_of: str, uri: str, sha256: str, layout: RunLayout, attempt: str
+) -> dict[str, Any]:
+    """One model of the plan the evaluation processes read (``distill.evaluate_pod``)."""
+    return {
+        'name': name,
+        'config': config,
+        'teacher_of': teacher_of,
+        'checkpoint_uri': uri,
+        'sha256': sha256,
+        'scores_uri': layout.uri('eval', attempt, f'{name}_scores.json'),
+    }
+
+
+def _baseline_uri(work: Path, layout: RunLayout, url: str, sha256: str) -> str:
+    """The baseline where the evaluation processes read it: the S3 cache by checksum
+    (``download.fetch`` puts it there), else published into the run."""
+    path = download.fetch_teacher(url, work / 'baseline', sha256=sha256, cache=layout)
+    uri = layout.cache_uri(download.CACHE_KIND, sha256.lower(), path.name)
+    if s3.exists(uri):
+        return uri
+    return publish(layout, 'eval', path, 'baseline', path.name).uri
+
+
+def _score_on_backend(
+    work: Path,
+    layout: RunLayout,
+    launch: EvalLaunch,
+    data_meta: Dataset,
+    models: list[dict[str, Any]],
+    attempt: str,
+    timeout: float,
+) -> dict[str, ModelScores]:
+    """Publish the plan, run ``distill.evaluate_pod`` on the backend, read the scores back."""
+    plan = work / 'plan.json'
+    plan.write_text(json.dumps({'data_meta_uri': data_meta['dataset_meta_uri'], 'models': models}))
+    plan_uri = publish(layout, 'eval', plan, attempt, 'plan.json').uri
+
+    def command(work_dir: str) -> list[str]:
+        return ['-m', 'video_kd.distill.evaluate_pod', plan_uri, '--run-root', layout.root,
+                '--work-dir', work_dir]  # fmt: skip
+
+    where = f'{launch.backend} ({launch.processes} processes)'
+    try:
+        if launch.backend == 'local':
+            log_path = work / f'torchrun-{attempt}.log'
+            spec = backends.TrainingJobSpec(
+                run_id=layout.run_id, namespace='local', image='local',
+                command=tuple(command(str(work / attempt))), num_nodes=launch.num_workers,
+                gpus_per_worker=launch.gpus_per_worker,
+                nproc_per_node=launch.nproc_per_node or None,
+                env={'VIDEO_KD_RUN_ID': layout.run_id},
+            )  # fmt: skip
+            backends.run_training('local', spec, timeout=None, log_path=log_path)
+        else:
+            spec = backends.spec_from_env(
+                run_id=f'{layout.run_id}-eval',  # its own job name, beside the training's
+                image=launch.image, command=command(POD_WORK_DIR), num_nodes=launch.num_workers,
+                gpus_per_worker=launch.gpus_per_worker,
+                nproc_per_node=launch.nproc_per_node or None,
+            )  # fmt: skip
+            backends.run_training(launch.backend, spec, timeout)
+    except backends.TrainingJobFailed as exc:
+        detail = error_line(log_path) if launch.backend == 'local' else exc.message
+        raise UserError(f'evaluation on {where} failed: {detail}') from exc
+    manifest = Manifest.load(layout)
+    return {model['name']: read_recorded_json(manifest, model['scores_uri']) for model in models}
