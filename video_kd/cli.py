@@ -672,7 +672,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         'serve',
         help='serve an exported student (KServe model server: v1 and v2 HTTP)',
-        description='Serve an exported student with KServe\'s ModelServer: videos (raw '
+        description="Serve an exported student with KServe's ModelServer: videos (raw "
         'bytes, base64, s3:// or https:// URIs) in, top-k class names and scores out, over '
         'the Open Inference Protocol (POST /v2/models/NAME/infer, one BYTES input) and v1 '
         '(POST /v1/models/NAME:predict, {"instances": [{"b64": ...} or {"uri": ...}]}). '

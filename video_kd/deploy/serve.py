@@ -172,7 +172,13 @@ class Clips:
 class VideoClassifier(kserve.Model):
     """An exported student as a KServe model: videos in, top-k class names and scores out."""
 
-    def __init__(self, name: str, model_dir: str | Path, top_k: int = DEFAULT_TOP_K, threads=None):
+    def __init__(
+        self,
+        name: str,
+        model_dir: str | Path,
+        top_k: int = DEFAULT_TOP_K,
+        threads: int | None = None,
+    ):
         super().__init__(name)
         self.model_dir = Path(model_dir)
         self.top_k = top_k
@@ -188,7 +194,9 @@ class VideoClassifier(kserve.Model):
         self.ready = True
         return self.ready
 
-    def preprocess(self, payload: dict | InferRequest, headers=None) -> Clips:  # type: ignore[override]
+    def preprocess(
+        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+    ) -> Clips:
         assert self.recipe is not None
         if isinstance(payload, bytes):  # v1 sent without a JSON content type
             payload = _json_body(payload)
@@ -203,11 +211,15 @@ class VideoClassifier(kserve.Model):
     def validate(self, payload: Any) -> Any:
         return payload  # preprocess has checked it
 
-    def predict(self, payload: Clips, headers=None) -> tuple[np.ndarray, Clips]:  # type: ignore[override]
+    def predict(
+        self, payload: Clips, headers: dict[str, str] | None = None
+    ) -> tuple[np.ndarray, Clips]:
         (scores,) = self.session.run(['scores'], {INPUT_NAME: payload.inputs})
         return scores, payload
 
-    def postprocess(self, result: tuple[np.ndarray, Clips], headers=None) -> Any:  # type: ignore[override]
+    def postprocess(
+        self, result: tuple[np.ndarray, Clips], headers: dict[str, str] | None = None
+    ) -> Any:
         scores, clips = result
         labels, top = self.top(scores)
         if clips.request is None:
@@ -249,7 +261,7 @@ def read_recipe(model_dir: Path) -> dict[str, Any]:
             )
     try:
         spec = json.loads((model_dir / PREPROCESS_NAME).read_text())
-        spec['outside_graph']['test_pipeline'], spec['classes']  # noqa: B018
+        spec['outside_graph']['test_pipeline'], spec['classes']
     except (ValueError, KeyError, TypeError) as error:
         raise ModelDirError(
             f'{model_dir / PREPROCESS_NAME} is not an export recipe: {one_line(error)}'
@@ -281,6 +293,6 @@ def serve(
     model = VideoClassifier(name, local_model_dir(model_dir, scratch), top_k, threads)
     model.load()
     logger.info('serving %s from %s on port %d', name, model_dir, http_port)
-    kserve.ModelServer(
-        http_port=http_port, grpc_port=grpc_port, enable_grpc=enable_grpc
-    ).start([model])
+    kserve.ModelServer(http_port=http_port, grpc_port=grpc_port, enable_grpc=enable_grpc).start(
+        [model]
+    )

@@ -144,6 +144,7 @@ def _package(
         torchscript=settings['torchscript'],
         speed_repeats=settings['speed_repeats'],
         uri_of=lambda name: layout.uri('export', name),
+        image=settings['image'],
     )
 
 
