@@ -4,7 +4,8 @@ Prints the Results section of benchmarks/README.md, one table per benchmark with
 the machine, thread count, load average and command line of its run; paste it
 there (tests/test_benchmarks.py fails while the README and the JSON disagree).
 ``--k400-summary`` prints the short Kinetics-400 table of the top-level README
-(checked the same way). Nothing in those tables is typed in by hand.
+(checked the same way); ``--serve-latency`` the serving table of docs/serving.md.
+Nothing in those tables is typed in by hand.
 """
 
 from __future__ import annotations
@@ -540,6 +541,34 @@ def reencode(result):
     )
 
 
+def serve_latency(result):
+    """`video-kd serve` per size: HTTP + decoding, decoding alone, ONNX Runtime alone."""
+    what = {
+        'http_decode': 'HTTP v2 request: decode + sample + ONNX + top-k',
+        'decode': 'decode + sample only (the test pipeline)',
+        'onnx': 'ONNX Runtime only (decoding excluded)',
+    }
+    rows = []
+    for size, r in result['sizes'].items():
+        batch = r['batch']
+        shape = 'x'.join(map(str, r['input_shape']))
+        for name, e in r['engines'].items():
+            batched = e.get(f'clips_per_s_batch{batch}')
+            rows.append(
+                [
+                    f'{size} ({shape}, {r["num_classes"]} classes; {r["video"]})',
+                    what[name],
+                    f'{e["p50_ms"]:.1f}',
+                    f'{e["p99_ms"]:.1f}',
+                    f'{e["clips_per_s_batch1"]:.1f}',
+                    f'{batched:.1f}' if batched else '',
+                ]
+            )
+    headers = ['student', 'what', 'p50 ms (batch 1)', 'p99 ms (batch 1)', 'clips/s (batch 1)']
+    headers.append(f'clips/s (batch {batch})')
+    return md(headers, rows) + '\n\n' + env_line(result)
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
@@ -563,7 +592,13 @@ def main(argv=None) -> int:
         action='store_true',
         help="only the Kinetics-400 projection's short table (the top-level README's)",
     )
+    parser.add_argument(
+        '--serve-latency', action='store_true', help="only the serving table (docs/serving.md's)"
+    )
     args = parser.parse_args(argv)
+    if args.serve_latency:
+        print(serve_latency(load('serve_latency')))
+        return 0
     if args.k400_summary:
         print(k400_summary(load('data_scale')))
         return 0

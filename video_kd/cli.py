@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from video_kd import __version__
+from video_kd.core.checks import check_range
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 
 if TYPE_CHECKING:
@@ -699,8 +700,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from video_kd.core.checks import check_range
-
     check_range('--top-k', args.top_k, 1)
     for flag in ('http_port', 'grpc_port'):
         check_range(f'--{flag.replace("_", "-")}', getattr(args, flag), 1, 65535)

@@ -7,11 +7,13 @@ The model directory is what the export step wrote (``student.onnx`` and
 videos, each as raw bytes, base64 or an ``s3://`` / ``https://`` URI:
 
 * Open Inference Protocol (v2): ``POST /v2/models/<name>/infer`` with one BYTES
-  input (shape ``[N]``).  An element sent in the binary-data extension is the
-  video's bytes; one sent as a JSON string is a URI or the base64 of the bytes.
-  The answer has ``labels`` (BYTES) and ``scores`` (FP32), ``N x top_k`` each.
+  input (shape ``[N]``) whose elements are URIs or the base64 of the videos.  The
+  answer has ``labels`` (BYTES) and ``scores`` (FP32), ``N x top_k`` each.  (Not the
+  binary-data extension: KServe 0.21 turns its BYTES elements into UTF-8 strings, which
+  a video is not, and answers 500.)
 * v1: ``POST /v1/models/<name>:predict`` with
-  ``{"instances": [{"b64": "..."} or {"uri": "s3://..."}]}``; the answer is
+  ``{"instances": [{"b64": "..."} or {"uri": "s3://..."}]}``, or with the video's
+  raw bytes as the body (``Content-Type: video/mp4``); the answer is
   ``{"predictions": [{"labels": [...], "scores": [...]}]}``.
 
 Each video goes through the student's own test pipeline, as ``preprocess.json``
@@ -144,18 +146,11 @@ def v2_videos(request: InferRequest) -> list[bytes]:
         raise InvalidInput(f'expected one BYTES input ({VIDEO_INPUT!r}) of videos')
     videos = []
     for element in request.inputs[0].as_numpy().ravel():
-        if isinstance(element, bytes) and not _looks_like_uri(element):
-            videos.append(element)  # the binary-data extension: the video itself
-        else:
-            text = element.decode() if isinstance(element, bytes) else str(element)
-            videos.append(video_from_text(text))
+        text = element.decode() if isinstance(element, bytes) else str(element)
+        videos.append(video_from_text(text))
     if not videos:
         raise InvalidInput(f'the {VIDEO_INPUT!r} input holds no video')
     return videos
-
-
-def _looks_like_uri(element: bytes) -> bool:
-    return element[:16].split(b'://', 1)[0].decode('ascii', 'replace') in URI_SCHEMES
 
 
 # --------------------------------------------------------------------------- the model
@@ -195,12 +190,14 @@ class VideoClassifier(kserve.Model):
         return self.ready
 
     def preprocess(
-        self, payload: dict | InferRequest, headers: dict[str, str] | None = None
+        self, payload: bytes | dict | InferRequest, headers: dict[str, str] | None = None
     ) -> Clips:
         assert self.recipe is not None
-        if isinstance(payload, bytes):  # v1 sent without a JSON content type
-            payload = _json_body(payload)
-        if isinstance(payload, InferRequest):
+        if isinstance(payload, bytes) and payload.lstrip()[:1] == b'{':
+            payload = _json_body(payload)  # v1 JSON sent without a JSON content type
+        if isinstance(payload, bytes):  # v1 with the raw video as the body
+            videos, request = [payload], None
+        elif isinstance(payload, InferRequest):
             videos, request = v2_videos(payload), payload
         elif isinstance(payload, dict):
             videos, request = v1_videos(payload), None

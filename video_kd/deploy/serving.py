@@ -20,7 +20,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
+
+from video_kd.deploy.export import ort_session
 
 INFERENCE_SERVICE_NAME = 'inferenceservice.yaml'
 TRITON_DIR = 'triton'
@@ -117,10 +120,6 @@ def _declared_dims(values: list[Any]) -> dict[str, list[int]]:
 def _output_dims(onnx_path: Path) -> dict[str, list[int]]:
     """The outputs' dims after the batch axis, from one run on a zero clip: the exporter
     declares the reshaped outputs' dims symbolic, though only the batch axis varies."""
-    import numpy as np
-
-    from video_kd.deploy.export import ort_session
-
     session = ort_session(onnx_path, threads=1)
     feed = {
         tensor.name: np.zeros([1, *tensor.shape[1:]], dtype=np.float32)
