@@ -15,9 +15,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import run_module
 
-from video_kd.deploy import export, model_card, plots
+from video_kd.deploy import export, model_card, plots, serving
 
 KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 STUDENT_CONFIG = 'tsm_mobilenetv2_tiny'
@@ -295,13 +296,18 @@ def test_package_student_writes_everything_the_export_step_publishes(
         speed_repeats=1,
         speed_shapes={'run': (8, 3, 56, 56)},
         uri_of=lambda name: f's3://b/p/test-run/export/{name}',
+        image='ghcr.io/x/video-kd:1',
     )
     names = sorted(p.name for p in (tmp_path / 'export').iterdir())
+    triton = f'triton/{serving.serving_name(KD_CONFIG)}'
+    serving_files = [f'{triton}/1/model.onnx', f'{triton}/config.pbtxt', f'{triton}/labels.txt']
+    assert 'triton' in names and set(serving_files) <= set(result['files'])
     assert (
-        names
-        == sorted(result['files'])
+        sorted(n for n in names if n != 'triton')
+        == sorted(set(result['files']) - set(serving_files))
         == sorted(
             [
+                'inferenceservice.yaml',
                 'student.onnx',
                 'student.torchscript.pt',
                 'preprocess.json',
@@ -318,6 +324,9 @@ def test_package_student_writes_everything_the_export_step_publishes(
     )
     card_files = result['card']['export']['files']
     assert card_files['student.onnx']['uri'] == 's3://b/p/test-run/export/student.onnx'
+    service = yaml.safe_load((tmp_path / 'export' / 'inferenceservice.yaml').read_text())
+    (container,) = service['spec']['predictor']['containers']
+    assert container['env'] == [{'name': 'STORAGE_URI', 'value': 's3://b/p/test-run/export'}]
     assert len(card_files['student.onnx']['sha256']) == 64
     metrics = result['kfp_metrics']
     assert metrics['onnx_top1_acc'] == pytest.approx(eval_metrics['student']['top1_acc'])
