@@ -5,7 +5,8 @@ the machine, thread count, load average and command line of its run; paste it
 there (tests/test_benchmarks.py fails while the README and the JSON disagree).
 ``--k400-summary`` prints the short Kinetics-400 table of the top-level README
 (checked the same way), ``--checkpoint-bytes`` the checkpoint storage table of
-docs/storage-and-faults.md. Nothing in those tables is typed in by hand.
+docs/storage-and-faults.md, ``--serve-latency`` the serving table of docs/serving.md.
+Nothing in those tables is typed in by hand.
 """
 
 from __future__ import annotations
@@ -630,6 +631,34 @@ def eval_projection(result):
     )
 
 
+def serve_latency(result):
+    """`video-kd serve` per size: HTTP + decoding, decoding alone, ONNX Runtime alone."""
+    what = {
+        'http_decode': 'HTTP v2 request: decode + sample + ONNX + top-k',
+        'decode': 'decode + sample only (the test pipeline)',
+        'onnx': 'ONNX Runtime only (decoding excluded)',
+    }
+    rows = []
+    for size, r in result['sizes'].items():
+        batch = r['batch']
+        shape = 'x'.join(map(str, r['input_shape']))
+        for name, e in r['engines'].items():
+            batched = e.get(f'clips_per_s_batch{batch}')
+            rows.append(
+                [
+                    f'{size} ({shape}, {r["num_classes"]} classes; {r["video"]})',
+                    what[name],
+                    f'{e["p50_ms"]:.1f}',
+                    f'{e["p99_ms"]:.1f}',
+                    f'{e["clips_per_s_batch1"]:.1f}',
+                    f'{batched:.1f}' if batched else '',
+                ]
+            )
+    headers = ['student', 'what', 'p50 ms (batch 1)', 'p99 ms (batch 1)', 'clips/s (batch 1)']
+    headers.append(f'clips/s (batch {batch})')
+    return md(headers, rows) + '\n\n' + env_line(result)
+
+
 SECTIONS = [
     ('kd_step', 'KD step overhead', kd_step),
     ('logit_cache', 'Teacher-logit cache', logit_cache),
@@ -669,6 +698,9 @@ def main(argv=None) -> int:
         action='store_true',
         help="only the evaluation's table and projection (docs/evaluation-export.md's)",
     )
+    parser.add_argument(
+        '--serve-latency', action='store_true', help="only the serving table (docs/serving.md's)"
+    )
     args = parser.parse_args(argv)
     if args.checkpoint_bytes:
         result = load('checkpoint_bytes')
@@ -676,6 +708,9 @@ def main(argv=None) -> int:
         return 0
     if args.eval_summary:
         print(eval_scale(load('eval_scale')) + '\n\n' + env_line(load('eval_scale')))
+        return 0
+    if args.serve_latency:
+        print(serve_latency(load('serve_latency')))
         return 0
     if args.k400_summary:
         print(k400_summary(load('data_scale')))

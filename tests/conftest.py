@@ -263,6 +263,54 @@ def kd_training(
     return work_dir, result
 
 
+# The deployable student of kd_training, shared by the export and serving tests.
+@pytest.fixture(scope='session')
+def kd_student(kd_training):
+    """(work dir with the mmengine logs, student checkpoint) of conftest's 2-epoch tiny KD run."""
+    work_dir = kd_training[0]
+    converted = run_module('video_kd.distill.convert', work_dir / 'epoch_2.pth')
+    assert converted.returncode == 0, converted.stderr[-2000:]
+    return work_dir, work_dir / 'epoch_2_student.pth'
+
+
+@pytest.fixture(scope='session')
+def eval_metrics(kd_student, kd_data, tiny_teacher):
+    """metrics.json as the evaluation step writes it (steps.summarise_metrics's layout),
+    from MMAction2's real test loop on student and teacher."""
+    from video_kd.distill.evaluate import evaluate
+
+    student = evaluate(KD_CONFIG, str(kd_student[1]), str(kd_data))
+    teacher = evaluate('tsm_r50_tiny', str(tiny_teacher), str(kd_data))
+    keys = ('top1_acc', 'top5_acc', 'mean_class_acc')
+    return {
+        'run_id': 'test-run',
+        'num_val': student['num_samples'],
+        'classes': student['classes'],
+        'student': {k: student[k] for k in keys},
+        'confusion_matrix': student['confusion_matrix'],
+        'teacher': {k: teacher[k] for k in keys},
+    }
+
+
+@pytest.fixture(scope='session')
+def exported(kd_student, kd_data, eval_metrics, tmp_path_factory):
+    """(out dir, export_student's result) of the kd_student's ONNX export, verified on the val
+    clips: tests/test_export.py checks it, tests/test_serve.py serves it."""
+    out = tmp_path_factory.mktemp('export') / 'out'
+    from video_kd.deploy import export
+
+    result = export.export_student(
+        KD_CONFIG,
+        kd_student[1],
+        kd_data,
+        out,
+        batch_size=4,
+        reference_top1=eval_metrics['student']['top1_acc'],
+        torchscript=True,
+    )
+    return out, result
+
+
 # --------------------------------------------------------------------------- the pipeline
 # One whole-pipeline run with KFP's subprocess runner for the session: tests/test_pipeline.py
 # checks its artifacts, tests/test_image.py compares the containerised run's metrics with it.

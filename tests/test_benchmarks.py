@@ -18,6 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
 SCRIPTS = [
     'kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'data_scale',
     'export_speed', 'image_ci', 'reencode', 'report', 'checkpoint_bytes', 'eval_scale',
+    'serve_latency',
 ]  # fmt: skip
 
 
@@ -101,4 +102,23 @@ def test_evaluation_table_is_rendered_from_the_committed_json():
     assert page[start : start + len(rendered)] == rendered, (
         'docs/evaluation-export.md evaluation table is stale: paste `python '
         'benchmarks/report.py --eval-summary` there'
+    )
+
+
+def test_the_serving_table_is_rendered_from_the_committed_json():
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), '--serve-latency'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    page = (BENCH.parent / 'docs' / 'serving.md').read_text()
+    start = (
+        page.index('\n\n', page.index('Rendered by `python benchmarks/report.py --serve-latency`'))
+        + 2
+    )
+    assert page[start : start + len(rendered)] == rendered, (
+        'docs/serving.md latency table is stale: paste `python benchmarks/report.py '
+        '--serve-latency` there'
     )

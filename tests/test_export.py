@@ -15,9 +15,10 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+import yaml
 from conftest import run_module
 
-from video_kd.deploy import export, model_card, plots
+from video_kd.deploy import export, model_card, plots, serving
 
 KD_CONFIG = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
 STUDENT_CONFIG = 'tsm_mobilenetv2_tiny'
@@ -32,49 +33,6 @@ CHROMIUM_FLAGS = [
     '--disable-component-update',
     '--disable-sync',
 ]
-
-
-@pytest.fixture(scope='session')
-def kd_student(kd_training):
-    """(work dir with the mmengine logs, student checkpoint) of conftest's 2-epoch tiny KD run."""
-    work_dir = kd_training[0]
-    converted = run_module('video_kd.distill.convert', work_dir / 'epoch_2.pth')
-    assert converted.returncode == 0, converted.stderr[-2000:]
-    return work_dir, work_dir / 'epoch_2_student.pth'
-
-
-@pytest.fixture(scope='session')
-def eval_metrics(kd_student, kd_data, tiny_teacher):
-    """metrics.json as the evaluation step writes it (steps.summarise_metrics's layout),
-    from MMAction2's real test loop on student and teacher."""
-    from video_kd.distill.evaluate import evaluate
-
-    student = evaluate(KD_CONFIG, str(kd_student[1]), str(kd_data))
-    teacher = evaluate('tsm_r50_tiny', str(tiny_teacher), str(kd_data))
-    keys = ('top1_acc', 'top5_acc', 'mean_class_acc')
-    return {
-        'run_id': 'test-run',
-        'num_val': student['num_samples'],
-        'classes': student['classes'],
-        'student': {k: student[k] for k in keys},
-        'confusion_matrix': student['confusion_matrix'],
-        'teacher': {k: teacher[k] for k in keys},
-    }
-
-
-@pytest.fixture(scope='session')
-def exported(kd_student, kd_data, eval_metrics, tmp_path_factory):
-    out = tmp_path_factory.mktemp('export') / 'out'
-    result = export.export_student(
-        KD_CONFIG,
-        kd_student[1],
-        kd_data,
-        out,
-        batch_size=4,
-        reference_top1=eval_metrics['student']['top1_acc'],
-        torchscript=True,
-    )
-    return out, result
 
 
 @pytest.mark.slow
@@ -338,13 +296,18 @@ def test_package_student_writes_everything_the_export_step_publishes(
         speed_repeats=1,
         speed_shapes={'run': (8, 3, 56, 56)},
         uri_of=lambda name: f's3://b/p/test-run/export/{name}',
+        image='ghcr.io/x/video-kd:1',
     )
     names = sorted(p.name for p in (tmp_path / 'export').iterdir())
+    triton = f'triton/{serving.serving_name(KD_CONFIG)}'
+    serving_files = [f'{triton}/1/model.onnx', f'{triton}/config.pbtxt', f'{triton}/labels.txt']
+    assert 'triton' in names and set(serving_files) <= set(result['files'])
     assert (
-        names
-        == sorted(result['files'])
+        sorted(n for n in names if n != 'triton')
+        == sorted(set(result['files']) - set(serving_files))
         == sorted(
             [
+                'inferenceservice.yaml',
                 'student.onnx',
                 'student.torchscript.pt',
                 'preprocess.json',
@@ -363,6 +326,9 @@ def test_package_student_writes_everything_the_export_step_publishes(
     )
     card_files = result['card']['export']['files']
     assert card_files['student.onnx']['uri'] == 's3://b/p/test-run/export/student.onnx'
+    service = yaml.safe_load((tmp_path / 'export' / 'inferenceservice.yaml').read_text())
+    (container,) = service['spec']['predictor']['containers']
+    assert container['env'] == [{'name': 'STORAGE_URI', 'value': 's3://b/p/test-run/export'}]
     assert len(card_files['student.onnx']['sha256']) == 64
     metrics = result['kfp_metrics']
     assert metrics['onnx_top1_acc'] == pytest.approx(eval_metrics['student']['top1_acc'])

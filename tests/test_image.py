@@ -136,7 +136,7 @@ def test_every_entry_point_is_in_the_list():
     assert scripts == {'video-kd': 'video_kd.cli:main'}  # whose subcommands are listed
     for command in (
         'video-kd',
-        *(f'video-kd {c}' for c in ('compile', 'run-local', 'upload', 'submit', 'schedule')),
+        *(f'video-kd {c}' for c in ('compile', 'run-local', 'upload', 'submit', 'schedule', 'serve')),
         'video-kd configs',
         *(f'python -m components.{step}' for step in STEPS),
         *(

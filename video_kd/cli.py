@@ -5,6 +5,7 @@
     video-kd upload   --host URL --pipeline-name video-kd-distillation [--param k=v ...]
     video-kd submit   --host URL --param dataset_uri=s3://... --param teacher_url=...
     video-kd schedule --host URL --pipeline-name video-kd-distillation --cron "0 0 3 * * *" ...
+    video-kd serve    /mnt/models --model-name NAME  # a KServe model server for an exported student
     video-kd configs                        # the shipped model / KD configs
 
 S3 credentials only ever come from the environment (AWS_ACCESS_KEY_ID,
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from video_kd import __version__
+from video_kd.core.checks import check_range
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
 
 if TYPE_CHECKING:
@@ -767,9 +769,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('--service-account', help='Kubernetes ServiceAccount the runs use')
     p.set_defaults(func=cmd_schedule)
 
+    p = sub.add_parser(
+        'serve',
+        help='serve an exported student (KServe model server: v1 and v2 HTTP)',
+        description="Serve an exported student with KServe's ModelServer: videos (raw "
+        'bytes, base64, s3:// or https:// URIs) in, top-k class names and scores out, over '
+        'the Open Inference Protocol (POST /v2/models/NAME/infer, one BYTES input) and v1 '
+        '(POST /v1/models/NAME:predict, {"instances": [{"b64": ...} or {"uri": ...}]}). '
+        "Each video is decoded and sampled by the student's own test pipeline "
+        '(preprocess.json), the ONNX student runs in ONNX Runtime. Health: /v2/health/ready; '
+        'Prometheus metrics: /metrics.',
+    )
+    p.add_argument(
+        'model_dir',
+        help="the export step's directory (student.onnx, preprocess.json): a path "
+        "(KServe's storage initializer puts storageUri at /mnt/models) or an s3:// prefix",
+    )
+    p.add_argument('--model-name', required=True, help='the name in the /v1 and /v2 routes')
+    p.add_argument('--http-port', type=int, default=8080, help='default 8080')
+    p.add_argument('--grpc-port', type=int, default=8081, help='default 8081')
+    p.add_argument('--no-grpc', action='store_true', help="don't serve KServe's gRPC v2")
+    p.add_argument('--top-k', type=int, default=5, help='class names per video; default 5')
+    p.add_argument('--threads', type=int, help='ONNX Runtime intra-op threads (default: all)')
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser('configs', help='list the shipped configs')
     p.set_defaults(func=cmd_configs)
     return parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    check_range('--top-k', args.top_k, 1)
+    for flag in ('http_port', 'grpc_port'):
+        check_range(f'--{flag.replace("_", "-")}', getattr(args, flag), 1, 65535)
+    setup_logging()
+    # deferred: kserve and ONNX Runtime load in seconds; only this command needs them
+    from video_kd.deploy.serve import serve
+
+    serve(
+        args.model_dir,
+        args.model_name,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        enable_grpc=not args.no_grpc,
+        top_k=args.top_k,
+        threads=args.threads,
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

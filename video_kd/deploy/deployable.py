@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from video_kd.core.artifacts import DatasetContents, MetricsSummary
-from video_kd.deploy import export, model_card, plots, speed
+from video_kd.deploy import export, model_card, plots, serving, speed
 from video_kd.storage.s3 import sha256_file
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,8 @@ def package_student(
     uri_of: Callable[[str], str] | None = None,
     parity_clips: int | None = export.DEFAULT_PARITY_CLIPS,
     baseline_log_root: str | Path | None = None,
+    image: str = '',
+    model_name: str = '',
 ) -> dict[str, Any]:
     """Everything ``<run>/export/`` holds, written to ``out_dir``.
 
@@ -54,6 +56,10 @@ def package_student(
     ``uri_of(name)`` gives the URI a file will be published at (for the card);
     ``parity_clips`` bounds the parity check (a seeded sample; None: every val clip);
     ``baseline_log_root``: the student-alone training's logs, drawn beside the KD curves.
+    ``uri_of(name)`` gives the URI a file will be published at (for the card and the
+    InferenceService's storage URI); ``image`` runs ``video-kd serve`` in the
+    InferenceService (none without it); ``model_name`` names the served model
+    (default: from ``kd_config``).
     Returns files (name -> path), parity, speed, the KFP metrics, the card.
     """
     out_dir = Path(out_dir)
@@ -69,6 +75,7 @@ def package_student(
         parity_clips=parity_clips,
     )
     files = {Path(p).name: Path(p) for p in result['files'].values()}
+    files.update(_serving_files(out_dir, result, kd_config, image, model_name, uri_of))
     measured = None
     if speed_repeats:
         shapes = speed_shapes or {
@@ -117,6 +124,29 @@ def package_student(
         'kfp_metrics': kfp_metrics(result['parity'], measured),
         'card': card,
     }
+
+
+def _serving_files(
+    out_dir: Path,
+    result: dict[str, Any],
+    kd_config: str,
+    image: str,
+    model_name: str,
+    uri_of: Callable[[str], str] | None,
+) -> dict[str, Path]:
+    """The InferenceService and the Triton repository of the exported student."""
+    onnx_path = Path(result['files']['onnx'])
+    storage_uri = uri_of(export.ONNX_NAME).rsplit('/', 1)[0] if uri_of else str(out_dir)
+    if not image:
+        logger.warning('no image given: the export has no %s', serving.INFERENCE_SERVICE_NAME)
+    return serving.write_serving_files(
+        out_dir,
+        onnx_path,
+        result['classes'],
+        name=model_name or serving.serving_name(kd_config),
+        image=image,
+        storage_uri=storage_uri,
+    )
 
 
 def kfp_metrics(parity: dict[str, Any], measured: dict[str, Any] | None) -> dict[str, float]:

@@ -337,7 +337,7 @@ def preprocess_spec(
     cfg: Config, classes: list[str], example_shape: tuple[int, ...]
 ) -> dict[str, Any]:
     """What a consumer does before and after the graph, from the config itself."""
-    pipeline = [dict(t) for t in cfg.test_dataloader.dataset.pipeline]
+    pipeline = public_pipeline(cfg.test_dataloader.dataset.pipeline)
     sampler = next((t for t in pipeline if t['type'] == 'SampleFrames'), {})
     fmt = next((t.get('input_format') for t in pipeline if t['type'] == 'FormatShape'), None)
     pre = cfg.model.data_preprocessor
@@ -375,12 +375,38 @@ def preprocess_spec(
             }
             | {'test_mode': True},
             'test_pipeline': pipeline,
-            'note': 'apply the transforms of test_pipeline in order (MMAction2 names), '
-            'then add the batch axis',
+            'video_info': dict(VIDEO_INFO),
+            'note': 'start from {"filename": <the video file>, **video_info}, apply the '
+            'transforms of test_pipeline in order (MMAction2 names), then add the batch axis',
         },
         'input_format': fmt,
         'classes': list(classes),
     }
+
+
+# Where a transform reads its file from is this deployment's business (the run streams the
+# val videos from S3 through its own backend); a consumer reads its video its own way.
+_WHERE_FROM = ('io_backend', 'backend_args', 'file_client_args')
+# What a video record holds before the first transform (MMAction2's VideoDataset defaults)
+VIDEO_INFO = {'start_index': 0, 'modality': 'RGB'}
+
+
+def public_pipeline(pipeline: Iterable[Any]) -> list[dict[str, Any]]:
+    """The test pipeline as any MMAction2 install runs it: MMAction2 transform names and
+    parameters only, without where this run read its videos from (its I/O backend)."""
+    from mmaction.registry import TRANSFORMS
+
+    public = []
+    for transform in pipeline:
+        step = {k: v for k, v in dict(transform).items() if k not in _WHERE_FROM}
+        found = TRANSFORMS.get(step['type'])
+        if found is None or not found.__module__.startswith(('mmaction.', 'mmcv.')):
+            raise ExportError(
+                f"the test pipeline's transform {step['type']!r} is not an MMAction2 one: "
+                'a consumer of the exported model could not run it'
+            )
+        public.append(step)
+    return public
 
 
 # --------------------------------------------------------------------------- the step's call

@@ -163,6 +163,7 @@ def _package(
         parity_clips=settings['parity_clips'],
         baseline_log_root=baseline_log_root,
         uri_of=lambda name: layout.uri('export', name),
+        image=settings['image'],
     )
 
 
