@@ -19,6 +19,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument('--baseline-url', default='', help='student trained alone (for KD gain)')
     p.add_argument('--baseline-sha256', default='')
     p.add_argument('--no-teacher', action='store_true', help='do not evaluate the teacher')
+    p.add_argument(
+        '--model-name',
+        default=None,
+        help="also score this model's current student (the promotion gate's comparison); "
+        "'' derives the name from the KD config",
+    )
     args = p.parse_args(argv)
     setup_logging()
     from video_kd.steps import evaluate
@@ -35,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
         student_config=args.student_config,
         baseline_url=args.baseline_url,
         baseline_sha256=args.baseline_sha256,
+        model_name=args.model_name,
     )
     result.pop('report')
     return _cli.finish(result)

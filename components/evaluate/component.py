@@ -15,6 +15,7 @@ def evaluate(
     student_config: str,
     baseline_url: str,
     baseline_sha256: str,
+    model_name: str,
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[Markdown],
@@ -33,6 +34,9 @@ def evaluate(
         baseline_url: Optional checkpoint of the student trained without KD (https:// or
             s3://); empty: no baseline, no KD gain.
         baseline_sha256: The baseline's SHA-256; empty: not checked.
+        model_name: The model whose current student (models/<model_name>/current.json)
+            is scored too, on the same val set, for the promotion gate; empty: the name
+            derived from kd_config.
 
     Returns:
         metrics: Accuracies as KFP metrics, <model>_<metric> for student, teacher,
@@ -53,9 +57,10 @@ def evaluate(
             student_config=student_config,
             baseline_url=baseline_url,
             baseline_sha256=baseline_sha256,
+            model_name=model_name,  # empty: the name derived from kd_config
         )
     summary = result['metrics']
-    for model in ('student', 'teacher', 'baseline', 'kd_gain'):
+    for model in ('student', 'teacher', 'baseline', 'kd_gain', 'current'):
         for key, value in summary.get(model, {}).items():
             metrics.log_metric(f'{model}_{key}', round(float(value), 6))
     metrics.metadata.update({key: result[key] for key in ('run_id', 'run_root', 'metrics_uri')})

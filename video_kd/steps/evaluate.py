@@ -6,17 +6,25 @@ import json
 import logging
 from pathlib import Path
 
-from video_kd.core.artifacts import Dataset, Evaluation, ModelScores, Student, Teacher
+from video_kd.core.artifacts import (
+    CurrentScored,
+    Dataset,
+    Evaluation,
+    ModelScores,
+    Student,
+    Teacher,
+)
 from video_kd.core.checks import check_sha256
 from video_kd.core.errors import UserError
 from video_kd.data.data_stream import check_mounted
+from video_kd.deploy import promotion
 from video_kd.distill import evaluate as mmaction_test
 from video_kd.openmmlab.config import config_path, teacher_config
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import scratch_dir, step_tmpdir
 from video_kd.steps.report import markdown_report, summarise_metrics
-from video_kd.storage import download
-from video_kd.storage.download import fetch_verified
+from video_kd.storage import download, s3
+from video_kd.storage.download import ChangedSinceRecordedError, fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -30,8 +38,11 @@ def run(
     baseline_url: str = '',
     baseline_sha256: str = '',
     workdir: str | Path | None = None,
+    model_name: str | None = None,
 ) -> Evaluation:
-    """Evaluate the student (+ teacher, + the student-alone baseline when given).
+    """Evaluate the student (+ teacher, + the student-alone baseline when given, + the
+    current student of ``model_name`` when there is one: the promotion gate's comparison;
+    '' is the name derived from ``kd_config``, None scores no current student).
 
     Writes ``<run>/eval/metrics.json`` and ``report.md``; returns the metrics.
     """
@@ -44,7 +55,10 @@ def run(
             work, layout, data_meta, student, kd_config, teacher, student_config,
             baseline_url, baseline_sha256,
         )  # fmt: skip
+        current = _score_current(work, layout, data_meta, kd_config, model_name, results)
         summary = summarise_metrics(layout.run_id, results)
+        if current is not None:
+            summary['current_student'] = current
         report = markdown_report(summary, student, teacher, baseline_url)
         (work / 'metrics.json').write_text(json.dumps(summary, indent=2))
         (work / 'report.md').write_text(report)
@@ -130,3 +144,45 @@ def _evaluate_models(
         )
         score('baseline', student_config, baseline)
     return results
+
+
+def _score_current(
+    work: Path,
+    layout: RunLayout,
+    data_meta: Dataset,
+    kd_config: str,
+    model_name: str | None,
+    results: dict[str, ModelScores],
+) -> CurrentScored | None:
+    """The promotion gate's comparison: ``model_name``'s current student scored on this
+    val set as ``results['current']``, unless it cannot be compared with (then ``problem``
+    says why, one line).  ``None`` when ``model_name`` is None."""
+    if model_name is None:
+        return None
+    place = promotion.ModelPlace(layout.bucket, layout.prefix,
+                                 promotion.resolve_model_name(model_name, kd_config))  # fmt: skip
+    state = promotion.read_current(place)
+    found: CurrentScored = {'model_name': place.name, 'uri': place.current_uri,
+                            'etag': state.etag, 'run_id': '', 'problem': ''}  # fmt: skip
+    if not state.exists:
+        return found
+    found['problem'] = promotion.comparable(state, list(data_meta['classes']))
+    if state.record is None or found['problem']:
+        log.warning('current student: %s', found['problem'])
+        return found
+    found['run_id'] = state.record['run_id']
+    try:
+        checkpoint = fetch_verified(state.record['student']['s3_uri'], work / 'current.pth',
+                                    state.record['student']['sha256'])  # fmt: skip
+    except s3.BucketNotFoundError:
+        raise
+    except (ChangedSinceRecordedError, s3.ObjectNotFoundError) as exc:
+        found['problem'] = f'{place.current_uri}: its student cannot be read: {exc}'
+        log.warning('current student: %s', found['problem'])
+        return found
+    results['current'] = mmaction_test.evaluate(
+        state.record['kd_config'], str(checkpoint), data_meta, str(work / 'w_current')
+    )
+    log.info('current student (run %s): top-1 %.4f', found['run_id'],
+             results['current']['top1_acc'])  # fmt: skip
+    return found
