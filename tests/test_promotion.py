@@ -158,9 +158,20 @@ def test_a_failed_export_check_is_never_promoted_even_forced(bucket):
     assert not s3.exists(_place(bucket).current_uri)
 
 
-def test_two_runs_finishing_together_never_both_win(bucket, monkeypatch):
+@pytest.fixture
+def serial_bucket(serial_s3, monkeypatch) -> str:
+    """A bucket on the session's moto server that serves one request at a time: moto's
+    threaded server checks a condition and writes without a lock (tests/s3_servers.py);
+    AWS S3 and MinIO, like the serial moto, evaluate it atomically."""
+    for name, value in serial_s3.env().items():
+        monkeypatch.setenv(name, value)
+    return serial_s3.create_bucket('race-promotion')
+
+
+def test_two_runs_finishing_together_never_both_win(serial_bucket, monkeypatch):
     """Two promoters evaluated against the same current student commit at the same moment
     (a barrier in front of the compare-and-swap): exactly one wins, both decisions stay."""
+    bucket = serial_bucket
     students = [_run(bucket, f'run-{name}', 0.6) for name in ('x', 'y')]
     for student in students:
         _evaluated(student)  # both found no current student: both would be the first
