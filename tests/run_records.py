@@ -12,6 +12,7 @@ import json
 import random
 from concurrent.futures import ThreadPoolExecutor
 
+from video_kd.deploy import run_index
 from video_kd.runs import RunLayout
 from video_kd.storage import s3
 
@@ -46,7 +47,11 @@ def records(index: int, seed: int = 0) -> dict[str, dict]:
         'kfp_metrics': {'speedup_onnxruntime_latency_b1': rng.uniform(2, 6),
                         'speedup_pytorch_latency_b1': 2.0},
     }  # fmt: skip
-    found['promote/decision.json'] = {'decision': {'promoted': index % 3 == 0, 'reasons': ['x']}}
+    decision = {'decision': {'promoted': index % 3 == 0, 'reasons': ['x']}}
+    if index % 5:  # as the promote step writes it; without: an older run's decision
+        decision['summary'] = run_index.summary(found['eval/metrics.json'],
+                                                found['export/export.json'])  # fmt: skip
+    found['promote/decision.json'] = decision
     return found
 
 

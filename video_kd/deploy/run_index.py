@@ -2,8 +2,8 @@
 
 A run is listed from its directory's records, not from KFP: ``eval/metrics.json``,
 ``export/export.json`` and ``promote/decision.json`` (the steps' own outputs), fetched with
-parallel small GETs on one shared client (``storage.s3.read_many``): three per run, so a
-thousand runs take seconds (``benchmarks/runs_list.py``).  ``current`` reads a model's
+parallel small GETs on one shared client (``storage.s3.read_many``): one per finished run
+(its decision holds its row), three for the others, so a thousand runs take seconds (``benchmarks/runs_list.py``).  ``current`` reads a model's
 ``current.json`` (``deploy.promotion``).
 """
 
@@ -62,18 +62,41 @@ def run_ids(bucket: str, prefix: str) -> list[str]:
 
 
 def read_runs(bucket: str, prefix: str, ids: list[str] | None = None) -> list[RunRecords]:
-    """Each run's records, newest first, in one batch of parallel GETs."""
+    """Each run's records, newest first, in two batches of parallel GETs: every run's
+    decision (a finished run's row is all in it: ``summary``), then the other records of
+    the runs without one."""
     ids = run_ids(bucket, prefix) if ids is None else ids
     found = [RunRecords(run_id, RunLayout(bucket, prefix, run_id).root) for run_id in ids]
+    _read(found, ['decision'])
+    _read([run for run in found if not _summary(run)], ['metrics', 'export'])
+    return sorted(found, key=lambda run: run.run_id, reverse=True)
+
+
+def _read(found: list[RunRecords], names: list[str]) -> None:
     uris = {
-        (index, name): s3.join_uri(run.root, *parts)
+        (index, name): s3.join_uri(run.root, *RECORDS[name])
         for index, run in enumerate(found)
-        for name, parts in RECORDS.items()
+        for name in names
     }
     bodies = s3.read_many(list(uris.values()))
     for (index, name), uri in uris.items():
         setattr(found[index], name, _json(bodies[uri]))
-    return sorted(found, key=lambda run: run.run_id, reverse=True)
+
+
+def _summary(run: RunRecords) -> dict[str, Any]:
+    return (run.decision or {}).get('summary') or {}
+
+
+def summary(metrics: dict[str, Any], export: dict[str, Any]) -> dict[str, Any]:
+    """What ``list`` shows of a run from its evaluation and export: the promote step
+    stores it in its decision, so a finished run is one GET."""
+    kd_gain = metrics.get('kd_gain', {}).get('top1_acc')
+    return {
+        'teacher': teacher_name(metrics),
+        'student_top1': metrics.get('student', {}).get('top1_acc'),
+        'kd_gain_top1': kd_gain,
+        'speedup': _speedup(export.get('kfp_metrics') or {}),
+    }
 
 
 def _json(body: bytes | None) -> dict[str, Any] | None:
@@ -91,16 +114,16 @@ def _json(body: bytes | None) -> dict[str, Any] | None:
 
 def row(run: RunRecords) -> dict[str, str]:
     """``list``'s columns for one run."""
-    metrics = run.metrics or {}
+    found = _summary(run) or summary(run.metrics or {}, run.export or {})
     decision = (run.decision or {}).get('decision') or {}
     return {
         'run': run.run_id,
         'date': run_date(run.run_id),
         'status': run.status,
-        'teacher': teacher_name(metrics),
-        'student top-1': _percent(metrics.get('student', {}).get('top1_acc')),
-        'KD gain': _points(metrics.get('kd_gain', {}).get('top1_acc')),
-        'speedup': _speedup((run.export or {}).get('kfp_metrics') or {}),
+        'teacher': found['teacher'],
+        'student top-1': _percent(found['student_top1']),
+        'KD gain': _points(found['kd_gain_top1']),
+        'speedup': found['speedup'],
         'promoted': ('yes' if decision.get('promoted') else 'no') if decision else '-',
     }
 
@@ -151,7 +174,8 @@ def list_runs(bucket: str, prefix: str) -> str:
 def one_run(bucket: str, prefix: str, run_id: str) -> RunRecords:
     """One run's records; an id without a run is one line (exit status 2)."""
     layout = RunLayout(bucket, prefix, run_id)
-    (run,) = read_runs(bucket, prefix, [run_id])
+    run = RunRecords(run_id, layout.root)
+    _read([run], list(RECORDS))
     if run.status == 'incomplete' and not s3.exists(layout.manifest_uri):
         raise UnknownRunError(f'no run {run_id!r} under {prefix_uri(bucket, prefix)}')
     return run

@@ -18,7 +18,7 @@ from typing import Any
 
 from video_kd.core.artifacts import ExportRecord, MetricsSummary, RunInfo, Student
 from video_kd.core.errors import UserError
-from video_kd.deploy import promotion
+from video_kd.deploy import promotion, run_index
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import read_output, run_data_meta, scratch_dir
 from video_kd.steps.export import RECORD_NAME as EXPORT_RECORD
@@ -37,6 +37,7 @@ class Promotion(RunInfo):
     markdown: str
     model_card: str
     kfp_metrics: dict[str, float]
+    summary: dict[str, Any]
 
 
 def run(
@@ -74,7 +75,8 @@ def run(
     promotion.commit(decision, evaluated, record, promote)
     log.info('promotion of %s: %s (%s)', layout.run_id,
              'promoted' if decision.promoted else 'not promoted', '; '.join(decision.reasons))  # fmt: skip
-    return _publish(layout, decision, place.current_uri, workdir)
+    summary = run_index.summary(dict(metrics), dict(exported))
+    return _publish(layout, decision, place.current_uri, summary, workdir)
 
 
 def export_problems(exported: ExportRecord) -> list[str]:
@@ -117,7 +119,7 @@ def _current_record(
 
 def _publish(
     layout: RunLayout, decision: promotion.Decision, current_uri: str,
-    workdir: str | Path | None,
+    summary: dict[str, Any], workdir: str | Path | None,
 ) -> Promotion:  # fmt: skip
     # deferred: matplotlib and ONNX, not needed by check inputs
     from video_kd.deploy.model_card import CARD_MARKDOWN
@@ -130,6 +132,7 @@ def _publish(
         'markdown': markdown,
         'model_card': card.rstrip('\n') + '\n\n' + markdown,
         'kfp_metrics': promotion.kfp_metrics(decision),
+        'summary': summary,  # the run's row in `video-kd runs list`
     }
     with scratch_dir(workdir, 'promote') as work:
         (work / DECISION_MARKDOWN).write_text(markdown)

@@ -521,7 +521,7 @@ def list_dirs(prefix: str) -> list[str]:
 READ_MANY_WORKERS = 32  # the shared client's connection pool (``_cached_client``)
 
 
-def read_many(uris: list[str], workers: int = READ_MANY_WORKERS) -> dict[str, bytes | None]:
+def read_many(uris: list[str], workers: int | None = None) -> dict[str, bytes | None]:
     """Many small objects at once (records, manifests): parallel GETs on one shared client;
     a missing object is None.  Thousands of runs' records in seconds, not minutes."""
     client = s3_client()  # one client, shared by the threads (botocore clients are thread-safe)
@@ -534,7 +534,7 @@ def read_many(uris: list[str], workers: int = READ_MANY_WORKERS) -> dict[str, by
         except ObjectNotFoundError:
             return None
 
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+    with ThreadPoolExecutor(max_workers=max(1, workers or READ_MANY_WORKERS)) as pool:
         return dict(zip(uris, pool.map(read, uris), strict=True))
 
 
