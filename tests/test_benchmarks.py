@@ -17,7 +17,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
 SCRIPTS = [
     'kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'data_scale',
-    'export_speed', 'image_ci', 'reencode', 'report',
+    'export_speed', 'image_ci', 'reencode', 'runs_list', 'report',
 ]  # fmt: skip
 
 
@@ -67,3 +67,15 @@ def test_top_level_readme_k400_table_is_rendered_from_the_committed_json():
         'docs/data.md Kinetics-400 table is stale: paste `python benchmarks/report.py '
         '--k400-summary` there'
     )
+
+
+def test_the_runs_list_table_in_the_docs_is_rendered_from_the_committed_json():
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), '--runs-list'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    page = (BENCH.parent / 'docs' / 'promotion.md').read_text()
+    assert rendered in page, 'docs/promotion.md: paste `python benchmarks/report.py --runs-list`'

@@ -227,29 +227,6 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _runs_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        'runs',
-        help="the runs in S3: list, show, compare, a model's current student",
-        description='Every run under s3://<bucket>/<prefix>/, read from S3 only (each '
-        "run's eval/metrics.json, export/export.json, promote/decision.json; parallel "
-        "GETs), and each model's current student (models/<name>/current.json).",
-    )
-    p.add_argument('--s3-bucket', default='video-kd', help='default: video-kd')
-    p.add_argument('--s3-prefix', default='video-kd', help='default: video-kd')
-    runs = p.add_subparsers(dest='runs_command', required=True, metavar='WHAT')
-    runs.add_parser('list', help='date, status, teacher, student top-1, KD gain, speedup, '
-                    'promoted; newest first')  # fmt: skip
-    runs.add_parser('show', help='one run: every accuracy, the export, the decision').add_argument(
-        'run'
-    )
-    compare = runs.add_parser('compare', help='two runs side by side, with B - A')
-    compare.add_argument('a')
-    compare.add_argument('b')
-    runs.add_parser('current', help="a model's current student").add_argument('model')
-    p.set_defaults(func=cmd_runs)
-
-
 def compile_with_defaults(
     path: Path, names: ClusterNames, defaults: dict[str, Any] | None = None
 ) -> Path:
@@ -711,6 +688,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_configs)
     _runs_parser(sub)
     return parser
+
+
+def _runs_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'runs',
+        help="the runs in S3: list, show, compare, a model's current student",
+        description='Every run under s3://<bucket>/<prefix>/, read from S3 only (each '
+        "run's eval/metrics.json, export/export.json, promote/decision.json; parallel "
+        "GETs), and each model's current student (models/<name>/current.json).",
+    )
+    p.add_argument('--s3-bucket', default='video-kd', help='default: video-kd')
+    p.add_argument('--s3-prefix', default='video-kd', help='default: video-kd')
+    runs = p.add_subparsers(dest='runs_command', required=True, metavar='WHAT')
+    runs.add_parser('list', help='date, status, teacher, student top-1, KD gain, speedup, '
+                    'promoted; newest first')  # fmt: skip
+    runs.add_parser('show', help='one run: every accuracy, the export, the decision').add_argument(
+        'run'
+    )
+    compare = runs.add_parser('compare', help='two runs side by side, with B - A')
+    compare.add_argument('a')
+    compare.add_argument('b')
+    runs.add_parser('current', help="a model's current student").add_argument('model')
+    p.set_defaults(func=cmd_runs)
 
 
 def main(argv: list[str] | None = None) -> int:

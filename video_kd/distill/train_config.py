@@ -191,11 +191,24 @@ def resolve(
             sha256=options.student_pretrained_sha256,
             fetch_from=options.student_pretrained_url,
         )
+    add_tensorboard(cfg)
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
     # what mmengine would refuse only in the training processes (the files' values and the
     # options' alike), before the step publishes this config and the run is bound to it
     check_config_values(cfg, f'{config} (with --cfg-options)' if options.cfg_options else config)
     return cfg
+
+
+def add_tensorboard(cfg: Config) -> None:
+    """TensorBoard event files beside mmengine's ``vis_data/scalars.json`` (its
+    ``TensorboardVisBackend``): the curves Kubeflow's TensorBoard shows while training runs
+    (``s3_hook`` uploads them as they grow)."""
+    visualizer = cfg.get('visualizer') or dict(type='ActionVisualizer')
+    backends = list(visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
+    if not any(b.get('type') == 'TensorboardVisBackend' for b in backends):
+        backends.append(dict(type='TensorboardVisBackend'))
+    visualizer['vis_backends'] = backends
+    cfg.visualizer = visualizer
 
 
 def fetch_pretrained_from(cfg: Config, uri: str, sha256: str = '') -> None:
