@@ -109,6 +109,9 @@ def test_the_first_run_promotes_then_only_a_better_student(bucket):
     result = promote.run(first, KD_CONFIG, min_gain_points=1.0)
     assert result['decision']['promoted'], result['decision']['reasons']
     assert 'the first run promotes' in result['markdown']
+    assert result['kfp_metrics'] == {  # nothing compared: no NaN, which KFP cannot store
+        'promoted': 1.0, 'eligible': 1.0, 'new_top1_acc': 0.5, 'min_gain_points': 1.0,
+    }  # fmt: skip
     current = _current(bucket)
     assert current['run_id'] == 'run-1' and current['student']['sha256'] == first['sha256']
     assert current['classes_sha256'] == promotion.classes_sha256(CLASSES)

@@ -378,14 +378,15 @@ def decision_markdown(decision: Decision, current_uri: str) -> str:
 
 
 def kfp_metrics(decision: Decision) -> dict[str, float]:
-    """What the KFP UI's Metrics show of the decision (a gain of NaN: nothing compared)."""
-    return {
+    """What the KFP UI's Metrics show of the decision; the current student's top-1 and the
+    gain only when they were compared (KFP's metadata cannot hold NaN)."""
+    metrics = {
         'promoted': float(decision.promoted),
         'eligible': float(decision.eligible),
         'new_top1_acc': decision.new_top1,
-        'current_top1_acc': float('nan')
-        if decision.current_top1 is None
-        else decision.current_top1,
-        'gain_points': float('nan') if decision.gain_points is None else decision.gain_points,
         'min_gain_points': decision.min_gain_points,
     }
+    if decision.current_top1 is not None and decision.gain_points is not None:
+        metrics['current_top1_acc'] = decision.current_top1
+        metrics['gain_points'] = decision.gain_points
+    return metrics
