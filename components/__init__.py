@@ -24,10 +24,13 @@ convert             ``video_kd.steps.convert``       ``video_kd.distill.convert`
 evaluate            ``video_kd.steps.evaluate``      ``video_kd.distill.evaluate``, ``.steps.report``
 export              ``video_kd.steps.export``        ``video_kd.deploy.deployable`` (export, speed,
                                                      plots, model_card)
+promote             ``video_kd.steps.promote``       ``video_kd.deploy.promotion`` (the gate,
+                                                     its compare-and-swap, the history)
 ==================  ===============================  ====================================
 
 The pipeline that chains them is ``pipelines/kd_pipeline.py``.
 """
 
 DEFAULT_IMAGE = 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0'
-STEPS = ('check_inputs', 'data_prep', 'teacher_download', 'train', 'convert', 'evaluate', 'export')
+STEPS = ('check_inputs', 'data_prep', 'teacher_download', 'train', 'convert', 'evaluate', 'export',
+         'promote')  # fmt: skip

@@ -33,13 +33,14 @@ from components.convert.component import convert
 from components.data_prep.component import data_prep
 from components.evaluate.component import evaluate
 from components.export.component import export
+from components.promote.component import promote as promote_component
 from components.teacher_download.component import teacher_download
 from components.train.component import train
 
 PIPELINE_NAME = 'video-kd-distillation'
 PIPELINE_FILE = Path(__file__).with_name('kd_pipeline.yaml')
 TASK_ORDER = ('check-inputs', 'data-prep', 'teacher-download', 'train', 'convert', 'evaluate',
-              'export')  # fmt: skip
+              'export', 'promote')  # fmt: skip
 # What the train step reads from the chart's training ConfigMap (video_kd.backends.spec_from_env).
 TRAINING_CONFIG_KEYS = (
     'VIDEO_KD_TRAINING_BACKEND', 'VIDEO_KD_SERVICE_ACCOUNT', 'VIDEO_KD_WORKER_POD_OVERRIDES',
@@ -169,6 +170,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         parity_clips: int = 32,
         image: str = DEFAULT_IMAGE,
         run_id: str = '',
+        model_name: str = '',
+        promote: bool = True,
+        promote_min_gain: float = 0.0,
+        force_promote: bool = False,
     ):
         """One KD run: teacher_url is the one parameter without a usable default.
 
@@ -275,8 +280,21 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
             image: The container image of every step and of the training job's pods.
                 Default: this release's image.
             run_id: The run's id and directory name, s3://<s3_bucket>/<s3_prefix>/<run_id>/
-                (1-63 lowercase letters, digits and hyphens; not "cache"); an id in use is
+                (1-63 lowercase letters, digits and hyphens; not "cache" or "models"); an id in use is
                 refused. Empty (default): <UTC time>-<KFP run id>.
+            model_name: The model the run's student may become the current student of:
+                s3://<s3_bucket>/<s3_prefix>/models/<model_name>/current.json (1-63 lowercase
+                letters, digits, ".", "_", "-"). Empty (default): derived from kd_config's
+                student, e.g. tsm-mobilenetv2_8xb16_k400.
+            promote: true (default): the promotion gate may make the student current (only
+                if it beats the current student, scored on the same val set, by
+                promote_min_gain and every export check passed). false: decide and report
+                only.
+            promote_min_gain: The top-1 gain over the current student required to promote,
+                in percentage points (-100 to 100). Default 0: at least as good.
+            force_promote: true: promote even when the current student cannot be compared
+                (corrupt current.json, another class list) or the gain is too small; never
+                over a failed export check. Default false.
         """
         arguments = dict(locals())  # the parameters by name (the first statement)
         requests = (step_cpu_request, step_memory_request)
@@ -320,10 +338,10 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                      baseline_sha256=baseline_sha256, training_backend=training_backend,
                      image=image, eval_num_workers=eval_num_workers,
                      eval_gpus_per_worker=eval_gpus_per_worker,
-                     eval_nproc_per_node=eval_nproc_per_node),
+                     eval_nproc_per_node=eval_nproc_per_node, model_name=model_name),
             'evaluation', image, **env, training_config_map=training_config_map,
         )  # fmt: skip
-        step(
+        exported = step(
             export(dataset=prep.outputs['dataset'], teacher=teacher.outputs['teacher'],
                    student=student.outputs['student'], kd_config=kd_config,
                    student_config=student_config, image=image,
@@ -331,6 +349,12 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                    parity_clips=parity_clips, baseline_url=baseline_url),
             'export (ONNX, speed, model card)', image, **env,
         ).after(evaluation)  # the card and the top-1 cross-check read the evaluation  # fmt: skip
+        step(
+            promote_component(student=student.outputs['student'], kd_config=kd_config,
+                              model_name=model_name, promote=promote,
+                              promote_min_gain=promote_min_gain, force_promote=force_promote),
+            'promotion gate', image, **env,
+        ).after(exported)  # reads the evaluation's comparison and the export's checks  # fmt: skip
 
     return kd_pipeline
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import boto3
 import pytest
-from s3_servers import ACCESS_KEY, SECRET_KEY
+from s3_servers import ACCESS_KEY, SECRET_KEY, MotoServer
 
 from video_kd.local_run import TINY_CFG_OPTIONS, LocalS3, free_port  # noqa: F401  (free_port: for the tests)
 
@@ -41,6 +41,14 @@ def s3_server(tmp_path_factory):
     (the same harness as ``video-kd run-local``)."""
     with LocalS3(tmp_path_factory.mktemp('moto') / 'moto.log') as server:
         yield server.endpoint
+
+
+@pytest.fixture(scope='session')
+def serial_s3(tmp_path_factory):
+    """A private moto server that applies conditions atomically (one request at a time):
+    the races of tests/test_s3_atomic.py and tests/test_promotion.py."""
+    with MotoServer(tmp_path_factory.mktemp('serial-moto'), serial=True) as server:
+        yield server
 
 
 @pytest.fixture(scope='session')

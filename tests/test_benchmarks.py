@@ -18,7 +18,7 @@ BENCH = Path(__file__).resolve().parent.parent / 'benchmarks'
 SCRIPTS = [
     'kd_step', 'logit_cache', 'kd_gain', 'data_loading', 'demo_wall', 's3_upload', 'data_scale',
     'export_speed', 'image_ci', 'reencode', 'report', 'checkpoint_bytes', 'eval_scale',
-    'serve_latency',
+    'serve_latency', 'runs_list',
 ]  # fmt: skip
 
 
@@ -122,3 +122,15 @@ def test_the_serving_table_is_rendered_from_the_committed_json():
         'docs/serving.md latency table is stale: paste `python benchmarks/report.py '
         '--serve-latency` there'
     )
+
+
+def test_the_runs_list_table_in_the_docs_is_rendered_from_the_committed_json():
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), '--runs-list'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    page = (BENCH.parent / 'docs' / 'promotion.md').read_text()
+    assert rendered in page, 'docs/promotion.md: paste `python benchmarks/report.py --runs-list`'

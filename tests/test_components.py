@@ -739,10 +739,13 @@ def test_the_records_name_every_key_the_steps_write(prepared_run, http_server):
         'config_hash': 'f' * 64, 'predictions': [{'index': 0, 'label': 0, 'top5': [0, 1]}],
     }  # fmt: skip
     _fits(artifacts.ModelScores, score)
-    scores = {name: dict(score) for name in ('student', 'teacher', 'baseline')}
+    scores = {name: dict(score) for name in ('student', 'teacher', 'baseline', 'current')}
     summary = summarise_metrics('run-1', scores)
+    summary['current_student'] = {'model_name': 'm', 'uri': 's3://b/models/m/current.json',
+                                  'etag': '"e"', 'run_id': 'r', 'problem': ''}  # fmt: skip
     _fits(artifacts.MetricsSummary, summary)
-    assert set(summary) == set(artifacts.MetricsSummary.__annotations__)  # all three models
+    _fits(artifacts.CurrentScored, summary['current_student'])
+    assert set(summary) == set(artifacts.MetricsSummary.__annotations__)  # all four models
     _fits(artifacts.ExportSettings, export_step.export_settings('kd.py'))
 
 

@@ -15,11 +15,13 @@ from conftest import PIPELINE_RUN, PIPELINE_TIMEOUT
 
 from pipelines import kd_pipeline as kp
 from video_kd.core.errors import UserError
+from video_kd.deploy import promotion
 from video_kd.runs import RUN_STEPS, Manifest, RunLayout, new_run_id
 from video_kd.steps import data_prep
 from video_kd.storage import s3
 
-ORDER = ['check-inputs', 'data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export']
+ORDER = ['check-inputs', 'data-prep', 'teacher-download', 'train', 'convert', 'evaluate', 'export',
+         'promote']  # fmt: skip
 
 
 def _spec(path=kp.PIPELINE_FILE):
@@ -72,6 +74,8 @@ def test_seven_tasks_chained_in_order_with_typed_artifacts():
         'report': 'system.HTML',
         'model_card': 'system.Markdown',
     }
+    assert io('promote', 'input') == {'student': 'system.Model'}
+    assert io('promote', 'output') == {'metrics': 'system.Metrics', 'decision': 'system.Markdown'}
     # data flows through artifacts: each consumer reads its producer's output
     producer = {
         name: art['taskOutputArtifact']['producerTask']
@@ -97,8 +101,11 @@ def test_typed_parameters_and_no_credentials():
         'training_backend',
         'run_id',
         'teacher_precision',
+        'model_name',
     ):
         assert types[name] == 'STRING', name
+    assert types['promote'] == types['force_promote'] == 'BOOLEAN'
+    assert types['promote_min_gain'] == 'NUMBER_DOUBLE'
     for name in (
         'num_workers',
         'gpus_per_worker',
@@ -133,7 +140,7 @@ def test_typed_parameters_and_no_credentials():
 def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
     spec, platform = _spec()
     executors = spec['deploymentSpec']['executors']
-    assert len(executors) == 7
+    assert len(executors) == 8
     pods = platform['platforms']['kubernetes']['deploymentSpec']['executors']
     # it reads no S3: no credentials in its pod, only the chart's image allow-list
     assert 'secretAsEnv' not in pods['exec-check-inputs'], 'no credentials in its pod'
@@ -180,7 +187,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     read |= set(checks.STEP_RESOURCE_PARAMETERS)
     read |= {'run_id', 's3_bucket', 's3_prefix', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
              'student_config', 'training_backend', 'export_tolerance', 'speed_repeats',
-             'parity_clips', 'image'}  # fmt: skip
+             'parity_clips', 'image', 'model_name', 'promote_min_gain'}  # fmt: skip
     assert read == inputs
 
 
@@ -191,6 +198,8 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
         {'cfg_options': ['optim_wrapper.optimizer.lrr=0.1']},
         {'teacher_sha256': 'g' * 64},
         {'num_workers': 0},
+        {'model_name': 'Not/A-Model'},
+        {'promote_min_gain': float('nan')},
     ],
 )
 def test_the_check_inputs_component_exits_2_in_one_line(capsys, bad):
@@ -356,6 +365,35 @@ def test_end_to_end_local_runner_writes_every_step_and_checksums(pipeline_run, s
     # the teacher went through the checksum cache
     assert s3.list_uris(f's3://{pipeline_run["bucket"]}/kd/cache/teacher/')
     print(f'\npipeline: subprocess run {pipeline_run["seconds"]:.0f}s')
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(PIPELINE_TIMEOUT)
+def test_end_to_end_curves_in_s3_and_the_first_run_promotes(pipeline_run, s3_env, tmp_path):
+    """The training's curves went to the run while it trained (scalars and TensorBoard event
+    files, readable by TensorBoard), and the run, the first of its model, was promoted."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    layout = RunLayout.from_root(pipeline_run['run_root'])
+    (events,) = s3.list_uris(layout.uri('train', 'tensorboard') + '/')
+    local = s3.download_file(events, tmp_path / events.rsplit('/', 1)[1])
+    curves = EventAccumulator(str(local)).Reload()
+    assert len(curves.Scalars('acc/top1')) == PIPELINE_RUN['kd_epochs']
+    assert len(curves.Scalars('teacher.acc/top1')) == PIPELINE_RUN['kd_epochs']
+    assert 'distill.loss_dist' in curves.Tags()['scalars']
+    (scalars,) = s3.list_uris(layout.uri('train', 'scalars') + '/')
+    lines = [json.loads(line) for line in s3.read_bytes(scalars).decode().splitlines()]
+    assert sum('teacher.acc/top1' in line for line in lines) == PIPELINE_RUN['kd_epochs']
+
+    found = pipeline_run['metrics']['current_student']
+    assert found['etag'] is None and not found['problem']  # no current student before it
+    decision = s3.read_json(layout.uri('promote', 'decision.json'))
+    assert decision['decision']['promoted'], decision['decision']['reasons']
+    place = promotion.ModelPlace(layout.bucket, layout.prefix, 'tsm-mobilenetv2_tiny')
+    current = s3.read_json(place.current_uri)
+    assert current['run_id'] == layout.run_id
+    assert current['metrics'] == pipeline_run['metrics']['student']
+    assert len(promotion.history(place)) == 1
 
 
 @pytest.mark.slow

@@ -21,20 +21,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from s3_servers import MotoServer
 
 from video_kd.runs import Manifest, ManifestEntry, RunLayout
 from video_kd.storage import s3, s3_conditional
 
 WRITERS = 20
 TRIALS = 10
-
-
-@pytest.fixture(scope='module')
-def serial_s3(tmp_path_factory):
-    """A private moto server that applies conditions atomically (one request at a time)."""
-    with MotoServer(tmp_path_factory.mktemp('serial-moto'), serial=True) as server:
-        yield server
 
 
 @pytest.fixture

@@ -62,6 +62,20 @@ def test_kd_training_writes_checkpoints_and_logs_progress(kd_run):
         assert progress in log
 
 
+def test_kd_training_writes_tensorboard_curves(kd_run):
+    """mmengine's TensorboardVisBackend (train_config.add_tensorboard): the losses and the
+    student's and the teacher's val top-1 of every epoch, in event files TensorBoard reads."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = kd_run[0].glob('*/vis_data/events.out.tfevents.*')
+    curves = EventAccumulator(str(events)).Reload()
+    tags = set(curves.Tags()['scalars'])
+    assert {'loss', 'distill.loss_dist', 'acc/top1', 'teacher.acc/top1'} <= tags, tags
+    for tag in ('acc/top1', 'teacher.acc/top1'):  # validation every epoch, 2 epochs
+        assert len(curves.Scalars(tag)) == 2
+        assert all(0.0 <= point.value <= 1.0 for point in curves.Scalars(tag))
+
+
 def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run, tmp_path):
     import shutil
 

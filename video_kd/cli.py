@@ -272,6 +272,22 @@ def cmd_configs(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_runs(args: argparse.Namespace) -> int:
+    # deferred: boto3, not needed by --help
+    from video_kd.deploy import run_index
+
+    where = (args.s3_bucket, args.s3_prefix)
+    if args.runs_command == 'list':
+        print(run_index.list_runs(*where))
+    elif args.runs_command == 'show':
+        print(run_index.show(*where, args.run))
+    elif args.runs_command == 'compare':
+        print(run_index.compare(*where, args.a, args.b))
+    else:
+        print(run_index.current(*where, args.model))
+    return 0
+
+
 def compile_with_defaults(
     path: Path, names: ClusterNames, defaults: dict[str, Any] | None = None
 ) -> Path:
@@ -795,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser('configs', help='list the shipped configs')
     p.set_defaults(func=cmd_configs)
+    _runs_parser(sub)
     return parser
 
 
@@ -816,6 +833,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         threads=args.threads,
     )
     return 0
+
+
+def _runs_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        'runs',
+        help="the runs in S3: list, show, compare, a model's current student",
+        description='Every run under s3://<bucket>/<prefix>/, read from S3 only (each '
+        "run's eval/metrics.json, export/export.json, promote/decision.json; parallel "
+        "GETs), and each model's current student (models/<name>/current.json).",
+    )
+    p.add_argument('--s3-bucket', default='video-kd', help='default: video-kd')
+    p.add_argument('--s3-prefix', default='video-kd', help='default: video-kd')
+    runs = p.add_subparsers(dest='runs_command', required=True, metavar='WHAT')
+    runs.add_parser('list', help='date, status, teacher, student top-1, KD gain, speedup, '
+                    'promoted; newest first')  # fmt: skip
+    runs.add_parser('show', help='one run: every accuracy, the export, the decision').add_argument(
+        'run'
+    )
+    compare = runs.add_parser('compare', help='two runs side by side, with B - A')
+    compare.add_argument('a')
+    compare.add_argument('b')
+    runs.add_parser('current', help="a model's current student").add_argument('model')
+    p.set_defaults(func=cmd_runs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -38,11 +38,12 @@ from video_kd.storage.download import ChangedSinceRecordedError, fetch_verified
 
 log = logging.getLogger(__name__)
 
-RUN_STEPS = ('data', 'teacher', 'train', 'student', 'eval', 'export')
+RUN_STEPS = ('data', 'teacher', 'train', 'student', 'eval', 'export', 'promote')
 MANIFEST_NAME = 'manifest.json'
 CLAIM_NAME = 'run.json'
 DATASET_META_NAME = 'dataset.json'
 CACHE_DIR = 'cache'
+MODELS_DIR = 'models'  # each model's current student and history (deploy.promotion)
 _RUN_ID_UNSAFE = re.compile(r'[^a-z0-9-]+')
 _UNRESOLVED = re.compile(r'\{\{.*\}\}')
 _SHA256_RE = re.compile(r'^[0-9a-f]{64}\Z')
@@ -77,7 +78,11 @@ class RunLayout:
     def __post_init__(self) -> None:
         if not self.bucket or '/' in self.bucket:
             raise UserError(f'bad bucket name: {self.bucket!r}')
-        if not self.run_id or '/' in self.run_id or self.run_id in ('.', '..', CACHE_DIR):
+        if (
+            not self.run_id
+            or '/' in self.run_id
+            or self.run_id in ('.', '..', CACHE_DIR, MODELS_DIR)
+        ):
             raise UserError(f'bad run id: {self.run_id!r}')
         check_s3_prefix(self.prefix)
 

@@ -39,6 +39,8 @@ def check_inputs(
     parity_clips: int,
     run_id: str,
     image: str,
+    model_name: str,
+    promote_min_gain: float,
 ):
     """Check the run's parameters as the steps that read them will (cfg_options against the
     resolved KD config, the resolved config's values, numeric ranges, checksums, URLs,
@@ -85,9 +87,12 @@ def check_inputs(
         speed_repeats: A whole number from 0 (no speed check) to 1000.
         parity_clips: A whole number, 1 or more.
         run_id: Empty (a new id) or a DNS label (1-63 lowercase letters, digits, hyphens),
-            not "cache".
+            not "cache" or "models".
         image: Starts with one of the chart's allowed prefixes (pipeline.allowedImagePrefixes,
             from the training ConfigMap); no list, no check.
+        model_name: Empty (derived from kd_config) or 1-63 lowercase letters, digits, ".",
+            "_", "-", starting and ending with a letter or digit.
+        promote_min_gain: A finite number from -100 to 100 (top-1 percentage points).
     """
     params = dict(locals())  # the parameters by name: nothing else is defined yet
     from video_kd.core.errors import exit_on_user_error

@@ -37,6 +37,12 @@ def main(argv: list[str] | None = None) -> int:
         default=-1,
         help="processes per node (-1: the training's; 0: one per GPU)",
     )
+    p.add_argument(
+        '--model-name',
+        default=None,
+        help="also score this model's current student (the promotion gate's comparison); "
+        "'' derives the name from the KD config",
+    )
     args = p.parse_args(argv)
     setup_logging()
     from video_kd.steps import evaluate
@@ -58,6 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         gpus_per_worker=args.gpus_per_worker,
         nproc_per_node=args.nproc_per_node,
         image=args.image,
+        model_name=args.model_name,
     )
     result.pop('report')
     return _cli.finish(result)

@@ -20,6 +20,7 @@ def evaluate(
     eval_num_workers: int,
     eval_gpus_per_worker: int,
     eval_nproc_per_node: int,
+    model_name: str,
     metrics: Output[Metrics],
     confusion_matrix: Output[ClassificationMetrics],
     report: Output[Markdown],
@@ -45,6 +46,9 @@ def evaluate(
         eval_gpus_per_worker: GPUs per evaluation node; -1: the training's.
         eval_nproc_per_node: Evaluation processes per node; -1: the training's, 0: one per
             GPU (one without GPUs).
+        model_name: The model whose current student (models/<model_name>/current.json)
+            is scored too, on the same val set, for the promotion gate; empty: the name
+            derived from kd_config.
 
     Returns:
         metrics: Accuracies as KFP metrics, <model>_<metric> for student, teacher,
@@ -71,9 +75,10 @@ def evaluate(
             num_workers=eval_num_workers,
             gpus_per_worker=eval_gpus_per_worker,
             nproc_per_node=eval_nproc_per_node,
+            model_name=model_name,  # empty: the name derived from kd_config
         )
     summary = result['metrics']
-    for model in ('student', 'teacher', 'baseline', 'kd_gain'):
+    for model in ('student', 'teacher', 'baseline', 'kd_gain', 'current'):
         for key, value in summary.get(model, {}).items():
             metrics.log_metric(f'{model}_{key}', round(float(value), 6))
     metrics.metadata.update({key: result[key] for key in ('run_id', 'run_root', 'metrics_uri')})

@@ -206,6 +206,16 @@ class ScoredWith(TypedDict):
     test_pipeline: list[str]
 
 
+class CurrentScored(TypedDict):
+    """The model's current student as the evaluation found it (``deploy.promotion``)."""
+
+    model_name: str
+    uri: str  # its current.json
+    etag: str | None  # what the promotion's compare-and-swap expects; None: none yet
+    run_id: str  # the run it came from ('' when unusable)
+    problem: str  # why it was not scored ('' when it was, or when there is none)
+
+
 class _MetricsSummary(TypedDict):
     run_id: str
     num_val: int
@@ -222,6 +232,8 @@ class MetricsSummary(_MetricsSummary, total=False):
     baseline: Accuracy  # the student trained alone, when given
     kd_gain: Accuracy  # student minus baseline
     per_class_acc: dict[str, list[float | None]]  # by model; None: no val video of the class
+    current: Accuracy  # the model's current student, on the same val set
+    current_student: CurrentScored  # with a model name: what the promotion gate compares
 
 
 class EvaluationSummary(MetricsSummary, total=False):

@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 # Every pattern is anchored with \Z, not $: '$' also matches before a trailing newline, and
 # 'run-1\n' would become an S3 directory, a job name and a label value.
 RUN_ID_PATTERN = re.compile(r'^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\Z')
-RESERVED_RUN_IDS = frozenset({'cache'})
+RESERVED_RUN_IDS = frozenset({'cache', 'models'})  # runs.CACHE_DIR, promotion.MODELS_DIR
 RUN_ID_RULE = (
     'a run id is 1-63 lowercase letters, digits and hyphens, starting and ending with '
-    'a letter or digit (a DNS label), and not "cache"'
+    'a letter or digit (a DNS label), and not "cache" or "models"'
 )
 _SHA256 = re.compile(r'^[0-9a-f]{64}\Z')
 _BUCKET = re.compile(r'^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]\Z')
@@ -69,7 +69,7 @@ def check_run_id(run_id: str) -> str:
         raise InvalidInputError(f'bad run id {run_id!r}: {RUN_ID_RULE}')
     if run_id in RESERVED_RUN_IDS:
         raise InvalidInputError(
-            f'bad run id {run_id!r}: it names the shared cache directory; {RUN_ID_RULE}'
+            f'bad run id {run_id!r}: it names a shared directory; {RUN_ID_RULE}'
         )
     return run_id
 

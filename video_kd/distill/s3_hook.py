@@ -34,6 +34,14 @@ that started over beside bad, higher-numbered checkpoints still has a good one t
 from.  A delete that failed is retried at the next epoch (the object the manifest marks
 removed is still listed).
 
+Curves while training: after every train and val epoch the attempt's metrics
+(mmengine's ``vis_data/scalars.json``: losses, the student's and the teacher's val top-1)
+go to ``<run>/train/scalars/<timestamp>.json`` and its TensorBoard event files
+(``TensorboardVisBackend``, flushed first) to ``<run>/train/tensorboard/<timestamp>/``,
+rewritten as they grow: live copies for Kubeflow's TensorBoard (a ``Tensorboard`` pointed at
+``<run>/train/tensorboard/``), not recorded in the manifest; a failed upload is a warning,
+never the training's end.  The recorded copies are the logs below.
+
 When training ends, the run's mmengine log directory (the text log, the
 resolved config ``vis_data/config.py`` and the metrics ``vis_data/scalars.json``)
 goes to ``<run>/train/logs/<timestamp>/``: one directory per training attempt
@@ -64,6 +72,8 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT_DIR = 'checkpoints'
 LOG_DIR = 'logs'
+SCALARS_DIR = 'scalars'  # <run>/train/scalars/<timestamp>.json, live
+TENSORBOARD_DIR = 'tensorboard'  # <run>/train/tensorboard/<timestamp>/events.out.tfevents.*
 _CKPT_RE = re.compile(r'^epoch_(\d+)(?:\.(\d+))?\.pth$')
 BEST_GLOB = 'best_*.pth'  # mmengine's save_best: best_<metric>_epoch_N.pth
 
@@ -273,6 +283,20 @@ def upload_logs(layout: RunLayout, log_dir: Path) -> list[str]:
     return uris
 
 
+def upload_curves(layout: RunLayout, log_dir: Path) -> list[str]:
+    """The attempt's scalars and TensorBoard event files as they are now (rewritten)."""
+    vis_data, attempt = Path(log_dir) / 'vis_data', Path(log_dir).name
+    copies = [(path, layout.uri('train', TENSORBOARD_DIR, attempt, path.name))
+              for path in sorted(vis_data.glob('events.out.tfevents.*'))]  # fmt: skip
+    if (vis_data / 'scalars.json').is_file():
+        copies.append(
+            (vis_data / 'scalars.json', layout.uri('train', SCALARS_DIR, f'{attempt}.json'))
+        )
+    for path, uri in copies:
+        s3.upload_file(path, uri, overwrite=True)  # a growing file: S3 has no append
+    return [uri for _, uri in copies]
+
+
 @HOOKS.register_module(force=True)
 class S3CheckpointHook(Hook):
     """Upload new ``epoch_*.pth`` files of the work dir to the run's S3 directory."""
@@ -335,9 +359,24 @@ class S3CheckpointHook(Hook):
 
     def after_train_epoch(self, runner: Runner) -> None:
         self._sync(runner)
+        self._curves(runner)
 
     def after_val_epoch(self, runner: Runner, metrics: dict | None = None) -> None:
         self._sync(runner)  # a new best_*.pth (save_best) goes up at once
+        self._curves(runner)
+
+    def _curves(self, runner: Runner) -> None:
+        from mmengine.dist import is_main_process
+
+        if not is_main_process():
+            return
+        tensorboard = runner.visualizer.get_backend('TensorboardVisBackend')
+        if tensorboard is not None:
+            tensorboard.experiment.flush()  # SummaryWriter buffers up to 2 minutes
+        try:
+            upload_curves(self.layout, Path(runner.log_dir))
+        except s3.S3Error as exc:  # live copies only: the logs at the end are the record
+            log.warning('training curves not uploaded this epoch: %s', one_line(exc))
 
     def after_train(self, runner: Runner) -> None:
         from mmengine.dist import is_main_process

@@ -208,6 +208,7 @@ def resolve(
     set_checkpoint_retention(cfg, options.keep_checkpoints)
     if is_distill_config(cfg):  # the frozen teacher is rebuilt from its checkpoint, not saved
         cfg.custom_hooks = [*(cfg.get('custom_hooks') or []), FROZEN_TEACHER_HOOK]
+    add_tensorboard(cfg)
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
     # what mmengine would refuse only in the training processes (the files' values and the
     # options' alike), before the step publishes this config and the run is bound to it
@@ -223,6 +224,18 @@ def set_checkpoint_retention(cfg: Config, keep: int) -> None:
     checkpoint = hooks.setdefault('checkpoint', dict(type='CheckpointHook', interval=1))
     checkpoint['max_keep_ckpts'] = keep
     checkpoint['save_best'] = checkpoint.get('save_best') or 'auto'
+
+
+def add_tensorboard(cfg: Config) -> None:
+    """TensorBoard event files beside mmengine's ``vis_data/scalars.json`` (its
+    ``TensorboardVisBackend``): the curves Kubeflow's TensorBoard shows while training runs
+    (``s3_hook`` uploads them as they grow)."""
+    visualizer = cfg.get('visualizer') or dict(type='ActionVisualizer')
+    backends = list(visualizer.get('vis_backends') or [dict(type='LocalVisBackend')])
+    if not any(b.get('type') == 'TensorboardVisBackend' for b in backends):
+        backends.append(dict(type='TensorboardVisBackend'))
+    visualizer['vis_backends'] = backends
+    cfg.visualizer = visualizer
 
 
 def fetch_pretrained_from(cfg: Config, uri: str, sha256: str = '') -> None:

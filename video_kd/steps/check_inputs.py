@@ -20,6 +20,7 @@ from video_kd.core.checks import (
     check_sha256,
 )
 from video_kd.core.errors import UserError
+from video_kd.deploy.promotion import check_min_gain, check_model_name
 from video_kd.distill.train_config import TrainOptions
 from video_kd.openmmlab.config import config_path
 from video_kd.steps import data_prep, evaluate, export, teacher, train
@@ -141,3 +142,7 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
             speed_repeats=params.get('speed_repeats', export.DEFAULT_SPEED_REPEATS),
             parity_clips=params.get('parity_clips', export.DEFAULT_PARITY_CLIPS),
         )
+    if params.get('model_name'):
+        check_model_name(params['model_name'])
+    if 'promote_min_gain' in params:
+        check_min_gain(params['promote_min_gain'])

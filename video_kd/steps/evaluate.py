@@ -11,6 +11,7 @@ from typing import Any, cast
 
 from video_kd import backends
 from video_kd.core.artifacts import (
+    CurrentScored,
     Dataset,
     Evaluation,
     EvaluationSummary,
@@ -22,6 +23,7 @@ from video_kd.core.checks import InvalidInputError, check_range, check_sha256
 from video_kd.core.errors import UserError
 from video_kd.data.data_stream import check_mounted
 from video_kd.data.dataset import VAL_LIST
+from video_kd.deploy import promotion
 from video_kd.distill import evaluate as mmaction_test
 from video_kd.distill import score_cache
 from video_kd.openmmlab.config import config_path, teacher_config
@@ -30,6 +32,7 @@ from video_kd.steps.common import output_uri, scratch_dir, step_tmpdir
 from video_kd.steps.report import markdown_report, summarise_metrics
 from video_kd.steps.train import error_line
 from video_kd.storage import download, s3
+from video_kd.storage.download import ChangedSinceRecordedError, fetch_verified
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +55,15 @@ def run(
     nproc_per_node: int = -1,
     image: str = '',
     timeout: float = EVAL_TIMEOUT,
+    model_name: str | None = None,
 ) -> Evaluation:
     """Evaluate the student (+ teacher, + the student-alone baseline when given).
 
     The test loops run on the training backend (``EvalLaunch``: by default the backend,
     nodes, GPUs and processes the run's training used); the teacher's and the baseline's
-    scores come from the score cache when it has them.  Writes ``<run>/eval/metrics.json``,
+    scores come from the score cache when it has them.  ``model_name``: also score that
+    model's current student, the promotion gate's comparison ('' is the name derived from
+    ``kd_config``, None scores none).  Writes ``<run>/eval/metrics.json``,
     ``predictions.json`` and ``report.md``; returns the metrics.
     """
     check_baseline(baseline_url, student_config, baseline_sha256)
@@ -72,7 +78,10 @@ def run(
             work, layout, launch, data_meta, student, kd_config, teacher, student_config,
             baseline_url, baseline_sha256, timeout,
         )  # fmt: skip
+        current = _score_current(work, layout, data_meta, kd_config, model_name, results)
         summary = cast(EvaluationSummary, summarise_metrics(layout.run_id, results))
+        if current is not None:
+            summary['current_student'] = current
         if 'teacher' in scored:  # cached or computed: visible in metrics.json
             summary['teacher_scored'] = scored['teacher']
         if 'baseline' in scored:
@@ -325,3 +334,45 @@ def _score_on_backend(
         raise UserError(f'evaluation on {where} failed: {detail}') from exc
     manifest = Manifest.load(layout)
     return {model['name']: read_recorded_json(manifest, model['scores_uri']) for model in models}
+
+
+def _score_current(
+    work: Path,
+    layout: RunLayout,
+    data_meta: Dataset,
+    kd_config: str,
+    model_name: str | None,
+    results: dict[str, ModelScores],
+) -> CurrentScored | None:
+    """The promotion gate's comparison: ``model_name``'s current student scored on this
+    val set as ``results['current']``, unless it cannot be compared with (then ``problem``
+    says why, one line).  ``None`` when ``model_name`` is None."""
+    if model_name is None:
+        return None
+    place = promotion.ModelPlace(layout.bucket, layout.prefix,
+                                 promotion.resolve_model_name(model_name, kd_config))  # fmt: skip
+    state = promotion.read_current(place)
+    found: CurrentScored = {'model_name': place.name, 'uri': place.current_uri,
+                            'etag': state.etag, 'run_id': '', 'problem': ''}  # fmt: skip
+    if not state.exists:
+        return found
+    found['problem'] = promotion.comparable(state, list(data_meta['classes']))
+    if state.record is None or found['problem']:
+        log.warning('current student: %s', found['problem'])
+        return found
+    found['run_id'] = state.record['run_id']
+    try:
+        checkpoint = fetch_verified(state.record['student']['s3_uri'], work / 'current.pth',
+                                    state.record['student']['sha256'])  # fmt: skip
+    except s3.BucketNotFoundError:
+        raise
+    except (ChangedSinceRecordedError, s3.ObjectNotFoundError) as exc:
+        found['problem'] = f'{place.current_uri}: its student cannot be read: {exc}'
+        log.warning('current student: %s', found['problem'])
+        return found
+    results['current'] = mmaction_test.evaluate(
+        state.record['kd_config'], str(checkpoint), data_meta, str(work / 'w_current')
+    )
+    log.info('current student (run %s): top-1 %.4f', found['run_id'],
+             results['current']['top1_acc'])  # fmt: skip
+    return found

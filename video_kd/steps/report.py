@@ -28,7 +28,7 @@ def summarise_metrics(run_id: str, results: Mapping[str, Mapping[str, Any]]) -> 
         'student': {k: results['student'][k] for k in ACCURACY_KEYS},
         'confusion_matrix': results['student']['confusion_matrix'],
     }
-    for name in ('teacher', 'baseline'):
+    for name in ('teacher', 'baseline', 'current'):
         if name in results:
             summary[name] = {k: results[name][k] for k in ACCURACY_KEYS}
     summary['per_class_acc'] = {  # each model's own confusion matrix, row by row
@@ -72,6 +72,8 @@ def markdown_report(
         rows.append(('teacher', summary['teacher']))
     if 'baseline' in summary:
         rows.append(('student alone (no KD)', summary['baseline']))
+    if 'current' in summary:
+        rows.append(('current student (promotion gate)', summary['current']))
     classes = summary['classes']
     lines = [
         f'# Knowledge distillation: run `{summary["run_id"]}`',
@@ -93,6 +95,12 @@ def markdown_report(
             '',
             f'**KD gain** (student with KD minus without): top-1 '
             f'{gain["top1_acc"]:+.4f}, mean-class {gain["mean_class_acc"]:+.4f}.',
+        ]
+    found = summary.get('current_student')
+    if found and found['problem']:
+        lines += [
+            '',
+            f'Current student of `{found["model_name"]}` not compared: {found["problem"]}',
         ]
     lines += ['', '## Parameters', '', f'- student checkpoint: `{student["s3_uri"]}`']
     if teacher:

@@ -1,0 +1,1 @@
+"""The promote step (see component.py and video_kd.steps.promote)."""
