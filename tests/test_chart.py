@@ -1018,7 +1018,7 @@ def test_the_hook_uploads_and_schedules_on_multi_user_kfp_with_its_roles_rights(
             'AWS_SECRET_ACCESS_KEY': 'secretkey',
         }
         expected_maps = {'kd-prod-video-kd-s3'}
-        if executor == 'exec-train':
+        if executor in ('exec-train', 'exec-evaluate'):  # both run on the training backend
             expected_maps.add('kd-prod-video-kd-training')
         assert pod['config_maps'] == expected_maps, executor
         assert pod['pvc'] == [('videos', '/mnt/videos')], executor
