@@ -368,8 +368,8 @@ class S3CheckpointHook(Hook):
     def _curves(self, runner: Runner) -> None:
         from mmengine.dist import is_main_process
 
-        if not is_main_process():
-            return
+        if not is_main_process() or not hasattr(runner, 'visualizer'):
+            return  # no visualizer (a runner stand-in): no curves to upload
         tensorboard = runner.visualizer.get_backend('TensorboardVisBackend')
         if tensorboard is not None:
             tensorboard.experiment.flush()  # SummaryWriter buffers up to 2 minutes
