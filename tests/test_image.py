@@ -445,7 +445,7 @@ def test_the_long_runs_have_their_own_timeout():
         test for name, test in vars(test_pipeline).items()
         if name.startswith('test_') and 'pipeline_run' in inspect.signature(test).parameters
     ]  # fmt: skip
-    assert len(on_the_run) == 3
+    assert len(on_the_run) == 4
     for test in (*on_the_run, test_pipeline_in_containers_gives_the_subprocess_runs_metrics):
         (mark,) = (m for m in getattr(test, 'pytestmark', []) if m.name == 'timeout')
         assert mark.args == (LONG_TIMEOUT,), test.__name__

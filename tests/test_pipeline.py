@@ -163,7 +163,7 @@ def test_steps_run_in_the_image_with_s3_from_secret_and_configmap():
             param = m['configMapNameParameter']['componentInputParameter']
             maps.setdefault(param, []).extend(e['envVar'] for e in m['keyToEnv'])
         assert 'S3_ENDPOINT_URL' in maps['s3_config_map']
-        assert ('training_config_map' in maps) == (name == 'exec-train')
+        assert ('training_config_map' in maps) == (name in ('exec-train', 'exec-evaluate'))
     job_id = spec['root']['dag']['tasks']['data-prep']['inputs']['parameters']['job_id']
     assert job_id['runtimeValue']['constant'] == '{{$.pipeline_job_uuid}}'
 
@@ -182,7 +182,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     from video_kd.distill.train_config import TrainOptions
     from video_kd.steps import check_inputs as checks  # the step's module, not the component
 
-    read = {*checks.SHA256_PARAMETERS, *checks.LAUNCH_PARAMETERS}
+    read = {*checks.SHA256_PARAMETERS, *checks.LAUNCH_PARAMETERS, *checks.EVAL_LAUNCH_PARAMETERS}
     read |= {f.name for f in dataclasses.fields(TrainOptions)}
     read |= set(checks.STEP_RESOURCE_PARAMETERS)
     read |= {'run_id', 's3_bucket', 's3_prefix', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',

@@ -19,6 +19,7 @@ import pytest
 from mmengine.config import Config
 
 from video_kd.openmmlab.config import CONFIG_DIR, load_config, teacher_config
+from video_kd.runs import RunLayout
 
 SEED = json.loads((Path(__file__).parent / 'data' / 'seed_kd_configs.json').read_text())
 ABSENT = '<absent>'
@@ -224,44 +225,35 @@ def test_swin_teacher_drop_path_is_timms_default():
     assert cfg.model.backbone.drop_path_rate == timm_default
 
 
-def test_the_evaluate_step_scores_the_teacher_with_its_own_config(monkeypatch, tmp_path):
-    """The evaluate step hands MMAction2's test loop the teacher's own config (K400 TSM:
-    8 clips x TenCrop 224), not the KD config (the student's 8 x ThreeCrop 256), and
-    metrics.json records which config and test pipeline scored each model."""
+def test_the_evaluate_step_scores_the_teacher_with_its_own_config(tmp_path):
+    """The evaluate step plans the teacher with the teacher's own config (K400 TSM: 8 clips
+    x TenCrop 224), not the KD config (the student's 8 x ThreeCrop 256): the evaluation
+    processes score it with that config, and metrics.json records which config scored it."""
     from video_kd.distill import evaluate as mmaction_test
+    from video_kd.distill import evaluate_pod
     from video_kd.steps import evaluate as evaluate_step
-    from video_kd.steps.report import summarise_metrics
 
     name = 'kd_logits_tsm-res50_tsm-mobilenetv2_8xb16_k400'
-
-    def test_loop(config, checkpoint, data, work_dir):  # what MMAction2's would be given
-        cfg = load_config(config)
-        return dict(
-            config=str(config),
-            test_pipeline=mmaction_test.describe_test_pipeline(cfg),
-            checkpoint=checkpoint,
-            num_samples=1,
-            top1_acc=1.0,
-            top5_acc=1.0,
-            mean_class_acc=1.0,
-            classes=['a'],
-            confusion_matrix=[[1]],
-        )
-
-    monkeypatch.setattr(mmaction_test, 'evaluate', test_loop)
-    monkeypatch.setattr(evaluate_step, 'fetch_verified', lambda uri, dest, sha256: dest)
-    results = evaluate_step._evaluate_models(
-        tmp_path, None, {}, {'s3_uri': 's3://b/student.pth'}, name,
-        {'s3_uri': 's3://b/teacher.pth'}, '', '', '',
-    )  # fmt: skip
-    scored = summarise_metrics('run-1', results)['scored_with']
     teacher_views = mmaction_test.describe_test_pipeline(teacher_config(name))
     student_views = mmaction_test.describe_test_pipeline(load_config(name))
     assert 'TenCrop(crop_size=224)' in teacher_views
     assert 'ThreeCrop(crop_size=256)' in student_views
-    assert scored['teacher']['test_pipeline'] == teacher_views
-    assert scored['student'] == {'config': name, 'test_pipeline': student_views}
-    assert scored['teacher']['config'] == (
+    # the step: the teacher's config file (hashed for the score cache) and its record
+    path, recorded = evaluate_step._teacher_config_file(name, tmp_path)
+    assert mmaction_test.describe_test_pipeline(load_config(path)) == teacher_views
+    assert recorded == (
         'mmaction::recognition/tsm/tsm_imagenet-pretrained-r50_8xb16-1x1x8-50e_kinetics400-rgb.py'
         f' (model: the teacher of {name})'
     )
+    # the evaluation processes: a planned teacher is scored with that config, the student
+    # with the KD config (its student part)
+    planned = evaluate_step._planned('teacher', '', name, 's3://b/t.pth', 'a' * 64,
+                                     RunLayout('b', 'kd', 'run-1'), 'attempt')  # fmt: skip
+    inputs = tmp_path / 'inputs'
+    inputs.mkdir()
+    teacher_config(planned['teacher_of']).dump(evaluate_pod.model_config(planned, inputs))
+    scored = load_config(evaluate_pod.model_config(planned, inputs))
+    assert mmaction_test.describe_test_pipeline(scored) == teacher_views
+    student = evaluate_step._planned('student', name, '', 's3://b/s.pth', 'b' * 64,
+                                     RunLayout('b', 'kd', 'run-1'), 'attempt')  # fmt: skip
+    assert evaluate_pod.model_config(student, inputs) == name
