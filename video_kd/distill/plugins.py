@@ -4,12 +4,17 @@ A training config written by the train step (``<run>/train/config.py``) names
 MMAction2, MMRazor and MMPretrain modules and ours: ``InferenceTeacherDistill``
 (video_kd.distill.fast_teacher), ``CachedLogitsSingleTeacherDistill``, ``SeededViews``
 and ``TeacherLogitCacheHook`` (video_kd.distill.logit_cache), ``S3CheckpointHook``
-(video_kd.distill.s3_hook).  Ours register when their module is imported.  mmengine
-imports this module when it loads such a config, so every process that loads it can
+(video_kd.distill.s3_hook), ``EpochProgressHook`` (video_kd.distill.progress_hook).
+Ours register when their module is imported.  mmengine imports this module when it loads such a config, so every process that loads it can
 build everything in it.
 """
 
-from video_kd.distill import fast_teacher, logit_cache, s3_hook  # noqa: F401  (they register on import)
+from video_kd.distill import (  # noqa: F401  (they register on import)
+    fast_teacher,
+    logit_cache,
+    progress_hook,
+    s3_hook,
+)
 from video_kd.openmmlab.runtime import register_all_modules
 
 register_all_modules()

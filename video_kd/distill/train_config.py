@@ -167,6 +167,8 @@ def resolve(
         set_num_classes(cfg.model, num_classes)
     if options.max_epochs:
         set_max_epochs(cfg, options.max_epochs)
+    # one line an epoch on the console (video_kd.distill.progress_hook, via PLUGINS_MODULE)
+    cfg.custom_hooks = [*(cfg.get('custom_hooks') or []), dict(type='EpochProgressHook')]
     if options.teacher_precision:  # before the cache: its location hashes the precision
         _require_distill(cfg, '--teacher-precision')
         # deferred: imports MMRazor's models (not needed by --help or check inputs)
