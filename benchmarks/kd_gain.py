@@ -251,7 +251,7 @@ def main(argv=None) -> int:
         print(f'teacher top-1 {found["top1"]:.3f} ({found["wall_s"]:.0f} s)', flush=True)
         return found, ckpt
 
-    # the students alone do not need the teacher: they train while it does (jobs >= 2)
+    # the students alone do not need the teacher: they train while it trains (jobs >= 2)
     teacher_job = pool.submit(get_teacher)
 
     def run_arm(seed: int, arm: str) -> dict:
@@ -275,10 +275,8 @@ def main(argv=None) -> int:
         )
         return run
 
-    # the students alone first: they need no teacher
-    jobs = sorted(
-        ((seed, arm) for seed in args.seeds for arm in args.arms), key=lambda j: j[1] != 'student'
-    )
+    # seed by seed, each seed's arms together: the paired differences come in as they finish
+    jobs = [(seed, arm) for seed in args.seeds for arm in args.arms]
     with pool:
         done = list(pool.map(lambda job: run_arm(*job), jobs))
     teacher = teacher_job.result()[0]
