@@ -33,6 +33,9 @@ def parse_args(argv=None):
     )
     parser.add_argument('--workdir', default=str(common.ROOT / '.local-run'))
     parser.add_argument('--out', default='demo_wall')
+    parser.add_argument(
+        '--log', help="write the demo's whole output (progress lines included) here"
+    )
     parser.add_argument('extra', nargs='*', help='more `video-kd run-local` arguments')
     return parser.parse_args(argv)
 
@@ -64,6 +67,8 @@ def run_demo(args, workdir: str) -> int:
     start, cpu_start = time.perf_counter(), children_cpu_s()
     result = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True)
     wall, cpu = time.perf_counter() - start, children_cpu_s() - cpu_start
+    if args.log:
+        Path(args.log).write_text(result.stdout + result.stderr)
     tail = (result.stdout + result.stderr).strip().splitlines()[-25:]
     print('\n'.join(tail))
     common.print_table(
