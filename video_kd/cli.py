@@ -403,12 +403,12 @@ def cmd_run_local(args: argparse.Namespace) -> int:
                             train_options, args.lr)  # fmt: skip
     workdir = Path(args.workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    data_opts: GeneratorOptions = dict(
-        DEMO_DATA,
-        num_classes=args.classes,
-        train_per_class=args.train_per_class,
-        val_per_class=args.val_per_class,
-    )
+    data_opts: GeneratorOptions = {
+        **DEMO_DATA,
+        'num_classes': args.classes,
+        'train_per_class': args.train_per_class,
+        'val_per_class': args.val_per_class,
+    }
     # every training (and step) of the demo on a fixed thread count: the same numbers on a
     # laptop with 2 cores and a server with 64; the environment's setting wins if given
     threads = os.environ.setdefault('OMP_NUM_THREADS', str(DEMO_THREADS))
