@@ -10,6 +10,7 @@ fresh directory).
 from __future__ import annotations
 
 import argparse
+import resource
 import sys
 import tempfile
 import time
@@ -32,6 +33,9 @@ def parse_args(argv=None):
     )
     parser.add_argument('--workdir', default=str(common.ROOT / '.local-run'))
     parser.add_argument('--out', default='demo_wall')
+    parser.add_argument(
+        '--log', help="write the demo's whole output (progress lines included) here"
+    )
     parser.add_argument('extra', nargs='*', help='more `video-kd run-local` arguments')
     return parser.parse_args(argv)
 
@@ -42,6 +46,11 @@ def main(argv=None) -> int:
         with tempfile.TemporaryDirectory(prefix='demo_cold_') as workdir:
             return run_demo(args, workdir)
     return run_demo(args, args.workdir)
+
+
+def children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_demo(args, workdir: str) -> int:
@@ -55,14 +64,24 @@ def run_demo(args, workdir: str) -> int:
         workdir,
         *args.extra,
     ]
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), children_cpu_s()
     result = subprocess.run(command, cwd=common.ROOT, capture_output=True, text=True)
-    wall = time.perf_counter() - start
+    wall, cpu = time.perf_counter() - start, children_cpu_s() - cpu_start
+    if args.log:
+        Path(args.log).write_text(result.stdout + result.stderr)
     tail = (result.stdout + result.stderr).strip().splitlines()[-25:]
     print('\n'.join(tail))
     common.print_table(
-        ['demo', 'teacher + baseline', 'exit', 'wall s'],
-        [['video-kd run-local', 'reused' if warm else 'trained', result.returncode, f'{wall:.0f}']],
+        ['demo', 'teacher + baseline', 'exit', 'wall s', 'cpu s'],
+        [
+            [
+                'video-kd run-local',
+                'reused' if warm else 'trained',
+                result.returncode,
+                f'{wall:.0f}',
+                f'{cpu:.0f}',
+            ]
+        ],
     )
     common.write_result(
         args.out,
@@ -70,6 +89,9 @@ def run_demo(args, workdir: str) -> int:
             'command': ' '.join(command),
             'returncode': result.returncode,
             'wall_s': wall,
+            # user + system CPU of the demo and every process it waited for: on a loaded
+            # machine the wall time is mostly waiting, this is the work
+            'cpu_s': cpu,
             'teacher_and_baseline_reused': warm,
             'output_tail': tail,
         },

@@ -75,11 +75,19 @@ def parse_args(argv=None):
         default=0,
         help="OMP_NUM_THREADS of each training (default: torch's own)",
     )
+    parser.add_argument(
+        '--demo',
+        action='store_true',
+        help="the demo's settings (video_kd.cli.DEMO_*: data, epochs, lr, threads, "
+        'no loader workers, validation every 5 epochs as the config has it); the teacher '
+        'trains beside the students alone; writes kd_gain_demo.json',
+    )
     parser.add_argument('--out', default='kd_gain')
     return parser.parse_args(argv)
 
 
 THREADS = {}
+DEMO_OPTIONS: list[str] = []  # --demo: run-local's --cfg-options (video_kd.local_run)
 
 
 def linked_root(data: Path, dest: Path) -> Path:
@@ -107,6 +115,9 @@ def train(
     ]
     if lr is not None:
         options.append(f'optim_wrapper.optimizer.lr={lr}')
+    if DEMO_OPTIONS:  # as run-local trains: no loader workers, the config's validation
+        options = [o for o in options if not o.startswith('train_cfg.val_interval')]
+        options += DEMO_OPTIONS
     command = [
         sys.executable,
         '-m',
@@ -193,33 +204,62 @@ def evaluate_teacher(ckpt: Path, data: Path, work_dir: Path) -> dict:
     }
 
 
+def use_demo_settings(args) -> None:
+    """--demo: run-local's defaults (video_kd.cli.DEMO_*), so seed 0 here is the demo's own
+    run on this host."""
+    # deferred: the local harness (kfp, moto), --demo only
+    from video_kd import cli, local_run
+
+    args.epochs, args.lr = cli.DEMO_EPOCHS, cli.DEMO_LR
+    args.teacher_epochs, args.threads = cli.DEMO_TEACHER_EPOCHS, cli.DEMO_THREADS
+    if args.out == 'kd_gain':
+        args.out = 'kd_gain_demo'
+    DEMO_OPTIONS.extend(local_run.TINY_CFG_OPTIONS)
+
+
+def make_dataset(args, work: Path) -> Path:
+    # deferred: the generator, only without --dataset
+    from video_kd.data.dataset import generate_dataset, validate_dataset
+
+    if args.demo:  # as run-local makes it (no validation copy)
+        from video_kd.cli import DEMO_DATA
+
+        return generate_dataset(work / 'data', **DEMO_DATA)
+    generate_dataset(work / 'raw')
+    validate_dataset(work / 'raw', work / 'data')
+    return work / 'data'
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.demo:
+        use_demo_settings(args)
     if args.threads:
         THREADS['OMP_NUM_THREADS'] = str(args.threads)
     work = Path(args.workdir or tempfile.mkdtemp(prefix='kd_gain_'))
-    data = Path(args.dataset) if args.dataset else None
-    if data is None:
-        from video_kd.data.dataset import generate_dataset, validate_dataset
-
-        data = work / 'data'
-        generate_dataset(work / 'raw')
-        validate_dataset(work / 'raw', data)
+    data = Path(args.dataset) if args.dataset else make_dataset(args, work)
     print(f'dataset {data}; runs in {work}', flush=True)
-    if args.teacher_ckpt:  # evaluate the given teacher on the val split
-        teacher_ckpt = Path(args.teacher_ckpt)
-        teacher = evaluate_teacher(teacher_ckpt, data, work / 'teacher_eval')
-    else:
-        teacher = train(TEACHER, work / 'teacher', data, args.teacher_epochs, 0)
-        teacher_ckpt = work / 'teacher' / f'epoch_{args.teacher_epochs}.pth'
-    print(f'teacher top-1 {teacher["top1"]:.3f} ({teacher["wall_s"]:.0f} s)', flush=True)
+    pool = ThreadPoolExecutor(max_workers=args.jobs)  # each job is a subprocess
+
+    def get_teacher() -> tuple[dict, Path]:
+        if args.teacher_ckpt:  # evaluate the given teacher on the val split
+            ckpt = Path(args.teacher_ckpt)
+            found = evaluate_teacher(ckpt, data, work / 'teacher_eval')
+        else:
+            found = train(TEACHER, work / 'teacher', data, args.teacher_epochs, 0)
+            ckpt = work / 'teacher' / f'epoch_{args.teacher_epochs}.pth'
+        print(f'teacher top-1 {found["top1"]:.3f} ({found["wall_s"]:.0f} s)', flush=True)
+        return found, ckpt
+
+    # the students alone do not need the teacher: they train while it trains (jobs >= 2)
+    teacher_job = pool.submit(get_teacher)
 
     def run_arm(seed: int, arm: str) -> dict:
         wd = work / f'{arm}_seed{seed}'
         if arm == 'student':
             run = train(STUDENT, wd, data, args.epochs, seed, lr=args.lr)
         else:
-            extra = ['--teacher-ckpt', str(teacher_ckpt)]
+            extra = ['--teacher-ckpt', str(teacher_job.result()[1])]
             root = data
             if arm == 'kd_bf16':
                 extra += ['--teacher-precision', 'bf16']
@@ -235,9 +275,11 @@ def main(argv=None) -> int:
         )
         return run
 
+    # seed by seed, each seed's arms together: the paired differences come in as they finish
     jobs = [(seed, arm) for seed in args.seeds for arm in args.arms]
-    with ThreadPoolExecutor(max_workers=args.jobs) as pool:  # each job is a subprocess
+    with pool:
         done = list(pool.map(lambda job: run_arm(*job), jobs))
+    teacher = teacher_job.result()[0]
     runs = {
         arm: [run for (_, a), run in zip(jobs, done, strict=False) if a == arm] for arm in args.arms
     }
@@ -263,6 +305,8 @@ def main(argv=None) -> int:
         {
             'dataset': str(data),
             'num_val': num_val,
+            'demo_settings': args.demo,
+            'cfg_options': DEMO_OPTIONS,
             'epochs': args.epochs,
             'lr': args.lr,
             'jobs': args.jobs,

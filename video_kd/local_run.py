@@ -11,8 +11,11 @@ other KFP local runner (``DockerRunner``: each step in the image).
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import contextlib
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -49,6 +52,12 @@ TINY_CFG_OPTIONS = [
     'val_dataloader.persistent_workers=False',
 ]
 S3_ENV_OVERRIDDEN = ('AWS_SESSION_TOKEN', 'AWS_PROFILE', 'AWS_ENDPOINT_URL')
+
+
+def student_cfg_options(lr: float | None) -> list[str]:
+    """The KD student's and the baseline's ``--cfg-options``, the same for both
+    (``lr``: None keeps the config's)."""
+    return [*TINY_CFG_OPTIONS, *([f'optim_wrapper.optimizer.lr={lr}'] if lr is not None else [])]
 
 
 def free_port() -> int:
@@ -139,11 +148,18 @@ def s3_environment(env: dict[str, str]) -> Iterator[None]:
                 os.environ[key] = value
 
 
-def train_input_model(config: str, data_root: Path, work_dir: Path, epochs: int) -> Path:
-    """Train a tiny teacher / baseline once (reused by later run-local calls)."""
+# the line video_kd.distill.progress_hook logs after each epoch, at the end of mmengine's prefix
+PROGRESS_LINE = re.compile(r'(epoch \d+/\d+ loss .*)$')
+
+
+def train_input_model(
+    config: str, data_root: Path, work_dir: Path, epochs: int, cfg_options: list[str], label: str
+) -> Path:
+    """Train a tiny teacher / baseline once (reused by later run-local calls), printing one
+    ``<label>: epoch 3/15 loss 0.843 12.3 clips/s ETA 2m10s`` line per epoch."""
     ckpt = work_dir / f'epoch_{epochs}.pth'
     if ckpt.is_file():
-        print(f'  reusing {ckpt}')
+        print(f'  {label}: reusing {ckpt}')
         return ckpt
     if work_dir.exists():
         shutil.rmtree(work_dir)
@@ -151,13 +167,37 @@ def train_input_model(config: str, data_root: Path, work_dir: Path, epochs: int)
     command = [
         sys.executable, '-m', 'video_kd.distill.train', config, '--work-dir', str(work_dir),
         '--data-root', str(data_root), '--max-epochs', str(epochs), '--no-data-check',
-        '--cfg-options', *TINY_CFG_OPTIONS,
+        '--cfg-options', *cfg_options,
     ]  # fmt: skip
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0 or not ckpt.is_file():
-        raise UserError(f'training {config} failed: {result.stderr.strip().splitlines()[-1:]}')
-    print(f'  trained {config} for {epochs} epochs in {time.monotonic() - started:.0f}s')
+    tail: collections.deque[str] = collections.deque(maxlen=20)
+    with subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as proc:
+        assert proc.stdout is not None  # PIPE
+        for line in proc.stdout:
+            tail.append(line.rstrip())
+            progress = PROGRESS_LINE.search(line.rstrip())
+            if progress:
+                print(f'  {label}: {progress.group(1)}', flush=True)
+    if proc.returncode != 0 or not ckpt.is_file():
+        raise UserError(f'training {config} failed: {list(tail)[-1:]} (log: {work_dir})')
+    print(f'  {label}: trained {config} for {epochs} epochs in {time.monotonic() - started:.0f}s')
     return ckpt
+
+
+def train_input_models(
+    jobs: dict[str, tuple[str, Path, int, list[str]]], data_root: Path
+) -> dict[str, Path]:
+    """``train_input_model`` for each ``label: (config, work dir, epochs, cfg options)``,
+    side by side (the teacher and the baseline do not depend on each other)."""
+    with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
+        futures = {
+            label: pool.submit(
+                train_input_model, config, data_root, work_dir, epochs, options, label
+            )
+            for label, (config, work_dir, epochs, options) in jobs.items()
+        }
+        return {label: future.result() for label, future in futures.items()}
 
 
 def upload_input(path: Path, uri: str) -> tuple[str, str]:
@@ -169,9 +209,10 @@ def upload_input(path: Path, uri: str) -> tuple[str, str]:
 
 def prepare_inputs(
     workdir: Path, bucket: str, data_opts: GeneratorOptions, teacher_epochs: int,
-    kd_epochs: int, baseline: bool,
+    kd_epochs: int, baseline: bool, lr: float | None = None,
 ) -> dict[str, str]:  # fmt: skip
-    """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone."""
+    """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone,
+    trained side by side (``lr``: the baseline's, as the KD student's; None: the config's)."""
     key = '-'.join(f'{k}{v}' for k, v in sorted(data_opts.items()))
     inputs = workdir / 'inputs' / key
     data_root = inputs / 'dataset'
@@ -183,19 +224,29 @@ def prepare_inputs(
         s3.upload_dir(data_root, dataset_uri)
     print(f'dataset: {dataset_uri}')
     models = s3.join_uri(f's3://{bucket}', 'models', key)
-    print(f'training the tiny teacher ({TINY_TEACHER_CONFIG})')
-    teacher = train_input_model(
-        TINY_TEACHER_CONFIG, data_root, inputs / f'teacher-{teacher_epochs}e', teacher_epochs
+    teacher_name = f'teacher-{teacher_epochs}e'
+    jobs = {
+        'teacher': (TINY_TEACHER_CONFIG, inputs / teacher_name, teacher_epochs, TINY_CFG_OPTIONS)
+    }
+    baseline_name = f'baseline-{kd_epochs}e' + (f'-lr{lr:g}' if lr is not None else '')
+    if baseline:
+        jobs['baseline'] = (TINY_STUDENT_CONFIG, inputs / baseline_name, kd_epochs,
+                            student_cfg_options(lr))  # fmt: skip
+    print(
+        f'training the tiny teacher ({TINY_TEACHER_CONFIG})'
+        + (
+            f' and the student alone, the no-KD baseline ({TINY_STUDENT_CONFIG})'
+            if baseline
+            else ''
+        )
     )
+    trained = train_input_models(jobs, data_root)
     teacher_url, teacher_sha = upload_input(
-        teacher, s3.join_uri(models, f'teacher-{teacher_epochs}e.pth')
+        trained['teacher'], s3.join_uri(models, f'{teacher_name}.pth')
     )
     args = {'dataset_uri': dataset_uri, 'teacher_url': teacher_url, 'teacher_sha256': teacher_sha}
     if baseline:
-        print(f'training the student alone, the no-KD baseline ({TINY_STUDENT_CONFIG})')
-        base = train_input_model(
-            TINY_STUDENT_CONFIG, data_root, inputs / f'baseline-{kd_epochs}e', kd_epochs
-        )
+        base = trained['baseline']
         work_dir = s3.join_uri(models, base.parent.name)  # its mmengine work dir, as written
         for log in base.parent.glob('*/vis_data/scalars.json'):  # the report draws its curves
             upload_input(log, s3.join_uri(work_dir, str(log.relative_to(base.parent))))
@@ -212,10 +263,12 @@ def run_arguments(
     workers: int,
     run_id: str | None = None,
     pipeline_args: dict[str, Any] | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """The kd_pipeline arguments of a local run but its inputs (dataset, teacher, baseline),
     checked as the pipeline's steps will check them (``steps.check_inputs.check_pipeline_params``):
-    a bad one is one line before anything is written or trained."""
+    a bad one is one line before anything is written or trained.  ``lr``: the KD student's
+    (None: the config's)."""
     arguments = {
         'kd_config': TINY_KD_CONFIG,
         'student_config': TINY_STUDENT_CONFIG,
@@ -223,7 +276,7 @@ def run_arguments(
         'gpus_per_worker': 0,
         'nproc_per_node': 0,
         'max_epochs': kd_epochs,
-        'cfg_options': TINY_CFG_OPTIONS,
+        'cfg_options': student_cfg_options(lr),
         'training_backend': 'local',
         'speed_repeats': 1,  # one timing round at the seed's size is enough for a demo
         's3_bucket': bucket,
@@ -247,10 +300,12 @@ def run_local_pipeline(
     run_id: str | None = None,
     pipeline_args: dict[str, Any] | None = None,
     runner: SubprocessRunner | DockerRunner | None = None,
+    lr: float | None = None,
 ) -> dict[str, Any]:
     """Everything ``run-local`` does once the S3 env is set; returns where things are.
 
     ``pipeline_args``: more kd_pipeline parameters (teacher_precision, ...).
+    ``lr``: the KD student's and the baseline's learning rate (None: the config's).
     ``runner``: a KFP local runner; default ``SubprocessRunner`` (this venv).
     """
     from kfp import local
@@ -258,9 +313,9 @@ def run_local_pipeline(
     from pipelines.kd_pipeline import kd_pipeline
 
     run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
-    arguments = run_arguments(bucket, prefix, kd_epochs, workers, run_id, pipeline_args)
+    arguments = run_arguments(bucket, prefix, kd_epochs, workers, run_id, pipeline_args, lr)
     s3.ensure_bucket(bucket)
-    inputs = prepare_inputs(workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline)
+    inputs = prepare_inputs(workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline, lr)
     print(f'running the pipeline with the KFP local runner, run id {run_id}')
     local.init(
         runner=runner or local.SubprocessRunner(use_venv=False),
@@ -282,3 +337,27 @@ def mirror_run(run_root: str, dest: Path) -> Path:
     """Copy a run's S3 directory to disk (the local S3 server keeps it in memory only)."""
     s3.download_dir(run_root, dest)
     return dest
+
+
+def kd_verdict(metrics: dict[str, Any]) -> str | None:
+    """One line: the KD student against the student alone, the teacher beside them, and
+    whether the gap is more than the noise of ``num_val`` validation clips (two standard
+    errors of the difference of two accuracies).  None without a baseline."""
+    student, baseline, teacher = (metrics.get(k) for k in ('student', 'baseline', 'teacher'))
+    if not student or not baseline:
+        return None
+    kd, alone = student['top1_acc'], baseline['top1_acc']
+    num_val = max(int(metrics.get('num_val') or 1), 1)
+    noise = max(2 * ((kd * (1 - kd) + alone * (1 - alone)) / num_val) ** 0.5, 1 / num_val)
+    gain = kd - alone
+    if gain > noise:
+        meaning = 'distillation helped'
+    elif gain < -noise:
+        meaning = 'distillation hurt'
+    else:
+        meaning = f'within noise (+-{noise:.1%} on {num_val} clips): no clear effect'
+    teacher_part = f'; teacher {teacher["top1_acc"]:.1%}' if teacher else ''
+    return (
+        f'KD student {kd:.1%} vs {alone:.1%} trained alone '
+        f'({100 * gain:+.1f} points{teacher_part}): {meaning}'
+    )

@@ -181,6 +181,12 @@ def resolve(
         set_num_classes(cfg.model, num_classes)
     if options.max_epochs:
         set_max_epochs(cfg, options.max_epochs)
+    # one line an epoch on the console; registered here for a Runner built in this process,
+    # through PLUGINS_MODULE (custom_imports) for one built from the published config
+    # deferred: mmengine's hooks, not needed by check inputs' imports
+    from video_kd.distill import progress_hook  # noqa: F401
+
+    cfg.custom_hooks = [*(cfg.get('custom_hooks') or []), dict(type='EpochProgressHook')]
     if options.teacher_precision:  # before the cache: its location hashes the precision
         _require_distill(cfg, '--teacher-precision')
         # deferred: imports MMRazor's models (not needed by --help or check inputs)

@@ -1,0 +1,95 @@
+"""The demo's console: one progress line per training epoch, and the KD gain's one-line verdict."""
+
+from __future__ import annotations
+
+import pytest
+
+from video_kd import cli
+
+
+def test_run_local_defaults_are_the_measured_demo_settings():
+    args = cli.build_parser().parse_args(['run-local'])
+    assert (args.epochs, args.lr, args.teacher_epochs) == (
+        cli.DEMO_EPOCHS,
+        cli.DEMO_LR,
+        cli.DEMO_TEACHER_EPOCHS,
+    )
+    assert (args.classes, args.train_per_class, args.val_per_class) == (
+        cli.DEMO_DATA['num_classes'],
+        cli.DEMO_DATA['train_per_class'],
+        cli.DEMO_DATA['val_per_class'],
+    )
+
+
+METRICS = {
+    'num_val': 40,
+    'teacher': {'top1_acc': 0.925},
+    'student': {'top1_acc': 0.85},
+    'baseline': {'top1_acc': 0.275},
+}
+
+
+@pytest.mark.parametrize(
+    ('student', 'baseline', 'said'),
+    [
+        (0.85, 0.275, '(+57.5 points; teacher 92.5%): distillation helped'),
+        (0.3, 0.3, '(+0.0 points; teacher 92.5%): within noise (+-20.5% on 40 clips)'),
+        (0.525, 0.45, 'within noise'),  # 3 clips of 40: inside two standard errors
+        (0.2, 0.9, '(-70.0 points; teacher 92.5%): distillation hurt'),
+    ],
+)
+def test_the_verdict_weighs_the_gain_against_the_validation_noise(student, baseline, said):
+    from video_kd.local_run import kd_verdict
+
+    metrics = {**METRICS, 'student': {'top1_acc': student}, 'baseline': {'top1_acc': baseline}}
+    line = kd_verdict(metrics)
+    assert line.startswith(f'KD student {student:.1%} vs {baseline:.1%} trained alone ')
+    assert said in line
+
+
+def test_no_verdict_without_a_baseline():
+    from video_kd.local_run import kd_verdict
+
+    assert kd_verdict({k: v for k, v in METRICS.items() if k != 'baseline'}) is None
+
+
+def test_the_progress_hook_logs_one_line_per_epoch_that_run_local_shows(tmp_path):
+    """A real mmengine Runner with the hook: its log has one line per epoch, in the form
+    local_run.PROGRESS_LINE picks out of a training's output."""
+    import torch
+    from mmengine.model import BaseModel
+    from mmengine.runner import Runner
+
+    from video_kd.distill import progress_hook  # noqa: F401  (registers the hook)
+    from video_kd.local_run import PROGRESS_LINE
+
+    class Linear(BaseModel):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(2, 1)
+
+        def forward(self, inputs, data_samples=None, mode='tensor'):
+            out = self.fc(torch.stack(inputs))
+            return {'loss': out.pow(2).mean()} if mode == 'loss' else out
+
+    samples = [{'inputs': torch.ones(2), 'data_samples': i} for i in range(6)]
+    runner = Runner(
+        model=Linear(),
+        work_dir=str(tmp_path),
+        train_dataloader=dict(
+            batch_size=2,
+            dataset=samples,
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            collate_fn=dict(type='pseudo_collate'),
+        ),
+        train_cfg=dict(by_epoch=True, max_epochs=3),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01)),
+        custom_hooks=[dict(type='EpochProgressHook')],
+        default_hooks=dict(checkpoint=None),
+    )
+    runner.train()
+    log = next(tmp_path.glob('*/*.log')).read_text().splitlines()
+    shown = [m[1] for m in map(PROGRESS_LINE.search, log) if m]
+    assert [line.split(' loss ')[0] for line in shown] == ['epoch 1/3', 'epoch 2/3', 'epoch 3/3']
+    assert all(' clips/s ETA ' in line for line in shown), shown
+    assert shown[-1].endswith('ETA 0s')
