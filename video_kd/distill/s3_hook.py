@@ -339,9 +339,13 @@ class S3CheckpointHook(Hook):
                         one_line(exc))  # fmt: skip
 
     def _upload(self, path: Path) -> str:
-        """Upload ``path`` if it is new or rewritten; its URI, or '' when it was done."""
+        """Upload ``path`` if it is new (a best file: or rewritten); its URI, or '' when it
+        was done.  An epoch's file goes up once: mmengine's CheckpointHook rewrites it after
+        the epoch's validation (the new best score in its meta), and uploading that again
+        would store the epoch twice (``epoch_N.1.pth``)."""
         mtime = path.stat().st_mtime
-        if self._done.get(path.name) == mtime:
+        done = self._done.get(path.name)
+        if done == mtime or (done is not None and checkpoint_sort_key(path.name)):
             return ''
         uri = upload_checkpoint_retried(self.layout, path)
         self._done[path.name] = mtime
