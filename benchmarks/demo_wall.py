@@ -14,6 +14,8 @@ pip's download cache is the machine's (a fresh machine downloads the wheels once
 from __future__ import annotations
 
 import argparse
+import datetime
+import os
 import re
 import resource
 import subprocess
@@ -29,6 +31,9 @@ TARGETS_S = {'cold': 12 * 60, 'warm': 5 * 60}
 # what the demo prints of each training (distill/progress_hook.py) and its result
 PROGRESS = re.compile(r'epoch \d+/\d+ .*loss .*clips/s.*ETA')
 METRIC = re.compile(r'(teacher|student with KD|student without KD)\s*: top-1 ([\d.]+)')
+# where the time goes: the input models' trainings and the KFP local runner's tasks
+TRAINED = re.compile(r'  (\w+): trained \S+ for \d+ epochs in (\d+)s')
+TASK = re.compile(r"^(\d\d:\d\d:\d\d\.\d+) - INFO - (?:Executing task|Task) \S*'([\w-]+)'")
 
 
 def parse_args(argv=None):
@@ -63,7 +68,7 @@ def children_cpu_s() -> float:
 def timed(name: str, command: list[str], cwd: Path, log_dir: str | None) -> dict:
     """Run one phase; its wall and CPU time, exit status, metrics and output's tail."""
     print(f'[{time.strftime("%H:%M:%S")}] {name}: {" ".join(command)}', flush=True)
-    start, cpu_start = time.perf_counter(), children_cpu_s()
+    start, cpu_start, load_start = time.perf_counter(), children_cpu_s(), os.getloadavg()[0]
     result = subprocess.run(
         command, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -80,9 +85,24 @@ def timed(name: str, command: list[str], cwd: Path, log_dir: str | None) -> dict
         # user + system CPU of the phase and every process it waited for: on a loaded
         # machine the wall time is mostly waiting, this is the work
         'cpu_s': cpu,
+        'load_avg_1min': [load_start, os.getloadavg()[0]],
         'progress_lines': sum(bool(PROGRESS.search(line)) for line in lines),
         'top1': {m[1]: float(m[2]) for m in map(METRIC.match, lines) if m},
+        'trained_s': {m[1]: int(m[2]) for m in map(TRAINED.match, lines) if m},
+        'tasks_s': task_seconds(lines),
         'output_tail': lines[-25:],
+    }
+
+
+def task_seconds(lines: list[str]) -> dict[str, float]:
+    """Each pipeline task's wall seconds, from the local runner's start and finish lines."""
+    seen: dict[str, list[datetime.datetime]] = {}
+    for found in filter(None, map(TASK.match, lines)):
+        at = datetime.datetime.strptime(found[1], '%H:%M:%S.%f')
+        seen.setdefault(found[2], []).append(at)
+    return {
+        task: round((times[-1] - times[0]).total_seconds() % 86400, 1)
+        for task, times in seen.items()
     }
 
 

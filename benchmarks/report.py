@@ -5,7 +5,8 @@ the machine, thread count, load average and command line of its run; paste it
 there (tests/test_benchmarks.py fails while the README and the JSON disagree).
 ``--k400-summary`` prints the short Kinetics-400 table of the top-level README
 (checked the same way), ``--checkpoint-bytes`` the checkpoint storage table of
-docs/storage-and-faults.md, ``--serve-latency`` the serving table of docs/serving.md.
+docs/storage-and-faults.md, ``--serve-latency`` the serving table of docs/serving.md,
+``--demo-wall`` the demo's wall time table of docs/local-run.md.
 Nothing in those tables is typed in by hand.
 """
 
@@ -190,18 +191,31 @@ def logit_cache(result):
     return text
 
 
+PHASES = {
+    'install': '`make install` (the venv)',
+    'cold': '`make demo`, first call: teacher + baseline trained, then the pipeline',
+    'warm': '`make demo` again: teacher + baseline reused',
+}
+
+
 def demo(result):
-    return md(
-        ['demo', 'teacher + baseline', 'exit', 'wall time'],
-        [
-            [
-                '`video-kd run-local` (make demo)',
-                'reused' if result['teacher_and_baseline_reused'] else 'trained first',
-                result['returncode'],
-                f'{result["wall_s"]:.0f} s',
-            ]
-        ],
-    )
+    targets = result['targets_s']
+    rows = []
+    for name, phase in result['phases'].items():
+        target = targets.get(name)
+        met = (
+            ''
+            if target is None
+            else f'{target / 60:g} min: {"yes" if phase["wall_s"] <= target else "**no**"}'
+        )
+        rows.append([PHASES[name], phase['returncode'], f"{phase['wall_s']:.0f} s",
+                     f"{phase['cpu_s']:.0f} s", met,
+                     ' / '.join(f'{v:.2f}' for v in phase['load_avg_1min'])])  # fmt: skip
+    table = md(['phase', 'exit', 'wall', 'CPU', 'target', 'load avg (start / end)'], rows)
+    cold = result['phases'].get('cold', {})
+    where = [f'{name} {seconds} s' for name, seconds in cold.get('trained_s', {}).items()]
+    where += [f'{task} {seconds:.0f} s' for task, seconds in cold.get('tasks_s', {}).items()]
+    return table + (f"\n\nWhere the cold call's time goes: {', '.join(where)}." if where else '')
 
 
 def s3_upload(result):
@@ -737,7 +751,15 @@ def main(argv=None) -> int:
         action='store_true',
         help="only `video-kd runs list`'s table (docs/promotion.md's)",
     )
+    parser.add_argument(
+        '--demo-wall',
+        action='store_true',
+        help="only the demo's wall time table (docs/local-run.md's)",
+    )
     args = parser.parse_args(argv)
+    if args.demo_wall:
+        print(demo(load('demo_wall')) + '\n\n' + env_line(load('demo_wall')))
+        return 0
     if args.checkpoint_bytes:
         result = load('checkpoint_bytes')
         print(checkpoint_bytes(result) + '\n\n' + env_line(result))

@@ -134,3 +134,15 @@ def test_the_runs_list_table_in_the_docs_is_rendered_from_the_committed_json():
     ).stdout.strip()
     page = (BENCH.parent / 'docs' / 'promotion.md').read_text()
     assert rendered in page, 'docs/promotion.md: paste `python benchmarks/report.py --runs-list`'
+
+
+def test_the_demo_wall_table_in_the_docs_is_rendered_from_the_committed_json():
+    rendered = subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), '--demo-wall'],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+    page = (BENCH.parent / 'docs' / 'local-run.md').read_text()
+    assert rendered in page, 'docs/local-run.md: paste `python benchmarks/report.py --demo-wall`'
