@@ -9,6 +9,7 @@ OpenAPI schemas by `kubernetes-validate` (strict: unknown fields fail).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -1076,16 +1077,23 @@ def test_notes_warn_when_single_user_kfp_runs_the_steps_elsewhere(values, namesp
 STEP_USER = f'system:serviceaccount:{NAMESPACE}:{RELEASE}'
 
 
+@functools.cache
+def cel_program(expression: str):
+    """The expression compiled once (cel-python's parser is slow; the policies repeat)."""
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(expression))
+
+
 def admission(policy: dict, operation: str, obj: dict | None, old: dict | None = None,
               user: str = STEP_USER) -> list[str] | None:  # fmt: skip
     """The messages of the validations that refuse the request; None when not matched."""
     import celpy
     from celpy import celtypes
 
-    env = celpy.Environment()
-
     def evaluate(expression: str, activation: dict):
-        return env.program(env.compile(expression)).evaluate(activation)
+        return cel_program(expression).evaluate(activation)
 
     activation = {
         'object': celpy.json_to_cel(obj),
@@ -1102,7 +1110,13 @@ def admission(policy: dict, operation: str, obj: dict | None, old: dict | None =
         )
         variables[celtypes.StringType(variable['name'])] = value
     activation['variables'] = celtypes.MapType(variables)
-    return [v['message'] for v in spec['validations'] if not evaluate(v['expression'], activation)]
+    # a validation's messageExpression, when it gives a non-empty string, wins over its message
+    return [
+        (v.get('messageExpression') and str(evaluate(v['messageExpression'], activation)))
+        or v['message']
+        for v in spec['validations']
+        if not evaluate(v['expression'], activation)
+    ]
 
 
 def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
@@ -1110,8 +1124,8 @@ def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
     from video_kd import backends
 
     env = {
-        **one(objects, 'ConfigMap', f'{RELEASE}-training')['data'],
-        **one(objects, 'ConfigMap', f'{RELEASE}-s3')['data'],
+        **one(objects, 'ConfigMap', suffixed_name(objects, 'training'))['data'],
+        **one(objects, 'ConfigMap', suffixed_name(objects, 's3'))['data'],
     }
     spec = backends.spec_from_env(
         run_id='run-1', image=image or 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
@@ -1119,6 +1133,14 @@ def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
         namespace=NAMESPACE, env=env,
     )  # fmt: skip
     return backends.manifest(backend, spec)
+
+
+def suffixed_name(objects: list[dict], suffix: str) -> str:
+    """The name of the release's "<fullname>-<suffix>" object (any release name)."""
+    (name,) = {
+        o['metadata']['name'] for o in objects if o['metadata']['name'].endswith(f'-{suffix}')
+    }
+    return name
 
 
 def pod_specs(job: dict) -> list[dict]:
@@ -1217,6 +1239,8 @@ def test_every_admission_expression_compiles_and_names_only_the_releases_objects
         spec = policy['spec']
         for item in spec['matchConditions'] + spec['variables'] + spec['validations']:
             env.compile(item['expression'])  # raises CELParseError
+            if 'messageExpression' in item:
+                env.compile(item['messageExpression'])
         (condition,) = spec['matchConditions']
         assert condition['expression'] == (
             f'request.userInfo.username in ["{STEP_USER}",'
@@ -1324,6 +1348,108 @@ def test_two_releases_hooks_upload_two_pipelines_and_schedule_two_recurring_runs
         recurring = {r['display_name']: r['pipeline_version_reference']['pipeline_id']
                      for r in kfp.recurring_runs.values()}  # fmt: skip
     assert len(recurring) == 2 and set(recurring.values()) == set(pipelines.values())
+
+
+# Multi-user Kubeflow: every pipeline of a profile runs as its default-editor, so two releases
+# in one namespace both list it, and each release's policy matches the other's train step.
+EDITOR = f'system:serviceaccount:{NAMESPACE}:default-editor'
+
+
+def shared_policy(release: str, shared: list[str], backend: str) -> tuple[dict, dict]:
+    """Release ``release``'s policy for ``backend``'s jobs, sharing default-editor with the
+    releases ``shared``, and the job its train step builds."""
+    values = {'rbac': {'extraServiceAccounts': ['default-editor'], 'sharedWithReleases': shared}}
+    objects = render_as(values, release, NAMESPACE)
+    (policy,) = [p for p in by_kind(objects, 'ValidatingAdmissionPolicy')
+                 if p['metadata']['name'].endswith(f'-{NAMESPACE}-{backend}s')]  # fmt: skip
+    return policy, built_job(objects, backend)
+
+
+def not_its_release(release: str, label: str | None) -> str:
+    """The message release ``release``'s policy refuses a job labelled ``label`` with."""
+    return (
+        f"release {release}: the step's ServiceAccounts may create and delete only jobs labelled "
+        f'app.kubernetes.io/instance={release}, not one '
+        + ('without that label' if label is None else
+           f'labelled app.kubernetes.io/instance={label}: if release {label} shares them in this '
+           f"namespace, add it to this release's rbac.sharedWithReleases "
+           f"(and {release} to that release's)")
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
+def test_two_releases_sharing_default_editor_each_judge_their_own_jobs(backend):
+    import copy
+
+    a, job_a = shared_policy('video-kd', ['kd-prod'], backend)
+    b, job_b = shared_policy('kd-prod', ['video-kd'], backend)
+    assert job_a['metadata']['labels']['app.kubernetes.io/instance'] == 'video-kd'
+    assert job_b['metadata']['labels']['app.kubernetes.io/instance'] == 'kd-prod'
+    for own, other, job in ((a, b, job_a), (b, a, job_b)):
+        assert admission(own, 'CREATE', job, user=EDITOR) == []
+        assert admission(own, 'DELETE', None, job, user=EDITOR) == []
+        # left to its own release's policy by the other
+        assert admission(other, 'CREATE', job, user=EDITOR) is None
+        assert admission(other, 'DELETE', None, job, user=EDITOR) is None
+        # an update can move a job out of its release only into one whose policy judges it
+        assert admission(own, 'UPDATE', job, job, user=EDITOR) == []
+    # a job labelled video-kd that breaks video-kd's rules: refused by video-kd's policy
+    bad = copy.deepcopy(job_a)
+    pod_specs(bad)[0]['volumes'].append({'name': 's', 'secret': {'secretName': 'kfp-token'}})
+    assert admission(a, 'CREATE', bad, user=EDITOR) == [
+        "the training pods may mount only emptyDir, the chart's PVC, its ConfigMaps and its S3 Secret"
+    ]
+    assert admission(b, 'CREATE', bad, user=EDITOR) is None
+    # kd-prod's job made to look like video-kd's: judged, and refused, by video-kd's rules
+    disguised = copy.deepcopy(job_b)
+    disguised['metadata']['labels']['app.kubernetes.io/instance'] = 'video-kd'
+    assert "the training pods must run as the chart's training ServiceAccount" in admission(
+        a, 'CREATE', disguised, user=EDITOR
+    )
+    # a release neither lists, or none: refused by both, naming the label
+    for label in ('c', None):
+        stray = copy.deepcopy(job_a)
+        if label is None:
+            del stray['metadata']['labels']['app.kubernetes.io/instance']
+        else:
+            stray['metadata']['labels']['app.kubernetes.io/instance'] = label
+        for policy, release in ((a, 'video-kd'), (b, 'kd-prod')):
+            for operation in ('CREATE', 'DELETE'):
+                found = admission(policy, operation, None if operation == 'DELETE' else stray,
+                                  stray, user=EDITOR)  # fmt: skip
+                assert found and found[0] == not_its_release(release, label), (operation, found)
+    # the chart's own ServiceAccount is never left to another release's policy (no other
+    # release's policy matches it): a job it labels kd-prod is refused by video-kd's
+    found = admission(a, 'CREATE', job_b, user=STEP_USER)
+    assert found and found[0] == not_its_release('video-kd', 'kd-prod')
+
+
+@pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
+def test_without_shared_releases_another_releases_job_is_refused_with_the_way_out(backend):
+    a, job_a = shared_policy('video-kd', [], backend)
+    _, job_b = shared_policy('kd-prod', [], backend)
+    assert len(a['spec']['matchConditions']) == 1  # nothing left to another policy
+    assert admission(a, 'CREATE', job_a, user=EDITOR) == []
+    found = admission(a, 'CREATE', job_b, user=EDITOR)
+    assert found[0] == not_its_release('video-kd', 'kd-prod')
+    assert admission(a, 'DELETE', None, job_b, user=EDITOR) == [
+        not_its_release('video-kd', 'kd-prod')
+    ]
+
+
+@pytest.mark.parametrize(
+    'rbac, what',
+    [
+        ({'extraServiceAccounts': ['default-editor'], 'sharedWithReleases': [RELEASE]},
+         'rbac.sharedWithReleases lists this release, video-kd'),
+        ({'sharedWithReleases': ['kd-prod']}, 'rbac.sharedWithReleases needs rbac.extraServiceAccounts'),
+    ],
+)  # fmt: skip
+def test_shared_releases_that_would_leave_jobs_unjudged_are_refused(rbac, what):
+    with pytest.raises(Exception, match=re.escape(what)):
+        render({'rbac': rbac})
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({'rbac': {'sharedWithReleases': ['Not_A_Release']}})
 
 
 # --- the runs' ServiceAccount: what KFP's driver and launcher and Argo's executor call ------
