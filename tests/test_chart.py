@@ -59,7 +59,11 @@ GPU_SCHEDULE = {
 }
 EVERYTHING = {
     **GPU_SCHEDULE,
-    'rbac': {'extraServiceAccounts': ['default-editor'], 'argoExecutor': True},
+    'rbac': {
+        'extraServiceAccounts': ['default-editor'],
+        'sharedWithReleases': ['kd-prod'],
+        'argoExecutor': True,
+    },
     'imagePullSecrets': [{'name': 'regcred'}],
     'serviceAccount': {'annotations': {'eks.amazonaws.com/role-arn': 'arn:aws:iam::1:role/kd'}},
     'uploadJob': {
@@ -736,6 +740,11 @@ def test_a_renamed_release_reaches_the_training_job(backend, tmp_path):
             'kind': 'TrainingRuntime',
         }
     assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
+    # its release label, from the IR-mapped env: what the release's admission policy admits
+    assert manifest['metadata']['labels']['app.kubernetes.io/instance'] == 'kd-prod'
+    policy = one(objects, 'ValidatingAdmissionPolicy', f'kd-prod-video-kd-team-a-{backend}s')
+    step_user = 'system:serviceaccount:team-a:kd-prod-video-kd'
+    assert admission(policy, 'CREATE', manifest, user=step_user) == []
     assert resources == {
         'requests': {'cpu': '16', 'memory': '8Gi'},  # memory: the default request
         'limits': {'memory': '64Gi', 'amd.com/gpu': '4'},
@@ -1241,7 +1250,10 @@ def test_every_admission_expression_compiles_and_names_only_the_releases_objects
             env.compile(item['expression'])  # raises CELParseError
             if 'messageExpression' in item:
                 env.compile(item['messageExpression'])
-        (condition,) = spec['matchConditions']
+        condition, shared = spec['matchConditions']
+        assert (
+            shared['name'] == 'not-a-sharing-releases-job' and '["kd-prod"]' in shared['expression']
+        )
         assert condition['expression'] == (
             f'request.userInfo.username in ["{STEP_USER}",'
             f'"system:serviceaccount:{NAMESPACE}:default-editor"]'
@@ -1450,6 +1462,26 @@ def test_shared_releases_that_would_leave_jobs_unjudged_are_refused(rbac, what):
         render({'rbac': rbac})
     with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmValuesError):
         chart.validate_schema({'rbac': {'sharedWithReleases': ['Not_A_Release']}})
+
+
+def test_notes_say_which_releases_jobs_the_shared_accounts_may_make():
+    """NOTES names the label the shared accounts' jobs need, and warns of a listed release
+    whose policy it cannot find (lookup: none under helm template, so always here)."""
+    rbac = {'extraServiceAccounts': ['default-editor']}
+    text = notes({'rbac': rbac}, NAMESPACE)
+    assert (
+        'admits jobs by default-editor only when labelled app.kubernetes.io/instance=video-kd:'
+    ) in text
+    assert 'must be listed in rbac.sharedWithReleases' in text
+    assert 'WARNING: rbac.sharedWithReleases' not in text
+    text = notes({'rbac': {**rbac, 'sharedWithReleases': ['kd-prod', 'kd-dev']}}, NAMESPACE)
+    assert "leaves those labelled kd-prod, kd-dev to their release's policy" in text
+    for release in ('kd-prod', 'kd-dev'):
+        assert (
+            f'WARNING: rbac.sharedWithReleases lists {release}, which has no admission policy '
+            f'in namespace {NAMESPACE}'
+        ) in text
+    assert 'admits jobs by' not in notes(None, NAMESPACE)
 
 
 # --- the runs' ServiceAccount: what KFP's driver and launcher and Argo's executor call ------
