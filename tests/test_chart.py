@@ -1478,10 +1478,40 @@ def test_notes_say_which_releases_jobs_the_shared_accounts_may_make():
     assert "leaves those labelled kd-prod, kd-dev to their release's policy" in text
     for release in ('kd-prod', 'kd-dev'):
         assert (
-            f'WARNING: rbac.sharedWithReleases lists {release}, which has no admission policy '
-            f'in namespace {NAMESPACE}'
+            f'WARNING: rbac.sharedWithReleases lists {release}, but no admission policy of '
+            f'release {release} in namespace {NAMESPACE} matches\ndefault-editor'
         ) in text
     assert 'admits jobs by' not in notes(None, NAMESPACE)
+
+
+def test_notes_find_a_listed_releases_policy_that_matches_the_shared_accounts(tmp_path):
+    """The found path of NOTES' lookup (offline rendering finds nothing): the chart copied
+    with the lookup's answer in its place, the cluster's policies as the API lists them."""
+    import shutil
+
+    def policies(release: str, namespace: str, accounts: list[str]) -> list[dict]:
+        rbac = {'extraServiceAccounts': accounts} if accounts else {}
+        return by_kind(render_as({'rbac': rbac}, release, namespace), 'ValidatingAdmissionPolicy')
+
+    cluster = [
+        *policies('kd-prod', NAMESPACE, ['default-editor']),  # matches: no warning
+        *policies('kd-dev', NAMESPACE, []),  # does not match default-editor
+        *policies('kd-other', 'elsewhere', ['default-editor']),  # another namespace's
+    ]
+    chart = tmp_path / 'video-kd'
+    shutil.copytree(CHART, chart)
+    notes_txt = chart / 'templates' / 'NOTES.txt'
+    call = '(lookup "admissionregistration.k8s.io/v1" "ValidatingAdmissionPolicy" "" "")'
+    assert call in notes_txt.read_text()
+    answer = '(`' + json.dumps({'items': cluster}) + '` | fromJson)'
+    notes_txt.write_text(notes_txt.read_text().replace(call, answer))
+    values = {'rbac': {'extraServiceAccounts': ['default-editor'],
+                       'sharedWithReleases': ['kd-prod', 'kd-dev', 'kd-other']}}  # fmt: skip
+    with helm.Chart.load(str(chart)) as loaded:
+        manifests = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    (text,) = [text for path, text in manifests.items() if path.endswith('NOTES.txt')]
+    warned = set(re.findall(r'WARNING: rbac.sharedWithReleases lists ([-a-z]+)', text))
+    assert warned == {'kd-dev', 'kd-other'}
 
 
 # --- the runs' ServiceAccount: what KFP's driver and launcher and Argo's executor call ------
