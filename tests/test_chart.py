@@ -9,6 +9,7 @@ OpenAPI schemas by `kubernetes-validate` (strict: unknown fields fail).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import re
@@ -58,7 +59,11 @@ GPU_SCHEDULE = {
 }
 EVERYTHING = {
     **GPU_SCHEDULE,
-    'rbac': {'extraServiceAccounts': ['default-editor'], 'argoExecutor': True},
+    'rbac': {
+        'extraServiceAccounts': ['default-editor'],
+        'sharedWithReleases': ['kd-prod'],
+        'argoExecutor': True,
+    },
     'imagePullSecrets': [{'name': 'regcred'}],
     'serviceAccount': {'annotations': {'eks.amazonaws.com/role-arn': 'arn:aws:iam::1:role/kd'}},
     'uploadJob': {
@@ -735,6 +740,11 @@ def test_a_renamed_release_reaches_the_training_job(backend, tmp_path):
             'kind': 'TrainingRuntime',
         }
     assert manifest['metadata']['labels']['kueue.x-k8s.io/queue-name'] == 'team-a-gpus'
+    # its release label, from the IR-mapped env: what the release's admission policy admits
+    assert manifest['metadata']['labels']['app.kubernetes.io/instance'] == 'kd-prod'
+    policy = one(objects, 'ValidatingAdmissionPolicy', f'kd-prod-video-kd-team-a-{backend}s')
+    step_user = 'system:serviceaccount:team-a:kd-prod-video-kd'
+    assert admission(policy, 'CREATE', manifest, user=step_user) == []
     assert resources == {
         'requests': {'cpu': '16', 'memory': '8Gi'},  # memory: the default request
         'limits': {'memory': '64Gi', 'amd.com/gpu': '4'},
@@ -1076,16 +1086,23 @@ def test_notes_warn_when_single_user_kfp_runs_the_steps_elsewhere(values, namesp
 STEP_USER = f'system:serviceaccount:{NAMESPACE}:{RELEASE}'
 
 
+@functools.cache
+def cel_program(expression: str):
+    """The expression compiled once (cel-python's parser is slow; the policies repeat)."""
+    import celpy
+
+    env = celpy.Environment()
+    return env.program(env.compile(expression))
+
+
 def admission(policy: dict, operation: str, obj: dict | None, old: dict | None = None,
               user: str = STEP_USER) -> list[str] | None:  # fmt: skip
     """The messages of the validations that refuse the request; None when not matched."""
     import celpy
     from celpy import celtypes
 
-    env = celpy.Environment()
-
     def evaluate(expression: str, activation: dict):
-        return env.program(env.compile(expression)).evaluate(activation)
+        return cel_program(expression).evaluate(activation)
 
     activation = {
         'object': celpy.json_to_cel(obj),
@@ -1102,7 +1119,13 @@ def admission(policy: dict, operation: str, obj: dict | None, old: dict | None =
         )
         variables[celtypes.StringType(variable['name'])] = value
     activation['variables'] = celtypes.MapType(variables)
-    return [v['message'] for v in spec['validations'] if not evaluate(v['expression'], activation)]
+    # a validation's messageExpression, when it gives a non-empty string, wins over its message
+    return [
+        (v.get('messageExpression') and str(evaluate(v['messageExpression'], activation)))
+        or v['message']
+        for v in spec['validations']
+        if not evaluate(v['expression'], activation)
+    ]
 
 
 def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
@@ -1110,8 +1133,8 @@ def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
     from video_kd import backends
 
     env = {
-        **one(objects, 'ConfigMap', f'{RELEASE}-training')['data'],
-        **one(objects, 'ConfigMap', f'{RELEASE}-s3')['data'],
+        **one(objects, 'ConfigMap', suffixed_name(objects, 'training'))['data'],
+        **one(objects, 'ConfigMap', suffixed_name(objects, 's3'))['data'],
     }
     spec = backends.spec_from_env(
         run_id='run-1', image=image or 'ghcr.io/kubeflow-video-kd/video-kd:0.1.0',
@@ -1119,6 +1142,14 @@ def built_job(objects: list[dict], backend: str, image: str = '') -> dict:
         namespace=NAMESPACE, env=env,
     )  # fmt: skip
     return backends.manifest(backend, spec)
+
+
+def suffixed_name(objects: list[dict], suffix: str) -> str:
+    """The name of the release's "<fullname>-<suffix>" object (any release name)."""
+    (name,) = {
+        o['metadata']['name'] for o in objects if o['metadata']['name'].endswith(f'-{suffix}')
+    }
+    return name
 
 
 def pod_specs(job: dict) -> list[dict]:
@@ -1217,7 +1248,12 @@ def test_every_admission_expression_compiles_and_names_only_the_releases_objects
         spec = policy['spec']
         for item in spec['matchConditions'] + spec['variables'] + spec['validations']:
             env.compile(item['expression'])  # raises CELParseError
-        (condition,) = spec['matchConditions']
+            if 'messageExpression' in item:
+                env.compile(item['messageExpression'])
+        condition, shared = spec['matchConditions']
+        assert (
+            shared['name'] == 'not-a-sharing-releases-job' and '["kd-prod"]' in shared['expression']
+        )
         assert condition['expression'] == (
             f'request.userInfo.username in ["{STEP_USER}",'
             f'"system:serviceaccount:{NAMESPACE}:default-editor"]'
@@ -1324,6 +1360,158 @@ def test_two_releases_hooks_upload_two_pipelines_and_schedule_two_recurring_runs
         recurring = {r['display_name']: r['pipeline_version_reference']['pipeline_id']
                      for r in kfp.recurring_runs.values()}  # fmt: skip
     assert len(recurring) == 2 and set(recurring.values()) == set(pipelines.values())
+
+
+# Multi-user Kubeflow: every pipeline of a profile runs as its default-editor, so two releases
+# in one namespace both list it, and each release's policy matches the other's train step.
+EDITOR = f'system:serviceaccount:{NAMESPACE}:default-editor'
+
+
+def shared_policy(release: str, shared: list[str], backend: str) -> tuple[dict, dict]:
+    """Release ``release``'s policy for ``backend``'s jobs, sharing default-editor with the
+    releases ``shared``, and the job its train step builds."""
+    values = {'rbac': {'extraServiceAccounts': ['default-editor'], 'sharedWithReleases': shared}}
+    objects = render_as(values, release, NAMESPACE)
+    (policy,) = [p for p in by_kind(objects, 'ValidatingAdmissionPolicy')
+                 if p['metadata']['name'].endswith(f'-{NAMESPACE}-{backend}s')]  # fmt: skip
+    return policy, built_job(objects, backend)
+
+
+def not_its_release(release: str, label: str | None) -> str:
+    """The message release ``release``'s policy refuses a job labelled ``label`` with."""
+    return (
+        f"release {release}: the step's ServiceAccounts may create and delete only jobs labelled "
+        f'app.kubernetes.io/instance={release}, not one '
+        + ('without that label' if label is None else
+           f'labelled app.kubernetes.io/instance={label}: if release {label} shares them in this '
+           f"namespace, add it to this release's rbac.sharedWithReleases "
+           f"(and {release} to that release's)")
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
+def test_two_releases_sharing_default_editor_each_judge_their_own_jobs(backend):
+    import copy
+
+    a, job_a = shared_policy('video-kd', ['kd-prod'], backend)
+    b, job_b = shared_policy('kd-prod', ['video-kd'], backend)
+    assert job_a['metadata']['labels']['app.kubernetes.io/instance'] == 'video-kd'
+    assert job_b['metadata']['labels']['app.kubernetes.io/instance'] == 'kd-prod'
+    for own, other, job in ((a, b, job_a), (b, a, job_b)):
+        assert admission(own, 'CREATE', job, user=EDITOR) == []
+        assert admission(own, 'DELETE', None, job, user=EDITOR) == []
+        # left to its own release's policy by the other
+        assert admission(other, 'CREATE', job, user=EDITOR) is None
+        assert admission(other, 'DELETE', None, job, user=EDITOR) is None
+        # an update can move a job out of its release only into one whose policy judges it
+        assert admission(own, 'UPDATE', job, job, user=EDITOR) == []
+    # a job labelled video-kd that breaks video-kd's rules: refused by video-kd's policy
+    bad = copy.deepcopy(job_a)
+    pod_specs(bad)[0]['volumes'].append({'name': 's', 'secret': {'secretName': 'kfp-token'}})
+    assert admission(a, 'CREATE', bad, user=EDITOR) == [
+        "the training pods may mount only emptyDir, the chart's PVC, its ConfigMaps and its S3 Secret"
+    ]
+    assert admission(b, 'CREATE', bad, user=EDITOR) is None
+    # kd-prod's job made to look like video-kd's: judged, and refused, by video-kd's rules
+    disguised = copy.deepcopy(job_b)
+    disguised['metadata']['labels']['app.kubernetes.io/instance'] = 'video-kd'
+    assert "the training pods must run as the chart's training ServiceAccount" in admission(
+        a, 'CREATE', disguised, user=EDITOR
+    )
+    # a release neither lists, or none: refused by both, naming the label
+    for label in ('c', None):
+        stray = copy.deepcopy(job_a)
+        if label is None:
+            del stray['metadata']['labels']['app.kubernetes.io/instance']
+        else:
+            stray['metadata']['labels']['app.kubernetes.io/instance'] = label
+        for policy, release in ((a, 'video-kd'), (b, 'kd-prod')):
+            for operation in ('CREATE', 'DELETE'):
+                found = admission(policy, operation, None if operation == 'DELETE' else stray,
+                                  stray, user=EDITOR)  # fmt: skip
+                assert found and found[0] == not_its_release(release, label), (operation, found)
+    # the chart's own ServiceAccount is never left to another release's policy (no other
+    # release's policy matches it): a job it labels kd-prod is refused by video-kd's
+    found = admission(a, 'CREATE', job_b, user=STEP_USER)
+    assert found and found[0] == not_its_release('video-kd', 'kd-prod')
+
+
+@pytest.mark.parametrize('backend', ['pytorchjob', 'trainjob'])
+def test_without_shared_releases_another_releases_job_is_refused_with_the_way_out(backend):
+    a, job_a = shared_policy('video-kd', [], backend)
+    _, job_b = shared_policy('kd-prod', [], backend)
+    assert len(a['spec']['matchConditions']) == 1  # nothing left to another policy
+    assert admission(a, 'CREATE', job_a, user=EDITOR) == []
+    found = admission(a, 'CREATE', job_b, user=EDITOR)
+    assert found[0] == not_its_release('video-kd', 'kd-prod')
+    assert admission(a, 'DELETE', None, job_b, user=EDITOR) == [
+        not_its_release('video-kd', 'kd-prod')
+    ]
+
+
+@pytest.mark.parametrize(
+    'rbac, what',
+    [
+        ({'extraServiceAccounts': ['default-editor'], 'sharedWithReleases': [RELEASE]},
+         'rbac.sharedWithReleases lists this release, video-kd'),
+        ({'sharedWithReleases': ['kd-prod']}, 'rbac.sharedWithReleases needs rbac.extraServiceAccounts'),
+    ],
+)  # fmt: skip
+def test_shared_releases_that_would_leave_jobs_unjudged_are_refused(rbac, what):
+    with pytest.raises(Exception, match=re.escape(what)):
+        render({'rbac': rbac})
+    with helm.Chart.load(str(CHART)) as chart, pytest.raises(helm.HelmValuesError):
+        chart.validate_schema({'rbac': {'sharedWithReleases': ['Not_A_Release']}})
+
+
+def test_notes_say_which_releases_jobs_the_shared_accounts_may_make():
+    """NOTES names the label the shared accounts' jobs need, and warns of a listed release
+    whose policy it cannot find (lookup: none under helm template, so always here)."""
+    rbac = {'extraServiceAccounts': ['default-editor']}
+    text = notes({'rbac': rbac}, NAMESPACE)
+    assert (
+        'admits jobs by default-editor only when labelled app.kubernetes.io/instance=video-kd:'
+    ) in text
+    assert 'must be listed in rbac.sharedWithReleases' in text
+    assert 'WARNING: rbac.sharedWithReleases' not in text
+    text = notes({'rbac': {**rbac, 'sharedWithReleases': ['kd-prod', 'kd-dev']}}, NAMESPACE)
+    assert "leaves those labelled kd-prod, kd-dev to their release's policy" in text
+    for release in ('kd-prod', 'kd-dev'):
+        assert (
+            f'WARNING: rbac.sharedWithReleases lists {release}, but no admission policy of '
+            f'release {release} in namespace {NAMESPACE} matches\ndefault-editor'
+        ) in text
+    assert 'admits jobs by' not in notes(None, NAMESPACE)
+
+
+def test_notes_find_a_listed_releases_policy_that_matches_the_shared_accounts(tmp_path):
+    """The found path of NOTES' lookup (offline rendering finds nothing): the chart copied
+    with the lookup's answer in its place, the cluster's policies as the API lists them."""
+    import shutil
+
+    def policies(release: str, namespace: str, accounts: list[str]) -> list[dict]:
+        rbac = {'extraServiceAccounts': accounts} if accounts else {}
+        return by_kind(render_as({'rbac': rbac}, release, namespace), 'ValidatingAdmissionPolicy')
+
+    cluster = [
+        *policies('kd-prod', NAMESPACE, ['default-editor']),  # matches: no warning
+        *policies('kd-dev', NAMESPACE, []),  # does not match default-editor
+        *policies('kd-other', 'elsewhere', ['default-editor']),  # another namespace's
+    ]
+    chart = tmp_path / 'video-kd'
+    shutil.copytree(CHART, chart)
+    notes_txt = chart / 'templates' / 'NOTES.txt'
+    call = '(lookup "admissionregistration.k8s.io/v1" "ValidatingAdmissionPolicy" "" "")'
+    assert call in notes_txt.read_text()
+    answer = '(`' + json.dumps({'items': cluster}) + '` | fromJson)'
+    notes_txt.write_text(notes_txt.read_text().replace(call, answer))
+    values = {'rbac': {'extraServiceAccounts': ['default-editor'],
+                       'sharedWithReleases': ['kd-prod', 'kd-dev', 'kd-other']}}  # fmt: skip
+    with helm.Chart.load(str(chart)) as loaded:
+        manifests = loaded.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    (text,) = [text for path, text in manifests.items() if path.endswith('NOTES.txt')]
+    warned = set(re.findall(r'WARNING: rbac.sharedWithReleases lists ([-a-z]+)', text))
+    assert warned == {'kd-dev', 'kd-other'}
 
 
 # --- the runs' ServiceAccount: what KFP's driver and launcher and Argo's executor call ------
