@@ -141,6 +141,8 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
     assert '(mmaction2 layout): 3 classes' in log
     assert 'Distributed training: True' in log
     assert 'Epoch(train) [1][2/2]' in log  # 12 videos / (2 ranks x batch 4) = 2 iterations
+    # the frozen teacher's val pass, collected over both ranks (video_kd.distill.teacher_val)
+    assert 'frozen teacher scored once' in log and 'teacher.acc/top1' in log
     state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     assert any(k.startswith('architecture.') for k in state['state_dict'])
 
