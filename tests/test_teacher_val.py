@@ -64,7 +64,6 @@ def runner(tmp_path):
     teacher.backbone.depth, teacher.cls_head.in_channels = 18, 512
     torch.manual_seed(0)
     model = MODELS.build(cfg.model)
-    model.init_weights()
     return Runner(
         model=model,
         work_dir=str(tmp_path),
