@@ -60,6 +60,8 @@ def test_kd_training_writes_checkpoints_and_logs_progress(kd_run):
     log = result.stdout + result.stderr
     for progress in ('Epoch(train)', 'eta:', 'distill.loss_dist', 'student.loss_cls'):
         assert progress in log
+    # video_kd.distill.teacher_val: the frozen teacher ran at the first of the 2 validations
+    assert log.count('frozen teacher scored once') == 1
 
 
 def test_kd_training_writes_tensorboard_curves(kd_run):
@@ -74,6 +76,8 @@ def test_kd_training_writes_tensorboard_curves(kd_run):
     for tag in ('acc/top1', 'teacher.acc/top1'):  # validation every epoch, 2 epochs
         assert len(curves.Scalars(tag)) == 2
         assert all(0.0 <= point.value <= 1.0 for point in curves.Scalars(tag))
+    # the frozen teacher's score, reported at both (video_kd.distill.teacher_val)
+    assert len({point.value for point in curves.Scalars('teacher.acc/top1')}) == 1
 
 
 def test_resume_continues_from_the_last_checkpoint(kd_data, tiny_teacher, kd_run, tmp_path):
@@ -137,6 +141,8 @@ def test_torchrun_two_processes_gloo(kd_data, tiny_teacher, tmp_path):
     assert '(mmaction2 layout): 3 classes' in log
     assert 'Distributed training: True' in log
     assert 'Epoch(train) [1][2/2]' in log  # 12 videos / (2 ranks x batch 4) = 2 iterations
+    # the frozen teacher's val pass, collected over both ranks (video_kd.distill.teacher_val)
+    assert 'frozen teacher scored once' in log and 'teacher.acc/top1' in log
     state = torch.load(work_dir / 'epoch_1.pth', map_location='cpu', weights_only=False)
     assert any(k.startswith('architecture.') for k in state['state_dict'])
 

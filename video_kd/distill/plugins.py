@@ -5,7 +5,7 @@ MMAction2, MMRazor and MMPretrain modules and ours: ``InferenceTeacherDistill``
 (video_kd.distill.fast_teacher), ``CachedLogitsSingleTeacherDistill``, ``SeededViews``
 and ``TeacherLogitCacheHook`` (video_kd.distill.logit_cache), ``S3CheckpointHook``
 (video_kd.distill.s3_hook), ``FrozenTeacherCheckpointHook`` (video_kd.distill.frozen_teacher), ``EpochProgressHook``
-(video_kd.distill.progress_hook).  Ours register when their module is imported.  mmengine
+(video_kd.distill.progress_hook), ``FrozenTeacherDistillValLoop`` (video_kd.distill.teacher_val).  Ours register when their module is imported.  mmengine
 imports this module when it loads such a config, so every process that loads it can
 build everything in it.
 """
@@ -16,6 +16,7 @@ from video_kd.distill import (  # noqa: F401  (they register on import)
     logit_cache,
     progress_hook,
     s3_hook,
+    teacher_val,
 )
 from video_kd.openmmlab.runtime import register_all_modules
 

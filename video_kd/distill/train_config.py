@@ -214,6 +214,11 @@ def resolve(
     set_checkpoint_retention(cfg, options.keep_checkpoints)
     if is_distill_config(cfg):  # the frozen teacher is rebuilt from its checkpoint, not saved
         cfg.custom_hooks = [*(cfg.get('custom_hooks') or []), FROZEN_TEACHER_HOOK]
+        # deferred: imports MMRazor's engine (not needed by --help or check inputs)
+        from video_kd.distill.teacher_val import score_frozen_teacher_once
+
+        if score_frozen_teacher_once(cfg):  # a frozen teacher's val score, once a process
+            log.info('validation: a frozen teacher is scored once, its metrics reported at each')
     add_tensorboard(cfg)
     cfg.custom_imports = dict(imports=[PLUGINS_MODULE], allow_failed_imports=False)
     # what mmengine would refuse only in the training processes (the files' values and the

@@ -53,6 +53,7 @@ RUNNER_KEYS = frozenset(
         'log_processor',
         'allow_pretrained_download',  # video_kd.openmmlab.config
         'teacher_logit_cache',  # video_kd.distill.logit_cache
+        'score_frozen_teacher_once',  # video_kd.distill.teacher_val
     }
 )
 
