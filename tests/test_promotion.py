@@ -262,26 +262,39 @@ def test_a_foreign_current_json_is_refused(bucket):
 
 
 def test_the_evaluation_compares_only_a_current_student_it_can_score(bucket, tmp_path):
-    """Another class list, or a student whose bytes are not the recorded ones: not scored,
-    one line saying why (no training or test loop is reached)."""
+    """Another class list, or a student whose bytes are not the recorded ones: not scored
+    (not in the evaluation's plan), one line saying why; a comparable one is planned with
+    the others, on the training backend (no training or test loop is reached here)."""
     first = _run(bucket, 'run-1', 0.5)
     _evaluated(first)
     promote.run(first, KD_CONFIG)
     layout = RunLayout(bucket, 'kd', 'run-2')
-    results: dict = {}
-    found = evaluate_step._score_current(
-        tmp_path, layout, {'classes': ['a', 'b', 'c', 'd']}, KD_CONFIG, '', results
+    found, planned = evaluate_step._current_student(
+        tmp_path, layout, {'classes': ['a', 'b', 'c', 'd']}, KD_CONFIG, '', 'attempt-1'
     )
-    assert found and 'another class list (3 classes' in found['problem'] and not results
+    assert found and 'another class list (3 classes' in found['problem'] and planned is None
+    # one it can score: one more model of the evaluation's plan, with its run's KD config
+    found, planned = evaluate_step._current_student(
+        tmp_path, layout, {'classes': CLASSES}, KD_CONFIG, '', 'attempt-1'
+    )
+    assert found and found['problem'] == '' and found['run_id'] == 'run-1'
+    assert planned == {
+        'name': 'current', 'config': KD_CONFIG, 'teacher_of': '',
+        'checkpoint_uri': first['s3_uri'], 'sha256': first['sha256'],
+        'scores_uri': layout.uri('eval', 'attempt-1', 'current_scores.json'),
+    }  # fmt: skip
     student = _run(bucket, 'run-2', 0.6, classes=['x', 'y', 'z'])
     _evaluated(student)
     result = promote.run(student, KD_CONFIG)
     assert not result['decision']['promoted'] and 'another class list' in result['markdown']
 
     s3.put_bytes(first['s3_uri'], b'replaced weights')  # the current student's .pth changed
-    found = evaluate_step._score_current(
-        tmp_path, layout, {'classes': CLASSES}, KD_CONFIG, '', results
+    found, planned = evaluate_step._current_student(
+        tmp_path, layout, {'classes': CLASSES}, KD_CONFIG, '', 'attempt-2'
     )
-    assert found and 'cannot be read' in found['problem'] and not results
+    assert found and 'cannot be read' in found['problem'] and planned is None
     assert found['etag'] and found['run_id'] == 'run-1'
-    assert evaluate_step._score_current(tmp_path, layout, {}, KD_CONFIG, None, results) is None
+    assert evaluate_step._current_student(tmp_path, layout, {}, KD_CONFIG, None, 'a') == (
+        None,
+        None,
+    )

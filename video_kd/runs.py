@@ -417,13 +417,19 @@ def fetch_recorded(manifest: Manifest, uri: str, dest: Path, sha256: str = '') -
     return fetch_verified(uri, dest, entry.sha256)
 
 
-def read_recorded_json(manifest: Manifest, uri: str) -> Any:
-    """``s3.read_json`` of an object of the run, checked against its manifest sha256."""
+def read_recorded_bytes(manifest: Manifest, uri: str) -> bytes:
+    """``s3.read_bytes`` of an object of the run, checked against its manifest sha256."""
     entry = recorded(manifest, uri)
     body = s3.read_bytes(uri)
     got = hashlib.sha256(body).hexdigest()
     if got != entry.sha256:
         raise ChangedSinceRecordedError(uri, got, entry.sha256)
+    return body
+
+
+def read_recorded_json(manifest: Manifest, uri: str) -> Any:
+    """``s3.read_json`` of an object of the run, checked against its manifest sha256."""
+    body = read_recorded_bytes(manifest, uri)
     try:
         return json.loads(body)
     except ValueError as exc:

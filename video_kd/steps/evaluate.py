@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,7 +27,14 @@ from video_kd.deploy import promotion
 from video_kd.distill import evaluate as mmaction_test
 from video_kd.distill import score_cache
 from video_kd.openmmlab.config import config_path, teacher_config
-from video_kd.runs import Manifest, RunLayout, publish, read_recorded_json, run_info
+from video_kd.runs import (
+    Manifest,
+    RunLayout,
+    publish,
+    read_recorded_bytes,
+    read_recorded_json,
+    run_info,
+)
 from video_kd.steps.common import output_uri, scratch_dir, step_tmpdir
 from video_kd.steps.report import markdown_report, summarise_metrics
 from video_kd.steps.train import error_line
@@ -38,6 +45,7 @@ log = logging.getLogger(__name__)
 
 EVAL_TIMEOUT = 24 * 3600  # seconds a cluster evaluation job may run
 POD_WORK_DIR = '/tmp/video-kd/eval'
+METRICS, PREDICTIONS, REPORT = 'metrics.json', 'predictions.json', 'report.md'
 
 
 def run(
@@ -63,22 +71,44 @@ def run(
     nodes, GPUs and processes the run's training used); the teacher's and the baseline's
     scores come from the score cache when it has them.  ``model_name``: also score that
     model's current student, the promotion gate's comparison ('' is the name derived from
-    ``kd_config``, None scores none).  Writes ``<run>/eval/metrics.json``,
-    ``predictions.json`` and ``report.md``; returns the metrics.
+    ``kd_config``, None scores none), as one more model of the same plan: its record's
+    ``kd_config`` and checkpoint, whose sha256 is checked here first (a current student
+    that cannot be compared with is ``problem``, one line, and not scored).  Writes
+    ``<run>/eval/predictions.json``, ``report.md`` and, last, ``metrics.json``; returns
+    the metrics.
+
+    A retry (KFP's, or the step run again on the run) after ``metrics.json`` was published
+    returns the published evaluation as it is, with a log line saying so, and scores
+    nothing: ``metrics.json`` is what the export and promote steps read, and scoring again
+    could only publish other bytes under the same names (``teacher_scored`` is ``cached``
+    the second time), which ``publish`` refuses.  A retry asking for another evaluation
+    (other KD config, teacher or not, baseline config, model name) is refused in one line:
+    that is a new run.  An attempt that died before its ``metrics.json`` is not an
+    evaluation: what it left of ``predictions.json`` / ``report.md`` is replaced.
     """
     check_baseline(baseline_url, student_config, baseline_sha256)
     check_eval_launch(num_workers, gpus_per_worker, nproc_per_node)
     check_mounted(data_meta, splits=('val',))  # a PVC dataset: is it mounted here?
     layout = RunLayout.from_root(student['run_root'])
+    done = published_evaluation(
+        layout, _settings(kd_config, teacher, student_config, baseline_url, model_name)
+    )
+    if done is not None:
+        return done
     launch = eval_launch(layout, training_backend, num_workers, gpus_per_worker,
                          nproc_per_node, image)  # fmt: skip
     check_launch_fits(launch, data_meta)  # before anything is fetched or submitted
+    if launch.backend != 'local':  # the job goes with the run's Workflow, as the training's
+        launch = dataclasses.replace(launch, owner=backends.step_owner())
+    attempt = uuid.uuid4().hex[:12]  # a re-run of the step publishes beside, not over
     with scratch_dir(workdir, 'eval') as work, step_tmpdir(work):
+        current, current_model = _current_student(
+            work, layout, data_meta, kd_config, model_name, attempt
+        )
         results, scored = _evaluate_models(
             work, layout, launch, data_meta, student, kd_config, teacher, student_config,
-            baseline_url, baseline_sha256, timeout,
+            baseline_url, baseline_sha256, current_model, attempt, timeout,
         )  # fmt: skip
-        current = _score_current(work, layout, data_meta, kd_config, model_name, results)
         summary = cast(EvaluationSummary, summarise_metrics(layout.run_id, results))
         if current is not None:
             summary['current_student'] = current
@@ -88,12 +118,13 @@ def run(
             summary['baseline_scored'] = scored['baseline']
         report = markdown_report(summary, student, teacher, baseline_url)
         predictions = {name: result.get('predictions', []) for name, result in results.items()}
-        (work / 'metrics.json').write_text(json.dumps(summary, indent=2))
-        (work / 'predictions.json').write_text(json.dumps(predictions))
-        (work / 'report.md').write_text(report)
-        metrics_entry = publish(layout, 'eval', work / 'metrics.json', 'metrics.json')
-        publish(layout, 'eval', work / 'predictions.json', 'predictions.json')
-        publish(layout, 'eval', work / 'report.md', 'report.md')
+        (work / METRICS).write_text(json.dumps(summary, indent=2))
+        (work / PREDICTIONS).write_text(json.dumps(predictions))
+        (work / REPORT).write_text(report)
+        _drop_unfinished_publish(layout)
+        publish(layout, 'eval', work / PREDICTIONS, PREDICTIONS)
+        publish(layout, 'eval', work / REPORT, REPORT)
+        metrics_entry = publish(layout, 'eval', work / METRICS, METRICS)  # last: done
     return {
         **run_info(layout),
         'metrics': summary,
@@ -102,7 +133,81 @@ def run(
     }
 
 
-@dataclass(frozen=True)
+def _settings(
+    kd_config: str,
+    teacher: Teacher | None,
+    student_config: str,
+    baseline_url: str,
+    model_name: str | None,
+) -> dict[str, Any]:
+    """What an evaluation was asked for, as far as its metrics.json records it."""
+    return {
+        'kd_config': kd_config,
+        'teacher': bool(teacher),
+        'baseline config': student_config if baseline_url else '',
+        'model_name': (
+            None if model_name is None else promotion.resolve_model_name(model_name, kd_config)
+        ),
+    }
+
+
+def _recorded_settings(summary: EvaluationSummary) -> dict[str, Any]:
+    """``_settings`` of the evaluation that wrote ``summary``."""
+    scored = summary['scored_with']
+    return {
+        'kd_config': scored['student']['config'],
+        'teacher': 'teacher' in scored,
+        'baseline config': scored['baseline']['config'] if 'baseline' in scored else '',
+        'model_name': summary['current_student']['model_name']
+        if 'current_student' in summary
+        else None,
+    }
+
+
+def published_evaluation(layout: RunLayout, settings: dict[str, Any]) -> Evaluation | None:
+    """The evaluation an earlier attempt published (its metrics.json recorded), as ``run``
+    returned it; None when there is none.  Other ``settings`` are refused."""
+    manifest = Manifest.load(layout)
+    uri = layout.uri('eval', METRICS)
+    if manifest.find(uri) is None:
+        return None
+    summary: EvaluationSummary = read_recorded_json(manifest, uri)
+    was = _recorded_settings(summary)
+    if was != settings:
+        differs = ', '.join(
+            f'{key} {was[key]!r}, now {settings[key]!r}'
+            for key in settings
+            if was[key] != settings[key]
+        )
+        raise UserError(
+            f'{uri} holds an evaluation of this run asked for otherwise ({differs}): start a '
+            'new run to evaluate again'
+        )
+    report = read_recorded_bytes(manifest, layout.uri('eval', REPORT)).decode()
+    log.info('evaluation: %s was published by an earlier attempt; returning it as it is '
+             '(nothing scored again)', uri)  # fmt: skip
+    return {**run_info(layout), 'metrics': summary, 'report': report, 'metrics_uri': uri}
+
+
+def _drop_unfinished_publish(layout: RunLayout) -> None:
+    """What an attempt that died before its metrics.json left of the step's files: its
+    manifest entries first (at worst the manifest then misses an object this attempt
+    replaces), then the objects.  The attempts' own directories are never touched."""
+    uris = {layout.uri('eval', name) for name in (PREDICTIONS, REPORT, METRICS)}
+    manifest = Manifest.load(layout)
+    entries = [entry for entry in manifest.entries if entry.uri in uris]
+    stored = sorted(uri for uri in uris if s3.exists(uri))
+    if not entries and not stored:
+        return
+    log.warning('evaluation: replacing %s, left by an attempt that did not finish',
+                ', '.join(sorted({e.uri for e in entries} | set(stored))))  # fmt: skip
+    if entries:
+        manifest.forget(entries)
+    for uri in stored:
+        s3.delete(uri)
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalLaunch:
     """Where and how wide the test loops run."""
 
@@ -111,6 +216,8 @@ class EvalLaunch:
     gpus_per_worker: int
     nproc_per_node: int  # 0: one per GPU, else 1
     image: str
+    # a cluster job's ownerReference (``backends.step_owner``): None locally, outside KFP
+    owner: dict[str, Any] | None = dataclasses.field(default=None, hash=False)
 
     @property
     def processes(self) -> int:
@@ -213,12 +320,14 @@ def _evaluate_models(
     student_config: str,
     baseline_url: str,
     baseline_sha256: str,
+    current: dict[str, Any] | None,
+    attempt: str,
     timeout: float,
 ) -> tuple[dict[str, ModelScores], dict[str, str]]:
     """MMAction2's test loop on the val list (streamed: only val is read), per model; the
-    teacher's and the baseline's from the score cache when it has them.  Returns the scores
+    teacher's and the baseline's from the score cache when it has them; ``current``: the
+    model's current student's plan entry, scored in the same job.  Returns the scores
     and, for teacher and baseline, whether they were ``cached`` or ``computed``."""
-    attempt = uuid.uuid4().hex[:12]  # a re-run of the step publishes beside, not over
     models: list[dict[str, Any]] = [
         _planned('student', kd_config, '', student['s3_uri'], student['sha256'], layout, attempt)
     ]
@@ -250,6 +359,9 @@ def _evaluate_models(
         else:
             models.append(plan_entry())
             scored[name] = 'computed'
+    if current is not None:
+        models.append(current)
+        scored_with['current'] = current['config']
     for name, scores in _score_on_backend(
         work, layout, launch, data_meta, models, attempt, timeout
     ).items():
@@ -263,7 +375,9 @@ def _evaluate_models(
             result['top1_acc'], result['top5_acc'], result['mean_class_acc'],
         )  # fmt: skip
     return {
-        name: results[name] for name in ('student', 'teacher', 'baseline') if name in results
+        name: results[name]
+        for name in ('student', 'teacher', 'baseline', 'current')
+        if name in results
     }, scored
 
 
@@ -327,52 +441,53 @@ def _score_on_backend(
                 image=launch.image, command=command(POD_WORK_DIR), num_nodes=launch.num_workers,
                 gpus_per_worker=launch.gpus_per_worker,
                 nproc_per_node=launch.nproc_per_node or None,
+                max_training_hours=timeout / 3600, owner=launch.owner,  # it never outlives the run
             )  # fmt: skip
             backends.run_training(launch.backend, spec, timeout)
     except backends.TrainingJobFailed as exc:
-        detail = error_line(log_path) if launch.backend == 'local' else exc.message
+        detail = error_line(log_path) if launch.backend == 'local' else str(exc)  # names the job
         raise UserError(f'evaluation on {where} failed: {detail}') from exc
     manifest = Manifest.load(layout)
     return {model['name']: read_recorded_json(manifest, model['scores_uri']) for model in models}
 
 
-def _score_current(
+def _current_student(
     work: Path,
     layout: RunLayout,
     data_meta: Dataset,
     kd_config: str,
     model_name: str | None,
-    results: dict[str, ModelScores],
-) -> CurrentScored | None:
-    """The promotion gate's comparison: ``model_name``'s current student scored on this
-    val set as ``results['current']``, unless it cannot be compared with (then ``problem``
-    says why, one line).  ``None`` when ``model_name`` is None."""
+    attempt: str,
+) -> tuple[CurrentScored | None, dict[str, Any] | None]:
+    """The promotion gate's comparison: ``model_name``'s current student as found, and its
+    plan entry (scored on this val set as ``results['current']``), unless it cannot be
+    compared with (then ``problem`` says why, one line, and there is no entry).
+    ``(None, None)`` when ``model_name`` is None."""
     if model_name is None:
-        return None
+        return None, None
     place = promotion.ModelPlace(layout.bucket, layout.prefix,
                                  promotion.resolve_model_name(model_name, kd_config))  # fmt: skip
     state = promotion.read_current(place)
     found: CurrentScored = {'model_name': place.name, 'uri': place.current_uri,
                             'etag': state.etag, 'run_id': '', 'problem': ''}  # fmt: skip
     if not state.exists:
-        return found
+        return found, None
     found['problem'] = promotion.comparable(state, list(data_meta['classes']))
     if state.record is None or found['problem']:
         log.warning('current student: %s', found['problem'])
-        return found
+        return found, None
     found['run_id'] = state.record['run_id']
-    try:
-        checkpoint = fetch_verified(state.record['student']['s3_uri'], work / 'current.pth',
-                                    state.record['student']['sha256'])  # fmt: skip
+    checkpoint = state.record['student']
+    try:  # here, not in the evaluation job: a changed student is a problem, not a failed job
+        fetch_verified(checkpoint['s3_uri'], work / 'current.pth', checkpoint['sha256'])
     except s3.BucketNotFoundError:
         raise
     except (ChangedSinceRecordedError, s3.ObjectNotFoundError) as exc:
         found['problem'] = f'{place.current_uri}: its student cannot be read: {exc}'
         log.warning('current student: %s', found['problem'])
-        return found
-    results['current'] = mmaction_test.evaluate(
-        state.record['kd_config'], str(checkpoint), data_meta, str(work / 'w_current')
-    )
-    log.info('current student (run %s): top-1 %.4f', found['run_id'],
-             results['current']['top1_acc'])  # fmt: skip
-    return found
+        return found, None
+    (work / 'current.pth').unlink()  # checked; the evaluation processes fetch their own
+    log.info('current student: run %s, scored with the others', found['run_id'])
+    planned = _planned('current', state.record['kd_config'], '', checkpoint['s3_uri'],
+                       checkpoint['sha256'], layout, attempt)  # fmt: skip
+    return found, planned
