@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import http.server
+import multiprocessing.util
 import os
 import subprocess
 import sys
@@ -33,6 +34,16 @@ def session_tmpdir(tmp_path_factory):
     patch.setattr(tempfile, 'tempdir', str(path))
     yield path
     patch.undo()
+    remove_multiprocessing_tempdir(path)
+
+
+def remove_multiprocessing_tempdir(under: Path) -> None:
+    """Remove multiprocessing's pymp-* now if it lies under ``under``: its own removal runs
+    at interpreter exit, after pytest removed ``under``, and prints a traceback then."""
+    for finalizer in list(multiprocessing.util._finalizer_registry.values()):
+        args = getattr(finalizer, '_args', None) or ()
+        if any(isinstance(arg, str) and arg.startswith(str(under)) for arg in args):
+            finalizer()
 
 
 @pytest.fixture(scope='session')

@@ -570,6 +570,8 @@ def test_the_steps_forked_workers_leave_no_pymp_directories(tmp_path, monkeypatc
     import os
     import tempfile
 
+    from conftest import remove_multiprocessing_tempdir
+
     from video_kd.steps.common import step_tmpdir
 
     system_tmp = tmp_path / 'tmp'
@@ -592,9 +594,7 @@ def test_the_steps_forked_workers_leave_no_pymp_directories(tmp_path, monkeypatc
     ours = multiprocessing.current_process()._config['tempdir']
     assert [p.name for p in system_tmp.glob('pymp-*')] == [os.path.basename(ours)]
     assert not (work / 'tmp').exists() and os.environ['TMPDIR'] == str(system_tmp)
-    for finalizer in list(multiprocessing.util._finalizer_registry.values()):
-        if ours in (getattr(finalizer, '_args', None) or ()):
-            finalizer()  # remove it now, as this process's exit would (tmp_path may be gone)
+    remove_multiprocessing_tempdir(tmp_path)  # now, as this process's exit would
 
 
 @pytest.mark.parametrize(
