@@ -689,6 +689,9 @@ def runs_list(result):
         [f'`video-kd runs list`, a new process, {where}', f'**{seconds:.2f} s**', 1]
         for where, seconds in result['cli_wall_s'].items()
     ]
+    if 'cli_startup_s' in result:
+        rows.append(['`video-kd runs --help`, a new process (Python, imports, parser)',
+                     f'{result["cli_startup_s"]:.2f} s', 1])  # fmt: skip
     met = 'met' if result['met'] else 'not met'
     return (
         md([f'{result["runs"]} runs, {result["gets"]} GETs ({result["server"]})',

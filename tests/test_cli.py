@@ -31,6 +31,26 @@ def test_help_explains_every_command():
         assert sub.returncode == 0 and 'usage: video-kd ' + command in sub.stdout
 
 
+def test_runs_and_help_import_nothing_that_training_needs():
+    """`video-kd runs ...` and `--help` build the whole parser: it imports none of torch,
+    OpenMMLab, KFP or boto3 (a new `runs list` process spent most of its time importing them,
+    benchmarks/runs_list.py); `runs` imports boto3 in the command itself."""
+    result = subprocess.run(
+        [sys.executable, '-X', 'importtime', '-m', 'video_kd.cli', 'runs', '--help'],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0 and 'usage: video-kd runs' in result.stdout
+    imported = {
+        line.rpartition('|')[2].strip().split('.')[0]
+        for line in result.stderr.splitlines()
+        if line.startswith('import time:')
+    }
+    assert 'video_kd' in imported
+    heavy = {'torch', 'mmengine', 'mmaction', 'mmrazor', 'mmcv', 'kfp', 'kubernetes', 'decord'}
+    assert imported & (heavy | {'boto3', 'botocore'}) == set()
+
+
 def test_compile_writes_the_committed_pipeline(tmp_path):
     out = tmp_path / 'p.yaml'
     assert cli.main(['compile', '--output', str(out)]) == 0

@@ -78,3 +78,25 @@ def test_mmengine_checkpoints_load_on_current_torch(tmp_path):
     )
     loaded = CheckpointLoader.load_checkpoint(str(path), map_location='cpu')
     assert loaded['state_dict']['w'].item() == 1.0
+
+
+def test_the_package_imports_no_torch_yet_mmengine_checkpoints_load(tmp_path):
+    """mmengine's checkpoint loader is re-registered once mmengine's checkpoint module is
+    imported (compat._AfterImport), not by `import video_kd`: `video-kd runs` or `--help`
+    does not pay for torch and mmengine, and a checkpoint still loads."""
+    path = str(tmp_path / 'ckpt.pth')
+    result = run_python(
+        'import sys\n'
+        'import video_kd\n'
+        "print(sorted({'torch', 'mmengine'} & {m.split('.')[0] for m in sys.modules}))\n"
+        'import numpy as np, torch\n'
+        'from mmengine.logging.history_buffer import HistoryBuffer\n'
+        'log = HistoryBuffer(np.array([1.0]), np.array([1]))\n'
+        f"torch.save({{'message_hub': {{'log': log}}}}, {path!r})\n"
+        'from mmengine.runner.checkpoint import CheckpointLoader\n'
+        f"loaded = CheckpointLoader.load_checkpoint({path!r}, map_location='cpu')\n"
+        "print(type(loaded['message_hub']['log']).__name__)\n"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()  # mmengine logs its loader between the two
+    assert (lines[0], lines[-1]) == ('[]', 'HistoryBuffer')

@@ -162,3 +162,72 @@ def test_a_label_map_shorter_than_the_lists_is_one_line(tmp_path):
     (root / 'label_map_k400.txt').write_text('move_up\nmove_down\n')
     with pytest.raises(data_layout.LayoutError, match=r'uses labels up to 2 but .*names 2 classes'):
         data_layout.resolve(str(root))
+
+
+def _probed(uri: str) -> tuple[str, str, str]:
+    """What the probe decided: the layout, the train videos root (under the dataset root)
+    and the first train line."""
+    found = data_layout.resolve(uri)
+    train = found.splits['train']
+    return found.layout, train.videos_uri.rsplit('/', 1)[1], train.lines[0]
+
+
+def test_probing_s3_decides_from_one_listing_per_directory(
+    clips, tmp_path, bucket, s3_env, monkeypatch
+):
+    """Where the CSVs give the lists, the probe reads one listing page per directory rather
+    than a HEAD per row, root and folder style (54 HEADs here when nothing matched; ~180
+    at the 20 rows probed of a real K400): the same verdicts as on disk, no HEAD."""
+    from s3_proxy import S3Proxy
+
+    spaced, renamed = tmp_path / 'spaced', tmp_path / 'renamed'
+    build_tree(spaced, clips, 'spaced')
+    build_tree(renamed, clips, 'flat')
+    for video in (renamed / 'train').iterdir():  # <youtube_id>.mp4: no style matches
+        video.rename(video.with_name(video.name.split('_0000')[0] + '.mp4'))
+    trees = {tree: upload_tree(tree, bucket, tree.name, s3_env) for tree in (spaced, renamed)}
+    on_disk = {tree: _probed(str(tree)) for tree in trees}
+    first = f'{USED[0]}/-t00xYz_-Q_000000_000010.mp4 {K400_CLASSES.index(USED[0])}'
+    assert on_disk[spaced] == ('mmaction2', 'videos_train', first)
+    assert on_disk[renamed][:2] == ('mmaction2', 'videos_train')  # nothing found: as detected
+    proxy = S3Proxy(s3_env).start()
+    monkeypatch.setenv('S3_ENDPOINT_URL', proxy.url)
+    try:
+        for tree, uri in trees.items():
+            proxy.reset_counts()
+            assert _probed(uri) == on_disk[tree]
+            assert proxy.counts['HEAD'] == 0
+            assert proxy.paths[f'GET /{bucket}'] <= 6  # listings, the probe's and detection's
+        # a directory larger than one listing page: a HEAD for what the page cannot tell
+        monkeypatch.setattr(data_layout, 'LISTING_PAGE', 1)
+        for tree, uri in trees.items():
+            proxy.reset_counts()
+            assert _probed(uri) == on_disk[tree]
+            assert proxy.counts['HEAD'] > 0
+    finally:
+        proxy.stop()
+
+
+def test_training_finds_a_dataset_spec_once(tmp_path, monkeypatch):
+    """`python -m video_kd.distill.train --data-root <spec>`: the spec is looked up once
+    (for the class count and the videos root) and data prep reuses what was found."""
+    from video_kd.data import data_stream
+    from video_kd.distill import train
+
+    root = generate_dataset(tmp_path / 'mm', layout='mmaction2', num_classes=3, train_per_class=1,
+                            val_per_class=1, num_frames=8, size=32)  # fmt: skip
+    looked_up = []
+
+    def resolve(uri, names=None, real=data_layout.resolve):
+        looked_up.append(uri)
+        return real(uri, names)
+
+    monkeypatch.setattr(data_layout, 'resolve', resolve)
+    monkeypatch.setattr(data_stream, 'resolve', resolve)
+    argv = ['tsm_mobilenetv2_tiny', '--work-dir', str(tmp_path / 'work'), '--data-root', str(root)]
+    cfg = train.build_config(train.parse_args([*argv, '--no-data-check']))
+    assert looked_up == [str(root)]
+    assert cfg.model.cls_head.num_classes == 3
+    assert cfg.train_dataloader.dataset.ann_file == str(
+        tmp_path / 'work' / 'data' / 'train_list.txt'
+    )

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 from video_kd import __version__
 from video_kd.core.checks import check_range
 from video_kd.core.errors import UserError, one_line, run_cli, setup_logging
+from video_kd.distill.train_options import TrainOptions  # no mmengine: the parser takes its flags
 
 if TYPE_CHECKING:
     from kfp import Client
@@ -645,9 +646,6 @@ def _cluster_settings(p: argparse.ArgumentParser, what: str) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     from components import STEPS  # the pipeline's steps in order (a test keeps it so)
-
-    # deferred: mmengine and MMAction2, not needed by --help
-    from video_kd.distill.train_config import TrainOptions
 
     steps = ' -> '.join(step.replace('_', ' ') for step in STEPS)
     parser = argparse.ArgumentParser(

@@ -409,13 +409,19 @@ def lists_dir(spec: str | Path) -> Path:
     return Path(tempfile.gettempdir()) / 'video_kd-datasets' / key
 
 
-def prepare_local(spec: str | Path, out_dir: Path, check_videos: bool = True) -> DatasetContents:
+def prepare_local(
+    spec: str | Path,
+    out_dir: Path,
+    check_videos: bool = True,
+    source: DatasetSource | None = None,
+) -> DatasetContents:
     """Data prep for the local entry points (``python -m video_kd.distill.train``,
-    ``...evaluate``, ``...deploy.export``): find the dataset at ``spec`` in any layout,
-    check its videos (unless ``check_videos`` is false) and write the usable lists,
-    ``classes.txt``, ``report.json`` and ``dataset.json`` (what the loaders need) to
-    ``out_dir``.  The user's files are read where they are, never rewritten."""
-    source = resolve(str(spec))
+    ``...evaluate``, ``...deploy.export``): find the dataset at ``spec`` in any layout
+    (``source``: as the caller found it already), check its videos (unless
+    ``check_videos`` is false) and write the usable lists, ``classes.txt``,
+    ``report.json`` and ``dataset.json`` (what the loaders need) to ``out_dir``.  The
+    user's files are read where they are, never rewritten."""
+    source = source or resolve(str(spec))
     report = validate_source(source, out_dir) if check_videos else write_unchecked(source, out_dir)
     if report['rejected_total']:
         log.warning(

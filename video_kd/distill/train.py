@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def build_config(args: argparse.Namespace) -> Config:
     """Resolve and localize the config; everything is checked before the work dir is touched."""
     options = TrainOptions.from_args(args)
-    num_classes, videos_uri = _dataset_of(args.data_root)
+    num_classes, videos_uri, source = _dataset_of(args.data_root)
     teacher_sha256 = None
     if options.teacher_logit_cache and args.teacher_ckpt:
         if not Path(args.teacher_ckpt).is_file():
@@ -103,6 +103,7 @@ def build_config(args: argparse.Namespace) -> Config:
         cfg,
         work_dir=args.work_dir,
         data_root=args.data_root,
+        data_source=source,
         teacher_ckpt=args.teacher_ckpt,
         resume=args.resume,
         launcher=args.launcher,
@@ -110,17 +111,18 @@ def build_config(args: argparse.Namespace) -> Config:
     )
 
 
-def _dataset_of(data_root: str | None) -> tuple[int | None, str]:
-    """(number of classes, where the train videos are) of ``--data-root``.  Our layout's
-    root stays as named, a link included (the teacher-logit cache goes with it)."""
+def _dataset_of(data_root: str | None) -> tuple[int | None, str, data_layout.DatasetSource | None]:
+    """(number of classes, where the train videos are, the dataset as found) of
+    ``--data-root``: found once, here, and handed to data prep (``localize``), since
+    finding it reads the lists or CSVs (on S3, requests).  Our layout's root stays as
+    named, a link included (the teacher-logit cache goes with it)."""
     if not data_root:
-        return None, ''
+        return None, '', None
     if data_stream.is_own_root(data_root):
-        return len(dataset.read_classes(data_root)), str(
-            Path(data_root).absolute() / dataset.VIDEO_DIR
-        )
+        videos = Path(data_root).absolute() / dataset.VIDEO_DIR
+        return len(dataset.read_classes(data_root)), str(videos), None
     source = data_layout.resolve(data_root)
-    return len(source.classes), source.splits['train'].videos_uri
+    return len(source.classes), source.splits['train'].videos_uri, source
 
 
 def train(cfg: Config) -> Runner:

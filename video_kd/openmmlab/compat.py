@@ -27,6 +27,8 @@ It patches exactly two packaging problems, measured on the pinned releases:
    checkpoints hold (put on torch's list for the whole process, so mmengine's remote
    schemes, which keep torch's default, read them too).  A file that needs more is
    refused in one line naming the type: nothing read from storage is executed.
+   Done when mmengine's checkpoint module is imported (``_AfterImport``), not here:
+   ``import video_kd`` loads neither torch nor mmengine.
 
 Misuse fails loudly: installing after mmaction/mmrazor were already imported
 raises ``CompatError`` (the stand-ins would come too late to help), and every
@@ -37,12 +39,14 @@ from __future__ import annotations
 
 import sys
 import types
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 DRN_MODULES = ('mmaction.models.localizers.drn', 'mmaction.models.localizers.drn.drn')
 QUANT_MODULE = 'mmrazor.structures.quantization'
 BOX_UTILS_MODULE = 'mmpretrain.models.utils.box_utils'
 GROUNDING_MODULE = 'mmpretrain.evaluation.metrics.visual_grounding_eval'
+CHECKPOINT_MODULE = 'mmengine.runner.checkpoint'  # its loader is re-registered (4. above)
 _GUARDED_PACKAGES = ('mmaction', 'mmrazor', 'mmpretrain')
 _NO_TORCHVISION = 'torchvision from PyPI does not load beside the pinned CPU torch'
 _NO_QUANT = 'mmrazor 1.0.0 quantization needs torch.ao helpers removed in torch>=2.1'
@@ -142,16 +146,58 @@ def _load_local_checkpoint_weights_only(filename: str, map_location: Any = None)
     return load_checkpoint(filename, map_location=map_location)
 
 
-def _load_checkpoints_weights_only() -> None:
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    # deferred: torch and mmengine, imported by install() only, after the stand-ins
+def _load_checkpoints_weights_only(checkpoint_module: types.ModuleType) -> None:
+    # deferred: torch and mmengine, imported once mmengine's checkpoint module is
     from video_kd.openmmlab.checkpoints import allow_checkpoint_globals
 
     allow_checkpoint_globals()  # mmengine's other schemes: torch's weights-only default
-    CheckpointLoader.register_scheme(
+    checkpoint_module.CheckpointLoader.register_scheme(
         prefixes='', loader=_load_local_checkpoint_weights_only, force=True
     )
+
+
+class _AfterImport:  # a sys.meta_path finder (importlib.abc's base would cost 20 ms)
+    """Runs ``then(module)`` right after ``name`` is imported, by whoever imports it.
+
+    mmengine's checkpoint loader is re-registered this way rather than by importing it
+    here: that import is torch and mmengine (seconds), which ``import video_kd`` would
+    cost every process, ``video-kd runs`` and ``--help`` included.  Nothing can load a
+    checkpoint through mmengine before its checkpoint module is imported.
+    """
+
+    def __init__(self, name: str, then: Callable[[types.ModuleType], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        others = (finder for finder in sys.meta_path if finder is not self)
+        spec = next(
+            (
+                found
+                for finder in others
+                if (found := finder.find_spec(fullname, path, target)) is not None
+            ),
+            None,
+        )  # fmt: skip  (the finders that find it, as if this one were not there)
+        if spec is None or spec.loader is None:
+            return spec
+        exec_module = spec.loader.exec_module
+
+        def exec_then(module: types.ModuleType) -> None:
+            exec_module(module)
+            self.then(module)
+
+        spec.loader.exec_module = exec_then  # type: ignore[method-assign]  # this spec's loader
+        return spec
+
+
+def _after_import(name: str, then: Callable[[types.ModuleType], None]) -> None:
+    """``then(module)`` now if ``name`` is imported already, else right after it is."""
+    if name in sys.modules:
+        then(sys.modules[name])
+    else:
+        sys.meta_path.insert(0, _AfterImport(name, then))
 
 
 def install() -> None:
@@ -179,7 +225,7 @@ def install() -> None:
     sys.modules[GROUNDING_MODULE] = _stub_module(
         GROUNDING_MODULE, VisualGroundingMetric=VisualGroundingMetric
     )
-    _load_checkpoints_weights_only()
+    _after_import(CHECKPOINT_MODULE, _load_checkpoints_weights_only)
 
 
 install()

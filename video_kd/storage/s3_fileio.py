@@ -115,13 +115,22 @@ def list_objects(prefix_uri: str, recursive: bool = True) -> Iterator[tuple[str,
 def peek(prefix_uri: str, limit: int = 100) -> tuple[list[str], list[str]]:
     """``(folders, files)`` directly inside an ``s3://`` prefix, from one listing page of at
     most ``limit`` entries: a look at what is there, not an inventory."""
+    folders, files, _ = list_page(prefix_uri, limit)
+    return folders, files
+
+
+def list_page(prefix_uri: str, limit: int = 1000) -> tuple[list[str], list[str], bool]:
+    """``(folders, files, complete)`` directly inside an ``s3://`` prefix, from one listing
+    request (``Delimiter='/'``) of at most ``limit`` entries; ``complete``: the page holds
+    everything there (S3 returned no continuation)."""
     bucket, key = s3.parse_s3_uri(prefix_uri.rstrip('/') + '/')
     with storage_errors(prefix_uri, 'list'):
         page = stream_client().list_objects_v2(
             Bucket=bucket, Prefix=key, Delimiter='/', MaxKeys=limit
         )
     folders = [p['Prefix'][len(key) :].rstrip('/') for p in page.get('CommonPrefixes', [])]
-    return folders, [obj['Key'][len(key) :] for obj in page.get('Contents', [])]
+    files = [obj['Key'][len(key) :] for obj in page.get('Contents', [])]
+    return folders, files, not page.get('IsTruncated', False)
 
 
 def put_object_bytes(uri: str, body: bytes) -> None:
