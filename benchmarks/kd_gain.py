@@ -79,7 +79,7 @@ def parse_args(argv=None):
         '--demo',
         action='store_true',
         help="the demo's settings (video_kd.cli.DEMO_*: data, epochs, lr, threads, "
-        'no loader workers, validation every 5 epochs as the config has it); the teacher '
+        'no loader workers, validation as the tiny config has it: every epoch); the teacher '
         'trains beside the students alone; writes kd_gain_demo.json',
     )
     parser.add_argument('--out', default='kd_gain')

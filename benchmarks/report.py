@@ -100,7 +100,7 @@ def kd_gain(result):
     if result.get('demo_settings'):
         lr += (
             f" (run-local's defaults, video_kd.cli.DEMO_*: {result.get('threads')} thread per "
-            'training, no loader workers, validation every 5 epochs)'
+            'training, no loader workers, validation as the tiny config has it: every epoch)'
         )
     budget = (
         f'Student and KD arms: {result["epochs"]} epochs{lr}, cosine schedule; top-1 on '
