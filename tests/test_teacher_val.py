@@ -49,8 +49,7 @@ def forwards(module):
     return count
 
 
-@pytest.fixture
-def runner(tmp_path):
+def build_runner(work_dir, loop='mmrazor.FrozenTeacherDistillValLoop'):
     from mmengine.runner import Runner
     from mmrazor.registry import MODELS
 
@@ -66,18 +65,23 @@ def runner(tmp_path):
     model = MODELS.build(cfg.model)
     return Runner(
         model=model,
-        work_dir=str(tmp_path),
+        work_dir=str(work_dir),
         val_dataloader=dict(
             dataset=Clips(),
             batch_size=BATCH,
             sampler=dict(type='DefaultSampler', shuffle=False),
             collate_fn=dict(type='pseudo_collate'),
         ),
-        val_cfg=dict(type='mmrazor.FrozenTeacherDistillValLoop'),
+        val_cfg=dict(type=loop),
         val_evaluator=dict(type='AccMetric'),
         custom_hooks=[ValMetrics()],
         default_scope='mmaction',
     )
+
+
+@pytest.fixture
+def runner(tmp_path):
+    return build_runner(tmp_path)
 
 
 def test_a_frozen_teacher_is_scored_at_the_first_validation_only(runner):
@@ -109,3 +113,16 @@ def test_training_configs_get_it_unless_the_config_says_no():
     assert resolve(KD, TrainOptions()).val_cfg.type == 'mmrazor.FrozenTeacherDistillValLoop'
     kept = resolve(KD, TrainOptions(cfg_options=[f'{teacher_val.SWITCH_KEY}=False']))
     assert kept.val_cfg.type == 'mmrazor.SingleTeacherDistillValLoop'
+
+
+def test_training_after_a_validation_sees_the_random_stream_mmrazors_loop_leaves(tmp_path):
+    """A pass over the val loader draws from the global RNG; the skipped teacher pass draws
+    too, or every later epoch's dropout and augmentation would differ (another student)."""
+    states = {}
+    for loop in ('mmrazor.SingleTeacherDistillValLoop', 'mmrazor.FrozenTeacherDistillValLoop'):
+        runner = build_runner(tmp_path / loop, loop)
+        torch.manual_seed(1)
+        runner.val()
+        runner.val()
+        states[loop] = torch.get_rng_state()
+    assert torch.equal(*states.values())
