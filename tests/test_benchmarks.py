@@ -22,6 +22,17 @@ SCRIPTS = [
 ]  # fmt: skip
 
 
+def report(*flags: str) -> str:
+    """What `python benchmarks/report.py [flags]` prints (the tables pasted into the docs)."""
+    return subprocess.run(
+        [sys.executable, str(BENCH / 'report.py'), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout.strip()
+
+
 @pytest.mark.parametrize('name', SCRIPTS)
 def test_every_benchmark_explains_itself(name):
     result = subprocess.run(
@@ -35,13 +46,7 @@ def test_every_benchmark_explains_itself(name):
 
 
 def test_readme_results_are_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py')],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report()
     assert '_not run yet_' not in rendered
     readme = (BENCH / 'README.md').read_text()
     start = readme.index('\n\n', readme.index('Rendered by `python benchmarks/report.py`')) + 2
@@ -52,13 +57,7 @@ def test_readme_results_are_rendered_from_the_committed_json():
 
 
 def test_top_level_readme_k400_table_is_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py'), '--k400-summary'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report('--k400-summary')
     assert rendered.startswith('| Kinetics-400 (260k videos) | measured | projected | basis |')
     readme = (BENCH.parent / 'docs' / 'data.md').read_text()  # the README's data page
     marker = readme.index('Rendered by `python benchmarks/report.py --k400-summary`')
@@ -71,13 +70,7 @@ def test_top_level_readme_k400_table_is_rendered_from_the_committed_json():
 
 
 def test_docs_checkpoint_bytes_table_is_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py'), '--checkpoint-bytes'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report('--checkpoint-bytes')
     page = (BENCH.parent / 'docs' / 'storage-and-faults.md').read_text()
     marker = page.index('Rendered by `python benchmarks/report.py --checkpoint-bytes`')
     start = page.index('\n\n', marker) + 2
@@ -89,13 +82,7 @@ def test_docs_checkpoint_bytes_table_is_rendered_from_the_committed_json():
 
 
 def test_evaluation_table_is_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py'), '--eval-summary'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report('--eval-summary')
     page = (BENCH.parent / 'docs' / 'evaluation-export.md').read_text()
     marker = page.index('Rendered by `python benchmarks/report.py --eval-summary`')
     start = page.index('\n\n', marker) + 2
@@ -106,13 +93,7 @@ def test_evaluation_table_is_rendered_from_the_committed_json():
 
 
 def test_the_serving_table_is_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py'), '--serve-latency'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report('--serve-latency')
     page = (BENCH.parent / 'docs' / 'serving.md').read_text()
     start = (
         page.index('\n\n', page.index('Rendered by `python benchmarks/report.py --serve-latency`'))
@@ -125,24 +106,12 @@ def test_the_serving_table_is_rendered_from_the_committed_json():
 
 
 def test_the_runs_list_table_in_the_docs_is_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py'), '--runs-list'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report('--runs-list')
     page = (BENCH.parent / 'docs' / 'promotion.md').read_text()
     assert rendered in page, 'docs/promotion.md: paste `python benchmarks/report.py --runs-list`'
 
 
 def test_the_demo_wall_table_in_the_docs_is_rendered_from_the_committed_json():
-    rendered = subprocess.run(
-        [sys.executable, str(BENCH / 'report.py'), '--demo-wall'],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    ).stdout.strip()
+    rendered = report('--demo-wall')
     page = (BENCH.parent / 'docs' / 'local-run.md').read_text()
     assert rendered in page, 'docs/local-run.md: paste `python benchmarks/report.py --demo-wall`'

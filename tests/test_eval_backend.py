@@ -166,17 +166,9 @@ def test_the_evaluate_command_exits_2_for_too_many_processes(bucket, tmp_path, c
     """The step alone (python -m components.evaluate): one line, exit 2."""
     from components.evaluate.__main__ import main
     from video_kd.core.errors import run_cli
-    from video_kd.runs import Manifest
 
     layout = RunLayout(bucket, 'kd', 'r2')
-    data = {**_dataset(layout), 'num_val': 1, 'dataset_meta_uri': layout.dataset_meta_uri}
-    meta = tmp_path / 'dataset.json'
-    meta.write_text(json.dumps(data))
-    ckpt = tmp_path / 'epoch_1_student.pth'
-    ckpt.write_bytes(b'not read')
-    manifest = Manifest.load(layout)
-    manifest.publish('data', meta, layout.dataset_meta_uri)
-    manifest.publish('student', ckpt, layout.uri('student', ckpt.name))
+    _published_run(layout, tmp_path, num_val=1)
     argv = ['--run-root', layout.root, '--kd-config', 'tsm_mobilenetv2_tiny', '--no-teacher',
             '--training-backend', 'local', '--nproc-per-node', '2']  # fmt: skip
     assert run_cli(main, argv) == BAD_INPUT
@@ -244,11 +236,12 @@ def test_a_retraining_scores_only_the_student(pipeline_run, s3_env, tmp_path, ca
 # --- a retry after the evaluation was published ---------------------------------------------
 
 
-def _published_run(layout: RunLayout, tmp_path) -> tuple[dict, dict]:
-    """A run's dataset.json and student, recorded as data prep and convert leave them; the
-    student is no checkpoint (b'not read'): nothing here may reach a test loop."""
+def _published_run(layout: RunLayout, tmp_path, **dataset: Any) -> tuple[dict, dict]:
+    """A run's dataset.json (``dataset``: keys to change) and student, recorded as data prep
+    and convert leave them; the student is no checkpoint (b'not read'): nothing here may
+    reach a test loop."""
     data = {**_dataset(layout), 'dataset_meta_uri': layout.dataset_meta_uri,
-            'run_root': layout.root, 'classes': ['a', 'b', 'c']}  # fmt: skip
+            'run_root': layout.root, 'classes': ['a', 'b', 'c'], **dataset}  # fmt: skip
     meta = tmp_path / 'dataset.json'
     meta.write_text(json.dumps(data))
     ckpt = tmp_path / 'epoch_1_student.pth'
