@@ -121,7 +121,13 @@ def clean_clone(args) -> dict:
 
 
 def in_place(args) -> dict:
-    workdir = tempfile.mkdtemp(prefix='demo_cold_') if args.cold else args.workdir
+    if args.cold:  # a fresh work dir, removed afterwards (it holds ~2.5 GB)
+        with tempfile.TemporaryDirectory(prefix='demo_cold_') as workdir:
+            return run_in_place(args, workdir)
+    return run_in_place(args, args.workdir)
+
+
+def run_in_place(args, workdir: str) -> dict:
     name = 'warm' if any(Path(workdir).glob('inputs/*/teacher-*/epoch_*.pth')) else 'cold'
     command = [str(Path(sys.executable).parent / 'video-kd'), 'run-local', '--workdir', workdir]
     return {'mode': 'in place', 'phases': {name: timed(name, command, common.ROOT, args.log_dir)}}
