@@ -1,9 +1,10 @@
-"""KD gain on the generated dataset: student alone vs KD (MMRazor's, bf16 teacher, cached).
+"""KD gain on the generated dataset: student alone vs KD (MMRazor's, inference teacher, cached).
 
 One teacher (tsm_r50_tiny) is trained once; then, for each seed, the student
 (tsm_mobilenetv2_tiny) is trained alone (student), distilled as MMRazor does it
-(kd), with the teacher as a bf16 inference model (kd_bf16: --teacher-precision
-bf16, video_kd.distill.fast_teacher) and with the teacher-logit cache (kd_cached:
+(kd), with the teacher as an fp32 or bf16 inference model (kd_fp32, kd_bf16:
+--teacher-precision, video_kd.distill.fast_teacher: eval mode, so the teacher's
+head has no dropout) and with the teacher-logit cache (kd_cached:
 video_kd.distill.logit_cache), all with the same data, schedule, learning rate and
 seed.  Top-1 on the validation split after the last epoch is reported per run,
 with mean and standard deviation over seeds, so the gain (and whether the
@@ -38,7 +39,7 @@ import common
 TEACHER = 'tsm_r50_tiny'
 STUDENT = 'tsm_mobilenetv2_tiny'
 KD = 'kd_logits_tsm-res50_tsm-mobilenetv2_tiny'
-ARMS = ('student', 'kd', 'kd_bf16', 'kd_cached')
+ARMS = ('student', 'kd', 'kd_fp32', 'kd_bf16', 'kd_cached')
 
 
 def parse_args(argv=None):
@@ -76,9 +77,16 @@ def parse_args(argv=None):
         help="OMP_NUM_THREADS of each training (default: torch's own)",
     )
     parser.add_argument(
+        '--kd-threads',
+        type=int,
+        default=0,
+        help='OMP_NUM_THREADS of the KD arms (default: --threads)',
+    )
+    parser.add_argument(
         '--demo',
         action='store_true',
-        help="the demo's settings (video_kd.cli.DEMO_*: data, epochs, lr, threads, "
+        help="the demo's settings (video_kd.cli.DEMO_*: data, epochs, lr, threads (the KD arms "
+        "the pipeline's, the others the input trainings'), "
         'no loader workers, validation as the tiny config has it: every epoch); the teacher '
         'trains beside the students alone; writes kd_gain_demo.json',
     )
@@ -86,7 +94,8 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-THREADS = {}
+THREADS: dict[str, str] = {}  # --threads: every training's OMP_NUM_THREADS
+KD_THREADS: dict[str, str] = {}  # --kd-threads: the KD arms'
 DEMO_OPTIONS: list[str] = []  # --demo: run-local's --cfg-options (video_kd.local_run)
 
 
@@ -107,6 +116,7 @@ def train(
     seed: int,
     *extra: str,
     lr: float | None = None,
+    threads: dict[str, str] = THREADS,
 ) -> dict:
     options = [
         f'randomness.seed={seed}',
@@ -135,7 +145,7 @@ def train(
         *options,
     ]
     start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **THREADS})
+    result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, **threads})
     wall = time.perf_counter() - start
     if result.returncode:
         raise RuntimeError(f'{" ".join(command)} failed:\n{result.stderr[-3000:]}')
@@ -157,6 +167,7 @@ def train(
 # (arm, reference): what each comparison isolates
 COMPARISONS = (
     ('kd', 'student'),
+    ('kd_fp32', 'student'),
     ('kd_bf16', 'student'),
     ('kd_cached', 'student'),
     ('kd_bf16', 'kd'),  # eval-mode bf16 teacher vs MMRazor's teacher
@@ -211,7 +222,8 @@ def use_demo_settings(args) -> None:
     from video_kd import cli, local_run
 
     args.epochs, args.lr = cli.DEMO_EPOCHS, cli.DEMO_LR
-    args.teacher_epochs, args.threads = cli.DEMO_TEACHER_EPOCHS, cli.DEMO_THREADS
+    args.teacher_epochs, args.threads = cli.DEMO_TEACHER_EPOCHS, cli.DEMO_INPUT_THREADS
+    args.kd_threads = cli.DEMO_THREADS  # the KD student trains in the pipeline's train step
     if args.out == 'kd_gain':
         args.out = 'kd_gain_demo'
     DEMO_OPTIONS.extend(local_run.TINY_CFG_OPTIONS)
@@ -236,6 +248,7 @@ def main(argv=None) -> int:
         use_demo_settings(args)
     if args.threads:
         THREADS['OMP_NUM_THREADS'] = str(args.threads)
+    KD_THREADS.update({'OMP_NUM_THREADS': str(args.kd_threads)} if args.kd_threads else THREADS)
     work = Path(args.workdir or tempfile.mkdtemp(prefix='kd_gain_'))
     data = Path(args.dataset) if args.dataset else make_dataset(args, work)
     print(f'dataset {data}; runs in {work}', flush=True)
@@ -261,12 +274,12 @@ def main(argv=None) -> int:
         else:
             extra = ['--teacher-ckpt', str(teacher_job.result()[1])]
             root = data
-            if arm == 'kd_bf16':
-                extra += ['--teacher-precision', 'bf16']
+            if arm in ('kd_fp32', 'kd_bf16'):  # the teacher as an inference model
+                extra += ['--teacher-precision', arm.removeprefix('kd_')]
             if arm == 'kd_cached':  # the cache lives with the data root: one root per seed
                 extra += ['--teacher-logit-cache']
                 root = linked_root(data, work / f'cache_seed{seed}')
-            run = train(KD, wd, root, args.epochs, seed, *extra, lr=args.lr)
+            run = train(KD, wd, root, args.epochs, seed, *extra, lr=args.lr, threads=KD_THREADS)
         run['seed'] = seed
         print(
             f'seed {seed} {arm}: top-1 {run["top1"]:.3f} ({run["wall_s"]:.0f} s)'
@@ -275,10 +288,20 @@ def main(argv=None) -> int:
         )
         return run
 
-    # seed by seed, each seed's arms together: the paired differences come in as they finish
+    # seed by seed, each seed's arms together: the paired differences come in as they finish;
+    # KD arms with more threads than the others run after them, fewer at a time, so that no
+    # more threads than --jobs x --threads share the cores (an oversubscribed OpenMP training
+    # runs several times slower)
     jobs = [(seed, arm) for seed in args.seeds for arm in args.arms]
+    kd_wider = args.kd_threads > max(args.threads, 1)
+    first = [job for job in jobs if not (kd_wider and job[1] != 'student')]
+    later = [job for job in jobs if job not in first]
     with pool:
-        done = list(pool.map(lambda job: run_arm(*job), jobs))
+        done = dict(zip(first, pool.map(lambda job: run_arm(*job), first), strict=True))
+        kd_jobs = max(1, args.jobs * max(args.threads, 1) // max(args.kd_threads, 1))
+        with ThreadPoolExecutor(max_workers=kd_jobs) as kd_pool:
+            done.update(zip(later, kd_pool.map(lambda job: run_arm(*job), later), strict=True))
+    done = [done[job] for job in jobs]
     teacher = teacher_job.result()[0]
     runs = {
         arm: [run for (_, a), run in zip(jobs, done, strict=False) if a == arm] for arm in args.arms
@@ -313,6 +336,7 @@ def main(argv=None) -> int:
             'teacher_epochs': args.teacher_epochs,
             'seeds': args.seeds,
             'threads': args.threads,
+            'kd_threads': args.kd_threads or args.threads,
             'teacher': teacher,
             'runs': runs,
             'summary_top1': summary,

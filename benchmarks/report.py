@@ -98,9 +98,11 @@ def kd_gain(result):
     ]
     lr = f', AdamW lr {result["lr"]:g}' if result.get('lr') else ''
     if result.get('demo_settings'):
+        kd_threads = result.get('kd_threads') or result.get('threads')
         lr += (
-            f" (run-local's defaults, video_kd.cli.DEMO_*: {result.get('threads')} thread per "
-            'training, no loader workers, validation as the tiny config has it: every epoch)'
+            f" (run-local's defaults, video_kd.cli.DEMO_*: {result.get('threads')} thread(s) "
+            f'per student-alone training, {kd_threads} per KD training, no loader workers, '
+            'validation as the tiny config has it: every epoch)'
         )
     budget = (
         f'Student and KD arms: {result["epochs"]} epochs{lr}, cosine schedule; top-1 on '

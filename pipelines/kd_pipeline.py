@@ -167,6 +167,7 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
         step_memory_request: str = '4Gi',
         export_tolerance: float = 1e-3,
         speed_repeats: int = 3,
+        speed_batch_size: int = 8,
         parity_clips: int = 32,
         image: str = DEFAULT_IMAGE,
         run_id: str = '',
@@ -274,6 +275,9 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                 0.001.
             speed_repeats: Timing rounds of teacher vs student (ONNX Runtime, PyTorch) in the
                 export. 0 skips the speed check. Default 3.
+            speed_batch_size: Clips per call of the export's throughput timing, at the seed's
+                8x224x224 input and the run's own (latency is timed at batch 1; 1 times batch
+                1 alone, what a laptop's demo does). Default 8.
             parity_clips: Val clips the export's ONNX vs PyTorch parity check reads (1 or
                 more): a random sample with a fixed seed (0) when the val list holds more,
                 so a re-run checks the same clips. Default 32.
@@ -346,7 +350,8 @@ def build_pipeline(names: ClusterNames = ClusterNames()):
                    student=student.outputs['student'], kd_config=kd_config,
                    student_config=student_config, image=image,
                    export_tolerance=export_tolerance, speed_repeats=speed_repeats,
-                   parity_clips=parity_clips, baseline_url=baseline_url),
+                   speed_batch_size=speed_batch_size, parity_clips=parity_clips,
+                   baseline_url=baseline_url),
             'export (ONNX, speed, model card)', image, **env,
         ).after(evaluation)  # the card and the top-1 cross-check read the evaluation  # fmt: skip
         step(

@@ -538,7 +538,10 @@ def test_run_local_takes_the_training_options_as_train_options_defines_them(caps
     assert passed == {'teacher_precision': 'bf16', 'teacher_logit_cache': True}
     assert set(passed) <= {field.name for field in dataclasses.fields(TrainOptions)}
     defaults = cli.build_parser().parse_args(['run-local'])
-    assert (defaults.teacher_precision, defaults.teacher_logit_cache) == ('', False)
+    # the demo's teacher is an inference model (cli.DEMO_TEACHER_PRECISION); '' is MMRazor's
+    assert (defaults.teacher_precision, defaults.teacher_logit_cache) == ('fp32', False)
+    mmrazor = cli.build_parser().parse_args(['run-local', '--teacher-precision', ''])
+    assert mmrazor.teacher_precision == ''
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(['run-local', '--teacher-precision', 'int8'])
     assert "invalid choice: 'int8'" in capsys.readouterr().err

@@ -544,6 +544,7 @@ def test_export_settings_out_of_range_are_one_line_and_write_nothing(bucket):
         ({'speed_repeats': 5000}, r'must be <= 1000, got 5000'),
         ({'speed_repeats': 1.5}, r'must be a whole number, got 1\.5'),
         ({'parity_clips': 0}, r'parity_clips \(val clips of the ONNX parity check\) must be >= 1'),
+        ({'speed_batch_size': 0}, r'speed_batch_size \(clips per throughput call\) must be >= 1'),
     ):
         with pytest.raises(UserError, match=match):
             export_step.export_settings('x', **kwargs)

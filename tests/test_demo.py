@@ -19,6 +19,34 @@ def test_run_local_defaults_are_the_measured_demo_settings():
         cli.DEMO_DATA['train_per_class'],
         cli.DEMO_DATA['val_per_class'],
     )
+    assert args.teacher_precision == cli.DEMO_TEACHER_PRECISION
+
+
+def test_the_demo_uploads_its_teacher_as_released_weights(tmp_path):
+    """The teacher the pipeline downloads is weights and meta, as released checkpoints are:
+    the optimizer's state (two thirds of the training checkpoint) stays on disk."""
+    import torch
+
+    from video_kd.local_run import released_weights
+
+    work = tmp_path / 'teacher-12e'
+    work.mkdir()
+    weights = {'fc.weight': torch.randn(4, 3), 'fc.bias': torch.randn(4)}
+    training = {
+        'meta': {'epoch': 12, 'seed': 0},
+        'state_dict': weights,
+        'optimizer': {'state': {0: {'exp_avg': torch.randn(4, 3)}}, 'param_groups': []},
+        'message_hub': {},
+    }
+    torch.save(training, work / 'epoch_12.pth')
+    released = released_weights(work / 'epoch_12.pth')
+    assert released == work / 'teacher-12e.pth'
+    loaded = torch.load(released, weights_only=True)
+    assert set(loaded) == {'meta', 'state_dict'} and loaded['meta'] == training['meta']
+    assert all(torch.equal(loaded['state_dict'][k], v) for k, v in weights.items())
+    written = released.stat().st_mtime_ns
+    assert released_weights(work / 'epoch_12.pth') == released  # made once, then reused
+    assert released.stat().st_mtime_ns == written
 
 
 METRICS = {

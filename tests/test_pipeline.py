@@ -187,7 +187,7 @@ def test_check_inputs_takes_every_checked_parameter_from_the_pipeline():
     read |= set(checks.STEP_RESOURCE_PARAMETERS)
     read |= {'run_id', 's3_bucket', 's3_prefix', 'dataset_uri', 'teacher_url', 'baseline_url', 'kd_config',
              'student_config', 'training_backend', 'export_tolerance', 'speed_repeats',
-             'parity_clips', 'image', 'model_name', 'promote_min_gain'}  # fmt: skip
+             'speed_batch_size', 'parity_clips', 'image', 'model_name', 'promote_min_gain'}  # fmt: skip
     assert read == inputs
 
 

@@ -45,10 +45,10 @@ def test_every_input_and_output_is_described(which, fresh_ir):
     )
     assert _undescribed(ir) == []
     assert ir['pipelineInfo'].get('description', '').strip()
-    # what is checked is all there is: the 40 parameters and every step's component
+    # what is checked is all there is: the 41 parameters and every step's component
     parameters = ir['root']['inputDefinitions']['parameters']
     assert set(parameters) == set(kd_pipeline.component_spec.inputs)
-    assert len(parameters) == 40
+    assert len(parameters) == 41
     assert {f'comp-{step}' for step in TASK_ORDER} <= set(ir['components'])
     # one entry per name: no description names another parameter as its own entry
     for name, entry in parameters.items():
@@ -68,7 +68,7 @@ def test_component_interfaces_are_described():
         assert [name for name, e in entries.items() if not (e.description or '').strip()] == []
         assert spec.description and 'Args:' not in spec.description, step
         counts[step] = len(spec.inputs or {})
-    assert sum(counts.values()) == 91  # check_inputs takes s3_prefix and image too
+    assert sum(counts.values()) == 93  # check_inputs takes s3_prefix and image too
 
 
 def test_cli_help_names_the_pipeline_steps():

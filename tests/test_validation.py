@@ -262,6 +262,7 @@ GOOD_RUN = {
 BAD_PARAMETERS = [
     ({'export_tolerance': -1.0}, 'export_tolerance (--tolerance) must be >= 0, got -1'),
     ({'speed_repeats': 1001}, 'speed_repeats (0 skips the speed check) must be <= 1000'),
+    ({'speed_batch_size': 257}, 'speed_batch_size (clips per throughput call) must be <= 256'),
     ({'parity_clips': 0}, 'parity_clips (val clips of the ONNX parity check) must be >= 1, got 0'),
     (
         {'cfg_options': ['optim_wrapper.optimizer.lrr=0.1']},

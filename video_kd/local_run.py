@@ -160,10 +160,12 @@ PROGRESS_LINE = re.compile(r'(epoch \d+/\d+ loss .*)$')
 
 
 def train_input_model(
-    config: str, data_root: Path, work_dir: Path, epochs: int, cfg_options: list[str], label: str
-) -> Path:
+    config: str, data_root: Path, work_dir: Path, epochs: int, cfg_options: list[str], label: str,
+    threads: str | None = None,
+) -> Path:  # fmt: skip
     """Train a tiny teacher / baseline once (reused by later run-local calls), printing one
-    ``<label>: epoch 3/15 loss 0.843 12.3 clips/s ETA 2m10s`` line per epoch."""
+    ``<label>: epoch 3/15 loss 0.843 12.3 clips/s ETA 2m10s`` line per epoch (``threads``:
+    its OMP_NUM_THREADS; None: this process's)."""
     ckpt = work_dir / f'epoch_{epochs}.pth'
     if ckpt.is_file():
         print(f'  {label}: reusing {ckpt}')
@@ -177,8 +179,9 @@ def train_input_model(
         '--cfg-options', *cfg_options,
     ]  # fmt: skip
     tail: collections.deque[str] = collections.deque(maxlen=20)
+    env = {**os.environ, **({'OMP_NUM_THREADS': threads} if threads else {})}
     with subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=env
     ) as proc:
         assert proc.stdout is not None  # PIPE
         for line in proc.stdout:
@@ -193,14 +196,14 @@ def train_input_model(
 
 
 def train_input_models(
-    jobs: dict[str, tuple[str, Path, int, list[str]]], data_root: Path
+    jobs: dict[str, tuple[str, Path, int, list[str]]], data_root: Path, threads: str | None = None
 ) -> dict[str, Path]:
     """``train_input_model`` for each ``label: (config, work dir, epochs, cfg options)``,
     side by side (the teacher and the baseline do not depend on each other)."""
     with concurrent.futures.ThreadPoolExecutor(max_workers=len(jobs)) as pool:
         futures = {
             label: pool.submit(
-                train_input_model, config, data_root, work_dir, epochs, options, label
+                train_input_model, config, data_root, work_dir, epochs, options, label, threads
             )
             for label, (config, work_dir, epochs, options) in jobs.items()
         }
@@ -214,12 +217,27 @@ def upload_input(path: Path, uri: str) -> tuple[str, str]:
     return uri, s3.sha256_file(path)
 
 
+def released_weights(checkpoint: Path) -> Path:
+    """A training checkpoint as models are released (and users bring them): the weights and
+    meta, without the optimizer's state — for the tiny teacher a third of the bytes that
+    every step downloading it (teacher, train, evaluate) has to fetch and hash."""
+    # deferred: torch, only when an input model is first uploaded
+    from video_kd.openmmlab.checkpoints import load_checkpoint_file, save_checkpoint
+
+    out = checkpoint.parent / f'{checkpoint.parent.name}.pth'
+    if not out.is_file():
+        state, meta = load_checkpoint_file(checkpoint)
+        save_checkpoint({'meta': meta, 'state_dict': state}, out)
+    return out
+
+
 def prepare_inputs(
     workdir: Path, bucket: str, data_opts: GeneratorOptions, teacher_epochs: int,
-    kd_epochs: int, baseline: bool, lr: float | None = None,
+    kd_epochs: int, baseline: bool, lr: float | None = None, threads: str | None = None,
 ) -> dict[str, str]:  # fmt: skip
     """The generated dataset in S3, a tiny trained teacher and (optionally) the student alone,
-    trained side by side (``lr``: the baseline's, as the KD student's; None: the config's)."""
+    trained side by side (``lr``: the baseline's, as the KD student's; None: the config's;
+    ``threads``: each training's OMP_NUM_THREADS, None: this process's)."""
     key = '-'.join(f'{k}{v}' for k, v in sorted(data_opts.items()))
     inputs = workdir / 'inputs' / key
     data_root = inputs / 'dataset'
@@ -247,9 +265,9 @@ def prepare_inputs(
             else ''
         )
     )
-    trained = train_input_models(jobs, data_root)
+    trained = train_input_models(jobs, data_root, threads)
     teacher_url, teacher_sha = upload_input(
-        trained['teacher'], s3.join_uri(models, f'{teacher_name}.pth')
+        released_weights(trained['teacher']), s3.join_uri(models, f'{teacher_name}.pth')
     )
     args = {'dataset_uri': dataset_uri, 'teacher_url': teacher_url, 'teacher_sha256': teacher_sha}
     if baseline:
@@ -286,6 +304,7 @@ def run_arguments(
         'cfg_options': student_cfg_options(lr),
         'training_backend': 'local',
         'speed_repeats': 1,  # one timing round at the seed's size is enough for a demo
+        'speed_batch_size': 1,  # and latency alone: a teacher batch at 224² costs a minute
         's3_bucket': bucket,
         's3_prefix': prefix,
         **({'run_id': run_id} if run_id else {}),
@@ -308,11 +327,14 @@ def run_local_pipeline(
     pipeline_args: dict[str, Any] | None = None,
     runner: SubprocessRunner | DockerRunner | None = None,
     lr: float | None = None,
+    input_threads: str | None = None,
 ) -> dict[str, Any]:
     """Everything ``run-local`` does once the S3 env is set; returns where things are.
 
     ``pipeline_args``: more kd_pipeline parameters (teacher_precision, ...).
     ``lr``: the KD student's and the baseline's learning rate (None: the config's).
+    ``input_threads``: OMP_NUM_THREADS of the teacher's and the baseline's trainings (None:
+    this process's, as the pipeline's steps have it).
     ``runner``: a KFP local runner; default ``SubprocessRunner`` (this venv).
     """
     from kfp import local
@@ -322,7 +344,9 @@ def run_local_pipeline(
     run_id = run_id or new_run_id(uuid.uuid4().hex[:8])
     arguments = run_arguments(bucket, prefix, kd_epochs, workers, run_id, pipeline_args, lr)
     s3.ensure_bucket(bucket)
-    inputs = prepare_inputs(workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline, lr)
+    inputs = prepare_inputs(
+        workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline, lr, input_threads
+    )
     print(f'running the pipeline with the KFP local runner, run id {run_id}')
     local.init(
         runner=runner or local.SubprocessRunner(use_venv=False),

@@ -36,6 +36,7 @@ def check_inputs(
     s3_prefix: str,
     export_tolerance: float,
     speed_repeats: int,
+    speed_batch_size: int,
     parity_clips: int,
     run_id: str,
     image: str,
@@ -85,6 +86,7 @@ def check_inputs(
             ".", "_", "-", none empty, ".", ".." or "cache".
         export_tolerance: A finite number, 0 or more.
         speed_repeats: A whole number from 0 (no speed check) to 1000.
+        speed_batch_size: A whole number from 1 to 256.
         parity_clips: A whole number, 1 or more.
         run_id: Empty (a new id) or a DNS label (1-63 lowercase letters, digits, hyphens),
             not "cache" or "models".

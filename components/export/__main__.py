@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
         '--speed-repeats', type=int, default=3, help='timing rounds; 0 skips the speed check'
     )
     p.add_argument(
+        '--speed-batch-size', type=int, default=8,
+        help='clips per call of the throughput timing (latency is timed at batch 1)',
+    )  # fmt: skip
+    p.add_argument(
         '--parity-clips', type=int, default=32,
         help='val clips of the ONNX parity check (a seeded random sample of the val list)',
     )  # fmt: skip
@@ -46,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         True,
         args.speed_repeats,
         args.parity_clips,
+        args.speed_batch_size,
     )
     result = export.run(
         run_data_meta(args.run_root),
@@ -56,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         image=args.image,
         tolerance=args.tolerance,
         speed_repeats=args.speed_repeats,
+        speed_batch_size=args.speed_batch_size,
         parity_clips=args.parity_clips,
         baseline_url=args.baseline_url,
     )

@@ -16,6 +16,7 @@ def export(
     image: str,
     export_tolerance: float,
     speed_repeats: int,
+    speed_batch_size: int,
     parity_clips: int,
     baseline_url: str,
     onnx_model: Output[Model],
@@ -39,6 +40,7 @@ def export(
         export_tolerance: The largest absolute ONNX vs PyTorch logit difference accepted;
             above it the step fails.
         speed_repeats: Timing rounds of teacher vs student; 0 skips the speed check.
+        speed_batch_size: Clips per call of the throughput timing (latency is batch 1).
         parity_clips: Val clips of the ONNX parity check: a seeded random sample when the
             val list holds more (1 or more).
         baseline_url: The student-alone checkpoint (may be empty); when it sits in its
@@ -69,6 +71,7 @@ def export(
             image=image,
             tolerance=export_tolerance,
             speed_repeats=speed_repeats,
+            speed_batch_size=speed_batch_size,
             parity_clips=parity_clips,
             baseline_url=baseline_url,
         )

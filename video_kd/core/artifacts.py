@@ -271,6 +271,7 @@ class ExportSettings(TypedDict):
     image: str
     export_tolerance: float
     speed_repeats: int
+    speed_batch_size: int  # clips per call of the throughput timing
     torchscript: bool
     parity_clips: int  # val clips of the parity check (a seeded sample when fewer than all)
 

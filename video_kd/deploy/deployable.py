@@ -41,6 +41,7 @@ def package_student(
     tolerance: float = export.DEFAULT_TOLERANCE,
     torchscript: bool = True,
     speed_repeats: int = 3,
+    speed_batch_size: int = 8,
     speed_shapes: dict[str, tuple[int, ...]] | None = None,
     uri_of: Callable[[str], str] | None = None,
     parity_clips: int | None = export.DEFAULT_PARITY_CLIPS,
@@ -52,7 +53,7 @@ def package_student(
 
     ``metrics``: the evaluation step's metrics.json; ``lineage``: ``model_card.lineage(...)``;
     ``log_root``: a local copy of ``<run>/train/logs/``; ``speed_repeats=0`` skips the speed
-    measurement; ``speed_shapes`` defaults to the seed's 8 x 224² and the run's own input;
+    measurement, ``speed_batch_size`` is the throughput timing's clips per call; ``speed_shapes`` defaults to the seed's 8 x 224² and the run's own input;
     ``uri_of(name)`` gives the URI a file will be published at (for the card);
     ``parity_clips`` bounds the parity check (a seeded sample; None: every val clip);
     ``baseline_log_root``: the student-alone training's logs, drawn beside the KD curves.
@@ -83,7 +84,7 @@ def package_student(
             'run': tuple(result['input_shape'][1:]),
         }
         measured = speed.measure_speed(
-            kd_config, len(metrics['classes']), shapes, repeats=speed_repeats
+            kd_config, len(metrics['classes']), shapes, speed_batch_size, speed_repeats
         )
         files[SPEED_NAME] = out_dir / SPEED_NAME
         files[SPEED_NAME].write_text(json.dumps(measured, indent=2) + '\n')

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from typing import Any
 
 from video_kd.core.errors import UserError
 from video_kd.distill.teacher_precision import PRECISIONS
@@ -92,10 +93,14 @@ class TrainOptions:
 
     @classmethod
     def add_arguments(
-        cls, parser: argparse.ArgumentParser, only: tuple[str, ...] | None = None
+        cls,
+        parser: argparse.ArgumentParser,
+        only: tuple[str, ...] | None = None,
+        defaults: dict[str, Any] | None = None,
     ) -> None:
         """One ``--flag`` per option (or per option named in ``only``), with its help:
-        every entry point takes the same flags."""
+        every entry point takes the same flags.  ``defaults``: an entry point's own defaults
+        for options that take a value (its help says so)."""
         for field in dataclasses.fields(cls):
             if only is not None and field.name not in only:
                 continue
@@ -106,7 +111,10 @@ class TrainOptions:
             elif field.type in (bool, 'bool'):
                 kwargs.update(action='store_true')
             else:
-                kwargs.update(type=type(field.default), default=field.default)
+                default = (defaults or {}).get(field.name, field.default)
+                kwargs.update(type=type(field.default), default=default)
+                if default != field.default:
+                    kwargs['help'] += f' (default: {default})'
                 if 'choices' in field.metadata:
                     kwargs['choices'] = field.metadata['choices']
             parser.add_argument(flag, **kwargs)

@@ -134,13 +134,14 @@ def check_pipeline_params(params: Mapping[str, Any], backend_here: bool = False)
         train.check_options(params['kd_config'], options, params.get('teacher_sha256') or None)
     if params.get('student_config'):
         config_path(params['student_config'])  # evaluation and export load it
-    if {'export_tolerance', 'speed_repeats', 'parity_clips'} & set(params):
+    if {'export_tolerance', 'speed_repeats', 'speed_batch_size', 'parity_clips'} & set(params):
         export.export_settings(
             params.get('kd_config', ''),
             params.get('student_config', ''),
             tolerance=params.get('export_tolerance', export.DEFAULT_TOLERANCE),
             speed_repeats=params.get('speed_repeats', export.DEFAULT_SPEED_REPEATS),
             parity_clips=params.get('parity_clips', export.DEFAULT_PARITY_CLIPS),
+            speed_batch_size=params.get('speed_batch_size', export.DEFAULT_SPEED_BATCH_SIZE),
         )
     if params.get('model_name'):
         check_model_name(params['model_name'])

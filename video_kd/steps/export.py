@@ -52,6 +52,8 @@ RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exi
 MAX_SPEED_REPEATS = 1000
 DEFAULT_TOLERANCE = 1e-3  # the pipeline's export_tolerance
 DEFAULT_SPEED_REPEATS = 3
+DEFAULT_SPEED_BATCH_SIZE = 8  # the throughput timing's clips per call
+MAX_SPEED_BATCH_SIZE = 256
 DEFAULT_PARITY_CLIPS = 32  # video_kd.deploy.export's (not imported: torch)
 MAX_PARITY_CLIPS = 1_000_000
 
@@ -69,6 +71,7 @@ def run(
     workdir: str | Path | None = None,
     parity_clips: int = DEFAULT_PARITY_CLIPS,
     baseline_url: str = '',
+    speed_batch_size: int = DEFAULT_SPEED_BATCH_SIZE,
 ) -> Export:
     """Package the run's student; returns the ONNX URI, parity, KFP metrics, HTML and card.
 
@@ -76,8 +79,9 @@ def run(
     mmengine work dir in S3, that training's curves are drawn beside the KD run's
     (``baseline_logs``)."""
     settings = export_settings(
-        kd_config, student_config, image, tolerance, torchscript, speed_repeats, parity_clips
-    )
+        kd_config, student_config, image, tolerance, torchscript, speed_repeats, parity_clips,
+        speed_batch_size,
+    )  # fmt: skip
     layout = RunLayout.from_root(student['run_root'])
     done = completed_export(layout, settings)
     if done:
@@ -116,6 +120,7 @@ def export_settings(
     torchscript: bool = True,
     speed_repeats: int = DEFAULT_SPEED_REPEATS,
     parity_clips: int = DEFAULT_PARITY_CLIPS,
+    speed_batch_size: int = DEFAULT_SPEED_BATCH_SIZE,
 ) -> ExportSettings:
     """The step's settings, checked (one line each, before anything is read or written)."""
     return {
@@ -125,6 +130,12 @@ def export_settings(
         'export_tolerance': check_number('export_tolerance (--tolerance)', tolerance, 0),
         'speed_repeats': check_range(
             'speed_repeats (0 skips the speed check)', speed_repeats, 0, MAX_SPEED_REPEATS
+        ),
+        'speed_batch_size': check_range(
+            'speed_batch_size (clips per throughput call)',
+            speed_batch_size,
+            1,
+            MAX_SPEED_BATCH_SIZE,
         ),
         'torchscript': bool(torchscript),
         'parity_clips': check_range(
@@ -160,6 +171,7 @@ def _package(
         tolerance=settings['export_tolerance'],
         torchscript=settings['torchscript'],
         speed_repeats=settings['speed_repeats'],
+        speed_batch_size=settings['speed_batch_size'],
         parity_clips=settings['parity_clips'],
         baseline_log_root=baseline_log_root,
         uri_of=lambda name: layout.uri('export', name),
