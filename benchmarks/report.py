@@ -214,10 +214,13 @@ def demo(result):
                      f"{phase['cpu_s']:.0f} s", met,
                      ' / '.join(f'{v:.2f}' for v in phase['load_avg_1min'])])  # fmt: skip
     table = md(['phase', 'exit', 'wall', 'CPU', 'target', 'load avg (start / end)'], rows)
-    cold = result['phases'].get('cold', {})
-    where = [f'{name} {seconds} s' for name, seconds in cold.get('trained_s', {}).items()]
-    where += [f'{task} {seconds:.0f} s' for task, seconds in cold.get('tasks_s', {}).items()]
-    return table + (f"\n\nWhere the cold call's time goes: {', '.join(where)}." if where else '')
+    for name in ('cold', 'warm'):
+        phase = result['phases'].get(name, {})
+        where = [f'{label} {seconds} s' for label, seconds in phase.get('trained_s', {}).items()]
+        where += [f'{task} {seconds:.0f} s' for task, seconds in phase.get('tasks_s', {}).items()]
+        if where:
+            table += f"\n\nWhere the {name} call's time goes: {', '.join(where)}."
+    return table
 
 
 def s3_upload(result):
