@@ -281,8 +281,18 @@ def test_model_card_holds_what_a_reviewer_needs(tmp_path):
         'DecordInit -> CenterCrop',
         '0: `a`, 1: `b`',
         '"max_epochs": 20',
+        'Latency: batch 1; throughput: batch 8;',
     ):
         assert needle in text, needle
+
+
+def test_model_card_names_the_throughput_batch_that_was_timed():
+    """speed_batch_size=1 (run-local's) times batch 1 alone: the card says so, not 8."""
+    measured = synthetic_speed()
+    for result in measured['shapes'].values():
+        result['batch'] = 1
+    text = model_card.render_markdown(card(speed=measured))
+    assert 'Latency: batch 1; throughput: batch 1;' in text
 
 
 def test_model_card_says_no_when_parity_or_gain_fail():

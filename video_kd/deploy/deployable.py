@@ -53,7 +53,8 @@ def package_student(
 
     ``metrics``: the evaluation step's metrics.json; ``lineage``: ``model_card.lineage(...)``;
     ``log_root``: a local copy of ``<run>/train/logs/``; ``speed_repeats=0`` skips the speed
-    measurement, ``speed_batch_size`` is the throughput timing's clips per call; ``speed_shapes`` defaults to the seed's 8 x 224² and the run's own input;
+    measurement; ``speed_batch_size`` is the throughput timing's clips per call;
+    ``speed_shapes`` defaults to the seed's 8 x 224² and the run's own input;
     ``uri_of(name)`` gives the URI a file will be published at (for the card);
     ``parity_clips`` bounds the parity check (a seeded sample; None: every val clip);
     ``baseline_log_root``: the student-alone training's logs, drawn beside the KD curves.

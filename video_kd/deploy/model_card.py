@@ -206,6 +206,7 @@ def speed_summary(speed: dict[str, Any]) -> dict[str, Any]:
     for label, result in speed['shapes'].items():
         summary[label] = {
             'clip_shape': result['clip_shape'],
+            'batch': result['batch'],  # of the throughput timing (the pipeline's speed_batch_size)
             'threads': result['threads'],
             'speedup': {
                 engine: {k: round(v['median'], 3) for k, v in ratio.items()}
@@ -436,10 +437,11 @@ def _accuracy_section(evaluation: dict[str, Any]) -> list[str]:
 def _speed_section(speed: dict[str, Any] | None) -> list[str]:
     if not speed:
         return ['## Speed', '', 'Not measured in this run.', '']
+    batches = ', '.join(str(b) for b in sorted({result['batch'] for result in speed.values()}))
     lines = [
         '## Speed (CPU)',
         '',
-        'Latency: batch 1; throughput: batch 8; medians of interleaved rounds '
+        f'Latency: batch 1; throughput: batch {batches}; medians of interleaved rounds '
         '(`video_kd.deploy.speed`). FLOPs: mmengine counter, fvcore convention, one clip.',
         '',
         '| input | model | GFLOPs | M params | PyTorch ms | ONNX Runtime ms | '
