@@ -222,7 +222,7 @@ def local_copy(root: Path, keys, clips) -> Path:
 # --------------------------------------------------------------------------- data prep
 def data_prep(uri: str, out: Path, data_uri: str, args) -> tuple[float, dict]:
     from video_kd.data import data_check, data_layout
-    from video_kd.data.data_stream import dataset_meta
+    from video_kd.data.data_check import dataset_meta
     from video_kd.storage import s3
 
     start = time.perf_counter()

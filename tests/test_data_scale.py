@@ -499,7 +499,7 @@ TRAIN_OPTIONS = [
 
 def prepare(uri: str, out: Path, data_uri: str | None = None) -> dict:
     """Data prep as the step does it: resolve, validate, publish the lists, the metadata."""
-    from video_kd.data.data_stream import dataset_meta
+    from video_kd.data.data_check import dataset_meta
 
     source = data_layout.resolve(uri)
     report = data_check.validate_source(source, out, processes=1, threads=2)

@@ -49,6 +49,39 @@ def test_the_demo_uploads_its_teacher_as_released_weights(tmp_path):
     assert released.stat().st_mtime_ns == written
 
 
+def test_the_shared_caches_outlive_the_local_s3_server(bucket, tmp_path):
+    """run-local's server keeps objects in memory; the score cache and the video verdicts
+    (what a second call with the same teacher, baseline and videos reads) are kept on disk
+    and put back, byte for byte, while a run's own objects are not."""
+    from video_kd.local_run import keep_caches, restore_caches, shared_cache_uris
+    from video_kd.runs import RunLayout
+    from video_kd.storage import s3
+
+    dataset_uri = f's3://{bucket}/datasets/tiny'
+    layout = RunLayout(bucket, 'video-kd', '20261207-010203-4f0c2a9e')
+    caches = shared_cache_uris(dataset_uri, layout)
+    assert caches == [
+        f'{dataset_uri}/eval_scores',
+        f's3://{bucket}/video-kd/cache/video-check',
+    ]
+    entries = {
+        f'{dataset_uri}/eval_scores/{"a" * 64}/{"b" * 64}/c0ffee.json': b'{"top1_acc": 0.8}',
+        f's3://{bucket}/video-kd/cache/video-check/f8/tiny/batch-0001.json': b'[]',
+    }
+    own = layout.uri('eval', 'metrics.json')  # a run's own object: not a cache
+    for uri, body in {**entries, own: b'{}'}.items():
+        s3.put_bytes(uri, body)
+    kept = tmp_path / 'caches'
+    assert keep_caches(kept, caches) == 2
+    for uri in [*entries, own]:  # the server forgets everything (a new run-local call)
+        s3.delete(uri)
+    assert restore_caches(kept, caches) == 2
+    assert {uri: s3.read_bytes(uri) for uri in entries} == entries
+    assert not s3.exists(own)
+    assert restore_caches(kept, caches) == 2  # again over the same objects: no conflict
+    assert restore_caches(tmp_path / 'none-yet', caches) == 0  # a first call
+
+
 METRICS = {
     'num_val': 40,
     'teacher': {'top1_acc': 0.925},

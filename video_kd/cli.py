@@ -557,6 +557,7 @@ def cmd_run_local(args: argparse.Namespace) -> int:
             train_options,
             lr=args.lr,
             input_threads=input_threads,
+            kept_caches=workdir / 'caches' if server else None,
         )
         mirror = local_run.mirror_run(
             result['run_root'], workdir / 's3' / args.bucket / args.prefix / result['run_id']

@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any
 
 from video_kd.core.errors import UserError
 from video_kd.data import dataset
+from video_kd.distill.score_cache import CACHE_DIR as SCORE_CACHE_DIR
 from video_kd.runs import Manifest, RunLayout, new_run_id
 from video_kd.steps.check_inputs import check_pipeline_params
+from video_kd.steps.data_prep import VIDEO_CHECK_CACHE
 from video_kd.storage import s3
 
 if TYPE_CHECKING:
@@ -281,6 +283,40 @@ def prepare_inputs(
     return args
 
 
+def shared_cache_uris(dataset_uri: str, layout: RunLayout) -> list[str]:
+    """The bucket's caches that a later run of the same inputs reads: the dataset's score
+    cache (the teacher's and the baseline's test scores) and data prep's video verdicts.
+    Content-addressed (an entry names what it is for), so safe to keep across runs."""
+    return [s3.join_uri(dataset_uri, SCORE_CACHE_DIR), layout.shared_uri(VIDEO_CHECK_CACHE)]
+
+
+def _kept_dir(kept: Path, uri: str) -> Path:
+    bucket, key = s3.parse_s3_uri(uri)
+    return kept / bucket / key
+
+
+def restore_caches(kept: Path, uris: list[str]) -> int:
+    """Put the caches kept by ``keep_caches`` back in S3: the local server keeps objects in
+    memory only, where a cluster's bucket keeps them from one run to the next.  Returns the
+    number of objects."""
+    restored = 0
+    for uri in uris:
+        local = _kept_dir(kept, uri)
+        if local.is_dir():
+            restored += len(s3.upload_dir(local, uri, overwrite=True))
+    return restored
+
+
+def keep_caches(kept: Path, uris: list[str]) -> int:
+    """Copy the caches at ``uris`` to ``kept`` (what ``restore_caches`` reads); returns the
+    number of objects."""
+    count = 0
+    for uri in uris:
+        if s3.list_uris(uri.rstrip('/') + '/'):
+            count += len(s3.download_dir(uri, _kept_dir(kept, uri)))
+    return count
+
+
 def run_arguments(
     bucket: str,
     prefix: str,
@@ -328,6 +364,7 @@ def run_local_pipeline(
     runner: SubprocessRunner | DockerRunner | None = None,
     lr: float | None = None,
     input_threads: str | None = None,
+    kept_caches: Path | None = None,
 ) -> dict[str, Any]:
     """Everything ``run-local`` does once the S3 env is set; returns where things are.
 
@@ -336,6 +373,8 @@ def run_local_pipeline(
     ``input_threads``: OMP_NUM_THREADS of the teacher's and the baseline's trainings (None:
     this process's, as the pipeline's steps have it).
     ``runner``: a KFP local runner; default ``SubprocessRunner`` (this venv).
+    ``kept_caches``: a directory where the bucket's shared caches are kept from one call to
+    the next (``shared_cache_uris``; for a server that forgets them); None: not kept.
     """
     from kfp import local
 
@@ -347,6 +386,10 @@ def run_local_pipeline(
     inputs = prepare_inputs(
         workdir, bucket, data_opts, teacher_epochs, kd_epochs, baseline, lr, input_threads
     )
+    layout = RunLayout(bucket, prefix, run_id)
+    caches = shared_cache_uris(inputs['dataset_uri'], layout)
+    if kept_caches and (restored := restore_caches(kept_caches, caches)):
+        print(f'caches: {restored} objects restored from {kept_caches}')
     print(f'running the pipeline with the KFP local runner, run id {run_id}')
     local.init(
         runner=runner or local.SubprocessRunner(use_venv=False),
@@ -359,7 +402,8 @@ def run_local_pipeline(
         for message in LOCAL_RUNNER_NOTICES:
             warnings.filterwarnings('ignore', message=message)
         kd_pipeline(**inputs, **arguments)
-    layout = RunLayout(bucket, prefix, run_id)
+    if kept_caches:
+        keep_caches(kept_caches, caches)
     return {
         'run_id': run_id,
         'run_root': layout.root,

@@ -42,6 +42,7 @@ RUN_STEPS = ('data', 'teacher', 'train', 'student', 'eval', 'export', 'promote')
 MANIFEST_NAME = 'manifest.json'
 CLAIM_NAME = 'run.json'
 DATASET_META_NAME = 'dataset.json'
+EXPORT_RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exists
 CACHE_DIR = 'cache'
 MODELS_DIR = 'models'  # each model's current student and history (deploy.promotion)
 _RUN_ID_UNSAFE = re.compile(r'[^a-z0-9-]+')

@@ -68,7 +68,7 @@ class DatasetSplit(TypedDict):
 
 class DatasetContents(TypedDict):
     """What the data loaders need of a prepared dataset, and its counts
-    (``data.data_stream.dataset_meta``)."""
+    (``data.data_check.dataset_meta``)."""
 
     source: str
     layout: str  # ours or MMAction2's Kinetics tree (``data.data_layout``)

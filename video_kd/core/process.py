@@ -1,17 +1,22 @@
-"""Child processes that do not outlive their parent.
+"""Processes: children that do not outlive their parent, and a quick exit.
 
 ``die_with_parent`` asks Linux to send this process a signal when its parent dies
 (``prctl(PR_SET_PDEATHSIG)``): the local backend's torchrun gets SIGTERM when the train
 step's process is killed (even by SIGKILL), and shuts its workers down (they run in
 sessions of their own, where a signal to the step's process group does not reach); each
 training process gets it when its torchrun dies.  Elsewhere (macOS) it does nothing.
+
+``freeze_heap_at_exit`` (installed by ``import video_kd``) spares each process the
+interpreter's last garbage collections over a heap of torch and OpenMMLab objects.
 """
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import ctypes.util
 import functools
+import gc
 import os
 import signal
 import sys
@@ -49,3 +54,23 @@ def preexec_die_with_parent(sig: int = signal.SIGTERM) -> Callable[[], object] |
     if _prctl() is None:
         return None
     return functools.partial(die_with_parent, sig, os.getpid())
+
+
+def freeze_heap_at_exit() -> None:
+    """At exit, collect the garbage there is, then freeze what is still alive.
+
+    A process that imported torch and OpenMMLab ends with ~10^6 live objects; the
+    interpreter's teardown runs the cycle collector over them while it clears the modules:
+    1.2 s per process measured on the 2-core machines (a local run starts ~12 such
+    processes: every step, torchrun and its workers), 0.4 s after this.  The ``collect``
+    first runs every finalizer of garbage made before exit as usual; what ``freeze``
+    spares is only the scan of objects alive until the end, whose memory the OS takes
+    back anyway.  atexit runs it before the handlers registered earlier (logging's
+    flush among them), which still run.
+    """
+    atexit.register(_collect_then_freeze)
+
+
+def _collect_then_freeze() -> None:
+    gc.collect()
+    gc.freeze()

@@ -54,6 +54,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from video_kd.core.artifacts import DatasetContents, DatasetSplit
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError, one_line, setup_logging
 from video_kd.core.progress import Progress
@@ -776,3 +777,38 @@ if __name__ == '__main__':
     from video_kd.core.errors import run_cli
 
     raise SystemExit(run_cli(main))
+
+
+def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> DatasetContents:
+    """The Dataset artifact's metadata: what ``use_dataset`` needs, and the counts.
+
+    ``data_uri`` is where data prep published ``validate_source``'s output
+    (the run's ``data/`` directory, s3:// or local).
+    """
+    join = s3.join_uri if data_uri.startswith('s3://') else _path_join
+    splits: dict[str, DatasetSplit] = {
+        entry['split']: {
+            'list_uri': join(data_uri, LIST_NAMES[entry['split']]),
+            'videos_uri': entry['videos_uri'],
+            'num_videos': entry['valid'],
+            'rejected': len(entry['rejected']),
+        }
+        for entry in report['splits']
+    }
+    return {
+        'source': source.root,
+        'layout': source.layout,
+        'classes': source.classes,
+        'num_classes': len(source.classes),
+        'splits': splits,
+        'classes_uri': join(data_uri, CLASSES_NAME),
+        'report_uri': join(data_uri, REPORT_NAME),
+        'num_train': splits['train']['num_videos'],
+        'num_val': splits['val']['num_videos'],
+        'rejected': report['rejected_total'],
+        'videos_uri': splits['train']['videos_uri'],  # what the teacher-logit cache keys on
+    }
+
+
+def _path_join(root: str, name: str) -> str:
+    return f'{root.rstrip("/")}/{name}'

@@ -55,16 +55,14 @@ from mmengine.registry import HOOKS
 
 from video_kd.core.artifacts import (
     DatasetContents,
-    DatasetSplit,
     dataset_split,
     split_list_uri,
     split_videos_uri,
 )
 from video_kd.core.errors import TEMPORARY_FAILURE, UserError, one_line
 from video_kd.data.data_check import (
-    CLASSES_NAME,
-    LIST_NAMES,
     REPORT_NAME,
+    dataset_meta,
     validate_source,
     write_unchecked,
 )
@@ -338,41 +336,6 @@ class UnreadableVideosHook(Hook):
                 reads - before_reads,
                 unreadable,
             )
-
-
-def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> DatasetContents:
-    """The Dataset artifact's metadata: what ``use_dataset`` needs, and the counts.
-
-    ``data_uri`` is where data prep published ``validate_source``'s output
-    (the run's ``data/`` directory, s3:// or local).
-    """
-    join = s3.join_uri if data_uri.startswith('s3://') else _path_join
-    splits: dict[str, DatasetSplit] = {
-        entry['split']: {
-            'list_uri': join(data_uri, LIST_NAMES[entry['split']]),
-            'videos_uri': entry['videos_uri'],
-            'num_videos': entry['valid'],
-            'rejected': len(entry['rejected']),
-        }
-        for entry in report['splits']
-    }
-    return {
-        'source': source.root,
-        'layout': source.layout,
-        'classes': source.classes,
-        'num_classes': len(source.classes),
-        'splits': splits,
-        'classes_uri': join(data_uri, CLASSES_NAME),
-        'report_uri': join(data_uri, REPORT_NAME),
-        'num_train': splits['train']['num_videos'],
-        'num_val': splits['val']['num_videos'],
-        'rejected': report['rejected_total'],
-        'videos_uri': splits['train']['videos_uri'],  # what the teacher-logit cache keys on
-    }
-
-
-def _path_join(root: str, name: str) -> str:
-    return f'{root.rstrip("/")}/{name}'
 
 
 def _transforms(pipeline: list) -> list:

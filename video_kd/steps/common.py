@@ -15,7 +15,6 @@ from typing import Any
 
 from video_kd.core.artifacts import Dataset
 from video_kd.core.errors import UserError
-from video_kd.distill.s3_hook import checkpoint_sort_key
 from video_kd.runs import Manifest, RunLayout, run_info
 from video_kd.storage import s3
 
@@ -132,6 +131,10 @@ def run_step_output(run_root: str, step: str, suffix: str = '.pth') -> dict[str,
         e for e in Manifest.load(layout).entries if e.step == step and e.uri.endswith(suffix)
     ]
     if step == 'train':
+        # deferred: s3_hook imports mmengine's hooks (torch, 2 s), which the steps that
+        # only read records (check inputs, data prep, promote) never need
+        from video_kd.distill.s3_hook import checkpoint_sort_key
+
         keyed = [(key, e) for e in entries if (key := checkpoint_sort_key(e.uri))]
         entries = [e for _, e in sorted(keyed, key=lambda pair: pair[0])]
     if not entries:

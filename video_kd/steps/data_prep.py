@@ -12,7 +12,7 @@ from typing import cast
 from video_kd.core.artifacts import Dataset, Reencoded
 from video_kd.core.checks import check_bucket, check_range, check_run_id, check_s3_prefix
 from video_kd.core.errors import UserError
-from video_kd.data import data_check, data_layout, data_stream, dataset, reencode
+from video_kd.data import data_check, data_layout, dataset, reencode
 from video_kd.runs import (
     DATASET_META_NAME,
     Manifest,
@@ -134,7 +134,7 @@ def _prepare(
         }
         meta: Dataset = {
             **run_info(layout),
-            **data_stream.dataset_meta(source, report, layout.uri('data')),
+            **data_check.dataset_meta(source, report, layout.uri('data')),
             'data_uri': layout.uri('data'),
             'dataset_meta_uri': layout.dataset_meta_uri,
             'source': dataset_uri,

@@ -41,14 +41,14 @@ from video_kd.core.artifacts import (
 from video_kd.core.checks import check_number, check_range
 from video_kd.core.errors import UserError
 from video_kd.distill import train_config
-from video_kd.runs import Manifest, RunLayout, fetch_recorded, run_info
+from video_kd.runs import EXPORT_RECORD_NAME, Manifest, RunLayout, fetch_recorded, run_info
 from video_kd.steps.common import output_uri, read_output, scratch_dir
 from video_kd.storage import s3
 from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = 'export.json'  # uploaded last: the export is complete when it exists
+RECORD_NAME = EXPORT_RECORD_NAME  # uploaded last: the export is complete when it exists
 MAX_SPEED_REPEATS = 1000
 DEFAULT_TOLERANCE = 1e-3  # the pipeline's export_tolerance
 DEFAULT_SPEED_REPEATS = 3

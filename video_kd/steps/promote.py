@@ -19,9 +19,9 @@ from typing import Any
 from video_kd.core.artifacts import ExportRecord, MetricsSummary, RunInfo, Student
 from video_kd.core.errors import UserError
 from video_kd.deploy import promotion, run_index
+from video_kd.runs import EXPORT_RECORD_NAME as EXPORT_RECORD
 from video_kd.runs import RunLayout, publish, run_info
 from video_kd.steps.common import read_output, run_data_meta, scratch_dir
-from video_kd.steps.export import RECORD_NAME as EXPORT_RECORD
 from video_kd.storage import s3
 
 log = logging.getLogger(__name__)
