@@ -712,6 +712,11 @@ SECTIONS = [
     ('logit_cache', 'Teacher-logit cache', logit_cache),
     ('kd_gain', 'KD gain (and what the cheaper teachers do to accuracy)', kd_gain),
     ('kd_gain_demo', "KD gain at the demo's settings (`kd_gain.py --demo`)", kd_gain),
+    (
+        'kd_gain_demo_fp32',
+        "KD gain at the demo's settings, fp32 teacher (CPUs without native bf16)",
+        kd_gain,
+    ),
     ('data_loading', 'Data loading vs step time', data_loading),
     ('demo_wall', 'End-to-end local demo', demo),
     ('s3_upload', 'Atomic uploads vs check-then-put', s3_upload),
@@ -728,8 +733,9 @@ SECTIONS = [
     ('runs_list', '`video-kd runs list` at 1,000 runs', runs_list),
 ]
 
-# rendered once measured: the demo's settings over seeds (kd_gain.py --demo)
-OPTIONAL = {'kd_gain_demo'}
+# rendered once measured: the demo's settings over seeds (kd_gain.py --demo), with the
+# teacher in bf16 (native-bf16 CPUs) and in fp32 (the others)
+OPTIONAL = {'kd_gain_demo', 'kd_gain_demo_fp32'}
 
 
 def main(argv=None) -> int:

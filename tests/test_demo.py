@@ -20,6 +20,10 @@ def test_run_local_defaults_are_the_measured_demo_settings():
         cli.DEMO_DATA['val_per_class'],
     )
     assert args.teacher_precision == cli.DEMO_TEACHER_PRECISION
+    # bf16 only where the CPU has it natively: emulated bf16 is slower than fp32
+    from video_kd.distill.teacher_precision import cpu_has_native_bf16
+
+    assert (cpu_has_native_bf16(), cli.DEMO_TEACHER_PRECISION) in {(True, 'bf16'), (False, 'fp32')}
 
 
 def test_the_demo_uploads_its_teacher_as_released_weights(tmp_path):

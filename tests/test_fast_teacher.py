@@ -159,3 +159,21 @@ def test_kd_checkpoint_drops_the_frozen_teacher_and_a_load_restores_its_checkpoi
     finally:
         trained.teacher_trainable = False
     assert teacher_keys(kept['state_dict']) == teacher_keys(whole)
+
+
+@pytest.mark.parametrize(
+    ('flags', 'native'),
+    [
+        ('fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni', True),  # AMD Zen 4, Intel Cooper Lake
+        ('fpu sse2 avx2 avx512f amx_bf16 amx_tile', True),  # Intel Sapphire Rapids
+        ('fpu sse2 avx2 avx512f avx512_vnni', False),  # Skylake / Cascade Lake: emulated bf16
+        ('fpu sse2 avx2', False),
+    ],
+)
+def test_native_bf16_is_read_from_the_cpu_flags(tmp_path, flags, native):
+    from video_kd.distill.teacher_precision import cpu_has_native_bf16
+
+    cpuinfo = tmp_path / 'cpuinfo'
+    cpuinfo.write_text(f'processor\t: 0\nmodel name\t: x\nflags\t\t: {flags}\n\nprocessor\t: 1\n')
+    assert cpu_has_native_bf16(cpuinfo) is native
+    assert cpu_has_native_bf16(tmp_path / 'absent') is False  # not Linux: fp32, the safe one

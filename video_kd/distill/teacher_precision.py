@@ -6,6 +6,7 @@ them without importing MMRazor's models, or torch.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from video_kd.core.errors import UserError
@@ -15,6 +16,20 @@ if TYPE_CHECKING:
 
 # name -> torch's dtype of it (by name: torch is imported only to autocast; None: fp32)
 PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
+# CPU flags (Linux /proc/cpuinfo) of instructions that multiply bf16 natively: there oneDNN
+# runs a bf16 convolution in half an fp32 one's time; elsewhere it emulates bf16, slower
+NATIVE_BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path('/proc/cpuinfo')) -> bool:
+    """Whether this CPU has bf16 arithmetic (AVX512-BF16 or AMX), from its flags; False
+    where they cannot be read (not Linux).  Read without torch: ``--help`` uses it."""
+    try:
+        text = cpuinfo.read_text()
+    except OSError:
+        return False
+    flags = next((line for line in text.splitlines() if line.startswith('flags')), '')
+    return any(flag in flags.split() for flag in NATIVE_BF16_FLAGS)
 
 
 def autocast_dtype(precision: str | None) -> torch.dtype | None:
