@@ -88,7 +88,9 @@ def parse_args(argv=None):
         help="the demo's settings (video_kd.cli.DEMO_*: data, epochs, lr, threads (the KD arms "
         "the pipeline's, the others the input trainings'), "
         'no loader workers, validation as the tiny config has it: every epoch); the teacher '
-        'trains beside the students alone; writes kd_gain_demo.json',
+        'trains beside the students alone; writes kd_gain_demo.json (the committed one: '
+        '--arms student kd_bf16, the demo on a CPU with native bf16; '
+        'kd_gain_demo_fp32.json: --arms student kd_fp32 --out kd_gain_demo_fp32)',
     )
     parser.add_argument('--out', default='kd_gain')
     return parser.parse_args(argv)

@@ -70,10 +70,10 @@ DEMO_INPUT_THREADS = 1
 DEMO_THREADS = 2
 # The frozen teacher runs as an inference model (eval mode; video_kd.distill.fast_teacher):
 # MMRazor runs it in train mode, where the TSM head's dropout (0.5) perturbs every logit the
-# student is taught.  In bf16 where the CPU multiplies bf16 natively (AVX512-BF16, AMX): the
-# teacher's forward, half of a KD step, in 0.45x the time; elsewhere bf16 is emulated
-# (slower than fp32), so fp32.  The demo's gain over seeds is measured for both
-# (benchmarks/kd_gain.py --demo: kd_bf16, kd_fp32).
+# student is taught.  In bf16 where the CPU multiplies bf16 natively (AVX512-BF16, AMX): a KD
+# step in 0.86x the time (benchmarks/README.md, KD step overhead: 0.348 -> 0.299 s, TSM tiny);
+# elsewhere oneDNN emulates bf16, no faster than fp32, so fp32.  The demo's gain over seeds
+# is measured for both (benchmarks/kd_gain.py --demo: kd_bf16, kd_fp32).
 DEMO_TEACHER_PRECISION = 'bf16' if cpu_has_native_bf16() else 'fp32'
 # The KD run keeps a checkpoint every 5 epochs (and the best), not every epoch: each is 27 MB
 # through the local S3 server, half a minute of the demo in all.  Saving draws no random
