@@ -8,6 +8,7 @@ a module may import its own package and any lower layer, never a higher one.
 from __future__ import annotations
 
 import ast
+import subprocess
 import sys
 from pathlib import Path
 
@@ -197,3 +198,14 @@ def test_core_imports_no_third_party_heavyweights(layer):
             )
             offending += [f'{module}: {n}' for n in names if n.split('.')[0] in heavy]
     assert offending == []
+
+
+@pytest.mark.parametrize('step', ['data_prep', 'promote'])
+def test_the_steps_that_only_read_and_write_records_start_without_torch(step):
+    """Data prep (its video checks decode in worker processes) and promote read and write
+    records: importing torch and OpenMMLab would add seconds to every run for nothing."""
+    code = f'import sys, video_kd.steps.{step}; print("torch" in sys.modules)'
+    result = subprocess.run(
+        [sys.executable, '-c', code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == 'False'

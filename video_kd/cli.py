@@ -72,7 +72,7 @@ DEMO_THREADS = 2
 # MMRazor runs it in train mode, where the TSM head's dropout (0.5) perturbs every logit the
 # student is taught.  In bf16 where the CPU multiplies bf16 natively (AVX512-BF16, AMX): a KD
 # step in 0.86x the time (benchmarks/README.md, KD step overhead: 0.348 -> 0.299 s, TSM tiny);
-# elsewhere oneDNN emulates bf16, no faster than fp32, so fp32.  The demo's gain over seeds
+# elsewhere oneDNN emulates bf16 (not expected to be faster; not measured), so fp32.  The demo's gain over seeds
 # is measured for both (benchmarks/kd_gain.py --demo: kd_bf16, kd_fp32).
 DEMO_TEACHER_PRECISION = 'bf16' if cpu_has_native_bf16() else 'fp32'
 # The KD run keeps a checkpoint every 5 epochs (and the best), not every epoch: each is 27 MB

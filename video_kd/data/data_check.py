@@ -34,6 +34,8 @@
   checking processes are stopped and the cache is not written to the
   unavailable store (a re-run checks those videos again).
 * Progress is one line every few seconds: ``validated 1200/20000 videos, 85/s, ETA 3m40s``.
+* ``dataset_meta`` turns the check's report into the Dataset artifact's metadata (no torch,
+  no OpenMMLab: data prep publishes it without importing them).
 """
 
 from __future__ import annotations
@@ -582,6 +584,41 @@ def write_unchecked(source: DatasetSource, out_dir: str | Path) -> dict:
     return report_dict
 
 
+def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> DatasetContents:
+    """The Dataset artifact's metadata: what ``use_dataset`` needs, and the counts.
+
+    ``data_uri`` is where data prep published ``validate_source``'s output
+    (the run's ``data/`` directory, s3:// or local).
+    """
+    join = s3.join_uri if data_uri.startswith('s3://') else _path_join
+    splits: dict[str, DatasetSplit] = {
+        entry['split']: {
+            'list_uri': join(data_uri, LIST_NAMES[entry['split']]),
+            'videos_uri': entry['videos_uri'],
+            'num_videos': entry['valid'],
+            'rejected': len(entry['rejected']),
+        }
+        for entry in report['splits']
+    }
+    return {
+        'source': source.root,
+        'layout': source.layout,
+        'classes': source.classes,
+        'num_classes': len(source.classes),
+        'splits': splits,
+        'classes_uri': join(data_uri, CLASSES_NAME),
+        'report_uri': join(data_uri, REPORT_NAME),
+        'num_train': splits['train']['num_videos'],
+        'num_val': splits['val']['num_videos'],
+        'rejected': report['rejected_total'],
+        'videos_uri': splits['train']['videos_uri'],  # what the teacher-logit cache keys on
+    }
+
+
+def _path_join(root: str, name: str) -> str:
+    return f'{root.rstrip("/")}/{name}'
+
+
 def _check_and_cache(
     todo: list[ObjectInfo], cache: CheckCache, min_frames: int, processes: int, threads: int
 ) -> dict[str, str | None]:
@@ -777,38 +814,3 @@ if __name__ == '__main__':
     from video_kd.core.errors import run_cli
 
     raise SystemExit(run_cli(main))
-
-
-def dataset_meta(source: DatasetSource, report: dict, data_uri: str) -> DatasetContents:
-    """The Dataset artifact's metadata: what ``use_dataset`` needs, and the counts.
-
-    ``data_uri`` is where data prep published ``validate_source``'s output
-    (the run's ``data/`` directory, s3:// or local).
-    """
-    join = s3.join_uri if data_uri.startswith('s3://') else _path_join
-    splits: dict[str, DatasetSplit] = {
-        entry['split']: {
-            'list_uri': join(data_uri, LIST_NAMES[entry['split']]),
-            'videos_uri': entry['videos_uri'],
-            'num_videos': entry['valid'],
-            'rejected': len(entry['rejected']),
-        }
-        for entry in report['splits']
-    }
-    return {
-        'source': source.root,
-        'layout': source.layout,
-        'classes': source.classes,
-        'num_classes': len(source.classes),
-        'splits': splits,
-        'classes_uri': join(data_uri, CLASSES_NAME),
-        'report_uri': join(data_uri, REPORT_NAME),
-        'num_train': splits['train']['num_videos'],
-        'num_val': splits['val']['num_videos'],
-        'rejected': report['rejected_total'],
-        'videos_uri': splits['train']['videos_uri'],  # what the teacher-logit cache keys on
-    }
-
-
-def _path_join(root: str, name: str) -> str:
-    return f'{root.rstrip("/")}/{name}'

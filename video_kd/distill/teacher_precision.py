@@ -16,8 +16,9 @@ if TYPE_CHECKING:
 
 # name -> torch's dtype of it (by name: torch is imported only to autocast; None: fp32)
 PRECISIONS = {'fp32': None, 'bf16': 'bfloat16', 'fp16': 'float16'}
-# CPU flags (Linux /proc/cpuinfo) of instructions that multiply bf16 natively: there oneDNN
-# runs a bf16 convolution in half an fp32 one's time; elsewhere it emulates bf16, slower
+# CPU flags (Linux /proc/cpuinfo) of instructions that multiply bf16 natively: there a bf16
+# teacher makes the tiny KD step 0.86x (benchmarks/README.md, KD step overhead); elsewhere
+# oneDNN emulates bf16, not expected to be faster than fp32
 NATIVE_BF16_FLAGS = ('avx512_bf16', 'amx_bf16')
 
 
