@@ -20,7 +20,7 @@ def test_run_local_defaults_are_the_measured_demo_settings():
         cli.DEMO_DATA['val_per_class'],
     )
     assert args.teacher_precision == cli.DEMO_TEACHER_PRECISION
-    # bf16 only where the CPU has it natively: emulated bf16 is slower than fp32
+    # bf16 only where the CPU has it natively: emulated bf16 is not expected to be faster
     from video_kd.distill.teacher_precision import cpu_has_native_bf16
 
     assert (cpu_has_native_bf16(), cli.DEMO_TEACHER_PRECISION) in {(True, 'bf16'), (False, 'fp32')}
@@ -84,6 +84,7 @@ def test_the_shared_caches_outlive_the_local_s3_server(bucket, tmp_path):
     assert not s3.exists(own)
     assert restore_caches(kept, caches) == 2  # again over the same objects: no conflict
     assert restore_caches(tmp_path / 'none-yet', caches) == 0  # a first call
+    assert keep_caches(tmp_path / 'more', [f'{dataset_uri}/nothing-yet']) == 0
 
 
 METRICS = {

@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from video_kd.core.errors import UserError
 from video_kd.data import dataset
-from video_kd.distill.score_cache import CACHE_DIR as SCORE_CACHE_DIR
+from video_kd.distill import score_cache
 from video_kd.runs import Manifest, RunLayout, new_run_id
 from video_kd.steps.check_inputs import check_pipeline_params
 from video_kd.steps.data_prep import VIDEO_CHECK_CACHE
@@ -287,7 +287,7 @@ def shared_cache_uris(dataset_uri: str, layout: RunLayout) -> list[str]:
     """The bucket's caches that a later run of the same inputs reads: the dataset's score
     cache (the teacher's and the baseline's test scores) and data prep's video verdicts.
     Content-addressed (an entry names what it is for), so safe to keep across runs."""
-    return [s3.join_uri(dataset_uri, SCORE_CACHE_DIR), layout.shared_uri(VIDEO_CHECK_CACHE)]
+    return [score_cache.dataset_cache_root(dataset_uri), layout.shared_uri(VIDEO_CHECK_CACHE)]
 
 
 def _kept_dir(kept: Path, uri: str) -> Path:
@@ -312,8 +312,10 @@ def keep_caches(kept: Path, uris: list[str]) -> int:
     number of objects."""
     count = 0
     for uri in uris:
-        if s3.list_uris(uri.rstrip('/') + '/'):
+        try:
             count += len(s3.download_dir(uri, _kept_dir(kept, uri)))
+        except s3.ObjectNotFoundError:
+            continue  # nothing cached there yet
     return count
 
 

@@ -44,11 +44,16 @@ def score_key(checkpoint_sha256: str, val_list_sha256: str, config_hash: str) ->
     }
 
 
+def dataset_cache_root(dataset: str) -> str:
+    """The score entries of a dataset in S3 outside any run: ``<dataset>/eval_scores``."""
+    return s3.join_uri(dataset, CACHE_DIR)
+
+
 def cache_root(data_meta: DatasetContents, layout: RunLayout) -> str:
     """Where a dataset's score entries go (see the module doc)."""
     videos = split_videos_uri(data_meta, 'val')
     if videos.startswith('s3://') and not videos.startswith(layout.root + '/'):
-        return s3.join_uri(dataset_dir(videos), CACHE_DIR)
+        return dataset_cache_root(dataset_dir(videos))
     origin = json.dumps(
         [data_meta.get('source', ''), videos if videos.startswith('/') else ''], sort_keys=True
     )

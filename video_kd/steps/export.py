@@ -48,7 +48,6 @@ from video_kd.storage.download import fetch_verified
 
 log = logging.getLogger(__name__)
 
-RECORD_NAME = EXPORT_RECORD_NAME  # uploaded last: the export is complete when it exists
 MAX_SPEED_REPEATS = 1000
 DEFAULT_TOLERANCE = 1e-3  # the pipeline's export_tolerance
 DEFAULT_SPEED_REPEATS = 3
@@ -263,7 +262,7 @@ def publish_export(layout: RunLayout, files: dict[str, Path]) -> dict[str, Store
     is replaced: its objects and their manifest entries go first, except those that
     hold the very same content.  Nothing outside ``<run>/export/`` is touched.
     """
-    if s3.exists(layout.uri('export', RECORD_NAME)):
+    if s3.exists(layout.uri('export', EXPORT_RECORD_NAME)):
         raise UserError(
             f'{layout.uri("export")}/ holds a finished export: start a new run to export again'
         )
@@ -304,9 +303,9 @@ def _drop_unfinished_attempt(layout: RunLayout, files: dict[str, Path]) -> None:
 
 def finish_export(layout: RunLayout, output: ExportRecord, work: Path) -> None:
     """Upload ``export.json`` (the step's output), last: from now on the export is complete."""
-    path = work / RECORD_NAME
+    path = work / EXPORT_RECORD_NAME
     path.write_text(json.dumps(output, indent=2, sort_keys=True))
-    Manifest.load(layout).publish('export', path, layout.uri('export', RECORD_NAME))
+    Manifest.load(layout).publish('export', path, layout.uri('export', EXPORT_RECORD_NAME))
 
 
 def completed_export(layout: RunLayout, settings: ExportSettings) -> Export | None:
@@ -319,7 +318,7 @@ def completed_export(layout: RunLayout, settings: ExportSettings) -> Export | No
     from video_kd.deploy import model_card, plots
 
     try:
-        recorded: ExportRecord = s3.read_json(layout.uri('export', RECORD_NAME))
+        recorded: ExportRecord = s3.read_json(layout.uri('export', EXPORT_RECORD_NAME))
     except s3.BucketNotFoundError:
         raise
     except s3.ObjectNotFoundError:

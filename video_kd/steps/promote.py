@@ -19,8 +19,7 @@ from typing import Any
 from video_kd.core.artifacts import ExportRecord, MetricsSummary, RunInfo, Student
 from video_kd.core.errors import UserError
 from video_kd.deploy import promotion, run_index
-from video_kd.runs import EXPORT_RECORD_NAME as EXPORT_RECORD
-from video_kd.runs import RunLayout, publish, run_info
+from video_kd.runs import EXPORT_RECORD_NAME, RunLayout, publish, run_info
 from video_kd.steps.common import read_output, run_data_meta, scratch_dir
 from video_kd.storage import s3
 
@@ -57,7 +56,9 @@ def run(
     if done:
         return done
     metrics: MetricsSummary = read_output(layout.uri('eval', 'metrics.json'), 'the evaluate step')
-    exported: ExportRecord = read_output(layout.uri('export', EXPORT_RECORD), 'the export step')
+    exported: ExportRecord = read_output(
+        layout.uri('export', EXPORT_RECORD_NAME), 'the export step'
+    )
     found = metrics.get('current_student')
     if not found or found['model_name'] != name:
         raise UserError(
